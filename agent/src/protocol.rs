@@ -1,0 +1,579 @@
+//! The host <-> agent protocol.
+//!
+//! # Wire format
+//! Every message is one *frame*: a `u32` big-endian length followed by that many bytes of JSON
+//! (serde). Frames longer than [`MAX_FRAME_SIZE`] are refused by both sides before any buffer
+//! of that size is allocated; the reader then closes the connection, because the stream can
+//! no longer be resynchronised.
+//!
+//! # Connections
+//! - **Requests** (agent listens on vsock port [`DEFAULT_PORT`], or a Unix socket in host tests):
+//!   the host sends [`RequestFrame`]s, the agent answers each with one [`ResponseFrame`] carrying
+//!   the same `id`, in order. A connection carries one request at a time; open more connections
+//!   for concurrent calls (a `Wait` blocks its connection until the process exits).
+//!   A request whose `version` is not [`PROTOCOL_VERSION`] is answered with
+//!   [`ErrorKind::VersionMismatch`]; malformed JSON with [`ErrorKind::BadRequest`] (id 0 when
+//!   the id itself could not be read). The connection stays usable after both.
+//! - **Announce** (guest -> host, vsock CID 2 port [`ANNOUNCE_PORT`]): when the agent is ready it
+//!   connects, sends exactly one [`Hello`] frame and closes.
+//! - **Stdio streams**: a request connection whose request is [`Request::AttachStdio`] is
+//!   answered with one [`ResponseFrame`] and, on success, turns into a raw byte stream for that
+//!   one stream of that one process: for [`StdioStream::Stdin`] the host writes bytes and closes
+//!   (or shuts down writing) to deliver EOF; for [`StdioStream::Stdout`] / [`StdioStream::Stderr`]
+//!   the agent writes bytes and closes at the process's EOF. Output written before anyone
+//!   attached is buffered by the agent (up to [`STDIO_BUFFER_SIZE`] per stream, then the process
+//!   blocks on its pipe). Each stream can be attached once. With `terminal: true` the process
+//!   has one pty: stdout carries it and stderr is empty.
+
+use serde::{Deserialize, Serialize};
+use std::io::{self, Read, Write};
+
+/// Protocol version carried in every request and in [`Hello`].
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest frame body, in bytes, either side accepts.
+pub const MAX_FRAME_SIZE: usize = 1024 * 1024;
+/// vsock port the agent serves requests on.
+pub const DEFAULT_PORT: u32 = 1024;
+/// vsock port on the host (CID 2) the agent announces readiness to.
+pub const ANNOUNCE_PORT: u32 = 1025;
+/// Host CID in vsock.
+pub const HOST_CID: u32 = 2;
+/// Bytes of output the agent buffers per stream before anyone attached.
+pub const STDIO_BUFFER_SIZE: usize = 1024 * 1024;
+/// The line the agent prints on the console when it is ready.
+pub const READY_LINE: &str = "ember-agent: ready";
+
+/// Errors of framing and encoding.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("Frame of {len} bytes exceeds the maximum of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("Connection closed")]
+    Closed,
+    #[error("Frame I/O failed")]
+    Io(#[source] io::Error),
+    #[error("Invalid frame JSON")]
+    Json(#[source] serde_json::Error),
+}
+
+/// Reads one frame body. Returns [`FrameError::Closed`] on a clean EOF before the length.
+pub fn read_frame<R: Read + ?Sized>(r: &mut R) -> Result<Vec<u8>, FrameError> {
+    let mut len_buf = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut len_buf[got..]) {
+            Ok(0) if got == 0 => return Err(FrameError::Closed),
+            Ok(0) => {
+                return Err(FrameError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "EOF inside frame length",
+                )))
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FrameError::Io(e)),
+        }
+    }
+    let len = u32::from_be_bytes(len_buf) as usize;
+    if len > MAX_FRAME_SIZE {
+        return Err(FrameError::TooLarge {
+            len,
+            max: MAX_FRAME_SIZE,
+        });
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).map_err(FrameError::Io)?;
+    Ok(body)
+}
+
+/// Writes one frame body (length prefix + body) with a single `write_all`.
+pub fn write_frame<W: Write + ?Sized>(w: &mut W, body: &[u8]) -> Result<(), FrameError> {
+    if body.len() > MAX_FRAME_SIZE {
+        return Err(FrameError::TooLarge {
+            len: body.len(),
+            max: MAX_FRAME_SIZE,
+        });
+    }
+    let mut buf = Vec::with_capacity(4 + body.len());
+    // Cannot truncate: body.len() <= MAX_FRAME_SIZE < u32::MAX.
+    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    buf.extend_from_slice(body);
+    w.write_all(&buf).map_err(FrameError::Io)?;
+    w.flush().map_err(FrameError::Io)
+}
+
+/// Serialises `msg` and writes it as one frame.
+pub fn send<W: Write + ?Sized, T: Serialize>(w: &mut W, msg: &T) -> Result<(), FrameError> {
+    let body = serde_json::to_vec(msg).map_err(FrameError::Json)?;
+    write_frame(w, &body)
+}
+
+/// Reads one frame and deserialises it.
+pub fn recv<R: Read + ?Sized, T: for<'de> Deserialize<'de>>(r: &mut R) -> Result<T, FrameError> {
+    let body = read_frame(r)?;
+    serde_json::from_slice(&body).map_err(FrameError::Json)
+}
+
+/// Sent by the agent on the announce connection when it is ready.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u32,
+    /// The agent's crate version.
+    pub agent_version: String,
+    /// The agent's pid (1 in a guest).
+    pub pid: u32,
+    /// The vsock port (or socket path) the agent serves requests on.
+    pub listen: String,
+}
+
+/// Envelope of every request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RequestFrame {
+    pub version: u32,
+    pub id: u64,
+    pub request: Request,
+}
+
+/// Envelope of every response; `id` echoes the request's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResponseFrame {
+    pub id: u64,
+    pub result: Result<Response, AgentError>,
+}
+
+/// Which stdio stream an [`Request::AttachStdio`] connection carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StdioStream {
+    Stdin,
+    Stdout,
+    Stderr,
+}
+
+/// Requests the host sends to the agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Liveness and version check.
+    Ping,
+    /// Prepares a container: rootfs, namespaces, cgroup; its init process waits for start.
+    CreateContainer { id: String, spec: ContainerSpec },
+    /// Lets the created container's init process exec its command. Answers [`Response::Pid`].
+    StartContainer { id: String },
+    /// Runs another process in a running container. Answers [`Response::Pid`].
+    Exec {
+        container_id: String,
+        exec_id: String,
+        process: ProcessSpec,
+    },
+    /// Sends `signal` to the container's init (`exec_id: None`) or an exec'd process;
+    /// `all` sends it to every process in the container's cgroup.
+    Signal {
+        container_id: String,
+        #[serde(default)]
+        exec_id: Option<String>,
+        signal: i32,
+        #[serde(default)]
+        all: bool,
+    },
+    /// Blocks until the process exits. Answers [`Response::Exit`].
+    Wait {
+        container_id: String,
+        #[serde(default)]
+        exec_id: Option<String>,
+    },
+    /// Processes in the container's cgroup. Answers [`Response::Processes`].
+    ProcessList { container_id: String },
+    /// Freezes the container (cgroup v2 `cgroup.freeze`).
+    Pause { id: String },
+    /// Thaws the container.
+    Resume { id: String },
+    /// Kills what still runs, unmounts and removes the container.
+    DestroyContainer { id: String },
+    /// Agent and per-container statistics. Answers [`Response::Stats`].
+    Stats,
+    /// Turns this connection into a raw byte stream of one process stream (see module docs).
+    AttachStdio {
+        container_id: String,
+        #[serde(default)]
+        exec_id: Option<String>,
+        stream: StdioStream,
+    },
+    /// Resizes the process's pty (only for `terminal: true`).
+    ResizeTerminal {
+        container_id: String,
+        #[serde(default)]
+        exec_id: Option<String>,
+        rows: u16,
+        cols: u16,
+    },
+    /// Kills everything and reboots the guest (a host-run agent exits instead).
+    Shutdown,
+}
+
+/// Successful answers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// The request succeeded and has nothing to return.
+    Done,
+    Pong(PingInfo),
+    /// Pid (in the agent's pid namespace) of the process started.
+    Pid(i32),
+    Exit(ExitStatus),
+    Processes(Vec<ProcessInfo>),
+    Stats(AgentStats),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingInfo {
+    pub version: u32,
+    pub agent_version: String,
+    pub uptime_ms: u64,
+}
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// Exit code, or 128 + signal number when killed by a signal.
+    pub code: i32,
+    /// The signal that killed it, if any.
+    pub signal: Option<i32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    /// Pid in the agent's pid namespace.
+    pub pid: i32,
+    /// Command line, arguments joined by spaces (empty for kernel threads / zombies).
+    pub cmd: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentStats {
+    pub uptime_ms: u64,
+    pub mem_total_kib: u64,
+    pub mem_available_kib: u64,
+    pub load_avg_1m: f64,
+    pub containers: Vec<ContainerStats>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStats {
+    pub id: String,
+    pub state: ContainerState,
+    /// Processes in the container's cgroup.
+    pub pids: u64,
+    /// `memory.current` where the memory controller is enabled.
+    pub memory_bytes: Option<u64>,
+    /// `usage_usec` of `cpu.stat`.
+    pub cpu_usec: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+/// Why a request failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// Malformed request (bad JSON, unknown request, invalid field).
+    BadRequest,
+    /// The request's protocol version is not the agent's.
+    VersionMismatch,
+    /// Frame larger than [`MAX_FRAME_SIZE`]; the agent closes the connection after this.
+    FrameTooLarge,
+    /// No container / process of that id.
+    NotFound,
+    /// A container / exec of that id exists already.
+    AlreadyExists,
+    /// The request does not fit the container's state (e.g. start before create).
+    InvalidState,
+    /// A feature is not available here (e.g. no cgroup v2).
+    Unsupported,
+    /// Setting the container or process up failed.
+    Failed,
+}
+
+/// A failed request: machine-readable kind plus a human message (the error chain).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct AgentError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl AgentError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        AgentError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// A container to create.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub rootfs: RootfsSpec,
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Namespaces to create for the container. Without [`Namespace::Mount`] the agent uses
+    /// `chroot` instead of `pivot_root`.
+    #[serde(default = "default_namespaces")]
+    pub namespaces: Vec<Namespace>,
+    pub process: ProcessSpec,
+    /// cgroup path relative to the agent's cgroup root; default `ember/<id>`.
+    #[serde(default)]
+    pub cgroup_path: Option<String>,
+}
+
+/// All namespaces the agent knows.
+pub fn default_namespaces() -> Vec<Namespace> {
+    vec![
+        Namespace::Pid,
+        Namespace::Mount,
+        Namespace::Uts,
+        Namespace::Ipc,
+        Namespace::Net,
+    ]
+}
+
+/// Where the container's root filesystem comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RootfsSpec {
+    /// A block device in the guest, e.g. `/dev/vdb` with `ext4`.
+    BlockDevice {
+        path: String,
+        fstype: String,
+        #[serde(default)]
+        read_only: bool,
+    },
+    /// A directory already in the agent's filesystem; bind-mounted.
+    Path {
+        path: String,
+        #[serde(default)]
+        read_only: bool,
+    },
+}
+
+/// An extra mount inside the container (applied after /proc, /dev, /sys).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// Absolute path inside the container; created if missing.
+    pub destination: String,
+    /// Source: a path (for binds, in the agent's filesystem), a device or a name (`tmpfs`).
+    pub source: String,
+    /// Filesystem type; `None` or `bind` for bind mounts.
+    #[serde(default)]
+    pub fstype: Option<String>,
+    /// Flags (`ro`, `bind`, `rbind`, `nosuid`, `nodev`, `noexec`, `relatime`, ...); anything
+    /// else is passed as filesystem data (`size=64m`, `mode=755`).
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Namespace {
+    Pid,
+    Mount,
+    Uts,
+    Ipc,
+    Net,
+}
+
+/// A process to run (container init or exec).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    pub args: Vec<String>,
+    /// `KEY=value` entries; `PATH` is used to find `args[0]` when it has no `/`.
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default = "default_cwd")]
+    pub cwd: String,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
+    #[serde(default)]
+    pub terminal: bool,
+    #[serde(default)]
+    pub rlimits: Vec<Rlimit>,
+    #[serde(default)]
+    pub no_new_privileges: bool,
+}
+
+fn default_cwd() -> String {
+    "/".to_string()
+}
+
+impl ProcessSpec {
+    /// A process running `args` as root in `/` with a default `PATH`.
+    pub fn new<S: Into<String>>(args: impl IntoIterator<Item = S>) -> Self {
+        ProcessSpec {
+            args: args.into_iter().map(Into::into).collect(),
+            env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
+            cwd: default_cwd(),
+            uid: 0,
+            gid: 0,
+            additional_gids: Vec::new(),
+            terminal: false,
+            rlimits: Vec::new(),
+            no_new_privileges: false,
+        }
+    }
+}
+
+/// A resource limit, `kind` as in OCI (`RLIMIT_NOFILE`, `RLIMIT_NPROC`, ...).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    #[test]
+    fn frame_roundtrip() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, b"{\"a\":1}").unwrap();
+        assert_eq!(&buf[..4], &[0, 0, 0, 7]);
+        assert_eq!(&buf[4..], b"{\"a\":1}");
+        let mut cur = Cursor::new(buf);
+        assert_eq!(read_frame(&mut cur).unwrap(), b"{\"a\":1}");
+        assert!(matches!(read_frame(&mut cur), Err(FrameError::Closed)));
+    }
+
+    #[test]
+    fn several_frames_in_one_stream() {
+        let mut buf = Vec::new();
+        for i in 0..3u64 {
+            let req = RequestFrame {
+                version: PROTOCOL_VERSION,
+                id: i,
+                request: Request::Wait {
+                    container_id: format!("c{i}"),
+                    exec_id: None,
+                },
+            };
+            send(&mut buf, &req).unwrap();
+        }
+        let mut cur = Cursor::new(buf);
+        for i in 0..3u64 {
+            let req: RequestFrame = recv(&mut cur).unwrap();
+            assert_eq!(req.id, i);
+            assert_eq!(
+                req.request,
+                Request::Wait {
+                    container_id: format!("c{i}"),
+                    exec_id: None
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn oversize_length_refused_without_reading_body() {
+        let len = (MAX_FRAME_SIZE as u32) + 1;
+        let mut cur = Cursor::new(len.to_be_bytes().to_vec());
+        match read_frame(&mut cur) {
+            Err(FrameError::TooLarge { len: l, max }) => {
+                assert_eq!(l, MAX_FRAME_SIZE + 1);
+                assert_eq!(max, MAX_FRAME_SIZE);
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        let mut cur = Cursor::new(u32::MAX.to_be_bytes().to_vec());
+        assert!(matches!(
+            read_frame(&mut cur),
+            Err(FrameError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn oversize_write_refused() {
+        let body = vec![b' '; MAX_FRAME_SIZE + 1];
+        let mut out = Vec::new();
+        assert!(matches!(
+            write_frame(&mut out, &body),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert!(out.is_empty());
+        let body = vec![b' '; MAX_FRAME_SIZE];
+        write_frame(&mut out, &body).unwrap();
+        assert_eq!(out.len(), MAX_FRAME_SIZE + 4);
+    }
+
+    #[test]
+    fn truncated_frames_are_io_errors() {
+        let mut cur = Cursor::new(vec![0u8, 0]);
+        assert!(matches!(read_frame(&mut cur), Err(FrameError::Io(_))));
+        let mut cur = Cursor::new(vec![0u8, 0, 0, 10, b'{']);
+        assert!(matches!(read_frame(&mut cur), Err(FrameError::Io(_))));
+    }
+
+    #[test]
+    fn empty_frame_and_bad_json() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, b"").unwrap();
+        write_frame(&mut buf, b"not json").unwrap();
+        let mut cur = Cursor::new(buf);
+        assert_eq!(read_frame(&mut cur).unwrap(), Vec::<u8>::new());
+        assert!(matches!(
+            recv::<_, RequestFrame>(&mut cur),
+            Err(FrameError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn spec_defaults_fill_in() {
+        let json = r#"{"rootfs":{"Path":{"path":"/r"}},"process":{"args":["sh"]}}"#;
+        let spec: ContainerSpec = serde_json::from_str(json).unwrap();
+        assert_eq!(spec.namespaces, default_namespaces());
+        assert_eq!(spec.process.cwd, "/");
+        assert!(spec.mounts.is_empty());
+        assert_eq!(
+            spec.rootfs,
+            RootfsSpec::Path {
+                path: "/r".into(),
+                read_only: false
+            }
+        );
+    }
+
+    #[test]
+    fn response_roundtrip_error_and_ok() {
+        let frames = vec![
+            ResponseFrame {
+                id: 9,
+                result: Err(AgentError::new(ErrorKind::NotFound, "No container x")),
+            },
+            ResponseFrame {
+                id: 10,
+                result: Ok(Response::Exit(ExitStatus {
+                    code: 137,
+                    signal: Some(9),
+                })),
+            },
+        ];
+        let mut buf = Vec::new();
+        for f in &frames {
+            send(&mut buf, f).unwrap();
+        }
+        let mut cur = Cursor::new(buf);
+        for f in &frames {
+            let got: ResponseFrame = recv(&mut cur).unwrap();
+            assert_eq!(&got, f);
+        }
+    }
+}
