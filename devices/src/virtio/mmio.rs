@@ -1,0 +1,756 @@
+//! The virtio-mmio transport, version 2 ("modern" devices only).
+//!
+//! [`MmioTransport`] is the register file of one device window (`MMIO_MEM_SIZE` bytes). The
+//! guest programs it; on DRIVER_OK with valid queues it activates the device.
+//!
+//! # Wiring contract with the VMM
+//! 1. Build the device (e.g. `Block::new(..)`), wrap it: `let dev = Arc::new(Mutex::new(dev))`.
+//! 2. Make an interrupt: `let irq = Arc::new(IrqFdInterrupt::new()?)`; register
+//!    `irq.irq_evt()` with `KVM_IRQFD` for the device's GSI.
+//! 3. `let transport = MmioTransport::new(mem.clone(), dev.clone(), irq)?`.
+//! 4. For each `(evt, index)` in `transport.ioeventfds()?`, register `evt` with
+//!    `KVM_IOEVENTFD` at guest address `base + NOTIFY_REG_OFFSET`, 4 bytes, datamatch =
+//!    `index`. Without ioeventfds the transport still works: a QueueNotify write on an MMIO
+//!    exit signals the same `EventFd`.
+//! 5. Add `dev` (the same `Arc<Mutex<_>>`) to the event manager as a `MutEventSubscriber`: it
+//!    registers its activate event at `init` and its queue/backend fds when activated.
+//! 6. Route vCPU MMIO exits in `[base, base + MMIO_MEM_SIZE)` to `transport.read(offset, data)`
+//!    / `transport.write(offset, data)` (keep the transport in its own `Mutex`; it locks the
+//!    device only briefly, for config access, activation and reset).
+//! 7. Add [`cmdline_entry`]`(base, irq)` to the guest kernel command line.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{
+    Error as VirtioError, GuestMem, InterruptKind, VirtioDevice, VirtioInterrupt,
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+    VIRTIO_F_VERSION_1,
+};
+
+/// Size of one device's MMIO window.
+pub const MMIO_MEM_SIZE: u64 = 0x1000;
+/// Offset of the QueueNotify register (where the VMM registers ioeventfds).
+pub const NOTIFY_REG_OFFSET: u64 = 0x50;
+/// "virt" in little endian.
+pub const MMIO_MAGIC: u32 = 0x7472_6976;
+/// Transport version implemented.
+pub const MMIO_VERSION: u32 = 2;
+/// Vendor id reported to the guest ("EMBR").
+pub const VENDOR_ID: u32 = 0x5242_4d45;
+
+const REG_MAGIC: u64 = 0x00;
+const REG_VERSION: u64 = 0x04;
+const REG_DEVICE_ID: u64 = 0x08;
+const REG_VENDOR_ID: u64 = 0x0c;
+const REG_DEVICE_FEATURES: u64 = 0x10;
+const REG_DEVICE_FEATURES_SEL: u64 = 0x14;
+const REG_DRIVER_FEATURES: u64 = 0x20;
+const REG_DRIVER_FEATURES_SEL: u64 = 0x24;
+const REG_QUEUE_SEL: u64 = 0x30;
+const REG_QUEUE_NUM_MAX: u64 = 0x34;
+const REG_QUEUE_NUM: u64 = 0x38;
+const REG_QUEUE_READY: u64 = 0x44;
+const REG_QUEUE_NOTIFY: u64 = NOTIFY_REG_OFFSET;
+const REG_INTERRUPT_STATUS: u64 = 0x60;
+const REG_INTERRUPT_ACK: u64 = 0x64;
+const REG_STATUS: u64 = 0x70;
+const REG_QUEUE_DESC_LOW: u64 = 0x80;
+const REG_QUEUE_DESC_HIGH: u64 = 0x84;
+const REG_QUEUE_AVAIL_LOW: u64 = 0x90;
+const REG_QUEUE_AVAIL_HIGH: u64 = 0x94;
+const REG_QUEUE_USED_LOW: u64 = 0xa0;
+const REG_QUEUE_USED_HIGH: u64 = 0xa4;
+const REG_CONFIG_GENERATION: u64 = 0xfc;
+const CONFIG_SPACE: u64 = 0x100;
+
+/// Errors building a transport.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Invalid maximum queue size {0}")]
+    QueueSize(u16),
+    #[error("Failed to clone a queue event fd")]
+    CloneEvent(#[source] std::io::Error),
+}
+
+/// The line to append to the guest kernel command line for a device at `base` with `irq`.
+pub fn cmdline_entry(base: u64, irq: u32) -> String {
+    format!("virtio_mmio.device=4K@0x{base:x}:{irq}")
+}
+
+/// The virtio-mmio register file of one device.
+pub struct MmioTransport {
+    device: Arc<Mutex<dyn VirtioDevice>>,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    mem: GuestMem,
+    queues: Vec<Queue>,
+    status: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    queue_sel: u32,
+    config_generation: u32,
+}
+
+fn lock<'a>(
+    dev: &'a Mutex<dyn VirtioDevice + 'static>,
+) -> MutexGuard<'a, dyn VirtioDevice + 'static> {
+    dev.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl MmioTransport {
+    /// A transport in the reset state for `device`.
+    pub fn new(
+        mem: GuestMem,
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<Self, Error> {
+        let sizes = lock(&device).queue_max_sizes().to_vec();
+        let queues = sizes
+            .iter()
+            .map(|&s| Queue::new(s).map_err(|_| Error::QueueSize(s)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(MmioTransport {
+            device,
+            interrupt,
+            mem,
+            queues,
+            status: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            queue_sel: 0,
+            config_generation: 0,
+        })
+    }
+
+    /// The device behind this transport.
+    pub fn device(&self) -> Arc<Mutex<dyn VirtioDevice>> {
+        self.device.clone()
+    }
+
+    /// Clones of the queue-notify event fds with their datamatch (queue index), for
+    /// `KVM_IOEVENTFD` at `base + NOTIFY_REG_OFFSET`.
+    pub fn ioeventfds(&self) -> Result<Vec<(EventFd, u32)>, Error> {
+        let dev = lock(&self.device);
+        dev.queue_events()
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Ok((e.try_clone().map_err(Error::CloneEvent)?, i as u32)))
+            .collect()
+    }
+
+    /// The device status register.
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    /// Bump the config generation (call after the device changed its config space) and raise
+    /// a config interrupt.
+    pub fn config_changed(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if let Err(e) = self.interrupt.trigger(InterruptKind::Config) {
+            log::error!("Failed to raise config interrupt: {e}");
+        }
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    /// Whether queue registers may be written now (between FEATURES_OK and DRIVER_OK).
+    fn queue_config_allowed(&self) -> bool {
+        self.status
+            & (VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK | VIRTIO_CONFIG_S_FAILED)
+            == VIRTIO_CONFIG_S_FEATURES_OK
+    }
+
+    /// A guest read of `data.len()` bytes at `offset` in the window.
+    pub fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG_SPACE {
+            lock(&self.device).read_config(offset - CONFIG_SPACE, data);
+            return;
+        }
+        data.fill(0);
+        if data.len() != 4 || !offset.is_multiple_of(4) {
+            log::warn!(
+                "Bad virtio-mmio read: offset {offset:#x} size {}",
+                data.len()
+            );
+            return;
+        }
+        let v: u32 = match offset {
+            REG_MAGIC => MMIO_MAGIC,
+            REG_VERSION => MMIO_VERSION,
+            REG_DEVICE_ID => lock(&self.device).device_type(),
+            REG_VENDOR_ID => VENDOR_ID,
+            REG_DEVICE_FEATURES => {
+                let f = lock(&self.device).avail_features();
+                match self.device_features_sel {
+                    0 => f as u32,
+                    1 => (f >> 32) as u32,
+                    _ => 0,
+                }
+            }
+            REG_QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
+            REG_QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
+            REG_INTERRUPT_STATUS => self.interrupt.status().load(Ordering::SeqCst),
+            REG_STATUS => self.status,
+            REG_CONFIG_GENERATION => self.config_generation,
+            _ => {
+                log::warn!("Read of write-only or unknown virtio-mmio register {offset:#x}");
+                0
+            }
+        };
+        data.copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// A guest write of `data` at `offset` in the window.
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= CONFIG_SPACE {
+            if self.status & VIRTIO_CONFIG_S_DRIVER != 0
+                && self.status & VIRTIO_CONFIG_S_FAILED == 0
+            {
+                lock(&self.device).write_config(offset - CONFIG_SPACE, data);
+                self.config_generation = self.config_generation.wrapping_add(1);
+            } else {
+                log::warn!("Config write before DRIVER status ignored");
+            }
+            return;
+        }
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            log::warn!(
+                "Bad virtio-mmio write: offset {offset:#x} size {}",
+                data.len()
+            );
+            return;
+        };
+        if !offset.is_multiple_of(4) {
+            log::warn!("Unaligned virtio-mmio write at {offset:#x}");
+            return;
+        }
+        let v = u32::from_le_bytes(bytes);
+        match offset {
+            REG_DEVICE_FEATURES_SEL => self.device_features_sel = v,
+            REG_DRIVER_FEATURES_SEL => self.driver_features_sel = v,
+            REG_DRIVER_FEATURES => {
+                if self.status & (VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK)
+                    != VIRTIO_CONFIG_S_DRIVER
+                {
+                    log::warn!("Driver features written in status {:#x}", self.status);
+                    return;
+                }
+                match self.driver_features_sel {
+                    0 => {
+                        self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v)
+                    }
+                    1 => {
+                        self.driver_features =
+                            (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
+                    }
+                    _ => log::warn!(
+                        "Driver features select {} ignored",
+                        self.driver_features_sel
+                    ),
+                }
+            }
+            REG_QUEUE_SEL => self.queue_sel = v,
+            REG_QUEUE_NUM | REG_QUEUE_READY | REG_QUEUE_DESC_LOW | REG_QUEUE_DESC_HIGH
+            | REG_QUEUE_AVAIL_LOW | REG_QUEUE_AVAIL_HIGH | REG_QUEUE_USED_LOW
+            | REG_QUEUE_USED_HIGH => self.write_queue_reg(offset, v),
+            REG_QUEUE_NOTIFY => self.notify(v),
+            REG_INTERRUPT_ACK => {
+                self.interrupt.status().fetch_and(!v, Ordering::SeqCst);
+            }
+            REG_STATUS => self.set_status(v),
+            _ => log::warn!("Write to read-only or unknown virtio-mmio register {offset:#x}"),
+        }
+    }
+
+    fn write_queue_reg(&mut self, offset: u64, v: u32) {
+        if !self.queue_config_allowed() {
+            log::warn!(
+                "Queue register {offset:#x} written in status {:#x}",
+                self.status
+            );
+            return;
+        }
+        let Some(q) = self.selected_queue() else {
+            log::warn!("Queue register written for missing queue");
+            return;
+        };
+        match offset {
+            REG_QUEUE_NUM => q.set_size(v as u16),
+            REG_QUEUE_READY => q.set_ready(v == 1),
+            REG_QUEUE_DESC_LOW => q.set_desc_table_address(Some(v), None),
+            REG_QUEUE_DESC_HIGH => q.set_desc_table_address(None, Some(v)),
+            REG_QUEUE_AVAIL_LOW => q.set_avail_ring_address(Some(v), None),
+            REG_QUEUE_AVAIL_HIGH => q.set_avail_ring_address(None, Some(v)),
+            REG_QUEUE_USED_LOW => q.set_used_ring_address(Some(v), None),
+            REG_QUEUE_USED_HIGH => q.set_used_ring_address(None, Some(v)),
+            _ => {}
+        }
+    }
+
+    fn notify(&mut self, index: u32) {
+        let dev = lock(&self.device);
+        match dev.queue_events().get(index as usize) {
+            Some(evt) => {
+                if let Err(e) = evt.write(1) {
+                    log::error!("Failed to signal queue {index}: {e}");
+                }
+            }
+            None => log::warn!("Notify for missing queue {index}"),
+        }
+    }
+
+    fn set_status(&mut self, v: u32) {
+        if v == 0 {
+            self.reset();
+            return;
+        }
+        if v & VIRTIO_CONFIG_S_FAILED != 0 {
+            self.status |= VIRTIO_CONFIG_S_FAILED;
+            return;
+        }
+        // The driver only ever adds one bit to what it wrote before.
+        if v & self.status != self.status {
+            log::warn!("Status {v:#x} clears bits of {:#x}; ignored", self.status);
+            return;
+        }
+        let added = v & !self.status;
+        let s = self.status;
+        match added {
+            VIRTIO_CONFIG_S_ACKNOWLEDGE if s == 0 => self.status = v,
+            VIRTIO_CONFIG_S_DRIVER if s == VIRTIO_CONFIG_S_ACKNOWLEDGE => self.status = v,
+            VIRTIO_CONFIG_S_FEATURES_OK
+                if s == VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER =>
+            {
+                let mut dev = lock(&self.device);
+                let avail = dev.avail_features();
+                let version_1 = 1u64 << VIRTIO_F_VERSION_1;
+                if self.driver_features & !avail != 0 || self.driver_features & version_1 == 0 {
+                    log::warn!(
+                        "Driver features {:#x} not acceptable (offered {avail:#x})",
+                        self.driver_features
+                    );
+                    return;
+                }
+                dev.set_acked_features(self.driver_features);
+                self.status = v;
+            }
+            VIRTIO_CONFIG_S_DRIVER_OK
+                if s == VIRTIO_CONFIG_S_ACKNOWLEDGE
+                    | VIRTIO_CONFIG_S_DRIVER
+                    | VIRTIO_CONFIG_S_FEATURES_OK =>
+            {
+                match self.activate() {
+                    Ok(()) => self.status = v,
+                    Err(e) => {
+                        log::error!("Failed to activate virtio device: {e}");
+                        self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
+                        if let Err(e) = self.interrupt.trigger(InterruptKind::Config) {
+                            log::error!("Failed to raise config interrupt: {e}");
+                        }
+                    }
+                }
+            }
+            _ => log::warn!("Invalid status transition {s:#x} -> {v:#x}"),
+        }
+    }
+
+    fn activate(&mut self) -> Result<(), ActivateError> {
+        if let Some(i) = self.queues.iter().position(|q| !q.is_valid(&self.mem)) {
+            return Err(ActivateError::InvalidQueue(i));
+        }
+        // The device gets its own copies; the transport keeps the register view.
+        let queues = self
+            .queues
+            .iter()
+            .map(|q| Queue::try_from(q.state()).map_err(|_| ActivateError::CopyQueue))
+            .collect::<Result<Vec<_>, _>>()?;
+        lock(&self.device)
+            .activate(self.mem.clone(), queues, self.interrupt.clone())
+            .map_err(ActivateError::Device)
+    }
+
+    fn reset(&mut self) {
+        let mut dev = lock(&self.device);
+        if dev.is_activated() && !dev.reset() {
+            log::error!("Device does not support reset");
+            self.status |= VIRTIO_CONFIG_S_FAILED;
+            return;
+        }
+        dev.set_acked_features(0);
+        drop(dev);
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.status = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.driver_features = 0;
+        self.queue_sel = 0;
+        self.interrupt.status().store(0, Ordering::SeqCst);
+    }
+}
+
+/// Why DRIVER_OK did not activate the device.
+#[derive(Debug, thiserror::Error)]
+enum ActivateError {
+    #[error("Queue {0} is not ready or lies outside guest memory")]
+    InvalidQueue(usize),
+    #[error("Queue state could not be copied")]
+    CopyQueue,
+    #[error("Device refused activation")]
+    Device(#[source] VirtioError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::{features, new_events, CountingInterrupt, VIRTIO_ID_RNG};
+    use vm_memory::GuestAddress;
+
+    struct Dummy {
+        acked: u64,
+        config: [u8; 8],
+        evts: Vec<EventFd>,
+        activations: u32,
+        resets: u32,
+        active: bool,
+        queues_seen: Vec<(u16, u64)>,
+    }
+
+    impl Dummy {
+        fn new() -> Self {
+            Dummy {
+                acked: 0,
+                config: [1, 2, 3, 4, 5, 6, 7, 8],
+                evts: new_events(2).unwrap(),
+                activations: 0,
+                resets: 0,
+                active: false,
+                queues_seen: vec![],
+            }
+        }
+    }
+
+    impl VirtioDevice for Dummy {
+        fn device_type(&self) -> u32 {
+            VIRTIO_ID_RNG
+        }
+        fn avail_features(&self) -> u64 {
+            features(&[3])
+        }
+        fn acked_features(&self) -> u64 {
+            self.acked
+        }
+        fn set_acked_features(&mut self, f: u64) {
+            self.acked = f;
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16, 8]
+        }
+        fn queue_events(&self) -> &[EventFd] {
+            &self.evts
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            crate::virtio::read_config_bytes(&self.config, offset, data)
+        }
+        fn write_config(&mut self, offset: u64, data: &[u8]) {
+            for (i, b) in data.iter().enumerate() {
+                if let Some(c) = self.config.get_mut(offset as usize + i) {
+                    *c = *b;
+                }
+            }
+        }
+        fn activate(
+            &mut self,
+            _mem: GuestMem,
+            queues: Vec<Queue>,
+            _i: Arc<dyn VirtioInterrupt>,
+        ) -> Result<(), VirtioError> {
+            crate::virtio::check_activation(self.active, 2, &queues)?;
+            self.queues_seen = queues.iter().map(|q| (q.size(), q.desc_table())).collect();
+            self.activations += 1;
+            self.active = true;
+            Ok(())
+        }
+        fn reset(&mut self) -> bool {
+            self.resets += 1;
+            self.active = false;
+            true
+        }
+        fn is_activated(&self) -> bool {
+            self.active
+        }
+    }
+
+    struct Rig {
+        t: MmioTransport,
+        dev: Arc<Mutex<Dummy>>,
+        irq: Arc<CountingInterrupt>,
+    }
+
+    fn rig() -> Rig {
+        let mem = GuestMem::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let dev = Arc::new(Mutex::new(Dummy::new()));
+        let irq = Arc::new(CountingInterrupt::new());
+        let t = MmioTransport::new(mem, dev.clone(), irq.clone()).unwrap();
+        Rig { t, dev, irq }
+    }
+
+    fn rd(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn wr(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+
+    const ACK: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE;
+    const DRV: u32 = VIRTIO_CONFIG_S_DRIVER;
+    const FOK: u32 = VIRTIO_CONFIG_S_FEATURES_OK;
+    const DOK: u32 = VIRTIO_CONFIG_S_DRIVER_OK;
+
+    fn negotiate(t: &mut MmioTransport) {
+        wr(t, REG_STATUS, ACK);
+        wr(t, REG_STATUS, ACK | DRV);
+        wr(t, REG_DRIVER_FEATURES_SEL, 0);
+        wr(t, REG_DRIVER_FEATURES, 1 << 3);
+        wr(t, REG_DRIVER_FEATURES_SEL, 1);
+        wr(t, REG_DRIVER_FEATURES, 1);
+        wr(t, REG_STATUS, ACK | DRV | FOK);
+    }
+
+    fn setup_queues(t: &mut MmioTransport) {
+        for (i, base) in [(0u32, 0x1000u32), (1, 0x4000)] {
+            wr(t, REG_QUEUE_SEL, i);
+            wr(t, REG_QUEUE_NUM, 8);
+            wr(t, REG_QUEUE_DESC_LOW, base);
+            wr(t, REG_QUEUE_DESC_HIGH, 0);
+            wr(t, REG_QUEUE_AVAIL_LOW, base + 0x800);
+            wr(t, REG_QUEUE_AVAIL_HIGH, 0);
+            wr(t, REG_QUEUE_USED_LOW, base + 0x1000);
+            wr(t, REG_QUEUE_USED_HIGH, 0);
+            wr(t, REG_QUEUE_READY, 1);
+        }
+    }
+
+    #[test]
+    fn identity_registers() {
+        let mut r = rig();
+        assert_eq!(rd(&mut r.t, REG_MAGIC), MMIO_MAGIC);
+        assert_eq!(rd(&mut r.t, REG_VERSION), 2);
+        assert_eq!(rd(&mut r.t, REG_DEVICE_ID), VIRTIO_ID_RNG);
+        assert_eq!(rd(&mut r.t, REG_VENDOR_ID), VENDOR_ID);
+        wr(&mut r.t, REG_DEVICE_FEATURES_SEL, 0);
+        assert_eq!(rd(&mut r.t, REG_DEVICE_FEATURES), 1 << 3);
+        wr(&mut r.t, REG_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(rd(&mut r.t, REG_DEVICE_FEATURES), 1);
+        wr(&mut r.t, REG_DEVICE_FEATURES_SEL, 7);
+        assert_eq!(rd(&mut r.t, REG_DEVICE_FEATURES), 0);
+        wr(&mut r.t, REG_QUEUE_SEL, 1);
+        assert_eq!(rd(&mut r.t, REG_QUEUE_NUM_MAX), 8);
+        wr(&mut r.t, REG_QUEUE_SEL, 5);
+        assert_eq!(rd(&mut r.t, REG_QUEUE_NUM_MAX), 0);
+    }
+
+    #[test]
+    fn full_negotiation_activates() {
+        let mut r = rig();
+        negotiate(&mut r.t);
+        assert_eq!(rd(&mut r.t, REG_STATUS), ACK | DRV | FOK);
+        assert_eq!(r.dev.lock().unwrap().acked, (1 << 32) | (1 << 3));
+        setup_queues(&mut r.t);
+        wr(&mut r.t, REG_STATUS, ACK | DRV | FOK | DOK);
+        assert_eq!(rd(&mut r.t, REG_STATUS), ACK | DRV | FOK | DOK);
+        let d = r.dev.lock().unwrap();
+        assert_eq!(d.activations, 1);
+        assert_eq!(d.queues_seen, vec![(8, 0x1000), (8, 0x4000)]);
+    }
+
+    #[test]
+    fn rejects_unoffered_or_legacy_features() {
+        let mut r = rig();
+        wr(&mut r.t, REG_STATUS, ACK);
+        wr(&mut r.t, REG_STATUS, ACK | DRV);
+        wr(&mut r.t, REG_DRIVER_FEATURES_SEL, 0);
+        wr(&mut r.t, REG_DRIVER_FEATURES, 1 << 4); // not offered
+        wr(&mut r.t, REG_DRIVER_FEATURES_SEL, 1);
+        wr(&mut r.t, REG_DRIVER_FEATURES, 1);
+        wr(&mut r.t, REG_STATUS, ACK | DRV | FOK);
+        assert_eq!(
+            rd(&mut r.t, REG_STATUS),
+            ACK | DRV,
+            "FEATURES_OK must not stick"
+        );
+        // Without VERSION_1.
+        wr(&mut r.t, REG_DRIVER_FEATURES_SEL, 0);
+        wr(&mut r.t, REG_DRIVER_FEATURES, 1 << 3);
+        wr(&mut r.t, REG_DRIVER_FEATURES_SEL, 1);
+        wr(&mut r.t, REG_DRIVER_FEATURES, 0);
+        wr(&mut r.t, REG_STATUS, ACK | DRV | FOK);
+        assert_eq!(rd(&mut r.t, REG_STATUS), ACK | DRV);
+    }
+
+    #[test]
+    fn status_machine_refuses_skips_and_clears() {
+        let mut r = rig();
+        wr(&mut r.t, REG_STATUS, ACK | DRV); // skips ACK
+        assert_eq!(rd(&mut r.t, REG_STATUS), 0);
+        wr(&mut r.t, REG_STATUS, ACK);
+        wr(&mut r.t, REG_STATUS, ACK | DRV | FOK | DOK); // skips two steps
+        assert_eq!(rd(&mut r.t, REG_STATUS), ACK);
+        wr(&mut r.t, REG_STATUS, DRV); // clears ACK
+        assert_eq!(rd(&mut r.t, REG_STATUS), ACK);
+        wr(&mut r.t, REG_STATUS, VIRTIO_CONFIG_S_FAILED);
+        assert_eq!(rd(&mut r.t, REG_STATUS), ACK | VIRTIO_CONFIG_S_FAILED);
+        // Features after FAILED are not accepted.
+        wr(&mut r.t, REG_STATUS, ACK | DRV | VIRTIO_CONFIG_S_FAILED);
+        assert_eq!(rd(&mut r.t, REG_STATUS) & DRV, 0);
+    }
+
+    #[test]
+    fn queue_config_only_between_features_ok_and_driver_ok() {
+        let mut r = rig();
+        wr(&mut r.t, REG_QUEUE_SEL, 0);
+        wr(&mut r.t, REG_QUEUE_READY, 1);
+        assert_eq!(
+            rd(&mut r.t, REG_QUEUE_READY),
+            0,
+            "queue config before FEATURES_OK"
+        );
+        negotiate(&mut r.t);
+        setup_queues(&mut r.t);
+        assert_eq!(rd(&mut r.t, REG_QUEUE_READY), 1);
+        wr(&mut r.t, REG_STATUS, ACK | DRV | FOK | DOK);
+        wr(&mut r.t, REG_QUEUE_SEL, 0);
+        wr(&mut r.t, REG_QUEUE_READY, 0);
+        assert_eq!(
+            rd(&mut r.t, REG_QUEUE_READY),
+            1,
+            "queue config after DRIVER_OK"
+        );
+    }
+
+    #[test]
+    fn invalid_queue_sets_needs_reset() {
+        let mut r = rig();
+        negotiate(&mut r.t);
+        setup_queues(&mut r.t);
+        wr(&mut r.t, REG_QUEUE_SEL, 1);
+        wr(&mut r.t, REG_QUEUE_DESC_LOW, 0xfff0_0000); // outside 1 MiB of guest memory
+        wr(&mut r.t, REG_STATUS, ACK | DRV | FOK | DOK);
+        let s = rd(&mut r.t, REG_STATUS);
+        assert_eq!(s & DOK, 0);
+        assert_ne!(s & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+        assert_eq!(r.dev.lock().unwrap().activations, 0);
+        assert_eq!(r.irq.count(InterruptKind::Config), 1);
+    }
+
+    #[test]
+    fn reset_and_reactivate() {
+        let mut r = rig();
+        negotiate(&mut r.t);
+        setup_queues(&mut r.t);
+        wr(&mut r.t, REG_STATUS, ACK | DRV | FOK | DOK);
+        r.irq.trigger(InterruptKind::Vring).unwrap();
+        assert_eq!(rd(&mut r.t, REG_INTERRUPT_STATUS), 1);
+        wr(&mut r.t, REG_STATUS, 0);
+        assert_eq!(rd(&mut r.t, REG_STATUS), 0);
+        assert_eq!(rd(&mut r.t, REG_INTERRUPT_STATUS), 0);
+        wr(&mut r.t, REG_QUEUE_SEL, 0);
+        assert_eq!(rd(&mut r.t, REG_QUEUE_READY), 0);
+        {
+            let d = r.dev.lock().unwrap();
+            assert_eq!(d.resets, 1);
+            assert!(!d.active);
+            assert_eq!(d.acked, 0);
+        }
+        negotiate(&mut r.t);
+        setup_queues(&mut r.t);
+        wr(&mut r.t, REG_STATUS, ACK | DRV | FOK | DOK);
+        assert_eq!(rd(&mut r.t, REG_STATUS), ACK | DRV | FOK | DOK);
+        assert_eq!(r.dev.lock().unwrap().activations, 2);
+    }
+
+    #[test]
+    fn interrupt_ack_clears_bits() {
+        let mut r = rig();
+        r.irq.trigger(InterruptKind::Vring).unwrap();
+        r.irq.trigger(InterruptKind::Config).unwrap();
+        assert_eq!(rd(&mut r.t, REG_INTERRUPT_STATUS), 3);
+        wr(&mut r.t, REG_INTERRUPT_ACK, 1);
+        assert_eq!(rd(&mut r.t, REG_INTERRUPT_STATUS), 2);
+    }
+
+    #[test]
+    fn notify_signals_queue_event() {
+        let mut r = rig();
+        wr(&mut r.t, REG_QUEUE_NOTIFY, 1);
+        wr(&mut r.t, REG_QUEUE_NOTIFY, 9); // no such queue: ignored
+        let d = r.dev.lock().unwrap();
+        assert_eq!(d.evts[1].read().unwrap(), 1);
+        assert!(d.evts[0].read().is_err(), "queue 0 must not be signalled");
+        drop(d);
+        let fds = r.t.ioeventfds().unwrap();
+        assert_eq!(fds.iter().map(|f| f.1).collect::<Vec<_>>(), vec![0, 1]);
+    }
+
+    #[test]
+    fn config_space_and_generation() {
+        let mut r = rig();
+        let mut b = [0u8; 2];
+        r.t.read(CONFIG_SPACE + 2, &mut b);
+        assert_eq!(b, [3, 4]);
+        let mut past = [0xffu8; 4];
+        r.t.read(CONFIG_SPACE + 6, &mut past);
+        assert_eq!(past, [7, 8, 0, 0]);
+        r.t.write(CONFIG_SPACE, &[9]); // before DRIVER: ignored
+        assert_eq!(r.dev.lock().unwrap().config[0], 1);
+        wr(&mut r.t, REG_STATUS, ACK);
+        wr(&mut r.t, REG_STATUS, ACK | DRV);
+        let g0 = rd(&mut r.t, REG_CONFIG_GENERATION);
+        r.t.write(CONFIG_SPACE, &[9]);
+        assert_eq!(r.dev.lock().unwrap().config[0], 9);
+        assert_ne!(rd(&mut r.t, REG_CONFIG_GENERATION), g0);
+    }
+
+    #[test]
+    fn bad_offsets_and_sizes() {
+        let mut r = rig();
+        let mut b = [0xaau8; 2];
+        r.t.read(REG_MAGIC, &mut b); // 2-byte register read
+        assert_eq!(b, [0, 0]);
+        let mut b = [0xaau8; 4];
+        r.t.read(REG_MAGIC + 1, &mut b); // unaligned
+        assert_eq!(b, [0; 4]);
+        r.t.read(0xe0, &mut b); // hole
+        assert_eq!(b, [0; 4]);
+        r.t.write(REG_STATUS, &[1, 0]); // short write ignored
+        assert_eq!(rd(&mut r.t, REG_STATUS), 0);
+        r.t.write(REG_STATUS + 2, &[1, 0, 0, 0]);
+        assert_eq!(rd(&mut r.t, REG_STATUS), 0);
+        wr(&mut r.t, REG_MAGIC, 5); // read-only
+        assert_eq!(rd(&mut r.t, REG_MAGIC), MMIO_MAGIC);
+        let mut big = [0u8; 8];
+        r.t.read(REG_STATUS, &mut big);
+        assert_eq!(big, [0; 8]);
+    }
+
+    #[test]
+    fn cmdline_entry_format() {
+        assert_eq!(
+            cmdline_entry(0xd000_1000, 5),
+            "virtio_mmio.device=4K@0xd0001000:5"
+        );
+    }
+}

@@ -1,0 +1,305 @@
+//! virtio-rng (entropy device): fills device-writable buffers with bytes from the host's
+//! `getrandom(2)`.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use virtio_queue::{Queue, QueueOwnedT};
+use vm_memory::Bytes;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::{
+    add_used, check_activation, collect_chain, features, new_events, signal_used, ActiveState,
+    Error, GuestMem, VirtioDevice, VirtioInterrupt, VIRTIO_ID_RNG,
+};
+
+/// Queue size of the request queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Most bytes handed out per request.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// Fills `buf` from the host's `getrandom(2)`.
+pub fn host_random(buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: `rest` is a valid, writable buffer of `rest.len()` bytes that outlives the
+        // call; getrandom writes at most that many bytes.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// The virtio-rng device.
+pub struct Rng {
+    acked: u64,
+    queue_evts: Vec<EventFd>,
+    activate_evt: EventFd,
+    state: Option<ActiveState>,
+    registered: bool,
+    buf: Vec<u8>,
+}
+
+impl Rng {
+    /// A new, inactive device.
+    pub fn new() -> Result<Self, Error> {
+        Ok(Rng {
+            acked: 0,
+            queue_evts: new_events(1)?,
+            activate_evt: EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?,
+            state: None,
+            registered: false,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Service the request queue; returns the number of chains completed.
+    pub fn process_queue(&mut self) -> usize {
+        let Some(st) = self.state.as_mut() else {
+            return 0;
+        };
+        let mem = st.mem.clone();
+        let mut done = 0;
+        let mut notify = false;
+        while let Some(chain) = st.queues[0].iter(&mem).ok().and_then(|mut it| it.next()) {
+            let head = chain.head_index();
+            let len = match collect_chain(chain, &mem) {
+                Ok(descs) if descs.iter().all(|d| d.is_write_only()) => {
+                    fill_chain(&mem, &descs, &mut self.buf)
+                }
+                Ok(_) => {
+                    log::warn!("virtio-rng: device-readable descriptor in request");
+                    0
+                }
+                Err(e) => {
+                    log::warn!("virtio-rng: {e}");
+                    0
+                }
+            };
+            notify |= add_used(&mut st.queues[0], &mem, head, len);
+            done += 1;
+        }
+        if notify {
+            signal_used(st.interrupt.as_ref());
+        }
+        done
+    }
+}
+
+/// Writes random bytes into the writable buffers of a chain; returns the bytes written.
+fn fill_chain(
+    mem: &GuestMem,
+    descs: &[virtio_queue::desc::split::Descriptor],
+    buf: &mut Vec<u8>,
+) -> u32 {
+    let mut total = 0usize;
+    for d in descs {
+        let n = (d.len() as usize).min(MAX_REQUEST - total);
+        if n == 0 {
+            continue;
+        }
+        buf.resize(n, 0);
+        if let Err(e) = host_random(buf) {
+            log::error!("virtio-rng: getrandom failed: {e}");
+            break;
+        }
+        if let Err(e) = mem.write_slice(buf, d.addr()) {
+            log::warn!("virtio-rng: write to guest failed: {e}");
+            break;
+        }
+        total += n;
+    }
+    total as u32
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_RNG
+    }
+    fn avail_features(&self) -> u64 {
+        features(&[])
+    }
+    fn acked_features(&self) -> u64 {
+        self.acked
+    }
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked = features;
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    fn activate(
+        &mut self,
+        mem: GuestMem,
+        queues: Vec<Queue>,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), Error> {
+        check_activation(self.state.is_some(), 1, &queues)?;
+        self.state = Some(ActiveState {
+            mem,
+            queues,
+            interrupt,
+        });
+        self.activate_evt.write(1).map_err(Error::ActivateEvent)
+    }
+    fn reset(&mut self) -> bool {
+        self.state = None;
+        true
+    }
+    fn is_activated(&self) -> bool {
+        self.state.is_some()
+    }
+}
+
+impl MutEventSubscriber for Rng {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
+            log::error!("virtio-rng: failed to register activate event: {e}");
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.activate_evt.as_raw_fd() {
+            let _ = self.activate_evt.read();
+            if !self.registered {
+                match ops.add(Events::new(&self.queue_evts[0], EventSet::IN)) {
+                    Ok(()) => self.registered = true,
+                    Err(e) => log::error!("virtio-rng: failed to register queue event: {e}"),
+                }
+            }
+            self.process_queue();
+        } else if fd == self.queue_evts[0].as_raw_fd() {
+            let _ = self.queue_evts[0].read();
+            self.process_queue();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::test_utils::*;
+    use crate::virtio::{CountingInterrupt, InterruptKind};
+    use event_manager::{EventManager, SubscriberOps};
+    use std::sync::Mutex;
+
+    fn active(mem: &GuestMem, q: &GuestQueue) -> (Rng, Arc<CountingInterrupt>) {
+        let mut rng = Rng::new().unwrap();
+        let irq = Arc::new(CountingInterrupt::new());
+        rng.activate(mem.clone(), vec![q.queue()], irq.clone())
+            .unwrap();
+        (rng, irq)
+    }
+
+    #[test]
+    fn fills_writable_buffers() {
+        let m = mem(0x10_0000);
+        let mut q = GuestQueue::new(&m, 0, 16);
+        fill(&m, 0x1_0000, 0x300, 0xee);
+        let head = q.add(&[w(0x1_0100, 64), w(0x1_0200, 32)]);
+        let (mut rng, irq) = active(&m, &q);
+        assert_eq!(rng.process_queue(), 1);
+        assert_eq!(q.take_used(), vec![(u32::from(head), 96)]);
+        assert_ne!(read(&m, 0x1_0100, 64), vec![0xee; 64], "buffer not filled");
+        assert_untouched(&m, 0x1_0000, 0x100, 0xee);
+        assert_untouched(&m, 0x1_0140, 0xc0, 0xee);
+        assert_untouched(&m, 0x1_0220, 0xe0, 0xee);
+        assert_eq!(irq.count(InterruptKind::Vring), 1);
+    }
+
+    #[test]
+    fn malformed_chains_are_returned_empty() {
+        let m = mem(0x10_0000);
+        let mut q = GuestQueue::new(&m, 0, 16);
+        fill(&m, 0x1_0000, 0x1000, 0xee);
+        let h_read = q.add(&[r(0x1_0000, 64)]);
+        let h_oob = q.add(&[w(0x20_0000, 64)]);
+        let h_zero = q.add(&[w(0x1_0000, 0)]);
+        let h_loop = q.add_loop(&[w(0x1_0000, 16), w(0x1_0100, 16)]);
+        let h_straddle = q.add(&[w(0x0f_fff0, 0x100)]);
+        let (mut rng, _irq) = active(&m, &q);
+        assert_eq!(rng.process_queue(), 5);
+        let used = q.take_used();
+        assert_eq!(
+            used,
+            vec![
+                (u32::from(h_read), 0),
+                (u32::from(h_oob), 0),
+                (u32::from(h_zero), 0),
+                (u32::from(h_loop), 0),
+                (u32::from(h_straddle), 0)
+            ]
+        );
+        assert_untouched(&m, 0x1_0000, 0x1000, 0xee);
+    }
+
+    #[test]
+    fn oversize_request_is_capped() {
+        let m = mem(0x40_0000);
+        let mut q = GuestQueue::new(&m, 0, 16);
+        fill(&m, 0x10_0000, 0x2_0000, 0xee);
+        let h = q.add(&[w(0x10_0000, 0x1_8000)]);
+        let (mut rng, _irq) = active(&m, &q);
+        rng.process_queue();
+        assert_eq!(q.take_used(), vec![(u32::from(h), MAX_REQUEST as u32)]);
+        assert_untouched(&m, 0x10_0000 + MAX_REQUEST as u64, 0x8000, 0xee);
+    }
+
+    #[test]
+    fn inactive_device_does_nothing_and_reset_allows_reactivation() {
+        let m = mem(0x10_0000);
+        let mut q = GuestQueue::new(&m, 0, 16);
+        q.add(&[w(0x1_0000, 8)]);
+        let mut rng = Rng::new().unwrap();
+        assert_eq!(rng.process_queue(), 0);
+        let irq = Arc::new(CountingInterrupt::new());
+        rng.activate(m.clone(), vec![q.queue()], irq.clone())
+            .unwrap();
+        assert!(matches!(
+            rng.activate(m.clone(), vec![q.queue()], irq.clone()),
+            Err(Error::AlreadyActivated)
+        ));
+        assert!(rng.reset());
+        assert!(!rng.is_activated());
+        rng.activate(m.clone(), vec![q.queue()], irq).unwrap();
+        assert_eq!(rng.process_queue(), 1);
+    }
+
+    #[test]
+    fn serviced_through_event_manager() {
+        let m = mem(0x10_0000);
+        let mut q = GuestQueue::new(&m, 0, 16);
+        let rng = Arc::new(Mutex::new(Rng::new().unwrap()));
+        let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
+        em.add_subscriber(rng.clone());
+        let irq = Arc::new(CountingInterrupt::new());
+        rng.lock()
+            .unwrap()
+            .activate(m.clone(), vec![q.queue()], irq.clone())
+            .unwrap();
+        em.run_with_timeout(100).unwrap();
+        q.add(&[w(0x1_0000, 8)]);
+        rng.lock().unwrap().queue_events()[0].write(1).unwrap();
+        em.run_with_timeout(100).unwrap();
+        assert_eq!(q.take_used().len(), 1);
+        assert_eq!(irq.count(InterruptKind::Vring), 1);
+    }
+}
