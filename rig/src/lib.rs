@@ -1,1 +1,6 @@
-//! placeholder
+//! ember's test equipment: an initramfs (cpio newc) writer, the guest image builder and the
+//! "virtual KVM host" — a QEMU-TCG machine with emulated SVM in which ember gets a real /dev/kvm.
+
+pub mod busybox;
+pub mod guest;
+pub mod initramfs;
