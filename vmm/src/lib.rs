@@ -1,1 +1,3 @@
-//! placeholder
+//! ember's in-process VMM.
+
+pub mod arch;

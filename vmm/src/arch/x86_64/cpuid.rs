@@ -1,0 +1,174 @@
+//! CPUID for a vCPU: KVM's supported set, filtered. Each vCPU gets its APIC ID and the
+//! topology (leaf 0x1, 0xb, 0x8000_0008), the hypervisor bit and KVM signature, and loses
+//! CX16 (CPUID.1:ECX bit 13): the PVM instruction emulator cannot run `cmpxchg16b`.
+
+use kvm_bindings::kvm_cpuid_entry2;
+
+const LEAF_FEATURES: u32 = 0x1;
+const LEAF_CACHE: u32 = 0x4;
+const LEAF_TOPOLOGY: u32 = 0xb;
+const LEAF_HYPERVISOR: u32 = 0x4000_0000;
+const LEAF_AMD_SIZES: u32 = 0x8000_0008;
+
+const ECX_CX16_BIT: u32 = 13;
+const ECX_HYPERVISOR_BIT: u32 = 31;
+const EDX_HTT_BIT: u32 = 28;
+
+const LEAFB_LEVEL_SMT: u32 = 1;
+const LEAFB_LEVEL_CORE: u32 = 2;
+
+/// "KVMKVMKVM\0\0\0" as EBX, ECX, EDX.
+const KVM_SIGNATURE: [u32; 3] = [0x4b4d_564b, 0x564b_4d56, 0x0000_004d];
+
+/// Bits needed to number `n` items.
+fn bits_for(n: u32) -> u32 {
+    if n <= 1 {
+        0
+    } else {
+        32 - (n - 1).leading_zeros()
+    }
+}
+
+/// Filter `entries` (from KVM_GET_SUPPORTED_CPUID) for vCPU `cpu_id` of `num_cpus`.
+pub fn filter_cpuid(entries: &mut Vec<kvm_cpuid_entry2>, cpu_id: u8, num_cpus: u8) {
+    let apic_id = u32::from(cpu_id);
+    let cpus = u32::from(num_cpus.max(1));
+    for e in entries.iter_mut() {
+        match e.function {
+            LEAF_FEATURES => {
+                // EBX: APIC ID (31:24), logical processors (23:16), CLFLUSH line size (15:8).
+                e.ebx = (apic_id << 24) | (cpus << 16) | (8 << 8) | (e.ebx & 0xff);
+                e.ecx &= !(1 << ECX_CX16_BIT);
+                e.ecx |= 1 << ECX_HYPERVISOR_BIT;
+                if cpus > 1 {
+                    e.edx |= 1 << EDX_HTT_BIT;
+                } else {
+                    e.edx &= !(1 << EDX_HTT_BIT);
+                }
+            }
+            LEAF_CACHE => {
+                // EAX 31:26: cores per package - 1; 25:14: threads sharing this cache - 1.
+                let level = (e.eax >> 5) & 0x7;
+                let sharing = if level >= 3 { cpus - 1 } else { 0 };
+                e.eax = (e.eax & 0x3fff) | (sharing << 14) | ((cpus - 1) << 26);
+            }
+            LEAF_TOPOLOGY => {
+                // One thread per core, `cpus` cores per package.
+                e.edx = apic_id;
+                match e.index {
+                    0 => {
+                        e.eax = 0;
+                        e.ebx = 1;
+                        e.ecx = (LEAFB_LEVEL_SMT << 8) | e.index;
+                    }
+                    1 => {
+                        e.eax = bits_for(cpus);
+                        e.ebx = cpus;
+                        e.ecx = (LEAFB_LEVEL_CORE << 8) | e.index;
+                    }
+                    _ => {
+                        e.eax = 0;
+                        e.ebx = 0;
+                        e.ecx = e.index;
+                    }
+                }
+            }
+            LEAF_HYPERVISOR => {
+                e.ebx = KVM_SIGNATURE[0];
+                e.ecx = KVM_SIGNATURE[1];
+                e.edx = KVM_SIGNATURE[2];
+                if e.eax < LEAF_HYPERVISOR + 1 {
+                    e.eax = LEAF_HYPERVISOR + 1;
+                }
+            }
+            LEAF_AMD_SIZES => {
+                // ECX 15:12: APIC ID size; 7:0: cores - 1.
+                e.ecx = (bits_for(cpus) << 12) | (cpus - 1);
+            }
+            _ => {}
+        }
+    }
+    // Leaf 0xb may be missing (AMD hosts): the kernel falls back to leaf 1 then.
+    if !entries.iter().any(|e| e.function == LEAF_HYPERVISOR) {
+        entries.push(kvm_cpuid_entry2 {
+            function: LEAF_HYPERVISOR,
+            eax: LEAF_HYPERVISOR + 1,
+            ebx: KVM_SIGNATURE[0],
+            ecx: KVM_SIGNATURE[1],
+            edx: KVM_SIGNATURE[2],
+            ..Default::default()
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(function: u32, index: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            ebx: 0xffff_ffff,
+            ecx: 0xffff_ffff,
+            edx: 0xffff_ffff,
+            ..Default::default()
+        }
+    }
+
+    fn find(v: &[kvm_cpuid_entry2], f: u32, i: u32) -> kvm_cpuid_entry2 {
+        *v.iter().find(|e| e.function == f && e.index == i).unwrap()
+    }
+
+    #[test]
+    fn leaf1_apic_id_and_cx16_cleared() {
+        let mut v = vec![leaf(1, 0)];
+        filter_cpuid(&mut v, 2, 4);
+        let e = find(&v, 1, 0);
+        assert_eq!(e.ebx >> 24, 2);
+        assert_eq!((e.ebx >> 16) & 0xff, 4);
+        assert_eq!(e.ecx & (1 << 13), 0, "CX16 cleared");
+        assert_ne!(e.ecx & (1 << 31), 0, "hypervisor bit");
+        assert_ne!(e.edx & (1 << 28), 0, "HTT with >1 cpu");
+    }
+
+    #[test]
+    fn single_cpu_has_no_htt() {
+        let mut v = vec![leaf(1, 0)];
+        filter_cpuid(&mut v, 0, 1);
+        assert_eq!(find(&v, 1, 0).edx & (1 << 28), 0);
+    }
+
+    #[test]
+    fn topology_leaf() {
+        let mut v = vec![leaf(0xb, 0), leaf(0xb, 1), leaf(0xb, 2)];
+        filter_cpuid(&mut v, 3, 5);
+        let smt = find(&v, 0xb, 0);
+        assert_eq!((smt.eax, smt.ebx, smt.ecx >> 8, smt.edx), (0, 1, 1, 3));
+        let core = find(&v, 0xb, 1);
+        assert_eq!((core.eax, core.ebx, core.ecx >> 8, core.edx), (3, 5, 2, 3));
+        let end = find(&v, 0xb, 2);
+        assert_eq!((end.ebx, end.ecx), (0, 2));
+    }
+
+    #[test]
+    fn kvm_signature_present() {
+        let mut v = vec![leaf(1, 0)];
+        filter_cpuid(&mut v, 0, 1);
+        let h = find(&v, LEAF_HYPERVISOR, 0);
+        let mut sig = Vec::new();
+        for r in [h.ebx, h.ecx, h.edx] {
+            sig.extend_from_slice(&r.to_le_bytes());
+        }
+        assert_eq!(&sig[..9], b"KVMKVMKVM");
+    }
+
+    #[test]
+    fn bits() {
+        assert_eq!(bits_for(1), 0);
+        assert_eq!(bits_for(2), 1);
+        assert_eq!(bits_for(3), 2);
+        assert_eq!(bits_for(4), 2);
+        assert_eq!(bits_for(32), 5);
+    }
+}
