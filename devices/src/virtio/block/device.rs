@@ -1,0 +1,148 @@
+//! The virtio-blk device.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO};
+use virtio_queue::{Queue, QueueOwnedT};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::request::{handle, Outcome};
+use super::{DiskBackend, Error, RawFile, QUEUE_SIZE, SECTOR_SIZE};
+use crate::virtio::{
+    add_used, check_activation, collect_chain, features, new_events, read_config_bytes,
+    signal_used, ActiveState, Error as VirtioError, GuestMem, VirtioDevice, VirtioInterrupt,
+    VIRTIO_ID_BLOCK,
+};
+
+/// A virtio-blk device over one disk.
+pub struct Block {
+    pub(super) disk: Box<dyn DiskBackend>,
+    read_only: bool,
+    config: [u8; 8],
+    avail: u64,
+    acked: u64,
+    pub(super) queue_evts: Vec<EventFd>,
+    pub(super) activate_evt: EventFd,
+    state: Option<ActiveState>,
+    pub(super) registered: bool,
+    buf: Vec<u8>,
+}
+
+impl Block {
+    /// A device over `disk`; `read_only` offers `VIRTIO_BLK_F_RO` and refuses writes.
+    pub fn new(disk: Box<dyn DiskBackend>, read_only: bool) -> Result<Self, Error> {
+        let capacity = disk.size() / SECTOR_SIZE;
+        let mut bits = vec![VIRTIO_BLK_F_FLUSH];
+        if read_only {
+            bits.push(VIRTIO_BLK_F_RO);
+        }
+        Ok(Block {
+            disk,
+            read_only,
+            config: capacity.to_le_bytes(),
+            avail: features(&bits),
+            acked: 0,
+            queue_evts: new_events(1)?,
+            activate_evt: EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?,
+            state: None,
+            registered: false,
+            buf: Vec::new(),
+        })
+    }
+
+    /// A device over the raw image at `path`.
+    pub fn open(path: &Path, read_only: bool) -> Result<Self, Error> {
+        Self::new(Box::new(RawFile::open(path, read_only)?), read_only)
+    }
+
+    /// Capacity in 512-byte sectors.
+    pub fn capacity(&self) -> u64 {
+        u64::from_le_bytes(self.config)
+    }
+
+    /// Service the request queue; returns the number of chains completed.
+    pub fn process_queue(&mut self) -> usize {
+        let Some(st) = self.state.as_mut() else {
+            return 0;
+        };
+        let mem = st.mem.clone();
+        let mut done = 0;
+        let mut notify = false;
+        while let Some(chain) = st.queues[0].iter(&mem).ok().and_then(|mut it| it.next()) {
+            let head = chain.head_index();
+            let out = match collect_chain(chain, &mem) {
+                Ok(descs) => handle(
+                    &descs,
+                    &mem,
+                    self.disk.as_mut(),
+                    self.read_only,
+                    &mut self.buf,
+                ),
+                Err(e) => {
+                    log::warn!("virtio-blk: {e}");
+                    Outcome {
+                        status: None,
+                        used_len: 0,
+                    }
+                }
+            };
+            notify |= add_used(&mut st.queues[0], &mem, head, out.used_len);
+            done += 1;
+        }
+        if notify {
+            signal_used(st.interrupt.as_ref());
+        }
+        done
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+    fn avail_features(&self) -> u64 {
+        self.avail
+    }
+    fn acked_features(&self) -> u64 {
+        self.acked
+    }
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked = features;
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        log::warn!("virtio-blk: config space is read-only");
+    }
+    fn activate(
+        &mut self,
+        mem: GuestMem,
+        queues: Vec<Queue>,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), VirtioError> {
+        check_activation(self.state.is_some(), 1, &queues)?;
+        self.state = Some(ActiveState {
+            mem,
+            queues,
+            interrupt,
+        });
+        self.activate_evt
+            .write(1)
+            .map_err(VirtioError::ActivateEvent)
+    }
+    fn reset(&mut self) -> bool {
+        self.state = None;
+        true
+    }
+    fn is_activated(&self) -> bool {
+        self.state.is_some()
+    }
+}

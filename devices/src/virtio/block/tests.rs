@@ -1,0 +1,313 @@
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::sync::Arc;
+
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_RO, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::tempfile::TempFile;
+
+use super::*;
+use crate::virtio::test_utils::*;
+use crate::virtio::{CountingInterrupt, GuestMem, InterruptKind, VirtioDevice};
+
+const HDR: u64 = 0x1_0000;
+const DATA: u64 = 0x2_0000;
+const STATUS: u64 = 0x3_0000;
+const MEM: usize = 0x10_0000;
+const DISK: u64 = 64 * 1024;
+const GUARD: u8 = 0xee;
+
+struct Rig {
+    m: GuestMem,
+    file: TempFile,
+}
+
+fn rig() -> Rig {
+    let m = mem(MEM);
+    fill(&m, 0x1_0000, 0x3_0000, GUARD);
+    let file = TempFile::new().unwrap();
+    let mut f = file.as_file();
+    let pattern: Vec<u8> = (0..DISK).map(|i| (i % 251) as u8).collect();
+    f.write_all(&pattern).unwrap();
+    Rig { m, file }
+}
+
+fn header(m: &GuestMem, ty: u32, sector: u64) {
+    m.write_obj(ty, GuestAddress(HDR)).unwrap();
+    m.write_obj(0u32, GuestAddress(HDR + 4)).unwrap();
+    m.write_obj(sector, GuestAddress(HDR + 8)).unwrap();
+}
+
+fn status(m: &GuestMem) -> u8 {
+    m.read_obj(GuestAddress(STATUS)).unwrap()
+}
+
+fn block(k: &Rig, q: &GuestQueue, read_only: bool) -> (Block, Arc<CountingInterrupt>) {
+    let f = k.file.as_file().try_clone().unwrap();
+    let mut b = Block::new(Box::new(RawFile::from_file(f).unwrap()), read_only).unwrap();
+    let irq = Arc::new(CountingInterrupt::new());
+    b.activate(k.m.clone(), vec![q.queue()], irq.clone())
+        .unwrap();
+    (b, irq)
+}
+
+fn disk_bytes(k: &Rig, off: u64, len: usize) -> Vec<u8> {
+    let mut f = k.file.as_file();
+    f.seek(SeekFrom::Start(off)).unwrap();
+    let mut v = vec![0u8; len];
+    f.read_exact(&mut v).unwrap();
+    v
+}
+
+#[test]
+fn config_and_features() {
+    let k = rig();
+    let q = GuestQueue::new(&k.m, 0, 16);
+    let (b, _) = block(&k, &q, true);
+    assert_eq!(b.capacity(), DISK / 512);
+    let mut cap = [0u8; 8];
+    b.read_config(0, &mut cap);
+    assert_eq!(u64::from_le_bytes(cap), DISK / 512);
+    let mut past = [0xffu8; 4];
+    b.read_config(6, &mut past);
+    assert_eq!(past, [0, 0, 0, 0]);
+    assert_ne!(b.avail_features() & (1 << VIRTIO_BLK_F_RO), 0);
+    assert_ne!(b.avail_features() & (1 << 32), 0);
+    let (rw, _) = block(&k, &q, false);
+    assert_eq!(rw.avail_features() & (1 << VIRTIO_BLK_F_RO), 0);
+}
+
+#[test]
+fn read_two_segments() {
+    let k = rig();
+    let mut q = GuestQueue::new(&k.m, 0, 16);
+    header(&k.m, VIRTIO_BLK_T_IN, 2);
+    let h = q.add(&[
+        r(HDR, 16),
+        w(DATA, 512),
+        w(DATA + 0x1000, 1024),
+        w(STATUS, 1),
+    ]);
+    let (mut b, irq) = block(&k, &q, false);
+    assert_eq!(b.process_queue(), 1);
+    assert_eq!(q.take_used(), vec![(u32::from(h), 512 + 1024 + 1)]);
+    assert_eq!(status(&k.m), VIRTIO_BLK_S_OK as u8);
+    assert_eq!(read(&k.m, DATA, 512), disk_bytes(&k, 1024, 512));
+    assert_eq!(read(&k.m, DATA + 0x1000, 1024), disk_bytes(&k, 1536, 1024));
+    assert_untouched(&k.m, DATA + 512, 0x1000 - 512, GUARD);
+    assert_untouched(&k.m, DATA + 0x1000 + 1024, 0x100, GUARD);
+    assert_untouched(&k.m, STATUS + 1, 0x100, GUARD);
+    assert_eq!(irq.count(InterruptKind::Vring), 1);
+}
+
+#[test]
+fn write_then_read_back() {
+    let k = rig();
+    let mut q = GuestQueue::new(&k.m, 0, 16);
+    fill(&k.m, DATA, 1024, 0x5a);
+    header(&k.m, VIRTIO_BLK_T_OUT, 10);
+    let h = q.add(&[r(HDR, 16), r(DATA, 1024), w(STATUS, 1)]);
+    let (mut b, _) = block(&k, &q, false);
+    b.process_queue();
+    assert_eq!(q.take_used(), vec![(u32::from(h), 1)]);
+    assert_eq!(status(&k.m), VIRTIO_BLK_S_OK as u8);
+    assert_eq!(disk_bytes(&k, 10 * 512, 1024), vec![0x5a; 1024]);
+    assert_ne!(disk_bytes(&k, 9 * 512, 512), vec![0x5a; 512]);
+    // Flush then read it back through the device.
+    header(&k.m, VIRTIO_BLK_T_FLUSH, 0);
+    q.add(&[r(HDR, 16), w(STATUS, 1)]);
+    b.process_queue();
+    assert_eq!(status(&k.m), VIRTIO_BLK_S_OK as u8);
+    fill(&k.m, DATA, 1024, 0);
+    header(&k.m, VIRTIO_BLK_T_IN, 10);
+    q.add(&[r(HDR, 16), w(DATA, 1024), w(STATUS, 1)]);
+    b.process_queue();
+    assert_eq!(read(&k.m, DATA, 1024), vec![0x5a; 1024]);
+}
+
+#[test]
+fn get_id_is_20_bytes() {
+    let k = rig();
+    let mut q = GuestQueue::new(&k.m, 0, 16);
+    header(&k.m, VIRTIO_BLK_T_GET_ID, 0);
+    let h = q.add(&[r(HDR, 16), w(DATA, 64), w(STATUS, 1)]);
+    let (mut b, _) = block(&k, &q, false);
+    let id = b.disk.id();
+    b.process_queue();
+    assert_eq!(q.take_used(), vec![(u32::from(h), 21)]);
+    assert_eq!(status(&k.m), VIRTIO_BLK_S_OK as u8);
+    assert_eq!(read(&k.m, DATA, 20), id.to_vec());
+    assert!(id.iter().any(|&c| c != 0), "id must not be empty");
+    assert_untouched(&k.m, DATA + 20, 44, GUARD);
+}
+
+#[test]
+fn read_only_refuses_writes() {
+    let k = rig();
+    let mut q = GuestQueue::new(&k.m, 0, 16);
+    let before = disk_bytes(&k, 0, 512);
+    fill(&k.m, DATA, 512, 0x11);
+    header(&k.m, VIRTIO_BLK_T_OUT, 0);
+    q.add(&[r(HDR, 16), r(DATA, 512), w(STATUS, 1)]);
+    let (mut b, _) = block(&k, &q, true);
+    b.process_queue();
+    assert_eq!(status(&k.m), VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(disk_bytes(&k, 0, 512), before);
+    // Reads still work.
+    header(&k.m, VIRTIO_BLK_T_IN, 0);
+    q.add(&[r(HDR, 16), w(DATA, 512), w(STATUS, 1)]);
+    b.process_queue();
+    assert_eq!(status(&k.m), VIRTIO_BLK_S_OK as u8);
+    assert_eq!(read(&k.m, DATA, 512), before);
+}
+
+fn run_one(k: &Rig, descs: &[D], ty: u32, sector: u64) -> (u32, u8) {
+    let mut q = GuestQueue::new(&k.m, 0, 16);
+    header(&k.m, ty, sector);
+    k.m.write_obj(0x77u8, GuestAddress(STATUS)).unwrap();
+    q.add(descs);
+    let (mut b, _) = block(k, &q, false);
+    assert_eq!(b.process_queue(), 1);
+    let used = q.take_used();
+    assert_eq!(used.len(), 1);
+    (used[0].1, status(&k.m))
+}
+
+#[test]
+fn bounds_and_alignment_give_ioerr() {
+    let k = rig();
+    let last = DISK / 512;
+    let ioerr = VIRTIO_BLK_S_IOERR as u8;
+    // Past the end.
+    let d = [r(HDR, 16), w(DATA, 1024), w(STATUS, 1)];
+    assert_eq!(run_one(&k, &d, VIRTIO_BLK_T_IN, last - 1), (1, ioerr));
+    // Sector overflow.
+    assert_eq!(run_one(&k, &d, VIRTIO_BLK_T_IN, u64::MAX / 256), (1, ioerr));
+    // Not a multiple of the sector size.
+    let d = [r(HDR, 16), w(DATA, 100), w(STATUS, 1)];
+    assert_eq!(run_one(&k, &d, VIRTIO_BLK_T_IN, 0), (1, ioerr));
+    // Oversize: a 512 KiB descriptor on a 64 KiB disk.
+    let d = [r(HDR, 16), w(DATA, 512 * 1024), w(STATUS, 1)];
+    assert_eq!(run_one(&k, &d, VIRTIO_BLK_T_IN, 0), (1, ioerr));
+    assert_untouched(&k.m, DATA, 0x1_0000, GUARD);
+    // The very last sector is fine.
+    let d = [r(HDR, 16), w(DATA, 512), w(STATUS, 1)];
+    assert_eq!(
+        run_one(&k, &d, VIRTIO_BLK_T_IN, last - 1),
+        (513, VIRTIO_BLK_S_OK as u8)
+    );
+}
+
+#[test]
+fn unsupported_type() {
+    let k = rig();
+    let d = [r(HDR, 16), w(STATUS, 1)];
+    assert_eq!(run_one(&k, &d, 11, 0), (1, VIRTIO_BLK_S_UNSUPP as u8));
+}
+
+#[test]
+fn malformed_chains_with_status_get_ioerr() {
+    let k = rig();
+    let ioerr = VIRTIO_BLK_S_IOERR as u8;
+    // Header device-writable.
+    let d = [w(HDR, 16), w(DATA, 512), w(STATUS, 1)];
+    assert_eq!(run_one(&k, &d, VIRTIO_BLK_T_IN, 0), (1, ioerr));
+    // Header too short.
+    let d = [r(HDR, 8), w(DATA, 512), w(STATUS, 1)];
+    assert_eq!(run_one(&k, &d, VIRTIO_BLK_T_IN, 0), (1, ioerr));
+    // Read into a device-readable buffer (wrong direction).
+    let d = [r(HDR, 16), r(DATA, 512), w(STATUS, 1)];
+    assert_eq!(run_one(&k, &d, VIRTIO_BLK_T_IN, 0), (1, ioerr));
+    // Write from a device-writable buffer (wrong direction).
+    let d = [r(HDR, 16), w(DATA, 512), w(STATUS, 1)];
+    assert_eq!(run_one(&k, &d, VIRTIO_BLK_T_OUT, 0), (1, ioerr));
+    // Zero-length data descriptor.
+    let d = [r(HDR, 16), w(DATA, 0), w(STATUS, 1)];
+    assert_eq!(run_one(&k, &d, VIRTIO_BLK_T_IN, 0), (1, ioerr));
+    assert_untouched(&k.m, DATA, 0x1_0000, GUARD);
+}
+
+#[test]
+fn malformed_chains_without_status_are_returned_empty() {
+    let k = rig();
+    // Status descriptor device-readable.
+    let d = [r(HDR, 16), w(DATA, 512), r(STATUS, 1)];
+    assert_eq!(run_one(&k, &d, VIRTIO_BLK_T_IN, 0), (0, 0x77));
+    // Status descriptor of zero length.
+    let d = [r(HDR, 16), w(DATA, 512), w(STATUS, 0)];
+    assert_eq!(run_one(&k, &d, VIRTIO_BLK_T_IN, 0), (0, 0x77));
+    // A lone descriptor.
+    let d = [w(STATUS, 1)];
+    assert_eq!(run_one(&k, &d, VIRTIO_BLK_T_IN, 0), (0, 0x77));
+    // Data outside guest memory.
+    let d = [r(HDR, 16), w(MEM as u64 - 256, 512), w(STATUS, 1)];
+    assert_eq!(run_one(&k, &d, VIRTIO_BLK_T_IN, 0), (0, 0x77));
+    let d = [r(HDR, 16), w(0xffff_ffff_ffff_fe00, 512), w(STATUS, 1)];
+    assert_eq!(run_one(&k, &d, VIRTIO_BLK_T_IN, 0), (0, 0x77));
+    assert_untouched(&k.m, DATA, 0x1_0000, GUARD);
+    assert_untouched(&k.m, MEM as u64 - 0x1000, 0x1000, 0);
+}
+
+#[test]
+fn descriptor_loop_is_dropped() {
+    let k = rig();
+    let mut q = GuestQueue::new(&k.m, 0, 16);
+    header(&k.m, VIRTIO_BLK_T_IN, 0);
+    k.m.write_obj(0x77u8, GuestAddress(STATUS)).unwrap();
+    let h = q.add_loop(&[r(HDR, 16), w(DATA, 512), w(STATUS, 1)]);
+    let (mut b, _) = block(&k, &q, false);
+    b.process_queue();
+    assert_eq!(q.take_used(), vec![(u32::from(h), 0)]);
+    assert_eq!(status(&k.m), 0x77);
+    assert_untouched(&k.m, DATA, 0x1_0000, GUARD);
+}
+
+struct FailingDisk;
+
+impl DiskBackend for FailingDisk {
+    fn size(&self) -> u64 {
+        DISK
+    }
+    fn read_at(&mut self, _: &mut [u8], _: u64) -> io::Result<()> {
+        Err(io::Error::other("media error"))
+    }
+    fn write_at(&mut self, _: &[u8], _: u64) -> io::Result<()> {
+        Err(io::Error::other("media error"))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Err(io::Error::other("media error"))
+    }
+    fn id(&self) -> [u8; ID_BYTES] {
+        [0; ID_BYTES]
+    }
+}
+
+#[test]
+fn backend_errors_give_ioerr() {
+    let k = rig();
+    let mut q = GuestQueue::new(&k.m, 0, 16);
+    let mut b = Block::new(Box::new(FailingDisk), false).unwrap();
+    let irq = Arc::new(CountingInterrupt::new());
+    b.activate(k.m.clone(), vec![q.queue()], irq).unwrap();
+    for ty in [VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH] {
+        header(&k.m, ty, 0);
+        if ty == VIRTIO_BLK_T_IN {
+            q.add(&[r(HDR, 16), w(DATA, 512), w(STATUS, 1)]);
+        } else if ty == VIRTIO_BLK_T_OUT {
+            q.add(&[r(HDR, 16), r(DATA, 512), w(STATUS, 1)]);
+        } else {
+            q.add(&[r(HDR, 16), w(STATUS, 1)]);
+        }
+        b.process_queue();
+        assert_eq!(status(&k.m), VIRTIO_BLK_S_IOERR as u8, "type {ty}");
+    }
+    assert_untouched(&k.m, DATA, 0x1_0000, GUARD);
+}
+
+#[test]
+fn open_missing_image_fails() {
+    let e = Block::open(std::path::Path::new("/nonexistent/ember.img"), true);
+    assert!(matches!(e, Err(Error::Open { .. })));
+}
