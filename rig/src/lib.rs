@@ -4,3 +4,8 @@
 pub mod busybox;
 pub mod guest;
 pub mod initramfs;
+pub mod sections;
+pub mod vhost;
+
+pub use sections::Section;
+pub use vhost::{Outcome, RunReport, VirtualHost};

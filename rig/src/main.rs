@@ -29,6 +29,36 @@ enum Cmd {
         #[arg(long = "add", value_name = "SRC:DST")]
         add: Vec<String>,
     },
+    /// Boot the virtual KVM host, run scenario scripts in it, report their sections.
+    Run {
+        /// Scenario script (busybox sh); repeat for several, or give a directory.
+        #[arg(long, required = true)]
+        scenario: Vec<PathBuf>,
+        /// Extra host file or directory SRC copied to DST in the virtual host.
+        #[arg(long = "add", value_name = "SRC:DST")]
+        add: Vec<String>,
+        /// Limit for one boot of the host, in seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// Restart the host when its console is silent this many seconds (0: never).
+        #[arg(long, default_value_t = 0)]
+        stall: u64,
+        /// Boots allowed in all (stalls and scenario retry requests restart the host).
+        #[arg(long, default_value_t = 3)]
+        attempts: u32,
+        /// Also write the console here.
+        #[arg(long)]
+        log: Option<PathBuf>,
+        /// Extra host kernel command line.
+        #[arg(long)]
+        cmdline: Option<String>,
+        /// QEMU -cpu model for the host.
+        #[arg(long, default_value = "max")]
+        cpu: String,
+        /// Do not print the console live.
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 fn print_chain(err: &dyn std::error::Error) {
@@ -71,6 +101,68 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             .write(&out)?;
             eprintln!("ember-rig: wrote {} ({n} entries)", out.display());
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run {
+            scenario,
+            add,
+            timeout,
+            stall,
+            attempts,
+            log,
+            cmdline,
+            cpu,
+            quiet,
+        } => {
+            let mut host = rig::VirtualHost::new()?
+                .timeout(timeout)
+                .max_attempts(attempts)
+                .cpu(&cpu)
+                .echo(!quiet);
+            if stall > 0 {
+                host = host.stall(Some(std::time::Duration::from_secs(stall)));
+            }
+            if let Some(c) = cmdline {
+                host = host.cmdline(&c);
+            }
+            if let Some(l) = log {
+                host = host.log(l);
+            }
+            for s in scenario {
+                if s.is_dir() {
+                    for f in rig::vhost::scenarios_in(&s)? {
+                        host = host.scenario(f);
+                    }
+                } else {
+                    host = host.scenario(s);
+                }
+            }
+            for a in &add {
+                let (src, dst) = rig::guest::parse_add(a)?;
+                host = host.file(src, &dst);
+            }
+            let report = host.run()?;
+            eprintln!(
+                "ember-rig: {:?} after {:.1} s, {} attempt(s), host up at {}",
+                report.outcome,
+                report.wall.as_secs_f64(),
+                report.attempts,
+                report
+                    .host_up
+                    .map(|d| format!("{:.1} s", d.as_secs_f64()))
+                    .unwrap_or_else(|| "never".into())
+            );
+            for r in &report.restarts {
+                eprintln!("ember-rig: restarted: {r}");
+            }
+            for (name, sec) in &report.sections {
+                let state = if sec.rc == 0 { "ok" } else { "FAILED" };
+                eprintln!("ember-rig: section {name}: rc={} {state}", sec.rc);
+            }
+            Ok(if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

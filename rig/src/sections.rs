@@ -1,0 +1,134 @@
+//! Parser for scenario sections on a console: `=== BEGIN <name>` ... `=== END <name> rc=<n>`.
+//! Lines in between (other than nested markers) are the section's output. A section whose END
+//! never came (the host hung or rebooted) gets `rc = -1` and `complete = false`.
+
+use std::collections::BTreeMap;
+
+pub const BEGIN: &str = "=== BEGIN ";
+pub const END: &str = "=== END ";
+
+/// One scenario section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Section {
+    pub rc: i32,
+    pub output: String,
+    /// False when the END marker never appeared.
+    pub complete: bool,
+}
+
+/// Parses every section of `console`. A name seen twice keeps the last one.
+pub fn parse(console: &str) -> BTreeMap<String, Section> {
+    let mut out = BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in console.lines() {
+        if let Some(pos) = line.find(END) {
+            let (before, marker) = line.split_at(pos);
+            let rest = &marker[END.len()..];
+            let (name, rc) = match rest.rsplit_once(" rc=") {
+                Some((n, rc)) => (n.trim(), rc.trim().parse::<i32>().unwrap_or(-1)),
+                None => (rest.trim(), -1),
+            };
+            if let Some((cur, mut output)) = current.take() {
+                output.push_str(before);
+                if cur == name {
+                    out.insert(
+                        cur,
+                        Section {
+                            rc,
+                            output,
+                            complete: true,
+                        },
+                    );
+                } else {
+                    // An END for another section: close the open one as incomplete.
+                    out.insert(
+                        cur,
+                        Section {
+                            rc: -1,
+                            output,
+                            complete: false,
+                        },
+                    );
+                }
+            }
+            continue;
+        }
+        if let Some(pos) = line.find(BEGIN) {
+            let name = line[pos + BEGIN.len()..].trim().to_string();
+            if let Some((cur, output)) = current.take() {
+                out.insert(
+                    cur,
+                    Section {
+                        rc: -1,
+                        output,
+                        complete: false,
+                    },
+                );
+            }
+            current = Some((name, String::new()));
+            continue;
+        }
+        if let Some((_, output)) = current.as_mut() {
+            output.push_str(line);
+            output.push('\n');
+        }
+    }
+    if let Some((cur, output)) = current {
+        out.insert(
+            cur,
+            Section {
+                rc: -1,
+                output,
+                complete: false,
+            },
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_complete_sections() {
+        let console = "boot noise\n=== BEGIN boot\nline 1\nline 2\n=== END boot rc=0\n\
+                       between\n=== BEGIN fail\noops\n=== END fail rc=3\n";
+        let s = parse(console);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s["boot"].rc, 0);
+        assert_eq!(s["boot"].output, "line 1\nline 2\n");
+        assert!(s["boot"].complete);
+        assert_eq!(s["fail"].rc, 3);
+        assert_eq!(s["fail"].output, "oops\n");
+    }
+
+    #[test]
+    fn end_marker_after_unterminated_output() {
+        // `printf foo` without newline, then the END marker on the same console line.
+        let s = parse("=== BEGIN a\nfoo=== END a rc=0\n");
+        assert_eq!(s["a"].output, "foo");
+        assert_eq!(s["a"].rc, 0);
+    }
+
+    #[test]
+    fn unterminated_and_mismatched_sections_fail() {
+        let s = parse("=== BEGIN a\nx\n=== BEGIN b\ny\n=== END c rc=0\n=== BEGIN d\nhang\n");
+        assert_eq!(s["a"].rc, -1);
+        assert!(!s["a"].complete);
+        assert_eq!(s["b"].rc, -1);
+        assert_eq!(s["b"].output, "y\n");
+        assert_eq!(s["d"].rc, -1);
+        assert_eq!(s["d"].output, "hang\n");
+        assert!(!s.contains_key("c"));
+    }
+
+    #[test]
+    fn garbage_rc_is_a_failure() {
+        let s = parse("=== BEGIN a\n=== END a rc=zero\n=== BEGIN b\n=== END b\n");
+        assert_eq!(s["a"].rc, -1);
+        assert_eq!(s["b"].rc, -1);
+        assert!(parse("").is_empty());
+        assert!(parse("=== END x rc=0\n").is_empty());
+    }
+}
