@@ -410,7 +410,10 @@ impl Image {
             return self.host_file(src, dst);
         }
         use std::os::unix::fs::PermissionsExt;
-        self.dir(dst, meta.permissions().mode() & PERM_MASK)?;
+        // A directory copied to the root merges into it (the root itself is no entry).
+        if normalize(dst).is_ok() {
+            self.dir(dst, meta.permissions().mode() & PERM_MASK)?;
+        }
         let mut children: Vec<_> = std::fs::read_dir(src)
             .map_err(read_err)?
             .collect::<io::Result<Vec<_>>>()
@@ -425,12 +428,13 @@ impl Image {
                 });
             };
             let child_dst = format!("{}/{}", dst.trim_end_matches('/'), name);
+            let child_dst = child_dst.as_str();
             let ft = child.file_type().map_err(read_err)?;
             if ft.is_symlink() {
                 let target = std::fs::read_link(child.path()).map_err(read_err)?;
-                self.symlink(&child_dst, &target.to_string_lossy())?;
+                self.symlink(child_dst, &target.to_string_lossy())?;
             } else {
-                self.host_path(&child.path(), &child_dst)?;
+                self.host_path(&child.path(), child_dst)?;
             }
         }
         Ok(self)
@@ -707,6 +711,9 @@ mod tests {
         std::os::unix::fs::symlink("a.txt", dir.join("sub/link")).unwrap();
         let mut img = Image::new();
         img.host_path(&dir, "/opt/tree").unwrap();
+        let mut at_root = Image::new();
+        at_root.host_path(&dir.join("sub"), "/").unwrap();
+        assert!(at_root.get("a.txt").is_some());
         let out = dir.join("out.cpio");
         img.write_file(&out).unwrap();
         let m = parse(&std::fs::read(&out).unwrap());

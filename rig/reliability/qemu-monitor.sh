@@ -1,0 +1,32 @@
+# Scenario: boot the guest N times with QEMU (-accel kvm) as the microVM monitor inside the
+# virtual host, to measure how often a guest never gets going. Needs the QEMU bundle
+# (qemu-bundle.sh) at / and /rig/test-guest.cpio. N: $RIG_RUNS (default 5).
+runs=${RIG_RUNS:-5}
+limit=${RIG_GUEST_LIMIT:-120}
+i=1
+while [ "$i" -le "$runs" ]; do
+    log=/tmp/guest-$i.log
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    qemu-system-x86_64 -L /usr/share/qemu -accel kvm -M microvm -cpu host,-arch-capabilities \
+        -nodefaults -no-user-config -display none -serial "file:$log" -no-reboot -m 128 -smp 1 \
+        -kernel /var/lib/ember/guest/vmlinux -initrd /rig/test-guest.cpio \
+        -append "console=ttyS0 earlyprintk=ttyS0 reboot=t panic=1 8250.nr_uarts=1 ${RIG_GUEST_CMDLINE:-}" \
+        >/tmp/qemu-$i.out 2>&1 &
+    pid=$!
+    echo "=== BEGIN qemu-run-$i"
+    if wait_for_line "$log" "ember-agent: ready" "$limit"; then
+        rc=0
+    else
+        rc=1
+        echo "no readiness in ${limit}s; guest console bytes: $(wc -c <"$log")"
+        tail -5 "$log"
+        cat /tmp/qemu-$i.out
+    fi
+    t1=$(cut -d' ' -f1 /proc/uptime)
+    echo "host uptime $t0 -> $t1; first guest line: $(head -1 "$log" | cut -c1-80)"
+    grep "ember-agent: ready" "$log"
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    echo "=== END qemu-run-$i rc=$rc"
+    i=$((i + 1))
+done

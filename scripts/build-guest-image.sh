@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Build the static ember + ember-agent binaries and the guest initramfs, then install:
+#   $EMBER_GUEST_DIR/initramfs.cpio   (default /var/lib/ember/guest)  /init = ember-agent
+#   /usr/local/bin/ember              (static; also what the virtual KVM host carries)
+# Usage: build-guest-image.sh [--no-install-ember]
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/lib.sh"
+
+install_ember=1
+[ "${1:-}" = "--no-install-ember" ] && install_ember=0
+
+ensure_pkgs busybox-static cpio
+command -v cargo >/dev/null || die "cargo not found (run scripts/setup.sh)"
+
+TRIPLE=x86_64-unknown-linux-gnu
+TARGET_DIR=${CARGO_TARGET_DIR:-$EMBER_ROOT/target}
+REL=$TARGET_DIR/$TRIPLE/release
+
+log "Building static ember + ember-agent (--target $TRIPLE, crt-static)"
+(cd "$EMBER_ROOT" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$TARGET_DIR" \
+    cargo build --release --target "$TRIPLE" -p ember-runtime -p ember-agent)
+
+for bin in ember ember-agent; do
+    [ -x "$REL/$bin" ] || die "Missing $REL/$bin after the build"
+    if ldd "$REL/$bin" >/dev/null 2>&1 && ! ldd "$REL/$bin" 2>&1 | grep -q 'statically linked'; then
+        die "$REL/$bin is not static"
+    fi
+done
+
+log "Building ember-rig"
+(cd "$EMBER_ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release -p ember-rig)
+RIG=$TARGET_DIR/release/ember-rig
+
+mkdir -p "$EMBER_GUEST_DIR"
+log "Writing $EMBER_GUEST_DIR/initramfs.cpio"
+"$RIG" initramfs --agent "$REL/ember-agent" --busybox /bin/busybox --out "$EMBER_GUEST_DIR/initramfs.cpio"
+
+if [ "$install_ember" = 1 ]; then
+    install_file "$REL/ember" /usr/local/bin/ember
+    chmod 0755 /usr/local/bin/ember
+    log "Installed /usr/local/bin/ember"
+fi
+log "Guest image: $(du -h "$EMBER_GUEST_DIR/initramfs.cpio" | cut -f1) initramfs"

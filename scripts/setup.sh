@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Full, idempotent setup of a fresh Debian machine (as root) for building and testing ember:
+#   1. Debian packages   2. Rust toolchain   3. guest + host kernels (cached by hash)
+#   4. static ember + agent and the guest initramfs.
+# A second run checks each step and skips what is up to date (kernels: seconds).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/lib.sh"
+need_root
+
+log "1/4 Debian packages"
+ensure_pkgs build-essential ca-certificates curl git pkg-config xz-utils bc bison flex \
+    libelf-dev libssl-dev linux-source-6.1 qemu-system-x86 busybox-static e2fsprogs cpio
+log "    ok"
+
+log "2/4 Rust toolchain"
+export PATH=$HOME/.cargo/bin:$PATH
+if ! command -v cargo >/dev/null; then
+    log "    installing rustup (stable, minimal profile)"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal \
+        --component clippy,rustfmt
+    export PATH=$HOME/.cargo/bin:$PATH
+fi
+log "    $(rustc --version)"
+
+log "3/4 Kernels (guest: $EMBER_GUEST_DIR, host: $EMBER_HOST_DIR)"
+"$EMBER_ROOT/guest-kernel-config/build.sh" all
+
+log "4/4 Static binaries and guest image"
+"$HERE/build-guest-image.sh"
+
+log "Done. Installed:"
+for f in "$EMBER_GUEST_DIR"/vmlinux "$EMBER_GUEST_DIR"/bzImage "$EMBER_GUEST_DIR"/initramfs.cpio \
+    "$EMBER_HOST_DIR"/vmlinux /usr/local/bin/ember; do
+    if [ -f "$f" ]; then
+        log "    $(du -h "$f" | cut -f1)	$f"
+    else
+        log "    MISSING	$f"
+    fi
+done
