@@ -1,0 +1,69 @@
+# 10-boot: inside the virtual KVM host, `ember vm run` boots the default guest
+# (/var/lib/ember/guest) and the agent reports ready. Sourced by the host's /init after
+# /rig/lib.sh. Sections: kvm-real, boot, no-pvm-refusal.
+
+section kvm-real sh -c '
+    ls -l /dev/kvm || exit 1
+    if [ -e /sys/module/kvm_pvm ]; then echo "kvm_pvm present"; exit 1; fi
+    grep -o -m1 -w svm /proc/cpuinfo || { echo "no svm flag"; exit 1; }
+    for m in kvm_amd kvm_intel; do [ -d /sys/module/$m ] && echo "module $m loaded"; done
+    exit 0'
+
+# boot_once LOG: runs `ember vm run --timings` (plus --exit-on-ready when ember offers it);
+# prints ember's exit status as "ember exit=N". rc 0 when the agent got ready and ember exited 0
+# (or, without --exit-on-ready, was stopped by us after readiness); rc 2 when the guest printed
+# nothing at all (the nested first-KVM_RUN hang), rc 1 otherwise.
+boot_once() {
+    _log=$1
+    _flags="--timings"
+    if ember vm run --help 2>&1 | grep -q -- '--exit-on-ready'; then
+        _flags="$_flags --exit-on-ready"
+    fi
+    : >"$_log"
+    ember vm run $_flags >"$_log" 2>&1 &
+    _pid=$!
+    _rc=1
+    if wait_for_line "$_log" "ember-agent: ready" "${RIG_BOOT_LIMIT:-180}"; then
+        _rc=0
+        # With --exit-on-ready ember stops the VM itself; give it a moment, else stop it.
+        _n=0
+        while kill -0 "$_pid" 2>/dev/null && [ "$_n" -lt 50 ]; do sleep 0.2; _n=$((_n + 1)); done
+        if kill -0 "$_pid" 2>/dev/null; then
+            echo "(ember still running after readiness: stopping it)"
+            kill "$_pid"
+            wait "$_pid"
+            echo "ember exit=0 (stopped by the scenario after readiness)"
+            return 0
+        fi
+    elif [ ! -s "$_log" ]; then
+        _rc=2
+    fi
+    kill "$_pid" 2>/dev/null
+    wait "$_pid"
+    _status=$?
+    echo "ember exit=$_status"
+    [ "$_status" -eq 0 ] || _rc=1
+    return "$_rc"
+}
+
+boot_with_retries() {
+    _try=1
+    while :; do
+        boot_once /tmp/boot.log
+        _r=$?
+        cat /tmp/boot.log
+        echo "boot attempt $_try rc=$_r"
+        [ "$_r" -ne 2 ] && return "$_r"
+        [ "$_try" -ge "${RIG_BOOT_TRIES:-3}" ] && return 1
+        echo "guest printed nothing: retrying"
+        _try=$((_try + 1))
+    done
+}
+
+section boot boot_with_retries
+
+section no-pvm-refusal sh -c '
+    if grep -q "kvm_pvm" /tmp/boot.log; then
+        echo "ember refused KVM inside the virtual host:"; grep "kvm_pvm" /tmp/boot.log; exit 1
+    fi
+    echo "no refusal"'
