@@ -2,3 +2,4 @@
 //! runtime face and the command line of the `ember` binary.
 
 pub mod cli;
+pub mod oci;

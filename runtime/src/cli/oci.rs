@@ -1,7 +1,14 @@
-//! runc-compatible OCI runtime commands and the global flags runc takes (owned by the OCI work).
+//! runc-compatible OCI runtime commands and the global flags runc takes, so podman
+//! (`--runtime /usr/local/bin/ember`) and containerd (runc shim, `BinaryName`) can drive ember.
 
+use crate::oci::bundle::Bundle;
+use crate::oci::log::Logger;
+use crate::oci::ops::{self, CreateOpts, Ctx, ExecOpts, ExecProcessArgs, OpsError};
+use crate::oci::state::{StateError, Store};
+use crate::oci::vm::VmBackend;
+use crate::oci::{features, signal};
 use clap::{Args, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Global flags, accepted before any command as runc does.
 #[derive(Debug, Args)]
@@ -15,16 +22,373 @@ pub struct GlobalArgs {
     /// Log format: text or json.
     #[arg(long = "log-format", global = true)]
     pub log_format: Option<String>,
+    /// Debug logging (to the --log file).
+    #[arg(long, global = true)]
+    pub debug: bool,
+    /// Accepted for runc compatibility; ember's containers live in VMs, not host cgroups.
+    #[arg(long = "systemd-cgroup", global = true)]
+    pub systemd_cgroup: bool,
+    /// Accepted for runc compatibility (checkpointing is not supported).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub criu: Option<String>,
+    /// Accepted for runc compatibility.
+    #[arg(long, global = true, value_name = "VALUE")]
+    pub rootless: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum OciCommand {
+    /// Create a container from an OCI bundle (its process waits for `start`).
+    Create {
+        /// Bundle directory (holds config.json).
+        #[arg(long, short = 'b', default_value = ".")]
+        bundle: PathBuf,
+        /// Write the container's host pid here.
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        /// Unix socket to send the pty master to (terminal containers).
+        #[arg(long = "console-socket")]
+        console_socket: Option<PathBuf>,
+        /// Accepted for runc compatibility.
+        #[arg(long = "no-pivot")]
+        no_pivot: bool,
+        /// Accepted for runc compatibility.
+        #[arg(long = "no-new-keyring")]
+        no_new_keyring: bool,
+        /// Accepted for runc compatibility.
+        #[arg(long = "preserve-fds", default_value_t = 0)]
+        preserve_fds: u32,
+        id: String,
+    },
+    /// Start a created container.
+    Start { id: String },
     /// Print the OCI state of a container.
     State { id: String },
+    /// Send a signal (name or number, default SIGTERM) to a container.
+    Kill {
+        /// Signal all processes of the container.
+        #[arg(long, short = 'a')]
+        all: bool,
+        id: String,
+        signal: Option<String>,
+    },
+    /// Delete a container's state (stopping it first with --force).
+    Delete {
+        #[arg(long, short = 'f')]
+        force: bool,
+        id: String,
+    },
+    /// Run a new process in a running container.
+    Exec {
+        /// JSON file with an OCI process object.
+        #[arg(long, short = 'p')]
+        process: Option<PathBuf>,
+        #[arg(long, short = 't')]
+        tty: bool,
+        #[arg(long, short = 'd')]
+        detach: bool,
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        #[arg(long = "console-socket")]
+        console_socket: Option<PathBuf>,
+        #[arg(long)]
+        cwd: Option<PathBuf>,
+        #[arg(long, short = 'e')]
+        env: Vec<String>,
+        /// UID[:GID]
+        #[arg(long, short = 'u')]
+        user: Option<String>,
+        /// Accepted for runc compatibility.
+        #[arg(long = "preserve-fds", default_value_t = 0)]
+        preserve_fds: u32,
+        id: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// List the processes of a container.
+    Ps {
+        #[arg(long, short = 'f', value_enum, default_value = "table")]
+        format: Format,
+        id: String,
+        /// Options for ps (accepted for runc compatibility).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
+    },
+    /// Pause (freeze) a running container.
+    Pause { id: String },
+    /// Resume a paused container.
+    Resume { id: String },
+    /// List containers.
+    List {
+        #[arg(long, short = 'f', value_enum, default_value = "table")]
+        format: Format,
+        #[arg(long, short = 'q')]
+        quiet: bool,
+    },
+    /// Create and start a container, and wait for it unless detached.
+    Run {
+        #[arg(long, short = 'b', default_value = ".")]
+        bundle: PathBuf,
+        #[arg(long, short = 'd')]
+        detach: bool,
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        #[arg(long = "console-socket")]
+        console_socket: Option<PathBuf>,
+        #[arg(long = "no-pivot")]
+        no_pivot: bool,
+        #[arg(long = "no-new-keyring")]
+        no_new_keyring: bool,
+        id: String,
+    },
+    /// Write a default config.json into the bundle.
+    Spec {
+        #[arg(long, short = 'b', default_value = ".")]
+        bundle: PathBuf,
+        /// Accepted for runc compatibility.
+        #[arg(long)]
+        rootless: bool,
+    },
+    /// Print what this runtime supports (JSON).
+    Features,
 }
 
-pub fn run(_global: &GlobalArgs, cmd: OciCommand) -> i32 {
-    match cmd {
-        OciCommand::State { .. } => 1,
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Ops(#[from] OpsError),
+    #[error("File config.json exists. Remove it first")]
+    SpecExists,
+    #[error("Cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Signal(#[from] signal::SignalError),
+    #[error("Cannot print JSON")]
+    Json(#[source] serde_json::Error),
+}
+
+impl From<StateError> for CliError {
+    fn from(e: StateError) -> Self {
+        CliError::Ops(e.into())
     }
+}
+
+/// Run one OCI command; returns the exit code.
+pub fn run(global: &GlobalArgs, cmd: OciCommand) -> i32 {
+    let log = Logger::new(
+        global.log.clone(),
+        global.log_format.as_deref(),
+        global.debug,
+    );
+    let ctx = Ctx {
+        store: Store::new(global.root.as_deref()),
+        log: log.clone(),
+    };
+    let what = command_name(&cmd);
+    log.debug(&format!("ember {what}"));
+    match dispatch(&ctx, cmd) {
+        Ok(code) => code,
+        Err(e) => {
+            let msg = crate::cli::report(&e);
+            let msg = match what {
+                "create" | "run" => format!("ember {what} failed: {msg}"),
+                _ => msg,
+            };
+            log.error(&msg);
+            1
+        }
+    }
+}
+
+fn command_name(cmd: &OciCommand) -> &'static str {
+    match cmd {
+        OciCommand::Create { .. } => "create",
+        OciCommand::Start { .. } => "start",
+        OciCommand::State { .. } => "state",
+        OciCommand::Kill { .. } => "kill",
+        OciCommand::Delete { .. } => "delete",
+        OciCommand::Exec { .. } => "exec",
+        OciCommand::Ps { .. } => "ps",
+        OciCommand::Pause { .. } => "pause",
+        OciCommand::Resume { .. } => "resume",
+        OciCommand::List { .. } => "list",
+        OciCommand::Run { .. } => "run",
+        OciCommand::Spec { .. } => "spec",
+        OciCommand::Features => "features",
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<(), CliError> {
+    let s = serde_json::to_string_pretty(v).map_err(CliError::Json)?;
+    println!("{s}");
+    Ok(())
+}
+
+fn backend(ctx: &Ctx) -> VmBackend {
+    VmBackend {
+        root: ctx.store.root().to_path_buf(),
+    }
+}
+
+fn dispatch(ctx: &Ctx, cmd: OciCommand) -> Result<i32, CliError> {
+    match cmd {
+        OciCommand::Create {
+            bundle,
+            pid_file,
+            console_socket,
+            id,
+            ..
+        } => {
+            let opts = CreateOpts {
+                bundle,
+                pid_file,
+                console_socket,
+            };
+            ops::create(ctx, &id, &opts, &backend(ctx))?;
+            Ok(0)
+        }
+        OciCommand::Start { id } => {
+            ops::start(ctx, &id)?;
+            Ok(0)
+        }
+        OciCommand::State { id } => {
+            print_json(&ops::state(ctx, &id)?)?;
+            Ok(0)
+        }
+        OciCommand::Kill { all, id, signal } => {
+            let sig = signal::parse(signal.as_deref().unwrap_or("SIGTERM"))?;
+            ops::kill_container(ctx, &id, sig, all)?;
+            Ok(0)
+        }
+        OciCommand::Delete { force, id } => {
+            ops::delete(ctx, &id, force)?;
+            Ok(0)
+        }
+        OciCommand::Exec {
+            process,
+            tty,
+            detach,
+            pid_file,
+            cwd,
+            env,
+            user,
+            id,
+            args,
+            ..
+        } => {
+            let a = ExecProcessArgs {
+                args,
+                env,
+                cwd,
+                user,
+                tty,
+            };
+            let p = ops::exec_process(ctx, &id, process.as_deref(), &a)?;
+            let code = ops::exec(ctx, &id, p, &ExecOpts { detach, pid_file })?;
+            Ok(code)
+        }
+        OciCommand::Ps { format, id, .. } => {
+            let procs = ops::ps(ctx, &id)?;
+            match format {
+                Format::Json => {
+                    let pids: Vec<i32> = procs.iter().map(|(p, _)| *p).collect();
+                    println!("{}", serde_json::to_string(&pids).map_err(CliError::Json)?);
+                }
+                Format::Table => {
+                    println!("{:<10}CMD", "PID");
+                    for (pid, cmd) in procs {
+                        println!("{pid:<10}{cmd}");
+                    }
+                }
+            }
+            Ok(0)
+        }
+        OciCommand::Pause { id } => {
+            ops::pause(ctx, &id)?;
+            Ok(0)
+        }
+        OciCommand::Resume { id } => {
+            ops::resume(ctx, &id)?;
+            Ok(0)
+        }
+        OciCommand::List { format, quiet } => {
+            let all = ops::list(ctx)?;
+            if quiet {
+                for s in &all {
+                    println!("{}", s.id);
+                }
+            } else if format == Format::Json {
+                if all.is_empty() {
+                    println!("null");
+                } else {
+                    println!("{}", serde_json::to_string(&all).map_err(CliError::Json)?);
+                }
+            } else {
+                println!(
+                    "{:<12}{:<12}{:<12}{:<40}{:<32}OWNER",
+                    "ID", "PID", "STATUS", "BUNDLE", "CREATED"
+                );
+                for s in &all {
+                    println!(
+                        "{:<12}{:<12}{:<12}{:<40}{:<32}{}",
+                        s.id,
+                        s.pid,
+                        s.status,
+                        s.bundle.display(),
+                        s.created,
+                        s.owner
+                    );
+                }
+            }
+            Ok(0)
+        }
+        OciCommand::Run {
+            bundle,
+            detach,
+            pid_file,
+            console_socket,
+            id,
+            ..
+        } => {
+            let opts = CreateOpts {
+                bundle,
+                pid_file,
+                console_socket,
+            };
+            Ok(ops::run(ctx, &id, &opts, detach, &backend(ctx))?)
+        }
+        OciCommand::Spec { bundle, .. } => {
+            write_spec(&bundle)?;
+            Ok(0)
+        }
+        OciCommand::Features => {
+            print_json(&features::features())?;
+            Ok(0)
+        }
+    }
+}
+
+/// `spec`: a default config.json (oci-spec's defaults, runc's shape: `sh` in `rootfs`).
+fn write_spec(bundle: &Path) -> Result<(), CliError> {
+    let path = bundle.join("config.json");
+    if path.exists() {
+        return Err(CliError::SpecExists);
+    }
+    let mut spec = oci_spec::runtime::Spec::default();
+    spec.set_version(crate::oci::state::OCI_VERSION.to_string());
+    let json = serde_json::to_string_pretty(&spec).map_err(CliError::Json)?;
+    std::fs::write(&path, json + "\n").map_err(|source| CliError::Write { path, source })?;
+    // What we wrote must load back as a bundle's config (rootfs aside).
+    let _ = Bundle::load(bundle);
+    Ok(())
 }

@@ -1,0 +1,461 @@
+//! OCI bundles: `config.json` parsed with `oci_spec`, checked the way runc checks it, and turned
+//! into the host-side description of a container ([`ContainerConfig`]) that ember sends to the
+//! guest agent.
+
+use oci_spec::runtime::{Process, Spec};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Kata/containerd-CRI annotations that group containers into one pod (sandbox).
+pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+pub const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+/// The CRI-O spelling of the same.
+pub const CRIO_CONTAINER_TYPE: &str = "io.kubernetes.cri-o.ContainerType";
+pub const CRIO_SANDBOX_ID: &str = "io.kubernetes.cri-o.SandboxID";
+
+#[derive(Debug, Error)]
+pub enum BundleError {
+    #[error("JSON specification file config.json not found")]
+    NoConfig,
+    #[error("Cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Bad config.json")]
+    Parse(#[source] serde_json::Error),
+    #[error("unsupported spec version {0} (ember supports 1.x)")]
+    Version(String),
+    #[error("process property must not be empty")]
+    NoProcess,
+    #[error("args must not be empty")]
+    NoArgs,
+    #[error("Cwd property must be an absolute path: {0}")]
+    RelativeCwd(PathBuf),
+    #[error("root property must not be empty")]
+    NoRoot,
+    #[error("invalid rootfs: stat {0}: no such file or directory")]
+    NoRootfs(PathBuf),
+    #[error("invalid rootfs: {0} is not a directory")]
+    RootfsNotDir(PathBuf),
+    #[error("Mount destination {0} is not absolute")]
+    RelativeMount(PathBuf),
+    #[error("Bad process file {path}")]
+    ProcessFile {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// One resource limit, named as in the OCI spec (`RLIMIT_NOFILE`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    pub typ: String,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// The process to run: the container's init, or one `exec`ed into it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessConfig {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub terminal: bool,
+    pub rlimits: Vec<Rlimit>,
+    pub no_new_privileges: bool,
+}
+
+impl ProcessConfig {
+    /// Take an OCI `process` object, checking what runc checks.
+    pub fn from_oci(p: &Process) -> Result<ProcessConfig, BundleError> {
+        let args = p.args().clone().unwrap_or_default();
+        if args.is_empty() {
+            return Err(BundleError::NoArgs);
+        }
+        let cwd = p.cwd().clone();
+        if !cwd.is_absolute() {
+            return Err(BundleError::RelativeCwd(cwd));
+        }
+        let user = p.user();
+        Ok(ProcessConfig {
+            args,
+            env: p.env().clone().unwrap_or_default(),
+            cwd,
+            uid: user.uid(),
+            gid: user.gid(),
+            additional_gids: user.additional_gids().clone().unwrap_or_default(),
+            terminal: p.terminal().unwrap_or(false),
+            rlimits: p
+                .rlimits()
+                .iter()
+                .flatten()
+                .map(|r| Rlimit {
+                    typ: r.typ().to_string(),
+                    soft: r.soft(),
+                    hard: r.hard(),
+                })
+                .collect(),
+            no_new_privileges: p.no_new_privileges().unwrap_or(false),
+        })
+    }
+
+    /// Read an `exec --process FILE` JSON file.
+    pub fn load(path: &Path) -> Result<ProcessConfig, BundleError> {
+        let data = std::fs::read(path).map_err(|source| BundleError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let p: Process =
+            serde_json::from_slice(&data).map_err(|source| BundleError::ProcessFile {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        ProcessConfig::from_oci(&p)
+    }
+}
+
+/// A mount inside the container, as given in the spec.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountConfig {
+    pub destination: PathBuf,
+    pub typ: Option<String>,
+    pub source: Option<PathBuf>,
+    pub options: Vec<String>,
+}
+
+/// A namespace the container asks for (`pid`, `mnt`, `net`, ...), with a path to join one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceConfig {
+    pub typ: String,
+    pub path: Option<PathBuf>,
+}
+
+/// Where a container stands in its pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PodRole {
+    /// No grouping annotations: a pod of one.
+    Single,
+    /// The sandbox (pause) container of a CRI pod: it owns the VM.
+    Sandbox,
+    /// A container of the CRI pod whose sandbox has this id.
+    Member { sandbox_id: String },
+}
+
+/// Everything ember needs from a bundle to run its container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerConfig {
+    pub id: String,
+    pub bundle: PathBuf,
+    /// The root filesystem on the host (absolute).
+    pub rootfs: PathBuf,
+    pub readonly_rootfs: bool,
+    pub process: ProcessConfig,
+    pub hostname: Option<String>,
+    pub mounts: Vec<MountConfig>,
+    pub namespaces: Vec<NamespaceConfig>,
+    pub cgroups_path: Option<PathBuf>,
+    pub annotations: BTreeMap<String, String>,
+    pub role: PodRole,
+}
+
+/// A loaded, checked bundle.
+#[derive(Clone, Debug)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub spec: Spec,
+}
+
+impl Bundle {
+    /// Load `DIR/config.json` and check it. `dir` is made absolute against the current
+    /// directory.
+    pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
+        let dir = absolute(dir);
+        let path = dir.join("config.json");
+        let data = match std::fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(BundleError::NoConfig),
+            Err(source) => return Err(BundleError::Read { path, source }),
+        };
+        // The version first: a future major may not parse as today's spec at all.
+        let value: serde_json::Value = serde_json::from_slice(&data).map_err(BundleError::Parse)?;
+        check_version(
+            value
+                .get("ociVersion")
+                .and_then(|v| v.as_str())
+                .unwrap_or(""),
+        )?;
+        let spec: Spec = serde_json::from_value(value).map_err(BundleError::Parse)?;
+        let bundle = Bundle { dir, spec };
+        let process = bundle
+            .spec
+            .process()
+            .as_ref()
+            .ok_or(BundleError::NoProcess)?;
+        ProcessConfig::from_oci(process)?;
+        let rootfs = bundle.rootfs()?;
+        match std::fs::metadata(&rootfs) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(BundleError::RootfsNotDir(rootfs)),
+            Err(_) => return Err(BundleError::NoRootfs(rootfs)),
+        }
+        for m in bundle.spec.mounts().iter().flatten() {
+            if !m.destination().is_absolute() {
+                return Err(BundleError::RelativeMount(m.destination().clone()));
+            }
+        }
+        Ok(bundle)
+    }
+
+    /// The root filesystem path, absolute.
+    pub fn rootfs(&self) -> Result<PathBuf, BundleError> {
+        let root = self.spec.root().as_ref().ok_or(BundleError::NoRoot)?;
+        let p = root.path();
+        if p.as_os_str().is_empty() {
+            return Err(BundleError::NoRoot);
+        }
+        Ok(if p.is_absolute() {
+            p.clone()
+        } else {
+            self.dir.join(p)
+        })
+    }
+
+    pub fn annotations(&self) -> BTreeMap<String, String> {
+        self.spec
+            .annotations()
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The container as ember runs it.
+    pub fn container_config(&self, id: &str) -> Result<ContainerConfig, BundleError> {
+        let spec = &self.spec;
+        let process =
+            ProcessConfig::from_oci(spec.process().as_ref().ok_or(BundleError::NoProcess)?)?;
+        let linux = spec.linux().as_ref();
+        let annotations = self.annotations();
+        Ok(ContainerConfig {
+            id: id.to_string(),
+            bundle: self.dir.clone(),
+            rootfs: self.rootfs()?,
+            readonly_rootfs: spec
+                .root()
+                .as_ref()
+                .and_then(|r| r.readonly())
+                .unwrap_or(false),
+            process,
+            hostname: spec.hostname().clone(),
+            mounts: spec
+                .mounts()
+                .iter()
+                .flatten()
+                .map(|m| MountConfig {
+                    destination: m.destination().clone(),
+                    typ: m.typ().clone(),
+                    source: m.source().clone(),
+                    options: m.options().clone().unwrap_or_default(),
+                })
+                .collect(),
+            namespaces: linux
+                .and_then(|l| l.namespaces().as_ref())
+                .into_iter()
+                .flatten()
+                .map(|n| NamespaceConfig {
+                    typ: n.typ().to_string(),
+                    path: n.path().clone(),
+                })
+                .collect(),
+            cgroups_path: linux.and_then(|l| l.cgroups_path().clone()),
+            role: pod_role(id, &annotations),
+            annotations,
+        })
+    }
+}
+
+/// Accept spec versions with major 1, as runc does.
+pub fn check_version(v: &str) -> Result<(), BundleError> {
+    let major = v.split('.').next().unwrap_or("");
+    if major == "1" {
+        Ok(())
+    } else {
+        Err(BundleError::Version(v.to_string()))
+    }
+}
+
+/// Where the CRI annotations put this container.
+pub fn pod_role(id: &str, annotations: &BTreeMap<String, String>) -> PodRole {
+    let typ = annotations
+        .get(CRI_CONTAINER_TYPE)
+        .or_else(|| annotations.get(CRIO_CONTAINER_TYPE));
+    let sandbox = annotations
+        .get(CRI_SANDBOX_ID)
+        .or_else(|| annotations.get(CRIO_SANDBOX_ID));
+    match (typ.map(String::as_str), sandbox) {
+        (Some("sandbox"), _) => PodRole::Sandbox,
+        (Some("container"), Some(s)) if s != id => PodRole::Member {
+            sandbox_id: s.clone(),
+        },
+        _ => PodRole::Single,
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn bundle_dir(name: &str, config: &str, rootfs: bool) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ember-bundle-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("config.json"), config).unwrap();
+        if rootfs {
+            fs::create_dir(d.join("rootfs")).unwrap();
+        }
+        d
+    }
+
+    const GOOD: &str = r#"{
+        "ociVersion": "1.0.2",
+        "process": {"terminal": false, "user": {"uid": 1000, "gid": 100, "additionalGids": [5, 6]},
+            "args": ["sh", "-c", "exit 3"], "env": ["PATH=/bin", "A=b"], "cwd": "/tmp",
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 512}]},
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": "box",
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid"]}],
+        "annotations": {"io.kubernetes.cri.container-type": "container",
+                        "io.kubernetes.cri.sandbox-id": "pod1"},
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "network", "path": "/proc/1/ns/net"}],
+                  "cgroupsPath": "/ember/c1"}
+    }"#;
+
+    #[test]
+    fn good_bundle_maps_every_honoured_field() {
+        let d = bundle_dir("good", GOOD, true);
+        let b = Bundle::load(&d).unwrap();
+        let c = b.container_config("c1").unwrap();
+        assert_eq!(c.rootfs, d.join("rootfs"));
+        assert!(c.readonly_rootfs);
+        assert_eq!(c.process.args, ["sh", "-c", "exit 3"]);
+        assert_eq!(c.process.env, ["PATH=/bin", "A=b"]);
+        assert_eq!(c.process.cwd, PathBuf::from("/tmp"));
+        assert_eq!((c.process.uid, c.process.gid), (1000, 100));
+        assert_eq!(c.process.additional_gids, [5, 6]);
+        assert_eq!(
+            c.process.rlimits,
+            [Rlimit {
+                typ: "RLIMIT_NOFILE".into(),
+                soft: 512,
+                hard: 1024
+            }]
+        );
+        assert_eq!(c.hostname.as_deref(), Some("box"));
+        assert_eq!(c.mounts.len(), 1);
+        assert_eq!(c.mounts[0].destination, PathBuf::from("/proc"));
+        assert_eq!(c.mounts[0].options, ["nosuid"]);
+        assert_eq!(c.namespaces[0].typ, "pid");
+        assert_eq!(c.namespaces[1].typ, "net");
+        assert_eq!(
+            c.namespaces[1].path.as_deref(),
+            Some(Path::new("/proc/1/ns/net"))
+        );
+        assert_eq!(c.cgroups_path.as_deref(), Some(Path::new("/ember/c1")));
+        assert_eq!(
+            c.role,
+            PodRole::Member {
+                sandbox_id: "pod1".into()
+            }
+        );
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn bad_bundles_are_refused() {
+        type Check = fn(&BundleError) -> bool;
+        let cases: &[(&str, bool, Check)] = &[
+            ("not json", true, |e| matches!(e, BundleError::Parse(_))),
+            (
+                r#"{"ociVersion":"2.0.0","process":{"args":["sh"],"cwd":"/"},"root":{"path":"rootfs"}}"#,
+                true,
+                |e| matches!(e, BundleError::Version(_)),
+            ),
+            (
+                r#"{"ociVersion":"1.0.0","root":{"path":"rootfs"}}"#,
+                true,
+                |e| matches!(e, BundleError::NoProcess),
+            ),
+            (
+                r#"{"ociVersion":"1.0.0","process":{"user":{"uid":0,"gid":0},"args":[],"cwd":"/"},"root":{"path":"rootfs"}}"#,
+                true,
+                |e| matches!(e, BundleError::NoArgs),
+            ),
+            (
+                r#"{"ociVersion":"1.0.0","process":{"user":{"uid":0,"gid":0},"args":["sh"],"cwd":"rel"},"root":{"path":"rootfs"}}"#,
+                true,
+                |e| matches!(e, BundleError::RelativeCwd(_)),
+            ),
+            (
+                r#"{"ociVersion":"1.0.0","process":{"user":{"uid":0,"gid":0},"args":["sh"],"cwd":"/"},"root":{"path":"rootfs"}}"#,
+                false,
+                |e| matches!(e, BundleError::NoRootfs(_)),
+            ),
+        ];
+        for (i, (cfg, rootfs, want)) in cases.iter().enumerate() {
+            let d = bundle_dir(&format!("bad{i}"), cfg, *rootfs);
+            let err = Bundle::load(&d).unwrap_err();
+            assert!(want(&err), "case {i}: got {err:?}");
+            fs::remove_dir_all(&d).unwrap();
+        }
+        let d = std::env::temp_dir().join(format!("ember-bundle-none-{}", std::process::id()));
+        assert!(matches!(Bundle::load(&d), Err(BundleError::NoConfig)));
+    }
+
+    #[test]
+    fn pod_roles_from_annotations() {
+        let mut a = BTreeMap::new();
+        assert_eq!(pod_role("x", &a), PodRole::Single);
+        a.insert(CRI_CONTAINER_TYPE.to_string(), "sandbox".to_string());
+        a.insert(CRI_SANDBOX_ID.to_string(), "x".to_string());
+        assert_eq!(pod_role("x", &a), PodRole::Sandbox);
+        let mut b = BTreeMap::new();
+        b.insert(CRIO_CONTAINER_TYPE.to_string(), "container".to_string());
+        b.insert(CRIO_SANDBOX_ID.to_string(), "p".to_string());
+        assert_eq!(
+            pod_role("y", &b),
+            PodRole::Member {
+                sandbox_id: "p".into()
+            }
+        );
+    }
+
+    #[test]
+    fn versions() {
+        for ok in ["1.0.0", "1.0.2-dev", "1.2.1"] {
+            assert!(check_version(ok).is_ok());
+        }
+        for bad in ["", "2.0.0", "0.9", "x"] {
+            assert!(check_version(bad).is_err());
+        }
+    }
+}

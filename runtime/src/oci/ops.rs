@@ -1,0 +1,531 @@
+//! The runc-shaped operations behind `ember create|start|state|kill|delete|exec|ps|pause|
+//! resume|list|run`. Errors carry runc's wording where the engines match on it.
+
+use super::bundle::{Bundle, BundleError, ProcessConfig};
+use super::control::{self, Client, ControlError, Request, Response};
+use super::log::Logger;
+use super::sandbox::{Backend, Stdio};
+use super::shim;
+use super::state::{process_start_time, OciState, Record, StateError, Status, Store};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum OpsError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("cannot start a container that has stopped")]
+    StartStopped,
+    #[error("cannot start an already running container")]
+    StartRunning,
+    #[error("cannot start a container in the {0} state")]
+    StartOther(Status),
+    #[error("container not running")]
+    NotRunning,
+    #[error("cannot exec in a {0} container")]
+    ExecNotRunning(Status),
+    #[error("cannot delete container {id} that is not stopped: {status}")]
+    DeleteNotStopped { id: String, status: Status },
+    #[error("container {id} is not running")]
+    PauseNotRunning { id: String },
+    #[error("container {id} is not paused")]
+    ResumeNotPaused { id: String },
+    #[error("cannot allocate tty if ember will detach without setting console socket")]
+    NeedConsoleSocket,
+    #[error("Terminal (tty) containers are not supported by ember yet")]
+    Terminal,
+    #[error("Cannot start the container's shim process")]
+    Fork(#[source] nix::Error),
+    #[error("{0}")]
+    CreateFailed(String),
+    #[error("Cannot write pid file {path}")]
+    PidFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Bad --user {0}: want UID[:GID]")]
+    BadUser(String),
+    #[error("Cannot use this process's stdio")]
+    Stdio(#[source] io::Error),
+}
+
+/// The state root and the logger every operation uses.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    pub store: Store,
+    pub log: Logger,
+}
+
+/// What `create` (and `run`) were given.
+#[derive(Clone, Debug, Default)]
+pub struct CreateOpts {
+    pub bundle: PathBuf,
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+}
+
+/// Validate the bundle, record the container and fork its shim, which creates the container
+/// through `backend`. Returns the shim's pid once the container exists; on failure nothing is
+/// left behind.
+pub fn create(
+    ctx: &Ctx,
+    id: &str,
+    opts: &CreateOpts,
+    backend: &dyn Backend,
+) -> Result<i32, OpsError> {
+    super::state::validate_id(id)?;
+    let bundle = Bundle::load(&opts.bundle)?;
+    let config = bundle.container_config(id)?;
+    if config.process.terminal {
+        if opts.console_socket.is_none() {
+            return Err(OpsError::NeedConsoleSocket);
+        }
+        return Err(OpsError::Terminal);
+    }
+    let lock = ctx.store.create(id)?;
+    let mut rec = Record::new(id, &bundle.dir, &config.rootfs);
+    rec.annotations = config.annotations.clone();
+    rec.sandbox_id = match &config.role {
+        super::bundle::PodRole::Member { sandbox_id } => Some(sandbox_id.clone()),
+        _ => Some(id.to_string()),
+    };
+    let cleanup = |e: OpsError| {
+        let _ = ctx.store.remove(id);
+        e
+    };
+    ctx.store.save(&rec).map_err(|e| cleanup(e.into()))?;
+    let (rd, wr) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| cleanup(OpsError::Fork(e)))?;
+    // SAFETY: the ember CLI is single-threaded here, so the child may run any code.
+    match unsafe { fork() }.map_err(|e| cleanup(OpsError::Fork(e)))? {
+        ForkResult::Child => {
+            drop(rd);
+            drop(lock);
+            let code = run_shim(ctx, id, &config, backend, wr);
+            std::process::exit(code);
+        }
+        ForkResult::Parent { child } => {
+            drop(wr);
+            let mut msg = String::new();
+            let _ = fs::File::from(rd).read_to_string(&mut msg);
+            if msg != "ok" {
+                let _ = kill(child, Signal::SIGKILL);
+                let _ = waitpid(child, None);
+                let msg = if msg.is_empty() {
+                    "The container's shim died while creating it".to_string()
+                } else {
+                    msg
+                };
+                return Err(cleanup(OpsError::CreateFailed(msg)));
+            }
+            let pid = child.as_raw();
+            rec.pid = Some(pid);
+            rec.pid_start = process_start_time(pid);
+            rec.status = Status::Created;
+            ctx.store.save(&rec).map_err(|e| {
+                let _ = kill(child, Signal::SIGKILL);
+                cleanup(e.into())
+            })?;
+            if let Some(path) = &opts.pid_file {
+                write_pid_file(path, pid).map_err(|e| {
+                    let _ = kill(child, Signal::SIGKILL);
+                    cleanup(e)
+                })?;
+            }
+            drop(lock);
+            Ok(pid)
+        }
+    }
+}
+
+/// The forked shim: create the container, report to the parent through `ready`, serve.
+fn run_shim(
+    ctx: &Ctx,
+    id: &str,
+    config: &super::bundle::ContainerConfig,
+    backend: &dyn Backend,
+    ready: OwnedFd,
+) -> i32 {
+    let mut ready = fs::File::from(ready);
+    let _ = nix::unistd::setsid();
+    let fail = |ready: &mut fs::File, msg: String| {
+        let _ = ready.write_all(msg.as_bytes());
+        1
+    };
+    let stdio = match Stdio::inherit() {
+        Ok(s) => s,
+        Err(e) => return fail(&mut ready, format!("Cannot use stdio: {e}")),
+    };
+    let listener = match shim::listen(&ctx.store, id) {
+        Ok(l) => l,
+        Err(e) => return fail(&mut ready, crate::cli::report(&e)),
+    };
+    let sandbox = match backend.create(config, &ctx.store.dir(id), stdio) {
+        Ok(s) => Arc::from(s),
+        Err(e) => return fail(&mut ready, crate::cli::report(&e)),
+    };
+    detach_stdio();
+    if ready.write_all(b"ok").is_err() {
+        return 1;
+    }
+    drop(ready);
+    shim::serve(&ctx.store, id, listener, sandbox, &ctx.log)
+}
+
+/// Point this process's own stdio at /dev/null: the container has its copies.
+fn detach_stdio() {
+    if let Ok(null) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors; `null` stays open meanwhile.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+/// Write the pid file the way runc does: a temporary file beside it, renamed over it.
+pub fn write_pid_file(path: &Path, pid: i32) -> Result<(), OpsError> {
+    let err = |source| OpsError::PidFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    fs::write(&tmp, pid.to_string()).map_err(err)?;
+    fs::rename(&tmp, path).map_err(err)
+}
+
+/// Let a created container's process run.
+pub fn start(ctx: &Ctx, id: &str) -> Result<(), OpsError> {
+    let _lock = ctx.store.lock(id)?;
+    let mut rec = ctx.store.load(id)?;
+    match rec.effective_status() {
+        Status::Created => {}
+        Status::Stopped => return Err(OpsError::StartStopped),
+        Status::Running => return Err(OpsError::StartRunning),
+        s => return Err(OpsError::StartOther(s)),
+    }
+    Client::call(&ctx.store.dir(id), &Request::Start)?;
+    rec.status = Status::Running;
+    ctx.store.save(&rec)?;
+    Ok(())
+}
+
+/// The OCI state of a container.
+pub fn state(ctx: &Ctx, id: &str) -> Result<OciState, OpsError> {
+    Ok(ctx.store.load(id)?.oci_state())
+}
+
+/// States of all containers.
+pub fn list(ctx: &Ctx) -> Result<Vec<OciState>, OpsError> {
+    let mut out = Vec::new();
+    for id in ctx.store.ids()? {
+        // A container deleted meanwhile is simply not listed.
+        if let Ok(rec) = ctx.store.load(&id) {
+            out.push(rec.oci_state());
+        }
+    }
+    Ok(out)
+}
+
+/// Send a signal to the container's process (or all its processes).
+pub fn kill_container(ctx: &Ctx, id: &str, signal: i32, all: bool) -> Result<(), OpsError> {
+    let rec = ctx.store.load(id)?;
+    match rec.effective_status() {
+        Status::Created | Status::Running | Status::Paused => {}
+        _ => return Err(OpsError::NotRunning),
+    }
+    match Client::call(&ctx.store.dir(id), &Request::Kill { signal, all }) {
+        Ok(_) => Ok(()),
+        // The shim cannot be reached but still runs: SIGKILL still must work.
+        Err(ControlError::Connect { .. }) if signal == libc::SIGKILL => {
+            kill_shim(&rec);
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Delete a container's state; with `force`, stop it first when it runs.
+pub fn delete(ctx: &Ctx, id: &str, force: bool) -> Result<(), OpsError> {
+    let rec = match ctx.store.load(id) {
+        Ok(r) => r,
+        Err(StateError::NotFound) => {
+            // An aborted create may leave a directory without state; remove it.
+            if super::state::validate_id(id).is_ok() && ctx.store.dir(id).is_dir() {
+                ctx.store.remove(id)?;
+                return Ok(());
+            }
+            return if force {
+                Ok(())
+            } else {
+                Err(StateError::NotFound.into())
+            };
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match rec.effective_status() {
+        Status::Stopped => {}
+        Status::Created => stop_shim(ctx, &rec),
+        status @ (Status::Running | Status::Paused) => {
+            if !force {
+                return Err(OpsError::DeleteNotStopped {
+                    id: id.to_string(),
+                    status,
+                });
+            }
+            stop_shim(ctx, &rec);
+        }
+        Status::Creating => {
+            if !force {
+                return Err(OpsError::DeleteNotStopped {
+                    id: id.to_string(),
+                    status: Status::Creating,
+                });
+            }
+            stop_shim(ctx, &rec);
+        }
+    }
+    let _lock = ctx.store.lock(id)?;
+    ctx.store.remove(id)?;
+    Ok(())
+}
+
+/// Ask the shim to tear the container and VM down, wait for it to go, kill it if it lingers.
+fn stop_shim(ctx: &Ctx, rec: &Record) {
+    let _ = Client::call(&ctx.store.dir(&rec.id), &Request::Shutdown);
+    if !wait_gone(rec, Duration::from_secs(10)) {
+        kill_shim(rec);
+        wait_gone(rec, Duration::from_secs(5));
+    }
+}
+
+fn kill_shim(rec: &Record) {
+    if let Some(pid) = rec.pid {
+        if rec.process_alive() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Wait until the record's process is gone; false on timeout.
+fn wait_gone(rec: &Record, timeout: Duration) -> bool {
+    let until = Instant::now() + timeout;
+    while rec.process_alive() {
+        if Instant::now() > until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// Processes in the container: (pid in the guest, command).
+pub fn ps(ctx: &Ctx, id: &str) -> Result<Vec<(i32, String)>, OpsError> {
+    let rec = ctx.store.load(id)?;
+    match rec.effective_status() {
+        Status::Created | Status::Running | Status::Paused => {}
+        _ => return Err(OpsError::NotRunning),
+    }
+    match Client::call(&ctx.store.dir(id), &Request::Ps)? {
+        Response::Processes(p) => Ok(p),
+        _ => Ok(Vec::new()),
+    }
+}
+
+pub fn pause(ctx: &Ctx, id: &str) -> Result<(), OpsError> {
+    let _lock = ctx.store.lock(id)?;
+    let mut rec = ctx.store.load(id)?;
+    if rec.effective_status() != Status::Running {
+        return Err(OpsError::PauseNotRunning { id: id.to_string() });
+    }
+    Client::call(&ctx.store.dir(id), &Request::Pause)?;
+    rec.status = Status::Paused;
+    ctx.store.save(&rec)?;
+    Ok(())
+}
+
+pub fn resume(ctx: &Ctx, id: &str) -> Result<(), OpsError> {
+    let _lock = ctx.store.lock(id)?;
+    let mut rec = ctx.store.load(id)?;
+    if rec.effective_status() != Status::Paused {
+        return Err(OpsError::ResumeNotPaused { id: id.to_string() });
+    }
+    Client::call(&ctx.store.dir(id), &Request::Resume)?;
+    rec.status = Status::Running;
+    ctx.store.save(&rec)?;
+    Ok(())
+}
+
+/// What `exec` was given besides the process.
+#[derive(Clone, Debug, Default)]
+pub struct ExecOpts {
+    pub detach: bool,
+    pub pid_file: Option<PathBuf>,
+}
+
+/// Flags that build an exec process from the container's own process (runc's way).
+#[derive(Clone, Debug, Default)]
+pub struct ExecProcessArgs {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    pub user: Option<String>,
+    pub tty: bool,
+}
+
+/// The process `exec` runs: `--process FILE`, or the container's process with `args` and the
+/// flags laid over it.
+pub fn exec_process(
+    ctx: &Ctx,
+    id: &str,
+    file: Option<&Path>,
+    a: &ExecProcessArgs,
+) -> Result<ProcessConfig, OpsError> {
+    if let Some(f) = file {
+        return Ok(ProcessConfig::load(f)?);
+    }
+    let rec = ctx.store.load(id)?;
+    let mut base = Bundle::load(&rec.bundle)?.container_config(id)?.process;
+    base.args = a.args.clone();
+    if base.args.is_empty() {
+        return Err(BundleError::NoArgs.into());
+    }
+    base.env.extend(a.env.iter().cloned());
+    if let Some(cwd) = &a.cwd {
+        base.cwd = cwd.clone();
+    }
+    if let Some(u) = &a.user {
+        let bad = || OpsError::BadUser(u.clone());
+        let mut parts = u.splitn(2, ':');
+        base.uid = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        if let Some(g) = parts.next() {
+            base.gid = g.parse().map_err(|_| bad())?;
+        }
+    }
+    base.terminal = a.tty;
+    Ok(base)
+}
+
+/// Run a process in a running container with this process's stdio. Returns its exit code;
+/// with `detach`, a child process waits for it (its pid goes to `--pid-file`) and this
+/// returns 0 once it started.
+pub fn exec(ctx: &Ctx, id: &str, process: ProcessConfig, opts: &ExecOpts) -> Result<i32, OpsError> {
+    if process.terminal {
+        return Err(OpsError::Terminal);
+    }
+    let rec = ctx.store.load(id)?;
+    match rec.effective_status() {
+        Status::Running => {}
+        s => return Err(OpsError::ExecNotRunning(s)),
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let exec_id = format!("exec-{}-{nanos}", std::process::id());
+    let dir = ctx.store.dir(id);
+    let req = Request::Exec { exec_id, process };
+    if !opts.detach {
+        let mut c = Client::connect(&dir)?;
+        c.send(&req, &[0, 1, 2])?;
+        return exec_wait(&mut c);
+    }
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(OpsError::Fork)?;
+    // SAFETY: the ember CLI is single-threaded here.
+    match unsafe { fork() }.map_err(OpsError::Fork)? {
+        ForkResult::Child => {
+            drop(rd);
+            let mut wr = fs::File::from(wr);
+            let _ = nix::unistd::setsid();
+            let code = (|| -> Result<i32, OpsError> {
+                let mut c = Client::connect(&dir)?;
+                c.send(&req, &[0, 1, 2])?;
+                match c.recv()? {
+                    Response::Pid(_) => {}
+                    Response::Exit(code) => {
+                        let _ = wr.write_all(b"ok");
+                        return Ok(code);
+                    }
+                    _ => {}
+                }
+                let _ = wr.write_all(b"ok");
+                drop(wr);
+                detach_stdio();
+                exec_wait(&mut c)
+            })();
+            std::process::exit(code.unwrap_or(255));
+        }
+        ForkResult::Parent { child } => {
+            drop(wr);
+            let mut msg = String::new();
+            let _ = fs::File::from(rd).read_to_string(&mut msg);
+            if msg != "ok" {
+                let _ = waitpid(child, None);
+                return Err(OpsError::CreateFailed("exec failed to start".to_string()));
+            }
+            if let Some(path) = &opts.pid_file {
+                write_pid_file(path, child.as_raw())?;
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn exec_wait(c: &mut Client) -> Result<i32, OpsError> {
+    loop {
+        match c.recv()? {
+            Response::Exit(code) => return Ok(code),
+            _ => continue,
+        }
+    }
+}
+
+/// `run`: create, start and (unless detached) wait for the container, then delete it.
+/// Returns the container's exit code.
+pub fn run(
+    ctx: &Ctx,
+    id: &str,
+    opts: &CreateOpts,
+    detach: bool,
+    backend: &dyn Backend,
+) -> Result<i32, OpsError> {
+    let pid = create(ctx, id, opts, backend)?;
+    if let Err(e) = start(ctx, id) {
+        let _ = delete(ctx, id, true);
+        return Err(e);
+    }
+    if detach {
+        return Ok(0);
+    }
+    let code = match waitpid(Pid::from_raw(pid), None) {
+        Ok(WaitStatus::Exited(_, code)) => code,
+        Ok(WaitStatus::Signaled(_, sig, _)) => 128 + sig as i32,
+        _ => shim::LOST_EXIT_CODE,
+    };
+    let _ = delete(ctx, id, true);
+    Ok(code)
+}
+
+/// Directory of a container's control socket (for tests and tools).
+pub fn control_socket(ctx: &Ctx, id: &str) -> PathBuf {
+    ctx.store.dir(id).join(control::SOCKET)
+}

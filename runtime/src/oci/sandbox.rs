@@ -1,0 +1,96 @@
+//! What the shim needs from the place a container runs: a created container it can start,
+//! wait on, signal, exec into, list, pause and resume, and tear down. [`super::vm`] provides it
+//! with a microVM per pod; tests provide their own.
+
+use super::bundle::{ContainerConfig, ProcessConfig};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum SandboxError {
+    #[error("{what}")]
+    Failed {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl SandboxError {
+    pub fn failed(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> SandboxError {
+        SandboxError::Failed {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// The stdio a process gets: the caller's descriptors.
+pub struct Stdio {
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+impl Stdio {
+    /// This process's own stdin, stdout and stderr (duplicated).
+    pub fn inherit() -> std::io::Result<Stdio> {
+        Ok(Stdio {
+            stdin: std::io::stdin().as_fd_dup()?,
+            stdout: std::io::stdout().as_fd_dup()?,
+            stderr: std::io::stderr().as_fd_dup()?,
+        })
+    }
+}
+
+trait DupFd {
+    fn as_fd_dup(&self) -> std::io::Result<OwnedFd>;
+}
+
+impl<T: std::os::fd::AsFd> DupFd for T {
+    fn as_fd_dup(&self) -> std::io::Result<OwnedFd> {
+        self.as_fd().try_clone_to_owned()
+    }
+}
+
+/// A created container and the VM it lives in.
+pub trait Sandbox: Send + Sync {
+    /// Let the container's process run; its pid in the guest.
+    fn start(&self) -> Result<i32, SandboxError>;
+    /// Block until the container's process exits (its output delivered); its exit code
+    /// (128 + signal when killed).
+    fn wait(&self) -> Result<i32, SandboxError>;
+    fn signal(&self, signal: i32, all: bool) -> Result<(), SandboxError>;
+    /// Run a process in the container with `stdio`; `started` gets its pid; returns its exit
+    /// code once it ends.
+    fn exec(
+        &self,
+        exec_id: &str,
+        process: &ProcessConfig,
+        stdio: Stdio,
+        started: &mut dyn FnMut(i32),
+    ) -> Result<i32, SandboxError>;
+    /// Processes in the container: (pid in the guest, command line).
+    fn processes(&self) -> Result<Vec<(i32, String)>, SandboxError>;
+    fn pause(&self) -> Result<(), SandboxError>;
+    fn resume(&self) -> Result<(), SandboxError>;
+    /// Kill what runs and release the VM. Idempotent.
+    fn shutdown(&self);
+}
+
+/// Makes sandboxes: boots (or joins) the pod and creates the container in it.
+pub trait Backend {
+    /// `state_dir` is the container's own directory (for images, sockets, logs).
+    fn create(
+        &self,
+        config: &ContainerConfig,
+        state_dir: &Path,
+        stdio: Stdio,
+    ) -> Result<Box<dyn Sandbox>, SandboxError>;
+}

@@ -1,0 +1,376 @@
+//! Containers in a pod microVM: the [`Sandbox`] the shim drives, talking to the guest agent
+//! (`agent::protocol`) over the pod's vsock, with the container's stdio relayed between the
+//! agent's stdio streams and the descriptors the engine gave `ember create`.
+
+use super::bundle::{ContainerConfig, MountConfig, ProcessConfig};
+use super::sandbox::{Backend, Sandbox, SandboxError, Stdio};
+use agent::client::{AgentClient, ClientError};
+use agent::protocol::{
+    ContainerSpec, Mount, Namespace, ProcessSpec, Rlimit, RootfsSpec, StdioStream,
+};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Time limit for one ordinary request to the agent.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Mount destinations the agent sets up itself for every container.
+const AGENT_MOUNTS: &[&str] = &["/proc", "/dev", "/sys"];
+/// Filesystem types that exist inside the guest and can be mounted there as the spec says.
+const GUEST_FSTYPES: &[&str] = &[
+    "tmpfs", "devpts", "mqueue", "sysfs", "proc", "cgroup", "cgroup2",
+];
+
+/// The agent's process description for an OCI process.
+pub fn process_spec(p: &ProcessConfig) -> ProcessSpec {
+    ProcessSpec {
+        args: p.args.clone(),
+        env: p.env.clone(),
+        cwd: p.cwd.to_string_lossy().into_owned(),
+        uid: p.uid,
+        gid: p.gid,
+        additional_gids: p.additional_gids.clone(),
+        terminal: p.terminal,
+        rlimits: p
+            .rlimits
+            .iter()
+            .map(|r| Rlimit {
+                kind: r.typ.clone(),
+                soft: r.soft,
+                hard: r.hard,
+            })
+            .collect(),
+        no_new_privileges: p.no_new_privileges,
+    }
+}
+
+/// Whether a spec mount can be made inside the guest (and is not one the agent makes anyway).
+/// Bind mounts of host paths cannot: the guest does not see the host's filesystem.
+pub fn guest_mount(m: &MountConfig) -> Option<Mount> {
+    let dest = m.destination.to_string_lossy().into_owned();
+    if AGENT_MOUNTS.contains(&dest.as_str()) {
+        return None;
+    }
+    let typ = m.typ.as_deref()?;
+    if !GUEST_FSTYPES.contains(&typ) {
+        return None;
+    }
+    Some(Mount {
+        destination: dest,
+        source: m
+            .source
+            .as_ref()
+            .map_or_else(|| typ.to_string(), |s| s.to_string_lossy().into_owned()),
+        fstype: Some(typ.to_string()),
+        options: m.options.clone(),
+    })
+}
+
+/// The agent's container description: the rootfs on `rootfs_device` (ext4), the spec's
+/// namespaces that the agent creates (a namespace joined by path is the pod's shared one,
+/// which every container of the VM already has), mounts that exist in a guest, hostname,
+/// cgroup path and the process.
+pub fn container_spec(c: &ContainerConfig, rootfs_device: &str) -> ContainerSpec {
+    let namespaces = c
+        .namespaces
+        .iter()
+        .filter(|n| n.path.is_none())
+        .filter_map(|n| match n.typ.as_str() {
+            "pid" => Some(Namespace::Pid),
+            "mnt" | "mount" => Some(Namespace::Mount),
+            "uts" => Some(Namespace::Uts),
+            "ipc" => Some(Namespace::Ipc),
+            "net" | "network" => Some(Namespace::Net),
+            // user, cgroup, time: the VM is the boundary; the agent does not make these.
+            _ => None,
+        })
+        .collect();
+    ContainerSpec {
+        rootfs: RootfsSpec::BlockDevice {
+            path: rootfs_device.to_string(),
+            fstype: "ext4".to_string(),
+            read_only: c.readonly_rootfs,
+        },
+        mounts: c.mounts.iter().filter_map(guest_mount).collect(),
+        hostname: c.hostname.clone(),
+        namespaces,
+        process: process_spec(&c.process),
+        cgroup_path: c
+            .cgroups_path
+            .as_ref()
+            .map(|p| p.to_string_lossy().trim_start_matches('/').to_string())
+            .filter(|p| !p.is_empty() && !p.contains(':')),
+    }
+}
+
+/// Opens connections to one pod's agent.
+pub trait Connector: Send + Sync {
+    /// A stream connected to the agent's request port; `timeout` on reads and writes.
+    fn stream(&self, timeout: Option<Duration>) -> Result<UnixStream, ClientError>;
+
+    fn client(&self, timeout: Option<Duration>) -> Result<AgentClient<UnixStream>, SandboxError> {
+        let s = self
+            .stream(timeout)
+            .map_err(|e| SandboxError::failed("Cannot reach the guest agent", e))?;
+        Ok(AgentClient::new(s))
+    }
+}
+
+/// The agent behind a VMM's hybrid vsock Unix socket (`CONNECT 1024`).
+pub struct VsockConnector {
+    pub uds: PathBuf,
+}
+
+impl Connector for VsockConnector {
+    fn stream(&self, timeout: Option<Duration>) -> Result<UnixStream, ClientError> {
+        let s = agent::client::connect_unix(&self.uds)?;
+        let hs = Some(timeout.unwrap_or(CALL_TIMEOUT));
+        let _ = s.set_read_timeout(hs);
+        let _ = s.set_write_timeout(hs);
+        let mut s = s;
+        agent::client::vsock_handshake(&mut s, agent::protocol::DEFAULT_PORT)?;
+        let _ = s.set_read_timeout(timeout);
+        let _ = s.set_write_timeout(timeout);
+        Ok(s)
+    }
+}
+
+/// An agent listening on a plain Unix socket (an agent run on the host).
+pub struct UnixConnector {
+    pub path: PathBuf,
+}
+
+impl Connector for UnixConnector {
+    fn stream(&self, timeout: Option<Duration>) -> Result<UnixStream, ClientError> {
+        let s = agent::client::connect_unix(&self.path)?;
+        let _ = s.set_read_timeout(timeout);
+        let _ = s.set_write_timeout(timeout);
+        Ok(s)
+    }
+}
+
+fn agent_err(what: &str) -> impl FnOnce(ClientError) -> SandboxError + '_ {
+    move |e| SandboxError::failed(what.to_string(), e)
+}
+
+/// Relays of one process's stdio; joined when it ends.
+struct Relays {
+    out: Vec<JoinHandle<()>>,
+}
+
+impl Relays {
+    /// Attach the process's streams and copy: our stdin to its stdin, its stdout and stderr
+    /// to ours.
+    fn attach(
+        conn: &dyn Connector,
+        container_id: &str,
+        exec_id: Option<&str>,
+        stdio: Stdio,
+    ) -> Result<Relays, SandboxError> {
+        let attach = |stream| -> Result<UnixStream, SandboxError> {
+            let client = conn.client(Some(CALL_TIMEOUT))?;
+            let s = client
+                .attach_stdio(container_id, exec_id, stream)
+                .map_err(agent_err("Cannot attach to the container's stdio"))?;
+            let _ = s.set_read_timeout(None);
+            let _ = s.set_write_timeout(None);
+            Ok(s)
+        };
+        let out = attach(StdioStream::Stdout)?;
+        let err = attach(StdioStream::Stderr)?;
+        let inp = attach(StdioStream::Stdin)?;
+        let handles = vec![
+            copy_thread(out, File::from(stdio.stdout)),
+            copy_thread(err, File::from(stdio.stderr)),
+        ];
+        // Stdin is not joined: it ends when the caller's stdin does (or never, for a pipe
+        // kept open), and the process's end does not wait for it.
+        let stdin = File::from(stdio.stdin);
+        std::thread::spawn(move || {
+            let mut inp = inp;
+            let mut stdin = stdin;
+            let _ = io::copy(&mut stdin, &mut inp);
+            let _ = inp.shutdown(Shutdown::Write);
+        });
+        Ok(Relays { out: handles })
+    }
+
+    fn join(self) {
+        for h in self.out {
+            let _ = h.join();
+        }
+    }
+}
+
+fn copy_thread(mut from: UnixStream, mut to: File) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        let _ = to.flush();
+    })
+}
+
+/// A container created in a pod's guest.
+pub struct AgentSandbox {
+    id: String,
+    conn: Box<dyn Connector>,
+    relays: Mutex<Option<Relays>>,
+    /// Releases the VM (or the pod's share of it); run once.
+    teardown: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl AgentSandbox {
+    /// Create container `id` with `spec` through the agent behind `conn` and attach its stdio.
+    pub fn create(
+        id: &str,
+        spec: ContainerSpec,
+        conn: Box<dyn Connector>,
+        stdio: Stdio,
+        teardown: Box<dyn FnOnce() + Send>,
+    ) -> Result<AgentSandbox, SandboxError> {
+        let sb = AgentSandbox {
+            id: id.to_string(),
+            conn,
+            relays: Mutex::new(None),
+            teardown: Mutex::new(Some(teardown)),
+        };
+        let r = (|| {
+            sb.conn
+                .client(Some(CALL_TIMEOUT))?
+                .create_container(id, spec)
+                .map_err(agent_err("The agent could not create the container"))?;
+            let relays = Relays::attach(sb.conn.as_ref(), id, None, stdio)?;
+            if let Ok(mut g) = sb.relays.lock() {
+                *g = Some(relays);
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => Ok(sb),
+            Err(e) => {
+                sb.shutdown();
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Sandbox for AgentSandbox {
+    fn start(&self) -> Result<i32, SandboxError> {
+        self.conn
+            .client(Some(CALL_TIMEOUT))?
+            .start_container(&self.id)
+            .map_err(agent_err("The agent could not start the container"))
+    }
+
+    fn wait(&self) -> Result<i32, SandboxError> {
+        let status = self
+            .conn
+            .client(None)?
+            .wait(&self.id, None)
+            .map_err(agent_err("Waiting for the container failed"))?;
+        let relays = self.relays.lock().ok().and_then(|mut g| g.take());
+        if let Some(r) = relays {
+            r.join();
+        }
+        Ok(status.code)
+    }
+
+    fn signal(&self, signal: i32, all: bool) -> Result<(), SandboxError> {
+        self.conn
+            .client(Some(CALL_TIMEOUT))?
+            .signal(&self.id, None, signal, all)
+            .map_err(agent_err("The agent could not signal the container"))
+    }
+
+    fn exec(
+        &self,
+        exec_id: &str,
+        process: &ProcessConfig,
+        stdio: Stdio,
+        started: &mut dyn FnMut(i32),
+    ) -> Result<i32, SandboxError> {
+        let pid = self
+            .conn
+            .client(Some(CALL_TIMEOUT))?
+            .exec(&self.id, exec_id, process_spec(process))
+            .map_err(agent_err("The agent could not exec the process"))?;
+        let relays = Relays::attach(self.conn.as_ref(), &self.id, Some(exec_id), stdio)?;
+        started(pid);
+        let status = self
+            .conn
+            .client(None)?
+            .wait(&self.id, Some(exec_id))
+            .map_err(agent_err("Waiting for the exec'd process failed"))?;
+        relays.join();
+        Ok(status.code)
+    }
+
+    fn processes(&self) -> Result<Vec<(i32, String)>, SandboxError> {
+        let list = self
+            .conn
+            .client(Some(CALL_TIMEOUT))?
+            .process_list(&self.id)
+            .map_err(agent_err("The agent could not list processes"))?;
+        Ok(list.into_iter().map(|p| (p.pid, p.cmd)).collect())
+    }
+
+    fn pause(&self) -> Result<(), SandboxError> {
+        self.conn
+            .client(Some(CALL_TIMEOUT))?
+            .pause(&self.id)
+            .map_err(agent_err("The agent could not pause the container"))
+    }
+
+    fn resume(&self) -> Result<(), SandboxError> {
+        self.conn
+            .client(Some(CALL_TIMEOUT))?
+            .resume(&self.id)
+            .map_err(agent_err("The agent could not resume the container"))
+    }
+
+    fn shutdown(&self) {
+        let teardown = self.teardown.lock().ok().and_then(|mut g| g.take());
+        if let Some(t) = teardown {
+            if let Ok(mut c) = self.conn.client(Some(Duration::from_secs(5))) {
+                let _ = c.destroy_container(&self.id);
+            }
+            t();
+        }
+    }
+}
+
+/// Containers in microVMs: one pod VM per container, or a CRI pod's shared VM.
+pub struct VmBackend {
+    pub root: PathBuf,
+}
+
+impl Backend for VmBackend {
+    fn create(
+        &self,
+        _config: &ContainerConfig,
+        _state_dir: &Path,
+        _stdio: Stdio,
+    ) -> Result<Box<dyn Sandbox>, SandboxError> {
+        Err(SandboxError::Refused(
+            "Booting a pod VM for an OCI container is not wired to runtime::api yet".to_string(),
+        ))
+    }
+}
