@@ -1,3 +1,217 @@
-//! ember's in-process VMM.
+//! ember's in-process VMM: a KVM VM, guest memory, vCPU threads, the x86_64 64-bit Linux
+//! boot protocol, legacy devices and (through `devices`) virtio-mmio devices.
+//!
+//! ```no_run
+//! let cfg = vmm::config::VmConfig::new("/var/lib/ember/guest/vmlinux");
+//! let vm = vmm::Vmm::new(cfg)?;
+//! let handle = vm.handle();
+//! let exit = vm.run()?; // blocks until the guest resets or powers off, or handle.stop()
+//! # Ok::<(), vmm::Error>(())
+//! ```
 
 pub mod arch;
+pub mod builder;
+pub mod config;
+pub mod control;
+pub mod device_manager;
+pub mod timings;
+pub mod vstate;
+
+use std::os::unix::thread::JoinHandleExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use vm_memory::GuestMemoryMmap;
+
+pub use config::VmConfig;
+pub use timings::Timings;
+
+use control::VmControl;
+use device_manager::legacy::LegacyDevices;
+use timings::{Phase, TimingsRecorder};
+use vstate::kvm::KvmContext;
+use vstate::vcpu::Vcpu;
+use vstate::vm::Vm;
+
+/// How a VM ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest reset (i8042 reset line or KVM reset event), e.g. `reboot`.
+    Reset,
+    /// The guest powered off.
+    Shutdown,
+    /// A vCPU executed `hlt` with no in-kernel irqchip (test payloads).
+    Halted,
+    /// [`VmHandle::stop`] was called.
+    Stopped,
+}
+
+/// Errors of the VMM.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("{}", .0)]
+    Kvm(#[source] vstate::kvm::Error),
+    #[error("Failed to create the VM")]
+    Vm(#[source] vstate::vm::Error),
+    #[error("Failed to create guest memory")]
+    Memory(#[source] vstate::memory::Error),
+    #[error("vCPU failure")]
+    Vcpu(#[source] vstate::vcpu::Error),
+    #[error("Guest memory too small: {0} MiB (at least {min} MiB)", min = config::MIN_MEM_MIB)]
+    MemoryTooSmall(u32),
+    #[error("Invalid vCPU count {0} (1 to {max})", max = arch::x86_64::mptable::MAX_SUPPORTED_CPUS)]
+    VcpuCount(u8),
+    #[error("Cannot open kernel {}", .0.display())]
+    KernelFile(PathBuf, #[source] std::io::Error),
+    #[error("Bad kernel {}", .0.display())]
+    Kernel(PathBuf, #[source] arch::x86_64::Error),
+    #[error("Cannot read initrd {}", .0.display())]
+    InitrdFile(PathBuf, #[source] std::io::Error),
+    #[error("Cannot open console file {}", .0.display())]
+    ConsoleFile(PathBuf, #[source] std::io::Error),
+    #[error("Boot setup failed")]
+    Boot(#[source] arch::x86_64::Error),
+    #[error("Failed to write the MP table")]
+    MpTable(#[source] arch::x86_64::mptable::Error),
+    #[error("Failed to set up legacy devices")]
+    Legacy(#[source] device_manager::legacy::Error),
+    #[error("Failed to set up a device bus")]
+    Bus(#[source] device_manager::Error),
+    #[error("Failed to write the payload to guest memory")]
+    Payload(#[source] vm_memory::GuestMemoryError),
+    #[error("Virtio devices are not wired into the VMM yet ({0})")]
+    DevicesNotWired(&'static str),
+    #[error("Failed to install the vCPU kick signal handler")]
+    SignalHandler(#[source] std::io::Error),
+    #[error("Failed to start a vCPU thread")]
+    SpawnVcpu(#[source] std::io::Error),
+    #[error("The VM is not running")]
+    NotRunning,
+}
+
+/// Can this machine's `/dev/kvm` run an ordinary guest? The error is one line: no
+/// `/dev/kvm`, or a PVM-style `/dev/kvm` that cannot run a normal guest's user space.
+pub fn check_kvm_usable() -> Result<(), Error> {
+    vstate::kvm::check_kvm_usable().map_err(Error::Kvm)
+}
+
+/// A built VM, ready to run.
+pub struct Vmm {
+    _kvm: KvmContext,
+    _vm: Vm,
+    _mem: GuestMemoryMmap,
+    vcpus: Vec<Vcpu>,
+    control: Arc<VmControl>,
+    timings: Arc<TimingsRecorder>,
+    _legacy: LegacyDevices,
+}
+
+impl Vmm {
+    /// Build a VM from `cfg`; phases are timed from now.
+    pub fn new(cfg: VmConfig) -> Result<Vmm, Error> {
+        Self::with_start(cfg, Instant::now())
+    }
+
+    /// Build a VM from `cfg`; phases are timed from `start`.
+    pub fn with_start(cfg: VmConfig, start: Instant) -> Result<Vmm, Error> {
+        builder::build_vmm(&cfg, start)
+    }
+
+    pub(crate) fn from_parts(
+        kvm: KvmContext,
+        vm: Vm,
+        mem: GuestMemoryMmap,
+        vcpus: Vec<Vcpu>,
+        control: Arc<VmControl>,
+        timings: Arc<TimingsRecorder>,
+        legacy: LegacyDevices,
+    ) -> Self {
+        Vmm {
+            _kvm: kvm,
+            _vm: vm,
+            _mem: mem,
+            vcpus,
+            control,
+            timings,
+            _legacy: legacy,
+        }
+    }
+
+    /// A handle to pause, resume or stop the VM and read its timings from other threads.
+    pub fn handle(&self) -> VmHandle {
+        VmHandle {
+            control: self.control.clone(),
+            timings: self.timings.clone(),
+        }
+    }
+
+    /// Run the VM on one thread per vCPU; blocks until the guest resets or powers off, a
+    /// vCPU fails, or [`VmHandle::stop`] is called.
+    pub fn run(self) -> Result<VmExit, Error> {
+        control::install_kick_handler()?;
+        let mut threads = Vec::with_capacity(self.vcpus.len());
+        let mut spawn_err = None;
+        for vcpu in self.vcpus {
+            let name = format!("vcpu{}", vcpu.index());
+            match std::thread::Builder::new().name(name).spawn(move || vcpu.run()) {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    spawn_err = Some(e);
+                    break;
+                }
+            }
+        }
+        self.control
+            .set_threads(threads.iter().map(|t| t.as_pthread_t()).collect());
+        if let Some(e) = spawn_err {
+            self.control.finish(Err(Error::SpawnVcpu(e)));
+        }
+        let outcome = self.control.wait_outcome();
+        // Make sure every vCPU leaves KVM_RUN, then forget them before joining.
+        self.control.finish(Ok(VmExit::Stopped));
+        self.control.clear_threads();
+        for t in threads {
+            // A vCPU thread that panicked has already reported nothing; the outcome stands.
+            let _ = t.join();
+        }
+        self.timings.mark(Phase::Exited);
+        outcome
+    }
+}
+
+/// Controls a VM from other threads.
+#[derive(Clone)]
+pub struct VmHandle {
+    control: Arc<VmControl>,
+    timings: Arc<TimingsRecorder>,
+}
+
+impl VmHandle {
+    /// Park every vCPU outside KVM_RUN; returns once all are parked.
+    pub fn pause(&self) -> Result<(), Error> {
+        self.control.pause()
+    }
+
+    /// Let the vCPUs run again.
+    pub fn resume(&self) -> Result<(), Error> {
+        self.control.resume()
+    }
+
+    /// Stop the VM: [`Vmm::run`] returns [`VmExit::Stopped`] (unless it already ended).
+    pub fn stop(&self) {
+        self.control.finish(Ok(VmExit::Stopped));
+    }
+
+    /// Boot phases so far.
+    pub fn timings(&self) -> Timings {
+        self.timings.get()
+    }
+
+    /// Wait until the agent reported ready on the boot timer (`true`), or the VM ended or
+    /// `timeout` passed (`false`).
+    pub fn wait_ready(&self, timeout: Option<Duration>) -> bool {
+        self.timings.wait_for(Phase::AgentReady, timeout)
+    }
+}

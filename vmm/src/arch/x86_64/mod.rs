@@ -78,6 +78,11 @@ pub fn arch_memory_regions(mem_size: u64) -> Vec<(GuestAddress, usize)> {
     }
 }
 
+/// End of RAM below the MMIO gap for `mem_size` bytes of guest memory.
+pub fn low_mem_end_for(mem_size: u64) -> u64 {
+    mem_size.min(MMIO_GAP_START)
+}
+
 /// End of RAM below the MMIO gap.
 pub fn low_mem_end(mem: &GuestMemoryMmap) -> u64 {
     use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
@@ -246,8 +251,9 @@ fn mib_ceil(bytes: u64) -> u64 {
     bytes.div_ceil(1 << 20)
 }
 
-/// Load a vmlinux (ELF) or bzImage kernel; errors name truncated, foreign or too-big images.
-pub fn load_kernel(mem: &GuestMemoryMmap, file: &mut File) -> Result<LoadedKernel, Error> {
+/// Check a kernel image without loading it: its kind, and that it is complete and fits in
+/// `low_mem_end` bytes of RAM. Returns the kind and the end of what it occupies.
+pub fn check_kernel(file: &mut File, low_mem_end: u64) -> Result<(KernelKind, u64), Error> {
     let file_len = file.metadata().map_err(Error::ReadKernel)?.len();
     let mut magic = [0u8; 4];
     if !read_at(file, 0, &mut magic)? {
@@ -256,40 +262,47 @@ pub fn load_kernel(mem: &GuestMemoryMmap, file: &mut File) -> Result<LoadedKerne
             need: 4,
         });
     }
-    let mem_end = low_mem_end(mem);
-    let too_big = |end: u64| Error::KernelTooBig {
-        need_mib: mib_ceil(end),
-        have_mib: mem_end >> 20,
+    let (kind, end) = if &magic == ELF_MAGIC {
+        (KernelKind::Elf, inspect_elf(file, file_len)?.1)
+    } else if file_len < SETUP_HEADER_OFFSET + 0x20 {
+        return Err(Error::NotAKernel);
+    } else {
+        (KernelKind::BzImage, inspect_bzimage(file, file_len)?.1)
     };
-    if &magic == ELF_MAGIC {
-        let (entry, end) = inspect_elf(file, file_len)?;
-        if end > mem_end {
-            return Err(too_big(end));
-        }
-        let res = Elf::load(mem, None, file, Some(GuestAddress(HIMEM_START)))
-            .map_err(Error::LoadKernel)?;
-        return Ok(LoadedKernel {
-            kind: KernelKind::Elf,
-            entry: GuestAddress(entry),
-            kernel_end: res.kernel_end.max(end),
-            setup_header: None,
+    if end > low_mem_end {
+        return Err(Error::KernelTooBig {
+            need_mib: mib_ceil(end),
+            have_mib: low_mem_end >> 20,
         });
     }
-    if file_len < SETUP_HEADER_OFFSET + 0x20 {
-        return Err(Error::NotAKernel);
+    Ok((kind, end))
+}
+
+/// Load a vmlinux (ELF) or bzImage kernel; errors name truncated, foreign or too-big images.
+pub fn load_kernel(mem: &GuestMemoryMmap, file: &mut File) -> Result<LoadedKernel, Error> {
+    let (kind, end) = check_kernel(file, low_mem_end(mem))?;
+    match kind {
+        KernelKind::Elf => {
+            let res = Elf::load(mem, None, file, Some(GuestAddress(HIMEM_START)))
+                .map_err(Error::LoadKernel)?;
+            Ok(LoadedKernel {
+                kind,
+                entry: res.kernel_load,
+                kernel_end: res.kernel_end.max(end),
+                setup_header: None,
+            })
+        }
+        KernelKind::BzImage => {
+            let res = BzImage::load(mem, None, file, Some(GuestAddress(HIMEM_START)))
+                .map_err(Error::LoadKernel)?;
+            Ok(LoadedKernel {
+                kind,
+                entry: GuestAddress(res.kernel_load.raw_value() + BZIMAGE_64BIT_ENTRY_OFFSET),
+                kernel_end: end.max(res.kernel_end),
+                setup_header: res.setup_header,
+            })
+        }
     }
-    let (_, end) = inspect_bzimage(file, file_len)?;
-    if end > mem_end {
-        return Err(too_big(end));
-    }
-    let res = BzImage::load(mem, None, file, Some(GuestAddress(HIMEM_START)))
-        .map_err(Error::LoadKernel)?;
-    Ok(LoadedKernel {
-        kind: KernelKind::BzImage,
-        entry: GuestAddress(res.kernel_load.raw_value() + BZIMAGE_64BIT_ENTRY_OFFSET),
-        kernel_end: end.max(res.kernel_end),
-        setup_header: res.setup_header,
-    })
 }
 
 /// Where an initrd of `size` bytes goes: as high as possible (page aligned) below both the

@@ -14,7 +14,9 @@ pub const MAX_SUPPORTED_CPUS: u8 = 32;
 
 const MPF_SIZE: usize = 16;
 const MPC_HEADER_SIZE: usize = 44;
+#[cfg(test)]
 const MPC_CPU_SIZE: usize = 20;
+#[cfg(test)]
 const MPC_SMALL_ENTRY_SIZE: usize = 8;
 
 const MP_PROCESSOR: u8 = 0;

@@ -1,0 +1,227 @@
+//! Building a VM from a [`VmConfig`]: check the inputs, create the KVM VM and guest memory,
+//! load kernel, initrd and command line, write the zero page and MP table, create the
+//! devices and vCPUs.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::arch::x86_64::{self as arch, layout, mptable, regs::Privilege};
+use crate::config::{ConsoleConfig, VmConfig, DEFAULT_CMDLINE, MIN_MEM_MIB};
+use crate::control::VmControl;
+use crate::device_manager::{legacy, Bus, BusDevice};
+use crate::timings::{Phase, TimingsRecorder};
+use crate::vstate::kvm::KvmContext;
+use crate::vstate::memory::create_guest_memory;
+use crate::vstate::vcpu::Vcpu;
+use crate::vstate::vm::{IrqChip, Vm};
+use crate::{Error, Vmm};
+
+fn open_console(console: &ConsoleConfig) -> Result<Box<dyn Write + Send>, Error> {
+    Ok(match console {
+        ConsoleConfig::Stdout => Box::new(std::io::stdout()),
+        ConsoleConfig::Sink => Box::new(std::io::sink()),
+        ConsoleConfig::File(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| Error::ConsoleFile(path.clone(), e))?,
+        ),
+    })
+}
+
+/// Check a configuration without touching KVM: memory and vCPU counts, the kernel image
+/// (readable, complete, a kernel, fits in memory) and the initrd (readable).
+pub fn validate_config(cfg: &VmConfig) -> Result<(), Error> {
+    if cfg.mem_mib < MIN_MEM_MIB {
+        return Err(Error::MemoryTooSmall(cfg.mem_mib));
+    }
+    if cfg.vcpus == 0 || cfg.vcpus > mptable::MAX_SUPPORTED_CPUS {
+        return Err(Error::VcpuCount(cfg.vcpus));
+    }
+    let mut kernel =
+        File::open(&cfg.kernel).map_err(|e| Error::KernelFile(cfg.kernel.clone(), e))?;
+    let low_end = arch::low_mem_end_for(u64::from(cfg.mem_mib) << 20);
+    let (_, kernel_end) = arch::check_kernel(&mut kernel, low_end)
+        .map_err(|e| Error::Kernel(cfg.kernel.clone(), e))?;
+    if let Some(initrd) = &cfg.initrd {
+        let meta = std::fs::metadata(initrd).map_err(|e| Error::InitrdFile(initrd.clone(), e))?;
+        File::open(initrd).map_err(|e| Error::InitrdFile(initrd.clone(), e))?;
+        arch::initrd_load_addr(low_end, layout::DEFAULT_INITRD_ADDR_MAX, kernel_end, meta.len())
+            .map_err(Error::Boot)?;
+    }
+    let unsupported = [
+        (!cfg.block.is_empty(), "--block"),
+        (!cfg.net.is_empty(), "--net"),
+        (cfg.vsock.is_some(), "--vsock"),
+        (cfg.rng, "--rng"),
+    ];
+    if let Some((_, what)) = unsupported.iter().find(|(set, _)| *set) {
+        return Err(Error::DevicesNotWired(what));
+    }
+    Ok(())
+}
+
+/// The full command line for `cfg`.
+pub fn cmdline_for(cfg: &VmConfig, devices: &[String]) -> String {
+    let mut parts: Vec<&str> = vec![cfg.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE)];
+    parts.extend(devices.iter().map(String::as_str));
+    parts.extend(cfg.extra_cmdline.iter().map(String::as_str));
+    parts.join(" ")
+}
+
+/// Build a VM booting a Linux kernel.
+pub fn build_vmm(cfg: &VmConfig, start: Instant) -> Result<Vmm, Error> {
+    validate_config(cfg)?;
+    let timings = Arc::new(TimingsRecorder::new(start));
+    let control = Arc::new(VmControl::new());
+    let console = open_console(&cfg.console)?;
+    let initrd = match &cfg.initrd {
+        Some(p) => Some(std::fs::read(p).map_err(|e| Error::InitrdFile(p.clone(), e))?),
+        None => None,
+    };
+
+    let kvm = KvmContext::new().map_err(Error::Kvm)?;
+    let vm = Vm::new(&kvm, IrqChip::InKernel).map_err(Error::Vm)?;
+    let mem = create_guest_memory(cfg.mem_mib).map_err(Error::Memory)?;
+    vm.register_memory(&mem).map_err(Error::Vm)?;
+
+    let mut kernel_file =
+        File::open(&cfg.kernel).map_err(|e| Error::KernelFile(cfg.kernel.clone(), e))?;
+    let kernel = arch::load_kernel(&mem, &mut kernel_file)
+        .map_err(|e| Error::Kernel(cfg.kernel.clone(), e))?;
+    let initrd_loc = match &initrd {
+        Some(bytes) => Some(arch::load_initrd(&mem, &kernel, bytes).map_err(Error::Boot)?),
+        None => None,
+    };
+
+    let mut pio = Bus::new();
+    let mut mmio = Bus::new();
+    let legacy = legacy::setup_legacy_devices(
+        Some(&vm),
+        &mut pio,
+        &mut mmio,
+        console,
+        control.clone(),
+        timings.clone(),
+    )
+    .map_err(Error::Legacy)?;
+
+    let device_params: Vec<String> = Vec::new();
+    let cmdline = arch::build_cmdline(&cmdline_for(cfg, &device_params), &[]).map_err(Error::Boot)?;
+    let cmdline_len = arch::load_cmdline(&mem, &cmdline).map_err(Error::Boot)?;
+    mptable::setup_mptable(&mem, cfg.vcpus).map_err(Error::MpTable)?;
+    let params = arch::boot_params_for(&mem, &kernel, cmdline_len, initrd_loc);
+    arch::write_boot_params(&mem, &params).map_err(Error::Boot)?;
+
+    let pio = Arc::new(pio);
+    let mmio = Arc::new(mmio);
+    let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
+    for i in 0..cfg.vcpus {
+        let vcpu = Vcpu::new(
+            &vm,
+            i,
+            pio.clone(),
+            mmio.clone(),
+            mem.clone(),
+            control.clone(),
+            timings.clone(),
+        )
+        .map_err(Error::Vcpu)?;
+        vcpu.configure(&kvm, cfg.vcpus, kernel.entry.0, Privilege::Kernel, true)
+            .map_err(Error::Vcpu)?;
+        vcpus.push(vcpu);
+    }
+    timings.mark(Phase::VmCreated);
+    Ok(Vmm::from_parts(kvm, vm, mem, vcpus, control, timings, legacy))
+}
+
+/// A device for a payload VM: where it sits and what it is.
+pub type ExtraDevice = (u64, u64, Arc<Mutex<dyn BusDevice>>);
+
+/// A VM that runs a raw code `payload` at `load_addr` on one vCPU, at `privilege`, with no
+/// irqchip (so `hlt` ends it) and the legacy devices plus `extra_pio`/`extra_mmio` on its
+/// buses. The boot page tables identity-map the first 4 GiB. This is how exit handling is
+/// tested on hosts that run only guest user code natively (PVM).
+pub fn build_payload_vm(
+    payload: &[u8],
+    load_addr: u64,
+    mem_mib: u32,
+    privilege: Privilege,
+    console: ConsoleConfig,
+    extra_pio: Vec<ExtraDevice>,
+    extra_mmio: Vec<ExtraDevice>,
+) -> Result<Vmm, Error> {
+    let timings = Arc::new(TimingsRecorder::new(Instant::now()));
+    let control = Arc::new(VmControl::new());
+    let console = open_console(&console)?;
+    let kvm = KvmContext::new().map_err(Error::Kvm)?;
+    let vm = Vm::new(&kvm, IrqChip::None).map_err(Error::Vm)?;
+    let mem: GuestMemoryMmap = create_guest_memory(mem_mib).map_err(Error::Memory)?;
+    vm.register_memory(&mem).map_err(Error::Vm)?;
+    mem.write_slice(payload, GuestAddress(load_addr))
+        .map_err(Error::Payload)?;
+
+    let mut pio = Bus::new();
+    let mut mmio = Bus::new();
+    let legacy = legacy::setup_legacy_devices(
+        None,
+        &mut pio,
+        &mut mmio,
+        console,
+        control.clone(),
+        timings.clone(),
+    )
+    .map_err(Error::Legacy)?;
+    for (base, len, dev) in extra_pio {
+        pio.insert(base, len, dev).map_err(Error::Bus)?;
+    }
+    for (base, len, dev) in extra_mmio {
+        mmio.insert(base, len, dev).map_err(Error::Bus)?;
+    }
+    let vcpu = Vcpu::new(
+        &vm,
+        0,
+        Arc::new(pio),
+        Arc::new(mmio),
+        mem.clone(),
+        control.clone(),
+        timings.clone(),
+    )
+    .map_err(Error::Vcpu)?;
+    vcpu.configure(&kvm, 1, load_addr, privilege, false)
+        .map_err(Error::Vcpu)?;
+    timings.mark(Phase::VmCreated);
+    Ok(Vmm::from_parts(kvm, vm, mem, vec![vcpu], control, timings, legacy))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_order() {
+        let mut c = VmConfig::new("/k");
+        c.extra_cmdline = vec!["init=/bin/sh".into()];
+        let s = cmdline_for(&c, &["virtio_mmio.device=4K@0xd0001000:5".into()]);
+        assert!(s.starts_with(DEFAULT_CMDLINE));
+        assert!(s.ends_with("virtio_mmio.device=4K@0xd0001000:5 init=/bin/sh"));
+        c.cmdline = Some("console=ttyS0".into());
+        assert_eq!(cmdline_for(&c, &[]), "console=ttyS0 init=/bin/sh");
+    }
+
+    #[test]
+    fn validation_rejects_bad_input_before_kvm() {
+        let mut c = VmConfig::new("/nonexistent/vmlinux");
+        assert!(matches!(validate_config(&c), Err(Error::KernelFile(..))));
+        c.mem_mib = 16;
+        assert!(matches!(validate_config(&c), Err(Error::MemoryTooSmall(16))));
+        c.mem_mib = 64;
+        c.vcpus = 0;
+        assert!(matches!(validate_config(&c), Err(Error::VcpuCount(0))));
+    }
+}

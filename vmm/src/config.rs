@@ -1,0 +1,98 @@
+//! What a VM is made of: the configuration the runtime and the CLI hand to [`crate::Vmm`].
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The command line ember boots guests with when `cmdline` is not set.
+pub const DEFAULT_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd 8250.nr_uarts=1 quiet";
+/// Smallest guest memory accepted.
+pub const MIN_MEM_MIB: u32 = 32;
+/// Default guest memory.
+pub const DEFAULT_MEM_MIB: u32 = 128;
+/// Default guest CID for vsock.
+pub const DEFAULT_GUEST_CID: u32 = 3;
+
+/// A whole VM.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VmConfig {
+    /// ELF vmlinux or bzImage.
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// Replaces [`DEFAULT_CMDLINE`] when set.
+    pub cmdline: Option<String>,
+    /// Appended to the command line.
+    pub extra_cmdline: Vec<String>,
+    pub mem_mib: u32,
+    pub vcpus: u8,
+    pub block: Vec<BlockConfig>,
+    pub net: Vec<NetConfig>,
+    pub vsock: Option<VsockConfig>,
+    pub rng: bool,
+    pub console: ConsoleConfig,
+}
+
+impl VmConfig {
+    /// A 1-vCPU, [`DEFAULT_MEM_MIB`] MiB VM booting `kernel` with the default command line
+    /// and its console on stdout.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        VmConfig {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: None,
+            extra_cmdline: Vec::new(),
+            mem_mib: DEFAULT_MEM_MIB,
+            vcpus: 1,
+            block: Vec::new(),
+            net: Vec::new(),
+            vsock: None,
+            rng: false,
+            console: ConsoleConfig::Stdout,
+        }
+    }
+}
+
+/// A virtio-blk disk backed by a file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// A virtio-net interface backed by a tap device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetConfig {
+    pub tap: String,
+    pub mac: Option<[u8; 6]>,
+}
+
+/// virtio-vsock, bridged to Unix sockets at `uds_path` (Firecracker's scheme).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsockConfig {
+    pub guest_cid: u32,
+    pub uds_path: PathBuf,
+}
+
+/// Where the serial console goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConsoleConfig {
+    #[default]
+    Stdout,
+    File(PathBuf),
+    Sink,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = VmConfig::new("/k");
+        assert_eq!(c.mem_mib, DEFAULT_MEM_MIB);
+        assert_eq!(c.vcpus, 1);
+        assert_eq!(c.console, ConsoleConfig::Stdout);
+        assert!(DEFAULT_CMDLINE.starts_with("console=ttyS0 "));
+    }
+}

@@ -1,0 +1,199 @@
+//! Legacy devices on the buses: COM1 (IRQ 4 via irqfd), the i8042 (reset ends the VM),
+//! the CMOS/RTC, and the boot timer at 0xd000_0000.
+
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use devices::legacy::{boot_timer, cmos, i8042, serial, BootTimer, Cmos, LegacySerial, I8042};
+use thiserror::Error;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::{Bus, BusDevice};
+use crate::control::VmControl;
+use crate::timings::{Phase, TimingsRecorder};
+use crate::vstate::vm::Vm;
+use crate::VmExit;
+
+/// Errors setting up legacy devices.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("Failed to create an eventfd")]
+    EventFd(#[source] io::Error),
+    #[error("Failed to set up the serial port")]
+    Serial(#[source] serial::Error),
+    #[error("Failed to place a legacy device on a bus")]
+    Bus(#[source] super::Error),
+    #[error("Failed to route the serial interrupt")]
+    Irq(#[source] crate::vstate::vm::Error),
+}
+
+/// A writer that records when the guest printed its first byte.
+pub struct TimedWriter {
+    inner: Box<dyn Write + Send>,
+    timings: Arc<TimingsRecorder>,
+    seen: bool,
+}
+
+impl TimedWriter {
+    pub fn new(inner: Box<dyn Write + Send>, timings: Arc<TimingsRecorder>) -> Self {
+        TimedWriter {
+            inner,
+            timings,
+            seen: false,
+        }
+    }
+}
+
+impl Write for TimedWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if !self.seen && !buf.is_empty() {
+            self.seen = true;
+            self.timings.mark(Phase::FirstOutput);
+        }
+        let n = self.inner.write(buf)?;
+        // The console is line-oriented for whoever reads it: flush at line ends.
+        if buf.contains(&b'\n') {
+            self.inner.flush()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// COM1 on the port-I/O bus.
+pub struct SerialPio(pub LegacySerial<TimedWriter>);
+
+impl BusDevice for SerialPio {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if let Some(b) = data.first_mut() {
+            *b = self.0.read(offset as u8);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let Some(b) = data.first() {
+            // Output errors (a closed stdout) must not stop the guest.
+            let _ = self.0.write(offset as u8, *b);
+        }
+    }
+}
+
+/// The i8042 on ports 0x60-0x64: a reset request ends the VM with [`VmExit::Reset`].
+pub struct I8042Pio {
+    dev: I8042,
+    control: Arc<VmControl>,
+}
+
+impl BusDevice for I8042Pio {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if let Some(b) = data.first_mut() {
+            *b = self.dev.read(i8042::DATA_PORT + offset as u16);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let Some(b) = data.first() else { return };
+        let before = self.dev.reset_requests();
+        let res = self.dev.write(i8042::DATA_PORT + offset as u16, *b);
+        if res.is_err() || self.dev.reset_requests() != before {
+            self.control.finish(Ok(VmExit::Reset));
+        }
+    }
+}
+
+/// The CMOS/RTC on ports 0x70-0x71.
+pub struct CmosPio(pub Cmos);
+
+impl BusDevice for CmosPio {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if let Some(b) = data.first_mut() {
+            *b = self.0.read(cmos::INDEX_PORT + offset as u16);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let Some(b) = data.first() {
+            self.0.write(cmos::INDEX_PORT + offset as u16, *b);
+        }
+    }
+}
+
+/// The boot timer on the MMIO bus.
+pub struct BootTimerMmio(pub BootTimer);
+
+impl BusDevice for BootTimerMmio {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.0.read(offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        self.0.write(offset, data);
+    }
+}
+
+/// Handles kept by the VMM on the legacy devices.
+pub struct LegacyDevices {
+    pub serial: Arc<Mutex<SerialPio>>,
+    pub boot_timer: Arc<Mutex<BootTimerMmio>>,
+}
+
+/// A boot timer feeding `timings`.
+pub fn boot_timer(timings: Arc<TimingsRecorder>) -> BootTimer {
+    BootTimer::with_callback(Box::new(move |value, at: Instant| match value {
+        boot_timer::BOOT_TIMER_INIT_START => timings.mark_at(Phase::InitStart, at),
+        boot_timer::BOOT_TIMER_AGENT_READY => timings.mark_at(Phase::AgentReady, at),
+        _ => {}
+    }))
+}
+
+/// Create the legacy devices and put them on the buses. `vm` is `None` for VMs without an
+/// in-kernel irqchip (test payloads): the serial interrupt is then not routed.
+pub fn setup_legacy_devices(
+    vm: Option<&Vm>,
+    pio: &mut Bus,
+    mmio: &mut Bus,
+    console: Box<dyn Write + Send>,
+    control: Arc<VmControl>,
+    timings: Arc<TimingsRecorder>,
+) -> Result<LegacyDevices, Error> {
+    let irq = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
+    let serial = LegacySerial::new(irq, TimedWriter::new(console, timings.clone()));
+    if let Some(vm) = vm {
+        let evt = serial.irq_evt().map_err(Error::Serial)?;
+        vm.register_irqfd(&evt, serial::COM1_IRQ)
+            .map_err(Error::Irq)?;
+    }
+    let serial = Arc::new(Mutex::new(SerialPio(serial)));
+    pio.insert(
+        u64::from(serial::COM1_PORT),
+        u64::from(serial::SERIAL_PORT_SIZE),
+        serial.clone(),
+    )
+    .map_err(Error::Bus)?;
+
+    let reset = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
+    let i8042 = Arc::new(Mutex::new(I8042Pio {
+        dev: I8042::new(reset),
+        control,
+    }));
+    pio.insert(u64::from(i8042::DATA_PORT), 5, i8042)
+        .map_err(Error::Bus)?;
+
+    let cmos = Arc::new(Mutex::new(CmosPio(Cmos::new())));
+    pio.insert(u64::from(cmos::INDEX_PORT), 2, cmos)
+        .map_err(Error::Bus)?;
+
+    let boot_timer = Arc::new(Mutex::new(BootTimerMmio(boot_timer(timings))));
+    mmio.insert(
+        boot_timer::BOOT_TIMER_ADDR,
+        boot_timer::BOOT_TIMER_SIZE,
+        boot_timer.clone(),
+    )
+    .map_err(Error::Bus)?;
+
+    Ok(LegacyDevices { serial, boot_timer })
+}
