@@ -51,8 +51,13 @@ pub fn validate_config(cfg: &VmConfig) -> Result<(), Error> {
     if let Some(initrd) = &cfg.initrd {
         let meta = std::fs::metadata(initrd).map_err(|e| Error::InitrdFile(initrd.clone(), e))?;
         File::open(initrd).map_err(|e| Error::InitrdFile(initrd.clone(), e))?;
-        arch::initrd_load_addr(low_end, layout::DEFAULT_INITRD_ADDR_MAX, kernel_end, meta.len())
-            .map_err(Error::Boot)?;
+        arch::initrd_load_addr(
+            low_end,
+            layout::DEFAULT_INITRD_ADDR_MAX,
+            kernel_end,
+            meta.len(),
+        )
+        .map_err(Error::Boot)?;
     }
     let unsupported = [
         (!cfg.block.is_empty(), "--block"),
@@ -112,7 +117,8 @@ pub fn build_vmm(cfg: &VmConfig, start: Instant) -> Result<Vmm, Error> {
     .map_err(Error::Legacy)?;
 
     let device_params: Vec<String> = Vec::new();
-    let cmdline = arch::build_cmdline(&cmdline_for(cfg, &device_params), &[]).map_err(Error::Boot)?;
+    let cmdline =
+        arch::build_cmdline(&cmdline_for(cfg, &device_params), &[]).map_err(Error::Boot)?;
     let cmdline_len = arch::load_cmdline(&mem, &cmdline).map_err(Error::Boot)?;
     mptable::setup_mptable(&mem, cfg.vcpus).map_err(Error::MpTable)?;
     let params = arch::boot_params_for(&mem, &kernel, cmdline_len, initrd_loc);
@@ -137,7 +143,9 @@ pub fn build_vmm(cfg: &VmConfig, start: Instant) -> Result<Vmm, Error> {
         vcpus.push(vcpu);
     }
     timings.mark(Phase::VmCreated);
-    Ok(Vmm::from_parts(kvm, vm, mem, vcpus, control, timings, legacy))
+    Ok(Vmm::from_parts(
+        kvm, vm, mem, vcpus, control, timings, legacy,
+    ))
 }
 
 /// A device for a payload VM: where it sits and what it is.
@@ -196,7 +204,15 @@ pub fn build_payload_vm(
     vcpu.configure(&kvm, 1, load_addr, privilege, false)
         .map_err(Error::Vcpu)?;
     timings.mark(Phase::VmCreated);
-    Ok(Vmm::from_parts(kvm, vm, mem, vec![vcpu], control, timings, legacy))
+    Ok(Vmm::from_parts(
+        kvm,
+        vm,
+        mem,
+        vec![vcpu],
+        control,
+        timings,
+        legacy,
+    ))
 }
 
 #[cfg(test)]
@@ -219,7 +235,10 @@ mod tests {
         let mut c = VmConfig::new("/nonexistent/vmlinux");
         assert!(matches!(validate_config(&c), Err(Error::KernelFile(..))));
         c.mem_mib = 16;
-        assert!(matches!(validate_config(&c), Err(Error::MemoryTooSmall(16))));
+        assert!(matches!(
+            validate_config(&c),
+            Err(Error::MemoryTooSmall(16))
+        ));
         c.mem_mib = 64;
         c.vcpus = 0;
         assert!(matches!(validate_config(&c), Err(Error::VcpuCount(0))));

@@ -155,7 +155,10 @@ impl Vmm {
         let mut spawn_err = None;
         for vcpu in self.vcpus {
             let name = format!("vcpu{}", vcpu.index());
-            match std::thread::Builder::new().name(name).spawn(move || vcpu.run()) {
+            match std::thread::Builder::new()
+                .name(name)
+                .spawn(move || vcpu.run())
+            {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     spawn_err = Some(e);

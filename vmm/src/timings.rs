@@ -65,13 +65,25 @@ impl fmt::Display for Timings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{:<44} {:>12} {:>12}", "phase", "since start", "delta")?;
         if let Some(age) = self.process_age_at_start {
-            writeln!(f, "{:<44} {:>9.1} ms {:>12}", "process start (before vm run)", -ms(age), "")?;
+            writeln!(
+                f,
+                "{:<44} {:>9.1} ms {:>12}",
+                "process start (before vm run)",
+                -ms(age),
+                ""
+            )?;
         }
         let mut prev = Duration::ZERO;
         for (name, at) in self.phases() {
             match at {
                 Some(t) => {
-                    writeln!(f, "{:<44} {:>9.1} ms {:>9.1} ms", name, ms(t), ms(t.saturating_sub(prev)))?;
+                    writeln!(
+                        f,
+                        "{:<44} {:>9.1} ms {:>9.1} ms",
+                        name,
+                        ms(t),
+                        ms(t.saturating_sub(prev))
+                    )?;
                     prev = t;
                 }
                 None => writeln!(f, "{:<44} {:>12} {:>12}", name, "-", "-")?,
@@ -161,7 +173,11 @@ impl TimingsRecorder {
                     if now >= d {
                         return false;
                     }
-                    t = self.cond.wait_timeout(t, d - now).unwrap_or_else(|e| e.into_inner()).0;
+                    t = self
+                        .cond
+                        .wait_timeout(t, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
                 }
             }
         }
@@ -186,7 +202,9 @@ mod tests {
         assert_eq!(t.first_output, None);
         let table = t.to_string();
         assert!(table.contains("agent ready"));
-        assert!(table.lines().any(|l| l.starts_with("VM created") && l.contains("5.0 ms")));
+        assert!(table
+            .lines()
+            .any(|l| l.starts_with("VM created") && l.contains("5.0 ms")));
     }
 
     #[test]
@@ -199,7 +217,9 @@ mod tests {
         let r = TimingsRecorder::new(Instant::now());
         r.mark(Phase::Exited);
         assert!(!r.wait_for(Phase::AgentReady, None));
-        assert!(!TimingsRecorder::new(Instant::now()).wait_for(Phase::InitStart, Some(Duration::ZERO)));
+        assert!(
+            !TimingsRecorder::new(Instant::now()).wait_for(Phase::InitStart, Some(Duration::ZERO))
+        );
     }
 
     #[test]

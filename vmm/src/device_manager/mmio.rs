@@ -1,6 +1,8 @@
 //! virtio-mmio device slots: 4 KiB windows from 0xd000_1000, one GSI each from 5.
 
-use crate::arch::x86_64::layout::{MMIO_DEVICES_START, MMIO_FIRST_GSI, MMIO_LAST_GSI, MMIO_SLOT_SIZE};
+use crate::arch::x86_64::layout::{
+    MMIO_DEVICES_START, MMIO_FIRST_GSI, MMIO_LAST_GSI, MMIO_SLOT_SIZE,
+};
 use thiserror::Error;
 
 /// Errors allocating MMIO slots.

@@ -39,7 +39,12 @@ impl Bus {
     }
 
     /// Put `dev` at `[base, base + len)`.
-    pub fn insert(&mut self, base: u64, len: u64, dev: Arc<Mutex<dyn BusDevice>>) -> Result<(), Error> {
+    pub fn insert(
+        &mut self,
+        base: u64,
+        len: u64,
+        dev: Arc<Mutex<dyn BusDevice>>,
+    ) -> Result<(), Error> {
         if len == 0 {
             return Err(Error::Empty(base));
         }

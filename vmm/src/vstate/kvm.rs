@@ -91,10 +91,18 @@ mod tests {
 
     #[test]
     fn reasons_are_one_line() {
-        for e in [Error::NoKvm, Error::Pvm, Error::ApiVersion(11), Error::MissingCap("irqfd")] {
+        for e in [
+            Error::NoKvm,
+            Error::Pvm,
+            Error::ApiVersion(11),
+            Error::MissingCap("irqfd"),
+        ] {
             let msg = e.to_string();
             assert!(!msg.contains('\n'), "{msg}");
-            assert!(msg.chars().next().is_some_and(|c| c.is_uppercase() || c == '/'));
+            assert!(msg
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_uppercase() || c == '/'));
         }
     }
 

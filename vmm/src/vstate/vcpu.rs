@@ -403,11 +403,18 @@ mod tests {
         assert_eq!(translate_gva(&mem, &sregs, 0xd000_0010), Some(0xd000_0010));
         // Beyond the 4 GiB identity map: not present.
         assert_eq!(translate_gva(&mem, &sregs, 0x1_0000_0000), None);
-        mem.write_slice(&[0x0f, 0x01, 0xca], GuestAddress(0x30_0000)).unwrap();
-        assert_eq!(read_guest_code(&mem, &sregs, 0x30_0000, 3), vec![0x0f, 0x01, 0xca]);
+        mem.write_slice(&[0x0f, 0x01, 0xca], GuestAddress(0x30_0000))
+            .unwrap();
+        assert_eq!(
+            read_guest_code(&mem, &sregs, 0x30_0000, 3),
+            vec![0x0f, 0x01, 0xca]
+        );
         // Paging off: physical.
         sregs.cr0 = 1;
-        assert_eq!(translate_gva(&mem, &sregs, 0x1_2345_6789), Some(0x1_2345_6789));
+        assert_eq!(
+            translate_gva(&mem, &sregs, 0x1_2345_6789),
+            Some(0x1_2345_6789)
+        );
         assert_eq!(read_guest_code(&mem, &sregs, 0x3f_fffe, 4).len(), 2);
     }
 

@@ -95,7 +95,12 @@ impl Vm {
     }
 
     /// Signal `evt` on a 4-byte MMIO write of `datamatch` at `addr` (KVM_IOEVENTFD).
-    pub fn register_mmio_ioevent(&self, evt: &EventFd, addr: u64, datamatch: u32) -> Result<(), Error> {
+    pub fn register_mmio_ioevent(
+        &self,
+        evt: &EventFd,
+        addr: u64,
+        datamatch: u32,
+    ) -> Result<(), Error> {
         self.fd
             .register_ioevent(evt, &IoEventAddress::Mmio(addr), datamatch)
             .map_err(|e| Error::Ioeventfd(addr, e))
