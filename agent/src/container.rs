@@ -1,0 +1,689 @@
+//! Containers inside the agent: lifecycle, processes, cgroup operations.
+
+use crate::cgroup::{self, Cgroup};
+use crate::mounts;
+use crate::protocol::{
+    AgentStats, ContainerSpec, ContainerState, ContainerStats, ErrorKind, ExitStatus, Namespace,
+    ProcessInfo, ProcessSpec, StdioStream,
+};
+use crate::reaper::{self, Reaper};
+use crate::spawn::{self, HelperMsg, HelperTask};
+use crate::stdio::{self, ProcessStdio};
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How long container setup (mounts, namespaces) may take before create gives up.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long destroy waits for killed processes to go.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors of container operations.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Invalid id {0:?} (use 1-64 of [A-Za-z0-9_.-], not starting with '.')")]
+    InvalidId(String),
+    #[error("No container {0}")]
+    NotFound(String),
+    #[error("No process {exec_id} in container {container_id}")]
+    ExecNotFound {
+        container_id: String,
+        exec_id: String,
+    },
+    #[error("Container {0} already exists")]
+    Exists(String),
+    #[error("Process {exec_id} already exists in container {container_id}")]
+    ExecExists {
+        container_id: String,
+        exec_id: String,
+    },
+    #[error("Container {id} is {state:?}, expected {expected}")]
+    State {
+        id: String,
+        state: ContainerState,
+        expected: &'static str,
+    },
+    #[error("Container {0} has no cgroup (no cgroup v2 here)")]
+    NoCgroup(String),
+    #[error("Cannot prepare {path}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Cannot open the container's pid namespace")]
+    PidNamespace(#[source] io::Error),
+    #[error("Container rootfs")]
+    Mounts(#[source] mounts::Error),
+    #[error("Container cgroup")]
+    Cgroup(#[source] cgroup::Error),
+    #[error("Process stdio")]
+    Stdio(#[source] stdio::Error),
+    #[error("Cannot start the process")]
+    Spawn(#[source] spawn::Error),
+    #[error("Process")]
+    Reaper(#[source] reaper::Error),
+    #[error("Container {0} did not stop after SIGKILL")]
+    KillTimeout(String),
+}
+
+impl Error {
+    /// The protocol error kind for this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidId(_) => ErrorKind::BadRequest,
+            Error::NotFound(_) | Error::ExecNotFound { .. } => ErrorKind::NotFound,
+            Error::Exists(_) | Error::ExecExists { .. } => ErrorKind::AlreadyExists,
+            Error::State { .. } => ErrorKind::InvalidState,
+            Error::Reaper(reaper::Error::Exited(_)) => ErrorKind::InvalidState,
+            Error::Reaper(reaper::Error::Unknown(_)) => ErrorKind::NotFound,
+            Error::Stdio(stdio::Error::Busy(_)) | Error::Stdio(stdio::Error::NoTerminal) => {
+                ErrorKind::InvalidState
+            }
+            Error::NoCgroup(_) => ErrorKind::Unsupported,
+            _ => ErrorKind::Failed,
+        }
+    }
+}
+
+/// Where the agent keeps container state.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    /// Bundles live in `<state_dir>/containers/<id>` (rootfs mounted at `.../rootfs`).
+    pub state_dir: PathBuf,
+    /// cgroup v2 mount under which container cgroups are created; `None` without cgroup v2.
+    pub cgroup_root: Option<PathBuf>,
+}
+
+struct Process {
+    pid: i32,
+    stdio: ProcessStdio,
+}
+
+struct Container {
+    id: String,
+    namespaces: Vec<Namespace>,
+    bundle: PathBuf,
+    rootfs: PathBuf,
+    cgroup: Option<Cgroup>,
+    init: Arc<Process>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    started: bool,
+    paused: bool,
+    /// Control socket to the init helper until it is started.
+    control: Option<UnixStream>,
+    execs: HashMap<String, Arc<Process>>,
+}
+
+impl Container {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn state(&self, reaper: &Reaper, inner: &Inner) -> ContainerState {
+        if !matches!(reaper.status(self.init.pid), Ok(None)) {
+            ContainerState::Stopped
+        } else if inner.paused {
+            ContainerState::Paused
+        } else if inner.started {
+            ContainerState::Running
+        } else {
+            ContainerState::Created
+        }
+    }
+
+    fn state_error(&self, state: ContainerState, expected: &'static str) -> Error {
+        Error::State {
+            id: self.id.clone(),
+            state,
+            expected,
+        }
+    }
+}
+
+/// The agent's containers.
+pub struct Agent {
+    opts: AgentOptions,
+    started: Instant,
+    reaper: Arc<Reaper>,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    create_lock: Mutex<()>,
+}
+
+/// Checks an id used in paths and cgroup names.
+pub fn validate_id(id: &str) -> Result<(), Error> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidId(id.to_string()))
+    }
+}
+
+impl Agent {
+    pub fn new(opts: AgentOptions, reaper: Arc<Reaper>) -> Agent {
+        Agent {
+            opts,
+            started: Instant::now(),
+            reaper,
+            containers: Mutex::new(HashMap::new()),
+            create_lock: Mutex::new(()),
+        }
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<Container>>> {
+        self.containers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<Container>, Error> {
+        self.map()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(id.to_string()))
+    }
+
+    fn process(&self, c: &Container, exec_id: Option<&str>) -> Result<Arc<Process>, Error> {
+        match exec_id {
+            None => Ok(Arc::clone(&c.init)),
+            Some(e) => c
+                .lock()
+                .execs
+                .get(e)
+                .cloned()
+                .ok_or_else(|| Error::ExecNotFound {
+                    container_id: c.id.clone(),
+                    exec_id: e.to_string(),
+                }),
+        }
+    }
+
+    /// Prepares a container; its init waits for [`Agent::start`].
+    pub fn create(&self, id: &str, spec: ContainerSpec) -> Result<(), Error> {
+        validate_id(id)?;
+        let _serial = self.create_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.map().contains_key(id) {
+            return Err(Error::Exists(id.to_string()));
+        }
+        let bundle = self.opts.state_dir.join("containers").join(id);
+        let rootfs = bundle.join("rootfs");
+        fs::create_dir_all(&rootfs).map_err(|source| Error::Dir {
+            path: rootfs.clone(),
+            source,
+        })?;
+        let cleanup_dirs = || {
+            let _ = fs::remove_dir(&rootfs);
+            let _ = fs::remove_dir(&bundle);
+        };
+        if let Err(e) = mounts::mount_rootfs(&spec.rootfs, &rootfs) {
+            cleanup_dirs();
+            return Err(Error::Mounts(e));
+        }
+        let cleanup_mount = || {
+            let _ = mounts::unmount_rootfs(&rootfs);
+            cleanup_dirs();
+        };
+        let cgroup = match &self.opts.cgroup_root {
+            None => None,
+            Some(root) => {
+                let rel = spec
+                    .cgroup_path
+                    .clone()
+                    .unwrap_or_else(|| format!("ember/{id}"));
+                match Cgroup::create(root, &rel) {
+                    Ok(cg) => Some(cg),
+                    Err(e) => {
+                        cleanup_mount();
+                        return Err(Error::Cgroup(e));
+                    }
+                }
+            }
+        };
+        let cleanup_all = |pid: Option<i32>| {
+            if let Some(pid) = pid {
+                let _ = self.reaper.signal(pid, libc::SIGKILL);
+                let _ = self.reaper.wait(pid, Some(KILL_TIMEOUT));
+            }
+            if let Some(cg) = &cgroup {
+                let _ = cg.remove(Duration::from_secs(1));
+            }
+            cleanup_mount();
+        };
+        let (stdio, child) = match ProcessStdio::new(spec.process.terminal) {
+            Ok(s) => s,
+            Err(e) => {
+                cleanup_all(None);
+                return Err(Error::Stdio(e));
+            }
+        };
+        let namespaces = spec.namespaces.clone();
+        let task = HelperTask::Init {
+            rootfs: rootfs.clone(),
+            spec,
+        };
+        let spawned = match spawn::spawn_helper(
+            &self.reaper,
+            spawn::clone_flags(&namespaces),
+            None,
+            child,
+            cgroup.as_ref(),
+            &task,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                cleanup_all(None);
+                return Err(Error::Spawn(e));
+            }
+        };
+        let mut control = spawned.control;
+        let _ = control.set_read_timeout(Some(SETUP_TIMEOUT));
+        match spawn::read_report(&mut control) {
+            Ok(true) => {}
+            Ok(false) => {
+                cleanup_all(Some(spawned.pid));
+                return Err(Error::Spawn(spawn::Error::Protocol));
+            }
+            Err(e) => {
+                cleanup_all(Some(spawned.pid));
+                return Err(Error::Spawn(e));
+            }
+        }
+        let _ = control.set_read_timeout(None);
+        let container = Container {
+            id: id.to_string(),
+            namespaces,
+            bundle,
+            rootfs,
+            cgroup,
+            init: Arc::new(Process {
+                pid: spawned.pid,
+                stdio,
+            }),
+            inner: Mutex::new(Inner {
+                control: Some(control),
+                ..Inner::default()
+            }),
+        };
+        self.map().insert(id.to_string(), Arc::new(container));
+        Ok(())
+    }
+
+    /// Lets the container's init exec its command; returns its pid.
+    pub fn start(&self, id: &str) -> Result<i32, Error> {
+        let c = self.get(id)?;
+        let mut inner = c.lock();
+        let state = c.state(&self.reaper, &inner);
+        if state != ContainerState::Created {
+            return Err(c.state_error(state, "Created"));
+        }
+        let mut control = inner
+            .control
+            .take()
+            .ok_or_else(|| c.state_error(state, "Created"))?;
+        let _ = control.set_read_timeout(Some(SETUP_TIMEOUT));
+        spawn::send_msg(&mut control, &HelperMsg::Start).map_err(Error::Spawn)?;
+        match spawn::read_report(&mut control) {
+            Ok(false) => {
+                inner.started = true;
+                Ok(c.init.pid)
+            }
+            Ok(true) => Err(Error::Spawn(spawn::Error::Protocol)),
+            Err(e) => Err(Error::Spawn(e)),
+        }
+    }
+
+    /// Runs another process in a running container; returns its pid.
+    pub fn exec(&self, id: &str, exec_id: &str, process: ProcessSpec) -> Result<i32, Error> {
+        validate_id(exec_id)?;
+        let c = self.get(id)?;
+        let mut inner = c.lock();
+        let state = c.state(&self.reaper, &inner);
+        if state != ContainerState::Running {
+            return Err(c.state_error(state, "Running"));
+        }
+        if inner.execs.contains_key(exec_id) {
+            return Err(Error::ExecExists {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+            });
+        }
+        let pid_ns = if c.namespaces.contains(&Namespace::Pid) {
+            Some(File::open(format!("/proc/{}/ns/pid", c.init.pid)).map_err(Error::PidNamespace)?)
+        } else {
+            None
+        };
+        let (stdio, child) = ProcessStdio::new(process.terminal).map_err(Error::Stdio)?;
+        let task = HelperTask::Exec {
+            target_pid: c.init.pid,
+            namespaces: c.namespaces.clone(),
+            process,
+        };
+        let mut spawned = spawn::spawn_helper(
+            &self.reaper,
+            nix::sched::CloneFlags::empty(),
+            pid_ns,
+            child,
+            c.cgroup.as_ref(),
+            &task,
+        )
+        .map_err(Error::Spawn)?;
+        let _ = spawned.control.set_read_timeout(Some(SETUP_TIMEOUT));
+        let report = spawn::read_report(&mut spawned.control);
+        match report {
+            Ok(false) => {
+                inner.execs.insert(
+                    exec_id.to_string(),
+                    Arc::new(Process {
+                        pid: spawned.pid,
+                        stdio,
+                    }),
+                );
+                Ok(spawned.pid)
+            }
+            other => {
+                let _ = self.reaper.signal(spawned.pid, libc::SIGKILL);
+                let _ = self.reaper.wait(spawned.pid, Some(KILL_TIMEOUT));
+                self.reaper.forget(spawned.pid);
+                Err(Error::Spawn(match other {
+                    Err(e) => e,
+                    _ => spawn::Error::Protocol,
+                }))
+            }
+        }
+    }
+
+    /// Signals the init, an exec'd process, or (`all`) every process of the container.
+    pub fn signal(
+        &self,
+        id: &str,
+        exec_id: Option<&str>,
+        signal: i32,
+        all: bool,
+    ) -> Result<(), Error> {
+        let c = self.get(id)?;
+        if all {
+            let inner = c.lock();
+            let state = c.state(&self.reaper, &inner);
+            if state == ContainerState::Stopped {
+                return Err(c.state_error(state, "a live container"));
+            }
+            if let Some(cg) = &c.cgroup {
+                return cg.signal_all(signal).map_err(Error::Cgroup);
+            }
+            let _ = self.reaper.signal(c.init.pid, signal);
+            for p in inner.execs.values() {
+                let _ = self.reaper.signal(p.pid, signal);
+            }
+            return Ok(());
+        }
+        let p = self.process(&c, exec_id)?;
+        self.reaper.signal(p.pid, signal).map_err(Error::Reaper)
+    }
+
+    /// Blocks until the process exits.
+    pub fn wait(&self, id: &str, exec_id: Option<&str>) -> Result<ExitStatus, Error> {
+        let c = self.get(id)?;
+        let p = self.process(&c, exec_id)?;
+        drop(c);
+        match self.reaper.wait(p.pid, None).map_err(Error::Reaper)? {
+            Some(status) => Ok(status),
+            None => Err(Error::Reaper(reaper::Error::Unknown(p.pid))),
+        }
+    }
+
+    /// Processes of the container (its cgroup, or the agent's own list without cgroups).
+    pub fn process_list(&self, id: &str) -> Result<Vec<ProcessInfo>, Error> {
+        let c = self.get(id)?;
+        let pids = match &c.cgroup {
+            Some(cg) => cg.procs().map_err(Error::Cgroup)?,
+            None => {
+                let inner = c.lock();
+                std::iter::once(c.init.pid)
+                    .chain(inner.execs.values().map(|p| p.pid))
+                    .filter(|pid| matches!(self.reaper.status(*pid), Ok(None)))
+                    .collect()
+            }
+        };
+        Ok(pids
+            .into_iter()
+            .map(|pid| ProcessInfo {
+                pid,
+                cmd: read_cmdline(pid),
+            })
+            .collect())
+    }
+
+    pub fn pause(&self, id: &str) -> Result<(), Error> {
+        self.set_paused(id, true)
+    }
+
+    pub fn resume(&self, id: &str) -> Result<(), Error> {
+        self.set_paused(id, false)
+    }
+
+    fn set_paused(&self, id: &str, pause: bool) -> Result<(), Error> {
+        let c = self.get(id)?;
+        let mut inner = c.lock();
+        let state = c.state(&self.reaper, &inner);
+        let (want, name) = if pause {
+            (ContainerState::Running, "Running")
+        } else {
+            (ContainerState::Paused, "Paused")
+        };
+        if state != want {
+            return Err(c.state_error(state, name));
+        }
+        let cg = c
+            .cgroup
+            .as_ref()
+            .ok_or_else(|| Error::NoCgroup(id.into()))?;
+        cg.set_frozen(pause).map_err(Error::Cgroup)?;
+        inner.paused = pause;
+        Ok(())
+    }
+
+    /// Kills what still runs, unmounts the rootfs and removes the cgroup and bundle.
+    pub fn destroy(&self, id: &str) -> Result<(), Error> {
+        let c = self.get(id)?;
+        let mut inner = c.lock();
+        // A created-but-not-started init exits when its control socket closes.
+        inner.control = None;
+        let mut pids: Vec<i32> = vec![c.init.pid];
+        pids.extend(inner.execs.values().map(|p| p.pid));
+        if let Some(cg) = &c.cgroup {
+            let _ = cg.kill_all();
+        }
+        for pid in &pids {
+            let _ = self.reaper.signal(*pid, libc::SIGKILL);
+        }
+        for pid in &pids {
+            if let Ok(None) = self.reaper.wait(*pid, Some(KILL_TIMEOUT)) {
+                return Err(Error::KillTimeout(id.to_string()));
+            }
+        }
+        c.init.stdio.close_stdin();
+        for p in inner.execs.values() {
+            p.stdio.close_stdin();
+        }
+        inner.paused = false;
+        if let Some(cg) = &c.cgroup {
+            if cg.frozen() {
+                let _ = cg.set_frozen(false);
+            }
+            cg.remove(Duration::from_secs(5)).map_err(Error::Cgroup)?;
+        }
+        mounts::unmount_rootfs(&c.rootfs).map_err(Error::Mounts)?;
+        // Only empty directories are removed: never recurse into a (still) mounted rootfs.
+        let _ = fs::remove_dir(&c.rootfs);
+        let _ = fs::remove_dir(&c.bundle);
+        drop(inner);
+        self.map().remove(id);
+        Ok(())
+    }
+
+    /// Ids of all containers.
+    pub fn ids(&self) -> Vec<String> {
+        self.map().keys().cloned().collect()
+    }
+
+    /// Agent and container statistics.
+    pub fn stats(&self) -> AgentStats {
+        let (mem_total_kib, mem_available_kib) = meminfo();
+        let containers: Vec<Arc<Container>> = self.map().values().cloned().collect();
+        let mut stats: Vec<ContainerStats> = containers
+            .iter()
+            .map(|c| {
+                let inner = c.lock();
+                let state = c.state(&self.reaper, &inner);
+                let pids = match &c.cgroup {
+                    Some(cg) => cg.procs().map(|p| p.len() as u64).unwrap_or(0),
+                    None => std::iter::once(c.init.pid)
+                        .chain(inner.execs.values().map(|p| p.pid))
+                        .filter(|pid| matches!(self.reaper.status(*pid), Ok(None)))
+                        .count() as u64,
+                };
+                ContainerStats {
+                    id: c.id.clone(),
+                    state,
+                    pids,
+                    memory_bytes: c.cgroup.as_ref().and_then(Cgroup::memory_bytes),
+                    cpu_usec: c.cgroup.as_ref().and_then(Cgroup::cpu_usec),
+                }
+            })
+            .collect();
+        stats.sort_by(|a, b| a.id.cmp(&b.id));
+        AgentStats {
+            uptime_ms: self.uptime().as_millis() as u64,
+            mem_total_kib,
+            mem_available_kib,
+            load_avg_1m: fs::read_to_string("/proc/loadavg")
+                .ok()
+                .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+                .unwrap_or(0.0),
+            containers: stats,
+        }
+    }
+
+    /// Checks that `stream` of the process can be attached (before the agent answers).
+    pub fn check_attach(
+        &self,
+        id: &str,
+        exec_id: Option<&str>,
+        stream: StdioStream,
+    ) -> Result<(), Error> {
+        let c = self.get(id)?;
+        let p = self.process(&c, exec_id)?;
+        if p.stdio.can_attach(stream) {
+            Ok(())
+        } else {
+            Err(Error::Stdio(stdio::Error::Busy(stream)))
+        }
+    }
+
+    /// Serves an attached stdio connection until its end.
+    pub fn attach<C: Read + Write>(
+        &self,
+        id: &str,
+        exec_id: Option<&str>,
+        stream: StdioStream,
+        conn: &mut C,
+    ) -> Result<(), Error> {
+        let c = self.get(id)?;
+        let p = self.process(&c, exec_id)?;
+        drop(c);
+        p.stdio.serve(stream, conn).map_err(Error::Stdio)
+    }
+
+    pub fn resize(
+        &self,
+        id: &str,
+        exec_id: Option<&str>,
+        rows: u16,
+        cols: u16,
+    ) -> Result<(), Error> {
+        let c = self.get(id)?;
+        let p = self.process(&c, exec_id)?;
+        p.stdio.resize(rows, cols).map_err(Error::Stdio)
+    }
+}
+
+fn read_cmdline(pid: i32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+fn meminfo() -> (u64, u64) {
+    let text = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("MemTotal:"), field("MemAvailable:"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_validated() {
+        for good in ["a", "c1", "my_container-2.x", &"a".repeat(64)] {
+            assert!(validate_id(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".", "..", ".hidden", "a/b", "a b", &"a".repeat(65), "ü"] {
+            assert!(
+                matches!(validate_id(bad), Err(Error::InvalidId(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn error_kinds() {
+        assert_eq!(Error::NotFound("x".into()).kind(), ErrorKind::NotFound);
+        assert_eq!(Error::Exists("x".into()).kind(), ErrorKind::AlreadyExists);
+        assert_eq!(
+            Error::State {
+                id: "x".into(),
+                state: ContainerState::Created,
+                expected: "Running"
+            }
+            .kind(),
+            ErrorKind::InvalidState
+        );
+        assert_eq!(Error::NoCgroup("x".into()).kind(), ErrorKind::Unsupported);
+    }
+
+    #[test]
+    fn cmdline_of_self_is_readable() {
+        let me = std::process::id() as i32;
+        assert!(!read_cmdline(me).is_empty());
+        assert_eq!(read_cmdline(-1), "");
+    }
+}

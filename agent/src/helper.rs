@@ -1,0 +1,331 @@
+//! The container helper: the agent binary re-exec'd as `ember-agent __ember_helper` in a
+//! freshly cloned child (see [`crate::spawn`]). Single-threaded, so it may set up mounts,
+//! join namespaces and change credentials freely before it execs the user's command.
+
+use crate::mounts;
+use crate::protocol::{self, ContainerSpec, Namespace, ProcessSpec, Rlimit};
+use crate::spawn::{HelperMsg, HelperTask};
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsFd, FromRawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+/// fd the agent passes the control socket on.
+pub const CONTROL_FD: i32 = 3;
+
+/// Errors inside the helper (reported to the agent as text).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Cannot read the task")]
+    Task(#[source] protocol::FrameError),
+    #[error("Mount setup failed")]
+    Mounts(#[source] mounts::Error),
+    #[error("Cannot set hostname {name:?}")]
+    Hostname {
+        name: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("Cannot open namespace {path}")]
+    OpenNamespace {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Cannot join namespace {path}")]
+    JoinNamespace {
+        path: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("Cannot enter the container root")]
+    Root(#[source] nix::Error),
+    #[error("Cannot set up the controlling terminal")]
+    Terminal(#[source] nix::Error),
+    #[error("Unknown rlimit {0:?}")]
+    UnknownRlimit(String),
+    #[error("Cannot set {kind}")]
+    Rlimit {
+        kind: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("Cannot set credentials (uid {uid}, gid {gid})")]
+    Credentials {
+        uid: u32,
+        gid: u32,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("Cannot set no_new_privs")]
+    NoNewPrivs(#[source] nix::Error),
+    #[error("Cannot change directory to {cwd}")]
+    Cwd {
+        cwd: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("No command given")]
+    NoArgs,
+    #[error("Argument or environment entry contains a NUL byte")]
+    Nul,
+    #[error("{0}: command not found")]
+    NotFound(String),
+    #[error("Cannot execute {path}")]
+    Exec {
+        path: String,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// Entry point of `ember-agent __ember_helper`. Never returns.
+pub fn main() -> ! {
+    // SAFETY: the agent installed the control socket as fd 3 for us (spawn::child_exec);
+    // nothing else in this fresh process owns it.
+    let mut control = unsafe { UnixStream::from_raw_fd(CONTROL_FD) };
+    let task: HelperTask = match protocol::recv(&mut control) {
+        Ok(t) => t,
+        Err(e) => fail(&mut control, &Error::Task(e), 1),
+    };
+    match task {
+        HelperTask::Init { rootfs, spec } => {
+            if let Err(e) = setup_container(&rootfs, &spec) {
+                fail(&mut control, &e, 1);
+            }
+            if protocol::send(&mut control, &HelperMsg::Ready).is_err() {
+                std::process::exit(1);
+            }
+            // Blocked here until StartContainer (or EOF when the container is destroyed).
+            match protocol::recv::<_, HelperMsg>(&mut control) {
+                Ok(HelperMsg::Start) => {}
+                _ => std::process::exit(1),
+            }
+            let e = exec_process(&spec.process);
+            fail(&mut control, &e, 127)
+        }
+        HelperTask::Exec {
+            target_pid,
+            namespaces,
+            process,
+        } => {
+            if let Err(e) = join_container(target_pid, &namespaces) {
+                fail(&mut control, &e, 1);
+            }
+            let e = exec_process(&process);
+            fail(&mut control, &e, 127)
+        }
+    }
+}
+
+fn fail(control: &mut UnixStream, e: &Error, code: i32) -> ! {
+    let _ = protocol::send(control, &HelperMsg::Failed(crate::error_chain(e)));
+    std::process::exit(code)
+}
+
+fn setup_container(rootfs: &Path, spec: &ContainerSpec) -> Result<(), Error> {
+    let own_mnt = spec.namespaces.contains(&Namespace::Mount);
+    if own_mnt {
+        mounts::prepare_container_root(rootfs, &spec.mounts).map_err(Error::Mounts)?;
+    }
+    if let (Some(name), true) = (&spec.hostname, spec.namespaces.contains(&Namespace::Uts)) {
+        nix::unistd::sethostname(name).map_err(|source| Error::Hostname {
+            name: name.clone(),
+            source,
+        })?;
+    }
+    mounts::enter_root(rootfs, own_mnt).map_err(Error::Mounts)
+}
+
+/// Joins the namespaces (except pid, which the agent did before cloning) and the root of
+/// the container whose init is `target_pid`.
+fn join_container(target_pid: i32, namespaces: &[Namespace]) -> Result<(), Error> {
+    let open = |name: &str| {
+        let path = format!("/proc/{target_pid}/{name}");
+        File::open(&path)
+            .map(|f| (path.clone(), f))
+            .map_err(|source| Error::OpenNamespace { path, source })
+    };
+    // Open everything first: after joining the mount namespace /proc is the container's.
+    let mut joins = Vec::new();
+    for (ns, name) in [
+        (Namespace::Ipc, "ns/ipc"),
+        (Namespace::Uts, "ns/uts"),
+        (Namespace::Net, "ns/net"),
+        (Namespace::Mount, "ns/mnt"),
+    ] {
+        if namespaces.contains(&ns) {
+            joins.push((ns, open(name)?));
+        }
+    }
+    let root = if namespaces.contains(&Namespace::Mount) {
+        None
+    } else {
+        Some(open("root")?)
+    };
+    for (ns, (path, f)) in joins {
+        nix::sched::setns(f.as_fd(), crate::spawn::ns_flag(ns))
+            .map_err(|source| Error::JoinNamespace { path, source })?;
+    }
+    // Joining a mount namespace also moves root and cwd to its root; without one, chroot.
+    if let Some((_, root)) = root {
+        nix::unistd::fchdir(root.as_fd()).map_err(Error::Root)?;
+        nix::unistd::chroot(".").map_err(Error::Root)?;
+        nix::unistd::chdir("/").map_err(Error::Root)?;
+    }
+    Ok(())
+}
+
+/// Applies the process's settings and execs it. Returns only on failure.
+fn exec_process(p: &ProcessSpec) -> Error {
+    match prepare_and_exec(p) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+fn prepare_and_exec(p: &ProcessSpec) -> Result<std::convert::Infallible, Error> {
+    // The control socket must close when exec succeeds: that is the agent's "started".
+    // SAFETY: fcntl on our own fd; no memory effects.
+    unsafe { libc::fcntl(CONTROL_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+    if p.terminal {
+        nix::unistd::setsid().map_err(Error::Terminal)?;
+        // SAFETY: TIOCSCTTY takes an int argument; fd 0 is the pty slave the agent gave us.
+        let rc = unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+        if rc != 0 {
+            return Err(Error::Terminal(nix::Error::last()));
+        }
+    }
+    for r in &p.rlimits {
+        set_rlimit(r)?;
+    }
+    nix::unistd::chdir(p.cwd.as_str()).map_err(|source| Error::Cwd {
+        cwd: p.cwd.clone(),
+        source,
+    })?;
+    let cred = |source| Error::Credentials {
+        uid: p.uid,
+        gid: p.gid,
+        source,
+    };
+    let groups: Vec<nix::unistd::Gid> = p
+        .additional_gids
+        .iter()
+        .map(|g| nix::unistd::Gid::from_raw(*g))
+        .collect();
+    nix::unistd::setgroups(&groups).map_err(cred)?;
+    nix::unistd::setgid(nix::unistd::Gid::from_raw(p.gid)).map_err(cred)?;
+    nix::unistd::setuid(nix::unistd::Uid::from_raw(p.uid)).map_err(cred)?;
+    if p.no_new_privileges {
+        // SAFETY: prctl with integer arguments only.
+        let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+        if rc != 0 {
+            return Err(Error::NoNewPrivs(nix::Error::last()));
+        }
+    }
+    let arg0 = p.args.first().ok_or(Error::NoArgs)?;
+    let path = resolve_command(arg0, &p.env)?;
+    let cpath = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Error::Nul)?;
+    let args = to_cstrings(&p.args)?;
+    let env = to_cstrings(&p.env)?;
+    // The Rust runtime ignores SIGPIPE; the command expects the default.
+    // SAFETY: resetting a signal disposition; no memory effects.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let e = nix::unistd::execve(&cpath, &args, &env).err();
+    Err(Error::Exec {
+        path: path.display().to_string(),
+        source: e.unwrap_or(nix::Error::UnknownErrno),
+    })
+}
+
+fn to_cstrings(v: &[String]) -> Result<Vec<CString>, Error> {
+    v.iter()
+        .map(|s| CString::new(s.as_bytes()).map_err(|_| Error::Nul))
+        .collect()
+}
+
+/// Finds `cmd` like `execvp` does, with `PATH` from the process's environment.
+pub fn resolve_command(cmd: &str, env: &[String]) -> Result<PathBuf, Error> {
+    if cmd.contains('/') {
+        return Ok(PathBuf::from(cmd));
+    }
+    let path_var = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    for dir in path_var.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(cmd);
+        if let Ok(meta) = std::fs::metadata(&candidate) {
+            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+                return Ok(candidate);
+            }
+        }
+    }
+    Err(Error::NotFound(cmd.to_string()))
+}
+
+fn set_rlimit(r: &Rlimit) -> Result<(), Error> {
+    let resource = match r.kind.as_str() {
+        "RLIMIT_AS" => libc::RLIMIT_AS,
+        "RLIMIT_CORE" => libc::RLIMIT_CORE,
+        "RLIMIT_CPU" => libc::RLIMIT_CPU,
+        "RLIMIT_DATA" => libc::RLIMIT_DATA,
+        "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
+        "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
+        "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
+        "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
+        "RLIMIT_NICE" => libc::RLIMIT_NICE,
+        "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
+        "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
+        "RLIMIT_RSS" => libc::RLIMIT_RSS,
+        "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
+        "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
+        "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
+        "RLIMIT_STACK" => libc::RLIMIT_STACK,
+        other => return Err(Error::UnknownRlimit(other.to_string())),
+    };
+    let lim = libc::rlimit {
+        rlim_cur: r.soft,
+        rlim_max: r.hard,
+    };
+    // SAFETY: setrlimit reads `lim`, which lives for the call.
+    let rc = unsafe { libc::setrlimit(resource, &lim) };
+    if rc != 0 {
+        return Err(Error::Rlimit {
+            kind: r.kind.clone(),
+            source: nix::Error::last(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_commands_like_execvp() {
+        assert_eq!(resolve_command("/x/y", &[]).unwrap(), PathBuf::from("/x/y"));
+        let env = vec!["PATH=/nonexistent:/bin".to_string()];
+        assert_eq!(
+            resolve_command("sh", &env).unwrap(),
+            PathBuf::from("/bin/sh")
+        );
+        assert!(matches!(
+            resolve_command("no-such-cmd-ember", &env),
+            Err(Error::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn unknown_rlimit_refused() {
+        let r = Rlimit {
+            kind: "RLIMIT_BOGUS".into(),
+            soft: 1,
+            hard: 1,
+        };
+        assert!(matches!(set_rlimit(&r), Err(Error::UnknownRlimit(_))));
+    }
+}

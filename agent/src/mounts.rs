@@ -1,0 +1,403 @@
+//! Mounts: the container rootfs (in the agent's namespace) and, inside the container's mount
+//! namespace, /proc, /dev, /sys, the spec's mounts and the switch to the new root.
+
+use crate::protocol::{Mount, RootfsSpec};
+use nix::mount::{MntFlags, MsFlags};
+use std::fs;
+use std::io;
+use std::os::unix::fs::symlink;
+use std::path::{Component, Path, PathBuf};
+
+/// Errors of mounting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Cannot mount {what} on {target}")]
+    Mount {
+        what: String,
+        target: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("Cannot unmount {target}")]
+    Umount {
+        target: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("Cannot create {path}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Mount destination {0:?} is not an absolute path without '..'")]
+    BadDestination(String),
+    #[error("Cannot switch root to {path}")]
+    PivotRoot {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("Cannot create device node {path}")]
+    Mknod {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+fn mount(
+    what: &str,
+    source: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), Error> {
+    nix::mount::mount(source, target, fstype, flags, data).map_err(|source| Error::Mount {
+        what: what.to_string(),
+        target: target.to_path_buf(),
+        source,
+    })
+}
+
+fn mkdir_p(path: &Path) -> Result<(), Error> {
+    fs::create_dir_all(path).map_err(|source| Error::Create {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Mounts the container rootfs at `target` (in the agent's mount namespace).
+pub fn mount_rootfs(spec: &RootfsSpec, target: &Path) -> Result<(), Error> {
+    mkdir_p(target)?;
+    match spec {
+        RootfsSpec::BlockDevice {
+            path,
+            fstype,
+            read_only,
+        } => {
+            let mut flags = MsFlags::empty();
+            if *read_only {
+                flags |= MsFlags::MS_RDONLY;
+            }
+            mount(path, Some(path), target, Some(fstype), flags, None)
+        }
+        RootfsSpec::Path { path, read_only } => {
+            mount(
+                path,
+                Some(path),
+                target,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
+            if *read_only {
+                mount(
+                    "read-only remount",
+                    None,
+                    target,
+                    None,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                    None,
+                )?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Unmounts the rootfs (lazily, so a leftover user cannot block destroy).
+pub fn unmount_rootfs(target: &Path) -> Result<(), Error> {
+    match nix::mount::umount2(target, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => Ok(()),
+        Err(source) => Err(Error::Umount {
+            target: target.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Mount flags and filesystem data parsed from OCI-style options.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ParsedOptions {
+    pub flags: MsFlags,
+    pub data: Vec<String>,
+}
+
+/// Splits options into flags and data (`size=64m`, ...). Clearing flags (`rw`, `suid`, ...)
+/// just drop the matching flag.
+pub fn parse_options(options: &[String]) -> ParsedOptions {
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for o in options {
+        let (set, clear) = match o.as_str() {
+            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
+            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
+            "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
+            "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
+            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
+            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
+            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
+            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
+            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
+            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
+            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
+            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
+            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
+            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
+            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
+            "private" | "rprivate" | "slave" | "rslave" | "shared" | "rshared" | "defaults" => {
+                (MsFlags::empty(), MsFlags::empty())
+            }
+            other => {
+                data.push(other.to_string());
+                (MsFlags::empty(), MsFlags::empty())
+            }
+        };
+        flags |= set;
+        flags &= !clear;
+    }
+    ParsedOptions { flags, data }
+}
+
+/// `root` joined with an absolute container path, refusing `..`.
+pub fn in_root(root: &Path, dest: &str) -> Result<PathBuf, Error> {
+    let p = Path::new(dest);
+    if !p.is_absolute() {
+        return Err(Error::BadDestination(dest.to_string()));
+    }
+    let mut out = root.to_path_buf();
+    for c in p.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(Error::BadDestination(dest.to_string()))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Applies one spec mount under `root`.
+pub fn apply_mount(root: &Path, m: &Mount) -> Result<(), Error> {
+    let target = in_root(root, &m.destination)?;
+    let opts = parse_options(&m.options);
+    let is_bind = opts.flags.contains(MsFlags::MS_BIND)
+        || matches!(m.fstype.as_deref(), None | Some("bind") | Some("rbind"));
+    if is_bind && Path::new(&m.source).is_file() {
+        if let Some(parent) = target.parent() {
+            mkdir_p(parent)?;
+        }
+        if !target.exists() {
+            fs::write(&target, b"").map_err(|source| Error::Create {
+                path: target.clone(),
+                source,
+            })?;
+        }
+    } else {
+        mkdir_p(&target)?;
+    }
+    let data = opts.data.join(",");
+    let data = (!data.is_empty()).then_some(data.as_str());
+    if is_bind {
+        let mut flags = opts.flags | MsFlags::MS_BIND;
+        if m.fstype.as_deref() == Some("rbind") {
+            flags |= MsFlags::MS_REC;
+        }
+        mount(
+            &m.source,
+            Some(&m.source),
+            &target,
+            None,
+            flags & (MsFlags::MS_BIND | MsFlags::MS_REC),
+            None,
+        )?;
+        // Bind mounts take their other flags only on a remount.
+        let extra = flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
+        if !extra.is_empty() {
+            mount(
+                &m.source,
+                None,
+                &target,
+                None,
+                extra | MsFlags::MS_BIND | MsFlags::MS_REMOUNT,
+                None,
+            )?;
+        }
+        Ok(())
+    } else {
+        mount(
+            &m.source,
+            Some(&m.source),
+            &target,
+            m.fstype.as_deref(),
+            opts.flags,
+            data,
+        )
+    }
+}
+
+/// Inside a fresh mount namespace: stops propagation to the agent, mounts /proc, /dev
+/// (tmpfs with the usual nodes, devpts, shm), /sys and the spec's mounts under `root`.
+pub fn prepare_container_root(root: &Path, mounts: &[Mount]) -> Result<(), Error> {
+    mount(
+        "private /",
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
+    // pivot_root needs the new root to be a mount point of this namespace.
+    mount(
+        "rootfs",
+        Some(&root.to_string_lossy()),
+        root,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
+    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let proc_dir = root.join("proc");
+    mkdir_p(&proc_dir)?;
+    mount(
+        "proc",
+        Some("proc"),
+        &proc_dir,
+        Some("proc"),
+        nosuid_nodev_noexec,
+        None,
+    )?;
+    let dev = root.join("dev");
+    mkdir_p(&dev)?;
+    mount(
+        "dev",
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        let path = dev.join(name);
+        nix::sys::stat::mknod(
+            &path,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(major, minor),
+        )
+        .map_err(|source| Error::Mknod {
+            path: path.clone(),
+            source,
+        })?;
+        // mknod honours the umask; set the mode explicitly.
+        let _ = nix::sys::stat::fchmodat(
+            nix::fcntl::AT_FDCWD,
+            &path,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        );
+    }
+    let pts = dev.join("pts");
+    mkdir_p(&pts)?;
+    mount(
+        "devpts",
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
+    let shm = dev.join("shm");
+    mkdir_p(&shm)?;
+    mount(
+        "shm",
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        nosuid_nodev_noexec,
+        Some("mode=1777,size=65536k"),
+    )?;
+    for (link, to) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        let path = dev.join(link);
+        symlink(to, &path).map_err(|source| Error::Create { path, source })?;
+    }
+    let sys = root.join("sys");
+    mkdir_p(&sys)?;
+    mount(
+        "sysfs",
+        Some("sysfs"),
+        &sys,
+        Some("sysfs"),
+        nosuid_nodev_noexec | MsFlags::MS_RDONLY,
+        None,
+    )?;
+    for m in mounts {
+        apply_mount(root, m)?;
+    }
+    Ok(())
+}
+
+/// Makes `root` the process's root: `pivot_root` when it has its own mount namespace,
+/// `chroot` otherwise.
+pub fn enter_root(root: &Path, own_mount_ns: bool) -> Result<(), Error> {
+    let fail = |source| Error::PivotRoot {
+        path: root.to_path_buf(),
+        source,
+    };
+    nix::unistd::chdir(root).map_err(fail)?;
+    if own_mount_ns {
+        // pivot_root(".", ".") stacks the old root under the new one; detach it.
+        nix::unistd::pivot_root(".", ".").map_err(fail)?;
+        nix::mount::umount2(".", MntFlags::MNT_DETACH).map_err(fail)?;
+    } else {
+        nix::unistd::chroot(".").map_err(fail)?;
+    }
+    nix::unistd::chdir("/").map_err(fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(v: &[&str]) -> ParsedOptions {
+        parse_options(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn options_split_into_flags_and_data() {
+        let p = opts(&["ro", "nosuid", "size=64m", "mode=755", "rbind"]);
+        assert_eq!(
+            p.flags,
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_BIND | MsFlags::MS_REC
+        );
+        assert_eq!(p.data, vec!["size=64m", "mode=755"]);
+        let p = opts(&["ro", "rw", "defaults"]);
+        assert_eq!(p.flags, MsFlags::empty());
+        assert!(p.data.is_empty());
+    }
+
+    #[test]
+    fn destinations_stay_inside_root() {
+        let root = Path::new("/r");
+        assert_eq!(in_root(root, "/a/b").unwrap(), PathBuf::from("/r/a/b"));
+        assert_eq!(in_root(root, "/a/./b/").unwrap(), PathBuf::from("/r/a/b"));
+        assert!(in_root(root, "/a/../../etc").is_err());
+        assert!(in_root(root, "relative").is_err());
+    }
+}
