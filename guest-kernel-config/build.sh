@@ -91,6 +91,16 @@ build() {
     local tree
     tree=$(prepare_source)
     local obj=$EMBER_KERNEL_CACHE/build-$name
+    # Seed a new build tree from another kernel's (host from guest): kbuild tracks each object's
+    # config dependencies, so only what the extra options touch is rebuilt.
+    local seed
+    for seed in "$EMBER_KERNEL_CACHE"/build-*; do
+        if [ ! -d "$obj" ] && [ -f "$seed/vmlinux" ] && [ "$seed" != "$obj" ]; then
+            log "$name kernel: seeding $obj from $seed"
+            cp -a "$seed" "$obj.tmp"
+            mv "$obj.tmp" "$obj"
+        fi
+    done
     mkdir -p "$obj"
     log "$name kernel: configuring in $obj (tinyconfig + ${frags[*]##*/})"
     make -C "$tree" O="$obj" -s tinyconfig
