@@ -31,9 +31,6 @@ pub struct GlobalArgs {
     /// Accepted for runc compatibility (checkpointing is not supported).
     #[arg(long, global = true, value_name = "PATH")]
     pub criu: Option<String>,
-    /// Accepted for runc compatibility.
-    #[arg(long, global = true, value_name = "VALUE")]
-    pub rootless: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -1,0 +1,196 @@
+//! The shim life cycle through `runtime::oci::ops`, with a test sandbox in place of the VM:
+//! create forks the shim (its pid in the pid file), start/ps/pause/resume/exec go through the
+//! control socket, kill ends the container and the shim exits with its code, delete removes
+//! everything. One test function: `create` forks, so nothing else may run in this binary.
+
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use runtime::oci::bundle::{ContainerConfig, ProcessConfig};
+use runtime::oci::control::{Client, Request, Response};
+use runtime::oci::log::Logger;
+use runtime::oci::ops::{self, CreateOpts, Ctx};
+use runtime::oci::sandbox::{Backend, Sandbox, SandboxError, Stdio};
+use runtime::oci::state::{Status, Store};
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::{Condvar, Mutex};
+
+/// A container that "runs" until signalled; exec writes its args to the given stdout.
+struct TestSandbox {
+    exit: Mutex<Option<i32>>,
+    cv: Condvar,
+}
+
+impl TestSandbox {
+    fn finish(&self, code: i32) {
+        let mut g = self.exit.lock().unwrap();
+        g.get_or_insert(code);
+        self.cv.notify_all();
+    }
+}
+
+impl Sandbox for TestSandbox {
+    fn start(&self) -> Result<i32, SandboxError> {
+        Ok(1)
+    }
+    fn wait(&self) -> Result<i32, SandboxError> {
+        let mut g = self.exit.lock().unwrap();
+        while g.is_none() {
+            g = self.cv.wait(g).unwrap();
+        }
+        Ok(g.unwrap_or(0))
+    }
+    fn signal(&self, signal: i32, _all: bool) -> Result<(), SandboxError> {
+        self.finish(128 + signal);
+        Ok(())
+    }
+    fn exec(
+        &self,
+        _exec_id: &str,
+        process: &ProcessConfig,
+        stdio: Stdio,
+        started: &mut dyn FnMut(i32),
+    ) -> Result<i32, SandboxError> {
+        started(2);
+        let mut out = File::from(stdio.stdout);
+        out.write_all(process.args.join(" ").as_bytes()).unwrap();
+        Ok(7)
+    }
+    fn processes(&self) -> Result<Vec<(i32, String)>, SandboxError> {
+        Ok(vec![(1, "sleep 1000".into())])
+    }
+    fn pause(&self) -> Result<(), SandboxError> {
+        Ok(())
+    }
+    fn resume(&self) -> Result<(), SandboxError> {
+        Ok(())
+    }
+    fn shutdown(&self) {
+        self.finish(137);
+    }
+}
+
+struct TestBackend {
+    fail: bool,
+}
+
+impl Backend for TestBackend {
+    fn create(
+        &self,
+        config: &ContainerConfig,
+        _state_dir: &Path,
+        _stdio: Stdio,
+    ) -> Result<Box<dyn Sandbox>, SandboxError> {
+        if self.fail {
+            return Err(SandboxError::Refused(format!("No VM for {}", config.id)));
+        }
+        Ok(Box::new(TestSandbox {
+            exit: Mutex::new(None),
+            cv: Condvar::new(),
+        }))
+    }
+}
+
+const CONFIG: &str = r#"{"ociVersion":"1.0.2","process":{"user":{"uid":0,"gid":0},
+  "args":["sleep","1000"],"cwd":"/"},"root":{"path":"rootfs"}}"#;
+
+fn shim_exit(pid: i32) -> i32 {
+    match waitpid(Pid::from_raw(pid), None).unwrap() {
+        WaitStatus::Exited(_, code) => code,
+        other => panic!("shim ended as {other:?}"),
+    }
+}
+
+#[test]
+fn shim_life_cycle() {
+    let base = std::env::temp_dir().join(format!("ember-oci-shim-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&base);
+    let bundle = base.join("bundle");
+    fs::create_dir_all(bundle.join("rootfs")).unwrap();
+    fs::write(bundle.join("config.json"), CONFIG).unwrap();
+    let root = base.join("root");
+    let ctx = Ctx {
+        store: Store::new(Some(&root)),
+        log: Logger::new(Some(base.join("log.json")), Some("json"), true),
+    };
+    let pid_file = base.join("c1.pid");
+    let opts = CreateOpts {
+        bundle: bundle.clone(),
+        pid_file: Some(pid_file.clone()),
+        console_socket: None,
+    };
+    let ok = TestBackend { fail: false };
+
+    // create: the shim runs, its pid is in the pid file and the state.
+    let pid = ops::create(&ctx, "c1", &opts, &ok).unwrap();
+    assert_eq!(fs::read_to_string(&pid_file).unwrap(), pid.to_string());
+    let st = ops::state(&ctx, "c1").unwrap();
+    assert_eq!((st.status, st.pid), (Status::Created, pid));
+    assert!(ops::create(&ctx, "c1", &opts, &ok).is_err());
+
+    ops::start(&ctx, "c1").unwrap();
+    assert_eq!(ops::state(&ctx, "c1").unwrap().status, Status::Running);
+    assert_eq!(
+        ops::ps(&ctx, "c1").unwrap(),
+        vec![(1, "sleep 1000".to_string())]
+    );
+    ops::pause(&ctx, "c1").unwrap();
+    assert_eq!(ops::state(&ctx, "c1").unwrap().status, Status::Paused);
+    assert!(ops::pause(&ctx, "c1").is_err());
+    ops::resume(&ctx, "c1").unwrap();
+    assert_eq!(ops::state(&ctx, "c1").unwrap().status, Status::Running);
+
+    // exec: the caller's descriptors reach the process; pid then exit code come back.
+    let (mut r, w) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut c = Client::connect(&ctx.store.dir("c1")).unwrap();
+    let req = Request::Exec {
+        exec_id: "e1".into(),
+        process: ProcessConfig {
+            args: vec!["echo".into(), "hi".into()],
+            ..Default::default()
+        },
+    };
+    let fd = w.as_raw_fd();
+    c.send(&req, &[fd, fd, fd]).unwrap();
+    drop(w);
+    assert_eq!(c.recv().unwrap(), Response::Pid(2));
+    assert_eq!(c.recv().unwrap(), Response::Exit(7));
+    drop(c);
+    let mut out = String::new();
+    r.read_to_string(&mut out).unwrap();
+    assert_eq!(out, "echo hi");
+
+    // kill: the container ends, the shim exits with its code and records it.
+    ops::kill_container(&ctx, "c1", libc::SIGTERM, false).unwrap();
+    assert_eq!(shim_exit(pid), 128 + libc::SIGTERM);
+    let st = ops::state(&ctx, "c1").unwrap();
+    assert_eq!((st.status, st.pid), (Status::Stopped, 0));
+    assert_eq!(ctx.store.load("c1").unwrap().exit_code, Some(143));
+    assert!(ops::kill_container(&ctx, "c1", libc::SIGKILL, false).is_err());
+    ops::delete(&ctx, "c1", false).unwrap();
+    assert!(!ctx.store.dir("c1").exists());
+
+    // delete of a created container stops its shim and leaves nothing.
+    let pid2 = ops::create(
+        &ctx,
+        "c2",
+        &CreateOpts {
+            pid_file: None,
+            ..opts.clone()
+        },
+        &ok,
+    )
+    .unwrap();
+    ops::delete(&ctx, "c2", false).unwrap();
+    assert_eq!(shim_exit(pid2), 137);
+    assert!(!ctx.store.dir("c2").exists());
+
+    // A backend failure is reported and nothing is left.
+    let err = ops::create(&ctx, "c3", &opts, &TestBackend { fail: true }).unwrap_err();
+    assert!(err.to_string().contains("No VM for c3"), "{err}");
+    assert!(!ctx.store.dir("c3").exists());
+    assert!(fs::read_dir(&root).unwrap().next().is_none());
+    fs::remove_dir_all(&base).unwrap();
+}
