@@ -1,0 +1,606 @@
+//! The agent running on the host over a Unix socket (no VM): every request, stdio streams,
+//! and malformed / oversize / out-of-order messages.
+//!
+//! Container tests need root (mounts, namespaces) and skip with a message otherwise; they
+//! build a small rootfs from busybox-static at /bin/busybox.
+
+use agent::client::{self, AgentClient, ClientError};
+use agent::protocol::{
+    self, ContainerSpec, ContainerState, ErrorKind, Mount, Namespace, ProcessSpec, Request,
+    RequestFrame, ResponseFrame, Rlimit, RootfsSpec, StdioStream, MAX_FRAME_SIZE, PROTOCOL_VERSION,
+};
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct TestAgent {
+    child: Child,
+    dir: PathBuf,
+    sock: PathBuf,
+    cgroup_root: Option<PathBuf>,
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn cgroup2_mount() -> Option<PathBuf> {
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| agent::cgroup::is_cgroup2(p))
+}
+
+impl TestAgent {
+    fn start() -> TestAgent {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("ember-agent-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("agent.sock");
+        let announce = dir.join("announce.sock");
+        let listener = UnixListener::bind(&announce).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ember-agent"));
+        cmd.arg("--listen")
+            .arg(format!("unix:{}", sock.display()))
+            .arg("--announce")
+            .arg(format!("unix:{}", announce.display()))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        let mut cgroup_root = None;
+        if is_root() {
+            if let Some(cg) = cgroup2_mount() {
+                let root = cg.join(format!("ember-test-{}-{n}", std::process::id()));
+                if std::fs::create_dir(&root).is_ok() {
+                    cmd.arg("--cgroup-root").arg(&root);
+                    cgroup_root = Some(root);
+                }
+            }
+        }
+        let mut child = cmd.spawn().unwrap();
+        // The agent announces itself: no polling of its socket.
+        listener.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + IO_TIMEOUT;
+        let hello = loop {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                    break client::read_hello(&mut s).unwrap();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(Instant::now() < deadline, "agent did not announce itself");
+                    if let Ok(Some(st)) = child.try_wait() {
+                        panic!("agent exited early: {st}");
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        assert_eq!(hello.version, PROTOCOL_VERSION);
+        assert_eq!(hello.pid, child.id());
+        assert_eq!(hello.listen, format!("unix:{}", sock.display()));
+        // The ready line is on stdout, too.
+        let mut line = String::new();
+        let mut out = child.stdout.take().unwrap();
+        let mut b = [0u8; 1];
+        while !line.ends_with('\n') {
+            assert_eq!(out.read(&mut b).unwrap(), 1, "stdout closed early");
+            line.push(b[0] as char);
+        }
+        assert_eq!(line.trim_end(), protocol::READY_LINE);
+        TestAgent {
+            child,
+            dir,
+            sock,
+            cgroup_root,
+        }
+    }
+
+    fn connect(&self) -> UnixStream {
+        let s = client::connect_unix(&self.sock).unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        s
+    }
+
+    fn client(&self) -> AgentClient<UnixStream> {
+        AgentClient::new(self.connect())
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// A busybox rootfs directory for containers.
+    fn rootfs(&self, name: &str) -> PathBuf {
+        let root = self.dir.join(name);
+        for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+        for applet in [
+            "sh", "echo", "cat", "sleep", "hostname", "id", "ls", "true", "test", "[", "wc",
+        ] {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+        std::fs::write(root.join("etc/marker"), name).unwrap();
+        root
+    }
+
+    fn spec(&self, rootfs: &Path, args: &[&str]) -> ContainerSpec {
+        ContainerSpec {
+            rootfs: RootfsSpec::Path {
+                path: rootfs.display().to_string(),
+                read_only: false,
+            },
+            mounts: vec![],
+            hostname: Some("box1".into()),
+            namespaces: protocol::default_namespaces(),
+            process: ProcessSpec::new(args.iter().copied()),
+            cgroup_path: None,
+        }
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(root) = &self.cgroup_root {
+            // Leftover container cgroups (a failed test) first, then ours.
+            if let Ok(entries) = std::fs::read_dir(root.join("ember")) {
+                for e in entries.flatten() {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+            let _ = std::fs::remove_dir(root.join("ember"));
+            let _ = std::fs::remove_dir(root);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn needs_root(test: &str) -> bool {
+    if !is_root() {
+        eprintln!("skipping {test}: needs root (mounts, namespaces)");
+        return false;
+    }
+    if !Path::new("/bin/busybox").exists() {
+        eprintln!("skipping {test}: /bin/busybox (busybox-static) missing");
+        return false;
+    }
+    true
+}
+
+fn kind(r: Result<impl std::fmt::Debug, ClientError>) -> ErrorKind {
+    match r {
+        Err(e) => e
+            .agent_kind()
+            .unwrap_or_else(|| panic!("not an agent error: {e:?}")),
+        Ok(v) => panic!("expected an error, got {v:?}"),
+    }
+}
+
+fn raw_call(conn: &mut UnixStream, body: &[u8]) -> ResponseFrame {
+    protocol::write_frame(conn, body).unwrap();
+    protocol::recv(conn).unwrap()
+}
+
+fn read_all(mut s: UnixStream) -> String {
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn ping_and_stats() {
+    let t = TestAgent::start();
+    let mut c = t.client();
+    let pong = c.ping().unwrap();
+    assert_eq!(pong.version, PROTOCOL_VERSION);
+    assert_eq!(pong.agent_version, env!("CARGO_PKG_VERSION"));
+    let stats = c.stats().unwrap();
+    assert!(stats.containers.is_empty());
+    assert!(stats.mem_total_kib > 0);
+    assert!(stats.mem_available_kib <= stats.mem_total_kib);
+}
+
+#[test]
+fn malformed_messages_get_errors_and_connection_survives() {
+    let mut t = TestAgent::start();
+    let mut conn = t.connect();
+    let r = raw_call(&mut conn, b"this is not json");
+    assert_eq!(r.id, 0);
+    assert_eq!(r.result.unwrap_err().kind, ErrorKind::BadRequest);
+
+    let r = raw_call(&mut conn, br#"{"version":99,"id":5,"request":"Ping"}"#);
+    assert_eq!(r.id, 5);
+    assert_eq!(r.result.unwrap_err().kind, ErrorKind::VersionMismatch);
+
+    let r = raw_call(
+        &mut conn,
+        br#"{"version":1,"id":6,"request":{"Teleport":{}}}"#,
+    );
+    assert_eq!(r.id, 6);
+    assert_eq!(r.result.unwrap_err().kind, ErrorKind::BadRequest);
+
+    let r = raw_call(
+        &mut conn,
+        br#"{"version":1,"id":7,"request":{"StartContainer":{"id":42}}}"#,
+    );
+    assert_eq!(r.id, 7);
+    assert_eq!(r.result.unwrap_err().kind, ErrorKind::BadRequest);
+
+    let r = raw_call(&mut conn, b"");
+    assert_eq!(r.result.unwrap_err().kind, ErrorKind::BadRequest);
+
+    // Same connection still serves well-formed requests.
+    let mut c = AgentClient::new(conn);
+    assert_eq!(c.ping().unwrap().version, PROTOCOL_VERSION);
+    assert!(t.alive());
+}
+
+#[test]
+fn oversize_frame_refused_without_crash() {
+    let mut t = TestAgent::start();
+    let mut conn = t.connect();
+    // Claims 4 GiB - 1: must be refused from the header alone.
+    conn.write_all(&u32::MAX.to_be_bytes()).unwrap();
+    let r: ResponseFrame = protocol::recv(&mut conn).unwrap();
+    assert_eq!(r.result.unwrap_err().kind, ErrorKind::FrameTooLarge);
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest).unwrap();
+    assert!(
+        rest.is_empty(),
+        "connection should close after an oversize frame"
+    );
+
+    let mut conn = t.connect();
+    conn.write_all(&((MAX_FRAME_SIZE + 1) as u32).to_be_bytes())
+        .unwrap();
+    let r: ResponseFrame = protocol::recv(&mut conn).unwrap();
+    assert_eq!(r.result.unwrap_err().kind, ErrorKind::FrameTooLarge);
+
+    // A truncated frame and an abrupt close.
+    let mut conn = t.connect();
+    conn.write_all(&[0, 0, 0, 100, b'{']).unwrap();
+    drop(conn);
+
+    // The agent keeps serving new connections.
+    assert!(t.alive());
+    assert_eq!(t.client().ping().unwrap().version, PROTOCOL_VERSION);
+}
+
+#[test]
+fn requests_on_missing_containers_are_rejected() {
+    let mut t = TestAgent::start();
+    let mut c = t.client();
+    assert_eq!(kind(c.start_container("nope")), ErrorKind::NotFound);
+    assert_eq!(
+        kind(c.exec("nope", "e1", ProcessSpec::new(["true"]))),
+        ErrorKind::NotFound
+    );
+    assert_eq!(kind(c.wait("nope", None)), ErrorKind::NotFound);
+    assert_eq!(kind(c.signal("nope", None, 15, false)), ErrorKind::NotFound);
+    assert_eq!(
+        kind(c.signal("nope", None, 0, false)),
+        ErrorKind::BadRequest
+    );
+    assert_eq!(kind(c.process_list("nope")), ErrorKind::NotFound);
+    assert_eq!(kind(c.pause("nope")), ErrorKind::NotFound);
+    assert_eq!(kind(c.resume("nope")), ErrorKind::NotFound);
+    assert_eq!(kind(c.destroy_container("nope")), ErrorKind::NotFound);
+    assert_eq!(
+        kind(c.resize_terminal("nope", None, 10, 10)),
+        ErrorKind::NotFound
+    );
+    let spec = t.spec(Path::new("/nonexistent"), &["true"]);
+    assert_eq!(
+        kind(c.create_container("../escape", spec)),
+        ErrorKind::BadRequest
+    );
+    let attach = t.client().attach_stdio("nope", None, StdioStream::Stdout);
+    assert_eq!(kind(attach), ErrorKind::NotFound);
+    assert!(t.alive());
+    assert!(c.ping().is_ok());
+}
+
+#[test]
+fn container_lifecycle_with_stdio() {
+    if !needs_root("container_lifecycle_with_stdio") {
+        return;
+    }
+    let mut t = TestAgent::start();
+    let rootfs = t.rootfs("rootfs-life");
+    let mut spec = t.spec(
+        &rootfs,
+        &[
+            "sh",
+            "-c",
+            "echo out; echo err >&2; hostname; cat /etc/marker; echo; \
+             ls /scratch && echo scratch-ok; read line; echo got:$line; exit 3",
+        ],
+    );
+    spec.mounts.push(Mount {
+        destination: "/scratch".into(),
+        source: "tmpfs".into(),
+        fstype: Some("tmpfs".into()),
+        options: vec!["size=1m".into(), "nosuid".into()],
+    });
+    let mut c = t.client();
+    c.create_container("life", spec.clone()).unwrap();
+    assert_eq!(
+        kind(c.create_container("life", spec)),
+        ErrorKind::AlreadyExists
+    );
+    // Out of order: exec before start, resume while not paused.
+    assert_eq!(
+        kind(c.exec("life", "e1", ProcessSpec::new(["true"]))),
+        ErrorKind::InvalidState
+    );
+    assert_eq!(kind(c.resume("life")), ErrorKind::InvalidState);
+    let stats = c.stats().unwrap();
+    assert_eq!(stats.containers.len(), 1);
+    assert_eq!(stats.containers[0].state, ContainerState::Created);
+
+    // Attach all three streams before start.
+    let stdout = t
+        .client()
+        .attach_stdio("life", None, StdioStream::Stdout)
+        .unwrap();
+    let stderr = t
+        .client()
+        .attach_stdio("life", None, StdioStream::Stderr)
+        .unwrap();
+    let mut stdin = t
+        .client()
+        .attach_stdio("life", None, StdioStream::Stdin)
+        .unwrap();
+    // Each stream can be attached once at a time.
+    assert_eq!(
+        kind(t.client().attach_stdio("life", None, StdioStream::Stdin)),
+        ErrorKind::InvalidState
+    );
+    let out_reader = std::thread::spawn(move || read_all(stdout));
+    let err_reader = std::thread::spawn(move || read_all(stderr));
+
+    let pid = c.start_container("life").unwrap();
+    assert!(pid > 1);
+    assert_eq!(kind(c.start_container("life")), ErrorKind::InvalidState);
+    stdin.write_all(b"hello\n").unwrap();
+    drop(stdin);
+
+    let status = c.wait("life", None).unwrap();
+    assert_eq!(status.code, 3);
+    assert_eq!(status.signal, None);
+    assert_eq!(
+        out_reader.join().unwrap(),
+        "out\nbox1\nrootfs-life\nscratch-ok\ngot:hello\n"
+    );
+    assert_eq!(err_reader.join().unwrap(), "err\n");
+    // Exited: signals are refused, wait answers again.
+    assert_eq!(
+        kind(c.signal("life", None, 9, false)),
+        ErrorKind::InvalidState
+    );
+    assert_eq!(c.wait("life", None).unwrap().code, 3);
+    assert_eq!(
+        c.stats().unwrap().containers[0].state,
+        ContainerState::Stopped
+    );
+
+    c.destroy_container("life").unwrap();
+    assert_eq!(kind(c.wait("life", None)), ErrorKind::NotFound);
+    assert!(!t.dir.join("state/containers/life").exists());
+    // The rootfs source is untouched.
+    assert!(rootfs.join("etc/marker").exists());
+    assert!(t.alive());
+}
+
+#[test]
+fn exec_signal_process_list_pause() {
+    if !needs_root("exec_signal_process_list_pause") {
+        return;
+    }
+    let mut t = TestAgent::start();
+    let rootfs = t.rootfs("rootfs-exec");
+    let mut c = t.client();
+    c.create_container("ex", t.spec(&rootfs, &["sleep", "1000"]))
+        .unwrap();
+    let init_pid = c.start_container("ex").unwrap();
+
+    // An exec joins the container's namespaces and root.
+    let e1 = c
+        .exec(
+            "ex",
+            "e1",
+            ProcessSpec::new(["sh", "-c", "echo pid=$$; hostname; cat /etc/marker"]),
+        )
+        .unwrap();
+    assert!(e1 > 1);
+    let out = t
+        .client()
+        .attach_stdio("ex", Some("e1"), StdioStream::Stdout)
+        .unwrap();
+    let text = read_all(out);
+    let mut lines = text.lines();
+    let ns_pid: i32 = lines
+        .next()
+        .and_then(|l| l.strip_prefix("pid="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid line in {text:?}"));
+    assert_ne!(ns_pid, e1, "exec should see its pid-namespace pid");
+    assert_eq!(lines.next(), Some("box1"));
+    assert_eq!(lines.next(), Some("rootfs-exec"));
+    assert_eq!(c.wait("ex", Some("e1")).unwrap().code, 0);
+    assert_eq!(
+        kind(c.exec("ex", "e1", ProcessSpec::new(["true"]))),
+        ErrorKind::AlreadyExists
+    );
+
+    // A command that does not exist fails the exec; the container keeps running.
+    assert_eq!(
+        kind(c.exec("ex", "bad", ProcessSpec::new(["no-such-command"]))),
+        ErrorKind::Failed
+    );
+
+    // Signal one exec'd process.
+    let e2 = c
+        .exec("ex", "e2", ProcessSpec::new(["sleep", "1000"]))
+        .unwrap();
+    let ps = c.process_list("ex").unwrap();
+    assert!(ps
+        .iter()
+        .any(|p| p.pid == init_pid && p.cmd == "sleep 1000"));
+    assert!(ps.iter().any(|p| p.pid == e2));
+    c.signal("ex", Some("e2"), libc::SIGTERM, false).unwrap();
+    let st = c.wait("ex", Some("e2")).unwrap();
+    assert_eq!(
+        (st.code, st.signal),
+        (128 + libc::SIGTERM, Some(libc::SIGTERM))
+    );
+
+    if t.cgroup_root.is_some() {
+        c.pause("ex").unwrap();
+        assert_eq!(kind(c.pause("ex")), ErrorKind::InvalidState);
+        assert_eq!(
+            kind(c.exec("ex", "e3", ProcessSpec::new(["true"]))),
+            ErrorKind::InvalidState
+        );
+        let stats = c.stats().unwrap();
+        assert_eq!(stats.containers[0].state, ContainerState::Paused);
+        assert!(stats.containers[0].pids >= 1);
+        c.resume("ex").unwrap();
+        assert_eq!(
+            c.stats().unwrap().containers[0].state,
+            ContainerState::Running
+        );
+    } else {
+        eprintln!("no cgroup v2: pause/resume not exercised");
+        assert_eq!(kind(c.pause("ex")), ErrorKind::Unsupported);
+    }
+
+    // Kill everything in the container.
+    let _e4 = c
+        .exec("ex", "e4", ProcessSpec::new(["sleep", "1000"]))
+        .unwrap();
+    c.signal("ex", None, libc::SIGKILL, true).unwrap();
+    let st = c.wait("ex", None).unwrap();
+    assert_eq!((st.code, st.signal), (137, Some(libc::SIGKILL)));
+    assert_eq!(c.wait("ex", Some("e4")).unwrap().code, 137);
+    c.destroy_container("ex").unwrap();
+    if let Some(root) = &t.cgroup_root {
+        assert!(!root.join("ember/ex").exists());
+    }
+    assert!(t.alive());
+}
+
+#[test]
+fn credentials_rlimits_terminal_and_destroy_running() {
+    if !needs_root("credentials_rlimits_terminal_and_destroy_running") {
+        return;
+    }
+    let mut t = TestAgent::start();
+    let rootfs = t.rootfs("rootfs-cred");
+    let mut c = t.client();
+    let mut spec = t.spec(&rootfs, &["sleep", "1000"]);
+    spec.namespaces = vec![Namespace::Mount, Namespace::Pid];
+    c.create_container("cred", spec).unwrap();
+    c.start_container("cred").unwrap();
+
+    let mut p = ProcessSpec::new([
+        "sh",
+        "-c",
+        "id -u; id -g; id -G; ulimit -n; cd; pwd; [ -t 0 ] && echo tty || echo notty",
+    ]);
+    p.uid = 1000;
+    p.gid = 1001;
+    p.additional_gids = vec![1001, 1002];
+    p.cwd = "/tmp".into();
+    p.env.push("HOME=/tmp".into());
+    p.rlimits = vec![Rlimit {
+        kind: "RLIMIT_NOFILE".into(),
+        soft: 64,
+        hard: 128,
+    }];
+    p.no_new_privileges = true;
+    c.exec("cred", "who", p).unwrap();
+    let out = read_all(
+        t.client()
+            .attach_stdio("cred", Some("who"), StdioStream::Stdout)
+            .unwrap(),
+    );
+    assert_eq!(out, "1000\n1001\n1001 1002\n64\n/tmp\nnotty\n");
+
+    let mut p = ProcessSpec::new(["sh", "-c", "[ -t 0 ] && echo tty; read x; echo got-$x"]);
+    p.terminal = true;
+    c.exec("cred", "term", p).unwrap();
+    c.resize_terminal("cred", Some("term"), 30, 100).unwrap();
+    assert_eq!(
+        kind(c.resize_terminal("cred", Some("who"), 30, 100)),
+        ErrorKind::InvalidState
+    );
+    let stdout = t
+        .client()
+        .attach_stdio("cred", Some("term"), StdioStream::Stdout)
+        .unwrap();
+    let reader = std::thread::spawn(move || read_all(stdout));
+    let mut stdin = t
+        .client()
+        .attach_stdio("cred", Some("term"), StdioStream::Stdin)
+        .unwrap();
+    stdin.write_all(b"abc\n").unwrap();
+    assert_eq!(c.wait("cred", Some("term")).unwrap().code, 0);
+    drop(stdin);
+    let out = reader.join().unwrap();
+    assert!(out.contains("tty"), "{out:?}");
+    assert!(out.contains("got-abc"), "{out:?}");
+
+    // Destroy kills what still runs.
+    c.destroy_container("cred").unwrap();
+    assert_eq!(kind(c.process_list("cred")), ErrorKind::NotFound);
+    assert!(t.alive());
+}
+
+#[test]
+fn shutdown_stops_the_host_agent() {
+    let mut t = TestAgent::start();
+    let mut c = t.client();
+    c.shutdown().unwrap();
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let status = loop {
+        if let Some(st) = t.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "agent did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success());
+}
+
+#[test]
+fn raw_request_frames_roundtrip_ids() {
+    let t = TestAgent::start();
+    let mut conn = t.connect();
+    for id in [1u64, 77, u64::MAX] {
+        let req = RequestFrame {
+            version: PROTOCOL_VERSION,
+            id,
+            request: Request::Ping,
+        };
+        protocol::send(&mut conn, &req).unwrap();
+        let r: ResponseFrame = protocol::recv(&mut conn).unwrap();
+        assert_eq!(r.id, id);
+        assert!(r.result.is_ok());
+    }
+}
