@@ -117,7 +117,20 @@ pub fn set_hostname(name: &str) -> Result<(), Error> {
     nix::unistd::sethostname(name).map_err(|e| Error::Hostname(name.to_string(), e))
 }
 
-/// Writes one byte to the boot timer device through /dev/mem.
+/// Inode of the initial pid namespace (`PROC_PID_INIT_INO`).
+const PROC_PID_INIT_INO: u64 = 0xEFFF_FFFC;
+
+/// Whether we run in the machine's initial pid namespace: true for a guest's real PID 1,
+/// false for a PID 1 inside a container or `unshare --pid` on a host, where the boot timer
+/// (a raw physical-memory write) must never be touched. Needs /proc.
+pub fn in_initial_pid_ns() -> bool {
+    nix::sys::stat::stat("/proc/self/ns/pid")
+        .map(|st| st.st_ino == PROC_PID_INIT_INO)
+        .unwrap_or(false)
+}
+
+/// Writes one byte to the boot timer device through /dev/mem. Only call it in a guest
+/// (see [`in_initial_pid_ns`]).
 pub fn boot_timer(value: u8) -> Result<(), Error> {
     let mem = OpenOptions::new()
         .read(true)

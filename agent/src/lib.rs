@@ -69,16 +69,21 @@ pub enum Error {
 /// Runs the agent with `args` (without argv[0]). Returns only on a startup error.
 pub fn run(args: &[String]) -> Result<(), Error> {
     let pid1 = std::process::id() == 1;
+    // The boot timer is a raw physical-memory write: only in a real guest's PID 1.
+    let mut guest = false;
     if pid1 {
         init::ensure_console();
         match init::mount_dev() {
             Ok(()) => init::ensure_console(),
             Err(e) => log_error(&error_chain(&e)),
         }
-        if let Err(e) = init::boot_timer(init::BOOT_TIMER_INIT_START) {
-            log_debug(&format!("boot timer: {}", error_chain(&e)));
-        }
         init::mount_early();
+        guest = init::in_initial_pid_ns();
+        if guest {
+            if let Err(e) = init::boot_timer(init::BOOT_TIMER_INIT_START) {
+                log_debug(&format!("boot timer: {}", error_chain(&e)));
+            }
+        }
     }
     let cmdline = if pid1 {
         std::fs::read_to_string("/proc/cmdline").unwrap_or_default()
@@ -128,7 +133,7 @@ pub fn run(args: &[String]) -> Result<(), Error> {
     let listener = transport::Listener::bind(&cfg.listen).map_err(Error::Listen)?;
 
     println!("{}", protocol::READY_LINE);
-    if pid1 {
+    if guest {
         if let Err(e) = init::boot_timer(init::BOOT_TIMER_READY) {
             log_debug(&format!("boot timer: {}", error_chain(&e)));
         }

@@ -161,23 +161,63 @@ pub fn parse_options(options: &[String]) -> ParsedOptions {
     ParsedOptions { flags, data }
 }
 
-/// `root` joined with an absolute container path, refusing `..`.
+/// Most symlinks followed while resolving one path (as the kernel's MAXSYMLINKS).
+const MAX_SYMLINKS: u32 = 40;
+
+/// Resolves the absolute container path `dest` under `root` the way it would resolve after
+/// the switch to `root`: symlinks inside the rootfs are followed relative to `root` and `..`
+/// stops at `root`, so a hostile image cannot point a mount outside its rootfs.
 pub fn in_root(root: &Path, dest: &str) -> Result<PathBuf, Error> {
-    let p = Path::new(dest);
-    if !p.is_absolute() {
+    if !Path::new(dest).is_absolute() {
         return Err(Error::BadDestination(dest.to_string()));
     }
-    let mut out = root.to_path_buf();
-    for c in p.components() {
-        match c {
-            Component::RootDir | Component::CurDir => {}
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir | Component::Prefix(_) => {
-                return Err(Error::BadDestination(dest.to_string()))
-            }
+    let mut pending: std::collections::VecDeque<std::ffi::OsString> = Path::new(dest)
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut resolved = PathBuf::new();
+    let mut links = 0;
+    while let Some(c) = pending.pop_front() {
+        if c == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate = root.join(&resolved).join(&c);
+        let is_link = fs::symlink_metadata(&candidate)
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false);
+        if !is_link {
+            resolved.push(&c);
+            continue;
+        }
+        links += 1;
+        if links > MAX_SYMLINKS {
+            return Err(Error::BadDestination(dest.to_string()));
+        }
+        let target = fs::read_link(&candidate).map_err(|source| Error::Create {
+            path: candidate.clone(),
+            source,
+        })?;
+        if target.is_absolute() {
+            resolved = PathBuf::new();
+        }
+        for (i, tc) in target
+            .components()
+            .filter_map(|tc| match tc {
+                Component::Normal(n) => Some(n.to_os_string()),
+                Component::ParentDir => Some("..".into()),
+                _ => None,
+            })
+            .enumerate()
+        {
+            pending.insert(i, tc);
         }
     }
-    Ok(out)
+    Ok(root.join(resolved))
 }
 
 /// Applies one spec mount under `root`.
@@ -394,10 +434,32 @@ mod tests {
 
     #[test]
     fn destinations_stay_inside_root() {
-        let root = Path::new("/r");
-        assert_eq!(in_root(root, "/a/b").unwrap(), PathBuf::from("/r/a/b"));
-        assert_eq!(in_root(root, "/a/./b/").unwrap(), PathBuf::from("/r/a/b"));
-        assert!(in_root(root, "/a/../../etc").is_err());
+        let root = Path::new("/nonexistent-ember-root");
+        assert_eq!(in_root(root, "/a/b").unwrap(), root.join("a/b"));
+        assert_eq!(in_root(root, "/a/./b/").unwrap(), root.join("a/b"));
+        assert_eq!(in_root(root, "/a/../../etc").unwrap(), root.join("etc"));
         assert!(in_root(root, "relative").is_err());
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_root() {
+        let root = std::env::temp_dir().join(format!("ember-inroot-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join("real/sub")).unwrap();
+        symlink("/etc", root.join("abs")).unwrap();
+        symlink("../../../..", root.join("real/up")).unwrap();
+        symlink("real/sub", root.join("rel")).unwrap();
+        symlink("loop", root.join("loop")).unwrap();
+        assert_eq!(
+            in_root(&root, "/abs/passwd").unwrap(),
+            root.join("etc/passwd")
+        );
+        assert_eq!(in_root(&root, "/real/up/x").unwrap(), root.join("x"));
+        assert_eq!(in_root(&root, "/rel/y").unwrap(), root.join("real/sub/y"));
+        assert!(matches!(
+            in_root(&root, "/loop/z"),
+            Err(Error::BadDestination(_))
+        ));
+        fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -604,3 +604,155 @@ fn raw_request_frames_roundtrip_ids() {
         assert!(r.result.is_ok());
     }
 }
+
+/// Pids of the children of `pid` (from /proc, all threads).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(c) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(c.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            }
+        }
+    }
+    out
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+                .unwrap_or(false)
+        })
+        .unwrap_or(false)
+}
+
+/// The agent as PID 1 (in a new pid, mount and UTS namespace): early mounts, hostname,
+/// orphan reaping, and Shutdown ending in reboot(2), which in a pid namespace kills its
+/// init with SIGHUP.
+#[test]
+fn pid1_mode_in_pid_namespace() {
+    use std::os::unix::process::ExitStatusExt;
+    if !needs_root("pid1_mode_in_pid_namespace") {
+        return;
+    }
+    if !Command::new("unshare")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+    {
+        eprintln!("skipping pid1_mode_in_pid_namespace: no unshare(1)");
+        return;
+    }
+    // Not under /tmp or /run: PID 1 mounts fresh tmpfs there in its namespace.
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("pid1-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("agent.sock");
+    let announce = dir.join("announce.sock");
+    let listener = UnixListener::bind(&announce).unwrap();
+    let mut child = Command::new("unshare")
+        .args(["--pid", "--mount", "--uts", "--fork", "--kill-child", "--"])
+        .arg(env!("CARGO_BIN_EXE_ember-agent"))
+        .arg("--listen")
+        .arg(format!("unix:{}", sock.display()))
+        .arg("--announce")
+        .arg(format!("unix:{}", announce.display()))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--cgroup-root")
+        .arg(dir.join("no-cgroup"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut s, _) = listener.accept().unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let hello = client::read_hello(&mut s).unwrap();
+    assert_eq!(hello.pid, 1, "agent should be PID 1 in its namespace");
+    let mut out = child.stdout.take().unwrap();
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while line.last() != Some(&b'\n') {
+        assert_eq!(out.read(&mut b).unwrap(), 1);
+        line.push(b[0]);
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&line).trim_end(),
+        protocol::READY_LINE
+    );
+
+    let agent_pid = *children_of(child.id())
+        .first()
+        .expect("unshare has the agent as its child");
+    // Early mounts happened in the agent's mount namespace.
+    let mounts = std::fs::read_to_string(format!("/proc/{agent_pid}/mounts")).unwrap();
+    for m in [
+        " /proc proc ",
+        " /dev devtmpfs ",
+        " /run tmpfs ",
+        " /sys/fs/cgroup cgroup2 ",
+    ] {
+        assert!(mounts.contains(m), "missing mount {m:?}");
+    }
+
+    let conn = client::connect_unix(&sock).unwrap();
+    conn.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut c = AgentClient::new(conn);
+    c.ping().unwrap();
+    // A container sharing the agent's pid namespace leaves an orphan behind: PID 1 reaps it.
+    let rootfs = dir.join("rootfs");
+    for d in ["bin", "proc", "dev", "sys"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for a in ["sh", "sleep", "hostname"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
+    }
+    let spec = ContainerSpec {
+        rootfs: RootfsSpec::Path {
+            path: rootfs.display().to_string(),
+            read_only: false,
+        },
+        mounts: vec![],
+        hostname: None,
+        namespaces: vec![Namespace::Mount],
+        process: ProcessSpec::new(["sh", "-c", "sleep 0.2 & hostname"]),
+        cgroup_path: None,
+    };
+    c.create_container("orphan", spec).unwrap();
+    let stdout = AgentClient::new(client::connect_unix(&sock).unwrap())
+        .attach_stdio("orphan", None, StdioStream::Stdout)
+        .unwrap();
+    c.start_container("orphan").unwrap();
+    assert_eq!(c.wait("orphan", None).unwrap().code, 0);
+    // No pid namespace and no UTS namespace of its own: it sees the agent's hostname.
+    assert_eq!(read_all(stdout), "ember\n");
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let kids = children_of(agent_pid);
+        let zombies: Vec<u32> = kids.iter().copied().filter(|p| is_zombie(*p)).collect();
+        if kids.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "children left: {kids:?}, zombies {zombies:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    c.shutdown().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGHUP),
+        "reboot(2) in a pid namespace ends its init with SIGHUP, got {status:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
