@@ -50,6 +50,12 @@ pub fn validate_config(cfg: &VmConfig) -> Result<(), Error> {
         .map_err(|e| Error::Kernel(cfg.kernel.clone(), e))?;
     if let Some(initrd) = &cfg.initrd {
         let meta = std::fs::metadata(initrd).map_err(|e| Error::InitrdFile(initrd.clone(), e))?;
+        if !meta.is_file() {
+            return Err(Error::InitrdFile(
+                initrd.clone(),
+                std::io::Error::other("not a regular file"),
+            ));
+        }
         File::open(initrd).map_err(|e| Error::InitrdFile(initrd.clone(), e))?;
         arch::initrd_load_addr(
             low_end,

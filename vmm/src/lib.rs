@@ -51,8 +51,8 @@ pub enum VmExit {
 /// Errors of the VMM.
 #[derive(Debug, Error)]
 pub enum Error {
-    #[error("{}", .0)]
-    Kvm(#[source] vstate::kvm::Error),
+    #[error(transparent)]
+    Kvm(vstate::kvm::Error),
     #[error("Failed to create the VM")]
     Vm(#[source] vstate::vm::Error),
     #[error("Failed to create guest memory")]
@@ -216,5 +216,10 @@ impl VmHandle {
     /// `timeout` passed (`false`).
     pub fn wait_ready(&self, timeout: Option<Duration>) -> bool {
         self.timings.wait_for(Phase::AgentReady, timeout)
+    }
+
+    /// Wait until the VM has ended (`true`) or `timeout` passed (`false`).
+    pub fn wait_exited(&self, timeout: Option<Duration>) -> bool {
+        self.timings.wait_for(Phase::Exited, timeout)
     }
 }

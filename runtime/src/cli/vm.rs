@@ -1,18 +1,246 @@
-//! `ember vm ...`: boot a microVM directly (owned by the VMM work).
+//! `ember vm ...`: boot a microVM directly and show its console (owned by the VMM work).
+//!
+//! `ember vm run` checks its inputs first (kernel, initrd, memory), then whether this
+//! machine's `/dev/kvm` can run an ordinary guest, then builds and runs the VM in-process.
+//! It exits 0 when the guest resets or powers off (or, with `--exit-on-ready`, once the
+//! agent reported ready on the boot timer), 1 with a one-line `ember: ...` error otherwise.
 
-use clap::Subcommand;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use thiserror::Error;
+use vmm::config::{
+    BlockConfig, ConsoleConfig, NetConfig, VmConfig, VsockConfig, DEFAULT_GUEST_CID,
+};
+
+use super::report;
+
+/// Where installed guest artifacts live unless `EMBER_GUEST_DIR` says otherwise.
+pub const DEFAULT_GUEST_DIR: &str = "/var/lib/ember/guest";
 
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
-    /// Boot a kernel and show the serial console.
-    Run,
+    /// Boot a kernel and show the serial console on stdout.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Kernel image: ELF vmlinux or bzImage [default: $EMBER_GUEST_DIR/vmlinux]
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs [default: $EMBER_GUEST_DIR/initramfs.cpio when present]
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Boot without an initrd, even if the default one exists.
+    #[arg(long, conflicts_with = "initrd")]
+    pub no_initrd: bool,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = vmm::config::DEFAULT_MEM_MIB)]
+    pub mem_mib: u32,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u8,
+    /// Replace the default kernel command line.
+    #[arg(long)]
+    pub cmdline: Option<String>,
+    /// Append to the kernel command line (repeatable).
+    #[arg(long)]
+    pub append: Vec<String>,
+    /// Print boot phase timings on stderr when the VM ends.
+    #[arg(long)]
+    pub timings: bool,
+    /// Run even where /dev/kvm cannot run an ordinary guest (PVM); also EMBER_FORCE_KVM=1.
+    #[arg(long)]
+    pub force: bool,
+    /// Stop the VM and exit 0 once the agent reports ready on the boot timer.
+    #[arg(long)]
+    pub exit_on_ready: bool,
+    /// Give up (exit 1) if the VM is still running after this many seconds.
+    #[arg(long)]
+    pub timeout_s: Option<u64>,
+    /// Write the console to this file instead of stdout.
+    #[arg(long)]
+    pub console_file: Option<PathBuf>,
+    /// virtio-blk disk: PATH or PATH,ro (repeatable).
+    #[arg(long, value_parser = parse_block)]
+    pub block: Vec<BlockConfig>,
+    /// virtio-net on this tap device (repeatable).
+    #[arg(long)]
+    pub net: Vec<String>,
+    /// virtio-vsock bridged to Unix sockets at this path.
+    #[arg(long)]
+    pub vsock: Option<PathBuf>,
+    /// Guest CID for vsock.
+    #[arg(long, default_value_t = DEFAULT_GUEST_CID)]
+    pub cid: u32,
+    /// virtio-rng.
+    #[arg(long)]
+    pub rng: bool,
+}
+
+/// Errors of `ember vm`.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(transparent)]
+    Vmm(vmm::Error),
+    #[error("No kernel given and none installed at {}", .0.display())]
+    NoKernel(PathBuf),
+    #[error("The guest ended before the agent was ready ({0:?})")]
+    NotReady(vmm::VmExit),
+    #[error("The VM did not finish within {0} s")]
+    Timeout(u64),
+}
+
+fn parse_block(s: &str) -> Result<BlockConfig, String> {
+    let (path, read_only) = match s.rsplit_once(',') {
+        Some((p, "ro")) => (p, true),
+        Some((p, "rw")) => (p, false),
+        Some((_, opt)) => return Err(format!("unknown block option '{opt}' (ro or rw)")),
+        None => (s, false),
+    };
+    if path.is_empty() {
+        return Err("empty block device path".into());
+    }
+    Ok(BlockConfig {
+        path: PathBuf::from(path),
+        read_only,
+    })
+}
+
+/// `$EMBER_GUEST_DIR`, or the installed default.
+pub fn guest_dir() -> PathBuf {
+    std::env::var_os("EMBER_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_GUEST_DIR))
+}
+
+fn force_from_env() -> bool {
+    std::env::var("EMBER_FORCE_KVM").is_ok_and(|v| v == "1" || v == "true")
+}
+
+/// The VM configuration for `args`.
+pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, Error> {
+    let dir = guest_dir();
+    let kernel = match &args.kernel {
+        Some(k) => k.clone(),
+        None => {
+            let vmlinux = dir.join("vmlinux");
+            let bzimage = dir.join("bzImage");
+            if vmlinux.exists() {
+                vmlinux
+            } else if bzimage.exists() {
+                bzimage
+            } else {
+                return Err(Error::NoKernel(vmlinux));
+            }
+        }
+    };
+    let initrd = match (&args.initrd, args.no_initrd) {
+        (Some(i), _) => Some(i.clone()),
+        (None, true) => None,
+        (None, false) => Some(dir.join("initramfs.cpio")).filter(|p| p.exists()),
+    };
+    let mut cfg = VmConfig::new(kernel);
+    cfg.initrd = initrd;
+    cfg.cmdline = args.cmdline.clone();
+    cfg.extra_cmdline = args.append.clone();
+    cfg.mem_mib = args.mem_mib;
+    cfg.vcpus = args.vcpus;
+    cfg.block = args.block.clone();
+    cfg.net = args
+        .net
+        .iter()
+        .map(|tap| NetConfig {
+            tap: tap.clone(),
+            mac: None,
+        })
+        .collect();
+    cfg.vsock = args.vsock.as_ref().map(|p| VsockConfig {
+        guest_cid: args.cid,
+        uds_path: p.clone(),
+    });
+    cfg.rng = args.rng;
+    cfg.console = match &args.console_file {
+        Some(f) => ConsoleConfig::File(f.clone()),
+        None => ConsoleConfig::Stdout,
+    };
+    Ok(cfg)
+}
+
+/// Boot the VM described by `args`; returns the process exit code.
+pub fn run_vm(args: &RunArgs) -> Result<(), Error> {
+    let start = Instant::now();
+    let cfg = config_from_args(args)?;
+    vmm::builder::validate_config(&cfg).map_err(Error::Vmm)?;
+    if !(args.force || force_from_env()) {
+        vmm::check_kvm_usable().map_err(Error::Vmm)?;
+    }
+    let vm = vmm::Vmm::with_start(cfg, start).map_err(Error::Vmm)?;
+    let handle = vm.handle();
+    if args.exit_on_ready {
+        let h = handle.clone();
+        std::thread::spawn(move || {
+            if h.wait_ready(None) {
+                h.stop();
+            }
+        });
+    }
+    let timed_out = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(secs) = args.timeout_s {
+        let h = handle.clone();
+        let flag = timed_out.clone();
+        std::thread::spawn(move || {
+            if !h.wait_exited(Some(Duration::from_secs(secs))) {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                h.stop();
+            }
+        });
+    }
+    let exit = vm.run();
+    if args.timings {
+        eprint!("{}", handle.timings());
+    }
+    let exit = exit.map_err(Error::Vmm)?;
+    if let Some(secs) = args.timeout_s {
+        if timed_out.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Timeout(secs));
+        }
+    }
+    if args.exit_on_ready && handle.timings().agent_ready.is_none() {
+        return Err(Error::NotReady(exit));
+    }
+    Ok(())
 }
 
 pub fn run(cmd: VmCommand) -> i32 {
     match cmd {
-        VmCommand::Run => {
-            eprintln!("ember: vm run is not built yet");
-            1
-        }
+        VmCommand::Run(args) => match run_vm(&args) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("ember: {}", report(&e));
+                1
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_argument() {
+        assert_eq!(
+            parse_block("/d.img,ro").unwrap(),
+            BlockConfig {
+                path: "/d.img".into(),
+                read_only: true
+            }
+        );
+        assert!(!parse_block("/d.img").unwrap().read_only);
+        assert!(parse_block("/d.img,xx").is_err());
+        assert!(parse_block(",ro").is_err());
     }
 }

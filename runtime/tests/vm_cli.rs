@@ -1,0 +1,213 @@
+//! `ember vm run` on bad input: each case is a one-line `ember: ...` error and exit code 1,
+//! reported before any KVM work (so these run on any machine).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn ember(args: &[&str], guest_dir: Option<&Path>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ember"));
+    cmd.args(["vm", "run"]).args(args);
+    cmd.env_remove("EMBER_FORCE_KVM");
+    match guest_dir {
+        Some(d) => cmd.env("EMBER_GUEST_DIR", d),
+        None => cmd.env("EMBER_GUEST_DIR", "/nonexistent-ember-guest-dir"),
+    };
+    cmd.output().expect("run ember")
+}
+
+/// Exit code 1 and exactly one stderr line starting `ember: ` containing `needle`.
+fn assert_one_line_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected: {stderr}");
+    assert!(lines[0].starts_with("ember: "), "{stderr}");
+    assert!(
+        lines[0].contains(needle),
+        "expected '{needle}' in: {stderr}"
+    );
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("ember-vm-cli-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A minimal x86_64 ELF "kernel": one PT_LOAD of `payload` at 16 MiB, `memsz` bytes in
+/// memory.
+fn fake_vmlinux(payload: &[u8], memsz: u64) -> Vec<u8> {
+    let paddr: u64 = 0x100_0000;
+    let data_off: u64 = 0x100;
+    let mut v = vec![0u8; data_off as usize];
+    v[0..4].copy_from_slice(b"\x7fELF");
+    v[4] = 2;
+    v[5] = 1;
+    v[6] = 1;
+    v[16..18].copy_from_slice(&2u16.to_le_bytes());
+    v[18..20].copy_from_slice(&62u16.to_le_bytes());
+    v[20..24].copy_from_slice(&1u32.to_le_bytes());
+    v[24..32].copy_from_slice(&paddr.to_le_bytes());
+    v[32..40].copy_from_slice(&64u64.to_le_bytes());
+    v[52..54].copy_from_slice(&64u16.to_le_bytes());
+    v[54..56].copy_from_slice(&56u16.to_le_bytes());
+    v[56..58].copy_from_slice(&1u16.to_le_bytes());
+    v[64..68].copy_from_slice(&1u32.to_le_bytes());
+    v[72..80].copy_from_slice(&data_off.to_le_bytes());
+    v[80..88].copy_from_slice(&paddr.to_le_bytes());
+    v[88..96].copy_from_slice(&paddr.to_le_bytes());
+    v[96..104].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    v[104..112].copy_from_slice(&memsz.to_le_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+#[test]
+fn missing_kernel() {
+    let out = ember(&["--kernel", "/nonexistent/vmlinux"], None);
+    assert_one_line_error(&out, "Cannot open kernel /nonexistent/vmlinux");
+}
+
+#[test]
+fn no_kernel_installed() {
+    let dir = TempDir::new("empty");
+    let out = ember(&[], Some(&dir.0));
+    assert_one_line_error(&out, "No kernel given and none installed");
+}
+
+#[test]
+fn truncated_kernel() {
+    let dir = TempDir::new("trunc");
+    let mut image = fake_vmlinux(&[0x90; 8192], 8192);
+    image.truncate(image.len() - 4096);
+    let k = dir.file("vmlinux", &image);
+    let out = ember(&["--kernel", k.to_str().unwrap()], None);
+    assert_one_line_error(&out, "truncated");
+    let k2 = dir.file("tiny", &image[..10]);
+    let out = ember(&["--kernel", k2.to_str().unwrap()], None);
+    assert_one_line_error(&out, "truncated");
+}
+
+#[test]
+fn truncated_real_kernel_if_installed() {
+    let real = Path::new("/var/lib/ember/guest/bzImage");
+    let Ok(bytes) = std::fs::read(real) else {
+        eprintln!("skipping: no {}", real.display());
+        return;
+    };
+    let dir = TempDir::new("trunc-real");
+    let k = dir.file("bzImage", &bytes[..bytes.len() / 2]);
+    let out = ember(&["--kernel", k.to_str().unwrap()], None);
+    assert_one_line_error(&out, "truncated");
+}
+
+#[test]
+fn non_kernel_file() {
+    let dir = TempDir::new("text");
+    let k = dir.file("notes.txt", &b"this is not a kernel\n".repeat(200));
+    let out = ember(&["--kernel", k.to_str().unwrap()], None);
+    assert_one_line_error(&out, "Not a Linux kernel image");
+}
+
+#[test]
+fn too_little_memory() {
+    let dir = TempDir::new("mem");
+    let k = dir.file("vmlinux", &fake_vmlinux(&[0xf4], 0x1000));
+    let out = ember(&["--kernel", k.to_str().unwrap(), "--mem-mib", "16"], None);
+    assert_one_line_error(&out, "Guest memory too small: 16 MiB");
+    // A kernel that needs more than the VM has.
+    let big = dir.file("big", &fake_vmlinux(&[0xf4], 40 << 20));
+    let out = ember(
+        &["--kernel", big.to_str().unwrap(), "--mem-mib", "32"],
+        None,
+    );
+    assert_one_line_error(&out, "it needs 56 MiB, the VM has 32 MiB");
+}
+
+#[test]
+fn unreadable_initrd() {
+    let dir = TempDir::new("initrd");
+    let k = dir.file("vmlinux", &fake_vmlinux(&[0xf4], 0x1000));
+    let out = ember(
+        &[
+            "--kernel",
+            k.to_str().unwrap(),
+            "--initrd",
+            "/nonexistent/initrd.cpio",
+        ],
+        None,
+    );
+    assert_one_line_error(&out, "Cannot read initrd /nonexistent/initrd.cpio");
+    let out = ember(
+        &[
+            "--kernel",
+            k.to_str().unwrap(),
+            "--initrd",
+            dir.0.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_one_line_error(&out, "not a regular file");
+}
+
+#[test]
+fn initrd_too_big_for_memory() {
+    let dir = TempDir::new("initrd-big");
+    let k = dir.file("vmlinux", &fake_vmlinux(&[0xf4], 0x1000));
+    let rd = dir.0.join("big.cpio");
+    let f = std::fs::File::create(&rd).unwrap();
+    f.set_len(40 << 20).unwrap();
+    let out = ember(
+        &[
+            "--kernel",
+            k.to_str().unwrap(),
+            "--initrd",
+            rd.to_str().unwrap(),
+            "--mem-mib",
+            "32",
+        ],
+        None,
+    );
+    assert_one_line_error(&out, "does not fit in guest memory");
+}
+
+#[test]
+fn refuses_a_pvm_kvm_unless_forced() {
+    if !Path::new("/sys/module/kvm_pvm").exists() {
+        eprintln!("skipping: this /dev/kvm is not PVM");
+        return;
+    }
+    let dir = TempDir::new("pvm");
+    let k = dir.file("vmlinux", &fake_vmlinux(&[0xf4], 0x1000));
+    let out = ember(&["--kernel", k.to_str().unwrap()], None);
+    assert_one_line_error(&out, "kvm_pvm");
+    assert_one_line_error(&out, "scripts/run-demo.sh");
+}
+
+#[test]
+fn missing_dev_kvm_is_one_line() {
+    if Path::new("/dev/kvm").exists() {
+        eprintln!("skipping: /dev/kvm exists here");
+        return;
+    }
+    let dir = TempDir::new("nokvm");
+    let k = dir.file("vmlinux", &fake_vmlinux(&[0xf4], 0x1000));
+    let out = ember(&["--kernel", k.to_str().unwrap(), "--force"], None);
+    assert_one_line_error(&out, "/dev/kvm");
+}
