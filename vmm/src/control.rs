@@ -61,6 +61,8 @@ struct State {
     parked: usize,
     vcpus: usize,
     threads: Vec<libc::pthread_t>,
+    /// RIP of each vCPU as of its last pause.
+    rips: Vec<(u8, u64)>,
     outcome: Option<Result<VmExit, Error>>,
 }
 
@@ -84,6 +86,7 @@ impl VmControl {
                 parked: 0,
                 vcpus: 0,
                 threads: Vec::new(),
+                rips: Vec::new(),
                 outcome: None,
             }),
             cond: Condvar::new(),
@@ -178,6 +181,19 @@ impl VmControl {
                 Ok(())
             }
         }
+    }
+
+    /// Record where vCPU `index` stopped (called by the vCPU before it parks).
+    pub fn report_rip(&self, index: u8, rip: u64) {
+        let mut s = self.lock();
+        s.rips.retain(|(i, _)| *i != index);
+        s.rips.push((index, rip));
+        s.rips.sort_unstable();
+    }
+
+    /// RIPs reported at the last pause, by vCPU index.
+    pub fn rips(&self) -> Vec<(u8, u64)> {
+        self.lock().rips.clone()
     }
 
     /// Called by a vCPU thread between exits: parks while paused; `false` means stop.

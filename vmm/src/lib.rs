@@ -207,6 +207,15 @@ impl VmHandle {
         self.control.finish(Ok(VmExit::Stopped));
     }
 
+    /// Where each vCPU is: pauses the VM, collects every vCPU's RIP, resumes it. For
+    /// diagnosing a stalled guest (look the addresses up in System.map).
+    pub fn vcpu_rips(&self) -> Result<Vec<(u8, u64)>, Error> {
+        self.control.pause()?;
+        let rips = self.control.rips();
+        self.control.resume()?;
+        Ok(rips)
+    }
+
     /// Boot phases so far.
     pub fn timings(&self) -> Timings {
         self.timings.get()

@@ -165,6 +165,8 @@ fn pause_resume_and_stop_a_spinning_vcpu() {
     }
     handle.pause().unwrap();
     handle.resume().unwrap();
+    // The spinning vCPU is at its `jmp $`.
+    assert_eq!(handle.vcpu_rips().unwrap(), vec![(0, LOAD_ADDR)]);
     handle.pause().unwrap();
     handle.stop();
     assert_eq!(runner.join().unwrap().unwrap(), VmExit::Stopped);

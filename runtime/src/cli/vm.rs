@@ -194,6 +194,11 @@ pub fn run_vm(args: &RunArgs) -> Result<(), Error> {
         std::thread::spawn(move || {
             if !h.wait_exited(Some(Duration::from_secs(secs))) {
                 flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                if let Ok(rips) = h.vcpu_rips() {
+                    for (cpu, rip) in rips {
+                        eprintln!("ember: timeout: vCPU {cpu} at RIP {rip:#x}");
+                    }
+                }
                 h.stop();
             }
         });

@@ -354,6 +354,11 @@ impl Vcpu {
     pub fn run_loop(&mut self) -> Option<Result<VmExit, Error>> {
         let mut first = true;
         loop {
+            if self.control.run_state() == crate::control::RunState::Paused {
+                if let Ok(r) = self.fd.get_regs() {
+                    self.control.report_rip(self.index, r.rip);
+                }
+            }
             if !self.control.vcpu_should_continue() {
                 return None;
             }
