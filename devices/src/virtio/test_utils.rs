@@ -6,7 +6,8 @@ use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
-use vm_memory::{Bytes, GuestAddress};
+use virtio_queue::QueueT;
+use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::GuestMem;
 
@@ -41,28 +42,70 @@ pub fn w(addr: u64, len: u32) -> D {
     }
 }
 
-/// The driver side of one split queue.
+/// The driver side of one split queue: descriptor table and available ring from
+/// `MockSplitQueue`, used ring placed `USED_OFFSET` past `base` (the mock packs its used ring
+/// too close to the available ring for queues longer than a few entries), and the available
+/// ring written here so that it wraps like a real driver's.
 pub struct GuestQueue<'a> {
     pub mock: MockSplitQueue<'a, GuestMem>,
+    mem: &'a GuestMem,
     len: u16,
     next_desc: u16,
     used_seen: u16,
+    used_addr: GuestAddress,
 }
 
+/// Where the used ring goes relative to the queue base; queues need 0x4000 bytes each.
+const USED_OFFSET: u64 = 0x2000;
+
 impl<'a> GuestQueue<'a> {
-    /// A queue of `len` entries with its rings at `base`.
+    /// A queue of `len` (at most 256) entries with its rings at `base`.
     pub fn new(mem: &'a GuestMem, base: u64, len: u16) -> Self {
+        assert!(len <= 256);
         GuestQueue {
             mock: MockSplitQueue::create(mem, GuestAddress(base), len),
+            mem,
             len,
             next_desc: 0,
             used_seen: 0,
+            used_addr: GuestAddress(base + USED_OFFSET),
         }
     }
 
     /// The device-side `Queue` for this ring.
     pub fn queue(&self) -> Queue {
-        self.mock.create_queue::<Queue>().unwrap()
+        let mut q = Queue::new(self.len).unwrap();
+        q.set_size(self.len);
+        q.set_ready(true);
+        let d = self.mock.desc_table_addr().0;
+        let a = self.mock.avail_addr().0;
+        let u = self.used_addr.0;
+        q.set_desc_table_address(Some(d as u32), Some((d >> 32) as u32));
+        q.set_avail_ring_address(Some(a as u32), Some((a >> 32) as u32));
+        q.set_used_ring_address(Some(u as u32), Some((u >> 32) as u32));
+        q
+    }
+
+    /// Store descriptors and publish `head` on the available ring.
+    fn publish(&mut self, start: u16, raw: &[RawDescriptor]) {
+        for (i, d) in raw.iter().enumerate() {
+            self.mock
+                .desc_table()
+                .store((start + i as u16) % self.len, *d)
+                .unwrap();
+        }
+        let avail = self.mock.avail_addr();
+        let idx: u16 = self.mem.read_obj(avail.unchecked_add(2)).unwrap();
+        let slot = avail.unchecked_add(4 + 2 * u64::from(idx % self.len));
+        self.mem.write_obj(start, slot).unwrap();
+        self.mem
+            .write_obj(idx.wrapping_add(1), avail.unchecked_add(2))
+            .unwrap();
+    }
+
+    /// Index the next published chain will start at.
+    pub fn next_desc(&self) -> u16 {
+        self.next_desc
     }
 
     /// Publish a well-formed chain; returns its head index.
@@ -86,7 +129,7 @@ impl<'a> GuestQueue<'a> {
                 RawDescriptor::from(SplitDescriptor::new(d.addr, d.len, flags, next))
             })
             .collect();
-        self.mock.add_desc_chains(&raw, start).unwrap();
+        self.publish(start, &raw);
         self.next_desc = (start + descs.len() as u16) % self.len;
         start
     }
@@ -109,14 +152,14 @@ impl<'a> GuestQueue<'a> {
                 RawDescriptor::from(SplitDescriptor::new(d.addr, d.len, flags, next))
             })
             .collect();
-        self.mock.add_desc_chains(&raw, start).unwrap();
+        self.publish(start, &raw);
         self.next_desc = (start + descs.len() as u16) % self.len;
         start
     }
 
     /// Number of entries the device has put on the used ring so far.
     pub fn used_idx(&self) -> u16 {
-        self.mock.used().idx().load()
+        self.mem.read_obj(self.used_addr.unchecked_add(2)).unwrap()
     }
 
     /// Used entries not yet returned by this call: `(head, len)`.
@@ -124,14 +167,12 @@ impl<'a> GuestQueue<'a> {
         let idx = self.used_idx();
         let mut out = vec![];
         while self.used_seen != idx {
-            let e = self
-                .mock
-                .used()
-                .ring()
-                .ref_at((self.used_seen % self.len) as usize)
-                .unwrap()
-                .load();
-            out.push((e.id(), e.len()));
+            let elem = self
+                .used_addr
+                .unchecked_add(4 + 8 * u64::from(self.used_seen % self.len));
+            let id: u32 = self.mem.read_obj(elem).unwrap();
+            let len: u32 = self.mem.read_obj(elem.unchecked_add(4)).unwrap();
+            out.push((id, len));
             self.used_seen = self.used_seen.wrapping_add(1);
         }
         out

@@ -1,0 +1,228 @@
+//! The virtio-vsock device: rx (0), tx (1) and event (2) queues around a [`VsockBackend`].
+
+use std::collections::HashMap;
+use std::os::fd::RawFd;
+use std::path::Path;
+use std::sync::Arc;
+
+use event_manager::EventSet;
+use virtio_queue::{Queue, QueueOwnedT};
+use vm_memory::Bytes;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::packet::{read_tx, rx_capacity, write_rx};
+use super::{Error, UnixMuxer, VsockBackend, EVENT_TRANSPORT_RESET, MAX_PKT_DATA, QUEUE_SIZE};
+use crate::virtio::{
+    add_used, check_activation, collect_chain, features, new_events, read_config_bytes,
+    signal_used, ActiveState, Error as VirtioError, GuestMem, VirtioDevice, VirtioInterrupt,
+    VIRTIO_ID_VSOCK,
+};
+
+pub(super) const RXQ: usize = 0;
+pub(super) const TXQ: usize = 1;
+pub(super) const EVQ: usize = 2;
+
+/// The virtio-vsock device.
+pub struct Vsock {
+    guest_cid: u64,
+    pub(super) backend: Box<dyn VsockBackend>,
+    acked: u64,
+    pub(super) queue_evts: Vec<EventFd>,
+    /// Signalled on activation and on reset, so the event loop re-syncs its fds.
+    pub(super) activate_evt: EventFd,
+    state: Option<ActiveState>,
+    pub(super) queues_registered: bool,
+    pub(super) registered: HashMap<RawFd, EventSet>,
+    rx_buf: Vec<u8>,
+    tx_buf: Vec<u8>,
+}
+
+impl Vsock {
+    /// A device for guest `guest_cid` over `backend`.
+    pub fn new(guest_cid: u32, backend: Box<dyn VsockBackend>) -> Result<Self, Error> {
+        if guest_cid <= 2 || guest_cid == u32::MAX {
+            return Err(Error::ReservedCid(guest_cid));
+        }
+        Ok(Vsock {
+            guest_cid: u64::from(guest_cid),
+            backend,
+            acked: 0,
+            queue_evts: new_events(3)?,
+            activate_evt: EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?,
+            state: None,
+            queues_registered: false,
+            registered: HashMap::new(),
+            rx_buf: vec![0; MAX_PKT_DATA],
+            tx_buf: Vec::new(),
+        })
+    }
+
+    /// A device whose host side is a Unix socket at `uds_path` (see [`UnixMuxer`]).
+    pub fn unix(guest_cid: u32, uds_path: &Path) -> Result<Self, Error> {
+        Self::new(guest_cid, Box::new(UnixMuxer::new(guest_cid, uds_path)?))
+    }
+
+    /// The guest's CID.
+    pub fn guest_cid(&self) -> u64 {
+        self.guest_cid
+    }
+
+    /// Move backend packets into guest rx buffers; returns whether any buffer was used.
+    pub fn process_rx(&mut self) -> bool {
+        let Some(st) = self.state.as_mut() else {
+            return false;
+        };
+        let mem = st.mem.clone();
+        let mut used = false;
+        let mut notify = false;
+        while self.backend.has_pending_rx() {
+            let Some(chain) = st.queues[RXQ].iter(&mem).ok().and_then(|mut it| it.next()) else {
+                break;
+            };
+            let head = chain.head_index();
+            let descs = match collect_chain(chain, &mem) {
+                Ok(d) => d,
+                Err(e) => {
+                    log::warn!("vsock: rx chain dropped: {e}");
+                    notify |= add_used(&mut st.queues[RXQ], &mem, head, 0);
+                    used = true;
+                    continue;
+                }
+            };
+            let cap = match rx_capacity(&descs) {
+                Ok(c) if c > 0 => c,
+                Ok(_) | Err(_) => {
+                    log::warn!("vsock: unusable rx buffer dropped");
+                    notify |= add_used(&mut st.queues[RXQ], &mem, head, 0);
+                    used = true;
+                    continue;
+                }
+            };
+            let Some(hdr) = self.backend.recv_pkt(&mut self.rx_buf[..cap]) else {
+                st.queues[RXQ].go_to_previous_position();
+                break;
+            };
+            let data = &self.rx_buf[..(hdr.len as usize).min(cap)];
+            let len = match write_rx(&descs, &mem, &hdr, data) {
+                Ok(n) => n,
+                Err(e) => {
+                    log::warn!("vsock: packet to guest lost: {e}");
+                    0
+                }
+            };
+            notify |= add_used(&mut st.queues[RXQ], &mem, head, len);
+            used = true;
+        }
+        if notify {
+            signal_used(st.interrupt.as_ref());
+        }
+        used
+    }
+
+    /// Hand guest tx packets to the backend; returns whether any chain was consumed.
+    pub fn process_tx(&mut self) -> bool {
+        let Some(st) = self.state.as_mut() else {
+            return false;
+        };
+        let mem = st.mem.clone();
+        let mut used = false;
+        let mut notify = false;
+        while let Some(chain) = st.queues[TXQ].iter(&mem).ok().and_then(|mut it| it.next()) {
+            let head = chain.head_index();
+            match collect_chain(chain, &mem) {
+                Ok(descs) => match read_tx(&descs, &mem, &mut self.tx_buf) {
+                    Ok(hdr) => self.backend.send_pkt(&hdr, &self.tx_buf),
+                    Err(e) => log::warn!("vsock: tx packet dropped: {e}"),
+                },
+                Err(e) => log::warn!("vsock: tx chain dropped: {e}"),
+            }
+            notify |= add_used(&mut st.queues[TXQ], &mem, head, 0);
+            used = true;
+        }
+        if notify {
+            signal_used(st.interrupt.as_ref());
+        }
+        used
+    }
+
+    /// Tell the guest its connections are gone (e.g. after the host side was restarted);
+    /// returns whether an event buffer was available.
+    pub fn send_transport_reset(&mut self) -> bool {
+        let Some(st) = self.state.as_mut() else {
+            return false;
+        };
+        let mem = st.mem.clone();
+        let Some(chain) = st.queues[EVQ].iter(&mem).ok().and_then(|mut it| it.next()) else {
+            return false;
+        };
+        let head = chain.head_index();
+        let len = match collect_chain(chain, &mem) {
+            Ok(d) if d[0].is_write_only() && d[0].len() >= 4 => {
+                match mem.write_obj(EVENT_TRANSPORT_RESET.to_le(), d[0].addr()) {
+                    Ok(()) => 4,
+                    Err(_) => 0,
+                }
+            }
+            _ => 0,
+        };
+        if add_used(&mut st.queues[EVQ], &mem, head, len) {
+            signal_used(st.interrupt.as_ref());
+        }
+        len == 4
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_VSOCK
+    }
+    fn avail_features(&self) -> u64 {
+        features(&[])
+    }
+    fn acked_features(&self) -> u64 {
+        self.acked
+    }
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked = features;
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE; 3]
+    }
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
+    }
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        log::warn!("vsock: config space is read-only");
+    }
+    fn activate(
+        &mut self,
+        mem: GuestMem,
+        queues: Vec<Queue>,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), VirtioError> {
+        check_activation(self.state.is_some(), 3, &queues)?;
+        self.state = Some(ActiveState {
+            mem,
+            queues,
+            interrupt,
+        });
+        self.activate_evt
+            .write(1)
+            .map_err(VirtioError::ActivateEvent)
+    }
+    fn reset(&mut self) -> bool {
+        self.state = None;
+        self.backend.reset();
+        // Let the event loop drop the backend's fds.
+        if let Err(e) = self.activate_evt.write(1) {
+            log::error!("vsock: failed to signal reset: {e}");
+        }
+        true
+    }
+    fn is_activated(&self) -> bool {
+        self.state.is_some()
+    }
+}
