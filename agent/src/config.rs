@@ -2,11 +2,11 @@
 //!
 //! Kernel cmdline options (PID 1 only): `ember.debug`, `ember.port=N` (vsock port served,
 //! default 1024), `ember.announce_port=N` (host port, default 1025; `ember.announce=off`
-//! disables the announce), `ember.hostname=NAME`.
+//! disables the announce), `ember.hostname=NAME`, `ember.no_pivot`.
 //!
 //! Flags (override the cmdline): `--listen unix:PATH|vsock:PORT`, `--announce
 //! unix:PATH|vsock:CID:PORT`, `--state-dir DIR`, `--cgroup-root DIR`, `--hostname NAME`,
-//! `--debug`.
+//! `--no-pivot`, `--debug`.
 
 use crate::protocol::{ANNOUNCE_PORT, DEFAULT_PORT, HOST_CID};
 use crate::transport::{self, Endpoint, CID_ANY};
@@ -39,6 +39,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub cgroup_root: Option<PathBuf>,
     pub hostname: Option<String>,
+    /// Never `pivot_root` container roots (see [`crate::mounts::RootSwitch`]).
+    pub no_pivot: bool,
     pub debug: bool,
 }
 
@@ -58,6 +60,7 @@ impl Config {
                 state_dir: PathBuf::from("/run/ember"),
                 cgroup_root: Some(PathBuf::from("/sys/fs/cgroup")),
                 hostname: Some("ember".to_string()),
+                no_pivot: false,
                 debug: false,
             }
         } else {
@@ -68,6 +71,7 @@ impl Config {
                 state_dir: PathBuf::from("/run/ember-agent"),
                 cgroup_root: None,
                 hostname: None,
+                no_pivot: false,
                 debug: false,
             }
         }
@@ -100,6 +104,7 @@ impl Config {
                 "--cgroup-root" => cfg.cgroup_root = Some(PathBuf::from(value()?)),
                 "--hostname" => cfg.hostname = Some(value()?),
                 "--debug" => cfg.debug = true,
+                "--no-pivot" => cfg.no_pivot = true,
                 other => return Err(Error::UnknownArg(other.to_string())),
             }
         }
@@ -131,6 +136,7 @@ impl Config {
                 }
                 "announce_port" => announce_port = num(val)?,
                 "announce" => announce = !matches!(val, Some("0") | Some("off")),
+                "no_pivot" => self.no_pivot = !matches!(val, Some("0") | Some("off")),
                 "hostname" => {
                     self.hostname = Some(
                         val.filter(|v| !v.is_empty())

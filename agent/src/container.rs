@@ -97,6 +97,9 @@ pub struct AgentOptions {
     pub state_dir: PathBuf,
     /// cgroup v2 mount under which container cgroups are created; `None` without cgroup v2.
     pub cgroup_root: Option<PathBuf>,
+    /// Switch container roots by moving the mount instead of `pivot_root` (runc's
+    /// `--no-pivot`; `pivot_root` already falls back to it where it cannot work).
+    pub no_pivot: bool,
 }
 
 struct Process {
@@ -276,6 +279,7 @@ impl Agent {
         let task = HelperTask::Init {
             rootfs: rootfs.clone(),
             spec,
+            no_pivot: self.opts.no_pivot,
         };
         let spawned = match spawn::spawn_helper(
             &self.reaper,

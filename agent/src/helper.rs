@@ -42,6 +42,8 @@ pub enum Error {
     },
     #[error("Cannot enter the container root")]
     Root(#[source] nix::Error),
+    #[error("Cannot bring up the loopback interface")]
+    Loopback(#[source] std::io::Error),
     #[error("Cannot set up the controlling terminal")]
     Terminal(#[source] nix::Error),
     #[error("Unknown rlimit {0:?}")]
@@ -91,8 +93,12 @@ pub fn main() -> ! {
         Err(e) => fail(&mut control, &Error::Task(e), 1),
     };
     match task {
-        HelperTask::Init { rootfs, spec } => {
-            if let Err(e) = setup_container(&rootfs, &spec) {
+        HelperTask::Init {
+            rootfs,
+            spec,
+            no_pivot,
+        } => {
+            if let Err(e) = setup_container(&rootfs, &spec, no_pivot) {
                 fail(&mut control, &e, 1);
             }
             if protocol::send(&mut control, &HelperMsg::Ready).is_err() {
@@ -125,7 +131,7 @@ fn fail(control: &mut UnixStream, e: &Error, code: i32) -> ! {
     std::process::exit(code)
 }
 
-fn setup_container(rootfs: &Path, spec: &ContainerSpec) -> Result<(), Error> {
+fn setup_container(rootfs: &Path, spec: &ContainerSpec, no_pivot: bool) -> Result<(), Error> {
     let own_mnt = spec.namespaces.contains(&Namespace::Mount);
     if own_mnt {
         mounts::prepare_container_root(rootfs, &spec.mounts).map_err(Error::Mounts)?;
@@ -136,7 +142,16 @@ fn setup_container(rootfs: &Path, spec: &ContainerSpec) -> Result<(), Error> {
             source,
         })?;
     }
-    mounts::enter_root(rootfs, own_mnt).map_err(Error::Mounts)
+    if spec.namespaces.contains(&Namespace::Net) {
+        // A fresh network namespace has only a downed loopback.
+        crate::netif::loopback_up().map_err(Error::Loopback)?;
+    }
+    let how = match (own_mnt, no_pivot) {
+        (false, _) => mounts::RootSwitch::Chroot,
+        (true, false) => mounts::RootSwitch::Pivot,
+        (true, true) => mounts::RootSwitch::MoveMount,
+    };
+    mounts::enter_root(rootfs, how).map_err(Error::Mounts)
 }
 
 /// Joins the namespaces (except pid, which the agent did before cloning) and the root of

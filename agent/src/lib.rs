@@ -14,6 +14,7 @@ pub mod container;
 pub mod helper;
 pub mod init;
 pub mod mounts;
+pub mod netif;
 pub mod protocol;
 pub mod reaper;
 pub mod server;
@@ -100,6 +101,9 @@ pub fn run(args: &[String]) -> Result<(), Error> {
                 log_error(&error_chain(&e));
             }
         }
+        if let Err(e) = netif::loopback_up() {
+            log_error(&format!("Cannot bring up lo: {e}"));
+        }
     } else {
         become_host_agent();
     }
@@ -127,6 +131,7 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         container::AgentOptions {
             state_dir: cfg.state_dir.clone(),
             cgroup_root,
+            no_pivot: cfg.no_pivot,
         },
         reaper,
     ));

@@ -393,20 +393,45 @@ pub fn prepare_container_root(root: &Path, mounts: &[Mount]) -> Result<(), Error
     Ok(())
 }
 
-/// Makes `root` the process's root: `pivot_root` when it has its own mount namespace,
-/// `chroot` otherwise.
-pub fn enter_root(root: &Path, own_mount_ns: bool) -> Result<(), Error> {
+/// How [`enter_root`] switches to the container root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootSwitch {
+    /// `pivot_root`, falling back to [`RootSwitch::MoveMount`] where the current root is the
+    /// initramfs (rootfs cannot be pivoted away: EINVAL), as in an ember guest.
+    Pivot,
+    /// Move the rootfs mount over `/` and `chroot` into it (runc's `--no-pivot`).
+    MoveMount,
+    /// Plain `chroot` (no mount namespace of its own).
+    Chroot,
+}
+
+/// Makes `root` the process's root.
+pub fn enter_root(root: &Path, how: RootSwitch) -> Result<(), Error> {
     let fail = |source| Error::PivotRoot {
         path: root.to_path_buf(),
         source,
     };
     nix::unistd::chdir(root).map_err(fail)?;
-    if own_mount_ns {
-        // pivot_root(".", ".") stacks the old root under the new one; detach it.
-        nix::unistd::pivot_root(".", ".").map_err(fail)?;
-        nix::mount::umount2(".", MntFlags::MNT_DETACH).map_err(fail)?;
-    } else {
-        nix::unistd::chroot(".").map_err(fail)?;
+    let how = match how {
+        RootSwitch::Pivot => match nix::unistd::pivot_root(".", ".") {
+            Ok(()) => {
+                // pivot_root(".", ".") stacks the old root under the new one; detach it.
+                nix::mount::umount2(".", MntFlags::MNT_DETACH).map_err(fail)?;
+                None
+            }
+            Err(nix::Error::EINVAL) => Some(RootSwitch::MoveMount),
+            Err(e) => return Err(fail(e)),
+        },
+        other => Some(other),
+    };
+    match how {
+        None => {}
+        Some(RootSwitch::MoveMount) => {
+            nix::mount::mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+                .map_err(fail)?;
+            nix::unistd::chroot(".").map_err(fail)?;
+        }
+        Some(_) => nix::unistd::chroot(".").map_err(fail)?,
     }
     nix::unistd::chdir("/").map_err(fail)
 }

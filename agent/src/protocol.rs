@@ -331,14 +331,15 @@ pub struct ContainerSpec {
     pub cgroup_path: Option<String>,
 }
 
-/// All namespaces the agent knows.
+/// The default: everything but the network. The VM is the pod, so containers share the
+/// guest's network namespace (where its virtio-net interfaces are) unless `Net` is asked for;
+/// a container with its own `Net` namespace gets only a loopback (brought up).
 pub fn default_namespaces() -> Vec<Namespace> {
     vec![
         Namespace::Pid,
         Namespace::Mount,
         Namespace::Uts,
         Namespace::Ipc,
-        Namespace::Net,
     ]
 }
 

@@ -54,9 +54,11 @@ pub enum Error {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum HelperTask {
     /// Set up a new container rooted at `rootfs`, wait for [`HelperMsg::Start`], exec.
+    /// `no_pivot` switches root by moving the mount instead of `pivot_root`.
     Init {
         rootfs: PathBuf,
         spec: ContainerSpec,
+        no_pivot: bool,
     },
     /// Join the namespaces and root of `target_pid` and exec `process`.
     Exec {
@@ -228,7 +230,7 @@ mod tests {
                 | CloneFlags::CLONE_NEWNS
                 | CloneFlags::CLONE_NEWUTS
                 | CloneFlags::CLONE_NEWIPC
-                | CloneFlags::CLONE_NEWNET
         );
+        assert_eq!(clone_flags(&[Namespace::Net]), CloneFlags::CLONE_NEWNET);
     }
 }

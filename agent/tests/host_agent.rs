@@ -37,8 +37,17 @@ fn cgroup2_mount() -> Option<PathBuf> {
         .find(|p| agent::cgroup::is_cgroup2(p))
 }
 
+/// The binary under test: `EMBER_AGENT_BIN` (e.g. the static release build) or this crate's.
+fn agent_bin() -> String {
+    std::env::var("EMBER_AGENT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ember-agent").into())
+}
+
 impl TestAgent {
     fn start() -> TestAgent {
+        Self::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> TestAgent {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("ember-agent-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -46,7 +55,8 @@ impl TestAgent {
         let sock = dir.join("agent.sock");
         let announce = dir.join("announce.sock");
         let listener = UnixListener::bind(&announce).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ember-agent"));
+        let mut cmd = Command::new(agent_bin());
+        cmd.args(extra);
         cmd.arg("--listen")
             .arg(format!("unix:{}", sock.display()))
             .arg("--announce")
@@ -658,7 +668,7 @@ fn pid1_mode_in_pid_namespace() {
     let listener = UnixListener::bind(&announce).unwrap();
     let mut child = Command::new("unshare")
         .args(["--pid", "--mount", "--uts", "--fork", "--kill-child", "--"])
-        .arg(env!("CARGO_BIN_EXE_ember-agent"))
+        .arg(agent_bin())
         .arg("--listen")
         .arg(format!("unix:{}", sock.display()))
         .arg("--announce")
@@ -755,4 +765,36 @@ fn pid1_mode_in_pid_namespace() {
         "reboot(2) in a pid namespace ends its init with SIGHUP, got {status:?}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--no-pivot` (move the rootfs over / and chroot, the path an initramfs guest falls back
+/// to) and a container with its own network namespace (loopback brought up).
+#[test]
+fn no_pivot_root_switch_and_own_network_namespace() {
+    if !needs_root("no_pivot_root_switch_and_own_network_namespace") {
+        return;
+    }
+    let mut t = TestAgent::start_with(&["--no-pivot"]);
+    let rootfs = t.rootfs("rootfs-nopivot");
+    let mut spec = t.spec(
+        &rootfs,
+        &[
+            "sh",
+            "-c",
+            "cat /etc/marker; echo; cat /sys/class/net/lo/flags; ls /sys/class/net",
+        ],
+    );
+    spec.namespaces.push(Namespace::Net);
+    let mut c = t.client();
+    c.create_container("np", spec).unwrap();
+    let out = t
+        .client()
+        .attach_stdio("np", None, StdioStream::Stdout)
+        .unwrap();
+    c.start_container("np").unwrap();
+    assert_eq!(c.wait("np", None).unwrap().code, 0);
+    // IFF_UP | IFF_LOOPBACK = 0x9 (down it reads 0x8); only lo in a fresh namespace.
+    assert_eq!(read_all(out), "rootfs-nopivot\n0x9\nlo\n");
+    c.destroy_container("np").unwrap();
+    assert!(t.alive());
 }
