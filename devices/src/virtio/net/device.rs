@@ -1,0 +1,262 @@
+//! The virtio-net device: rx (0) and tx (1) queues around a [`NetBackend`].
+
+use std::io;
+use std::sync::Arc;
+
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueOwnedT};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::{Error, NetBackend, Tap, MAX_FRAME, QUEUE_SIZE, VNET_HDR_LEN};
+use crate::virtio::{
+    add_used, check_activation, collect_chain, features, new_events, read_config_bytes,
+    signal_used, ActiveState, Error as VirtioError, GuestMem, VirtioDevice, VirtioInterrupt,
+    VIRTIO_ID_NET,
+};
+
+pub(super) const RXQ: usize = 0;
+pub(super) const TXQ: usize = 1;
+
+/// Counters of frames the device did not deliver.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetStats {
+    pub rx_frames: u64,
+    pub tx_frames: u64,
+    pub rx_dropped: u64,
+    pub tx_dropped: u64,
+}
+
+/// The virtio-net device.
+pub struct Net {
+    pub(super) backend: Box<dyn NetBackend>,
+    config: [u8; 8],
+    avail: u64,
+    acked: u64,
+    pub(super) queue_evts: Vec<EventFd>,
+    pub(super) activate_evt: EventFd,
+    state: Option<ActiveState>,
+    pub(super) registered: bool,
+    rx_frame: Vec<u8>,
+    rx_pending: Option<usize>,
+    tx_frame: Vec<u8>,
+    stats: NetStats,
+}
+
+impl Net {
+    /// A device over `backend`; `mac` is offered to the guest with `VIRTIO_NET_F_MAC`.
+    pub fn new(backend: Box<dyn NetBackend>, mac: Option<[u8; 6]>) -> Result<Self, Error> {
+        let mut config = [0u8; 8];
+        let mut bits = vec![];
+        if let Some(m) = mac {
+            config[..6].copy_from_slice(&m);
+            bits.push(VIRTIO_NET_F_MAC);
+        }
+        Ok(Net {
+            backend,
+            config,
+            avail: features(&bits),
+            acked: 0,
+            queue_evts: new_events(2)?,
+            activate_evt: EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?,
+            state: None,
+            registered: false,
+            rx_frame: vec![0; MAX_FRAME],
+            rx_pending: None,
+            tx_frame: Vec::with_capacity(MAX_FRAME),
+            stats: NetStats::default(),
+        })
+    }
+
+    /// A device on the TAP interface `tap`.
+    pub fn tap(tap: &str, mac: Option<[u8; 6]>) -> Result<Self, Error> {
+        Self::new(Box::new(Tap::open(tap)?), mac)
+    }
+
+    /// Frame counters.
+    pub fn stats(&self) -> NetStats {
+        self.stats
+    }
+
+    /// Move frames from the backend into guest rx buffers until either runs out.
+    pub fn process_rx(&mut self) {
+        let Some(st) = self.state.as_mut() else {
+            return;
+        };
+        let mem = st.mem.clone();
+        let mut notify = false;
+        loop {
+            let len = match self.rx_pending {
+                Some(n) => n,
+                None => match self.backend.read_frame(&mut self.rx_frame) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        log::warn!("virtio-net: backend read failed: {e}");
+                        break;
+                    }
+                },
+            };
+            if len < VNET_HDR_LEN {
+                self.rx_pending = None;
+                self.stats.rx_dropped += 1;
+                continue;
+            }
+            self.rx_pending = Some(len);
+            let Some(chain) = st.queues[RXQ].iter(&mem).ok().and_then(|mut it| it.next()) else {
+                break;
+            };
+            let head = chain.head_index();
+            let descs = match collect_chain(chain, &mem) {
+                Ok(d) if d.iter().all(|d| d.is_write_only()) => d,
+                Ok(_) | Err(_) => {
+                    // A bad buffer is returned empty; the frame waits for the next one.
+                    log::warn!("virtio-net: malformed rx buffer");
+                    notify |= add_used(&mut st.queues[RXQ], &mem, head, 0);
+                    continue;
+                }
+            };
+            // num_buffers = 1: the last two bytes of the v1 header.
+            self.rx_frame[10..12].copy_from_slice(&1u16.to_le_bytes());
+            let used = match scatter(&mem, &descs, &self.rx_frame[..len]) {
+                Some(()) => {
+                    self.stats.rx_frames += 1;
+                    len as u32
+                }
+                None => {
+                    self.stats.rx_dropped += 1;
+                    0
+                }
+            };
+            self.rx_pending = None;
+            notify |= add_used(&mut st.queues[RXQ], &mem, head, used);
+        }
+        if notify {
+            signal_used(st.interrupt.as_ref());
+        }
+    }
+
+    /// Send the guest's tx frames to the backend.
+    pub fn process_tx(&mut self) {
+        let Some(st) = self.state.as_mut() else {
+            return;
+        };
+        let mem = st.mem.clone();
+        let mut notify = false;
+        while let Some(chain) = st.queues[TXQ].iter(&mem).ok().and_then(|mut it| it.next()) {
+            let head = chain.head_index();
+            match collect_chain(chain, &mem) {
+                Ok(descs) => match gather(&mem, &descs, &mut self.tx_frame) {
+                    Some(()) => match self.backend.write_frame(&self.tx_frame) {
+                        Ok(_) => self.stats.tx_frames += 1,
+                        Err(e) => {
+                            log::debug!("virtio-net: frame dropped by backend: {e}");
+                            self.stats.tx_dropped += 1;
+                        }
+                    },
+                    None => self.stats.tx_dropped += 1,
+                },
+                Err(e) => {
+                    log::warn!("virtio-net: tx chain dropped: {e}");
+                    self.stats.tx_dropped += 1;
+                }
+            }
+            notify |= add_used(&mut st.queues[TXQ], &mem, head, 0);
+        }
+        if notify {
+            signal_used(st.interrupt.as_ref());
+        }
+    }
+}
+
+/// Copies a frame into device-writable buffers; `None` when it does not fit.
+fn scatter(mem: &GuestMem, descs: &[Descriptor], frame: &[u8]) -> Option<()> {
+    let cap: u64 = descs.iter().map(|d| u64::from(d.len())).sum();
+    if cap < frame.len() as u64 {
+        return None;
+    }
+    let mut rest = frame;
+    for d in descs {
+        if rest.is_empty() {
+            break;
+        }
+        let n = (d.len() as usize).min(rest.len());
+        mem.write_slice(&rest[..n], d.addr()).ok()?;
+        rest = &rest[n..];
+    }
+    Some(())
+}
+
+/// Collects a frame from device-readable buffers; `None` when malformed or too big.
+fn gather(mem: &GuestMem, descs: &[Descriptor], out: &mut Vec<u8>) -> Option<()> {
+    if descs.iter().any(|d| d.is_write_only()) {
+        log::warn!("virtio-net: device-writable descriptor in tx chain");
+        return None;
+    }
+    let total: u64 = descs.iter().map(|d| u64::from(d.len())).sum();
+    if total > MAX_FRAME as u64 || total < VNET_HDR_LEN as u64 {
+        log::warn!("virtio-net: tx frame of {total} bytes dropped");
+        return None;
+    }
+    out.clear();
+    for d in descs {
+        let start = out.len();
+        out.resize(start + d.len() as usize, 0);
+        mem.read_slice(&mut out[start..], GuestAddress(d.addr().0))
+            .ok()?;
+    }
+    Some(())
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_NET
+    }
+    fn avail_features(&self) -> u64 {
+        self.avail
+    }
+    fn acked_features(&self) -> u64 {
+        self.acked
+    }
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked = features;
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE; 2]
+    }
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        log::warn!("virtio-net: config space is read-only");
+    }
+    fn activate(
+        &mut self,
+        mem: GuestMem,
+        queues: Vec<Queue>,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), VirtioError> {
+        check_activation(self.state.is_some(), 2, &queues)?;
+        self.state = Some(ActiveState {
+            mem,
+            queues,
+            interrupt,
+        });
+        self.activate_evt
+            .write(1)
+            .map_err(VirtioError::ActivateEvent)
+    }
+    fn reset(&mut self) -> bool {
+        self.state = None;
+        self.rx_pending = None;
+        true
+    }
+    fn is_activated(&self) -> bool {
+        self.state.is_some()
+    }
+}
