@@ -1,15 +1,201 @@
-//! `ember pod ...` (owned by the pod API work).
+//! `ember pod ...`: create, start, stop, delete, run, list, status, pause, resume (and the
+//! hidden `__vmm`, the detached process that runs a pod's VM).
 
-use clap::Subcommand;
+use crate::api::{PodConfig, PodInfo, Runtime};
+use clap::{Args, Subcommand};
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Subcommand)]
 pub enum PodCommand {
+    /// Create a pod (state ready) from a JSON config.
+    Create(CreateArgs),
+    /// Boot the pod's VM and create its containers in it.
+    Start {
+        id: String,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Create and start a pod.
+    Run(CreateArgs),
+    /// Shut the pod's VM down.
+    Stop {
+        id: String,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Delete a ready or stopped pod (--force: stop it first).
+    Delete {
+        id: String,
+        #[arg(long, short)]
+        force: bool,
+    },
     /// List pods.
-    List,
+    List {
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Show a pod and its containers.
+    Status {
+        id: String,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Pause the pod's VM.
+    Pause {
+        id: String,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Resume a paused pod.
+    Resume {
+        id: String,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Internal: the detached process that runs a pod's VM.
+    #[command(name = "__vmm", hide = true)]
+    Vmm { id: String },
 }
 
-pub fn run(_global: &super::oci::GlobalArgs, cmd: PodCommand) -> i32 {
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Pod config (JSON); defaults for everything when absent.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    pub id: String,
+    #[command(flatten)]
+    pub out: OutArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct OutArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the phases of the last start (ms).
+    #[arg(long)]
+    pub timings: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Cannot read pod config {path}")]
+    ReadConfig {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Invalid pod config {path}")]
+    ParseConfig {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Api(#[from] crate::api::Error),
+    #[error(transparent)]
+    Vmm(#[from] crate::pod_vmm::Error),
+}
+
+pub fn load_config(path: Option<&Path>) -> Result<PodConfig, Error> {
+    let Some(path) = path else {
+        return Ok(PodConfig::default());
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadConfig {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| Error::ParseConfig {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+pub fn run(global: &super::oci::GlobalArgs, cmd: PodCommand) -> i32 {
+    let rt = Runtime::from_flag(global.root.as_deref());
+    match exec(&rt, cmd) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("ember: {}", super::report(&e));
+            1
+        }
+    }
+}
+
+fn exec(rt: &Runtime, cmd: PodCommand) -> Result<(), Error> {
     match cmd {
-        PodCommand::List => 0,
+        PodCommand::Create(a) => {
+            let cfg = load_config(a.config.as_deref())?;
+            show(&rt.create_pod(&a.id, cfg)?, &a.out);
+        }
+        PodCommand::Start { id, out } => show(&rt.start_pod(&id)?, &out),
+        PodCommand::Run(a) => {
+            let cfg = load_config(a.config.as_deref())?;
+            show(&rt.run_pod(&a.id, cfg)?, &a.out);
+        }
+        PodCommand::Stop { id, out } => show(&rt.stop_pod(&id)?, &out),
+        PodCommand::Delete { id, force } => rt.delete_pod(&id, force)?,
+        PodCommand::List { out } => {
+            let pods = rt.list_pods()?;
+            if out.json {
+                println!("{}", to_json(&pods));
+            } else {
+                println!(
+                    "{:<24} {:<8} {:>8} {:>10}",
+                    "POD", "STATE", "PID", "CONTAINERS"
+                );
+                for p in &pods {
+                    println!(
+                        "{:<24} {:<8} {:>8} {:>10}",
+                        p.id,
+                        p.state,
+                        p.vmm_pid
+                            .map(|p| p.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        p.containers.len()
+                    );
+                }
+            }
+        }
+        PodCommand::Status { id, out } => show(&rt.pod_status(&id)?, &out),
+        PodCommand::Pause { id, out } => show(&rt.pause_pod(&id)?, &out),
+        PodCommand::Resume { id, out } => show(&rt.resume_pod(&id)?, &out),
+        PodCommand::Vmm { id } => crate::pod_vmm::serve(rt.root(), &id)?,
+    }
+    Ok(())
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+fn show(p: &PodInfo, out: &OutArgs) {
+    for w in &p.warnings {
+        eprintln!("ember: warning: {w}");
+    }
+    if out.json {
+        println!("{}", to_json(p));
+        return;
+    }
+    print!("pod {} {}", p.id, p.state);
+    if let Some(pid) = p.vmm_pid {
+        print!(" pid {pid}");
+    }
+    if let Some(r) = &p.stop_reason {
+        print!(" ({r})");
+    }
+    println!();
+    for c in &p.containers {
+        let code = c
+            .exit_code
+            .map(|c| format!(" exit {c}"))
+            .unwrap_or_default();
+        println!("  container {} {}{code}", c.id, c.state);
+    }
+    if out.timings {
+        eprintln!("{:<28} {:>12}", "PHASE", "MS");
+        for ph in &p.timings {
+            eprintln!("{:<28} {:>12.1}", ph.name, ph.ms);
+        }
     }
 }

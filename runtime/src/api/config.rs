@@ -1,0 +1,255 @@
+//! Pod and container configuration (the JSON a user writes, kept in the pod's record).
+//!
+//! A pod config file, every field optional:
+//! ```json
+//! { "kernel": "/var/lib/ember/guest/vmlinux", "initrd": "/var/lib/ember/guest/initramfs.cpio",
+//!   "mem_mib": 256, "vcpus": 1, "extra_cmdline": ["ember.debug"],
+//!   "disks": [{"id": "busybox", "path": "/images/busybox.ext4", "read_only": false}],
+//!   "hooks": {"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "echo hi"], "timeout": 5}]},
+//!   "start_timeout_secs": 300 }
+//! ```
+//!
+//! Container rootfs and disks: a pod's VM gets its block devices at start (no hotplug). A
+//! container created before its pod starts may bring an image file or a directory (made into
+//! an ext4 image with `mkfs.ext4 -d` at pod start); each becomes one disk. A container created
+//! while the pod runs must use a disk the pod config declared (`"disk": "<id>"`), or an image
+//! whose path equals a declared disk's path.
+
+use agent::protocol::{Mount, Namespace, ProcessSpec};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Where installed guest artifacts live unless `EMBER_GUEST_DIR` says otherwise.
+pub const DEFAULT_GUEST_DIR: &str = "/var/lib/ember/guest";
+
+/// Environment variable naming the guest artifact directory.
+pub const GUEST_DIR_ENV: &str = "EMBER_GUEST_DIR";
+
+fn default_mem() -> u32 {
+    256
+}
+fn default_vcpus() -> u8 {
+    1
+}
+fn default_cid() -> u32 {
+    3
+}
+fn default_start_timeout() -> u64 {
+    300
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodConfig {
+    /// Guest kernel (default `<guest dir>/vmlinux`).
+    #[serde(default)]
+    pub kernel: Option<PathBuf>,
+    /// Guest initramfs with the agent as /init (default `<guest dir>/initramfs.cpio`).
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Replaces ember's default kernel command line when set.
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    /// Appended to the kernel command line.
+    #[serde(default)]
+    pub extra_cmdline: Vec<String>,
+    #[serde(default = "default_mem")]
+    pub mem_mib: u32,
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    /// Disks attached first, in this order (`/dev/vda`, `/dev/vdb`, ...), before container
+    /// rootfs images.
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    #[serde(default)]
+    pub hooks: Hooks,
+    /// Guest vsock CID.
+    #[serde(default = "default_cid")]
+    pub guest_cid: u32,
+    /// How long `pod start` waits for the agent's readiness announcement.
+    #[serde(default = "default_start_timeout")]
+    pub start_timeout_secs: u64,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Default for PodConfig {
+    fn default() -> Self {
+        PodConfig {
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+            extra_cmdline: Vec::new(),
+            mem_mib: default_mem(),
+            vcpus: default_vcpus(),
+            disks: Vec::new(),
+            hooks: Hooks::default(),
+            guest_cid: default_cid(),
+            start_timeout_secs: default_start_timeout(),
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+impl PodConfig {
+    /// The guest artifact directory: `EMBER_GUEST_DIR` or `/var/lib/ember/guest`.
+    pub fn guest_dir() -> PathBuf {
+        std::env::var_os(GUEST_DIR_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_GUEST_DIR))
+    }
+
+    pub fn kernel_path(&self) -> PathBuf {
+        self.kernel
+            .clone()
+            .unwrap_or_else(|| Self::guest_dir().join("vmlinux"))
+    }
+
+    pub fn initrd_path(&self) -> PathBuf {
+        self.initrd
+            .clone()
+            .unwrap_or_else(|| Self::guest_dir().join("initramfs.cpio"))
+    }
+}
+
+/// A disk declared by the pod config.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// Name containers use to refer to it (`"disk": "<id>"`).
+    pub id: String,
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// OCI-style hooks run by the host around the pod's life.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    /// Before the VM boots; a failure aborts the start.
+    #[serde(default)]
+    pub prestart: Vec<Hook>,
+    /// After the pod runs; failures are reported, not fatal.
+    #[serde(default)]
+    pub poststart: Vec<Hook>,
+    /// After the pod stopped; failures are reported, not fatal.
+    #[serde(default)]
+    pub poststop: Vec<Hook>,
+}
+
+/// One hook, as in the OCI runtime spec: `args[0]` is argv\[0\]; the pod's state JSON arrives
+/// on stdin.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hook {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// `KEY=VALUE` entries; the hook gets only these.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Seconds; the hook is killed and counted as failed after it.
+    #[serde(default)]
+    pub timeout: Option<u64>,
+}
+
+/// Where a container's root filesystem comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RootfsConfig {
+    /// A filesystem image file, attached as its own disk at pod start.
+    Image { path: PathBuf, read_only: bool },
+    /// A directory, packed into an ext4 image (`mkfs.ext4 -d`) at pod start.
+    Dir { path: PathBuf },
+    /// A disk the pod config declares, by id.
+    Disk { id: String },
+    /// A directory that already exists inside the guest.
+    GuestPath { path: String },
+}
+
+impl Default for RootfsConfig {
+    fn default() -> Self {
+        RootfsConfig::GuestPath { path: "/".into() }
+    }
+}
+
+/// A container: its rootfs, its first process and what the agent needs to set it up. The
+/// process, mounts and namespaces are the agent protocol's own types, passed through as given.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerConfig {
+    pub rootfs: RootfsConfig,
+    /// Filesystem type of the rootfs disk (default ext4).
+    #[serde(default)]
+    pub fstype: Option<String>,
+    pub process: ProcessSpec,
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+    /// Namespaces to create (default: all the agent knows).
+    #[serde(default)]
+    pub namespaces: Option<Vec<Namespace>>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// cgroup path in the guest, relative to the agent's cgroup root (default `ember/<id>`).
+    #[serde(default)]
+    pub cgroup_path: Option<String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Default for ContainerConfig {
+    fn default() -> Self {
+        ContainerConfig::new(RootfsConfig::default(), Vec::<String>::new())
+    }
+}
+
+impl ContainerConfig {
+    /// A container running `args` on `rootfs`, defaults for everything else.
+    pub fn new<S: Into<String>>(rootfs: RootfsConfig, args: impl IntoIterator<Item = S>) -> Self {
+        ContainerConfig {
+            rootfs,
+            fstype: None,
+            process: ProcessSpec::new(args),
+            mounts: Vec::new(),
+            namespaces: None,
+            hostname: None,
+            cgroup_path: None,
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_pod_config_takes_defaults() {
+        let c: PodConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(c, PodConfig::default());
+        assert_eq!(c.mem_mib, 256);
+        assert_eq!(c.guest_cid, 3);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_json::from_str::<PodConfig>(r#"{"memory": 5}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn full_pod_config_parses() {
+        let c: PodConfig = serde_json::from_str(
+            r#"{"kernel":"/k","mem_mib":64,"vcpus":2,
+                "disks":[{"id":"bb","path":"/i.ext4","read_only":true}],
+                "hooks":{"prestart":[{"path":"/bin/true","args":["true"],"timeout":3}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.kernel_path(), PathBuf::from("/k"));
+        assert_eq!(c.vcpus, 2);
+        assert!(c.disks[0].read_only);
+        assert_eq!(c.hooks.prestart[0].timeout, Some(3));
+    }
+}

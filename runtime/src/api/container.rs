@@ -1,0 +1,575 @@
+//! Container operations: create, start, stop, delete, exec, status, kill, ps, wait.
+
+use super::config::RootfsConfig;
+use super::pod::resolve_device;
+use super::{agent_link, id, Error, Runtime};
+use crate::state::{ContainerRecord, LockKind, PodRecord, State};
+use agent::protocol::{
+    default_namespaces, ContainerSpec, ContainerState, ErrorKind, ProcessInfo, ProcessSpec,
+    RootfsSpec, StdioStream,
+};
+use serde::Serialize;
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+/// How long `stop` waits after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// What the API reports about a container.
+#[derive(Clone, Debug, Serialize)]
+pub struct ContainerInfo {
+    pub pod: String,
+    pub id: String,
+    pub state: State,
+    /// Pid of its first process in the guest.
+    pub pid: Option<i32>,
+    pub exit_code: Option<i32>,
+    pub guest_device: Option<String>,
+    pub rootfs: RootfsConfig,
+    pub args: Vec<String>,
+    pub created_unix: u64,
+}
+
+impl ContainerInfo {
+    pub(crate) fn from_record(pod: &str, c: &ContainerRecord) -> ContainerInfo {
+        ContainerInfo {
+            pod: pod.to_string(),
+            id: c.id.clone(),
+            state: c.state,
+            pid: c.pid,
+            exit_code: c.exit_code,
+            guest_device: c.guest_device.clone(),
+            rootfs: c.config.rootfs.clone(),
+            args: c.config.process.args.clone(),
+            created_unix: c.created_unix,
+        }
+    }
+}
+
+/// Result of a finished `exec`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExecOutput {
+    pub exec_id: String,
+    pub pid: i32,
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+fn container_not_found(pod: &str, id: &str) -> Error {
+    Error::ContainerNotFound {
+        pod: pod.to_string(),
+        id: id.to_string(),
+    }
+}
+
+fn require_running(rec: &PodRecord, action: &'static str) -> Result<(), Error> {
+    if rec.state != State::Running {
+        return Err(Error::PodNotRunning {
+            id: rec.id.clone(),
+            state: rec.state,
+            action,
+        });
+    }
+    Ok(())
+}
+
+impl Runtime {
+    /// Record a container in a pod. In a running pod it is created in the guest at once (its
+    /// rootfs must be a disk the VM has); otherwise at the pod's next start.
+    pub fn create_container(
+        &self,
+        pod: &str,
+        cid: &str,
+        config: super::ContainerConfig,
+    ) -> Result<ContainerInfo, Error> {
+        id::validate("container", cid).map_err(Error::Id)?;
+        if config.process.args.is_empty() {
+            return Err(Error::Config("the container's process has no args".into()));
+        }
+        let (_lock, dir, mut rec) = self.open(pod, LockKind::Write)?;
+        if rec.containers.contains_key(cid) {
+            return Err(Error::ContainerExists {
+                pod: pod.to_string(),
+                id: cid.to_string(),
+            });
+        }
+        match &config.rootfs {
+            RootfsConfig::Image { path, .. } | RootfsConfig::Dir { path } if !path.exists() => {
+                return Err(Error::Config(format!(
+                    "rootfs {} does not exist",
+                    path.display()
+                )))
+            }
+            RootfsConfig::Disk { id } if !rec.config.disks.iter().any(|d| d.id == *id) => {
+                return Err(Error::Config(format!(
+                    "the pod config declares no disk {id}"
+                )))
+            }
+            _ => {}
+        }
+        let live = match rec.state {
+            State::Running => true,
+            State::Paused => {
+                return Err(Error::PodNotRunning {
+                    id: pod.to_string(),
+                    state: rec.state,
+                    action: "create a container",
+                })
+            }
+            State::Ready | State::Stopped => false,
+        };
+        let guest_device = resolve_device(&rec.disks, cid, &config.rootfs);
+        if live
+            && guest_device.is_none()
+            && !matches!(config.rootfs, RootfsConfig::GuestPath { .. })
+        {
+            return Err(Error::Config(format!(
+                "pod {pod} runs and has no disk for this rootfs: disks attach at pod start, so \
+                 declare it in the pod config and use its id, or create the container before \
+                 the pod starts"
+            )));
+        }
+        rec.containers.insert(
+            cid.to_string(),
+            ContainerRecord {
+                id: cid.to_string(),
+                state: State::Ready,
+                config,
+                created_unix: crate::state::now_unix(),
+                guest_device: if live { guest_device } else { None },
+                in_agent: false,
+                exit_code: None,
+                pid: None,
+            },
+        );
+        if live {
+            if let Err(e) = self.agent_create(&dir, &mut rec, cid) {
+                // Not created anywhere: forget it.
+                rec.containers.remove(cid);
+                return Err(e);
+            }
+        }
+        Self::store(&dir, &rec)?;
+        let c = rec
+            .containers
+            .get(cid)
+            .ok_or_else(|| container_not_found(pod, cid))?;
+        Ok(ContainerInfo::from_record(pod, c))
+    }
+
+    /// Create the container in the guest (the agent prepares it; its process waits for start).
+    pub(crate) fn agent_create(
+        &self,
+        dir: &Path,
+        rec: &mut PodRecord,
+        cid: &str,
+    ) -> Result<(), Error> {
+        let c = rec
+            .containers
+            .get_mut(cid)
+            .ok_or_else(|| container_not_found(&rec.id, cid))?;
+        let cfg = &c.config;
+        let rootfs = match (&cfg.rootfs, &c.guest_device) {
+            (RootfsConfig::GuestPath { path }, _) => RootfsSpec::Path {
+                path: path.clone(),
+                read_only: false,
+            },
+            (rootfs, Some(dev)) => RootfsSpec::BlockDevice {
+                path: dev.clone(),
+                fstype: cfg.fstype.clone().unwrap_or_else(|| "ext4".into()),
+                read_only: matches!(
+                    rootfs,
+                    RootfsConfig::Image {
+                        read_only: true,
+                        ..
+                    }
+                ),
+            },
+            (_, None) => {
+                return Err(Error::Config(format!(
+                    "container {cid} has no disk attached"
+                )))
+            }
+        };
+        let spec = ContainerSpec {
+            rootfs,
+            mounts: cfg.mounts.clone(),
+            hostname: cfg.hostname.clone(),
+            namespaces: cfg.namespaces.clone().unwrap_or_else(default_namespaces),
+            process: cfg.process.clone(),
+            cgroup_path: cfg.cgroup_path.clone(),
+        };
+        let mut client =
+            agent_link::connect(dir, Some(agent_link::CALL_TIMEOUT)).map_err(|source| {
+                Error::Agent {
+                    call: "CreateContainer",
+                    source,
+                }
+            })?;
+        client
+            .create_container(cid, spec)
+            .map_err(Error::agent("CreateContainer"))?;
+        c.in_agent = true;
+        Ok(())
+    }
+
+    /// Look up a container of a locked pod.
+    fn container<'a>(rec: &'a mut PodRecord, cid: &str) -> Result<&'a mut ContainerRecord, Error> {
+        id::validate("container", cid).map_err(Error::Id)?;
+        let pod = rec.id.clone();
+        rec.containers
+            .get_mut(cid)
+            .ok_or_else(|| container_not_found(&pod, cid))
+    }
+
+    /// Start a created container's process.
+    pub fn start_container(&self, pod: &str, cid: &str) -> Result<ContainerInfo, Error> {
+        id::validate("container", cid).map_err(Error::Id)?;
+        let (_lock, dir, mut rec) = self.open(pod, LockKind::Write)?;
+        require_running(&rec, "start a container")?;
+        let c = Self::container(&mut rec, cid)?;
+        if c.state != State::Ready {
+            return Err(Error::ContainerState {
+                action: "start",
+                id: cid.to_string(),
+                source: crate::state::TransitionError {
+                    from: c.state,
+                    to: State::Running,
+                },
+            });
+        }
+        let mut client =
+            agent_link::connect(&dir, Some(agent_link::CALL_TIMEOUT)).map_err(|source| {
+                Error::Agent {
+                    call: "StartContainer",
+                    source,
+                }
+            })?;
+        let pid = client
+            .start_container(cid)
+            .map_err(Error::agent("StartContainer"))?;
+        c.state = State::Running;
+        c.pid = Some(pid);
+        let info = ContainerInfo::from_record(pod, c);
+        Self::store(&dir, &rec)?;
+        Ok(info)
+    }
+
+    /// Stop a container: SIGTERM to all its processes, SIGKILL after a grace period, and
+    /// record how its first process ended.
+    pub fn stop_container(&self, pod: &str, cid: &str) -> Result<ContainerInfo, Error> {
+        id::validate("container", cid).map_err(Error::Id)?;
+        let (_lock, dir, mut rec) = self.open(pod, LockKind::Write)?;
+        let pod_running = rec.state == State::Running;
+        let c = Self::container(&mut rec, cid)?;
+        c.state
+            .check(State::Stopped)
+            .map_err(|source| Error::ContainerState {
+                action: "stop",
+                id: cid.to_string(),
+                source,
+            })?;
+        if pod_running && c.in_agent && c.state == State::Running {
+            c.exit_code = Some(stop_in_agent(&dir, cid)?);
+        }
+        c.state = State::Stopped;
+        let info = ContainerInfo::from_record(pod, c);
+        Self::store(&dir, &rec)?;
+        Ok(info)
+    }
+
+    /// Delete a ready or stopped container (with `force`, also a running one).
+    pub fn delete_container(&self, pod: &str, cid: &str, force: bool) -> Result<(), Error> {
+        id::validate("container", cid).map_err(Error::Id)?;
+        let (_lock, dir, mut rec) = self.open(pod, LockKind::Write)?;
+        let pod_running = rec.state == State::Running;
+        let c = Self::container(&mut rec, cid)?;
+        if matches!(c.state, State::Running | State::Paused) && !force {
+            return Err(Error::ContainerRunning(cid.to_string()));
+        }
+        if pod_running && c.in_agent {
+            let mut client =
+                agent_link::connect(&dir, Some(agent_link::CALL_TIMEOUT)).map_err(|source| {
+                    Error::Agent {
+                        call: "DestroyContainer",
+                        source,
+                    }
+                })?;
+            match client.destroy_container(cid) {
+                Ok(()) => {}
+                Err(e) if e.agent_kind() == Some(ErrorKind::NotFound) => {}
+                Err(e) => return Err(Error::agent("DestroyContainer")(e)),
+            }
+        }
+        rec.containers.remove(cid);
+        if !pod_running {
+            // Its packed rootfs image is only needed while attached.
+            let _ = std::fs::remove_file(dir.join("disks").join(format!("{cid}.ext4")));
+        }
+        Self::store(&dir, &rec)
+    }
+
+    /// Status of one container (notices a process that ended).
+    pub fn container_status(&self, pod: &str, cid: &str) -> Result<ContainerInfo, Error> {
+        id::validate("container", cid).map_err(Error::Id)?;
+        let info = self.pod_status(pod)?;
+        info.containers
+            .into_iter()
+            .find(|c| c.id == cid)
+            .ok_or_else(|| container_not_found(pod, cid))
+    }
+
+    /// Send `signal` to the container's first process, or with `all` to every process in it.
+    pub fn kill_container(
+        &self,
+        pod: &str,
+        cid: &str,
+        signal: i32,
+        all: bool,
+    ) -> Result<(), Error> {
+        id::validate("container", cid).map_err(Error::Id)?;
+        let (_lock, dir, mut rec) = self.open(pod, LockKind::Read)?;
+        require_running(&rec, "signal a container")?;
+        let c = Self::container(&mut rec, cid)?;
+        if c.state != State::Running {
+            return Err(Error::ContainerState {
+                action: "signal",
+                id: cid.to_string(),
+                source: crate::state::TransitionError {
+                    from: c.state,
+                    to: c.state,
+                },
+            });
+        }
+        let mut client =
+            agent_link::connect(&dir, Some(agent_link::CALL_TIMEOUT)).map_err(|source| {
+                Error::Agent {
+                    call: "Signal",
+                    source,
+                }
+            })?;
+        client
+            .signal(cid, None, signal, all)
+            .map_err(Error::agent("Signal"))
+    }
+
+    /// Processes of a running container.
+    pub fn container_processes(&self, pod: &str, cid: &str) -> Result<Vec<ProcessInfo>, Error> {
+        id::validate("container", cid).map_err(Error::Id)?;
+        let (_lock, dir, mut rec) = self.open(pod, LockKind::Read)?;
+        require_running(&rec, "list processes")?;
+        let c = Self::container(&mut rec, cid)?;
+        if !c.in_agent {
+            return Err(Error::Config(format!(
+                "container {cid} is not in the guest"
+            )));
+        }
+        let mut client =
+            agent_link::connect(&dir, Some(agent_link::CALL_TIMEOUT)).map_err(|source| {
+                Error::Agent {
+                    call: "ProcessList",
+                    source,
+                }
+            })?;
+        client
+            .process_list(cid)
+            .map_err(Error::agent("ProcessList"))
+    }
+
+    /// Start a process in a running container; returns its exec id and guest pid. Read its
+    /// output with [`Runtime::attach`] and its end with [`Runtime::wait_process`].
+    pub fn exec_start(
+        &self,
+        pod: &str,
+        cid: &str,
+        exec_id: Option<&str>,
+        process: ProcessSpec,
+    ) -> Result<(String, i32), Error> {
+        id::validate("container", cid).map_err(Error::Id)?;
+        let exec_id = match exec_id {
+            Some(e) => {
+                id::validate("exec", e).map_err(Error::Id)?;
+                e.to_string()
+            }
+            None => new_exec_id(),
+        };
+        if process.args.is_empty() {
+            return Err(Error::Config("the process has no args".into()));
+        }
+        let (_lock, dir, mut rec) = self.open(pod, LockKind::Read)?;
+        require_running(&rec, "exec")?;
+        let c = Self::container(&mut rec, cid)?;
+        if c.state != State::Running {
+            return Err(Error::ContainerState {
+                action: "exec in",
+                id: cid.to_string(),
+                source: crate::state::TransitionError {
+                    from: c.state,
+                    to: State::Running,
+                },
+            });
+        }
+        let mut client =
+            agent_link::connect(&dir, Some(agent_link::CALL_TIMEOUT)).map_err(|source| {
+                Error::Agent {
+                    call: "Exec",
+                    source,
+                }
+            })?;
+        let pid = client
+            .exec(cid, &exec_id, process)
+            .map_err(Error::agent("Exec"))?;
+        Ok((exec_id, pid))
+    }
+
+    /// A raw stdio stream of a container's process (`exec_id` `None`: its first process).
+    pub fn attach(
+        &self,
+        pod: &str,
+        cid: &str,
+        exec_id: Option<&str>,
+        stream: StdioStream,
+    ) -> Result<std::os::unix::net::UnixStream, Error> {
+        id::validate("container", cid).map_err(Error::Id)?;
+        let (_lock, dir, mut rec) = self.open(pod, LockKind::Read)?;
+        require_running(&rec, "attach")?;
+        Self::container(&mut rec, cid)?;
+        agent_link::attach(&dir, cid, exec_id, stream).map_err(|source| Error::Agent {
+            call: "AttachStdio",
+            source,
+        })
+    }
+
+    /// Wait until a process of the container ends; returns its exit code (128+signal when
+    /// killed). Waits without a time limit and without holding the pod's lock; fails when the
+    /// pod's VM goes away.
+    pub fn wait_process(&self, pod: &str, cid: &str, exec_id: Option<&str>) -> Result<i32, Error> {
+        id::validate("container", cid).map_err(Error::Id)?;
+        let dir = {
+            let (_lock, dir, mut rec) = self.open(pod, LockKind::Read)?;
+            Self::container(&mut rec, cid)?;
+            if let (None, State::Stopped, Some(code)) = (
+                exec_id,
+                rec.state,
+                rec.containers.get(cid).and_then(|c| c.exit_code),
+            ) {
+                return Ok(code);
+            }
+            require_running(&rec, "wait")?;
+            dir
+        };
+        let mut client = agent_link::connect(&dir, None).map_err(|source| Error::Agent {
+            call: "Wait",
+            source,
+        })?;
+        let status = client.wait(cid, exec_id).map_err(Error::agent("Wait"))?;
+        Ok(status.code)
+    }
+
+    /// Run a process in a running container to its end and collect its output (stdin is
+    /// empty).
+    pub fn exec(&self, pod: &str, cid: &str, process: ProcessSpec) -> Result<ExecOutput, Error> {
+        let terminal = process.terminal;
+        let (exec_id, pid) = self.exec_start(pod, cid, None, process)?;
+        let eid = Some(exec_id.as_str());
+        // Close stdin so a process reading it sees EOF.
+        drop(self.attach(pod, cid, eid, StdioStream::Stdin)?);
+        let mut out = self.attach(pod, cid, eid, StdioStream::Stdout)?;
+        let err_stream = if terminal {
+            None
+        } else {
+            Some(self.attach(pod, cid, eid, StdioStream::Stderr)?)
+        };
+        let err_reader = err_stream.map(|mut s| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = s.read_to_end(&mut buf);
+                buf
+            })
+        });
+        let mut stdout = Vec::new();
+        out.read_to_end(&mut stdout).map_err(|source| Error::Io {
+            what: "Cannot read the process's stdout".into(),
+            source,
+        })?;
+        let stderr = err_reader.and_then(|h| h.join().ok()).unwrap_or_default();
+        let exit_code = self.wait_process(pod, cid, eid)?;
+        Ok(ExecOutput {
+            exec_id,
+            pid,
+            exit_code,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Containers the agent reports as stopped although the record says running, with their
+    /// exit codes. Errors (agent unreachable) count as "nothing known".
+    pub(crate) fn exited_containers(&self, dir: &Path, rec: &PodRecord) -> Vec<(String, i32)> {
+        let running: Vec<&str> = rec
+            .containers
+            .values()
+            .filter(|c| c.state == State::Running && c.in_agent)
+            .map(|c| c.id.as_str())
+            .collect();
+        if running.is_empty() {
+            return Vec::new();
+        }
+        let Ok(mut client) = agent_link::connect(dir, Some(Duration::from_secs(5))) else {
+            return Vec::new();
+        };
+        let Ok(stats) = client.stats() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for s in stats.containers {
+            if s.state == ContainerState::Stopped && running.contains(&s.id.as_str()) {
+                if let Ok(status) = client.wait(&s.id, None) {
+                    out.push((s.id, status.code));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// SIGTERM every process of the container, SIGKILL after the grace period; the exit code.
+fn stop_in_agent(dir: &Path, cid: &str) -> Result<i32, Error> {
+    let connect = |call, timeout| {
+        agent_link::connect(dir, timeout).map_err(|source| Error::Agent { call, source })
+    };
+    let mut client = connect("Signal", Some(agent_link::CALL_TIMEOUT))?;
+    match client.signal(cid, None, libc::SIGTERM, true) {
+        Ok(()) => {}
+        // Already gone: Wait below tells how it ended.
+        Err(e) if e.agent_kind() == Some(ErrorKind::InvalidState) => {}
+        Err(e) => return Err(Error::agent("Signal")(e)),
+    }
+    let mut waiter = connect("Wait", Some(STOP_GRACE))?;
+    match waiter.wait(cid, None) {
+        Ok(status) => return Ok(status.code),
+        Err(agent::client::ClientError::Frame(_)) => {}
+        Err(e) => return Err(Error::agent("Wait")(e)),
+    }
+    let _ = client.signal(cid, None, libc::SIGKILL, true);
+    let mut waiter = connect("Wait", Some(agent_link::CALL_TIMEOUT))?;
+    waiter
+        .wait(cid, None)
+        .map(|s| s.code)
+        .map_err(Error::agent("Wait"))
+}
+
+/// A fresh exec id: `exec-<pid>-<nanos>`.
+fn new_exec_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "exec-{}-{}-{nanos}",
+        std::process::id(),
+        crate::state::now_unix()
+    )
+}

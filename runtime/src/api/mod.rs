@@ -1,0 +1,193 @@
+//! The pod and container API (Kata virtcontainers' shape) over the guest agent.
+//!
+//! A [`Runtime`] works on one state root. Every call validates its ids, takes the pod's file
+//! lock (shared for reads, exclusive for changes; across processes), loads the pod's record,
+//! checks the state machine, acts, and stores the record atomically.
+//!
+//! ```no_run
+//! use runtime::api::{ContainerConfig, PodConfig, RootfsConfig, Runtime};
+//! # fn main() -> Result<(), runtime::api::Error> {
+//! let rt = Runtime::new("/run/ember");
+//! rt.create_pod("p1", PodConfig::default())?;
+//! let rootfs = RootfsConfig::Dir { path: "/srv/busybox".into() };
+//! rt.create_container("p1", "c1", ContainerConfig::new(rootfs, ["sleep", "1000"]))?;
+//! rt.start_pod("p1")?; // boots the VM in a detached ember process, creates c1 in the guest
+//! rt.start_container("p1", "c1")?;
+//! let out = rt.exec("p1", "c1", agent::protocol::ProcessSpec::new(["echo", "hi"]))?;
+//! assert_eq!(out.stdout, b"hi\n");
+//! rt.stop_pod("p1")?;
+//! rt.delete_pod("p1", false)?;
+//! # Ok(()) }
+//! ```
+
+pub mod agent_link;
+pub mod config;
+mod container;
+pub mod disk;
+pub mod hooks;
+pub mod id;
+mod pod;
+
+pub use crate::state::{Phase, State};
+pub use agent::protocol::{ProcessInfo, ProcessSpec, StdioStream};
+pub use config::{ContainerConfig, DiskConfig, Hook, Hooks, PodConfig, RootfsConfig};
+pub use container::{ContainerInfo, ExecOutput};
+pub use pod::PodInfo;
+
+use crate::state::{self, LockKind, PodLock, PodRecord, TransitionError};
+use std::path::{Path, PathBuf};
+
+/// Default state root.
+pub const DEFAULT_ROOT: &str = "/run/ember";
+/// Environment variable naming the state root (the `--root` flag wins over it).
+pub const ROOT_ENV: &str = "EMBER_ROOT";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Bad id")]
+    Id(#[source] id::Error),
+    #[error("Pod {0} does not exist")]
+    PodNotFound(String),
+    #[error("Pod {0} already exists")]
+    PodExists(String),
+    #[error("Container {id} does not exist in pod {pod}")]
+    ContainerNotFound { pod: String, id: String },
+    #[error("Container {id} already exists in pod {pod}")]
+    ContainerExists { pod: String, id: String },
+    #[error("Cannot {action} pod {id}")]
+    PodState {
+        action: &'static str,
+        id: String,
+        #[source]
+        source: TransitionError,
+    },
+    #[error("Cannot {action} container {id}")]
+    ContainerState {
+        action: &'static str,
+        id: String,
+        #[source]
+        source: TransitionError,
+    },
+    #[error("Pod {id} is {state}; it must be running to {action}")]
+    PodNotRunning {
+        id: String,
+        state: State,
+        action: &'static str,
+    },
+    #[error("Pod {0} is running; stop it first or use force")]
+    PodRunning(String),
+    #[error("Container {0} is running; stop it first or use force")]
+    ContainerRunning(String),
+    #[error("Invalid config: {0}")]
+    Config(String),
+    #[error("Pod state")]
+    State(#[source] state::Error),
+    #[error("Pod lock")]
+    Lock(#[source] state::lock::Error),
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Prestart hook failed")]
+    Hook(#[source] hooks::Error),
+    #[error("Cannot make the rootfs image of container {id}")]
+    Disk {
+        id: String,
+        #[source]
+        source: disk::Error,
+    },
+    #[error("This machine cannot run the pod's VM (EMBER_FORCE_KVM=1 tries anyway)")]
+    Kvm(#[source] vmm::Error),
+    #[error("The pod's VM did not start")]
+    Vmm(#[source] crate::pod_vmm::Error),
+    #[error("The pod's VMM process")]
+    Control(#[source] crate::pod_vmm::control::Error),
+    #[error("Agent call {call} failed")]
+    Agent {
+        call: &'static str,
+        #[source]
+        source: agent_link::Error,
+    },
+}
+
+impl Error {
+    fn agent(call: &'static str) -> impl FnOnce(agent::client::ClientError) -> Error {
+        move |e| Error::Agent {
+            call,
+            source: agent_link::Error::Client(e),
+        }
+    }
+}
+
+/// The pod/container API on one state root.
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    root: PathBuf,
+}
+
+impl Runtime {
+    /// A runtime on `root` (created on first use).
+    pub fn new(root: impl Into<PathBuf>) -> Runtime {
+        Runtime { root: root.into() }
+    }
+
+    /// The root from a `--root` flag, else `EMBER_ROOT`, else `/run/ember`.
+    pub fn from_flag(root: Option<&Path>) -> Runtime {
+        let root = root
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os(ROOT_ENV).map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT));
+        Runtime::new(root)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Directory of a pod (whether or not it exists).
+    pub fn pod_dir(&self, pod: &str) -> PathBuf {
+        self.root.join(pod)
+    }
+
+    /// Validate the id, lock an existing pod and load its record.
+    fn open(&self, pod: &str, kind: LockKind) -> Result<(PodLock, PathBuf, PodRecord), Error> {
+        id::validate("pod", pod).map_err(Error::Id)?;
+        let dir = self.pod_dir(pod);
+        if !dir.join(state::STATE_FILE).exists() {
+            return Err(Error::PodNotFound(pod.to_string()));
+        }
+        let lock = PodLock::acquire(&dir, kind).map_err(Error::Lock)?;
+        // It may have been deleted while we waited for the lock.
+        let rec = match PodRecord::load(&dir) {
+            Err(state::Error::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Err(Error::PodNotFound(pod.to_string()))
+            }
+            other => other.map_err(Error::State)?,
+        };
+        Ok((lock, dir, rec))
+    }
+
+    fn store(dir: &Path, rec: &PodRecord) -> Result<(), Error> {
+        rec.store(dir).map_err(Error::State)
+    }
+}
+
+/// The OCI-style state JSON hooks get on stdin.
+pub(crate) fn hooks_state_json(rec: &PodRecord, dir: &Path, status: &str) -> String {
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "id": rec.id,
+        "status": status,
+        "pid": rec.vmm.as_ref().map(|v| v.pid).unwrap_or(0),
+        "bundle": dir,
+        "annotations": rec.config.annotations,
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests;

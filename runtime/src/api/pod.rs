@@ -1,0 +1,523 @@
+//! Pod operations: create, start, stop, delete, run, list, status, pause, resume.
+
+use super::config::RootfsConfig;
+use super::{disk, hooks, hooks_state_json, id, Error, Runtime};
+use crate::pod_vmm::{self, control};
+use crate::state::{
+    AttachedDisk, DiskOwner, LockKind, Phase, PodLock, PodRecord, State, VmmProcess,
+};
+use serde::Serialize;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::container::ContainerInfo;
+
+/// How long `stop` waits for the guest to shut down before it stops the VM hard.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// What the API reports about a pod.
+#[derive(Clone, Debug, Serialize)]
+pub struct PodInfo {
+    pub id: String,
+    pub state: State,
+    /// Pid of the detached ember process running the VM.
+    pub vmm_pid: Option<i32>,
+    pub created_unix: u64,
+    pub dir: PathBuf,
+    pub containers: Vec<ContainerInfo>,
+    /// Guest block devices attached at the last start.
+    pub disks: Vec<AttachedDisk>,
+    pub stop_reason: Option<String>,
+    /// Phases of the last start.
+    pub timings: Vec<Phase>,
+    /// Problems that did not fail the call (e.g. a poststart hook failed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+impl PodInfo {
+    fn from_record(rec: &PodRecord, dir: &Path) -> PodInfo {
+        PodInfo {
+            id: rec.id.clone(),
+            state: rec.state,
+            vmm_pid: rec.vmm.as_ref().map(|v| v.pid),
+            created_unix: rec.created_unix,
+            dir: dir.to_path_buf(),
+            containers: rec
+                .containers
+                .values()
+                .map(|c| ContainerInfo::from_record(&rec.id, c))
+                .collect(),
+            disks: rec.disks.clone(),
+            stop_reason: rec.stop_reason.clone(),
+            timings: rec.timings.clone(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Guest device name of the n-th attached virtio disk.
+pub(crate) fn guest_device(index: usize) -> Option<String> {
+    let letter = u8::try_from(index).ok().filter(|i| *i < 26)?;
+    Some(format!("/dev/vd{}", (b'a' + letter) as char))
+}
+
+/// Mark a record stopped because its VMM is gone: containers stop with it.
+fn mark_stopped(rec: &mut PodRecord, reason: Option<String>) {
+    rec.state = State::Stopped;
+    rec.vmm = None;
+    rec.stop_reason = reason;
+    for c in rec.containers.values_mut() {
+        if matches!(c.state, State::Running | State::Paused) {
+            c.state = State::Stopped;
+        }
+        // A fresh guest knows none of them.
+        c.in_agent = false;
+    }
+}
+
+/// Whether the pod's VMM process is still there: pid alive with the same start time, and
+/// its control socket not gone. `Err` carries why it is considered dead.
+fn vmm_alive(dir: &Path, vmm: &VmmProcess) -> Result<(), String> {
+    if !pod_vmm::proc::is_alive(vmm) {
+        return Err(format!("VMM process {} died", vmm.pid));
+    }
+    match control::request(
+        &dir.join(pod_vmm::CONTROL_SOCKET),
+        "ping",
+        Duration::from_secs(2),
+    ) {
+        Err(e) if e.is_gone() => Err(format!(
+            "VMM process {} no longer serves its control socket",
+            vmm.pid
+        )),
+        // Alive but slow to answer: still counted as running.
+        _ => Ok(()),
+    }
+}
+
+/// `Some(reason)` when the record says running/paused but the VMM is gone.
+fn vmm_gone(dir: &Path, rec: &PodRecord) -> Option<String> {
+    if !matches!(rec.state, State::Running | State::Paused) {
+        return None;
+    }
+    match &rec.vmm {
+        None => Some("no VMM process recorded".into()),
+        Some(v) => vmm_alive(dir, v).err(),
+    }
+}
+
+impl Runtime {
+    /// Create a pod in state `ready`: its directory, lock and record. Nothing runs yet.
+    pub fn create_pod(&self, pod: &str, config: super::PodConfig) -> Result<PodInfo, Error> {
+        id::validate("pod", pod).map_err(Error::Id)?;
+        let mut seen = std::collections::BTreeSet::new();
+        for d in &config.disks {
+            id::validate("disk", &d.id).map_err(Error::Id)?;
+            if !seen.insert(d.id.clone()) {
+                return Err(Error::Config(format!("disk id {} appears twice", d.id)));
+            }
+        }
+        if config.mem_mib == 0 || config.vcpus == 0 {
+            return Err(Error::Config("mem_mib and vcpus must be above 0".into()));
+        }
+        fs::create_dir_all(&self.root).map_err(|source| Error::Io {
+            what: format!("Cannot create state root {}", self.root.display()),
+            source,
+        })?;
+        let dir = self.pod_dir(pod);
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::PodExists(pod.to_string()))
+            }
+            Err(source) => {
+                return Err(Error::Io {
+                    what: format!("Cannot create {}", dir.display()),
+                    source,
+                })
+            }
+        }
+        let result = (|| {
+            let _lock = PodLock::acquire(&dir, LockKind::Write).map_err(Error::Lock)?;
+            let rec = PodRecord::new(pod, config);
+            Self::store(&dir, &rec)?;
+            Ok(PodInfo::from_record(&rec, &dir))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&dir);
+        }
+        result
+    }
+
+    /// Status of a pod. Notices a VMM process that died (the pod becomes `stopped`) and
+    /// containers whose process ended (they become `stopped`, with their exit code).
+    pub fn pod_status(&self, pod: &str) -> Result<PodInfo, Error> {
+        let (lock, dir, rec) = self.open(pod, LockKind::Read)?;
+        let gone = vmm_gone(&dir, &rec);
+        let exited = if gone.is_none() && rec.state == State::Running {
+            self.exited_containers(&dir, &rec)
+        } else {
+            Vec::new()
+        };
+        if gone.is_none() && exited.is_empty() {
+            return Ok(PodInfo::from_record(&rec, &dir));
+        }
+        // Something changed: take the lock for writing and re-check under it.
+        drop(lock);
+        let (_lock, dir, mut rec) = self.open(pod, LockKind::Write)?;
+        let mut warnings = Vec::new();
+        if let Some(reason) = vmm_gone(&dir, &rec) {
+            mark_stopped(&mut rec, Some(reason));
+            pod_vmm::remove_sockets(&dir);
+            Self::store(&dir, &rec)?;
+            warnings = self.poststop_hooks(&rec, &dir);
+        } else {
+            for (cid, code) in exited {
+                if let Some(c) = rec.containers.get_mut(&cid) {
+                    if c.state == State::Running {
+                        c.state = State::Stopped;
+                        c.exit_code = Some(code);
+                    }
+                }
+            }
+            Self::store(&dir, &rec)?;
+        }
+        let mut info = PodInfo::from_record(&rec, &dir);
+        info.warnings = warnings;
+        Ok(info)
+    }
+
+    /// Every pod under the root, sorted by id. Pods that cannot be read are skipped.
+    pub fn list_pods(&self) -> Result<Vec<PodInfo>, Error> {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(Error::Io {
+                    what: format!("Cannot read state root {}", self.root.display()),
+                    source,
+                })
+            }
+        };
+        let mut ids: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join(crate::state::STATE_FILE).is_file())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| id::validate("pod", n).is_ok())
+            .collect();
+        ids.sort();
+        let mut out = Vec::new();
+        for pod in ids {
+            match self.pod_status(&pod) {
+                Ok(info) => out.push(info),
+                Err(Error::PodNotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Boot the pod's VM in a detached ember process, wait for the agent's readiness, create
+    /// the pod's containers in the guest, run the hooks.
+    pub fn start_pod(&self, pod: &str) -> Result<PodInfo, Error> {
+        let (_lock, dir, mut rec) = self.open(pod, LockKind::Write)?;
+        if let Some(reason) = vmm_gone(&dir, &rec) {
+            mark_stopped(&mut rec, Some(reason));
+        }
+        rec.state
+            .check(State::Running)
+            .map_err(|source| Error::PodState {
+                action: "start",
+                id: pod.to_string(),
+                source,
+            })?;
+        let t0 = Instant::now();
+        let mut phases = Vec::new();
+        let phase = |phases: &mut Vec<Phase>, name: &str, since: Instant| {
+            phases.push(Phase {
+                name: name.to_string(),
+                ms: since.elapsed().as_secs_f64() * 1e3,
+            })
+        };
+        for (what, path) in [
+            ("kernel", rec.config.kernel_path()),
+            ("initrd", rec.config.initrd_path()),
+        ] {
+            if !path.is_file() {
+                return Err(Error::Config(format!(
+                    "guest {what} {} not found (set it in the pod config or EMBER_GUEST_DIR)",
+                    path.display()
+                )));
+            }
+        }
+        // Disks: the pod's own, then one per container rootfs image.
+        let t = Instant::now();
+        rec.disks = self.plan_disks(&dir, &rec)?;
+        for c in rec.containers.values_mut() {
+            c.in_agent = false;
+            c.guest_device = None;
+        }
+        let disks = rec.disks.clone();
+        for c in rec.containers.values_mut() {
+            c.guest_device = resolve_device(&disks, &c.id, &c.config.rootfs);
+        }
+        phase(&mut phases, "rootfs_images", t);
+        let t = Instant::now();
+        hooks::run_all(
+            &rec.config.hooks.prestart,
+            &hooks_state_json(&rec, &dir, "creating"),
+        )
+        .map_err(Error::Hook)?;
+        phase(&mut phases, "prestart_hooks", t);
+        rec.stop_reason = None;
+        Self::store(&dir, &rec)?;
+
+        if std::env::var_os("EMBER_FORCE_KVM").is_none_or(|v| v != "1") {
+            vmm::check_kvm_usable().map_err(Error::Kvm)?;
+        }
+        let t = Instant::now();
+        let started = pod_vmm::spawn(
+            &self.root,
+            pod,
+            &dir,
+            Duration::from_secs(rec.config.start_timeout_secs),
+        )
+        .map_err(Error::Vmm)?;
+        phases.extend(started.phases.iter().cloned());
+        phase(&mut phases, "vmm_spawn_to_ready", t);
+        rec.vmm = Some(started.process);
+        rec.state = State::Running;
+        Self::store(&dir, &rec)?;
+
+        // Containers created before the start now get created in the guest.
+        let t = Instant::now();
+        let mut warnings = Vec::new();
+        let ids: Vec<String> = rec
+            .containers
+            .values()
+            .filter(|c| c.state == State::Ready)
+            .map(|c| c.id.clone())
+            .collect();
+        for cid in ids {
+            if let Err(e) = self.agent_create(&dir, &mut rec, &cid) {
+                warnings.push(format!("container {cid}: {}", crate::cli::report(&e)));
+                if let Some(c) = rec.containers.get_mut(&cid) {
+                    c.state = State::Stopped;
+                }
+            }
+        }
+        phase(&mut phases, "containers_created", t);
+        phase(&mut phases, "total", t0);
+        rec.timings = phases;
+        Self::store(&dir, &rec)?;
+        for e in hooks::run_all_best_effort(
+            &rec.config.hooks.poststart,
+            &hooks_state_json(&rec, &dir, "running"),
+        ) {
+            warnings.push(format!("poststart hook: {}", crate::cli::report(&e)));
+        }
+        let mut info = PodInfo::from_record(&rec, &dir);
+        info.warnings = warnings;
+        Ok(info)
+    }
+
+    /// Create and start a pod; on a failed start nothing remains.
+    pub fn run_pod(&self, pod: &str, config: super::PodConfig) -> Result<PodInfo, Error> {
+        self.create_pod(pod, config)?;
+        self.start_pod(pod).inspect_err(|_| {
+            let _ = self.delete_pod(pod, true);
+        })
+    }
+
+    /// Stop the pod's VM: ask the guest to shut down, stop the VM if it does not in time, wait
+    /// for the VMM process to end. Containers become `stopped`.
+    pub fn stop_pod(&self, pod: &str) -> Result<PodInfo, Error> {
+        let (_lock, dir, mut rec) = self.open(pod, LockKind::Write)?;
+        let warnings = self.stop_locked(&dir, &mut rec)?;
+        let mut info = PodInfo::from_record(&rec, &dir);
+        info.warnings = warnings;
+        Ok(info)
+    }
+
+    fn stop_locked(&self, dir: &Path, rec: &mut PodRecord) -> Result<Vec<String>, Error> {
+        let gone = vmm_gone(dir, rec);
+        rec.state
+            .check(State::Stopped)
+            .map_err(|source| Error::PodState {
+                action: "stop",
+                id: rec.id.clone(),
+                source,
+            })?;
+        let mut reason = None;
+        if let (None, Some(vmm)) = (&gone, &rec.vmm) {
+            // The VMM process shuts the guest down (agent Shutdown, then a hard stop after
+            // the grace period) and exits; it leaves the record to us.
+            let sock = dir.join(pod_vmm::CONTROL_SOCKET);
+            if let Err(e) = control::request(&sock, "stop", control::DEFAULT_TIMEOUT) {
+                reason = Some(format!("stop request failed: {e}; killed"));
+            }
+            if !pod_vmm::wait_exit(vmm, SHUTDOWN_GRACE + Duration::from_secs(5)) {
+                pod_vmm::kill(vmm);
+                reason.get_or_insert_with(|| "VMM did not exit in time; killed".into());
+            }
+        } else if gone.is_some() {
+            reason = gone;
+        }
+        mark_stopped(rec, reason);
+        pod_vmm::remove_sockets(dir);
+        Self::store(dir, rec)?;
+        Ok(self.poststop_hooks(rec, dir))
+    }
+
+    fn poststop_hooks(&self, rec: &PodRecord, dir: &Path) -> Vec<String> {
+        hooks::run_all_best_effort(
+            &rec.config.hooks.poststop,
+            &hooks_state_json(rec, dir, "stopped"),
+        )
+        .iter()
+        .map(|e| format!("poststop hook: {}", crate::cli::report(e)))
+        .collect()
+    }
+
+    /// Delete a pod that is ready or stopped (with `force`, stop it first).
+    pub fn delete_pod(&self, pod: &str, force: bool) -> Result<(), Error> {
+        let (lock, dir, mut rec) = self.open(pod, LockKind::Write)?;
+        if vmm_gone(&dir, &rec).is_none() && matches!(rec.state, State::Running | State::Paused) {
+            if !force {
+                return Err(Error::PodRunning(pod.to_string()));
+            }
+            self.stop_locked(&dir, &mut rec)?;
+        }
+        fs::remove_dir_all(&dir).map_err(|source| Error::Io {
+            what: format!("Cannot remove {}", dir.display()),
+            source,
+        })?;
+        drop(lock);
+        Ok(())
+    }
+
+    /// Pause the pod's VM (its vCPUs stop).
+    pub fn pause_pod(&self, pod: &str) -> Result<PodInfo, Error> {
+        self.pause_resume(pod, State::Paused, "pause")
+    }
+
+    /// Resume a paused pod.
+    pub fn resume_pod(&self, pod: &str) -> Result<PodInfo, Error> {
+        self.pause_resume(pod, State::Running, "resume")
+    }
+
+    fn pause_resume(&self, pod: &str, to: State, action: &'static str) -> Result<PodInfo, Error> {
+        let (_lock, dir, mut rec) = self.open(pod, LockKind::Write)?;
+        if let Some(reason) = vmm_gone(&dir, &rec) {
+            mark_stopped(&mut rec, Some(reason));
+            pod_vmm::remove_sockets(&dir);
+            Self::store(&dir, &rec)?;
+        }
+        // Pause needs running, resume needs paused.
+        let from_ok = match to {
+            State::Paused => rec.state == State::Running,
+            _ => rec.state == State::Paused,
+        };
+        if !from_ok {
+            return Err(Error::PodState {
+                action,
+                id: pod.to_string(),
+                source: crate::state::TransitionError {
+                    from: rec.state,
+                    to,
+                },
+            });
+        }
+        control::request(
+            &dir.join(pod_vmm::CONTROL_SOCKET),
+            action,
+            control::DEFAULT_TIMEOUT,
+        )
+        .map_err(Error::Control)?;
+        rec.state = to;
+        Self::store(&dir, &rec)?;
+        Ok(PodInfo::from_record(&rec, &dir))
+    }
+
+    /// Disks for the next start: the pod config's, then each container's image or packed dir.
+    pub(crate) fn plan_disks(
+        &self,
+        dir: &Path,
+        rec: &PodRecord,
+    ) -> Result<Vec<AttachedDisk>, Error> {
+        let mut disks = Vec::new();
+        let mut push = |path: PathBuf, read_only: bool, owner: DiskOwner| {
+            let guest = guest_device(disks.len())
+                .ok_or_else(|| Error::Config("more than 26 disks".into()))?;
+            disks.push(AttachedDisk {
+                path,
+                read_only,
+                guest_device: guest,
+                owner,
+            });
+            Ok::<(), Error>(())
+        };
+        for d in &rec.config.disks {
+            push(d.path.clone(), d.read_only, DiskOwner::Pod(d.id.clone()))?;
+        }
+        for c in rec.containers.values() {
+            if c.state == State::Stopped {
+                continue;
+            }
+            match &c.config.rootfs {
+                RootfsConfig::Image { path, read_only } => {
+                    push(path.clone(), *read_only, DiskOwner::Container(c.id.clone()))?
+                }
+                RootfsConfig::Dir { path } => {
+                    let image = self.rootfs_image(dir, &c.id, path)?;
+                    push(image, false, DiskOwner::Container(c.id.clone()))?
+                }
+                RootfsConfig::Disk { .. } | RootfsConfig::GuestPath { .. } => {}
+            }
+        }
+        Ok(disks)
+    }
+
+    /// `<pod dir>/disks/<container>.ext4`, made from `src` unless it exists (so a restarted pod
+    /// keeps what its containers wrote).
+    fn rootfs_image(&self, dir: &Path, cid: &str, src: &Path) -> Result<PathBuf, Error> {
+        let disks = dir.join("disks");
+        fs::create_dir_all(&disks).map_err(|source| Error::Io {
+            what: format!("Cannot create {}", disks.display()),
+            source,
+        })?;
+        let image = disks.join(format!("{cid}.ext4"));
+        if !image.exists() {
+            disk::make_ext4(src, &image).map_err(|source| Error::Disk {
+                id: cid.to_string(),
+                source,
+            })?;
+        }
+        Ok(image)
+    }
+}
+
+/// The guest device holding a container's rootfs among the attached disks.
+pub(crate) fn resolve_device(
+    disks: &[AttachedDisk],
+    cid: &str,
+    rootfs: &RootfsConfig,
+) -> Option<String> {
+    let find = |pred: &dyn Fn(&AttachedDisk) -> bool| {
+        disks
+            .iter()
+            .find(|d| pred(d))
+            .map(|d| d.guest_device.clone())
+    };
+    match rootfs {
+        RootfsConfig::Disk { id } => find(&|d| d.owner == DiskOwner::Pod(id.clone())),
+        RootfsConfig::Image { path, .. } => find(&|d| {
+            d.owner == DiskOwner::Container(cid.to_string())
+                || (matches!(d.owner, DiskOwner::Pod(_)) && d.path == *path)
+        }),
+        RootfsConfig::Dir { .. } => find(&|d| d.owner == DiskOwner::Container(cid.to_string())),
+        RootfsConfig::GuestPath { .. } => None,
+    }
+}

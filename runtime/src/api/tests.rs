@@ -1,0 +1,437 @@
+//! API tests without a VM: state machine through the API, ids, records, liveness, hooks.
+
+use super::*;
+use crate::state::{test_dir, VmmProcess};
+use std::fs;
+
+fn rt(name: &str) -> Runtime {
+    Runtime::new(test_dir(name))
+}
+
+fn busybox_like(rt: &Runtime) -> PathBuf {
+    let dir = rt.root().join("rootfs-src");
+    fs::create_dir_all(dir.join("bin")).unwrap();
+    dir
+}
+
+fn cfg(rootfs: RootfsConfig) -> ContainerConfig {
+    ContainerConfig::new(rootfs, ["sleep", "100"])
+}
+
+/// Force a pod into `state` with `vmm` as its VMM process, as a crashed run would leave it.
+fn force_state(rt: &Runtime, pod: &str, state: State, vmm: Option<VmmProcess>) {
+    let dir = rt.pod_dir(pod);
+    let mut rec = PodRecord::load(&dir).unwrap();
+    rec.state = state;
+    rec.vmm = vmm;
+    for c in rec.containers.values_mut() {
+        c.state = state;
+        c.in_agent = true;
+    }
+    rec.store(&dir).unwrap();
+}
+
+fn dead_process() -> VmmProcess {
+    let mut child = std::process::Command::new("/bin/sh")
+        .args(["-c", "exit 0"])
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    child.wait().unwrap();
+    VmmProcess { pid, start_time: 1 }
+}
+
+#[test]
+fn create_status_delete() {
+    let rt = rt("api-basic");
+    let info = rt.create_pod("p1", PodConfig::default()).unwrap();
+    assert_eq!(info.state, State::Ready);
+    assert!(matches!(
+        rt.create_pod("p1", PodConfig::default()),
+        Err(Error::PodExists(_))
+    ));
+    assert_eq!(rt.pod_status("p1").unwrap().state, State::Ready);
+    let ids: Vec<String> = rt.list_pods().unwrap().into_iter().map(|p| p.id).collect();
+    assert_eq!(ids, vec!["p1".to_string()]);
+    rt.delete_pod("p1", false).unwrap();
+    assert!(!rt.pod_dir("p1").exists());
+    assert!(matches!(rt.pod_status("p1"), Err(Error::PodNotFound(_))));
+    assert!(rt.list_pods().unwrap().is_empty());
+}
+
+#[test]
+fn bad_ids_are_refused_everywhere() {
+    let rt = rt("api-ids");
+    for bad in ["", "../x", "a/b", ".."] {
+        assert!(matches!(
+            rt.create_pod(bad, PodConfig::default()),
+            Err(Error::Id(_))
+        ));
+        assert!(matches!(rt.pod_status(bad), Err(Error::Id(_))));
+        assert!(matches!(rt.delete_pod(bad, true), Err(Error::Id(_))));
+    }
+    rt.create_pod("p", PodConfig::default()).unwrap();
+    let err = rt
+        .create_container("p", "", cfg(RootfsConfig::default()))
+        .unwrap_err();
+    assert_eq!(crate::cli::report(&err), "Bad id: Empty container id");
+    assert!(matches!(rt.start_container("p", "../c"), Err(Error::Id(_))));
+    // Nothing escaped the root.
+    assert!(!rt.root().parent().unwrap().join("x").exists());
+}
+
+#[test]
+fn bad_pod_configs_are_refused() {
+    let rt = rt("api-badcfg");
+    let c = PodConfig {
+        disks: vec![
+            DiskConfig {
+                id: "d".into(),
+                path: "/x".into(),
+                read_only: false,
+            },
+            DiskConfig {
+                id: "d".into(),
+                path: "/y".into(),
+                read_only: false,
+            },
+        ],
+        ..PodConfig::default()
+    };
+    assert!(matches!(rt.create_pod("p", c), Err(Error::Config(_))));
+    let c = PodConfig {
+        mem_mib: 0,
+        ..PodConfig::default()
+    };
+    assert!(matches!(rt.create_pod("p", c), Err(Error::Config(_))));
+    assert!(!rt.pod_dir("p").exists(), "nothing half-created remains");
+}
+
+#[test]
+fn containers_on_a_ready_pod_are_recorded() {
+    let rt = rt("api-ctr");
+    let src = busybox_like(&rt);
+    rt.create_pod("p", PodConfig::default()).unwrap();
+    let c = rt
+        .create_container("p", "c1", cfg(RootfsConfig::Dir { path: src.clone() }))
+        .unwrap();
+    assert_eq!(c.state, State::Ready);
+    assert!(matches!(
+        rt.create_container("p", "c1", cfg(RootfsConfig::Dir { path: src })),
+        Err(Error::ContainerExists { .. })
+    ));
+    // Missing rootfs and undeclared disk are refused up front.
+    assert!(matches!(
+        rt.create_container(
+            "p",
+            "c2",
+            cfg(RootfsConfig::Dir {
+                path: "/nonexistent/rootfs".into()
+            })
+        ),
+        Err(Error::Config(_))
+    ));
+    assert!(matches!(
+        rt.create_container("p", "c3", cfg(RootfsConfig::Disk { id: "nope".into() })),
+        Err(Error::Config(_))
+    ));
+    // No args: refused.
+    let mut empty = cfg(RootfsConfig::default());
+    empty.process.args.clear();
+    assert!(matches!(
+        rt.create_container("p", "c4", empty),
+        Err(Error::Config(_))
+    ));
+    let pod = rt.pod_status("p").unwrap();
+    assert_eq!(pod.containers.len(), 1);
+    assert_eq!(rt.container_status("p", "c1").unwrap().state, State::Ready);
+    assert!(matches!(
+        rt.container_status("p", "zz"),
+        Err(Error::ContainerNotFound { .. })
+    ));
+}
+
+#[test]
+fn invalid_transitions_are_refused_with_clear_errors() {
+    let rt = rt("api-trans");
+    rt.create_pod("p", PodConfig::default()).unwrap();
+    rt.create_container("p", "c", cfg(RootfsConfig::default()))
+        .unwrap();
+    // Container operations that need a running pod.
+    let err = rt.start_container("p", "c").unwrap_err();
+    assert_eq!(
+        crate::cli::report(&err),
+        "Pod p is ready; it must be running to start a container"
+    );
+    assert!(matches!(
+        rt.exec("p", "c", ProcessSpec::new(["true"])),
+        Err(Error::PodNotRunning { .. })
+    ));
+    assert!(matches!(
+        rt.kill_container("p", "c", 15, false),
+        Err(Error::PodNotRunning { .. })
+    ));
+    // Pod pause/resume from ready.
+    let err = rt.pause_pod("p").unwrap_err();
+    assert_eq!(
+        crate::cli::report(&err),
+        "Cannot pause pod p: Cannot go from ready to paused"
+    );
+    assert!(matches!(rt.resume_pod("p"), Err(Error::PodState { .. })));
+    // ready -> stopped is allowed for both; stopped -> stopped is not.
+    assert_eq!(rt.stop_container("p", "c").unwrap().state, State::Stopped);
+    let err = rt.stop_container("p", "c").unwrap_err();
+    assert_eq!(
+        crate::cli::report(&err),
+        "Cannot stop container c: Cannot go from stopped to stopped"
+    );
+    assert_eq!(rt.stop_pod("p").unwrap().state, State::Stopped);
+    assert!(matches!(rt.stop_pod("p"), Err(Error::PodState { .. })));
+    // Deleting stopped things works.
+    rt.delete_container("p", "c", false).unwrap();
+    rt.delete_pod("p", false).unwrap();
+}
+
+#[test]
+fn pod_whose_vmm_died_is_reported_stopped() {
+    let rt = rt("api-dead");
+    rt.create_pod("p", PodConfig::default()).unwrap();
+    rt.create_container("p", "c", cfg(RootfsConfig::default()))
+        .unwrap();
+    let dead = dead_process();
+    force_state(&rt, "p", State::Running, Some(dead.clone()));
+    let info = rt.pod_status("p").unwrap();
+    assert_eq!(info.state, State::Stopped);
+    assert_eq!(info.vmm_pid, None);
+    let reason = info.stop_reason.unwrap();
+    assert!(
+        reason.contains(&format!("VMM process {} died", dead.pid)),
+        "{reason}"
+    );
+    assert_eq!(info.containers[0].state, State::Stopped);
+    // It was stored, and the pod can be deleted without force now.
+    assert_eq!(
+        PodRecord::load(&rt.pod_dir("p")).unwrap().state,
+        State::Stopped
+    );
+    rt.delete_pod("p", false).unwrap();
+}
+
+#[test]
+fn live_pid_without_control_socket_is_stopped_and_with_it_running() {
+    let rt = rt("api-ctl");
+    rt.create_pod("p", PodConfig::default()).unwrap();
+    let me = crate::pod_vmm::proc::this_process().unwrap();
+    // Our own process as the "VMM", with a control socket answering pings.
+    let sock = rt.pod_dir("p").join(crate::pod_vmm::CONTROL_SOCKET);
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    struct Nop;
+    impl crate::pod_vmm::control::ControlTarget for Nop {
+        fn pause(&self) -> Result<(), String> {
+            Ok(())
+        }
+        fn resume(&self) -> Result<(), String> {
+            Ok(())
+        }
+        fn stop(&self) {}
+    }
+    std::thread::spawn(move || crate::pod_vmm::control::serve(listener, &Nop));
+    force_state(&rt, "p", State::Running, Some(me.clone()));
+    assert_eq!(rt.pod_status("p").unwrap().state, State::Running);
+    // Running pods are not deleted without force.
+    assert!(matches!(
+        rt.delete_pod("p", false),
+        Err(Error::PodRunning(_))
+    ));
+    // pause/resume go through the control socket and move the state.
+    assert_eq!(rt.pause_pod("p").unwrap().state, State::Paused);
+    assert!(matches!(rt.pause_pod("p"), Err(Error::PodState { .. })));
+    assert_eq!(rt.resume_pod("p").unwrap().state, State::Running);
+    // The control socket goes away: the VMM is considered gone.
+    fs::remove_file(&sock).unwrap();
+    let info = rt.pod_status("p").unwrap();
+    assert_eq!(info.state, State::Stopped);
+    assert!(info
+        .stop_reason
+        .unwrap()
+        .contains("no longer serves its control socket"));
+}
+
+#[test]
+fn poststop_hooks_run_in_order_when_a_dead_pod_is_noticed() {
+    let rt = rt("api-hooks");
+    let log = rt.root().join("hooks.log");
+    let hook = |tag: &str| Hook {
+        path: "/bin/sh".into(),
+        args: vec![
+            "sh".into(),
+            "-c".into(),
+            format!("echo {tag} $(cat) >> {}", log.display()),
+        ],
+        env: vec![],
+        timeout: Some(10),
+    };
+    let mut c = PodConfig::default();
+    c.hooks.poststop = vec![hook("first"), hook("second")];
+    rt.create_pod("p", c).unwrap();
+    force_state(&rt, "p", State::Running, Some(dead_process()));
+    rt.pod_status("p").unwrap();
+    let text = fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("first {"), "{text}");
+    assert!(lines[1].starts_with("second {"), "{text}");
+    let state: serde_json::Value =
+        serde_json::from_str(lines[0].trim_start_matches("first ")).unwrap();
+    assert_eq!(state["id"], "p");
+    assert_eq!(state["status"], "stopped");
+}
+
+#[test]
+fn failing_prestart_hook_aborts_start_and_keeps_the_pod_ready() {
+    let rt = rt("api-prestart");
+    let log = rt.root().join("pre.log");
+    let mut c = PodConfig {
+        // Any existing files pass the pre-flight check; the hook fails before the VM starts.
+        kernel: Some("/bin/sh".into()),
+        initrd: Some("/bin/sh".into()),
+        ..PodConfig::default()
+    };
+    c.hooks.prestart = vec![
+        Hook {
+            path: "/bin/sh".into(),
+            args: vec![
+                "sh".into(),
+                "-c".into(),
+                format!("echo ran >> {}", log.display()),
+            ],
+            env: vec![],
+            timeout: None,
+        },
+        Hook {
+            path: "/bin/false".into(),
+            args: vec![],
+            env: vec![],
+            timeout: None,
+        },
+    ];
+    rt.create_pod("p", c).unwrap();
+    let err = rt.start_pod("p").unwrap_err();
+    assert!(matches!(err, Error::Hook(_)), "{err}");
+    assert_eq!(fs::read_to_string(&log).unwrap(), "ran\n");
+    let info = rt.pod_status("p").unwrap();
+    assert_eq!(info.state, State::Ready);
+    assert_eq!(info.vmm_pid, None);
+}
+
+#[test]
+fn start_without_kernel_fails_clearly() {
+    let rt = rt("api-nokernel");
+    let c = PodConfig {
+        kernel: Some(rt.root().join("no-vmlinux")),
+        ..PodConfig::default()
+    };
+    rt.create_pod("p", c).unwrap();
+    let msg = crate::cli::report(&rt.start_pod("p").unwrap_err());
+    assert!(
+        msg.contains("guest kernel") && msg.contains("not found"),
+        "{msg}"
+    );
+    assert_eq!(rt.pod_status("p").unwrap().state, State::Ready);
+}
+
+#[test]
+fn running_pod_only_takes_containers_on_attached_disks() {
+    let rt = rt("api-live");
+    let src = busybox_like(&rt);
+    rt.create_pod("p", PodConfig::default()).unwrap();
+    force_state(
+        &rt,
+        "p",
+        State::Running,
+        Some(crate::pod_vmm::proc::this_process().unwrap()),
+    );
+    // A directory cannot become a disk of a VM that already runs.
+    let err = rt
+        .create_container("p", "c", cfg(RootfsConfig::Dir { path: src }))
+        .unwrap_err();
+    assert!(
+        crate::cli::report(&err).contains("disks attach at pod start"),
+        "{err}"
+    );
+    assert!(rt.pod_status("p").is_ok());
+}
+
+#[test]
+fn parallel_container_creates_lose_no_update() {
+    let rt = rt("api-par");
+    rt.create_pod("p", PodConfig::default()).unwrap();
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let rt = rt.clone();
+            std::thread::spawn(move || {
+                rt.create_container("p", &format!("c{i}"), cfg(RootfsConfig::default()))
+                    .unwrap();
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let ids: Vec<String> = rt
+        .pod_status("p")
+        .unwrap()
+        .containers
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(ids, (0..8).map(|i| format!("c{i}")).collect::<Vec<_>>());
+}
+
+#[test]
+fn disks_plan_in_order_with_guest_names() {
+    use crate::state::DiskOwner;
+    let rt = rt("api-disks");
+    let img = rt.root().join("c2.img");
+    fs::write(&img, b"").unwrap();
+    let mut c = PodConfig::default();
+    c.disks.push(DiskConfig {
+        id: "shared".into(),
+        path: "/images/shared.ext4".into(),
+        read_only: true,
+    });
+    rt.create_pod("p", c).unwrap();
+    rt.create_container(
+        "p",
+        "a",
+        cfg(RootfsConfig::Disk {
+            id: "shared".into(),
+        }),
+    )
+    .unwrap();
+    rt.create_container(
+        "p",
+        "b",
+        cfg(RootfsConfig::Image {
+            path: img.clone(),
+            read_only: false,
+        }),
+    )
+    .unwrap();
+    let (_l, dir, rec) = rt.open("p", crate::state::LockKind::Read).unwrap();
+    let disks = rt.plan_disks(&dir, &rec).unwrap();
+    assert_eq!(disks.len(), 2);
+    assert_eq!(disks[0].guest_device, "/dev/vda");
+    assert_eq!(disks[0].owner, DiskOwner::Pod("shared".into()));
+    assert!(disks[0].read_only);
+    assert_eq!(disks[1].guest_device, "/dev/vdb");
+    assert_eq!(disks[1].path, img);
+    assert_eq!(
+        pod::resolve_device(&disks, "a", &rec.containers["a"].config.rootfs).as_deref(),
+        Some("/dev/vda")
+    );
+    assert_eq!(
+        pod::resolve_device(&disks, "b", &rec.containers["b"].config.rootfs).as_deref(),
+        Some("/dev/vdb")
+    );
+}

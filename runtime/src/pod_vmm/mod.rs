@@ -1,0 +1,431 @@
+//! A pod's VM lives in its own detached ember process (`ember pod __vmm --root R ID`).
+//!
+//! The starter ([`spawn`]) runs `std::env::current_exe()` in a new session with stdio to
+//! `<pod dir>/vmm.log` and a notify pipe on fd 3 (`EMBER_NOTIFY_FD=3`). The VMM process
+//! ([`serve`]) binds `<pod dir>/vsock.sock_1025` (where the guest agent announces itself with
+//! its `Hello` frame) and `<pod dir>/control.sock`, boots the VM with the vmm library (vsock
+//! UDS `<pod dir>/vsock.sock`, console `<pod dir>/console.log`), and writes to the pipe:
+//! `phase <name> <ms>` lines, then `ready` once the agent announced, or `error <message>`.
+//! The starter waits for `ready` with a timeout; on error, EOF (the process died) or timeout it
+//! kills the process group and reports the cause with the log's tail.
+//!
+//! After `ready` the VMM process serves its control socket (ping, pause, resume, stop) until
+//! the VM ends. When the VM ends on its own (guest shutdown, crash) the process marks the pod
+//! stopped itself and runs the poststop hooks; when `stop` was requested, the caller that
+//! asked does that.
+
+pub mod control;
+pub mod proc;
+mod vm;
+
+use crate::api::hooks;
+use crate::state::{LockKind, Phase, PodLock, PodRecord, State, VmmProcess};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+/// Control socket file in a pod directory.
+pub const CONTROL_SOCKET: &str = "control.sock";
+/// Where the agent's readiness announcement arrives (vsock port 1025 on the host side).
+pub const ANNOUNCE_SOCKET: &str = "vsock.sock_1025";
+/// stdout/stderr of the VMM process.
+pub const LOG_FILE: &str = "vmm.log";
+/// The guest's serial console.
+pub const CONSOLE_FILE: &str = "console.log";
+/// Environment variable carrying the notify pipe's fd number.
+pub const NOTIFY_FD_ENV: &str = "EMBER_NOTIFY_FD";
+/// The fd the notify pipe gets in the VMM process.
+const NOTIFY_FD: i32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Cannot find the ember executable")]
+    Exe(#[source] std::io::Error),
+    #[error("Cannot open {path}")]
+    Log {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Cannot create the notify pipe")]
+    Pipe(#[source] nix::Error),
+    #[error("Cannot start the VMM process")]
+    Spawn(#[source] std::io::Error),
+    #[error("The VMM process failed: {message}")]
+    Failed { message: String },
+    #[error("The VMM process exited before the guest was ready; vmm.log: {log_tail}")]
+    Died { log_tail: String },
+    #[error("The guest agent did not announce itself within {0:?} (see console.log in the pod directory)")]
+    Timeout(Duration),
+    #[error("Cannot read the notify pipe")]
+    Notify(#[source] nix::Error),
+    #[error("Cannot bind {path}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Pod state")]
+    State(#[source] crate::state::Error),
+    #[error("Pod lock")]
+    Lock(#[source] crate::state::lock::Error),
+    #[error("The VM failed")]
+    Vm(#[source] vm::Error),
+    #[error("The VM ended before the guest agent was ready: {0}")]
+    EndedEarly(String),
+}
+
+/// A started VMM process and the phases it reported.
+#[derive(Debug)]
+pub struct Started {
+    pub process: VmmProcess,
+    pub phases: Vec<Phase>,
+}
+
+/// Start the detached VMM process of pod `pod` and wait until its guest agent is ready.
+pub fn spawn(root: &Path, pod: &str, dir: &Path, timeout: Duration) -> Result<Started, Error> {
+    let exe = std::env::current_exe().map_err(Error::Exe)?;
+    let log_path = dir.join(LOG_FILE);
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|source| Error::Log {
+            path: log_path.clone(),
+            source,
+        })?;
+    let log2 = log.try_clone().map_err(|source| Error::Log {
+        path: log_path.clone(),
+        source,
+    })?;
+    remove_sockets(dir);
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(Error::Pipe)?;
+    let wr_raw = wr.as_raw_fd();
+    let mut cmd = Command::new(exe);
+    cmd.arg("--root")
+        .arg(root)
+        .args(["pod", "__vmm", pod])
+        .env(NOTIFY_FD_ENV, NOTIFY_FD.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log2));
+    // SAFETY: the closure runs in the child between fork and exec and only makes
+    // async-signal-safe calls (setsid, dup2, fcntl) on fds that are open in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if wr_raw == NOTIFY_FD {
+                // dup2 onto itself keeps O_CLOEXEC: clear it.
+                if libc::fcntl(NOTIFY_FD, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(wr_raw, NOTIFY_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let start = Instant::now();
+    let mut child = cmd.spawn().map_err(Error::Spawn)?;
+    drop(wr);
+    let pid = child.id() as i32;
+    // Reap it if it exits while we still run (the CLI exits long before the VMM does).
+    let result = wait_ready(&rd, start, timeout, &log_path);
+    match result {
+        Ok(phases) => {
+            let process = VmmProcess {
+                pid,
+                start_time: proc::start_time(pid).unwrap_or(0),
+            };
+            std::thread::spawn(move || child.wait());
+            Ok(Started { process, phases })
+        }
+        Err(e) => {
+            // SAFETY: plain kill(2) of the process group we created with setsid.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            let _ = child.kill();
+            let _ = child.wait();
+            remove_sockets(dir);
+            Err(e)
+        }
+    }
+}
+
+/// Read `phase`/`ready`/`error` lines from the notify pipe until `ready`.
+fn wait_ready(
+    rd: &OwnedFd,
+    start: Instant,
+    timeout: Duration,
+    log_path: &Path,
+) -> Result<Vec<Phase>, Error> {
+    let mut buf = Vec::new();
+    let mut phases = Vec::new();
+    loop {
+        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            let line = String::from_utf8_lossy(&line).trim().to_string();
+            if line == "ready" {
+                return Ok(phases);
+            }
+            if let Some(msg) = line.strip_prefix("error ") {
+                return Err(Error::Failed {
+                    message: msg.to_string(),
+                });
+            }
+            if let Some(rest) = line.strip_prefix("phase ") {
+                if let Some((name, ms)) = rest.rsplit_once(' ') {
+                    if let Ok(ms) = ms.parse() {
+                        phases.push(Phase {
+                            name: name.to_string(),
+                            ms,
+                        });
+                    }
+                }
+            }
+        }
+        let left = timeout.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Err(Error::Timeout(timeout));
+        }
+        let ms = u16::try_from(left.as_millis().min(10_000)).unwrap_or(10_000);
+        let mut fds = [PollFd::new(rd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(Error::Notify(e)),
+        }
+        let mut chunk = [0u8; 512];
+        match nix::unistd::read(rd, &mut chunk) {
+            Ok(0) => {
+                return Err(Error::Died {
+                    log_tail: log_tail(log_path),
+                })
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::EAGAIN) => {}
+            Err(e) => return Err(Error::Notify(e)),
+        }
+    }
+}
+
+/// The last lines of a log file, on one line.
+fn log_tail(path: &Path) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = File::open(path) {
+        let _ = f.read_to_string(&mut text);
+    }
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
+    if tail.is_empty() {
+        "(empty)".into()
+    } else {
+        tail
+    }
+}
+
+/// Remove the pod's sockets (stale after the VMM process ended).
+pub fn remove_sockets(dir: &Path) {
+    for name in [
+        CONTROL_SOCKET,
+        ANNOUNCE_SOCKET,
+        crate::api::agent_link::VSOCK_SOCKET,
+    ] {
+        let _ = fs::remove_file(dir.join(name));
+    }
+}
+
+/// Wait up to `timeout` for the process to end; true when it did.
+pub fn wait_exit(p: &VmmProcess, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while proc::is_alive(p) {
+        if start.elapsed() >= timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// SIGKILL the VMM process (and its session) if it is still the recorded process.
+pub fn kill(p: &VmmProcess) {
+    if proc::is_alive(p) {
+        // SAFETY: plain kill(2); the pid was checked against its start time just above.
+        unsafe {
+            libc::kill(-p.pid, libc::SIGKILL);
+            libc::kill(p.pid, libc::SIGKILL);
+        }
+        wait_exit(p, Duration::from_secs(5));
+    }
+}
+
+/// The notify pipe of a VMM process (absent when run by hand).
+struct Notifier(Option<File>);
+
+impl Notifier {
+    fn from_env() -> Notifier {
+        let fd = std::env::var(NOTIFY_FD_ENV)
+            .ok()
+            .and_then(|v| v.parse::<i32>().ok())
+            .filter(|fd| *fd > 2);
+        // Don't hand the fd down to anything we spawn (hooks).
+        std::env::remove_var(NOTIFY_FD_ENV);
+        Notifier(fd.and_then(|fd| {
+            // SAFETY: F_GETFD only checks that fd is open; nothing else owns it in this process
+            // (the starter put it there for us), so taking ownership is sound.
+            unsafe {
+                if libc::fcntl(fd, libc::F_GETFD) < 0 {
+                    return None;
+                }
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                Some(File::from_raw_fd(fd))
+            }
+        }))
+    }
+
+    fn send(&mut self, line: &str) {
+        if let Some(f) = &mut self.0 {
+            let _ = f.write_all(format!("{}\n", line.replace('\n', " ")).as_bytes());
+        }
+    }
+
+    fn phase(&mut self, name: &str, since: Instant) {
+        self.send(&format!(
+            "phase {name} {:.3}",
+            since.elapsed().as_secs_f64() * 1e3
+        ));
+    }
+
+    fn close(&mut self) {
+        self.0 = None;
+    }
+}
+
+/// The body of `ember pod __vmm`: boot the pod's VM and serve it until it ends.
+pub fn serve(root: &Path, pod: &str) -> Result<(), Error> {
+    let t0 = Instant::now();
+    let mut notify = Notifier::from_env();
+    let dir = root.join(pod);
+    let result = serve_inner(&dir, &mut notify, t0);
+    if let Err(e) = &result {
+        notify.send(&format!("error {}", crate::cli::report(e)));
+        remove_sockets(&dir);
+    }
+    result
+}
+
+fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Error> {
+    let rec = {
+        let _lock = PodLock::acquire(dir, LockKind::Read).map_err(Error::Lock)?;
+        PodRecord::load(dir).map_err(Error::State)?
+    };
+    let bind = |name: &str| {
+        let path = dir.join(name);
+        let _ = fs::remove_file(&path);
+        UnixListener::bind(&path).map_err(|source| Error::Bind { path, source })
+    };
+    let announce = bind(ANNOUNCE_SOCKET)?;
+    let control_listener = bind(CONTROL_SOCKET)?;
+
+    let (tx, rx) = mpsc::channel::<Event>();
+    let t = Instant::now();
+    let vm = vm::Vm::boot(&rec, dir, t0, tx.clone()).map_err(Error::Vm)?;
+    notify.phase("vm_boot_call", t);
+
+    // The guest announces readiness by connecting to vsock port 1025 on the host.
+    let atx = tx.clone();
+    std::thread::spawn(move || loop {
+        match agent::client::accept_hello(&announce) {
+            Ok(hello) => {
+                let _ = atx.send(Event::Ready(hello.agent_version));
+                return;
+            }
+            Err(e) => eprintln!("ember-vmm: bad announcement: {}", crate::cli::report(&e)),
+        }
+    });
+
+    let timeout = Duration::from_secs(rec.config.start_timeout_secs);
+    match rx.recv_timeout(timeout) {
+        Ok(Event::Ready(agent_version)) => {
+            eprintln!("ember-vmm: agent {agent_version} ready");
+            notify.phase("agent_ready", t0);
+            for (name, ms) in vm.timings() {
+                notify.send(&format!("phase vm_{name} {ms:.3}"));
+            }
+        }
+        Ok(Event::Exited(msg)) => return Err(Error::EndedEarly(msg)),
+        Err(_) => {
+            vm.stop();
+            return Err(Error::Timeout(timeout));
+        }
+    }
+    notify.send("ready");
+    notify.close();
+
+    let requested = Arc::new(AtomicBool::new(false));
+    let target = Arc::new(vm::Target::new(vm.handle(), dir, requested.clone()));
+    let ctl = target.clone();
+    std::thread::spawn(move || control::serve(control_listener, &*ctl));
+
+    // Wait for the VM to end.
+    let reason = loop {
+        match rx.recv() {
+            Ok(Event::Exited(msg)) => break msg,
+            Ok(Event::Ready(_)) => {}
+            Err(_) => break "VM thread vanished".to_string(),
+        }
+    };
+    eprintln!("ember-vmm: VM ended: {reason}");
+    if !requested.load(Ordering::SeqCst) {
+        mark_ended(dir, &reason);
+    }
+    remove_sockets(dir);
+    Ok(())
+}
+
+/// The VM ended without a stop request: record it and run the poststop hooks.
+fn mark_ended(dir: &Path, reason: &str) {
+    let Ok(_lock) = PodLock::acquire_timeout(dir, LockKind::Write, Duration::from_secs(60)) else {
+        eprintln!("ember-vmm: cannot lock the pod to record its end");
+        return;
+    };
+    let Ok(mut rec) = PodRecord::load(dir) else {
+        return;
+    };
+    let me = proc::this_process();
+    if !matches!(rec.state, State::Running | State::Paused) || rec.vmm.as_ref() != me.as_ref() {
+        return;
+    }
+    rec.state = State::Stopped;
+    rec.vmm = None;
+    rec.stop_reason = Some(reason.to_string());
+    for c in rec.containers.values_mut() {
+        if matches!(c.state, State::Running | State::Paused) {
+            c.state = State::Stopped;
+        }
+        c.in_agent = false;
+    }
+    if let Err(e) = rec.store(dir) {
+        eprintln!("ember-vmm: {}", crate::cli::report(&e));
+    }
+    let state = crate::api::hooks_state_json(&rec, dir, "stopped");
+    for e in hooks::run_all_best_effort(&rec.config.hooks.poststop, &state) {
+        eprintln!("ember-vmm: poststop hook: {}", crate::cli::report(&e));
+    }
+}
+
+/// What the VM and announce threads tell the VMM process's main thread.
+pub(crate) enum Event {
+    Ready(String),
+    Exited(String),
+}

@@ -1,0 +1,222 @@
+//! The pod's VM, booted with the vmm library in this (detached) process.
+
+use super::{Event, CONSOLE_FILE};
+use crate::api::agent_link::{self, VSOCK_SOCKET};
+use crate::state::PodRecord;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+use vmm::config::{BlockConfig, ConsoleConfig, VmConfig, VsockConfig};
+
+/// How long a requested stop waits for the guest to shut down before stopping the VM hard.
+const GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Cannot build the VM")]
+    Build(#[source] vmm::Error),
+    #[error("Cannot start the VM thread")]
+    Thread(#[source] std::io::Error),
+    #[error("The VM thread ended before the VM was built")]
+    ThreadDied,
+}
+
+/// The VM configuration of a pod: kernel, initrd, command line, disks in attachment order
+/// (the guest names them /dev/vda, /dev/vdb, ...), vsock on `<dir>/vsock.sock`, console to
+/// `<dir>/console.log`, virtio-rng.
+pub fn vm_config(rec: &PodRecord, dir: &Path) -> VmConfig {
+    let c = &rec.config;
+    VmConfig {
+        kernel: c.kernel_path(),
+        initrd: Some(c.initrd_path()),
+        cmdline: c.cmdline.clone(),
+        extra_cmdline: c.extra_cmdline.clone(),
+        mem_mib: c.mem_mib,
+        vcpus: c.vcpus,
+        block: rec
+            .disks
+            .iter()
+            .map(|d| BlockConfig {
+                path: d.path.clone(),
+                read_only: d.read_only,
+            })
+            .collect(),
+        net: Vec::new(),
+        vsock: Some(VsockConfig {
+            guest_cid: c.guest_cid,
+            uds_path: dir.join(VSOCK_SOCKET),
+        }),
+        rng: true,
+        console: ConsoleConfig::File(dir.join(CONSOLE_FILE)),
+    }
+}
+
+/// A booted VM running on its own thread; its end arrives as [`Event::Exited`].
+pub struct Vm {
+    handle: vmm::VmHandle,
+}
+
+impl Vm {
+    /// Build the VM and start running it; phases are timed from `t0`.
+    pub fn boot(
+        rec: &PodRecord,
+        dir: &Path,
+        t0: Instant,
+        events: mpsc::Sender<Event>,
+    ) -> Result<Vm, Error> {
+        let cfg = vm_config(rec, dir);
+        let (htx, hrx) = mpsc::channel();
+        // The VMM is built and run on one thread; only its handle crosses threads.
+        std::thread::Builder::new()
+            .name("vm".into())
+            .spawn(move || {
+                let vmm = match vmm::Vmm::with_start(cfg, t0) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let _ = htx.send(Err(Error::Build(e)));
+                        return;
+                    }
+                };
+                let _ = htx.send(Ok(vmm.handle()));
+                let msg = match vmm.run() {
+                    Ok(exit) => format!("VM exit: {exit:?}"),
+                    Err(e) => format!("VM failed: {}", crate::cli::report(&e)),
+                };
+                let _ = events.send(Event::Exited(msg));
+            })
+            .map_err(Error::Thread)?;
+        let handle = hrx.recv().map_err(|_| Error::ThreadDied)??;
+        Ok(Vm { handle })
+    }
+
+    pub fn handle(&self) -> vmm::VmHandle {
+        self.handle.clone()
+    }
+
+    pub fn stop(&self) {
+        self.handle.stop();
+    }
+
+    /// The VMM's boot phases so far, (name, ms since t0).
+    pub fn timings(&self) -> Vec<(String, f64)> {
+        let t = self.handle.timings();
+        [
+            ("vm_created", t.vm_created),
+            ("first_kvm_run", t.first_kvm_run),
+            ("first_output", t.first_output),
+            ("init_start", t.init_start),
+            ("boot_timer_ready", t.agent_ready),
+        ]
+        .into_iter()
+        .filter_map(|(n, d)| d.map(|d| (n.to_string(), d.as_secs_f64() * 1e3)))
+        .collect()
+    }
+}
+
+/// What the control socket drives: the VM handle, plus a graceful shutdown through the agent
+/// on `stop`.
+pub struct Target {
+    handle: vmm::VmHandle,
+    dir: PathBuf,
+    requested: Arc<AtomicBool>,
+}
+
+impl Target {
+    pub fn new(handle: vmm::VmHandle, dir: &Path, requested: Arc<AtomicBool>) -> Target {
+        Target {
+            handle,
+            dir: dir.to_path_buf(),
+            requested,
+        }
+    }
+}
+
+impl super::control::ControlTarget for Target {
+    fn pause(&self) -> Result<(), String> {
+        self.handle.pause().map_err(|e| crate::cli::report(&e))
+    }
+
+    fn resume(&self) -> Result<(), String> {
+        self.handle.resume().map_err(|e| crate::cli::report(&e))
+    }
+
+    /// Ask the agent to shut the guest down (it syncs and reboots, which ends the VM), and
+    /// stop the VM hard when that does not happen within the grace period.
+    fn stop(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        // A paused VM cannot shut down by itself.
+        let _ = self.handle.resume();
+        let graceful = agent_link::connect(&self.dir, Some(Duration::from_secs(5)))
+            .ok()
+            .and_then(|mut c| c.shutdown().ok())
+            .is_some();
+        if !graceful || !self.handle.wait_exited(Some(GRACE)) {
+            self.handle.stop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::PodConfig;
+    use crate::state::{AttachedDisk, DiskOwner};
+
+    #[test]
+    fn vm_config_follows_the_pod() {
+        let mut rec = PodRecord::new(
+            "p",
+            PodConfig {
+                kernel: Some("/k".into()),
+                mem_mib: 96,
+                vcpus: 2,
+                extra_cmdline: vec!["ember.debug".into()],
+                ..PodConfig::default()
+            },
+        );
+        rec.disks = vec![
+            AttachedDisk {
+                path: "/a.img".into(),
+                read_only: true,
+                guest_device: "/dev/vda".into(),
+                owner: DiskOwner::Pod("a".into()),
+            },
+            AttachedDisk {
+                path: "/b.img".into(),
+                read_only: false,
+                guest_device: "/dev/vdb".into(),
+                owner: DiskOwner::Container("c".into()),
+            },
+        ];
+        let cfg = vm_config(&rec, Path::new("/run/ember/p"));
+        assert_eq!(cfg.kernel, PathBuf::from("/k"));
+        assert_eq!((cfg.mem_mib, cfg.vcpus), (96, 2));
+        assert_eq!(cfg.extra_cmdline, vec!["ember.debug".to_string()]);
+        assert_eq!(
+            cfg.block,
+            vec![
+                BlockConfig {
+                    path: "/a.img".into(),
+                    read_only: true
+                },
+                BlockConfig {
+                    path: "/b.img".into(),
+                    read_only: false
+                }
+            ]
+        );
+        assert_eq!(
+            cfg.vsock,
+            Some(VsockConfig {
+                guest_cid: 3,
+                uds_path: "/run/ember/p/vsock.sock".into()
+            })
+        );
+        assert_eq!(
+            cfg.console,
+            ConsoleConfig::File("/run/ember/p/console.log".into())
+        );
+        assert!(cfg.rng);
+    }
+}

@@ -1,0 +1,151 @@
+//! Per-pod file locks across processes, virtcontainers' `rLockPod`/`rwLockPod`: every API call
+//! takes `flock(2)` on `<root>/<pod>/lock`, shared for reads and exclusive for changes. The lock
+//! is released when the guard drops (or the process dies), so a crashed caller never wedges a pod.
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Name of the lock file inside a pod directory.
+pub const LOCK_FILE: &str = "lock";
+
+/// Environment variable overriding how long a call waits for a pod's lock, in milliseconds.
+pub const LOCK_TIMEOUT_ENV: &str = "EMBER_LOCK_TIMEOUT_MS";
+
+/// How long a call waits for a pod's lock unless told otherwise (a pod start holds it while the
+/// guest boots, which takes a while under emulation).
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Cannot open lock file {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Cannot lock {path}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: Errno,
+    },
+    #[error(
+        "Timed out after {waited:?} waiting for the lock on {path} (another ember call holds it)"
+    )]
+    Timeout { path: PathBuf, waited: Duration },
+}
+
+/// Shared (read) or exclusive (read-write) access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockKind {
+    Read,
+    Write,
+}
+
+/// A held pod lock; released on drop.
+#[derive(Debug)]
+pub struct PodLock {
+    _flock: Flock<File>,
+    kind: LockKind,
+}
+
+impl PodLock {
+    /// Lock `<dir>/lock`, waiting at most [`lock_timeout`]. The directory must exist.
+    pub fn acquire(dir: &Path, kind: LockKind) -> Result<PodLock, Error> {
+        Self::acquire_timeout(dir, kind, lock_timeout())
+    }
+
+    /// Lock `<dir>/lock`, waiting at most `timeout`.
+    pub fn acquire_timeout(
+        dir: &Path,
+        kind: LockKind,
+        timeout: Duration,
+    ) -> Result<PodLock, Error> {
+        let path = dir.join(LOCK_FILE);
+        let arg = match kind {
+            LockKind::Read => FlockArg::LockSharedNonblock,
+            LockKind::Write => FlockArg::LockExclusiveNonblock,
+        };
+        let start = Instant::now();
+        // flock(2) has no timed wait; try without blocking and back off briefly, so that a call
+        // never hangs behind a stuck holder.
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|source| Error::Open {
+                    path: path.clone(),
+                    source,
+                })?;
+            match Flock::lock(file, arg) {
+                Ok(flock) => {
+                    return Ok(PodLock {
+                        _flock: flock,
+                        kind,
+                    })
+                }
+                Err((_, Errno::EWOULDBLOCK)) | Err((_, Errno::EINTR)) => {}
+                Err((_, source)) => return Err(Error::Lock { path, source }),
+            }
+            let waited = start.elapsed();
+            if waited >= timeout {
+                return Err(Error::Timeout { path, waited });
+            }
+            std::thread::sleep(pause.min(timeout - waited));
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kind(&self) -> LockKind {
+        self.kind
+    }
+}
+
+/// The lock wait limit: `EMBER_LOCK_TIMEOUT_MS` when set to a number, else the default.
+pub fn lock_timeout() -> Duration {
+    std::env::var(LOCK_TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(DEFAULT_LOCK_TIMEOUT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::test_dir;
+
+    #[test]
+    fn shared_locks_coexist_exclusive_excludes() {
+        let dir = test_dir("lock-sem");
+        let short = Duration::from_millis(30);
+        let r1 = PodLock::acquire_timeout(&dir, LockKind::Read, short).unwrap();
+        let r2 = PodLock::acquire_timeout(&dir, LockKind::Read, short).unwrap();
+        // A writer cannot get in while readers hold the lock.
+        let err = PodLock::acquire_timeout(&dir, LockKind::Write, short).unwrap_err();
+        assert!(matches!(err, Error::Timeout { .. }), "{err}");
+        drop(r1);
+        drop(r2);
+        let w = PodLock::acquire_timeout(&dir, LockKind::Write, short).unwrap();
+        assert_eq!(w.kind(), LockKind::Write);
+        // Neither readers nor writers get in while a writer holds it.
+        assert!(PodLock::acquire_timeout(&dir, LockKind::Read, short).is_err());
+        assert!(PodLock::acquire_timeout(&dir, LockKind::Write, short).is_err());
+        drop(w);
+        PodLock::acquire_timeout(&dir, LockKind::Read, short).unwrap();
+    }
+
+    #[test]
+    fn missing_dir_is_an_open_error() {
+        let dir = test_dir("lock-missing").join("nope");
+        let err = PodLock::acquire_timeout(&dir, LockKind::Read, Duration::ZERO).unwrap_err();
+        assert!(matches!(err, Error::Open { .. }), "{err}");
+    }
+}
