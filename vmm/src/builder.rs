@@ -12,6 +12,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use crate::arch::x86_64::{self as arch, layout, mptable, regs::Privilege};
 use crate::config::{ConsoleConfig, VmConfig, DEFAULT_CMDLINE, MIN_MEM_MIB};
 use crate::control::VmControl;
+use crate::device_manager::event_loop::EventLoop;
+use crate::device_manager::mmio::MmioDeviceManager;
 use crate::device_manager::{legacy, Bus, BusDevice};
 use crate::timings::{Phase, TimingsRecorder};
 use crate::vstate::kvm::KvmContext;
@@ -19,6 +21,9 @@ use crate::vstate::memory::create_guest_memory;
 use crate::vstate::vcpu::Vcpu;
 use crate::vstate::vm::{IrqChip, Vm};
 use crate::{Error, Vmm};
+use devices::virtio::block::Block;
+use devices::virtio::rng::Rng;
+use devices::virtio::vsock::Vsock;
 
 fn open_console(console: &ConsoleConfig) -> Result<Box<dyn Write + Send>, Error> {
     Ok(match console {
@@ -65,14 +70,15 @@ pub fn validate_config(cfg: &VmConfig) -> Result<(), Error> {
         )
         .map_err(Error::Boot)?;
     }
-    let unsupported = [
-        (!cfg.block.is_empty(), "--block"),
-        (!cfg.net.is_empty(), "--net"),
-        (cfg.vsock.is_some(), "--vsock"),
-        (cfg.rng, "--rng"),
-    ];
-    if let Some((_, what)) = unsupported.iter().find(|(set, _)| *set) {
-        return Err(Error::DevicesNotWired(what));
+    for b in &cfg.block {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(!b.read_only)
+            .open(&b.path)
+            .map_err(|e| Error::BlockFile(b.path.clone(), e))?;
+    }
+    if !cfg.net.is_empty() {
+        return Err(Error::DevicesNotWired("virtio-net"));
     }
     Ok(())
 }
@@ -122,7 +128,10 @@ pub fn build_vmm(cfg: &VmConfig, start: Instant) -> Result<Vmm, Error> {
     )
     .map_err(Error::Legacy)?;
 
-    let device_params: Vec<String> = Vec::new();
+    let mut virtio = MmioDeviceManager::new();
+    attach_virtio_devices(cfg, &vm, &mem, &mut mmio, &mut virtio)?;
+    let device_params = virtio.cmdline_params();
+    let event_loop = EventLoop::start(virtio.subscribers()).map_err(Error::EventLoop)?;
     let cmdline =
         arch::build_cmdline(&cmdline_for(cfg, &device_params), &[]).map_err(Error::Boot)?;
     let cmdline_len = arch::load_cmdline(&mem, &cmdline).map_err(Error::Boot)?;
@@ -149,41 +158,94 @@ pub fn build_vmm(cfg: &VmConfig, start: Instant) -> Result<Vmm, Error> {
         vcpus.push(vcpu);
     }
     timings.mark(Phase::VmCreated);
-    Ok(Vmm::from_parts(
-        kvm, vm, mem, vcpus, control, timings, legacy,
-    ))
+    let mut vmm = Vmm::from_parts(kvm, vm, mem, vcpus, control, timings, legacy);
+    vmm.set_devices(virtio, event_loop);
+    Ok(vmm)
+}
+
+/// Create the virtio devices `cfg` asks for and attach them.
+fn attach_virtio_devices(
+    cfg: &VmConfig,
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    mmio: &mut Bus,
+    virtio: &mut MmioDeviceManager,
+) -> Result<(), Error> {
+    for b in &cfg.block {
+        let dev = Block::open(&b.path, b.read_only).map_err(|e| Error::Block(b.path.clone(), e))?;
+        virtio.attach(vm, mem, mmio, dev).map_err(Error::Virtio)?;
+    }
+    if let Some(v) = &cfg.vsock {
+        let dev = Vsock::unix(v.guest_cid, &v.uds_path).map_err(Error::Vsock)?;
+        virtio.attach(vm, mem, mmio, dev).map_err(Error::Virtio)?;
+    }
+    if cfg.rng {
+        let dev = Rng::new().map_err(Error::Rng)?;
+        virtio.attach(vm, mem, mmio, dev).map_err(Error::Virtio)?;
+    }
+    Ok(())
 }
 
 /// A device for a payload VM: where it sits and what it is.
 pub type ExtraDevice = (u64, u64, Arc<Mutex<dyn BusDevice>>);
 
-/// A VM that runs a raw code `payload` at `load_addr` on one vCPU, at `privilege`, with no
-/// irqchip (so `hlt` ends it) and the legacy devices plus `extra_pio`/`extra_mmio` on its
-/// buses. The boot page tables identity-map the first 4 GiB. This is how exit handling is
-/// tested on hosts that run only guest user code natively (PVM).
-pub fn build_payload_vm(
-    payload: &[u8],
-    load_addr: u64,
-    mem_mib: u32,
-    privilege: Privilege,
-    console: ConsoleConfig,
-    extra_pio: Vec<ExtraDevice>,
-    extra_mmio: Vec<ExtraDevice>,
-) -> Result<Vmm, Error> {
+/// A VM that runs raw code instead of a kernel (see [`build_payload_vm`]).
+pub struct PayloadSpec {
+    pub code: Vec<u8>,
+    pub load_addr: u64,
+    pub mem_mib: u32,
+    pub privilege: Privilege,
+    pub console: ConsoleConfig,
+    /// Extra devices on the port-I/O and MMIO buses.
+    pub extra_pio: Vec<ExtraDevice>,
+    pub extra_mmio: Vec<ExtraDevice>,
+    /// In-kernel irqchip (needed for virtio devices; `hlt` then no longer exits).
+    pub irqchip: bool,
+    /// Virtio devices to attach, as in a [`VmConfig`] (`block`, `vsock`, `rng`).
+    pub devices: Option<VmConfig>,
+}
+
+impl PayloadSpec {
+    /// `code` at 1 MiB, 64 MiB of memory, CPL3, console discarded, no irqchip or devices.
+    pub fn new(code: Vec<u8>) -> Self {
+        PayloadSpec {
+            code,
+            load_addr: layout::HIMEM_START,
+            mem_mib: 64,
+            privilege: Privilege::User,
+            console: ConsoleConfig::Sink,
+            extra_pio: Vec::new(),
+            extra_mmio: Vec::new(),
+            irqchip: false,
+            devices: None,
+        }
+    }
+}
+
+/// A VM that runs `spec.code` at `spec.load_addr` on one vCPU at `spec.privilege`, with the
+/// legacy devices and the extra ones on its buses. The boot page tables identity-map the
+/// first 4 GiB. This is how exit handling is tested on hosts that run only guest user code
+/// natively (PVM).
+pub fn build_payload_vm(spec: PayloadSpec) -> Result<Vmm, Error> {
     let timings = Arc::new(TimingsRecorder::new(Instant::now()));
     let control = Arc::new(VmControl::new());
-    let console = open_console(&console)?;
+    let console = open_console(&spec.console)?;
     let kvm = KvmContext::new().map_err(Error::Kvm)?;
-    let vm = Vm::new(&kvm, IrqChip::None).map_err(Error::Vm)?;
-    let mem: GuestMemoryMmap = create_guest_memory(mem_mib).map_err(Error::Memory)?;
+    let irqchip = if spec.irqchip {
+        IrqChip::InKernel
+    } else {
+        IrqChip::None
+    };
+    let vm = Vm::new(&kvm, irqchip).map_err(Error::Vm)?;
+    let mem: GuestMemoryMmap = create_guest_memory(spec.mem_mib).map_err(Error::Memory)?;
     vm.register_memory(&mem).map_err(Error::Vm)?;
-    mem.write_slice(payload, GuestAddress(load_addr))
+    mem.write_slice(&spec.code, GuestAddress(spec.load_addr))
         .map_err(Error::Payload)?;
 
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
     let legacy = legacy::setup_legacy_devices(
-        None,
+        spec.irqchip.then_some(&vm),
         &mut pio,
         &mut mmio,
         console,
@@ -191,12 +253,17 @@ pub fn build_payload_vm(
         timings.clone(),
     )
     .map_err(Error::Legacy)?;
-    for (base, len, dev) in extra_pio {
+    for (base, len, dev) in spec.extra_pio {
         pio.insert(base, len, dev).map_err(Error::Bus)?;
     }
-    for (base, len, dev) in extra_mmio {
+    for (base, len, dev) in spec.extra_mmio {
         mmio.insert(base, len, dev).map_err(Error::Bus)?;
     }
+    let mut virtio = MmioDeviceManager::new();
+    if let Some(cfg) = &spec.devices {
+        attach_virtio_devices(cfg, &vm, &mem, &mut mmio, &mut virtio)?;
+    }
+    let event_loop = EventLoop::start(virtio.subscribers()).map_err(Error::EventLoop)?;
     let vcpu = Vcpu::new(
         &vm,
         0,
@@ -207,18 +274,12 @@ pub fn build_payload_vm(
         timings.clone(),
     )
     .map_err(Error::Vcpu)?;
-    vcpu.configure(&kvm, 1, load_addr, privilege, false)
+    vcpu.configure(&kvm, 1, spec.load_addr, spec.privilege, spec.irqchip)
         .map_err(Error::Vcpu)?;
     timings.mark(Phase::VmCreated);
-    Ok(Vmm::from_parts(
-        kvm,
-        vm,
-        mem,
-        vec![vcpu],
-        control,
-        timings,
-        legacy,
-    ))
+    let mut vmm = Vmm::from_parts(kvm, vm, mem, vec![vcpu], control, timings, legacy);
+    vmm.set_devices(virtio, event_loop);
+    Ok(vmm)
 }
 
 #[cfg(test)]

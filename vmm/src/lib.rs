@@ -29,7 +29,9 @@ pub use config::VmConfig;
 pub use timings::Timings;
 
 use control::VmControl;
+use device_manager::event_loop::EventLoop;
 use device_manager::legacy::LegacyDevices;
+use device_manager::mmio::MmioDeviceManager;
 use timings::{Phase, TimingsRecorder};
 use vstate::kvm::KvmContext;
 use vstate::vcpu::Vcpu;
@@ -81,8 +83,20 @@ pub enum Error {
     Bus(#[source] device_manager::Error),
     #[error("Failed to write the payload to guest memory")]
     Payload(#[source] vm_memory::GuestMemoryError),
-    #[error("Virtio devices are not wired into the VMM yet ({0})")]
+    #[error("{0} is not available in this build yet")]
     DevicesNotWired(&'static str),
+    #[error("Cannot open disk {}", .0.display())]
+    BlockFile(PathBuf, #[source] std::io::Error),
+    #[error("Failed to set up disk {}", .0.display())]
+    Block(PathBuf, #[source] devices::virtio::block::Error),
+    #[error("Failed to set up vsock")]
+    Vsock(#[source] devices::virtio::vsock::Error),
+    #[error("Failed to set up virtio-rng")]
+    Rng(#[source] devices::virtio::Error),
+    #[error("Failed to attach a virtio device")]
+    Virtio(#[source] device_manager::mmio::Error),
+    #[error("Failed to start the device event loop")]
+    EventLoop(#[source] device_manager::event_loop::Error),
     #[error("Failed to install the vCPU kick signal handler")]
     SignalHandler(#[source] std::io::Error),
     #[error("Failed to start a vCPU thread")]
@@ -106,6 +120,8 @@ pub struct Vmm {
     control: Arc<VmControl>,
     timings: Arc<TimingsRecorder>,
     _legacy: LegacyDevices,
+    _virtio: Option<MmioDeviceManager>,
+    event_loop: Option<EventLoop>,
 }
 
 impl Vmm {
@@ -136,7 +152,14 @@ impl Vmm {
             control,
             timings,
             _legacy: legacy,
+            _virtio: None,
+            event_loop: None,
         }
+    }
+
+    pub(crate) fn set_devices(&mut self, virtio: MmioDeviceManager, event_loop: EventLoop) {
+        self._virtio = Some(virtio);
+        self.event_loop = Some(event_loop);
     }
 
     /// A handle to pause, resume or stop the VM and read its timings from other threads.
@@ -149,11 +172,11 @@ impl Vmm {
 
     /// Run the VM on one thread per vCPU; blocks until the guest resets or powers off, a
     /// vCPU fails, or [`VmHandle::stop`] is called.
-    pub fn run(self) -> Result<VmExit, Error> {
+    pub fn run(mut self) -> Result<VmExit, Error> {
         control::install_kick_handler()?;
         let mut threads = Vec::with_capacity(self.vcpus.len());
         let mut spawn_err = None;
-        for vcpu in self.vcpus {
+        for vcpu in std::mem::take(&mut self.vcpus) {
             let name = format!("vcpu{}", vcpu.index());
             match std::thread::Builder::new()
                 .name(name)
@@ -178,6 +201,9 @@ impl Vmm {
         for t in threads {
             // A vCPU thread that panicked has already reported nothing; the outcome stands.
             let _ = t.join();
+        }
+        if let Some(mut el) = self.event_loop.take() {
+            el.stop();
         }
         self.timings.mark(Phase::Exited);
         outcome

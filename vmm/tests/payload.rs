@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vmm::arch::x86_64::regs::Privilege;
-use vmm::builder::build_payload_vm;
+use vmm::builder::{build_payload_vm, PayloadSpec};
 use vmm::config::ConsoleConfig;
 use vmm::device_manager::BusDevice;
 use vmm::VmExit;
@@ -72,15 +72,14 @@ fn port_io_at_cpl3_reaches_the_bus_and_reset_ends_the_vm() {
     let dev = recorder(0x5a);
     let console = std::env::temp_dir().join(format!("ember-payload-{}.out", std::process::id()));
     let _ = std::fs::remove_file(&console);
-    let vm = build_payload_vm(
-        &code,
-        LOAD_ADDR,
-        64,
-        Privilege::User,
-        ConsoleConfig::File(console.clone()),
-        vec![(TEST_PORT, 2, dev.clone())],
-        vec![],
-    )
+    let vm = build_payload_vm(PayloadSpec {
+        mem_mib: 64,
+        privilege: Privilege::User,
+        console: ConsoleConfig::File(console.clone()),
+        extra_pio: vec![(TEST_PORT, 2, dev.clone())],
+        extra_mmio: vec![],
+        ..PayloadSpec::new(code.to_vec())
+    })
     .unwrap();
     let handle = vm.handle();
     assert_eq!(vm.run().unwrap(), VmExit::Reset);
@@ -112,15 +111,14 @@ fn mmio_at_cpl3_reaches_the_bus_and_the_boot_timer() {
     ];
     code.extend_from_slice(&RESET);
     let dev = recorder(0xa5);
-    let vm = build_payload_vm(
-        &code,
-        LOAD_ADDR,
-        64,
-        Privilege::User,
-        ConsoleConfig::Sink,
-        vec![],
-        vec![(TEST_MMIO, 0x1000, dev.clone())],
-    )
+    let vm = build_payload_vm(PayloadSpec {
+        mem_mib: 64,
+        privilege: Privilege::User,
+        console: ConsoleConfig::Sink,
+        extra_pio: vec![],
+        extra_mmio: vec![(TEST_MMIO, 0x1000, dev.clone())],
+        ..PayloadSpec::new(code.to_vec())
+    })
     .unwrap();
     let handle = vm.handle();
     assert_eq!(vm.run().unwrap(), VmExit::Reset);
@@ -147,15 +145,14 @@ fn pause_resume_and_stop_a_spinning_vcpu() {
     }
     // Spin forever at CPL3.
     let code = [0xeb, 0xfe];
-    let vm = build_payload_vm(
-        &code,
-        LOAD_ADDR,
-        32,
-        Privilege::User,
-        ConsoleConfig::Sink,
-        vec![],
-        vec![],
-    )
+    let vm = build_payload_vm(PayloadSpec {
+        mem_mib: 32,
+        privilege: Privilege::User,
+        console: ConsoleConfig::Sink,
+        extra_pio: vec![],
+        extra_mmio: vec![],
+        ..PayloadSpec::new(code.to_vec())
+    })
     .unwrap();
     let handle = vm.handle();
     let runner = std::thread::spawn(move || vm.run());
@@ -180,15 +177,14 @@ fn hlt_at_cpl0_ends_the_run() {
     }
     // Two instructions at CPL0: emulated on a PVM host, but only two.
     let code = [0x90, 0xf4]; // nop; hlt
-    let vm = build_payload_vm(
-        &code,
-        LOAD_ADDR,
-        32,
-        Privilege::Kernel,
-        ConsoleConfig::Sink,
-        vec![],
-        vec![],
-    )
+    let vm = build_payload_vm(PayloadSpec {
+        mem_mib: 32,
+        privilege: Privilege::Kernel,
+        console: ConsoleConfig::Sink,
+        extra_pio: vec![],
+        extra_mmio: vec![],
+        ..PayloadSpec::new(code.to_vec())
+    })
     .unwrap();
     assert_eq!(vm.run().unwrap(), VmExit::Halted);
 }
@@ -201,15 +197,14 @@ fn faults_are_errors_with_rip_and_code() {
     // `hlt` at CPL3 raises #GP; with no IDT that becomes a triple fault (or an internal
     // error on hosts that emulate it): either way an error naming RIP and the bytes.
     let code = [0x90, 0xf4];
-    let vm = build_payload_vm(
-        &code,
-        LOAD_ADDR,
-        32,
-        Privilege::User,
-        ConsoleConfig::Sink,
-        vec![],
-        vec![],
-    )
+    let vm = build_payload_vm(PayloadSpec {
+        mem_mib: 32,
+        privilege: Privilege::User,
+        console: ConsoleConfig::Sink,
+        extra_pio: vec![],
+        extra_mmio: vec![],
+        ..PayloadSpec::new(code.to_vec())
+    })
     .unwrap();
     let err = vm.run().unwrap_err();
     let msg = format!(
@@ -221,4 +216,65 @@ fn faults_are_errors_with_rip_and_code() {
     eprintln!("{msg}");
     assert!(msg.contains("RIP 0x10000"), "{msg}");
     assert!(msg.contains("f4") || msg.contains("90 f4"), "{msg}");
+}
+
+#[test]
+fn virtio_devices_sit_in_their_mmio_slots() {
+    if !kvm_present() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("ember-payload-virtio-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let mut cfg = vmm::VmConfig::new("/unused");
+    cfg.block = vec![vmm::config::BlockConfig {
+        path: disk,
+        read_only: true,
+    }];
+    cfg.vsock = Some(vmm::config::VsockConfig {
+        guest_cid: 3,
+        uds_path: dir.join("vsock.sock"),
+    });
+    cfg.rng = true;
+
+    // For each slot: out(0x500, magic); out(0x500, device id).
+    let mut code = Vec::new();
+    for slot in 0..3u32 {
+        let base = 0xd000_1000u32 + slot * 0x1000;
+        code.push(0xb9); // mov ecx, base
+        code.extend_from_slice(&base.to_le_bytes());
+        code.extend_from_slice(&[0x66, 0xba, 0x00, 0x05]); // mov dx, 0x500
+        code.extend_from_slice(&[0x8b, 0x01, 0xef]); // mov eax, [rcx]; out dx, eax
+        code.extend_from_slice(&[0x8b, 0x41, 0x08, 0xef]); // mov eax, [rcx+8]; out dx, eax
+    }
+    code.extend_from_slice(&RESET);
+    let dev = recorder(0);
+    let vm = build_payload_vm(PayloadSpec {
+        extra_pio: vec![(TEST_PORT, 1, dev.clone())],
+        irqchip: true,
+        devices: Some(cfg),
+        ..PayloadSpec::new(code)
+    })
+    .unwrap();
+    assert!(
+        dir.join("vsock.sock").exists(),
+        "vsock listens on its socket"
+    );
+    assert_eq!(vm.run().unwrap(), VmExit::Reset);
+    let magic = 0x7472_6976u32.to_le_bytes().to_vec();
+    let seen: Vec<Vec<u8>> = dev
+        .lock()
+        .unwrap()
+        .writes
+        .iter()
+        .map(|w| w.1.clone())
+        .collect();
+    let expected: Vec<Vec<u8>> = [2u32, 19, 4]
+        .iter()
+        .flat_map(|id| [magic.clone(), id.to_le_bytes().to_vec()])
+        .collect();
+    assert_eq!(seen, expected, "block, vsock, rng in slots 0, 1, 2");
+    std::fs::remove_dir_all(dir).unwrap();
 }

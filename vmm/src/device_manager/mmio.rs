@@ -1,15 +1,117 @@
-//! virtio-mmio device slots: 4 KiB windows from 0xd000_1000, one GSI each from 5.
+//! virtio-mmio devices: 4 KiB windows from 0xd000_1000, one GSI each from 5. For each
+//! device: an irqfd on its GSI, an ioeventfd per queue on QueueNotify (datamatch = queue
+//! index), the transport on the MMIO bus, the device on the event loop, and a
+//! `virtio_mmio.device=` entry on the kernel command line.
 
+use std::sync::{Arc, Mutex};
+
+use devices::virtio::mmio::{cmdline_entry, MmioTransport, NOTIFY_REG_OFFSET};
+use devices::virtio::{IrqFdInterrupt, VirtioDevice};
+use event_manager::MutEventSubscriber;
+use thiserror::Error;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{Bus, BusDevice};
 use crate::arch::x86_64::layout::{
     MMIO_DEVICES_START, MMIO_FIRST_GSI, MMIO_LAST_GSI, MMIO_SLOT_SIZE,
 };
-use thiserror::Error;
+use crate::vstate::vm::Vm;
 
-/// Errors allocating MMIO slots.
+/// Errors attaching virtio-mmio devices.
 #[derive(Debug, Error)]
 pub enum Error {
     #[error("Out of interrupt lines for virtio devices (at most {0})")]
     NoIrq(u32),
+    #[error("Failed to create the device interrupt")]
+    Interrupt(#[source] devices::virtio::Error),
+    #[error("Failed to create the virtio-mmio transport")]
+    Transport(#[source] devices::virtio::mmio::Error),
+    #[error("Failed to register the device with KVM")]
+    Kvm(#[source] crate::vstate::vm::Error),
+    #[error("Failed to place the device on the MMIO bus")]
+    Bus(#[source] super::Error),
+}
+
+/// A device the event loop services.
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// A transport on the MMIO bus. vCPUs lock only the transport, which locks the device
+/// briefly for config access, activation and reset.
+pub struct VirtioMmio(pub MmioTransport);
+
+impl BusDevice for VirtioMmio {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.0.read(offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        self.0.write(offset, data);
+    }
+}
+
+/// Attached virtio devices: what the event loop must service and what the guest must be
+/// told on its command line.
+#[derive(Default)]
+pub struct MmioDeviceManager {
+    alloc: MmioAllocator,
+    slots: Vec<MmioSlot>,
+    subscribers: Vec<Subscriber>,
+    /// Clones of the ioeventfds, kept for the VM's lifetime.
+    ioevents: Vec<EventFd>,
+}
+
+impl MmioDeviceManager {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Attach `device` to the VM: slot, irqfd, ioeventfds, bus entry and event loop.
+    pub fn attach<D>(
+        &mut self,
+        vm: &Vm,
+        mem: &GuestMemoryMmap,
+        bus: &mut Bus,
+        device: D,
+    ) -> Result<MmioSlot, Error>
+    where
+        D: VirtioDevice + MutEventSubscriber + 'static,
+    {
+        let slot = self.alloc.allocate()?;
+        let device = Arc::new(Mutex::new(device));
+        let irq = Arc::new(IrqFdInterrupt::new().map_err(Error::Interrupt)?);
+        vm.register_irqfd(irq.irq_evt(), slot.gsi)
+            .map_err(Error::Kvm)?;
+        let transport =
+            MmioTransport::new(mem.clone(), device.clone(), irq).map_err(Error::Transport)?;
+        for (evt, queue) in transport.ioeventfds().map_err(Error::Transport)? {
+            vm.register_mmio_ioevent(&evt, slot.base + NOTIFY_REG_OFFSET, queue)
+                .map_err(Error::Kvm)?;
+            self.ioevents.push(evt);
+        }
+        bus.insert(
+            slot.base,
+            slot.size,
+            Arc::new(Mutex::new(VirtioMmio(transport))),
+        )
+        .map_err(Error::Bus)?;
+        self.subscribers.push(device);
+        self.slots.push(slot);
+        Ok(slot)
+    }
+
+    /// The `virtio_mmio.device=` parameters for the attached devices.
+    pub fn cmdline_params(&self) -> Vec<String> {
+        self.slots
+            .iter()
+            .map(|s| cmdline_entry(s.base, s.gsi))
+            .collect()
+    }
+
+    /// The devices, for the event loop.
+    pub fn subscribers(&self) -> Vec<Subscriber> {
+        self.subscribers.clone()
+    }
 }
 
 /// One device's window and interrupt line.
@@ -77,5 +179,11 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, 19);
+    }
+
+    #[test]
+    fn cmdline_matches_the_transport_format() {
+        let slot = MmioAllocator::new().allocate().unwrap();
+        assert_eq!(slot.cmdline_param(), cmdline_entry(slot.base, slot.gsi));
     }
 }

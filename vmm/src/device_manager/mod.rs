@@ -1,6 +1,7 @@
 //! Device buses. vCPU threads dispatch port-I/O and MMIO exits here; each device sits
 //! behind its own small lock, held only for one register access.
 
+pub mod event_loop;
 pub mod legacy;
 pub mod mmio;
 
