@@ -140,6 +140,7 @@ impl TestAgent {
         std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
         for applet in [
             "sh", "echo", "cat", "sleep", "hostname", "id", "ls", "true", "test", "[", "wc",
+            "touch",
         ] {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
         }
@@ -796,5 +797,109 @@ fn no_pivot_root_switch_and_own_network_namespace() {
     // IFF_UP | IFF_LOOPBACK = 0x9 (down it reads 0x8); only lo in a fresh namespace.
     assert_eq!(read_all(out), "rootfs-nopivot\n0x9\nlo\n");
     c.destroy_container("np").unwrap();
+    assert!(t.alive());
+}
+
+/// A container on a block device (an ext4 image on a loop device, as /dev/vdb in a guest),
+/// mounted read-only; and a device that does not exist fails cleanly.
+#[test]
+fn block_device_rootfs() {
+    if !needs_root("block_device_rootfs") {
+        return;
+    }
+    let tool_ok = |cmd: &str| {
+        Command::new(cmd)
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    };
+    if !tool_ok("mkfs.ext4") || !tool_ok("losetup") || !Path::new("/dev/loop-control").exists() {
+        eprintln!("skipping block_device_rootfs: needs mkfs.ext4, losetup and loop devices");
+        return;
+    }
+    let mut t = TestAgent::start();
+    let mut c = t.client();
+
+    let bad = ContainerSpec {
+        rootfs: RootfsSpec::BlockDevice {
+            path: "/dev/ember-no-such-disk".into(),
+            fstype: "ext4".into(),
+            read_only: true,
+        },
+        ..t.spec(Path::new("/"), &["true"])
+    };
+    assert_eq!(kind(c.create_container("bad", bad)), ErrorKind::Failed);
+    assert!(!t.dir.join("state/containers/bad").exists());
+    assert!(c.stats().unwrap().containers.is_empty());
+
+    let tree = t.rootfs("rootfs-block");
+    let img = t.dir.join("disk.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let mkfs = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&tree)
+        .arg(&img)
+        .status()
+        .unwrap();
+    assert!(mkfs.success());
+    let out = Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        eprintln!("skipping block_device_rootfs: losetup failed");
+        return;
+    }
+    let loopdev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let mut spec = t.spec(Path::new("/"), &["sh", "-c", "cat /etc/marker; touch /x"]);
+    spec.rootfs = RootfsSpec::BlockDevice {
+        path: loopdev.clone(),
+        fstype: "ext4".into(),
+        read_only: true,
+    };
+    let result = (|| -> Result<(String, i32), ClientError> {
+        c.create_container("blk", spec)?;
+        let out = t.client().attach_stdio("blk", None, StdioStream::Stdout)?;
+        c.start_container("blk")?;
+        let code = c.wait("blk", None)?.code;
+        let text = read_all(out);
+        c.destroy_container("blk")?;
+        Ok((text, code))
+    })();
+    let _ = Command::new("losetup").arg("-d").arg(&loopdev).status();
+    let (text, code) = result.unwrap();
+    assert_eq!(text, "rootfs-block");
+    assert_eq!(code, 1, "touch on a read-only rootfs must fail");
+    assert!(t.alive());
+}
+
+/// Destroying a paused container kills and removes it.
+#[test]
+fn destroy_paused_container() {
+    if !needs_root("destroy_paused_container") {
+        return;
+    }
+    let mut t = TestAgent::start();
+    if t.cgroup_root.is_none() {
+        eprintln!("skipping destroy_paused_container: no cgroup v2");
+        return;
+    }
+    let rootfs = t.rootfs("rootfs-paused");
+    let mut c = t.client();
+    c.create_container("pz", t.spec(&rootfs, &["sleep", "1000"]))
+        .unwrap();
+    c.start_container("pz").unwrap();
+    c.exec("pz", "e", ProcessSpec::new(["sleep", "1000"]))
+        .unwrap();
+    c.pause("pz").unwrap();
+    c.destroy_container("pz").unwrap();
+    assert_eq!(kind(c.wait("pz", None)), ErrorKind::NotFound);
+    assert!(!t.cgroup_root.as_ref().unwrap().join("ember/pz").exists());
     assert!(t.alive());
 }
