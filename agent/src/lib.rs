@@ -135,7 +135,16 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         },
         reaper,
     ));
-    let listener = transport::Listener::bind(&cfg.listen).map_err(Error::Listen)?;
+    // As PID 1 a missing vsock (no device, no kernel support) must not stop the guest:
+    // report it, still print the ready line (boot tests wait for it), and keep trying.
+    let listener = match transport::Listener::bind(&cfg.listen) {
+        Ok(l) => Some(l),
+        Err(e) if pid1 => {
+            log_error(&format!("{}: not serving yet", error_chain(&e)));
+            None
+        }
+        Err(e) => return Err(Error::Listen(e)),
+    };
 
     println!("{}", protocol::READY_LINE);
     if guest {
@@ -143,6 +152,10 @@ pub fn run(args: &[String]) -> Result<(), Error> {
             log_debug(&format!("boot timer: {}", error_chain(&e)));
         }
     }
+    let listener = match listener {
+        Some(l) => l,
+        None => bind_with_retry(&cfg.listen),
+    };
     if let Some(ep) = cfg.announce.clone() {
         let hello = protocol::Hello {
             version: protocol::PROTOCOL_VERSION,
@@ -190,6 +203,22 @@ fn become_host_agent() {
         if let Err(e) = private {
             log_error(&format!("Cannot make a private mount namespace: {e}"));
         }
+    }
+}
+
+/// Binds `ep`, retrying with a growing pause (up to 5 s) until it works.
+fn bind_with_retry(ep: &transport::Endpoint) -> transport::Listener {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        std::thread::sleep(delay);
+        match transport::Listener::bind(ep) {
+            Ok(l) => {
+                log_error(&format!("listening on {ep} now"));
+                return l;
+            }
+            Err(e) => log_debug(&format!("still cannot listen: {}", error_chain(&e))),
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -903,3 +903,70 @@ fn destroy_paused_container() {
     assert!(!t.cgroup_root.as_ref().unwrap().join("ember/pz").exists());
     assert!(t.alive());
 }
+
+/// As PID 1 a listener that cannot be bound (in a guest: no vsock) does not stop the agent:
+/// it still prints the ready line and starts serving once binding works.
+#[test]
+fn pid1_reports_ready_without_listener_and_binds_later() {
+    if !needs_root("pid1_reports_ready_without_listener_and_binds_later") {
+        return;
+    }
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("pid1-late-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock_dir = dir.join("later");
+    let sock = sock_dir.join("agent.sock");
+    let announce = dir.join("announce.sock");
+    let listener = UnixListener::bind(&announce).unwrap();
+    let mut child = match Command::new("unshare")
+        .args(["--pid", "--mount", "--uts", "--fork", "--kill-child", "--"])
+        .arg(agent_bin())
+        .arg("--listen")
+        .arg(format!("unix:{}", sock.display()))
+        .arg("--announce")
+        .arg(format!("unix:{}", announce.display()))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--cgroup-root")
+        .arg(dir.join("no-cgroup"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("skipping: cannot run unshare(1): {e}");
+            return;
+        }
+    };
+    let mut out = child.stdout.take().unwrap();
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while line.last() != Some(&b'\n') {
+        assert_eq!(out.read(&mut b).unwrap(), 1);
+        line.push(b[0]);
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&line).trim_end(),
+        protocol::READY_LINE
+    );
+    assert!(
+        matches!(child.try_wait(), Ok(None)),
+        "PID 1 must keep running"
+    );
+    assert!(!sock.exists());
+    // Make binding possible: the agent retries, binds, then announces.
+    std::fs::create_dir_all(&sock_dir).unwrap();
+    let (mut s, _) = listener.accept().unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    assert_eq!(client::read_hello(&mut s).unwrap().pid, 1);
+    let conn = client::connect_unix(&sock).unwrap();
+    conn.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    assert!(AgentClient::new(conn).ping().is_ok());
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
