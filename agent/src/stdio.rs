@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// Errors of stdio handling.
@@ -289,8 +290,6 @@ impl ProcessStdio {
         Ok(())
     }
 }
-
-use std::os::unix::fs::OpenOptionsExt;
 
 fn spawn_filler(buf: &Arc<OutputBuffer>, src: File) -> Result<(), Error> {
     let b = Arc::clone(buf);
