@@ -17,8 +17,8 @@ pub mod net;
 pub mod rng;
 pub mod vsock;
 
-#[cfg(test)]
-pub(crate) mod test_utils;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
 
 use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

@@ -1,5 +1,6 @@
-//! Test helpers: guest memory and a driver-side view of split queues built on
-//! virtio-queue's `MockSplitQueue`.
+//! Test equipment (tests, and benchmarks through the `test-utils` feature): guest memory and
+//! a driver-side view of split queues built on virtio-queue's `MockSplitQueue`. Panics on
+//! misuse; never part of a VMM.
 
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;

@@ -1,0 +1,73 @@
+//! io-bench: I/O benchmarks for ember's virtio devices.
+//!
+//! - `io-bench micro`: host-side micro-benchmark of the device code (virtio-blk, vsock, rng)
+//!   over mock queues, real files and real Unix sockets. Needs no KVM.
+//! - as `/init` of a guest (pid 1, or `io-bench guest`): mounts /dev, runs sequential
+//!   virtio-blk read/write on /dev/vda, then serves vsock port 5000 for `host-vsock`, and
+//!   reboots when told to quit.
+//! - `io-bench host-vsock --uds PATH`: the host side of the vsock benchmark (throughput both
+//!   ways, round-trip latency, connect latency) through ember's hybrid Unix socket.
+//!
+//! Every mode prints a table; see benches/io/README.md.
+
+mod guest;
+mod host;
+mod micro;
+
+use std::process::ExitCode;
+
+/// Vsock port the guest side serves.
+pub const BENCH_PORT: u32 = 5000;
+
+/// `--name value` from the arguments, parsed.
+pub fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T, String> {
+    match args.iter().position(|a| a == name) {
+        None => Ok(default),
+        Some(i) => args
+            .get(i + 1)
+            .ok_or_else(|| format!("{name} needs a value"))?
+            .parse()
+            .map_err(|_| format!("bad value for {name}")),
+    }
+}
+
+/// Megabytes per second.
+pub fn mbps(bytes: u64, secs: f64) -> f64 {
+    if secs <= 0.0 {
+        return 0.0;
+    }
+    bytes as f64 / secs / 1e6
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    let mode = if pid == 1 {
+        "guest"
+    } else {
+        args.get(1).map(String::as_str).unwrap_or("help")
+    };
+    let rest = if pid == 1 {
+        &args[..]
+    } else {
+        &args[1.min(args.len())..]
+    };
+    let result = match mode {
+        "micro" => micro::run(rest),
+        "guest" => guest::run(rest),
+        "host-vsock" => host::run(rest),
+        _ => Err(
+            "usage: io-bench micro [--mib N] | guest | host-vsock --uds PATH [--port P] \
+             [--mib N] [--pings N] [--connects N] [--quit]"
+                .to_string(),
+        ),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("io-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
