@@ -552,7 +552,10 @@ mod tests {
         assert_eq!(rd(&mut r.t, REG_DEVICE_ID), VIRTIO_ID_RNG);
         assert_eq!(rd(&mut r.t, REG_VENDOR_ID), VENDOR_ID);
         wr(&mut r.t, REG_DEVICE_FEATURES_SEL, 0);
-        assert_eq!(rd(&mut r.t, REG_DEVICE_FEATURES), 1 << 3);
+        assert_eq!(
+            rd(&mut r.t, REG_DEVICE_FEATURES),
+            (1 << 3) | (1 << crate::virtio::VIRTIO_RING_F_INDIRECT_DESC)
+        );
         wr(&mut r.t, REG_DEVICE_FEATURES_SEL, 1);
         assert_eq!(rd(&mut r.t, REG_DEVICE_FEATURES), 1);
         wr(&mut r.t, REG_DEVICE_FEATURES_SEL, 7);

@@ -38,6 +38,7 @@ pub use virtio_bindings::virtio_ids::{
     VIRTIO_ID_BLOCK, VIRTIO_ID_NET, VIRTIO_ID_RNG, VIRTIO_ID_VSOCK,
 };
 pub use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
+pub use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 
 /// Guest memory type every device works on.
 pub type GuestMem = GuestMemoryMmap;
@@ -203,10 +204,11 @@ pub(crate) struct ActiveState {
     pub interrupt: Arc<dyn VirtioInterrupt>,
 }
 
-/// Fills `avail` with `VIRTIO_F_VERSION_1` plus the given feature bits.
+/// `VIRTIO_F_VERSION_1` and `VIRTIO_RING_F_INDIRECT_DESC` (chains are walked by virtio-queue,
+/// which follows indirect tables) plus the given feature bits.
 pub(crate) fn features(bits: &[u32]) -> u64 {
-    bits.iter()
-        .fold(1u64 << VIRTIO_F_VERSION_1, |acc, b| acc | (1u64 << b))
+    let base = (1u64 << VIRTIO_F_VERSION_1) | (1u64 << VIRTIO_RING_F_INDIRECT_DESC);
+    bits.iter().fold(base, |acc, b| acc | (1u64 << b))
 }
 
 /// Creates `n` non-blocking event fds.

@@ -2,7 +2,7 @@
 //! a driver-side view of split queues built on virtio-queue's `MockSplitQueue`. Panics on
 //! misuse; never part of a VMM.
 
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
@@ -155,6 +155,37 @@ impl<'a> GuestQueue<'a> {
             .collect();
         self.publish(start, &raw);
         self.next_desc = (start + descs.len() as u16) % self.len;
+        start
+    }
+
+    /// Publish a chain through an indirect table written at `table`; with `looped` the last
+    /// entry points back to the first.
+    pub fn add_indirect(&mut self, table: u64, descs: &[D], looped: bool) -> u16 {
+        for (i, d) in descs.iter().enumerate() {
+            let last = i + 1 == descs.len();
+            let mut flags = if d.write {
+                VRING_DESC_F_WRITE as u16
+            } else {
+                0
+            };
+            if !last || looped {
+                flags |= VRING_DESC_F_NEXT as u16;
+            }
+            let next = if last { 0 } else { i as u16 + 1 };
+            let raw = RawDescriptor::from(SplitDescriptor::new(d.addr, d.len, flags, next));
+            self.mem
+                .write_obj(raw, GuestAddress(table + 16 * i as u64))
+                .unwrap();
+        }
+        let start = self.next_desc;
+        let head = RawDescriptor::from(SplitDescriptor::new(
+            table,
+            16 * descs.len() as u32,
+            VRING_DESC_F_INDIRECT as u16,
+            0,
+        ));
+        self.publish(start, &[head]);
+        self.next_desc = (start + 1) % self.len;
         start
     }
 

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO};
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
 use virtio_queue::{Queue, QueueOwnedT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -15,11 +15,14 @@ use crate::virtio::{
     VIRTIO_ID_BLOCK,
 };
 
+/// Data segments per request offered to the driver (queue size minus header and status).
+const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+
 /// A virtio-blk device over one disk.
 pub struct Block {
     pub(super) disk: Box<dyn DiskBackend>,
     read_only: bool,
-    config: [u8; 8],
+    config: [u8; 16],
     avail: u64,
     acked: u64,
     pub(super) queue_evts: Vec<EventFd>,
@@ -33,14 +36,18 @@ impl Block {
     /// A device over `disk`; `read_only` offers `VIRTIO_BLK_F_RO` and refuses writes.
     pub fn new(disk: Box<dyn DiskBackend>, read_only: bool) -> Result<Self, Error> {
         let capacity = disk.size() / SECTOR_SIZE;
-        let mut bits = vec![VIRTIO_BLK_F_FLUSH];
+        // Config: capacity (u64), size_max (u32, not offered), seg_max (u32).
+        let mut config = [0u8; 16];
+        config[..8].copy_from_slice(&capacity.to_le_bytes());
+        config[12..].copy_from_slice(&SEG_MAX.to_le_bytes());
+        let mut bits = vec![VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_SEG_MAX];
         if read_only {
             bits.push(VIRTIO_BLK_F_RO);
         }
         Ok(Block {
             disk,
             read_only,
-            config: capacity.to_le_bytes(),
+            config,
             avail: features(&bits),
             acked: 0,
             queue_evts: new_events(1)?,
@@ -58,7 +65,9 @@ impl Block {
 
     /// Capacity in 512-byte sectors.
     pub fn capacity(&self) -> u64 {
-        u64::from_le_bytes(self.config)
+        let mut c = [0u8; 8];
+        c.copy_from_slice(&self.config[..8]);
+        u64::from_le_bytes(c)
     }
 
     /// Service the request queue; returns the number of chains completed.

@@ -2,8 +2,9 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_F_RO, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
-    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
+    VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT,
 };
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::tempfile::TempFile;
@@ -70,11 +71,19 @@ fn config_and_features() {
     let mut cap = [0u8; 8];
     b.read_config(0, &mut cap);
     assert_eq!(u64::from_le_bytes(cap), DISK / 512);
+    let mut seg_max = [0u8; 4];
+    b.read_config(12, &mut seg_max);
+    assert_eq!(u32::from_le_bytes(seg_max), u32::from(QUEUE_SIZE) - 2);
     let mut past = [0xffu8; 4];
-    b.read_config(6, &mut past);
+    b.read_config(14, &mut past);
     assert_eq!(past, [0, 0, 0, 0]);
     assert_ne!(b.avail_features() & (1 << VIRTIO_BLK_F_RO), 0);
     assert_ne!(b.avail_features() & (1 << 32), 0);
+    assert_ne!(b.avail_features() & (1 << VIRTIO_BLK_F_SEG_MAX), 0);
+    assert_ne!(
+        b.avail_features() & (1 << crate::virtio::VIRTIO_RING_F_INDIRECT_DESC),
+        0
+    );
     let (rw, _) = block(&k, &q, false);
     assert_eq!(rw.avail_features() & (1 << VIRTIO_BLK_F_RO), 0);
 }
@@ -310,4 +319,36 @@ fn backend_errors_give_ioerr() {
 fn open_missing_image_fails() {
     let e = Block::open(std::path::Path::new("/nonexistent/ember.img"), true);
     assert!(matches!(e, Err(Error::Open { .. })));
+}
+
+#[test]
+fn indirect_chains_work_and_indirect_loops_are_dropped() {
+    let k = rig();
+    let mut q = GuestQueue::new(&k.m, 0, 16);
+    header(&k.m, VIRTIO_BLK_T_IN, 4);
+    let table = 0x8_0000;
+    let h = q.add_indirect(
+        table,
+        &[
+            r(HDR, 16),
+            w(DATA, 512),
+            w(DATA + 0x1000, 512),
+            w(STATUS, 1),
+        ],
+        false,
+    );
+    let (mut b, _) = block(&k, &q, false);
+    b.process_queue();
+    assert_eq!(q.take_used(), vec![(u32::from(h), 1025)]);
+    assert_eq!(status(&k.m), VIRTIO_BLK_S_OK as u8);
+    assert_eq!(read(&k.m, DATA, 512), disk_bytes(&k, 4 * 512, 512));
+    assert_eq!(read(&k.m, DATA + 0x1000, 512), disk_bytes(&k, 5 * 512, 512));
+
+    k.m.write_obj(0x77u8, GuestAddress(STATUS)).unwrap();
+    fill(&k.m, DATA, 0x2000, GUARD);
+    let h = q.add_indirect(table, &[r(HDR, 16), w(DATA, 512), w(STATUS, 1)], true);
+    b.process_queue();
+    assert_eq!(q.take_used(), vec![(u32::from(h), 0)]);
+    assert_eq!(status(&k.m), 0x77);
+    assert_untouched(&k.m, DATA, 0x2000, GUARD);
 }
