@@ -20,12 +20,11 @@ use std::time::{Duration, Instant};
 /// Time limit for one ordinary request to the agent.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Mount destinations the agent sets up itself for every container.
+/// Trees the agent sets up itself for every container (/dev with devpts and shm, /proc,
+/// /sys with its cgroup2): spec mounts at or under them are left to it.
 const AGENT_MOUNTS: &[&str] = &["/proc", "/dev", "/sys"];
 /// Filesystem types that exist inside the guest and can be mounted there as the spec says.
-const GUEST_FSTYPES: &[&str] = &[
-    "tmpfs", "devpts", "mqueue", "sysfs", "proc", "cgroup", "cgroup2",
-];
+const GUEST_FSTYPES: &[&str] = &["tmpfs", "mqueue", "proc", "sysfs"];
 
 /// The agent's process description for an OCI process.
 pub fn process_spec(p: &ProcessConfig) -> ProcessSpec {
@@ -54,7 +53,10 @@ pub fn process_spec(p: &ProcessConfig) -> ProcessSpec {
 /// Bind mounts of host paths cannot: the guest does not see the host's filesystem.
 pub fn guest_mount(m: &MountConfig) -> Option<Mount> {
     let dest = m.destination.to_string_lossy().into_owned();
-    if AGENT_MOUNTS.contains(&dest.as_str()) {
+    if AGENT_MOUNTS
+        .iter()
+        .any(|a| m.destination.starts_with(Path::new(a)))
+    {
         return None;
     }
     let typ = m.typ.as_deref()?;
@@ -463,5 +465,119 @@ impl Backend for VmBackend {
             serde_json::Value::Object(json).to_string(),
         );
         Ok(Box::new(sandbox))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::bundle::{NamespaceConfig, PodRole, Rlimit as OciRlimit};
+    use std::collections::BTreeMap;
+
+    fn mount(dest: &str, typ: &str) -> MountConfig {
+        MountConfig {
+            destination: dest.into(),
+            typ: Some(typ.into()),
+            source: Some(typ.into()),
+            options: vec!["nosuid".into()],
+        }
+    }
+
+    /// The mounts and namespaces podman 4.3 writes into config.json.
+    fn podman_like() -> ContainerConfig {
+        ContainerConfig {
+            id: "c".into(),
+            bundle: "/b".into(),
+            rootfs: "/b/rootfs".into(),
+            readonly_rootfs: true,
+            process: ProcessConfig {
+                args: vec!["echo".into(), "hello".into()],
+                env: vec!["PATH=/bin".into()],
+                cwd: "/".into(),
+                uid: 5,
+                gid: 6,
+                additional_gids: vec![7],
+                terminal: false,
+                rlimits: vec![OciRlimit {
+                    typ: "RLIMIT_NOFILE".into(),
+                    soft: 1,
+                    hard: 2,
+                }],
+                no_new_privileges: true,
+            },
+            hostname: Some("h".into()),
+            mounts: vec![
+                mount("/proc", "proc"),
+                mount("/dev", "tmpfs"),
+                mount("/sys", "sysfs"),
+                mount("/dev/pts", "devpts"),
+                mount("/dev/mqueue", "mqueue"),
+                mount("/etc/hosts", "bind"),
+                mount("/sys/fs/cgroup", "cgroup"),
+                mount("/scratch", "tmpfs"),
+                mount("/q", "mqueue"),
+            ],
+            namespaces: ["pid", "net", "ipc", "uts", "mnt", "cgroup", "user"]
+                .iter()
+                .map(|t| NamespaceConfig {
+                    typ: t.to_string(),
+                    path: None,
+                })
+                .chain(std::iter::once(NamespaceConfig {
+                    typ: "net".into(),
+                    path: Some("/proc/1/ns/net".into()),
+                }))
+                .collect(),
+            cgroups_path: Some("/libpod_parent/libpod-abc".into()),
+            annotations: BTreeMap::new(),
+            role: PodRole::Single,
+        }
+    }
+
+    #[test]
+    fn podman_config_maps_to_what_a_guest_can_do() {
+        let spec = container_spec(&podman_like(), "/dev/vda");
+        assert_eq!(
+            spec.rootfs,
+            RootfsSpec::BlockDevice {
+                path: "/dev/vda".into(),
+                fstype: "ext4".into(),
+                read_only: true
+            }
+        );
+        let dests: Vec<&str> = spec.mounts.iter().map(|m| m.destination.as_str()).collect();
+        assert_eq!(dests, ["/scratch", "/q"]);
+        assert_eq!(spec.mounts[0].fstype.as_deref(), Some("tmpfs"));
+        assert_eq!(spec.mounts[0].options, ["nosuid"]);
+        assert_eq!(
+            spec.namespaces,
+            [
+                Namespace::Pid,
+                Namespace::Net,
+                Namespace::Ipc,
+                Namespace::Uts,
+                Namespace::Mount
+            ]
+        );
+        assert_eq!(
+            spec.cgroup_path.as_deref(),
+            Some("libpod_parent/libpod-abc")
+        );
+        assert_eq!(spec.hostname.as_deref(), Some("h"));
+        let p = &spec.process;
+        assert_eq!(
+            (p.uid, p.gid, p.additional_gids.as_slice()),
+            (5, 6, &[7][..])
+        );
+        assert_eq!(p.rlimits[0].kind, "RLIMIT_NOFILE");
+        assert_eq!((p.rlimits[0].soft, p.rlimits[0].hard), (1, 2));
+        assert!(p.no_new_privileges);
+    }
+
+    #[test]
+    fn systemd_style_cgroup_paths_are_not_passed() {
+        let mut c = podman_like();
+        c.cgroups_path = Some("machine.slice:libpod:abc".into());
+        assert_eq!(container_spec(&c, "/dev/vda").cgroup_path, None);
     }
 }
