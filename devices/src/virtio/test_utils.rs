@@ -73,6 +73,15 @@ impl<'a> GuestQueue<'a> {
         }
     }
 
+    /// Guest addresses of the descriptor table, available ring and used ring.
+    pub fn addrs(&self) -> (u64, u64, u64) {
+        (
+            self.mock.desc_table_addr().0,
+            self.mock.avail_addr().0,
+            self.used_addr.0,
+        )
+    }
+
     /// The device-side `Queue` for this ring.
     pub fn queue(&self) -> Queue {
         let mut q = Queue::new(self.len).unwrap();
