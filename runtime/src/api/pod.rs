@@ -241,10 +241,16 @@ impl Runtime {
                 ms: since.elapsed().as_secs_f64() * 1e3,
             })
         };
-        for (what, path) in [
-            ("kernel", rec.config.kernel_path()),
-            ("initrd", rec.config.initrd_path()),
-        ] {
+        let host_agent = pod_vmm::host_agent::selected().is_some();
+        let guest_files = if host_agent {
+            vec![]
+        } else {
+            vec![
+                ("kernel", rec.config.kernel_path()),
+                ("initrd", rec.config.initrd_path()),
+            ]
+        };
+        for (what, path) in guest_files {
             if !path.is_file() {
                 return Err(Error::Config(format!(
                     "guest {what} {} not found (set it in the pod config or EMBER_GUEST_DIR)",
@@ -274,7 +280,7 @@ impl Runtime {
         rec.stop_reason = None;
         Self::store(&dir, &rec)?;
 
-        if std::env::var_os("EMBER_FORCE_KVM").is_none_or(|v| v != "1") {
+        if !host_agent && std::env::var_os("EMBER_FORCE_KVM").is_none_or(|v| v != "1") {
             vmm::check_kvm_usable().map_err(Error::Kvm)?;
         }
         let t = Instant::now();

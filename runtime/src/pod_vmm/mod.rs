@@ -15,6 +15,7 @@
 //! asked does that.
 
 pub mod control;
+pub mod host_agent;
 pub mod proc;
 mod vm;
 
@@ -79,6 +80,8 @@ pub enum Error {
     Lock(#[source] crate::state::lock::Error),
     #[error("The VM failed")]
     Vm(#[source] vm::Error),
+    #[error("The host agent failed")]
+    HostAgent(#[source] host_agent::Error),
     #[error("The VM ended before the guest agent was ready: {0}")]
     EndedEarly(String),
 }
@@ -325,10 +328,9 @@ pub fn serve(root: &Path, pod: &str) -> Result<(), Error> {
 }
 
 fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Error> {
-    let rec = {
-        let _lock = PodLock::acquire(dir, LockKind::Read).map_err(Error::Lock)?;
-        PodRecord::load(dir).map_err(Error::State)?
-    };
+    // No lock here: the starter holds the pod's write lock for the whole start and stored the
+    // record before spawning us; records are replaced atomically, so this read is whole.
+    let rec = PodRecord::load(dir).map_err(Error::State)?;
     let bind = |name: &str| {
         let path = dir.join(name);
         let _ = fs::remove_file(&path);
@@ -339,7 +341,12 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
 
     let (tx, rx) = mpsc::channel::<Event>();
     let t = Instant::now();
-    let vm = vm::Vm::boot(&rec, dir, t0, tx.clone()).map_err(Error::Vm)?;
+    let machine = match host_agent::selected() {
+        Some(agent) => Machine::Host(
+            host_agent::HostAgent::boot(&agent, dir, tx.clone()).map_err(Error::HostAgent)?,
+        ),
+        None => Machine::Vm(vm::Vm::boot(&rec, dir, t0, tx.clone()).map_err(Error::Vm)?),
+    };
     notify.phase("vm_boot_call", t);
 
     // The guest announces readiness by connecting to vsock port 1025 on the host.
@@ -359,13 +366,13 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
         Ok(Event::Ready(agent_version)) => {
             eprintln!("ember-vmm: agent {agent_version} ready");
             notify.phase("agent_ready", t0);
-            for (name, ms) in vm.timings() {
+            for (name, ms) in machine.timings() {
                 notify.send(&format!("phase vm_{name} {ms:.3}"));
             }
         }
         Ok(Event::Exited(msg)) => return Err(Error::EndedEarly(msg)),
         Err(_) => {
-            vm.stop();
+            machine.stop();
             return Err(Error::Timeout(timeout));
         }
     }
@@ -373,9 +380,8 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
     notify.close();
 
     let requested = Arc::new(AtomicBool::new(false));
-    let target = Arc::new(vm::Target::new(vm.handle(), dir, requested.clone()));
-    let ctl = target.clone();
-    std::thread::spawn(move || control::serve(control_listener, &*ctl));
+    let target = machine.target(dir, requested.clone());
+    std::thread::spawn(move || control::serve(control_listener, &*target));
 
     // Wait for the VM to end.
     let reason = loop {
@@ -421,6 +427,35 @@ fn mark_ended(dir: &Path, reason: &str) {
     let state = crate::api::hooks_state_json(&rec, dir, "stopped");
     for e in hooks::run_all_best_effort(&rec.config.hooks.poststop, &state) {
         eprintln!("ember-vmm: poststop hook: {}", crate::cli::report(&e));
+    }
+}
+
+/// What runs the pod: a VM, or (test equipment) the agent as a host process.
+enum Machine {
+    Vm(vm::Vm),
+    Host(host_agent::HostAgent),
+}
+
+impl Machine {
+    fn target(&self, dir: &Path, requested: Arc<AtomicBool>) -> Arc<dyn control::ControlTarget> {
+        match self {
+            Machine::Vm(vm) => Arc::new(vm::Target::new(vm.handle(), dir, requested)),
+            Machine::Host(h) => h.target(dir, requested),
+        }
+    }
+
+    fn stop(&self) {
+        match self {
+            Machine::Vm(vm) => vm.stop(),
+            Machine::Host(h) => h.stop(),
+        }
+    }
+
+    fn timings(&self) -> Vec<(String, f64)> {
+        match self {
+            Machine::Vm(vm) => vm.timings(),
+            Machine::Host(_) => Vec::new(),
+        }
     }
 }
 

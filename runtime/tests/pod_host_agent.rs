@@ -1,0 +1,310 @@
+//! The whole pod path without a VM: `ember pod start` spawns the detached pod process, which
+//! runs the guest agent as a host process (`EMBER_POD_HOST_AGENT`, test equipment) behind the
+//! same hybrid-vsock socket a VM has; every container call goes through the agent protocol.
+//! Needs root (namespaces), /bin/busybox and the ember-agent binary (built by
+//! `cargo build -p ember-agent`, or named by `EMBER_AGENT_BIN`); skips with a message otherwise.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn agent_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("EMBER_AGENT_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let ember = PathBuf::from(env!("CARGO_BIN_EXE_ember"));
+    let p = ember.parent()?.join("ember-agent");
+    p.is_file().then_some(p)
+}
+
+fn prerequisites(test: &str) -> Option<PathBuf> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping {test}: needs root");
+        return None;
+    }
+    if !Path::new("/bin/busybox").exists() {
+        eprintln!("skipping {test}: /bin/busybox (busybox-static) missing");
+        return None;
+    }
+    let agent = agent_bin();
+    if agent.is_none() {
+        eprintln!("skipping {test}: no ember-agent binary (cargo build -p ember-agent)");
+    }
+    agent
+}
+
+struct Env {
+    root: PathBuf,
+    agent: PathBuf,
+}
+
+impl Env {
+    fn new(name: &str, agent: PathBuf) -> Env {
+        let root = std::env::temp_dir().join(format!("ember-podha-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        Env { root, agent }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ember"));
+        c.arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .env("EMBER_POD_HOST_AGENT", &self.agent)
+            .env("EMBER_LOCK_TIMEOUT_MS", "60000");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "ember {args:?} failed ({}): {}\nvmm.log: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(self.root.join("p/vmm.log")).unwrap_or_default()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+
+    /// A busybox rootfs directory.
+    fn rootfs(&self) -> PathBuf {
+        let r = self.root.join("rootfs");
+        std::fs::create_dir_all(r.join("bin")).unwrap();
+        for d in ["proc", "dev", "sys", "tmp", "etc"] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
+        for a in ["sh", "echo", "sleep", "cat", "true"] {
+            std::os::unix::fs::symlink("busybox", r.join("bin").join(a)).unwrap();
+        }
+        r
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["pod", "delete", "--force", "p"]).output();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn state_of(v: &serde_json::Value, cid: &str) -> (String, Option<i64>) {
+    let c = v["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == cid)
+        .unwrap();
+    (
+        c["state"].as_str().unwrap().to_string(),
+        c["exit_code"].as_i64(),
+    )
+}
+
+#[test]
+fn pod_and_containers_through_the_agent() {
+    let Some(agent) = prerequisites("pod_and_containers_through_the_agent") else {
+        return;
+    };
+    let env = Env::new("life", agent);
+    let rootfs = env.rootfs();
+    let rootfs = rootfs.to_str().unwrap();
+    env.ok(&["pod", "create", "p"]);
+    // Created before the start: created in the agent when the pod starts.
+    // c0 exits 0 on SIGTERM (as a pid-namespace init it has to handle it itself).
+    let trap = "trap 'exit 0' TERM; while :; do sleep 1; done";
+    env.ok(&[
+        "container",
+        "create",
+        "p",
+        "c0",
+        "--rootfs-guest-path",
+        rootfs,
+        "--",
+        "sh",
+        "-c",
+        trap,
+    ]);
+    let v = env.json(&["pod", "start", "--json", "p"]);
+    assert_eq!(v["state"], "running");
+    let vmm_pid = v["vmm_pid"].as_i64().unwrap();
+    assert!(Path::new(&format!("/proc/{vmm_pid}")).exists());
+    assert!(v["timings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "agent_ready"));
+
+    // Created while the pod runs: straight into the agent.
+    env.ok(&[
+        "container",
+        "create",
+        "p",
+        "c1",
+        "--rootfs-guest-path",
+        rootfs,
+        "--",
+        "sleep",
+        "1000",
+    ]);
+    let c = env.json(&["container", "start", "--json", "p", "c1"]);
+    assert_eq!(c["state"], "running");
+    assert!(c["pid"].as_i64().unwrap() > 0);
+    env.ok(&["container", "start", "p", "c0"]);
+
+    // exec: output and exit codes.
+    let out = env.run(&[
+        "container",
+        "exec",
+        "p",
+        "c1",
+        "--",
+        "echo",
+        "hello from c1",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from c1\n");
+    let out = env.run(&[
+        "container",
+        "exec",
+        "p",
+        "c1",
+        "--",
+        "sh",
+        "-c",
+        "echo oops >&2; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+
+    // ps lists the container's process.
+    let ps = env.json(&["container", "ps", "--json", "p", "c1"]);
+    assert!(
+        ps.as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["cmd"].as_str().unwrap().contains("sleep 1000")),
+        "{ps}"
+    );
+
+    // A container whose process ends: status notices, with the exit code.
+    env.ok(&[
+        "container",
+        "create",
+        "p",
+        "c2",
+        "--rootfs-guest-path",
+        rootfs,
+        "--",
+        "sh",
+        "-c",
+        "exit 7",
+    ]);
+    env.ok(&["container", "start", "p", "c2"]);
+    assert_eq!(
+        env.run(&["container", "wait", "p", "c2"]).status.code(),
+        Some(7)
+    );
+    let v = env.json(&["pod", "status", "--json", "p"]);
+    assert_eq!(state_of(&v, "c2"), ("stopped".into(), Some(7)));
+
+    // kill with a signal: 128 + 9.
+    env.ok(&["container", "kill", "p", "c1", "KILL"]);
+    assert_eq!(
+        env.run(&["container", "wait", "p", "c1"]).status.code(),
+        Some(137)
+    );
+    let c = env.json(&["container", "status", "--json", "p", "c1"]);
+    assert_eq!(
+        (c["state"].as_str(), c["exit_code"].as_i64()),
+        (Some("stopped"), Some(137))
+    );
+    // Refused on a stopped container.
+    assert_eq!(
+        env.run(&["container", "exec", "p", "c1", "--", "true"])
+            .status
+            .code(),
+        Some(1)
+    );
+
+    // stop (SIGTERM to all, SIGKILL after a grace period) and delete.
+    let c = env.json(&["container", "stop", "--json", "p", "c0"]);
+    assert_eq!(c["state"], "stopped");
+    assert_eq!(c["exit_code"], 0, "c0 handled SIGTERM");
+    env.ok(&["container", "delete", "p", "c0"]);
+
+    // pause / resume through the control socket.
+    assert_eq!(
+        env.json(&["pod", "pause", "--json", "p"])["state"],
+        "paused"
+    );
+    assert_eq!(
+        env.json(&["pod", "resume", "--json", "p"])["state"],
+        "running"
+    );
+
+    // stop: the pod process ends; containers are stopped.
+    let v = env.json(&["pod", "stop", "--json", "p"]);
+    assert_eq!(v["state"], "stopped");
+    assert!(
+        !Path::new(&format!("/proc/{vmm_pid}/stat")).exists()
+            || std::fs::read_to_string(format!("/proc/{vmm_pid}/stat"))
+                .unwrap()
+                .contains(") Z")
+    );
+    assert!(!env.root.join("p/control.sock").exists());
+    env.ok(&["pod", "delete", "p"]);
+    assert!(!env.root.join("p").exists());
+}
+
+#[test]
+fn killing_the_pod_process_leaves_the_pod_stopped() {
+    let Some(agent) = prerequisites("killing_the_pod_process_leaves_the_pod_stopped") else {
+        return;
+    };
+    let env = Env::new("kill", agent);
+    let rootfs = env.rootfs();
+    env.ok(&["pod", "create", "p"]);
+    env.ok(&[
+        "container",
+        "create",
+        "p",
+        "c",
+        "--rootfs-guest-path",
+        rootfs.to_str().unwrap(),
+        "--",
+        "sleep",
+        "1000",
+    ]);
+    let v = env.json(&["pod", "start", "--json", "p"]);
+    env.ok(&["container", "start", "p", "c"]);
+    let pid = v["vmm_pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // Separate invocations see it stopped.
+    let v = env.json(&["pod", "status", "--json", "p"]);
+    assert_eq!(v["state"], "stopped", "{v}");
+    assert!(v["stop_reason"]
+        .as_str()
+        .unwrap()
+        .contains(&pid.to_string()));
+    assert_eq!(state_of(&v, "c").0, "stopped");
+    let list = env.json(&["pod", "list", "--json"]);
+    assert_eq!(list[0]["state"], "stopped");
+    // Calls that need the VM fail cleanly instead of hanging.
+    let out = env.run(&["container", "exec", "p", "c", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    env.ok(&["pod", "delete", "p"]);
+}
