@@ -16,6 +16,11 @@ use vmm::config::{
 
 use super::report;
 
+/// Kernel parameters that get a Linux 6.1 guest kernel past the instructions a PVM host's
+/// emulator cannot run (xrstor, popcnt, clac/stac, ...) and past expensive timer
+/// calibration; see /work/shared/ENVIRONMENT.md.
+pub const PVM_CMDLINE: &str = "noxsave clearcpuid=151,308,295,288,534,514,515,158,306,580,156,293,153,129,150,291,296,311,312,298,145 tsc=reliable no_timer_check";
+
 /// Where installed guest artifacts live unless `EMBER_GUEST_DIR` says otherwise.
 pub const DEFAULT_GUEST_DIR: &str = "/var/lib/ember/guest";
 
@@ -173,9 +178,16 @@ pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, Error> {
 pub fn run_vm(args: &RunArgs) -> Result<(), Error> {
     let start = Instant::now();
     let cfg = config_from_args(args)?;
+    let mut cfg = cfg;
     vmm::builder::validate_config(&cfg).map_err(Error::Vmm)?;
     if !(args.force || force_from_env()) {
         vmm::check_kvm_usable().map_err(Error::Vmm)?;
+    } else if vmm::vstate::kvm::is_pvm() {
+        // Forced onto a PVM /dev/kvm: mask what its instruction emulator cannot run.
+        eprintln!(
+            "ember: note: PVM /dev/kvm, guest kernel emulated (minutes); adding: {PVM_CMDLINE}"
+        );
+        cfg.extra_cmdline.insert(0, PVM_CMDLINE.to_string());
     }
     let vm = vmm::Vmm::with_start(cfg, start).map_err(Error::Vmm)?;
     let handle = vm.handle();
