@@ -2,6 +2,7 @@
 //! "virtual KVM host" — a QEMU-TCG machine with emulated SVM in which ember gets a real /dev/kvm.
 
 pub mod busybox;
+pub mod debian;
 pub mod guest;
 pub mod initramfs;
 pub mod sections;

@@ -1,0 +1,92 @@
+# 50-oci: ember as the OCI runtime of real podman and containerd, inside the Debian root
+# (scripts/build-debian-host.sh) that rig::debian attaches to the virtual KVM host as /dev/vda.
+# Sourced by the host's /init after /rig/lib.sh. Without that disk it prints one line and
+# returns (the shared initramfs-only host run).
+# Sections: oci-debian, podman-hello, podman-exit-code, podman-exec, podman-stop-rm,
+# ctr-hello, oci-bench.
+
+DEB=/debian
+if ! [ -b /dev/vda ] || ! mkdir -p "$DEB" || ! mount -t ext4 /dev/vda "$DEB" 2>/dev/null; then
+    echo "50-oci: no Debian disk on /dev/vda: skipped"
+    return 0
+fi
+if ! [ -x "$DEB/usr/local/sbin/ember-debian-init" ]; then
+    echo "50-oci: /dev/vda is not the ember Debian host image: skipped"
+    umount "$DEB"
+    return 0
+fi
+
+# The current ember and guest artifacts go into the Debian root (the disk is a QEMU snapshot:
+# nothing is kept).
+mkdir -p "$DEB/usr/local/bin" "$DEB/var/lib/ember/guest"
+cp /usr/local/bin/ember "$DEB/usr/local/bin/ember"
+cp /var/lib/ember/guest/* "$DEB/var/lib/ember/guest/" 2>/dev/null
+for d in proc sys dev; do mount --bind "/$d" "$DEB/$d"; done
+mount --bind /dev/pts "$DEB/dev/pts"
+mount -t cgroup2 cgroup2 "$DEB/sys/fs/cgroup" 2>/dev/null
+
+# /tmp/dch CMD...: run CMD in the Debian root with a clean environment (a script, so that
+# `timeout` can run it).
+cat >/tmp/dch <<DCH
+#!/bin/sh
+exec chroot $DEB /usr/bin/env -i HOME=/root TERM=dumb \
+    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "\$@"
+DCH
+chmod 755 /tmp/dch
+
+section oci-debian /tmp/dch sh -c '
+    ember-debian-init setup || exit 1
+    podman --version && ctr --version && runc --version | head -1 && ember --version || exit 1
+    podman import /var/lib/ember-oci/busybox-rootfs.tar localhost/busybox >/dev/null || exit 1
+    podman images --format "{{.Repository}}:{{.Tag}}"'
+
+section_timeout 900 podman-hello /tmp/dch \
+    podman --runtime /usr/local/bin/ember run --rm localhost/busybox echo hello
+
+section_timeout 900 podman-exit-code /tmp/dch sh -c '
+    podman --runtime /usr/local/bin/ember run --rm localhost/busybox sh -c "exit 3"
+    echo "exit=$?"'
+
+section_timeout 1200 podman-exec /tmp/dch sh -c '
+    podman --runtime /usr/local/bin/ember run -d --name web localhost/busybox sleep 1000 >/dev/null || exit 1
+    podman exec web echo from-exec
+    podman exec web sh -c "exit 5"
+    echo "exec-exit=$?"
+    podman ps --format "{{.Names}} {{.Status}}"'
+
+# After stop and rm: no ember process (shim or pod VMM) and no ember state may remain.
+section_timeout 900 podman-stop-rm /tmp/dch sh -c '
+    podman stop -t 3 web >/dev/null; echo "stop=$?"
+    podman rm web >/dev/null; echo "rm=$?"
+    sleep 1
+    echo "ember processes: $(pgrep -c -f "^/usr/local/bin/ember" || true)"
+    echo "state dirs: $(ls /run/ember 2>/dev/null | grep -vc "^@pods$" || true)"
+    echo "pods: $(ls /run/ember/@pods 2>/dev/null | wc -l)"'
+
+section_timeout 900 ctr-hello /tmp/dch sh -c '
+    ember-debian-init containerd || exit 1
+    ctr image import --snapshotter native /var/lib/ember-oci/busybox-oci.tar >/dev/null || exit 1
+    ctr run --rm --snapshotter native --runc-binary /usr/local/bin/ember \
+        docker.io/library/busybox:latest hello1 echo hello'
+
+# Bench: `podman run --rm IMAGE true` wall time with runc and with ember, then the phases of
+# one ember create (the shim writes them to timings.json).
+section_timeout 1800 oci-bench /tmp/dch sh -c '
+    up() { cut -d" " -f1 /proc/uptime; }
+    for rt in runc ember; do
+        flag=""
+        [ $rt = ember ] && flag="--runtime /usr/local/bin/ember"
+        for i in 1 2; do
+            t0=$(up)
+            podman $flag run --rm localhost/busybox true
+            rc=$?
+            echo "bench runtime=$rt run=$i rc=$rc wall_s=$(echo "$t0 $(up)" | awk "{printf \"%.2f\", \$2 - \$1}")"
+        done
+    done
+    podman --runtime /usr/local/bin/ember create --name phases localhost/busybox true >/dev/null &&
+        podman init phases >/dev/null &&
+        echo "phases $(cat /run/ember/$(podman inspect -f "{{.ID}}" phases)/timings.json)"
+    podman rm -f phases >/dev/null'
+
+/tmp/dch ember-debian-init stop
+sync

@@ -1,0 +1,175 @@
+//! OCI checks (scenario 50-oci.sh): real podman and containerd drive ember in the Debian root
+//! of the virtual KVM host ([`rig::debian::DebianHost`]). That host boots once for these
+//! tests, separately from the initramfs-only host of the other modules (it needs the Debian
+//! disk and more memory).
+//!
+//! Skips (prints why, passes) when the Debian image (scripts/build-debian-host.sh), the host
+//! kernel, QEMU or the static ember are missing, unless `EMBER_E2E` is set.
+//! Env: `EMBER_E2E_OCI_LOG` (console log, default $TMPDIR/ember-e2e-oci-console.log).
+
+use rig::debian::{self, DebianHost};
+use rig::{RunReport, Section};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+enum Run {
+    Skipped(String),
+    Ran(Box<RunReport>),
+    Failed(String),
+}
+
+static DEBIAN: OnceLock<Run> = OnceLock::new();
+
+fn required() -> bool {
+    std::env::var_os("EMBER_E2E").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+fn boot() -> Run {
+    let ember = std::env::var("EMBER_BIN").unwrap_or_else(|_| rig::vhost::DEFAULT_EMBER.into());
+    if !Path::new(&ember).is_file() {
+        return Run::Skipped(format!("{ember} missing (scripts/build-guest-image.sh)"));
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let scenarios = match debian::oci_scenarios(&dir) {
+        Ok(s) => s,
+        Err(e) => return Run::Failed(e.to_string()),
+    };
+    let log = std::env::var_os("EMBER_E2E_OCI_LOG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("ember-e2e-oci-console.log"));
+    let host = match DebianHost::new(None) {
+        Ok(h) => h,
+        Err(e @ debian::Error::NoImage(_)) => return Run::Skipped(e.to_string()),
+        Err(e @ debian::Error::Host(_)) => return Run::Skipped(rig_report(&e)),
+        Err(e) => return Run::Failed(rig_report(&e)),
+    };
+    let host = host.configure(|mut h| {
+        for s in scenarios {
+            h = h.scenario(s);
+        }
+        h.timeout(3600).log(&log)
+    });
+    eprintln!(
+        "e2e oci: booting the Debian virtual host; console log: {}",
+        log.display()
+    );
+    match host.run() {
+        Ok(r) => Run::Ran(Box::new(r)),
+        Err(e) => Run::Failed(rig_report(&e)),
+    }
+}
+
+fn rig_report(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn section(name: &str) -> Option<&'static Section> {
+    let report = match DEBIAN.get_or_init(boot) {
+        Run::Ran(r) => r,
+        Run::Skipped(why) => {
+            assert!(
+                !required(),
+                "EMBER_E2E is set but a prerequisite is missing: {why}"
+            );
+            eprintln!("e2e oci: SKIPPED (set EMBER_E2E=1 to make this a failure): {why}");
+            return None;
+        }
+        Run::Failed(e) => panic!("e2e oci: the Debian virtual host could not run: {e}"),
+    };
+    match report.sections.get(name) {
+        Some(s) => Some(s),
+        None => {
+            let lines: Vec<&str> = report.console.lines().collect();
+            panic!(
+                "section {name:?} missing (outcome {:?}); console tail:\n{}",
+                report.outcome,
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            )
+        }
+    }
+}
+
+fn passed(name: &str) -> Option<&'static Section> {
+    let s = section(name)?;
+    assert_eq!(s.rc, 0, "section {name:?} failed; output:\n{}", s.output);
+    Some(s)
+}
+
+fn has_line(s: &Section, want: &str) -> bool {
+    s.output.lines().any(|l| l.trim() == want)
+}
+
+#[test]
+fn podman_run_with_ember_prints_hello() {
+    let Some(s) = passed("podman-hello") else {
+        return;
+    };
+    assert!(has_line(s, "hello"), "output:\n{}", s.output);
+}
+
+#[test]
+fn podman_reports_the_containers_exit_code() {
+    let Some(s) = passed("podman-exit-code") else {
+        return;
+    };
+    assert!(has_line(s, "exit=3"), "output:\n{}", s.output);
+}
+
+#[test]
+fn podman_exec_into_a_running_container() {
+    let Some(s) = passed("podman-exec") else {
+        return;
+    };
+    assert!(has_line(s, "from-exec"), "output:\n{}", s.output);
+    assert!(has_line(s, "exec-exit=5"), "output:\n{}", s.output);
+}
+
+#[test]
+fn podman_stop_and_rm_leave_nothing_behind() {
+    let Some(s) = passed("podman-stop-rm") else {
+        return;
+    };
+    for want in [
+        "stop=0",
+        "rm=0",
+        "ember processes: 0",
+        "state dirs: 0",
+        "pods: 0",
+    ] {
+        assert!(has_line(s, want), "no {want:?} in:\n{}", s.output);
+    }
+}
+
+#[test]
+fn containerd_runc_shim_runs_ember() {
+    let Some(s) = passed("ctr-hello") else { return };
+    assert!(has_line(s, "hello"), "output:\n{}", s.output);
+}
+
+#[test]
+fn podman_run_bench_ran_with_both_runtimes() {
+    let Some(s) = passed("oci-bench") else { return };
+    for rt in ["runc", "ember"] {
+        assert!(
+            s.output
+                .lines()
+                .any(|l| l.starts_with(&format!("bench runtime={rt} ")) && l.contains(" rc=0 ")),
+            "no successful {rt} run in:\n{}",
+            s.output
+        );
+    }
+    for l in s
+        .output
+        .lines()
+        .filter(|l| l.starts_with("bench ") || l.starts_with("phases "))
+    {
+        eprintln!("{l}");
+    }
+}
