@@ -278,3 +278,28 @@ fn virtio_devices_sit_in_their_mmio_slots() {
     assert_eq!(seen, expected, "block, vsock, rng in slots 0, 1, 2");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn int3_at_cpl0_is_delivered_as_a_breakpoint() {
+    if !kvm_present() {
+        return;
+    }
+    // `int3` at CPL0. A PVM host's instruction emulator cannot run it (internal error); the
+    // VMM then injects the #BP it means. Hardware KVM raises #BP itself. Either way the guest
+    // sees #BP, which with an empty IDT escalates to a triple fault, after the int3.
+    let vm = build_payload_vm(PayloadSpec {
+        privilege: Privilege::Kernel,
+        ..PayloadSpec::new(vec![0xcc, 0xf4])
+    })
+    .unwrap();
+    let err = vm.run().unwrap_err();
+    let msg = format!(
+        "{err}: {}",
+        std::error::Error::source(&err)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    );
+    eprintln!("{msg}");
+    assert!(msg.contains("triple fault"), "{msg}");
+    assert!(!msg.contains("internal error"), "{msg}");
+}
