@@ -2,7 +2,8 @@
 //! container phases. Prints a table. Needs root and /bin/busybox for the container rows.
 //!
 //! `cargo build -p ember-agent && cargo run -p ember-agent --example agent_latency [-- N]`
-//! (`EMBER_AGENT_BIN` picks another agent binary, e.g. the static release build).
+//! (`EMBER_AGENT_BIN` picks another agent binary, e.g. the static release build;
+//! `EMBER_AGENT_EXTRA_ARGS` adds agent flags, e.g. `--cgroup-root /sys/fs/cgroup`).
 
 use agent::client::{self, AgentClient};
 use agent::protocol::{self, ContainerSpec, ProcessSpec, RootfsSpec};
@@ -50,7 +51,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = std::fs::remove_file(&announce_path);
         let listener = UnixListener::bind(&announce_path)?;
         let t0 = Instant::now();
+        let extra = std::env::var("EMBER_AGENT_EXTRA_ARGS").unwrap_or_default();
         let child = Command::new(agent_bin())
+            .args(extra.split_whitespace())
             .arg("--listen")
             .arg(format!("unix:{}", sock.display()))
             .arg("--announce")

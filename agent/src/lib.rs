@@ -235,6 +235,16 @@ fn announce(ep: &transport::Endpoint, hello: &protocol::Hello) {
                 return;
             }
             Err(e) => {
+                if let transport::Error::Connect { source, .. } = &e {
+                    // No vsock transport (no device): retrying cannot help.
+                    if matches!(
+                        source.raw_os_error(),
+                        Some(libc::ENODEV) | Some(libc::EAFNOSUPPORT)
+                    ) {
+                        log_error(&format!("Cannot announce: {}", error_chain(&e)));
+                        return;
+                    }
+                }
                 log_debug(&format!("announce: {}", error_chain(&e)));
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(Duration::from_millis(500));
