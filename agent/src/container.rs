@@ -301,7 +301,7 @@ impl Agent {
             Ok(true) => {}
             Ok(false) => {
                 cleanup_all(Some(spawned.pid));
-                return Err(Error::Spawn(spawn::Error::Protocol));
+                return Err(Error::Spawn(spawn::Error::HelperDied));
             }
             Err(e) => {
                 cleanup_all(Some(spawned.pid));

@@ -48,6 +48,8 @@ pub enum Error {
     Setup(String),
     #[error("Container helper answered out of turn")]
     Protocol,
+    #[error("Container helper exited before finishing setup")]
+    HelperDied,
 }
 
 /// What the helper is to do.

@@ -970,3 +970,41 @@ fn pid1_reports_ready_without_listener_and_binds_later() {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A container whose setup fails (a mount of an unknown filesystem) is refused with the cause,
+/// leaves nothing behind, and the id can be used again.
+#[test]
+fn failed_setup_is_reported_and_cleaned_up() {
+    if !needs_root("failed_setup_is_reported_and_cleaned_up") {
+        return;
+    }
+    let mut t = TestAgent::start();
+    let rootfs = t.rootfs("rootfs-fail");
+    let mut spec = t.spec(&rootfs, &["true"]);
+    spec.mounts.push(Mount {
+        destination: "/data".into(),
+        source: "none".into(),
+        fstype: Some("no-such-fs".into()),
+        options: vec![],
+    });
+    let mut c = t.client();
+    let err = c.create_container("f", spec).unwrap_err();
+    assert_eq!(err.agent_kind(), Some(ErrorKind::Failed));
+    let msg = match &err {
+        ClientError::Agent(e) => e.message.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(msg.contains("/data"), "cause missing in {msg:?}");
+    assert!(!t.dir.join("state/containers/f").exists());
+    if let Some(root) = &t.cgroup_root {
+        assert!(!root.join("ember/f").exists());
+    }
+    // The id is free again; a bad cwd fails the start, not the agent.
+    let mut spec = t.spec(&rootfs, &["true"]);
+    spec.process.cwd = "/no/such/dir".into();
+    c.create_container("f", spec).unwrap();
+    assert_eq!(kind(c.start_container("f")), ErrorKind::Failed);
+    assert_eq!(c.wait("f", None).unwrap().code, 127);
+    c.destroy_container("f").unwrap();
+    assert!(t.alive());
+}
