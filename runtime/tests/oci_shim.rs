@@ -169,7 +169,7 @@ fn shim_life_cycle() {
     assert_eq!((st.status, st.pid), (Status::Stopped, 0));
     assert_eq!(ctx.store.load("c1").unwrap().exit_code, Some(143));
     assert!(ops::kill_container(&ctx, "c1", libc::SIGKILL, false).is_err());
-    ops::delete(&ctx, "c1", false).unwrap();
+    ops::delete(&ctx, "c1", false, &ok).unwrap();
     assert!(!ctx.store.dir("c1").exists());
 
     // delete of a created container stops its shim and leaves nothing.
@@ -183,7 +183,7 @@ fn shim_life_cycle() {
         &ok,
     )
     .unwrap();
-    ops::delete(&ctx, "c2", false).unwrap();
+    ops::delete(&ctx, "c2", false, &ok).unwrap();
     assert_eq!(shim_exit(pid2), 137);
     assert!(!ctx.store.dir("c2").exists());
 

@@ -82,32 +82,7 @@ pub enum OciCommand {
         id: String,
     },
     /// Run a new process in a running container.
-    Exec {
-        /// JSON file with an OCI process object.
-        #[arg(long, short = 'p')]
-        process: Option<PathBuf>,
-        #[arg(long, short = 't')]
-        tty: bool,
-        #[arg(long, short = 'd')]
-        detach: bool,
-        #[arg(long = "pid-file")]
-        pid_file: Option<PathBuf>,
-        #[arg(long = "console-socket")]
-        console_socket: Option<PathBuf>,
-        #[arg(long)]
-        cwd: Option<PathBuf>,
-        #[arg(long, short = 'e')]
-        env: Vec<String>,
-        /// UID[:GID]
-        #[arg(long, short = 'u')]
-        user: Option<String>,
-        /// Accepted for runc compatibility.
-        #[arg(long = "preserve-fds", default_value_t = 0)]
-        preserve_fds: u32,
-        id: String,
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
+    Exec(Box<ExecArgs>),
     /// List the processes of a container.
     Ps {
         #[arg(long, short = 'f', value_enum, default_value = "table")]
@@ -154,6 +129,56 @@ pub enum OciCommand {
     },
     /// Print what this runtime supports (JSON).
     Features,
+}
+
+/// `exec`'s flags (runc's set).
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// JSON file with an OCI process object.
+    #[arg(long, short = 'p')]
+    process: Option<PathBuf>,
+    #[arg(long, short = 't')]
+    tty: bool,
+    #[arg(long, short = 'd')]
+    detach: bool,
+    #[arg(long = "pid-file")]
+    pid_file: Option<PathBuf>,
+    #[arg(long = "console-socket")]
+    console_socket: Option<PathBuf>,
+    #[arg(long)]
+    cwd: Option<PathBuf>,
+    #[arg(long, short = 'e')]
+    env: Vec<String>,
+    /// UID[:GID]
+    #[arg(long, short = 'u')]
+    user: Option<String>,
+    /// Additional groups of the process.
+    #[arg(long = "additional-gids", short = 'g')]
+    additional_gids: Vec<u32>,
+    /// Accepted for runc compatibility.
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    preserve_fds: u32,
+    /// Accepted for runc compatibility (no SELinux in the guest).
+    #[arg(long = "process-label")]
+    process_label: Option<String>,
+    /// Accepted for runc compatibility (no AppArmor in the guest).
+    #[arg(long)]
+    apparmor: Option<String>,
+    /// Set no_new_privileges for the process.
+    #[arg(long = "no-new-privs")]
+    no_new_privs: bool,
+    /// Accepted for runc compatibility.
+    #[arg(long = "cap", short = 'c')]
+    cap: Vec<String>,
+    /// Accepted for runc compatibility.
+    #[arg(long)]
+    cgroup: Vec<String>,
+    /// Accepted for runc compatibility.
+    #[arg(long = "ignore-paused")]
+    ignore_paused: bool,
+    id: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -214,7 +239,7 @@ fn command_name(cmd: &OciCommand) -> &'static str {
         OciCommand::State { .. } => "state",
         OciCommand::Kill { .. } => "kill",
         OciCommand::Delete { .. } => "delete",
-        OciCommand::Exec { .. } => "exec",
+        OciCommand::Exec(_) => "exec",
         OciCommand::Ps { .. } => "ps",
         OciCommand::Pause { .. } => "pause",
         OciCommand::Resume { .. } => "resume",
@@ -268,21 +293,24 @@ fn dispatch(ctx: &Ctx, cmd: OciCommand) -> Result<i32, CliError> {
             Ok(0)
         }
         OciCommand::Delete { force, id } => {
-            ops::delete(ctx, &id, force)?;
+            ops::delete(ctx, &id, force, &backend(ctx))?;
             Ok(0)
         }
-        OciCommand::Exec {
-            process,
-            tty,
-            detach,
-            pid_file,
-            cwd,
-            env,
-            user,
-            id,
-            args,
-            ..
-        } => {
+        OciCommand::Exec(x) => {
+            let ExecArgs {
+                process,
+                tty,
+                detach,
+                pid_file,
+                cwd,
+                env,
+                user,
+                additional_gids,
+                no_new_privs,
+                id,
+                args,
+                ..
+            } = *x;
             let a = ExecProcessArgs {
                 args,
                 env,
@@ -290,7 +318,9 @@ fn dispatch(ctx: &Ctx, cmd: OciCommand) -> Result<i32, CliError> {
                 user,
                 tty,
             };
-            let p = ops::exec_process(ctx, &id, process.as_deref(), &a)?;
+            let mut p = ops::exec_process(ctx, &id, process.as_deref(), &a)?;
+            p.additional_gids.extend(additional_gids);
+            p.no_new_privileges |= no_new_privs;
             let code = ops::exec(ctx, &id, p, &ExecOpts { detach, pid_file })?;
             Ok(code)
         }

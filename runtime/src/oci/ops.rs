@@ -159,6 +159,7 @@ fn run_shim(
     backend: &dyn Backend,
     ready: OwnedFd,
 ) -> i32 {
+    close_inherited(&[ready.as_raw_fd()]);
     let mut ready = fs::File::from(ready);
     let _ = nix::unistd::setsid();
     let fail = |ready: &mut fs::File, msg: String| {
@@ -183,6 +184,26 @@ fn run_shim(
     }
     drop(ready);
     shim::serve(&ctx.store, id, listener, sandbox, &ctx.log)
+}
+
+/// Close every descriptor above stderr except `keep`: what the engine passed `ember create`
+/// (conmon's sync pipes, containerd's fifos) must not be held open by the shim for the
+/// container's whole life, nor leak into the pod's VMM process.
+fn close_inherited(keep: &[i32]) {
+    let fds: Vec<i32> = match fs::read_dir("/proc/self/fd") {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
+        Err(_) => return,
+    };
+    for fd in fds {
+        if fd > 2 && !keep.contains(&fd) {
+            // SAFETY: closing a descriptor number this single-threaded process inherited and
+            // no Rust object of ours owns (ours are in `keep`); a stale number (the read_dir
+            // handle itself, already closed) only yields EBADF.
+            unsafe { libc::close(fd) };
+        }
+    }
 }
 
 /// Point this process's own stdio at /dev/null: the container has its copies.
@@ -266,7 +287,7 @@ pub fn kill_container(ctx: &Ctx, id: &str, signal: i32, all: bool) -> Result<(),
 }
 
 /// Delete a container's state; with `force`, stop it first when it runs.
-pub fn delete(ctx: &Ctx, id: &str, force: bool) -> Result<(), OpsError> {
+pub fn delete(ctx: &Ctx, id: &str, force: bool, backend: &dyn Backend) -> Result<(), OpsError> {
     let rec = match ctx.store.load(id) {
         Ok(r) => r,
         Err(StateError::NotFound) => {
@@ -305,6 +326,8 @@ pub fn delete(ctx: &Ctx, id: &str, force: bool) -> Result<(), OpsError> {
             stop_shim(ctx, &rec);
         }
     }
+    // Whatever the shim could not release (it was killed, or died) goes now.
+    backend.cleanup(id);
     let _lock = ctx.store.lock(id)?;
     ctx.store.remove(id)?;
     Ok(())
@@ -454,6 +477,7 @@ pub fn exec(ctx: &Ctx, id: &str, process: ProcessConfig, opts: &ExecOpts) -> Res
     match unsafe { fork() }.map_err(OpsError::Fork)? {
         ForkResult::Child => {
             drop(rd);
+            close_inherited(&[wr.as_raw_fd()]);
             let mut wr = fs::File::from(wr);
             let _ = nix::unistd::setsid();
             let code = (|| -> Result<i32, OpsError> {
@@ -510,7 +534,7 @@ pub fn run(
 ) -> Result<i32, OpsError> {
     let pid = create(ctx, id, opts, backend)?;
     if let Err(e) = start(ctx, id) {
-        let _ = delete(ctx, id, true);
+        let _ = delete(ctx, id, true, backend);
         return Err(e);
     }
     if detach {
@@ -521,7 +545,7 @@ pub fn run(
         Ok(WaitStatus::Signaled(_, sig, _)) => 128 + sig as i32,
         _ => shim::LOST_EXIT_CODE,
     };
-    let _ = delete(ctx, id, true);
+    let _ = delete(ctx, id, true, backend);
     Ok(code)
 }
 

@@ -93,4 +93,8 @@ pub trait Backend {
         state_dir: &Path,
         stdio: Stdio,
     ) -> Result<Box<dyn Sandbox>, SandboxError>;
+
+    /// Release what a container `id` may still hold when its shim is gone without doing it
+    /// (killed, crashed). Best effort, idempotent.
+    fn cleanup(&self, _id: &str) {}
 }

@@ -385,6 +385,15 @@ impl VmBackend {
 }
 
 impl Backend for VmBackend {
+    fn cleanup(&self, id: &str) {
+        let rt = self.runtime();
+        if rt.pod_dir(id).is_dir() {
+            let _ = rt.stop_pod(id);
+            let _ = rt.delete_pod(id, true);
+        }
+        let _ = std::fs::remove_dir(rt.root());
+    }
+
     fn create(
         &self,
         config: &ContainerConfig,
