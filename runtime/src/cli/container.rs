@@ -1,6 +1,6 @@
 //! `ember container ...`: create, start, stop, delete, exec, status, kill, ps, wait.
 
-use super::pod::to_json;
+use super::pod::{outln, to_json};
 use crate::api::{ContainerConfig, ContainerInfo, RootfsConfig, Runtime, StdioStream};
 use clap::{Args, Subcommand};
 use std::io::{Read, Write};
@@ -192,11 +192,11 @@ fn exec(rt: &Runtime, cmd: ContainerCommand) -> Result<i32, Error> {
         ContainerCommand::Ps { pod, id, json } => {
             let procs = rt.container_processes(&pod, &id)?;
             if json {
-                println!("{}", to_json(&procs));
+                outln!("{}", to_json(&procs));
             } else {
-                println!("{:>8} CMD", "PID");
+                outln!("{:>8} CMD", "PID");
                 for p in procs {
-                    println!("{:>8} {}", p.pid, p.cmd);
+                    outln!("{:>8} {}", p.pid, p.cmd);
                 }
             }
         }
@@ -259,7 +259,7 @@ fn exec_process(rt: &Runtime, a: ExecArgs) -> Result<i32, Error> {
     }
     let (exec_id, pid) = rt.exec_start(&a.pod, &a.id, a.exec_id.as_deref(), process)?;
     if a.detach {
-        println!("{exec_id} {pid}");
+        outln!("{exec_id} {pid}");
         return Ok(0);
     }
     let eid = Some(exec_id.as_str());
@@ -284,7 +284,7 @@ fn exec_process(rt: &Runtime, a: ExecArgs) -> Result<i32, Error> {
 
 fn show(c: &ContainerInfo, json: bool) {
     if json {
-        println!("{}", to_json(c));
+        outln!("{}", to_json(c));
         return;
     }
     let pid = c.pid.map(|p| format!(" pid {p}")).unwrap_or_default();
@@ -292,7 +292,7 @@ fn show(c: &ContainerInfo, json: bool) {
         .exit_code
         .map(|c| format!(" exit {c}"))
         .unwrap_or_default();
-    println!("container {} {}{pid}{code}", c.id, c.state);
+    outln!("container {} {}{pid}{code}", c.id, c.state);
 }
 
 #[cfg(test)]

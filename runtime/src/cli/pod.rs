@@ -5,6 +5,22 @@ use crate::api::{PodConfig, PodInfo, Runtime};
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 
+/// `println!` that ignores a closed stdout (`ember ... | grep -q` must not panic).
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+/// `print!` that ignores a closed stdout.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+pub(crate) use outln;
+
 #[derive(Debug, Subcommand)]
 pub enum PodCommand {
     /// Create a pod (state ready) from a JSON config.
@@ -138,14 +154,14 @@ fn exec(rt: &Runtime, cmd: PodCommand) -> Result<(), Error> {
         PodCommand::List { out } => {
             let pods = rt.list_pods()?;
             if out.json {
-                println!("{}", to_json(&pods));
+                outln!("{}", to_json(&pods));
             } else {
-                println!(
+                outln!(
                     "{:<24} {:<8} {:>8} {:>10}",
                     "POD", "STATE", "PID", "CONTAINERS"
                 );
                 for p in &pods {
-                    println!(
+                    outln!(
                         "{:<24} {:<8} {:>8} {:>10}",
                         p.id,
                         p.state,
@@ -165,6 +181,7 @@ fn exec(rt: &Runtime, cmd: PodCommand) -> Result<(), Error> {
     Ok(())
 }
 
+
 pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
@@ -174,23 +191,23 @@ fn show(p: &PodInfo, out: &OutArgs) {
         eprintln!("ember: warning: {w}");
     }
     if out.json {
-        println!("{}", to_json(p));
+        outln!("{}", to_json(p));
         return;
     }
-    print!("pod {} {}", p.id, p.state);
+    out!("pod {} {}", p.id, p.state);
     if let Some(pid) = p.vmm_pid {
-        print!(" pid {pid}");
+        out!(" pid {pid}");
     }
     if let Some(r) = &p.stop_reason {
-        print!(" ({r})");
+        out!(" ({r})");
     }
-    println!();
+    outln!();
     for c in &p.containers {
         let code = c
             .exit_code
             .map(|c| format!(" exit {c}"))
             .unwrap_or_default();
-        println!("  container {} {}{code}", c.id, c.state);
+        outln!("  container {} {}{code}", c.id, c.state);
     }
     if out.timings {
         eprintln!("{:<28} {:>12}", "PHASE", "MS");

@@ -1,0 +1,152 @@
+# 30-pods: the pod and container API inside the virtual KVM host, one pod booted for most of it.
+# Sourced by the host's /init after /rig/lib.sh. Containers use the guest's own busybox root
+# (`--rootfs-guest-path /`); one more gets an ext2 disk declared in the pod config, filled by a
+# first container and used as the rootfs of a second.
+# Sections: pods-start, pods-containers-start, pods-exec, pods-ps, pods-exit-code, pods-kill,
+# pods-pause-resume, pods-list-status, pods-disk-rootfs, pods-stop-delete, pods-vmm-killed.
+
+export EMBER_ROOT=/run/ember-pods
+POD=p1
+# Rootfs of the guest-path containers: the guest's own busybox root (override to try this
+# script against a host-agent pod, EMBER_POD_HOST_AGENT, on a development machine).
+RFS=${PODS_ROOTFS:-/}
+LOG=/tmp/pods.log
+
+# The pod: default guest, a spare 64 MiB disk (formatted ext2 here; busybox has no mkfs.ext4).
+dd if=/dev/zero of=/tmp/data.img bs=1M count=0 seek=64 2>/dev/null
+mke2fs -q /tmp/data.img >/dev/null 2>&1 || mke2fs /tmp/data.img 65536 >/dev/null 2>&1
+cat >/tmp/pod.json <<JSON
+{ "mem_mib": 256, "start_timeout_secs": 240,
+  "disks": [ { "id": "data", "path": "/tmp/data.img" } ],
+  "hooks": { "prestart": [ { "path": "/bin/sh", "args": ["sh", "-c", "cat > /tmp/prestart.json"] } ],
+             "poststop": [ { "path": "/bin/sh", "args": ["sh", "-c", "echo poststop >> /tmp/hooks.log"] } ] } }
+JSON
+
+# pod_console POD: the pod guest's console and the pod process's log, for failure output.
+pod_console() {
+    echo "--- console.log"; tail -n 30 "$EMBER_ROOT/$1/console.log" 2>/dev/null
+    echo "--- vmm.log"; tail -n 20 "$EMBER_ROOT/$1/vmm.log" 2>/dev/null
+}
+
+pods_start() {
+    ember pod create --config /tmp/pod.json $POD || return 1
+    # Created before the start: created in the guest when the pod starts.
+    ember container create $POD c1 --rootfs-guest-path "$RFS" -- sleep 1000 || return 1
+    ember container create $POD c2 --rootfs-guest-path "$RFS" -- sh -c 'exit 7' || return 1
+    if ! ember pod start --timings $POD; then
+        pod_console $POD
+        # A guest that printed nothing hit the nested first-KVM_RUN stall: ask for a new host.
+        [ -s "$EMBER_ROOT/$POD/console.log" ] || retry_host "pod guest printed nothing"
+        return 1
+    fi
+    ember pod status $POD
+    grep -q '"status":"creating"' /tmp/prestart.json && echo "prestart hook got the state"
+    ember pod status --json $POD | grep -q '"state": "running"'
+}
+section pods-start pods_start
+
+pods_containers_start() {
+    ember container start $POD c1 || return 1
+    ember container start $POD c2 || return 1
+    ember container status $POD c1
+}
+section pods-containers-start pods_containers_start
+
+section pods-exec sh -c "
+    out=\$(ember container exec $POD c1 -- echo hello-from-c1) || exit 1
+    echo \"exec output: \$out\"
+    [ \"\$out\" = hello-from-c1 ] || exit 1
+    ember container exec $POD c1 -- sh -c 'exit 5'; rc=\$?
+    echo \"exec exit=\$rc\"
+    [ \$rc -eq 5 ]"
+
+section pods-ps sh -c "ember container ps $POD c1 | tee /tmp/ps.txt; grep -q 'sleep 1000' /tmp/ps.txt"
+
+pods_exit_code() {
+    ember container wait $POD c2
+    rc=$?
+    echo "c2 exit=$rc"
+    ember container status $POD c2
+    [ $rc -eq 7 ] && ember container status --json $POD c2 | grep -q '"exit_code": 7'
+}
+section pods-exit-code pods_exit_code
+
+pods_kill() {
+    # Created while the pod runs (guest path: no disk needed).
+    ember container create $POD c3 --rootfs-guest-path "$RFS" -- sleep 1000 || return 1
+    ember container start $POD c3 || return 1
+    ember container kill $POD c3 KILL || return 1
+    ember container wait $POD c3
+    rc=$?
+    echo "c3 exit=$rc"
+    ember container status $POD c3
+    [ $rc -eq 137 ]
+}
+section pods-kill pods_kill
+
+pods_pause_resume() {
+    ember pod pause $POD || return 1
+    ember pod status --json $POD | grep -q '"state": "paused"' || return 1
+    echo "paused"
+    ember pod resume $POD || return 1
+    ember pod status --json $POD | grep -q '"state": "running"' || return 1
+    echo "resumed"
+    [ "$(ember container exec $POD c1 -- echo alive)" = alive ] && echo "exec after resume ok"
+}
+section pods-pause-resume pods_pause_resume
+
+# Separate ember invocations see the pod (state lives under the root, not in a process).
+section pods-list-status sh -c "
+    ember pod list | tee /tmp/list.txt
+    grep -q '^$POD  *running' /tmp/list.txt || exit 1
+    ember pod status --json $POD > /tmp/status.json || exit 1
+    grep -q '\"vmm_pid\": [0-9]' /tmp/status.json && grep -c '\"id\": \"c' /tmp/status.json"
+
+pods_disk_rootfs() {
+    # A filler container mounts the pod's disk and copies busybox onto it...
+    cat >/tmp/filler.json <<JSON
+{ "rootfs": { "guest_path": { "path": "$RFS" } },
+  "process": { "env": ["PATH=/bin:/sbin:/usr/bin"], "args": ["sh", "-c", "mkdir -p /mnt/data/bin /mnt/data/proc /mnt/data/dev /mnt/data/sys /mnt/data/tmp && cp /bin/busybox /mnt/data/bin/ && ln -sf busybox /mnt/data/bin/sh && ln -sf busybox /mnt/data/bin/cat && ln -sf busybox /mnt/data/bin/sleep && echo disk-rootfs-ok > /mnt/data/marker && sync"] },
+  "mounts": [ { "destination": "/mnt/data", "source": "/dev/vda", "fstype": "ext2" } ] }
+JSON
+    ember container create --config /tmp/filler.json $POD filler || return 1
+    ember container start $POD filler || return 1
+    ember container wait $POD filler || { echo "filler failed"; return 1; }
+    # ...and a second container runs on that disk as its rootfs.
+    cat >/tmp/ondisk.json <<JSON
+{ "rootfs": { "disk": { "id": "data" } }, "fstype": "ext2",
+  "process": { "args": ["sleep", "1000"], "env": ["PATH=/bin"] } }
+JSON
+    ember container create --config /tmp/ondisk.json $POD ondisk || return 1
+    ember container start $POD ondisk || return 1
+    out=$(ember container exec $POD ondisk -- cat /marker)
+    echo "marker: $out"
+    [ "$out" = disk-rootfs-ok ]
+}
+section pods-disk-rootfs pods_disk_rootfs
+
+pods_stop_delete() {
+    ember container stop $POD c1 || return 1
+    ember container delete $POD c1 || return 1
+    ember pod stop $POD || return 1
+    ember pod status $POD
+    ember pod delete $POD || return 1
+    [ ! -e "$EMBER_ROOT/$POD" ] && echo "pod directory removed"
+    grep -q poststop /tmp/hooks.log && echo "poststop hook ran"
+}
+section pods-stop-delete pods_stop_delete
+
+pods_vmm_killed() {
+    ember pod create p2 || return 1
+    if ! ember pod start p2; then pod_console p2; return 1; fi
+    pid=$(ember pod status --json p2 | sed -n 's/.*"vmm_pid": \([0-9]*\).*/\1/p')
+    echo "pod process pid=$pid"
+    [ -n "$pid" ] || return 1
+    kill -9 "$pid"
+    sleep 1
+    ember pod status p2 | tee /tmp/p2.txt
+    grep -q 'stopped' /tmp/p2.txt || return 1
+    ember pod list
+    ember pod delete p2
+}
+section pods-vmm-killed pods_vmm_killed

@@ -1,0 +1,115 @@
+//! Pod and container API checks (scenario 30-pods.sh): one pod booted in the virtual KVM host,
+//! containers from the guest's busybox root and from a pod disk, every call a separate `ember`
+//! invocation.
+
+use crate::passed;
+
+fn has(output: &str, needle: &str) -> bool {
+    output.lines().any(|l| l.contains(needle))
+}
+
+#[test]
+fn pod_starts_with_its_containers_and_hooks() {
+    let Some(s) = passed("pods-start") else {
+        return;
+    };
+    assert!(has(&s.output, "pod p1 running"), "{}", s.output);
+    assert!(has(&s.output, "container c1 ready"), "{}", s.output);
+    assert!(
+        has(&s.output, "prestart hook got the state"),
+        "{}",
+        s.output
+    );
+    // --timings prints the start phases.
+    assert!(has(&s.output, "agent_ready"), "{}", s.output);
+}
+
+#[test]
+fn containers_start() {
+    let Some(s) = passed("pods-containers-start") else {
+        return;
+    };
+    assert!(has(&s.output, "container c1 running pid"), "{}", s.output);
+}
+
+#[test]
+fn exec_prints_output_and_reports_exit_code() {
+    let Some(s) = passed("pods-exec") else { return };
+    assert!(has(&s.output, "exec output: hello-from-c1"), "{}", s.output);
+    assert!(has(&s.output, "exec exit=5"), "{}", s.output);
+}
+
+#[test]
+fn ps_lists_the_container_process() {
+    let Some(s) = passed("pods-ps") else { return };
+    assert!(has(&s.output, "sleep 1000"), "{}", s.output);
+}
+
+#[test]
+fn exit_code_of_a_finished_container_is_reported() {
+    let Some(s) = passed("pods-exit-code") else {
+        return;
+    };
+    assert!(has(&s.output, "c2 exit=7"), "{}", s.output);
+    assert!(has(&s.output, "container c2 stopped"), "{}", s.output);
+}
+
+#[test]
+fn kill_with_a_signal() {
+    let Some(s) = passed("pods-kill") else { return };
+    assert!(has(&s.output, "c3 exit=137"), "{}", s.output);
+}
+
+#[test]
+fn pause_and_resume() {
+    let Some(s) = passed("pods-pause-resume") else {
+        return;
+    };
+    for line in ["paused", "resumed", "exec after resume ok"] {
+        assert!(has(&s.output, line), "{line} missing:\n{}", s.output);
+    }
+}
+
+#[test]
+fn list_and_status_from_separate_invocations() {
+    let Some(s) = passed("pods-list-status") else {
+        return;
+    };
+    assert!(
+        s.output
+            .lines()
+            .any(|l| l.starts_with("p1 ") && l.contains("running")),
+        "{}",
+        s.output
+    );
+}
+
+#[test]
+fn container_rootfs_on_a_pod_disk() {
+    let Some(s) = passed("pods-disk-rootfs") else {
+        return;
+    };
+    assert!(has(&s.output, "marker: disk-rootfs-ok"), "{}", s.output);
+}
+
+#[test]
+fn stop_and_delete() {
+    let Some(s) = passed("pods-stop-delete") else {
+        return;
+    };
+    assert!(has(&s.output, "pod p1 stopped"), "{}", s.output);
+    assert!(has(&s.output, "pod directory removed"), "{}", s.output);
+    assert!(has(&s.output, "poststop hook ran"), "{}", s.output);
+}
+
+#[test]
+fn killed_pod_process_leaves_the_pod_stopped() {
+    let Some(s) = passed("pods-vmm-killed") else {
+        return;
+    };
+    assert!(
+        has(&s.output, "pod p2 stopped (VMM process"),
+        "{}",
+        s.output
+    );
+}
