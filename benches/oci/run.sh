@@ -1,0 +1,64 @@
+#!/bin/sh
+# OCI startup benchmark: `podman run --rm IMAGE true` wall time with ember beside runc, in the
+# Debian root (scripts/build-debian-host.sh) of the virtual KVM host, plus one ember container
+# split by runc operation (create with ember's phases: rootfs image, pod VM start, container
+# create; start-to-exit; rm). Prints a table.
+#
+# Usage: benches/oci/run.sh [RUNS]            (RUNS per runtime, default 3)
+# Env:   EMBER_RIG            path to ember-rig (default: PATH, else target/*/ember-rig)
+#        EMBER_DEBIAN_IMAGE   the Debian image (default /var/cache/ember/debian-host.ext4)
+#        OUT                  directory for the console log and the table (default: temp dir)
+# Needs what `ember-rig run` needs (host kernel, static ember, guest artifacts, QEMU) and the
+# Debian image.
+set -eu
+
+RUNS=${1:-3}
+OUT=${OUT:-$(mktemp -d /tmp/ember-oci-bench.XXXXXX)}
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+image=${EMBER_DEBIAN_IMAGE:-/var/cache/ember/debian-host.ext4}
+[ -f "$image" ] || { echo "run.sh: $image missing (scripts/build-debian-host.sh)" >&2; exit 1; }
+
+rig=${EMBER_RIG:-$(command -v ember-rig 2>/dev/null || true)}
+if [ -z "$rig" ]; then
+    rig=$(ls -t "$root"/target/*/release/ember-rig "$root"/target/*/debug/ember-rig \
+        "$root"/target/release/ember-rig "$root"/target/debug/ember-rig 2>/dev/null | head -n1 || true)
+fi
+[ -n "$rig" ] && [ -x "$rig" ] || { echo "run.sh: ember-rig not found (cargo build -p ember-rig)" >&2; exit 1; }
+
+mkdir -p "$OUT"
+scenario=$OUT/oci-bench.sh
+log=$OUT/console.log
+{ echo "RUNS=$RUNS"; cat "$here/scenario-oci-bench.sh"; } >"$scenario"
+
+# The Debian disk (snapshot: the image is never written) and memory for podman + a guest.
+EMBER_RIG_QEMU_ARGS="-m 3072 -drive file=$image,if=none,id=debian,format=raw,snapshot=on -device virtio-blk-device,drive=debian" \
+    "$rig" run --scenario "$scenario" --log "$log" --quiet --timeout $((600 + RUNS * 2 * 300)) || true
+
+awk -v runs="$RUNS" '
+/^=== BEGIN bench-(runc|ember)-/ { split($3, a, "-"); rt = a[2]; next }
+/^wall_ms=/ && rt != "" {
+    split($1, w, "="); split($2, r, "=")
+    if (r[2] == 0) { n[rt]++; v[rt, n[rt]] = w[2] } else { bad[rt]++ }
+    rt = ""; next
+}
+/^op=/ { split($1, o, "="); split($2, w, "="); op[o[2]] = w[2] }
+/^phases / { ph = substr($0, 8) }
+END {
+    printf "%-8s %5s %10s %10s %10s %6s\n", "runtime", "runs", "min_ms", "median_ms", "max_ms", "failed"
+    for (k = 1; k <= 2; k++) {
+        rt = (k == 1) ? "runc" : "ember"
+        m = n[rt] + 0
+        for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++)
+            if (v[rt, j] + 0 < v[rt, i] + 0) { t = v[rt, i]; v[rt, i] = v[rt, j]; v[rt, j] = t }
+        if (m > 0) printf "%-8s %5d %10d %10d %10d %6d\n", rt, m, v[rt, 1], v[rt, int((m + 1) / 2)], v[rt, m], bad[rt]
+        else printf "%-8s %5d %10s %10s %10s %6d\n", rt, 0, "-", "-", "-", bad[rt]
+    }
+    print ""
+    print "ember, one container by runc operation (ms):"
+    printf "  create (ember create)        %s\n", op["create"]
+    printf "  start-to-exit                %s\n", op["start-to-exit"]
+    printf "  rm (ember delete)            %s\n", op["rm"]
+    print "ember create phases (ms): " ph
+}' "$log" | tee "$OUT/table.txt"
+echo "run.sh: console log $log" >&2

@@ -1,0 +1,49 @@
+# oci-bench: `podman run --rm IMAGE true` with runc and with ember in the Debian root of the
+# virtual KVM host, RUNS times each (sections bench-<runtime>-<i>), then one ember container by
+# runc operation: create (with ember's own phases), start-to-exit, rm (section bench-phases).
+# Generated settings come first (RUNS=...); see benches/oci/run.sh.
+
+DEB=/debian
+mkdir -p "$DEB" && mount -t ext4 /dev/vda "$DEB" || { echo "no Debian disk"; return 0; }
+mkdir -p "$DEB/usr/local/bin" "$DEB/var/lib/ember/guest"
+cp /usr/local/bin/ember "$DEB/usr/local/bin/ember"
+cp /var/lib/ember/guest/* "$DEB/var/lib/ember/guest/" 2>/dev/null
+for d in proc sys dev; do mount --bind "/$d" "$DEB/$d"; done
+mount --bind /dev/pts "$DEB/dev/pts"
+cat >/tmp/dch <<DCH
+#!/bin/sh
+exec chroot $DEB /usr/bin/env -i HOME=/root TERM=dumb \
+    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "\$@"
+DCH
+chmod 755 /tmp/dch
+/tmp/dch sh -c 'ember-debian-init setup &&
+    podman import /var/lib/ember-oci/busybox-rootfs.tar localhost/busybox >/dev/null'
+
+cat >"$DEB/tmp/timed" <<'TIMED'
+#!/bin/sh
+# timed CMD...: run CMD, print "wall_ms=N rc=N" after its output.
+t0=$(date +%s%N)
+"$@"
+rc=$?
+t1=$(date +%s%N)
+echo "wall_ms=$(( (t1 - t0) / 1000000 )) rc=$rc"
+TIMED
+chmod 755 "$DEB/tmp/timed"
+
+for rt in runc ember; do
+    i=1
+    while [ "$i" -le "$RUNS" ]; do
+        section_timeout 900 "bench-$rt-$i" /tmp/dch /tmp/timed \
+            podman --runtime "$( [ $rt = ember ] && echo /usr/local/bin/ember || echo runc )" \
+            run --rm localhost/busybox true
+        i=$((i + 1))
+    done
+done
+
+section_timeout 900 bench-phases /tmp/dch sh -c '
+    R="--runtime /usr/local/bin/ember"
+    podman $R create --name ph localhost/busybox true >/dev/null
+    echo "op=create $(/tmp/timed podman $R init ph | tail -1)"
+    echo "phases $(cat /run/ember/$(podman inspect -f "{{.ID}}" ph)/timings.json)"
+    echo "op=start-to-exit $(/tmp/timed podman $R start -a ph | tail -1)"
+    echo "op=rm $(/tmp/timed podman $R rm ph | tail -1)"'
