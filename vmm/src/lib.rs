@@ -162,6 +162,15 @@ impl Vmm {
         self.event_loop = Some(event_loop);
     }
 
+    /// Interactive console: put the terminal on stdin in raw mode and forward what is typed
+    /// to the guest's serial port. Returns the guard that restores the terminal, or `None`
+    /// when stdin is not a terminal (nothing is forwarded then).
+    pub fn forward_stdin(&self) -> Option<device_manager::legacy::RawTerminal> {
+        let term = device_manager::legacy::RawTerminal::new()?;
+        device_manager::legacy::spawn_stdin_forwarder(self._legacy.serial.clone()).ok()?;
+        Some(term)
+    }
+
     /// A handle to pause, resume or stop the VM and read its timings from other threads.
     pub fn handle(&self) -> VmHandle {
         VmHandle {

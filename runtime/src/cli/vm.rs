@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
+use nix::sys::signal::{SigSet, Signal};
 use thiserror::Error;
 use vmm::config::{
     BlockConfig, ConsoleConfig, NetConfig, VmConfig, VsockConfig, DEFAULT_GUEST_CID,
@@ -189,8 +190,28 @@ pub fn run_vm(args: &RunArgs) -> Result<(), Error> {
         );
         cfg.extra_cmdline.insert(0, PVM_CMDLINE.to_string());
     }
+    let interactive = matches!(cfg.console, ConsoleConfig::Stdout);
+    // SIGINT/SIGTERM stop the VM cleanly (and restore the terminal): block them in every
+    // thread and take them on one.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    let _ = signals.thread_block();
     let vm = vmm::Vmm::with_start(cfg, start).map_err(Error::Vmm)?;
     let handle = vm.handle();
+    {
+        let h = handle.clone();
+        std::thread::spawn(move || {
+            if signals.wait().is_ok() {
+                h.stop();
+            }
+        });
+    }
+    let _terminal = if interactive {
+        vm.forward_stdin()
+    } else {
+        None
+    };
     if args.exit_on_ready {
         let h = handle.clone();
         std::thread::spawn(move || {

@@ -135,6 +135,75 @@ impl BusDevice for BootTimerMmio {
     }
 }
 
+/// Puts the terminal on stdin in raw mode (no line buffering, no local echo: the guest
+/// echoes; Ctrl-C still signals ember) and restores it when dropped.
+pub struct RawTerminal {
+    saved: libc::termios,
+}
+
+impl RawTerminal {
+    /// Raw mode on stdin, or `None` when stdin is not a terminal.
+    pub fn new() -> Option<Self> {
+        // SAFETY: isatty only inspects the descriptor.
+        if unsafe { libc::isatty(libc::STDIN_FILENO) } != 1 {
+            return None;
+        }
+        // SAFETY: termios is plain old data; tcgetattr fills it in for a valid descriptor.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: stdin is a valid descriptor and `saved` a valid termios to write to.
+        if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut saved) } != 0 {
+            return None;
+        }
+        let mut raw = saved;
+        raw.c_lflag &= !(libc::ICANON | libc::ECHO);
+        raw.c_cc[libc::VMIN] = 1;
+        raw.c_cc[libc::VTIME] = 0;
+        // SAFETY: stdin is a valid descriptor and `raw` a valid termios.
+        if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw) } != 0 {
+            return None;
+        }
+        Some(RawTerminal { saved })
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        // SAFETY: restores the attributes read from the same descriptor in `new`.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.saved) };
+    }
+}
+
+/// Forward stdin to the serial port from a background thread (for an interactive console).
+/// The thread ends at end of input; it may outlive the VM while blocked in `read`.
+pub fn spawn_stdin_forwarder(serial: Arc<Mutex<SerialPio>>) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("ember-stdin".into())
+        .spawn(move || {
+            let mut buf = [0u8; 64];
+            loop {
+                let n = match io::Read::read(&mut io::stdin().lock(), &mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let mut rest = &buf[..n];
+                while !rest.is_empty() {
+                    let taken = serial
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                        .enqueue_input(rest)
+                        .unwrap_or(0);
+                    rest = &rest[taken..];
+                    if !rest.is_empty() {
+                        // The guest has not drained its FIFO yet.
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                }
+            }
+        })
+        .map(|_| ())
+}
+
 /// Handles kept by the VMM on the legacy devices.
 pub struct LegacyDevices {
     pub serial: Arc<Mutex<SerialPio>>,
