@@ -203,6 +203,8 @@ pub struct PayloadSpec {
     pub irqchip: bool,
     /// Virtio devices to attach, as in a [`VmConfig`] (`block`, `vsock`, `rng`).
     pub devices: Option<VmConfig>,
+    /// vCPUs; without an irqchip all of them start at `load_addr`.
+    pub vcpus: u8,
 }
 
 impl PayloadSpec {
@@ -218,6 +220,7 @@ impl PayloadSpec {
             extra_mmio: Vec::new(),
             irqchip: false,
             devices: None,
+            vcpus: 1,
         }
     }
 }
@@ -264,20 +267,34 @@ pub fn build_payload_vm(spec: PayloadSpec) -> Result<Vmm, Error> {
         attach_virtio_devices(cfg, &vm, &mem, &mut mmio, &mut virtio)?;
     }
     let event_loop = EventLoop::start(virtio.subscribers()).map_err(Error::EventLoop)?;
-    let vcpu = Vcpu::new(
-        &vm,
-        0,
-        Arc::new(pio),
-        Arc::new(mmio),
-        mem.clone(),
-        control.clone(),
-        timings.clone(),
-    )
-    .map_err(Error::Vcpu)?;
-    vcpu.configure(&kvm, 1, spec.load_addr, spec.privilege, spec.irqchip)
+    if spec.vcpus == 0 || spec.vcpus > mptable::MAX_SUPPORTED_CPUS {
+        return Err(Error::VcpuCount(spec.vcpus));
+    }
+    let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+    let mut vcpus = Vec::with_capacity(usize::from(spec.vcpus));
+    for i in 0..spec.vcpus {
+        let vcpu = Vcpu::new(
+            &vm,
+            i,
+            pio.clone(),
+            mmio.clone(),
+            mem.clone(),
+            control.clone(),
+            timings.clone(),
+        )
         .map_err(Error::Vcpu)?;
+        vcpu.configure(
+            &kvm,
+            spec.vcpus,
+            spec.load_addr,
+            spec.privilege,
+            spec.irqchip,
+        )
+        .map_err(Error::Vcpu)?;
+        vcpus.push(vcpu);
+    }
     timings.mark(Phase::VmCreated);
-    let mut vmm = Vmm::from_parts(kvm, vm, mem, vec![vcpu], control, timings, legacy);
+    let mut vmm = Vmm::from_parts(kvm, vm, mem, vcpus, control, timings, legacy);
     vmm.set_devices(virtio, event_loop);
     Ok(vmm)
 }

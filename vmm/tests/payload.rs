@@ -303,3 +303,42 @@ fn int3_at_cpl0_is_delivered_as_a_breakpoint() {
     assert!(msg.contains("triple fault"), "{msg}");
     assert!(!msg.contains("internal error"), "{msg}");
 }
+
+#[test]
+fn each_vcpu_runs_on_its_own_thread_with_its_apic_id() {
+    if !kvm_present() {
+        return;
+    }
+    // Every vCPU: cpuid(1); out(0x500, EBX[31:24] = initial APIC ID); spin.
+    let code = vec![
+        0xb8, 0x01, 0x00, 0x00, 0x00, // mov eax, 1
+        0x0f, 0xa2, // cpuid
+        0xc1, 0xeb, 0x18, // shr ebx, 24
+        0x89, 0xd8, // mov eax, ebx
+        0x66, 0xba, 0x00, 0x05, // mov dx, 0x500
+        0xee, // out dx, al
+        0xeb, 0xfe, // jmp $
+    ];
+    let dev = recorder(0);
+    let vm = build_payload_vm(PayloadSpec {
+        vcpus: 3,
+        extra_pio: vec![(TEST_PORT, 1, dev.clone())],
+        ..PayloadSpec::new(code)
+    })
+    .unwrap();
+    let handle = vm.handle();
+    let runner = std::thread::spawn(move || vm.run());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while dev.lock().unwrap().writes.len() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let rips = handle.vcpu_rips().unwrap();
+    handle.stop();
+    assert_eq!(runner.join().unwrap().unwrap(), VmExit::Stopped);
+    let mut ids: Vec<u8> = dev.lock().unwrap().writes.iter().map(|w| w.1[0]).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![0, 1, 2]);
+    // All three are spinning on their `jmp $`.
+    let spin = LOAD_ADDR + 17;
+    assert_eq!(rips, vec![(0, spin), (1, spin), (2, spin)]);
+}

@@ -33,7 +33,7 @@ pub enum Error {
     ApiVersion(i32),
     #[error("KVM lacks a required capability: {0}")]
     MissingCap(&'static str),
-    #[error("/dev/kvm is served by kvm_pvm (a PVM nested hypervisor), which cannot run an ordinary guest's user space; run ember inside the virtual KVM host (scripts/run-demo.sh, see README), or pass --force to try anyway")]
+    #[error("/dev/kvm is served by kvm_pvm (a PVM nested hypervisor), which cannot run an ordinary guest's user space; run ember inside the virtual KVM host (scripts/run-demo.sh, see README); `ember vm run --force` tries anyway")]
     Pvm,
     #[error("KVM_GET_SUPPORTED_CPUID failed")]
     SupportedCpuid(#[source] kvm_ioctls::Error),
