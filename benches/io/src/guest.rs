@@ -10,7 +10,7 @@ use crate::{mbps, BENCH_PORT};
 
 const BLOCK: usize = 1 << 20;
 
-pub fn run(_args: &[String]) -> Result<(), String> {
+pub fn run(args: &[String]) -> Result<(), String> {
     // SAFETY: getpid has no preconditions.
     let pid1 = unsafe { libc::getpid() } == 1;
     if pid1 {
@@ -23,14 +23,25 @@ pub fn run(_args: &[String]) -> Result<(), String> {
         .find_map(|w| w.strip_prefix("io_bench.mib="))
         .and_then(|v| v.parse().ok())
         .unwrap_or(128);
+    let mib: usize = crate::arg(args, "--mib", mib)?;
+    let dev: String = crate::arg(args, "--dev", "/dev/vda".to_string())?;
+    let serve_vsock = !args.iter().any(|a| a == "--no-vsock");
+    // Self-check without a VM: serve the same protocol on a Unix socket instead of vsock.
+    let unix: String = crate::arg(args, "--unix", String::new())?;
     println!("io-bench: guest up");
     println!("| guest test | block | MiB | seconds | MB/s |");
     println!("|---|---|---|---|---|");
-    match blk_bench("/dev/vda", mib) {
+    match blk_bench(&dev, mib) {
         Ok(()) => {}
         Err(e) => println!("io-bench: blk skipped: {e}"),
     }
-    let served = serve(BENCH_PORT);
+    let served = if !unix.is_empty() {
+        serve_unix(&unix)
+    } else if serve_vsock {
+        serve(BENCH_PORT)
+    } else {
+        Ok(())
+    };
     if let Err(e) = &served {
         println!("io-bench: vsock server failed: {e}");
     }
@@ -168,13 +179,24 @@ fn accept(listener: &OwnedFd) -> io::Result<File> {
     Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
-/// Serves benchmark connections until one says `Q`.
 fn serve(port: u32) -> io::Result<()> {
     let listener = vsock_listen(port)?;
     println!("io-bench: ready (vsock port {port})");
+    serve_with(|| accept(&listener))
+}
+
+fn serve_unix(path: &str) -> io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    println!("io-bench: ready (unix {path})");
+    serve_with(|| Ok(File::from(OwnedFd::from(listener.accept()?.0))))
+}
+
+/// Serves benchmark connections until one says `Q`.
+fn serve_with(mut accept: impl FnMut() -> io::Result<File>) -> io::Result<()> {
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let mut c = match accept(&listener) {
+        let mut c = match accept() {
             Ok(c) => c,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),

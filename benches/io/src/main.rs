@@ -58,7 +58,7 @@ fn main() -> ExitCode {
         "guest" => guest::run(rest),
         "host-vsock" => host::run(rest),
         _ => Err(
-            "usage: io-bench micro [--mib N] | guest | host-vsock --uds PATH [--port P] \
+            "usage: io-bench micro [--mib N] | guest [--dev PATH] [--mib N] [--no-vsock] | host-vsock --uds PATH [--port P] \
              [--mib N] [--pings N] [--connects N] [--quit]"
                 .to_string(),
         ),
