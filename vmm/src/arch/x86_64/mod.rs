@@ -164,7 +164,7 @@ fn inspect_elf(file: &mut (impl Read + Seek), file_len: u64) -> Result<(u64, u64
     let mut need = phoff.saturating_add(phentsize * phnum);
     for i in 0..phnum {
         let mut ph = [0u8; 56];
-        if !read_at(file, phoff + i * phentsize, &mut ph)? {
+        if !read_at(file, phoff.saturating_add(i * phentsize), &mut ph)? {
             return Err(Error::TruncatedKernel {
                 have: file_len,
                 need,
@@ -242,8 +242,10 @@ fn inspect_bzimage(
         });
     }
     let (code32, pref, init_size) = (hdr.code32_start, hdr.pref_address, hdr.init_size);
-    let payload_end = u64::from(code32) + (file_len - setup_bytes);
-    let decompressed_end = pref.max(u64::from(code32)) + u64::from(init_size);
+    let payload_end = u64::from(code32).saturating_add(file_len - setup_bytes);
+    let decompressed_end = pref
+        .max(u64::from(code32))
+        .saturating_add(u64::from(init_size));
     Ok((hdr, payload_end.max(decompressed_end)))
 }
 

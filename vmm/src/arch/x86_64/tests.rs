@@ -39,7 +39,8 @@ fn make_elf(entry: u64, paddr: u64, payload: &[u8], memsz: u64) -> Vec<u8> {
     let ph = 64;
     v[ph..ph + 4].copy_from_slice(&PT_LOAD.to_le_bytes());
     v[ph + 8..ph + 16].copy_from_slice(&data_off.to_le_bytes());
-    v[ph + 16..ph + 24].copy_from_slice(&(0xffff_ffff_8000_0000u64 + paddr).to_le_bytes());
+    v[ph + 16..ph + 24]
+        .copy_from_slice(&0xffff_ffff_8000_0000u64.wrapping_add(paddr).to_le_bytes());
     v[ph + 24..ph + 32].copy_from_slice(&paddr.to_le_bytes());
     v[ph + 32..ph + 40].copy_from_slice(&(payload.len() as u64).to_le_bytes());
     v[ph + 40..ph + 48].copy_from_slice(&memsz.to_le_bytes());
@@ -326,4 +327,30 @@ fn e820_above_4g() {
 fn cmdline_too_long_is_an_error() {
     let long = "x".repeat(CMDLINE_MAX_SIZE + 1);
     assert!(matches!(build_cmdline(&long, &[]), Err(Error::Cmdline(_))));
+}
+
+#[test]
+fn hostile_headers_are_errors_not_panics() {
+    let m = mem(64);
+    // bzImage header with extreme sizes and addresses.
+    let mut bz = make_bzimage(&BzParams::default());
+    bz[0x258..0x260].copy_from_slice(&u64::MAX.to_le_bytes()); // pref_address
+    bz[0x260..0x264].copy_from_slice(&u32::MAX.to_le_bytes()); // init_size
+    let (p1, mut f) = temp_file("bz-hostile", &bz);
+    assert!(load_kernel(&m, &mut f).is_err());
+    // ELF whose program headers point far past the end of the file.
+    let mut elf = make_elf(0x100_0000, 0x100_0000, &[0x90; 64], 64);
+    elf[32..40].copy_from_slice(&(u64::MAX - 8).to_le_bytes()); // e_phoff
+    let (p2, mut f) = temp_file("elf-hostile", &elf);
+    assert!(load_kernel(&m, &mut f).is_err());
+    // ELF segment at the top of the address space.
+    let elf = make_elf(0x100_0000, u64::MAX - 0x10, &[0x90; 64], 0x1000);
+    let (p3, mut f) = temp_file("elf-top", &elf);
+    assert!(matches!(
+        load_kernel(&m, &mut f),
+        Err(Error::KernelTooBig { .. })
+    ));
+    for p in [p1, p2, p3] {
+        std::fs::remove_file(p).unwrap();
+    }
 }
