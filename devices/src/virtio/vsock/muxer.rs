@@ -22,6 +22,9 @@ use super::{Error, VsockBackend, HOST_CID};
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Longest accepted `CONNECT <port>\n` line.
 const MAX_CONNECT_LINE: usize = 32;
+/// Most RST replies to unknown or refused connections waiting for the guest; more are dropped
+/// (a guest flooding bad packets without posting rx buffers cannot grow host memory).
+pub const MAX_PENDING_RST: usize = 1024;
 /// First port handed to host-initiated connections.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 
@@ -31,6 +34,8 @@ type Key = (u32, u32);
 enum RxItem {
     /// A packet built when queued (for connections that no longer exist).
     Raw(PacketHeader),
+    /// A RST answering a packet for an unknown or refused connection.
+    Rst(PacketHeader),
     /// A control packet of a live connection, built when sent.
     Ctl { key: Key, op: u16, flags: u32 },
     /// The connection's host stream has data.
@@ -53,6 +58,7 @@ pub struct UnixMuxer {
     rxq: VecDeque<RxItem>,
     dead: Vec<UnixStream>,
     next_local_port: u32,
+    pending_rst: usize,
 }
 
 impl UnixMuxer {
@@ -88,11 +94,17 @@ impl UnixMuxer {
             rxq: VecDeque::new(),
             dead: Vec::new(),
             next_local_port: FIRST_LOCAL_PORT,
+            pending_rst: 0,
         })
     }
 
     fn reply_rst(&mut self, to: &PacketHeader) {
-        self.rxq.push_back(RxItem::Raw(PacketHeader {
+        if self.pending_rst >= MAX_PENDING_RST {
+            log::warn!("vsock: too many RSTs pending; dropping one");
+            return;
+        }
+        self.pending_rst += 1;
+        self.rxq.push_back(RxItem::Rst(PacketHeader {
             src_cid: HOST_CID,
             dst_cid: self.guest_cid,
             src_port: to.dst_port,
@@ -349,6 +361,10 @@ impl VsockBackend for UnixMuxer {
         while let Some(item) = self.rxq.pop_front() {
             match item {
                 RxItem::Raw(h) => return Some(h),
+                RxItem::Rst(h) => {
+                    self.pending_rst -= 1;
+                    return Some(h);
+                }
                 RxItem::Ctl { key, op, flags } => {
                     let Some(c) = self.conns.get_mut(&key) else {
                         continue;
@@ -469,5 +485,53 @@ impl VsockBackend for UnixMuxer {
 impl Drop for UnixMuxer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.uds_path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rst_replies_are_bounded() {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let mut m = UnixMuxer::new(3, &dir.as_path().join("v.sock")).unwrap();
+        let mut h = PacketHeader {
+            src_cid: 3,
+            dst_cid: HOST_CID,
+            src_port: 0,
+            dst_port: 9,
+            len: 0,
+            type_: TYPE_STREAM,
+            op: OP_RW,
+            flags: 0,
+            buf_alloc: 0,
+            fwd_cnt: 0,
+        };
+        for p in 0..(MAX_PENDING_RST as u32 + 500) {
+            h.src_port = p;
+            m.send_pkt(&h, b"x");
+        }
+        let mut buf = [0u8; 64];
+        let mut n = 0;
+        while let Some(r) = m.recv_pkt(&mut buf) {
+            assert_eq!(r.op, OP_RST);
+            assert_eq!(r.dst_port, n as u32);
+            n += 1;
+        }
+        assert_eq!(n, MAX_PENDING_RST);
+        // Once drained, RSTs flow again.
+        m.send_pkt(&h, b"x");
+        assert_eq!(m.recv_pkt(&mut buf).map(|r| r.op), Some(OP_RST));
+    }
+
+    #[test]
+    fn connect_line_parsing() {
+        assert_eq!(parse_connect(b"CONNECT 1024"), Some(1024));
+        assert_eq!(parse_connect(b"CONNECT 1024\r"), Some(1024));
+        assert_eq!(parse_connect(b"CONNECT x"), None);
+        assert_eq!(parse_connect(b"CONNECT 99999999999"), None);
+        assert_eq!(parse_connect(b"connect 1"), None);
+        assert_eq!(parse_connect(&[0xff, 0xfe]), None);
     }
 }
