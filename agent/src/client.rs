@@ -466,6 +466,7 @@ mod tests {
             agent_version: "0.1.0".into(),
             pid: 1,
             listen: "vsock:1024".into(),
+            uptime_ms: 1234,
         };
         protocol::send(&mut buf, &hello).unwrap();
         assert_eq!(read_hello(&mut Cursor::new(buf)).unwrap(), hello);

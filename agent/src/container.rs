@@ -11,7 +11,7 @@ use crate::spawn::{self, HelperMsg, HelperTask};
 use crate::stdio::{self, ProcessStdio};
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -104,7 +104,7 @@ pub struct AgentOptions {
 
 struct Process {
     pid: i32,
-    stdio: ProcessStdio,
+    stdio: Arc<ProcessStdio>,
 }
 
 struct Container {
@@ -317,7 +317,7 @@ impl Agent {
             cgroup,
             init: Arc::new(Process {
                 pid: spawned.pid,
-                stdio,
+                stdio: Arc::new(stdio),
             }),
             inner: Mutex::new(Inner {
                 control: Some(control),
@@ -395,7 +395,7 @@ impl Agent {
                     exec_id.to_string(),
                     Arc::new(Process {
                         pid: spawned.pid,
-                        stdio,
+                        stdio: Arc::new(stdio),
                     }),
                 );
                 Ok(spawned.pid)
@@ -584,34 +584,17 @@ impl Agent {
         }
     }
 
-    /// Checks that `stream` of the process can be attached (before the agent answers).
-    pub fn check_attach(
+    /// Claims one stdio stream of the process for an attached connection (see
+    /// [`crate::stdio::StdioClaim`]); refused while it is claimed already.
+    pub fn claim_stdio(
         &self,
         id: &str,
         exec_id: Option<&str>,
         stream: StdioStream,
-    ) -> Result<(), Error> {
+    ) -> Result<stdio::StdioClaim, Error> {
         let c = self.get(id)?;
         let p = self.process(&c, exec_id)?;
-        if p.stdio.can_attach(stream) {
-            Ok(())
-        } else {
-            Err(Error::Stdio(stdio::Error::Busy(stream)))
-        }
-    }
-
-    /// Serves an attached stdio connection until its end.
-    pub fn attach<C: Read + Write>(
-        &self,
-        id: &str,
-        exec_id: Option<&str>,
-        stream: StdioStream,
-        conn: &mut C,
-    ) -> Result<(), Error> {
-        let c = self.get(id)?;
-        let p = self.process(&c, exec_id)?;
-        drop(c);
-        p.stdio.serve(stream, conn).map_err(Error::Stdio)
+        p.stdio.claim(stream).map_err(Error::Stdio)
     }
 
     pub fn resize(

@@ -162,6 +162,7 @@ pub fn run(args: &[String]) -> Result<(), Error> {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
             listen: cfg.listen.to_string(),
+            uptime_ms: boottime_ms(),
         };
         let spawned = std::thread::Builder::new()
             .name("announce".into())
@@ -204,6 +205,19 @@ fn become_host_agent() {
             log_error(&format!("Cannot make a private mount namespace: {e}"));
         }
     }
+}
+
+/// Milliseconds since boot (CLOCK_BOOTTIME).
+pub fn boottime_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into `ts`, which outlives the call.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        return 0;
+    }
+    (ts.tv_sec.max(0) as u64) * 1000 + (ts.tv_nsec.max(0) as u64) / 1_000_000
 }
 
 /// Binds `ep`, retrying with a growing pause (up to 5 s) until it works.

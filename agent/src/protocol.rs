@@ -124,6 +124,10 @@ pub struct Hello {
     pub pid: u32,
     /// The vsock port (or socket path) the agent serves requests on.
     pub listen: String,
+    /// Milliseconds since the (guest) kernel booted when the agent became ready
+    /// (CLOCK_BOOTTIME): the guest-side "agent ready" boot phase.
+    #[serde(default)]
+    pub uptime_ms: u64,
 }
 
 /// Envelope of every request.

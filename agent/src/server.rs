@@ -119,19 +119,20 @@ pub fn handle_connection(mut conn: UnixStream, agent: &Agent, on_shutdown: &Shut
                 exec_id,
                 stream,
             } => {
-                let exec_id = exec_id.as_deref();
-                if let Err(e) = agent.check_attach(&container_id, exec_id, stream) {
-                    if !respond(&mut conn, id, Err(to_agent_error(&e))) {
-                        return;
+                // Claim first, answer second: the stream is ours before the host hears "Done".
+                let claim = match agent.claim_stdio(&container_id, exec_id.as_deref(), stream) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        if !respond(&mut conn, id, Err(to_agent_error(&e))) {
+                            return;
+                        }
+                        continue;
                     }
-                    continue;
-                }
+                };
                 if !respond(&mut conn, id, Ok(Response::Done)) {
                     return;
                 }
-                if let Err(e) = agent.attach(&container_id, exec_id, stream, &mut conn) {
-                    crate::log_debug(&format!("attach ended: {}", crate::error_chain(&e)));
-                }
+                claim.serve(&mut conn);
                 let _ = conn.shutdown(std::net::Shutdown::Both);
                 return;
             }

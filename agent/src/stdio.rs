@@ -97,24 +97,18 @@ impl OutputBuffer {
         self.cond.notify_all();
     }
 
-    /// Copies buffered and future output to `out` until EOF. Returns `Ok(true)` at EOF;
-    /// on a write error the stream is left attachable again.
-    pub fn drain_to<W: Write>(&self, out: &mut W, stream: StdioStream) -> Result<bool, Error> {
-        {
-            let mut s = self.lock();
-            if s.attached {
-                return Err(Error::Busy(stream));
-            }
-            s.attached = true;
-        }
-        let result = loop {
+    /// Copies buffered and future output to `out` until EOF. Returns `true` at EOF, `false`
+    /// when writing failed (the host went away: that chunk is lost with the connection, later
+    /// output stays buffered for the next attach).
+    fn drain_to<W: Write>(&self, out: &mut W) -> bool {
+        loop {
             let chunk: Vec<u8> = {
                 let mut s = self.lock();
                 while s.data.is_empty() && !s.eof {
                     s = self.cond.wait(s).unwrap_or_else(|p| p.into_inner());
                 }
                 if s.data.is_empty() {
-                    break Ok(true);
+                    return true;
                 }
                 let n = s.data.len().min(64 * 1024);
                 let chunk = s.data.drain(..n).collect();
@@ -122,13 +116,9 @@ impl OutputBuffer {
                 chunk
             };
             if out.write_all(&chunk).and_then(|_| out.flush()).is_err() {
-                // The host went away: this chunk is lost with the connection; later output
-                // stays buffered for the next attach.
-                break Ok(false);
+                return false;
             }
-        };
-        self.lock().attached = false;
-        result
+        }
     }
 
     /// Whether EOF was reached and everything was handed out.
@@ -220,52 +210,37 @@ impl ProcessStdio {
         ))
     }
 
-    /// Serves an attached connection for `stream` until its end (see the protocol docs);
-    /// `conn` is the connection turned raw.
-    pub fn serve<C: Read + Write>(&self, stream: StdioStream, conn: &mut C) -> Result<(), Error> {
-        match stream {
-            StdioStream::Stdin => {
-                let mut stdin = self
-                    .stdin
+    /// Claims `stream` for one attached connection, atomically: a second claim of the same
+    /// stream fails with [`Error::Busy`] until the first one ends (output) or for good (stdin).
+    pub fn claim(self: &Arc<Self>, stream: StdioStream) -> Result<StdioClaim, Error> {
+        let stdin = match stream {
+            StdioStream::Stdin => Some(
+                self.stdin
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .take()
-                    .ok_or(Error::Busy(stream))?;
-                let mut buf = vec![0u8; 16 * 1024];
-                loop {
-                    match conn.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            if stdin.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => break,
-                    }
+                    .ok_or(Error::Busy(stream))?,
+            ),
+            StdioStream::Stdout | StdioStream::Stderr => {
+                let mut s = self.output(stream).lock();
+                if s.attached {
+                    return Err(Error::Busy(stream));
                 }
-                if self.pty.is_some() {
-                    // A pty has no EOF of its own: send the terminal's EOF character.
-                    let _ = stdin.write_all(&[4]);
-                }
-                // Dropping `stdin` closes the pipe: the process sees EOF.
-                Ok(())
+                s.attached = true;
+                None
             }
-            StdioStream::Stdout => self.stdout.drain_to(conn, stream).map(|_| ()),
-            StdioStream::Stderr => self.stderr.drain_to(conn, stream).map(|_| ()),
-        }
+        };
+        Ok(StdioClaim {
+            stdio: Arc::clone(self),
+            stream,
+            stdin,
+        })
     }
 
-    /// Checks that `stream` can be attached now (so the agent can refuse before answering).
-    pub fn can_attach(&self, stream: StdioStream) -> bool {
+    fn output(&self, stream: StdioStream) -> &Arc<OutputBuffer> {
         match stream {
-            StdioStream::Stdin => self
-                .stdin
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_some(),
-            StdioStream::Stdout => !self.stdout.lock().attached,
-            StdioStream::Stderr => !self.stderr.lock().attached,
+            StdioStream::Stderr => &self.stderr,
+            _ => &self.stdout,
         }
     }
 
@@ -288,6 +263,60 @@ impl ProcessStdio {
             return Err(Error::Resize(nix::Error::last()));
         }
         Ok(())
+    }
+}
+
+/// One stdio stream of a process, claimed for an attached connection. Dropping an unserved
+/// claim gives the stream back.
+pub struct StdioClaim {
+    stdio: Arc<ProcessStdio>,
+    stream: StdioStream,
+    stdin: Option<File>,
+}
+
+impl StdioClaim {
+    /// Serves the attached connection `conn` until its end (see the protocol docs).
+    pub fn serve<C: Read + Write>(mut self, conn: &mut C) {
+        match self.stdin.take() {
+            Some(mut stdin) => {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    match conn.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            if stdin.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                }
+                if self.stdio.pty.is_some() {
+                    // A pty has no EOF of its own: send the terminal's EOF character.
+                    let _ = stdin.write_all(&[4]);
+                }
+                // Dropping `stdin` closes the pipe: the process sees EOF.
+            }
+            None => {
+                self.stdio.output(self.stream).drain_to(conn);
+            }
+        }
+    }
+}
+
+impl Drop for StdioClaim {
+    fn drop(&mut self) {
+        match self.stdin.take() {
+            // Never served: put stdin back.
+            Some(f) => {
+                *self.stdio.stdin.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+            }
+            None if self.stream != StdioStream::Stdin => {
+                self.stdio.output(self.stream).lock().attached = false;
+            }
+            None => {}
+        }
     }
 }
 
@@ -325,23 +354,35 @@ mod tests {
     #[test]
     fn output_buffered_before_attach_then_drained() {
         let (stdio, child) = ProcessStdio::new(false).unwrap();
+        let stdio = Arc::new(stdio);
         let mut w = File::from(child.stdout);
         w.write_all(b"hello ").unwrap();
         w.write_all(b"world").unwrap();
         drop(w);
         drop(child.stderr);
+        let claim = stdio.claim(StdioStream::Stdout).unwrap();
+        // Claimed: a second claim is refused until the first ends.
+        assert!(matches!(
+            stdio.claim(StdioStream::Stdout),
+            Err(Error::Busy(StdioStream::Stdout))
+        ));
         let mut out = Sink(Vec::new());
-        stdio.serve(StdioStream::Stdout, &mut out).unwrap();
+        claim.serve(&mut out);
         assert_eq!(out.0, b"hello world");
         let mut err = Sink(Vec::new());
-        stdio.serve(StdioStream::Stderr, &mut err).unwrap();
+        stdio.claim(StdioStream::Stderr).unwrap().serve(&mut err);
         assert!(err.0.is_empty());
         assert!(stdio.stdout.finished());
+        // After the end the stream can be attached again (and is at EOF).
+        let mut again = Sink(Vec::new());
+        stdio.claim(StdioStream::Stdout).unwrap().serve(&mut again);
+        assert!(again.0.is_empty());
     }
 
     #[test]
     fn stdin_copied_then_closed_and_single_use() {
         let (stdio, child) = ProcessStdio::new(false).unwrap();
+        let stdio = Arc::new(stdio);
         let mut conn = Cursor::new(b"input data".to_vec());
         struct Rw<'a>(&'a mut Cursor<Vec<u8>>);
         impl Read for Rw<'_> {
@@ -357,14 +398,19 @@ mod tests {
                 Ok(())
             }
         }
-        assert!(stdio.can_attach(StdioStream::Stdin));
-        stdio.serve(StdioStream::Stdin, &mut Rw(&mut conn)).unwrap();
+        // An unserved claim gives stdin back.
+        drop(stdio.claim(StdioStream::Stdin).unwrap());
+        let claim = stdio.claim(StdioStream::Stdin).unwrap();
+        assert!(matches!(
+            stdio.claim(StdioStream::Stdin),
+            Err(Error::Busy(StdioStream::Stdin))
+        ));
+        claim.serve(&mut Rw(&mut conn));
         let mut got = String::new();
         File::from(child.stdin).read_to_string(&mut got).unwrap();
         assert_eq!(got, "input data");
-        assert!(!stdio.can_attach(StdioStream::Stdin));
         assert!(matches!(
-            stdio.serve(StdioStream::Stdin, &mut Rw(&mut conn)),
+            stdio.claim(StdioStream::Stdin),
             Err(Error::Busy(StdioStream::Stdin))
         ));
     }
@@ -388,8 +434,9 @@ mod tests {
         drop(w);
         drop(child.stdin);
         drop(child.stderr);
+        let stdio = Arc::new(stdio);
         let mut out = Sink(Vec::new());
-        stdio.serve(StdioStream::Stdout, &mut out).unwrap();
+        stdio.claim(StdioStream::Stdout).unwrap().serve(&mut out);
         assert!(out.0.starts_with(b"tty"), "got {:?}", out.0);
         assert!(stdio.stderr.finished());
     }

@@ -99,6 +99,7 @@ impl TestAgent {
         assert_eq!(hello.version, PROTOCOL_VERSION);
         assert_eq!(hello.pid, child.id());
         assert_eq!(hello.listen, format!("unix:{}", sock.display()));
+        assert!(hello.uptime_ms > 0);
         // The ready line is on stdout, too.
         let mut line = String::new();
         let mut out = child.stdout.take().unwrap();
