@@ -211,3 +211,123 @@ fn missing_dev_kvm_is_one_line() {
     let out = ember(&["--kernel", k.to_str().unwrap(), "--force"], None);
     assert_one_line_error(&out, "/dev/kvm");
 }
+
+/// A "kernel" whose 64-bit entry prints `ok` on COM1, reports init (1) and ready (123) on the
+/// boot timer and spins; or, with `reset`, asks the i8042 for a reset. A handful of CPL0
+/// instructions: quick even where guest kernel code is emulated (PVM).
+fn payload_kernel(reset: bool) -> Vec<u8> {
+    let mut code = vec![
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb0, b'o', 0xee, // out 'o'
+        0xb0, b'k', 0xee, // out 'k'
+        0xb0, b'\n', 0xee, // out '\n'
+    ];
+    if reset {
+        code.extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64]); // mov al, 0xfe; out 0x64, al
+    } else {
+        code.extend_from_slice(&[
+            0xbb, 0x00, 0x00, 0x00, 0xd0, // mov ebx, 0xd0000000
+            0xc6, 0x03, 0x01, // mov byte [rbx], 1
+            0xc6, 0x03, 0x7b, // mov byte [rbx], 123
+        ]);
+    }
+    code.extend_from_slice(&[0xeb, 0xfe]); // jmp $
+    fake_vmlinux(&code, 0x1000)
+}
+
+fn kvm_present() -> bool {
+    if Path::new("/dev/kvm").exists() {
+        true
+    } else {
+        eprintln!("skipping: no /dev/kvm");
+        false
+    }
+}
+
+#[test]
+fn guest_reset_exits_zero_with_console_and_timings() {
+    if !kvm_present() {
+        return;
+    }
+    let dir = TempDir::new("reset");
+    let k = dir.file("vmlinux", &payload_kernel(true));
+    let out = ember(
+        &[
+            "--kernel",
+            k.to_str().unwrap(),
+            "--force",
+            "--timings",
+            "--mem-mib",
+            "64",
+        ],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+    assert!(stderr.contains("first KVM_RUN"), "{stderr}");
+    assert!(stderr.contains("VM exited"), "{stderr}");
+}
+
+#[test]
+fn exit_on_ready_stops_at_boot_timer_123() {
+    if !kvm_present() {
+        return;
+    }
+    let dir = TempDir::new("ready");
+    let k = dir.file("vmlinux", &payload_kernel(false));
+    let console = dir.0.join("console.log");
+    let out = ember(
+        &[
+            "--kernel",
+            k.to_str().unwrap(),
+            "--force",
+            "--timings",
+            "--exit-on-ready",
+            "--console-file",
+            console.to_str().unwrap(),
+        ],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert_eq!(std::fs::read_to_string(&console).unwrap(), "ok\n");
+    let ready = stderr
+        .lines()
+        .find(|l| l.starts_with("agent ready"))
+        .unwrap_or_default();
+    assert!(ready.contains(" ms"), "agent ready has a time: {stderr}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn timeout_stops_a_spinning_guest_and_fails() {
+    if !kvm_present() {
+        return;
+    }
+    let dir = TempDir::new("timeout");
+    let k = dir.file("vmlinux", &payload_kernel(false));
+    let out = ember(
+        &[
+            "--kernel",
+            k.to_str().unwrap(),
+            "--force",
+            "--timeout-s",
+            "1",
+            "--console-file",
+            "/dev/null",
+        ],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("vCPU 0 at RIP 0x"), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with("ember: The VM did not finish within 1 s"),
+        "{stderr}"
+    );
+}
