@@ -45,6 +45,8 @@ pub enum Error {
     },
     #[error("{0} exists and is not a socket")]
     NotASocket(PathBuf),
+    #[error("{0} is in use by another listener")]
+    InUse(PathBuf),
     #[error("Guest CID {0} is reserved")]
     ReservedCid(u32),
     #[error(transparent)]

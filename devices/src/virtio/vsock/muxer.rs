@@ -62,12 +62,15 @@ pub struct UnixMuxer {
 }
 
 impl UnixMuxer {
-    /// Listen at `uds_path` for host-initiated connections. A stale socket file there is
-    /// replaced; any other existing file is an error.
+    /// Listen at `uds_path` for host-initiated connections. A stale socket file there (nobody
+    /// listening) is replaced; a live socket or any other file is an error.
     pub fn new(guest_cid: u32, uds_path: &Path) -> Result<Self, Error> {
         if let Ok(md) = std::fs::symlink_metadata(uds_path) {
             if !md.file_type().is_socket() {
                 return Err(Error::NotASocket(uds_path.to_path_buf()));
+            }
+            if UnixStream::connect(uds_path).is_ok() {
+                return Err(Error::InUse(uds_path.to_path_buf()));
             }
             std::fs::remove_file(uds_path).map_err(|source| Error::Bind {
                 path: uds_path.to_path_buf(),

@@ -579,9 +579,9 @@ fn reserved_cids_and_non_socket_paths_are_refused() {
     let f = dir.as_path().join("file");
     std::fs::write(&f, b"x").unwrap();
     assert!(matches!(Vsock::unix(3, &f), Err(Error::NotASocket(_))));
-    // A stale socket is replaced.
-    let v = Vsock::unix(3, &p).unwrap();
-    drop(v);
-    std::os::unix::net::UnixListener::bind(&p).unwrap();
+    // A live socket is refused; a stale one is replaced.
+    let live = std::os::unix::net::UnixListener::bind(&p).unwrap();
+    assert!(matches!(Vsock::unix(3, &p), Err(Error::InUse(_))));
+    drop(live);
     assert!(Vsock::unix(3, &p).is_ok());
 }
