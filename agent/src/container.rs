@@ -536,6 +536,9 @@ impl Agent {
         // Only empty directories are removed: never recurse into a (still) mounted rootfs.
         let _ = fs::remove_dir(&c.rootfs);
         let _ = fs::remove_dir(&c.bundle);
+        for pid in pids {
+            self.reaper.forget(pid);
+        }
         drop(inner);
         self.map().remove(id);
         Ok(())

@@ -27,9 +27,19 @@ pub enum Error {
 }
 
 #[derive(Default)]
+struct Entry {
+    /// Set once the process has exited.
+    status: Option<ExitStatus>,
+    /// Threads blocked in [`Reaper::wait`] on this pid.
+    waiters: u32,
+    /// [`Reaper::forget`] was called while someone waited: drop after the last waiter.
+    forgotten: bool,
+}
+
+#[derive(Default)]
 struct Table {
-    /// Tracked pids and, once exited, their status.
-    watched: HashMap<i32, Option<ExitStatus>>,
+    /// Tracked pids.
+    watched: HashMap<i32, Entry>,
     /// Bumped on every spawn: wakes the reaper thread when it had no children.
     generation: u64,
 }
@@ -67,7 +77,7 @@ impl Reaper {
     pub fn spawn<E>(&self, spawn: impl FnOnce() -> Result<i32, E>) -> Result<i32, E> {
         let mut t = self.lock();
         let pid = spawn()?;
-        t.watched.insert(pid, None);
+        t.watched.insert(pid, Entry::default());
         t.generation = t.generation.wrapping_add(1);
         self.cond.notify_all();
         Ok(pid)
@@ -78,7 +88,7 @@ impl Reaper {
         self.lock()
             .watched
             .get(&pid)
-            .copied()
+            .map(|e| e.status)
             .ok_or(Error::Unknown(pid))
     }
 
@@ -86,18 +96,26 @@ impl Reaper {
     pub fn wait(&self, pid: i32, timeout: Option<Duration>) -> Result<Option<ExitStatus>, Error> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut t = self.lock();
-        loop {
+        match t.watched.get_mut(&pid) {
+            None => return Err(Error::Unknown(pid)),
+            Some(e) => e.waiters += 1,
+        }
+        let result = loop {
             match t.watched.get(&pid) {
-                None => return Err(Error::Unknown(pid)),
-                Some(Some(status)) => return Ok(Some(*status)),
-                Some(None) => {}
+                // Replaced by forget(): cannot happen while we are counted as a waiter.
+                None => break Err(Error::Unknown(pid)),
+                Some(Entry {
+                    status: Some(status),
+                    ..
+                }) => break Ok(Some(*status)),
+                Some(_) => {}
             }
             t = match deadline {
                 None => self.cond.wait(t).unwrap_or_else(|p| p.into_inner()),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
-                        return Ok(None);
+                        break Ok(None);
                     }
                     self.cond
                         .wait_timeout(t, d - now)
@@ -105,13 +123,20 @@ impl Reaper {
                         .0
                 }
             };
+        };
+        if let Some(e) = t.watched.get_mut(&pid) {
+            e.waiters = e.waiters.saturating_sub(1);
+            if e.forgotten && e.waiters == 0 {
+                t.watched.remove(&pid);
+            }
         }
+        result
     }
 
     /// Sends `signal` to a tracked process that has not exited.
     pub fn signal(&self, pid: i32, signal: i32) -> Result<(), Error> {
         let t = self.lock();
-        match t.watched.get(&pid) {
+        match t.watched.get(&pid).map(|e| e.status) {
             None => Err(Error::Unknown(pid)),
             Some(Some(_)) => Err(Error::Exited(pid)),
             Some(None) => {
@@ -130,9 +155,22 @@ impl Reaper {
         }
     }
 
-    /// Stops tracking `pid` (after its container is gone).
+    /// Stops tracking `pid` (after its container is gone); threads still waiting on it get
+    /// its status first.
     pub fn forget(&self, pid: i32) {
-        self.lock().watched.remove(&pid);
+        let mut t = self.lock();
+        if let Some(e) = t.watched.get_mut(&pid) {
+            if e.waiters == 0 {
+                t.watched.remove(&pid);
+            } else {
+                e.forgotten = true;
+            }
+        }
+    }
+
+    /// Number of pids tracked (for tests and diagnostics).
+    pub fn tracked(&self) -> usize {
+        self.lock().watched.len()
     }
 
     fn run(&self) {
@@ -172,8 +210,8 @@ impl Reaper {
             // SAFETY: reaps the zombie we just peeked at; writes only `raw`.
             let got = unsafe { libc::waitpid(pid, &mut raw, 0) };
             if got == pid {
-                if let Some(slot) = t.watched.get_mut(&pid) {
-                    *slot = Some(decode_status(raw));
+                if let Some(e) = t.watched.get_mut(&pid) {
+                    e.status = Some(decode_status(raw));
                 }
             }
             seen_generation = t.generation;
@@ -201,6 +239,51 @@ pub fn decode_status(raw: i32) -> ExitStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reaper collects every child of the test process: this is the only unit test
+    /// here that starts children.
+    #[test]
+    fn statuses_waiters_and_forget() {
+        let reaper = Reaper::start();
+        let spawn = |script: &str| {
+            reaper
+                .spawn(|| {
+                    std::process::Command::new("/bin/sh")
+                        .args(["-c", script])
+                        .spawn()
+                        .map(|c| c.id() as i32)
+                })
+                .unwrap()
+        };
+        let quick = spawn("exit 7");
+        let st = reaper.wait(quick, Some(Duration::from_secs(30))).unwrap();
+        assert_eq!(
+            st,
+            Some(ExitStatus {
+                code: 7,
+                signal: None
+            })
+        );
+        assert!(matches!(reaper.signal(quick, 9), Err(Error::Exited(_))));
+        reaper.forget(quick);
+        assert!(matches!(reaper.status(quick), Err(Error::Unknown(_))));
+
+        // Forgetting while someone waits: the waiter still gets the status.
+        let slow = spawn("exec sleep 1000");
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| reaper.wait(slow, None));
+            while reaper.lock().watched.get(&slow).map(|e| e.waiters) != Some(1) {
+                std::thread::yield_now();
+            }
+            reaper.forget(slow);
+            assert_eq!(reaper.status(slow).unwrap(), None);
+            reaper.signal(slow, libc::SIGTERM).unwrap();
+            let st = waiter.join().unwrap().unwrap();
+            assert_eq!(st.map(|s| s.signal), Some(Some(libc::SIGTERM)));
+        });
+        assert!(matches!(reaper.status(slow), Err(Error::Unknown(_))));
+        assert_eq!(reaper.tracked(), 0);
+    }
 
     #[test]
     fn decodes_exit_and_signal() {
