@@ -22,6 +22,7 @@ use crate::vstate::vcpu::Vcpu;
 use crate::vstate::vm::{IrqChip, Vm};
 use crate::{Error, Vmm};
 use devices::virtio::block::Block;
+use devices::virtio::net::Net;
 use devices::virtio::rng::Rng;
 use devices::virtio::vsock::Vsock;
 
@@ -76,9 +77,6 @@ pub fn validate_config(cfg: &VmConfig) -> Result<(), Error> {
             .write(!b.read_only)
             .open(&b.path)
             .map_err(|e| Error::BlockFile(b.path.clone(), e))?;
-    }
-    if !cfg.net.is_empty() {
-        return Err(Error::DevicesNotWired("virtio-net"));
     }
     Ok(())
 }
@@ -173,6 +171,10 @@ fn attach_virtio_devices(
 ) -> Result<(), Error> {
     for b in &cfg.block {
         let dev = Block::open(&b.path, b.read_only).map_err(|e| Error::Block(b.path.clone(), e))?;
+        virtio.attach(vm, mem, mmio, dev).map_err(Error::Virtio)?;
+    }
+    for n in &cfg.net {
+        let dev = Net::tap(&n.tap, n.mac).map_err(|e| Error::Net(n.tap.clone(), e))?;
         virtio.attach(vm, mem, mmio, dev).map_err(Error::Virtio)?;
     }
     if let Some(v) = &cfg.vsock {

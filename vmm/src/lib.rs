@@ -83,12 +83,12 @@ pub enum Error {
     Bus(#[source] device_manager::Error),
     #[error("Failed to write the payload to guest memory")]
     Payload(#[source] vm_memory::GuestMemoryError),
-    #[error("{0} is not available in this build yet")]
-    DevicesNotWired(&'static str),
     #[error("Cannot open disk {}", .0.display())]
     BlockFile(PathBuf, #[source] std::io::Error),
     #[error("Failed to set up disk {}", .0.display())]
     Block(PathBuf, #[source] devices::virtio::block::Error),
+    #[error("Failed to set up network interface on tap {0}")]
+    Net(String, #[source] devices::virtio::net::Error),
     #[error("Failed to set up vsock")]
     Vsock(#[source] devices::virtio::vsock::Error),
     #[error("Failed to set up virtio-rng")]
