@@ -29,7 +29,7 @@ use super::{
     Error as VirtioError, GuestMem, InterruptKind, VirtioDevice, VirtioInterrupt,
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
-    VIRTIO_F_VERSION_1,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 
 /// Size of one device's MMIO window.
@@ -373,6 +373,11 @@ impl MmioTransport {
             .iter()
             .map(|q| Queue::try_from(q.state()).map_err(|_| ActivateError::CopyQueue))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut queues = queues;
+        let event_idx = self.driver_features & (1u64 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        for q in &mut queues {
+            q.set_event_idx(event_idx);
+        }
         lock(&self.device)
             .activate(self.mem.clone(), queues, self.interrupt.clone())
             .map_err(ActivateError::Device)
@@ -423,7 +428,7 @@ mod tests {
         activations: u32,
         resets: u32,
         active: bool,
-        queues_seen: Vec<(u16, u64)>,
+        queues_seen: Vec<(u16, u64, bool)>,
     }
 
     impl Dummy {
@@ -476,7 +481,10 @@ mod tests {
             _i: Arc<dyn VirtioInterrupt>,
         ) -> Result<(), VirtioError> {
             crate::virtio::check_activation(self.active, 2, &queues)?;
-            self.queues_seen = queues.iter().map(|q| (q.size(), q.desc_table())).collect();
+            self.queues_seen = queues
+                .iter()
+                .map(|q| (q.size(), q.desc_table(), q.event_idx_enabled()))
+                .collect();
             self.activations += 1;
             self.active = true;
             Ok(())
@@ -554,7 +562,9 @@ mod tests {
         wr(&mut r.t, REG_DEVICE_FEATURES_SEL, 0);
         assert_eq!(
             rd(&mut r.t, REG_DEVICE_FEATURES),
-            (1 << 3) | (1 << crate::virtio::VIRTIO_RING_F_INDIRECT_DESC)
+            (1 << 3)
+                | (1 << crate::virtio::VIRTIO_RING_F_INDIRECT_DESC)
+                | (1 << VIRTIO_RING_F_EVENT_IDX)
         );
         wr(&mut r.t, REG_DEVICE_FEATURES_SEL, 1);
         assert_eq!(rd(&mut r.t, REG_DEVICE_FEATURES), 1);
@@ -577,7 +587,23 @@ mod tests {
         assert_eq!(rd(&mut r.t, REG_STATUS), ACK | DRV | FOK | DOK);
         let d = r.dev.lock().unwrap();
         assert_eq!(d.activations, 1);
-        assert_eq!(d.queues_seen, vec![(8, 0x1000), (8, 0x4000)]);
+        assert_eq!(d.queues_seen, vec![(8, 0x1000, false), (8, 0x4000, false)]);
+    }
+
+    #[test]
+    fn event_idx_negotiated_reaches_the_queues() {
+        let mut r = rig();
+        wr(&mut r.t, REG_STATUS, ACK);
+        wr(&mut r.t, REG_STATUS, ACK | DRV);
+        wr(&mut r.t, REG_DRIVER_FEATURES_SEL, 0);
+        wr(&mut r.t, REG_DRIVER_FEATURES, 1 << VIRTIO_RING_F_EVENT_IDX);
+        wr(&mut r.t, REG_DRIVER_FEATURES_SEL, 1);
+        wr(&mut r.t, REG_DRIVER_FEATURES, 1);
+        wr(&mut r.t, REG_STATUS, ACK | DRV | FOK);
+        setup_queues(&mut r.t);
+        wr(&mut r.t, REG_STATUS, ACK | DRV | FOK | DOK);
+        let d = r.dev.lock().unwrap();
+        assert_eq!(d.queues_seen, vec![(8, 0x1000, true), (8, 0x4000, true)]);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestMemory, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -38,7 +38,7 @@ pub use virtio_bindings::virtio_ids::{
     VIRTIO_ID_BLOCK, VIRTIO_ID_NET, VIRTIO_ID_RNG, VIRTIO_ID_VSOCK,
 };
 pub use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
-pub use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+pub use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
 /// Guest memory type every device works on.
 pub type GuestMem = GuestMemoryMmap;
@@ -204,10 +204,13 @@ pub(crate) struct ActiveState {
     pub interrupt: Arc<dyn VirtioInterrupt>,
 }
 
-/// `VIRTIO_F_VERSION_1` and `VIRTIO_RING_F_INDIRECT_DESC` (chains are walked by virtio-queue,
-/// which follows indirect tables) plus the given feature bits.
+/// `VIRTIO_F_VERSION_1`, `VIRTIO_RING_F_INDIRECT_DESC` (chains are walked by virtio-queue,
+/// which follows indirect tables) and `VIRTIO_RING_F_EVENT_IDX` (the transport switches the
+/// queues to it; devices use [`pop_chain`]) plus the given feature bits.
 pub(crate) fn features(bits: &[u32]) -> u64 {
-    let base = (1u64 << VIRTIO_F_VERSION_1) | (1u64 << VIRTIO_RING_F_INDIRECT_DESC);
+    let base = (1u64 << VIRTIO_F_VERSION_1)
+        | (1u64 << VIRTIO_RING_F_INDIRECT_DESC)
+        | (1u64 << VIRTIO_RING_F_EVENT_IDX);
     bits.iter().fold(base, |acc, b| acc | (1u64 << b))
 }
 
@@ -276,6 +279,32 @@ where
         return Err(ChainError::Empty);
     }
     Ok(out)
+}
+
+/// Pops the next available chain. When the ring is empty, re-enables guest notifications
+/// (clears `VRING_USED_F_NO_NOTIFY`, or publishes `avail_event` with `EVENT_IDX`) and looks
+/// once more, so a buffer added meanwhile is not missed.
+pub(crate) fn pop_chain<'a>(
+    q: &mut Queue,
+    mem: &'a GuestMem,
+) -> Option<DescriptorChain<&'a GuestMem>> {
+    for _ in 0..2 {
+        if let Some(c) = q.iter(mem).ok().and_then(|mut it| it.next()) {
+            return Some(c);
+        }
+        if !matches!(q.enable_notification(mem), Ok(true)) {
+            return None;
+        }
+    }
+    None
+}
+
+/// Tells the driver not to notify while the device is draining the queue (no-op with
+/// `EVENT_IDX`, where [`pop_chain`] moves `avail_event` instead).
+pub(crate) fn quiet(q: &mut Queue, mem: &GuestMem) {
+    if let Err(e) = q.disable_notification(mem) {
+        log::warn!("Failed to disable queue notifications: {e}");
+    }
 }
 
 /// Puts `head` on the used ring with `len` bytes written; returns whether the guest wants an

@@ -6,13 +6,13 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use virtio_queue::{Queue, QueueOwnedT};
+use virtio_queue::Queue;
 use vm_memory::Bytes;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{
-    add_used, check_activation, collect_chain, features, new_events, signal_used, ActiveState,
-    Error, GuestMem, VirtioDevice, VirtioInterrupt, VIRTIO_ID_RNG,
+    add_used, check_activation, collect_chain, features, new_events, pop_chain, quiet, signal_used,
+    ActiveState, Error, GuestMem, VirtioDevice, VirtioInterrupt, VIRTIO_ID_RNG,
 };
 
 /// Queue size of the request queue.
@@ -71,7 +71,8 @@ impl Rng {
         let mem = st.mem.clone();
         let mut done = 0;
         let mut notify = false;
-        while let Some(chain) = st.queues[0].iter(&mem).ok().and_then(|mut it| it.next()) {
+        quiet(&mut st.queues[0], &mem);
+        while let Some(chain) = pop_chain(&mut st.queues[0], &mem) {
             let head = chain.head_index();
             let len = match collect_chain(chain, &mem) {
                 Ok(descs) if descs.iter().all(|d| d.is_write_only()) => {

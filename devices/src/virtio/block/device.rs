@@ -4,15 +4,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
-use virtio_queue::{Queue, QueueOwnedT};
+use virtio_queue::Queue;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::request::{handle, Outcome};
 use super::{DiskBackend, Error, RawFile, QUEUE_SIZE, SECTOR_SIZE};
 use crate::virtio::{
-    add_used, check_activation, collect_chain, features, new_events, read_config_bytes,
-    signal_used, ActiveState, Error as VirtioError, GuestMem, VirtioDevice, VirtioInterrupt,
-    VIRTIO_ID_BLOCK,
+    add_used, check_activation, collect_chain, features, new_events, pop_chain, quiet,
+    read_config_bytes, signal_used, ActiveState, Error as VirtioError, GuestMem, VirtioDevice,
+    VirtioInterrupt, VIRTIO_ID_BLOCK,
 };
 
 /// Data segments per request offered to the driver (queue size minus header and status).
@@ -78,7 +78,8 @@ impl Block {
         let mem = st.mem.clone();
         let mut done = 0;
         let mut notify = false;
-        while let Some(chain) = st.queues[0].iter(&mem).ok().and_then(|mut it| it.next()) {
+        quiet(&mut st.queues[0], &mem);
+        while let Some(chain) = pop_chain(&mut st.queues[0], &mem) {
             let head = chain.head_index();
             let out = match collect_chain(chain, &mem) {
                 Ok(descs) => handle(

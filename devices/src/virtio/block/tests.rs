@@ -352,3 +352,45 @@ fn indirect_chains_work_and_indirect_loops_are_dropped() {
     assert_eq!(status(&k.m), 0x77);
     assert_untouched(&k.m, DATA, 0x2000, GUARD);
 }
+
+#[test]
+fn event_idx_suppresses_interrupts_and_publishes_avail_event() {
+    use virtio_queue::QueueT;
+    let k = rig();
+    let mut q = GuestQueue::new(&k.m, 0, 16);
+    let (_, avail, used) = q.addrs();
+    let used_event = GuestAddress(avail + 4 + 2 * 16);
+    let avail_event = GuestAddress(used + 4 + 8 * 16);
+    let mut queue = q.queue();
+    queue.set_event_idx(true);
+    let f = k.file.as_file().try_clone().unwrap();
+    let mut b = Block::new(Box::new(RawFile::from_file(f).unwrap()), false).unwrap();
+    let irq = Arc::new(CountingInterrupt::new());
+    b.activate(k.m.clone(), vec![queue], irq.clone()).unwrap();
+    header(&k.m, VIRTIO_BLK_T_IN, 0);
+    let read_req = [r(HDR, 16), w(DATA, 512), w(STATUS, 1)];
+
+    // The driver wants an interrupt for used entry 0.
+    k.m.write_obj(0u16, used_event).unwrap();
+    q.add(&read_req);
+    b.process_queue();
+    assert_eq!(irq.count(InterruptKind::Vring), 1);
+    assert_eq!(
+        k.m.read_obj::<u16>(avail_event).unwrap(),
+        1,
+        "kick me at the next buffer"
+    );
+
+    // Now only when entry 3 is used: entries 1 and 2 complete silently.
+    k.m.write_obj(3u16, used_event).unwrap();
+    q.add(&read_req);
+    b.process_queue();
+    q.add(&read_req);
+    b.process_queue();
+    assert_eq!(irq.count(InterruptKind::Vring), 1);
+    q.add(&read_req);
+    b.process_queue();
+    assert_eq!(irq.count(InterruptKind::Vring), 2);
+    assert_eq!(q.take_used().len(), 4);
+    assert_eq!(k.m.read_obj::<u16>(avail_event).unwrap(), 4);
+}

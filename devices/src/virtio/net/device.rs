@@ -5,15 +5,15 @@ use std::sync::Arc;
 
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{Queue, QueueOwnedT};
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{Error, NetBackend, Tap, MAX_FRAME, QUEUE_SIZE, VNET_HDR_LEN};
 use crate::virtio::{
-    add_used, check_activation, collect_chain, features, new_events, read_config_bytes,
-    signal_used, ActiveState, Error as VirtioError, GuestMem, VirtioDevice, VirtioInterrupt,
-    VIRTIO_ID_NET,
+    add_used, check_activation, collect_chain, features, new_events, pop_chain, quiet,
+    read_config_bytes, signal_used, ActiveState, Error as VirtioError, GuestMem, VirtioDevice,
+    VirtioInterrupt, VIRTIO_ID_NET,
 };
 
 pub(super) const RXQ: usize = 0;
@@ -105,7 +105,7 @@ impl Net {
                 continue;
             }
             self.rx_pending = Some(len);
-            let Some(chain) = st.queues[RXQ].iter(&mem).ok().and_then(|mut it| it.next()) else {
+            let Some(chain) = pop_chain(&mut st.queues[RXQ], &mem) else {
                 break;
             };
             let head = chain.head_index();
@@ -145,7 +145,8 @@ impl Net {
         };
         let mem = st.mem.clone();
         let mut notify = false;
-        while let Some(chain) = st.queues[TXQ].iter(&mem).ok().and_then(|mut it| it.next()) {
+        quiet(&mut st.queues[TXQ], &mem);
+        while let Some(chain) = pop_chain(&mut st.queues[TXQ], &mem) {
             let head = chain.head_index();
             match collect_chain(chain, &mem) {
                 Ok(descs) => match gather(&mem, &descs, &mut self.tx_frame) {

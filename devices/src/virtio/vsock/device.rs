@@ -13,9 +13,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::packet::{read_tx, rx_capacity, write_rx};
 use super::{Error, UnixMuxer, VsockBackend, EVENT_TRANSPORT_RESET, MAX_PKT_DATA, QUEUE_SIZE};
 use crate::virtio::{
-    add_used, check_activation, collect_chain, features, new_events, read_config_bytes,
-    signal_used, ActiveState, Error as VirtioError, GuestMem, VirtioDevice, VirtioInterrupt,
-    VIRTIO_ID_VSOCK,
+    add_used, check_activation, collect_chain, features, new_events, pop_chain, quiet,
+    read_config_bytes, signal_used, ActiveState, Error as VirtioError, GuestMem, VirtioDevice,
+    VirtioInterrupt, VIRTIO_ID_VSOCK,
 };
 
 pub(super) const RXQ: usize = 0;
@@ -76,7 +76,7 @@ impl Vsock {
         let mut used = false;
         let mut notify = false;
         while self.backend.has_pending_rx() {
-            let Some(chain) = st.queues[RXQ].iter(&mem).ok().and_then(|mut it| it.next()) else {
+            let Some(chain) = pop_chain(&mut st.queues[RXQ], &mem) else {
                 break;
             };
             let head = chain.head_index();
@@ -127,7 +127,8 @@ impl Vsock {
         let mem = st.mem.clone();
         let mut used = false;
         let mut notify = false;
-        while let Some(chain) = st.queues[TXQ].iter(&mem).ok().and_then(|mut it| it.next()) {
+        quiet(&mut st.queues[TXQ], &mem);
+        while let Some(chain) = pop_chain(&mut st.queues[TXQ], &mem) {
             let head = chain.head_index();
             match collect_chain(chain, &mem) {
                 Ok(descs) => match read_tx(&descs, &mem, &mut self.tx_buf) {
