@@ -363,3 +363,99 @@ fn each_vcpu_runs_on_its_own_thread_with_its_apic_id() {
     let spin = LOAD_ADDR + 17;
     assert_eq!(rips, vec![(0, spin), (1, spin), (2, spin)]);
 }
+
+/// `mov dword [rcx + reg], value` (rcx holds the device base).
+fn mmio_write(code: &mut Vec<u8>, reg: u32, value: u32) {
+    code.extend_from_slice(&[0xc7, 0x81]);
+    code.extend_from_slice(&reg.to_le_bytes());
+    code.extend_from_slice(&value.to_le_bytes());
+}
+
+#[test]
+fn a_cpl3_driver_gets_entropy_through_virtio_rng() {
+    if !kvm_present() {
+        return;
+    }
+    // Guest memory inside the payload blob (loaded at 1 MiB): a 4-entry split queue whose
+    // one descriptor is a 16-byte device-writable buffer, already made available.
+    const DESC: u32 = 0x10_2000;
+    const AVAIL: u32 = 0x10_3000;
+    const USED: u32 = 0x10_3800;
+    const BUF: u32 = 0x10_4000;
+    let mut blob = vec![0u8; 0x5000];
+    let desc = (DESC as usize) - LOAD_ADDR as usize;
+    blob[desc..desc + 8].copy_from_slice(&u64::from(BUF).to_le_bytes());
+    blob[desc + 8..desc + 12].copy_from_slice(&16u32.to_le_bytes());
+    blob[desc + 12..desc + 14].copy_from_slice(&2u16.to_le_bytes()); // VIRTQ_DESC_F_WRITE
+    let avail = (AVAIL as usize) - LOAD_ADDR as usize;
+    blob[avail + 2..avail + 4].copy_from_slice(&1u16.to_le_bytes()); // idx = 1, ring[0] = 0
+
+    // The driver, at CPL3, speaking virtio-mmio v2 to the device in slot 0.
+    let mut code = vec![0xb9, 0x00, 0x10, 0x00, 0xd0]; // mov ecx, 0xd0001000
+    for (reg, value) in [
+        (0x70, 1),   // status: ACKNOWLEDGE
+        (0x70, 3),   // + DRIVER
+        (0x24, 1),   // DriverFeaturesSel = 1
+        (0x20, 1),   // VIRTIO_F_VERSION_1 (bit 32)
+        (0x70, 0xb), // + FEATURES_OK
+        (0x30, 0),   // QueueSel = 0
+        (0x38, 4),   // QueueNum = 4
+        (0x80, DESC),
+        (0x84, 0),
+        (0x90, AVAIL),
+        (0x94, 0),
+        (0xa0, USED),
+        (0xa4, 0),
+        (0x44, 1),   // QueueReady
+        (0x70, 0xf), // + DRIVER_OK
+        (0x50, 0),   // QueueNotify(0): the ioeventfd wakes the event loop
+    ] {
+        mmio_write(&mut code, reg, value);
+    }
+    code.push(0xbb); // mov ebx, USED
+    code.extend_from_slice(&USED.to_le_bytes());
+    code.extend_from_slice(&[0x0f, 0xb7, 0x43, 0x02, 0x85, 0xc0, 0x74, 0xf8]); // wait for used.idx
+    code.extend_from_slice(&[0x66, 0xba, 0x00, 0x05]); // mov dx, 0x500
+    code.extend_from_slice(&[0xef]); // out: used.idx
+    code.extend_from_slice(&[0x8b, 0x43, 0x08, 0xef]); // out: used.ring[0].len
+    code.extend_from_slice(&[0x8b, 0x41, 0x60, 0xef]); // out: InterruptStatus
+    code.push(0xbb); // mov ebx, BUF
+    code.extend_from_slice(&BUF.to_le_bytes());
+    for off in [0u8, 4, 8, 12] {
+        code.extend_from_slice(&[0x8b, 0x43, off, 0xef]); // out: buffer word
+    }
+    code.extend_from_slice(&RESET);
+    assert!(code.len() < desc);
+    blob[..code.len()].copy_from_slice(&code);
+
+    let mut cfg = vmm::VmConfig::new("/unused");
+    cfg.rng = true;
+    let dev = recorder(0);
+    let vm = build_payload_vm(PayloadSpec {
+        extra_pio: vec![(TEST_PORT, 1, dev.clone())],
+        irqchip: true,
+        devices: Some(cfg),
+        ..PayloadSpec::new(blob)
+    })
+    .unwrap();
+    let handle = vm.handle();
+    let runner = std::thread::spawn(move || vm.run());
+    if !handle.wait_exited(Some(Duration::from_secs(60))) {
+        let rips = handle.vcpu_rips();
+        handle.stop();
+        panic!("driver did not finish; vCPU at {rips:x?}");
+    }
+    assert_eq!(runner.join().unwrap().unwrap(), VmExit::Reset);
+    let words: Vec<u32> = dev
+        .lock()
+        .unwrap()
+        .writes
+        .iter()
+        .map(|w| u32::from_le_bytes(w.1[..4].try_into().unwrap()))
+        .collect();
+    assert_eq!(words.len(), 7, "{words:x?}");
+    assert_eq!(words[0], 1, "used.idx");
+    assert_eq!(words[1], 16, "bytes written by the device");
+    assert_eq!(words[2] & 1, 1, "vring interrupt raised");
+    assert!(words[3..].iter().any(|w| *w != 0), "entropy in the buffer");
+}
