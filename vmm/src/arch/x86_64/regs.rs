@@ -42,6 +42,9 @@ const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 const MSR_IA32_TSC: u32 = 0x10;
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
 const MSR_IA32_MISC_ENABLE_FAST_STRING: u64 = 0x1;
+const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+/// MTRRs enabled (bit 11), default memory type write-back (6).
+const MTRR_DEF_TYPE_ENABLED_WB: u64 = (1 << 11) | 6;
 
 // Boot GDT: kernel code/data and TSS as Linux's boot protocol expects, plus user segments
 // at the indexes Linux uses (5: user data 0x2b, 6: user code 0x33).
@@ -147,6 +150,7 @@ pub fn boot_msr_entries() -> Vec<kvm_msr_entry> {
         entry(MSR_LSTAR, 0),
         entry(MSR_IA32_TSC, 0),
         entry(MSR_IA32_MISC_ENABLE, MSR_IA32_MISC_ENABLE_FAST_STRING),
+        entry(MSR_MTRR_DEF_TYPE, MTRR_DEF_TYPE_ENABLED_WB),
     ]
 }
 
