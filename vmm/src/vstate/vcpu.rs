@@ -207,7 +207,8 @@ impl Vcpu {
     ) -> Result<(), Error> {
         let mut cpuid = kvm.supported_cpuid().map_err(Error::SupportedCpuid)?;
         let mut entries = cpuid.as_slice().to_vec();
-        filter_cpuid(&mut entries, self.index, num_cpus);
+        let tsc_deadline = lapic && kvm.kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
+        filter_cpuid(&mut entries, self.index, num_cpus, tsc_deadline);
         cpuid = kvm_bindings::CpuId::from_entries(&entries).map_err(Error::CpuidTable)?;
         self.fd.set_cpuid2(&cpuid).map_err(Error::SetCpuid)?;
         regs::setup_msrs(&self.fd).map_err(Error::Regs)?;

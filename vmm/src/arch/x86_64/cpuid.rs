@@ -11,6 +11,7 @@ const LEAF_HYPERVISOR: u32 = 0x4000_0000;
 const LEAF_AMD_SIZES: u32 = 0x8000_0008;
 
 const ECX_CX16_BIT: u32 = 13;
+const ECX_TSC_DEADLINE_BIT: u32 = 24;
 const ECX_HYPERVISOR_BIT: u32 = 31;
 const EDX_HTT_BIT: u32 = 28;
 
@@ -30,7 +31,14 @@ fn bits_for(n: u32) -> u32 {
 }
 
 /// Filter `entries` (from KVM_GET_SUPPORTED_CPUID) for vCPU `cpu_id` of `num_cpus`.
-pub fn filter_cpuid(entries: &mut Vec<kvm_cpuid_entry2>, cpu_id: u8, num_cpus: u8) {
+/// `tsc_deadline`: the in-kernel LAPIC emulates the TSC-deadline timer
+/// (KVM_CAP_TSC_DEADLINE_TIMER), which KVM does not advertise in the supported set itself.
+pub fn filter_cpuid(
+    entries: &mut Vec<kvm_cpuid_entry2>,
+    cpu_id: u8,
+    num_cpus: u8,
+    tsc_deadline: bool,
+) {
     let apic_id = u32::from(cpu_id);
     let cpus = u32::from(num_cpus.max(1));
     for e in entries.iter_mut() {
@@ -40,6 +48,9 @@ pub fn filter_cpuid(entries: &mut Vec<kvm_cpuid_entry2>, cpu_id: u8, num_cpus: u
                 e.ebx = (apic_id << 24) | (cpus << 16) | (8 << 8) | (e.ebx & 0xff);
                 e.ecx &= !(1 << ECX_CX16_BIT);
                 e.ecx |= 1 << ECX_HYPERVISOR_BIT;
+                if tsc_deadline {
+                    e.ecx |= 1 << ECX_TSC_DEADLINE_BIT;
+                }
                 if cpus > 1 {
                     e.edx |= 1 << EDX_HTT_BIT;
                 } else {
@@ -123,26 +134,29 @@ mod tests {
     #[test]
     fn leaf1_apic_id_and_cx16_cleared() {
         let mut v = vec![leaf(1, 0)];
-        filter_cpuid(&mut v, 2, 4);
+        filter_cpuid(&mut v, 2, 4, true);
         let e = find(&v, 1, 0);
         assert_eq!(e.ebx >> 24, 2);
         assert_eq!((e.ebx >> 16) & 0xff, 4);
         assert_eq!(e.ecx & (1 << 13), 0, "CX16 cleared");
         assert_ne!(e.ecx & (1 << 31), 0, "hypervisor bit");
         assert_ne!(e.edx & (1 << 28), 0, "HTT with >1 cpu");
+        assert_ne!(e.ecx & (1 << 24), 0, "TSC deadline timer");
     }
 
     #[test]
     fn single_cpu_has_no_htt() {
         let mut v = vec![leaf(1, 0)];
-        filter_cpuid(&mut v, 0, 1);
+        v[0].ecx = 0;
+        filter_cpuid(&mut v, 0, 1, false);
         assert_eq!(find(&v, 1, 0).edx & (1 << 28), 0);
+        assert_eq!(find(&v, 1, 0).ecx & (1 << 24), 0);
     }
 
     #[test]
     fn topology_leaf() {
         let mut v = vec![leaf(0xb, 0), leaf(0xb, 1), leaf(0xb, 2)];
-        filter_cpuid(&mut v, 3, 5);
+        filter_cpuid(&mut v, 3, 5, false);
         let smt = find(&v, 0xb, 0);
         assert_eq!((smt.eax, smt.ebx, smt.ecx >> 8, smt.edx), (0, 1, 1, 3));
         let core = find(&v, 0xb, 1);
@@ -154,7 +168,7 @@ mod tests {
     #[test]
     fn kvm_signature_present() {
         let mut v = vec![leaf(1, 0)];
-        filter_cpuid(&mut v, 0, 1);
+        filter_cpuid(&mut v, 0, 1, false);
         let h = find(&v, LEAF_HYPERVISOR, 0);
         let mut sig = Vec::new();
         for r in [h.ebx, h.ecx, h.edx] {
