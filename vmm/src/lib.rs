@@ -267,3 +267,19 @@ impl VmHandle {
         self.timings.wait_for(Phase::Exited, timeout)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send<T: Send>() {}
+    fn sync<T: Sync>() {}
+
+    #[test]
+    fn vmm_moves_between_threads_and_handles_are_shared() {
+        send::<Vmm>();
+        send::<VmHandle>();
+        sync::<VmHandle>();
+        send::<Error>();
+    }
+}
