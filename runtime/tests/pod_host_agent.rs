@@ -293,6 +293,22 @@ fn killing_the_pod_process_leaves_the_pod_stopped() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
+    // kill(2) only queues the signal: wait until the process is gone (or a zombie).
+    let gone = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('Z'))
+            })
+            .unwrap_or(true)
+    };
+    for _ in 0..500 {
+        if gone(pid) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(gone(pid), "pod process {pid} survived SIGKILL");
     // Separate invocations see it stopped.
     let v = env.json(&["pod", "status", "--json", "p"]);
     assert_eq!(v["state"], "stopped", "{v}");
