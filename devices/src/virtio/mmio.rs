@@ -15,8 +15,9 @@
 //! 5. Add `dev` (the same `Arc<Mutex<_>>`) to the event manager as a `MutEventSubscriber`: it
 //!    registers its activate event at `init` and its queue/backend fds when activated.
 //! 6. Route vCPU MMIO exits in `[base, base + MMIO_MEM_SIZE)` to `transport.read(offset, data)`
-//!    / `transport.write(offset, data)` (keep the transport in its own `Mutex`; it locks the
-//!    device only briefly, for config access, activation and reset).
+//!    / `transport.write(offset, data)` (keep the transport in its own `Mutex`). Identity,
+//!    feature, queue, interrupt and notify registers never touch the device lock; only config
+//!    space access, FEATURES_OK, activation and reset take it, briefly.
 //! 7. Add [`cmdline_entry`]`(base, irq)` to the guest kernel command line.
 
 use std::sync::atomic::Ordering;
@@ -85,6 +86,11 @@ pub fn cmdline_entry(base: u64, irq: u32) -> String {
 /// The virtio-mmio register file of one device.
 pub struct MmioTransport {
     device: Arc<Mutex<dyn VirtioDevice>>,
+    // Fixed for the device's life: kept here so that register reads and queue notifies on a
+    // vCPU thread do not wait for the device lock held by the event loop.
+    device_type: u32,
+    avail_features: u64,
+    queue_evts: Vec<EventFd>,
     interrupt: Arc<dyn VirtioInterrupt>,
     mem: GuestMem,
     queues: Vec<Queue>,
@@ -109,13 +115,25 @@ impl MmioTransport {
         device: Arc<Mutex<dyn VirtioDevice>>,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> Result<Self, Error> {
-        let sizes = lock(&device).queue_max_sizes().to_vec();
+        let dev = lock(&device);
+        let sizes = dev.queue_max_sizes().to_vec();
+        let device_type = dev.device_type();
+        let avail_features = dev.avail_features();
+        let queue_evts = dev
+            .queue_events()
+            .iter()
+            .map(|e| e.try_clone().map_err(Error::CloneEvent))
+            .collect::<Result<Vec<_>, _>>()?;
+        drop(dev);
         let queues = sizes
             .iter()
             .map(|&s| Queue::new(s).map_err(|_| Error::QueueSize(s)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(MmioTransport {
             device,
+            device_type,
+            avail_features,
+            queue_evts,
             interrupt,
             mem,
             queues,
@@ -136,8 +154,7 @@ impl MmioTransport {
     /// Clones of the queue-notify event fds with their datamatch (queue index), for
     /// `KVM_IOEVENTFD` at `base + NOTIFY_REG_OFFSET`.
     pub fn ioeventfds(&self) -> Result<Vec<(EventFd, u32)>, Error> {
-        let dev = lock(&self.device);
-        dev.queue_events()
+        self.queue_evts
             .iter()
             .enumerate()
             .map(|(i, e)| Ok((e.try_clone().map_err(Error::CloneEvent)?, i as u32)))
@@ -186,10 +203,10 @@ impl MmioTransport {
         let v: u32 = match offset {
             REG_MAGIC => MMIO_MAGIC,
             REG_VERSION => MMIO_VERSION,
-            REG_DEVICE_ID => lock(&self.device).device_type(),
+            REG_DEVICE_ID => self.device_type,
             REG_VENDOR_ID => VENDOR_ID,
             REG_DEVICE_FEATURES => {
-                let f = lock(&self.device).avail_features();
+                let f = self.avail_features;
                 match self.device_features_sel {
                     0 => f as u32,
                     1 => (f >> 32) as u32,
@@ -297,8 +314,7 @@ impl MmioTransport {
     }
 
     fn notify(&mut self, index: u32) {
-        let dev = lock(&self.device);
-        match dev.queue_events().get(index as usize) {
+        match self.queue_evts.get(index as usize) {
             Some(evt) => {
                 if let Err(e) = evt.write(1) {
                     log::error!("Failed to signal queue {index}: {e}");
@@ -330,8 +346,7 @@ impl MmioTransport {
             VIRTIO_CONFIG_S_FEATURES_OK
                 if s == VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER =>
             {
-                let mut dev = lock(&self.device);
-                let avail = dev.avail_features();
+                let avail = self.avail_features;
                 let version_1 = 1u64 << VIRTIO_F_VERSION_1;
                 if self.driver_features & !avail != 0 || self.driver_features & version_1 == 0 {
                     log::warn!(
@@ -340,7 +355,7 @@ impl MmioTransport {
                     );
                     return;
                 }
-                dev.set_acked_features(self.driver_features);
+                lock(&self.device).set_acked_features(self.driver_features);
                 self.status = v;
             }
             VIRTIO_CONFIG_S_DRIVER_OK
@@ -604,6 +619,37 @@ mod tests {
         wr(&mut r.t, REG_STATUS, ACK | DRV | FOK | DOK);
         let d = r.dev.lock().unwrap();
         assert_eq!(d.queues_seen, vec![(8, 0x1000, true), (8, 0x4000, true)]);
+    }
+
+    #[test]
+    fn hot_registers_do_not_wait_for_the_device_lock() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::mpsc;
+        let mut r = rig();
+        let released = Arc::new(AtomicBool::new(false));
+        let (locked_tx, locked_rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let dev = r.dev.clone();
+        let rel = released.clone();
+        // The "event loop" holds the device lock until the vCPU side is done (or 30 s).
+        let holder = std::thread::spawn(move || {
+            let _g = dev.lock().unwrap();
+            locked_tx.send(()).unwrap();
+            let _ = done_rx.recv_timeout(std::time::Duration::from_secs(30));
+            rel.store(true, Ordering::SeqCst);
+        });
+        locked_rx.recv().unwrap();
+        assert_eq!(rd(&mut r.t, REG_DEVICE_ID), VIRTIO_ID_RNG);
+        assert_ne!(rd(&mut r.t, REG_DEVICE_FEATURES), 0);
+        assert_eq!(rd(&mut r.t, REG_INTERRUPT_STATUS), 0);
+        wr(&mut r.t, REG_QUEUE_NOTIFY, 0);
+        wr(&mut r.t, REG_INTERRUPT_ACK, 1);
+        assert!(
+            !released.load(Ordering::SeqCst),
+            "a register access waited for the lock"
+        );
+        done_tx.send(()).unwrap();
+        holder.join().unwrap();
     }
 
     #[test]
