@@ -81,8 +81,13 @@ impl Backend for TestBackend {
         &self,
         config: &ContainerConfig,
         _state_dir: &Path,
-        _stdio: Stdio,
+        stdio: Stdio,
     ) -> Result<Box<dyn Sandbox>, SandboxError> {
+        if config.process.terminal {
+            // A terminal container's stdio is the pty whose master went to the console socket.
+            let mut out = File::from(stdio.stdout);
+            out.write_all(b"on the tty\n").unwrap();
+        }
         if self.fail {
             return Err(SandboxError::Refused(format!("No VM for {}", config.id)));
         }
@@ -186,6 +191,60 @@ fn shim_life_cycle() {
     ops::delete(&ctx, "c2", false, &ok).unwrap();
     assert_eq!(shim_exit(pid2), 137);
     assert!(!ctx.store.dir("c2").exists());
+
+    // A terminal container: the pty master reaches the console socket, the container's
+    // stdio is its slave.
+    let tty_bundle = base.join("tty-bundle");
+    fs::create_dir_all(tty_bundle.join("rootfs")).unwrap();
+    fs::write(
+        tty_bundle.join("config.json"),
+        CONFIG.replace(r#""args""#, r#""terminal":true,"args""#),
+    )
+    .unwrap();
+    let console = base.join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&console).unwrap();
+    let tty_opts = CreateOpts {
+        bundle: tty_bundle.clone(),
+        pid_file: None,
+        console_socket: Some(console.clone()),
+    };
+    let pid3 = ops::create(&ctx, "t1", &tty_opts, &ok).unwrap();
+    let (conn, _) = listener.accept().unwrap();
+    let mut buf = [0u8; 64];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = nix::sys::socket::recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .unwrap();
+    let mut master = None;
+    for c in msg.cmsgs().unwrap() {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
+            // SAFETY: the kernel just installed this descriptor for us.
+            master = Some(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fds[0]) });
+        }
+    }
+    let mut master = master.expect("no pty master on the console socket");
+    let mut got = [0u8; 11];
+    master.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"on the tty\n");
+    ops::delete(&ctx, "t1", false, &ok).unwrap();
+    assert_eq!(shim_exit(pid3), 137);
+    // Without a console socket a terminal container is refused up front.
+    let err = ops::create(
+        &ctx,
+        "t2",
+        &CreateOpts {
+            console_socket: None,
+            ..tty_opts
+        },
+        &ok,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("console socket"), "{err}");
 
     // A backend failure is reported and nothing is left.
     let err = ops::create(&ctx, "c3", &opts, &TestBackend { fail: true }).unwrap_err();

@@ -302,6 +302,7 @@ fn dispatch(ctx: &Ctx, cmd: OciCommand) -> Result<i32, CliError> {
                 tty,
                 detach,
                 pid_file,
+                console_socket,
                 cwd,
                 env,
                 user,
@@ -321,7 +322,12 @@ fn dispatch(ctx: &Ctx, cmd: OciCommand) -> Result<i32, CliError> {
             let mut p = ops::exec_process(ctx, &id, process.as_deref(), &a)?;
             p.additional_gids.extend(additional_gids);
             p.no_new_privileges |= no_new_privs;
-            let code = ops::exec(ctx, &id, p, &ExecOpts { detach, pid_file })?;
+            let opts = ExecOpts {
+                detach,
+                pid_file,
+                console_socket,
+            };
+            let code = ops::exec(ctx, &id, p, &opts)?;
             Ok(code)
         }
         OciCommand::Ps { format, id, .. } => {

@@ -12,6 +12,7 @@
 //! - [`ops`]: the operations; [`shim`] and [`control`]: the shim and its socket
 //! - [`sandbox`]: what the shim needs from a VM; [`vm`]: that, with a pod microVM
 //! - the rootfs reaches the guest as an ext4 image (`runtime::api::disk`)
+//! - [`tty`]: terminal containers through `--console-socket`
 //! - [`signal`], [`log`], [`features`]: runc's signal names, log format, `features` JSON
 
 pub mod bundle;
@@ -23,4 +24,5 @@ pub mod sandbox;
 pub mod shim;
 pub mod signal;
 pub mod state;
+pub mod tty;
 pub mod vm;

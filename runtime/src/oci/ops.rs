@@ -44,8 +44,6 @@ pub enum OpsError {
     ResumeNotPaused { id: String },
     #[error("cannot allocate tty if ember will detach without setting console socket")]
     NeedConsoleSocket,
-    #[error("Terminal (tty) containers are not supported by ember yet")]
-    Terminal,
     #[error("Cannot start the container's shim process")]
     Fork(#[source] nix::Error),
     #[error("{0}")]
@@ -89,11 +87,8 @@ pub fn create(
     super::state::validate_id(id)?;
     let bundle = Bundle::load(&opts.bundle)?;
     let config = bundle.container_config(id)?;
-    if config.process.terminal {
-        if opts.console_socket.is_none() {
-            return Err(OpsError::NeedConsoleSocket);
-        }
-        return Err(OpsError::Terminal);
+    if config.process.terminal && opts.console_socket.is_none() {
+        return Err(OpsError::NeedConsoleSocket);
     }
     let lock = ctx.store.create(id)?;
     let mut rec = Record::new(id, &bundle.dir, &config.rootfs);
@@ -114,7 +109,14 @@ pub fn create(
         ForkResult::Child => {
             drop(rd);
             drop(lock);
-            let code = run_shim(ctx, id, &config, backend, wr);
+            let code = run_shim(
+                ctx,
+                id,
+                &config,
+                opts.console_socket.as_deref(),
+                backend,
+                wr,
+            );
             std::process::exit(code);
         }
         ForkResult::Parent { child } => {
@@ -156,6 +158,7 @@ fn run_shim(
     ctx: &Ctx,
     id: &str,
     config: &super::bundle::ContainerConfig,
+    console_socket: Option<&Path>,
     backend: &dyn Backend,
     ready: OwnedFd,
 ) -> i32 {
@@ -166,9 +169,13 @@ fn run_shim(
         let _ = ready.write_all(msg.as_bytes());
         1
     };
-    let stdio = match Stdio::inherit() {
+    let stdio = match (config.process.terminal, console_socket) {
+        (true, Some(sock)) => tty_stdio(sock),
+        _ => Stdio::inherit().map_err(|e| format!("Cannot use stdio: {e}")),
+    };
+    let stdio = match stdio {
         Ok(s) => s,
-        Err(e) => return fail(&mut ready, format!("Cannot use stdio: {e}")),
+        Err(msg) => return fail(&mut ready, msg),
     };
     let listener = match shim::listen(&ctx.store, id) {
         Ok(l) => l,
@@ -184,6 +191,21 @@ fn run_shim(
     }
     drop(ready);
     shim::serve(&ctx.store, id, listener, sandbox, &ctx.log)
+}
+
+/// The container's stdio on a new pty whose master went to the engine's console socket.
+fn tty_stdio(console_socket: &Path) -> Result<Stdio, String> {
+    let slave =
+        super::tty::pty_to_console_socket(console_socket).map_err(|e| crate::cli::report(&e))?;
+    let dup = |fd: &OwnedFd| {
+        fd.try_clone()
+            .map_err(|e| format!("Cannot duplicate the pty: {e}"))
+    };
+    Ok(Stdio {
+        stdin: dup(&slave)?,
+        stdout: dup(&slave)?,
+        stderr: slave,
+    })
 }
 
 /// Close every descriptor above stderr except `keep`: what the engine passed `ember create`
@@ -404,6 +426,8 @@ pub fn resume(ctx: &Ctx, id: &str) -> Result<(), OpsError> {
 pub struct ExecOpts {
     pub detach: bool,
     pub pid_file: Option<PathBuf>,
+    /// Where the pty master goes for a terminal process.
+    pub console_socket: Option<PathBuf>,
 }
 
 /// Flags that build an exec process from the container's own process (runc's way).
@@ -453,9 +477,6 @@ pub fn exec_process(
 /// with `detach`, a child process waits for it (its pid goes to `--pid-file`) and this
 /// returns 0 once it started.
 pub fn exec(ctx: &Ctx, id: &str, process: ProcessConfig, opts: &ExecOpts) -> Result<i32, OpsError> {
-    if process.terminal {
-        return Err(OpsError::Terminal);
-    }
     let rec = ctx.store.load(id)?;
     match rec.effective_status() {
         Status::Running => {}
@@ -466,10 +487,25 @@ pub fn exec(ctx: &Ctx, id: &str, process: ProcessConfig, opts: &ExecOpts) -> Res
         .map_or(0, |d| d.subsec_nanos());
     let exec_id = format!("exec-{}-{nanos}", std::process::id());
     let dir = ctx.store.dir(id);
+    // A terminal process gets a pty whose master goes to the console socket; its slave is the
+    // process's stdio. Otherwise our own stdin, stdout, stderr are.
+    let pty = match (process.terminal, &opts.console_socket) {
+        (false, _) => None,
+        (true, None) => return Err(OpsError::NeedConsoleSocket),
+        (true, Some(sock)) => Some(
+            super::tty::pty_to_console_socket(sock)
+                .map_err(|e| OpsError::CreateFailed(crate::cli::report(&e)))?,
+        ),
+    };
+    let fds: [i32; 3] = match &pty {
+        Some(p) => [p.as_raw_fd(); 3],
+        None => [0, 1, 2],
+    };
     let req = Request::Exec { exec_id, process };
     if !opts.detach {
         let mut c = Client::connect(&dir)?;
-        c.send(&req, &[0, 1, 2])?;
+        c.send(&req, &fds)?;
+        drop(pty);
         return exec_wait(&mut c);
     }
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(OpsError::Fork)?;
@@ -477,12 +513,15 @@ pub fn exec(ctx: &Ctx, id: &str, process: ProcessConfig, opts: &ExecOpts) -> Res
     match unsafe { fork() }.map_err(OpsError::Fork)? {
         ForkResult::Child => {
             drop(rd);
-            close_inherited(&[wr.as_raw_fd()]);
+            let mut keep = vec![wr.as_raw_fd()];
+            keep.extend(pty.as_ref().map(|p| p.as_raw_fd()));
+            close_inherited(&keep);
             let mut wr = fs::File::from(wr);
             let _ = nix::unistd::setsid();
             let code = (|| -> Result<i32, OpsError> {
                 let mut c = Client::connect(&dir)?;
-                c.send(&req, &[0, 1, 2])?;
+                c.send(&req, &fds)?;
+                drop(pty);
                 match c.recv()? {
                     Response::Pid(_) => {}
                     Response::Exit(code) => {
