@@ -324,3 +324,49 @@ fn killing_the_pod_process_leaves_the_pod_stopped() {
     assert_eq!(out.status.code(), Some(1));
     env.ok(&["pod", "delete", "p"]);
 }
+
+/// A pod whose machine never gets ready: `pod start` fails with a clear error after the start
+/// timeout, kills the pod process, and leaves the pod ready to try again.
+#[test]
+fn start_timeout_and_early_exit_fail_cleanly() {
+    let env = Env::new("fail", PathBuf::from("/bin/false"));
+    let silent = env.root.join("silent-agent");
+    std::fs::write(&silent, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    std::fs::set_permissions(&silent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let cfg = env.root.join("pod.json");
+    std::fs::write(&cfg, r#"{"start_timeout_secs": 1}"#).unwrap();
+    env.ok(&["pod", "create", "--config", cfg.to_str().unwrap(), "p"]);
+
+    // The "agent" exits at once: the VM ended before it was ready.
+    let out = env.run(&["pod", "start", "p"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ended before the guest agent was ready"),
+        "{err}"
+    );
+    assert_eq!(
+        env.json(&["pod", "status", "--json", "p"])["state"],
+        "ready"
+    );
+
+    // The "agent" never announces itself: timeout, and the pod process is gone.
+    let out = env
+        .cmd(&["pod", "start", "p"])
+        .env("EMBER_POD_HOST_AGENT", &silent)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did not announce itself within 1s"), "{err}");
+    let v = env.json(&["pod", "status", "--json", "p"]);
+    assert_eq!(v["state"], "ready");
+    assert!(v["vmm_pid"].is_null());
+    for sock in ["control.sock", "vsock.sock", "vsock.sock_1025"] {
+        assert!(
+            !env.root.join("p").join(sock).exists(),
+            "{sock} left behind"
+        );
+    }
+    env.ok(&["pod", "delete", "p"]);
+}
