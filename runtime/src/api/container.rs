@@ -334,13 +334,10 @@ impl Runtime {
         require_running(&rec, "signal a container")?;
         let c = Self::container(&mut rec, cid)?;
         if c.state != State::Running {
-            return Err(Error::ContainerState {
-                action: "signal",
+            return Err(Error::ContainerNotRunning {
                 id: cid.to_string(),
-                source: crate::state::TransitionError {
-                    from: c.state,
-                    to: c.state,
-                },
+                state: c.state,
+                action: "signal it",
             });
         }
         let mut client =
@@ -402,13 +399,10 @@ impl Runtime {
         require_running(&rec, "exec")?;
         let c = Self::container(&mut rec, cid)?;
         if c.state != State::Running {
-            return Err(Error::ContainerState {
-                action: "exec in",
+            return Err(Error::ContainerNotRunning {
                 id: cid.to_string(),
-                source: crate::state::TransitionError {
-                    from: c.state,
-                    to: State::Running,
-                },
+                state: c.state,
+                action: "exec in it",
             });
         }
         let mut client =

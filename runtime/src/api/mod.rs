@@ -74,6 +74,12 @@ pub enum Error {
         state: State,
         action: &'static str,
     },
+    #[error("Container {id} is {state}; it must be running to {action}")]
+    ContainerNotRunning {
+        id: String,
+        state: State,
+        action: &'static str,
+    },
     #[error("Pod {0} is running; stop it first or use force")]
     PodRunning(String),
     #[error("Container {0} is running; stop it first or use force")]

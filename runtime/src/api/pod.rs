@@ -212,7 +212,9 @@ impl Runtime {
         for pod in ids {
             match self.pod_status(&pod) {
                 Ok(info) => out.push(info),
-                Err(Error::PodNotFound(_)) => {}
+                // Deleted meanwhile, or a directory that is not a pod of ours (e.g. another
+                // tool's state file under a shared root).
+                Err(Error::PodNotFound(_)) | Err(Error::State(_)) => {}
                 Err(e) => return Err(e),
             }
         }

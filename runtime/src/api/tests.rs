@@ -435,3 +435,20 @@ fn disks_plan_in_order_with_guest_names() {
         Some("/dev/vdb")
     );
 }
+
+#[test]
+fn list_skips_directories_that_are_not_pods() {
+    let rt = rt("api-list-foreign");
+    rt.create_pod("p", PodConfig::default()).unwrap();
+    // Another tool's state under the same root.
+    let foreign = rt.root().join("other");
+    fs::create_dir_all(&foreign).unwrap();
+    fs::write(
+        foreign.join(crate::state::STATE_FILE),
+        "{\"ociVersion\":\"1.0\"}",
+    )
+    .unwrap();
+    fs::create_dir_all(rt.root().join("empty-dir")).unwrap();
+    let ids: Vec<String> = rt.list_pods().unwrap().into_iter().map(|p| p.id).collect();
+    assert_eq!(ids, vec!["p".to_string()]);
+}
