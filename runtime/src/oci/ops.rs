@@ -126,6 +126,8 @@ pub fn create(
             if msg != "ok" {
                 let _ = kill(child, Signal::SIGKILL);
                 let _ = waitpid(child, None);
+                // Whatever the shim had made before it failed (a pod, its VM) goes too.
+                backend.cleanup(id);
                 let msg = if msg.is_empty() {
                     "The container's shim died while creating it".to_string()
                 } else {
