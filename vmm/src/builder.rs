@@ -95,8 +95,15 @@ pub fn build_vmm(cfg: &VmConfig, start: Instant) -> Result<Vmm, Error> {
     let timings = Arc::new(TimingsRecorder::new(start));
     let control = Arc::new(VmControl::new());
     let console = open_console(&cfg.console)?;
-    let initrd = match &cfg.initrd {
-        Some(p) => Some(std::fs::read(p).map_err(|e| Error::InitrdFile(p.clone(), e))?),
+    let mut initrd = match &cfg.initrd {
+        Some(p) => {
+            let f = File::open(p).map_err(|e| Error::InitrdFile(p.clone(), e))?;
+            let len = f
+                .metadata()
+                .map_err(|e| Error::InitrdFile(p.clone(), e))?
+                .len();
+            Some((p.clone(), f, len))
+        }
         None => None,
     };
 
@@ -104,15 +111,20 @@ pub fn build_vmm(cfg: &VmConfig, start: Instant) -> Result<Vmm, Error> {
     let vm = Vm::new(&kvm, IrqChip::InKernel).map_err(Error::Vm)?;
     let mem = create_guest_memory(cfg.mem_mib).map_err(Error::Memory)?;
     vm.register_memory(&mem).map_err(Error::Vm)?;
+    timings.mark(Phase::MemoryReady);
 
     let mut kernel_file =
         File::open(&cfg.kernel).map_err(|e| Error::KernelFile(cfg.kernel.clone(), e))?;
     let kernel = arch::load_kernel(&mem, &mut kernel_file)
         .map_err(|e| Error::Kernel(cfg.kernel.clone(), e))?;
-    let initrd_loc = match &initrd {
-        Some(bytes) => Some(arch::load_initrd(&mem, &kernel, bytes).map_err(Error::Boot)?),
+    let initrd_loc = match &mut initrd {
+        Some((path, file, len)) => Some(
+            arch::load_initrd(&mem, &kernel, file, *len)
+                .map_err(|e| Error::Initrd(path.clone(), e))?,
+        ),
         None => None,
     };
+    timings.mark(Phase::KernelLoaded);
 
     let mut pio = Bus::new();
     let mut mmio = Bus::new();

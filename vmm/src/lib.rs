@@ -71,6 +71,8 @@ pub enum Error {
     Kernel(PathBuf, #[source] arch::x86_64::Error),
     #[error("Cannot read initrd {}", .0.display())]
     InitrdFile(PathBuf, #[source] std::io::Error),
+    #[error("Cannot load initrd {}", .0.display())]
+    Initrd(PathBuf, #[source] arch::x86_64::Error),
     #[error("Cannot open console file {}", .0.display())]
     ConsoleFile(PathBuf, #[source] std::io::Error),
     #[error("Boot setup failed")]

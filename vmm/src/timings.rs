@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 /// A boot phase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
+    /// KVM VM created and guest memory registered.
+    MemoryReady,
+    /// Kernel, initrd and command line in guest memory.
+    KernelLoaded,
     VmCreated,
     FirstKvmRun,
     FirstOutput,
@@ -24,6 +28,10 @@ pub struct Timings {
     /// How old the process already was at the start instant (from /proc/self/stat;
     /// 10 ms resolution).
     pub process_age_at_start: Option<Duration>,
+    #[serde(default)]
+    pub memory_ready: Option<Duration>,
+    #[serde(default)]
+    pub kernel_loaded: Option<Duration>,
     pub vm_created: Option<Duration>,
     pub first_kvm_run: Option<Duration>,
     pub first_output: Option<Duration>,
@@ -35,6 +43,8 @@ pub struct Timings {
 impl Timings {
     fn slot(&mut self, phase: Phase) -> &mut Option<Duration> {
         match phase {
+            Phase::MemoryReady => &mut self.memory_ready,
+            Phase::KernelLoaded => &mut self.kernel_loaded,
             Phase::VmCreated => &mut self.vm_created,
             Phase::FirstKvmRun => &mut self.first_kvm_run,
             Phase::FirstOutput => &mut self.first_output,
@@ -47,6 +57,8 @@ impl Timings {
     /// (name, time since start) of each phase, in boot order.
     pub fn phases(&self) -> Vec<(&'static str, Option<Duration>)> {
         vec![
+            ("KVM VM + guest memory ready", self.memory_ready),
+            ("kernel + initrd loaded", self.kernel_loaded),
             ("VM created (KVM, memory, kernel, devices)", self.vm_created),
             ("first KVM_RUN", self.first_kvm_run),
             ("first kernel output (serial)", self.first_output),
@@ -74,7 +86,11 @@ impl fmt::Display for Timings {
             )?;
         }
         let mut prev = Duration::ZERO;
-        for (name, at) in self.phases() {
+        // In the order they happened (with `quiet`, the agent may print before the kernel);
+        // phases that did not happen last.
+        let mut phases = self.phases();
+        phases.sort_by_key(|(_, at)| at.unwrap_or(Duration::MAX));
+        for (name, at) in phases {
             match at {
                 Some(t) => {
                     writeln!(

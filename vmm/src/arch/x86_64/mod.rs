@@ -332,20 +332,20 @@ pub fn initrd_load_addr(
     Ok(start)
 }
 
-/// Load `initrd` (already read) into guest memory; returns (address, size).
-pub fn load_initrd(
+/// Read `size` bytes of initrd straight into guest memory; returns (address, size).
+pub fn load_initrd<R: vm_memory::ReadVolatile>(
     mem: &GuestMemoryMmap,
     kernel: &LoadedKernel,
-    initrd: &[u8],
+    initrd: &mut R,
+    size: u64,
 ) -> Result<(u64, u64), Error> {
     let max = kernel
         .setup_header
         .map(|h| u64::from(h.initrd_addr_max))
         .filter(|m| *m != 0)
         .unwrap_or(DEFAULT_INITRD_ADDR_MAX);
-    let size = initrd.len() as u64;
     let addr = initrd_load_addr(low_mem_end(mem), max, kernel.kernel_end, size)?;
-    mem.write_slice(initrd, GuestAddress(addr))
+    mem.read_exact_volatile_from(GuestAddress(addr), initrd, size as usize)
         .map_err(Error::LoadInitrd)?;
     Ok((addr, size))
 }

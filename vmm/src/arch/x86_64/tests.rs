@@ -270,7 +270,8 @@ fn zero_page_layout() {
     let k = load_kernel(&m, &mut f).unwrap();
     let cmdline = build_cmdline("console=ttyS0 panic=1", &["quiet".to_string()]).unwrap();
     let len = load_cmdline(&m, &cmdline).unwrap();
-    let initrd = load_initrd(&m, &k, &[7u8; 3000]).unwrap();
+    let rd_bytes = [7u8; 3000];
+    let initrd = load_initrd(&m, &k, &mut &rd_bytes[..], 3000).unwrap();
     let params = boot_params_for(&m, &k, len, Some(initrd));
     write_boot_params(&m, &params).unwrap();
 
