@@ -69,8 +69,8 @@ failed=$(awk -F'\t' '$1 == "failed" { print $2 }' "$OUT/counts.txt")
     echo
     echo "| phase (ms since \`ember vm run\` started) | min | median | max |"
     echo "|---|---:|---:|---:|"
-    for phase in "process start (before vm run)" \
-        "VM created (KVM, memory, kernel, devices)" "first KVM_RUN" \
+    for phase in "process start (before vm run)" "KVM VM + guest memory ready" \
+        "kernel + initrd loaded" "VM created (KVM, memory, kernel, devices)" "first KVM_RUN" \
         "first kernel output (serial)" "/init started (boot timer 1)" \
         "agent ready (boot timer 123)" "VM exited"; do
         awk -F'\t' -v p="$phase" '$1 == p { print $2 }' "$OUT/samples.tsv" | sort -g >"$OUT/one.txt"
