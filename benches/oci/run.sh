@@ -32,7 +32,7 @@ log=$OUT/console.log
 { echo "RUNS=$RUNS"; cat "$here/scenario-oci-bench.sh"; } >"$scenario"
 
 # The Debian disk (snapshot: the image is never written) and memory for podman + a guest.
-EMBER_RIG_QEMU_ARGS="-m 3072 -drive file=$image,if=none,id=debian,format=raw,snapshot=on -device virtio-blk-device,drive=debian" \
+EMBER_RIG_QEMU_ARGS="-M microvm,acpi=off -m 3072 -drive file=$image,if=none,id=debian,format=raw,snapshot=on -device virtio-blk-device,drive=debian" \
     "$rig" run --scenario "$scenario" --log "$log" --quiet --timeout $((600 + RUNS * 2 * 300)) || true
 
 awk -v runs="$RUNS" '

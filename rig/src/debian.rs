@@ -43,10 +43,12 @@ pub fn image_path() -> PathBuf {
 }
 
 /// QEMU arguments that attach `image` as the first virtio-blk disk, writes kept in a temporary
-/// overlay.
+/// overlay. `acpi=off` makes QEMU's microvm list the virtio-mmio device on the kernel command
+/// line (`virtio_mmio.device=`), which an ACPI-less host kernel needs to find it.
 pub fn drive_args(image: &Path) -> String {
     format!(
-        "-drive file={},if=none,id=debian,format=raw,snapshot=on -device virtio-blk-device,drive=debian",
+        "-M microvm,acpi=off -drive file={},if=none,id=debian,format=raw,snapshot=on \
+         -device virtio-blk-device,drive=debian",
         image.display()
     )
 }
@@ -129,6 +131,7 @@ mod tests {
         assert!(a.contains("snapshot=on"));
         assert!(a.contains("format=raw"));
         assert!(a.contains("-device virtio-blk-device,drive=debian"));
+        assert!(a.contains("acpi=off"));
     }
 
     #[test]
