@@ -159,12 +159,22 @@ impl Runtime {
 
     /// Validate the id, lock an existing pod and load its record.
     fn open(&self, pod: &str, kind: LockKind) -> Result<(PodLock, PathBuf, PodRecord), Error> {
+        self.open_timeout(pod, kind, state::lock::lock_timeout())
+    }
+
+    /// [`Runtime::open`] waiting at most `timeout` for the lock.
+    fn open_timeout(
+        &self,
+        pod: &str,
+        kind: LockKind,
+        timeout: std::time::Duration,
+    ) -> Result<(PodLock, PathBuf, PodRecord), Error> {
         id::validate("pod", pod).map_err(Error::Id)?;
         let dir = self.pod_dir(pod);
         if !dir.join(state::STATE_FILE).exists() {
             return Err(Error::PodNotFound(pod.to_string()));
         }
-        let lock = PodLock::acquire(&dir, kind).map_err(Error::Lock)?;
+        let lock = PodLock::acquire_timeout(&dir, kind, timeout).map_err(Error::Lock)?;
         // It may have been deleted while we waited for the lock.
         let rec = match PodRecord::load(&dir) {
             Err(state::Error::Read { source, .. })

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use super::container::ContainerInfo;
 
+/// How long `list` waits for one pod's lock before it shows the pod's record as it stands.
+const LIST_LOCK_WAIT: Duration = Duration::from_millis(500);
+
 /// How long `stop` waits for the guest to shut down before it stops the VM hard.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -154,7 +157,11 @@ impl Runtime {
     /// Status of a pod. Notices a VMM process that died (the pod becomes `stopped`) and
     /// containers whose process ended (they become `stopped`, with their exit code).
     pub fn pod_status(&self, pod: &str) -> Result<PodInfo, Error> {
-        let (lock, dir, rec) = self.open(pod, LockKind::Read)?;
+        self.pod_status_timeout(pod, crate::state::lock::lock_timeout())
+    }
+
+    fn pod_status_timeout(&self, pod: &str, timeout: Duration) -> Result<PodInfo, Error> {
+        let (lock, dir, rec) = self.open_timeout(pod, LockKind::Read, timeout)?;
         let gone = vmm_gone(&dir, &rec);
         let exited = if gone.is_none() && rec.state == State::Running {
             self.exited_containers(&dir, &rec)
@@ -210,8 +217,19 @@ impl Runtime {
         ids.sort();
         let mut out = Vec::new();
         for pod in ids {
-            match self.pod_status(&pod) {
+            match self.pod_status_timeout(&pod, LIST_LOCK_WAIT) {
                 Ok(info) => out.push(info),
+                // Busy (e.g. a start waiting for its guest): show the record as it stands;
+                // records are replaced atomically, so a read without the lock is whole.
+                Err(Error::Lock(crate::state::lock::Error::Timeout { .. })) => {
+                    let dir = self.pod_dir(&pod);
+                    if let Ok(rec) = PodRecord::load(&dir) {
+                        let mut info = PodInfo::from_record(&rec, &dir);
+                        info.warnings
+                            .push("busy: another ember call holds the pod's lock".into());
+                        out.push(info);
+                    }
+                }
                 // Deleted meanwhile, or a directory that is not a pod of ours (e.g. another
                 // tool's state file under a shared root).
                 Err(Error::PodNotFound(_)) | Err(Error::State(_)) => {}

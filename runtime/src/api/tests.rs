@@ -452,3 +452,22 @@ fn list_skips_directories_that_are_not_pods() {
     let ids: Vec<String> = rt.list_pods().unwrap().into_iter().map(|p| p.id).collect();
     assert_eq!(ids, vec!["p".to_string()]);
 }
+
+#[test]
+fn list_does_not_wait_behind_a_busy_pod() {
+    let rt = rt("api-list-busy");
+    rt.create_pod("a", PodConfig::default()).unwrap();
+    rt.create_pod("b", PodConfig::default()).unwrap();
+    // Someone holds b's write lock (a start waiting for its guest would).
+    let _held = PodLock::acquire(&rt.pod_dir("b"), LockKind::Write).unwrap();
+    let pods = rt.list_pods().unwrap();
+    assert_eq!(pods.len(), 2);
+    assert!(pods[0].warnings.is_empty());
+    assert_eq!(pods[1].id, "b");
+    assert_eq!(pods[1].state, State::Ready);
+    assert!(
+        pods[1].warnings[0].contains("busy"),
+        "{:?}",
+        pods[1].warnings
+    );
+}
