@@ -175,6 +175,18 @@ pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, Error> {
     Ok(cfg)
 }
 
+/// Print every vCPU's RIP on stderr (a stalled guest: look them up in System.map).
+fn print_rips(h: &vmm::VmHandle, why: &str) {
+    match h.vcpu_rips() {
+        Ok(rips) => {
+            for (cpu, rip) in rips {
+                eprintln!("ember: {why}: vCPU {cpu} at RIP {rip:#x}");
+            }
+        }
+        Err(e) => eprintln!("ember: {why}: {}", report(&e)),
+    }
+}
+
 /// Boot the VM described by `args`; returns the process exit code.
 pub fn run_vm(args: &RunArgs) -> Result<(), Error> {
     let start = Instant::now();
@@ -191,19 +203,24 @@ pub fn run_vm(args: &RunArgs) -> Result<(), Error> {
         cfg.extra_cmdline.insert(0, PVM_CMDLINE.to_string());
     }
     let interactive = matches!(cfg.console, ConsoleConfig::Stdout);
-    // SIGINT/SIGTERM stop the VM cleanly (and restore the terminal): block them in every
-    // thread and take them on one.
+    // SIGINT/SIGTERM stop the VM cleanly (and restore the terminal); SIGUSR1 prints where
+    // each vCPU is. Block them in every thread and take them on one.
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGUSR1);
     let _ = signals.thread_block();
     let vm = vmm::Vmm::with_start(cfg, start).map_err(Error::Vmm)?;
     let handle = vm.handle();
     {
         let h = handle.clone();
-        std::thread::spawn(move || {
-            if signals.wait().is_ok() {
-                h.stop();
+        std::thread::spawn(move || loop {
+            match signals.wait() {
+                Ok(Signal::SIGUSR1) => print_rips(&h, "SIGUSR1"),
+                _ => {
+                    h.stop();
+                    return;
+                }
             }
         });
     }
@@ -227,11 +244,7 @@ pub fn run_vm(args: &RunArgs) -> Result<(), Error> {
         std::thread::spawn(move || {
             if !h.wait_exited(Some(Duration::from_secs(secs))) {
                 flag.store(true, std::sync::atomic::Ordering::SeqCst);
-                if let Ok(rips) = h.vcpu_rips() {
-                    for (cpu, rip) in rips {
-                        eprintln!("ember: timeout: vCPU {cpu} at RIP {rip:#x}");
-                    }
-                }
+                print_rips(&h, "timeout");
                 h.stop();
             }
         });
