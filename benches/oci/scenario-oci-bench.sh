@@ -19,7 +19,7 @@ chmod 755 /tmp/dch
 /tmp/dch sh -c 'ember-debian-init setup &&
     podman import /var/lib/ember-oci/busybox-rootfs.tar localhost/busybox >/dev/null'
 
-cat >"$DEB/tmp/timed" <<'TIMED'
+cat >"$DEB/usr/local/bin/timed" <<'TIMED'
 #!/bin/sh
 # timed CMD...: run CMD, print "wall_ms=N rc=N" after its output.
 t0=$(date +%s%N)
@@ -28,12 +28,12 @@ rc=$?
 t1=$(date +%s%N)
 echo "wall_ms=$(( (t1 - t0) / 1000000 )) rc=$rc"
 TIMED
-chmod 755 "$DEB/tmp/timed"
+chmod 755 "$DEB/usr/local/bin/timed"
 
 for rt in runc ember; do
     i=1
     while [ "$i" -le "$RUNS" ]; do
-        section_timeout 900 "bench-$rt-$i" /tmp/dch /tmp/timed \
+        section_timeout 900 "bench-$rt-$i" /tmp/dch /usr/local/bin/timed \
             podman --runtime "$( [ $rt = ember ] && echo /usr/local/bin/ember || echo runc )" \
             run --rm localhost/busybox true
         i=$((i + 1))
@@ -43,7 +43,7 @@ done
 section_timeout 900 bench-phases /tmp/dch sh -c '
     R="--runtime /usr/local/bin/ember"
     podman $R create --name ph localhost/busybox true >/dev/null
-    echo "op=create $(/tmp/timed podman $R init ph | tail -1)"
+    echo "op=create $(/usr/local/bin/timed podman $R init ph | tail -1)"
     echo "phases $(cat /run/ember/$(podman inspect -f "{{.ID}}" ph)/timings.json)"
-    echo "op=start-to-exit $(/tmp/timed podman $R start -a ph | tail -1)"
-    echo "op=rm $(/tmp/timed podman $R rm ph | tail -1)"'
+    echo "op=start-to-exit $(/usr/local/bin/timed podman $R start -a ph | tail -1)"
+    echo "op=rm $(/usr/local/bin/timed podman $R rm ph | tail -1)"'

@@ -34,20 +34,79 @@ exec chroot $DEB /usr/bin/env -i HOME=/root TERM=dumb \
 DCH
 chmod 755 /tmp/dch
 
+# /usr/local/bin/watched SECS CMD... (inside the Debian root): runs CMD, printing the pod VMs'
+# console size every 30 s; after SECS it dumps ember's processes, state and the pod VMs'
+# console and VMM logs, kills CMD and exits 124. A pod VM whose console is still empty after
+# 240 s (the agent prints its ready line there) is taken for the nested "first KVM_RUN never
+# returns" hang of this test machine: same dump, exit 75, and the host is restarted.
+# CMD's own output follows, once it ended.
+cat >"$DEB/usr/local/bin/watched" <<'WATCHED'
+#!/bin/sh
+secs=$1
+shift
+out=/tmp/watched.$$
+"$@" >"$out" 2>&1 &
+pid=$!
+diag() {
+    echo "--- ember processes"
+    ps -eo pid,etime,args | grep "[/]usr/local/bin/ember"
+    echo "--- /run/ember"
+    ls /run/ember /run/ember/@pods 2>&1
+    for p in /run/ember/@pods/*/; do
+        [ -d "$p" ] || continue
+        echo "--- $p console.log (tail)"
+        tail -c 2000 "$p/console.log" 2>&1
+        echo "--- $p vmm.log (tail)"
+        tail -c 2000 "$p/vmm.log" 2>&1
+    done
+}
+n=0
+rc=
+while kill -0 $pid 2>/dev/null; do
+    sleep 1
+    n=$((n + 1))
+    if [ $((n % 30)) -eq 0 ]; then
+        for p in /run/ember/@pods/*/; do
+            [ -d "$p" ] || continue
+            echo "[watched ${n}s] pod $(basename "$p"): console $(wc -c <"$p/console.log" 2>/dev/null || echo -) bytes"
+            if [ $n -ge 240 ] && ! [ -s "$p/console.log" ]; then rc=75; fi
+        done
+    fi
+    [ $n -ge "$secs" ] && rc=124
+    if [ -n "$rc" ]; then
+        echo "[watched ${n}s] giving up (rc $rc)"
+        [ "$rc" = 75 ] && touch /var/tmp/guest-silent
+        diag
+        kill -9 $pid
+        cat "$out"
+        exit $rc
+    fi
+done
+wait $pid
+rc=$?
+cat "$out"
+rm -f "$out"
+exit $rc
+WATCHED
+chmod 755 "$DEB/usr/local/bin/watched"
+
 section oci-debian /tmp/dch sh -c '
     ember-debian-init setup || exit 1
     podman --version && ctr --version && runc --version | head -1 && ember --version || exit 1
     podman import /var/lib/ember-oci/busybox-rootfs.tar localhost/busybox >/dev/null || exit 1
     podman images --format "{{.Repository}}:{{.Tag}}"'
 
-section_timeout 900 podman-hello /tmp/dch \
+section podman-hello /tmp/dch /usr/local/bin/watched 600 \
     podman --runtime /usr/local/bin/ember run --rm localhost/busybox echo hello
+if [ -f "$DEB/var/tmp/guest-silent" ]; then
+    retry_host "50-oci: a pod VM printed nothing in 240 s (first KVM_RUN hang)"
+fi
 
-section_timeout 900 podman-exit-code /tmp/dch sh -c '
+section podman-exit-code /tmp/dch /usr/local/bin/watched 600 sh -c '
     podman --runtime /usr/local/bin/ember run --rm localhost/busybox sh -c "exit 3"
     echo "exit=$?"'
 
-section_timeout 1200 podman-exec /tmp/dch sh -c '
+section podman-exec /tmp/dch /usr/local/bin/watched 900 sh -c '
     podman --runtime /usr/local/bin/ember run -d --name web localhost/busybox sleep 1000 >/dev/null || exit 1
     podman exec web echo from-exec
     podman exec web sh -c "exit 5"
@@ -55,7 +114,7 @@ section_timeout 1200 podman-exec /tmp/dch sh -c '
     podman ps --format "{{.Names}} {{.Status}}"'
 
 # After stop and rm: no ember process (shim or pod VMM) and no ember state may remain.
-section_timeout 900 podman-stop-rm /tmp/dch sh -c '
+section podman-stop-rm /tmp/dch /usr/local/bin/watched 600 sh -c '
     podman stop -t 3 web >/dev/null; echo "stop=$?"
     podman rm web >/dev/null; echo "rm=$?"
     sleep 1
@@ -63,7 +122,7 @@ section_timeout 900 podman-stop-rm /tmp/dch sh -c '
     echo "state dirs: $(ls /run/ember 2>/dev/null | grep -vc "^@pods$" || true)"
     echo "pods: $(ls /run/ember/@pods 2>/dev/null | wc -l)"'
 
-section_timeout 900 ctr-hello /tmp/dch sh -c '
+section ctr-hello /tmp/dch /usr/local/bin/watched 600 sh -c '
     ember-debian-init containerd || exit 1
     ctr image import --snapshotter native /var/lib/ember-oci/busybox-oci.tar >/dev/null || exit 1
     ctr run --rm --snapshotter native --runc-binary /usr/local/bin/ember \
@@ -71,7 +130,7 @@ section_timeout 900 ctr-hello /tmp/dch sh -c '
 
 # Bench: `podman run --rm IMAGE true` wall time with runc and with ember, then the phases of
 # one ember create (the shim writes them to timings.json).
-section_timeout 1800 oci-bench /tmp/dch sh -c '
+section oci-bench /tmp/dch /usr/local/bin/watched 1800 sh -c '
     up() { cut -d" " -f1 /proc/uptime; }
     for rt in runc ember; do
         flag=""
