@@ -33,12 +33,15 @@ pods_start() {
     # Created before the start: created in the guest when the pod starts.
     ember container create $POD c1 --rootfs-guest-path "$RFS" -- sleep 1000 || return 1
     ember container create $POD c2 --rootfs-guest-path "$RFS" -- sh -c 'exit 7' || return 1
-    if ! ember pod start --timings $POD; then
+    if ! ember pod start --timings $POD 2>/tmp/pod-start.err; then
+        cat /tmp/pod-start.err
         pod_console $POD
-        # A guest that printed nothing hit the nested first-KVM_RUN stall: ask for a new host.
-        [ -s "$EMBER_ROOT/$POD/console.log" ] || retry_host "pod guest printed nothing"
+        # A guest that never reached /init (no boot timer 1) hit the nested first-KVM_RUN
+        # stall: ask the rig for a new host.
+        grep -q init_start /tmp/pod-start.err || retry_host "pod guest never reached /init"
         return 1
     fi
+    cat /tmp/pod-start.err
     ember pod status $POD
     grep -q '"status":"creating"' /tmp/prestart.json && echo "prestart hook got the state"
     ember pod status --json $POD | grep -q '"state": "running"'

@@ -66,6 +66,8 @@ pub enum Error {
     Died { log_tail: String },
     #[error("The guest agent did not announce itself within {0:?} (see console.log in the pod directory)")]
     Timeout(Duration),
+    #[error("The guest agent did not announce itself within {timeout:?}; VMM phases: {phases} (see console.log in the pod directory)")]
+    NotReady { timeout: Duration, phases: String },
     #[error("Cannot read the notify pipe")]
     Notify(#[source] nix::Error),
     #[error("Cannot bind {path}")]
@@ -143,7 +145,9 @@ pub fn spawn(root: &Path, pod: &str, dir: &Path, timeout: Duration) -> Result<St
     drop(wr);
     let pid = child.id() as i32;
     // Reap it if it exits while we still run (the CLI exits long before the VMM does).
-    let result = wait_ready(&rd, start, timeout, &log_path);
+    // A little longer than the VMM process's own limit, so that its report (with the VMM's
+    // boot phases) arrives first.
+    let result = wait_ready(&rd, start, timeout + Duration::from_secs(5), &log_path);
     match result {
         Ok(phases) => {
             let process = VmmProcess {
@@ -372,8 +376,20 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
         }
         Ok(Event::Exited(msg)) => return Err(Error::EndedEarly(msg)),
         Err(_) => {
+            let phases: Vec<String> = machine
+                .timings()
+                .iter()
+                .map(|(n, ms)| format!("{n} {ms:.0} ms"))
+                .collect();
             machine.stop();
-            return Err(Error::Timeout(timeout));
+            return Err(Error::NotReady {
+                timeout,
+                phases: if phases.is_empty() {
+                    "none".into()
+                } else {
+                    phases.join(", ")
+                },
+            });
         }
     }
     notify.send("ready");
