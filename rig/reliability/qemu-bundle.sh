@@ -8,7 +8,7 @@ qemu=$(command -v qemu-system-x86_64)
 rm -rf "$out"
 mkdir -p "$out/usr/bin" "$out/usr/share/qemu"
 cp -L "$qemu" "$out/usr/bin/"
-ldd "$qemu" | awk '/=>/ {print $3} /^\s*\// {print $1}' | while read -r lib; do
+ldd "$qemu" | awk '/=>/ {print $3} $1 ~ /^\// {print $1}' | while read -r lib; do
     [ -f "$lib" ] || continue
     mkdir -p "$out$(dirname "$lib")"
     cp -L "$lib" "$out$lib"
