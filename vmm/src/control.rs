@@ -63,6 +63,8 @@ struct State {
     threads: Vec<libc::pthread_t>,
     /// RIP of each vCPU as of its last pause.
     rips: Vec<(u8, u64)>,
+    /// Nonzero KVM statistics of each vCPU as of its last pause.
+    stats: Vec<(u8, Vec<(String, u64)>)>,
     outcome: Option<Result<VmExit, Error>>,
 }
 
@@ -87,6 +89,7 @@ impl VmControl {
                 vcpus: 0,
                 threads: Vec::new(),
                 rips: Vec::new(),
+                stats: Vec::new(),
                 outcome: None,
             }),
             cond: Condvar::new(),
@@ -189,6 +192,19 @@ impl VmControl {
         s.rips.retain(|(i, _)| *i != index);
         s.rips.push((index, rip));
         s.rips.sort_unstable();
+    }
+
+    /// Record vCPU `index`'s KVM statistics (called by the vCPU before it parks).
+    pub fn report_stats(&self, index: u8, stats: Vec<(String, u64)>) {
+        let mut s = self.lock();
+        s.stats.retain(|(i, _)| *i != index);
+        s.stats.push((index, stats));
+        s.stats.sort_unstable_by_key(|(i, _)| *i);
+    }
+
+    /// KVM statistics reported at the last pause, by vCPU index.
+    pub fn stats(&self) -> Vec<(u8, Vec<(String, u64)>)> {
+        self.lock().stats.clone()
     }
 
     /// RIPs reported at the last pause, by vCPU index.

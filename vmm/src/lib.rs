@@ -253,6 +253,26 @@ impl VmHandle {
         Ok(rips)
     }
 
+    /// Like [`VmHandle::vcpu_rips`], with each vCPU's nonzero KVM statistics (exit counters;
+    /// empty where the kernel has no binary stats).
+    pub fn vcpu_states(&self) -> Result<Vec<(u8, u64, Vec<(String, u64)>)>, Error> {
+        self.control.pause()?;
+        let rips = self.control.rips();
+        let stats = self.control.stats();
+        self.control.resume()?;
+        Ok(rips
+            .into_iter()
+            .map(|(cpu, rip)| {
+                let s = stats
+                    .iter()
+                    .find(|(i, _)| *i == cpu)
+                    .map(|(_, s)| s.clone())
+                    .unwrap_or_default();
+                (cpu, rip, s)
+            })
+            .collect())
+    }
+
     /// Boot phases so far.
     pub fn timings(&self) -> Timings {
         self.timings.get()

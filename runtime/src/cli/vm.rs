@@ -177,10 +177,14 @@ pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, Error> {
 
 /// Print every vCPU's RIP on stderr (a stalled guest: look them up in System.map).
 fn print_rips(h: &vmm::VmHandle, why: &str) {
-    match h.vcpu_rips() {
-        Ok(rips) => {
-            for (cpu, rip) in rips {
-                eprintln!("ember: {why}: vCPU {cpu} at RIP {rip:#x}");
+    match h.vcpu_states() {
+        Ok(states) => {
+            for (cpu, rip, stats) in states {
+                let counters: Vec<String> = stats.iter().map(|(n, v)| format!("{n}={v}")).collect();
+                eprintln!(
+                    "ember: {why}: vCPU {cpu} at RIP {rip:#x}; KVM stats: {}",
+                    counters.join(" ")
+                );
             }
         }
         Err(e) => eprintln!("ember: {why}: {}", report(&e)),

@@ -359,6 +359,10 @@ impl Vcpu {
                 if let Ok(r) = self.fd.get_regs() {
                     self.control.report_rip(self.index, r.rip);
                 }
+                if let Ok(stats) = super::stats::vcpu_stats(&self.fd) {
+                    let nonzero = stats.into_iter().filter(|(_, v)| *v != 0).collect();
+                    self.control.report_stats(self.index, nonzero);
+                }
             }
             if !self.control.vcpu_should_continue() {
                 return None;
