@@ -221,6 +221,14 @@ impl Vmm {
     }
 }
 
+/// Where a vCPU was when sampled, and its nonzero KVM statistics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VcpuState {
+    pub cpu: u8,
+    pub rip: u64,
+    pub stats: Vec<(String, u64)>,
+}
+
 /// Controls a VM from other threads.
 #[derive(Clone)]
 pub struct VmHandle {
@@ -255,7 +263,7 @@ impl VmHandle {
 
     /// Like [`VmHandle::vcpu_rips`], with each vCPU's nonzero KVM statistics (exit counters;
     /// empty where the kernel has no binary stats).
-    pub fn vcpu_states(&self) -> Result<Vec<(u8, u64, Vec<(String, u64)>)>, Error> {
+    pub fn vcpu_states(&self) -> Result<Vec<VcpuState>, Error> {
         self.control.pause()?;
         let rips = self.control.rips();
         let stats = self.control.stats();
@@ -268,7 +276,7 @@ impl VmHandle {
                     .find(|(i, _)| *i == cpu)
                     .map(|(_, s)| s.clone())
                     .unwrap_or_default();
-                (cpu, rip, s)
+                VcpuState { cpu, rip, stats: s }
             })
             .collect())
     }

@@ -179,7 +179,7 @@ pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, Error> {
 fn print_rips(h: &vmm::VmHandle, why: &str) {
     match h.vcpu_states() {
         Ok(states) => {
-            for (cpu, rip, stats) in states {
+            for vmm::VcpuState { cpu, rip, stats } in states {
                 let counters: Vec<String> = stats.iter().map(|(n, v)| format!("{n}={v}")).collect();
                 eprintln!(
                     "ember: {why}: vCPU {cpu} at RIP {rip:#x}; KVM stats: {}",
