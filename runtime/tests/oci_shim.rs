@@ -74,6 +74,8 @@ impl Sandbox for TestSandbox {
 
 struct TestBackend {
     fail: bool,
+    /// Never finish creating (a VM that does not boot).
+    hang: bool,
 }
 
 impl Backend for TestBackend {
@@ -90,6 +92,11 @@ impl Backend for TestBackend {
         }
         if self.fail {
             return Err(SandboxError::Refused(format!("No VM for {}", config.id)));
+        }
+        if self.hang {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
         }
         Ok(Box::new(TestSandbox {
             exit: Mutex::new(None),
@@ -126,7 +133,10 @@ fn shim_life_cycle() {
         pid_file: Some(pid_file.clone()),
         console_socket: None,
     };
-    let ok = TestBackend { fail: false };
+    let ok = TestBackend {
+        fail: false,
+        hang: false,
+    };
 
     // create: the shim runs, its pid is in the pid file and the state.
     let pid = ops::create(&ctx, "c1", &opts, &ok).unwrap();
@@ -247,9 +257,49 @@ fn shim_life_cycle() {
     assert!(err.to_string().contains("console socket"), "{err}");
 
     // A backend failure is reported and nothing is left.
-    let err = ops::create(&ctx, "c3", &opts, &TestBackend { fail: true }).unwrap_err();
+    let err = ops::create(
+        &ctx,
+        "c3",
+        &opts,
+        &TestBackend {
+            fail: true,
+            hang: false,
+        },
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("No VM for c3"), "{err}");
     assert!(!ctx.store.dir("c3").exists());
     assert!(fs::read_dir(&root).unwrap().next().is_none());
+
+    // delete --force of a container still being created kills its shim; create then fails
+    // and nothing is left.
+    let creating = {
+        let ctx = ctx.clone();
+        let opts = CreateOpts {
+            pid_file: None,
+            ..opts.clone()
+        };
+        std::thread::spawn(move || {
+            let hang = TestBackend {
+                fail: false,
+                hang: true,
+            };
+            ops::create(&ctx, "c4", &opts, &hang)
+        })
+    };
+    let shim = loop {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        if let Ok(st) = ops::state(&ctx, "c4") {
+            if st.status == Status::Creating && st.pid > 0 {
+                break st.pid;
+            }
+        }
+    };
+    assert!(ops::delete(&ctx, "c4", false, &ok).is_err());
+    ops::delete(&ctx, "c4", true, &ok).unwrap();
+    let err = creating.join().unwrap().unwrap_err();
+    assert!(err.to_string().contains("shim died"), "{err}");
+    assert!(!ctx.store.dir("c4").exists());
+    assert!(!std::path::Path::new(&format!("/proc/{shim}")).exists());
     fs::remove_dir_all(&base).unwrap();
 }

@@ -13,6 +13,8 @@ use thiserror::Error;
 
 /// File name of the control socket in a container's state directory.
 pub const SOCKET: &str = "shim.sock";
+/// Limit for one request/answer other than exec (a shutdown stops a VM: allow for it).
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 #[derive(Debug, Error)]
 pub enum ControlError {
@@ -111,9 +113,16 @@ impl Client {
         }
     }
 
-    /// One request, one answer.
+    /// One request, one answer, within [`CALL_TIMEOUT`].
     pub fn call(dir: &Path, req: &Request) -> Result<Response, ControlError> {
         let mut c = Client::connect(dir)?;
+        c.stream
+            .set_write_timeout(Some(CALL_TIMEOUT))
+            .map_err(ControlError::Io)?;
+        c.reader
+            .get_ref()
+            .set_read_timeout(Some(CALL_TIMEOUT))
+            .map_err(ControlError::Io)?;
         c.send(req, &[])?;
         c.recv()
     }

@@ -121,6 +121,12 @@ pub fn create(
         }
         ForkResult::Parent { child } => {
             drop(wr);
+            // The shim is known from now on: `delete --force` of a container still being
+            // created kills it.
+            rec.pid = Some(child.as_raw());
+            rec.pid_start = process_start_time(child.as_raw());
+            let _ = ctx.store.save(&rec);
+            drop(lock);
             let mut msg = String::new();
             let _ = fs::File::from(rd).read_to_string(&mut msg);
             if msg != "ok" {
@@ -136,8 +142,16 @@ pub fn create(
                 return Err(cleanup(OpsError::CreateFailed(msg)));
             }
             let pid = child.as_raw();
-            rec.pid = Some(pid);
-            rec.pid_start = process_start_time(pid);
+            let _lock = ctx.store.lock(id).map_err(|e| {
+                let _ = kill(child, Signal::SIGKILL);
+                cleanup(e.into())
+            })?;
+            // Deleted meanwhile (`delete --force` while creating): the shim is gone too.
+            let mut rec = ctx.store.load(id).map_err(|e| {
+                let _ = kill(child, Signal::SIGKILL);
+                backend.cleanup(id);
+                OpsError::from(e)
+            })?;
             rec.status = Status::Created;
             ctx.store.save(&rec).map_err(|e| {
                 let _ = kill(child, Signal::SIGKILL);
@@ -149,7 +163,6 @@ pub fn create(
                     cleanup(e)
                 })?;
             }
-            drop(lock);
             Ok(pid)
         }
     }
@@ -179,13 +192,19 @@ fn run_shim(
         Ok(s) => s,
         Err(msg) => return fail(&mut ready, msg),
     };
+    let sandbox: Arc<dyn super::sandbox::Sandbox> =
+        match backend.create(config, &ctx.store.dir(id), stdio) {
+            Ok(s) => Arc::from(s),
+            Err(e) => return fail(&mut ready, crate::cli::report(&e)),
+        };
+    // The control socket exists once the container does: until then nothing answers, and
+    // `delete --force` kills the shim instead of waiting for it.
     let listener = match shim::listen(&ctx.store, id) {
         Ok(l) => l,
-        Err(e) => return fail(&mut ready, crate::cli::report(&e)),
-    };
-    let sandbox = match backend.create(config, &ctx.store.dir(id), stdio) {
-        Ok(s) => Arc::from(s),
-        Err(e) => return fail(&mut ready, crate::cli::report(&e)),
+        Err(e) => {
+            sandbox.shutdown();
+            return fail(&mut ready, crate::cli::report(&e));
+        }
     };
     detach_stdio();
     if ready.write_all(b"ok").is_err() {
@@ -347,12 +366,19 @@ pub fn delete(ctx: &Ctx, id: &str, force: bool, backend: &dyn Backend) -> Result
                     status: Status::Creating,
                 });
             }
-            stop_shim(ctx, &rec);
+            // The shim is still making the container and serves no requests yet.
+            kill_shim(&rec);
+            wait_gone(&rec, Duration::from_secs(5));
         }
     }
     // Whatever the shim could not release (it was killed, or died) goes now.
     backend.cleanup(id);
-    let _lock = ctx.store.lock(id)?;
+    let _lock = match ctx.store.lock(id) {
+        Ok(l) => l,
+        // Removed meanwhile (a failed create cleans up after itself): nothing left to do.
+        Err(StateError::NotFound) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
     ctx.store.remove(id)?;
     Ok(())
 }
