@@ -158,7 +158,10 @@ fn exec(rt: &Runtime, cmd: PodCommand) -> Result<(), Error> {
             } else {
                 outln!(
                     "{:<24} {:<8} {:>8} {:>10}",
-                    "POD", "STATE", "PID", "CONTAINERS"
+                    "POD",
+                    "STATE",
+                    "PID",
+                    "CONTAINERS"
                 );
                 for p in &pods {
                     outln!(
@@ -180,7 +183,6 @@ fn exec(rt: &Runtime, cmd: PodCommand) -> Result<(), Error> {
     }
     Ok(())
 }
-
 
 pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
