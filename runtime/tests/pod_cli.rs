@@ -241,3 +241,27 @@ fn future_state_version_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn failed_run_leaves_nothing_behind() {
+    let root = root("run-fail");
+    let cfg = root.join("pod.json");
+    let kernel = root.join("no-such-vmlinux");
+    std::fs::write(
+        &cfg,
+        format!("{{\"kernel\": {:?}}}", kernel.to_str().unwrap()),
+    )
+    .unwrap();
+    let err = fails(
+        &root,
+        &["pod", "run", "--config", cfg.to_str().unwrap(), "p"],
+    );
+    assert!(
+        err.contains("guest kernel") && err.contains("not found"),
+        "{err}"
+    );
+    assert!(!root.join("p").exists(), "the half-created pod was removed");
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&root, &["pod", "list", "--json"])).unwrap();
+    assert_eq!(list, serde_json::json!([]));
+}
