@@ -129,7 +129,7 @@ fn row(test: &str, bs: &str, mib: usize, secs: f64, bytes: u64) {
     );
 }
 
-fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
+pub(crate) fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2) call; the result is checked before use.
     let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -161,7 +161,7 @@ fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-fn accept(listener: &OwnedFd) -> io::Result<File> {
+pub(crate) fn accept(listener: &OwnedFd) -> io::Result<File> {
     let raw = std::os::fd::AsRawFd::as_raw_fd(listener);
     // SAFETY: accept on a listening socket; peer address not requested.
     let fd = unsafe {

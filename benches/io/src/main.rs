@@ -7,9 +7,12 @@
 //!   reboots when told to quit.
 //! - `io-bench host-vsock --uds PATH`: the host side of the vsock benchmark (throughput both
 //!   ways, round-trip latency, connect latency) through ember's hybrid Unix socket.
+//! - `vsock-echo-serve`, `unix-echo-serve`, `vsock-echo`, `host-echo`: echo round trips with
+//!   the data checked, for the end-to-end device tests (see `echo.rs`).
 //!
 //! Every mode prints a table; see benches/io/README.md.
 
+mod echo;
 mod guest;
 mod host;
 mod micro;
@@ -57,9 +60,15 @@ fn main() -> ExitCode {
         "micro" => micro::run(rest),
         "guest" => guest::run(rest),
         "host-vsock" => host::run(rest),
+        "vsock-echo-serve" => echo::vsock_serve(rest),
+        "unix-echo-serve" => echo::unix_serve(rest),
+        "vsock-echo" => echo::vsock_check(rest),
+        "host-echo" => echo::host_check(rest),
         _ => Err(
             "usage: io-bench micro [--mib N] | guest [--dev PATH] [--mib N] [--no-vsock] | host-vsock --uds PATH [--port P] \
-             [--mib N] [--pings N] [--connects N] [--quit]"
+             [--mib N] [--pings N] [--connects N] [--quit] | vsock-echo-serve --port P [--count N] \
+             | unix-echo-serve --path PATH [--count N] | vsock-echo --cid C --port P [--bytes N] \
+             | host-echo --uds PATH --port P [--bytes N]"
                 .to_string(),
         ),
     };
