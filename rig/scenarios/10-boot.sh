@@ -42,7 +42,7 @@ boot_once() {
     wait "$_pid"
     _status=$?
     echo "ember exit=$_status"
-    [ "$_status" -eq 0 ] || _rc=1
+    [ "$_status" -eq 0 ] || [ "$_rc" -eq 2 ] || _rc=1
     return "$_rc"
 }
 
