@@ -353,6 +353,11 @@ impl VirtualHost {
             cmdline.push(' ');
             cmdline.push_str(extra);
         }
+        // The fix for the "first KVM_RUN never returns" hang (rig/RELIABILITY.md): under TCG the
+        // host kernel's PIT calibration of the TSC fails whenever the machine is loaded, leaving
+        // tsc_khz = 0; KVM then re-requests a guest clock update forever inside KVM_RUN
+        // (kvm_guest_time_update() with cpu_tsc_khz == 0). Give the kernel the TSC rate instead.
+        cmdline.push_str(&format!(" tsc_early_khz={} tsc=reliable", host_tsc_khz()));
         if let Ok(extra) = std::env::var("EMBER_RIG_CMDLINE") {
             cmdline.push(' ');
             cmdline.push_str(&extra);
@@ -683,5 +688,43 @@ mod tests {
         assert_eq!(report.outcome, Outcome::QemuExited(Some(1)));
         assert_eq!(report.attempts, 1);
         assert!(!report.passed());
+    }
+}
+
+/// The TSC rate QEMU's TCG shows the virtual host: the real CPU's TSC (TCG reads it with
+/// `rdtsc`), in kHz. From /proc/cpuinfo's `cpu MHz` (exact on hosts with `tsc_known_freq`; close
+/// enough elsewhere: any non-zero value avoids the hang, the rate only skews the host's clock).
+pub fn host_tsc_khz() -> u64 {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| parse_cpu_mhz_khz(&text))
+        .unwrap_or(2_000_000)
+}
+
+fn parse_cpu_mhz_khz(cpuinfo: &str) -> Option<u64> {
+    cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("cpu MHz"))
+        .find_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
+        .filter(|mhz| *mhz > 0.0)
+        .map(|mhz| (mhz * 1000.0).round() as u64)
+}
+
+#[cfg(test)]
+mod tsc_tests {
+    use super::parse_cpu_mhz_khz;
+
+    #[test]
+    fn cpu_mhz_becomes_khz() {
+        let text = "processor\t: 0\nmodel name\t: X\ncpu MHz\t\t: 2300.000\ncache size\t: 1 KB\n";
+        assert_eq!(parse_cpu_mhz_khz(text), Some(2_300_000));
+        assert_eq!(parse_cpu_mhz_khz("cpu MHz\t: 1999.9996\n"), Some(2_000_000));
+    }
+
+    #[test]
+    fn missing_or_bad_mhz_is_none() {
+        assert_eq!(parse_cpu_mhz_khz("processor\t: 0\n"), None);
+        assert_eq!(parse_cpu_mhz_khz("cpu MHz\t: fast\n"), None);
+        assert_eq!(parse_cpu_mhz_khz("cpu MHz\t: 0.000\n"), None);
     }
 }
