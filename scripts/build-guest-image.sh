@@ -11,7 +11,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 install_ember=1
 [ "${1:-}" = "--no-install-ember" ] && install_ember=0
 
-ensure_pkgs busybox-static cpio
+ensure_pkgs busybox-static cpio e2fsprogs
 command -v cargo >/dev/null || die "cargo not found (run scripts/setup.sh)"
 
 TRIPLE=x86_64-unknown-linux-gnu
@@ -33,9 +33,24 @@ log "Building ember-rig"
 (cd "$EMBER_ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release -p ember-rig)
 RIG=$TARGET_DIR/release/ember-rig
 
+# Device-test kit for rig/scenarios/20-devices.sh: a static io-bench (vsock echo in the guest
+# and in the virtual host, which extracts it from this image) and a small ext4 disk made with
+# mkfs.ext4 -d (gzipped: busybox in the virtual host has no mkfs.ext4).
+log "Building static io-bench and the device-test disk"
+(cd "$EMBER_ROOT" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$TARGET_DIR/io-bench" \
+    cargo build --release --target "$TRIPLE" --manifest-path benches/io/Cargo.toml)
+IO_BENCH=$TARGET_DIR/io-bench/$TRIPLE/release/io-bench
+KIT=$(mktemp -d)
+trap 'rm -rf "$KIT"' EXIT
+mkdir -p "$KIT/disk/data"
+echo "ember-devtest: prepared on the build machine" >"$KIT/disk/data/hello.txt"
+mkfs.ext4 -q -F -L devtest -E root_owner=0:0 -d "$KIT/disk" "$KIT/devtest.ext4" 8M
+gzip -9n "$KIT/devtest.ext4"
+
 mkdir -p "$EMBER_GUEST_DIR"
 log "Writing $EMBER_GUEST_DIR/initramfs.cpio"
-"$RIG" initramfs --agent "$REL/ember-agent" --busybox /bin/busybox --out "$EMBER_GUEST_DIR/initramfs.cpio"
+"$RIG" initramfs --agent "$REL/ember-agent" --busybox /bin/busybox --out "$EMBER_GUEST_DIR/initramfs.cpio" \
+    --add "$IO_BENCH:/usr/local/bin/io-bench" --add "$KIT/devtest.ext4.gz:/usr/share/ember/devtest.ext4.gz"
 
 if [ "$install_ember" = 1 ]; then
     install_file "$REL/ember" /usr/local/bin/ember

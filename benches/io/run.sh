@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build io-bench (static), a guest initramfs whose /init is io-bench, and run the I/O
 # benchmarks inside ember's virtual KVM host; then print the result tables.
-# Usage: benches/io/run.sh [--mib N] [--micro-only] [--log FILE]
+# Usage: benches/io/run.sh [--mib N] [--micro-only] [--qemu] [--log FILE]
+# --qemu: also copy QEMU into the virtual host (rig/reliability/qemu-bundle.sh) and run the same
+# guest under it (blk only) as the peer to compare with.
 # Needs what every rig run needs (scripts/setup.sh: QEMU, host kernel, guest kernel, static
 # ember at /usr/local/bin/ember) plus busybox-static.
 set -euo pipefail
@@ -10,13 +12,15 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 MIB=128
 MICRO_ONLY=0
+QEMU=0
 LOG=""
 while [ $# -gt 0 ]; do
     case "$1" in
     --mib) MIB=$2; shift 2 ;;
     --micro-only) MICRO_ONLY=1; shift ;;
+    --qemu) QEMU=1; shift ;;
     --log) LOG=$2; shift 2 ;;
-    *) echo "usage: $0 [--mib N] [--micro-only] [--log FILE]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--mib N] [--micro-only] [--qemu] [--log FILE]" >&2; exit 2 ;;
     esac
 done
 
@@ -45,4 +49,8 @@ args=(run --scenario "$WORK/50-io.sh"
     --add "$BIN:/usr/local/bin/io-bench"
     --add "$WORK/io-bench.cpio:/bench/io-bench.cpio")
 [ -n "$LOG" ] && args+=(--log "$LOG")
+if [ "$QEMU" = 1 ]; then
+    "$ROOT/rig/reliability/qemu-bundle.sh" "$WORK/qemu" >&2
+    args+=(--add "$WORK/qemu:/")
+fi
 "$RIG" "${args[@]}"

@@ -10,6 +10,7 @@
 //! `EMBER_E2E_LOG` (console log path, default $TMPDIR/ember-e2e-console.log).
 
 mod boot;
+mod devices;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -1,0 +1,321 @@
+# 20-devices: ember's virtio devices seen from a real guest, inside the virtual KVM host.
+# Sourced by the host's /init after /rig/lib.sh (busybox sh).
+#
+# One guest runs them all: ember vm run with the default guest image plus a small overlay cpio
+# whose /devtest.sh (rdinit=) exercises virtio-blk (read-write ext4 disk, read-only disk),
+# virtio-vsock (echo both ways, data checked), virtio-rng (/dev/hwrng) and virtio-net (a TAP
+# in this host, ping), printing `devtest <name>: ...` lines; the host then checks the disks
+# after the VM exited and turns each part into a section.
+# The device-test kit comes inside the default guest initramfs (scripts/build-guest-image.sh):
+# /usr/local/bin/io-bench (static, echo client/server) and /usr/share/ember/devtest.ext4.gz
+# (made with mkfs.ext4 -d on the build machine).
+# Sections: devices-setup, devices-boot, devices-exit, devices-blk, devices-blk-ro,
+# devices-vsock, devices-rng, devices-net.
+
+DT=/tmp/devtest
+DT_GUEST_CPIO=${DEVTEST_GUEST_CPIO:-/var/lib/ember/guest/initramfs.cpio}
+DT_TAP=devtap0
+DT_HOST_IP=172.31.77.1
+DT_GUEST_IP=172.31.77.2
+DT_ECHO_BYTES=262144
+DT_TOKEN=""
+DT_NET=0
+DT_PID=""
+DT_BOOTED=0
+# Extra guest kernel command line (e.g. loglevel=6 to see how far a silent boot got).
+DT_APPEND=${DEVTEST_APPEND:-loglevel=6}
+
+# The guest's /devtest.sh (@TOKEN@, @NET@, @HOST_IP@, @GUEST_IP@, @BYTES@ filled in below).
+devtest_guest_script() {
+    cat <<'GUEST'
+#!/bin/sh
+export PATH=/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:/bin:/sbin
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mkdir -p /tmp /mnt/rw /mnt/ro
+# Boot timer (0xd0000000): 1 = /init started, so ember's --timings show the guest got here.
+devmem 0xd0000000 8 1
+echo "devtest begin"
+
+# part NAME FUNC: runs FUNC, prefixing its output with `devtest NAME:`, then `devtest NAME: rc=N`.
+part() {
+    _n=$1
+    shift
+    "$@" >/tmp/part.out 2>&1
+    _rc=$?
+    sed "s/^/devtest $_n: /" /tmp/part.out
+    echo "devtest $_n: rc=$_rc"
+}
+
+blk_rw() {
+    [ -b /dev/vda ] || { echo "no /dev/vda"; return 1; }
+    echo "vda size_sectors=$(cat /sys/block/vda/size) ro=$(cat /sys/block/vda/ro)"
+    mount -t ext4 /dev/vda /mnt/rw || return 1
+    _h=$(cat /mnt/rw/data/hello.txt) || return 1
+    echo "image file: $_h"
+    echo "@TOKEN@" >/mnt/rw/data/written.txt || return 1
+    sync
+    umount /mnt/rw || return 1
+    mount -t ext4 -o ro /dev/vda /mnt/rw || return 1
+    echo "reread after remount: $(cat /mnt/rw/data/written.txt)"
+    grep -q "@TOKEN@" /mnt/rw/data/written.txt || return 1
+    umount /mnt/rw
+}
+
+blk_ro() {
+    [ -b /dev/vdb ] || { echo "no /dev/vdb"; return 1; }
+    _ro=$(cat /sys/block/vdb/ro)
+    echo "vdb ro=$_ro"
+    [ "$_ro" = 1 ] || return 1
+    if dd if=/dev/zero of=/dev/vdb bs=4096 count=1 conv=fsync 2>&1; then
+        echo "raw write to /dev/vdb succeeded"
+        return 1
+    fi
+    echo "raw write refused"
+    mount -t ext4 -o ro /dev/vdb /mnt/ro || return 1
+    _h=$(cat /mnt/ro/data/hello.txt) || return 1
+    echo "read from ro disk: $_h"
+    if touch /mnt/ro/data/new.txt 2>&1; then
+        echo "file created on the ro disk"
+        return 1
+    fi
+    echo "file creation refused"
+    umount /mnt/ro
+}
+
+rng() {
+    echo "rng_current=$(cat /sys/class/misc/hw_random/rng_current)"
+    [ -c /dev/hwrng ] || { echo "no /dev/hwrng"; return 1; }
+    _a=$(head -c 32 /dev/hwrng | od -An -tx1 | tr -d ' \n')
+    _b=$(head -c 32 /dev/hwrng | od -An -tx1 | tr -d ' \n')
+    echo "read 1: $_a"
+    echo "read 2: $_b"
+    [ "${#_a}" -eq 64 ] && [ "${#_b}" -eq 64 ] || { echo "short read"; return 1; }
+    [ "$_a" != "$_b" ] || { echo "two reads returned the same bytes"; return 1; }
+    echo "two 32-byte reads differ"
+}
+
+vsock_to_host() {
+    io-bench vsock-echo --cid 2 --port 5002 --bytes @BYTES@ --wait-s 60
+}
+
+net() {
+    [ "@NET@" = 1 ] || { echo "skipped: the host has no TAP for this VM"; return 0; }
+    [ -e /sys/class/net/eth0 ] || { echo "no eth0"; return 1; }
+    echo "eth0 mac=$(cat /sys/class/net/eth0/address)"
+    ip link set lo up
+    ip addr add @GUEST_IP@/24 dev eth0 || return 1
+    ip link set eth0 up || return 1
+    ping -c 3 -W 10 @HOST_IP@ || return 1
+    echo "eth0 rx_packets=$(cat /sys/class/net/eth0/statistics/rx_packets) tx_packets=$(cat /sys/class/net/eth0/statistics/tx_packets)"
+}
+
+# The host connects to vsock port 5001 (once) while the other parts run.
+timeout 300 io-bench vsock-echo-serve --port 5001 --count 1 &
+SERVE=$!
+part rng rng
+part blk blk_rw
+part blk-ro blk_ro
+part vsock-to-host vsock_to_host
+part net net
+wait $SERVE
+echo "devtest vsock-server: rc=$?"
+echo "devtest done"
+sync
+reboot -f
+GUEST
+}
+
+devices_setup() {
+    rm -rf "$DT"
+    mkdir -p "$DT/kit" "$DT/overlay" || return 1
+    echo "guest image: $DT_GUEST_CPIO"
+    (cd "$DT/kit" && cpio -id usr/local/bin/io-bench usr/share/ember/devtest.ext4.gz <"$DT_GUEST_CPIO") || return 1
+    if [ ! -f "$DT/kit/usr/local/bin/io-bench" ] || [ ! -f "$DT/kit/usr/share/ember/devtest.ext4.gz" ]; then
+        echo "the guest image lacks the device-test kit (rebuild it: scripts/build-guest-image.sh)"
+        return 1
+    fi
+    cp "$DT/kit/usr/local/bin/io-bench" /usr/local/bin/io-bench && chmod 0755 /usr/local/bin/io-bench
+    gunzip -c "$DT/kit/usr/share/ember/devtest.ext4.gz" >"$DT/rw.img" || return 1
+    cp "$DT/rw.img" "$DT/ro.img" || return 1
+    md5sum "$DT/ro.img" | cut -d' ' -f1 >"$DT/ro.md5"
+    ls -l "$DT/rw.img" "$DT/ro.img"
+    DT_TOKEN="ember-devtest-written-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    echo "token: $DT_TOKEN"
+    if strings "$DT/rw.img" | grep -q "$DT_TOKEN"; then
+        echo "token already in the image"
+        return 1
+    fi
+    # TAP for virtio-net, where this host allows it.
+    rm -f "$DT/net-skip"
+    if [ "$(id -u)" != 0 ]; then
+        echo "not root" >"$DT/net-skip"
+    elif [ ! -c /dev/net/tun ]; then
+        echo "no /dev/net/tun" >"$DT/net-skip"
+    elif ! tunctl -t "$DT_TAP" >"$DT/tunctl.log" 2>&1; then
+        echo "tunctl -t $DT_TAP failed: $(cat "$DT/tunctl.log")" >"$DT/net-skip"
+    else
+        ip addr add "$DT_HOST_IP/24" dev "$DT_TAP" && ip link set "$DT_TAP" up && DT_NET=1
+        [ "$DT_NET" = 1 ] || echo "cannot configure $DT_TAP" >"$DT/net-skip"
+    fi
+    if [ "$DT_NET" = 1 ]; then
+        echo "tap $DT_TAP up with $DT_HOST_IP/24"
+    else
+        echo "net will be skipped: $(cat "$DT/net-skip")"
+    fi
+    devtest_guest_script | sed -e "s/@TOKEN@/$DT_TOKEN/g" -e "s/@NET@/$DT_NET/g" \
+        -e "s/@HOST_IP@/$DT_HOST_IP/g" -e "s/@GUEST_IP@/$DT_GUEST_IP/g" \
+        -e "s/@BYTES@/$DT_ECHO_BYTES/g" >"$DT/overlay/devtest.sh"
+    chmod 0755 "$DT/overlay/devtest.sh"
+    (cd "$DT/overlay" && echo devtest.sh | cpio -o -H newc >"$DT/overlay.cpio" 2>/dev/null) || return 1
+    # Concatenated archives: the kernel unpacks both into the guest's rootfs.
+    cat "$DT_GUEST_CPIO" "$DT/overlay.cpio" >"$DT/guest.cpio" || return 1
+    ls -l "$DT/guest.cpio"
+}
+section devices-setup devices_setup
+
+# devices_start: starts ember with every device; the host end of the guest->host echo listens
+# first. rc 2 when the guest printed nothing (the nested first-KVM_RUN stall).
+devices_start() {
+    rm -f "$DT/v.sock" "$DT"/v.sock_*
+    io-bench unix-echo-serve --path "$DT/v.sock_5002" --count 1 >"$DT/unix-echo.log" 2>&1 &
+    DT_ECHO_PID=$!
+    _net=""
+    [ "$DT_NET" = 1 ] && _net="--net $DT_TAP"
+    : >"$DT/console.log"
+    # shellcheck disable=SC2086
+    ember vm run --initrd "$DT/guest.cpio" --append "rdinit=/devtest.sh $DT_APPEND" --mem-mib 256 \
+        --block "$DT/rw.img" --block "$DT/ro.img,ro" --vsock "$DT/v.sock" --rng $_net \
+        --timings --timeout-s 600 --console-file "$DT/console.log" >"$DT/ember.log" 2>&1 &
+    DT_PID=$!
+    # The kernel logs from its first second (loglevel=6): a silent guest is the nested
+    # first-KVM_RUN stall, not worth the whole boot limit.
+    _rc=2
+    if wait_for_line "$DT/console.log" "." "${DEVTEST_FIRST_OUTPUT_LIMIT:-60}"; then
+        wait_for_line "$DT/console.log" "^devtest begin" "${RIG_BOOT_LIMIT:-180}" && return 0
+        _rc=1
+    fi
+    # Where the vCPUs are (ember prints each vCPU's RIP on SIGUSR1): look it up in System.map.
+    kill -USR1 "$DT_PID" 2>/dev/null
+    sleep 1
+    kill "$DT_PID" "$DT_ECHO_PID" 2>/dev/null
+    wait "$DT_PID"
+    wait "$DT_ECHO_PID"
+    return "$_rc"
+}
+
+devices_boot() {
+    [ -f "$DT/guest.cpio" ] || { echo "setup failed"; return 1; }
+    _try=1
+    while :; do
+        devices_start
+        _r=$?
+        echo "boot attempt $_try rc=$_r"
+        [ "$_r" = 0 ] && { DT_BOOTED=1; echo "guest reached /devtest.sh"; return 0; }
+        cat "$DT/ember.log" "$DT/console.log"
+        [ "$_r" = 2 ] || return 1
+        if [ "$_try" -ge "${RIG_BOOT_TRIES:-3}" ]; then
+            # Stalls come in streaks per host boot: ask the rig for a fresh host.
+            retry_host "devices guest printed nothing in $_try boots"
+            return 1
+        fi
+        echo "guest printed nothing: retrying"
+        _try=$((_try + 1))
+    done
+}
+section devices-boot devices_boot
+
+# Host -> guest echo, while the guest runs its other parts.
+if [ "$DT_BOOTED" = 1 ]; then
+    wait_for_line "$DT/console.log" "echo server ready \\(vsock port 5001\\)" 120
+    io-bench host-echo --uds "$DT/v.sock" --port 5001 --bytes "$DT_ECHO_BYTES" --wait-s 60 \
+        >"$DT/host-echo.log" 2>&1
+    echo "host-echo rc=$?" >>"$DT/host-echo.log"
+fi
+
+devices_exit() {
+    [ "$DT_BOOTED" = 1 ] || { echo "the guest did not boot (see devices-boot)"; return 1; }
+    wait_for_line "$DT/console.log" "^devtest done" 300 || echo "guest did not finish"
+    _n=0
+    while kill -0 "$DT_PID" 2>/dev/null && [ "$_n" -lt 300 ]; do sleep 0.2; _n=$((_n + 1)); done
+    if kill -0 "$DT_PID" 2>/dev/null; then
+        echo "ember still running after the guest finished: stopping it"
+        kill "$DT_PID"
+    fi
+    wait "$DT_PID"
+    _status=$?
+    kill "$DT_ECHO_PID" 2>/dev/null
+    wait "$DT_ECHO_PID"
+    echo "--- ember output"
+    cat "$DT/ember.log"
+    echo "ember exit=$_status"
+    [ "$_status" = 0 ]
+}
+section devices-exit devices_exit
+
+# guest_part NAME: the guest's lines of part NAME; rc 0 when the guest reported rc=0.
+guest_part() {
+    grep "^devtest $1: " "$DT/console.log"
+    grep -q "^devtest $1: rc=0" "$DT/console.log"
+}
+
+devices_blk() {
+    guest_part blk
+    _g=$?
+    echo "--- host, after the VM exited: rw.img"
+    if strings "$DT/rw.img" | grep -q "^$DT_TOKEN\$"; then
+        echo "host found the guest's data in rw.img: $DT_TOKEN"
+    else
+        echo "host did not find $DT_TOKEN in rw.img"
+        return 1
+    fi
+    return "$_g"
+}
+section devices-blk devices_blk
+
+devices_blk_ro() {
+    guest_part blk-ro
+    _g=$?
+    echo "--- host, after the VM exited: ro.img"
+    _now=$(md5sum "$DT/ro.img" | cut -d' ' -f1)
+    if [ "$_now" = "$(cat "$DT/ro.md5")" ]; then
+        echo "ro.img unchanged (md5 $_now)"
+    else
+        echo "ro.img changed: md5 $(cat "$DT/ro.md5") -> $_now"
+        return 1
+    fi
+    return "$_g"
+}
+section devices-blk-ro devices_blk_ro
+
+devices_vsock() {
+    echo "--- host -> guest (host connects to $DT/v.sock, CONNECT 5001)"
+    cat "$DT/host-echo.log" 2>/dev/null
+    grep -q "^host-echo rc=0" "$DT/host-echo.log" 2>/dev/null
+    _h=$?
+    grep "echoed .* (vsock port 5001)" "$DT/console.log"
+    grep "^devtest vsock-server: " "$DT/console.log"
+    echo "--- guest -> host (guest connects to CID 2 port 5002, host listens at $DT/v.sock_5002)"
+    guest_part vsock-to-host
+    _g=$?
+    cat "$DT/unix-echo.log"
+    [ "$_h" = 0 ] && [ "$_g" = 0 ]
+}
+section devices-vsock devices_vsock
+
+section devices-rng guest_part rng
+
+devices_net() {
+    guest_part net
+    _g=$?
+    if [ "$DT_NET" = 1 ]; then
+        echo "host $DT_TAP rx_packets=$(cat /sys/class/net/$DT_TAP/statistics/rx_packets) tx_packets=$(cat /sys/class/net/$DT_TAP/statistics/tx_packets)"
+        ip link set "$DT_TAP" down
+        tunctl -d "$DT_TAP" >/dev/null 2>&1
+    else
+        echo "skipped: $(cat "$DT/net-skip" 2>/dev/null)"
+    fi
+    return "$_g"
+}
+section devices-net devices_net
