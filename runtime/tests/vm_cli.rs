@@ -201,6 +201,22 @@ fn refuses_a_pvm_kvm_unless_forced() {
 }
 
 #[test]
+fn vm_check_tells_whether_this_kvm_runs_guests() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["vm", "check"])
+        .output()
+        .expect("run ember");
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        assert_one_line_error(&out, "kvm_pvm");
+    } else if !Path::new("/dev/kvm").exists() {
+        assert_one_line_error(&out, "/dev/kvm");
+    } else {
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("can run guests"));
+    }
+}
+
+#[test]
 fn missing_dev_kvm_is_one_line() {
     if Path::new("/dev/kvm").exists() {
         eprintln!("skipping: /dev/kvm exists here");

@@ -29,6 +29,9 @@ pub const DEFAULT_GUEST_DIR: &str = "/var/lib/ember/guest";
 pub enum VmCommand {
     /// Boot a kernel and show the serial console on stdout.
     Run(RunArgs),
+    /// Check whether this machine's /dev/kvm can run an ordinary guest (exit 0) or not
+    /// (one line saying why, exit 1).
+    Check,
 }
 
 #[derive(Debug, Args)]
@@ -273,6 +276,16 @@ pub fn run(cmd: VmCommand) -> i32 {
     match cmd {
         VmCommand::Run(args) => match run_vm(&args) {
             Ok(()) => 0,
+            Err(e) => {
+                eprintln!("ember: {}", report(&e));
+                1
+            }
+        },
+        VmCommand::Check => match vmm::check_kvm_usable() {
+            Ok(()) => {
+                println!("ember: /dev/kvm can run guests");
+                0
+            }
             Err(e) => {
                 eprintln!("ember: {}", report(&e));
                 1
