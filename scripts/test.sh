@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The test command: setup (cached), lint, fast tier, then the slow tier — the end-to-end tests
+# that boot the virtual KVM host once and run every scenario in rig/scenarios/ inside it.
+# Env: EMBER_SKIP_SLOW=1 runs the fast tier only.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/lib.sh"
+cd "$EMBER_ROOT"
+export PATH=$HOME/.cargo/bin:$PATH
+
+"$HERE/setup.sh"
+
+log "Lint: cargo fmt --check, cargo clippy -D warnings"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+log "Fast tier: unit and integration tests (no guest; /dev/kvm payload tests where it exists)"
+cargo test --workspace --exclude ember-rig
+cargo test -p ember-rig --lib --bins
+
+if [ "${EMBER_SKIP_SLOW:-0}" = 1 ]; then
+    log "Slow tier skipped (EMBER_SKIP_SLOW=1)"
+    exit 0
+fi
+log "Slow tier: one virtual KVM host boot, every scenario in rig/scenarios/"
+EMBER_E2E=1 EMBER_E2E_LOG=${EMBER_E2E_LOG:-/tmp/ember-e2e-console.log} \
+    cargo test -p ember-rig --test e2e -- --test-threads 4
