@@ -364,6 +364,11 @@ impl Sandbox for AgentSandbox {
 pub const POD_ROOT: &str = "@pods";
 /// File in the container's directory with the phases of its creation (for the benches).
 pub const TIMINGS_FILE: &str = "timings.json";
+/// How long `create` waits for a container's pod VM to get ready. Well under the engines' own
+/// create timeouts (podman gives up after about four minutes), so that ember's error, with the
+/// VM's boot phases, is the one reported. A hardware host boots the guest in ~100 ms; the
+/// nested virtual test host in seconds.
+pub const START_TIMEOUT_SECS: u64 = 120;
 
 /// Containers in microVMs through `runtime::api`: the bundle's rootfs becomes an ext4 image,
 /// a pod is created with that image as its first disk and started (the VM boots in a detached
@@ -420,6 +425,7 @@ impl Backend for VmBackend {
                 read_only: config.readonly_rootfs,
             }],
             annotations: config.annotations.clone(),
+            start_timeout_secs: START_TIMEOUT_SECS,
             ..PodConfig::default()
         };
         let t = Instant::now();
