@@ -53,7 +53,7 @@ enum Cmd {
         #[arg(long)]
         cmdline: Option<String>,
         /// QEMU -cpu model for the host.
-        #[arg(long, default_value = "max")]
+        #[arg(long, default_value = rig::vhost::DEFAULT_CPU)]
         cpu: String,
         /// Do not print the console live.
         #[arg(long)]

@@ -36,6 +36,11 @@ pub const UP_MARKER: &str = "=== RIG HOST UP";
 /// the way a scenario reports the "first KVM_RUN never returned" hang it detected.
 pub const RETRY_MARKER: &str = "=== RIG RETRY";
 
+/// QEMU CPU model of the virtual host. `-tsc-scale` hides SVM TSC-rate scaling from the host's
+/// KVM: with it, a monitor that never calls KVM_SET_TSC_KHZ (ember, Firecracker-style) had its
+/// first KVM_RUN spin in L1 KVM forever (0 exits); see rig/RELIABILITY.md.
+pub const DEFAULT_CPU: &str = "max,-tsc-scale";
+
 /// Kernel command line of the virtual host. `kvm_amd.*` settings: see rig/RELIABILITY.md.
 pub const HOST_CMDLINE: &str = "console=ttyS0 random.trust_cpu=on panic=1 quiet loglevel=4 \
      8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.dumbkbd";
@@ -200,7 +205,7 @@ impl VirtualHost {
             max_attempts: 3,
             mem_mib: 2048,
             smp: 2,
-            cpu: "max".to_string(),
+            cpu: DEFAULT_CPU.to_string(),
             cmdline_extra: Vec::new(),
             log: None,
             echo: false,
@@ -260,7 +265,7 @@ impl VirtualHost {
         self
     }
 
-    /// The QEMU `-cpu` model (default `max`; it must offer SVM).
+    /// The QEMU `-cpu` model (default [`DEFAULT_CPU`]; it must offer SVM).
     pub fn cpu(mut self, model: &str) -> Self {
         self.cpu = model.to_string();
         self
