@@ -148,6 +148,10 @@ pub fn run(args: &[String]) -> Result<(), Error> {
 
     println!("{}", protocol::READY_LINE);
     if guest {
+        // The console is a tty whose driver transmits later (UART interrupts): wait until the
+        // ready line has left the guest before the boot timer tells the VMM "ready" — a VMM
+        // that stops on 123 (`ember vm run --exit-on-ready`) must not cut the line off.
+        let _ = nix::sys::termios::tcdrain(std::io::stdout());
         if let Err(e) = init::boot_timer(init::BOOT_TIMER_READY) {
             log_debug(&format!("boot timer: {}", error_chain(&e)));
         }
