@@ -1,7 +1,7 @@
 # 20-devices: ember's virtio devices seen from a real guest, inside the virtual KVM host.
 # Sourced by the host's /init after /rig/lib.sh (busybox sh).
 #
-# One guest runs them all: ember vm run with the default guest image plus a small overlay cpio
+# Guests run them: ember vm run with the default guest image plus a small overlay cpio
 # whose /devtest.sh (rdinit=) exercises virtio-blk (read-write ext4 disk, read-only disk),
 # virtio-vsock (echo both ways, data checked), virtio-rng (/dev/hwrng) and virtio-net (a TAP
 # in this host, ping), printing `devtest <name>: ...` lines; the host then checks the disks
@@ -9,8 +9,9 @@
 # The device-test kit comes inside the default guest initramfs (scripts/build-guest-image.sh):
 # /usr/local/bin/io-bench (static, echo client/server) and /usr/share/ember/devtest.ext4.gz
 # (made with mkfs.ext4 -d on the build machine).
-# Sections: devices-setup, devices-boot, devices-exit, devices-blk, devices-blk-ro,
-# devices-vsock, devices-rng, devices-net.
+# Sections: devices-setup, devices-boot (guest A: disks + vsock), devices-boot-rng-net
+# (guest B), devices-blk, devices-blk-ro, devices-vsock, devices-rng, devices-net,
+# devices-all-bound (one guest with all five devices: each must get its driver).
 
 DT=/tmp/devtest
 DT_GUEST_CPIO=${DEVTEST_GUEST_CPIO:-/var/lib/ember/guest/initramfs.cpio}
@@ -21,7 +22,6 @@ DT_ECHO_BYTES=262144
 DT_TOKEN=""
 DT_NET=0
 DT_PID=""
-DT_BOOTED=0
 # Extra guest kernel command line (e.g. loglevel=6 to see how far a silent boot got).
 DT_APPEND=${DEVTEST_APPEND:-loglevel=6}
 
@@ -111,16 +111,41 @@ net() {
     echo "eth0 rx_packets=$(cat /sys/class/net/eth0/statistics/rx_packets) tx_packets=$(cat /sys/class/net/eth0/statistics/tx_packets)"
 }
 
-# The host connects to vsock port 5001 (once) while the other parts run.
-timeout 300 io-bench vsock-echo-serve --port 5001 --count 1 &
-SERVE=$!
-part rng rng
-part blk blk_rw
-part blk-ro blk_ro
-part vsock-to-host vsock_to_host
-part net net
-wait $SERVE
-echo "devtest vsock-server: rc=$?"
+# Which virtio devices the guest found, and the driver bound to each (device IDs: 1 net,
+# 2 blk, 4 rng, 19 vsock).
+bound() {
+    for d in /sys/bus/virtio/devices/*; do
+        [ -e "$d" ] || continue
+        _drv=none
+        [ -e "$d/driver" ] && _drv=$(basename "$(readlink "$d/driver")")
+        echo "$(basename "$d") id=$(($(cat "$d/device"))) driver=$_drv"
+    done
+    for d in /sys/bus/virtio/devices/*; do [ -e "$d/driver" ] || return 1; done
+}
+
+# The parts to run come from the kernel command line: devtest.parts=a,b,c (read from
+# /proc/cmdline; the kernel does not pass dotted parameters to init).
+PARTS=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^devtest.parts=//p' | tr ',' ' ')
+echo "devtest parts: $PARTS"
+SERVE=""
+case " $PARTS " in *" vsock "*)
+    # The host connects to vsock port 5001 (once) while the other parts run.
+    timeout 300 io-bench vsock-echo-serve --port 5001 --count 1 &
+    SERVE=$!
+esac
+part bound bound
+for p in $PARTS; do
+    case $p in
+    rng) part rng rng ;;
+    blk) part blk blk_rw; part blk-ro blk_ro ;;
+    vsock) part vsock-to-host vsock_to_host ;;
+    net) part net net ;;
+    esac
+done
+if [ -n "$SERVE" ]; then
+    wait $SERVE
+    echo "devtest vsock-server: rc=$?"
+fi
 echo "devtest done"
 sync
 reboot -f
@@ -175,45 +200,53 @@ devices_setup() {
 }
 section devices-setup devices_setup
 
-# devices_start: starts ember with every device; the host end of the guest->host echo listens
-# first. rc 2 when the guest printed nothing (the nested first-KVM_RUN stall).
-devices_start() {
+# guest_start TAG PARTS FLAGS...: starts ember on the device-test guest (/devtest.sh running
+# PARTS); the host end of the guest->host echo listens first. Console: $DT/TAG.console.
+# rc 2 when the guest printed nothing (the nested first-KVM_RUN stall).
+guest_start() {
+    _tag=$1
+    _parts=$2
+    shift 2
     rm -f "$DT/v.sock" "$DT"/v.sock_*
-    io-bench unix-echo-serve --path "$DT/v.sock_5002" --count 1 >"$DT/unix-echo.log" 2>&1 &
-    DT_ECHO_PID=$!
-    _net=""
-    [ "$DT_NET" = 1 ] && _net="--net $DT_TAP"
-    : >"$DT/console.log"
-    # shellcheck disable=SC2086
-    ember vm run --initrd "$DT/guest.cpio" --append "rdinit=/devtest.sh $DT_APPEND" --mem-mib 256 \
-        --block "$DT/rw.img" --block "$DT/ro.img,ro" --vsock "$DT/v.sock" --rng $_net \
-        --timings --timeout-s 600 --console-file "$DT/console.log" >"$DT/ember.log" 2>&1 &
+    DT_ECHO_PID=""
+    case ",$_parts," in *,vsock,*)
+        io-bench unix-echo-serve --path "$DT/v.sock_5002" --count 1 >"$DT/$_tag.unix-echo" 2>&1 &
+        DT_ECHO_PID=$!
+    esac
+    : >"$DT/$_tag.console"
+    ember vm run --initrd "$DT/guest.cpio" --append "rdinit=/devtest.sh devtest.parts=$_parts $DT_APPEND" \
+        --mem-mib 256 "$@" --timings --timeout-s 600 --console-file "$DT/$_tag.console" \
+        >"$DT/$_tag.ember" 2>&1 &
     DT_PID=$!
     # The kernel logs from its first second (loglevel=6): a silent guest is the nested
     # first-KVM_RUN stall, not worth the whole boot limit.
     _rc=2
-    if wait_for_line "$DT/console.log" "." "${DEVTEST_FIRST_OUTPUT_LIMIT:-60}"; then
-        wait_for_line "$DT/console.log" "^devtest begin" "${RIG_BOOT_LIMIT:-180}" && return 0
+    if wait_for_line "$DT/$_tag.console" "." "${DEVTEST_FIRST_OUTPUT_LIMIT:-60}"; then
+        wait_for_line "$DT/$_tag.console" "^devtest begin" "${RIG_BOOT_LIMIT:-180}" && return 0
         _rc=1
     fi
     # Where the vCPUs are (ember prints each vCPU's RIP on SIGUSR1): look it up in System.map.
     kill -USR1 "$DT_PID" 2>/dev/null
     sleep 1
-    kill "$DT_PID" "$DT_ECHO_PID" 2>/dev/null
+    kill "$DT_PID" $DT_ECHO_PID 2>/dev/null
     wait "$DT_PID"
-    wait "$DT_ECHO_PID"
+    [ -n "$DT_ECHO_PID" ] && wait "$DT_ECHO_PID"
     return "$_rc"
 }
 
-devices_boot() {
+# guest_run TAG PARTS FLAGS...: boots the guest (retrying silent boots), runs the host side of
+# the vsock echo when PARTS has vsock, waits for the guest to finish and ember to exit 0.
+guest_run() {
+    _tag=$1
+    _parts=$2
     [ -f "$DT/guest.cpio" ] || { echo "setup failed"; return 1; }
     _try=1
     while :; do
-        devices_start
+        guest_start "$@"
         _r=$?
         echo "boot attempt $_try rc=$_r"
-        [ "$_r" = 0 ] && { DT_BOOTED=1; echo "guest reached /devtest.sh"; return 0; }
-        cat "$DT/ember.log" "$DT/console.log"
+        [ "$_r" = 0 ] && break
+        cat "$DT/$_tag.ember" "$DT/$_tag.console"
         [ "$_r" = 2 ] || return 1
         if [ "$_try" -ge "${RIG_BOOT_TRIES:-3}" ]; then
             # Stalls come in streaks per host boot: ask the rig for a fresh host.
@@ -223,20 +256,15 @@ devices_boot() {
         echo "guest printed nothing: retrying"
         _try=$((_try + 1))
     done
-}
-section devices-boot devices_boot
-
-# Host -> guest echo, while the guest runs its other parts.
-if [ "$DT_BOOTED" = 1 ]; then
-    wait_for_line "$DT/console.log" "echo server ready \\(vsock port 5001\\)" 120
-    io-bench host-echo --uds "$DT/v.sock" --port 5001 --bytes "$DT_ECHO_BYTES" --wait-s 60 \
-        >"$DT/host-echo.log" 2>&1
-    echo "host-echo rc=$?" >>"$DT/host-echo.log"
-fi
-
-devices_exit() {
-    [ "$DT_BOOTED" = 1 ] || { echo "the guest did not boot (see devices-boot)"; return 1; }
-    wait_for_line "$DT/console.log" "^devtest done" 300 || echo "guest did not finish"
+    echo "guest reached /devtest.sh (parts $_parts)"
+    case ",$_parts," in *,vsock,*)
+        # Host -> guest echo, while the guest runs its other parts.
+        wait_for_line "$DT/$_tag.console" "echo server ready \\(vsock port 5001\\)" 120
+        io-bench host-echo --uds "$DT/v.sock" --port 5001 --bytes "$DT_ECHO_BYTES" --wait-s 60 \
+            >"$DT/$_tag.host-echo" 2>&1
+        echo "host-echo rc=$?" >>"$DT/$_tag.host-echo"
+    esac
+    wait_for_line "$DT/$_tag.console" "^devtest done" 300 || echo "guest did not finish"
     _n=0
     while kill -0 "$DT_PID" 2>/dev/null && [ "$_n" -lt 300 ]; do sleep 0.2; _n=$((_n + 1)); done
     if kill -0 "$DT_PID" 2>/dev/null; then
@@ -245,23 +273,34 @@ devices_exit() {
     fi
     wait "$DT_PID"
     _status=$?
-    kill "$DT_ECHO_PID" 2>/dev/null
-    wait "$DT_ECHO_PID"
+    if [ -n "$DT_ECHO_PID" ]; then
+        kill "$DT_ECHO_PID" 2>/dev/null
+        wait "$DT_ECHO_PID"
+    fi
+    grep "^devtest bound: " "$DT/$_tag.console"
     echo "--- ember output"
-    cat "$DT/ember.log"
+    cat "$DT/$_tag.ember"
     echo "ember exit=$_status"
     [ "$_status" = 0 ]
 }
-section devices-exit devices_exit
 
-# guest_part NAME: the guest's lines of part NAME; rc 0 when the guest reported rc=0.
+# Guest A: both disks and vsock. Guest B: rng and net. (Three devices at most per guest: the
+# fourth virtio-mmio slot gets GSI 8, which the guest's rtc_cmos driver owns; guest "all"
+# below checks exactly that.)
+DT_NET_FLAGS=""
+[ "$DT_NET" = 1 ] && DT_NET_FLAGS="--net $DT_TAP"
+section devices-boot guest_run a blk,vsock --block "$DT/rw.img" --block "$DT/ro.img,ro" --vsock "$DT/v.sock"
+# shellcheck disable=SC2086
+section devices-boot-rng-net guest_run b rng,net --rng $DT_NET_FLAGS
+
+# guest_part TAG NAME: the guest's lines of part NAME; rc 0 when the guest reported rc=0.
 guest_part() {
-    grep "^devtest $1: " "$DT/console.log"
-    grep -q "^devtest $1: rc=0" "$DT/console.log"
+    grep "^devtest $2: " "$DT/$1.console"
+    grep -q "^devtest $2: rc=0" "$DT/$1.console"
 }
 
 devices_blk() {
-    guest_part blk
+    guest_part a blk
     _g=$?
     echo "--- host, after the VM exited: rw.img"
     if strings "$DT/rw.img" | grep -q "^$DT_TOKEN\$"; then
@@ -275,7 +314,7 @@ devices_blk() {
 section devices-blk devices_blk
 
 devices_blk_ro() {
-    guest_part blk-ro
+    guest_part a blk-ro
     _g=$?
     echo "--- host, after the VM exited: ro.img"
     _now=$(md5sum "$DT/ro.img" | cut -d' ' -f1)
@@ -291,23 +330,23 @@ section devices-blk-ro devices_blk_ro
 
 devices_vsock() {
     echo "--- host -> guest (host connects to $DT/v.sock, CONNECT 5001)"
-    cat "$DT/host-echo.log" 2>/dev/null
-    grep -q "^host-echo rc=0" "$DT/host-echo.log" 2>/dev/null
+    cat "$DT/a.host-echo" 2>/dev/null
+    grep -q "^host-echo rc=0" "$DT/a.host-echo" 2>/dev/null
     _h=$?
-    grep "echoed .* (vsock port 5001)" "$DT/console.log"
-    grep "^devtest vsock-server: " "$DT/console.log"
+    grep "echoed .* (vsock port 5001)" "$DT/a.console"
+    grep "^devtest vsock-server: " "$DT/a.console"
     echo "--- guest -> host (guest connects to CID 2 port 5002, host listens at $DT/v.sock_5002)"
-    guest_part vsock-to-host
+    guest_part a vsock-to-host
     _g=$?
-    cat "$DT/unix-echo.log"
+    cat "$DT/a.unix-echo" 2>/dev/null
     [ "$_h" = 0 ] && [ "$_g" = 0 ]
 }
 section devices-vsock devices_vsock
 
-section devices-rng guest_part rng
+section devices-rng guest_part b rng
 
 devices_net() {
-    guest_part net
+    guest_part b net
     _g=$?
     if [ "$DT_NET" = 1 ]; then
         echo "host $DT_TAP rx_packets=$(cat /sys/class/net/$DT_TAP/statistics/rx_packets) tx_packets=$(cat /sys/class/net/$DT_TAP/statistics/tx_packets)"
@@ -319,3 +358,18 @@ devices_net() {
     return "$_g"
 }
 section devices-net devices_net
+
+# Guest "all": five virtio devices at once (GSIs 5-9); every one must get its driver.
+devices_all_bound() {
+    _net=""
+    [ "$DT_NET" = 1 ] && tunctl -t "$DT_TAP" >/dev/null 2>&1 && _net="--net $DT_TAP"
+    # shellcheck disable=SC2086
+    guest_run all bound --block "$DT/rw.img" --block "$DT/ro.img,ro" --rng \
+        --vsock "$DT/v.sock" $_net >/dev/null 2>&1
+    _r=$?
+    grep "^devtest bound: " "$DT/all.console"
+    grep -i -E "virtio|irq" "$DT/all.console" | grep -v "^devtest" | tail -n 8
+    [ -n "$_net" ] && tunctl -d "$DT_TAP" >/dev/null 2>&1
+    [ "$_r" = 0 ] && guest_part all bound >/dev/null
+}
+section devices-all-bound devices_all_bound

@@ -15,16 +15,68 @@ fn assert_has(output: &str, needle: &str) {
     assert!(output.contains(needle), "missing {needle:?} in:\n{output}");
 }
 
+/// `(slot, virtio device id, driver)` from the guest's `devtest bound:` lines.
+fn bound(output: &str) -> Vec<(String, u32, String)> {
+    output
+        .lines()
+        .filter_map(|l| {
+            let rest = &l[l.find("devtest bound: ")? + "devtest bound: ".len()..];
+            let mut words = rest.split_whitespace();
+            let slot = words.next()?.to_string();
+            let id = words.next()?.strip_prefix("id=")?.parse().ok()?;
+            let driver = words.next()?.strip_prefix("driver=")?.to_string();
+            Some((slot, id, driver))
+        })
+        .collect()
+}
+
+fn assert_bound(output: &str, want: &[(u32, &str)]) {
+    let got = bound(output);
+    for (id, driver) in want {
+        let n = want.iter().filter(|(i, _)| i == id).count();
+        let have = got
+            .iter()
+            .filter(|(_, i, d)| i == id && d == driver)
+            .count();
+        assert_eq!(
+            have, n,
+            "virtio id {id}: want {n} bound to {driver}, guest saw {got:?}\n{output}"
+        );
+    }
+}
+
 #[test]
-fn guest_with_all_devices_runs_and_exits() {
+fn guests_boot_with_their_devices_bound_and_exit() {
     let Some(s) = passed("devices-boot") else {
         return;
     };
-    assert_has(&s.output, "guest reached /devtest.sh");
-    let Some(s) = passed("devices-exit") else {
+    assert_has(&s.output, "guest reached /devtest.sh (parts blk,vsock)");
+    assert_has(&s.output, "ember exit=0");
+    assert_bound(
+        &s.output,
+        &[
+            (2, "virtio_blk"),
+            (2, "virtio_blk"),
+            (19, "vmw_vsock_virtio_transport"),
+        ],
+    );
+    let Some(s) = passed("devices-boot-rng-net") else {
         return;
     };
+    assert_has(&s.output, "guest reached /devtest.sh (parts rng,net)");
     assert_has(&s.output, "ember exit=0");
+    assert_bound(&s.output, &[(4, "virtio_rng")]);
+}
+
+/// One guest with all five devices (GSIs 5-9): every device must get its driver.
+#[test]
+fn five_devices_in_one_guest_all_get_drivers() {
+    let Some(s) = passed("devices-all-bound") else {
+        return;
+    };
+    let got = bound(&s.output);
+    assert!(got.len() >= 4, "too few devices: {got:?}\n{}", s.output);
+    assert!(got.iter().all(|(_, _, d)| d != "none"), "unbound: {got:?}");
 }
 
 #[test]
@@ -136,7 +188,19 @@ fn net_traffic_over_the_tap() {
 
 #[cfg(test)]
 mod tests {
-    use super::after;
+    use super::{after, bound};
+
+    #[test]
+    fn bound_parses_guest_lines() {
+        let out = "devtest bound: virtio0 id=2 driver=virtio_blk\nnoise\ndevtest bound: virtio3 id=19 driver=none\ndevtest bound: rc=1";
+        assert_eq!(
+            bound(out),
+            vec![
+                ("virtio0".to_string(), 2, "virtio_blk".to_string()),
+                ("virtio3".to_string(), 19, "none".to_string())
+            ]
+        );
+    }
 
     #[test]
     fn after_finds_the_rest_of_the_line() {
