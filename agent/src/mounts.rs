@@ -84,14 +84,10 @@ pub fn mount_rootfs(spec: &RootfsSpec, target: &Path) -> Result<(), Error> {
             mount(path, Some(path), target, Some(fstype), flags, None)
         }
         RootfsSpec::Path { path, read_only } => {
-            mount(
-                path,
-                Some(path),
-                target,
-                None,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None,
-            )?;
+            // Not recursive: a container root made from a directory of the guest (even `/`)
+            // must not carry the guest's own /proc, /sys, /dev or /run mounts — mounting the
+            // container's sysfs on top of the guest's one would fail with EBUSY.
+            mount(path, Some(path), target, None, MsFlags::MS_BIND, None)?;
             if *read_only {
                 mount(
                     "read-only remount",
