@@ -63,7 +63,7 @@ section io-exit io_wait_exit
 section io-guest cat /tmp/io-guest.log
 section io-ember cat /tmp/io-ember.log
 
-# The peer: the same kernel and io-bench guest under QEMU (blk only, --no-vsock via init argv).
+# The peer: the same kernel and io-bench guest under QEMU (blk only, io_bench.vsock=0).
 io_qemu() {
     command -v qemu-system-x86_64 >/dev/null || { echo "skipped: no qemu-system-x86_64 in this host"; return 0; }
     rm -f /tmp/qio.img
@@ -74,7 +74,7 @@ io_qemu() {
         -nodefaults -no-user-config -display none -serial stdio -no-reboot -m 256 -smp 1 \
         -kernel /var/lib/ember/guest/vmlinux -initrd /bench/io-bench.cpio \
         -drive id=d0,file=/tmp/qio.img,format=raw,if=none -device virtio-blk-device,drive=d0 \
-        -append "console=ttyS0 reboot=k panic=1 8250.nr_uarts=1 quiet io_bench.mib=$IO_MIB -- --no-vsock" \
+        -append "console=ttyS0 reboot=k panic=1 8250.nr_uarts=1 quiet io_bench.mib=$IO_MIB io_bench.vsock=0" \
         >/tmp/io-qemu.log 2>&1 &
     _qpid=$!
     wait_for_line /tmp/io-qemu.log "io-bench: done" 900
