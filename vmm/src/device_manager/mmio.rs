@@ -134,10 +134,16 @@ impl MmioSlot {
     }
 }
 
-/// Hands out consecutive slots.
+/// GSIs in the device range that legacy devices the guest probes already own: 8 is the
+/// CMOS RTC (rtc_cmos requests it; a virtio device there fails to probe with -EBUSY), 12 the
+/// PS/2 aux port.
+const LEGACY_GSIS: [u32; 2] = [8, 12];
+
+/// Hands out consecutive windows, each with the next GSI no legacy device owns.
 #[derive(Debug, Default)]
 pub struct MmioAllocator {
     next: u32,
+    last_gsi: Option<u32>,
 }
 
 impl MmioAllocator {
@@ -146,9 +152,12 @@ impl MmioAllocator {
     }
 
     pub fn allocate(&mut self) -> Result<MmioSlot, Error> {
-        let gsi = MMIO_FIRST_GSI + self.next;
+        let mut gsi = self.last_gsi.map_or(MMIO_FIRST_GSI, |g| g + 1);
+        while LEGACY_GSIS.contains(&gsi) {
+            gsi += 1;
+        }
         if gsi > MMIO_LAST_GSI {
-            return Err(Error::NoIrq(MMIO_LAST_GSI - MMIO_FIRST_GSI + 1));
+            return Err(Error::NoIrq(self.next));
         }
         let slot = MmioSlot {
             base: MMIO_DEVICES_START + u64::from(self.next) * MMIO_SLOT_SIZE,
@@ -156,6 +165,7 @@ impl MmioAllocator {
             gsi,
         };
         self.next += 1;
+        self.last_gsi = Some(gsi);
         Ok(slot)
     }
 }
@@ -174,11 +184,15 @@ mod tests {
         let second = a.allocate().unwrap();
         assert_eq!(second.base, 0xd000_2000);
         assert_eq!(second.gsi, 6);
-        let mut n = 2;
-        while a.allocate().is_ok() {
-            n += 1;
+        let mut gsis = vec![first.gsi, second.gsi];
+        while let Ok(slot) = a.allocate() {
+            assert_eq!(slot.base, 0xd000_1000 + 0x1000 * gsis.len() as u64);
+            gsis.push(slot.gsi);
         }
-        assert_eq!(n, 19);
+        // 5..=23 without the RTC's 8 and the PS/2 aux port's 12.
+        assert_eq!(gsis.len(), 17);
+        assert!(!gsis.contains(&8) && !gsis.contains(&12));
+        assert_eq!(gsis[3], 9);
     }
 
     #[test]
