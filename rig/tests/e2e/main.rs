@@ -11,6 +11,8 @@
 
 mod boot;
 mod devices;
+mod oci;
+mod pods;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
