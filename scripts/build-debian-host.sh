@@ -16,7 +16,15 @@ CACHE=${EMBER_CACHE:-/var/cache/ember}
 IMG=$CACHE/debian-host.ext4
 WORK=$CACHE/debian-host.build
 SUITE=${EMBER_DEBIAN_SUITE:-bookworm}
-MIRROR=${EMBER_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# The Debian archive this machine's apt already uses (first URIs/deb line of its sources).
+apt_mirror() {
+    local m
+    m=$(grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' | grep -v security | head -n1)
+    [ -n "$m" ] || m=$(grep -hE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '{print $2}' | grep -v security | head -n1)
+    echo "$m"
+}
+MIRROR=${EMBER_DEBIAN_MIRROR:-$(apt_mirror)}
+[ -n "$MIRROR" ] || { echo "No Debian mirror in /etc/apt sources; set EMBER_DEBIAN_MIRROR" >&2; exit 1; }
 SIZE_MIB=${EMBER_DEBIAN_SIZE_MIB:-3072}
 PKGS=podman,conmon,containerd,runc,crun,busybox-static,iproute2,procps,ca-certificates,uidmap,catatonit,containernetworking-plugins,golang-github-containers-common
 

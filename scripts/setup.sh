@@ -9,26 +9,28 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 need_root
 
-log "1/4 Debian packages"
+log "1/5 Debian packages"
 ensure_pkgs build-essential ca-certificates curl git pkg-config xz-utils bc bison flex \
     libelf-dev libssl-dev linux-source-6.1 qemu-system-x86 busybox-static e2fsprogs cpio
 log "    ok"
 
-log "2/4 Rust toolchain"
+log "2/5 Rust toolchain"
 export PATH=$HOME/.cargo/bin:$PATH
-if ! command -v cargo >/dev/null; then
-    log "    installing rustup (stable, minimal profile)"
-    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal \
-        --component clippy,rustfmt
-    export PATH=$HOME/.cargo/bin:$PATH
-fi
+command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (rustup, stable, with clippy and rustfmt)"
 log "    $(rustc --version)"
 
-log "3/4 Kernels (guest: $EMBER_GUEST_DIR, host: $EMBER_HOST_DIR)"
+log "3/5 Kernels (guest: $EMBER_GUEST_DIR, host: $EMBER_HOST_DIR)"
 "$EMBER_ROOT/guest-kernel-config/build.sh" all
 
-log "4/4 Static binaries and guest image"
+log "4/5 Static binaries and guest image"
 "$HERE/build-guest-image.sh"
+
+log "5/5 Debian root for the virtual host's podman/containerd tests (cached; EMBER_SKIP_DEBIAN=1 skips)"
+if [ "${EMBER_SKIP_DEBIAN:-0}" = 1 ]; then
+    log "    skipped"
+else
+    "$HERE/build-debian-host.sh"
+fi
 
 log "Done. Installed:"
 for f in "$EMBER_GUEST_DIR"/vmlinux "$EMBER_GUEST_DIR"/bzImage "$EMBER_GUEST_DIR"/initramfs.cpio \
