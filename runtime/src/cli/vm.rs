@@ -28,7 +28,7 @@ pub const DEFAULT_GUEST_DIR: &str = "/var/lib/ember/guest";
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
     /// Boot a kernel and show the serial console on stdout.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check whether this machine's /dev/kvm can run an ordinary guest (exit 0) or not
     /// (one line saying why, exit 1).
     Check,
