@@ -12,6 +12,7 @@
 //! See [`mmio`] for the wiring contract with the VMM.
 
 pub mod block;
+mod common;
 pub mod mmio;
 pub mod net;
 pub mod rng;

@@ -2,17 +2,17 @@
 //! `getrandom(2)`.
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_queue::Queue;
 use vm_memory::Bytes;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
+use super::common::VirtioCommon;
 use super::{
-    add_used, check_activation, collect_chain, features, new_events, pop_chain, quiet, signal_used,
-    ActiveState, Error, GuestMem, VirtioDevice, VirtioInterrupt, VIRTIO_ID_RNG,
+    add_used, collect_chain, features, pop_chain, quiet, signal_used, Error, GuestMem,
+    VirtioDevice, VirtioInterrupt, VIRTIO_ID_RNG,
 };
 
 /// Queue size of the request queue.
@@ -42,11 +42,7 @@ pub fn host_random(buf: &mut [u8]) -> io::Result<()> {
 
 /// The virtio-rng device.
 pub struct Rng {
-    acked: u64,
-    queue_evts: Vec<EventFd>,
-    activate_evt: EventFd,
-    state: Option<ActiveState>,
-    registered: bool,
+    common: VirtioCommon,
     buf: Vec<u8>,
 }
 
@@ -54,18 +50,14 @@ impl Rng {
     /// A new, inactive device.
     pub fn new() -> Result<Self, Error> {
         Ok(Rng {
-            acked: 0,
-            queue_evts: new_events(1)?,
-            activate_evt: EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?,
-            state: None,
-            registered: false,
+            common: VirtioCommon::new("virtio-rng", 1)?,
             buf: Vec::new(),
         })
     }
 
     /// Service the request queue; returns the number of chains completed.
     pub fn process_queue(&mut self) -> usize {
-        let Some(st) = self.state.as_mut() else {
+        let Some(st) = self.common.state.as_mut() else {
             return 0;
         };
         let mem = st.mem.clone();
@@ -131,16 +123,16 @@ impl VirtioDevice for Rng {
         features(&[])
     }
     fn acked_features(&self) -> u64 {
-        self.acked
+        self.common.acked
     }
     fn set_acked_features(&mut self, features: u64) {
-        self.acked = features;
+        self.common.acked = features;
     }
     fn queue_max_sizes(&self) -> &[u16] {
         &[QUEUE_SIZE]
     }
     fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
+        &self.common.queue_evts
     }
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
@@ -152,43 +144,25 @@ impl VirtioDevice for Rng {
         queues: Vec<Queue>,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> Result<(), Error> {
-        check_activation(self.state.is_some(), 1, &queues)?;
-        self.state = Some(ActiveState {
-            mem,
-            queues,
-            interrupt,
-        });
-        self.activate_evt.write(1).map_err(Error::ActivateEvent)
+        self.common.activate(mem, queues, interrupt)
     }
     fn reset(&mut self) -> bool {
-        self.state = None;
+        self.common.reset();
         true
     }
     fn is_activated(&self) -> bool {
-        self.state.is_some()
+        self.common.is_activated()
     }
 }
 
 impl MutEventSubscriber for Rng {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
-            log::error!("virtio-rng: failed to register activate event: {e}");
-        }
+        self.common.init(ops);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let fd = events.fd();
-        if fd == self.activate_evt.as_raw_fd() {
-            let _ = self.activate_evt.read();
-            if !self.registered {
-                match ops.add(Events::new(&self.queue_evts[0], EventSet::IN)) {
-                    Ok(()) => self.registered = true,
-                    Err(e) => log::error!("virtio-rng: failed to register queue event: {e}"),
-                }
-            }
-            self.process_queue();
-        } else if fd == self.queue_evts[0].as_raw_fd() {
-            let _ = self.queue_evts[0].read();
+        // Activation and queue notifications both mean: look at the queue.
+        if self.common.handle_event(events.fd(), ops).is_some() {
             self.process_queue();
         }
     }

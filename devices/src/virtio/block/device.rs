@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
 use virtio_queue::Queue;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::request::{handle, Outcome};
 use super::{DiskBackend, Error, RawFile, QUEUE_SIZE, SECTOR_SIZE};
+use crate::virtio::common::VirtioCommon;
 use crate::virtio::{
-    add_used, check_activation, collect_chain, features, new_events, pop_chain, quiet,
-    read_config_bytes, signal_used, ActiveState, Error as VirtioError, GuestMem, VirtioDevice,
-    VirtioInterrupt, VIRTIO_ID_BLOCK,
+    add_used, collect_chain, features, pop_chain, quiet, read_config_bytes, signal_used,
+    Error as VirtioError, GuestMem, VirtioDevice, VirtioInterrupt, VIRTIO_ID_BLOCK,
 };
 
 /// Data segments per request offered to the driver (queue size minus header and status).
@@ -24,11 +24,7 @@ pub struct Block {
     read_only: bool,
     config: [u8; 16],
     avail: u64,
-    acked: u64,
-    pub(super) queue_evts: Vec<EventFd>,
-    pub(super) activate_evt: EventFd,
-    state: Option<ActiveState>,
-    pub(super) registered: bool,
+    pub(super) common: VirtioCommon,
     buf: Vec<u8>,
 }
 
@@ -49,11 +45,7 @@ impl Block {
             read_only,
             config,
             avail: features(&bits),
-            acked: 0,
-            queue_evts: new_events(1)?,
-            activate_evt: EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?,
-            state: None,
-            registered: false,
+            common: VirtioCommon::new("virtio-blk", 1)?,
             buf: Vec::new(),
         })
     }
@@ -72,7 +64,7 @@ impl Block {
 
     /// Service the request queue; returns the number of chains completed.
     pub fn process_queue(&mut self) -> usize {
-        let Some(st) = self.state.as_mut() else {
+        let Some(st) = self.common.state.as_mut() else {
             return 0;
         };
         let mem = st.mem.clone();
@@ -115,22 +107,22 @@ impl VirtioDevice for Block {
         self.avail
     }
     fn acked_features(&self) -> u64 {
-        self.acked
+        self.common.acked
     }
     fn set_acked_features(&mut self, features: u64) {
-        self.acked = features;
+        self.common.acked = features;
     }
     fn queue_max_sizes(&self) -> &[u16] {
         &[QUEUE_SIZE]
     }
     fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
+        &self.common.queue_evts
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
     }
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
-        log::warn!("virtio-blk: config space is read-only");
+        self.common.warn_config_write();
     }
     fn activate(
         &mut self,
@@ -138,21 +130,13 @@ impl VirtioDevice for Block {
         queues: Vec<Queue>,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> Result<(), VirtioError> {
-        check_activation(self.state.is_some(), 1, &queues)?;
-        self.state = Some(ActiveState {
-            mem,
-            queues,
-            interrupt,
-        });
-        self.activate_evt
-            .write(1)
-            .map_err(VirtioError::ActivateEvent)
+        self.common.activate(mem, queues, interrupt)
     }
     fn reset(&mut self) -> bool {
-        self.state = None;
+        self.common.reset();
         true
     }
     fn is_activated(&self) -> bool {
-        self.state.is_some()
+        self.common.is_activated()
     }
 }

@@ -7,13 +7,13 @@ use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::{Error, NetBackend, Tap, MAX_FRAME, QUEUE_SIZE, VNET_HDR_LEN};
+use crate::virtio::common::VirtioCommon;
 use crate::virtio::{
-    add_used, check_activation, collect_chain, features, new_events, pop_chain, quiet,
-    read_config_bytes, signal_used, ActiveState, Error as VirtioError, GuestMem, VirtioDevice,
-    VirtioInterrupt, VIRTIO_ID_NET,
+    add_used, collect_chain, features, pop_chain, quiet, read_config_bytes, signal_used,
+    Error as VirtioError, GuestMem, VirtioDevice, VirtioInterrupt, VIRTIO_ID_NET,
 };
 
 pub(super) const RXQ: usize = 0;
@@ -33,11 +33,7 @@ pub struct Net {
     pub(super) backend: Box<dyn NetBackend>,
     config: [u8; 8],
     avail: u64,
-    acked: u64,
-    pub(super) queue_evts: Vec<EventFd>,
-    pub(super) activate_evt: EventFd,
-    state: Option<ActiveState>,
-    pub(super) registered: bool,
+    pub(super) common: VirtioCommon,
     rx_frame: Vec<u8>,
     rx_pending: Option<usize>,
     tx_frame: Vec<u8>,
@@ -57,11 +53,7 @@ impl Net {
             backend,
             config,
             avail: features(&bits),
-            acked: 0,
-            queue_evts: new_events(2)?,
-            activate_evt: EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?,
-            state: None,
-            registered: false,
+            common: VirtioCommon::new("virtio-net", 2)?,
             rx_frame: vec![0; MAX_FRAME],
             rx_pending: None,
             tx_frame: Vec::with_capacity(MAX_FRAME),
@@ -81,7 +73,7 @@ impl Net {
 
     /// Move frames from the backend into guest rx buffers until either runs out.
     pub fn process_rx(&mut self) {
-        let Some(st) = self.state.as_mut() else {
+        let Some(st) = self.common.state.as_mut() else {
             return;
         };
         let mem = st.mem.clone();
@@ -140,7 +132,7 @@ impl Net {
 
     /// Send the guest's tx frames to the backend.
     pub fn process_tx(&mut self) {
-        let Some(st) = self.state.as_mut() else {
+        let Some(st) = self.common.state.as_mut() else {
             return;
         };
         let mem = st.mem.clone();
@@ -219,22 +211,22 @@ impl VirtioDevice for Net {
         self.avail
     }
     fn acked_features(&self) -> u64 {
-        self.acked
+        self.common.acked
     }
     fn set_acked_features(&mut self, features: u64) {
-        self.acked = features;
+        self.common.acked = features;
     }
     fn queue_max_sizes(&self) -> &[u16] {
         &[QUEUE_SIZE; 2]
     }
     fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
+        &self.common.queue_evts
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
     }
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
-        log::warn!("virtio-net: config space is read-only");
+        self.common.warn_config_write();
     }
     fn activate(
         &mut self,
@@ -242,22 +234,14 @@ impl VirtioDevice for Net {
         queues: Vec<Queue>,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> Result<(), VirtioError> {
-        check_activation(self.state.is_some(), 2, &queues)?;
-        self.state = Some(ActiveState {
-            mem,
-            queues,
-            interrupt,
-        });
-        self.activate_evt
-            .write(1)
-            .map_err(VirtioError::ActivateEvent)
+        self.common.activate(mem, queues, interrupt)
     }
     fn reset(&mut self) -> bool {
-        self.state = None;
+        self.common.reset();
         self.rx_pending = None;
         true
     }
     fn is_activated(&self) -> bool {
-        self.state.is_some()
+        self.common.is_activated()
     }
 }

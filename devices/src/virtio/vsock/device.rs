@@ -8,14 +8,14 @@ use std::sync::Arc;
 use event_manager::EventSet;
 use virtio_queue::{Queue, QueueOwnedT};
 use vm_memory::Bytes;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::packet::{read_tx, rx_capacity, write_rx};
 use super::{Error, UnixMuxer, VsockBackend, EVENT_TRANSPORT_RESET, MAX_PKT_DATA, QUEUE_SIZE};
+use crate::virtio::common::VirtioCommon;
 use crate::virtio::{
-    add_used, check_activation, collect_chain, features, new_events, pop_chain, quiet,
-    read_config_bytes, signal_used, ActiveState, Error as VirtioError, GuestMem, VirtioDevice,
-    VirtioInterrupt, VIRTIO_ID_VSOCK,
+    add_used, collect_chain, features, pop_chain, quiet, read_config_bytes, signal_used,
+    Error as VirtioError, GuestMem, VirtioDevice, VirtioInterrupt, VIRTIO_ID_VSOCK,
 };
 
 pub(super) const RXQ: usize = 0;
@@ -26,12 +26,8 @@ pub(super) const EVQ: usize = 2;
 pub struct Vsock {
     guest_cid: u64,
     pub(super) backend: Box<dyn VsockBackend>,
-    acked: u64,
-    pub(super) queue_evts: Vec<EventFd>,
-    /// Signalled on activation and on reset, so the event loop re-syncs its fds.
-    pub(super) activate_evt: EventFd,
-    state: Option<ActiveState>,
-    pub(super) queues_registered: bool,
+    /// Its activate event is also signalled on reset, so the event loop re-syncs its fds.
+    pub(super) common: VirtioCommon,
     pub(super) registered: HashMap<RawFd, EventSet>,
     rx_buf: Vec<u8>,
     tx_buf: Vec<u8>,
@@ -46,11 +42,7 @@ impl Vsock {
         Ok(Vsock {
             guest_cid: u64::from(guest_cid),
             backend,
-            acked: 0,
-            queue_evts: new_events(3)?,
-            activate_evt: EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?,
-            state: None,
-            queues_registered: false,
+            common: VirtioCommon::new("vsock", 3)?,
             registered: HashMap::new(),
             rx_buf: vec![0; MAX_PKT_DATA],
             tx_buf: Vec::new(),
@@ -69,7 +61,7 @@ impl Vsock {
 
     /// Move backend packets into guest rx buffers; returns whether any buffer was used.
     pub fn process_rx(&mut self) -> bool {
-        let Some(st) = self.state.as_mut() else {
+        let Some(st) = self.common.state.as_mut() else {
             return false;
         };
         let mem = st.mem.clone();
@@ -121,7 +113,7 @@ impl Vsock {
 
     /// Hand guest tx packets to the backend; returns whether any chain was consumed.
     pub fn process_tx(&mut self) -> bool {
-        let Some(st) = self.state.as_mut() else {
+        let Some(st) = self.common.state.as_mut() else {
             return false;
         };
         let mem = st.mem.clone();
@@ -149,7 +141,7 @@ impl Vsock {
     /// Tell the guest its connections are gone (e.g. after the host side was restarted);
     /// returns whether an event buffer was available.
     pub fn send_transport_reset(&mut self) -> bool {
-        let Some(st) = self.state.as_mut() else {
+        let Some(st) = self.common.state.as_mut() else {
             return false;
         };
         let mem = st.mem.clone();
@@ -181,22 +173,22 @@ impl VirtioDevice for Vsock {
         features(&[])
     }
     fn acked_features(&self) -> u64 {
-        self.acked
+        self.common.acked
     }
     fn set_acked_features(&mut self, features: u64) {
-        self.acked = features;
+        self.common.acked = features;
     }
     fn queue_max_sizes(&self) -> &[u16] {
         &[QUEUE_SIZE; 3]
     }
     fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
+        &self.common.queue_evts
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
     }
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
-        log::warn!("vsock: config space is read-only");
+        self.common.warn_config_write();
     }
     fn activate(
         &mut self,
@@ -204,26 +196,18 @@ impl VirtioDevice for Vsock {
         queues: Vec<Queue>,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> Result<(), VirtioError> {
-        check_activation(self.state.is_some(), 3, &queues)?;
-        self.state = Some(ActiveState {
-            mem,
-            queues,
-            interrupt,
-        });
-        self.activate_evt
-            .write(1)
-            .map_err(VirtioError::ActivateEvent)
+        self.common.activate(mem, queues, interrupt)
     }
     fn reset(&mut self) -> bool {
-        self.state = None;
+        self.common.reset();
         self.backend.reset();
         // Let the event loop drop the backend's fds.
-        if let Err(e) = self.activate_evt.write(1) {
+        if let Err(e) = self.common.activate_evt.write(1) {
             log::error!("vsock: failed to signal reset: {e}");
         }
         true
     }
     fn is_activated(&self) -> bool {
-        self.state.is_some()
+        self.common.is_activated()
     }
 }

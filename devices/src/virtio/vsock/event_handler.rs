@@ -6,8 +6,9 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
-use super::device::{EVQ, RXQ, TXQ};
+use super::device::{RXQ, TXQ};
 use super::Vsock;
+use crate::virtio::common::DeviceEvent;
 use crate::virtio::VirtioDevice;
 
 impl Vsock {
@@ -59,37 +60,30 @@ impl Vsock {
 
 impl MutEventSubscriber for Vsock {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
-            log::error!("vsock: failed to register activate event: {e}");
-        }
+        self.common.init(ops);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let fd = events.fd();
-        if fd == self.activate_evt.as_raw_fd() {
-            let _ = self.activate_evt.read();
-            if self.is_activated() && !self.queues_registered {
-                for evt in &self.queue_evts {
-                    if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
-                        log::error!("vsock: failed to register queue event: {e}");
-                    }
-                }
-                self.queues_registered = true;
+        match self.common.handle_event(fd, ops) {
+            Some(DeviceEvent::Activate { .. }) => {
+                self.process_tx();
+                self.process_rx();
             }
-            self.process_tx();
-            self.process_rx();
-        } else if fd == self.queue_evts[RXQ].as_raw_fd() {
-            let _ = self.queue_evts[RXQ].read();
-            self.process_rx();
-        } else if fd == self.queue_evts[TXQ].as_raw_fd() {
-            let _ = self.queue_evts[TXQ].read();
-            self.process_tx();
-            self.process_rx();
-        } else if fd == self.queue_evts[EVQ].as_raw_fd() {
-            let _ = self.queue_evts[EVQ].read();
-        } else if self.is_activated() {
-            self.backend.notify(fd, events.event_set());
-            self.process_rx();
+            Some(DeviceEvent::Queue(RXQ)) => {
+                self.process_rx();
+            }
+            Some(DeviceEvent::Queue(TXQ)) => {
+                self.process_tx();
+                self.process_rx();
+            }
+            // EVQ: buffers for events; used when there is one to send.
+            Some(DeviceEvent::Queue(_)) => {}
+            None if self.is_activated() => {
+                self.backend.notify(fd, events.event_set());
+                self.process_rx();
+            }
+            None => {}
         }
         self.sync_fds(ops);
     }

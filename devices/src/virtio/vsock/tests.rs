@@ -155,7 +155,7 @@ impl Rig {
     }
 
     fn kick(&mut self, q: usize) {
-        self.dev.lock().unwrap().queue_evts[q].write(1).unwrap();
+        self.dev.lock().unwrap().queue_events()[q].write(1).unwrap();
         self.pump();
     }
 

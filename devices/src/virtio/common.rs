@@ -1,0 +1,113 @@
+//! State and event-loop plumbing that every virtio device shares: acked features, the queue
+//! and activate event fds, and the queues/memory/interrupt of an activated device.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use event_manager::{EventOps, EventSet, Events};
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::{check_activation, new_events, ActiveState, Error, GuestMem, VirtioInterrupt};
+
+/// The part of a device that does not depend on its type.
+pub(crate) struct VirtioCommon {
+    /// Prefix of log messages (`virtio-blk`, ...).
+    name: &'static str,
+    pub acked: u64,
+    /// One per queue; their number is the number of queues `activate` expects.
+    pub queue_evts: Vec<EventFd>,
+    pub activate_evt: EventFd,
+    pub state: Option<ActiveState>,
+    queues_registered: bool,
+}
+
+impl VirtioCommon {
+    /// An inactive device with `n_queues` queues.
+    pub fn new(name: &'static str, n_queues: usize) -> Result<Self, Error> {
+        Ok(VirtioCommon {
+            name,
+            acked: 0,
+            queue_evts: new_events(n_queues)?,
+            activate_evt: EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?,
+            state: None,
+            queues_registered: false,
+        })
+    }
+
+    /// Stores the active state and signals the activate event.
+    pub fn activate(
+        &mut self,
+        mem: GuestMem,
+        queues: Vec<Queue>,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), Error> {
+        check_activation(self.is_activated(), self.queue_evts.len(), &queues)?;
+        self.state = Some(ActiveState {
+            mem,
+            queues,
+            interrupt,
+        });
+        self.activate_evt.write(1).map_err(Error::ActivateEvent)
+    }
+
+    /// Drops the active state.
+    pub fn reset(&mut self) {
+        self.state = None;
+    }
+
+    pub fn is_activated(&self) -> bool {
+        self.state.is_some()
+    }
+
+    /// `write_config` of a device whose config space is read-only.
+    pub fn warn_config_write(&self) {
+        log::warn!("{}: config space is read-only", self.name);
+    }
+
+    /// Registers the activate event (`MutEventSubscriber::init`).
+    pub fn init(&self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
+            log::error!("{}: failed to register activate event: {e}", self.name);
+        }
+    }
+
+    /// Consumes `fd` when it is the activate event or a queue event and says which it was.
+    /// On the first activate event while activated, the queue events are registered with
+    /// `ops` (retried on the next one if that fails).
+    pub fn handle_event(&mut self, fd: RawFd, ops: &mut EventOps) -> Option<DeviceEvent> {
+        if fd == self.activate_evt.as_raw_fd() {
+            let _ = self.activate_evt.read();
+            let mut registered = false;
+            if self.is_activated() && !self.queues_registered {
+                registered = self.register_queues(ops);
+                self.queues_registered = registered;
+            }
+            return Some(DeviceEvent::Activate { registered });
+        }
+        let i = self.queue_evts.iter().position(|e| e.as_raw_fd() == fd)?;
+        let _ = self.queue_evts[i].read();
+        Some(DeviceEvent::Queue(i))
+    }
+
+    /// Adds every queue event to `ops`; returns whether all were added.
+    fn register_queues(&self, ops: &mut EventOps) -> bool {
+        let mut ok = true;
+        for evt in &self.queue_evts {
+            if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
+                log::error!("{}: failed to register queue event: {e}", self.name);
+                ok = false;
+            }
+        }
+        ok
+    }
+}
+
+/// A device event consumed by [`VirtioCommon::handle_event`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DeviceEvent {
+    /// The activate event; `registered` when this one registered the queue events.
+    Activate { registered: bool },
+    /// The notify event of the queue with this index.
+    Queue(usize),
+}
