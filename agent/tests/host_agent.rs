@@ -643,6 +643,45 @@ fn is_zombie(pid: u32) -> bool {
 /// The agent as PID 1 (in a new pid, mount and UTS namespace): early mounts, hostname,
 /// orphan reaping, and Shutdown ending in reboot(2), which in a pid namespace kills its
 /// init with SIGHUP.
+/// A scratch directory for an agent running as PID 1 in its own mount namespace: never under
+/// /tmp or /run (the agent mounts fresh tmpfs there, hiding the test's sockets), which the
+/// cargo target dir may well be (a checkout under /tmp).
+fn pid1_test_dir(name: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let base = if base.starts_with("/tmp") || base.starts_with("/run") {
+        PathBuf::from("/var/tmp/ember-agent-tests")
+    } else {
+        base
+    };
+    base.join(format!("{name}-{}-{n}", std::process::id()))
+}
+
+/// Accepts one connection, failing the test (instead of hanging) after `limit`.
+fn accept_within(
+    listener: &UnixListener,
+    limit: Duration,
+) -> (UnixStream, std::os::unix::net::SocketAddr) {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + limit;
+    loop {
+        match listener.accept() {
+            Ok((s, addr)) => {
+                s.set_nonblocking(false).unwrap();
+                return (s, addr);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    Instant::now() < deadline,
+                    "nobody connected within {limit:?}"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
 #[test]
 fn pid1_mode_in_pid_namespace() {
     use std::os::unix::process::ExitStatusExt;
@@ -659,10 +698,7 @@ fn pid1_mode_in_pid_namespace() {
         eprintln!("skipping pid1_mode_in_pid_namespace: no unshare(1)");
         return;
     }
-    // Not under /tmp or /run: PID 1 mounts fresh tmpfs there in its namespace.
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let dir =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("pid1-{}-{n}", std::process::id()));
+    let dir = pid1_test_dir("pid1");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("agent.sock");
@@ -683,7 +719,7 @@ fn pid1_mode_in_pid_namespace() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let (mut s, _) = listener.accept().unwrap();
+    let (mut s, _) = accept_within(&listener, IO_TIMEOUT);
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     let hello = client::read_hello(&mut s).unwrap();
     assert_eq!(hello.pid, 1, "agent should be PID 1 in its namespace");
@@ -912,9 +948,7 @@ fn pid1_reports_ready_without_listener_and_binds_later() {
     if !needs_root("pid1_reports_ready_without_listener_and_binds_later") {
         return;
     }
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("pid1-late-{}-{n}", std::process::id()));
+    let dir = pid1_test_dir("pid1-late");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let sock_dir = dir.join("later");
@@ -961,7 +995,7 @@ fn pid1_reports_ready_without_listener_and_binds_later() {
     assert!(!sock.exists());
     // Make binding possible: the agent retries, binds, then announces.
     std::fs::create_dir_all(&sock_dir).unwrap();
-    let (mut s, _) = listener.accept().unwrap();
+    let (mut s, _) = accept_within(&listener, IO_TIMEOUT);
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     assert_eq!(client::read_hello(&mut s).unwrap().pid, 1);
     let conn = client::connect_unix(&sock).unwrap();
