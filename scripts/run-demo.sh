@@ -16,6 +16,6 @@ if [ "$usable" = 1 ]; then
     exec bash "$HERE/demo-scenario.sh"
 fi
 log "ember says: ${reason#ember: }"
-log "So the demo runs inside the virtual KVM host (QEMU TCG emulating AMD SVM; ~1-2 min)"
+log "So the demo runs inside the virtual KVM host (QEMU TCG emulating AMD SVM; about 15 s once set up)"
 RIG=${CARGO_TARGET_DIR:-$EMBER_ROOT/target}/release/ember-rig
 exec "$RIG" run --scenario "$HERE/demo-scenario.sh" --timeout 900 --stall 120 --attempts 3
