@@ -643,7 +643,7 @@ fn is_zombie(pid: u32) -> bool {
 /// The agent as PID 1 (in a new pid, mount and UTS namespace): early mounts, hostname,
 /// orphan reaping, and Shutdown ending in reboot(2), which in a pid namespace kills its
 /// init with SIGHUP.
-/// A scratch directory for an agent running as PID 1 in its own mount namespace: never under
+/// A fresh scratch directory for an agent running as PID 1 in its own mount namespace: never under
 /// /tmp or /run (the agent mounts fresh tmpfs there, hiding the test's sockets), which the
 /// cargo target dir may well be (a checkout under /tmp).
 fn pid1_test_dir(name: &str) -> PathBuf {
@@ -654,7 +654,29 @@ fn pid1_test_dir(name: &str) -> PathBuf {
     } else {
         base
     };
-    base.join(format!("{name}-{}-{n}", std::process::id()))
+    let dir = base.join(format!("{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The agent as PID 1 of new pid, mount and uts namespaces (`unshare --fork`), serving `sock`,
+/// announcing to `announce`, its state under `dir`, without cgroups; stdout piped.
+fn pid1_agent(dir: &Path, sock: &Path, announce: &Path) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--mount", "--uts", "--fork", "--kill-child", "--"])
+        .arg(agent_bin())
+        .arg("--listen")
+        .arg(format!("unix:{}", sock.display()))
+        .arg("--announce")
+        .arg(format!("unix:{}", announce.display()))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--cgroup-root")
+        .arg(dir.join("no-cgroup"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    cmd
 }
 
 /// Accepts one connection, failing the test (instead of hanging) after `limit`.
@@ -699,26 +721,10 @@ fn pid1_mode_in_pid_namespace() {
         return;
     }
     let dir = pid1_test_dir("pid1");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("agent.sock");
     let announce = dir.join("announce.sock");
     let listener = UnixListener::bind(&announce).unwrap();
-    let mut child = Command::new("unshare")
-        .args(["--pid", "--mount", "--uts", "--fork", "--kill-child", "--"])
-        .arg(agent_bin())
-        .arg("--listen")
-        .arg(format!("unix:{}", sock.display()))
-        .arg("--announce")
-        .arg(format!("unix:{}", announce.display()))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--cgroup-root")
-        .arg(dir.join("no-cgroup"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = pid1_agent(&dir, &sock, &announce).spawn().unwrap();
     let (mut s, _) = accept_within(&listener, IO_TIMEOUT);
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     let hello = client::read_hello(&mut s).unwrap();
@@ -949,25 +955,11 @@ fn pid1_reports_ready_without_listener_and_binds_later() {
         return;
     }
     let dir = pid1_test_dir("pid1-late");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
     let sock_dir = dir.join("later");
     let sock = sock_dir.join("agent.sock");
     let announce = dir.join("announce.sock");
     let listener = UnixListener::bind(&announce).unwrap();
-    let mut child = match Command::new("unshare")
-        .args(["--pid", "--mount", "--uts", "--fork", "--kill-child", "--"])
-        .arg(agent_bin())
-        .arg("--listen")
-        .arg(format!("unix:{}", sock.display()))
-        .arg("--announce")
-        .arg(format!("unix:{}", announce.display()))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--cgroup-root")
-        .arg(dir.join("no-cgroup"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+    let mut child = match pid1_agent(&dir, &sock, &announce)
         .stderr(Stdio::null())
         .spawn()
     {
