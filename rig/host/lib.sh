@@ -21,13 +21,18 @@ section_timeout() {
     section "$_name" timeout -s KILL "$_secs" "$@"
 }
 
-# wait_for_line FILE PATTERN SECS: waits until FILE has a line matching PATTERN (grep -E); rc 1
-# on timeout. Polls every 0.2 s.
+# wait_for_line FILE PATTERN SECS [PID]: waits until FILE has a line matching PATTERN
+# (grep -E); rc 1 on timeout, or as soon as process PID (the writer) has exited without
+# printing it. Polls every 0.2 s.
 wait_for_line() {
     _n=0
     _max=$(($3 * 5))
     while [ "$_n" -lt "$_max" ]; do
         grep -qE "$2" "$1" 2>/dev/null && return 0
+        if [ -n "${4:-}" ] && ! kill -0 "$4" 2>/dev/null; then
+            grep -qE "$2" "$1" 2>/dev/null
+            return
+        fi
         sleep 0.2
         _n=$((_n + 1))
     done
@@ -36,7 +41,8 @@ wait_for_line() {
 
 # retry_host REASON: asks the rig to reboot the virtual host and run every scenario again.
 retry_host() {
-    echo "=== RIG RETRY $*"
+    # To the console itself: the caller's output may be redirected to a file.
+    echo "=== RIG RETRY $*" >/dev/console
     sync
     reboot -f
 }

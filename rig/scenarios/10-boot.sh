@@ -23,7 +23,7 @@ boot_once() {
     ember vm run $_flags >"$_log" 2>&1 &
     _pid=$!
     _rc=1
-    if wait_for_line "$_log" "ember-agent: ready" "${RIG_BOOT_LIMIT:-180}"; then
+    if wait_for_line "$_log" "ember-agent: ready" "${RIG_BOOT_LIMIT:-180}" "$_pid"; then
         _rc=0
         # With --exit-on-ready ember stops the VM itself; give it a moment, else stop it.
         _n=0

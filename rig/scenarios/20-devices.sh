@@ -221,8 +221,12 @@ guest_start() {
     # The kernel logs from its first second (loglevel=6): a silent guest is the nested
     # first-KVM_RUN stall, not worth the whole boot limit.
     _rc=2
-    if wait_for_line "$DT/$_tag.console" "." "${DEVTEST_FIRST_OUTPUT_LIMIT:-60}"; then
-        wait_for_line "$DT/$_tag.console" "^devtest begin" "${RIG_BOOT_LIMIT:-180}" && return 0
+    if wait_for_line "$DT/$_tag.console" "." "${DEVTEST_FIRST_OUTPUT_LIMIT:-60}" "$DT_PID"; then
+        wait_for_line "$DT/$_tag.console" "^devtest begin" "${RIG_BOOT_LIMIT:-180}" "$DT_PID" &&
+            return 0
+        _rc=1
+    elif ! kill -0 "$DT_PID" 2>/dev/null; then
+        # ember exited before the guest printed anything: its error is in $DT/$_tag.ember.
         _rc=1
     fi
     # Where the vCPUs are (ember prints each vCPU's RIP on SIGUSR1): look it up in System.map.
@@ -365,11 +369,16 @@ devices_all_bound() {
     [ "$DT_NET" = 1 ] && tunctl -t "$DT_TAP" >/dev/null 2>&1 && _net="--net $DT_TAP"
     # shellcheck disable=SC2086
     guest_run all bound --block "$DT/rw.img" --block "$DT/ro.img,ro" --rng \
-        --vsock "$DT/v.sock" $_net >/dev/null 2>&1
+        --vsock "$DT/v.sock" $_net >"$DT/all.run" 2>&1
     _r=$?
     grep "^devtest bound: " "$DT/all.console"
     grep -i -E "virtio|irq" "$DT/all.console" | grep -v "^devtest" | tail -n 8
     [ -n "$_net" ] && tunctl -d "$DT_TAP" >/dev/null 2>&1
-    [ "$_r" = 0 ] && guest_part all bound >/dev/null
+    if [ "$_r" != 0 ]; then
+        echo "--- guest_run rc=$_r; its output:"
+        cat "$DT/all.run"
+        return 1
+    fi
+    guest_part all bound >/dev/null
 }
 section devices-all-bound devices_all_bound

@@ -15,7 +15,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::kvm::KvmContext;
 use super::vm::Vm;
-use crate::arch::x86_64::cpuid::filter_cpuid;
+use crate::arch::x86_64::cpuid::{filter_cpuid, supported_xcr0};
 use crate::arch::x86_64::regs::{self, Privilege};
 use crate::control::{set_thread_immediate_exit, VmControl};
 use crate::device_manager::Bus;
@@ -211,6 +211,11 @@ impl Vcpu {
         filter_cpuid(&mut entries, self.index, num_cpus, tsc_deadline);
         cpuid = kvm_bindings::CpuId::from_entries(&entries).map_err(Error::CpuidTable)?;
         self.fd.set_cpuid2(&cpuid).map_err(Error::SetCpuid)?;
+        if let Some(xcr0) = supported_xcr0(&entries) {
+            if kvm.kvm.check_extension(kvm_ioctls::Cap::Xcrs) {
+                regs::setup_xcr0(&self.fd, xcr0).map_err(Error::Regs)?;
+            }
+        }
         regs::setup_msrs(&self.fd).map_err(Error::Regs)?;
         regs::setup_regs(&self.fd, entry, privilege).map_err(Error::Regs)?;
         regs::setup_fpu(&self.fd).map_err(Error::Regs)?;

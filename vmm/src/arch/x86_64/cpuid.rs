@@ -7,10 +7,12 @@ use kvm_bindings::kvm_cpuid_entry2;
 const LEAF_FEATURES: u32 = 0x1;
 const LEAF_CACHE: u32 = 0x4;
 const LEAF_TOPOLOGY: u32 = 0xb;
+const LEAF_XSTATE: u32 = 0xd;
 const LEAF_HYPERVISOR: u32 = 0x4000_0000;
 const LEAF_AMD_SIZES: u32 = 0x8000_0008;
 
 const ECX_CX16_BIT: u32 = 13;
+const ECX_XSAVE_BIT: u32 = 26;
 const ECX_TSC_DEADLINE_BIT: u32 = 24;
 const ECX_HYPERVISOR_BIT: u32 = 31;
 const EDX_HTT_BIT: u32 = 28;
@@ -112,6 +114,28 @@ pub fn filter_cpuid(
     }
 }
 
+/// The XCR0 value a vCPU with CPUID `entries` starts with: every user state component it
+/// advertises (leaf 0xd.0 EDX:EAX), or None without XSAVE (leaf 1 ECX bit 26).
+///
+/// Linux sets XCR0 itself with XSETBV and then checks its buffer size against CPUID 0xd.0 EBX,
+/// which KVM derives from the XCR0 it tracks. Starting from the value the guest will set keeps
+/// the two in step even where the guest's XSETBV never reaches KVM: QEMU's TCG (7.2) does not
+/// intercept XSETBV for a nested guest, so inside ember's virtual KVM host the guest kernel
+/// otherwise read a stale size, disabled XSAVE with a warning on every boot, and now and then
+/// triple-faulted when KVM put its own XCR0 back under a live XSAVE area.
+pub fn supported_xcr0(entries: &[kvm_cpuid_entry2]) -> Option<u64> {
+    let xsave = entries
+        .iter()
+        .find(|e| e.function == LEAF_FEATURES)
+        .is_some_and(|e| e.ecx & (1 << ECX_XSAVE_BIT) != 0);
+    let leaf = entries
+        .iter()
+        .find(|e| e.function == LEAF_XSTATE && e.index == 0)?;
+    let mask = (u64::from(leaf.edx) << 32) | u64::from(leaf.eax);
+    // x87 state is architecturally always enabled; without it the leaf is bogus.
+    (xsave && mask & 1 != 0).then_some(mask)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +199,28 @@ mod tests {
             sig.extend_from_slice(&r.to_le_bytes());
         }
         assert_eq!(&sig[..9], b"KVMKVMKVM");
+    }
+
+    #[test]
+    fn xcr0_is_the_advertised_user_state() {
+        let mut l1 = leaf(LEAF_FEATURES, 0);
+        l1.ecx = 1 << ECX_XSAVE_BIT;
+        let mut xs = leaf(LEAF_XSTATE, 0);
+        xs.eax = 0x207;
+        xs.edx = 0;
+        let mut xs1 = leaf(LEAF_XSTATE, 1);
+        xs1.eax = 0xf;
+        assert_eq!(supported_xcr0(&[l1, xs1, xs]), Some(0x207));
+        xs.edx = 0x1;
+        assert_eq!(supported_xcr0(&[l1, xs]), Some(0x1_0000_0207));
+        xs.edx = 0;
+        // No XSAVE in leaf 1, no leaf 0xd, or no x87 bit: leave XCR0 alone.
+        let mut no_xsave = l1;
+        no_xsave.ecx = !(1 << ECX_XSAVE_BIT);
+        assert_eq!(supported_xcr0(&[no_xsave, xs]), None);
+        assert_eq!(supported_xcr0(&[l1]), None);
+        xs.eax = 0x6;
+        assert_eq!(supported_xcr0(&[l1, xs]), None);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! user-accessible page tables and RFLAGS.IOPL=3. That is how the VMM's exit handling is
 //! tested on a PVM-style `/dev/kvm`, which runs guest user code natively.
 
-use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, Msrs};
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_xcr, kvm_xcrs, Msrs};
 use kvm_ioctls::VcpuFd;
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -88,6 +88,8 @@ pub enum Error {
         wanted: usize,
         index: u32,
     },
+    #[error("KVM_SET_XCRS failed (XCR0 {0:#x})")]
+    SetXcr0(u64, #[source] kvm_ioctls::Error),
     #[error("KVM_GET_LAPIC failed")]
     GetLapic(#[source] kvm_ioctls::Error),
     #[error("KVM_SET_LAPIC failed")]
@@ -130,6 +132,20 @@ pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), Error> {
         ..Default::default()
     };
     vcpu.set_fpu(&fpu).map_err(Error::SetFpu)
+}
+
+/// XCR0 = `xcr0` (see [`super::cpuid::supported_xcr0`] for why it is set before boot).
+pub fn setup_xcr0(vcpu: &VcpuFd, xcr0: u64) -> Result<(), Error> {
+    let mut xcrs = kvm_xcrs {
+        nr_xcrs: 1,
+        ..Default::default()
+    };
+    xcrs.xcrs[0] = kvm_xcr {
+        xcr: 0,
+        value: xcr0,
+        ..Default::default()
+    };
+    vcpu.set_xcrs(&xcrs).map_err(|e| Error::SetXcr0(xcr0, e))
 }
 
 /// The MSRs Linux expects at boot.
