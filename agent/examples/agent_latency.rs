@@ -111,6 +111,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 namespaces: protocol::default_namespaces(),
                 process: ProcessSpec::new(["sleep", "1000"]),
                 cgroup_path: None,
+                volume: None,
             };
             let t = Instant::now();
             c.create_container(&id, spec)?;

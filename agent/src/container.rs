@@ -107,6 +107,9 @@ struct Process {
     stdio: Arc<ProcessStdio>,
 }
 
+/// Where, in a container's bundle directory, its volume disk is mounted.
+const VOLUME_DIR: &str = "volume";
+
 struct Container {
     id: String,
     namespaces: Vec<Namespace>,
@@ -218,7 +221,7 @@ impl Agent {
     }
 
     /// Prepares a container; its init waits for [`Agent::start`].
-    pub fn create(&self, id: &str, spec: ContainerSpec) -> Result<(), Error> {
+    pub fn create(&self, id: &str, mut spec: ContainerSpec) -> Result<(), Error> {
         validate_id(id)?;
         let _serial = self.create_lock.lock().unwrap_or_else(|p| p.into_inner());
         if self.map().contains_key(id) {
@@ -226,12 +229,14 @@ impl Agent {
         }
         let bundle = self.opts.state_dir.join("containers").join(id);
         let rootfs = bundle.join("rootfs");
+        let volume = bundle.join(VOLUME_DIR);
         fs::create_dir_all(&rootfs).map_err(|source| Error::Dir {
             path: rootfs.clone(),
             source,
         })?;
         let cleanup_dirs = || {
             let _ = fs::remove_dir(&rootfs);
+            let _ = fs::remove_dir(&volume);
             let _ = fs::remove_dir(&bundle);
         };
         if let Err(e) = mounts::mount_rootfs(&spec.rootfs, &rootfs) {
@@ -239,9 +244,24 @@ impl Agent {
             return Err(Error::Mounts(e));
         }
         let cleanup_mount = || {
+            let _ = mounts::unmount_rootfs(&volume);
             let _ = mounts::unmount_rootfs(&rootfs);
             cleanup_dirs();
         };
+        let volume_mounted = match &spec.volume {
+            Some(v) => match mounts::mount_rootfs(v, &volume) {
+                Ok(()) => Some(volume.as_path()),
+                Err(e) => {
+                    cleanup_mount();
+                    return Err(Error::Mounts(e));
+                }
+            },
+            None => None,
+        };
+        if let Err(e) = mounts::resolve_volume_sources(&mut spec.mounts, volume_mounted) {
+            cleanup_mount();
+            return Err(Error::Mounts(e));
+        }
         let cgroup = match &self.opts.cgroup_root {
             None => None,
             Some(root) => {
@@ -278,7 +298,7 @@ impl Agent {
         let namespaces = spec.namespaces.clone();
         let task = HelperTask::Init {
             rootfs: rootfs.clone(),
-            spec,
+            spec: Box::new(spec),
             no_pivot: self.opts.no_pivot,
         };
         let spawned = match spawn::spawn_helper(
@@ -533,8 +553,11 @@ impl Agent {
             cg.remove(Duration::from_secs(5)).map_err(Error::Cgroup)?;
         }
         mounts::unmount_rootfs(&c.rootfs).map_err(Error::Mounts)?;
+        let volume = c.bundle.join(VOLUME_DIR);
+        mounts::unmount_rootfs(&volume).map_err(Error::Mounts)?;
         // Only empty directories are removed: never recurse into a (still) mounted rootfs.
         let _ = fs::remove_dir(&c.rootfs);
+        let _ = fs::remove_dir(&volume);
         let _ = fs::remove_dir(&c.bundle);
         for pid in pids {
             self.reaper.forget(pid);

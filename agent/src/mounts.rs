@@ -32,6 +32,13 @@ pub enum Error {
     },
     #[error("Mount destination {0:?} is not an absolute path without '..'")]
     BadDestination(String),
+    #[error("Mount of {destination}: volume source {source_path:?} is not a relative path on the volume")]
+    BadVolumeSource {
+        destination: String,
+        source_path: String,
+    },
+    #[error("Mount of {0} takes its source from the container's volume, but it has none")]
+    NoVolume(String),
     #[error("Cannot switch root to {path}")]
     PivotRoot {
         path: PathBuf,
@@ -101,6 +108,28 @@ pub fn mount_rootfs(spec: &RootfsSpec, target: &Path) -> Result<(), Error> {
             Ok(())
         }
     }
+}
+
+/// Gives the mounts marked `from_volume` their absolute source under `volume` (where the
+/// container's volume disk is mounted). Sources resolve like destinations: `..` and
+/// symlinks on the volume cannot lead outside it.
+pub fn resolve_volume_sources(mounts: &mut [Mount], volume: Option<&Path>) -> Result<(), Error> {
+    for m in mounts.iter_mut().filter(|m| m.from_volume) {
+        let Some(volume) = volume else {
+            return Err(Error::NoVolume(m.destination.clone()));
+        };
+        let relative = Path::new(&m.source);
+        if m.source.is_empty() || relative.is_absolute() {
+            return Err(Error::BadVolumeSource {
+                destination: m.destination.clone(),
+                source_path: m.source.clone(),
+            });
+        }
+        let resolved = in_root(volume, &format!("/{}", m.source))?;
+        m.source = resolved.to_string_lossy().into_owned();
+        m.from_volume = false;
+    }
+    Ok(())
 }
 
 /// Unmounts the rootfs (lazily, so a leftover user cannot block destroy).
@@ -451,6 +480,55 @@ mod tests {
         let p = opts(&["ro", "rw", "defaults"]);
         assert_eq!(p.flags, MsFlags::empty());
         assert!(p.data.is_empty());
+    }
+
+    fn volume_mount(source: &str) -> Mount {
+        Mount {
+            destination: "/etc/hosts".into(),
+            source: source.into(),
+            fstype: None,
+            options: vec!["bind".into()],
+            from_volume: true,
+        }
+    }
+
+    #[test]
+    fn volume_sources_resolve_inside_the_volume() {
+        let vol = std::env::temp_dir().join(format!("ember-vol-{}", std::process::id()));
+        fs::create_dir_all(&vol).unwrap();
+        // A symlink on the volume to an absolute path resolves against the volume's root.
+        let _ = fs::remove_file(vol.join("escape"));
+        symlink("/etc", vol.join("escape")).unwrap();
+        let mut ms = vec![
+            volume_mount("0"),
+            volume_mount("../../etc/passwd"),
+            volume_mount("escape/passwd"),
+        ];
+        let mut plain = volume_mount("/etc/hosts");
+        plain.from_volume = false;
+        ms.push(plain);
+        resolve_volume_sources(&mut ms, Some(&vol)).unwrap();
+        assert_eq!(Path::new(&ms[0].source), vol.join("0"));
+        assert_eq!(Path::new(&ms[1].source), vol.join("etc/passwd"));
+        assert_eq!(Path::new(&ms[2].source), vol.join("etc/passwd"));
+        assert!(ms[..3].iter().all(|m| !m.from_volume));
+        // Mounts not from the volume keep their source.
+        assert_eq!(ms[3].source, "/etc/hosts");
+        fs::remove_dir_all(&vol).unwrap();
+    }
+
+    #[test]
+    fn volume_sources_need_a_volume_and_a_relative_path() {
+        let vol = Path::new("/nonexistent-volume");
+        for bad in ["/etc/hosts", ""] {
+            let err = resolve_volume_sources(&mut [volume_mount(bad)], Some(vol)).unwrap_err();
+            assert!(
+                matches!(err, Error::BadVolumeSource { .. }),
+                "{bad:?}: {err}"
+            );
+        }
+        let err = resolve_volume_sources(&mut [volume_mount("0")], None).unwrap_err();
+        assert!(matches!(err, Error::NoVolume(_)), "{err}");
     }
 
     #[test]

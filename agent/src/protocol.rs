@@ -333,6 +333,11 @@ pub struct ContainerSpec {
     /// cgroup path relative to the agent's cgroup root; default `ember/<id>`.
     #[serde(default)]
     pub cgroup_path: Option<String>,
+    /// A filesystem holding the sources of the mounts marked [`Mount::from_volume`] (host
+    /// files and directories the runtime copied onto a disk); mounted by the agent beside the
+    /// rootfs, never inside the container.
+    #[serde(default)]
+    pub volume: Option<RootfsSpec>,
 }
 
 /// The default: everything but the network. The VM is the pod, so containers share the
@@ -379,6 +384,10 @@ pub struct Mount {
     /// else is passed as filesystem data (`size=64m`, `mode=755`).
     #[serde(default)]
     pub options: Vec<String>,
+    /// A bind mount whose `source` is a relative path on the container's
+    /// [`ContainerSpec::volume`].
+    #[serde(default)]
+    pub from_volume: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -59,7 +59,7 @@ pub enum HelperTask {
     /// `no_pivot` switches root by moving the mount instead of `pivot_root`.
     Init {
         rootfs: PathBuf,
-        spec: ContainerSpec,
+        spec: Box<ContainerSpec>,
         no_pivot: bool,
     },
     /// Join the namespaces and root of `target_pid` and exec `process`.

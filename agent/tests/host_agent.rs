@@ -160,6 +160,7 @@ impl TestAgent {
             namespaces: protocol::default_namespaces(),
             process: ProcessSpec::new(args.iter().copied()),
             cgroup_path: None,
+            volume: None,
         }
     }
 }
@@ -348,6 +349,7 @@ fn container_lifecycle_with_stdio() {
         source: "tmpfs".into(),
         fstype: Some("tmpfs".into()),
         options: vec!["size=1m".into(), "nosuid".into()],
+        from_volume: false,
     });
     let mut c = t.client();
     c.create_container("life", spec.clone()).unwrap();
@@ -416,6 +418,68 @@ fn container_lifecycle_with_stdio() {
     assert!(!t.dir.join("state/containers/life").exists());
     // The rootfs source is untouched.
     assert!(rootfs.join("etc/marker").exists());
+    assert!(t.alive());
+}
+
+#[test]
+fn mounts_from_the_volume_disk() {
+    if !needs_root("mounts_from_the_volume_disk") {
+        return;
+    }
+    let mut t = TestAgent::start();
+    let rootfs = t.rootfs("rootfs-vol");
+    // The volume as the runtime stages it: one entry per host bind, named by its index.
+    let vol = t.dir.join("volume-src");
+    std::fs::create_dir_all(vol.join("1")).unwrap();
+    std::fs::write(vol.join("0"), "10.1.2.3 db\n").unwrap();
+    std::fs::write(vol.join("1/f"), "in-dir\n").unwrap();
+    let mut spec = t.spec(
+        &rootfs,
+        &[
+            "sh",
+            "-c",
+            "cat /etc/hosts /data/f; touch /data/new 2>/dev/null && echo rw || echo ro",
+        ],
+    );
+    spec.volume = Some(RootfsSpec::Path {
+        path: vol.display().to_string(),
+        read_only: false,
+    });
+    for (dest, source, opts) in [
+        ("/etc/hosts", "0", &["bind"][..]),
+        ("/data", "1", &["rbind", "ro"]),
+    ] {
+        spec.mounts.push(Mount {
+            destination: dest.into(),
+            source: source.into(),
+            fstype: None,
+            options: opts.iter().map(|o| o.to_string()).collect(),
+            from_volume: true,
+        });
+    }
+    let mut c = t.client();
+    let stdout = {
+        c.create_container("vol", spec.clone()).unwrap();
+        t.client()
+            .attach_stdio("vol", None, StdioStream::Stdout)
+            .unwrap()
+    };
+    let out = std::thread::spawn(move || read_all(stdout));
+    c.start_container("vol").unwrap();
+    assert_eq!(c.wait("vol", None).unwrap().code, 0);
+    assert_eq!(out.join().unwrap(), "10.1.2.3 db\nin-dir\nro\n");
+    c.destroy_container("vol").unwrap();
+    // Unmounted and gone; the staged source and the rootfs (no /etc/hosts made) untouched.
+    assert!(!t.dir.join("state/containers/vol").exists());
+    assert!(vol.join("0").exists() && !vol.join("1/new").exists());
+
+    // A from-volume mount without a volume is refused, leaving nothing behind.
+    spec.volume = None;
+    assert_eq!(
+        kind(c.create_container("vol2", spec.clone())),
+        ErrorKind::Failed
+    );
+    assert!(!t.dir.join("state/containers/vol2").exists());
     assert!(t.alive());
 }
 
@@ -778,6 +842,7 @@ fn pid1_mode_in_pid_namespace() {
         namespaces: vec![Namespace::Mount],
         process: ProcessSpec::new(["sh", "-c", "sleep 0.2 & hostname"]),
         cgroup_path: None,
+        volume: None,
     };
     c.create_container("orphan", spec).unwrap();
     let stdout = AgentClient::new(client::connect_unix(&sock).unwrap())
@@ -1013,6 +1078,7 @@ fn failed_setup_is_reported_and_cleaned_up() {
         source: "none".into(),
         fstype: Some("no-such-fs".into()),
         options: vec![],
+        from_volume: false,
     });
     let mut c = t.client();
     let err = c.create_container("f", spec).unwrap_err();

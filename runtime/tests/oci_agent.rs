@@ -157,7 +157,7 @@ fn oci_container_through_the_real_agent() {
         ],
     );
     let cfg = Bundle::load(&b).unwrap().container_config("c1").unwrap();
-    let mut spec = container_spec(&cfg, "/dev/unused");
+    let mut spec = container_spec(&cfg, "/dev/unused", None);
     // No block device on the host: the agent uses the bundle's directory.
     spec.rootfs = RootfsSpec::Path {
         path: cfg.rootfs.display().to_string(),
@@ -189,7 +189,7 @@ fn oci_container_through_the_real_agent() {
     // A long-running container: exec with its own stdio, ps, kill.
     let b = bundle(&agent.dir, "b2", &["sleep", "1000"]);
     let cfg = Bundle::load(&b).unwrap().container_config("c2").unwrap();
-    let mut spec = container_spec(&cfg, "/dev/unused");
+    let mut spec = container_spec(&cfg, "/dev/unused", None);
     spec.rootfs = RootfsSpec::Path {
         path: cfg.rootfs.display().to_string(),
         read_only: false,

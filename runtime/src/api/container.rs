@@ -200,6 +200,7 @@ impl Runtime {
             namespaces: cfg.namespaces.clone().unwrap_or_else(default_namespaces),
             process: cfg.process.clone(),
             cgroup_path: cfg.cgroup_path.clone(),
+            volume: None,
         };
         let mut client =
             agent_link::connect(dir, Some(agent_link::CALL_TIMEOUT)).map_err(|source| {

@@ -23,6 +23,9 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Trees the agent sets up itself for every container (/dev with devpts and shm, /proc,
 /// /sys with its cgroup2): spec mounts at or under them are left to it.
 const AGENT_MOUNTS: &[&str] = &["/proc", "/dev", "/sys"];
+/// Pod-config disk ids of a container's pod: its rootfs and its copied host binds.
+const ROOTFS_DISK: &str = "rootfs";
+const VOLUME_DISK: &str = "volume";
 /// Filesystem types that exist inside the guest and can be mounted there as the spec says.
 const GUEST_FSTYPES: &[&str] = &["tmpfs", "mqueue", "proc", "sysfs"];
 
@@ -71,14 +74,125 @@ pub fn guest_mount(m: &MountConfig) -> Option<Mount> {
             .map_or_else(|| typ.to_string(), |s| s.to_string_lossy().into_owned()),
         fstype: Some(typ.to_string()),
         options: m.options.clone(),
+        from_volume: false,
     })
+}
+
+/// Most bytes of host files and directories copied onto one container's volume disk.
+pub const VOLUME_COPY_LIMIT: u64 = 512 << 20;
+
+/// Whether `m` bind-mounts a host file or directory (podman's /etc/hosts, /etc/resolv.conf,
+/// /run/.containerenv, `-v` volumes). The guest cannot see the host's filesystem: the
+/// content of each goes onto the container's volume disk (see [`stage_volumes`]). Sockets
+/// and devices cannot be carried into a VM; binds under the trees the agent makes itself
+/// (/dev/shm, /sys/fs/cgroup) are its business.
+pub fn host_bind(m: &MountConfig) -> bool {
+    let is_bind = matches!(m.typ.as_deref(), Some("bind" | "rbind"))
+        || m.options.iter().any(|o| o == "bind" || o == "rbind");
+    let under_agent = AGENT_MOUNTS
+        .iter()
+        .any(|a| m.destination.starts_with(Path::new(a)));
+    is_bind
+        && !under_agent
+        && m.source.as_ref().is_some_and(|s| {
+            s.is_absolute() && std::fs::metadata(s).is_ok_and(|md| md.is_file() || md.is_dir())
+        })
+}
+
+/// The host binds of `c`, in the order their copies are named on the volume disk (`0`, ...).
+fn host_binds(c: &ContainerConfig) -> impl Iterator<Item = (usize, &MountConfig)> {
+    c.mounts.iter().filter(|m| host_bind(m)).enumerate()
+}
+
+/// Errors of copying host binds onto a volume disk.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("Bind mount sources for {destinations} hold {bytes} bytes: more than the {limit} bytes ember copies into a VM")]
+    TooLarge {
+        destinations: String,
+        bytes: u64,
+        limit: u64,
+    },
+    #[error("Cannot copy bind mount source {source_path} for {destination}: {detail}")]
+    Copy {
+        source_path: PathBuf,
+        destination: PathBuf,
+        detail: String,
+    },
+    #[error("Cannot make the volume image")]
+    Image(#[source] crate::api::disk::Error),
+}
+
+/// Copies the host binds of `c` into `stage/<n>` (`cp -a`: modes, owners, links kept) and
+/// packs them into the ext4 image `image`. Returns false, making nothing, when `c` has none.
+/// A snapshot taken at create: what the container writes there stays in its VM.
+pub fn stage_volumes(c: &ContainerConfig, stage: &Path, image: &Path) -> Result<bool, VolumeError> {
+    let binds: Vec<(usize, &MountConfig)> = host_binds(c).collect();
+    if binds.is_empty() {
+        return Ok(false);
+    }
+    let mut bytes = 0u64;
+    for (_, m) in &binds {
+        let src = m.source.as_deref().unwrap_or(Path::new("/"));
+        bytes = bytes.saturating_add(match std::fs::metadata(src) {
+            Ok(md) if md.is_dir() => crate::api::disk::content_size(src).unwrap_or(0),
+            Ok(md) => md.len(),
+            Err(_) => 0,
+        });
+    }
+    if bytes > VOLUME_COPY_LIMIT {
+        let destinations: Vec<String> = binds
+            .iter()
+            .map(|(_, m)| m.destination.display().to_string())
+            .collect();
+        return Err(VolumeError::TooLarge {
+            destinations: destinations.join(", "),
+            bytes,
+            limit: VOLUME_COPY_LIMIT,
+        });
+    }
+    let _ = std::fs::remove_dir_all(stage);
+    let result = (|| {
+        std::fs::create_dir_all(stage).map_err(|e| VolumeError::Copy {
+            source_path: stage.to_path_buf(),
+            destination: stage.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        for (n, m) in &binds {
+            let src = m.source.as_deref().unwrap_or(Path::new("/"));
+            let copy_err = |detail: String| VolumeError::Copy {
+                source_path: src.to_path_buf(),
+                destination: m.destination.clone(),
+                detail,
+            };
+            let out = std::process::Command::new("cp")
+                .args(["-a", "-T", "--"])
+                .arg(src)
+                .arg(stage.join(n.to_string()))
+                .output()
+                .map_err(|e| copy_err(format!("cannot run cp: {e}")))?;
+            if !out.status.success() {
+                return Err(copy_err(
+                    String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                ));
+            }
+        }
+        crate::api::disk::make_ext4(stage, image).map_err(VolumeError::Image)
+    })();
+    let _ = std::fs::remove_dir_all(stage);
+    result.map(|()| true)
 }
 
 /// The agent's container description: the rootfs on `rootfs_device` (ext4), the spec's
 /// namespaces that the agent creates (a namespace joined by path is the pod's shared one,
-/// which every container of the VM already has), mounts that exist in a guest, hostname,
-/// cgroup path and the process.
-pub fn container_spec(c: &ContainerConfig, rootfs_device: &str) -> ContainerSpec {
+/// which every container of the VM already has), mounts that exist in a guest, the host
+/// binds from `volume_device` (made by [`stage_volumes`]), hostname, cgroup path and the
+/// process.
+pub fn container_spec(
+    c: &ContainerConfig,
+    rootfs_device: &str,
+    volume_device: Option<&str>,
+) -> ContainerSpec {
     let namespaces = c
         .namespaces
         .iter()
@@ -99,7 +213,7 @@ pub fn container_spec(c: &ContainerConfig, rootfs_device: &str) -> ContainerSpec
             fstype: "ext4".to_string(),
             read_only: c.readonly_rootfs,
         },
-        mounts: c.mounts.iter().filter_map(guest_mount).collect(),
+        mounts: spec_mounts(c, volume_device.is_some()),
         hostname: c.hostname.clone(),
         namespaces,
         process: process_spec(&c.process),
@@ -108,7 +222,35 @@ pub fn container_spec(c: &ContainerConfig, rootfs_device: &str) -> ContainerSpec
             .as_ref()
             .map(|p| p.to_string_lossy().trim_start_matches('/').to_string())
             .filter(|p| !p.is_empty() && !p.contains(':')),
+        volume: volume_device.map(|d| RootfsSpec::BlockDevice {
+            path: d.to_string(),
+            fstype: "ext4".to_string(),
+            read_only: false,
+        }),
     }
+}
+
+/// The spec's mounts in their order: those a guest can make, and (`with_volume`) the host
+/// binds as binds from the volume disk.
+fn spec_mounts(c: &ContainerConfig, with_volume: bool) -> Vec<Mount> {
+    let mut bind_no = 0;
+    c.mounts
+        .iter()
+        .filter_map(|m| {
+            if host_bind(m) {
+                let n = bind_no;
+                bind_no += 1;
+                return with_volume.then(|| Mount {
+                    destination: m.destination.to_string_lossy().into_owned(),
+                    source: n.to_string(),
+                    fstype: None,
+                    options: m.options.clone(),
+                    from_volume: true,
+                });
+            }
+            guest_mount(m)
+        })
+        .collect()
 }
 
 /// Opens connections to one pod's agent.
@@ -415,15 +557,28 @@ impl Backend for VmBackend {
         disk::make_ext4(&config.rootfs, &image)
             .map_err(|e| SandboxError::failed("Cannot make the container's rootfs image", e))?;
         phase(&mut phases, "rootfs_image", t0);
+        let mut disks = vec![DiskConfig {
+            id: ROOTFS_DISK.to_string(),
+            path: image,
+            read_only: config.readonly_rootfs,
+        }];
+        let t = Instant::now();
+        let volume_image = state_dir.join("volume.ext4");
+        let has_volume = stage_volumes(config, &state_dir.join("volume-stage"), &volume_image)
+            .map_err(|e| SandboxError::failed("Cannot carry the bind mounts into the VM", e))?;
+        if has_volume {
+            disks.push(DiskConfig {
+                id: VOLUME_DISK.to_string(),
+                path: volume_image,
+                read_only: false,
+            });
+            phase(&mut phases, "volume_image", t);
+        }
 
         let rt = self.runtime();
         let pod = config.id.clone();
         let pod_config = PodConfig {
-            disks: vec![DiskConfig {
-                id: "rootfs".to_string(),
-                path: image,
-                read_only: config.readonly_rootfs,
-            }],
+            disks,
             annotations: config.annotations.clone(),
             start_timeout_secs: START_TIMEOUT_SECS,
             ..PodConfig::default()
@@ -447,10 +602,18 @@ impl Backend for VmBackend {
         for p in &info.timings {
             phases.push((format!("pod.{}", p.name), p.ms));
         }
-        let device = info
-            .disks
-            .first()
-            .map_or_else(|| "/dev/vda".to_string(), |d| d.guest_device.clone());
+        let device_of = |id: &str| {
+            info.disks
+                .iter()
+                .find(|d| d.owner == crate::state::DiskOwner::Pod(id.to_string()))
+                .map(|d| d.guest_device.clone())
+        };
+        let device = device_of(ROOTFS_DISK).unwrap_or_else(|| "/dev/vda".to_string());
+        let volume_device = if has_volume {
+            device_of(VOLUME_DISK)
+        } else {
+            None
+        };
         let conn = VsockConnector {
             uds: rt.pod_dir(&pod).join(crate::api::agent_link::VSOCK_SOCKET),
         };
@@ -464,7 +627,7 @@ impl Backend for VmBackend {
         let t = Instant::now();
         let sandbox = AgentSandbox::create(
             &config.id,
-            container_spec(config, &device),
+            container_spec(config, &device, volume_device.as_deref()),
             Box::new(conn),
             stdio,
             teardown,
@@ -551,7 +714,7 @@ mod tests {
 
     #[test]
     fn podman_config_maps_to_what_a_guest_can_do() {
-        let spec = container_spec(&podman_like(), "/dev/vda");
+        let spec = container_spec(&podman_like(), "/dev/vda", None);
         assert_eq!(
             spec.rootfs,
             RootfsSpec::BlockDevice {
@@ -589,10 +752,109 @@ mod tests {
         assert!(p.no_new_privileges);
     }
 
+    fn bind(dest: &str, source: &Path, options: &[&str]) -> MountConfig {
+        MountConfig {
+            destination: dest.into(),
+            typ: Some("bind".into()),
+            source: Some(source.to_path_buf()),
+            options: options.iter().map(|o| o.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn host_binds_are_copied_onto_the_volume_disk() {
+        if std::process::Command::new("mkfs.ext4")
+            .arg("-V")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipped: mkfs.ext4 not installed");
+            return;
+        }
+        let dir = crate::state::test_dir("oci-volume");
+        std::fs::write(dir.join("hosts"), "10.0.0.7 db\n").unwrap();
+        std::fs::create_dir_all(dir.join("data/sub")).unwrap();
+        std::fs::write(dir.join("data/sub/f"), "volume file\n").unwrap();
+        let mut c = podman_like();
+        c.mounts = vec![
+            mount("/proc", "proc"),
+            bind("/etc/hosts", &dir.join("hosts"), &["rbind", "ro"]),
+            // Under /dev (the agent's), missing, relative: not carried.
+            bind("/dev/shm", &dir.join("data"), &["bind"]),
+            bind("/missing", &dir.join("no-such"), &["bind"]),
+            bind("/rel", Path::new("data"), &["bind"]),
+            mount("/scratch", "tmpfs"),
+            MountConfig {
+                typ: None,
+                ..bind("/data", &dir.join("data"), &["rbind"])
+            },
+        ];
+        let (stage, image) = (dir.join("stage"), dir.join("volume.ext4"));
+        assert!(stage_volumes(&c, &stage, &image).unwrap());
+        assert!(!stage.exists(), "the staging copy is removed");
+        let cat = |path: &str| {
+            let out = std::process::Command::new("debugfs")
+                .args(["-R", &format!("cat {path}")])
+                .arg(&image)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        assert_eq!(cat("/0"), "10.0.0.7 db\n");
+        assert_eq!(cat("/1/sub/f"), "volume file\n");
+
+        let spec = container_spec(&c, "/dev/vda", Some("/dev/vdb"));
+        let got: Vec<(&str, &str, bool)> = spec
+            .mounts
+            .iter()
+            .map(|m| (m.destination.as_str(), m.source.as_str(), m.from_volume))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("/etc/hosts", "0", true),
+                ("/scratch", "tmpfs", false),
+                ("/data", "1", true)
+            ]
+        );
+        assert_eq!(spec.mounts[0].options, ["rbind", "ro"]);
+        assert_eq!(
+            spec.volume,
+            Some(RootfsSpec::BlockDevice {
+                path: "/dev/vdb".into(),
+                fstype: "ext4".into(),
+                read_only: false
+            })
+        );
+        // Without a volume disk the host binds are left out, as before.
+        let spec = container_spec(&c, "/dev/vda", None);
+        assert!(spec.volume.is_none());
+        assert!(spec.mounts.iter().all(|m| !m.from_volume));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn no_host_binds_no_volume_and_too_much_is_refused() {
+        let dir = crate::state::test_dir("oci-volume-big");
+        let (stage, image) = (dir.join("stage"), dir.join("volume.ext4"));
+        assert!(!stage_volumes(&podman_like(), &stage, &image).unwrap());
+        assert!(!image.exists());
+        // A sparse file over the limit: refused before anything is copied.
+        let big = std::fs::File::create(dir.join("big")).unwrap();
+        big.set_len(VOLUME_COPY_LIMIT + 1).unwrap();
+        let mut c = podman_like();
+        c.mounts = vec![bind("/big", &dir.join("big"), &["bind"])];
+        let err = stage_volumes(&c, &stage, &image).unwrap_err();
+        assert!(matches!(err, VolumeError::TooLarge { .. }), "{err}");
+        assert!(err.to_string().contains("/big"), "{err}");
+        assert!(!stage.exists() && !image.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn systemd_style_cgroup_paths_are_not_passed() {
         let mut c = podman_like();
         c.cgroups_path = Some("machine.slice:libpod:abc".into());
-        assert_eq!(container_spec(&c, "/dev/vda").cgroup_path, None);
+        assert_eq!(container_spec(&c, "/dev/vda", None).cgroup_path, None);
     }
 }
