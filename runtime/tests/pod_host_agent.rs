@@ -4,6 +4,7 @@
 //! Needs root (namespaces), /bin/busybox and the ember-agent binary (built by
 //! `cargo build -p ember-agent`, or named by `EMBER_AGENT_BIN`); skips with a message otherwise.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -83,7 +84,7 @@ impl Env {
             std::fs::create_dir_all(r.join(d)).unwrap();
         }
         std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
-        for a in ["sh", "echo", "sleep", "cat", "true"] {
+        for a in ["sh", "echo", "sleep", "cat", "true", "wc"] {
             std::os::unix::fs::symlink("busybox", r.join("bin").join(a)).unwrap();
         }
         r
@@ -185,6 +186,25 @@ fn pod_and_containers_through_the_agent() {
     ]);
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+    // -i passes stdin through to EOF; without it the process reads EOF at once.
+    for (flag, want) in [(Some("-i"), "3 lines\n"), (None, "0 lines\n")] {
+        let mut args = vec!["container", "exec"];
+        args.extend(flag);
+        args.extend(["p", "c1", "--", "sh", "-c", "echo \"$(wc -l) lines\""]);
+        let mut child = env
+            .cmd(&args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        // Errors are fine without -i: the process does not read.
+        let _ = input.write_all(b"a\nb\nc\n");
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{flag:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), want, "{flag:?}");
+    }
 
     // ps lists the container's process.
     let ps = env.json(&["container", "ps", "--json", "p", "c1"]);

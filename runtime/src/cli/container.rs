@@ -106,8 +106,11 @@ pub struct ExecArgs {
     #[arg(long)]
     pub cwd: Option<String>,
     /// Print the exec id and pid and return at once.
-    #[arg(long, short)]
+    #[arg(long, short, conflicts_with = "interactive")]
     pub detach: bool,
+    /// Pass this command's stdin to the process (else it reads EOF at once).
+    #[arg(long, short)]
+    pub interactive: bool,
     #[arg(long)]
     pub exec_id: Option<String>,
     #[arg(last = true, required = true)]
@@ -263,7 +266,16 @@ fn exec_process(rt: &Runtime, a: ExecArgs) -> Result<i32, Error> {
         return Ok(0);
     }
     let eid = Some(exec_id.as_str());
-    drop(rt.attach(&a.pod, &a.id, eid, StdioStream::Stdin)?);
+    let mut stdin = rt.attach(&a.pod, &a.id, eid, StdioStream::Stdin)?;
+    if a.interactive {
+        // Not joined: a process may exit without reading all of its input.
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut stdin);
+            let _ = stdin.shutdown(std::net::Shutdown::Write);
+        });
+    } else {
+        drop(stdin);
+    }
     let mut err = rt.attach(&a.pod, &a.id, eid, StdioStream::Stderr)?;
     let errs = std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
