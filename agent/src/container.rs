@@ -107,6 +107,12 @@ struct Process {
     stdio: Arc<ProcessStdio>,
 }
 
+/// The stdio of a terminal process, from the pty master its helper sends back.
+fn console_stdio(control: &mut UnixStream) -> Result<ProcessStdio, Error> {
+    let master = spawn::recv_console(control).map_err(Error::Spawn)?;
+    ProcessStdio::from_pty(master).map_err(Error::Stdio)
+}
+
 /// Where, in a container's bundle directory, its volume disk is mounted.
 const VOLUME_DIR: &str = "volume";
 
@@ -288,7 +294,7 @@ impl Agent {
             }
             cleanup_mount();
         };
-        let (stdio, child) = match ProcessStdio::new(spec.process.terminal) {
+        let (stdio, child) = match ProcessStdio::prepare(spec.process.terminal) {
             Ok(s) => s,
             Err(e) => {
                 cleanup_all(None);
@@ -317,6 +323,13 @@ impl Agent {
         };
         let mut control = spawned.control;
         let _ = control.set_read_timeout(Some(SETUP_TIMEOUT));
+        let stdio = match stdio.map_or_else(|| console_stdio(&mut control), Ok) {
+            Ok(s) => s,
+            Err(e) => {
+                cleanup_all(Some(spawned.pid));
+                return Err(e);
+            }
+        };
         match spawn::read_report(&mut control) {
             Ok(true) => {}
             Ok(false) => {
@@ -392,7 +405,7 @@ impl Agent {
         } else {
             None
         };
-        let (stdio, child) = ProcessStdio::new(process.terminal).map_err(Error::Stdio)?;
+        let (stdio, child) = ProcessStdio::prepare(process.terminal).map_err(Error::Stdio)?;
         let task = HelperTask::Exec {
             target_pid: c.init.pid,
             namespaces: c.namespaces.clone(),
@@ -408,9 +421,15 @@ impl Agent {
         )
         .map_err(Error::Spawn)?;
         let _ = spawned.control.set_read_timeout(Some(SETUP_TIMEOUT));
-        let report = spawn::read_report(&mut spawned.control);
+        let report = stdio
+            .map_or_else(|| console_stdio(&mut spawned.control), Ok)
+            .and_then(|stdio| {
+                spawn::read_report(&mut spawned.control)
+                    .map(|ready| (ready, stdio))
+                    .map_err(Error::Spawn)
+            });
         match report {
-            Ok(false) => {
+            Ok((false, stdio)) => {
                 inner.execs.insert(
                     exec_id.to_string(),
                     Arc::new(Process {
@@ -424,10 +443,10 @@ impl Agent {
                 let _ = self.reaper.signal(spawned.pid, libc::SIGKILL);
                 let _ = self.reaper.wait(spawned.pid, Some(KILL_TIMEOUT));
                 self.reaper.forget(spawned.pid);
-                Err(Error::Spawn(match other {
+                Err(match other {
                     Err(e) => e,
-                    _ => spawn::Error::Protocol,
-                }))
+                    _ => Error::Spawn(spawn::Error::Protocol),
+                })
             }
         }
     }

@@ -7,10 +7,12 @@ use crate::protocol::{self, ContainerSpec, Namespace, ProcessSpec, Rlimit};
 use crate::spawn::{HelperMsg, HelperTask};
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::{AsFd, FromRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// fd the agent passes the control socket on.
 pub const CONTROL_FD: i32 = 3;
@@ -46,6 +48,14 @@ pub enum Error {
     Loopback(#[source] std::io::Error),
     #[error("Cannot set up the controlling terminal")]
     Terminal(#[source] nix::Error),
+    #[error("Cannot open a terminal at {path}")]
+    Console {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Cannot hand the terminal to the agent")]
+    SendConsole(#[source] crate::spawn::Error),
     #[error("Unknown rlimit {0:?}")]
     UnknownRlimit(String),
     #[error("Cannot set {kind}")]
@@ -98,7 +108,8 @@ pub fn main() -> ! {
             spec,
             no_pivot,
         } => {
-            if let Err(e) = setup_container(&rootfs, &spec, no_pivot) {
+            CONSOLE_PENDING.store(spec.process.terminal, Ordering::Relaxed);
+            if let Err(e) = setup_container(&rootfs, &spec, no_pivot, &control) {
                 fail(&mut control, &e, 1);
             }
             if protocol::send(&mut control, &HelperMsg::Ready).is_err() {
@@ -117,7 +128,18 @@ pub fn main() -> ! {
             namespaces,
             process,
         } => {
-            if let Err(e) = join_container(target_pid, &namespaces) {
+            CONSOLE_PENDING.store(process.terminal, Ordering::Relaxed);
+            // The container's devpts is reachable as /dev/ptmx once inside its mount
+            // namespace; a container without one shares the agent's.
+            let own_mnt = namespaces.contains(&Namespace::Mount);
+            let console = |control: &UnixStream| match process.terminal {
+                true => open_console(Path::new("/dev/ptmx"), &process, control),
+                false => Ok(()),
+            };
+            let joined = (if own_mnt { Ok(()) } else { console(&control) })
+                .and_then(|()| join_container(target_pid, &namespaces))
+                .and_then(|()| if own_mnt { console(&control) } else { Ok(()) });
+            if let Err(e) = joined {
                 fail(&mut control, &e, 1);
             }
             let e = exec_process(&process);
@@ -126,15 +148,86 @@ pub fn main() -> ! {
     }
 }
 
+/// Whether the agent still waits for this terminal process's pty (see
+/// [`crate::spawn::recv_console`]). The helper is single-threaded.
+static CONSOLE_PENDING: AtomicBool = AtomicBool::new(false);
+
 fn fail(control: &mut UnixStream, e: &Error, code: i32) -> ! {
+    if CONSOLE_PENDING.swap(false, Ordering::Relaxed) {
+        let _ = crate::spawn::send_console(control, None);
+    }
     let _ = protocol::send(control, &HelperMsg::Failed(crate::error_chain(e)));
     std::process::exit(code)
 }
 
-fn setup_container(rootfs: &Path, spec: &ContainerSpec, no_pivot: bool) -> Result<(), Error> {
+/// Makes the process's terminal from the devpts behind `ptmx` (the container's own, so the
+/// process finds its `/dev/pts/N`), sends the master to the agent and installs the slave as
+/// fds 0-2, owned by the process's user.
+fn open_console(ptmx: &Path, p: &ProcessSpec, control: &UnixStream) -> Result<(), Error> {
+    let master = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(ptmx)
+        .map_err(|source| Error::Console {
+            path: ptmx.to_path_buf(),
+            source,
+        })?;
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int from the pointer, which outlives the call.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } != 0 {
+        return Err(Error::Terminal(nix::Error::last()));
+    }
+    // TIOCGPTPEER opens the slave through the master: no path lookup in either devpts.
+    // SAFETY: integer argument only; returns a new fd or -1.
+    let slave = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY,
+        )
+    };
+    if slave < 0 {
+        return Err(Error::Terminal(nix::Error::last()));
+    }
+    // SAFETY: a fresh fd from the kernel that nothing else owns.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+    nix::unistd::fchown(
+        &slave,
+        Some(nix::unistd::Uid::from_raw(p.uid)),
+        Some(nix::unistd::Gid::from_raw(p.gid)),
+    )
+    .map_err(Error::Terminal)?;
+    crate::spawn::send_console(control, Some(master.as_raw_fd())).map_err(Error::SendConsole)?;
+    CONSOLE_PENDING.store(false, Ordering::Relaxed);
+    for target in 0..3 {
+        // SAFETY: fds 0-2 are the /dev/null placeholders the agent gave this helper; dup2
+        // replaces them atomically and nothing in this single-threaded process holds them.
+        if unsafe { libc::dup2(slave.as_raw_fd(), target) } < 0 {
+            return Err(Error::Terminal(nix::Error::last()));
+        }
+    }
+    Ok(())
+}
+
+fn setup_container(
+    rootfs: &Path,
+    spec: &ContainerSpec,
+    no_pivot: bool,
+    control: &UnixStream,
+) -> Result<(), Error> {
     let own_mnt = spec.namespaces.contains(&Namespace::Mount);
     if own_mnt {
         mounts::prepare_container_root(rootfs, &spec.mounts).map_err(Error::Mounts)?;
+    }
+    if spec.process.terminal {
+        // The container's own devpts when it has a mount namespace, else the agent's.
+        let ptmx = if own_mnt {
+            rootfs.join("dev/pts/ptmx")
+        } else {
+            PathBuf::from("/dev/ptmx")
+        };
+        open_console(&ptmx, &spec.process, control)?;
     }
     if let (Some(name), true) = (&spec.hostname, spec.namespaces.contains(&Namespace::Uts)) {
         nix::unistd::sethostname(name).map_err(|source| Error::Hostname {
@@ -207,7 +300,7 @@ fn prepare_and_exec(p: &ProcessSpec) -> Result<std::convert::Infallible, Error> 
     unsafe { libc::fcntl(CONTROL_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
     if p.terminal {
         nix::unistd::setsid().map_err(Error::Terminal)?;
-        // SAFETY: TIOCSCTTY takes an int argument; fd 0 is the pty slave the agent gave us.
+        // SAFETY: TIOCSCTTY takes an int argument; fd 0 is the pty slave (open_console).
         let rc = unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
         if rc != 0 {
             return Err(Error::Terminal(nix::Error::last()));

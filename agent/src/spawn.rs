@@ -18,7 +18,7 @@ use nix::sched::CloneFlags;
 use serde::{Deserialize, Serialize};
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
@@ -48,6 +48,8 @@ pub enum Error {
     Setup(String),
     #[error("Container helper answered out of turn")]
     Protocol,
+    #[error("Cannot pass the container's terminal")]
+    Console(#[source] nix::Error),
     #[error("Container helper exited before finishing setup")]
     HelperDied,
 }
@@ -147,6 +149,67 @@ pub fn spawn_helper(
     }
     protocol::send(&mut control, task).map_err(|e| kill(Error::Control(e)))?;
     Ok(Spawned { pid, control })
+}
+
+/// First byte from the helper of a terminal process, with the pty master as SCM_RIGHTS.
+pub const CONSOLE_MASTER: u8 = b'C';
+/// First byte from the helper of a terminal process whose setup failed before the pty
+/// existed; its `Failed` frame follows.
+pub const CONSOLE_NONE: u8 = b'N';
+
+/// Receives the pty master the helper of a terminal process made inside the container.
+pub fn recv_console(control: &mut UnixStream) -> Result<OwnedFd, Error> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut byte = [0u8; 1];
+    let mut cmsg = nix::cmsg_space!(RawFd);
+    let (n, fds) = {
+        let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+        let msg = recvmsg::<()>(
+            control.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(Error::Console)?;
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        for c in msg.cmsgs().map_err(Error::Console)? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                // SAFETY: SCM_RIGHTS fds are new in this process and owned by nobody else.
+                fds.extend(
+                    raw.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+        }
+        (msg.bytes, fds)
+    };
+    match (n, byte[0]) {
+        (0, _) => Err(Error::HelperDied),
+        (_, CONSOLE_MASTER) => fds.into_iter().next().ok_or(Error::Protocol),
+        (_, CONSOLE_NONE) => match read_report(control) {
+            Err(e) => Err(e),
+            Ok(_) => Err(Error::Protocol),
+        },
+        _ => Err(Error::Protocol),
+    }
+}
+
+/// Helper side of [`recv_console`]: `master` when the pty exists, else None.
+pub fn send_console(control: &UnixStream, master: Option<RawFd>) -> Result<(), Error> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let (byte, fds) = match master {
+        Some(fd) => ([CONSOLE_MASTER], vec![fd]),
+        None => ([CONSOLE_NONE], vec![]),
+    };
+    let iov = [std::io::IoSlice::new(&byte)];
+    let cmsgs: Vec<ControlMessage> = if fds.is_empty() {
+        Vec::new()
+    } else {
+        vec![ControlMessage::ScmRights(&fds)]
+    };
+    sendmsg::<()>(control.as_raw_fd(), &iov, &cmsgs, MsgFlags::empty(), None)
+        .map(|_| ())
+        .map_err(Error::Console)
 }
 
 /// Sends a control message to the helper.

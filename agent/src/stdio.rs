@@ -23,6 +23,8 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("Cannot open /dev/null")]
+    Null(#[source] io::Error),
     #[error("Cannot start the output thread")]
     Thread(#[source] io::Error),
     #[error("{0:?} is already attached or closed")]
@@ -171,6 +173,8 @@ impl ProcessStdio {
         ))
     }
 
+    /// A pty made here, in the agent's devpts (the container helper makes its own instead,
+    /// see [`ProcessStdio::prepare`]).
     fn new_pty() -> Result<(ProcessStdio, ChildStdio), Error> {
         let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
             .map_err(Error::Pty)?;
@@ -187,25 +191,60 @@ impl ProcessStdio {
                 source,
             })?;
         // SAFETY: into_raw_fd hands over sole ownership of a valid open fd.
-        let master = unsafe { File::from_raw_fd(master.into_raw_fd()) };
-        let reader = master.try_clone().map_err(Error::Thread)?;
-        let writer = master.try_clone().map_err(Error::Thread)?;
-        let stdout = OutputBuffer::new();
-        spawn_filler(&stdout, reader)?;
+        let master = unsafe { OwnedFd::from_raw_fd(master.into_raw_fd()) };
         let slave = OwnedFd::from(slave);
         let slave_out = slave.try_clone().map_err(Error::Thread)?;
         let slave_err = slave.try_clone().map_err(Error::Thread)?;
         Ok((
-            ProcessStdio {
-                stdin: Mutex::new(Some(writer)),
-                stdout,
-                stderr: OutputBuffer::closed(),
-                pty: Some(master),
-            },
+            Self::from_pty(master)?,
             ChildStdio {
                 stdin: slave,
                 stdout: slave_out,
                 stderr: slave_err,
+            },
+        ))
+    }
+
+    /// The agent's side of a terminal process whose pty `master` exists already: stdout and
+    /// stdin go through it; there is no separate stderr.
+    pub fn from_pty(master: OwnedFd) -> Result<ProcessStdio, Error> {
+        let master = File::from(master);
+        let reader = master.try_clone().map_err(Error::Thread)?;
+        let writer = master.try_clone().map_err(Error::Thread)?;
+        let stdout = OutputBuffer::new();
+        spawn_filler(&stdout, reader)?;
+        Ok(ProcessStdio {
+            stdin: Mutex::new(Some(writer)),
+            stdout,
+            stderr: OutputBuffer::closed(),
+            pty: Some(master),
+        })
+    }
+
+    /// Stdio for a process about to be spawned. Pipes are made here. A terminal is made by
+    /// the container helper inside the container, so that the process sees its own
+    /// `/dev/pts/N` (as under runc): until the helper sends the pty master back
+    /// ([`crate::spawn::recv_console`]), the child holds /dev/null.
+    pub fn prepare(terminal: bool) -> Result<(Option<ProcessStdio>, ChildStdio), Error> {
+        if !terminal {
+            let (stdio, child) = Self::new_pipes()?;
+            return Ok((Some(stdio), child));
+        }
+        let null = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open("/dev/null")
+                .map(OwnedFd::from)
+                .map_err(Error::Null)
+        };
+        Ok((
+            None,
+            ChildStdio {
+                stdin: null()?,
+                stdout: null()?,
+                stderr: null()?,
             },
         ))
     }

@@ -141,7 +141,7 @@ impl TestAgent {
         std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
         for applet in [
             "sh", "echo", "cat", "sleep", "hostname", "id", "ls", "true", "test", "[", "wc",
-            "touch",
+            "touch", "tty", "stty",
         ] {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
         }
@@ -618,7 +618,9 @@ fn credentials_rlimits_terminal_and_destroy_running() {
     );
     assert_eq!(out, "1000\n1001\n1001 1002\n64\n/tmp\nnotty\n");
 
-    let mut p = ProcessSpec::new(["sh", "-c", "[ -t 0 ] && echo tty; read x; echo got-$x"]);
+    // The terminal is made in the container's own devpts: the process finds its pty there
+    // (as under runc), and sees the size set after the exec.
+    let mut p = ProcessSpec::new(["sh", "-c", "tty; read x; echo got-$x; stty size"]);
     p.terminal = true;
     c.exec("cred", "term", p).unwrap();
     c.resize_terminal("cred", Some("term"), 30, 100).unwrap();
@@ -639,8 +641,26 @@ fn credentials_rlimits_terminal_and_destroy_running() {
     assert_eq!(c.wait("cred", Some("term")).unwrap().code, 0);
     drop(stdin);
     let out = reader.join().unwrap();
-    assert!(out.contains("tty"), "{out:?}");
-    assert!(out.contains("got-abc"), "{out:?}");
+    let lines: Vec<&str> = out.lines().map(|l| l.trim_end_matches('\r')).collect();
+    assert!(lines.contains(&"/dev/pts/0"), "{out:?}");
+    assert!(lines.contains(&"got-abc"), "{out:?}");
+    assert!(lines.contains(&"30 100"), "{out:?}");
+
+    // A container whose init has the terminal: the same, from create on.
+    let mut spec = t.spec(&rootfs, &["sh", "-c", "tty; ls -l /dev/pts/0 | cut -c1-3"]);
+    spec.process.terminal = true;
+    c.create_container("term-init", spec).unwrap();
+    let stdout = t
+        .client()
+        .attach_stdio("term-init", None, StdioStream::Stdout)
+        .unwrap();
+    let reader = std::thread::spawn(move || read_all(stdout));
+    c.start_container("term-init").unwrap();
+    assert_eq!(c.wait("term-init", None).unwrap().code, 0);
+    let out = reader.join().unwrap();
+    let lines: Vec<&str> = out.lines().map(|l| l.trim_end_matches('\r')).collect();
+    assert_eq!(lines, ["/dev/pts/0", "crw"], "{out:?}");
+    c.destroy_container("term-init").unwrap();
 
     // Destroy kills what still runs.
     c.destroy_container("cred").unwrap();
@@ -1072,25 +1092,33 @@ fn failed_setup_is_reported_and_cleaned_up() {
     }
     let mut t = TestAgent::start();
     let rootfs = t.rootfs("rootfs-fail");
-    let mut spec = t.spec(&rootfs, &["true"]);
-    spec.mounts.push(Mount {
-        destination: "/data".into(),
-        source: "none".into(),
-        fstype: Some("no-such-fs".into()),
-        options: vec![],
-        from_volume: false,
-    });
     let mut c = t.client();
-    let err = c.create_container("f", spec).unwrap_err();
-    assert_eq!(err.agent_kind(), Some(ErrorKind::Failed));
-    let msg = match &err {
-        ClientError::Agent(e) => e.message.clone(),
-        other => panic!("{other:?}"),
-    };
-    assert!(msg.contains("/data"), "cause missing in {msg:?}");
-    assert!(!t.dir.join("state/containers/f").exists());
-    if let Some(root) = &t.cgroup_root {
-        assert!(!root.join("ember/f").exists());
+    // With a terminal the helper fails before it has made the pty: the cause still arrives.
+    for terminal in [false, true] {
+        let mut spec = t.spec(&rootfs, &["true"]);
+        spec.process.terminal = terminal;
+        spec.mounts.push(Mount {
+            destination: "/data".into(),
+            source: "none".into(),
+            fstype: Some("no-such-fs".into()),
+            options: vec![],
+            from_volume: false,
+        });
+        let err = c.create_container("f", spec).unwrap_err();
+        assert_eq!(
+            err.agent_kind(),
+            Some(ErrorKind::Failed),
+            "terminal {terminal}"
+        );
+        let msg = match &err {
+            ClientError::Agent(e) => e.message.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert!(msg.contains("/data"), "cause missing in {msg:?}");
+        assert!(!t.dir.join("state/containers/f").exists());
+        if let Some(root) = &t.cgroup_root {
+            assert!(!root.join("ember/f").exists());
+        }
     }
     // The id is free again; a bad cwd fails the start, not the agent.
     let mut spec = t.spec(&rootfs, &["true"]);
