@@ -107,6 +107,20 @@ section podman-exit-code /tmp/dch /usr/local/bin/watched 600 sh -c '
     podman --runtime /usr/local/bin/ember run --rm localhost/busybox sh -c "exit 3"
     echo "exit=$?"'
 
+# Host binds reach the guest as copies on a volume disk: podman's /etc/hosts (with an
+# --add-host entry) and a read-only -v volume.
+section podman-binds /tmp/dch /usr/local/bin/watched 600 sh -c '
+    mkdir -p /var/tmp/vol && echo volume-data-42 >/var/tmp/vol/f
+    podman --runtime /usr/local/bin/ember run --rm --add-host db.example:10.1.2.3 \
+        -v /var/tmp/vol:/data:ro localhost/busybox \
+        sh -c "grep db.example /etc/hosts; cat /data/f; touch /data/x 2>/dev/null && echo data-writable || echo data-read-only"'
+
+# -t: podman hands ember a console socket; the container's stdio is a pty in the guest.
+section podman-tty /tmp/dch /usr/local/bin/watched 600 sh -c '
+    podman --runtime /usr/local/bin/ember run --rm -t localhost/busybox \
+        sh -c "tty; test -t 0 && echo stdin-is-a-tty; exit 4"
+    echo "tty-exit=$?"'
+
 section podman-exec /tmp/dch /usr/local/bin/watched 900 sh -c '
     podman --runtime /usr/local/bin/ember run -d --name web localhost/busybox sleep 1000 >/dev/null || exit 1
     podman exec web echo from-exec

@@ -123,6 +123,32 @@ fn podman_reports_the_containers_exit_code() {
 }
 
 #[test]
+fn podman_host_binds_reach_the_container() {
+    let Some(s) = passed("podman-binds") else {
+        return;
+    };
+    assert!(
+        s.output
+            .lines()
+            .any(|l| l.split_whitespace().eq(["10.1.2.3", "db.example"])),
+        "no --add-host entry in /etc/hosts:\n{}",
+        s.output
+    );
+    assert!(has_line(s, "volume-data-42"), "output:\n{}", s.output);
+    assert!(has_line(s, "data-read-only"), "output:\n{}", s.output);
+}
+
+#[test]
+fn podman_run_with_a_tty() {
+    let Some(s) = passed("podman-tty") else {
+        return;
+    };
+    for want in ["/dev/pts/0", "stdin-is-a-tty", "tty-exit=4"] {
+        assert!(has_line(s, want), "no {want:?} in:\n{}", s.output);
+    }
+}
+
+#[test]
 fn podman_exec_into_a_running_container() {
     let Some(s) = passed("podman-exec") else {
         return;
