@@ -20,6 +20,7 @@ use crate::vstate::kvm::KvmContext;
 use crate::vstate::memory::create_guest_memory;
 use crate::vstate::vcpu::Vcpu;
 use crate::vstate::vm::{IrqChip, Vm};
+use crate::DiskSlots;
 use crate::{Error, Vmm};
 use devices::virtio::block::Block;
 use devices::virtio::net::Net;
@@ -139,7 +140,7 @@ pub fn build_vmm(cfg: &VmConfig, start: Instant) -> Result<Vmm, Error> {
     .map_err(Error::Legacy)?;
 
     let mut virtio = MmioDeviceManager::new();
-    attach_virtio_devices(cfg, &vm, &mem, &mut mmio, &mut virtio)?;
+    let slots = attach_virtio_devices(cfg, &vm, &mem, &mut mmio, &mut virtio)?;
     let device_params = virtio.cmdline_params();
     let event_loop = EventLoop::start(virtio.subscribers()).map_err(Error::EventLoop)?;
     let cmdline =
@@ -169,21 +170,29 @@ pub fn build_vmm(cfg: &VmConfig, start: Instant) -> Result<Vmm, Error> {
     }
     timings.mark(Phase::VmCreated);
     let mut vmm = Vmm::from_parts(kvm, vm, mem, vcpus, control, timings, legacy);
-    vmm.set_devices(virtio, event_loop);
+    vmm.set_devices(virtio, event_loop, slots);
     Ok(vmm)
 }
 
-/// Create the virtio devices `cfg` asks for and attach them.
+/// Create the virtio devices `cfg` asks for and attach them; returns the empty disk slots.
 fn attach_virtio_devices(
     cfg: &VmConfig,
     vm: &Vm,
     mem: &GuestMemoryMmap,
     mmio: &mut Bus,
     virtio: &mut MmioDeviceManager,
-) -> Result<(), Error> {
+) -> Result<DiskSlots, Error> {
     for b in &cfg.block {
         let dev = Block::open(&b.path, b.read_only).map_err(|e| Error::Block(b.path.clone(), e))?;
         virtio.attach(vm, mem, mmio, dev).map_err(Error::Virtio)?;
+    }
+    let mut slots = Vec::with_capacity(usize::from(cfg.disk_slots));
+    for _ in 0..cfg.disk_slots {
+        let dev = Arc::new(Mutex::new(Block::empty().map_err(Error::DiskSlot)?));
+        virtio
+            .attach_shared(vm, mem, mmio, dev.clone())
+            .map_err(Error::Virtio)?;
+        slots.push(dev);
     }
     for n in &cfg.net {
         let dev = Net::tap(&n.tap, n.mac).map_err(|e| Error::Net(n.tap.clone(), e))?;
@@ -197,7 +206,7 @@ fn attach_virtio_devices(
         let dev = Rng::new().map_err(Error::Rng)?;
         virtio.attach(vm, mem, mmio, dev).map_err(Error::Virtio)?;
     }
-    Ok(())
+    Ok(slots)
 }
 
 /// A device for a payload VM: where it sits and what it is.
@@ -277,9 +286,10 @@ pub fn build_payload_vm(spec: PayloadSpec) -> Result<Vmm, Error> {
         mmio.insert(base, len, dev).map_err(Error::Bus)?;
     }
     let mut virtio = MmioDeviceManager::new();
-    if let Some(cfg) = &spec.devices {
-        attach_virtio_devices(cfg, &vm, &mem, &mut mmio, &mut virtio)?;
-    }
+    let slots = match &spec.devices {
+        Some(cfg) => attach_virtio_devices(cfg, &vm, &mem, &mut mmio, &mut virtio)?,
+        None => Vec::new(),
+    };
     let event_loop = EventLoop::start(virtio.subscribers()).map_err(Error::EventLoop)?;
     if spec.vcpus == 0 || spec.vcpus > mptable::MAX_SUPPORTED_CPUS {
         return Err(Error::VcpuCount(spec.vcpus));
@@ -309,7 +319,7 @@ pub fn build_payload_vm(spec: PayloadSpec) -> Result<Vmm, Error> {
     }
     timings.mark(Phase::VmCreated);
     let mut vmm = Vmm::from_parts(kvm, vm, mem, vcpus, control, timings, legacy);
-    vmm.set_devices(virtio, event_loop);
+    vmm.set_devices(virtio, event_loop, slots);
     Ok(vmm)
 }
 

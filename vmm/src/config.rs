@@ -27,6 +27,10 @@ pub struct VmConfig {
     pub mem_mib: u32,
     pub vcpus: u8,
     pub block: Vec<BlockConfig>,
+    /// Empty virtio-blk slots after `block`, for disks inserted while the VM runs
+    /// ([`crate::VmHandle::insert_disk`]).
+    #[serde(default)]
+    pub disk_slots: u8,
     pub net: Vec<NetConfig>,
     pub vsock: Option<VsockConfig>,
     pub rng: bool,
@@ -45,6 +49,7 @@ impl VmConfig {
             mem_mib: DEFAULT_MEM_MIB,
             vcpus: 1,
             block: Vec::new(),
+            disk_slots: 0,
             net: Vec::new(),
             vsock: None,
             rng: false,

@@ -18,8 +18,8 @@ pub mod timings;
 pub mod vstate;
 
 use std::os::unix::thread::JoinHandleExt;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -105,6 +105,18 @@ pub enum Error {
     SpawnVcpu(#[source] std::io::Error),
     #[error("The VM is not running")]
     NotRunning,
+    #[error("Failed to set up an empty disk slot")]
+    DiskSlot(#[source] devices::virtio::block::Error),
+    #[error("No disk slot {0} (the VM has {1})")]
+    NoDiskSlot(usize, usize),
+    #[error("Disk slot {0}")]
+    Slot(usize, #[source] devices::virtio::block::Error),
+}
+
+fn lock_slot(
+    slot: &Mutex<devices::virtio::block::Block>,
+) -> std::sync::MutexGuard<'_, devices::virtio::block::Block> {
+    slot.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Can this machine's `/dev/kvm` run an ordinary guest? The error is one line: no
@@ -124,7 +136,11 @@ pub struct Vmm {
     _legacy: LegacyDevices,
     _virtio: Option<MmioDeviceManager>,
     event_loop: Option<EventLoop>,
+    disk_slots: Arc<DiskSlots>,
 }
+
+/// The VM's empty-at-boot virtio-blk slots ([`VmConfig::disk_slots`]), in guest order.
+pub type DiskSlots = Vec<Arc<Mutex<devices::virtio::block::Block>>>;
 
 impl Vmm {
     /// Build a VM from `cfg`; phases are timed from now.
@@ -156,12 +172,19 @@ impl Vmm {
             _legacy: legacy,
             _virtio: None,
             event_loop: None,
+            disk_slots: Arc::new(Vec::new()),
         }
     }
 
-    pub(crate) fn set_devices(&mut self, virtio: MmioDeviceManager, event_loop: EventLoop) {
+    pub(crate) fn set_devices(
+        &mut self,
+        virtio: MmioDeviceManager,
+        event_loop: EventLoop,
+        disk_slots: DiskSlots,
+    ) {
         self._virtio = Some(virtio);
         self.event_loop = Some(event_loop);
+        self.disk_slots = Arc::new(disk_slots);
     }
 
     /// Interactive console: put the terminal on stdin in raw mode and forward what is typed
@@ -178,6 +201,7 @@ impl Vmm {
         VmHandle {
             control: self.control.clone(),
             timings: self.timings.clone(),
+            disk_slots: self.disk_slots.clone(),
         }
     }
 
@@ -234,6 +258,7 @@ pub struct VcpuState {
 pub struct VmHandle {
     control: Arc<VmControl>,
     timings: Arc<TimingsRecorder>,
+    disk_slots: Arc<DiskSlots>,
 }
 
 impl VmHandle {
@@ -279,6 +304,36 @@ impl VmHandle {
                 VcpuState { cpu, rip, stats: s }
             })
             .collect())
+    }
+
+    /// How many disk slots the VM has.
+    pub fn disk_slots(&self) -> usize {
+        self.disk_slots.len()
+    }
+
+    /// Insert the raw image at `path` into empty disk slot `slot`: the guest sees its
+    /// `/dev/vdX` grow from 0 to the image's size (config interrupt).
+    pub fn insert_disk(&self, slot: usize, path: &Path, read_only: bool) -> Result<(), Error> {
+        let dev = self.slot(slot)?;
+        let disk = devices::virtio::block::RawFile::open(path, read_only)
+            .map_err(|e| Error::Block(path.to_path_buf(), e))?;
+        lock_slot(dev)
+            .insert(Box::new(disk), read_only)
+            .map_err(|e| Error::Slot(slot, e))
+    }
+
+    /// Take the disk out of slot `slot` (flushed first); the slot reads as empty again.
+    pub fn eject_disk(&self, slot: usize) -> Result<(), Error> {
+        lock_slot(self.slot(slot)?)
+            .eject()
+            .map_err(|e| Error::Slot(slot, e))
+    }
+
+    fn slot(&self, slot: usize) -> Result<&Mutex<devices::virtio::block::Block>, Error> {
+        self.disk_slots
+            .get(slot)
+            .map(|d| d.as_ref())
+            .ok_or(Error::NoDiskSlot(slot, self.disk_slots.len()))
     }
 
     /// Boot phases so far.

@@ -459,3 +459,71 @@ fn a_cpl3_driver_gets_entropy_through_virtio_rng() {
     assert_eq!(words[2] & 1, 1, "vring interrupt raised");
     assert!(words[3..].iter().any(|w| *w != 0), "entropy in the buffer");
 }
+
+/// A disk inserted into an empty slot while the guest runs: the guest, polling the slot's
+/// capacity in its config space, sees 0 and then the image's size, with ConfigGeneration
+/// moved on. Wrong slots, a second insert and a missing image are errors, not panics.
+#[test]
+fn disk_inserted_into_a_slot_while_the_guest_runs() {
+    if !kvm_present() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("ember-slot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = dir.join("late.img");
+    std::fs::write(&disk, vec![0u8; 3 << 20]).unwrap();
+    let mut cfg = vmm::VmConfig::new("/unused");
+    cfg.disk_slots = 2;
+    let base = 0xd000_1000u32;
+    let mut code = vec![0xb9]; // mov ecx, base (slot 0)
+    code.extend_from_slice(&base.to_le_bytes());
+    code.extend_from_slice(&[0x66, 0xba, 0x00, 0x05]); // mov dx, 0x500
+    code.extend_from_slice(&[0x8b, 0x81, 0x00, 0x01, 0x00, 0x00, 0xef]); // eax = capacity; out
+                                                                         // spin: eax = capacity; test eax, eax; jz spin
+    code.extend_from_slice(&[0x8b, 0x81, 0x00, 0x01, 0x00, 0x00, 0x85, 0xc0, 0x74, 0xf6]);
+    code.push(0xef); // out capacity
+    code.extend_from_slice(&[0x8b, 0x81, 0xfc, 0x00, 0x00, 0x00, 0xef]); // generation; out
+    code.extend_from_slice(&RESET);
+    let dev = recorder(0);
+    let vm = build_payload_vm(PayloadSpec {
+        extra_pio: vec![(TEST_PORT, 1, dev.clone())],
+        irqchip: true,
+        devices: Some(cfg),
+        ..PayloadSpec::new(code)
+    })
+    .unwrap();
+    let handle = vm.handle();
+    assert_eq!(handle.disk_slots(), 2);
+    let runner = std::thread::spawn(move || vm.run());
+    // The guest reported the empty capacity: it is polling now.
+    let t = std::time::Instant::now();
+    while dev.lock().unwrap().writes.is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(20), "payload never wrote");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(matches!(
+        handle.insert_disk(2, &disk, false),
+        Err(vmm::Error::NoDiskSlot(2, 2))
+    ));
+    assert!(matches!(
+        handle.insert_disk(0, &dir.join("missing.img"), false),
+        Err(vmm::Error::Block(..))
+    ));
+    assert!(matches!(handle.eject_disk(1), Err(vmm::Error::Slot(1, _))));
+    handle.insert_disk(0, &disk, true).unwrap();
+    assert!(matches!(
+        handle.insert_disk(0, &disk, true),
+        Err(vmm::Error::Slot(0, _))
+    ));
+    assert_eq!(runner.join().unwrap().unwrap(), VmExit::Reset);
+    let seen: Vec<u32> = dev
+        .lock()
+        .unwrap()
+        .writes
+        .iter()
+        .map(|w| u32::from_le_bytes(w.1[..4].try_into().unwrap()))
+        .collect();
+    assert_eq!(seen, [0, (3 << 20) / 512, 1]);
+    handle.eject_disk(0).unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -196,6 +196,12 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self) -> bool;
     /// Whether `activate` succeeded and no reset happened since.
     fn is_activated(&self) -> bool;
+    /// Bumped by the device whenever it changes its own configuration space (a disk
+    /// inserted into a block slot); the transport adds it to ConfigGeneration so the driver
+    /// sees a consistent snapshot.
+    fn config_generation(&self) -> u32 {
+        0
+    }
 }
 
 /// Queues, memory and interrupt of an activated device.

@@ -77,8 +77,22 @@ impl MmioDeviceManager {
     where
         D: VirtioDevice + MutEventSubscriber + 'static,
     {
+        self.attach_shared(vm, mem, bus, Arc::new(Mutex::new(device)))
+    }
+
+    /// [`MmioDeviceManager::attach`] for a device the caller keeps a handle to (to act on it
+    /// while the VM runs, like inserting a disk into a block slot).
+    pub fn attach_shared<D>(
+        &mut self,
+        vm: &Vm,
+        mem: &GuestMemoryMmap,
+        bus: &mut Bus,
+        device: Arc<Mutex<D>>,
+    ) -> Result<MmioSlot, Error>
+    where
+        D: VirtioDevice + MutEventSubscriber + 'static,
+    {
         let slot = self.alloc.allocate()?;
-        let device = Arc::new(Mutex::new(device));
         let irq = Arc::new(IrqFdInterrupt::new().map_err(Error::Interrupt)?);
         vm.register_irqfd(irq.irq_evt(), slot.gsi)
             .map_err(Error::Kvm)?;

@@ -8,21 +8,25 @@ use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::request::{handle, Outcome};
-use super::{DiskBackend, Error, RawFile, QUEUE_SIZE, SECTOR_SIZE};
+use super::{DiskBackend, Error, NoMedium, RawFile, QUEUE_SIZE, SECTOR_SIZE};
 use crate::virtio::common::VirtioCommon;
 use crate::virtio::{
     add_used, collect_chain, features, pop_chain, quiet, read_config_bytes, signal_used,
-    Error as VirtioError, GuestMem, VirtioDevice, VirtioInterrupt, VIRTIO_ID_BLOCK,
+    Error as VirtioError, GuestMem, InterruptKind, VirtioDevice, VirtioInterrupt, VIRTIO_ID_BLOCK,
 };
 
 /// Data segments per request offered to the driver (queue size minus header and status).
 const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 
-/// A virtio-blk device over one disk.
+/// A virtio-blk device over one disk, or a slot that holds none yet ([`Block::empty`]).
 pub struct Block {
     pub(super) disk: Box<dyn DiskBackend>,
     read_only: bool,
+    /// Whether a disk is in the slot (always, for a device made with a disk).
+    medium: bool,
     config: [u8; 16],
+    /// Bumped at every medium change (see [`VirtioDevice::config_generation`]).
+    generation: u32,
     avail: u64,
     pub(super) common: VirtioCommon,
     buf: Vec<u8>,
@@ -43,7 +47,9 @@ impl Block {
         Ok(Block {
             disk,
             read_only,
+            medium: true,
             config,
+            generation: 0,
             avail: features(&bits),
             common: VirtioCommon::new("virtio-blk", 1)?,
             buf: Vec::new(),
@@ -53,6 +59,60 @@ impl Block {
     /// A device over the raw image at `path`.
     pub fn open(path: &Path, read_only: bool) -> Result<Self, Error> {
         Self::new(Box::new(RawFile::open(path, read_only)?), read_only)
+    }
+
+    /// An empty slot: capacity 0 until a disk is inserted. The guest sees the device (and
+    /// its `/dev/vdX`) from boot; an insert changes the capacity and raises a config
+    /// interrupt, so a running guest can get disks without device hotplug (as Kata does with
+    /// Firecracker's placeholder drives). Slots never offer `VIRTIO_BLK_F_RO` (features are
+    /// fixed at boot): a disk inserted read-only has its writes refused by the device.
+    pub fn empty() -> Result<Self, Error> {
+        let mut b = Self::new(Box::new(NoMedium), false)?;
+        b.medium = false;
+        Ok(b)
+    }
+
+    /// Whether a disk is in the slot.
+    pub fn has_medium(&self) -> bool {
+        self.medium
+    }
+
+    /// Put `disk` into this empty slot and tell the driver.
+    pub fn insert(&mut self, disk: Box<dyn DiskBackend>, read_only: bool) -> Result<(), Error> {
+        if self.medium {
+            return Err(Error::SlotInUse);
+        }
+        self.disk = disk;
+        self.read_only = read_only;
+        self.medium = true;
+        self.media_changed();
+        Ok(())
+    }
+
+    /// Take the disk out of the slot (the guest must have stopped using it) and tell the
+    /// driver. Requests then fail with `IOERR`.
+    pub fn eject(&mut self) -> Result<(), Error> {
+        if !self.medium {
+            return Err(Error::SlotEmpty);
+        }
+        // Written data must reach the file before it is handed back.
+        self.disk.flush().map_err(Error::Flush)?;
+        self.disk = Box::new(NoMedium);
+        self.read_only = false;
+        self.medium = false;
+        self.media_changed();
+        Ok(())
+    }
+
+    fn media_changed(&mut self) {
+        let capacity = self.disk.size() / SECTOR_SIZE;
+        self.config[..8].copy_from_slice(&capacity.to_le_bytes());
+        self.generation = self.generation.wrapping_add(1);
+        if let Some(st) = self.common.state.as_ref() {
+            if let Err(e) = st.interrupt.trigger(InterruptKind::Config) {
+                log::error!("virtio-blk: cannot raise the config interrupt: {e}");
+            }
+        }
     }
 
     /// Capacity in 512-byte sectors.
@@ -138,5 +198,8 @@ impl VirtioDevice for Block {
     }
     fn is_activated(&self) -> bool {
         self.common.is_activated()
+    }
+    fn config_generation(&self) -> u32 {
+        self.generation
     }
 }

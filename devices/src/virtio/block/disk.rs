@@ -77,3 +77,25 @@ impl DiskBackend for RawFile {
         self.id
     }
 }
+
+/// What an empty slot holds: nothing (size 0, every access fails).
+#[derive(Debug)]
+pub struct NoMedium;
+
+impl DiskBackend for NoMedium {
+    fn size(&self) -> u64 {
+        0
+    }
+    fn read_at(&mut self, _buf: &mut [u8], _offset: u64) -> io::Result<()> {
+        Err(io::Error::new(io::ErrorKind::NotFound, "no medium"))
+    }
+    fn write_at(&mut self, _buf: &[u8], _offset: u64) -> io::Result<()> {
+        Err(io::Error::new(io::ErrorKind::NotFound, "no medium"))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    fn id(&self) -> [u8; ID_BYTES] {
+        [0; ID_BYTES]
+    }
+}

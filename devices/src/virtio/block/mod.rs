@@ -11,7 +11,7 @@ mod event_handler;
 mod request;
 
 pub use device::Block;
-pub use disk::{DiskBackend, RawFile};
+pub use disk::{DiskBackend, NoMedium, RawFile};
 pub use request::{RequestError, RequestType};
 
 use std::io;
@@ -34,6 +34,12 @@ pub enum Error {
     },
     #[error("Failed to read disk image metadata")]
     Metadata(#[source] io::Error),
+    #[error("The disk slot already holds a disk")]
+    SlotInUse,
+    #[error("The disk slot is empty")]
+    SlotEmpty,
+    #[error("Failed to flush the disk before ejecting it")]
+    Flush(#[source] io::Error),
     #[error(transparent)]
     Virtio(#[from] super::Error),
 }

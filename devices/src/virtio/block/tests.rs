@@ -394,3 +394,68 @@ fn event_idx_suppresses_interrupts_and_publishes_avail_event() {
     assert_eq!(q.take_used().len(), 4);
     assert_eq!(k.m.read_obj::<u16>(avail_event).unwrap(), 4);
 }
+
+#[test]
+fn empty_slot_takes_a_disk_and_gives_it_back() {
+    let k = rig();
+    let mut q = GuestQueue::new(&k.m, 0, 16);
+    let mut b = Block::empty().unwrap();
+    let irq = Arc::new(CountingInterrupt::new());
+    b.activate(k.m.clone(), vec![q.queue()], irq.clone())
+        .unwrap();
+    assert!(!b.has_medium());
+    assert_eq!(b.capacity(), 0);
+    // Slots offer no read-only feature: it cannot change after the driver negotiated.
+    assert_eq!(b.avail_features() & (1 << VIRTIO_BLK_F_RO), 0);
+    let g0 = b.config_generation();
+    // No medium: reads fail, guest memory stays as it was.
+    header(&k.m, VIRTIO_BLK_T_IN, 0);
+    q.add(&[r(HDR, 16), w(DATA, 512), w(STATUS, 1)]);
+    b.process_queue();
+    assert_eq!(status(&k.m), VIRTIO_BLK_S_IOERR as u8);
+    assert_untouched(&k.m, DATA, 512, GUARD);
+    assert!(matches!(b.eject(), Err(Error::SlotEmpty)));
+
+    // Insert read-only: capacity, generation and a config interrupt; reads work, writes not.
+    let f = k.file.as_file().try_clone().unwrap();
+    b.insert(Box::new(RawFile::from_file(f).unwrap()), true)
+        .unwrap();
+    assert!(b.has_medium());
+    assert_eq!(b.capacity(), DISK / 512);
+    let mut cap = [0u8; 8];
+    b.read_config(0, &mut cap);
+    assert_eq!(u64::from_le_bytes(cap), DISK / 512);
+    assert_ne!(b.config_generation(), g0);
+    assert_eq!(irq.count(InterruptKind::Config), 1);
+    header(&k.m, VIRTIO_BLK_T_IN, 1);
+    q.add(&[r(HDR, 16), w(DATA, 512), w(STATUS, 1)]);
+    b.process_queue();
+    assert_eq!(status(&k.m), VIRTIO_BLK_S_OK as u8);
+    assert_eq!(read(&k.m, DATA, 512), disk_bytes(&k, 512, 512));
+    let before = disk_bytes(&k, 0, 512);
+    header(&k.m, VIRTIO_BLK_T_OUT, 0);
+    q.add(&[r(HDR, 16), r(DATA, 512), w(STATUS, 1)]);
+    b.process_queue();
+    assert_eq!(status(&k.m), VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(disk_bytes(&k, 0, 512), before);
+    // A second disk does not fit.
+    let f = k.file.as_file().try_clone().unwrap();
+    assert!(matches!(
+        b.insert(Box::new(RawFile::from_file(f).unwrap()), false),
+        Err(Error::SlotInUse)
+    ));
+
+    // Eject: empty again, the driver told once more; then a writable insert.
+    b.eject().unwrap();
+    assert_eq!(b.capacity(), 0);
+    assert_eq!(irq.count(InterruptKind::Config), 2);
+    let f = k.file.as_file().try_clone().unwrap();
+    b.insert(Box::new(RawFile::from_file(f).unwrap()), false)
+        .unwrap();
+    fill(&k.m, DATA, 512, 0x3c);
+    header(&k.m, VIRTIO_BLK_T_OUT, 3);
+    q.add(&[r(HDR, 16), r(DATA, 512), w(STATUS, 1)]);
+    b.process_queue();
+    assert_eq!(status(&k.m), VIRTIO_BLK_S_OK as u8);
+    assert_eq!(disk_bytes(&k, 3 * 512, 512), vec![0x3c; 512]);
+}
