@@ -84,6 +84,7 @@ pub fn mount_rootfs(spec: &RootfsSpec, target: &Path) -> Result<(), Error> {
             fstype,
             read_only,
         } => {
+            wait_for_medium(Path::new(path), MEDIUM_WAIT);
             let mut flags = MsFlags::empty();
             if *read_only {
                 flags |= MsFlags::MS_RDONLY;
@@ -130,6 +131,30 @@ pub fn resolve_volume_sources(mounts: &mut [Mount], volume: Option<&Path>) -> Re
         m.from_volume = false;
     }
     Ok(())
+}
+
+/// How long a block device may take to show the disk just inserted into its slot.
+const MEDIUM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A disk inserted into a running VM's slot reaches the guest as a config interrupt, and
+/// virtio_blk updates the size from a workqueue: wait (up to `limit`) until the kernel shows
+/// a nonzero size in `/sys/class/block/<name>/size`. Devices without that file (not a
+/// whole disk, or no sysfs) are not waited for; a size still 0 is left to mount to report.
+pub fn wait_for_medium(device: &Path, limit: std::time::Duration) {
+    let Some(name) = device.file_name() else {
+        return;
+    };
+    let size = Path::new("/sys/class/block").join(name).join("size");
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match fs::read_to_string(&size) {
+            Ok(s) if s.trim().parse::<u64>().is_ok_and(|n| n > 0) => return,
+            Ok(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            _ => return,
+        }
+    }
 }
 
 /// Unmounts the rootfs (lazily, so a leftover user cannot block destroy).

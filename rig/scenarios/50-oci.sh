@@ -2,8 +2,8 @@
 # (scripts/build-debian-host.sh) that rig::debian attaches to the virtual KVM host as /dev/vda.
 # Sourced by the host's /init after /rig/lib.sh. Without that disk it prints one line and
 # returns (the shared initramfs-only host run).
-# Sections: oci-debian, podman-hello, podman-exit-code, podman-exec, podman-stop-rm,
-# ctr-hello, oci-bench.
+# Sections: oci-debian, podman-hello, podman-exit-code, podman-binds, cri-pod, podman-tty,
+# podman-exec, podman-stop-rm, ctr-hello, oci-bench.
 
 DEB=/debian
 if ! [ -b /dev/vda ] || ! mkdir -p "$DEB" || ! mount -t ext4 /dev/vda "$DEB" 2>/dev/null; then
@@ -85,6 +85,55 @@ exit $rc
 WATCHED
 chmod 755 "$DEB/usr/local/bin/watched"
 
+# /usr/local/bin/cri-pod-test (inside the Debian root): containerd's CRI grouping, done by
+# hand with ember's runc CLI: a sandbox container (Kata's annotations) and members that join
+# its VM through disk slots. Prints what the e2e test checks.
+cat >"$DEB/usr/local/bin/cri-pod-test" <<'CRITEST'
+#!/bin/sh
+B=/var/tmp/cri
+rm -rf $B && mkdir -p $B/rootfs && tar -xf /var/lib/ember-oci/busybox-rootfs.tar -C $B/rootfs || exit 1
+# bundle NAME TYPE ARGS_JSON
+bundle() {
+    mkdir -p $B/$1
+    cat >$B/$1/config.json <<JSON
+{"ociVersion": "1.0.2", "root": {"path": "$B/rootfs"},
+ "process": {"args": $3, "cwd": "/", "user": {"uid": 0, "gid": 0}, "env": ["PATH=/bin:/usr/bin"]},
+ "annotations": {"io.kubernetes.cri.container-type": "$2", "io.kubernetes.cri.sandbox-id": "sb1"},
+ "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}]}}
+JSON
+}
+bundle sb sandbox '["sh", "-c", "cat /proc/sys/kernel/random/boot_id; exec sleep 1000"]'
+bundle m1 container '["sh", "-c", "cat /proc/sys/kernel/random/boot_id; echo blocks: $(ls /sys/block)"]'
+bundle m2 container '["sh", "-c", "cat /proc/sys/kernel/random/boot_id"]'
+# wait_stopped ID: until `ember state` says stopped (60 s).
+wait_stopped() {
+    n=0
+    while ! ember state $1 | grep -q '"status": *"stopped"'; do
+        n=$((n + 1)); [ $n -gt 300 ] && { echo "$1 did not stop"; return 1; }
+        sleep 0.2
+    done
+}
+slot_disks() { EMBER_ROOT=/run/ember/@pods ember pod status --json sb1 | grep -cE '"kind": *"container"'; }
+ember create --bundle $B/sb sb1 >$B/sb1.out 2>&1 </dev/null || { cat $B/sb1.out; exit 1; }
+ember start sb1 || exit 1
+for m in m1 m2; do
+    ember create --bundle $B/$m $m >$B/$m.out 2>&1 </dev/null || { cat $B/$m.out; exit 1; }
+    echo "pods while $m exists: $(ls /run/ember/@pods | tr '\n' ' ')"
+    echo "slot disks while $m exists: $(slot_disks)"
+    ember start $m || exit 1
+    wait_stopped $m || exit 1
+    cat $B/$m.out
+    [ "$(head -n1 $B/$m.out)" = "$(head -n1 $B/sb1.out)" ] && echo "$m: same VM as sb1"
+    ember delete $m || exit 1
+    echo "slot disks after deleting $m: $(slot_disks)"
+done
+ember kill sb1 KILL
+wait_stopped sb1
+ember delete sb1 || exit 1
+echo "pods at the end: $(ls /run/ember/@pods 2>/dev/null | wc -l)"
+CRITEST
+chmod 755 "$DEB/usr/local/bin/cri-pod-test"
+
 section oci-debian /tmp/dch sh -c '
     ember-debian-init setup || exit 1
     podman --version && ctr --version && runc --version | head -1 && ember --version || exit 1
@@ -114,6 +163,8 @@ section podman-binds /tmp/dch /usr/local/bin/watched 600 sh -c '
     podman --runtime /usr/local/bin/ember run --rm --add-host db.example:10.1.2.3 \
         -v /var/tmp/vol:/data:ro localhost/busybox \
         sh -c "grep db.example /etc/hosts; cat /data/f; touch /data/x 2>/dev/null && echo data-writable || echo data-read-only"'
+
+section cri-pod /tmp/dch /usr/local/bin/watched 600 /usr/local/bin/cri-pod-test
 
 # -t: podman hands ember a console socket; the container's stdio is a pty in the guest.
 section podman-tty /tmp/dch /usr/local/bin/watched 600 sh -c '

@@ -344,3 +344,23 @@ fn spec_writes_a_loadable_config_once() {
         stderr(&o)
     );
 }
+
+/// `ember state ID | grep -q …`: a reader that goes away must not make ember panic.
+#[test]
+fn closed_stdout_is_not_a_panic() {
+    let t = Tmp::new("epipe");
+    for args in [&["features"][..], &["list"], &["spec", "--help"]] {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        drop(r);
+        let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+            .arg("--root")
+            .arg(t.root())
+            .args(args)
+            .stdout(std::process::Stdio::from(w))
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(out.status.code().is_some(), "{args:?}: killed by a signal");
+    }
+}

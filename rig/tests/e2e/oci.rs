@@ -138,6 +138,33 @@ fn podman_host_binds_reach_the_container() {
     assert!(has_line(s, "data-read-only"), "output:\n{}", s.output);
 }
 
+/// CRI grouping with Kata's annotations: members run in their sandbox's VM (same kernel
+/// boot id, one pod), each in a disk slot that is emptied when it is deleted and reused.
+#[test]
+fn cri_pod_members_join_the_sandbox_vm() {
+    let Some(s) = passed("cri-pod") else { return };
+    for want in [
+        "pods while m1 exists: sb1",
+        "slot disks while m1 exists: 1",
+        "m1: same VM as sb1",
+        "slot disks after deleting m1: 0",
+        "slot disks while m2 exists: 1",
+        "m2: same VM as sb1",
+        "slot disks after deleting m2: 0",
+        "pods at the end: 0",
+    ] {
+        assert!(has_line(s, want), "no {want:?} in:\n{}", s.output);
+    }
+    // The VM has the sandbox's rootfs disk and its slots.
+    assert!(
+        s.output
+            .lines()
+            .any(|l| l.starts_with("blocks: vda vdb vdc")),
+        "output:\n{}",
+        s.output
+    );
+}
+
 #[test]
 fn podman_run_with_a_tty() {
     let Some(s) = passed("podman-tty") else {

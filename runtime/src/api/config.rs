@@ -62,6 +62,10 @@ pub struct PodConfig {
     /// rootfs images.
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
+    /// Empty disk slots after the disks, for disks added while the pod runs: the rootfs of a
+    /// container created in the running pod takes one (its `/dev/vdX` exists from boot).
+    #[serde(default)]
+    pub disk_slots: u8,
     #[serde(default)]
     pub hooks: Hooks,
     /// Guest vsock CID.
@@ -84,6 +88,7 @@ impl Default for PodConfig {
             mem_mib: default_mem(),
             vcpus: default_vcpus(),
             disks: Vec::new(),
+            disk_slots: 0,
             hooks: Hooks::default(),
             guest_cid: default_cid(),
             start_timeout_secs: default_start_timeout(),

@@ -3,7 +3,7 @@
 use super::config::RootfsConfig;
 use super::pod::resolve_device;
 use super::{agent_link, id, Error, Runtime};
-use crate::state::{ContainerRecord, LockKind, PodRecord, State};
+use crate::state::{ContainerRecord, DiskOwner, LockKind, PodRecord, State};
 use agent::protocol::{
     default_namespaces, ContainerSpec, ContainerState, ErrorKind, ProcessInfo, ProcessSpec,
     RootfsSpec, StdioStream,
@@ -64,7 +64,7 @@ fn container_not_found(pod: &str, id: &str) -> Error {
     }
 }
 
-fn require_running(rec: &PodRecord, action: &'static str) -> Result<(), Error> {
+pub(crate) fn require_running(rec: &PodRecord, action: &'static str) -> Result<(), Error> {
     if rec.state != State::Running {
         return Err(Error::PodNotRunning {
             id: rec.id.clone(),
@@ -76,8 +76,9 @@ fn require_running(rec: &PodRecord, action: &'static str) -> Result<(), Error> {
 }
 
 impl Runtime {
-    /// Record a container in a pod. In a running pod it is created in the guest at once (its
-    /// rootfs must be a disk the VM has); otherwise at the pod's next start.
+    /// Record a container in a pod. In a running pod it is created in the guest at once: a
+    /// rootfs image (or a directory, packed into one) goes into a free disk slot of the VM
+    /// ([`super::PodConfig::disk_slots`]); otherwise it is created at the pod's next start.
     pub fn create_container(
         &self,
         pod: &str,
@@ -120,16 +121,25 @@ impl Runtime {
             }
             State::Ready | State::Stopped => false,
         };
-        let guest_device = resolve_device(&rec.disks, cid, &config.rootfs);
-        if live
-            && guest_device.is_none()
-            && !matches!(config.rootfs, RootfsConfig::GuestPath { .. })
-        {
-            return Err(Error::Config(format!(
-                "pod {pod} runs and has no disk for this rootfs: disks attach at pod start, so \
-                 declare it in the pod config and use its id, or create the container before \
-                 the pod starts"
-            )));
+        let mut guest_device = resolve_device(&rec.disks, cid, &config.rootfs);
+        let mut slot_image = None;
+        let needs_disk = !matches!(config.rootfs, RootfsConfig::GuestPath { .. });
+        if live && needs_disk && guest_device.is_none() {
+            // Into a disk slot of the running VM.
+            let (image, read_only) = match &config.rootfs {
+                RootfsConfig::Image { path, read_only } => (path.clone(), *read_only),
+                RootfsConfig::Dir { path } => (self.rootfs_image(&dir, cid, path)?, false),
+                RootfsConfig::Disk { .. } | RootfsConfig::GuestPath { .. } => {
+                    return Err(Error::Config(format!(
+                        "pod {pod} has no disk for this rootfs"
+                    )))
+                }
+            };
+            let owner = DiskOwner::Container(cid.to_string());
+            guest_device = Some(Self::insert_disk_locked(
+                &dir, &mut rec, &image, read_only, owner,
+            )?);
+            slot_image = Some(image);
         }
         rec.containers.insert(
             cid.to_string(),
@@ -148,6 +158,11 @@ impl Runtime {
             if let Err(e) = self.agent_create(&dir, &mut rec, cid) {
                 // Not created anywhere: forget it.
                 rec.containers.remove(cid);
+                if slot_image.is_some() {
+                    let owner = DiskOwner::Container(cid.to_string());
+                    let _ = Self::eject_disk_locked(&dir, &mut rec, &owner);
+                    let _ = Self::store(&dir, &rec);
+                }
                 return Err(e);
             }
         }
@@ -305,7 +320,9 @@ impl Runtime {
             }
         }
         rec.containers.remove(cid);
-        if !pod_running {
+        let in_slot = pod_running
+            && Self::eject_disk_locked(&dir, &mut rec, &DiskOwner::Container(cid.to_string()))?;
+        if !pod_running || in_slot {
             // Its packed rootfs image is only needed while attached.
             let _ = std::fs::remove_file(dir.join("disks").join(format!("{cid}.ext4")));
         }

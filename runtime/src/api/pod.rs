@@ -4,7 +4,7 @@ use super::config::RootfsConfig;
 use super::{disk, hooks, hooks_state_json, id, Error, Runtime};
 use crate::pod_vmm::{self, control};
 use crate::state::{
-    AttachedDisk, DiskOwner, LockKind, Phase, PodLock, PodRecord, State, VmmProcess,
+    AttachedDisk, DiskOwner, DiskSlot, LockKind, Phase, PodLock, PodRecord, State, VmmProcess,
 };
 use serde::Serialize;
 use std::fs;
@@ -31,6 +31,9 @@ pub struct PodInfo {
     pub containers: Vec<ContainerInfo>,
     /// Guest block devices attached at the last start.
     pub disks: Vec<AttachedDisk>,
+    /// The running VM's disk slots and what each holds.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub slots: Vec<DiskSlot>,
     pub stop_reason: Option<String>,
     /// Phases of the last start.
     pub timings: Vec<Phase>,
@@ -53,6 +56,7 @@ impl PodInfo {
                 .map(|c| ContainerInfo::from_record(&rec.id, c))
                 .collect(),
             disks: rec.disks.clone(),
+            slots: rec.slots.clone(),
             stop_reason: rec.stop_reason.clone(),
             timings: rec.timings.clone(),
             warnings: Vec::new(),
@@ -70,6 +74,7 @@ pub(crate) fn guest_device(index: usize) -> Option<String> {
 fn mark_stopped(rec: &mut PodRecord, reason: Option<String>) {
     rec.state = State::Stopped;
     rec.vmm = None;
+    rec.slots.clear();
     rec.stop_reason = reason;
     for c in rec.containers.values_mut() {
         if matches!(c.state, State::Running | State::Paused) {
@@ -281,6 +286,16 @@ impl Runtime {
         // Disks: the pod's own, then one per container rootfs image.
         let t = Instant::now();
         rec.disks = self.plan_disks(&dir, &rec)?;
+        rec.slots = (0..usize::from(rec.config.disk_slots))
+            .map(|i| {
+                let guest_device = guest_device(rec.disks.len() + i)
+                    .ok_or_else(|| Error::Config("more than 26 disks and disk slots".into()))?;
+                Ok(DiskSlot {
+                    guest_device,
+                    disk: None,
+                })
+            })
+            .collect::<Result<_, Error>>()?;
         for c in rec.containers.values_mut() {
             c.in_agent = false;
             c.guest_device = None;
@@ -467,6 +482,86 @@ impl Runtime {
         Ok(PodInfo::from_record(&rec, &dir))
     }
 
+    /// Insert the image at `path` into a free disk slot of running pod `pod` (see
+    /// [`crate::api::PodConfig::disk_slots`]); returns its guest device.
+    pub fn insert_disk(
+        &self,
+        pod: &str,
+        path: &Path,
+        read_only: bool,
+        owner: DiskOwner,
+    ) -> Result<String, Error> {
+        let (_lock, dir, mut rec) = self.open(pod, LockKind::Write)?;
+        let device = Self::insert_disk_locked(&dir, &mut rec, path, read_only, owner)?;
+        Self::store(&dir, &rec)?;
+        Ok(device)
+    }
+
+    /// Take the disk of `owner` out of its slot in running pod `pod`.
+    pub fn eject_disk(&self, pod: &str, owner: &DiskOwner) -> Result<(), Error> {
+        let (_lock, dir, mut rec) = self.open(pod, LockKind::Write)?;
+        Self::eject_disk_locked(&dir, &mut rec, owner)?;
+        Self::store(&dir, &rec)
+    }
+
+    pub(crate) fn insert_disk_locked(
+        dir: &Path,
+        rec: &mut PodRecord,
+        path: &Path,
+        read_only: bool,
+        owner: DiskOwner,
+    ) -> Result<String, Error> {
+        super::container::require_running(rec, "insert a disk")?;
+        let path = fs::canonicalize(path).map_err(|source| Error::Io {
+            what: format!("Cannot find disk image {}", path.display()),
+            source,
+        })?;
+        let Some(slot) = rec.slots.iter().position(|s| s.disk.is_none()) else {
+            return Err(Error::Config(format!(
+                "pod {} has no free disk slot ({} in all; set disk_slots in the pod config)",
+                rec.id,
+                rec.slots.len()
+            )));
+        };
+        control::request(
+            &dir.join(pod_vmm::CONTROL_SOCKET),
+            &control::insert_disk_request(slot, &path, read_only),
+            control::DEFAULT_TIMEOUT,
+        )
+        .map_err(Error::Control)?;
+        let s = &mut rec.slots[slot];
+        s.disk = Some(AttachedDisk {
+            path,
+            read_only,
+            guest_device: s.guest_device.clone(),
+            owner,
+        });
+        Ok(s.guest_device.clone())
+    }
+
+    /// Ejects `owner`'s disk when it sits in a slot; Ok(false) when it has none there.
+    pub(crate) fn eject_disk_locked(
+        dir: &Path,
+        rec: &mut PodRecord,
+        owner: &DiskOwner,
+    ) -> Result<bool, Error> {
+        let Some(slot) = rec
+            .slots
+            .iter()
+            .position(|s| s.disk.as_ref().is_some_and(|d| d.owner == *owner))
+        else {
+            return Ok(false);
+        };
+        control::request(
+            &dir.join(pod_vmm::CONTROL_SOCKET),
+            &format!("eject-disk {slot}"),
+            control::DEFAULT_TIMEOUT,
+        )
+        .map_err(Error::Control)?;
+        rec.slots[slot].disk = None;
+        Ok(true)
+    }
+
     /// Disks for the next start: the pod config's, then each container's image or packed dir.
     pub(crate) fn plan_disks(
         &self,
@@ -508,7 +603,7 @@ impl Runtime {
 
     /// `<pod dir>/disks/<container>.ext4`, made from `src` unless it exists (so a restarted pod
     /// keeps what its containers wrote).
-    fn rootfs_image(&self, dir: &Path, cid: &str, src: &Path) -> Result<PathBuf, Error> {
+    pub(crate) fn rootfs_image(&self, dir: &Path, cid: &str, src: &Path) -> Result<PathBuf, Error> {
         let disks = dir.join("disks");
         fs::create_dir_all(&disks).map_err(|source| Error::Io {
             what: format!("Cannot create {}", disks.display()),

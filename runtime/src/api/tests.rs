@@ -1,7 +1,7 @@
 //! API tests without a VM: state machine through the API, ids, records, liveness, hooks.
 
 use super::*;
-use crate::state::{test_dir, VmmProcess};
+use crate::state::{test_dir, DiskOwner, VmmProcess};
 use std::fs;
 
 fn rt(name: &str) -> Runtime {
@@ -341,7 +341,7 @@ fn start_without_kernel_fails_clearly() {
 }
 
 #[test]
-fn running_pod_only_takes_containers_on_attached_disks() {
+fn running_pod_without_a_free_slot_refuses_new_rootfs_disks() {
     let rt = rt("api-live");
     let src = busybox_like(&rt);
     rt.create_pod("p", PodConfig::default()).unwrap();
@@ -351,15 +351,16 @@ fn running_pod_only_takes_containers_on_attached_disks() {
         State::Running,
         Some(crate::pod_vmm::proc::this_process().unwrap()),
     );
-    // A directory cannot become a disk of a VM that already runs.
+    // No disk slots (the default): a new rootfs disk has nowhere to go, and nothing stays.
     let err = rt
         .create_container("p", "c", cfg(RootfsConfig::Dir { path: src }))
         .unwrap_err();
     assert!(
-        crate::cli::report(&err).contains("disks attach at pod start"),
+        crate::cli::report(&err).contains("no free disk slot"),
         "{err}"
     );
-    assert!(rt.pod_status("p").is_ok());
+    let info = rt.pod_status("p").unwrap();
+    assert!(info.containers.is_empty());
 }
 
 #[test]
@@ -469,5 +470,113 @@ fn list_does_not_wait_behind_a_busy_pod() {
         pods[1].warnings[0].contains("busy"),
         "{:?}",
         pods[1].warnings
+    );
+}
+
+/// Records the disk requests a pod's control socket gets.
+#[derive(Default)]
+struct SlotRecorder(std::sync::Mutex<Vec<String>>);
+
+impl crate::pod_vmm::control::ControlTarget for SlotRecorder {
+    fn pause(&self) -> Result<(), String> {
+        Ok(())
+    }
+    fn resume(&self) -> Result<(), String> {
+        Ok(())
+    }
+    fn stop(&self) {}
+    fn insert_disk(&self, slot: usize, path: &Path, read_only: bool) -> Result<(), String> {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("insert {slot} {name} ro={read_only}"));
+        Ok(())
+    }
+    fn eject_disk(&self, slot: usize) -> Result<(), String> {
+        self.0.lock().unwrap().push(format!("eject {slot}"));
+        Ok(())
+    }
+}
+
+#[test]
+fn running_pod_takes_disks_into_free_slots() {
+    let rt = rt("api-slots");
+    let src = busybox_like(&rt);
+    let conf = PodConfig {
+        disks: vec![DiskConfig {
+            id: "data".into(),
+            path: rt.root().join("data.img"),
+            read_only: false,
+        }],
+        disk_slots: 2,
+        ..PodConfig::default()
+    };
+    fs::write(rt.root().join("data.img"), b"").unwrap();
+    rt.create_pod("p", conf).unwrap();
+    force_state(
+        &rt,
+        "p",
+        State::Running,
+        Some(crate::pod_vmm::proc::this_process().unwrap()),
+    );
+    // As start_pod leaves it: one disk, two empty slots after it.
+    let dir = rt.pod_dir("p");
+    let mut rec = PodRecord::load(&dir).unwrap();
+    rec.slots = ["/dev/vdb", "/dev/vdc"]
+        .iter()
+        .map(|d| crate::state::DiskSlot {
+            guest_device: d.to_string(),
+            disk: None,
+        })
+        .collect();
+    rec.store(&dir).unwrap();
+    let listener =
+        std::os::unix::net::UnixListener::bind(dir.join(crate::pod_vmm::CONTROL_SOCKET)).unwrap();
+    let target = std::sync::Arc::new(SlotRecorder::default());
+    let t = target.clone();
+    std::thread::spawn(move || crate::pod_vmm::control::serve(listener, &*t));
+
+    let img = rt.root().join("extra.img");
+    fs::write(&img, b"").unwrap();
+    let owner = DiskOwner::Pod("extra".into());
+    assert_eq!(
+        rt.insert_disk("p", &img, true, owner.clone()).unwrap(),
+        "/dev/vdb"
+    );
+    // A container made from a directory: packed, then into the next slot; the agent is not
+    // there, so the create fails and its slot is emptied again.
+    let err = rt
+        .create_container("p", "c", cfg(RootfsConfig::Dir { path: src.clone() }))
+        .unwrap_err();
+    assert!(matches!(err, Error::Agent { .. }), "{err}");
+    let img2 = rt.root().join("extra2.img");
+    fs::write(&img2, b"").unwrap();
+    let owner2 = DiskOwner::Pod("extra2".into());
+    assert_eq!(
+        rt.insert_disk("p", &img2, false, owner2.clone()).unwrap(),
+        "/dev/vdc"
+    );
+    // Full now.
+    let err = rt
+        .create_container("p", "c", cfg(RootfsConfig::Dir { path: src }))
+        .unwrap_err();
+    assert!(
+        crate::cli::report(&err).contains("no free disk slot"),
+        "{err}"
+    );
+    rt.eject_disk("p", &owner).unwrap();
+    let info = rt.pod_status("p").unwrap();
+    assert_eq!(info.slots[0].disk, None);
+    assert_eq!(info.slots[1].disk.as_ref().unwrap().owner, owner2);
+    assert_eq!(
+        *target.0.lock().unwrap(),
+        [
+            "insert 0 extra.img ro=true",
+            "insert 1 c.ext4 ro=false",
+            "eject 1",
+            "insert 1 extra2.img ro=false",
+            "eject 0",
+        ]
     );
 }

@@ -1,6 +1,7 @@
 //! runc-compatible OCI runtime commands and the global flags runc takes, so podman
 //! (`--runtime /usr/local/bin/ember`) and containerd (runc shim, `BinaryName`) can drive ember.
 
+use super::pod::outln;
 use crate::oci::bundle::Bundle;
 use crate::oci::log::Logger;
 use crate::oci::ops::{self, CreateOpts, Ctx, ExecOpts, ExecProcessArgs, OpsError};
@@ -252,7 +253,7 @@ fn command_name(cmd: &OciCommand) -> &'static str {
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<(), CliError> {
     let s = serde_json::to_string_pretty(v).map_err(CliError::Json)?;
-    println!("{s}");
+    outln!("{s}");
     Ok(())
 }
 
@@ -335,12 +336,12 @@ fn dispatch(ctx: &Ctx, cmd: OciCommand) -> Result<i32, CliError> {
             match format {
                 Format::Json => {
                     let pids: Vec<i32> = procs.iter().map(|(p, _)| *p).collect();
-                    println!("{}", serde_json::to_string(&pids).map_err(CliError::Json)?);
+                    outln!("{}", serde_json::to_string(&pids).map_err(CliError::Json)?);
                 }
                 Format::Table => {
-                    println!("{:<10}CMD", "PID");
+                    outln!("{:<10}CMD", "PID");
                     for (pid, cmd) in procs {
-                        println!("{pid:<10}{cmd}");
+                        outln!("{pid:<10}{cmd}");
                     }
                 }
             }
@@ -358,21 +359,25 @@ fn dispatch(ctx: &Ctx, cmd: OciCommand) -> Result<i32, CliError> {
             let all = ops::list(ctx)?;
             if quiet {
                 for s in &all {
-                    println!("{}", s.id);
+                    outln!("{}", s.id);
                 }
             } else if format == Format::Json {
                 if all.is_empty() {
-                    println!("null");
+                    outln!("null");
                 } else {
-                    println!("{}", serde_json::to_string(&all).map_err(CliError::Json)?);
+                    outln!("{}", serde_json::to_string(&all).map_err(CliError::Json)?);
                 }
             } else {
-                println!(
+                outln!(
                     "{:<12}{:<12}{:<12}{:<40}{:<32}OWNER",
-                    "ID", "PID", "STATUS", "BUNDLE", "CREATED"
+                    "ID",
+                    "PID",
+                    "STATUS",
+                    "BUNDLE",
+                    "CREATED"
                 );
                 for s in &all {
-                    println!(
+                    outln!(
                         "{:<12}{:<12}{:<12}{:<40}{:<32}{}",
                         s.id,
                         s.pid,

@@ -5,6 +5,7 @@
 //! It exits 0 when the guest resets or powers off (or, with `--exit-on-ready`, once the
 //! agent reported ready on the boot timer), 1 with a one-line `ember: ...` error otherwise.
 
+use super::pod::outln;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -283,7 +284,7 @@ pub fn run(cmd: VmCommand) -> i32 {
         },
         VmCommand::Check => match vmm::check_kvm_usable() {
             Ok(()) => {
-                println!("ember: /dev/kvm can run guests");
+                outln!("ember: /dev/kvm can run guests");
                 0
             }
             Err(e) => {

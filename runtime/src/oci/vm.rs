@@ -2,8 +2,9 @@
 //! (`agent::protocol`) over the pod's vsock, with the container's stdio relayed between the
 //! agent's stdio streams and the descriptors the engine gave `ember create`.
 
-use super::bundle::{ContainerConfig, MountConfig, ProcessConfig};
+use super::bundle::{ContainerConfig, MountConfig, PodRole, ProcessConfig};
 use super::sandbox::{Backend, Sandbox, SandboxError, Stdio};
+use crate::state::DiskOwner;
 use agent::client::{AgentClient, ClientError};
 use agent::protocol::{
     ContainerSpec, Mount, Namespace, ProcessSpec, Rlimit, RootfsSpec, StdioStream,
@@ -512,14 +513,23 @@ pub const TIMINGS_FILE: &str = "timings.json";
 /// nested virtual test host in seconds.
 pub const START_TIMEOUT_SECS: u64 = 120;
 
+/// Disk slots of a CRI sandbox's VM: each member container takes one for its rootfs and one
+/// more when it has host binds.
+pub const SANDBOX_DISK_SLOTS: u8 = 8;
+/// Owner-id suffix of a member container's volume disk in the sandbox pod's slots (`#` cannot
+/// appear in a container id).
+const VOLUME_OWNER_SUFFIX: &str = "#volume";
+
 /// Containers in microVMs through `runtime::api`: the bundle's rootfs becomes an ext4 image,
 /// a pod is created with that image as its first disk and started (the VM boots in a detached
 /// ember process), and the container is created in the guest by the agent with everything
 /// the spec says.
 ///
-/// Every container gets a pod of its own. A CRI pod member (`io.kubernetes.cri.sandbox-id`
-/// naming another container) would need its rootfs disk added to a running VM, which ember
-/// cannot do yet (no disk hotplug): it also gets its own pod.
+/// A container without CRI annotations gets a pod of its own. A CRI sandbox
+/// (`io.kubernetes.cri.container-type: sandbox`) gets one with [`SANDBOX_DISK_SLOTS`] empty
+/// disk slots; a member (`container`, with `io.kubernetes.cri.sandbox-id`) joins its
+/// sandbox's running VM: its rootfs (and volume) images go into free slots and the agent
+/// there creates it. Deleting a member empties its slots; deleting the sandbox stops the VM.
 pub struct VmBackend {
     /// The OCI state root; pods go under `<root>/@pods`.
     pub root: PathBuf,
@@ -531,12 +541,112 @@ impl VmBackend {
     }
 }
 
+/// The slot-disk owners of member container `id`: its rootfs and its volume.
+fn member_owners(id: &str) -> [DiskOwner; 2] {
+    [
+        DiskOwner::Container(id.to_string()),
+        DiskOwner::Container(format!("{id}{VOLUME_OWNER_SUFFIX}")),
+    ]
+}
+
+/// Starts the pod of a container that owns its VM (no CRI grouping, or a CRI sandbox).
+fn own_pod(
+    rt: &crate::api::Runtime,
+    config: &ContainerConfig,
+    disks: Vec<crate::api::DiskConfig>,
+) -> Result<(String, crate::api::PodInfo), SandboxError> {
+    let pod = config.id.clone();
+    let pod_config = crate::api::PodConfig {
+        disks,
+        disk_slots: match config.role {
+            PodRole::Sandbox => SANDBOX_DISK_SLOTS,
+            _ => 0,
+        },
+        annotations: config.annotations.clone(),
+        start_timeout_secs: START_TIMEOUT_SECS,
+        ..crate::api::PodConfig::default()
+    };
+    rt.create_pod(&pod, pod_config)
+        .map_err(|e| SandboxError::failed("Cannot create the container's pod", e))?;
+    match rt.start_pod(&pod) {
+        Ok(info) => Ok((pod, info)),
+        Err(e) => {
+            let _ = rt.delete_pod(&pod, true);
+            // The pod root goes too once no pod is left in it.
+            let _ = std::fs::remove_dir(rt.root());
+            Err(SandboxError::failed(
+                "Cannot start the container's pod VM",
+                e,
+            ))
+        }
+    }
+}
+
+/// A member joins the running VM of its sandbox's pod: `disks` (rootfs, then volume) go into
+/// free slots. Returns the pod, the guest devices and the teardown that empties the slots.
+#[allow(clippy::type_complexity)]
+fn join_pod(
+    rt: &crate::api::Runtime,
+    sandbox_id: &str,
+    config: &ContainerConfig,
+    disks: &[crate::api::DiskConfig],
+) -> Result<(String, String, Option<String>, Box<dyn FnOnce() + Send>), SandboxError> {
+    let owners = member_owners(&config.id);
+    let mut devices = Vec::new();
+    for (disk, owner) in disks.iter().zip(owners.iter()) {
+        match rt.insert_disk(sandbox_id, &disk.path, disk.read_only, owner.clone()) {
+            Ok(dev) => devices.push(dev),
+            Err(e) => {
+                for o in &owners {
+                    let _ = rt.eject_disk(sandbox_id, o);
+                }
+                return Err(SandboxError::failed(
+                    format!("Cannot add the container to the VM of its sandbox {sandbox_id}"),
+                    e,
+                ));
+            }
+        }
+    }
+    let rootfs = devices.first().cloned().unwrap_or_default();
+    let volume = devices.get(1).cloned();
+    let teardown_rt = rt.clone();
+    let pod = sandbox_id.to_string();
+    let teardown: Box<dyn FnOnce() + Send> = Box::new(move || {
+        for o in &owners {
+            let _ = teardown_rt.eject_disk(&pod, o);
+        }
+    });
+    Ok((sandbox_id.to_string(), rootfs, volume, teardown))
+}
+
 impl Backend for VmBackend {
     fn cleanup(&self, id: &str) {
         let rt = self.runtime();
         if rt.pod_dir(id).is_dir() {
             let _ = rt.stop_pod(id);
             let _ = rt.delete_pod(id, true);
+        }
+        // A member whose shim is gone: out of its sandbox's agent, then out of the slots.
+        let owners = member_owners(id);
+        for pod in rt.list_pods().unwrap_or_default() {
+            if !pod
+                .slots
+                .iter()
+                .any(|s| s.disk.as_ref().is_some_and(|d| owners.contains(&d.owner)))
+            {
+                continue;
+            }
+            let conn = VsockConnector {
+                uds: rt
+                    .pod_dir(&pod.id)
+                    .join(crate::api::agent_link::VSOCK_SOCKET),
+            };
+            if let Ok(mut c) = conn.client(Some(CALL_TIMEOUT)) {
+                let _ = c.destroy_container(id);
+            }
+            for o in &owners {
+                let _ = rt.eject_disk(&pod.id, o);
+            }
         }
         let _ = std::fs::remove_dir(rt.root());
     }
@@ -547,7 +657,7 @@ impl Backend for VmBackend {
         state_dir: &Path,
         stdio: Stdio,
     ) -> Result<Box<dyn Sandbox>, SandboxError> {
-        use crate::api::{disk, DiskConfig, PodConfig};
+        use crate::api::{disk, DiskConfig};
         let mut phases: Vec<(String, f64)> = Vec::new();
         let phase = |phases: &mut Vec<(String, f64)>, name: &str, since: Instant| {
             phases.push((name.to_string(), since.elapsed().as_secs_f64() * 1e3));
@@ -576,54 +686,41 @@ impl Backend for VmBackend {
         }
 
         let rt = self.runtime();
-        let pod = config.id.clone();
-        let pod_config = PodConfig {
-            disks,
-            annotations: config.annotations.clone(),
-            start_timeout_secs: START_TIMEOUT_SECS,
-            ..PodConfig::default()
-        };
-        let t = Instant::now();
-        rt.create_pod(&pod, pod_config)
-            .map_err(|e| SandboxError::failed("Cannot create the container's pod", e))?;
-        let info = match rt.start_pod(&pod) {
-            Ok(i) => i,
-            Err(e) => {
-                let _ = rt.delete_pod(&pod, true);
-                // The pod root goes too once no pod is left in it.
-                let _ = std::fs::remove_dir(rt.root());
-                return Err(SandboxError::failed(
-                    "Cannot start the container's pod VM",
-                    e,
-                ));
+        let (pod, device, volume_device, teardown) = match &config.role {
+            PodRole::Member { sandbox_id } => {
+                let t = Instant::now();
+                let joined = join_pod(&rt, sandbox_id, config, &disks)?;
+                phase(&mut phases, "disk_insert", t);
+                joined
             }
-        };
-        phase(&mut phases, "pod_start", t);
-        for p in &info.timings {
-            phases.push((format!("pod.{}", p.name), p.ms));
-        }
-        let device_of = |id: &str| {
-            info.disks
-                .iter()
-                .find(|d| d.owner == crate::state::DiskOwner::Pod(id.to_string()))
-                .map(|d| d.guest_device.clone())
-        };
-        let device = device_of(ROOTFS_DISK).unwrap_or_else(|| "/dev/vda".to_string());
-        let volume_device = if has_volume {
-            device_of(VOLUME_DISK)
-        } else {
-            None
+            PodRole::Single | PodRole::Sandbox => {
+                let t = Instant::now();
+                let (pod, info) = own_pod(&rt, config, disks)?;
+                phase(&mut phases, "pod_start", t);
+                for p in &info.timings {
+                    phases.push((format!("pod.{}", p.name), p.ms));
+                }
+                let device_of = |id: &str| {
+                    info.disks
+                        .iter()
+                        .find(|d| d.owner == DiskOwner::Pod(id.to_string()))
+                        .map(|d| d.guest_device.clone())
+                };
+                let device = device_of(ROOTFS_DISK).unwrap_or_else(|| "/dev/vda".to_string());
+                let volume_device = device_of(VOLUME_DISK);
+                let teardown_rt = rt.clone();
+                let teardown_pod = pod.clone();
+                let teardown: Box<dyn FnOnce() + Send> = Box::new(move || {
+                    let _ = teardown_rt.stop_pod(&teardown_pod);
+                    let _ = teardown_rt.delete_pod(&teardown_pod, true);
+                    let _ = std::fs::remove_dir(teardown_rt.root());
+                });
+                (pod, device, volume_device, teardown)
+            }
         };
         let conn = VsockConnector {
             uds: rt.pod_dir(&pod).join(crate::api::agent_link::VSOCK_SOCKET),
         };
-        let teardown_rt = rt.clone();
-        let teardown_pod = pod.clone();
-        let teardown = Box::new(move || {
-            let _ = teardown_rt.stop_pod(&teardown_pod);
-            let _ = teardown_rt.delete_pod(&teardown_pod, true);
-            let _ = std::fs::remove_dir(teardown_rt.root());
-        });
         let t = Instant::now();
         let sandbox = AgentSandbox::create(
             &config.id,
@@ -649,7 +746,7 @@ impl Backend for VmBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oci::bundle::{NamespaceConfig, PodRole, Rlimit as OciRlimit};
+    use crate::oci::bundle::{NamespaceConfig, Rlimit as OciRlimit};
     use std::collections::BTreeMap;
 
     fn mount(dest: &str, typ: &str) -> MountConfig {

@@ -1,5 +1,6 @@
 //! The pod VMM process's control socket (`<pod dir>/control.sock`): one request line per
-//! connection, one answer line. Requests: `ping`, `pause`, `resume`, `stop`. Answers: `ok` or
+//! connection, one answer line. Requests: `ping`, `pause`, `resume`, `stop`,
+//! `insert-disk <slot> <ro|rw> <path>`, `eject-disk <slot>`. Answers: `ok` or
 //! `error <message>`. Every socket operation has a timeout, so a stuck VMM never hangs a caller.
 
 use std::io::{BufRead, BufReader, Write};
@@ -10,8 +11,8 @@ use std::time::Duration;
 /// How long a client waits for an answer unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Longest request line the server reads.
-const MAX_LINE: u64 = 256;
+/// Longest request line the server reads (a disk path included).
+const MAX_LINE: u64 = 8192;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -47,6 +48,47 @@ pub trait ControlTarget: Send + Sync {
     fn pause(&self) -> Result<(), String>;
     fn resume(&self) -> Result<(), String>;
     fn stop(&self);
+    /// Put the image at `path` into the VM's empty disk slot `slot`.
+    fn insert_disk(&self, _slot: usize, _path: &Path, _read_only: bool) -> Result<(), String> {
+        Err("this pod has no disk slots".into())
+    }
+    /// Empty disk slot `slot`.
+    fn eject_disk(&self, _slot: usize) -> Result<(), String> {
+        Err("this pod has no disk slots".into())
+    }
+}
+
+/// The `insert-disk` request line.
+pub fn insert_disk_request(slot: usize, path: &Path, read_only: bool) -> String {
+    let mode = if read_only { "ro" } else { "rw" };
+    format!("insert-disk {slot} {mode} {}", path.display())
+}
+
+fn parse_slot(s: &str) -> Result<usize, String> {
+    s.parse().map_err(|_| format!("bad slot number {s:?}"))
+}
+
+/// Runs `insert-disk`/`eject-disk` (the part after the verb) against `target`.
+fn disk_request(target: &dyn ControlTarget, verb: &str, args: &str) -> Result<(), String> {
+    match verb {
+        "insert-disk" => {
+            let mut parts = args.splitn(3, ' ');
+            let (Some(slot), Some(mode), Some(path)) = (parts.next(), parts.next(), parts.next())
+            else {
+                return Err("usage: insert-disk SLOT ro|rw PATH".into());
+            };
+            let read_only = match mode {
+                "ro" => true,
+                "rw" => false,
+                m => return Err(format!("bad mode {m:?} (ro or rw)")),
+            };
+            if !Path::new(path).is_absolute() {
+                return Err(format!("disk path {path:?} is not absolute"));
+            }
+            target.insert_disk(parse_slot(slot)?, Path::new(path), read_only)
+        }
+        _ => target.eject_disk(parse_slot(args)?),
+    }
 }
 
 /// Send one request and wait for its answer.
@@ -94,12 +136,18 @@ pub fn handle_connection(stream: UnixStream, target: &dyn ControlTarget) -> bool
     {
         return false;
     }
-    let (answer, stop) = match line.trim() {
+    let line = line.trim_end_matches(['\n', '\r']);
+    let (answer, stop) = match line {
         "ping" => (Ok(()), false),
         "pause" => (target.pause(), false),
         "resume" => (target.resume(), false),
         "stop" => (Ok(()), true),
-        other => (Err(format!("unknown request {other:?}")), false),
+        other => match other.split_once(' ') {
+            Some((verb @ ("insert-disk" | "eject-disk"), args)) => {
+                (disk_request(target, verb, args), false)
+            }
+            _ => (Err(format!("unknown request {other:?}")), false),
+        },
     };
     let text = match answer {
         Ok(()) => "ok\n".to_string(),
@@ -140,6 +188,7 @@ mod tests {
         paused: AtomicU32,
         resumed: AtomicU32,
         stopped: AtomicU32,
+        disks: std::sync::Mutex<Vec<String>>,
     }
 
     impl ControlTarget for Recorder {
@@ -156,6 +205,15 @@ mod tests {
         }
         fn stop(&self) {
             self.stopped.fetch_add(1, Ordering::SeqCst);
+        }
+        fn insert_disk(&self, slot: usize, path: &Path, read_only: bool) -> Result<(), String> {
+            let d = format!("insert {slot} {read_only} {}", path.display());
+            self.disks.lock().unwrap().push(d);
+            Ok(())
+        }
+        fn eject_disk(&self, slot: usize) -> Result<(), String> {
+            self.disks.lock().unwrap().push(format!("eject {slot}"));
+            Ok(())
         }
     }
 
@@ -175,11 +233,29 @@ mod tests {
         request(&sock, "resume", to).unwrap();
         let err = request(&sock, "explode", to).unwrap_err();
         assert!(matches!(err, Error::Refused { .. }));
+        // Disk requests: the path keeps its spaces; bad ones are refused before the target.
+        let spaced = Path::new("/var/lib/my disks/a.ext4");
+        request(&sock, &insert_disk_request(1, spaced, true), to).unwrap();
+        request(&sock, "eject-disk 1", to).unwrap();
+        for bad in [
+            "insert-disk x rw /a",
+            "insert-disk 1 rx /a",
+            "insert-disk 1 rw relative.img",
+            "insert-disk 1 rw",
+            "eject-disk -1",
+        ] {
+            let err = request(&sock, bad, to).unwrap_err();
+            assert!(matches!(err, Error::Refused { .. }), "{bad}: {err}");
+        }
         request(&sock, "stop", to).unwrap();
         server.join().unwrap();
         assert_eq!(target.paused.load(Ordering::SeqCst), 1);
         assert_eq!(target.resumed.load(Ordering::SeqCst), 1);
         assert_eq!(target.stopped.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            *target.disks.lock().unwrap(),
+            ["insert 1 true /var/lib/my disks/a.ext4", "eject 1"]
+        );
     }
 
     #[test]

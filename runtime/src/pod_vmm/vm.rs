@@ -42,6 +42,7 @@ pub fn vm_config(rec: &PodRecord, dir: &Path) -> VmConfig {
                 read_only: d.read_only,
             })
             .collect(),
+        disk_slots: c.disk_slots,
         net: Vec::new(),
         vsock: Some(VsockConfig {
             guest_cid: c.guest_cid,
@@ -139,6 +140,18 @@ impl super::control::ControlTarget for Target {
 
     fn resume(&self) -> Result<(), String> {
         self.handle.resume().map_err(|e| crate::cli::report(&e))
+    }
+
+    fn insert_disk(&self, slot: usize, path: &Path, read_only: bool) -> Result<(), String> {
+        self.handle
+            .insert_disk(slot, path, read_only)
+            .map_err(|e| crate::cli::report(&e))
+    }
+
+    fn eject_disk(&self, slot: usize) -> Result<(), String> {
+        self.handle
+            .eject_disk(slot)
+            .map_err(|e| crate::cli::report(&e))
     }
 
     /// Ask the agent to shut the guest down (it syncs and reboots, which ends the VM), and

@@ -82,6 +82,14 @@ pub struct AttachedDisk {
     pub owner: DiskOwner,
 }
 
+/// A disk slot of the running VM: its guest device, and the disk inserted into it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskSlot {
+    pub guest_device: String,
+    #[serde(default)]
+    pub disk: Option<AttachedDisk>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "id")]
 pub enum DiskOwner {
@@ -129,6 +137,9 @@ pub struct PodRecord {
     pub vmm: Option<VmmProcess>,
     #[serde(default)]
     pub disks: Vec<AttachedDisk>,
+    /// The running VM's disk slots (empty at boot) and what was inserted into each.
+    #[serde(default)]
+    pub slots: Vec<DiskSlot>,
     #[serde(default)]
     pub containers: BTreeMap<String, ContainerRecord>,
     /// Phases of the last start.
@@ -149,6 +160,7 @@ impl PodRecord {
             created_unix: now_unix(),
             vmm: None,
             disks: Vec::new(),
+            slots: Vec::new(),
             containers: BTreeMap::new(),
             timings: Vec::new(),
             stop_reason: None,
