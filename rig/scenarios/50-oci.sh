@@ -131,6 +131,23 @@ ember kill sb1 KILL
 wait_stopped sb1
 ember delete sb1 || exit 1
 echo "pods at the end: $(ls /run/ember/@pods 2>/dev/null | wc -l)"
+
+# The pod API does the same for a container created in a running pod.
+export EMBER_ROOT=/run/ember-live
+echo '{"disk_slots": 1}' >$B/pod.json
+ember pod create --config $B/pod.json live >/dev/null || exit 1
+ember pod start live >/dev/null || exit 1
+for c in c1 c2; do
+    ember container create live $c --rootfs $B/rootfs -- sleep 1000 >/dev/null || exit 1
+    ember container start live $c >/dev/null || exit 1
+    echo "live $c: $(ember container exec live $c -- sh -c 'echo exec-ok; ls /bin/busybox' | tr '\n' ' ')"
+    echo "live slot disks with $c: $(ember pod status --json live | grep -cE '"kind": *"container"')"
+    ember container stop live $c >/dev/null || exit 1
+    ember container delete live $c || exit 1
+    echo "live slot disks after $c: $(ember pod status --json live | grep -cE '"kind": *"container"')"
+done
+ember pod stop live >/dev/null && ember pod delete live >/dev/null || exit 1
+echo "live pod deleted"
 CRITEST
 chmod 755 "$DEB/usr/local/bin/cri-pod-test"
 

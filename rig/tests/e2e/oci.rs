@@ -152,6 +152,14 @@ fn cri_pod_members_join_the_sandbox_vm() {
         "m2: same VM as sb1",
         "slot disks after deleting m2: 0",
         "pods at the end: 0",
+        // The pod API: containers created in a running pod, one after the other in its slot.
+        "live c1: exec-ok /bin/busybox",
+        "live slot disks with c1: 1",
+        "live slot disks after c1: 0",
+        "live c2: exec-ok /bin/busybox",
+        "live slot disks with c2: 1",
+        "live slot disks after c2: 0",
+        "live pod deleted",
     ] {
         assert!(has_line(s, want), "no {want:?} in:\n{}", s.output);
     }
