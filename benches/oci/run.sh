@@ -5,6 +5,7 @@
 # create; start-to-exit; rm). Prints a table.
 #
 # Usage: benches/oci/run.sh [RUNS]            (RUNS per runtime, default 3)
+# Also: a container joining a running CRI pod (disk slot) against one with its own VM.
 # Env:   EMBER_RIG            path to ember-rig (default: PATH, else target/*/ember-rig)
 #        EMBER_DEBIAN_IMAGE   the Debian image (default /var/cache/ember/debian-host.ext4)
 #        OUT                  directory for the console log and the table (default: temp dir)
@@ -44,6 +45,7 @@ awk -v runs="$RUNS" '
 }
 /^op=/ { split($1, o, "="); split($2, w, "="); op[o[2]] = w[2] }
 /^phases / { ph = substr($0, 8) }
+/^cri kind=/ { split($2, ck, "="); split($3, cm, "="); cri[ck[2]] = cri[ck[2]] " " cm[2] }
 END {
     printf "%-8s %5s %10s %10s %10s %6s\n", "runtime", "runs", "min_ms", "median_ms", "max_ms", "failed"
     for (k = 1; k <= 2; k++) {
@@ -60,5 +62,9 @@ END {
     printf "  start-to-exit                %s\n", op["start-to-exit"]
     printf "  rm (ember delete)            %s\n", op["rm"]
     print "ember create phases (ms): " ph
+    print ""
+    print "ember runc CLI, create + start + true + delete (ms, each run):"
+    printf "  member of a running CRI pod  %s\n", cri["member"]
+    printf "  container with its own VM    %s\n", cri["single"]
 }' "$log" | tee "$OUT/table.txt"
 echo "run.sh: console log $log" >&2

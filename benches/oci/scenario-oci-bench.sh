@@ -54,3 +54,49 @@ section_timeout 900 bench-phases /tmp/dch sh -c '
     echo "phases $(cat /run/ember/$(podman inspect -f "{{.ID}}" ph)/timings.json)"
     echo "op=start-to-exit $(/usr/local/bin/timed podman $R start -a ph | tail -1)"
     echo "op=rm $(/usr/local/bin/timed podman $R rm ph | tail -1)"'
+
+# bench-cri: a container added to a running CRI pod (its rootfs into a disk slot of the
+# sandbox's VM) against the same container in a VM of its own, with ember's runc CLI:
+# create + start + run `true` + delete, RUNS times each.
+cat >"$DEB/usr/local/bin/cri-bench" <<'CRIBENCH'
+#!/bin/sh
+B=/var/tmp/cri-bench
+rm -rf $B && mkdir -p $B/rootfs && tar -xf /var/lib/ember-oci/busybox-rootfs.tar -C $B/rootfs || exit 1
+# bundle NAME TYPE ARGS_JSON: TYPE sandbox, container (of sandbox sb) or single.
+bundle() {
+    mkdir -p $B/$1
+    ann='{}'
+    [ "$2" != single ] && ann="{\"io.kubernetes.cri.container-type\": \"$2\", \"io.kubernetes.cri.sandbox-id\": \"sb\"}"
+    cat >$B/$1/config.json <<JSON
+{"ociVersion": "1.0.2", "root": {"path": "$B/rootfs"}, "annotations": $ann,
+ "process": {"args": $3, "cwd": "/", "user": {"uid": 0, "gid": 0}, "env": ["PATH=/bin"]},
+ "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}]}}
+JSON
+}
+bundle sb sandbox '["sleep", "1000"]'
+bundle member container '["true"]'
+bundle single single '["true"]'
+# once KIND ID: create, start, wait for the exit, delete; prints the wall time.
+once() {
+    t0=$(date +%s%N)
+    ember create --bundle $B/$1 $2 >/dev/null 2>&1 </dev/null || { echo "$1 create failed"; return 1; }
+    ember start $2 || return 1
+    n=0
+    while ! ember state $2 | grep -q '"status": *"stopped"'; do
+        n=$((n + 1)); [ $n -gt 600 ] && { echo "$2 did not stop"; return 1; }
+        sleep 0.05
+    done
+    ember delete $2 || return 1
+    echo "cri kind=$1 ms=$(( ($(date +%s%N) - t0) / 1000000 ))"
+}
+ember create --bundle $B/sb sb >/dev/null 2>&1 </dev/null && ember start sb || exit 1
+i=1
+while [ $i -le $1 ]; do
+    once member m$i || exit 1
+    once single s$i || exit 1
+    i=$((i + 1))
+done
+ember kill sb KILL; sleep 1; ember delete --force sb
+CRIBENCH
+chmod 755 "$DEB/usr/local/bin/cri-bench"
+section_timeout 900 bench-cri /tmp/dch /usr/local/bin/cri-bench "$RUNS"
