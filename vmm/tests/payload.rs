@@ -52,6 +52,21 @@ fn recorder(fill: u8) -> Arc<Mutex<Recorder>> {
 /// i8042 reset: `mov al, 0xfe; out 0x64, al`, then spin in case it did not work.
 const RESET: [u8; 6] = [0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe];
 
+/// A payload VM with an in-kernel irqchip and the virtio devices of `cfg`, running `code`
+/// followed by a reset; what it writes to TEST_PORT is recorded.
+fn device_vm(mut code: Vec<u8>, cfg: vmm::VmConfig) -> (vmm::Vmm, Arc<Mutex<Recorder>>) {
+    code.extend_from_slice(&RESET);
+    let dev = recorder(0);
+    let vm = build_payload_vm(PayloadSpec {
+        extra_pio: vec![(TEST_PORT, 1, dev.clone())],
+        irqchip: true,
+        devices: Some(cfg),
+        ..PayloadSpec::new(code)
+    })
+    .unwrap();
+    (vm, dev)
+}
+
 #[test]
 fn port_io_at_cpl3_reaches_the_bus_and_reset_ends_the_vm() {
     if !kvm_present() {
@@ -270,15 +285,7 @@ fn virtio_devices_sit_in_their_mmio_slots() {
         code.extend_from_slice(&[0x8b, 0x01, 0xef]); // mov eax, [rcx]; out dx, eax
         code.extend_from_slice(&[0x8b, 0x41, 0x08, 0xef]); // mov eax, [rcx+8]; out dx, eax
     }
-    code.extend_from_slice(&RESET);
-    let dev = recorder(0);
-    let vm = build_payload_vm(PayloadSpec {
-        extra_pio: vec![(TEST_PORT, 1, dev.clone())],
-        irqchip: true,
-        devices: Some(cfg),
-        ..PayloadSpec::new(code)
-    })
-    .unwrap();
+    let (vm, dev) = device_vm(code, cfg);
     assert!(
         dir.join("vsock.sock").exists(),
         "vsock listens on its socket"
@@ -478,20 +485,14 @@ fn disk_inserted_into_a_slot_while_the_guest_runs() {
     let mut code = vec![0xb9]; // mov ecx, base (slot 0)
     code.extend_from_slice(&base.to_le_bytes());
     code.extend_from_slice(&[0x66, 0xba, 0x00, 0x05]); // mov dx, 0x500
-    code.extend_from_slice(&[0x8b, 0x81, 0x00, 0x01, 0x00, 0x00, 0xef]); // eax = capacity; out
-                                                                         // spin: eax = capacity; test eax, eax; jz spin
+                                                       // eax = capacity (config space at 0x100); out
+    code.extend_from_slice(&[0x8b, 0x81, 0x00, 0x01, 0x00, 0x00, 0xef]);
+    // spin: eax = capacity; test eax, eax; jz spin
     code.extend_from_slice(&[0x8b, 0x81, 0x00, 0x01, 0x00, 0x00, 0x85, 0xc0, 0x74, 0xf6]);
     code.push(0xef); // out capacity
-    code.extend_from_slice(&[0x8b, 0x81, 0xfc, 0x00, 0x00, 0x00, 0xef]); // generation; out
-    code.extend_from_slice(&RESET);
-    let dev = recorder(0);
-    let vm = build_payload_vm(PayloadSpec {
-        extra_pio: vec![(TEST_PORT, 1, dev.clone())],
-        irqchip: true,
-        devices: Some(cfg),
-        ..PayloadSpec::new(code)
-    })
-    .unwrap();
+                     // eax = ConfigGeneration (0xfc); out
+    code.extend_from_slice(&[0x8b, 0x81, 0xfc, 0x00, 0x00, 0x00, 0xef]);
+    let (vm, dev) = device_vm(code, cfg);
     let handle = vm.handle();
     assert_eq!(handle.disk_slots(), 2);
     let runner = std::thread::spawn(move || vm.run());

@@ -537,26 +537,24 @@ fn running_pod_takes_disks_into_free_slots() {
     let t = target.clone();
     std::thread::spawn(move || crate::pod_vmm::control::serve(listener, &*t));
 
-    let img = rt.root().join("extra.img");
-    fs::write(&img, b"").unwrap();
-    let owner = DiskOwner::Pod("extra".into());
-    assert_eq!(
-        rt.insert_disk("p", &img, true, owner.clone()).unwrap(),
-        "/dev/vdb"
-    );
+    // insert NAME RO: an empty image NAME.img inserted for owner NAME; its device and owner.
+    let insert = |name: &str, read_only: bool| {
+        let img = rt.root().join(format!("{name}.img"));
+        fs::write(&img, b"").unwrap();
+        let owner = DiskOwner::Pod(name.into());
+        let dev = rt.insert_disk("p", &img, read_only, owner.clone()).unwrap();
+        (dev, owner)
+    };
+    let (dev, owner) = insert("extra", true);
+    assert_eq!(dev, "/dev/vdb");
     // A container made from a directory: packed, then into the next slot; the agent is not
     // there, so the create fails and its slot is emptied again.
     let err = rt
         .create_container("p", "c", cfg(RootfsConfig::Dir { path: src.clone() }))
         .unwrap_err();
     assert!(matches!(err, Error::Agent { .. }), "{err}");
-    let img2 = rt.root().join("extra2.img");
-    fs::write(&img2, b"").unwrap();
-    let owner2 = DiskOwner::Pod("extra2".into());
-    assert_eq!(
-        rt.insert_disk("p", &img2, false, owner2.clone()).unwrap(),
-        "/dev/vdc"
-    );
+    let (dev2, owner2) = insert("extra2", false);
+    assert_eq!(dev2, "/dev/vdc");
     // Full now.
     let err = rt
         .create_container("p", "c", cfg(RootfsConfig::Dir { path: src }))
