@@ -52,10 +52,9 @@ fn recorder(fill: u8) -> Arc<Mutex<Recorder>> {
 /// i8042 reset: `mov al, 0xfe; out 0x64, al`, then spin in case it did not work.
 const RESET: [u8; 6] = [0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe];
 
-/// A payload VM with an in-kernel irqchip and the virtio devices of `cfg`, running `code`
-/// followed by a reset; what it writes to TEST_PORT is recorded.
-fn device_vm(mut code: Vec<u8>, cfg: vmm::VmConfig) -> (vmm::Vmm, Arc<Mutex<Recorder>>) {
-    code.extend_from_slice(&RESET);
+/// A payload VM with an in-kernel irqchip and the virtio devices of `cfg`, running `code`;
+/// what it writes to TEST_PORT is recorded.
+fn device_vm(code: Vec<u8>, cfg: vmm::VmConfig) -> (vmm::Vmm, Arc<Mutex<Recorder>>) {
     let dev = recorder(0);
     let vm = build_payload_vm(PayloadSpec {
         extra_pio: vec![(TEST_PORT, 1, dev.clone())],
@@ -285,6 +284,7 @@ fn virtio_devices_sit_in_their_mmio_slots() {
         code.extend_from_slice(&[0x8b, 0x01, 0xef]); // mov eax, [rcx]; out dx, eax
         code.extend_from_slice(&[0x8b, 0x41, 0x08, 0xef]); // mov eax, [rcx+8]; out dx, eax
     }
+    code.extend_from_slice(&RESET);
     let (vm, dev) = device_vm(code, cfg);
     assert!(
         dir.join("vsock.sock").exists(),
@@ -437,14 +437,7 @@ fn a_cpl3_driver_gets_entropy_through_virtio_rng() {
 
     let mut cfg = vmm::VmConfig::new("/unused");
     cfg.rng = true;
-    let dev = recorder(0);
-    let vm = build_payload_vm(PayloadSpec {
-        extra_pio: vec![(TEST_PORT, 1, dev.clone())],
-        irqchip: true,
-        devices: Some(cfg),
-        ..PayloadSpec::new(blob)
-    })
-    .unwrap();
+    let (vm, dev) = device_vm(blob, cfg);
     let handle = vm.handle();
     let runner = std::thread::spawn(move || vm.run());
     if !handle.wait_exited(Some(Duration::from_secs(60))) {
@@ -492,6 +485,7 @@ fn disk_inserted_into_a_slot_while_the_guest_runs() {
     code.push(0xef); // out capacity
                      // eax = ConfigGeneration (0xfc); out
     code.extend_from_slice(&[0x8b, 0x81, 0xfc, 0x00, 0x00, 0x00, 0xef]);
+    code.extend_from_slice(&RESET);
     let (vm, dev) = device_vm(code, cfg);
     let handle = vm.handle();
     assert_eq!(handle.disk_slots(), 2);

@@ -225,17 +225,7 @@ fn live_pid_without_control_socket_is_stopped_and_with_it_running() {
     // Our own process as the "VMM", with a control socket answering pings.
     let sock = rt.pod_dir("p").join(crate::pod_vmm::CONTROL_SOCKET);
     let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-    struct Nop;
-    impl crate::pod_vmm::control::ControlTarget for Nop {
-        fn pause(&self) -> Result<(), String> {
-            Ok(())
-        }
-        fn resume(&self) -> Result<(), String> {
-            Ok(())
-        }
-        fn stop(&self) {}
-    }
-    std::thread::spawn(move || crate::pod_vmm::control::serve(listener, &Nop));
+    std::thread::spawn(move || crate::pod_vmm::control::serve(listener, &SlotRecorder::default()));
     force_state(&rt, "p", State::Running, Some(me.clone()));
     assert_eq!(rt.pod_status("p").unwrap().state, State::Running);
     // Running pods are not deleted without force.
@@ -473,7 +463,7 @@ fn list_does_not_wait_behind_a_busy_pod() {
     );
 }
 
-/// Records the disk requests a pod's control socket gets.
+/// A pod's control socket target that answers everything and records disk requests.
 #[derive(Default)]
 struct SlotRecorder(std::sync::Mutex<Vec<String>>);
 
