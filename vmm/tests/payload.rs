@@ -52,6 +52,16 @@ fn recorder(fill: u8) -> Arc<Mutex<Recorder>> {
 /// i8042 reset: `mov al, 0xfe; out 0x64, al`, then spin in case it did not work.
 const RESET: [u8; 6] = [0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe];
 
+/// The 32-bit words the payload wrote to TEST_PORT, in order.
+fn port_words(dev: &Mutex<Recorder>) -> Vec<u32> {
+    dev.lock()
+        .unwrap()
+        .writes
+        .iter()
+        .map(|w| u32::from_le_bytes(w.1[..4].try_into().unwrap()))
+        .collect()
+}
+
 /// A payload VM with an in-kernel irqchip and the virtio devices of `cfg`, running `code`;
 /// what it writes to TEST_PORT is recorded.
 fn device_vm(code: Vec<u8>, cfg: vmm::VmConfig) -> (vmm::Vmm, Arc<Mutex<Recorder>>) {
@@ -446,13 +456,7 @@ fn a_cpl3_driver_gets_entropy_through_virtio_rng() {
         panic!("driver did not finish; vCPU at {rips:x?}");
     }
     assert_eq!(runner.join().unwrap().unwrap(), VmExit::Reset);
-    let words: Vec<u32> = dev
-        .lock()
-        .unwrap()
-        .writes
-        .iter()
-        .map(|w| u32::from_le_bytes(w.1[..4].try_into().unwrap()))
-        .collect();
+    let words = port_words(&dev);
     assert_eq!(words.len(), 7, "{words:x?}");
     assert_eq!(words[0], 1, "used.idx");
     assert_eq!(words[1], 16, "bytes written by the device");
@@ -511,13 +515,7 @@ fn disk_inserted_into_a_slot_while_the_guest_runs() {
         Err(vmm::Error::Slot(0, _))
     ));
     assert_eq!(runner.join().unwrap().unwrap(), VmExit::Reset);
-    let seen: Vec<u32> = dev
-        .lock()
-        .unwrap()
-        .writes
-        .iter()
-        .map(|w| u32::from_le_bytes(w.1[..4].try_into().unwrap()))
-        .collect();
+    let seen = port_words(&dev);
     assert_eq!(seen, [0, (3 << 20) / 512, 1]);
     handle.eject_disk(0).unwrap();
     std::fs::remove_dir_all(dir).unwrap();
