@@ -46,6 +46,8 @@ part() {
     _rc=$?
     sed "s/^/devtest $_n: /" /tmp/part.out
     echo "devtest $_n: rc=$_rc"
+    # Guest uptime after each part: where the time went when a guest is slow.
+    echo "devtest time: $_n done at $(cut -d' ' -f1 /proc/uptime) s"
 }
 
 blk_rw() {
@@ -146,6 +148,7 @@ if [ -n "$SERVE" ]; then
     wait $SERVE
     echo "devtest vsock-server: rc=$?"
 fi
+echo "devtest time: done at $(cut -d' ' -f1 /proc/uptime) s"
 echo "devtest done"
 sync
 reboot -f
@@ -281,7 +284,7 @@ guest_run() {
         kill "$DT_ECHO_PID" 2>/dev/null
         wait "$DT_ECHO_PID"
     fi
-    grep "^devtest bound: " "$DT/$_tag.console"
+    grep -E "^devtest (bound|time): " "$DT/$_tag.console"
     echo "--- ember output"
     cat "$DT/$_tag.ember"
     echo "ember exit=$_status"

@@ -92,6 +92,7 @@ pods_pause_resume() {
     ember pod pause $POD || return 1
     ember pod status --json $POD | grep -q '"state": "paused"' || return 1
     echo "paused"
+    ember container status $POD c1
     ember pod resume $POD || return 1
     ember pod status --json $POD | grep -q '"state": "running"' || return 1
     echo "resumed"

@@ -65,6 +65,14 @@ fn pause_and_resume() {
     let Some(s) = passed("pods-pause-resume") else {
         return;
     };
+    // The running container is paused with its pod.
+    assert!(
+        s.output
+            .lines()
+            .any(|l| l.starts_with("container c1 paused")),
+        "{}",
+        s.output
+    );
     for line in ["paused", "resumed", "exec after resume ok"] {
         assert!(has(&s.output, line), "{line} missing:\n{}", s.output);
     }

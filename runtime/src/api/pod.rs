@@ -478,6 +478,14 @@ impl Runtime {
         )
         .map_err(Error::Control)?;
         rec.state = to;
+        // The containers' processes stop and go on with the VM.
+        for c in rec.containers.values_mut() {
+            c.state = match (to, c.state) {
+                (State::Paused, State::Running) => State::Paused,
+                (State::Running, State::Paused) => State::Running,
+                (_, s) => s,
+            };
+        }
         Self::store(&dir, &rec)?;
         Ok(PodInfo::from_record(&rec, &dir))
     }

@@ -226,6 +226,8 @@ fn live_pid_without_control_socket_is_stopped_and_with_it_running() {
     let sock = rt.pod_dir("p").join(crate::pod_vmm::CONTROL_SOCKET);
     let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
     std::thread::spawn(move || crate::pod_vmm::control::serve(listener, &SlotRecorder::default()));
+    rt.create_container("p", "c1", cfg(RootfsConfig::GuestPath { path: "/".into() }))
+        .unwrap();
     force_state(&rt, "p", State::Running, Some(me.clone()));
     assert_eq!(rt.pod_status("p").unwrap().state, State::Running);
     // Running pods are not deleted without force.
@@ -233,10 +235,20 @@ fn live_pid_without_control_socket_is_stopped_and_with_it_running() {
         rt.delete_pod("p", false),
         Err(Error::PodRunning(_))
     ));
-    // pause/resume go through the control socket and move the state.
-    assert_eq!(rt.pause_pod("p").unwrap().state, State::Paused);
+    // pause/resume go through the control socket and move the state, the running
+    // containers' with the pod's (exec in a paused container is refused).
+    let paused = rt.pause_pod("p").unwrap();
+    assert_eq!(paused.state, State::Paused);
+    assert_eq!(paused.containers[0].state, State::Paused);
+    assert_eq!(rt.container_status("p", "c1").unwrap().state, State::Paused);
+    assert!(matches!(
+        rt.exec_start("p", "c1", None, ProcessSpec::new(["true"])),
+        Err(Error::PodNotRunning { .. } | Error::ContainerNotRunning { .. })
+    ));
     assert!(matches!(rt.pause_pod("p"), Err(Error::PodState { .. })));
-    assert_eq!(rt.resume_pod("p").unwrap().state, State::Running);
+    let resumed = rt.resume_pod("p").unwrap();
+    assert_eq!(resumed.state, State::Running);
+    assert_eq!(resumed.containers[0].state, State::Running);
     // The control socket goes away: the VMM is considered gone.
     fs::remove_file(&sock).unwrap();
     let info = rt.pod_status("p").unwrap();
