@@ -111,3 +111,31 @@ pub(crate) enum DeviceEvent {
     /// The notify event of the queue with this index.
     Queue(usize),
 }
+
+/// The [`super::VirtioDevice`] methods every device forwards to its `common: VirtioCommon`
+/// field (acked features, queue events, activation). Used inside `impl VirtioDevice for ...`.
+macro_rules! forward_to_common {
+    () => {
+        fn acked_features(&self) -> u64 {
+            self.common.acked
+        }
+        fn set_acked_features(&mut self, features: u64) {
+            self.common.acked = features;
+        }
+        fn queue_events(&self) -> &[vmm_sys_util::eventfd::EventFd] {
+            &self.common.queue_evts
+        }
+        fn activate(
+            &mut self,
+            mem: $crate::virtio::GuestMem,
+            queues: Vec<virtio_queue::Queue>,
+            interrupt: std::sync::Arc<dyn $crate::virtio::VirtioInterrupt>,
+        ) -> Result<(), $crate::virtio::Error> {
+            self.common.activate(mem, queues, interrupt)
+        }
+        fn is_activated(&self) -> bool {
+            self.common.is_activated()
+        }
+    };
+}
+pub(crate) use forward_to_common;

@@ -2,17 +2,14 @@
 //! `getrandom(2)`.
 
 use std::io;
-use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use virtio_queue::Queue;
 use vm_memory::Bytes;
-use vmm_sys_util::eventfd::EventFd;
 
 use super::common::VirtioCommon;
 use super::{
     add_used, collect_chain, features, pop_chain, quiet, signal_used, Error, GuestMem,
-    VirtioDevice, VirtioInterrupt, VIRTIO_ID_RNG,
+    VirtioDevice, VIRTIO_ID_RNG,
 };
 
 /// Queue size of the request queue.
@@ -116,42 +113,23 @@ fn fill_chain(
 }
 
 impl VirtioDevice for Rng {
+    crate::virtio::common::forward_to_common!();
     fn device_type(&self) -> u32 {
         VIRTIO_ID_RNG
     }
     fn avail_features(&self) -> u64 {
         features(&[])
     }
-    fn acked_features(&self) -> u64 {
-        self.common.acked
-    }
-    fn set_acked_features(&mut self, features: u64) {
-        self.common.acked = features;
-    }
     fn queue_max_sizes(&self) -> &[u16] {
         &[QUEUE_SIZE]
-    }
-    fn queue_events(&self) -> &[EventFd] {
-        &self.common.queue_evts
     }
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-    fn activate(
-        &mut self,
-        mem: GuestMem,
-        queues: Vec<Queue>,
-        interrupt: Arc<dyn VirtioInterrupt>,
-    ) -> Result<(), Error> {
-        self.common.activate(mem, queues, interrupt)
-    }
     fn reset(&mut self) -> bool {
         self.common.reset();
         true
-    }
-    fn is_activated(&self) -> bool {
-        self.common.is_activated()
     }
 }
 
@@ -174,7 +152,7 @@ mod tests {
     use crate::virtio::test_utils::*;
     use crate::virtio::{CountingInterrupt, InterruptKind};
     use event_manager::{EventManager, SubscriberOps};
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     fn active(mem: &GuestMem, q: &GuestQueue) -> (Rng, Arc<CountingInterrupt>) {
         let mut rng = Rng::new().unwrap();

@@ -1,18 +1,15 @@
 //! The virtio-blk device.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
-use virtio_queue::Queue;
-use vmm_sys_util::eventfd::EventFd;
 
 use super::request::{handle, Outcome};
 use super::{DiskBackend, Error, NoMedium, RawFile, QUEUE_SIZE, SECTOR_SIZE};
 use crate::virtio::common::VirtioCommon;
 use crate::virtio::{
     add_used, collect_chain, features, pop_chain, quiet, read_config_bytes, signal_used,
-    Error as VirtioError, GuestMem, InterruptKind, VirtioDevice, VirtioInterrupt, VIRTIO_ID_BLOCK,
+    InterruptKind, VirtioDevice, VIRTIO_ID_BLOCK,
 };
 
 /// Data segments per request offered to the driver (queue size minus header and status).
@@ -160,23 +157,15 @@ impl Block {
 }
 
 impl VirtioDevice for Block {
+    crate::virtio::common::forward_to_common!();
     fn device_type(&self) -> u32 {
         VIRTIO_ID_BLOCK
     }
     fn avail_features(&self) -> u64 {
         self.avail
     }
-    fn acked_features(&self) -> u64 {
-        self.common.acked
-    }
-    fn set_acked_features(&mut self, features: u64) {
-        self.common.acked = features;
-    }
     fn queue_max_sizes(&self) -> &[u16] {
         &[QUEUE_SIZE]
-    }
-    fn queue_events(&self) -> &[EventFd] {
-        &self.common.queue_evts
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
@@ -184,20 +173,9 @@ impl VirtioDevice for Block {
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
         self.common.warn_config_write();
     }
-    fn activate(
-        &mut self,
-        mem: GuestMem,
-        queues: Vec<Queue>,
-        interrupt: Arc<dyn VirtioInterrupt>,
-    ) -> Result<(), VirtioError> {
-        self.common.activate(mem, queues, interrupt)
-    }
     fn reset(&mut self) -> bool {
         self.common.reset();
         true
-    }
-    fn is_activated(&self) -> bool {
-        self.common.is_activated()
     }
     fn config_generation(&self) -> u32 {
         self.generation

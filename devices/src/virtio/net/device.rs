@@ -1,19 +1,16 @@
 //! The virtio-net device: rx (0) and tx (1) queues around a [`NetBackend`].
 
 use std::io;
-use std::sync::Arc;
 
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::{Error, NetBackend, Tap, MAX_FRAME, QUEUE_SIZE, VNET_HDR_LEN};
 use crate::virtio::common::VirtioCommon;
 use crate::virtio::{
-    add_used, collect_chain, features, pop_chain, quiet, read_config_bytes, signal_used,
-    Error as VirtioError, GuestMem, VirtioDevice, VirtioInterrupt, VIRTIO_ID_NET,
+    add_used, collect_chain, features, pop_chain, quiet, read_config_bytes, signal_used, GuestMem,
+    VirtioDevice, VIRTIO_ID_NET,
 };
 
 pub(super) const RXQ: usize = 0;
@@ -204,23 +201,15 @@ fn gather(mem: &GuestMem, descs: &[Descriptor], out: &mut Vec<u8>) -> Option<()>
 }
 
 impl VirtioDevice for Net {
+    crate::virtio::common::forward_to_common!();
     fn device_type(&self) -> u32 {
         VIRTIO_ID_NET
     }
     fn avail_features(&self) -> u64 {
         self.avail
     }
-    fn acked_features(&self) -> u64 {
-        self.common.acked
-    }
-    fn set_acked_features(&mut self, features: u64) {
-        self.common.acked = features;
-    }
     fn queue_max_sizes(&self) -> &[u16] {
         &[QUEUE_SIZE; 2]
-    }
-    fn queue_events(&self) -> &[EventFd] {
-        &self.common.queue_evts
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
@@ -228,20 +217,9 @@ impl VirtioDevice for Net {
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
         self.common.warn_config_write();
     }
-    fn activate(
-        &mut self,
-        mem: GuestMem,
-        queues: Vec<Queue>,
-        interrupt: Arc<dyn VirtioInterrupt>,
-    ) -> Result<(), VirtioError> {
-        self.common.activate(mem, queues, interrupt)
-    }
     fn reset(&mut self) -> bool {
         self.common.reset();
         self.rx_pending = None;
         true
-    }
-    fn is_activated(&self) -> bool {
-        self.common.is_activated()
     }
 }

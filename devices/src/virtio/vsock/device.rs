@@ -3,19 +3,17 @@
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::path::Path;
-use std::sync::Arc;
 
 use event_manager::EventSet;
-use virtio_queue::{Queue, QueueOwnedT};
+use virtio_queue::QueueOwnedT;
 use vm_memory::Bytes;
-use vmm_sys_util::eventfd::EventFd;
 
 use super::packet::{read_tx, rx_capacity, write_rx};
 use super::{Error, UnixMuxer, VsockBackend, EVENT_TRANSPORT_RESET, MAX_PKT_DATA, QUEUE_SIZE};
 use crate::virtio::common::VirtioCommon;
 use crate::virtio::{
     add_used, collect_chain, features, pop_chain, quiet, read_config_bytes, signal_used,
-    Error as VirtioError, GuestMem, VirtioDevice, VirtioInterrupt, VIRTIO_ID_VSOCK,
+    VirtioDevice, VIRTIO_ID_VSOCK,
 };
 
 pub(super) const RXQ: usize = 0;
@@ -166,37 +164,21 @@ impl Vsock {
 }
 
 impl VirtioDevice for Vsock {
+    crate::virtio::common::forward_to_common!();
     fn device_type(&self) -> u32 {
         VIRTIO_ID_VSOCK
     }
     fn avail_features(&self) -> u64 {
         features(&[])
     }
-    fn acked_features(&self) -> u64 {
-        self.common.acked
-    }
-    fn set_acked_features(&mut self, features: u64) {
-        self.common.acked = features;
-    }
     fn queue_max_sizes(&self) -> &[u16] {
         &[QUEUE_SIZE; 3]
-    }
-    fn queue_events(&self) -> &[EventFd] {
-        &self.common.queue_evts
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
     }
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
         self.common.warn_config_write();
-    }
-    fn activate(
-        &mut self,
-        mem: GuestMem,
-        queues: Vec<Queue>,
-        interrupt: Arc<dyn VirtioInterrupt>,
-    ) -> Result<(), VirtioError> {
-        self.common.activate(mem, queues, interrupt)
     }
     fn reset(&mut self) -> bool {
         self.common.reset();
@@ -206,8 +188,5 @@ impl VirtioDevice for Vsock {
             log::error!("vsock: failed to signal reset: {e}");
         }
         true
-    }
-    fn is_activated(&self) -> bool {
-        self.common.is_activated()
     }
 }
