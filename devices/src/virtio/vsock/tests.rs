@@ -184,9 +184,9 @@ fn read_line(s: &mut UnixStream) -> String {
     }
 }
 
-/// Host connects, guest accepts; returns (host stream, host port).
-fn establish_from_host(rig: &mut Rig, g: &mut Guest, guest_port: u32) -> (UnixStream, u32) {
-    let mut s = rig.host_connect(guest_port);
+/// Host connects to `guest_port`; returns the host stream and the REQUEST the guest got.
+fn host_request(rig: &mut Rig, g: &mut Guest, guest_port: u32) -> (UnixStream, PacketHeader) {
+    let s = rig.host_connect(guest_port);
     let p = g.recv();
     assert_eq!(p.len(), 1, "expected one REQUEST");
     let req = p[0].0;
@@ -194,10 +194,27 @@ fn establish_from_host(rig: &mut Rig, g: &mut Guest, guest_port: u32) -> (UnixSt
     assert_eq!(req.dst_port, guest_port);
     assert_eq!((req.src_cid, req.dst_cid), (HOST_CID, GUEST_CID));
     assert_eq!(req.buf_alloc, CONN_BUF);
-    g.send(pkt(OP_RESPONSE, guest_port, req.src_port, 65536, 0), &[]);
+    (s, req)
+}
+
+/// Host connects, guest accepts with `credit` bytes of receive buffer; returns (host
+/// stream, host port).
+fn establish_with_credit(
+    rig: &mut Rig,
+    g: &mut Guest,
+    guest_port: u32,
+    credit: u32,
+) -> (UnixStream, u32) {
+    let (mut s, req) = host_request(rig, g, guest_port);
+    g.send(pkt(OP_RESPONSE, guest_port, req.src_port, credit, 0), &[]);
     rig.kick(device::TXQ);
     assert_eq!(read_line(&mut s), format!("OK {}", req.src_port));
     (s, req.src_port)
+}
+
+/// Host connects, guest accepts; returns (host stream, host port).
+fn establish_from_host(rig: &mut Rig, g: &mut Guest, guest_port: u32) -> (UnixStream, u32) {
+    establish_with_credit(rig, g, guest_port, 65536)
 }
 
 #[test]
@@ -295,12 +312,8 @@ fn host_to_guest_respects_guest_credit() {
     let mut rig = Rig::new(&m, &g);
     g.post_rx(32);
     rig.kick(device::RXQ);
-    let mut s = rig.host_connect(7);
-    let req = g.recv()[0].0;
     // The guest has only 1000 bytes of receive buffer.
-    g.send(pkt(OP_RESPONSE, 7, req.src_port, 1000, 0), &[]);
-    rig.kick(device::TXQ);
-    read_line(&mut s);
+    let (mut s, host_port) = establish_with_credit(&mut rig, &mut g, 7, 1000);
     s.write_all(&[0xab; 5000]).unwrap();
     rig.pump();
     let p = g.recv();
@@ -312,7 +325,7 @@ fn host_to_guest_respects_guest_credit() {
     assert_eq!(data, 1000, "must not exceed the guest's credit");
     assert_eq!(p.last().unwrap().0.op, OP_CREDIT_REQUEST);
     // The guest consumed it all: 1000 more.
-    g.send(pkt(OP_CREDIT_UPDATE, 7, req.src_port, 1000, 1000), &[]);
+    g.send(pkt(OP_CREDIT_UPDATE, 7, host_port, 1000, 1000), &[]);
     rig.kick(device::TXQ);
     let p = g.recv();
     let data: usize = p
@@ -322,7 +335,7 @@ fn host_to_guest_respects_guest_credit() {
         .sum();
     assert_eq!(data, 1000);
     // A bigger buffer lets the rest through.
-    g.send(pkt(OP_CREDIT_UPDATE, 7, req.src_port, 1 << 20, 2000), &[]);
+    g.send(pkt(OP_CREDIT_UPDATE, 7, host_port, 1 << 20, 2000), &[]);
     rig.kick(device::TXQ);
     let p = g.recv();
     let data: usize = p
@@ -537,8 +550,7 @@ fn guest_rst_on_request_closes_host_stream() {
     let mut rig = Rig::new(&m, &g);
     g.post_rx(4);
     rig.kick(device::RXQ);
-    let mut s = rig.host_connect(77);
-    let req = g.recv()[0].0;
+    let (mut s, req) = host_request(&mut rig, &mut g, 77);
     g.send(pkt(OP_RST, 77, req.src_port, 0, 0), &[]);
     rig.kick(device::TXQ);
     let mut b = [0u8; 1];
