@@ -8,7 +8,12 @@ use event_manager::{EventOps, EventSet, Events};
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{check_activation, new_events, ActiveState, Error, GuestMem, VirtioInterrupt};
+use virtio_queue::desc::split::Descriptor;
+
+use super::{
+    add_used, check_activation, collect_chain, new_events, pop_chain, quiet, signal_used,
+    ActiveState, ChainError, Error, GuestMem, VirtioInterrupt,
+};
 
 /// The part of a device that does not depend on its type.
 pub(crate) struct VirtioCommon {
@@ -49,6 +54,38 @@ impl VirtioCommon {
             interrupt,
         });
         self.activate_evt.write(1).map_err(Error::ActivateEvent)
+    }
+
+    /// Serves every available chain of queue `q` (nothing before activation): `serve` gets
+    /// each chain's descriptors, or why they are unusable (logged here), and returns the bytes
+    /// it wrote for the used ring. The driver is interrupted once at the end, if it wants to
+    /// be. Returns the number of chains completed.
+    pub fn serve_queue(
+        &mut self,
+        q: usize,
+        mut serve: impl FnMut(&GuestMem, Result<Vec<Descriptor>, ChainError>) -> u32,
+    ) -> usize {
+        let Some(st) = self.state.as_mut() else {
+            return 0;
+        };
+        let mem = st.mem.clone();
+        let mut done = 0;
+        let mut notify = false;
+        quiet(&mut st.queues[q], &mem);
+        while let Some(chain) = pop_chain(&mut st.queues[q], &mem) {
+            let head = chain.head_index();
+            let descs = collect_chain(chain, &mem);
+            if let Err(e) = &descs {
+                log::warn!("{}: {e}", self.name);
+            }
+            let len = serve(&mem, descs);
+            notify |= add_used(&mut st.queues[q], &mem, head, len);
+            done += 1;
+        }
+        if notify {
+            signal_used(st.interrupt.as_ref());
+        }
+        done
     }
 
     /// Drops the active state.

@@ -7,10 +7,7 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use vm_memory::Bytes;
 
 use super::common::VirtioCommon;
-use super::{
-    add_used, collect_chain, features, pop_chain, quiet, signal_used, Error, GuestMem,
-    VirtioDevice, VIRTIO_ID_RNG,
-};
+use super::{features, Error, GuestMem, VirtioDevice, VIRTIO_ID_RNG};
 
 /// Queue size of the request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -54,35 +51,15 @@ impl Rng {
 
     /// Service the request queue; returns the number of chains completed.
     pub fn process_queue(&mut self) -> usize {
-        let Some(st) = self.common.state.as_mut() else {
-            return 0;
-        };
-        let mem = st.mem.clone();
-        let mut done = 0;
-        let mut notify = false;
-        quiet(&mut st.queues[0], &mem);
-        while let Some(chain) = pop_chain(&mut st.queues[0], &mem) {
-            let head = chain.head_index();
-            let len = match collect_chain(chain, &mem) {
-                Ok(descs) if descs.iter().all(|d| d.is_write_only()) => {
-                    fill_chain(&mem, &descs, &mut self.buf)
-                }
-                Ok(_) => {
-                    log::warn!("virtio-rng: device-readable descriptor in request");
-                    0
-                }
-                Err(e) => {
-                    log::warn!("virtio-rng: {e}");
-                    0
-                }
-            };
-            notify |= add_used(&mut st.queues[0], &mem, head, len);
-            done += 1;
-        }
-        if notify {
-            signal_used(st.interrupt.as_ref());
-        }
-        done
+        let buf = &mut self.buf;
+        self.common.serve_queue(0, |mem, descs| match descs {
+            Ok(descs) if descs.iter().all(|d| d.is_write_only()) => fill_chain(mem, &descs, buf),
+            Ok(_) => {
+                log::warn!("virtio-rng: device-readable descriptor in request");
+                0
+            }
+            Err(_) => 0,
+        })
     }
 }
 

@@ -4,13 +4,10 @@ use std::path::Path;
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
 
-use super::request::{handle, Outcome};
+use super::request::handle;
 use super::{DiskBackend, Error, NoMedium, RawFile, QUEUE_SIZE, SECTOR_SIZE};
 use crate::virtio::common::VirtioCommon;
-use crate::virtio::{
-    add_used, collect_chain, features, pop_chain, quiet, read_config_bytes, signal_used,
-    InterruptKind, VirtioDevice, VIRTIO_ID_BLOCK,
-};
+use crate::virtio::{features, read_config_bytes, InterruptKind, VirtioDevice, VIRTIO_ID_BLOCK};
 
 /// Data segments per request offered to the driver (queue size minus header and status).
 const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
@@ -121,38 +118,11 @@ impl Block {
 
     /// Service the request queue; returns the number of chains completed.
     pub fn process_queue(&mut self) -> usize {
-        let Some(st) = self.common.state.as_mut() else {
-            return 0;
-        };
-        let mem = st.mem.clone();
-        let mut done = 0;
-        let mut notify = false;
-        quiet(&mut st.queues[0], &mem);
-        while let Some(chain) = pop_chain(&mut st.queues[0], &mem) {
-            let head = chain.head_index();
-            let out = match collect_chain(chain, &mem) {
-                Ok(descs) => handle(
-                    &descs,
-                    &mem,
-                    self.disk.as_mut(),
-                    self.read_only,
-                    &mut self.buf,
-                ),
-                Err(e) => {
-                    log::warn!("virtio-blk: {e}");
-                    Outcome {
-                        status: None,
-                        used_len: 0,
-                    }
-                }
-            };
-            notify |= add_used(&mut st.queues[0], &mem, head, out.used_len);
-            done += 1;
-        }
-        if notify {
-            signal_used(st.interrupt.as_ref());
-        }
-        done
+        let (disk, read_only, buf) = (self.disk.as_mut(), self.read_only, &mut self.buf);
+        self.common.serve_queue(0, |mem, descs| match descs {
+            Ok(descs) => handle(&descs, mem, disk, read_only, buf).used_len,
+            Err(_) => 0,
+        })
     }
 }
 
