@@ -150,28 +150,56 @@ pub fn build_vmm(cfg: &VmConfig, start: Instant) -> Result<Vmm, Error> {
     let params = arch::boot_params_for(&mem, &kernel, cmdline_len, initrd_loc);
     arch::write_boot_params(&mem, &params).map_err(Error::Boot)?;
 
-    let pio = Arc::new(pio);
-    let mmio = Arc::new(mmio);
-    let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
-    for i in 0..cfg.vcpus {
-        let vcpu = Vcpu::new(
-            &vm,
-            i,
-            pio.clone(),
-            mmio.clone(),
-            mem.clone(),
-            control.clone(),
-            timings.clone(),
-        )
-        .map_err(Error::Vcpu)?;
-        vcpu.configure(&kvm, cfg.vcpus, kernel.entry.0, Privilege::Kernel, true)
-            .map_err(Error::Vcpu)?;
-        vcpus.push(vcpu);
-    }
+    let start = VcpuStart {
+        count: cfg.vcpus,
+        entry: kernel.entry.0,
+        privilege: Privilege::Kernel,
+        lapic: true,
+    };
+    let vcpus = create_vcpus(&kvm, &vm, (pio, mmio), &mem, &control, &timings, start)?;
     timings.mark(Phase::VmCreated);
     let mut vmm = Vmm::from_parts(kvm, vm, mem, vcpus, control, timings, legacy);
     vmm.set_devices(virtio, event_loop, slots);
     Ok(vmm)
+}
+
+/// Where and how the vCPUs start.
+struct VcpuStart {
+    count: u8,
+    entry: u64,
+    privilege: Privilege,
+    /// In-kernel irqchip: set the LAPIC LINT pins.
+    lapic: bool,
+}
+
+/// The VM's vCPUs on the port-I/O and MMIO `buses`, each configured for `start`.
+fn create_vcpus(
+    kvm: &KvmContext,
+    vm: &Vm,
+    buses: (Bus, Bus),
+    mem: &GuestMemoryMmap,
+    control: &Arc<VmControl>,
+    timings: &Arc<TimingsRecorder>,
+    start: VcpuStart,
+) -> Result<Vec<Vcpu>, Error> {
+    let (pio, mmio) = (Arc::new(buses.0), Arc::new(buses.1));
+    (0..start.count)
+        .map(|i| {
+            let vcpu = Vcpu::new(
+                vm,
+                i,
+                pio.clone(),
+                mmio.clone(),
+                mem.clone(),
+                control.clone(),
+                timings.clone(),
+            )
+            .map_err(Error::Vcpu)?;
+            vcpu.configure(kvm, start.count, start.entry, start.privilege, start.lapic)
+                .map_err(Error::Vcpu)?;
+            Ok(vcpu)
+        })
+        .collect()
 }
 
 /// Create the virtio devices `cfg` asks for and attach them; returns the empty disk slots.
@@ -294,29 +322,13 @@ pub fn build_payload_vm(spec: PayloadSpec) -> Result<Vmm, Error> {
     if spec.vcpus == 0 || spec.vcpus > mptable::MAX_SUPPORTED_CPUS {
         return Err(Error::VcpuCount(spec.vcpus));
     }
-    let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
-    let mut vcpus = Vec::with_capacity(usize::from(spec.vcpus));
-    for i in 0..spec.vcpus {
-        let vcpu = Vcpu::new(
-            &vm,
-            i,
-            pio.clone(),
-            mmio.clone(),
-            mem.clone(),
-            control.clone(),
-            timings.clone(),
-        )
-        .map_err(Error::Vcpu)?;
-        vcpu.configure(
-            &kvm,
-            spec.vcpus,
-            spec.load_addr,
-            spec.privilege,
-            spec.irqchip,
-        )
-        .map_err(Error::Vcpu)?;
-        vcpus.push(vcpu);
-    }
+    let start = VcpuStart {
+        count: spec.vcpus,
+        entry: spec.load_addr,
+        privilege: spec.privilege,
+        lapic: spec.irqchip,
+    };
+    let vcpus = create_vcpus(&kvm, &vm, (pio, mmio), &mem, &control, &timings, start)?;
     timings.mark(Phase::VmCreated);
     let mut vmm = Vmm::from_parts(kvm, vm, mem, vcpus, control, timings, legacy);
     vmm.set_devices(virtio, event_loop, slots);
