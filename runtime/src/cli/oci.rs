@@ -44,24 +44,8 @@ pub enum Format {
 pub enum OciCommand {
     /// Create a container from an OCI bundle (its process waits for `start`).
     Create {
-        /// Bundle directory (holds config.json).
-        #[arg(long, short = 'b', default_value = ".")]
-        bundle: PathBuf,
-        /// Write the container's host pid here.
-        #[arg(long = "pid-file")]
-        pid_file: Option<PathBuf>,
-        /// Unix socket to send the pty master to (terminal containers).
-        #[arg(long = "console-socket")]
-        console_socket: Option<PathBuf>,
-        /// Accepted for runc compatibility.
-        #[arg(long = "no-pivot")]
-        no_pivot: bool,
-        /// Accepted for runc compatibility.
-        #[arg(long = "no-new-keyring")]
-        no_new_keyring: bool,
-        /// Accepted for runc compatibility.
-        #[arg(long = "preserve-fds", default_value_t = 0)]
-        preserve_fds: u32,
+        #[command(flatten)]
+        opts: CreateArgs,
         id: String,
     },
     /// Start a created container.
@@ -106,18 +90,10 @@ pub enum OciCommand {
     },
     /// Create and start a container, and wait for it unless detached.
     Run {
-        #[arg(long, short = 'b', default_value = ".")]
-        bundle: PathBuf,
+        #[command(flatten)]
+        opts: CreateArgs,
         #[arg(long, short = 'd')]
         detach: bool,
-        #[arg(long = "pid-file")]
-        pid_file: Option<PathBuf>,
-        #[arg(long = "console-socket")]
-        console_socket: Option<PathBuf>,
-        #[arg(long = "no-pivot")]
-        no_pivot: bool,
-        #[arg(long = "no-new-keyring")]
-        no_new_keyring: bool,
         id: String,
     },
     /// Write a default config.json into the bundle.
@@ -251,6 +227,39 @@ fn command_name(cmd: &OciCommand) -> &'static str {
     }
 }
 
+/// The flags `create` and `run` share.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Bundle directory (holds config.json).
+    #[arg(long, short = 'b', default_value = ".")]
+    bundle: PathBuf,
+    /// Write the container's host pid here.
+    #[arg(long = "pid-file")]
+    pid_file: Option<PathBuf>,
+    /// Unix socket to send the pty master to (terminal containers).
+    #[arg(long = "console-socket")]
+    console_socket: Option<PathBuf>,
+    /// Accepted for runc compatibility.
+    #[arg(long = "no-pivot")]
+    no_pivot: bool,
+    /// Accepted for runc compatibility.
+    #[arg(long = "no-new-keyring")]
+    no_new_keyring: bool,
+    /// Accepted for runc compatibility.
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    preserve_fds: u32,
+}
+
+impl From<CreateArgs> for CreateOpts {
+    fn from(a: CreateArgs) -> Self {
+        CreateOpts {
+            bundle: a.bundle,
+            pid_file: a.pid_file,
+            console_socket: a.console_socket,
+        }
+    }
+}
+
 fn print_json<T: serde::Serialize>(v: &T) -> Result<(), CliError> {
     let s = serde_json::to_string_pretty(v).map_err(CliError::Json)?;
     outln!("{s}");
@@ -265,19 +274,8 @@ fn backend(ctx: &Ctx) -> VmBackend {
 
 fn dispatch(ctx: &Ctx, cmd: OciCommand) -> Result<i32, CliError> {
     match cmd {
-        OciCommand::Create {
-            bundle,
-            pid_file,
-            console_socket,
-            id,
-            ..
-        } => {
-            let opts = CreateOpts {
-                bundle,
-                pid_file,
-                console_socket,
-            };
-            ops::create(ctx, &id, &opts, &backend(ctx))?;
+        OciCommand::Create { opts, id } => {
+            ops::create(ctx, &id, &opts.into(), &backend(ctx))?;
             Ok(0)
         }
         OciCommand::Start { id } => {
@@ -390,20 +388,8 @@ fn dispatch(ctx: &Ctx, cmd: OciCommand) -> Result<i32, CliError> {
             }
             Ok(0)
         }
-        OciCommand::Run {
-            bundle,
-            detach,
-            pid_file,
-            console_socket,
-            id,
-            ..
-        } => {
-            let opts = CreateOpts {
-                bundle,
-                pid_file,
-                console_socket,
-            };
-            Ok(ops::run(ctx, &id, &opts, detach, &backend(ctx))?)
+        OciCommand::Run { opts, detach, id } => {
+            Ok(ops::run(ctx, &id, &opts.into(), detach, &backend(ctx))?)
         }
         OciCommand::Spec { bundle, .. } => {
             write_spec(&bundle)?;
