@@ -183,6 +183,17 @@ impl Drop for TestAgent {
     }
 }
 
+/// For a test that needs root: the agent and a busybox rootfs named `rootfs` (None: the
+/// test is skipped, with the reason printed).
+fn root_agent(test: &str, rootfs: &str) -> Option<(TestAgent, PathBuf)> {
+    if !needs_root(test) {
+        return None;
+    }
+    let t = TestAgent::start();
+    let r = t.rootfs(rootfs);
+    Some((t, r))
+}
+
 fn needs_root(test: &str) -> bool {
     if !is_root() {
         eprintln!("skipping {test}: needs root (mounts, namespaces)");
@@ -330,11 +341,9 @@ fn requests_on_missing_containers_are_rejected() {
 
 #[test]
 fn container_lifecycle_with_stdio() {
-    if !needs_root("container_lifecycle_with_stdio") {
+    let Some((mut t, rootfs)) = root_agent("container_lifecycle_with_stdio", "rootfs-life") else {
         return;
-    }
-    let mut t = TestAgent::start();
-    let rootfs = t.rootfs("rootfs-life");
+    };
     let mut spec = t.spec(
         &rootfs,
         &[
@@ -423,11 +432,9 @@ fn container_lifecycle_with_stdio() {
 
 #[test]
 fn mounts_from_the_volume_disk() {
-    if !needs_root("mounts_from_the_volume_disk") {
+    let Some((mut t, rootfs)) = root_agent("mounts_from_the_volume_disk", "rootfs-vol") else {
         return;
-    }
-    let mut t = TestAgent::start();
-    let rootfs = t.rootfs("rootfs-vol");
+    };
     // The volume as the runtime stages it: one entry per host bind, named by its index.
     let vol = t.dir.join("volume-src");
     std::fs::create_dir_all(vol.join("1")).unwrap();
@@ -485,11 +492,9 @@ fn mounts_from_the_volume_disk() {
 
 #[test]
 fn exec_signal_process_list_pause() {
-    if !needs_root("exec_signal_process_list_pause") {
+    let Some((mut t, rootfs)) = root_agent("exec_signal_process_list_pause", "rootfs-exec") else {
         return;
-    }
-    let mut t = TestAgent::start();
-    let rootfs = t.rootfs("rootfs-exec");
+    };
     let mut c = t.client();
     c.create_container("ex", t.spec(&rootfs, &["sleep", "1000"]))
         .unwrap();
@@ -583,11 +588,12 @@ fn exec_signal_process_list_pause() {
 
 #[test]
 fn credentials_rlimits_terminal_and_destroy_running() {
-    if !needs_root("credentials_rlimits_terminal_and_destroy_running") {
+    let Some((mut t, rootfs)) = root_agent(
+        "credentials_rlimits_terminal_and_destroy_running",
+        "rootfs-cred",
+    ) else {
         return;
-    }
-    let mut t = TestAgent::start();
-    let rootfs = t.rootfs("rootfs-cred");
+    };
     let mut c = t.client();
     let mut spec = t.spec(&rootfs, &["sleep", "1000"]);
     spec.namespaces = vec![Namespace::Mount, Namespace::Pid];
@@ -1087,11 +1093,11 @@ fn pid1_reports_ready_without_listener_and_binds_later() {
 /// leaves nothing behind, and the id can be used again.
 #[test]
 fn failed_setup_is_reported_and_cleaned_up() {
-    if !needs_root("failed_setup_is_reported_and_cleaned_up") {
+    let Some((mut t, rootfs)) =
+        root_agent("failed_setup_is_reported_and_cleaned_up", "rootfs-fail")
+    else {
         return;
-    }
-    let mut t = TestAgent::start();
-    let rootfs = t.rootfs("rootfs-fail");
+    };
     let mut c = t.client();
     // With a terminal the helper fails before it has made the pty: the cause still arrives.
     for terminal in [false, true] {
