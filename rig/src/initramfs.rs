@@ -172,30 +172,13 @@ impl<W: Write> Writer<W> {
 
     /// A regular file with the given contents.
     pub fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> Result<()> {
-        let name = normalize(path)?;
-        let size = u32::try_from(data.len()).map_err(|_| Error::TooLarge {
-            path: name.clone(),
-            size: data.len() as u64,
-        })?;
-        self.header(Header {
-            name: &name,
-            mode: S_IFREG | (mode & PERM_MASK),
-            nlink: 1,
-            size,
-            rdev: (0, 0),
-        })?;
+        self.file_header(path, mode, data.len() as u64)?;
         self.put(data)?;
         self.pad()
     }
 
-    /// A regular file whose contents are streamed from `src` (`len` bytes, checked).
-    pub fn file_from_reader(
-        &mut self,
-        path: &str,
-        mode: u32,
-        len: u64,
-        src: &mut dyn Read,
-    ) -> Result<()> {
+    /// The header of a regular file of `len` bytes; returns its normalized name.
+    fn file_header(&mut self, path: &str, mode: u32, len: u64) -> Result<String> {
         let name = normalize(path)?;
         let size = u32::try_from(len).map_err(|_| Error::TooLarge {
             path: name.clone(),
@@ -208,6 +191,18 @@ impl<W: Write> Writer<W> {
             size,
             rdev: (0, 0),
         })?;
+        Ok(name)
+    }
+
+    /// A regular file whose contents are streamed from `src` (`len` bytes, checked).
+    pub fn file_from_reader(
+        &mut self,
+        path: &str,
+        mode: u32,
+        len: u64,
+        src: &mut dyn Read,
+    ) -> Result<()> {
+        let name = self.file_header(path, mode, len)?;
         let mut left = len;
         let mut buf = vec![0u8; 256 * 1024];
         while left > 0 {

@@ -16,6 +16,17 @@ pub struct Section {
     pub complete: bool,
 }
 
+impl Section {
+    /// A section whose END marker never came (rc -1).
+    fn incomplete(output: String) -> Section {
+        Section {
+            rc: -1,
+            output,
+            complete: false,
+        }
+    }
+}
+
 /// Parses every section of `console`. A name seen twice keeps the last one.
 pub fn parse(console: &str) -> BTreeMap<String, Section> {
     let mut out = BTreeMap::new();
@@ -41,14 +52,7 @@ pub fn parse(console: &str) -> BTreeMap<String, Section> {
                     );
                 } else {
                     // An END for another section: close the open one as incomplete.
-                    out.insert(
-                        cur,
-                        Section {
-                            rc: -1,
-                            output,
-                            complete: false,
-                        },
-                    );
+                    out.insert(cur, Section::incomplete(output));
                 }
             }
             continue;
@@ -56,14 +60,7 @@ pub fn parse(console: &str) -> BTreeMap<String, Section> {
         if let Some(pos) = line.find(BEGIN) {
             let name = line[pos + BEGIN.len()..].trim().to_string();
             if let Some((cur, output)) = current.take() {
-                out.insert(
-                    cur,
-                    Section {
-                        rc: -1,
-                        output,
-                        complete: false,
-                    },
-                );
+                out.insert(cur, Section::incomplete(output));
             }
             current = Some((name, String::new()));
             continue;
@@ -74,14 +71,7 @@ pub fn parse(console: &str) -> BTreeMap<String, Section> {
         }
     }
     if let Some((cur, output)) = current {
-        out.insert(
-            cur,
-            Section {
-                rc: -1,
-                output,
-                complete: false,
-            },
-        );
+        out.insert(cur, Section::incomplete(output));
     }
     out
 }
