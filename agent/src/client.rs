@@ -237,6 +237,11 @@ impl<S: Read + Write> AgentClient<S> {
 
     /// Asks the agent to kill everything and reboot the guest. The agent answers before it
     /// goes down; the connection then closes.
+    /// Flush the guest's page cache to its disks.
+    pub fn sync(&mut self) -> Result<(), ClientError> {
+        self.call_done("Sync", Request::Sync)
+    }
+
     pub fn shutdown(&mut self) -> Result<(), ClientError> {
         self.call_done("Shutdown", Request::Shutdown)
     }

@@ -194,6 +194,9 @@ pub enum Request {
     DestroyContainer { id: String },
     /// Agent and per-container statistics. Answers [`Response::Stats`].
     Stats,
+    /// Flushes the guest's dirty pages to its disks (`sync(2)`), so the host may stop the VM
+    /// at once without losing what containers wrote.
+    Sync,
     /// Turns this connection into a raw byte stream of one process stream (see module docs).
     AttachStdio {
         container_id: String,

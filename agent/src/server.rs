@@ -209,6 +209,11 @@ pub fn dispatch(agent: &Agent, request: Request) -> Result<Response, AgentError>
         Request::Resume { id } => agent.resume(&id).map(|_| Response::Done).map_err(e),
         Request::DestroyContainer { id } => agent.destroy(&id).map(|_| Response::Done).map_err(e),
         Request::Stats => Ok(Response::Stats(agent.stats())),
+        Request::Sync => {
+            // SAFETY: sync(2) takes no arguments and cannot fail.
+            unsafe { libc::sync() };
+            Ok(Response::Done)
+        }
         Request::ResizeTerminal {
             container_id,
             exec_id,
