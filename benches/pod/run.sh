@@ -62,7 +62,7 @@ echo '{ "mem_mib": 256, "start_timeout_secs": 240 }' > /tmp/bench-pod.json
 one_run() {
     t0=\$(now_ms)
     ember pod run --config /tmp/bench-pod.json --timings bp 2>/tmp/bench-t.txt >/dev/null ||
-        { cat /tmp/bench-t.txt; tail -n 20 \$EMBER_ROOT/bp/console.log 2>/dev/null; return 1; }
+        { cat /tmp/bench-t.txt; tail -n 20 \$EMBER_ROOT/@pods/bp/console.log 2>/dev/null; return 1; }
     t1=\$(now_ms)
     ember container create bp c --rootfs-guest-path $rootfs -- sleep 1000 >/dev/null || return 1
     t2=\$(now_ms)

@@ -25,8 +25,8 @@ JSON
 
 # pod_console POD: the pod guest's console and the pod process's log, for failure output.
 pod_console() {
-    echo "--- console.log"; tail -n 30 "$EMBER_ROOT/$1/console.log" 2>/dev/null
-    echo "--- vmm.log"; tail -n 20 "$EMBER_ROOT/$1/vmm.log" 2>/dev/null
+    echo "--- console.log"; tail -n 30 "$EMBER_ROOT/@pods/$1/console.log" 2>/dev/null
+    echo "--- vmm.log"; tail -n 20 "$EMBER_ROOT/@pods/$1/vmm.log" 2>/dev/null
 }
 
 pods_start() {
@@ -136,7 +136,7 @@ pods_stop_delete() {
     ember pod stop $POD || return 1
     ember pod status $POD
     ember pod delete $POD || return 1
-    [ ! -e "$EMBER_ROOT/$POD" ] && echo "pod directory removed"
+    [ ! -e "$EMBER_ROOT/@pods/$POD" ] && echo "pod directory removed"
     grep -q poststop /tmp/hooks.log && echo "poststop hook ran"
 }
 section pods-stop-delete pods_stop_delete

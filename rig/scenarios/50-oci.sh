@@ -113,7 +113,7 @@ wait_stopped() {
         sleep 0.2
     done
 }
-slot_disks() { EMBER_ROOT=/run/ember/@pods ember pod status --json sb1 | grep -cE '"kind": *"container"'; }
+slot_disks() { ember pod status --json sb1 | grep -cE '"kind": *"container"'; }
 ember create --bundle $B/sb sb1 >$B/sb1.out 2>&1 </dev/null || { cat $B/sb1.out; exit 1; }
 ember start sb1 || exit 1
 for m in m1 m2; do
@@ -194,7 +194,9 @@ section podman-exec /tmp/dch /usr/local/bin/watched 900 sh -c '
     podman exec web echo from-exec
     podman exec web sh -c "exit 5"
     echo "exec-exit=$?"
-    podman ps --format "{{.Names}} {{.Status}}"'
+    podman ps --format "{{.Names}} {{.Status}}"
+    id=$(podman inspect -f "{{.ID}}" web)
+    echo "pod status lists web: $(ember pod status --json $id | grep -c "\"id\": \"$id\"")"'
 
 # After stop and rm: no ember process (shim or pod VMM) and no ember state may remain.
 section podman-stop-rm /tmp/dch /usr/local/bin/watched 600 sh -c '

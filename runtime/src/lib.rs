@@ -6,8 +6,14 @@
 //! - [`state`]: versioned, atomically written records under the state root, and pod locks.
 //! - [`pod_vmm`]: the detached per-pod ember process that runs a pod's VM.
 
+pub mod agent_link;
 pub mod api;
 pub mod cli;
+pub mod config;
+pub mod error;
+pub mod hooks;
+pub mod logging;
 pub mod oci;
 pub mod pod_vmm;
 pub mod state;
+pub mod timeouts;

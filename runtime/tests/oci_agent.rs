@@ -1,88 +1,26 @@
-//! The OCI sandbox against the real guest agent run on the host (`ember-agent --listen
-//! unix:`), no VM: a bundle's config mapped to the agent's ContainerSpec, the container's
-//! stdout relayed to the descriptor `create` got, its exit code, exec with its own stdio,
-//! ps, kill, and teardown.
+//! The runc CLI the engines drive, end to end through the pod library and the pod process,
+//! with the real guest agent run on the host as the pod's machine (`EMBER_POD_HOST_AGENT`,
+//! test equipment), no VM: `ember run` relays the container's stdout and stderr and exits
+//! with its code; `create`/`start` of a long-running container, which `ember pod status`
+//! lists in its pod; `exec` with its own stdio and exit code; `ps`; `kill`; `delete` leaves
+//! no pod behind.
 //!
 //! Needs root (the agent makes namespaces and mounts), /bin/busybox and the `ember-agent`
-//! binary beside this test's target directory (`cargo build -p ember-agent`, or
-//! `EMBER_AGENT_BIN`); skips with a message otherwise.
+//! binary beside the `ember` binary (`cargo build -p ember-agent`, or `EMBER_AGENT_BIN`);
+//! skips with a message otherwise.
 
-use agent::protocol::RootfsSpec;
-use runtime::oci::bundle::{Bundle, ProcessConfig};
-use runtime::oci::sandbox::{Sandbox, Stdio};
-use runtime::oci::vm::{container_spec, AgentSandbox, UnixConnector};
-use std::fs::{self, File};
-use std::io::Read;
-use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixListener;
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn agent_bin() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("EMBER_AGENT_BIN") {
         return Some(PathBuf::from(p));
     }
-    // target/<profile>/deps/oci_agent-... -> target/<profile>/ember-agent
-    let exe = std::env::current_exe().ok()?;
-    let p = exe.parent()?.parent()?.join("ember-agent");
+    let ember = PathBuf::from(env!("CARGO_BIN_EXE_ember"));
+    let p = ember.parent()?.join("ember-agent");
     p.is_file().then_some(p)
-}
-
-struct Agent {
-    child: Child,
-    dir: PathBuf,
-    sock: PathBuf,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn start_agent(bin: &Path) -> Agent {
-    let dir = std::env::temp_dir().join(format!("ember-oci-agent-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    let sock = dir.join("agent.sock");
-    let announce = dir.join("announce.sock");
-    let listener = UnixListener::bind(&announce).unwrap();
-    let child = Command::new(bin)
-        .arg("--listen")
-        .arg(format!("unix:{}", sock.display()))
-        .arg("--announce")
-        .arg(format!("unix:{}", announce.display()))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut agent = Agent { child, dir, sock };
-    listener.set_nonblocking(true).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match listener.accept() {
-            Ok((mut s, _)) => {
-                s.set_nonblocking(false).unwrap();
-                agent::client::read_hello(&mut s).unwrap();
-                break;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                assert!(Instant::now() < deadline, "agent did not announce itself");
-                assert!(matches!(agent.child.try_wait(), Ok(None)), "agent exited");
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => panic!("accept: {e}"),
-        }
-    }
-    agent.dir = agent.dir.clone();
-    agent
 }
 
 /// A bundle with a busybox rootfs and `args` as its process.
@@ -112,43 +50,69 @@ fn bundle(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
     b
 }
 
-/// Stdio whose stdout and stderr go to pipes we read; stdin is empty.
-fn pipes() -> (Stdio, File, File) {
-    let (out_r, out_w) = nix::unistd::pipe().unwrap();
-    let (err_r, err_w) = nix::unistd::pipe().unwrap();
-    let null: OwnedFd = File::open("/dev/null").unwrap().into();
-    (
-        Stdio {
-            stdin: null,
-            stdout: out_w,
-            stderr: err_w,
-        },
-        File::from(out_r),
-        File::from(err_r),
-    )
+struct Oci {
+    root: PathBuf,
+    agent: PathBuf,
 }
 
-fn read_all(mut f: File) -> String {
-    let mut s = String::new();
-    f.read_to_string(&mut s).unwrap();
-    s
+impl Drop for Oci {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+impl Oci {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ember"));
+        c.arg("--root")
+            .arg(self.root.join("state"))
+            .args(args)
+            .env("EMBER_POD_HOST_AGENT", &self.agent)
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "ember {args:?}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn status(&self, id: &str) -> String {
+        let v: serde_json::Value = serde_json::from_str(&self.ok(&["state", id])).unwrap();
+        v["status"].as_str().unwrap_or_default().to_string()
+    }
 }
 
 #[test]
-fn oci_container_through_the_real_agent() {
+fn runc_cli_through_the_pod_library_and_the_real_agent() {
     if !nix::unistd::geteuid().is_root() || !Path::new("/bin/busybox").exists() {
         eprintln!("skipping: needs root and /bin/busybox");
         return;
     }
-    let Some(bin) = agent_bin() else {
+    let Some(agent) = agent_bin() else {
         eprintln!("skipping: ember-agent binary not built (cargo build -p ember-agent)");
         return;
     };
-    let agent = start_agent(&bin);
+    // Not under /tmp or /run: the agent mounts tmpfs there in its own mount namespace.
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("ember-oci-agent-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    fs::create_dir_all(&root).unwrap();
+    let oci = Oci { root, agent };
 
-    // A container whose output and exit code come back through the sandbox.
+    // `run`: output and exit code of the container come back through the pod.
     let b = bundle(
-        &agent.dir,
+        &oci.root,
         "b1",
         &[
             "sh",
@@ -156,80 +120,59 @@ fn oci_container_through_the_real_agent() {
             "echo $GREETING from $(hostname) in $(pwd) nofile=$(ulimit -n); echo oops >&2; exit 3",
         ],
     );
-    let cfg = Bundle::load(&b).unwrap().container_config("c1").unwrap();
-    let mut spec = container_spec(&cfg, "/dev/unused", None);
-    // No block device on the host: the agent uses the bundle's directory.
-    spec.rootfs = RootfsSpec::Path {
-        path: cfg.rootfs.display().to_string(),
-        read_only: false,
-    };
-    // The host bind mount is not carried into a guest; the tmpfs is.
-    assert_eq!(spec.mounts.len(), 1);
-    assert_eq!(spec.mounts[0].destination, "/tmp");
-    let (stdio, out, err) = pipes();
-    let torn_down = Arc::new(AtomicBool::new(false));
-    let flag = torn_down.clone();
-    let sb = AgentSandbox::create(
-        "c1",
-        spec,
-        Box::new(UnixConnector {
-            path: agent.sock.clone(),
-        }),
-        stdio,
-        Box::new(move || flag.store(true, Ordering::SeqCst)),
-    )
-    .unwrap();
-    assert!(sb.start().unwrap() > 0);
-    assert_eq!(sb.wait().unwrap(), 3);
-    assert_eq!(read_all(out), "hello from ocibox in /work nofile=256\n");
-    assert_eq!(read_all(err), "oops\n");
-    sb.shutdown();
-    assert!(torn_down.load(Ordering::SeqCst));
-
-    // A long-running container: exec with its own stdio, ps, kill.
-    let b = bundle(&agent.dir, "b2", &["sleep", "1000"]);
-    let cfg = Bundle::load(&b).unwrap().container_config("c2").unwrap();
-    let mut spec = container_spec(&cfg, "/dev/unused", None);
-    spec.rootfs = RootfsSpec::Path {
-        path: cfg.rootfs.display().to_string(),
-        read_only: false,
-    };
-    let (stdio, _out, _err) = pipes();
-    let sb = AgentSandbox::create(
-        "c2",
-        spec,
-        Box::new(UnixConnector {
-            path: agent.sock.clone(),
-        }),
-        stdio,
-        Box::new(|| {}),
-    )
-    .unwrap();
-    sb.start().unwrap();
-    let (exec_stdio, exec_out, _exec_err) = pipes();
-    let mut pids = Vec::new();
-    let p = ProcessConfig {
-        args: vec![
-            "sh".into(),
-            "-c".into(),
-            "echo exec $GREETING; exit 4".into(),
-        ],
-        env: vec!["PATH=/bin".into(), "GREETING=hi".into()],
-        cwd: "/".into(),
-        ..Default::default()
-    };
-    let code = sb
-        .exec("e1", &p, exec_stdio, &mut |pid| pids.push(pid))
-        .unwrap();
-    assert_eq!(code, 4);
-    assert_eq!(pids.len(), 1);
-    assert_eq!(read_all(exec_out), "exec hi\n");
-    let procs = sb.processes().unwrap();
-    assert!(
-        procs.iter().any(|(_, cmd)| cmd.contains("sleep")),
-        "{procs:?}"
+    let out = oci.run(&["run", "--bundle", b.to_str().unwrap(), "c1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    sb.signal(libc::SIGKILL, false).unwrap();
-    assert_eq!(sb.wait().unwrap(), 128 + libc::SIGKILL);
-    sb.shutdown();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from ocibox in /work nofile=256\n"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("oops\n"));
+    // `run` deletes what it ran, as runc does.
+    assert!(!oci.run(&["state", "c1"]).status.success());
+
+    // A long-running container: in its pod's record, exec, ps, kill, delete.
+    let b = bundle(&oci.root, "b2", &["sleep", "1000"]);
+    let created = oci
+        .cmd(&["create", "--bundle", b.to_str().unwrap(), "c2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(created.success());
+    assert_eq!(oci.status("c2"), "created");
+    oci.ok(&["start", "c2"]);
+    assert_eq!(oci.status("c2"), "running");
+    let pod: serde_json::Value =
+        serde_json::from_str(&oci.ok(&["pod", "status", "--json", "c2"])).unwrap();
+    assert_eq!(pod["state"], "running", "{pod}");
+    assert_eq!(pod["containers"][0]["id"], "c2", "{pod}");
+    assert_eq!(pod["containers"][0]["state"], "running", "{pod}");
+
+    let out = oci.run(&[
+        "exec",
+        "--env",
+        "GREETING=hi",
+        "c2",
+        "sh",
+        "-c",
+        "echo exec $GREETING; grep -q ' /tmp tmpfs' /proc/mounts && echo tmpfs; exit 4",
+    ]);
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "exec hi\ntmpfs\n");
+    let ps = oci.ok(&["ps", "c2"]);
+    assert!(ps.contains("sleep"), "{ps}");
+    oci.ok(&["kill", "c2", "KILL"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while oci.status("c2") != "stopped" {
+        assert!(Instant::now() < deadline, "c2 did not stop after SIGKILL");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    oci.ok(&["delete", "c2"]);
+    let pods = oci.ok(&["pod", "list", "--json"]);
+    assert_eq!(pods.trim(), "[]", "no pod is left");
 }

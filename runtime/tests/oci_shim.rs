@@ -7,7 +7,6 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use runtime::oci::bundle::{ContainerConfig, ProcessConfig};
 use runtime::oci::control::{Client, Request, Response};
-use runtime::oci::log::Logger;
 use runtime::oci::ops::{self, CreateOpts, Ctx};
 use runtime::oci::sandbox::{Backend, Sandbox, SandboxError, Stdio};
 use runtime::oci::state::{Status, Store};
@@ -125,7 +124,6 @@ fn shim_life_cycle() {
     let root = base.join("root");
     let ctx = Ctx {
         store: Store::new(Some(&root)),
-        log: Logger::new(Some(base.join("log.json")), Some("json"), true),
     };
     let pid_file = base.join("c1.pid");
     let opts = CreateOpts {

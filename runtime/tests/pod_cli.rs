@@ -86,7 +86,7 @@ fn parallel_cli_calls_serialise_on_the_pod_lock() {
 fn a_lock_held_by_another_process_is_respected() {
     let root = root("lock");
     ok(&root, &["pod", "create", "p"]);
-    let dir = root.join("p");
+    let dir = root.join("@pods/p");
     let short = |args: &[&str]| {
         ember(&root, args)
             .env("EMBER_LOCK_TIMEOUT_MS", "300")
@@ -145,7 +145,7 @@ fn errors_are_one_line_with_exit_code_1() {
         &["pod", "create", "--config", bad.to_str().unwrap(), "p"],
     );
     assert!(err.starts_with("ember: Invalid pod config"), "{err}");
-    assert!(!root.join("p").exists());
+    assert!(!root.join("@pods/p").exists());
     ok(&root, &["pod", "create", "p"]);
     let err = fails(&root, &["pod", "create", "p"]);
     assert_eq!(err.trim(), "ember: Pod p already exists");
@@ -223,14 +223,14 @@ fn lifecycle_without_vm_and_json_output() {
     ok(&root, &["pod", "stop", "p"]);
     assert_eq!(status_json(&root, "p")["state"], "stopped");
     ok(&root, &["pod", "delete", "p"]);
-    assert!(!root.join("p").exists());
+    assert!(!root.join("@pods/p").exists());
 }
 
 #[test]
 fn future_state_version_is_refused() {
     let root = root("future");
     ok(&root, &["pod", "create", "p"]);
-    let path = root.join("p/state.json");
+    let path = root.join("@pods/p/state.json");
     let mut v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     v["format_version"] = serde_json::json!(99);
@@ -260,7 +260,10 @@ fn failed_run_leaves_nothing_behind() {
         err.contains("guest kernel") && err.contains("not found"),
         "{err}"
     );
-    assert!(!root.join("p").exists(), "the half-created pod was removed");
+    assert!(
+        !root.join("@pods/p").exists(),
+        "the half-created pod was removed"
+    );
     let list: serde_json::Value =
         serde_json::from_str(&ok(&root, &["pod", "list", "--json"])).unwrap();
     assert_eq!(list, serde_json::json!([]));

@@ -67,7 +67,7 @@ impl Env {
             "ember {args:?} failed ({}): {}\nvmm.log: {}",
             out.status,
             String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(self.root.join("p/vmm.log")).unwrap_or_default()
+            std::fs::read_to_string(self.root.join("@pods/p/vmm.log")).unwrap_or_default()
         );
         String::from_utf8(out.stdout).unwrap()
     }
@@ -281,9 +281,9 @@ fn pod_and_containers_through_the_agent() {
                 .unwrap()
                 .contains(") Z")
     );
-    assert!(!env.root.join("p/control.sock").exists());
+    assert!(!env.root.join("@pods/p/control.sock").exists());
     env.ok(&["pod", "delete", "p"]);
-    assert!(!env.root.join("p").exists());
+    assert!(!env.root.join("@pods/p").exists());
 }
 
 #[test]
@@ -370,23 +370,28 @@ fn start_timeout_and_early_exit_fail_cleanly() {
         "ready"
     );
 
-    // The "agent" never announces itself: timeout, and the pod process is gone.
-    let out = env
-        .cmd(&["pod", "start", "p"])
+    env.ok(&["pod", "delete", "p"]);
+
+    // The "agent" never announces itself: timeout, and the pod process is gone. (The machine
+    // is the pod's, chosen when it was created.)
+    let created = env
+        .cmd(&["pod", "create", "--config", cfg.to_str().unwrap(), "q"])
         .env("EMBER_POD_HOST_AGENT", &silent)
         .output()
         .unwrap();
+    assert!(created.status.success());
+    let out = env.run(&["pod", "start", "q"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("did not announce itself within 1s"), "{err}");
-    let v = env.json(&["pod", "status", "--json", "p"]);
+    let v = env.json(&["pod", "status", "--json", "q"]);
     assert_eq!(v["state"], "ready");
     assert!(v["vmm_pid"].is_null());
     for sock in ["control.sock", "vsock.sock", "vsock.sock_1025"] {
         assert!(
-            !env.root.join("p").join(sock).exists(),
+            !env.root.join("@pods/q").join(sock).exists(),
             "{sock} left behind"
         );
     }
-    env.ok(&["pod", "delete", "p"]);
+    env.ok(&["pod", "delete", "q"]);
 }

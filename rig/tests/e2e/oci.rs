@@ -190,6 +190,12 @@ fn podman_exec_into_a_running_container() {
     };
     assert!(has_line(s, "from-exec"), "output:\n{}", s.output);
     assert!(has_line(s, "exec-exit=5"), "output:\n{}", s.output);
+    // The container is in its pod's record: the pod's id and the container's, both its id.
+    assert!(
+        has_line(s, "pod status lists web: 2"),
+        "output:\n{}",
+        s.output
+    );
 }
 
 #[test]

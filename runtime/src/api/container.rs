@@ -1,8 +1,8 @@
 //! Container operations: create, start, stop, delete, exec, status, kill, ps, wait.
 
-use super::config::RootfsConfig;
-use super::pod::resolve_device;
+use super::pod::{resolve_device, volume_owner};
 use super::{agent_link, id, Error, Runtime};
+use crate::config::RootfsConfig;
 use crate::state::{ContainerRecord, DiskOwner, LockKind, PodRecord, State};
 use agent::protocol::{
     default_namespaces, ContainerSpec, ContainerState, ErrorKind, ProcessInfo, ProcessSpec,
@@ -13,8 +13,7 @@ use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
-/// How long `stop` waits after SIGTERM before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+use crate::timeouts::CONTAINER_STOP_GRACE as STOP_GRACE;
 
 /// What the API reports about a container.
 #[derive(Clone, Debug, Serialize)]
@@ -110,6 +109,26 @@ impl Runtime {
             }
             _ => {}
         }
+        match &config.volume {
+            None => {}
+            Some(RootfsConfig::Image { path, .. }) if !path.exists() => {
+                return Err(Error::Config(format!(
+                    "volume image {} does not exist",
+                    path.display()
+                )))
+            }
+            Some(RootfsConfig::Disk { id }) if !rec.config.disks.iter().any(|d| d.id == *id) => {
+                return Err(Error::Config(format!(
+                    "the pod config declares no disk {id}"
+                )))
+            }
+            Some(RootfsConfig::Image { .. } | RootfsConfig::Disk { .. }) => {}
+            Some(_) => {
+                return Err(Error::Config(
+                    "a volume is an image or a pod disk".to_string(),
+                ))
+            }
+        }
         let live = match rec.state {
             State::Running => true,
             State::Paused => {
@@ -121,8 +140,13 @@ impl Runtime {
             }
             State::Ready | State::Stopped => false,
         };
+        let vowner = volume_owner(cid);
         let mut guest_device = resolve_device(&rec.disks, cid, &config.rootfs);
-        let mut slot_image = None;
+        let mut volume_device = config
+            .volume
+            .as_ref()
+            .and_then(|v| resolve_device(&rec.disks, &vowner, v));
+        let mut in_slots = false;
         let needs_disk = !matches!(config.rootfs, RootfsConfig::GuestPath { .. });
         if live && needs_disk && guest_device.is_none() {
             // Into a disk slot of the running VM.
@@ -139,7 +163,25 @@ impl Runtime {
             guest_device = Some(Self::insert_disk_locked(
                 &dir, &mut rec, &image, read_only, owner,
             )?);
-            slot_image = Some(image);
+            in_slots = true;
+        }
+        if let (true, None, Some(RootfsConfig::Image { path, read_only })) =
+            (live, &volume_device, &config.volume)
+        {
+            let owner = DiskOwner::Container(vowner.clone());
+            match Self::insert_disk_locked(&dir, &mut rec, path, *read_only, owner) {
+                Ok(dev) => volume_device = Some(dev),
+                Err(e) => {
+                    let _ = Self::eject_disk_locked(
+                        &dir,
+                        &mut rec,
+                        &DiskOwner::Container(cid.to_string()),
+                    );
+                    let _ = Self::store(&dir, &rec);
+                    return Err(e);
+                }
+            }
+            in_slots = true;
         }
         rec.containers.insert(
             cid.to_string(),
@@ -149,6 +191,7 @@ impl Runtime {
                 config,
                 created_unix: crate::state::now_unix(),
                 guest_device: if live { guest_device } else { None },
+                volume_device: if live { volume_device } else { None },
                 in_agent: false,
                 exit_code: None,
                 pid: None,
@@ -158,9 +201,11 @@ impl Runtime {
             if let Err(e) = self.agent_create(&dir, &mut rec, cid) {
                 // Not created anywhere: forget it.
                 rec.containers.remove(cid);
-                if slot_image.is_some() {
-                    let owner = DiskOwner::Container(cid.to_string());
-                    let _ = Self::eject_disk_locked(&dir, &mut rec, &owner);
+                if in_slots {
+                    for owner in [cid.to_string(), vowner] {
+                        let _ =
+                            Self::eject_disk_locked(&dir, &mut rec, &DiskOwner::Container(owner));
+                    }
                     let _ = Self::store(&dir, &rec);
                 }
                 return Err(e);
@@ -194,13 +239,14 @@ impl Runtime {
             (rootfs, Some(dev)) => RootfsSpec::BlockDevice {
                 path: dev.clone(),
                 fstype: cfg.fstype.clone().unwrap_or_else(|| "ext4".into()),
-                read_only: matches!(
-                    rootfs,
-                    RootfsConfig::Image {
-                        read_only: true,
-                        ..
-                    }
-                ),
+                read_only: cfg.readonly_rootfs
+                    || matches!(
+                        rootfs,
+                        RootfsConfig::Image {
+                            read_only: true,
+                            ..
+                        }
+                    ),
             },
             (_, None) => {
                 return Err(Error::Config(format!(
@@ -215,7 +261,11 @@ impl Runtime {
             namespaces: cfg.namespaces.clone().unwrap_or_else(default_namespaces),
             process: cfg.process.clone(),
             cgroup_path: cfg.cgroup_path.clone(),
-            volume: None,
+            volume: c.volume_device.as_ref().map(|dev| RootfsSpec::BlockDevice {
+                path: dev.clone(),
+                fstype: "ext4".into(),
+                read_only: false,
+            }),
         };
         let mut client =
             agent_link::connect(dir, Some(agent_link::CALL_TIMEOUT)).map_err(|source| {
@@ -320,8 +370,12 @@ impl Runtime {
             }
         }
         rec.containers.remove(cid);
-        let in_slot = pod_running
-            && Self::eject_disk_locked(&dir, &mut rec, &DiskOwner::Container(cid.to_string()))?;
+        let mut in_slot = false;
+        if pod_running {
+            for owner in [cid.to_string(), volume_owner(cid)] {
+                in_slot |= Self::eject_disk_locked(&dir, &mut rec, &DiskOwner::Container(owner))?;
+            }
+        }
         if !pod_running || in_slot {
             // Its packed rootfs image is only needed while attached.
             let _ = std::fs::remove_file(dir.join("disks").join(format!("{cid}.ext4")));
@@ -340,6 +394,8 @@ impl Runtime {
     }
 
     /// Send `signal` to the container's first process, or with `all` to every process in it.
+    /// A container created in the guest but not started yet can be signalled too (runc's
+    /// `kill` of a created container).
     pub fn kill_container(
         &self,
         pod: &str,
@@ -351,7 +407,8 @@ impl Runtime {
         let (_lock, dir, mut rec) = self.open(pod, LockKind::Read)?;
         require_running(&rec, "signal a container")?;
         let c = Self::container(&mut rec, cid)?;
-        if c.state != State::Running {
+        let created = c.state == State::Ready && c.in_agent;
+        if c.state != State::Running && !created {
             return Err(Error::ContainerNotRunning {
                 id: cid.to_string(),
                 state: c.state,
@@ -368,6 +425,56 @@ impl Runtime {
         client
             .signal(cid, None, signal, all)
             .map_err(Error::agent("Signal"))
+    }
+
+    /// Freeze a running container's processes (cgroup freezer in the guest).
+    pub fn pause_container(&self, pod: &str, cid: &str) -> Result<ContainerInfo, Error> {
+        self.freeze(pod, cid, State::Paused)
+    }
+
+    /// Thaw a paused container.
+    pub fn resume_container(&self, pod: &str, cid: &str) -> Result<ContainerInfo, Error> {
+        self.freeze(pod, cid, State::Running)
+    }
+
+    fn freeze(&self, pod: &str, cid: &str, to: State) -> Result<ContainerInfo, Error> {
+        id::validate("container", cid).map_err(Error::Id)?;
+        let (_lock, dir, mut rec) = self.open(pod, LockKind::Write)?;
+        require_running(&rec, "pause or resume a container")?;
+        let c = Self::container(&mut rec, cid)?;
+        let from = if to == State::Paused {
+            State::Running
+        } else {
+            State::Paused
+        };
+        if c.state != from {
+            return Err(Error::ContainerState {
+                action: if to == State::Paused {
+                    "pause"
+                } else {
+                    "resume"
+                },
+                id: cid.to_string(),
+                source: crate::state::TransitionError { from: c.state, to },
+            });
+        }
+        let call = if to == State::Paused {
+            "Pause"
+        } else {
+            "Resume"
+        };
+        let mut client = agent_link::connect(&dir, Some(agent_link::CALL_TIMEOUT))
+            .map_err(|source| Error::Agent { call, source })?;
+        let r = if to == State::Paused {
+            client.pause(cid)
+        } else {
+            client.resume(cid)
+        };
+        r.map_err(Error::agent(call))?;
+        c.state = to;
+        let info = ContainerInfo::from_record(pod, c);
+        Self::store(&dir, &rec)?;
+        Ok(info)
     }
 
     /// Processes of a running container.
@@ -477,7 +584,30 @@ impl Runtime {
             source,
         })?;
         let status = client.wait(cid, exec_id).map_err(Error::agent("Wait"))?;
+        if exec_id.is_none() {
+            self.record_exit(pod, cid, status.code);
+        }
         Ok(status.code)
+    }
+
+    /// The container's first process ended with `code`: it is stopped (best effort; `status`
+    /// notices it anyway).
+    fn record_exit(&self, pod: &str, cid: &str, code: i32) {
+        let Ok((_lock, dir, mut rec)) = self.open(pod, LockKind::Write) else {
+            return;
+        };
+        if let Some(c) = rec.containers.get_mut(cid) {
+            if matches!(c.state, State::Running | State::Paused) {
+                c.state = State::Stopped;
+                c.exit_code = Some(code);
+                if let Err(e) = Self::store(&dir, &rec) {
+                    log::warn!(
+                        "Cannot record the exit of {cid}: {}",
+                        crate::error::report(&e)
+                    );
+                }
+            }
+        }
     }
 
     /// Run a process in a running container to its end and collect its output (stdin is
@@ -495,7 +625,7 @@ impl Runtime {
             Some(self.attach(pod, cid, eid, StdioStream::Stderr)?)
         };
         let err_reader = err_stream.map(|mut s| {
-            std::thread::spawn(move || {
+            crate::logging::thread("exec-stderr", move || {
                 let mut buf = Vec::new();
                 let _ = s.read_to_end(&mut buf);
                 buf

@@ -20,13 +20,13 @@
 //! # Ok(()) }
 //! ```
 
-pub mod agent_link;
-pub mod config;
 mod container;
 pub mod disk;
-pub mod hooks;
 pub mod id;
 mod pod;
+
+pub use crate::config;
+pub use crate::{agent_link, hooks};
 
 pub use crate::state::{Phase, State};
 pub use agent::protocol::{ProcessInfo, ProcessSpec, StdioStream};
@@ -39,6 +39,10 @@ use std::path::{Path, PathBuf};
 
 /// Default state root.
 pub const DEFAULT_ROOT: &str = "/run/ember";
+/// Folder of the state root that holds the pods (`<root>/@pods/<pod>`), beside the OCI
+/// containers' own folders (`<root>/<container>`): one store for both faces, and `@` cannot
+/// start a container id, so the names never clash.
+pub const PODS_DIR: &str = "@pods";
 /// Environment variable naming the state root (the `--root` flag wins over it).
 pub const ROOT_ENV: &str = "EMBER_ROOT";
 
@@ -152,9 +156,14 @@ impl Runtime {
         &self.root
     }
 
+    /// `<root>/@pods`, where the pods live.
+    pub fn pods_dir(&self) -> PathBuf {
+        self.root.join(PODS_DIR)
+    }
+
     /// Directory of a pod (whether or not it exists).
     pub fn pod_dir(&self, pod: &str) -> PathBuf {
-        self.root.join(pod)
+        self.pods_dir().join(pod)
     }
 
     /// Validate the id, lock an existing pod and load its record.
@@ -190,19 +199,6 @@ impl Runtime {
     fn store(dir: &Path, rec: &PodRecord) -> Result<(), Error> {
         rec.store(dir).map_err(Error::State)
     }
-}
-
-/// The OCI-style state JSON hooks get on stdin.
-pub(crate) fn hooks_state_json(rec: &PodRecord, dir: &Path, status: &str) -> String {
-    serde_json::json!({
-        "ociVersion": "1.0.2",
-        "id": rec.id,
-        "status": status,
-        "pid": rec.vmm.as_ref().map(|v| v.pid).unwrap_or(0),
-        "bundle": dir,
-        "annotations": rec.config.annotations,
-    })
-    .to_string()
 }
 
 #[cfg(test)]

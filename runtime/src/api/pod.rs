@@ -1,7 +1,8 @@
 //! Pod operations: create, start, stop, delete, run, list, status, pause, resume.
 
-use super::config::RootfsConfig;
-use super::{disk, hooks, hooks_state_json, id, Error, Runtime};
+use super::{disk, id, Error, Runtime};
+use crate::config::{Machine, RootfsConfig};
+use crate::hooks::{self, state_json as hooks_state_json};
 use crate::pod_vmm::{self, control};
 use crate::state::{
     AttachedDisk, DiskOwner, DiskSlot, LockKind, Phase, PodLock, PodRecord, State, VmmProcess,
@@ -13,11 +14,10 @@ use std::time::{Duration, Instant};
 
 use super::container::ContainerInfo;
 
-/// How long `list` waits for one pod's lock before it shows the pod's record as it stands.
-const LIST_LOCK_WAIT: Duration = Duration::from_millis(500);
+use crate::timeouts::{LIST_LOCK as LIST_LOCK_WAIT, SHUTDOWN_GRACE, VMM_EXIT};
 
-/// How long `stop` waits for the guest to shut down before it stops the VM hard.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Longest `start_timeout_secs` a pod config may ask for (one hour).
+pub const MAX_START_TIMEOUT_SECS: u64 = 3600;
 
 /// What the API reports about a pod.
 #[derive(Clone, Debug, Serialize)]
@@ -94,7 +94,7 @@ fn vmm_alive(dir: &Path, vmm: &VmmProcess) -> Result<(), String> {
     match control::request(
         &dir.join(pod_vmm::CONTROL_SOCKET),
         "ping",
-        Duration::from_secs(2),
+        crate::timeouts::POD_PING,
     ) {
         Err(e) if e.is_gone() => Err(format!(
             "VMM process {} no longer serves its control socket",
@@ -130,12 +130,25 @@ impl Runtime {
         if config.mem_mib == 0 || config.vcpus == 0 {
             return Err(Error::Config("mem_mib and vcpus must be above 0".into()));
         }
-        fs::create_dir_all(&self.root).map_err(|source| Error::Io {
-            what: format!("Cannot create state root {}", self.root.display()),
-            source,
-        })?;
+        if !(1..=MAX_START_TIMEOUT_SECS).contains(&config.start_timeout_secs) {
+            return Err(Error::Config(format!(
+                "start_timeout_secs must be 1 to {MAX_START_TIMEOUT_SECS}"
+            )));
+        }
         let dir = self.pod_dir(pod);
-        match fs::create_dir(&dir) {
+        // `@pods` goes when its last pod does: make it again if a delete just removed it.
+        let mut made = Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+        for _ in 0..3 {
+            fs::create_dir_all(self.pods_dir()).map_err(|source| Error::Io {
+                what: format!("Cannot create state root {}", self.pods_dir().display()),
+                source,
+            })?;
+            made = fs::create_dir(&dir);
+            if !matches!(&made, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+                break;
+            }
+        }
+        match made {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(Error::PodExists(pod.to_string()))
@@ -203,12 +216,12 @@ impl Runtime {
 
     /// Every pod under the root, sorted by id. Pods that cannot be read are skipped.
     pub fn list_pods(&self) -> Result<Vec<PodInfo>, Error> {
-        let entries = match fs::read_dir(&self.root) {
+        let entries = match fs::read_dir(self.pods_dir()) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(source) => {
                 return Err(Error::Io {
-                    what: format!("Cannot read state root {}", self.root.display()),
+                    what: format!("Cannot read state root {}", self.pods_dir().display()),
                     source,
                 })
             }
@@ -266,14 +279,13 @@ impl Runtime {
                 ms: since.elapsed().as_secs_f64() * 1e3,
             })
         };
-        let host_agent = pod_vmm::host_agent::selected().is_some();
-        let guest_files = if host_agent {
-            vec![]
-        } else {
-            vec![
+        let host_agent = matches!(rec.config.machine, Machine::HostAgent { .. });
+        let guest_files = match &rec.config.machine {
+            Machine::HostAgent { agent } => vec![("agent", agent.clone())],
+            Machine::Vm => vec![
                 ("kernel", rec.config.kernel_path()),
                 ("initrd", rec.config.initrd_path()),
-            ]
+            ],
         };
         for (what, path) in guest_files {
             if !path.is_file() {
@@ -299,10 +311,16 @@ impl Runtime {
         for c in rec.containers.values_mut() {
             c.in_agent = false;
             c.guest_device = None;
+            c.volume_device = None;
         }
         let disks = rec.disks.clone();
         for c in rec.containers.values_mut() {
             c.guest_device = resolve_device(&disks, &c.id, &c.config.rootfs);
+            c.volume_device = c
+                .config
+                .volume
+                .as_ref()
+                .and_then(|v| resolve_device(&disks, &volume_owner(&c.id), v));
         }
         phase(&mut phases, "rootfs_images", t);
         let t = Instant::now();
@@ -343,7 +361,7 @@ impl Runtime {
             .collect();
         for cid in ids {
             if let Err(e) = self.agent_create(&dir, &mut rec, &cid) {
-                warnings.push(format!("container {cid}: {}", crate::cli::report(&e)));
+                warnings.push(format!("container {cid}: {}", crate::error::report(&e)));
                 if let Some(c) = rec.containers.get_mut(&cid) {
                     c.state = State::Stopped;
                 }
@@ -357,7 +375,7 @@ impl Runtime {
             &rec.config.hooks.poststart,
             &hooks_state_json(&rec, &dir, "running"),
         ) {
-            warnings.push(format!("poststart hook: {}", crate::cli::report(&e)));
+            warnings.push(format!("poststart hook: {}", crate::error::report(&e)));
         }
         let mut info = PodInfo::from_record(&rec, &dir);
         info.warnings = warnings;
@@ -399,7 +417,7 @@ impl Runtime {
             if let Err(e) = control::request(&sock, "stop", control::DEFAULT_TIMEOUT) {
                 reason = Some(format!("stop request failed: {e}; killed"));
             }
-            if !pod_vmm::wait_exit(vmm, SHUTDOWN_GRACE + Duration::from_secs(5)) {
+            if !pod_vmm::wait_exit(vmm, SHUTDOWN_GRACE + VMM_EXIT) {
                 pod_vmm::kill(vmm);
                 reason.get_or_insert_with(|| "VMM did not exit in time; killed".into());
             }
@@ -418,7 +436,7 @@ impl Runtime {
             &hooks_state_json(rec, dir, "stopped"),
         )
         .iter()
-        .map(|e| format!("poststop hook: {}", crate::cli::report(e)))
+        .map(|e| format!("poststop hook: {}", crate::error::report(e)))
         .collect()
     }
 
@@ -436,6 +454,8 @@ impl Runtime {
             source,
         })?;
         drop(lock);
+        // The last pod takes `@pods` with it (fails, harmlessly, while others are there).
+        let _ = fs::remove_dir(self.pods_dir());
         Ok(())
     }
 
@@ -605,6 +625,13 @@ impl Runtime {
                 }
                 RootfsConfig::Disk { .. } | RootfsConfig::GuestPath { .. } => {}
             }
+            if let Some(RootfsConfig::Image { path, read_only }) = &c.config.volume {
+                push(
+                    path.clone(),
+                    *read_only,
+                    DiskOwner::Container(volume_owner(&c.id)),
+                )?
+            }
         }
         Ok(disks)
     }
@@ -626,6 +653,11 @@ impl Runtime {
         }
         Ok(image)
     }
+}
+
+/// The disk-owner id of container `cid`'s volume disk (`#` cannot appear in a container id).
+pub(crate) fn volume_owner(cid: &str) -> String {
+    format!("{cid}#volume")
 }
 
 /// The guest device holding a container's rootfs among the attached disks.

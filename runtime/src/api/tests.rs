@@ -74,7 +74,7 @@ fn bad_ids_are_refused_everywhere() {
     let err = rt
         .create_container("p", "", cfg(RootfsConfig::default()))
         .unwrap_err();
-    assert_eq!(crate::cli::report(&err), "Bad id: Empty container id");
+    assert_eq!(crate::error::report(&err), "Bad id: Empty container id");
     assert!(matches!(rt.start_container("p", "../c"), Err(Error::Id(_))));
     // Nothing escaped the root.
     assert!(!rt.root().parent().unwrap().join("x").exists());
@@ -160,7 +160,7 @@ fn invalid_transitions_are_refused_with_clear_errors() {
     // Container operations that need a running pod.
     let err = rt.start_container("p", "c").unwrap_err();
     assert_eq!(
-        crate::cli::report(&err),
+        crate::error::report(&err),
         "Pod p is ready; it must be running to start a container"
     );
     assert!(matches!(
@@ -174,7 +174,7 @@ fn invalid_transitions_are_refused_with_clear_errors() {
     // Pod pause/resume from ready.
     let err = rt.pause_pod("p").unwrap_err();
     assert_eq!(
-        crate::cli::report(&err),
+        crate::error::report(&err),
         "Cannot pause pod p: Cannot go from ready to paused"
     );
     assert!(matches!(rt.resume_pod("p"), Err(Error::PodState { .. })));
@@ -182,7 +182,7 @@ fn invalid_transitions_are_refused_with_clear_errors() {
     assert_eq!(rt.stop_container("p", "c").unwrap().state, State::Stopped);
     let err = rt.stop_container("p", "c").unwrap_err();
     assert_eq!(
-        crate::cli::report(&err),
+        crate::error::report(&err),
         "Cannot stop container c: Cannot go from stopped to stopped"
     );
     assert_eq!(rt.stop_pod("p").unwrap().state, State::Stopped);
@@ -334,7 +334,7 @@ fn start_without_kernel_fails_clearly() {
         ..PodConfig::default()
     };
     rt.create_pod("p", c).unwrap();
-    let msg = crate::cli::report(&rt.start_pod("p").unwrap_err());
+    let msg = crate::error::report(&rt.start_pod("p").unwrap_err());
     assert!(
         msg.contains("guest kernel") && msg.contains("not found"),
         "{msg}"
@@ -358,7 +358,7 @@ fn running_pod_without_a_free_slot_refuses_new_rootfs_disks() {
         .create_container("p", "c", cfg(RootfsConfig::Dir { path: src }))
         .unwrap_err();
     assert!(
-        crate::cli::report(&err).contains("no free disk slot"),
+        crate::error::report(&err).contains("no free disk slot"),
         "{err}"
     );
     let info = rt.pod_status("p").unwrap();
@@ -562,7 +562,7 @@ fn running_pod_takes_disks_into_free_slots() {
         .create_container("p", "c", cfg(RootfsConfig::Dir { path: src }))
         .unwrap_err();
     assert!(
-        crate::cli::report(&err).contains("no free disk slot"),
+        crate::error::report(&err).contains("no free disk slot"),
         "{err}"
     );
     rt.eject_disk("p", &owner).unwrap();

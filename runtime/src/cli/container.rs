@@ -269,7 +269,7 @@ fn exec_process(rt: &Runtime, a: ExecArgs) -> Result<i32, Error> {
     let mut stdin = rt.attach(&a.pod, &a.id, eid, StdioStream::Stdin)?;
     if a.interactive {
         // Not joined: a process may exit without reading all of its input.
-        std::thread::spawn(move || {
+        crate::logging::thread("stdin-relay", move || {
             let _ = std::io::copy(&mut std::io::stdin().lock(), &mut stdin);
             let _ = stdin.shutdown(std::net::Shutdown::Write);
         });
@@ -277,7 +277,7 @@ fn exec_process(rt: &Runtime, a: ExecArgs) -> Result<i32, Error> {
         drop(stdin);
     }
     let mut err = rt.attach(&a.pod, &a.id, eid, StdioStream::Stderr)?;
-    let errs = std::thread::spawn(move || {
+    let errs = crate::logging::thread("stderr-relay", move || {
         let mut buf = [0u8; 4096];
         let mut stderr = std::io::stderr();
         while let Ok(n) = err.read(&mut buf) {

@@ -35,20 +35,25 @@ pub enum Command {
     Oci(oci::OciCommand),
 }
 
-/// Print an error and its whole `source()` chain on one line, the way users read it.
-pub fn report(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut msg = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        msg.push_str(": ");
-        msg.push_str(&e.to_string());
-        cur = e.source();
-    }
-    msg
-}
+pub use crate::error::report;
 
 /// Run a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
+    // A pod's VMM process installs its own logging, from its pod's record.
+    let vmm_process = matches!(cli.command, Command::Pod(pod::PodCommand::Vmm { .. }));
+    if !vmm_process {
+        let cfg = crate::logging::Config {
+            file: cli.global.log.clone(),
+            also: None,
+            format: cli.global.log_format,
+            debug: cli.global.debug,
+            errors_to_stderr: true,
+        };
+        if let Err(e) = crate::logging::init(&cfg) {
+            eprintln!("ember: {}", report(&e));
+            return 1;
+        }
+    }
     match cli.command {
         Command::Vm(cmd) => vm::run(cmd),
         Command::Pod(cmd) => pod::run(&cli.global, cmd),

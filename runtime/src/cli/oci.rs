@@ -3,7 +3,6 @@
 
 use super::pod::outln;
 use crate::oci::bundle::Bundle;
-use crate::oci::log::Logger;
 use crate::oci::ops::{self, CreateOpts, Ctx, ExecOpts, ExecProcessArgs, OpsError};
 use crate::oci::state::{StateError, Store};
 use crate::oci::vm::VmBackend;
@@ -20,9 +19,9 @@ pub struct GlobalArgs {
     /// Log file.
     #[arg(long, global = true)]
     pub log: Option<PathBuf>,
-    /// Log format: text or json.
-    #[arg(long = "log-format", global = true)]
-    pub log_format: Option<String>,
+    /// Log format.
+    #[arg(long = "log-format", global = true, value_enum, default_value = "text")]
+    pub log_format: crate::logging::Format,
     /// Debug logging (to the --log file).
     #[arg(long, global = true)]
     pub debug: bool,
@@ -184,26 +183,20 @@ impl From<StateError> for CliError {
 
 /// Run one OCI command; returns the exit code.
 pub fn run(global: &GlobalArgs, cmd: OciCommand) -> i32 {
-    let log = Logger::new(
-        global.log.clone(),
-        global.log_format.as_deref(),
-        global.debug,
-    );
     let ctx = Ctx {
         store: Store::new(global.root.as_deref()),
-        log: log.clone(),
     };
     let what = command_name(&cmd);
-    log.debug(&format!("ember {what}"));
-    match dispatch(&ctx, cmd) {
+    log::debug!("ember {what}");
+    match dispatch(&ctx, global, cmd) {
         Ok(code) => code,
         Err(e) => {
-            let msg = crate::cli::report(&e);
+            let msg = crate::error::report(&e);
             let msg = match what {
                 "create" | "run" => format!("ember {what} failed: {msg}"),
                 _ => msg,
             };
-            log.error(&msg);
+            log::error!("{msg}");
             1
         }
     }
@@ -266,16 +259,27 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<(), CliError> {
     Ok(())
 }
 
-fn backend(ctx: &Ctx) -> VmBackend {
+/// The OCI face's pods: microVMs (the host agent where test equipment's
+/// `EMBER_POD_HOST_AGENT` names one), logging to the engine's `--log` too.
+fn backend(ctx: &Ctx, global: &GlobalArgs) -> VmBackend {
     VmBackend {
         root: ctx.store.root().to_path_buf(),
+        machine: match crate::pod_vmm::host_agent::from_env() {
+            Some(agent) => crate::config::Machine::HostAgent { agent },
+            None => crate::config::Machine::Vm,
+        },
+        log: crate::config::LogConfig {
+            file: global.log.clone(),
+            format: global.log_format,
+            debug: global.debug,
+        },
     }
 }
 
-fn dispatch(ctx: &Ctx, cmd: OciCommand) -> Result<i32, CliError> {
+fn dispatch(ctx: &Ctx, global: &GlobalArgs, cmd: OciCommand) -> Result<i32, CliError> {
     match cmd {
         OciCommand::Create { opts, id } => {
-            ops::create(ctx, &id, &opts.into(), &backend(ctx))?;
+            ops::create(ctx, &id, &opts.into(), &backend(ctx, global))?;
             Ok(0)
         }
         OciCommand::Start { id } => {
@@ -292,7 +296,7 @@ fn dispatch(ctx: &Ctx, cmd: OciCommand) -> Result<i32, CliError> {
             Ok(0)
         }
         OciCommand::Delete { force, id } => {
-            ops::delete(ctx, &id, force, &backend(ctx))?;
+            ops::delete(ctx, &id, force, &backend(ctx, global))?;
             Ok(0)
         }
         OciCommand::Exec(x) => {
@@ -388,9 +392,13 @@ fn dispatch(ctx: &Ctx, cmd: OciCommand) -> Result<i32, CliError> {
             }
             Ok(0)
         }
-        OciCommand::Run { opts, detach, id } => {
-            Ok(ops::run(ctx, &id, &opts.into(), detach, &backend(ctx))?)
-        }
+        OciCommand::Run { opts, detach, id } => Ok(ops::run(
+            ctx,
+            &id,
+            &opts.into(),
+            detach,
+            &backend(ctx, global),
+        )?),
         OciCommand::Spec { bundle, .. } => {
             write_spec(&bundle)?;
             Ok(0)

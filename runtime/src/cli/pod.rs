@@ -2,6 +2,7 @@
 //! hidden `__vmm`, the detached process that runs a pod's VM).
 
 use crate::api::{PodConfig, PodInfo, Runtime};
+use crate::config::Machine;
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 
@@ -113,18 +114,28 @@ pub enum Error {
     Vmm(#[from] crate::pod_vmm::Error),
 }
 
+/// The pod config at `path` (defaults without one). When `EMBER_POD_HOST_AGENT` names an agent
+/// binary (test equipment) and the config names no machine, the pod gets the host-agent machine.
 pub fn load_config(path: Option<&Path>) -> Result<PodConfig, Error> {
-    let Some(path) = path else {
-        return Ok(PodConfig::default());
+    let mut config = match path {
+        None => PodConfig::default(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| Error::ReadConfig {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            serde_json::from_str(&text).map_err(|source| Error::ParseConfig {
+                path: path.to_path_buf(),
+                source,
+            })?
+        }
     };
-    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadConfig {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|source| Error::ParseConfig {
-        path: path.to_path_buf(),
-        source,
-    })
+    if config.machine == Machine::Vm {
+        if let Some(agent) = crate::pod_vmm::host_agent::from_env() {
+            config.machine = Machine::HostAgent { agent };
+        }
+    }
+    Ok(config)
 }
 
 pub fn run(global: &super::oci::GlobalArgs, cmd: PodCommand) -> i32 {
@@ -179,7 +190,7 @@ fn exec(rt: &Runtime, cmd: PodCommand) -> Result<(), Error> {
         PodCommand::Status { id, out } => show(&rt.pod_status(&id)?, &out),
         PodCommand::Pause { id, out } => show(&rt.pause_pod(&id)?, &out),
         PodCommand::Resume { id, out } => show(&rt.resume_pod(&id)?, &out),
-        PodCommand::Vmm { id } => crate::pod_vmm::serve(rt.root(), &id)?,
+        PodCommand::Vmm { id } => crate::pod_vmm::serve(&rt.pod_dir(&id))?,
     }
     Ok(())
 }

@@ -222,7 +222,7 @@ pub fn run_vm(args: &RunArgs) -> Result<(), Error> {
     let handle = vm.handle();
     {
         let h = handle.clone();
-        std::thread::spawn(move || loop {
+        crate::logging::thread("signals", move || loop {
             match signals.wait() {
                 Ok(Signal::SIGUSR1) => print_rips(&h, "SIGUSR1"),
                 _ => {
@@ -239,7 +239,7 @@ pub fn run_vm(args: &RunArgs) -> Result<(), Error> {
     };
     if args.exit_on_ready {
         let h = handle.clone();
-        std::thread::spawn(move || {
+        crate::logging::thread("exit-on-ready", move || {
             if h.wait_ready(None) {
                 h.stop();
             }
@@ -249,7 +249,7 @@ pub fn run_vm(args: &RunArgs) -> Result<(), Error> {
     if let Some(secs) = args.timeout_s {
         let h = handle.clone();
         let flag = timed_out.clone();
-        std::thread::spawn(move || {
+        crate::logging::thread("vm-timeout", move || {
             if !h.wait_exited(Some(Duration::from_secs(secs))) {
                 flag.store(true, std::sync::atomic::Ordering::SeqCst);
                 print_rips(&h, "timeout");

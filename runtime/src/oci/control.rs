@@ -14,7 +14,7 @@ use thiserror::Error;
 /// File name of the control socket in a container's state directory.
 pub const SOCKET: &str = "shim.sock";
 /// Limit for one request/answer other than exec (a shutdown stops a VM: allow for it).
-pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+pub const CALL_TIMEOUT: std::time::Duration = crate::timeouts::SHIM_CALL;
 
 #[derive(Debug, Error)]
 pub enum ControlError {

@@ -13,12 +13,11 @@
 //! - [`sandbox`]: what the shim needs from a VM; [`vm`]: that, with a pod microVM
 //! - the rootfs reaches the guest as an ext4 image (`runtime::api::disk`)
 //! - [`tty`]: terminal containers through `--console-socket`
-//! - [`signal`], [`log`], [`features`]: runc's signal names, log format, `features` JSON
+//! - [`signal`], [`features`]: runc's signal names, `features` JSON
 
 pub mod bundle;
 pub mod control;
 pub mod features;
-pub mod log;
 pub mod ops;
 pub mod sandbox;
 pub mod shim;

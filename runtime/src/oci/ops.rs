@@ -3,7 +3,6 @@
 
 use super::bundle::{Bundle, BundleError, ProcessConfig};
 use super::control::{self, Client, ControlError, Request, Response};
-use super::log::Logger;
 use super::sandbox::{Backend, Stdio};
 use super::shim;
 use super::state::{process_start_time, OciState, Record, StateError, Status, Store};
@@ -60,11 +59,10 @@ pub enum OpsError {
     Stdio(#[source] io::Error),
 }
 
-/// The state root and the logger every operation uses.
+/// The state root every operation uses.
 #[derive(Clone, Debug)]
 pub struct Ctx {
     pub store: Store,
-    pub log: Logger,
 }
 
 /// What `create` (and `run`) were given.
@@ -195,7 +193,7 @@ fn run_shim(
     let sandbox: Arc<dyn super::sandbox::Sandbox> =
         match backend.create(config, &ctx.store.dir(id), stdio) {
             Ok(s) => Arc::from(s),
-            Err(e) => return fail(&mut ready, crate::cli::report(&e)),
+            Err(e) => return fail(&mut ready, crate::error::report(&e)),
         };
     // The control socket exists once the container does: until then nothing answers, and
     // `delete --force` kills the shim instead of waiting for it.
@@ -203,7 +201,7 @@ fn run_shim(
         Ok(l) => l,
         Err(e) => {
             sandbox.shutdown();
-            return fail(&mut ready, crate::cli::report(&e));
+            return fail(&mut ready, crate::error::report(&e));
         }
     };
     detach_stdio();
@@ -211,13 +209,13 @@ fn run_shim(
         return 1;
     }
     drop(ready);
-    shim::serve(&ctx.store, id, listener, sandbox, &ctx.log)
+    shim::serve(&ctx.store, id, listener, sandbox)
 }
 
 /// The container's stdio on a new pty whose master went to the engine's console socket.
 fn tty_stdio(console_socket: &Path) -> Result<Stdio, String> {
     let slave =
-        super::tty::pty_to_console_socket(console_socket).map_err(|e| crate::cli::report(&e))?;
+        super::tty::pty_to_console_socket(console_socket).map_err(|e| crate::error::report(&e))?;
     let dup = |fd: &OwnedFd| {
         fd.try_clone()
             .map_err(|e| format!("Cannot duplicate the pty: {e}"))
@@ -522,7 +520,7 @@ pub fn exec(ctx: &Ctx, id: &str, process: ProcessConfig, opts: &ExecOpts) -> Res
         (true, None) => return Err(OpsError::NeedConsoleSocket),
         (true, Some(sock)) => Some(
             super::tty::pty_to_console_socket(sock)
-                .map_err(|e| OpsError::CreateFailed(crate::cli::report(&e)))?,
+                .map_err(|e| OpsError::CreateFailed(crate::error::report(&e)))?,
         ),
     };
     let fds: [i32; 3] = match &pty {

@@ -5,7 +5,6 @@
 //! the VM.
 
 use super::control::{self, Conn, Request, Response};
-use super::log::Logger;
 use super::sandbox::{Sandbox, Stdio};
 use super::state::{Status, Store};
 use std::os::fd::OwnedFd;
@@ -35,40 +34,38 @@ pub fn listen(store: &Store, id: &str) -> Result<UnixListener, ShimError> {
 }
 
 /// Serve requests and wait for the container; returns the exit code the shim exits with.
-pub fn serve(
-    store: &Store,
-    id: &str,
-    listener: UnixListener,
-    sandbox: Arc<dyn Sandbox>,
-    log: &Logger,
-) -> i32 {
+pub fn serve(store: &Store, id: &str, listener: UnixListener, sandbox: Arc<dyn Sandbox>) -> i32 {
     let shutting_down = Arc::new(AtomicBool::new(false));
     {
         let sandbox = sandbox.clone();
-        let log = log.clone();
         let shutting_down = shutting_down.clone();
-        std::thread::spawn(move || {
+        let served = crate::logging::spawn("shim-control", move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
                 let sandbox = sandbox.clone();
-                let log = log.clone();
                 let shutting_down = shutting_down.clone();
-                std::thread::spawn(move || {
-                    handle(Conn::new(conn), sandbox.as_ref(), &log, &shutting_down)
+                let one = crate::logging::spawn("shim-request", move || {
+                    handle(Conn::new(conn), sandbox.as_ref(), &shutting_down)
                 });
+                if let Err(e) = one {
+                    log::error!("Cannot start a thread for a shim request: {e}");
+                }
             }
         });
+        if let Err(e) = served {
+            log::error!("Cannot serve the shim's control socket: {e}");
+        }
     }
     let code = match sandbox.wait() {
         Ok(code) => code,
         Err(e) => {
             if !shutting_down.load(Ordering::SeqCst) {
-                log.error(&format!("Lost container {id}: {}", crate::cli::report(&e)));
+                log::error!("Lost container {id}: {}", crate::error::report(&e));
             }
             LOST_EXIT_CODE
         }
     };
-    log.info(&format!("container {id} exited with code {code}"));
+    log::info!("container {id} exited with code {code}");
     record_exit(store, id, code);
     sandbox.shutdown();
     let _ = std::fs::remove_file(store.dir(id).join(control::SOCKET));
@@ -85,16 +82,16 @@ pub fn record_exit(store: &Store, id: &str, code: i32) {
     }
 }
 
-fn handle(mut conn: Conn, sandbox: &dyn Sandbox, log: &Logger, shutting_down: &AtomicBool) {
+fn handle(mut conn: Conn, sandbox: &dyn Sandbox, shutting_down: &AtomicBool) {
     let (req, fds) = match conn.recv() {
         Ok(r) => r,
         Err(e) => {
-            let _ = conn.send(&Response::Error(crate::cli::report(&e)));
+            let _ = conn.send(&Response::Error(crate::error::report(&e)));
             return;
         }
     };
-    log.debug(&format!("shim request {req:?}"));
-    let err = |e: super::sandbox::SandboxError| Response::Error(crate::cli::report(&e));
+    log::debug!("shim request {req:?}");
+    let err = |e: super::sandbox::SandboxError| Response::Error(crate::error::report(&e));
     let resp = match req {
         Request::Start => sandbox.start().map_or_else(err, Response::Pid),
         Request::Kill { signal, all } => sandbox

@@ -1,32 +1,26 @@
-//! Containers in a pod microVM: the [`Sandbox`] the shim drives, talking to the guest agent
-//! (`agent::protocol`) over the pod's vsock, with the container's stdio relayed between the
-//! agent's stdio streams and the descriptors the engine gave `ember create`.
+//! Containers in a pod microVM, through the pod library ([`crate::api`]): the [`Sandbox`] the
+//! shim drives is a container of a pod, created, started, waited on, signalled and exec'd into
+//! with the same calls `ember container ...` makes, so an OCI container is in its pod's record
+//! (`ember pod status` lists it) and there is one way to reach a container. Its stdio is
+//! relayed between the agent's stdio streams and the descriptors the engine gave
+//! `ember create`.
 
 use super::bundle::{ContainerConfig, MountConfig, PodRole, ProcessConfig};
 use super::sandbox::{Backend, Sandbox, SandboxError, Stdio};
-use crate::state::DiskOwner;
-use agent::client::{AgentClient, ClientError};
-use agent::protocol::{
-    ContainerSpec, Mount, Namespace, ProcessSpec, Rlimit, RootfsSpec, StdioStream,
-};
+use crate::api::{self, RootfsConfig, Runtime};
+use crate::config::{LogConfig, Machine, Shutdown};
+use agent::protocol::{Mount, Namespace, ProcessSpec, Rlimit, StdioStream};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
-/// Time limit for one ordinary request to the agent.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+use std::time::Instant;
 
 /// Trees the agent sets up itself for every container (/dev with devpts and shm, /proc,
 /// /sys with its cgroup2): spec mounts at or under them are left to it.
 const AGENT_MOUNTS: &[&str] = &["/proc", "/dev", "/sys"];
-/// Pod-config disk ids of a container's pod: its rootfs and its copied host binds.
-const ROOTFS_DISK: &str = "rootfs";
-const VOLUME_DISK: &str = "volume";
 /// Filesystem types that exist inside the guest and can be mounted there as the spec says.
 const GUEST_FSTYPES: &[&str] = &["tmpfs", "mqueue", "proc", "sysfs"];
 
@@ -184,16 +178,16 @@ pub fn stage_volumes(c: &ContainerConfig, stage: &Path, image: &Path) -> Result<
     result.map(|()| true)
 }
 
-/// The agent's container description: the rootfs on `rootfs_device` (ext4), the spec's
-/// namespaces that the agent creates (a namespace joined by path is the pod's shared one,
-/// which every container of the VM already has), mounts that exist in a guest, the host
-/// binds from `volume_device` (made by [`stage_volumes`]), hostname, cgroup path and the
-/// process.
-pub fn container_spec(
+/// The pod library's description of the container: its rootfs and volume (where the
+/// caller put them), the spec's namespaces that the agent creates (a namespace joined by path
+/// is the pod's shared one, which every container of the VM already has), mounts that exist
+/// in a guest, the host binds from the volume disk (made by [`stage_volumes`]), hostname,
+/// cgroup path and the process.
+pub fn container_config(
     c: &ContainerConfig,
-    rootfs_device: &str,
-    volume_device: Option<&str>,
-) -> ContainerSpec {
+    rootfs: RootfsConfig,
+    volume: Option<RootfsConfig>,
+) -> api::ContainerConfig {
     let namespaces = c
         .namespaces
         .iter()
@@ -208,27 +202,21 @@ pub fn container_spec(
             _ => None,
         })
         .collect();
-    ContainerSpec {
-        rootfs: RootfsSpec::BlockDevice {
-            path: rootfs_device.to_string(),
-            fstype: "ext4".to_string(),
-            read_only: c.readonly_rootfs,
-        },
-        mounts: spec_mounts(c, volume_device.is_some()),
-        hostname: c.hostname.clone(),
-        namespaces,
-        process: process_spec(&c.process),
-        cgroup_path: c
-            .cgroups_path
-            .as_ref()
-            .map(|p| p.to_string_lossy().trim_start_matches('/').to_string())
-            .filter(|p| !p.is_empty() && !p.contains(':')),
-        volume: volume_device.map(|d| RootfsSpec::BlockDevice {
-            path: d.to_string(),
-            fstype: "ext4".to_string(),
-            read_only: false,
-        }),
-    }
+    let mut config = api::ContainerConfig::new(rootfs, Vec::<String>::new());
+    config.fstype = Some("ext4".to_string());
+    config.mounts = spec_mounts(c, volume.is_some());
+    config.hostname = c.hostname.clone();
+    config.namespaces = Some(namespaces);
+    config.process = process_spec(&c.process);
+    config.cgroup_path = c
+        .cgroups_path
+        .as_ref()
+        .map(|p| p.to_string_lossy().trim_start_matches('/').to_string())
+        .filter(|p| !p.is_empty() && !p.contains(':'));
+    config.readonly_rootfs = c.readonly_rootfs;
+    config.volume = volume;
+    config.annotations = c.annotations.clone();
+    config
 }
 
 /// The spec's mounts in their order: those a guest can make, and (`with_volume`) the host
@@ -254,56 +242,6 @@ fn spec_mounts(c: &ContainerConfig, with_volume: bool) -> Vec<Mount> {
         .collect()
 }
 
-/// Opens connections to one pod's agent.
-pub trait Connector: Send + Sync {
-    /// A stream connected to the agent's request port; `timeout` on reads and writes.
-    fn stream(&self, timeout: Option<Duration>) -> Result<UnixStream, ClientError>;
-
-    fn client(&self, timeout: Option<Duration>) -> Result<AgentClient<UnixStream>, SandboxError> {
-        let s = self
-            .stream(timeout)
-            .map_err(|e| SandboxError::failed("Cannot reach the guest agent", e))?;
-        Ok(AgentClient::new(s))
-    }
-}
-
-/// The agent behind a VMM's hybrid vsock Unix socket (`CONNECT 1024`).
-pub struct VsockConnector {
-    pub uds: PathBuf,
-}
-
-impl Connector for VsockConnector {
-    fn stream(&self, timeout: Option<Duration>) -> Result<UnixStream, ClientError> {
-        let s = agent::client::connect_unix(&self.uds)?;
-        let hs = Some(timeout.unwrap_or(CALL_TIMEOUT));
-        let _ = s.set_read_timeout(hs);
-        let _ = s.set_write_timeout(hs);
-        let mut s = s;
-        agent::client::vsock_handshake(&mut s, agent::protocol::DEFAULT_PORT)?;
-        let _ = s.set_read_timeout(timeout);
-        let _ = s.set_write_timeout(timeout);
-        Ok(s)
-    }
-}
-
-/// An agent listening on a plain Unix socket (an agent run on the host).
-pub struct UnixConnector {
-    pub path: PathBuf,
-}
-
-impl Connector for UnixConnector {
-    fn stream(&self, timeout: Option<Duration>) -> Result<UnixStream, ClientError> {
-        let s = agent::client::connect_unix(&self.path)?;
-        let _ = s.set_read_timeout(timeout);
-        let _ = s.set_write_timeout(timeout);
-        Ok(s)
-    }
-}
-
-fn agent_err(what: &str) -> impl FnOnce(ClientError) -> SandboxError + '_ {
-    move |e| SandboxError::failed(what.to_string(), e)
-}
-
 /// Relays of one process's stdio; joined when it ends.
 struct Relays {
     out: Vec<JoinHandle<()>>,
@@ -313,19 +251,15 @@ impl Relays {
     /// Attach the process's streams and copy: our stdin to its stdin, its stdout and stderr
     /// to ours.
     fn attach(
-        conn: &dyn Connector,
+        rt: &Runtime,
+        pod: &str,
         container_id: &str,
         exec_id: Option<&str>,
         stdio: Stdio,
     ) -> Result<Relays, SandboxError> {
-        let attach = |stream| -> Result<UnixStream, SandboxError> {
-            let client = conn.client(Some(CALL_TIMEOUT))?;
-            let s = client
-                .attach_stdio(container_id, exec_id, stream)
-                .map_err(agent_err("Cannot attach to the container's stdio"))?;
-            let _ = s.set_read_timeout(None);
-            let _ = s.set_write_timeout(None);
-            Ok(s)
+        let attach = |stream| {
+            rt.attach(pod, container_id, exec_id, stream)
+                .map_err(|e| SandboxError::failed("Cannot attach to the container's stdio", e))
         };
         let out = attach(StdioStream::Stdout)?;
         let err = attach(StdioStream::Stderr)?;
@@ -337,11 +271,11 @@ impl Relays {
         // Stdin is not joined: it ends when the caller's stdin does (or never, for a pipe
         // kept open), and the process's end does not wait for it.
         let stdin = File::from(stdio.stdin);
-        std::thread::spawn(move || {
+        crate::logging::thread("stdin-relay", move || {
             let mut inp = inp;
             let mut stdin = stdin;
             let _ = io::copy(&mut stdin, &mut inp);
-            let _ = inp.shutdown(Shutdown::Write);
+            let _ = inp.shutdown(std::net::Shutdown::Write);
         });
         Ok(Relays { out: handles })
     }
@@ -354,7 +288,7 @@ impl Relays {
 }
 
 fn copy_thread(mut from: UnixStream, mut to: File) -> JoinHandle<()> {
-    std::thread::spawn(move || {
+    crate::logging::thread("stdio-relay", move || {
         let mut buf = [0u8; 16 * 1024];
         loop {
             match from.read(&mut buf) {
@@ -372,36 +306,44 @@ fn copy_thread(mut from: UnixStream, mut to: File) -> JoinHandle<()> {
     })
 }
 
-/// A container created in a pod's guest.
-pub struct AgentSandbox {
-    id: String,
-    conn: Box<dyn Connector>,
-    relays: Mutex<Option<Relays>>,
-    /// Releases the VM (or the pod's share of it); run once.
-    teardown: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+fn api_err(what: &'static str) -> impl FnOnce(api::Error) -> SandboxError {
+    move |e| SandboxError::failed(what, e)
 }
 
-impl AgentSandbox {
-    /// Create container `id` with `spec` through the agent behind `conn` and attach its stdio.
+/// An OCI container: container `id` of pod `pod`, through the pod library.
+pub struct PodSandbox {
+    rt: Runtime,
+    pod: String,
+    id: String,
+    /// The pod is the container's own (not a CRI sandbox's that it joined): it goes with it.
+    owns_pod: bool,
+    relays: Mutex<Option<Relays>>,
+    released: Mutex<bool>,
+}
+
+impl PodSandbox {
+    /// Create container `id` in running pod `pod` with `config` and attach its stdio.
     pub fn create(
+        rt: Runtime,
+        pod: &str,
+        owns_pod: bool,
         id: &str,
-        spec: ContainerSpec,
-        conn: Box<dyn Connector>,
+        config: api::ContainerConfig,
         stdio: Stdio,
-        teardown: Box<dyn FnOnce() + Send>,
-    ) -> Result<AgentSandbox, SandboxError> {
-        let sb = AgentSandbox {
+    ) -> Result<PodSandbox, SandboxError> {
+        let sb = PodSandbox {
+            rt,
+            pod: pod.to_string(),
             id: id.to_string(),
-            conn,
+            owns_pod,
             relays: Mutex::new(None),
-            teardown: Mutex::new(Some(teardown)),
+            released: Mutex::new(false),
         };
         let r = (|| {
-            sb.conn
-                .client(Some(CALL_TIMEOUT))?
-                .create_container(id, spec)
-                .map_err(agent_err("The agent could not create the container"))?;
-            let relays = Relays::attach(sb.conn.as_ref(), id, None, stdio)?;
+            sb.rt
+                .create_container(pod, id, config)
+                .map_err(api_err("Cannot create the container in its pod"))?;
+            let relays = Relays::attach(&sb.rt, pod, id, None, stdio)?;
             if let Ok(mut g) = sb.relays.lock() {
                 *g = Some(relays);
             }
@@ -415,34 +357,38 @@ impl AgentSandbox {
             }
         }
     }
+
+    /// The pod holding the container.
+    pub fn pod(&self) -> &str {
+        &self.pod
+    }
 }
 
-impl Sandbox for AgentSandbox {
+impl Sandbox for PodSandbox {
     fn start(&self) -> Result<i32, SandboxError> {
-        self.conn
-            .client(Some(CALL_TIMEOUT))?
-            .start_container(&self.id)
-            .map_err(agent_err("The agent could not start the container"))
+        let info = self
+            .rt
+            .start_container(&self.pod, &self.id)
+            .map_err(api_err("Cannot start the container"))?;
+        Ok(info.pid.unwrap_or(0))
     }
 
     fn wait(&self) -> Result<i32, SandboxError> {
-        let status = self
-            .conn
-            .client(None)?
-            .wait(&self.id, None)
-            .map_err(agent_err("Waiting for the container failed"))?;
+        let code = self
+            .rt
+            .wait_process(&self.pod, &self.id, None)
+            .map_err(api_err("Waiting for the container failed"))?;
         let relays = self.relays.lock().ok().and_then(|mut g| g.take());
         if let Some(r) = relays {
             r.join();
         }
-        Ok(status.code)
+        Ok(code)
     }
 
     fn signal(&self, signal: i32, all: bool) -> Result<(), SandboxError> {
-        self.conn
-            .client(Some(CALL_TIMEOUT))?
-            .signal(&self.id, None, signal, all)
-            .map_err(agent_err("The agent could not signal the container"))
+        self.rt
+            .kill_container(&self.pod, &self.id, signal, all)
+            .map_err(api_err("Cannot signal the container"))
     }
 
     fn exec(
@@ -452,203 +398,146 @@ impl Sandbox for AgentSandbox {
         stdio: Stdio,
         started: &mut dyn FnMut(i32),
     ) -> Result<i32, SandboxError> {
-        let pid = self
-            .conn
-            .client(Some(CALL_TIMEOUT))?
-            .exec(&self.id, exec_id, process_spec(process))
-            .map_err(agent_err("The agent could not exec the process"))?;
-        let relays = Relays::attach(self.conn.as_ref(), &self.id, Some(exec_id), stdio)?;
+        let (exec_id, pid) = self
+            .rt
+            .exec_start(&self.pod, &self.id, Some(exec_id), process_spec(process))
+            .map_err(api_err("Cannot exec the process"))?;
+        let relays = Relays::attach(&self.rt, &self.pod, &self.id, Some(&exec_id), stdio)?;
         started(pid);
-        let status = self
-            .conn
-            .client(None)?
-            .wait(&self.id, Some(exec_id))
-            .map_err(agent_err("Waiting for the exec'd process failed"))?;
+        let code = self
+            .rt
+            .wait_process(&self.pod, &self.id, Some(&exec_id))
+            .map_err(api_err("Waiting for the exec'd process failed"))?;
         relays.join();
-        Ok(status.code)
+        Ok(code)
     }
 
     fn processes(&self) -> Result<Vec<(i32, String)>, SandboxError> {
         let list = self
-            .conn
-            .client(Some(CALL_TIMEOUT))?
-            .process_list(&self.id)
-            .map_err(agent_err("The agent could not list processes"))?;
+            .rt
+            .container_processes(&self.pod, &self.id)
+            .map_err(api_err("Cannot list the container's processes"))?;
         Ok(list.into_iter().map(|p| (p.pid, p.cmd)).collect())
     }
 
     fn pause(&self) -> Result<(), SandboxError> {
-        self.conn
-            .client(Some(CALL_TIMEOUT))?
-            .pause(&self.id)
-            .map_err(agent_err("The agent could not pause the container"))
+        self.rt
+            .pause_container(&self.pod, &self.id)
+            .map(|_| ())
+            .map_err(api_err("Cannot pause the container"))
     }
 
     fn resume(&self) -> Result<(), SandboxError> {
-        self.conn
-            .client(Some(CALL_TIMEOUT))?
-            .resume(&self.id)
-            .map_err(agent_err("The agent could not resume the container"))
+        self.rt
+            .resume_container(&self.pod, &self.id)
+            .map(|_| ())
+            .map_err(api_err("Cannot resume the container"))
     }
 
+    /// The container's own pod is deleted (its VM stopped at once: the pod's disks are this
+    /// container's throw-away images); a member leaves its sandbox's pod (destroyed in the
+    /// guest, its disks out of the slots).
     fn shutdown(&self) {
-        let teardown = self.teardown.lock().ok().and_then(|mut g| g.take());
-        if let Some(t) = teardown {
-            if let Ok(mut c) = self.conn.client(Some(Duration::from_secs(5))) {
-                let _ = c.destroy_container(&self.id);
-            }
-            t();
+        let Ok(mut released) = self.released.lock() else {
+            return;
+        };
+        if std::mem::replace(&mut *released, true) {
+            return;
+        }
+        let r = if self.owns_pod {
+            self.rt.delete_pod(&self.pod, true)
+        } else {
+            self.rt.delete_container(&self.pod, &self.id, true)
+        };
+        match r {
+            Ok(()) | Err(api::Error::PodNotFound(_) | api::Error::ContainerNotFound { .. }) => {}
+            Err(e) => log::warn!(
+                "Cannot release container {} of pod {}: {}",
+                self.id,
+                self.pod,
+                crate::error::report(&e)
+            ),
         }
     }
 }
 
-/// Directory under the OCI state root where the pods of OCI containers live (`@` cannot
-/// start a container id, so no container's directory clashes with it).
-pub const POD_ROOT: &str = "@pods";
 /// File in the container's directory with the phases of its creation (for the benches).
 pub const TIMINGS_FILE: &str = "timings.json";
-/// How long `create` waits for a container's pod VM to get ready. Well under the engines' own
-/// create timeouts (podman gives up after about four minutes), so that ember's error, with the
-/// VM's boot phases, is the one reported. A hardware host boots the guest in ~100 ms; the
-/// nested virtual test host in seconds.
-pub const START_TIMEOUT_SECS: u64 = 120;
 
 /// Disk slots of a CRI sandbox's VM: each member container takes one for its rootfs and one
 /// more when it has host binds.
 pub const SANDBOX_DISK_SLOTS: u8 = 8;
-/// Owner-id suffix of a member container's volume disk in the sandbox pod's slots (`#` cannot
-/// appear in a container id).
-const VOLUME_OWNER_SUFFIX: &str = "#volume";
+/// Pod-config disk ids of a container's own pod: its rootfs and its copied host binds.
+const ROOTFS_DISK: &str = "rootfs";
+const VOLUME_DISK: &str = "volume";
 
-/// Containers in microVMs through `runtime::api`: the bundle's rootfs becomes an ext4 image,
-/// a pod is created with that image as its first disk and started (the VM boots in a detached
-/// ember process), and the container is created in the guest by the agent with everything
-/// the spec says.
+/// Containers in microVMs through the pod library: the bundle's rootfs becomes an ext4 image;
+/// a container without CRI annotations gets a pod of its own with that image as its first
+/// disk (the VM boots in a detached ember process); the container is created in the pod with
+/// everything the spec says.
 ///
-/// A container without CRI annotations gets a pod of its own. A CRI sandbox
-/// (`io.kubernetes.cri.container-type: sandbox`) gets one with [`SANDBOX_DISK_SLOTS`] empty
-/// disk slots; a member (`container`, with `io.kubernetes.cri.sandbox-id`) joins its
-/// sandbox's running VM: its rootfs (and volume) images go into free slots and the agent
-/// there creates it. Deleting a member empties its slots; deleting the sandbox stops the VM.
+/// A CRI sandbox (`io.kubernetes.cri.container-type: sandbox`) gets a pod with
+/// [`SANDBOX_DISK_SLOTS`] empty disk slots; a member (`container`, with
+/// `io.kubernetes.cri.sandbox-id`) is created in its sandbox's running pod: the pod library
+/// puts its rootfs (and volume) images into free slots. Deleting a member empties its slots;
+/// deleting the sandbox stops the VM.
 pub struct VmBackend {
-    /// The OCI state root; pods go under `<root>/@pods`.
+    /// The state root (OCI containers' folders and `@pods`).
     pub root: PathBuf,
+    /// What runs the pods (test equipment may ask for the host agent).
+    pub machine: Machine,
+    /// The engine's `--log` and format: the pod's VMM process logs there too.
+    pub log: LogConfig,
 }
 
 impl VmBackend {
-    pub fn runtime(&self) -> crate::api::Runtime {
-        crate::api::Runtime::new(self.root.join(POD_ROOT))
+    pub fn runtime(&self) -> Runtime {
+        Runtime::new(&self.root)
     }
-}
 
-/// The slot-disk owners of member container `id`: its rootfs and its volume.
-fn member_owners(id: &str) -> [DiskOwner; 2] {
-    [
-        DiskOwner::Container(id.to_string()),
-        DiskOwner::Container(format!("{id}{VOLUME_OWNER_SUFFIX}")),
-    ]
-}
-
-/// Starts the pod of a container that owns its VM (no CRI grouping, or a CRI sandbox).
-fn own_pod(
-    rt: &crate::api::Runtime,
-    config: &ContainerConfig,
-    disks: Vec<crate::api::DiskConfig>,
-) -> Result<(String, crate::api::PodInfo), SandboxError> {
-    let pod = config.id.clone();
-    let pod_config = crate::api::PodConfig {
-        disks,
-        disk_slots: match config.role {
-            PodRole::Sandbox => SANDBOX_DISK_SLOTS,
-            _ => 0,
-        },
-        annotations: config.annotations.clone(),
-        start_timeout_secs: START_TIMEOUT_SECS,
-        ..crate::api::PodConfig::default()
-    };
-    rt.create_pod(&pod, pod_config)
-        .map_err(|e| SandboxError::failed("Cannot create the container's pod", e))?;
-    match rt.start_pod(&pod) {
-        Ok(info) => Ok((pod, info)),
-        Err(e) => {
-            let _ = rt.delete_pod(&pod, true);
-            // The pod root goes too once no pod is left in it.
-            let _ = std::fs::remove_dir(rt.root());
-            Err(SandboxError::failed(
-                "Cannot start the container's pod VM",
-                e,
-            ))
-        }
+    /// Create and start the pod of a container that owns its VM (no CRI grouping, or a CRI
+    /// sandbox), with `disks`.
+    fn own_pod(
+        &self,
+        rt: &Runtime,
+        config: &ContainerConfig,
+        disks: Vec<api::DiskConfig>,
+    ) -> Result<api::PodInfo, SandboxError> {
+        let pod_config = api::PodConfig {
+            disks,
+            disk_slots: match config.role {
+                PodRole::Sandbox => SANDBOX_DISK_SLOTS,
+                _ => 0,
+            },
+            annotations: config.annotations.clone(),
+            start_timeout_secs: crate::timeouts::OCI_POD_START_SECS,
+            // Its disks are this container's throw-away images: nothing to flush first.
+            shutdown: Shutdown::Kill,
+            machine: self.machine.clone(),
+            log: self.log.clone(),
+            ..api::PodConfig::default()
+        };
+        rt.create_pod(&config.id, pod_config)
+            .map_err(api_err("Cannot create the container's pod"))?;
+        rt.start_pod(&config.id).map_err(|e| {
+            let _ = rt.delete_pod(&config.id, true);
+            SandboxError::failed("Cannot start the container's pod VM", e)
+        })
     }
-}
-
-/// A member joins the running VM of its sandbox's pod: `disks` (rootfs, then volume) go into
-/// free slots. Returns the pod, the guest devices and the teardown that empties the slots.
-#[allow(clippy::type_complexity)]
-fn join_pod(
-    rt: &crate::api::Runtime,
-    sandbox_id: &str,
-    config: &ContainerConfig,
-    disks: &[crate::api::DiskConfig],
-) -> Result<(String, String, Option<String>, Box<dyn FnOnce() + Send>), SandboxError> {
-    let owners = member_owners(&config.id);
-    let mut devices = Vec::new();
-    for (disk, owner) in disks.iter().zip(owners.iter()) {
-        match rt.insert_disk(sandbox_id, &disk.path, disk.read_only, owner.clone()) {
-            Ok(dev) => devices.push(dev),
-            Err(e) => {
-                for o in &owners {
-                    let _ = rt.eject_disk(sandbox_id, o);
-                }
-                return Err(SandboxError::failed(
-                    format!("Cannot add the container to the VM of its sandbox {sandbox_id}"),
-                    e,
-                ));
-            }
-        }
-    }
-    let rootfs = devices.first().cloned().unwrap_or_default();
-    let volume = devices.get(1).cloned();
-    let teardown_rt = rt.clone();
-    let pod = sandbox_id.to_string();
-    let teardown: Box<dyn FnOnce() + Send> = Box::new(move || {
-        for o in &owners {
-            let _ = teardown_rt.eject_disk(&pod, o);
-        }
-    });
-    Ok((sandbox_id.to_string(), rootfs, volume, teardown))
 }
 
 impl Backend for VmBackend {
     fn cleanup(&self, id: &str) {
         let rt = self.runtime();
         if rt.pod_dir(id).is_dir() {
-            let _ = rt.stop_pod(id);
             let _ = rt.delete_pod(id, true);
         }
-        // A member whose shim is gone: out of its sandbox's agent, then out of the slots.
-        let owners = member_owners(id);
+        // A member whose shim is gone: out of its sandbox's pod.
         for pod in rt.list_pods().unwrap_or_default() {
-            if !pod
-                .slots
-                .iter()
-                .any(|s| s.disk.as_ref().is_some_and(|d| owners.contains(&d.owner)))
-            {
-                continue;
-            }
-            let conn = VsockConnector {
-                uds: rt
-                    .pod_dir(&pod.id)
-                    .join(crate::api::agent_link::VSOCK_SOCKET),
-            };
-            if let Ok(mut c) = conn.client(Some(CALL_TIMEOUT)) {
-                let _ = c.destroy_container(id);
-            }
-            for o in &owners {
-                let _ = rt.eject_disk(&pod.id, o);
+            if pod.containers.iter().any(|c| c.id == id) {
+                let _ = rt.delete_container(&pod.id, id, true);
             }
         }
-        let _ = std::fs::remove_dir(rt.root());
     }
 
     fn create(
@@ -663,72 +552,76 @@ impl Backend for VmBackend {
             phases.push((name.to_string(), since.elapsed().as_secs_f64() * 1e3));
         };
         let t0 = Instant::now();
-        let image = state_dir.join("rootfs.ext4");
-        disk::make_ext4(&config.rootfs, &image)
-            .map_err(|e| SandboxError::failed("Cannot make the container's rootfs image", e))?;
-        phase(&mut phases, "rootfs_image", t0);
-        let mut disks = vec![DiskConfig {
-            id: ROOTFS_DISK.to_string(),
-            path: image,
-            read_only: config.readonly_rootfs,
-        }];
-        let t = Instant::now();
-        let volume_image = state_dir.join("volume.ext4");
-        let has_volume = stage_volumes(config, &state_dir.join("volume-stage"), &volume_image)
-            .map_err(|e| SandboxError::failed("Cannot carry the bind mounts into the VM", e))?;
-        if has_volume {
-            disks.push(DiskConfig {
-                id: VOLUME_DISK.to_string(),
+        let rt = self.runtime();
+        let (rootfs, volume) = if let Machine::HostAgent { .. } = self.machine {
+            // The agent runs on this host: the bundle's rootfs is its own directory. Host
+            // binds are not carried (a host agent's container sees what its mounts say).
+            let path = config.rootfs.to_string_lossy().into_owned();
+            (RootfsConfig::GuestPath { path }, None)
+        } else {
+            let image = state_dir.join("rootfs.ext4");
+            disk::make_ext4(&config.rootfs, &image)
+                .map_err(|e| SandboxError::failed("Cannot make the container's rootfs image", e))?;
+            phase(&mut phases, "rootfs_image", t0);
+            let t = Instant::now();
+            let volume_image = state_dir.join("volume.ext4");
+            let has_volume = stage_volumes(config, &state_dir.join("volume-stage"), &volume_image)
+                .map_err(|e| SandboxError::failed("Cannot carry the bind mounts into the VM", e))?;
+            if has_volume {
+                phase(&mut phases, "volume_image", t);
+            }
+            let rootfs = RootfsConfig::Image {
+                path: image,
+                read_only: config.readonly_rootfs,
+            };
+            let volume = has_volume.then_some(RootfsConfig::Image {
                 path: volume_image,
                 read_only: false,
             });
-            phase(&mut phases, "volume_image", t);
-        }
-
-        let rt = self.runtime();
-        let (pod, device, volume_device, teardown) = match &config.role {
-            PodRole::Member { sandbox_id } => {
-                let t = Instant::now();
-                let joined = join_pod(&rt, sandbox_id, config, &disks)?;
-                phase(&mut phases, "disk_insert", t);
-                joined
-            }
+            (rootfs, volume)
+        };
+        let (pod, owns_pod, rootfs, volume) = match &config.role {
+            // The pod library puts the images into free disk slots of the running VM.
+            PodRole::Member { sandbox_id } => (sandbox_id.clone(), false, rootfs, volume),
             PodRole::Single | PodRole::Sandbox => {
+                // The images are the pod's own disks, attached at boot.
+                let mut disks = Vec::new();
+                let mut as_disk = |id: &str, r: RootfsConfig| match r {
+                    RootfsConfig::Image { path, read_only } => {
+                        disks.push(DiskConfig {
+                            id: id.to_string(),
+                            path,
+                            read_only,
+                        });
+                        RootfsConfig::Disk { id: id.to_string() }
+                    }
+                    other => other,
+                };
+                let rootfs = as_disk(ROOTFS_DISK, rootfs);
+                let volume = volume.map(|v| as_disk(VOLUME_DISK, v));
                 let t = Instant::now();
-                let (pod, info) = own_pod(&rt, config, disks)?;
+                let info = self.own_pod(&rt, config, disks)?;
                 phase(&mut phases, "pod_start", t);
                 for p in &info.timings {
                     phases.push((format!("pod.{}", p.name), p.ms));
                 }
-                let device_of = |id: &str| {
-                    info.disks
-                        .iter()
-                        .find(|d| d.owner == DiskOwner::Pod(id.to_string()))
-                        .map(|d| d.guest_device.clone())
-                };
-                let device = device_of(ROOTFS_DISK).unwrap_or_else(|| "/dev/vda".to_string());
-                let volume_device = device_of(VOLUME_DISK);
-                let teardown_rt = rt.clone();
-                let teardown_pod = pod.clone();
-                let teardown: Box<dyn FnOnce() + Send> = Box::new(move || {
-                    let _ = teardown_rt.stop_pod(&teardown_pod);
-                    let _ = teardown_rt.delete_pod(&teardown_pod, true);
-                    let _ = std::fs::remove_dir(teardown_rt.root());
-                });
-                (pod, device, volume_device, teardown)
+                (config.id.clone(), true, rootfs, volume)
             }
         };
-        let conn = VsockConnector {
-            uds: rt.pod_dir(&pod).join(crate::api::agent_link::VSOCK_SOCKET),
-        };
         let t = Instant::now();
-        let sandbox = AgentSandbox::create(
+        let sandbox = PodSandbox::create(
+            rt,
+            &pod,
+            owns_pod,
             &config.id,
-            container_spec(config, &device, volume_device.as_deref()),
-            Box::new(conn),
+            container_config(config, rootfs, volume),
             stdio,
-            teardown,
-        )?;
+        )
+        .inspect_err(|_| {
+            if owns_pod {
+                let _ = self.runtime().delete_pod(&pod, true);
+            }
+        })?;
         phase(&mut phases, "container_create", t);
         phase(&mut phases, "total", t0);
         let json: serde_json::Map<String, serde_json::Value> = phases
@@ -811,21 +704,19 @@ mod tests {
 
     #[test]
     fn podman_config_maps_to_what_a_guest_can_do() {
-        let spec = container_spec(&podman_like(), "/dev/vda", None);
-        assert_eq!(
-            spec.rootfs,
-            RootfsSpec::BlockDevice {
-                path: "/dev/vda".into(),
-                fstype: "ext4".into(),
-                read_only: true
-            }
-        );
+        let disk = RootfsConfig::Disk {
+            id: "rootfs".into(),
+        };
+        let spec = container_config(&podman_like(), disk.clone(), None);
+        assert_eq!(spec.rootfs, disk);
+        assert!(spec.readonly_rootfs);
+        assert_eq!(spec.fstype.as_deref(), Some("ext4"));
         let dests: Vec<&str> = spec.mounts.iter().map(|m| m.destination.as_str()).collect();
         assert_eq!(dests, ["/scratch", "/q"]);
         assert_eq!(spec.mounts[0].fstype.as_deref(), Some("tmpfs"));
         assert_eq!(spec.mounts[0].options, ["nosuid"]);
         assert_eq!(
-            spec.namespaces,
+            spec.namespaces.unwrap(),
             [
                 Namespace::Pid,
                 Namespace::Net,
@@ -900,7 +791,13 @@ mod tests {
         assert_eq!(cat("/0"), "10.0.0.7 db\n");
         assert_eq!(cat("/1/sub/f"), "volume file\n");
 
-        let spec = container_spec(&c, "/dev/vda", Some("/dev/vdb"));
+        let rootfs = RootfsConfig::Disk {
+            id: "rootfs".into(),
+        };
+        let volume = RootfsConfig::Disk {
+            id: "volume".into(),
+        };
+        let spec = container_config(&c, rootfs.clone(), Some(volume.clone()));
         let got: Vec<(&str, &str, bool)> = spec
             .mounts
             .iter()
@@ -915,16 +812,9 @@ mod tests {
             ]
         );
         assert_eq!(spec.mounts[0].options, ["rbind", "ro"]);
-        assert_eq!(
-            spec.volume,
-            Some(RootfsSpec::BlockDevice {
-                path: "/dev/vdb".into(),
-                fstype: "ext4".into(),
-                read_only: false
-            })
-        );
+        assert_eq!(spec.volume, Some(volume));
         // Without a volume disk the host binds are left out, as before.
-        let spec = container_spec(&c, "/dev/vda", None);
+        let spec = container_config(&c, rootfs, None);
         assert!(spec.volume.is_none());
         assert!(spec.mounts.iter().all(|m| !m.from_volume));
         std::fs::remove_dir_all(&dir).unwrap();
@@ -952,6 +842,9 @@ mod tests {
     fn systemd_style_cgroup_paths_are_not_passed() {
         let mut c = podman_like();
         c.cgroups_path = Some("machine.slice:libpod:abc".into());
-        assert_eq!(container_spec(&c, "/dev/vda", None).cgroup_path, None);
+        let rootfs = RootfsConfig::Disk {
+            id: "rootfs".into(),
+        };
+        assert_eq!(container_config(&c, rootfs, None).cgroup_path, None);
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How long a client waits for an answer unless told otherwise.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_TIMEOUT: Duration = crate::timeouts::POD_CONTROL;
 
 /// Longest request line the server reads (a disk path included).
 const MAX_LINE: u64 = 8192;

@@ -1,7 +1,9 @@
 //! Test equipment: a pod "machine" that is the guest agent running as a host process, for
 //! machines whose `/dev/kvm` cannot run a guest (see ENVIRONMENT.md) and for fast tests of the
 //! whole pod path (detached process, readiness announcement, control socket, every container
-//! call through the agent protocol). Chosen only by `EMBER_POD_HOST_AGENT=<ember-agent path>`.
+//! call through the agent protocol). Chosen by a pod config's
+//! `"machine": {"host_agent": {"agent": PATH}}`; the CLI sets that when [`ENV`] names the agent
+//! binary.
 //!
 //! The agent serves `<dir>/agent.sock` and announces itself on `<dir>/vsock.sock_1025`, as it
 //! would over vsock; a small bridge serves `<dir>/vsock.sock` with the hybrid-vsock handshake
@@ -11,7 +13,8 @@
 
 use super::control::ControlTarget;
 use super::{Event, CONSOLE_FILE};
-use crate::api::agent_link::{self, VSOCK_SOCKET};
+use crate::agent_link::VSOCK_SOCKET;
+use crate::config::Shutdown as StopMode;
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -23,10 +26,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::Duration;
 
-/// Environment variable that selects this machine and names the agent binary.
+/// Environment variable with which the CLI picks this machine for the pods it creates, naming
+/// the agent binary (library code reads the pod's config, never this).
 pub const ENV: &str = "EMBER_POD_HOST_AGENT";
 const AGENT_SOCKET: &str = "agent.sock";
-const GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -50,8 +53,8 @@ pub enum Error {
     },
 }
 
-/// The agent binary when the host-agent machine is selected.
-pub fn selected() -> Option<PathBuf> {
+/// The agent binary [`ENV`] names, if any.
+pub fn from_env() -> Option<PathBuf> {
     std::env::var_os(ENV)
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
@@ -124,7 +127,7 @@ impl HostAgent {
         let pid = child.id() as i32;
         let exited = Arc::new((Mutex::new(false), Condvar::new()));
         let ex = exited.clone();
-        std::thread::spawn(move || {
+        crate::logging::thread("agent-wait", move || {
             let status = child.wait();
             if let Some(cg) = cgroup {
                 let _ = std::fs::remove_dir(cg);
@@ -140,16 +143,22 @@ impl HostAgent {
             };
             let _ = events.send(Event::Exited(msg));
         });
-        std::thread::spawn(move || serve_bridge(bridge, agent_sock));
+        crate::logging::thread("vsock-bridge", move || serve_bridge(bridge, agent_sock));
         Ok(HostAgent { pid, exited })
     }
 
-    pub(crate) fn target(&self, dir: &Path, requested: Arc<AtomicBool>) -> Arc<dyn ControlTarget> {
+    pub(crate) fn target(
+        &self,
+        dir: &Path,
+        requested: Arc<AtomicBool>,
+        shutdown: StopMode,
+    ) -> Arc<dyn ControlTarget> {
         Arc::new(Target {
             pid: self.pid,
             exited: self.exited.clone(),
             dir: dir.to_path_buf(),
             requested,
+            shutdown,
         })
     }
 
@@ -179,7 +188,7 @@ fn serve_bridge(listener: UnixListener, agent_sock: PathBuf) {
     for (n, conn) in listener.incoming().enumerate() {
         let Ok(conn) = conn else { continue };
         let agent_sock = agent_sock.clone();
-        std::thread::spawn(move || {
+        crate::logging::thread("bridge-conn", move || {
             let _ = bridge_one(conn, &agent_sock, n);
         });
     }
@@ -203,7 +212,7 @@ fn bridge_one(mut host: UnixStream, agent_sock: &Path, n: usize) -> std::io::Res
     let agent = UnixStream::connect(agent_sock)?;
     host.write_all(format!("OK {}\n", 1_000_000 + n).as_bytes())?;
     let (mut h2, mut a2) = (host.try_clone()?, agent.try_clone()?);
-    let up = std::thread::spawn(move || {
+    let up = crate::logging::thread("bridge-up", move || {
         let _ = std::io::copy(&mut h2, &mut a2);
         let _ = a2.shutdown(Shutdown::Write);
     });
@@ -219,6 +228,7 @@ struct Target {
     exited: Arc<(Mutex<bool>, Condvar)>,
     dir: PathBuf,
     requested: Arc<AtomicBool>,
+    shutdown: StopMode,
 }
 
 impl ControlTarget for Target {
@@ -235,13 +245,17 @@ impl ControlTarget for Target {
     fn stop(&self) {
         self.requested.store(true, Ordering::SeqCst);
         signal(self.pid, libc::SIGCONT);
-        let _ =
-            agent_link::connect(&self.dir, Some(Duration::from_secs(5))).map(|mut c| c.shutdown());
+        let asked = super::vm::before_stop(&self.dir, self.shutdown);
         let (lock, cv) = &*self.exited;
+        let grace = if asked {
+            crate::timeouts::SHUTDOWN_GRACE
+        } else {
+            Duration::ZERO
+        };
         let done = lock
             .lock()
             .ok()
-            .and_then(|g| cv.wait_timeout_while(g, GRACE, |done| !*done).ok())
+            .and_then(|g| cv.wait_timeout_while(g, grace, |done| !*done).ok())
             .map(|(g, _)| *g)
             .unwrap_or(false);
         if !done {

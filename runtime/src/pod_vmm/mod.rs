@@ -19,8 +19,8 @@ pub mod host_agent;
 pub mod proc;
 mod vm;
 
-use crate::api::hooks;
 use crate::state::{LockKind, Phase, PodLock, PodRecord, State, VmmProcess};
+use crate::{config, hooks};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -86,6 +86,10 @@ pub enum Error {
     HostAgent(#[source] host_agent::Error),
     #[error("The VM ended before the guest agent was ready: {0}")]
     EndedEarly(String),
+    #[error("Cannot set up logging")]
+    Logging(#[source] crate::logging::Error),
+    #[error("Cannot start a thread")]
+    Thread(#[source] std::io::Error),
 }
 
 /// A started VMM process and the phases it reported.
@@ -154,7 +158,7 @@ pub fn spawn(root: &Path, pod: &str, dir: &Path, timeout: Duration) -> Result<St
                 pid,
                 start_time: proc::start_time(pid).unwrap_or(0),
             };
-            std::thread::spawn(move || child.wait());
+            crate::logging::thread("vmm-reaper", move || child.wait());
             Ok(Started { process, phases })
         }
         Err(e) => {
@@ -246,7 +250,7 @@ pub fn remove_sockets(dir: &Path) {
     for name in [
         CONTROL_SOCKET,
         ANNOUNCE_SOCKET,
-        crate::api::agent_link::VSOCK_SOCKET,
+        crate::agent_link::VSOCK_SOCKET,
     ] {
         let _ = fs::remove_file(dir.join(name));
     }
@@ -272,7 +276,7 @@ pub fn kill(p: &VmmProcess) {
             libc::kill(-p.pid, libc::SIGKILL);
             libc::kill(p.pid, libc::SIGKILL);
         }
-        wait_exit(p, Duration::from_secs(5));
+        wait_exit(p, crate::timeouts::VMM_EXIT);
     }
 }
 
@@ -319,14 +323,13 @@ impl Notifier {
 }
 
 /// The body of `ember pod __vmm`: boot the pod's VM and serve it until it ends.
-pub fn serve(root: &Path, pod: &str) -> Result<(), Error> {
+pub fn serve(dir: &Path) -> Result<(), Error> {
     let t0 = Instant::now();
     let mut notify = Notifier::from_env();
-    let dir = root.join(pod);
-    let result = serve_inner(&dir, &mut notify, t0);
+    let result = serve_inner(dir, &mut notify, t0);
     if let Err(e) = &result {
-        notify.send(&format!("error {}", crate::cli::report(e)));
-        remove_sockets(&dir);
+        notify.send(&format!("error {}", crate::error::report(e)));
+        remove_sockets(dir);
     }
     result
 }
@@ -335,6 +338,21 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
     // No lock here: the starter holds the pod's write lock for the whole start and stored the
     // record before spawning us; records are replaced atomically, so this read is whole.
     let rec = PodRecord::load(dir).map_err(Error::State)?;
+    // Our stderr is <pod dir>/vmm.log; the pod config may name one more file (the engine's).
+    let log = &rec.config.log;
+    crate::logging::init(&crate::logging::Config {
+        file: None,
+        also: log.file.clone(),
+        format: log.format,
+        debug: log.debug,
+        errors_to_stderr: false,
+    })
+    .map_err(Error::Logging)?;
+    log::info!(
+        "pod {}: VMM process {} starting",
+        rec.id,
+        std::process::id()
+    );
     let bind = |name: &str| {
         let path = dir.join(name);
         let _ = fs::remove_file(&path);
@@ -345,30 +363,33 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
 
     let (tx, rx) = mpsc::channel::<Event>();
     let t = Instant::now();
-    let machine = match host_agent::selected() {
-        Some(agent) => Machine::Host(
-            host_agent::HostAgent::boot(&agent, dir, tx.clone()).map_err(Error::HostAgent)?,
+    let machine = match &rec.config.machine {
+        config::Machine::HostAgent { agent } => Machine::Host(
+            host_agent::HostAgent::boot(agent, dir, tx.clone()).map_err(Error::HostAgent)?,
         ),
-        None => Machine::Vm(vm::Vm::boot(&rec, dir, t0, tx.clone()).map_err(Error::Vm)?),
+        config::Machine::Vm => {
+            Machine::Vm(vm::Vm::boot(&rec, dir, t0, tx.clone()).map_err(Error::Vm)?)
+        }
     };
     notify.phase("vm_boot_call", t);
 
     // The guest announces readiness by connecting to vsock port 1025 on the host.
     let atx = tx.clone();
-    std::thread::spawn(move || loop {
+    crate::logging::spawn("announce", move || loop {
         match agent::client::accept_hello(&announce) {
             Ok(hello) => {
                 let _ = atx.send(Event::Ready(hello.agent_version));
                 return;
             }
-            Err(e) => eprintln!("ember-vmm: bad announcement: {}", crate::cli::report(&e)),
+            Err(e) => log::warn!("Bad agent announcement: {}", crate::error::report(&e)),
         }
-    });
+    })
+    .map_err(Error::Thread)?;
 
     let timeout = Duration::from_secs(rec.config.start_timeout_secs);
     match rx.recv_timeout(timeout) {
         Ok(Event::Ready(agent_version)) => {
-            eprintln!("ember-vmm: agent {agent_version} ready");
+            log::info!("agent {agent_version} ready");
             notify.phase("agent_ready", t0);
             for (name, ms) in machine.timings() {
                 notify.send(&format!("phase vm_{name} {ms:.3}"));
@@ -396,8 +417,11 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
     notify.close();
 
     let requested = Arc::new(AtomicBool::new(false));
-    let target = machine.target(dir, requested.clone());
-    std::thread::spawn(move || control::serve(control_listener, &*target));
+    let target = machine.target(dir, requested.clone(), rec.config.shutdown);
+    crate::logging::spawn("control", move || {
+        control::serve(control_listener, &*target)
+    })
+    .map_err(Error::Thread)?;
 
     // Wait for the VM to end.
     let reason = loop {
@@ -407,7 +431,7 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
             Err(_) => break "VM thread vanished".to_string(),
         }
     };
-    eprintln!("ember-vmm: VM ended: {reason}");
+    log::info!("VM ended: {reason}");
     if !requested.load(Ordering::SeqCst) {
         mark_ended(dir, &reason);
     }
@@ -417,8 +441,10 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
 
 /// The VM ended without a stop request: record it and run the poststop hooks.
 fn mark_ended(dir: &Path, reason: &str) {
-    let Ok(_lock) = PodLock::acquire_timeout(dir, LockKind::Write, Duration::from_secs(60)) else {
-        eprintln!("ember-vmm: cannot lock the pod to record its end");
+    let Ok(_lock) =
+        PodLock::acquire_timeout(dir, LockKind::Write, crate::timeouts::RECORD_END_LOCK)
+    else {
+        log::error!("Cannot lock the pod to record its end");
         return;
     };
     let Ok(mut rec) = PodRecord::load(dir) else {
@@ -438,11 +464,11 @@ fn mark_ended(dir: &Path, reason: &str) {
         c.in_agent = false;
     }
     if let Err(e) = rec.store(dir) {
-        eprintln!("ember-vmm: {}", crate::cli::report(&e));
+        log::error!("Cannot record the pod's end: {}", crate::error::report(&e));
     }
-    let state = crate::api::hooks_state_json(&rec, dir, "stopped");
+    let state = crate::hooks::state_json(&rec, dir, "stopped");
     for e in hooks::run_all_best_effort(&rec.config.hooks.poststop, &state) {
-        eprintln!("ember-vmm: poststop hook: {}", crate::cli::report(&e));
+        log::warn!("poststop hook: {}", crate::error::report(&e));
     }
 }
 
@@ -453,10 +479,15 @@ enum Machine {
 }
 
 impl Machine {
-    fn target(&self, dir: &Path, requested: Arc<AtomicBool>) -> Arc<dyn control::ControlTarget> {
+    fn target(
+        &self,
+        dir: &Path,
+        requested: Arc<AtomicBool>,
+        shutdown: config::Shutdown,
+    ) -> Arc<dyn control::ControlTarget> {
         match self {
-            Machine::Vm(vm) => Arc::new(vm::Target::new(vm.handle(), dir, requested)),
-            Machine::Host(h) => h.target(dir, requested),
+            Machine::Vm(vm) => Arc::new(vm::Target::new(vm.handle(), dir, requested, shutdown)),
+            Machine::Host(h) => h.target(dir, requested, shutdown),
         }
     }
 

@@ -1,16 +1,15 @@
 //! The pod's VM, booted with the vmm library in this (detached) process.
 
 use super::{Event, CONSOLE_FILE};
-use crate::api::agent_link::{self, VSOCK_SOCKET};
+use crate::agent_link::{self, VSOCK_SOCKET};
+use crate::config::Shutdown;
 use crate::state::PodRecord;
+use crate::timeouts;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use vmm::config::{BlockConfig, ConsoleConfig, VmConfig, VsockConfig};
-
-/// How long a requested stop waits for the guest to shut down before stopping the VM hard.
-const GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -82,7 +81,7 @@ impl Vm {
                 let _ = htx.send(Ok(vmm.handle()));
                 let msg = match vmm.run() {
                     Ok(exit) => format!("VM exit: {exit:?}"),
-                    Err(e) => format!("VM failed: {}", crate::cli::report(&e)),
+                    Err(e) => format!("VM failed: {}", crate::error::report(&e)),
                 };
                 let _ = events.send(Event::Exited(msg));
             })
@@ -115,58 +114,91 @@ impl Vm {
     }
 }
 
-/// What the control socket drives: the VM handle, plus a graceful shutdown through the agent
-/// on `stop`.
+/// What the control socket drives: the VM handle, and on `stop` the pod's [`Shutdown`].
 pub struct Target {
     handle: vmm::VmHandle,
     dir: PathBuf,
     requested: Arc<AtomicBool>,
+    shutdown: Shutdown,
 }
 
 impl Target {
-    pub fn new(handle: vmm::VmHandle, dir: &Path, requested: Arc<AtomicBool>) -> Target {
+    pub fn new(
+        handle: vmm::VmHandle,
+        dir: &Path,
+        requested: Arc<AtomicBool>,
+        shutdown: Shutdown,
+    ) -> Target {
         Target {
             handle,
             dir: dir.to_path_buf(),
             requested,
+            shutdown,
         }
+    }
+}
+
+/// Before a VM is stopped at once: what the guest still has to say, by the pod's [`Shutdown`].
+/// `Graceful` asks the agent to shut the guest down (it stops every container, syncs and
+/// reboots, which ends the VM) and returns whether that was asked; `Sync` has the agent flush
+/// the guest's page cache to its disks; `Kill` says nothing.
+pub(crate) fn before_stop(dir: &Path, shutdown: Shutdown) -> bool {
+    let short = Some(timeouts::AGENT_SHORT_CALL);
+    match shutdown {
+        Shutdown::Kill => false,
+        Shutdown::Sync => {
+            let synced = agent_link::connect(dir, short)
+                .map_err(|e| crate::error::report(&e))
+                .and_then(|mut c| c.sync().map_err(|e| crate::error::report(&e)));
+            if let Err(e) = synced {
+                log::warn!("Guest sync before stop failed (stopping anyway): {e}");
+            }
+            false
+        }
+        Shutdown::Graceful => agent_link::connect(dir, short)
+            .ok()
+            .and_then(|mut c| c.shutdown().ok())
+            .is_some(),
     }
 }
 
 impl super::control::ControlTarget for Target {
     fn pause(&self) -> Result<(), String> {
-        self.handle.pause().map_err(|e| crate::cli::report(&e))
+        self.handle.pause().map_err(|e| crate::error::report(&e))
     }
 
     fn resume(&self) -> Result<(), String> {
-        self.handle.resume().map_err(|e| crate::cli::report(&e))
+        self.handle.resume().map_err(|e| crate::error::report(&e))
     }
 
     fn insert_disk(&self, slot: usize, path: &Path, read_only: bool) -> Result<(), String> {
         self.handle
             .insert_disk(slot, path, read_only)
-            .map_err(|e| crate::cli::report(&e))
+            .map_err(|e| crate::error::report(&e))
     }
 
     fn eject_disk(&self, slot: usize) -> Result<(), String> {
         self.handle
             .eject_disk(slot)
-            .map_err(|e| crate::cli::report(&e))
+            .map_err(|e| crate::error::report(&e))
     }
 
-    /// Ask the agent to shut the guest down (it syncs and reboots, which ends the VM), and
-    /// stop the VM hard when that does not happen within the grace period.
+    /// Stop the VM: at once after [`before_stop`], or, for a graceful shutdown, when the
+    /// guest has not ended within the grace period.
     fn stop(&self) {
         self.requested.store(true, Ordering::SeqCst);
-        // A paused VM cannot shut down by itself.
+        // A paused guest cannot answer.
         let _ = self.handle.resume();
-        let graceful = agent_link::connect(&self.dir, Some(Duration::from_secs(5)))
-            .ok()
-            .and_then(|mut c| c.shutdown().ok())
-            .is_some();
-        if !graceful || !self.handle.wait_exited(Some(GRACE)) {
+        let t = Instant::now();
+        let asked = before_stop(&self.dir, self.shutdown);
+        if !asked || !self.handle.wait_exited(Some(timeouts::SHUTDOWN_GRACE)) {
             self.handle.stop();
         }
+        log::info!(
+            "VM stopped ({:?}) in {:.1} ms",
+            self.shutdown,
+            t.elapsed().as_secs_f64() * 1e3
+        );
     }
 }
 

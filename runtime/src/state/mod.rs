@@ -19,7 +19,7 @@ mod machine;
 pub use lock::{LockKind, PodLock};
 pub use machine::{State, TransitionError};
 
-use crate::api::config::{ContainerConfig, PodConfig};
+use crate::config::{ContainerConfig, PodConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -114,6 +114,9 @@ pub struct ContainerRecord {
     /// Guest block device holding the rootfs, once the pod runs.
     #[serde(default)]
     pub guest_device: Option<String>,
+    /// Guest block device holding the container's volume disk, if it has one.
+    #[serde(default)]
+    pub volume_device: Option<String>,
     /// Whether the agent knows the container (created there).
     #[serde(default)]
     pub in_agent: bool,
@@ -269,6 +272,7 @@ mod tests {
                 config: ContainerConfig::default(),
                 created_unix: 1,
                 guest_device: None,
+                volume_device: None,
                 in_agent: false,
                 exit_code: None,
                 pid: None,

@@ -38,7 +38,7 @@ impl EventLoop {
         let flag = stop.clone();
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
-            .name("ember-devices".into())
+            .name("event-loop".into())
             .spawn(move || {
                 let mut em = match EventManager::<Subscriber>::new() {
                     Ok(em) => em,

@@ -177,7 +177,7 @@ impl Drop for RawTerminal {
 /// The thread ends at end of input; it may outlive the VM while blocked in `read`.
 pub fn spawn_stdin_forwarder(serial: Arc<Mutex<SerialPio>>) -> io::Result<()> {
     std::thread::Builder::new()
-        .name("ember-stdin".into())
+        .name("stdin".into())
         .spawn(move || {
             let mut buf = [0u8; 64];
             loop {

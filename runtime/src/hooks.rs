@@ -1,7 +1,7 @@
 //! OCI-style hooks: each hook runs with its own args and env, gets the pod's state JSON on
 //! stdin, and must exit 0 within its timeout. Hooks of one kind run in order.
 
-use super::config::Hook;
+use crate::config::Hook;
 use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
@@ -115,6 +115,23 @@ pub fn run_one(hook: &Hook, state_json: &str) -> Result<(), Error> {
         status,
         stderr,
     })
+}
+
+/// The OCI-style state JSON hooks get on stdin.
+pub(crate) fn state_json(
+    rec: &crate::state::PodRecord,
+    dir: &std::path::Path,
+    status: &str,
+) -> String {
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "id": rec.id,
+        "status": status,
+        "pid": rec.vmm.as_ref().map(|v| v.pid).unwrap_or(0),
+        "bundle": dir,
+        "annotations": rec.config.annotations,
+    })
+    .to_string()
 }
 
 #[cfg(test)]

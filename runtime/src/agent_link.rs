@@ -12,7 +12,7 @@ use std::time::Duration;
 pub const VSOCK_SOCKET: &str = "vsock.sock";
 
 /// Default limit for one request/answer with the agent.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+pub const CALL_TIMEOUT: Duration = crate::timeouts::AGENT_CALL;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -76,6 +76,58 @@ pub struct PodConfig {
     pub start_timeout_secs: u64,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    /// What `stop` does with a running guest.
+    #[serde(default)]
+    pub shutdown: Shutdown,
+    /// What runs the pod (a microVM, unless test equipment says otherwise).
+    #[serde(default)]
+    pub machine: Machine,
+    /// Where the pod's VMM process logs besides `<pod dir>/vmm.log`.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// How a pod's guest is stopped. The guest's disks are host files, so a VM can go at once;
+/// only what the guest has not written back yet needs a word first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shutdown {
+    /// The agent flushes the guest's page cache to the disks (`sync`, bounded by a short
+    /// timeout), then the VM is stopped at once.
+    #[default]
+    Sync,
+    /// The VM is stopped at once (for disks nobody reads afterwards, e.g. an OCI container's
+    /// throw-away rootfs image).
+    Kill,
+    /// The agent stops every container and reboots the guest; the VM is stopped hard when
+    /// that takes longer than the grace period.
+    Graceful,
+}
+
+/// What runs a pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Machine {
+    /// A KVM microVM in the pod's own process.
+    #[default]
+    Vm,
+    /// Test equipment: the guest agent binary `agent` run as a host process behind the same
+    /// hybrid-vsock socket a VM has (no kernel, no disks: container rootfs must be
+    /// `guest_path` directories, which are host directories here).
+    HostAgent { agent: PathBuf },
+}
+
+/// Extra logging of a pod's VMM process.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A file that gets every line too (the engine's `--log` for OCI containers).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub format: crate::logging::Format,
+    #[serde(default)]
+    pub debug: bool,
 }
 
 impl Default for PodConfig {
@@ -93,6 +145,9 @@ impl Default for PodConfig {
             guest_cid: default_cid(),
             start_timeout_secs: default_start_timeout(),
             annotations: BTreeMap::new(),
+            shutdown: Shutdown::default(),
+            machine: Machine::default(),
+            log: LogConfig::default(),
         }
     }
 }
@@ -202,6 +257,13 @@ pub struct ContainerConfig {
     pub cgroup_path: Option<String>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    /// Mount the rootfs read-only (OCI `root.readonly`).
+    #[serde(default)]
+    pub readonly_rootfs: bool,
+    /// A second disk holding the sources of `from_volume` mounts (`image` or `disk`; an
+    /// image given to a running pod goes into a free disk slot, as a rootfs image does).
+    #[serde(default)]
+    pub volume: Option<RootfsConfig>,
 }
 
 impl Default for ContainerConfig {
@@ -222,6 +284,8 @@ impl ContainerConfig {
             hostname: None,
             cgroup_path: None,
             annotations: BTreeMap::new(),
+            readonly_rootfs: false,
+            volume: None,
         }
     }
 }
