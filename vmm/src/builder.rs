@@ -237,6 +237,69 @@ fn attach_virtio_devices(
     Ok(slots)
 }
 
+/// A CPL3 virtio-rng driver for a payload VM (load it at 1 MiB; the rng device in virtio-mmio
+/// slot 0, port 0x500 for results): it negotiates VERSION_1, sets up a 4-entry split queue
+/// whose one descriptor is a 16-byte buffer with flags `desc_flags` (2, VIRTQ_DESC_F_WRITE,
+/// is a well-formed request; 0 makes it device-readable, which the device refuses), makes
+/// it available, notifies, waits for the used ring, writes used.idx, the used length, the
+/// interrupt status and the buffer's four words to port 0x500, and resets the machine.
+pub fn virtio_rng_driver(desc_flags: u16) -> Vec<u8> {
+    const LOAD: usize = 0x10_0000;
+    const DESC: u32 = 0x10_2000;
+    const AVAIL: u32 = 0x10_3000;
+    const USED: u32 = 0x10_3800;
+    const BUF: u32 = 0x10_4000;
+    fn mmio_write(code: &mut Vec<u8>, reg: u32, value: u32) {
+        code.extend_from_slice(&[0xc7, 0x81]); // mov dword [ecx + reg], value
+        code.extend_from_slice(&reg.to_le_bytes());
+        code.extend_from_slice(&value.to_le_bytes());
+    }
+    let mut blob = vec![0u8; 0x5000];
+    let desc = DESC as usize - LOAD;
+    blob[desc..desc + 8].copy_from_slice(&u64::from(BUF).to_le_bytes());
+    blob[desc + 8..desc + 12].copy_from_slice(&16u32.to_le_bytes());
+    blob[desc + 12..desc + 14].copy_from_slice(&desc_flags.to_le_bytes());
+    let avail = AVAIL as usize - LOAD;
+    blob[avail + 2..avail + 4].copy_from_slice(&1u16.to_le_bytes()); // idx = 1, ring[0] = 0
+
+    let mut code = vec![0xb9, 0x00, 0x10, 0x00, 0xd0]; // mov ecx, 0xd0001000
+    for (reg, value) in [
+        (0x70, 1),   // status: ACKNOWLEDGE
+        (0x70, 3),   // + DRIVER
+        (0x24, 1),   // DriverFeaturesSel = 1
+        (0x20, 1),   // VIRTIO_F_VERSION_1 (bit 32)
+        (0x70, 0xb), // + FEATURES_OK
+        (0x30, 0),   // QueueSel = 0
+        (0x38, 4),   // QueueNum = 4
+        (0x80, DESC),
+        (0x84, 0),
+        (0x90, AVAIL),
+        (0x94, 0),
+        (0xa0, USED),
+        (0xa4, 0),
+        (0x44, 1),   // QueueReady
+        (0x70, 0xf), // + DRIVER_OK
+        (0x50, 0),   // QueueNotify(0): the ioeventfd wakes the event loop
+    ] {
+        mmio_write(&mut code, reg, value);
+    }
+    code.push(0xbb); // mov ebx, USED
+    code.extend_from_slice(&USED.to_le_bytes());
+    code.extend_from_slice(&[0x0f, 0xb7, 0x43, 0x02, 0x85, 0xc0, 0x74, 0xf8]); // wait for used.idx
+    code.extend_from_slice(&[0x66, 0xba, 0x00, 0x05]); // mov dx, 0x500
+    code.extend_from_slice(&[0xef]); // out: used.idx
+    code.extend_from_slice(&[0x8b, 0x43, 0x08, 0xef]); // out: used.ring[0].len
+    code.extend_from_slice(&[0x8b, 0x41, 0x60, 0xef]); // out: InterruptStatus
+    code.push(0xbb); // mov ebx, BUF
+    code.extend_from_slice(&BUF.to_le_bytes());
+    for off in [0u8, 4, 8, 12] {
+        code.extend_from_slice(&[0x8b, 0x43, off, 0xef]); // out: buffer word
+    }
+    code.extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe]); // i8042 reset
+    blob[..code.len()].copy_from_slice(&code);
+    blob
+}
+
 /// A device for a payload VM: where it sits and what it is.
 pub type ExtraDevice = (u64, u64, Arc<Mutex<dyn BusDevice>>);
 

@@ -1,6 +1,6 @@
 //! Container operations: create, start, stop, delete, exec, status, kill, ps, wait.
 
-use super::pod::{resolve_device, volume_owner};
+use super::placement::{resolve_device, volume_owner};
 use super::{agent_link, id, Error, Runtime};
 use crate::config::RootfsConfig;
 use crate::state::{ContainerRecord, DiskOwner, LockKind, PodRecord, State};

@@ -23,6 +23,7 @@
 mod container;
 pub mod disk;
 pub mod id;
+mod placement;
 mod pod;
 
 pub use crate::config;

@@ -430,11 +430,11 @@ fn disks_plan_in_order_with_guest_names() {
     assert_eq!(disks[1].guest_device, "/dev/vdb");
     assert_eq!(disks[1].path, img);
     assert_eq!(
-        pod::resolve_device(&disks, "a", &rec.containers["a"].config.rootfs).as_deref(),
+        placement::resolve_device(&disks, "a", &rec.containers["a"].config.rootfs).as_deref(),
         Some("/dev/vda")
     );
     assert_eq!(
-        pod::resolve_device(&disks, "b", &rec.containers["b"].config.rootfs).as_deref(),
+        placement::resolve_device(&disks, "b", &rec.containers["b"].config.rootfs).as_deref(),
         Some("/dev/vdb")
     );
 }

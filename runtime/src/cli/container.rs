@@ -1,6 +1,6 @@
 //! `ember container ...`: create, start, stop, delete, exec, status, kill, ps, wait.
 
-use super::pod::{outln, to_json};
+use super::output::{outln, to_json};
 use crate::api::{ContainerConfig, ContainerInfo, RootfsConfig, Runtime, StdioStream};
 use clap::{Args, Subcommand};
 use std::io::{Read, Write};
@@ -143,7 +143,7 @@ pub enum Error {
     Io(#[source] std::io::Error),
 }
 
-pub fn run(global: &super::oci::GlobalArgs, cmd: ContainerCommand) -> i32 {
+pub fn run(global: &super::GlobalArgs, cmd: ContainerCommand) -> i32 {
     let rt = Runtime::from_flag(global.root.as_deref());
     match exec(&rt, cmd) {
         Ok(code) => code,

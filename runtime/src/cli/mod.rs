@@ -6,15 +6,18 @@ use clap::{Parser, Subcommand};
 
 pub mod container;
 pub mod oci;
+mod output;
 pub mod pod;
 pub mod vm;
+
+use std::path::PathBuf;
 
 /// ember: containers in KVM microVMs, one process.
 #[derive(Debug, Parser)]
 #[command(name = "ember", version, about)]
 pub struct Cli {
     #[command(flatten)]
-    pub global: oci::GlobalArgs,
+    pub global: GlobalArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -36,6 +39,29 @@ pub enum Command {
 }
 
 pub use crate::error::report;
+
+/// Global flags, accepted before any command as runc does.
+#[derive(Debug, clap::Args)]
+pub struct GlobalArgs {
+    /// State root (default /run/ember).
+    #[arg(long, global = true)]
+    pub root: Option<PathBuf>,
+    /// Log file.
+    #[arg(long, global = true)]
+    pub log: Option<PathBuf>,
+    /// Log format.
+    #[arg(long = "log-format", global = true, value_enum, default_value = "text")]
+    pub log_format: crate::logging::Format,
+    /// Debug logging (to the --log file).
+    #[arg(long, global = true)]
+    pub debug: bool,
+    /// Accepted for runc compatibility; ember's containers live in VMs, not host cgroups.
+    #[arg(long = "systemd-cgroup", global = true)]
+    pub systemd_cgroup: bool,
+    /// Accepted for runc compatibility (checkpointing is not supported).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub criu: Option<String>,
+}
 
 /// Run a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {

@@ -1,7 +1,8 @@
 //! runc-compatible OCI runtime commands and the global flags runc takes, so podman
 //! (`--runtime /usr/local/bin/ember`) and containerd (runc shim, `BinaryName`) can drive ember.
 
-use super::pod::outln;
+use super::output::outln;
+use super::GlobalArgs;
 use crate::oci::bundle::Bundle;
 use crate::oci::ops::{self, CreateOpts, Ctx, ExecOpts, ExecProcessArgs, OpsError};
 use crate::oci::state::{StateError, Store};
@@ -9,29 +10,6 @@ use crate::oci::vm::VmBackend;
 use crate::oci::{features, signal};
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
-
-/// Global flags, accepted before any command as runc does.
-#[derive(Debug, Args)]
-pub struct GlobalArgs {
-    /// State root (default /run/ember).
-    #[arg(long, global = true)]
-    pub root: Option<PathBuf>,
-    /// Log file.
-    #[arg(long, global = true)]
-    pub log: Option<PathBuf>,
-    /// Log format.
-    #[arg(long = "log-format", global = true, value_enum, default_value = "text")]
-    pub log_format: crate::logging::Format,
-    /// Debug logging (to the --log file).
-    #[arg(long, global = true)]
-    pub debug: bool,
-    /// Accepted for runc compatibility; ember's containers live in VMs, not host cgroups.
-    #[arg(long = "systemd-cgroup", global = true)]
-    pub systemd_cgroup: bool,
-    /// Accepted for runc compatibility (checkpointing is not supported).
-    #[arg(long, global = true, value_name = "PATH")]
-    pub criu: Option<String>,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {

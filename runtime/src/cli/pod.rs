@@ -6,21 +6,7 @@ use crate::config::Machine;
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 
-/// `println!` that ignores a closed stdout (`ember ... | grep -q` must not panic).
-macro_rules! outln {
-    ($($t:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($t)*);
-    }};
-}
-/// `print!` that ignores a closed stdout.
-macro_rules! out {
-    ($($t:tt)*) => {{
-        use std::io::Write as _;
-        let _ = write!(std::io::stdout(), $($t)*);
-    }};
-}
-pub(crate) use outln;
+use super::output::{out, outln, to_json};
 
 #[derive(Debug, Subcommand)]
 pub enum PodCommand {
@@ -138,7 +124,7 @@ pub fn load_config(path: Option<&Path>) -> Result<PodConfig, Error> {
     Ok(config)
 }
 
-pub fn run(global: &super::oci::GlobalArgs, cmd: PodCommand) -> i32 {
+pub fn run(global: &super::GlobalArgs, cmd: PodCommand) -> i32 {
     let rt = Runtime::from_flag(global.root.as_deref());
     match exec(&rt, cmd) {
         Ok(()) => 0,
@@ -193,10 +179,6 @@ fn exec(rt: &Runtime, cmd: PodCommand) -> Result<(), Error> {
         PodCommand::Vmm { id } => crate::pod_vmm::serve(&rt.pod_dir(&id))?,
     }
     Ok(())
-}
-
-pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
 fn show(p: &PodInfo, out: &OutArgs) {

@@ -5,7 +5,7 @@
 //! It exits 0 when the guest resets or powers off (or, with `--exit-on-ready`, once the
 //! agent reported ready on the boot timer), 1 with a one-line `ember: ...` error otherwise.
 
-use super::pod::outln;
+use super::output::outln;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

@@ -205,7 +205,7 @@ impl super::control::ControlTarget for Target {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::PodConfig;
+    use crate::config::PodConfig;
     use crate::state::{AttachedDisk, DiskOwner};
 
     #[test]
