@@ -3,6 +3,7 @@
 #   1. Debian packages   2. Rust toolchain   3. guest + host kernels (cached by hash)
 #   4. static ember + agent and the guest initramfs.
 # A second run checks each step and skips what is up to date (kernels: seconds).
+# Usage: setup.sh [--packages]   (--packages: step 1 only, what the fast tier needs)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -13,6 +14,9 @@ log "1/5 Debian packages"
 ensure_pkgs build-essential ca-certificates curl git pkg-config xz-utils bc bison flex \
     libelf-dev libssl-dev linux-source-6.1 qemu-system-x86 busybox-static e2fsprogs cpio
 log "    ok"
+if [ "${1:-}" = "--packages" ]; then
+    exit 0
+fi
 
 log "2/5 Rust toolchain"
 export PATH=$HOME/.cargo/bin:$PATH

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command: setup (cached), lint, fast tier, then the slow tier — the end-to-end tests
-# that boot the virtual KVM host once and run every scenario in rig/scenarios/ inside it.
+# The test command: packages, lint, fast tier, then setup (cached: kernels, agent, images) and
+# the slow tier — the end-to-end tests that boot the virtual KVM host and run every scenario in
+# rig/scenarios/ inside it.
 # Env: EMBER_SKIP_SLOW=1 runs the fast tier only.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -8,8 +9,10 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 cd "$EMBER_ROOT"
 export PATH=$HOME/.cargo/bin:$PATH
 
-"$HERE/setup.sh"
+# Packages first (seconds when installed): the fast tier's tests use busybox and mkfs.ext4.
+"$HERE/setup.sh" --packages
 
+# Lint and the fast tier before the long setup (kernels, images), so a slip fails in seconds.
 log "Lint: cargo fmt --check, cargo clippy -D warnings"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
@@ -22,6 +25,7 @@ if [ "${EMBER_SKIP_SLOW:-0}" = 1 ]; then
     log "Slow tier skipped (EMBER_SKIP_SLOW=1)"
     exit 0
 fi
+"$HERE/setup.sh"
 log "Slow tier: one virtual KVM host boot, every scenario in rig/scenarios/"
 EMBER_E2E=1 EMBER_E2E_LOG=${EMBER_E2E_LOG:-/tmp/ember-e2e-console.log} \
     cargo test -p ember-rig --test e2e -- --test-threads 4
