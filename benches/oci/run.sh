@@ -7,6 +7,7 @@
 # Usage: benches/oci/run.sh [RUNS]            (RUNS per runtime, default 3)
 # Also: a container joining a running CRI pod (disk slot) against one with its own VM.
 # Env:   EMBER_RIG            path to ember-rig (default: PATH, else target/*/ember-rig)
+#        EMBER_BASELINE       an earlier static ember: measured in the same runs as ember-base
 #        EMBER_DEBIAN_IMAGE   the Debian image (default /var/cache/ember/debian-host.ext4)
 #        OUT                  directory for the console log and the table (default: temp dir)
 # Needs what `ember-rig run` needs (host kernel, static ember, guest artifacts, QEMU) and the
@@ -34,34 +35,41 @@ log=$OUT/console.log
 
 # The Debian disk (snapshot: the image is never written) and memory for podman + a guest.
 EMBER_RIG_QEMU_ARGS="-M microvm,acpi=off -m 3072 -drive file=$image,if=none,id=debian,format=raw,snapshot=on -device virtio-blk-device,drive=debian" \
-    "$rig" run --scenario "$scenario" --log "$log" --quiet --timeout $((600 + RUNS * 2 * 300)) || true
+    "$rig" run --scenario "$scenario" --log "$log" --quiet --timeout $((600 + RUNS * 3 * 300)) \
+    ${EMBER_BASELINE:+--add "$EMBER_BASELINE:/usr/local/bin/ember-base"} || true
 
 awk -v runs="$RUNS" '
-/^=== BEGIN bench-(runc|ember)-/ { split($3, a, "-"); rt = a[2]; next }
+/^=== BEGIN bench-(runc|ember|ember-base)-[0-9]/ { rt = $3; sub(/^bench-/, "", rt); sub(/-[0-9]+$/, "", rt); next }
 /^wall_ms=/ && rt != "" {
     split($1, w, "="); split($2, r, "=")
     if (r[2] == 0) { n[rt]++; v[rt, n[rt]] = w[2] } else { bad[rt]++ }
     rt = ""; next
 }
-/^op=/ { split($1, o, "="); split($2, w, "="); op[o[2]] = w[2] }
-/^phases / { ph = substr($0, 8) }
+/^op=/ { split($1, o, "="); split($2, t, "="); split($3, w, "="); op[t[2], o[2]] = w[2] }
+/^phases rt=/ { split($2, t, "="); ph[t[2]] = substr($0, length($1 $2) + 3) }
 /^cri kind=/ { split($2, ck, "="); split($3, cm, "="); cri[ck[2]] = cri[ck[2]] " " cm[2] }
 END {
-    printf "%-8s %5s %10s %10s %10s %6s\n", "runtime", "runs", "min_ms", "median_ms", "max_ms", "failed"
-    for (k = 1; k <= 2; k++) {
-        rt = (k == 1) ? "runc" : "ember"
+    printf "%-10s %5s %10s %10s %10s %6s\n", "runtime", "runs", "min_ms", "median_ms", "max_ms", "failed"
+    split("runc ember-base ember", rts, " ")
+    for (k = 1; k <= 3; k++) {
+        rt = rts[k]
         m = n[rt] + 0
+        if (m == 0 && bad[rt] == 0) continue
         for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++)
             if (v[rt, j] + 0 < v[rt, i] + 0) { t = v[rt, i]; v[rt, i] = v[rt, j]; v[rt, j] = t }
-        if (m > 0) printf "%-8s %5d %10d %10d %10d %6d\n", rt, m, v[rt, 1], v[rt, int((m + 1) / 2)], v[rt, m], bad[rt]
-        else printf "%-8s %5d %10s %10s %10s %6d\n", rt, 0, "-", "-", "-", bad[rt]
+        if (m > 0) printf "%-10s %5d %10d %10d %10d %6d\n", rt, m, v[rt, 1], v[rt, int((m + 1) / 2)], v[rt, m], bad[rt]
+        else printf "%-10s %5d %10s %10s %10s %6d\n", rt, 0, "-", "-", "-", bad[rt]
     }
-    print ""
-    print "ember, one container by runc operation (ms):"
-    printf "  create (ember create)        %s\n", op["create"]
-    printf "  start-to-exit                %s\n", op["start-to-exit"]
-    printf "  rm (ember delete)            %s\n", op["rm"]
-    print "ember create phases (ms): " ph
+    for (k = 2; k <= 3; k++) {
+        rt = rts[k]
+        if (op[rt, "create"] == "") continue
+        print ""
+        print rt ", one container by runc operation (ms):"
+        printf "  create (ember create)        %s\n", op[rt, "create"]
+        printf "  start-to-exit                %s\n", op[rt, "start-to-exit"]
+        printf "  rm (ember delete)            %s\n", op[rt, "rm"]
+        print rt " create phases (ms): " ph[rt]
+    }
     print ""
     print "ember runc CLI, create + start + true + delete (ms, each run):"
     printf "  member of a running CRI pod  %s\n", cri["member"]

@@ -7,6 +7,11 @@ DEB=/debian
 mkdir -p "$DEB" && mount -t ext4 /dev/vda "$DEB" || { echo "no Debian disk"; return 0; }
 mkdir -p "$DEB/usr/local/bin" "$DEB/var/lib/ember/guest"
 cp /usr/local/bin/ember "$DEB/usr/local/bin/ember"
+# An earlier ember to compare with (benches/oci/run.sh with EMBER_BASELINE): the same runs.
+BASE=
+if [ -x /usr/local/bin/ember-base ]; then
+    cp /usr/local/bin/ember-base "$DEB/usr/local/bin/ember-base" && BASE=ember-base
+fi
 cp /var/lib/ember/guest/* "$DEB/var/lib/ember/guest/" 2>/dev/null
 for d in proc sys dev; do mount --bind "/$d" "$DEB/$d"; done
 mount --bind /dev/pts "$DEB/dev/pts"
@@ -30,12 +35,14 @@ echo "wall_ms=$(( (t1 - t0) / 1000000 )) rc=$rc"
 TIMED
 chmod 755 "$DEB/usr/local/bin/timed"
 
-for rt in runc ember; do
-    i=1
-    while [ "$i" -le "$RUNS" ]; do
+# Runs alternate between the runtimes, so a slow stretch of the machine hits each alike.
+i=1
+while [ "$i" -le "$RUNS" ]; do
+    for rt in runc $BASE ember; do
+        flag=runc
+        [ $rt != runc ] && flag=/usr/local/bin/$rt
         section_timeout 900 "bench-$rt-$i" /tmp/dch sh -c "
-            /usr/local/bin/timed podman --runtime $( [ $rt = ember ] && echo /usr/local/bin/ember || echo runc ) \
-                run --rm localhost/busybox true >/var/tmp/bench.out 2>&1
+            /usr/local/bin/timed podman --runtime $flag run --rm localhost/busybox true >/var/tmp/bench.out 2>&1
             cat /var/tmp/bench.out"
         # A pod guest that never reached /init: the nested first-KVM_RUN stall of this test
         # machine (it strikes every VM of an unlucky host boot): ask the rig for a new host.
@@ -43,17 +50,26 @@ for rt in runc ember; do
             ! grep -q init_start "$DEB/var/tmp/bench.out"; then
             retry_host "oci-bench: the pod guest never reached /init"
         fi
-        i=$((i + 1))
     done
+    i=$((i + 1))
 done
 
-section_timeout 900 bench-phases /tmp/dch sh -c '
-    R="--runtime /usr/local/bin/ember"
-    podman $R create --name ph localhost/busybox true >/dev/null
-    echo "op=create $(/usr/local/bin/timed podman $R init ph | tail -1)"
-    echo "phases $(cat /run/ember/$(podman inspect -f "{{.ID}}" ph)/timings.json)"
-    echo "op=start-to-exit $(/usr/local/bin/timed podman $R start -a ph | tail -1)"
-    echo "op=rm $(/usr/local/bin/timed podman $R rm ph | tail -1)"'
+# One container of each ember by runc operation: create (podman init, with ember's phases),
+# start to exit, rm.
+cat >"$DEB/usr/local/bin/phases-bench" <<'PHASES'
+#!/bin/sh
+rt=$1
+R="--runtime /usr/local/bin/$rt"
+podman $R create --name ph-$rt localhost/busybox true >/dev/null || exit 1
+echo "op=create rt=$rt $(/usr/local/bin/timed podman $R init ph-$rt | tail -1)"
+echo "phases rt=$rt $(cat /run/ember/$(podman inspect -f '{{.ID}}' ph-$rt)/timings.json)"
+echo "op=start-to-exit rt=$rt $(/usr/local/bin/timed podman $R start -a ph-$rt | tail -1)"
+echo "op=rm rt=$rt $(/usr/local/bin/timed podman $R rm ph-$rt | tail -1)"
+PHASES
+chmod 755 "$DEB/usr/local/bin/phases-bench"
+for rt in $BASE ember; do
+    section_timeout 900 "bench-phases-$rt" /tmp/dch /usr/local/bin/phases-bench $rt
+done
 
 # bench-cri: a container added to a running CRI pod (its rootfs into a disk slot of the
 # sandbox's VM) against the same container in a VM of its own, with ember's runc CLI:

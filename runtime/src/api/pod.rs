@@ -88,7 +88,7 @@ fn vmm_alive(dir: &Path, vmm: &VmmProcess) -> Result<(), String> {
     }
     match control::request(
         &dir.join(pod_vmm::CONTROL_SOCKET),
-        "ping",
+        &control::Request::Ping,
         crate::timeouts::POD_PING,
     ) {
         Err(e) if e.is_gone() => Err(format!(
@@ -409,7 +409,9 @@ impl Runtime {
             // The VMM process shuts the guest down (agent Shutdown, then a hard stop after
             // the grace period) and exits; it leaves the record to us.
             let sock = dir.join(pod_vmm::CONTROL_SOCKET);
-            if let Err(e) = control::request(&sock, "stop", control::DEFAULT_TIMEOUT) {
+            if let Err(e) =
+                control::request(&sock, &control::Request::Stop, control::DEFAULT_TIMEOUT)
+            {
                 reason = Some(format!("stop request failed: {e}; killed"));
             }
             if !pod_vmm::wait_exit(vmm, SHUTDOWN_GRACE + VMM_EXIT) {
@@ -488,7 +490,11 @@ impl Runtime {
         }
         control::request(
             &dir.join(pod_vmm::CONTROL_SOCKET),
-            action,
+            &if to == State::Paused {
+                control::Request::Pause
+            } else {
+                control::Request::Resume
+            },
             control::DEFAULT_TIMEOUT,
         )
         .map_err(Error::Control)?;
@@ -548,7 +554,11 @@ impl Runtime {
         };
         control::request(
             &dir.join(pod_vmm::CONTROL_SOCKET),
-            &control::insert_disk_request(slot, &path, read_only),
+            &control::Request::InsertDisk {
+                slot,
+                path: path.clone(),
+                read_only,
+            },
             control::DEFAULT_TIMEOUT,
         )
         .map_err(Error::Control)?;
@@ -577,7 +587,7 @@ impl Runtime {
         };
         control::request(
             &dir.join(pod_vmm::CONTROL_SOCKET),
-            &format!("eject-disk {slot}"),
+            &control::Request::EjectDisk { slot },
             control::DEFAULT_TIMEOUT,
         )
         .map_err(Error::Control)?;

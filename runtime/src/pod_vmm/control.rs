@@ -1,18 +1,15 @@
-//! The pod VMM process's control socket (`<pod dir>/control.sock`): one request line per
-//! connection, one answer line. Requests: `ping`, `pause`, `resume`, `stop`,
-//! `insert-disk <slot> <ro|rw> <path>`, `eject-disk <slot>`. Answers: `ok` or
-//! `error <message>`. Every socket operation has a timeout, so a stuck VMM never hangs a caller.
+//! The pod VMM process's control socket (`<pod dir>/control.sock`): one [`Request`] per
+//! connection, one [`Response`], in the pod protocol's frames ([`super::protocol`]). Every
+//! socket operation has a timeout, so a stuck VMM never hangs a caller.
 
-use std::io::{BufRead, BufReader, Write};
+use super::protocol::{Message, VERSION};
+pub use super::protocol::{Request, Response};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How long a client waits for an answer unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = crate::timeouts::POD_CONTROL;
-
-/// Longest request line the server reads (a disk path included).
-const MAX_LINE: u64 = 8192;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -28,10 +25,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("Bad message from the pod's VMM process at {path}")]
+    Frame {
+        path: PathBuf,
+        #[source]
+        source: agent::protocol::FrameError,
+    },
+    #[error("The pod's VMM process speaks protocol version {0}, this ember {VERSION}")]
+    Version(u32),
     #[error("The pod's VMM process refused {request}: {message}")]
     Refused { request: String, message: String },
-    #[error("Unexpected answer {0:?} from the pod's VMM process")]
-    BadAnswer(String),
 }
 
 impl Error {
@@ -58,41 +61,9 @@ pub trait ControlTarget: Send + Sync {
     }
 }
 
-/// The `insert-disk` request line.
-pub fn insert_disk_request(slot: usize, path: &Path, read_only: bool) -> String {
-    let mode = if read_only { "ro" } else { "rw" };
-    format!("insert-disk {slot} {mode} {}", path.display())
-}
-
-fn parse_slot(s: &str) -> Result<usize, String> {
-    s.parse().map_err(|_| format!("bad slot number {s:?}"))
-}
-
-/// Runs `insert-disk`/`eject-disk` (the part after the verb) against `target`.
-fn disk_request(target: &dyn ControlTarget, verb: &str, args: &str) -> Result<(), String> {
-    match verb {
-        "insert-disk" => {
-            let mut parts = args.splitn(3, ' ');
-            let (Some(slot), Some(mode), Some(path)) = (parts.next(), parts.next(), parts.next())
-            else {
-                return Err("usage: insert-disk SLOT ro|rw PATH".into());
-            };
-            let read_only = match mode {
-                "ro" => true,
-                "rw" => false,
-                m => return Err(format!("bad mode {m:?} (ro or rw)")),
-            };
-            if !Path::new(path).is_absolute() {
-                return Err(format!("disk path {path:?} is not absolute"));
-            }
-            target.insert_disk(parse_slot(slot)?, Path::new(path), read_only)
-        }
-        _ => target.eject_disk(parse_slot(args)?),
-    }
-}
-
-/// Send one request and wait for its answer.
-pub fn request(socket: &Path, request: &str, timeout: Duration) -> Result<(), Error> {
+/// Send one request and wait for its answer; a [`Response::Error`] becomes
+/// [`Error::Refused`].
+pub fn request(socket: &Path, request: &Request, timeout: Duration) -> Result<Response, Error> {
     let mut stream = UnixStream::connect(socket).map_err(|source| Error::Connect {
         path: socket.to_path_buf(),
         source,
@@ -101,67 +72,78 @@ pub fn request(socket: &Path, request: &str, timeout: Duration) -> Result<(), Er
         path: socket.to_path_buf(),
         source,
     };
+    let frame = |source| Error::Frame {
+        path: socket.to_path_buf(),
+        source,
+    };
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    stream
-        .write_all(format!("{request}\n").as_bytes())
-        .map_err(io)?;
-    let mut line = String::new();
-    BufReader::new(std::io::Read::take(stream, 4096))
-        .read_line(&mut line)
-        .map_err(io)?;
-    let line = line.trim_end();
-    match line.split_once(' ') {
-        _ if line == "ok" => Ok(()),
-        Some(("error", msg)) => Err(Error::Refused {
-            request: request.to_string(),
-            message: msg.to_string(),
+    agent::protocol::send(&mut stream, &Message::new(request.clone())).map_err(frame)?;
+    let answer: Message<Response> = agent::protocol::recv(&mut stream).map_err(frame)?;
+    if answer.version != VERSION {
+        return Err(Error::Version(answer.version));
+    }
+    match answer.body {
+        Response::Error(message) => Err(Error::Refused {
+            request: format!("{request:?}"),
+            message,
         }),
-        _ => Err(Error::BadAnswer(line.to_string())),
+        other => Ok(other),
     }
 }
 
-/// Answer one connection. Returns true when the request was `stop`.
-pub fn handle_connection(stream: UnixStream, target: &dyn ControlTarget) -> bool {
+/// What `target` answers to `req`.
+fn answer(req: &Request, target: &dyn ControlTarget) -> Response {
+    let done = |r: Result<(), String>| r.map_or_else(Response::Error, |()| Response::Done);
+    match req {
+        Request::Ping => Response::Pong {
+            pid: std::process::id(),
+        },
+        Request::Pause => done(target.pause()),
+        Request::Resume => done(target.resume()),
+        Request::Stop => Response::Done,
+        Request::InsertDisk { path, .. } if !path.is_absolute() => {
+            Response::Error(format!("disk path {} is not absolute", path.display()))
+        }
+        Request::InsertDisk {
+            slot,
+            path,
+            read_only,
+        } => done(target.insert_disk(*slot, path, *read_only)),
+        Request::EjectDisk { slot } => done(target.eject_disk(*slot)),
+    }
+}
+
+/// Answer one connection. Returns true when the request was `Stop` (answered, then done).
+pub fn handle_connection(mut stream: UnixStream, target: &dyn ControlTarget) -> bool {
     let _ = stream.set_read_timeout(Some(DEFAULT_TIMEOUT));
     let _ = stream.set_write_timeout(Some(DEFAULT_TIMEOUT));
-    let mut writer = match stream.try_clone() {
-        Ok(w) => w,
-        Err(_) => return false,
+    let (resp, stop) = match agent::protocol::recv::<_, Message<Request>>(&mut stream) {
+        Ok(m) if m.version != VERSION => (
+            Response::Error(format!(
+                "protocol version {} is not this VMM's {VERSION}",
+                m.version
+            )),
+            false,
+        ),
+        Ok(m) => {
+            log::debug!("control request {:?}", m.body);
+            (answer(&m.body, target), m.body == Request::Stop)
+        }
+        Err(e) => {
+            log::warn!("Bad control request: {e}");
+            (Response::Error(format!("bad request: {e}")), false)
+        }
     };
-    let mut line = String::new();
-    if BufReader::new(std::io::Read::take(stream, MAX_LINE))
-        .read_line(&mut line)
-        .is_err()
-    {
-        return false;
-    }
-    let line = line.trim_end_matches(['\n', '\r']);
-    let (answer, stop) = match line {
-        "ping" => (Ok(()), false),
-        "pause" => (target.pause(), false),
-        "resume" => (target.resume(), false),
-        "stop" => (Ok(()), true),
-        other => match other.split_once(' ') {
-            Some((verb @ ("insert-disk" | "eject-disk"), args)) => {
-                (disk_request(target, verb, args), false)
-            }
-            _ => (Err(format!("unknown request {other:?}")), false),
-        },
-    };
-    let text = match answer {
-        Ok(()) => "ok\n".to_string(),
-        Err(msg) => format!("error {}\n", msg.replace('\n', " ")),
-    };
-    let _ = writer.write_all(text.as_bytes());
-    drop(writer);
+    let _ = agent::protocol::send(&mut stream, &Message::new(resp));
+    drop(stream);
     if stop {
         target.stop();
     }
     stop
 }
 
-/// Serve `listener` until a `stop` request arrives (then the target was stopped).
+/// Serve `listener` until a `Stop` request arrives (then the target was stopped).
 pub fn serve(listener: UnixListener, target: &dyn ControlTarget) {
     for stream in listener.incoming() {
         match stream {
@@ -226,28 +208,43 @@ mod tests {
         let t = target.clone();
         let server = std::thread::spawn(move || serve(listener, &*t));
         let to = Duration::from_secs(5);
-        request(&sock, "ping", to).unwrap();
-        let err = request(&sock, "resume", to).unwrap_err();
+        assert!(matches!(
+            request(&sock, &Request::Ping, to).unwrap(),
+            Response::Pong { .. }
+        ));
+        let err = request(&sock, &Request::Resume, to).unwrap_err();
         assert!(err.to_string().contains("not paused"), "{err}");
-        request(&sock, "pause", to).unwrap();
-        request(&sock, "resume", to).unwrap();
-        let err = request(&sock, "explode", to).unwrap_err();
-        assert!(matches!(err, Error::Refused { .. }));
-        // Disk requests: the path keeps its spaces; bad ones are refused before the target.
-        let spaced = Path::new("/var/lib/my disks/a.ext4");
-        request(&sock, &insert_disk_request(1, spaced, true), to).unwrap();
-        request(&sock, "eject-disk 1", to).unwrap();
+        request(&sock, &Request::Pause, to).unwrap();
+        request(&sock, &Request::Resume, to).unwrap();
+        // Disk requests: the path keeps its spaces; a relative one is refused before the
+        // target.
+        let insert = |path: &str| Request::InsertDisk {
+            slot: 1,
+            path: path.into(),
+            read_only: true,
+        };
+        request(&sock, &insert("/var/lib/my disks/a.ext4"), to).unwrap();
+        request(&sock, &Request::EjectDisk { slot: 1 }, to).unwrap();
+        let err = request(&sock, &insert("relative.img"), to).unwrap_err();
+        assert!(matches!(err, Error::Refused { .. }), "{err}");
+        // Garbage, an oversized frame and another protocol version: refused, the server goes
+        // on.
         for bad in [
-            "insert-disk x rw /a",
-            "insert-disk 1 rx /a",
-            "insert-disk 1 rw relative.img",
-            "insert-disk 1 rw",
-            "eject-disk -1",
+            b"\x00\x00\x00\x05hello".to_vec(),
+            b"\xff\xff\xff\xff".to_vec(),
+            br#"{"version":99,"body":"Ping"}"#.to_vec(),
         ] {
-            let err = request(&sock, bad, to).unwrap_err();
-            assert!(matches!(err, Error::Refused { .. }), "{bad}: {err}");
+            let mut s = UnixStream::connect(&sock).unwrap();
+            s.set_read_timeout(Some(to)).unwrap();
+            if bad[0] == b'{' {
+                agent::protocol::write_frame(&mut s, &bad).unwrap();
+            } else {
+                std::io::Write::write_all(&mut s, &bad).unwrap();
+            }
+            let resp: Message<Response> = agent::protocol::recv(&mut s).unwrap();
+            assert!(matches!(resp.body, Response::Error(_)), "{resp:?}");
         }
-        request(&sock, "stop", to).unwrap();
+        request(&sock, &Request::Stop, to).unwrap();
         server.join().unwrap();
         assert_eq!(target.paused.load(Ordering::SeqCst), 1);
         assert_eq!(target.resumed.load(Ordering::SeqCst), 1);
@@ -261,13 +258,13 @@ mod tests {
     #[test]
     fn missing_socket_is_gone_and_silent_server_times_out() {
         let dir = test_dir("control-gone");
-        let err = request(&dir.join("none.sock"), "ping", DEFAULT_TIMEOUT).unwrap_err();
+        let err = request(&dir.join("none.sock"), &Request::Ping, DEFAULT_TIMEOUT).unwrap_err();
         assert!(err.is_gone(), "{err}");
         // A listener that never answers: the client gives up after its timeout.
         let sock = dir.join("mute.sock");
         let _listener = UnixListener::bind(&sock).unwrap();
-        let err = request(&sock, "ping", Duration::from_millis(50)).unwrap_err();
-        assert!(matches!(err, Error::Io { .. }), "{err}");
+        let err = request(&sock, &Request::Ping, Duration::from_millis(50)).unwrap_err();
+        assert!(matches!(err, Error::Frame { .. }), "{err}");
         assert!(!err.is_gone());
     }
 }

@@ -4,26 +4,29 @@
 //! `<pod dir>/vmm.log` and a notify pipe on fd 3 (`EMBER_NOTIFY_FD=3`). The VMM process
 //! ([`serve`]) binds `<pod dir>/vsock.sock_1025` (where the guest agent announces itself with
 //! its `Hello` frame) and `<pod dir>/control.sock`, boots the VM with the vmm library (vsock
-//! UDS `<pod dir>/vsock.sock`, console `<pod dir>/console.log`), and writes to the pipe:
-//! `phase <name> <ms>` lines, then `ready` once the agent announced, or `error <message>`.
-//! The starter waits for `ready` with a timeout; on error, EOF (the process died) or timeout it
+//! UDS `<pod dir>/vsock.sock`, console `<pod dir>/console.log`), and reports on the pipe in
+//! the pod protocol ([`protocol::Report`]): the phases, then `Ready` once the agent announced,
+//! or `Failed`.
+//! The starter waits for `Ready` with a timeout; on error, EOF (the process died) or timeout it
 //! kills the process group and reports the cause with the log's tail.
 //!
-//! After `ready` the VMM process serves its control socket (ping, pause, resume, stop) until
-//! the VM ends. When the VM ends on its own (guest shutdown, crash) the process marks the pod
-//! stopped itself and runs the poststop hooks; when `stop` was requested, the caller that
-//! asked does that.
+//! After `Ready` the VMM process serves its control socket ([`control`]: ping, pause, resume,
+//! stop, disk slots) until the VM ends. When the VM ends on its own (guest shutdown, crash)
+//! the process marks the pod stopped itself and runs the poststop hooks; when `stop` was
+//! requested, the caller that asked does that.
 
 pub mod control;
 pub mod host_agent;
 pub mod proc;
+pub mod protocol;
 mod vm;
 
 use crate::state::{LockKind, Phase, PodLock, PodRecord, State, VmmProcess};
 use crate::{config, hooks};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use protocol::{Message, Report, VERSION};
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
@@ -70,6 +73,10 @@ pub enum Error {
     NotReady { timeout: Duration, phases: String },
     #[error("Cannot read the notify pipe")]
     Notify(#[source] nix::Error),
+    #[error("Cannot read the notify pipe")]
+    NotifyIo(#[source] std::io::Error),
+    #[error("Bad report on the notify pipe")]
+    NotifyFrame(#[source] agent::protocol::FrameError),
     #[error("Cannot bind {path}")]
     Bind {
         path: PathBuf,
@@ -172,38 +179,16 @@ pub fn spawn(root: &Path, pod: &str, dir: &Path, timeout: Duration) -> Result<St
     }
 }
 
-/// Read `phase`/`ready`/`error` lines from the notify pipe until `ready`.
+/// Read [`Report`]s from the notify pipe until `Ready`.
 fn wait_ready(
     rd: &OwnedFd,
     start: Instant,
     timeout: Duration,
     log_path: &Path,
 ) -> Result<Vec<Phase>, Error> {
-    let mut buf = Vec::new();
+    let mut pipe = File::from(rd.try_clone().map_err(Error::NotifyIo)?);
     let mut phases = Vec::new();
     loop {
-        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=nl).collect();
-            let line = String::from_utf8_lossy(&line).trim().to_string();
-            if line == "ready" {
-                return Ok(phases);
-            }
-            if let Some(msg) = line.strip_prefix("error ") {
-                return Err(Error::Failed {
-                    message: msg.to_string(),
-                });
-            }
-            if let Some(rest) = line.strip_prefix("phase ") {
-                if let Some((name, ms)) = rest.rsplit_once(' ') {
-                    if let Ok(ms) = ms.parse() {
-                        phases.push(Phase {
-                            name: name.to_string(),
-                            ms,
-                        });
-                    }
-                }
-            }
-        }
         let left = timeout.saturating_sub(start.elapsed());
         if left.is_zero() {
             return Err(Error::Timeout(timeout));
@@ -216,16 +201,28 @@ fn wait_ready(
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(Error::Notify(e)),
         }
-        let mut chunk = [0u8; 512];
-        match nix::unistd::read(rd, &mut chunk) {
-            Ok(0) => {
+        // The writer sends each report whole (one frame, under PIPE_BUF).
+        let msg: Message<Report> = match agent::protocol::recv(&mut pipe) {
+            Ok(m) => m,
+            Err(agent::protocol::FrameError::Closed) => {
                 return Err(Error::Died {
                     log_tail: log_tail(log_path),
                 })
             }
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::EAGAIN) => {}
-            Err(e) => return Err(Error::Notify(e)),
+            Err(e) => return Err(Error::NotifyFrame(e)),
+        };
+        if msg.version != VERSION {
+            return Err(Error::Failed {
+                message: format!(
+                    "the VMM process speaks protocol version {}, this ember {VERSION}",
+                    msg.version
+                ),
+            });
+        }
+        match msg.body {
+            Report::Ready => return Ok(phases),
+            Report::Failed { message } => return Err(Error::Failed { message }),
+            Report::Phase { name, ms } => phases.push(Phase { name, ms }),
         }
     }
 }
@@ -304,17 +301,18 @@ impl Notifier {
         }))
     }
 
-    fn send(&mut self, line: &str) {
+    /// One report, as one frame (well under PIPE_BUF, so it arrives whole).
+    fn send(&mut self, report: Report) {
         if let Some(f) = &mut self.0 {
-            let _ = f.write_all(format!("{}\n", line.replace('\n', " ")).as_bytes());
+            let _ = agent::protocol::send(f, &Message::new(report));
         }
     }
 
     fn phase(&mut self, name: &str, since: Instant) {
-        self.send(&format!(
-            "phase {name} {:.3}",
-            since.elapsed().as_secs_f64() * 1e3
-        ));
+        self.send(Report::Phase {
+            name: name.to_string(),
+            ms: since.elapsed().as_secs_f64() * 1e3,
+        });
     }
 
     fn close(&mut self) {
@@ -328,7 +326,9 @@ pub fn serve(dir: &Path) -> Result<(), Error> {
     let mut notify = Notifier::from_env();
     let result = serve_inner(dir, &mut notify, t0);
     if let Err(e) = &result {
-        notify.send(&format!("error {}", crate::error::report(e)));
+        notify.send(Report::Failed {
+            message: crate::error::report(e),
+        });
         remove_sockets(dir);
     }
     result
@@ -392,7 +392,10 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
             log::info!("agent {agent_version} ready");
             notify.phase("agent_ready", t0);
             for (name, ms) in machine.timings() {
-                notify.send(&format!("phase vm_{name} {ms:.3}"));
+                notify.send(Report::Phase {
+                    name: format!("vm_{name}"),
+                    ms,
+                });
             }
         }
         Ok(Event::Exited(msg)) => return Err(Error::EndedEarly(msg)),
@@ -413,7 +416,7 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
             });
         }
     }
-    notify.send("ready");
+    notify.send(Report::Ready);
     notify.close();
 
     let requested = Arc::new(AtomicBool::new(false));

@@ -1,0 +1,106 @@
+//! The pod process's protocol: typed, versioned messages in the frames the agent protocol
+//! uses (`u32` big-endian length + JSON, [`agent::protocol::send`]/[`agent::protocol::recv`]),
+//! so ember has one wire format at every boundary it owns.
+//!
+//! - On the control socket (`<pod dir>/control.sock`) a client sends one [`Message`] holding a
+//!   [`Request`] per connection and reads one [`Message`] holding a [`Response`].
+//! - On the notify pipe the starting pod process reports [`Report`]s to its starter: the
+//!   phases of the VM's start, then `Ready` or `Failed`.
+//!
+//! A message of another [`VERSION`] is refused with a clear error, never guessed at.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Version of this protocol, carried in every message.
+pub const VERSION: u32 = 1;
+
+/// One message on the control socket or the notify pipe.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Message<T> {
+    pub version: u32,
+    pub body: T,
+}
+
+impl<T> Message<T> {
+    pub fn new(body: T) -> Message<T> {
+        Message {
+            version: VERSION,
+            body,
+        }
+    }
+}
+
+/// What a client asks the pod process.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Liveness; answers [`Response::Pong`].
+    Ping,
+    /// Stop the vCPUs.
+    Pause,
+    /// Let the vCPUs run again.
+    Resume,
+    /// Stop the VM as the pod config's `shutdown` says; the process then exits.
+    Stop,
+    /// Put the image at `path` (absolute) into empty disk slot `slot`.
+    InsertDisk {
+        slot: usize,
+        path: PathBuf,
+        read_only: bool,
+    },
+    /// Empty disk slot `slot`.
+    EjectDisk { slot: usize },
+}
+
+/// The pod process's answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Done,
+    /// The process's pid.
+    Pong {
+        pid: u32,
+    },
+    /// The request was refused or failed; the pod goes on.
+    Error(String),
+}
+
+/// What a starting pod process reports to its starter on the notify pipe.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Report {
+    /// A start phase ended `ms` after the process started.
+    Phase { name: String, ms: f64 },
+    /// The guest agent announced itself: the pod runs.
+    Ready,
+    /// The start failed (the process exits).
+    Failed { message: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_in_agent_frames() {
+        let mut buf = Vec::new();
+        let req = Message::new(Request::InsertDisk {
+            slot: 2,
+            path: "/var/lib/my disks/a.ext4".into(),
+            read_only: true,
+        });
+        agent::protocol::send(&mut buf, &req).unwrap();
+        assert_eq!(
+            u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize,
+            buf.len() - 4
+        );
+        let back: Message<Request> = agent::protocol::recv(&mut buf.as_slice()).unwrap();
+        assert_eq!(back, req);
+        let report = Message::new(Report::Phase {
+            name: "vm_created".into(),
+            ms: 12.5,
+        });
+        let mut buf = Vec::new();
+        agent::protocol::send(&mut buf, &report).unwrap();
+        let back: Message<Report> = agent::protocol::recv(&mut buf.as_slice()).unwrap();
+        assert_eq!(back, report);
+    }
+}
