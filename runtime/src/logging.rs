@@ -185,35 +185,29 @@ pub fn format_line(
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` (UTC, seconds, as runc writes it).
+/// `YYYY-MM-DDTHH:MM:SSZ` (UTC, seconds, as runc writes its log lines).
 pub fn rfc3339_seconds(t: std::time::SystemTime) -> String {
     let secs = t
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    let mut s = rfc3339(secs, 0);
+    // Drop ".000000000Z", keep "Z".
+    s.truncate(19);
+    s.push('Z');
+    s
+}
+
+/// Seconds and nanoseconds since the epoch in RFC 3339 (UTC, nanoseconds: runc's `created`).
+pub fn rfc3339(secs: u64, nanos: u32) -> String {
     let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
+    let (y, m, d) = devices::legacy::cmos::civil_from_days(days as i64);
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60
     )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's
-/// algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 fn parse_level(s: &str) -> Result<log::LevelFilter, Error> {

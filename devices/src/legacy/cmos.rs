@@ -59,7 +59,7 @@ fn bcd(v: u64) -> u8 {
 }
 
 /// (year, month 1-12, day 1-31) of a day count since 1970-01-01 (proleptic Gregorian).
-fn civil_from_days(days: i64) -> (i64, u64, u64) {
+pub fn civil_from_days(days: i64) -> (i64, u64, u64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
