@@ -56,19 +56,19 @@ END {
         m = n[rt] + 0
         if (m == 0 && bad[rt] == 0) continue
         for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++)
-            if (v[rt, j] + 0 < v[rt, i] + 0) { t = v[rt, i]; v[rt, i] = v[rt, j]; v[rt, j] = t }
+            if (v[rt, j] + 0 < v[rt, i] + 0) { tmp = v[rt, i]; v[rt, i] = v[rt, j]; v[rt, j] = tmp }
         if (m > 0) printf "%-10s %5d %10d %10d %10d %6d\n", rt, m, v[rt, 1], v[rt, int((m + 1) / 2)], v[rt, m], bad[rt]
         else printf "%-10s %5d %10s %10s %10s %6d\n", rt, 0, "-", "-", "-", bad[rt]
     }
-    for (k = 2; k <= 3; k++) {
+    for (k = 1; k <= 3; k++) {
         rt = rts[k]
         if (op[rt, "create"] == "") continue
         print ""
         print rt ", one container by runc operation (ms):"
-        printf "  create (ember create)        %s\n", op[rt, "create"]
-        printf "  start-to-exit                %s\n", op[rt, "start-to-exit"]
-        printf "  rm (ember delete)            %s\n", op[rt, "rm"]
-        print rt " create phases (ms): " ph[rt]
+        printf "  create (podman init)         %s\n", op[rt, "create"]
+        printf "  start-to-exit (start -a)     %s\n", op[rt, "start-to-exit"]
+        printf "  rm                           %s\n", op[rt, "rm"]
+        if (ph[rt] != "") print rt " create phases (ms): " ph[rt]
     }
     print ""
     print "ember runc CLI, create + start + true + delete (ms, each run):"

@@ -54,20 +54,21 @@ while [ "$i" -le "$RUNS" ]; do
     i=$((i + 1))
 done
 
-# One container of each ember by runc operation: create (podman init, with ember's phases),
+# One container of each runtime by runc operation: create (podman init, with ember's phases),
 # start to exit, rm.
 cat >"$DEB/usr/local/bin/phases-bench" <<'PHASES'
 #!/bin/sh
 rt=$1
 R="--runtime /usr/local/bin/$rt"
+[ "$rt" = runc ] && R="--runtime runc"
 podman $R create --name ph-$rt localhost/busybox true >/dev/null || exit 1
 echo "op=create rt=$rt $(/usr/local/bin/timed podman $R init ph-$rt | tail -1)"
-echo "phases rt=$rt $(cat /run/ember/$(podman inspect -f '{{.ID}}' ph-$rt)/timings.json)"
+[ "$rt" = runc ] || echo "phases rt=$rt $(cat /run/ember/$(podman inspect -f '{{.ID}}' ph-$rt)/timings.json)"
 echo "op=start-to-exit rt=$rt $(/usr/local/bin/timed podman $R start -a ph-$rt | tail -1)"
 echo "op=rm rt=$rt $(/usr/local/bin/timed podman $R rm ph-$rt | tail -1)"
 PHASES
 chmod 755 "$DEB/usr/local/bin/phases-bench"
-for rt in $BASE ember; do
+for rt in runc $BASE ember; do
     section_timeout 900 "bench-phases-$rt" /tmp/dch /usr/local/bin/phases-bench $rt
 done
 

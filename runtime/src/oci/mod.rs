@@ -23,5 +23,6 @@ pub mod sandbox;
 pub mod shim;
 pub mod signal;
 pub mod state;
+pub mod task;
 pub mod tty;
 pub mod vm;

@@ -1,0 +1,755 @@
+//! containerd's shim v2: ember as `containerd-shim-ember-v2` (runtime `io.containerd.ember.v2`),
+//! serving containerd's Task API over ttrpc with containerd's own crates (`containerd-shim`,
+//! its protos and `ttrpc`).
+//!
+//! containerd runs the binary with `start` in a bundle; [`EmberShim::start_shim`] starts the
+//! long-lived shim server (the same binary, grouped by CRI sandbox id, so one shim serves a
+//! whole CRI pod) and prints its address. The server's [`TaskService`] runs each task through
+//! the same [`VmBackend`] and [`Sandbox`] as the runc face: a container without CRI grouping
+//! gets a pod of its own, a CRI member joins its sandbox's pod; the pod library does the rest.
+//! Events (`/tasks/create`, `start`, `exit`, `delete`, `exec-added`, `exec-started`,
+//! `paused`, `resumed`) go back to containerd through its publisher.
+//!
+//! When a task's process exits its VM goes at once (the pod's disks are throw-away images);
+//! its exit code is kept for `wait`, `state` and `delete`.
+
+use super::bundle::{Bundle, ProcessConfig};
+use super::sandbox::{Backend, Sandbox, Stdio};
+use super::vm::VmBackend;
+use containerd_shim as shim;
+use containerd_shim::api;
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskPaused, TaskResumed,
+    TaskStart,
+};
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::protobuf::MessageDyn;
+use containerd_shim::protos::topics;
+use containerd_shim::protos::ttrpc::{self, Code};
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{Context, ExitSignal, TtrpcContext, TtrpcResult};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// The runtime name containerd knows ember's shim by.
+pub const RUNTIME_ID: &str = "io.containerd.ember.v2";
+/// The binary name containerd looks for on its PATH for [`RUNTIME_ID`] (a link to `ember`).
+pub const BINARY_NAME: &str = "containerd-shim-ember-v2";
+/// Set for the shim server process, which runs as `ember` (its resolved executable).
+pub const SERVER_ENV: &str = "EMBER_SHIM_V2";
+/// Exit code of a process whose end could not be learnt (its VM died under it).
+const LOST: u32 = 255;
+
+/// The shim binary's side of containerd's protocol.
+pub struct EmberShim {
+    exit: Arc<ExitSignal>,
+    namespace: String,
+    id: String,
+}
+
+/// Where the shim's pods and images live (the runc face's state root by default).
+fn state_root() -> PathBuf {
+    crate::api::Runtime::from_flag(None).root().to_path_buf()
+}
+
+impl shim::Shim for EmberShim {
+    type T = TaskService;
+
+    fn new(_runtime_id: &str, args: &shim::Flags, config: &mut shim::Config) -> Self {
+        // ember reaps its own children (pod processes, hooks) and logs through its own
+        // backend, into containerd's log FIFO (`log` in the bundle).
+        config.no_reaper = true;
+        config.no_sub_reaper = true;
+        config.no_setup_logger = true;
+        EmberShim {
+            exit: Arc::new(ExitSignal::default()),
+            namespace: args.namespace.clone(),
+            id: args.id.clone(),
+        }
+    }
+
+    fn start_shim(&mut self, opts: shim::StartOpts) -> shim::Result<String> {
+        // One shim per CRI pod: its members name their sandbox; everything else its own id.
+        let role = std::env::current_dir()
+            .ok()
+            .and_then(|dir| Bundle::load(&dir).ok())
+            .map(|b| super::bundle::pod_role(&opts.id, &b.annotations()));
+        let grouping = match role {
+            Some(super::bundle::PodRole::Member { sandbox_id }) => sandbox_id,
+            _ => opts.id.clone(),
+        };
+        // The server is this executable again (`current_exe`, the link resolved), told by
+        // the environment that it is the shim.
+        let (_pid, address) = shim::spawn(opts, &grouping, vec![(SERVER_ENV, "1")])?;
+        Ok(address)
+    }
+
+    /// containerd's cleanup of a shim that is gone: whatever it left of task `id` goes.
+    fn delete_shim(&mut self) -> shim::Result<api::DeleteResponse> {
+        let backend = VmBackend {
+            root: state_root(),
+            machine: crate::config::Machine::Vm,
+            log: crate::config::LogConfig::default(),
+        };
+        backend.cleanup(&self.id);
+        if let Ok(bundle) = std::env::current_dir() {
+            unmount_rootfs(&bundle);
+        }
+        let mut resp = api::DeleteResponse::new();
+        resp.exit_status = 128 + libc::SIGKILL as u32;
+        resp.exited_at = Some(now()).into();
+        Ok(resp)
+    }
+
+    fn wait(&mut self) {
+        self.exit.wait();
+    }
+
+    fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
+        let _ = crate::logging::init(&crate::logging::Config {
+            // containerd's log FIFO in the bundle (the shim server runs there).
+            file: Path::new("log").exists().then(|| PathBuf::from("log")),
+            format: crate::logging::Format::Json,
+            ..Default::default()
+        });
+        log::info!(
+            "shim for {} in namespace {} serving",
+            self.id,
+            self.namespace
+        );
+        TaskService(Arc::new(Shared {
+            tasks: Mutex::new(HashMap::new()),
+            changed: Condvar::new(),
+            publisher,
+            namespace: self.namespace.clone(),
+            exit: self.exit.clone(),
+            backend: VmBackend {
+                root: state_root(),
+                machine: match crate::pod_vmm::host_agent::from_env() {
+                    Some(agent) => crate::config::Machine::HostAgent { agent },
+                    None => crate::config::Machine::Vm,
+                },
+                log: crate::config::LogConfig::default(),
+            },
+        }))
+    }
+}
+
+/// A process of a task (its init, or an exec) as containerd sees it.
+#[derive(Clone, Debug, Default)]
+struct Process {
+    pid: u32,
+    status: api::Status,
+    exit: Option<(u32, Timestamp)>,
+    stdin: String,
+    stdout: String,
+    stderr: String,
+    terminal: bool,
+}
+
+struct Task {
+    bundle: String,
+    sandbox: Arc<dyn Sandbox>,
+    init: Process,
+    execs: HashMap<String, (ProcessConfig, Process)>,
+}
+
+struct Shared {
+    tasks: Mutex<HashMap<String, Task>>,
+    /// Signalled whenever a process's state changes (`wait` sleeps on it).
+    changed: Condvar,
+    publisher: RemotePublisher,
+    namespace: String,
+    exit: Arc<ExitSignal>,
+    backend: VmBackend,
+}
+
+/// containerd's Task service over ember's pods.
+#[derive(Clone)]
+pub struct TaskService(Arc<Shared>);
+
+fn rpc(code: Code, msg: impl ToString) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg))
+}
+
+fn not_found(id: &str) -> ttrpc::Error {
+    rpc(Code::NOT_FOUND, format!("task {id} not found"))
+}
+
+fn now() -> Timestamp {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut t = Timestamp::new();
+    t.seconds = d.as_secs() as i64;
+    t.nanos = d.subsec_nanos() as i32;
+    t
+}
+
+/// The engine's stdio for a process: its FIFOs (opened read-write, so an open never blocks
+/// on the other side), `/dev/null` where it gave none.
+fn open_stdio(stdin: &str, stdout: &str, stderr: &str) -> std::io::Result<Stdio> {
+    let open = |path: &str, read: bool| -> std::io::Result<File> {
+        if path.is_empty() {
+            return OpenOptions::new().read(read).write(!read).open("/dev/null");
+        }
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+    };
+    Ok(Stdio {
+        stdin: open(stdin, true)?.into(),
+        stdout: open(stdout, false)?.into(),
+        stderr: open(stderr, false)?.into(),
+    })
+}
+
+/// Unmount what containerd mounted (or asked us to mount) at `<bundle>/rootfs`.
+fn unmount_rootfs(bundle: &Path) {
+    let rootfs = bundle.join("rootfs");
+    while nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+}
+
+impl TaskService {
+    fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        let r = self
+            .0
+            .publisher
+            .publish(Context::default(), topic, &self.0.namespace, event);
+        if let Err(e) = r {
+            log::warn!("Cannot publish {topic}: {e}");
+        }
+    }
+
+    /// Record that a process of task `id` ended with `code` and tell containerd.
+    fn exited(&self, id: &str, exec_id: Option<&str>, code: u32) {
+        let at = now();
+        let pid = {
+            let Ok(mut tasks) = self.0.tasks.lock() else {
+                return;
+            };
+            let Some(task) = tasks.get_mut(id) else {
+                return;
+            };
+            let p = match exec_id {
+                None => &mut task.init,
+                Some(e) => match task.execs.get_mut(e) {
+                    Some((_, p)) => p,
+                    None => return,
+                },
+            };
+            p.status = api::Status::STOPPED;
+            p.exit = Some((code, at.clone()));
+            p.pid
+        };
+        self.0.changed.notify_all();
+        let mut ev = TaskExit::new();
+        ev.container_id = id.to_string();
+        ev.id = exec_id.unwrap_or(id).to_string();
+        ev.pid = pid;
+        ev.exit_status = code;
+        ev.exited_at = Some(at).into();
+        self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(ev));
+    }
+
+    fn sandbox(&self, id: &str) -> TtrpcResult<Arc<dyn Sandbox>> {
+        let tasks = self
+            .0
+            .tasks
+            .lock()
+            .map_err(|_| rpc(Code::INTERNAL, "lock"))?;
+        tasks
+            .get(id)
+            .map(|t| t.sandbox.clone())
+            .ok_or_else(|| not_found(id))
+    }
+
+    fn process(&self, id: &str, exec_id: &str) -> TtrpcResult<(String, Process)> {
+        let tasks = self
+            .0
+            .tasks
+            .lock()
+            .map_err(|_| rpc(Code::INTERNAL, "lock"))?;
+        let task = tasks.get(id).ok_or_else(|| not_found(id))?;
+        if exec_id.is_empty() {
+            return Ok((task.bundle.clone(), task.init.clone()));
+        }
+        task.execs
+            .get(exec_id)
+            .map(|(_, p)| (task.bundle.clone(), p.clone()))
+            .ok_or_else(|| rpc(Code::NOT_FOUND, format!("exec {exec_id} not found")))
+    }
+
+    fn start_init(&self, id: &str) -> TtrpcResult<u32> {
+        let sandbox = self.sandbox(id)?;
+        let pid = sandbox
+            .start()
+            .map_err(|e| rpc(Code::FAILED_PRECONDITION, crate::error::report(&e)))?;
+        let pid = u32::try_from(pid).unwrap_or(0);
+        if let Ok(mut tasks) = self.0.tasks.lock() {
+            if let Some(t) = tasks.get_mut(id) {
+                t.init.status = api::Status::RUNNING;
+                t.init.pid = pid;
+            }
+        }
+        let svc = self.clone();
+        let tid = id.to_string();
+        crate::logging::thread("task-wait", move || {
+            let code = match sandbox.wait() {
+                Ok(c) => u32::try_from(c).unwrap_or(LOST),
+                Err(e) => {
+                    log::error!("Lost task {tid}: {}", crate::error::report(&e));
+                    LOST
+                }
+            };
+            log::info!("task {tid} exited with code {code}");
+            // Its VM goes now; the exit code stays for wait/state/delete.
+            sandbox.shutdown();
+            svc.exited(&tid, None, code);
+        });
+        let mut ev = TaskStart::new();
+        ev.container_id = id.to_string();
+        ev.pid = pid;
+        self.publish(topics::TASK_START_EVENT_TOPIC, Box::new(ev));
+        Ok(pid)
+    }
+
+    fn start_exec(&self, id: &str, exec_id: &str) -> TtrpcResult<u32> {
+        let sandbox = self.sandbox(id)?;
+        let (process, stdio) = {
+            let tasks = self
+                .0
+                .tasks
+                .lock()
+                .map_err(|_| rpc(Code::INTERNAL, "lock"))?;
+            let task = tasks.get(id).ok_or_else(|| not_found(id))?;
+            let (cfg, p) = task
+                .execs
+                .get(exec_id)
+                .ok_or_else(|| rpc(Code::NOT_FOUND, format!("exec {exec_id} not found")))?;
+            if p.status != api::Status::CREATED {
+                return Err(rpc(
+                    Code::FAILED_PRECONDITION,
+                    format!("exec {exec_id} already started"),
+                ));
+            }
+            let stdio = open_stdio(&p.stdin, &p.stdout, &p.stderr)
+                .map_err(|e| rpc(Code::INTERNAL, format!("exec stdio: {e}")))?;
+            (cfg.clone(), stdio)
+        };
+        let (tx, rx) = mpsc::channel::<Result<i32, String>>();
+        let svc = self.clone();
+        let (tid, eid) = (id.to_string(), exec_id.to_string());
+        crate::logging::thread("exec-wait", move || {
+            let started = tx.clone();
+            let r = sandbox.exec(&eid, &process, stdio, &mut |pid| {
+                let _ = started.send(Ok(pid));
+            });
+            match r {
+                Ok(code) => svc.exited(&tid, Some(&eid), u32::try_from(code).unwrap_or(LOST)),
+                Err(e) => {
+                    let msg = crate::error::report(&e);
+                    // Before it started this is the start's answer; after, the exec is lost.
+                    if tx.send(Err(msg.clone())).is_ok() {
+                        log::warn!("exec {eid} of {tid}: {msg}");
+                    }
+                    svc.exited(&tid, Some(&eid), LOST);
+                }
+            }
+        });
+        let pid = match rx.recv_timeout(crate::timeouts::SHIM_CALL) {
+            Ok(Ok(pid)) => u32::try_from(pid).unwrap_or(0),
+            Ok(Err(msg)) => return Err(rpc(Code::FAILED_PRECONDITION, msg)),
+            Err(_) => return Err(rpc(Code::DEADLINE_EXCEEDED, "exec did not start")),
+        };
+        if let Ok(mut tasks) = self.0.tasks.lock() {
+            if let Some((_, p)) = tasks.get_mut(id).and_then(|t| t.execs.get_mut(exec_id)) {
+                if p.status == api::Status::CREATED {
+                    p.status = api::Status::RUNNING;
+                }
+                p.pid = pid;
+            }
+        }
+        let mut ev = TaskExecStarted::new();
+        ev.container_id = id.to_string();
+        ev.exec_id = exec_id.to_string();
+        ev.pid = pid;
+        self.publish(topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(ev));
+        Ok(pid)
+    }
+}
+
+impl shim::Task for TaskService {
+    fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        crate::api::id::validate("container", &req.id)
+            .map_err(|e| rpc(Code::INVALID_ARGUMENT, e))?;
+        if self.sandbox(&req.id).is_ok() {
+            return Err(rpc(Code::ALREADY_EXISTS, format!("task {} exists", req.id)));
+        }
+        if req.terminal {
+            return Err(rpc(
+                Code::UNIMPLEMENTED,
+                "terminal tasks are not supported by ember's shim v2 yet",
+            ));
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        // The rootfs containerd prepared (snapshotter mounts) at <bundle>/rootfs.
+        if !req.rootfs.is_empty() {
+            let target = bundle.join("rootfs");
+            std::fs::create_dir_all(&target)
+                .map_err(|e| rpc(Code::INTERNAL, format!("{}: {e}", target.display())))?;
+            for m in &req.rootfs {
+                shim::mount::mount_rootfs(
+                    Some(m.type_.as_str()).filter(|t| !t.is_empty()),
+                    Some(m.source.as_str()),
+                    &m.options,
+                    &target,
+                )
+                .map_err(|e| rpc(Code::INTERNAL, format!("mount rootfs: {e}")))?;
+            }
+        }
+        let fail = |code: Code, msg: String| {
+            unmount_rootfs(&bundle);
+            rpc(code, msg)
+        };
+        let config = Bundle::load(&bundle)
+            .and_then(|b| b.container_config(&req.id))
+            .map_err(|e| fail(Code::INVALID_ARGUMENT, crate::error::report(&e)))?;
+        let stdio = open_stdio(&req.stdin, &req.stdout, &req.stderr)
+            .map_err(|e| fail(Code::INTERNAL, format!("task stdio: {e}")))?;
+        let state_dir = self.0.backend.root.join(&req.id);
+        std::fs::create_dir_all(&state_dir)
+            .map_err(|e| fail(Code::INTERNAL, format!("{}: {e}", state_dir.display())))?;
+        let sandbox: Arc<dyn Sandbox> = match self.0.backend.create(&config, &state_dir, stdio) {
+            Ok(s) => Arc::from(s),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&state_dir);
+                return Err(fail(Code::INTERNAL, crate::error::report(&e)));
+            }
+        };
+        let pid = std::process::id();
+        let task = Task {
+            bundle: req.bundle.clone(),
+            sandbox,
+            init: Process {
+                pid,
+                status: api::Status::CREATED,
+                exit: None,
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: false,
+            },
+            execs: HashMap::new(),
+        };
+        self.0
+            .tasks
+            .lock()
+            .map_err(|_| rpc(Code::INTERNAL, "lock"))?
+            .insert(req.id.clone(), task);
+        let mut ev = TaskCreate::new();
+        ev.container_id = req.id.clone();
+        ev.bundle = req.bundle.clone();
+        ev.rootfs = req.rootfs.clone();
+        ev.pid = pid;
+        self.publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(ev));
+        let mut resp = api::CreateTaskResponse::new();
+        resp.pid = pid;
+        Ok(resp)
+    }
+
+    fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
+        let pid = if req.exec_id.is_empty() {
+            self.start_init(&req.id)?
+        } else {
+            self.start_exec(&req.id, &req.exec_id)?
+        };
+        let mut resp = api::StartResponse::new();
+        resp.pid = pid;
+        Ok(resp)
+    }
+
+    fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
+        let (bundle, p) = self.process(&req.id, &req.exec_id)?;
+        let mut resp = api::StateResponse::new();
+        resp.id = req.id.clone();
+        resp.exec_id = req.exec_id.clone();
+        resp.bundle = bundle;
+        resp.pid = p.pid;
+        resp.status = p.status.into();
+        resp.stdin = p.stdin;
+        resp.stdout = p.stdout;
+        resp.stderr = p.stderr;
+        resp.terminal = p.terminal;
+        if let Some((code, at)) = p.exit {
+            resp.exit_status = code;
+            resp.exited_at = Some(at).into();
+        }
+        Ok(resp)
+    }
+
+    fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        if !req.exec_id.is_empty() {
+            return Err(rpc(
+                Code::UNIMPLEMENTED,
+                "signalling an exec'd process is not supported yet",
+            ));
+        }
+        let (_, p) = self.process(&req.id, "")?;
+        if p.status == api::Status::STOPPED {
+            return Err(rpc(
+                Code::NOT_FOUND,
+                format!("task {} has already exited", req.id),
+            ));
+        }
+        let signal = i32::try_from(req.signal)
+            .map_err(|_| rpc(Code::INVALID_ARGUMENT, "bad signal number"))?;
+        self.sandbox(&req.id)?
+            .signal(signal, req.all)
+            .map_err(|e| rpc(Code::FAILED_PRECONDITION, crate::error::report(&e)))?;
+        Ok(api::Empty::new())
+    }
+
+    fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        crate::api::id::validate("exec", &req.exec_id)
+            .map_err(|e| rpc(Code::INVALID_ARGUMENT, e))?;
+        if req.terminal {
+            return Err(rpc(
+                Code::UNIMPLEMENTED,
+                "terminal execs are not supported by ember's shim v2 yet",
+            ));
+        }
+        let spec = req
+            .spec
+            .as_ref()
+            .ok_or_else(|| rpc(Code::INVALID_ARGUMENT, "exec without a process spec"))?;
+        let oci: oci_spec::runtime::Process = serde_json::from_slice(&spec.value)
+            .map_err(|e| rpc(Code::INVALID_ARGUMENT, format!("exec process spec: {e}")))?;
+        let process = ProcessConfig::from_oci(&oci)
+            .map_err(|e| rpc(Code::INVALID_ARGUMENT, crate::error::report(&e)))?;
+        {
+            let mut tasks = self
+                .0
+                .tasks
+                .lock()
+                .map_err(|_| rpc(Code::INTERNAL, "lock"))?;
+            let task = tasks.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
+            if task.execs.contains_key(&req.exec_id) {
+                return Err(rpc(
+                    Code::ALREADY_EXISTS,
+                    format!("exec {} exists", req.exec_id),
+                ));
+            }
+            let p = Process {
+                status: api::Status::CREATED,
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                ..Default::default()
+            };
+            task.execs.insert(req.exec_id.clone(), (process, p));
+        }
+        let mut ev = TaskExecAdded::new();
+        ev.container_id = req.id.clone();
+        ev.exec_id = req.exec_id.clone();
+        self.publish(topics::TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(ev));
+        Ok(api::Empty::new())
+    }
+
+    fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        let mut tasks = self
+            .0
+            .tasks
+            .lock()
+            .map_err(|_| rpc(Code::INTERNAL, "lock"))?;
+        loop {
+            let task = tasks.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+            let p = if req.exec_id.is_empty() {
+                &task.init
+            } else {
+                &task
+                    .execs
+                    .get(&req.exec_id)
+                    .ok_or_else(|| rpc(Code::NOT_FOUND, format!("exec {} not found", req.exec_id)))?
+                    .1
+            };
+            if let Some((code, at)) = &p.exit {
+                let mut resp = api::WaitResponse::new();
+                resp.exit_status = *code;
+                resp.exited_at = Some(at.clone()).into();
+                return Ok(resp);
+            }
+            tasks = self
+                .0
+                .changed
+                .wait(tasks)
+                .map_err(|_| rpc(Code::INTERNAL, "lock"))?;
+        }
+    }
+
+    fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        let mut resp = api::DeleteResponse::new();
+        if !req.exec_id.is_empty() {
+            let mut tasks = self
+                .0
+                .tasks
+                .lock()
+                .map_err(|_| rpc(Code::INTERNAL, "lock"))?;
+            let task = tasks.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
+            let (_, p) = task
+                .execs
+                .remove(&req.exec_id)
+                .ok_or_else(|| rpc(Code::NOT_FOUND, format!("exec {} not found", req.exec_id)))?;
+            resp.pid = p.pid;
+            if let Some((code, at)) = p.exit {
+                resp.exit_status = code;
+                resp.exited_at = Some(at).into();
+            }
+            return Ok(resp);
+        }
+        let task = {
+            let mut tasks = self
+                .0
+                .tasks
+                .lock()
+                .map_err(|_| rpc(Code::INTERNAL, "lock"))?;
+            match tasks.get(&req.id) {
+                None => return Err(not_found(&req.id)),
+                Some(t) if t.init.status == api::Status::RUNNING => {
+                    return Err(rpc(
+                        Code::FAILED_PRECONDITION,
+                        format!("task {} is running; kill it first", req.id),
+                    ))
+                }
+                Some(_) => {}
+            }
+            tasks.remove(&req.id).ok_or_else(|| not_found(&req.id))?
+        };
+        // A task that never ran still holds its VM.
+        task.sandbox.shutdown();
+        unmount_rootfs(Path::new(&task.bundle));
+        let _ = std::fs::remove_dir_all(self.0.backend.root.join(&req.id));
+        resp.pid = task.init.pid;
+        let (code, at) = task.init.exit.unwrap_or((0, now()));
+        resp.exit_status = code;
+        resp.exited_at = Some(at.clone()).into();
+        let mut ev = TaskDelete::new();
+        ev.container_id = req.id.clone();
+        ev.id = req.id.clone();
+        ev.pid = task.init.pid;
+        ev.exit_status = code;
+        ev.exited_at = Some(at).into();
+        self.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(ev));
+        self.0.changed.notify_all();
+        Ok(resp)
+    }
+
+    fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        let procs = self
+            .sandbox(&req.id)?
+            .processes()
+            .map_err(|e| rpc(Code::FAILED_PRECONDITION, crate::error::report(&e)))?;
+        let mut resp = api::PidsResponse::new();
+        for (pid, _cmd) in procs {
+            let mut info = containerd_shim::protos::types::task::ProcessInfo::new();
+            info.pid = u32::try_from(pid).unwrap_or(0);
+            resp.processes.push(info);
+        }
+        Ok(resp)
+    }
+
+    fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        self.sandbox(&req.id)?
+            .pause()
+            .map_err(|e| rpc(Code::FAILED_PRECONDITION, crate::error::report(&e)))?;
+        if let Ok(mut tasks) = self.0.tasks.lock() {
+            if let Some(t) = tasks.get_mut(&req.id) {
+                t.init.status = api::Status::PAUSED;
+            }
+        }
+        let mut ev = TaskPaused::new();
+        ev.container_id = req.id.clone();
+        self.publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(ev));
+        Ok(api::Empty::new())
+    }
+
+    fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        self.sandbox(&req.id)?
+            .resume()
+            .map_err(|e| rpc(Code::FAILED_PRECONDITION, crate::error::report(&e)))?;
+        if let Ok(mut tasks) = self.0.tasks.lock() {
+            if let Some(t) = tasks.get_mut(&req.id) {
+                t.init.status = api::Status::RUNNING;
+            }
+        }
+        let mut ev = TaskResumed::new();
+        ev.container_id = req.id.clone();
+        self.publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(ev));
+        Ok(api::Empty::new())
+    }
+
+    fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        let (_, p) = self.process(&req.id, "")?;
+        let mut resp = api::ConnectResponse::new();
+        resp.shim_pid = std::process::id();
+        resp.task_pid = p.pid;
+        resp.version = env!("CARGO_PKG_VERSION").to_string();
+        Ok(resp)
+    }
+
+    /// containerd asks each time a task goes; the shim ends with its last task.
+    fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
+        let empty = self.0.tasks.lock().map(|t| t.is_empty()).unwrap_or(true);
+        if empty {
+            log::info!("last task gone: shim exits");
+            self.0.exit.signal();
+        }
+        Ok(api::Empty::new())
+    }
+}
+
+/// Whether this process is containerd's shim: run by the name containerd knows, or the shim
+/// server it started.
+pub fn invoked_as_shim() -> bool {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n == BINARY_NAME)
+        || std::env::var_os(SERVER_ENV).is_some_and(|v| v == "1")
+}
+
+/// Run as containerd's shim (`containerd-shim-ember-v2 ...`); never returns.
+pub fn main() -> ! {
+    // Not handed down to what the shim starts (pod processes, hooks).
+    std::env::remove_var(SERVER_ENV);
+    shim::run::<EmberShim>(RUNTIME_ID, None);
+    // The shim server's wait for its exit signal can outlive a task's relay threads.
+    std::thread::sleep(Duration::from_millis(10));
+    std::process::exit(0)
+}

@@ -1,0 +1,231 @@
+//! containerd's shim v2 as containerd drives it: a containerd of this test's own (its root,
+//! state and socket in a scratch directory, the CRI plugin off) finds `containerd-shim-ember-v2`
+//! on its PATH (a link to the `ember` binary) and runs `ctr run --runtime
+//! io.containerd.ember.v2`; the pods' machine is the guest agent run on the host
+//! (`EMBER_POD_HOST_AGENT`, test equipment), so no VM is needed. Checked: output and exit
+//! code of `ctr run`, a detached task with `ctr task exec` (its own output and exit code),
+//! `ps`, `kill`, `delete`, and that nothing is left: no ember process, no pod, no state.
+//!
+//! Needs root, containerd and ctr (Debian's `containerd`), /bin/busybox and the ember-agent
+//! binary; skips with a message otherwise.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn agent_bin() -> Option<PathBuf> {
+    let ember = PathBuf::from(env!("CARGO_BIN_EXE_ember"));
+    let p = ember.parent()?.join("ember-agent");
+    p.is_file().then_some(p)
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new(cmd)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+struct Containerd {
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg(self.dir.join("root"))
+            .stderr(Stdio::null())
+            .status();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Containerd {
+    fn start(agent: &Path) -> Containerd {
+        // A short path: containerd's and the shim's sockets live under it.
+        let dir = PathBuf::from(format!("/var/tmp/ember-ctd-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("bin")).unwrap();
+        std::os::unix::fs::symlink(
+            env!("CARGO_BIN_EXE_ember"),
+            dir.join("bin/containerd-shim-ember-v2"),
+        )
+        .unwrap();
+        let config = format!(
+            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{d}/ctd.sock\"\n",
+            d = dir.display()
+        );
+        fs::write(dir.join("config.toml"), config).unwrap();
+        let path = format!(
+            "{}:{}",
+            dir.join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let child = Command::new("containerd")
+            .arg("-c")
+            .arg(dir.join("config.toml"))
+            .env("PATH", path)
+            .env("EMBER_POD_HOST_AGENT", agent)
+            .env("EMBER_ROOT", dir.join("ember"))
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.join("containerd.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let ctd = Containerd { dir, child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ctd.ctr(&["version"]).status.success() {
+            assert!(Instant::now() < deadline, "containerd did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ctd
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("-a")
+            .arg(self.dir.join("ctd.sock"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?}: {}\n{}\ncontainerd.log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The STATUS `ctr task ls` shows for `id`.
+    fn task_status(&self, id: &str) -> String {
+        self.ok(&["task", "ls"])
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
+            .unwrap_or_default()
+    }
+}
+
+fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let r = dir.join("rootfs");
+    for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
+        fs::create_dir_all(r.join(d)).unwrap();
+    }
+    fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
+    for a in ["sh", "echo", "sleep", "true"] {
+        std::os::unix::fs::symlink("busybox", r.join("bin").join(a)).unwrap();
+    }
+    r
+}
+
+/// ember processes (shims, pod processes, host agents) started for the containerd in `dir`
+/// (its environment names `dir`).
+fn ember_processes(dir: &Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let exe = fs::read_link(e.path().join("exe")).unwrap_or_default();
+        let name = exe.file_name().unwrap_or_default().to_string_lossy();
+        if name != "ember" && name != "ember-agent" {
+            continue;
+        }
+        let env = fs::read(e.path().join("environ")).unwrap_or_default();
+        if String::from_utf8_lossy(&env).contains(&needle) {
+            let cmd = fs::read(e.path().join("cmdline")).unwrap_or_default();
+            found.push(String::from_utf8_lossy(&cmd).replace('\0', " "));
+        }
+    }
+    found
+}
+
+#[test]
+fn ctr_runs_tasks_through_containerd_shim_ember_v2() {
+    if !nix::unistd::geteuid().is_root() || !Path::new("/bin/busybox").exists() {
+        eprintln!("skipping: needs root and /bin/busybox");
+        return;
+    }
+    if !have("containerd") || !have("ctr") {
+        eprintln!("skipping: containerd and ctr not installed (Debian's containerd)");
+        return;
+    }
+    let Some(agent) = agent_bin() else {
+        eprintln!("skipping: ember-agent binary not built (cargo build -p ember-agent)");
+        return;
+    };
+    let ctd = Containerd::start(&agent);
+    let rootfs = busybox_rootfs(&ctd.dir);
+    let rootfs = rootfs.to_str().unwrap();
+    let runtime = ["--runtime", "io.containerd.ember.v2", "--rootfs", rootfs];
+
+    // A task's output and exit code.
+    let mut args = vec!["run", "--rm"];
+    args.extend(runtime);
+    args.extend(["t1", "sh", "-c", "echo hello; exit 3"]);
+    let out = ctd.ctr(&args);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+
+    // A detached task: exec, ps, kill, delete.
+    let mut args = vec!["run", "-d"];
+    args.extend(runtime);
+    args.extend(["t2", "sleep", "1000"]);
+    ctd.ok(&args);
+    assert_eq!(ctd.task_status("t2"), "RUNNING");
+    let out = ctd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "t2",
+        "sh",
+        "-c",
+        "echo from-exec; exit 4",
+    ]);
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-exec\n");
+    let ps = ctd.ok(&["task", "ps", "t2"]);
+    assert!(ps.lines().count() >= 2, "{ps}");
+    ctd.ok(&["task", "kill", "-s", "KILL", "t2"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ctd.task_status("t2") != "STOPPED" {
+        assert!(Instant::now() < deadline, "t2 did not stop after SIGKILL");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ctd.ok(&["task", "delete", "t2"]);
+    ctd.ok(&["container", "rm", "t2"]);
+
+    // Nothing is left: no shim, pod process or agent; no pod; no state.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ember_processes(&ctd.dir).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left running: {:?}",
+            ember_processes(&ctd.dir)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let state: Vec<_> = fs::read_dir(ctd.dir.join("ember"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(state.is_empty(), "ember state left: {state:?}");
+    assert!(ctd.ok(&["task", "ls"]).lines().count() <= 1);
+}
