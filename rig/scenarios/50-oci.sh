@@ -3,7 +3,7 @@
 # Sourced by the host's /init after /rig/lib.sh. Without that disk it prints one line and
 # returns (the shared initramfs-only host run).
 # Sections: oci-debian, podman-hello, podman-exit-code, podman-binds, cri-pod, podman-tty,
-# podman-exec, podman-stop-rm, ctr-hello, oci-bench.
+# podman-exec, podman-stop-rm, ctr-hello, ctr-shim-v2, oci-bench.
 
 DEB=/debian
 if ! [ -b /dev/vda ] || ! mkdir -p "$DEB" || ! mount -t ext4 /dev/vda "$DEB" 2>/dev/null; then
@@ -212,6 +212,36 @@ section ctr-hello /tmp/dch /usr/local/bin/watched 600 sh -c '
     ctr image import --snapshotter native /var/lib/ember-oci/busybox-oci.tar >/dev/null || exit 1
     ctr run --rm --snapshotter native --runc-binary /usr/local/bin/ember \
         docker.io/library/busybox:latest hello1 echo hello'
+
+# containerd's shim v2: ember as runtime io.containerd.ember.v2 (containerd-shim-ember-v2, a
+# link to ember, on containerd's PATH). Exit code, exec, kill, delete; then nothing may remain.
+cat >"$DEB/usr/local/bin/shim-v2-test" <<'SHIMV2'
+#!/bin/sh
+ln -sf /usr/local/bin/ember /usr/local/bin/containerd-shim-ember-v2
+ember-debian-init containerd || exit 1
+R="--runtime io.containerd.ember.v2 --snapshotter native"
+I=docker.io/library/busybox:latest
+ctr run --rm $R $I v2a sh -c "echo hello-v2; exit 3"
+echo "v2-exit=$?"
+ctr run -d $R $I v2b sleep 1000 >/dev/null || exit 1
+ctr task exec --exec-id e1 v2b sh -c "echo from-v2-exec; exit 4"
+echo "v2-exec-exit=$?"
+ctr task kill -s KILL v2b
+n=0
+while ! ctr task ls | grep -q "^v2b .*STOPPED"; do
+    n=$((n + 1)); [ $n -gt 300 ] && { echo "v2b did not stop"; ctr task ls; exit 1; }
+    sleep 0.2
+done
+ctr task delete v2b >/dev/null; echo "v2-delete=$?"
+ctr container rm v2b
+sleep 1
+echo "v2 ember processes: $(pgrep -c -f "^/usr/local/bin/ember" || true)"
+echo "v2 pods: $(ls /run/ember/@pods 2>/dev/null | wc -l)"
+echo "v2 state dirs: $(ls /run/ember 2>/dev/null | grep -vc "^@pods$" || true)"
+echo "v2 task mounts: $(grep -c "io.containerd.runtime.v2.task" /proc/mounts || true)"
+SHIMV2
+chmod 755 "$DEB/usr/local/bin/shim-v2-test"
+section ctr-shim-v2 /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/shim-v2-test
 
 # Bench: `podman run --rm IMAGE true` wall time with runc and with ember, then the phases of
 # one ember create (the shim writes them to timings.json).

@@ -240,3 +240,23 @@ fn podman_run_bench_ran_with_both_runtimes() {
         eprintln!("{l}");
     }
 }
+
+#[test]
+fn containerd_shim_v2_runs_tasks_and_leaves_nothing() {
+    let Some(s) = passed("ctr-shim-v2") else {
+        return;
+    };
+    for want in [
+        "hello-v2",
+        "v2-exit=3",
+        "from-v2-exec",
+        "v2-exec-exit=4",
+        "v2-delete=0",
+        "v2 ember processes: 0",
+        "v2 pods: 0",
+        "v2 state dirs: 0",
+        "v2 task mounts: 0",
+    ] {
+        assert!(has_line(s, want), "no {want:?} in:\n{}", s.output);
+    }
+}

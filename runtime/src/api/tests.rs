@@ -77,7 +77,12 @@ fn bad_ids_are_refused_everywhere() {
     assert_eq!(crate::error::report(&err), "Bad id: Empty container id");
     assert!(matches!(rt.start_container("p", "../c"), Err(Error::Id(_))));
     // Nothing escaped the root.
-    assert!(!rt.root().parent().unwrap().join("ember-escape-probe").exists());
+    assert!(!rt
+        .root()
+        .parent()
+        .unwrap()
+        .join("ember-escape-probe")
+        .exists());
     assert!(!rt.root().join("ember-escape-probe").exists());
 }
 
