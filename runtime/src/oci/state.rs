@@ -5,11 +5,11 @@
 //! The status a reader sees is the saved one checked against the host process that stands for
 //! the container (its shim): once that process is gone, the container is `stopped`.
 
+use crate::state::lock::{self, LockKind, PodLock};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -21,10 +21,11 @@ pub const OCI_VERSION: &str = "1.0.2";
 pub const DEFAULT_ROOT: &str = "/run/ember";
 
 const STATE_FILE: &str = "state.json";
-const LOCK_FILE: &str = "lock";
 
 #[derive(Debug, Error)]
 pub enum StateError {
+    #[error("Cannot lock the container's state")]
+    Lock(#[source] lock::Error),
     #[error("container with id exists: {0}")]
     Exists(String),
     #[error("container does not exist")]
@@ -183,9 +184,9 @@ pub struct OciState {
     pub annotations: BTreeMap<String, String>,
 }
 
-/// An exclusive lock on one container's state, held until dropped.
+/// An exclusive lock on one container's state (`<dir>/lock`, [`PodLock`]), held until dropped.
 pub struct Lock {
-    _file: File,
+    _lock: PodLock,
 }
 
 /// The state root.
@@ -239,22 +240,14 @@ impl Store {
         if !dir.is_dir() {
             return Err(StateError::NotFound);
         }
-        let path = dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| not_found_or(e, &path))?;
-        // SAFETY: flock on a descriptor we own; it has no memory effects.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        if rc != 0 {
-            return Err(StateError::Io {
-                path,
-                source: io::Error::last_os_error(),
-            });
+        // The pod store's lock: one implementation for both faces.
+        match PodLock::acquire(&dir, LockKind::Write) {
+            Ok(lock) => Ok(Lock { _lock: lock }),
+            Err(lock::Error::Open { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Err(StateError::NotFound)
+            }
+            Err(e) => Err(StateError::Lock(e)),
         }
-        Ok(Lock { _file: file })
     }
 
     /// Read a container's record.
