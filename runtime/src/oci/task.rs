@@ -59,12 +59,7 @@ fn state_root() -> PathBuf {
 impl shim::Shim for EmberShim {
     type T = TaskService;
 
-    fn new(_runtime_id: &str, args: &shim::Flags, config: &mut shim::Config) -> Self {
-        // ember reaps its own children (pod processes, hooks) and logs through its own
-        // backend, into containerd's log FIFO (`log` in the bundle).
-        config.no_reaper = true;
-        config.no_sub_reaper = true;
-        config.no_setup_logger = true;
+    fn new(_runtime_id: &str, args: &shim::Flags, _config: &mut shim::Config) -> Self {
         EmberShim {
             exit: Arc::new(ExitSignal::default()),
             namespace: args.namespace.clone(),
@@ -748,7 +743,16 @@ pub fn invoked_as_shim() -> bool {
 pub fn main() -> ! {
     // Not handed down to what the shim starts (pod processes, hooks).
     std::env::remove_var(SERVER_ENV);
-    shim::run::<EmberShim>(RUNTIME_ID, None);
+    // ember waits for its own children (pod processes, mkfs, hooks): no reaper thread may
+    // take their exit statuses (it is set up before `Shim::new`, so say it here); and it logs
+    // through its own backend, into containerd's log FIFO (`log` in the bundle).
+    let config = shim::Config {
+        no_reaper: true,
+        no_sub_reaper: true,
+        no_setup_logger: true,
+        ..Default::default()
+    };
+    shim::run::<EmberShim>(RUNTIME_ID, Some(config));
     // The shim server's wait for its exit signal can outlive a task's relay threads.
     std::thread::sleep(Duration::from_millis(10));
     std::process::exit(0)
