@@ -2,6 +2,7 @@
 # Build the static ember + ember-agent binaries and the guest initramfs, then install:
 #   $EMBER_GUEST_DIR/initramfs.cpio   (default /var/lib/ember/guest)  /init = ember-agent
 #   /usr/local/bin/ember              (static; also what the virtual KVM host carries)
+#   /usr/local/bin/containerd-shim-ember-v2 -> ember (containerd's shim v2)
 # Usage: build-guest-image.sh [--no-install-ember]
 set -euo pipefail
 
@@ -55,6 +56,8 @@ log "Writing $EMBER_GUEST_DIR/initramfs.cpio"
 if [ "$install_ember" = 1 ]; then
     install_file "$REL/ember" /usr/local/bin/ember
     chmod 0755 /usr/local/bin/ember
-    log "Installed /usr/local/bin/ember"
+    # containerd finds its shim v2 for runtime io.containerd.ember.v2 by this name.
+    ln -sf ember /usr/local/bin/containerd-shim-ember-v2
+    log "Installed /usr/local/bin/ember (and containerd-shim-ember-v2)"
 fi
 log "Guest image: $(du -h "$EMBER_GUEST_DIR/initramfs.cpio" | cut -f1) initramfs"

@@ -613,30 +613,39 @@ impl Runtime {
     /// Run a process in a running container to its end and collect its output (stdin is
     /// empty).
     pub fn exec(&self, pod: &str, cid: &str, process: ProcessSpec) -> Result<ExecOutput, Error> {
-        let terminal = process.terminal;
         let (exec_id, pid) = self.exec_start(pod, cid, None, process)?;
         let eid = Some(exec_id.as_str());
-        // Close stdin so a process reading it sees EOF.
-        drop(self.attach(pod, cid, eid, StdioStream::Stdin)?);
-        let mut out = self.attach(pod, cid, eid, StdioStream::Stdout)?;
-        let err_stream = if terminal {
-            None
-        } else {
-            Some(self.attach(pod, cid, eid, StdioStream::Stderr)?)
+        // The relay writes into pipes whose other ends are read here.
+        let io = |what: &str| {
+            let what = what.to_string();
+            move |e: nix::Error| Error::Io {
+                what,
+                source: std::io::Error::from(e),
+            }
         };
-        let err_reader = err_stream.map(|mut s| {
-            crate::logging::thread("exec-stderr", move || {
-                let mut buf = Vec::new();
-                let _ = s.read_to_end(&mut buf);
-                buf
-            })
-        });
-        let mut stdout = Vec::new();
-        out.read_to_end(&mut stdout).map_err(|source| Error::Io {
-            what: "Cannot read the process's stdout".into(),
+        let (out_r, out_w) = nix::unistd::pipe().map_err(io("Cannot make a pipe"))?;
+        let (err_r, err_w) = nix::unistd::pipe().map_err(io("Cannot make a pipe"))?;
+        let null = std::fs::File::open("/dev/null").map_err(|source| Error::Io {
+            what: "Cannot open /dev/null".into(),
             source,
         })?;
-        let stderr = err_reader.and_then(|h| h.join().ok()).unwrap_or_default();
+        let stdio = super::Stdio {
+            stdin: null.into(),
+            stdout: out_w,
+            stderr: err_w,
+        };
+        let relays = super::Relays::attach(self, pod, cid, eid, stdio)?;
+        let read_all = |fd: std::os::fd::OwnedFd| {
+            move || {
+                let mut buf = Vec::new();
+                let _ = std::fs::File::from(fd).read_to_end(&mut buf);
+                buf
+            }
+        };
+        let err_reader = crate::logging::thread("exec-stderr", read_all(err_r));
+        let stdout = read_all(out_r)();
+        let stderr = err_reader.join().unwrap_or_default();
+        relays.join();
         let exit_code = self.wait_process(pod, cid, eid)?;
         Ok(ExecOutput {
             exec_id,

@@ -25,6 +25,7 @@ pub mod disk;
 pub mod id;
 mod placement;
 mod pod;
+mod stdio;
 
 pub use crate::config;
 pub use crate::{agent_link, hooks};
@@ -34,6 +35,7 @@ pub use agent::protocol::{ProcessInfo, ProcessSpec, StdioStream};
 pub use config::{ContainerConfig, DiskConfig, Hook, Hooks, PodConfig, RootfsConfig};
 pub use container::{ContainerInfo, ExecOutput};
 pub use pod::PodInfo;
+pub use stdio::{Relays, Stdio};
 
 use crate::state::{self, LockKind, PodLock, PodRecord, TransitionError};
 use std::path::{Path, PathBuf};

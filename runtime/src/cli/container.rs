@@ -1,9 +1,8 @@
 //! `ember container ...`: create, start, stop, delete, exec, status, kill, ps, wait.
 
 use super::output::{outln, to_json};
-use crate::api::{ContainerConfig, ContainerInfo, RootfsConfig, Runtime, StdioStream};
+use crate::api::{ContainerConfig, ContainerInfo, RootfsConfig, Runtime};
 use clap::{Args, Subcommand};
-use std::io::{Read, Write};
 use std::path::PathBuf;
 
 #[derive(Debug, Subcommand)]
@@ -266,31 +265,18 @@ fn exec_process(rt: &Runtime, a: ExecArgs) -> Result<i32, Error> {
         return Ok(0);
     }
     let eid = Some(exec_id.as_str());
-    let mut stdin = rt.attach(&a.pod, &a.id, eid, StdioStream::Stdin)?;
-    if a.interactive {
-        // Not joined: a process may exit without reading all of its input.
-        crate::logging::thread("stdin-relay", move || {
-            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut stdin);
-            let _ = stdin.shutdown(std::net::Shutdown::Write);
-        });
+    // Our stdio, relayed; without -i the process's stdin is empty.
+    let stdio = crate::api::Stdio::inherit().map_err(Error::Io)?;
+    let stdio = if a.interactive {
+        stdio
     } else {
-        drop(stdin);
-    }
-    let mut err = rt.attach(&a.pod, &a.id, eid, StdioStream::Stderr)?;
-    let errs = crate::logging::thread("stderr-relay", move || {
-        let mut buf = [0u8; 4096];
-        let mut stderr = std::io::stderr();
-        while let Ok(n) = err.read(&mut buf) {
-            if n == 0 || stderr.write_all(&buf[..n]).is_err() {
-                break;
-            }
+        let null = std::fs::File::open("/dev/null").map_err(Error::Io)?;
+        crate::api::Stdio {
+            stdin: null.into(),
+            ..stdio
         }
-    });
-    let mut out = rt.attach(&a.pod, &a.id, eid, StdioStream::Stdout)?;
-    let mut stdout = std::io::stdout();
-    std::io::copy(&mut out, &mut stdout).map_err(Error::Io)?;
-    stdout.flush().map_err(Error::Io)?;
-    let _ = errs.join();
+    };
+    crate::api::Relays::attach(rt, &a.pod, &a.id, eid, stdio)?.join();
     Ok(rt.wait_process(&a.pod, &a.id, eid)?)
 }
 

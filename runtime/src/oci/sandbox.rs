@@ -3,7 +3,6 @@
 //! with a microVM per pod; tests provide their own.
 
 use super::bundle::{ContainerConfig, ProcessConfig};
-use std::os::fd::OwnedFd;
 use std::path::Path;
 use thiserror::Error;
 
@@ -31,33 +30,7 @@ impl SandboxError {
     }
 }
 
-/// The stdio a process gets: the caller's descriptors.
-pub struct Stdio {
-    pub stdin: OwnedFd,
-    pub stdout: OwnedFd,
-    pub stderr: OwnedFd,
-}
-
-impl Stdio {
-    /// This process's own stdin, stdout and stderr (duplicated).
-    pub fn inherit() -> std::io::Result<Stdio> {
-        Ok(Stdio {
-            stdin: std::io::stdin().as_fd_dup()?,
-            stdout: std::io::stdout().as_fd_dup()?,
-            stderr: std::io::stderr().as_fd_dup()?,
-        })
-    }
-}
-
-trait DupFd {
-    fn as_fd_dup(&self) -> std::io::Result<OwnedFd>;
-}
-
-impl<T: std::os::fd::AsFd> DupFd for T {
-    fn as_fd_dup(&self) -> std::io::Result<OwnedFd> {
-        self.as_fd().try_clone_to_owned()
-    }
-}
+pub use crate::api::Stdio;
 
 /// A created container and the VM it lives in.
 pub trait Sandbox: Send + Sync {

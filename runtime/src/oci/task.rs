@@ -205,6 +205,54 @@ fn open_stdio(stdin: &str, stdout: &str, stderr: &str) -> std::io::Result<Stdio>
     })
 }
 
+/// Mount one of containerd's rootfs mounts (a snapshotter's `bind` or `overlay`) at `target`,
+/// in this process: the crate's helper forks and waits through a reaper, which ember does not
+/// run (it waits for its own children).
+fn mount_rootfs(
+    fstype: &str,
+    source: &str,
+    options: &[String],
+    target: &Path,
+) -> Result<(), nix::Error> {
+    use nix::mount::{mount, MsFlags};
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for o in options {
+        match o.as_str() {
+            "bind" => flags |= MsFlags::MS_BIND,
+            "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "rw" | "defaults" => {}
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            "relatime" => flags |= MsFlags::MS_RELATIME,
+            "noatime" => flags |= MsFlags::MS_NOATIME,
+            other => data.push(other),
+        }
+    }
+    let data = data.join(",");
+    let fstype = (!fstype.is_empty() && fstype != "bind").then_some(fstype);
+    mount(
+        Some(source),
+        target,
+        fstype,
+        flags,
+        (!data.is_empty()).then_some(data.as_str()),
+    )?;
+    // A bind mount takes `ro` only on a remount.
+    if flags.contains(MsFlags::MS_BIND | MsFlags::MS_RDONLY) {
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )?;
+    }
+    Ok(())
+}
+
 /// Unmount what containerd mounted (or asked us to mount) at `<bundle>/rootfs`.
 fn unmount_rootfs(bundle: &Path) {
     let rootfs = bundle.join("rootfs");
@@ -404,13 +452,10 @@ impl shim::Task for TaskService {
             std::fs::create_dir_all(&target)
                 .map_err(|e| rpc(Code::INTERNAL, format!("{}: {e}", target.display())))?;
             for m in &req.rootfs {
-                shim::mount::mount_rootfs(
-                    Some(m.type_.as_str()).filter(|t| !t.is_empty()),
-                    Some(m.source.as_str()),
-                    &m.options,
-                    &target,
-                )
-                .map_err(|e| rpc(Code::INTERNAL, format!("mount rootfs: {e}")))?;
+                if let Err(e) = mount_rootfs(&m.type_, &m.source, &m.options, &target) {
+                    unmount_rootfs(&bundle);
+                    return Err(rpc(Code::INTERNAL, format!("mount rootfs: {e}")));
+                }
             }
         }
         let fail = |code: Code, msg: String| {

@@ -7,15 +7,11 @@
 
 use super::bundle::{ContainerConfig, MountConfig, PodRole, ProcessConfig};
 use super::sandbox::{Backend, Sandbox, SandboxError, Stdio};
-use crate::api::{self, RootfsConfig, Runtime};
+use crate::api::{self, Relays, RootfsConfig, Runtime};
 use crate::config::{LogConfig, Machine, Shutdown};
-use agent::protocol::{Mount, Namespace, ProcessSpec, Rlimit, StdioStream};
-use std::fs::File;
-use std::io::{self, Read, Write};
-use std::os::unix::net::UnixStream;
+use agent::protocol::{Mount, Namespace, ProcessSpec, Rlimit};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 /// Trees the agent sets up itself for every container (/dev with devpts and shm, /proc,
@@ -242,70 +238,6 @@ fn spec_mounts(c: &ContainerConfig, with_volume: bool) -> Vec<Mount> {
         .collect()
 }
 
-/// Relays of one process's stdio; joined when it ends.
-struct Relays {
-    out: Vec<JoinHandle<()>>,
-}
-
-impl Relays {
-    /// Attach the process's streams and copy: our stdin to its stdin, its stdout and stderr
-    /// to ours.
-    fn attach(
-        rt: &Runtime,
-        pod: &str,
-        container_id: &str,
-        exec_id: Option<&str>,
-        stdio: Stdio,
-    ) -> Result<Relays, SandboxError> {
-        let attach = |stream| {
-            rt.attach(pod, container_id, exec_id, stream)
-                .map_err(|e| SandboxError::failed("Cannot attach to the container's stdio", e))
-        };
-        let out = attach(StdioStream::Stdout)?;
-        let err = attach(StdioStream::Stderr)?;
-        let inp = attach(StdioStream::Stdin)?;
-        let handles = vec![
-            copy_thread(out, File::from(stdio.stdout)),
-            copy_thread(err, File::from(stdio.stderr)),
-        ];
-        // Stdin is not joined: it ends when the caller's stdin does (or never, for a pipe
-        // kept open), and the process's end does not wait for it.
-        let stdin = File::from(stdio.stdin);
-        crate::logging::thread("stdin-relay", move || {
-            let mut inp = inp;
-            let mut stdin = stdin;
-            let _ = io::copy(&mut stdin, &mut inp);
-            let _ = inp.shutdown(std::net::Shutdown::Write);
-        });
-        Ok(Relays { out: handles })
-    }
-
-    fn join(self) {
-        for h in self.out {
-            let _ = h.join();
-        }
-    }
-}
-
-fn copy_thread(mut from: UnixStream, mut to: File) -> JoinHandle<()> {
-    crate::logging::thread("stdio-relay", move || {
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if to.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-        let _ = to.flush();
-    })
-}
-
 fn api_err(what: &'static str) -> impl FnOnce(api::Error) -> SandboxError {
     move |e| SandboxError::failed(what, e)
 }
@@ -343,7 +275,8 @@ impl PodSandbox {
             sb.rt
                 .create_container(pod, id, config)
                 .map_err(api_err("Cannot create the container in its pod"))?;
-            let relays = Relays::attach(&sb.rt, pod, id, None, stdio)?;
+            let relays = Relays::attach(&sb.rt, pod, id, None, stdio)
+                .map_err(api_err("Cannot attach to the container's stdio"))?;
             if let Ok(mut g) = sb.relays.lock() {
                 *g = Some(relays);
             }
@@ -402,7 +335,8 @@ impl Sandbox for PodSandbox {
             .rt
             .exec_start(&self.pod, &self.id, Some(exec_id), process_spec(process))
             .map_err(api_err("Cannot exec the process"))?;
-        let relays = Relays::attach(&self.rt, &self.pod, &self.id, Some(&exec_id), stdio)?;
+        let relays = Relays::attach(&self.rt, &self.pod, &self.id, Some(&exec_id), stdio)
+            .map_err(api_err("Cannot attach to the process's stdio"))?;
         started(pid);
         let code = self
             .rt
