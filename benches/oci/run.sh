@@ -47,7 +47,6 @@ awk -v runs="$RUNS" '
 }
 /^op=/ { split($1, o, "="); split($2, t, "="); split($3, w, "="); op[t[2], o[2]] = w[2] }
 /^phases rt=/ { split($2, t, "="); ph[t[2]] = substr($0, length($1 $2) + 3) }
-/^exit-phases rt=/ { split($2, t, "="); xph[t[2]] = substr($0, length($1 $2) + 3) }
 /^cri kind=/ { split($2, ck, "="); split($3, cm, "="); cri[ck[2]] = cri[ck[2]] " " cm[2] }
 END {
     printf "%-10s %5s %10s %10s %10s %6s\n", "runtime", "runs", "min_ms", "median_ms", "max_ms", "failed"
@@ -70,7 +69,6 @@ END {
         printf "  start-to-exit (start -a)     %s\n", op[rt, "start-to-exit"]
         printf "  rm                           %s\n", op[rt, "rm"]
         if (ph[rt] != "") print rt " create phases (ms): " ph[rt]
-        if (xph[rt] != "") print rt " after the exit (ms): " xph[rt]
     }
     print ""
     print "ember runc CLI, create + start + true + delete (ms, each run):"

@@ -65,8 +65,6 @@ podman $R create --name ph-$rt localhost/busybox true >/dev/null || exit 1
 echo "op=create rt=$rt $(/usr/local/bin/timed podman $R init ph-$rt | tail -1)"
 [ "$rt" = runc ] || echo "phases rt=$rt $(cat /run/ember/$(podman inspect -f '{{.ID}}' ph-$rt)/timings.json)"
 echo "op=start-to-exit rt=$rt $(/usr/local/bin/timed podman $R start -a ph-$rt | tail -1)"
-# After the exit: how long the shim took to record it and to release the VM.
-[ "$rt" = runc ] || echo "exit-phases rt=$rt $(cat /run/ember/$(podman inspect -f '{{.ID}}' ph-$rt)/timings.json 2>/dev/null | tr ',' '\n' | grep exit_ | tr '\n' ' ')"
 echo "op=rm rt=$rt $(/usr/local/bin/timed podman $R rm ph-$rt | tail -1)"
 PHASES
 chmod 755 "$DEB/usr/local/bin/phases-bench"

@@ -65,34 +65,12 @@ pub fn serve(store: &Store, id: &str, listener: UnixListener, sandbox: Arc<dyn S
             LOST_EXIT_CODE
         }
     };
-    let exited = std::time::Instant::now();
     log::info!("container {id} exited with code {code}");
     record_exit(store, id, code);
-    let recorded = exited.elapsed();
     sandbox.shutdown();
-    let released = exited.elapsed();
+    log::debug!("container {id}: exit recorded and its VM released");
     let _ = std::fs::remove_file(store.dir(id).join(control::SOCKET));
-    add_timings(
-        &store.dir(id),
-        &[
-            ("exit_recorded", recorded.as_secs_f64() * 1e3),
-            ("exit_to_vm_released", released.as_secs_f64() * 1e3),
-        ],
-    );
     code
-}
-
-/// Add phases to the container's `timings.json` (the benches read it; best effort).
-fn add_timings(dir: &std::path::Path, phases: &[(&str, f64)]) {
-    let path = dir.join(super::vm::TIMINGS_FILE);
-    let mut map: serde_json::Map<String, serde_json::Value> = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
-    for (name, ms) in phases {
-        map.insert(name.to_string(), serde_json::Value::from(*ms));
-    }
-    let _ = std::fs::write(&path, serde_json::Value::Object(map).to_string());
 }
 
 /// Save `stopped` and the exit code, if the container's state still exists.
