@@ -428,6 +428,38 @@ impl TaskService {
     }
 }
 
+impl TaskService {
+    /// Pause (`freeze`) or resume task `id` and tell containerd.
+    fn freeze(&self, id: &str, freeze: bool) -> TtrpcResult<api::Empty> {
+        let sandbox = self.sandbox(id)?;
+        let r = if freeze {
+            sandbox.pause()
+        } else {
+            sandbox.resume()
+        };
+        r.map_err(|e| rpc(Code::FAILED_PRECONDITION, crate::error::report(&e)))?;
+        if let Ok(mut tasks) = self.0.tasks.lock() {
+            if let Some(t) = tasks.get_mut(id) {
+                t.init.status = if freeze {
+                    api::Status::PAUSED
+                } else {
+                    api::Status::RUNNING
+                };
+            }
+        }
+        if freeze {
+            let mut ev = TaskPaused::new();
+            ev.container_id = id.to_string();
+            self.publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(ev));
+        } else {
+            let mut ev = TaskResumed::new();
+            ev.container_id = id.to_string();
+            self.publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(ev));
+        }
+        Ok(api::Empty::new())
+    }
+}
+
 impl shim::Task for TaskService {
     fn create(
         &self,
@@ -721,33 +753,11 @@ impl shim::Task for TaskService {
     }
 
     fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        self.sandbox(&req.id)?
-            .pause()
-            .map_err(|e| rpc(Code::FAILED_PRECONDITION, crate::error::report(&e)))?;
-        if let Ok(mut tasks) = self.0.tasks.lock() {
-            if let Some(t) = tasks.get_mut(&req.id) {
-                t.init.status = api::Status::PAUSED;
-            }
-        }
-        let mut ev = TaskPaused::new();
-        ev.container_id = req.id.clone();
-        self.publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(ev));
-        Ok(api::Empty::new())
+        self.freeze(&req.id, true)
     }
 
     fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
-        self.sandbox(&req.id)?
-            .resume()
-            .map_err(|e| rpc(Code::FAILED_PRECONDITION, crate::error::report(&e)))?;
-        if let Ok(mut tasks) = self.0.tasks.lock() {
-            if let Some(t) = tasks.get_mut(&req.id) {
-                t.init.status = api::Status::RUNNING;
-            }
-        }
-        let mut ev = TaskResumed::new();
-        ev.container_id = req.id.clone();
-        self.publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(ev));
-        Ok(api::Empty::new())
+        self.freeze(&req.id, false)
     }
 
     fn connect(
