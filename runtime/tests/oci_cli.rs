@@ -364,3 +364,13 @@ fn closed_stdout_is_not_a_panic() {
         assert!(out.status.code().is_some(), "{args:?}: killed by a signal");
     }
 }
+
+#[test]
+fn an_unknown_log_format_is_refused() {
+    let t = Tmp::new("logfmt");
+    let o = ember(&t.root(), &["--log-format", "xml", "list"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("xml"), "{}", stderr(&o));
+    let o = ember(&t.root(), &["--log-format", "json", "list", "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

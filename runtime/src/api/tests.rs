@@ -110,6 +110,18 @@ fn bad_pod_configs_are_refused() {
         ..PodConfig::default()
     };
     assert!(matches!(rt.create_pod("p", c), Err(Error::Config(_))));
+    // A start timeout that would overflow the start's deadline (it panicked the starter).
+    for secs in [0, u64::MAX] {
+        let c = PodConfig {
+            start_timeout_secs: secs,
+            ..PodConfig::default()
+        };
+        let err = rt.create_pod("p", c).unwrap_err();
+        assert!(
+            crate::error::report(&err).contains("start_timeout_secs"),
+            "{err}"
+        );
+    }
     assert!(!rt.pod_dir("p").exists(), "nothing half-created remains");
 }
 
