@@ -117,6 +117,23 @@ pub enum Machine {
     HostAgent { agent: PathBuf },
 }
 
+/// Environment variable with which the entry points (the CLI, containerd's shim) pick the
+/// host-agent machine for the pods they create, naming the agent binary. The pod library and
+/// the pod process read the pod's config, never this.
+pub const HOST_AGENT_ENV: &str = "EMBER_POD_HOST_AGENT";
+
+impl Machine {
+    /// The host agent where [`HOST_AGENT_ENV`] names one (test equipment), else a microVM.
+    pub fn from_env() -> Machine {
+        match std::env::var_os(HOST_AGENT_ENV).filter(|v| !v.is_empty()) {
+            Some(agent) => Machine::HostAgent {
+                agent: PathBuf::from(agent),
+            },
+            None => Machine::Vm,
+        }
+    }
+}
+
 /// Extra logging of a pod's VMM process.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -63,6 +63,20 @@ fn container_not_found(pod: &str, id: &str) -> Error {
     }
 }
 
+/// A container's rootfs or volume must name a file or directory that exists, or a disk the
+/// pod config declares.
+fn check_source(rec: &PodRecord, what: &str, source: &RootfsConfig) -> Result<(), Error> {
+    match source {
+        RootfsConfig::Image { path, .. } | RootfsConfig::Dir { path } if !path.exists() => Err(
+            Error::Config(format!("{what} {} does not exist", path.display())),
+        ),
+        RootfsConfig::Disk { id } if !rec.config.disks.iter().any(|d| d.id == *id) => Err(
+            Error::Config(format!("the pod config declares no disk {id}")),
+        ),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn require_running(rec: &PodRecord, action: &'static str) -> Result<(), Error> {
     if rec.state != State::Running {
         return Err(Error::PodNotRunning {
@@ -95,39 +109,15 @@ impl Runtime {
                 id: cid.to_string(),
             });
         }
-        match &config.rootfs {
-            RootfsConfig::Image { path, .. } | RootfsConfig::Dir { path } if !path.exists() => {
-                return Err(Error::Config(format!(
-                    "rootfs {} does not exist",
-                    path.display()
-                )))
+        check_source(&rec, "rootfs", &config.rootfs)?;
+        if let Some(volume) = &config.volume {
+            if !matches!(
+                volume,
+                RootfsConfig::Image { .. } | RootfsConfig::Disk { .. }
+            ) {
+                return Err(Error::Config("a volume is an image or a pod disk".into()));
             }
-            RootfsConfig::Disk { id } if !rec.config.disks.iter().any(|d| d.id == *id) => {
-                return Err(Error::Config(format!(
-                    "the pod config declares no disk {id}"
-                )))
-            }
-            _ => {}
-        }
-        match &config.volume {
-            None => {}
-            Some(RootfsConfig::Image { path, .. }) if !path.exists() => {
-                return Err(Error::Config(format!(
-                    "volume image {} does not exist",
-                    path.display()
-                )))
-            }
-            Some(RootfsConfig::Disk { id }) if !rec.config.disks.iter().any(|d| d.id == *id) => {
-                return Err(Error::Config(format!(
-                    "the pod config declares no disk {id}"
-                )))
-            }
-            Some(RootfsConfig::Image { .. } | RootfsConfig::Disk { .. }) => {}
-            Some(_) => {
-                return Err(Error::Config(
-                    "a volume is an image or a pod disk".to_string(),
-                ))
-            }
+            check_source(&rec, "volume", volume)?;
         }
         let live = match rec.state {
             State::Running => true,
@@ -439,30 +429,20 @@ impl Runtime {
 
     fn freeze(&self, pod: &str, cid: &str, to: State) -> Result<ContainerInfo, Error> {
         id::validate("container", cid).map_err(Error::Id)?;
+        let (from, action, call) = match to {
+            State::Paused => (State::Running, "pause", "Pause"),
+            _ => (State::Paused, "resume", "Resume"),
+        };
         let (_lock, dir, mut rec) = self.open(pod, LockKind::Write)?;
         require_running(&rec, "pause or resume a container")?;
         let c = Self::container(&mut rec, cid)?;
-        let from = if to == State::Paused {
-            State::Running
-        } else {
-            State::Paused
-        };
         if c.state != from {
             return Err(Error::ContainerState {
-                action: if to == State::Paused {
-                    "pause"
-                } else {
-                    "resume"
-                },
+                action,
                 id: cid.to_string(),
                 source: crate::state::TransitionError { from: c.state, to },
             });
         }
-        let call = if to == State::Paused {
-            "Pause"
-        } else {
-            "Resume"
-        };
         let mut client = agent_link::connect(&dir, Some(agent_link::CALL_TIMEOUT))
             .map_err(|source| Error::Agent { call, source })?;
         let r = if to == State::Paused {

@@ -6,7 +6,7 @@ use super::{Error, Runtime};
 use agent::protocol::StdioStream;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::thread::JoinHandle;
 
@@ -21,20 +21,10 @@ impl Stdio {
     /// This process's own stdin, stdout and stderr (duplicated).
     pub fn inherit() -> std::io::Result<Stdio> {
         Ok(Stdio {
-            stdin: std::io::stdin().as_fd_dup()?,
-            stdout: std::io::stdout().as_fd_dup()?,
-            stderr: std::io::stderr().as_fd_dup()?,
+            stdin: io::stdin().as_fd().try_clone_to_owned()?,
+            stdout: io::stdout().as_fd().try_clone_to_owned()?,
+            stderr: io::stderr().as_fd().try_clone_to_owned()?,
         })
-    }
-}
-
-trait DupFd {
-    fn as_fd_dup(&self) -> std::io::Result<OwnedFd>;
-}
-
-impl<T: std::os::fd::AsFd> DupFd for T {
-    fn as_fd_dup(&self) -> std::io::Result<OwnedFd> {
-        self.as_fd().try_clone_to_owned()
     }
 }
 

@@ -242,10 +242,7 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<(), CliError> {
 fn backend(ctx: &Ctx, global: &GlobalArgs) -> VmBackend {
     VmBackend {
         root: ctx.store.root().to_path_buf(),
-        machine: match crate::pod_vmm::host_agent::from_env() {
-            Some(agent) => crate::config::Machine::HostAgent { agent },
-            None => crate::config::Machine::Vm,
-        },
+        machine: crate::config::Machine::from_env(),
         log: crate::config::LogConfig {
             file: global.log.clone(),
             format: global.log_format,

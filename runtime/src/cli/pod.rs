@@ -117,9 +117,7 @@ pub fn load_config(path: Option<&Path>) -> Result<PodConfig, Error> {
         }
     };
     if config.machine == Machine::Vm {
-        if let Some(agent) = crate::pod_vmm::host_agent::from_env() {
-            config.machine = Machine::HostAgent { agent };
-        }
+        config.machine = Machine::from_env();
     }
     Ok(config)
 }

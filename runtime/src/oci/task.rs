@@ -33,7 +33,6 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
-use std::time::Duration;
 
 /// The runtime name containerd knows ember's shim by.
 pub const RUNTIME_ID: &str = "io.containerd.ember.v2";
@@ -124,10 +123,7 @@ impl shim::Shim for EmberShim {
             exit: self.exit.clone(),
             backend: VmBackend {
                 root: state_root(),
-                machine: match crate::pod_vmm::host_agent::from_env() {
-                    Some(agent) => crate::config::Machine::HostAgent { agent },
-                    None => crate::config::Machine::Vm,
-                },
+                machine: crate::config::Machine::from_env(),
                 log: crate::config::LogConfig::default(),
             },
         }))
@@ -808,7 +804,5 @@ pub fn main() -> ! {
         ..Default::default()
     };
     shim::run::<EmberShim>(RUNTIME_ID, Some(config));
-    // The shim server's wait for its exit signal can outlive a task's relay threads.
-    std::thread::sleep(Duration::from_millis(10));
     std::process::exit(0)
 }

@@ -550,12 +550,7 @@ impl Backend for VmBackend {
             &config.id,
             container_config(config, rootfs, volume),
             stdio,
-        )
-        .inspect_err(|_| {
-            if owns_pod {
-                let _ = self.runtime().delete_pod(&pod, true);
-            }
-        })?;
+        )?;
         phase(&mut phases, "container_create", t);
         phase(&mut phases, "total", t0);
         let json: serde_json::Map<String, serde_json::Value> = phases

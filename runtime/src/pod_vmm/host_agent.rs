@@ -2,8 +2,7 @@
 //! machines whose `/dev/kvm` cannot run a guest (see ENVIRONMENT.md) and for fast tests of the
 //! whole pod path (detached process, readiness announcement, control socket, every container
 //! call through the agent protocol). Chosen by a pod config's
-//! `"machine": {"host_agent": {"agent": PATH}}`; the CLI sets that when [`ENV`] names the agent
-//! binary.
+//! `"machine": {"host_agent": {"agent": PATH}}` (see [`crate::config::Machine::from_env`]).
 //!
 //! The agent serves `<dir>/agent.sock` and announces itself on `<dir>/vsock.sock_1025`, as it
 //! would over vsock; a small bridge serves `<dir>/vsock.sock` with the hybrid-vsock handshake
@@ -26,9 +25,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::Duration;
 
-/// Environment variable with which the CLI picks this machine for the pods it creates, naming
-/// the agent binary (library code reads the pod's config, never this).
-pub const ENV: &str = "EMBER_POD_HOST_AGENT";
 const AGENT_SOCKET: &str = "agent.sock";
 
 #[derive(Debug, thiserror::Error)]
@@ -51,13 +47,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// The agent binary [`ENV`] names, if any.
-pub fn from_env() -> Option<PathBuf> {
-    std::env::var_os(ENV)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
 }
 
 /// A running host agent.
@@ -245,7 +234,7 @@ impl ControlTarget for Target {
     fn stop(&self) {
         self.requested.store(true, Ordering::SeqCst);
         signal(self.pid, libc::SIGCONT);
-        let asked = super::vm::before_stop(&self.dir, self.shutdown);
+        let asked = super::before_stop(&self.dir, self.shutdown);
         let (lock, cv) = &*self.exited;
         let grace = if asked {
             crate::timeouts::SHUTDOWN_GRACE

@@ -72,9 +72,7 @@ pub enum Error {
     #[error("The guest agent did not announce itself within {timeout:?}; VMM phases: {phases} (see console.log in the pod directory)")]
     NotReady { timeout: Duration, phases: String },
     #[error("Cannot read the notify pipe")]
-    Notify(#[source] nix::Error),
-    #[error("Cannot read the notify pipe")]
-    NotifyIo(#[source] std::io::Error),
+    Notify(#[source] std::io::Error),
     #[error("Bad report on the notify pipe")]
     NotifyFrame(#[source] agent::protocol::FrameError),
     #[error("Cannot bind {path}")]
@@ -186,7 +184,7 @@ fn wait_ready(
     timeout: Duration,
     log_path: &Path,
 ) -> Result<Vec<Phase>, Error> {
-    let mut pipe = File::from(rd.try_clone().map_err(Error::NotifyIo)?);
+    let mut pipe = File::from(rd.try_clone().map_err(Error::Notify)?);
     let mut phases = Vec::new();
     loop {
         let left = timeout.saturating_sub(start.elapsed());
@@ -199,7 +197,7 @@ fn wait_ready(
             Ok(0) => continue,
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(Error::Notify(e)),
+            Err(e) => return Err(Error::Notify(e.into())),
         }
         // The writer sends each report whole (one frame, under PIPE_BUF).
         let msg: Message<Report> = match agent::protocol::recv(&mut pipe) {
@@ -472,6 +470,28 @@ fn mark_ended(dir: &Path, reason: &str) {
     let state = crate::hooks::state_json(&rec, dir, "stopped");
     for e in hooks::run_all_best_effort(&rec.config.hooks.poststop, &state) {
         log::warn!("poststop hook: {}", crate::error::report(&e));
+    }
+}
+
+/// Before a machine is stopped at once: what its guest still has to do, by the pod's
+/// [`config::Shutdown`]. `Graceful` asks the agent to shut the guest down (it stops every
+/// container, syncs and reboots, which ends the VM) and returns whether that was asked; `Sync`
+/// has the agent flush the guest's page cache to its disks; `Kill` says nothing.
+fn before_stop(dir: &Path, shutdown: config::Shutdown) -> bool {
+    let agent = || crate::agent_link::connect(dir, Some(crate::timeouts::AGENT_SHORT_CALL));
+    match shutdown {
+        config::Shutdown::Kill => false,
+        config::Shutdown::Sync => {
+            let synced = match agent() {
+                Ok(mut c) => c.sync().map_err(|e| crate::error::report(&e)),
+                Err(e) => Err(crate::error::report(&e)),
+            };
+            if let Err(e) = synced {
+                log::warn!("Guest sync before stop failed (stopping anyway): {e}");
+            }
+            false
+        }
+        config::Shutdown::Graceful => agent().is_ok_and(|mut c| c.shutdown().is_ok()),
     }
 }
 

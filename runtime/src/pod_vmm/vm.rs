@@ -1,7 +1,7 @@
 //! The pod's VM, booted with the vmm library in this (detached) process.
 
 use super::{Event, CONSOLE_FILE};
-use crate::agent_link::{self, VSOCK_SOCKET};
+use crate::agent_link::VSOCK_SOCKET;
 use crate::config::Shutdown;
 use crate::state::PodRecord;
 use crate::timeouts;
@@ -138,30 +138,6 @@ impl Target {
     }
 }
 
-/// Before a VM is stopped at once: what the guest still has to say, by the pod's [`Shutdown`].
-/// `Graceful` asks the agent to shut the guest down (it stops every container, syncs and
-/// reboots, which ends the VM) and returns whether that was asked; `Sync` has the agent flush
-/// the guest's page cache to its disks; `Kill` says nothing.
-pub(crate) fn before_stop(dir: &Path, shutdown: Shutdown) -> bool {
-    let short = Some(timeouts::AGENT_SHORT_CALL);
-    match shutdown {
-        Shutdown::Kill => false,
-        Shutdown::Sync => {
-            let synced = agent_link::connect(dir, short)
-                .map_err(|e| crate::error::report(&e))
-                .and_then(|mut c| c.sync().map_err(|e| crate::error::report(&e)));
-            if let Err(e) = synced {
-                log::warn!("Guest sync before stop failed (stopping anyway): {e}");
-            }
-            false
-        }
-        Shutdown::Graceful => agent_link::connect(dir, short)
-            .ok()
-            .and_then(|mut c| c.shutdown().ok())
-            .is_some(),
-    }
-}
-
 impl super::control::ControlTarget for Target {
     fn pause(&self) -> Result<(), String> {
         self.handle.pause().map_err(|e| crate::error::report(&e))
@@ -183,14 +159,14 @@ impl super::control::ControlTarget for Target {
             .map_err(|e| crate::error::report(&e))
     }
 
-    /// Stop the VM: at once after [`before_stop`], or, for a graceful shutdown, when the
+    /// Stop the VM: at once after [`super::before_stop`], or, for a graceful shutdown, when the
     /// guest has not ended within the grace period.
     fn stop(&self) {
         self.requested.store(true, Ordering::SeqCst);
         // A paused guest cannot answer.
         let _ = self.handle.resume();
         let t = Instant::now();
-        let asked = before_stop(&self.dir, self.shutdown);
+        let asked = super::before_stop(&self.dir, self.shutdown);
         if !asked || !self.handle.wait_exited(Some(timeouts::SHUTDOWN_GRACE)) {
             self.handle.stop();
         }
