@@ -3,8 +3,8 @@
 //! Shape (after Firecracker's `devices/virtio/`): the [`VirtioDevice`] trait is what a device
 //! implements; [`mmio::MmioTransport`] is the virtio-mmio (version 2) register file the guest
 //! programs and that activates the device; each device lives in its own module (`block/`,
-//! `net/`, `vsock/`, `rng.rs`) and is an event-manager `MutEventSubscriber` that services its
-//! queues from the VMM's event loop.
+//! `fs/`, `net/`, `vsock/`, `rng.rs`) and is an event-manager `MutEventSubscriber` that
+//! services its queues from the VMM's event loop.
 //!
 //! Interrupts go through [`VirtioInterrupt`]: production uses [`IrqFdInterrupt`] (an `EventFd`
 //! the VMM registers as a KVM irqfd), tests use [`CountingInterrupt`].
@@ -13,6 +13,7 @@
 
 pub mod block;
 mod common;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod rng;
@@ -36,7 +37,7 @@ pub use virtio_bindings::virtio_config::{
     VIRTIO_F_VERSION_1,
 };
 pub use virtio_bindings::virtio_ids::{
-    VIRTIO_ID_BLOCK, VIRTIO_ID_NET, VIRTIO_ID_RNG, VIRTIO_ID_VSOCK,
+    VIRTIO_ID_BLOCK, VIRTIO_ID_FS, VIRTIO_ID_NET, VIRTIO_ID_RNG, VIRTIO_ID_VSOCK,
 };
 pub use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 pub use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};

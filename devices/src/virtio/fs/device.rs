@@ -1,0 +1,117 @@
+//! The virtio-fs device: config space, queues and the event-loop side.
+
+use std::path::Path;
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+
+use super::server::Server;
+use super::{FsError, QUEUE_SIZE, TAG_LEN};
+use crate::virtio::common::{DeviceEvent, VirtioCommon};
+use crate::virtio::{features, read_config_bytes, VirtioDevice, VIRTIO_ID_FS};
+
+/// Queue index of the high-priority queue (FORGET, BATCH_FORGET, INTERRUPT).
+pub const HIPRIO_QUEUE: usize = 0;
+/// Queue index of the one request queue.
+pub const REQUEST_QUEUE: usize = 1;
+const NUM_QUEUES: usize = 2;
+/// Config space: `tag[36]` (NUL-padded) and `num_request_queues` (le32).
+const CONFIG_LEN: usize = TAG_LEN + 4;
+
+/// A virtio-fs device with its FUSE server in the VMM process (see the module docs).
+pub struct Fs {
+    pub(super) common: VirtioCommon,
+    config: [u8; CONFIG_LEN],
+    pub(super) server: Server,
+}
+
+impl Fs {
+    /// A virtio-fs device whose guest mount tag is `tag` (1..=36 bytes, no NUL) and whose
+    /// root directory is synthetic: its entries are the shares added with
+    /// [`Fs::add_share`]. Raises the soft `RLIMIT_NOFILE` to the hard limit (best effort):
+    /// every inode and open file the guest holds is a host fd.
+    pub fn new(tag: &str) -> Result<Fs, FsError> {
+        let t = tag.as_bytes();
+        if t.is_empty() || t.len() > TAG_LEN || t.contains(&0) {
+            return Err(FsError::Tag(tag.to_string()));
+        }
+        let mut config = [0u8; CONFIG_LEN];
+        config[..t.len()].copy_from_slice(t);
+        config[TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
+        super::sys::raise_nofile_limit();
+        Ok(Fs {
+            common: VirtioCommon::new("virtio-fs", NUM_QUEUES)?,
+            config,
+            server: Server::new(),
+        })
+    }
+
+    /// Exports host `path` (a directory, or a single regular file, for file bind mounts
+    /// such as `/etc/hosts`) as the root entry `name` (one path component of
+    /// `[A-Za-z0-9._-]`, at most 255 bytes, not `.` or `..`). `path` comes from the VMM and
+    /// is trusted: symlinks in it are followed, once, here; below it nothing is followed.
+    /// May be called before or after activation.
+    pub fn add_share(&mut self, name: &str, path: &Path, read_only: bool) -> Result<(), FsError> {
+        self.server.fs.add_share(name, path, read_only)
+    }
+
+    /// Removes share `name`: it leaves the root, and the inodes and handles the guest still
+    /// holds of it are closed (requests on them get `ESTALE`).
+    pub fn remove_share(&mut self, name: &str) -> Result<(), FsError> {
+        self.server.fs.remove_share(name)
+    }
+
+    /// Names of the current shares, sorted.
+    pub fn shares(&self) -> Vec<String> {
+        self.server.fs.shares()
+    }
+
+    /// Serves queue `q` (0: hiprio, 1: requests); returns the number of chains completed.
+    pub fn process_queue(&mut self, q: usize) -> usize {
+        let server = &mut self.server;
+        self.common
+            .serve_queue(q, |mem, descs| server.handle_chain(mem, descs))
+    }
+}
+
+impl VirtioDevice for Fs {
+    crate::virtio::common::forward_to_common!();
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_FS
+    }
+    fn avail_features(&self) -> u64 {
+        features(&[])
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE; NUM_QUEUES]
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        self.common.warn_config_write();
+    }
+    fn reset(&mut self) -> bool {
+        self.common.reset();
+        self.server.reset();
+        true
+    }
+}
+
+impl MutEventSubscriber for Fs {
+    fn init(&mut self, ops: &mut EventOps) {
+        self.common.init(ops);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match self.common.handle_event(events.fd(), ops) {
+            Some(DeviceEvent::Activate { .. }) => {
+                self.process_queue(HIPRIO_QUEUE);
+                self.process_queue(REQUEST_QUEUE);
+            }
+            Some(DeviceEvent::Queue(q)) => {
+                self.process_queue(q);
+            }
+            None => {}
+        }
+    }
+}
