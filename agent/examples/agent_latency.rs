@@ -112,6 +112,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 process: ProcessSpec::new(["sleep", "1000"]),
                 cgroup_path: None,
                 volume: None,
+                limits: Default::default(),
             };
             let t = Instant::now();
             c.create_container(&id, spec)?;

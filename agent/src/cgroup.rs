@@ -154,6 +154,39 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Writes `limits` into the cgroup's interface files (only those that are set). A limit
+    /// whose controller the kernel lacks is an error, as with runc.
+    pub fn apply(&self, limits: &crate::protocol::CgroupLimits) -> Result<(), Error> {
+        let bound = |v: i64| {
+            if v < 0 {
+                "max".to_string()
+            } else {
+                v.to_string()
+            }
+        };
+        if let Some(m) = limits.memory_max {
+            self.write("memory.max", &bound(m))?;
+        }
+        if let Some(m) = limits.memory_swap_max {
+            self.write("memory.swap.max", &bound(m))?;
+        }
+        if limits.cpu_quota.is_some() || limits.cpu_period.is_some() {
+            let quota = limits
+                .cpu_quota
+                .filter(|q| *q > 0)
+                .map_or("max".to_string(), |q| q.to_string());
+            let period = limits.cpu_period.filter(|p| *p > 0).unwrap_or(100_000);
+            self.write("cpu.max", &format!("{quota} {period}"))?;
+        }
+        if let Some(w) = limits.cpu_weight {
+            self.write("cpu.weight", &w.clamp(1, 10_000).to_string())?;
+        }
+        if let Some(p) = limits.pids_max {
+            self.write("pids.max", &bound(p))?;
+        }
+        Ok(())
+    }
+
     /// `memory.current`, where the memory controller is enabled.
     pub fn memory_bytes(&self) -> Option<u64> {
         self.read("memory.current").ok()?.trim().parse().ok()

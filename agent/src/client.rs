@@ -123,7 +123,7 @@ impl<S: Read + Write> AgentClient<S> {
             "CreateContainer",
             Request::CreateContainer {
                 id: id.to_string(),
-                spec,
+                spec: Box::new(spec),
             },
         )
     }

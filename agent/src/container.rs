@@ -264,7 +264,9 @@ impl Agent {
             },
             None => None,
         };
-        if let Err(e) = mounts::resolve_volume_sources(&mut spec.mounts, volume_mounted) {
+        if let Err(e) = mounts::resolve_volume_sources(&mut spec.mounts, volume_mounted)
+            .and_then(|()| mounts::resolve_share_sources(&mut spec.mounts))
+        {
             cleanup_mount();
             return Err(Error::Mounts(e));
         }
@@ -275,7 +277,13 @@ impl Agent {
                     .cgroup_path
                     .clone()
                     .unwrap_or_else(|| format!("ember/{id}"));
-                match Cgroup::create(root, &rel) {
+                match Cgroup::create(root, &rel).and_then(|cg| {
+                    if let Err(e) = cg.apply(&spec.limits) {
+                        let _ = cg.remove(Duration::from_secs(1));
+                        return Err(e);
+                    }
+                    Ok(cg)
+                }) {
                     Ok(cg) => Some(cg),
                     Err(e) => {
                         cleanup_mount();

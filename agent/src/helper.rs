@@ -46,6 +46,8 @@ pub enum Error {
     Root(#[source] nix::Error),
     #[error("Cannot bring up the loopback interface")]
     Loopback(#[source] std::io::Error),
+    #[error("Cannot make the container's cgroup namespace")]
+    CgroupNamespace(#[source] nix::Error),
     #[error("Cannot set up the controlling terminal")]
     Terminal(#[source] nix::Error),
     #[error("Cannot open a terminal at {path}")]
@@ -217,6 +219,12 @@ fn setup_container(
     control: &UnixStream,
 ) -> Result<(), Error> {
     let own_mnt = spec.namespaces.contains(&Namespace::Mount);
+    if spec.namespaces.contains(&Namespace::Cgroup) {
+        // The agent placed this process in the container's cgroup before handing it the
+        // task: the new namespace is rooted there.
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+            .map_err(Error::CgroupNamespace)?;
+    }
     if own_mnt {
         mounts::prepare_container_root(rootfs, &spec.mounts).map_err(Error::Mounts)?;
     }
@@ -262,6 +270,7 @@ fn join_container(target_pid: i32, namespaces: &[Namespace]) -> Result<(), Error
         (Namespace::Ipc, "ns/ipc"),
         (Namespace::Uts, "ns/uts"),
         (Namespace::Net, "ns/net"),
+        (Namespace::Cgroup, "ns/cgroup"),
         (Namespace::Mount, "ns/mnt"),
     ] {
         if namespaces.contains(&ns) {

@@ -1,7 +1,7 @@
 //! Mounts: the container rootfs (in the agent's namespace) and, inside the container's mount
 //! namespace, /proc, /dev, /sys, the spec's mounts and the switch to the new root.
 
-use crate::protocol::{Mount, RootfsSpec};
+use crate::protocol::{Mount, RootfsSpec, SHARED_FS_MOUNT, SHARED_FS_TAG};
 use nix::mount::{MntFlags, MsFlags};
 use std::fs;
 use std::io;
@@ -39,6 +39,8 @@ pub enum Error {
     },
     #[error("Mount of {0} takes its source from the container's volume, but it has none")]
     NoVolume(String),
+    #[error("{0:?} is not a share name (one path component)")]
+    BadShare(String),
     #[error("Cannot switch root to {path}")]
     PivotRoot {
         path: PathBuf,
@@ -91,6 +93,17 @@ pub fn mount_rootfs(spec: &RootfsSpec, target: &Path) -> Result<(), Error> {
             }
             mount(path, Some(path), target, Some(fstype), flags, None)
         }
+        RootfsSpec::Share { name, read_only } => {
+            let path = share_path(name)?;
+            let path = path.to_string_lossy();
+            mount_rootfs(
+                &RootfsSpec::Path {
+                    path: path.into_owned(),
+                    read_only: *read_only,
+                },
+                target,
+            )
+        }
         RootfsSpec::Path { path, read_only } => {
             // Not recursive: a container root made from a directory of the guest (even `/`)
             // must not carry the guest's own /proc, /sys, /dev or /run mounts — mounting the
@@ -109,6 +122,40 @@ pub fn mount_rootfs(spec: &RootfsSpec, target: &Path) -> Result<(), Error> {
             Ok(())
         }
     }
+}
+
+/// Where share `name` of the VM's virtio-fs device is, mounting the device
+/// ([`SHARED_FS_TAG`] at [`SHARED_FS_MOUNT`]) on first use. A share is a root entry of the
+/// device: one path component.
+pub fn share_path(name: &str) -> Result<PathBuf, Error> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(Error::BadShare(name.to_string()));
+    }
+    static MOUNTED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut mounted = MOUNTED.lock().unwrap_or_else(|p| p.into_inner());
+    let root = Path::new(SHARED_FS_MOUNT);
+    if !*mounted {
+        mkdir_p(root)?;
+        mount(
+            "virtio-fs",
+            Some(SHARED_FS_TAG),
+            root,
+            Some("virtiofs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            None,
+        )?;
+        *mounted = true;
+    }
+    Ok(root.join(name))
+}
+
+/// Gives the mounts marked `from_share` the path of their share ([`share_path`]).
+pub fn resolve_share_sources(mounts: &mut [Mount]) -> Result<(), Error> {
+    for m in mounts.iter_mut().filter(|m| m.from_share) {
+        m.source = share_path(&m.source)?.to_string_lossy().into_owned();
+        m.from_share = false;
+    }
+    Ok(())
 }
 
 /// Gives the mounts marked `from_volume` their absolute source under `volume` (where the
@@ -437,6 +484,19 @@ pub fn prepare_container_root(root: &Path, mounts: &[Mount]) -> Result<(), Error
         nosuid_nodev_noexec | MsFlags::MS_RDONLY,
         None,
     )?;
+    // cgroup v2, read-only as runc mounts it for podman: with a cgroup namespace it shows the
+    // container's own cgroup (its limits, its processes).
+    let cgroup = sys.join("fs/cgroup");
+    if cgroup.is_dir() {
+        mount(
+            "cgroup2",
+            Some("cgroup2"),
+            &cgroup,
+            Some("cgroup2"),
+            nosuid_nodev_noexec | MsFlags::MS_RDONLY,
+            None,
+        )?;
+    }
     for m in mounts {
         apply_mount(root, m)?;
     }
@@ -514,6 +574,7 @@ mod tests {
             fstype: None,
             options: vec!["bind".into()],
             from_volume: true,
+            from_share: false,
         }
     }
 

@@ -40,6 +40,11 @@ pub const ANNOUNCE_PORT: u32 = 1025;
 pub const HOST_CID: u32 = 2;
 /// Bytes of output the agent buffers per stream before anyone attached.
 pub const STDIO_BUFFER_SIZE: usize = 1024 * 1024;
+/// Mount tag of the VM's virtio-fs device, whose root lists the shares the runtime exported
+/// (container rootfs directories, bind-mount sources).
+pub const SHARED_FS_TAG: &str = "ember";
+/// Where the agent mounts that device (on first use).
+pub const SHARED_FS_MOUNT: &str = "/run/ember/fs";
 /// The line the agent prints on the console when it is ready.
 pub const READY_LINE: &str = "ember-agent: ready";
 
@@ -159,7 +164,10 @@ pub enum Request {
     /// Liveness and version check.
     Ping,
     /// Prepares a container: rootfs, namespaces, cgroup; its init process waits for start.
-    CreateContainer { id: String, spec: ContainerSpec },
+    CreateContainer {
+        id: String,
+        spec: Box<ContainerSpec>,
+    },
     /// Lets the created container's init process exec its command. Answers [`Response::Pid`].
     StartContainer { id: String },
     /// Runs another process in a running container. Answers [`Response::Pid`].
@@ -341,6 +349,26 @@ pub struct ContainerSpec {
     /// rootfs, never inside the container.
     #[serde(default)]
     pub volume: Option<RootfsSpec>,
+    /// Limits written into the container's cgroup (OCI `linux.resources`), as runc does.
+    #[serde(default)]
+    pub limits: CgroupLimits,
+}
+
+/// cgroup v2 limits of a container; `None` leaves the kernel's default (`max`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CgroupLimits {
+    /// `memory.max`, bytes.
+    pub memory_max: Option<i64>,
+    /// `memory.swap.max`, bytes (OCI `memory.swap` is memory+swap; the runtime converts).
+    pub memory_swap_max: Option<i64>,
+    /// `cpu.max`: quota per period, µs.
+    pub cpu_quota: Option<i64>,
+    pub cpu_period: Option<u64>,
+    /// `cpu.weight` (1..=10000; runc converts OCI shares the same way).
+    pub cpu_weight: Option<u64>,
+    /// `pids.max`.
+    pub pids_max: Option<i64>,
 }
 
 /// The default: everything but the network. The VM is the pod, so containers share the
@@ -371,6 +399,13 @@ pub enum RootfsSpec {
         #[serde(default)]
         read_only: bool,
     },
+    /// A host directory the runtime shared by virtio-fs as `name` (see [`SHARED_FS_TAG`]);
+    /// bind-mounted, live.
+    Share {
+        name: String,
+        #[serde(default)]
+        read_only: bool,
+    },
 }
 
 /// An extra mount inside the container (applied after /proc, /dev, /sys).
@@ -391,6 +426,10 @@ pub struct Mount {
     /// [`ContainerSpec::volume`].
     #[serde(default)]
     pub from_volume: bool,
+    /// A bind mount whose `source` is the name of a virtio-fs share (a host file or
+    /// directory, live).
+    #[serde(default)]
+    pub from_share: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -400,6 +439,9 @@ pub enum Namespace {
     Uts,
     Ipc,
     Net,
+    /// A cgroup namespace rooted at the container's cgroup (made once the process is in it):
+    /// its `/sys/fs/cgroup` shows its own limits, as under runc.
+    Cgroup,
 }
 
 /// A process to run (container init or exec).

@@ -166,7 +166,7 @@ pub fn dispatch(agent: &Agent, request: Request) -> Result<Response, AgentError>
             uptime_ms: agent.uptime().as_millis() as u64,
         })),
         Request::CreateContainer { id, spec } => {
-            agent.create(&id, spec).map(|_| Response::Done).map_err(e)
+            agent.create(&id, *spec).map(|_| Response::Done).map_err(e)
         }
         Request::StartContainer { id } => agent.start(&id).map(Response::Pid).map_err(e),
         Request::Exec {

@@ -81,9 +81,13 @@ pub enum HelperMsg {
 }
 
 /// Clone flags for a container's own namespaces.
+/// The namespaces a container's helper is cloned into. Not the cgroup namespace: it must be
+/// rooted at the container's cgroup, which the helper enters after the clone, so the helper
+/// unshares it itself.
 pub fn clone_flags(namespaces: &[Namespace]) -> CloneFlags {
     namespaces
         .iter()
+        .filter(|ns| **ns != Namespace::Cgroup)
         .fold(CloneFlags::empty(), |f, ns| f | ns_flag(*ns))
 }
 
@@ -94,6 +98,7 @@ pub fn ns_flag(ns: Namespace) -> CloneFlags {
         Namespace::Uts => CloneFlags::CLONE_NEWUTS,
         Namespace::Ipc => CloneFlags::CLONE_NEWIPC,
         Namespace::Net => CloneFlags::CLONE_NEWNET,
+        Namespace::Cgroup => CloneFlags::CLONE_NEWCGROUP,
     }
 }
 
@@ -297,5 +302,9 @@ mod tests {
                 | CloneFlags::CLONE_NEWIPC
         );
         assert_eq!(clone_flags(&[Namespace::Net]), CloneFlags::CLONE_NEWNET);
+        assert_eq!(
+            clone_flags(&[Namespace::Cgroup, Namespace::Uts]),
+            CloneFlags::CLONE_NEWUTS
+        );
     }
 }

@@ -161,6 +161,7 @@ impl TestAgent {
             process: ProcessSpec::new(args.iter().copied()),
             cgroup_path: None,
             volume: None,
+            limits: Default::default(),
         }
     }
 }
@@ -359,6 +360,7 @@ fn container_lifecycle_with_stdio() {
         fstype: Some("tmpfs".into()),
         options: vec!["size=1m".into(), "nosuid".into()],
         from_volume: false,
+        from_share: false,
     });
     let mut c = t.client();
     c.create_container("life", spec.clone()).unwrap();
@@ -462,6 +464,7 @@ fn mounts_from_the_volume_disk() {
             fstype: None,
             options: opts.iter().map(|o| o.to_string()).collect(),
             from_volume: true,
+            from_share: false,
         });
     }
     let mut c = t.client();
@@ -869,6 +872,7 @@ fn pid1_mode_in_pid_namespace() {
         process: ProcessSpec::new(["sh", "-c", "sleep 0.2 & hostname"]),
         cgroup_path: None,
         volume: None,
+        limits: Default::default(),
     };
     c.create_container("orphan", spec).unwrap();
     let stdout = AgentClient::new(client::connect_unix(&sock).unwrap())
@@ -1109,6 +1113,7 @@ fn failed_setup_is_reported_and_cleaned_up() {
             fstype: Some("no-such-fs".into()),
             options: vec![],
             from_volume: false,
+            from_share: false,
         });
         let err = c.create_container("f", spec).unwrap_err();
         assert_eq!(

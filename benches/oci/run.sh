@@ -1,5 +1,6 @@
 #!/bin/sh
-# OCI startup benchmark: `podman run --rm IMAGE true` wall time with ember beside runc, in the
+# OCI startup benchmark: `podman run --rm IMAGE true` wall time with ember beside runc, for
+# busybox and a 240 MiB image (ember's extra over runc for each, and their ratio), in the
 # Debian root (scripts/build-debian-host.sh) of the virtual KVM host, plus one ember container
 # split by runc operation (create with ember's phases: rootfs image, pod VM start, container
 # create; start-to-exit; rm). Prints a table.
@@ -39,26 +40,43 @@ EMBER_RIG_QEMU_ARGS="-M microvm,acpi=off -m 3072 -drive file=$image,if=none,id=d
     ${EMBER_BASELINE:+--add "$EMBER_BASELINE:/usr/local/bin/ember-base"} || true
 
 awk -v runs="$RUNS" '
-/^=== BEGIN bench-(runc|ember|ember-base)-[0-9]/ { rt = $3; sub(/^bench-/, "", rt); sub(/-[0-9]+$/, "", rt); next }
-/^wall_ms=/ && rt != "" {
+/^=== BEGIN bench-(runc|ember|ember-base)-(busybox|big)-[0-9]/ {
+    key = $3; sub(/^bench-/, "", key); sub(/-[0-9]+$/, "", key); next
+}
+/^wall_ms=/ && key != "" {
     split($1, w, "="); split($2, r, "=")
-    if (r[2] == 0) { n[rt]++; v[rt, n[rt]] = w[2] } else { bad[rt]++ }
-    rt = ""; next
+    if (r[2] == 0) { n[key]++; v[key, n[key]] = w[2] } else { bad[key]++ }
+    key = ""; next
 }
 /^op=/ { split($1, o, "="); split($2, t, "="); split($3, w, "="); op[t[2], o[2]] = w[2] }
 /^phases rt=/ { split($2, t, "="); ph[t[2]] = substr($0, length($1 $2) + 3) }
 /^cri kind=/ { split($2, ck, "="); split($3, cm, "="); cri[ck[2]] = cri[ck[2]] " " cm[2] }
+function median(key,   m, i, j, tmp) {
+    m = n[key] + 0
+    for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++)
+        if (v[key, j] + 0 < v[key, i] + 0) { tmp = v[key, i]; v[key, i] = v[key, j]; v[key, j] = tmp }
+    return m > 0 ? v[key, int((m + 1) / 2)] : ""
+}
 END {
-    printf "%-10s %5s %10s %10s %10s %6s\n", "runtime", "runs", "min_ms", "median_ms", "max_ms", "failed"
+    printf "%-10s %-8s %5s %10s %10s %10s %6s %14s\n", "runtime", "image", "runs", "min_ms", "median_ms", "max_ms", "failed", "extra_vs_runc"
     split("runc ember-base ember", rts, " ")
-    for (k = 1; k <= 3; k++) {
-        rt = rts[k]
-        m = n[rt] + 0
-        if (m == 0 && bad[rt] == 0) continue
-        for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++)
-            if (v[rt, j] + 0 < v[rt, i] + 0) { tmp = v[rt, i]; v[rt, i] = v[rt, j]; v[rt, j] = tmp }
-        if (m > 0) printf "%-10s %5d %10d %10d %10d %6d\n", rt, m, v[rt, 1], v[rt, int((m + 1) / 2)], v[rt, m], bad[rt]
-        else printf "%-10s %5d %10s %10s %10s %6d\n", rt, 0, "-", "-", "-", bad[rt]
+    split("busybox big", imgs, " ")
+    for (g = 1; g <= 2; g++) for (k = 1; k <= 3; k++) {
+        key = rts[k] "-" imgs[g]
+        m = n[key] + 0
+        if (m == 0 && bad[key] == 0) continue
+        med[key] = median(key)
+        if (m > 0) {
+            extra = "-"
+            rk = "runc-" imgs[g]
+            if (rts[k] != "runc" && med[rk] != "") extra = med[key] - med[rk]
+            printf "%-10s %-8s %5d %10d %10d %10d %6d %14s\n", rts[k], imgs[g], m, v[key, 1], med[key], v[key, m], bad[key], extra
+        } else printf "%-10s %-8s %5d %10s %10s %10s %6d %14s\n", rts[k], imgs[g], 0, "-", "-", "-", bad[key], "-"
+    }
+    for (k = 2; k <= 3; k++) {
+        a = med[rts[k] "-busybox"] - med["runc-busybox"]; b = med[rts[k] "-big"] - med["runc-big"]
+        if (med[rts[k] "-big"] != "" && med[rts[k] "-busybox"] != "" && a > 0)
+            printf "%s: extra over runc, big image / busybox = %.2f\n", rts[k], b / a
     }
     for (k = 1; k <= 3; k++) {
         rt = rts[k]

@@ -1,5 +1,6 @@
 # oci-bench: `podman run --rm IMAGE true` with runc and with ember in the Debian root of the
-# virtual KVM host, RUNS times each (sections bench-<runtime>-<i>), then one ember container by
+# virtual KVM host, for busybox and a 240 MiB image, RUNS times each (sections
+# bench-<runtime>-<image>-<i>), then one ember container by
 # runc operation: create (with ember's own phases), start-to-exit, rm (section bench-phases).
 # Generated settings come first (RUNS=...); see benches/oci/run.sh.
 
@@ -22,7 +23,14 @@ exec chroot $DEB /usr/bin/env -i HOME=/root TERM=dumb \
 DCH
 chmod 755 /tmp/dch
 /tmp/dch sh -c 'ember-debian-init setup &&
-    podman import /var/lib/ember-oci/busybox-rootfs.tar localhost/busybox >/dev/null'
+    podman import /var/lib/ember-oci/busybox-rootfs.tar localhost/busybox >/dev/null || exit 1
+    # A 240 MiB image: busybox plus incompressible content.
+    rm -rf /var/tmp/big && mkdir -p /var/tmp/big &&
+        tar -xf /var/lib/ember-oci/busybox-rootfs.tar -C /var/tmp/big &&
+        head -c 240M /dev/urandom >/var/tmp/big/blob &&
+        tar -C /var/tmp/big -cf /var/tmp/big.tar . &&
+        podman import /var/tmp/big.tar localhost/big >/dev/null &&
+        rm -rf /var/tmp/big /var/tmp/big.tar'
 
 cat >"$DEB/usr/local/bin/timed" <<'TIMED'
 #!/bin/sh
@@ -35,14 +43,16 @@ echo "wall_ms=$(( (t1 - t0) / 1000000 )) rc=$rc"
 TIMED
 chmod 755 "$DEB/usr/local/bin/timed"
 
-# Runs alternate between the runtimes, so a slow stretch of the machine hits each alike.
+# Runs alternate between the runtimes (and images), so a slow stretch of the machine hits each
+# alike. Sections bench-<runtime>-<image>-<i>.
 i=1
 while [ "$i" -le "$RUNS" ]; do
+    for img in busybox big; do
     for rt in runc $BASE ember; do
         flag=runc
         [ $rt != runc ] && flag=/usr/local/bin/$rt
-        section_timeout 900 "bench-$rt-$i" /tmp/dch sh -c "
-            /usr/local/bin/timed podman --runtime $flag run --rm localhost/busybox true >/var/tmp/bench.out 2>&1
+        section_timeout 900 "bench-$rt-$img-$i" /tmp/dch sh -c "
+            /usr/local/bin/timed podman --runtime $flag run --rm localhost/$img true >/var/tmp/bench.out 2>&1
             cat /var/tmp/bench.out"
         # A pod guest that never reached /init: the nested first-KVM_RUN stall of this test
         # machine (it strikes every VM of an unlucky host boot): ask the rig for a new host.
@@ -50,6 +60,7 @@ while [ "$i" -le "$RUNS" ]; do
             ! grep -q init_start "$DEB/var/tmp/bench.out"; then
             retry_host "oci-bench: the pod guest never reached /init"
         fi
+    done
     done
     i=$((i + 1))
 done

@@ -2,7 +2,8 @@
 # (scripts/build-debian-host.sh) that rig::debian attaches to the virtual KVM host as /dev/vda.
 # Sourced by the host's /init after /rig/lib.sh. Without that disk it prints one line and
 # returns (the shared initramfs-only host run).
-# Sections: oci-debian, podman-hello, podman-exit-code, podman-binds, cri-pod, podman-tty,
+# Sections: oci-debian, podman-hello, podman-exit-code, podman-volumes, podman-resources,
+# cri-pod, podman-tty,
 # podman-exec, podman-stop-rm, ctr-hello, ctr-shim-v2, oci-bench.
 
 DEB=/debian
@@ -87,7 +88,7 @@ chmod 755 "$DEB/usr/local/bin/watched"
 
 # /usr/local/bin/cri-pod-test (inside the Debian root): containerd's CRI grouping, done by
 # hand with ember's runc CLI: a sandbox container (Kata's annotations) and members that join
-# its VM through disk slots. Prints what the e2e test checks.
+# its VM, their rootfs shared by virtio-fs. Prints what the e2e test checks.
 cat >"$DEB/usr/local/bin/cri-pod-test" <<'CRITEST'
 #!/bin/sh
 B=/var/tmp/cri
@@ -113,19 +114,19 @@ wait_stopped() {
         sleep 0.2
     done
 }
-slot_disks() { ember pod status --json sb1 | grep -cE '"kind": *"container"'; }
+shares() { ember pod status --json sb1 | grep -oE '"[a-z0-9]+\.rootfs"' | tr -d '"' | sort | tr '\n' ' '; }
 ember create --bundle $B/sb sb1 >$B/sb1.out 2>&1 </dev/null || { cat $B/sb1.out; exit 1; }
 ember start sb1 || exit 1
 for m in m1 m2; do
     ember create --bundle $B/$m $m >$B/$m.out 2>&1 </dev/null || { cat $B/$m.out; exit 1; }
     echo "pods while $m exists: $(ls /run/ember/@pods | tr '\n' ' ')"
-    echo "slot disks while $m exists: $(slot_disks)"
+    echo "shares while $m exists: $(shares)"
     ember start $m || exit 1
     wait_stopped $m || exit 1
     cat $B/$m.out
     [ "$(head -n1 $B/$m.out)" = "$(head -n1 $B/sb1.out)" ] && echo "$m: same VM as sb1"
     ember delete $m || exit 1
-    echo "slot disks after deleting $m: $(slot_disks)"
+    echo "shares after deleting $m: $(shares)"
 done
 ember kill sb1 KILL
 wait_stopped sb1
@@ -173,13 +174,60 @@ section podman-exit-code /tmp/dch /usr/local/bin/watched 600 sh -c '
     podman --runtime /usr/local/bin/ember run --rm localhost/busybox sh -c "exit 3"
     echo "exit=$?"'
 
-# Host binds reach the guest as copies on a volume disk: podman's /etc/hosts (with an
-# --add-host entry) and a read-only -v volume.
-section podman-binds /tmp/dch /usr/local/bin/watched 600 sh -c '
-    mkdir -p /var/tmp/vol && echo volume-data-42 >/var/tmp/vol/f
-    podman --runtime /usr/local/bin/ember run --rm --add-host db.example:10.1.2.3 \
-        -v /var/tmp/vol:/data:ro localhost/busybox \
-        sh -c "grep db.example /etc/hosts; cat /data/f; touch /data/x 2>/dev/null && echo data-writable || echo data-read-only"'
+# Host binds and the rootfs are shared live (virtio-fs), as under runc; each runtime in turn:
+# podman's /etc/hosts (with an --add-host entry), a -v volume written by the container and by
+# the host while it runs, a :ro volume that refuses writes, and `podman diff` of a file the
+# container made in its rootfs.
+cat >"$DEB/usr/local/bin/volumes-test" <<'VOLTEST'
+#!/bin/sh
+for rt in runc ember; do
+    flag=""
+    [ $rt = ember ] && flag="--runtime /usr/local/bin/ember"
+    V=/var/tmp/vol-$rt
+    rm -rf $V $V-ro && mkdir -p $V $V-ro && echo volume-data-42 >$V-ro/f
+    podman $flag run -d --name vol-$rt --add-host db.example:10.1.2.3 \
+        -v $V:/data -v $V-ro:/ro:ro localhost/busybox sh -c '
+            grep db.example /etc/hosts | tr -s "\t " " "
+            cat /ro/f
+            touch /ro/x 2>/dev/null && echo ro-writable || echo ro-refused
+            echo from-container >/made-in-container
+            echo from-container >/data/out
+            i=0
+            while [ ! -f /data/from-host ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+            cat /data/from-host 2>/dev/null || echo host-write-not-seen' >/dev/null || exit 1
+    i=0
+    while [ ! -f $V/out ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i + 1)); done
+    echo "$rt host sees: $(cat $V/out 2>/dev/null || echo nothing)"
+    echo "$rt diff: $(podman diff vol-$rt | grep made-in-container | tr '\n' ' ')"
+    echo from-host >$V/from-host
+    echo "$rt exit: $(podman wait vol-$rt)"
+    podman logs vol-$rt | sed "s/^/$rt says: /"
+    podman rm vol-$rt >/dev/null
+done
+VOLTEST
+chmod 755 "$DEB/usr/local/bin/volumes-test"
+section podman-volumes /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/volumes-test
+
+# linux.resources, beside runc: the container's cgroup limits (same files, same values), and
+# with ember the VM's size (memory = limit + overhead, vCPUs = ceil(quota / period)).
+cat >"$DEB/usr/local/bin/resources-test" <<'RESTEST'
+#!/bin/sh
+cat >/var/tmp/show-limits <<'SHOW'
+echo memory.max $(cat /sys/fs/cgroup/memory.max)
+echo cpu.max $(cat /sys/fs/cgroup/cpu.max)
+echo pids.max $(cat /sys/fs/cgroup/pids.max)
+echo memtotal_kib $(grep MemTotal /proc/meminfo | tr -s " " | cut -d" " -f2)
+echo nproc $(nproc)
+SHOW
+for rt in runc ember; do
+    flag=""
+    [ $rt = ember ] && flag="--runtime /usr/local/bin/ember"
+    podman $flag run --rm --memory 1g --cpus 2 --pids-limit 100 -v /var/tmp/show-limits:/show:ro \
+        localhost/busybox sh /show | sed "s/^/$rt /"
+done
+RESTEST
+chmod 755 "$DEB/usr/local/bin/resources-test"
+section podman-resources /tmp/dch /usr/local/bin/watched 600 /usr/local/bin/resources-test
 
 section cri-pod /tmp/dch /usr/local/bin/watched 600 /usr/local/bin/cri-pod-test
 

@@ -20,9 +20,10 @@ use crate::vstate::kvm::KvmContext;
 use crate::vstate::memory::create_guest_memory;
 use crate::vstate::vcpu::Vcpu;
 use crate::vstate::vm::{IrqChip, Vm};
-use crate::DiskSlots;
+use crate::HotDevices;
 use crate::{Error, Vmm};
 use devices::virtio::block::Block;
+use devices::virtio::fs::Fs;
 use devices::virtio::net::Net;
 use devices::virtio::rng::Rng;
 use devices::virtio::vsock::Vsock;
@@ -140,7 +141,7 @@ pub fn build_vmm(cfg: &VmConfig, start: Instant) -> Result<Vmm, Error> {
     .map_err(Error::Legacy)?;
 
     let mut virtio = MmioDeviceManager::new();
-    let slots = attach_virtio_devices(cfg, &vm, &mem, &mut mmio, &mut virtio)?;
+    let hot = attach_virtio_devices(cfg, &vm, &mem, &mut mmio, &mut virtio)?;
     let device_params = virtio.cmdline_params();
     let event_loop = EventLoop::start(virtio.subscribers()).map_err(Error::EventLoop)?;
     let cmdline =
@@ -159,7 +160,7 @@ pub fn build_vmm(cfg: &VmConfig, start: Instant) -> Result<Vmm, Error> {
     let vcpus = create_vcpus(&kvm, &vm, (pio, mmio), &mem, &control, &timings, start)?;
     timings.mark(Phase::VmCreated);
     let mut vmm = Vmm::from_parts(kvm, vm, mem, vcpus, control, timings, legacy);
-    vmm.set_devices(virtio, event_loop, slots);
+    vmm.set_devices(virtio, event_loop, hot);
     Ok(vmm)
 }
 
@@ -202,14 +203,15 @@ fn create_vcpus(
         .collect()
 }
 
-/// Create the virtio devices `cfg` asks for and attach them; returns the empty disk slots.
+/// Create the virtio devices `cfg` asks for and attach them; returns the devices that change
+/// while the VM runs (empty disk slots, virtio-fs).
 fn attach_virtio_devices(
     cfg: &VmConfig,
     vm: &Vm,
     mem: &GuestMemoryMmap,
     mmio: &mut Bus,
     virtio: &mut MmioDeviceManager,
-) -> Result<DiskSlots, Error> {
+) -> Result<HotDevices, Error> {
     for b in &cfg.block {
         let dev = Block::open(&b.path, b.read_only).map_err(|e| Error::Block(b.path.clone(), e))?;
         virtio.attach(vm, mem, mmio, dev).map_err(Error::Virtio)?;
@@ -234,7 +236,25 @@ fn attach_virtio_devices(
         let dev = Rng::new().map_err(Error::Rng)?;
         virtio.attach(vm, mem, mmio, dev).map_err(Error::Virtio)?;
     }
-    Ok(slots)
+    let fs = match &cfg.fs {
+        Some(f) => {
+            let mut dev = Fs::new(&f.tag).map_err(Error::Fs)?;
+            for s in &f.shares {
+                dev.add_share(&s.name, &s.path, s.read_only)
+                    .map_err(|e| Error::Share(s.name.clone(), e))?;
+            }
+            let dev = Arc::new(Mutex::new(dev));
+            virtio
+                .attach_shared(vm, mem, mmio, dev.clone())
+                .map_err(Error::Virtio)?;
+            Some(dev)
+        }
+        None => None,
+    };
+    Ok(HotDevices {
+        disk_slots: slots,
+        fs,
+    })
 }
 
 /// A CPL3 virtio-rng driver for a payload VM (load it at 1 MiB; the rng device in virtio-mmio
@@ -377,9 +397,9 @@ pub fn build_payload_vm(spec: PayloadSpec) -> Result<Vmm, Error> {
         mmio.insert(base, len, dev).map_err(Error::Bus)?;
     }
     let mut virtio = MmioDeviceManager::new();
-    let slots = match &spec.devices {
+    let hot = match &spec.devices {
         Some(cfg) => attach_virtio_devices(cfg, &vm, &mem, &mut mmio, &mut virtio)?,
-        None => Vec::new(),
+        None => HotDevices::default(),
     };
     let event_loop = EventLoop::start(virtio.subscribers()).map_err(Error::EventLoop)?;
     if spec.vcpus == 0 || spec.vcpus > mptable::MAX_SUPPORTED_CPUS {
@@ -394,7 +414,7 @@ pub fn build_payload_vm(spec: PayloadSpec) -> Result<Vmm, Error> {
     let vcpus = create_vcpus(&kvm, &vm, (pio, mmio), &mem, &control, &timings, start)?;
     timings.mark(Phase::VmCreated);
     let mut vmm = Vmm::from_parts(kvm, vm, mem, vcpus, control, timings, legacy);
-    vmm.set_devices(virtio, event_loop, slots);
+    vmm.set_devices(virtio, event_loop, hot);
     Ok(vmm)
 }
 

@@ -34,6 +34,10 @@ pub struct VmConfig {
     pub net: Vec<NetConfig>,
     pub vsock: Option<VsockConfig>,
     pub rng: bool,
+    /// A virtio-fs device whose shares are added while the VM runs
+    /// ([`crate::VmHandle::add_share`]).
+    #[serde(default)]
+    pub fs: Option<FsConfig>,
     pub console: ConsoleConfig,
 }
 
@@ -53,6 +57,7 @@ impl VmConfig {
             net: Vec::new(),
             vsock: None,
             rng: false,
+            fs: None,
             console: ConsoleConfig::Stdout,
         }
     }
@@ -77,6 +82,23 @@ pub struct NetConfig {
 pub struct VsockConfig {
     pub guest_cid: u32,
     pub uds_path: PathBuf,
+}
+
+/// A virtio-fs device: the guest mounts it by `tag` (`mount -t virtiofs TAG DIR`); its root
+/// directory lists the shares, each a host directory or file exported under a name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsConfig {
+    pub tag: String,
+    #[serde(default)]
+    pub shares: Vec<ShareConfig>,
+}
+
+/// One host directory or file of a virtio-fs device, at `/<name>` of its root.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareConfig {
+    pub name: String,
+    pub path: PathBuf,
+    pub read_only: bool,
 }
 
 /// Where the serial console goes.

@@ -111,6 +111,12 @@ pub enum Error {
     NoDiskSlot(usize, usize),
     #[error("Disk slot {0}")]
     Slot(usize, #[source] devices::virtio::block::Error),
+    #[error("Failed to set up virtio-fs")]
+    Fs(#[source] devices::virtio::fs::FsError),
+    #[error("The VM has no virtio-fs device")]
+    NoFs,
+    #[error("virtio-fs share {0}")]
+    Share(String, #[source] devices::virtio::fs::FsError),
 }
 
 fn lock_slot(
@@ -136,11 +142,19 @@ pub struct Vmm {
     _legacy: LegacyDevices,
     _virtio: Option<MmioDeviceManager>,
     event_loop: Option<EventLoop>,
-    disk_slots: Arc<DiskSlots>,
+    hot: Arc<HotDevices>,
 }
 
 /// The VM's empty-at-boot virtio-blk slots ([`VmConfig::disk_slots`]), in guest order.
 pub type DiskSlots = Vec<Arc<Mutex<devices::virtio::block::Block>>>;
+
+/// The devices a [`VmHandle`] changes while the VM runs: the disk slots and the virtio-fs
+/// device's shares.
+#[derive(Default)]
+pub(crate) struct HotDevices {
+    pub disk_slots: DiskSlots,
+    pub fs: Option<Arc<Mutex<devices::virtio::fs::Fs>>>,
+}
 
 impl Vmm {
     /// Build a VM from `cfg`; phases are timed from now.
@@ -172,7 +186,7 @@ impl Vmm {
             _legacy: legacy,
             _virtio: None,
             event_loop: None,
-            disk_slots: Arc::new(Vec::new()),
+            hot: Arc::new(HotDevices::default()),
         }
     }
 
@@ -180,11 +194,11 @@ impl Vmm {
         &mut self,
         virtio: MmioDeviceManager,
         event_loop: EventLoop,
-        disk_slots: DiskSlots,
+        hot: HotDevices,
     ) {
         self._virtio = Some(virtio);
         self.event_loop = Some(event_loop);
-        self.disk_slots = Arc::new(disk_slots);
+        self.hot = Arc::new(hot);
     }
 
     /// Interactive console: put the terminal on stdin in raw mode and forward what is typed
@@ -201,7 +215,7 @@ impl Vmm {
         VmHandle {
             control: self.control.clone(),
             timings: self.timings.clone(),
-            disk_slots: self.disk_slots.clone(),
+            hot: self.hot.clone(),
         }
     }
 
@@ -258,7 +272,7 @@ pub struct VcpuState {
 pub struct VmHandle {
     control: Arc<VmControl>,
     timings: Arc<TimingsRecorder>,
-    disk_slots: Arc<DiskSlots>,
+    hot: Arc<HotDevices>,
 }
 
 impl VmHandle {
@@ -308,7 +322,7 @@ impl VmHandle {
 
     /// How many disk slots the VM has.
     pub fn disk_slots(&self) -> usize {
-        self.disk_slots.len()
+        self.hot.disk_slots.len()
     }
 
     /// Insert the raw image at `path` into empty disk slot `slot`: the guest sees its
@@ -330,10 +344,31 @@ impl VmHandle {
     }
 
     fn slot(&self, slot: usize) -> Result<&Mutex<devices::virtio::block::Block>, Error> {
-        self.disk_slots
+        self.hot
+            .disk_slots
             .get(slot)
             .map(|d| d.as_ref())
-            .ok_or(Error::NoDiskSlot(slot, self.disk_slots.len()))
+            .ok_or(Error::NoDiskSlot(slot, self.hot.disk_slots.len()))
+    }
+
+    /// Export host `path` (a directory or a file) as `/<name>` of the virtio-fs device's root:
+    /// the guest sees it at once, live (no copy).
+    pub fn add_share(&self, name: &str, path: &Path, read_only: bool) -> Result<(), Error> {
+        self.fs()?
+            .add_share(name, path, read_only)
+            .map_err(|e| Error::Share(name.to_string(), e))
+    }
+
+    /// Withdraw share `name`: gone from the guest's view, its open files closed.
+    pub fn remove_share(&self, name: &str) -> Result<(), Error> {
+        self.fs()?
+            .remove_share(name)
+            .map_err(|e| Error::Share(name.to_string(), e))
+    }
+
+    fn fs(&self) -> Result<std::sync::MutexGuard<'_, devices::virtio::fs::Fs>, Error> {
+        let fs = self.hot.fs.as_ref().ok_or(Error::NoFs)?;
+        Ok(fs.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Boot phases so far.

@@ -3,9 +3,10 @@
 use super::placement::{resolve_device, volume_owner};
 use super::{agent_link, id, Error, Runtime};
 use crate::config::RootfsConfig;
+use crate::pod_vmm::{self, control};
 use crate::state::{ContainerRecord, DiskOwner, LockKind, PodRecord, State};
 use agent::protocol::{
-    default_namespaces, ContainerSpec, ContainerState, ErrorKind, ProcessInfo, ProcessSpec,
+    default_namespaces, ContainerSpec, ContainerState, ErrorKind, Mount, ProcessInfo, ProcessSpec,
     RootfsSpec, StdioStream,
 };
 use serde::Serialize;
@@ -26,6 +27,8 @@ pub struct ContainerInfo {
     pub exit_code: Option<i32>,
     pub guest_device: Option<String>,
     pub rootfs: RootfsConfig,
+    /// Its virtio-fs shares in the running VM (rootfs, host mounts).
+    pub shares: Vec<String>,
     pub args: Vec<String>,
     pub created_unix: u64,
 }
@@ -40,6 +43,7 @@ impl ContainerInfo {
             exit_code: c.exit_code,
             guest_device: c.guest_device.clone(),
             rootfs: c.config.rootfs.clone(),
+            shares: c.shares.clone(),
             args: c.config.process.args.clone(),
             created_unix: c.created_unix,
         }
@@ -73,8 +77,42 @@ fn check_source(rec: &PodRecord, what: &str, source: &RootfsConfig) -> Result<()
         RootfsConfig::Disk { id } if !rec.config.disks.iter().any(|d| d.id == *id) => Err(
             Error::Config(format!("the pod config declares no disk {id}")),
         ),
+        RootfsConfig::Share { path, .. } if !path.is_absolute() || !path.is_dir() => {
+            Err(Error::Config(format!(
+                "{what} {} is not an absolute path to a directory",
+                path.display()
+            )))
+        }
         _ => Ok(()),
     }
+}
+
+/// Host mounts must name an absolute destination and an existing host directory or file.
+fn check_host_mounts(mounts: &[crate::config::HostMount]) -> Result<(), Error> {
+    for m in mounts {
+        let md = std::fs::metadata(&m.source).ok();
+        if !m.source.is_absolute() || !md.is_some_and(|md| md.is_dir() || md.is_file()) {
+            return Err(Error::Config(format!(
+                "host mount source {} is not an absolute path to a directory or file",
+                m.source.display()
+            )));
+        }
+        if !m.destination.starts_with('/') {
+            return Err(Error::Config(format!(
+                "host mount destination {:?} is not absolute",
+                m.destination
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// virtio-fs share names of container `cid`: its rootfs, and its host mount number `n`.
+fn rootfs_share(cid: &str) -> String {
+    format!("{cid}.rootfs")
+}
+fn mount_share(cid: &str, n: usize) -> String {
+    format!("{cid}.m{n}")
 }
 
 pub(crate) fn require_running(rec: &PodRecord, action: &'static str) -> Result<(), Error> {
@@ -86,6 +124,55 @@ pub(crate) fn require_running(rec: &PodRecord, action: &'static str) -> Result<(
         });
     }
     Ok(())
+}
+
+/// Exports what container `cid` takes from the host by virtio-fs (its `Share` rootfs, its host
+/// mounts) in the pod's running VM, recording each name in `shares` as it goes; a share the
+/// container already has (a retried create) is not added twice.
+fn add_shares(
+    dir: &Path,
+    cid: &str,
+    cfg: &super::ContainerConfig,
+    shares: &mut Vec<String>,
+) -> Result<(), Error> {
+    let mut wanted = Vec::new();
+    if let RootfsConfig::Share { path, read_only } = &cfg.rootfs {
+        wanted.push((rootfs_share(cid), path.clone(), *read_only));
+    }
+    for (n, m) in cfg.host_mounts.iter().enumerate() {
+        wanted.push((mount_share(cid, n), m.source.clone(), m.read_only()));
+    }
+    for (name, path, read_only) in wanted {
+        if shares.contains(&name) {
+            continue;
+        }
+        control::request(
+            &dir.join(pod_vmm::CONTROL_SOCKET),
+            &control::Request::AddShare {
+                name: name.clone(),
+                path,
+                read_only,
+            },
+            control::DEFAULT_TIMEOUT,
+        )
+        .map_err(Error::Control)?;
+        shares.push(name);
+    }
+    Ok(())
+}
+
+/// Withdraws virtio-fs shares from the pod's running VM (best effort: a VM that is gone has
+/// none left).
+fn remove_shares(dir: &Path, shares: &[String]) {
+    for name in shares {
+        if let Err(e) = control::request(
+            &dir.join(pod_vmm::CONTROL_SOCKET),
+            &control::Request::RemoveShare { name: name.clone() },
+            control::DEFAULT_TIMEOUT,
+        ) {
+            log::warn!("Cannot withdraw share {name}: {}", crate::error::report(&e));
+        }
+    }
 }
 
 impl Runtime {
@@ -110,6 +197,7 @@ impl Runtime {
             });
         }
         check_source(&rec, "rootfs", &config.rootfs)?;
+        check_host_mounts(&config.host_mounts)?;
         if let Some(volume) = &config.volume {
             if !matches!(
                 volume,
@@ -137,13 +225,18 @@ impl Runtime {
             .as_ref()
             .and_then(|v| resolve_device(&rec.disks, &vowner, v));
         let mut in_slots = false;
-        let needs_disk = !matches!(config.rootfs, RootfsConfig::GuestPath { .. });
+        let needs_disk = !matches!(
+            config.rootfs,
+            RootfsConfig::GuestPath { .. } | RootfsConfig::Share { .. }
+        );
         if live && needs_disk && guest_device.is_none() {
             // Into a disk slot of the running VM.
             let (image, read_only) = match &config.rootfs {
                 RootfsConfig::Image { path, read_only } => (path.clone(), *read_only),
                 RootfsConfig::Dir { path } => (self.rootfs_image(&dir, cid, path)?, false),
-                RootfsConfig::Disk { .. } | RootfsConfig::GuestPath { .. } => {
+                RootfsConfig::Disk { .. }
+                | RootfsConfig::GuestPath { .. }
+                | RootfsConfig::Share { .. } => {
                     return Err(Error::Config(format!(
                         "pod {pod} has no disk for this rootfs"
                     )))
@@ -185,12 +278,15 @@ impl Runtime {
                 in_agent: false,
                 exit_code: None,
                 pid: None,
+                shares: Vec::new(),
             },
         );
         if live {
             if let Err(e) = self.agent_create(&dir, &mut rec, cid) {
                 // Not created anywhere: forget it.
-                rec.containers.remove(cid);
+                if let Some(c) = rec.containers.remove(cid) {
+                    remove_shares(&dir, &c.shares);
+                }
                 if in_slots {
                     for owner in [cid.to_string(), vowner] {
                         let _ =
@@ -220,11 +316,17 @@ impl Runtime {
             .containers
             .get_mut(cid)
             .ok_or_else(|| container_not_found(&rec.id, cid))?;
+        let shared = add_shares(dir, cid, &c.config, &mut c.shares);
         let cfg = &c.config;
+        shared?;
         let rootfs = match (&cfg.rootfs, &c.guest_device) {
             (RootfsConfig::GuestPath { path }, _) => RootfsSpec::Path {
                 path: path.clone(),
                 read_only: false,
+            },
+            (RootfsConfig::Share { read_only, .. }, _) => RootfsSpec::Share {
+                name: rootfs_share(cid),
+                read_only: *read_only || cfg.readonly_rootfs,
             },
             (rootfs, Some(dev)) => RootfsSpec::BlockDevice {
                 path: dev.clone(),
@@ -244,9 +346,24 @@ impl Runtime {
                 )))
             }
         };
+        let mut mounts = cfg.mounts.clone();
+        mounts.extend(cfg.host_mounts.iter().enumerate().map(|(n, m)| {
+            let mut options = m.options.clone();
+            if !options.iter().any(|o| o == "bind" || o == "rbind") {
+                options.push("bind".into());
+            }
+            Mount {
+                destination: m.destination.clone(),
+                source: mount_share(cid, n),
+                fstype: None,
+                options,
+                from_volume: false,
+                from_share: true,
+            }
+        }));
         let spec = ContainerSpec {
             rootfs,
-            mounts: cfg.mounts.clone(),
+            mounts,
             hostname: cfg.hostname.clone(),
             namespaces: cfg.namespaces.clone().unwrap_or_else(default_namespaces),
             process: cfg.process.clone(),
@@ -256,6 +373,7 @@ impl Runtime {
                 fstype: "ext4".into(),
                 read_only: false,
             }),
+            limits: cfg.limits.clone(),
         };
         let mut client =
             agent_link::connect(dir, Some(agent_link::CALL_TIMEOUT)).map_err(|source| {
@@ -359,7 +477,11 @@ impl Runtime {
                 Err(e) => return Err(Error::agent("DestroyContainer")(e)),
             }
         }
-        rec.containers.remove(cid);
+        if let Some(c) = rec.containers.remove(cid) {
+            if pod_running {
+                remove_shares(&dir, &c.shares);
+            }
+        }
         let mut in_slot = false;
         if pod_running {
             for owner in [cid.to_string(), volume_owner(cid)] {

@@ -32,7 +32,7 @@ pub use crate::{agent_link, hooks};
 
 pub use crate::state::{Phase, State};
 pub use agent::protocol::{ProcessInfo, ProcessSpec, StdioStream};
-pub use config::{ContainerConfig, DiskConfig, Hook, Hooks, PodConfig, RootfsConfig};
+pub use config::{ContainerConfig, DiskConfig, Hook, Hooks, HostMount, PodConfig, RootfsConfig};
 pub use container::{ContainerInfo, ExecOutput};
 pub use pod::PodInfo;
 pub use stdio::{Relays, Stdio};

@@ -34,6 +34,6 @@ pub(crate) fn resolve_device(
                 || (matches!(d.owner, DiskOwner::Pod(_)) && d.path == *path)
         }),
         RootfsConfig::Dir { .. } => find(&|d| d.owner == DiskOwner::Container(cid.to_string())),
-        RootfsConfig::GuestPath { .. } => None,
+        RootfsConfig::GuestPath { .. } | RootfsConfig::Share { .. } => None,
     }
 }

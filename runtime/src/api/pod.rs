@@ -307,6 +307,7 @@ impl Runtime {
             c.in_agent = false;
             c.guest_device = None;
             c.volume_device = None;
+            c.shares.clear();
         }
         let disks = rec.disks.clone();
         for c in rec.containers.values_mut() {
@@ -628,7 +629,9 @@ impl Runtime {
                     let image = self.rootfs_image(dir, &c.id, path)?;
                     push(image, false, DiskOwner::Container(c.id.clone()))?
                 }
-                RootfsConfig::Disk { .. } | RootfsConfig::GuestPath { .. } => {}
+                RootfsConfig::Disk { .. }
+                | RootfsConfig::GuestPath { .. }
+                | RootfsConfig::Share { .. } => {}
             }
             if let Some(RootfsConfig::Image { path, read_only }) = &c.config.volume {
                 push(

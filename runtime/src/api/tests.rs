@@ -517,6 +517,94 @@ impl crate::pod_vmm::control::ControlTarget for SlotRecorder {
         self.0.lock().unwrap().push(format!("eject {slot}"));
         Ok(())
     }
+    fn add_share(&self, name: &str, path: &Path, read_only: bool) -> Result<(), String> {
+        let base = path.file_name().unwrap().to_string_lossy().into_owned();
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("share {name} {base} ro={read_only}"));
+        Ok(())
+    }
+    fn remove_share(&self, name: &str) -> Result<(), String> {
+        self.0.lock().unwrap().push(format!("unshare {name}"));
+        Ok(())
+    }
+}
+
+#[test]
+fn running_pod_shares_a_rootfs_and_host_mounts_and_withdraws_them() {
+    let rt = rt("api-shares");
+    let src = busybox_like(&rt);
+    let vol = rt.root().join("vol");
+    fs::create_dir_all(&vol).unwrap();
+    fs::write(rt.root().join("hosts"), "10.0.0.1 a\n").unwrap();
+    rt.create_pod("p", PodConfig::default()).unwrap();
+    force_state(
+        &rt,
+        "p",
+        State::Running,
+        Some(crate::pod_vmm::proc::this_process().unwrap()),
+    );
+    let dir = rt.pod_dir("p");
+    let listener =
+        std::os::unix::net::UnixListener::bind(dir.join(crate::pod_vmm::CONTROL_SOCKET)).unwrap();
+    let target = std::sync::Arc::new(SlotRecorder::default());
+    let t = target.clone();
+    std::thread::spawn(move || crate::pod_vmm::control::serve(listener, &*t));
+
+    let shared = |path: &Path| RootfsConfig::Share {
+        path: path.to_path_buf(),
+        read_only: false,
+    };
+    let mount = |source: PathBuf, dest: &str, opts: &[&str]| crate::config::HostMount {
+        source,
+        destination: dest.into(),
+        options: opts.iter().map(|o| o.to_string()).collect(),
+    };
+    // Bad sources are refused before anything is shared.
+    for bad in [
+        cfg(shared(Path::new("relative/dir"))),
+        cfg(shared(&rt.root().join("hosts"))),
+        cfg(shared(&rt.root().join("missing"))),
+    ] {
+        let err = rt.create_container("p", "c", bad).unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{err}");
+    }
+    let mut c = cfg(shared(&src));
+    c.host_mounts = vec![mount(rt.root().join("missing"), "/data", &[])];
+    assert!(matches!(
+        rt.create_container("p", "c", c.clone()),
+        Err(Error::Config(_))
+    ));
+    c.host_mounts = vec![mount(vol.clone(), "data", &[])];
+    assert!(matches!(
+        rt.create_container("p", "c", c.clone()),
+        Err(Error::Config(_))
+    ));
+    assert!(target.0.lock().unwrap().is_empty());
+
+    // The agent is not there: the create fails after sharing, and the shares are withdrawn.
+    c.host_mounts = vec![
+        mount(vol, "/data", &["rbind", "ro"]),
+        mount(rt.root().join("hosts"), "/etc/hosts", &["bind", "ro", "rw"]),
+    ];
+    let err = rt.create_container("p", "c", c).unwrap_err();
+    assert!(matches!(err, Error::Agent { .. }), "{err}");
+    assert_eq!(
+        *target.0.lock().unwrap(),
+        [
+            format!(
+                "share c.rootfs {} ro=false",
+                src.file_name().unwrap().to_string_lossy()
+            ),
+            "share c.m0 vol ro=true".to_string(),
+            "share c.m1 hosts ro=false".to_string(),
+            "unshare c.rootfs".to_string(),
+            "unshare c.m0".to_string(),
+            "unshare c.m1".to_string(),
+        ]
+    );
+    assert!(rt.pod_status("p").unwrap().containers.is_empty());
 }
 
 #[test]

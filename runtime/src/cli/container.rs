@@ -8,7 +8,7 @@ use std::path::PathBuf;
 #[derive(Debug, Subcommand)]
 pub enum ContainerCommand {
     /// Create a container in a pod.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Start a created container.
     Start {
         pod: String,
@@ -75,9 +75,16 @@ pub struct CreateArgs {
     /// Rootfs is a directory inside the guest.
     #[arg(long, group = "rootfs_source")]
     pub rootfs_guest_path: Option<String>,
-    /// Attach the rootfs image read-only.
+    /// Rootfs directory shared live by virtio-fs (no copy; the container's writes land in it).
+    #[arg(long, group = "rootfs_source")]
+    pub rootfs_share: Option<PathBuf>,
+    /// Attach the rootfs image (or share the directory) read-only.
     #[arg(long)]
     pub read_only: bool,
+    /// Host file or directory shared live into the container: SRC:DST or SRC:DST:ro
+    /// (repeatable).
+    #[arg(long, value_parser = parse_volume)]
+    pub volume: Vec<crate::config::HostMount>,
     /// Full container config (JSON); the flags above override its rootfs and args.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -133,7 +140,7 @@ pub enum Error {
     #[error("Unknown signal {0:?}")]
     Signal(String),
     #[error(
-        "Give a rootfs (--rootfs, --rootfs-image, --rootfs-disk, --rootfs-guest-path or --config)"
+        "Give a rootfs (--rootfs, --rootfs-image, --rootfs-disk, --rootfs-guest-path, --rootfs-share or --config)"
     )]
     NoRootfs,
     #[error(transparent)]
@@ -175,7 +182,7 @@ fn exec(rt: &Runtime, cmd: ContainerCommand) -> Result<i32, Error> {
     match cmd {
         ContainerCommand::Create(a) => {
             let (pod, id, json) = (a.pod.clone(), a.id.clone(), a.json);
-            let cfg = build_config(a)?;
+            let cfg = build_config(*a)?;
             show(&rt.create_container(&pod, &id, cfg)?, json);
         }
         ContainerCommand::Start { pod, id, json } => show(&rt.start_container(&pod, &id)?, json),
@@ -231,6 +238,11 @@ fn build_config(a: CreateArgs) -> Result<ContainerConfig, Error> {
         })
     } else if let Some(id) = a.rootfs_disk {
         Some(RootfsConfig::Disk { id })
+    } else if let Some(p) = a.rootfs_share {
+        Some(RootfsConfig::Share {
+            path: p,
+            read_only: a.read_only,
+        })
     } else {
         a.rootfs_guest_path
             .map(|path| RootfsConfig::GuestPath { path })
@@ -243,6 +255,7 @@ fn build_config(a: CreateArgs) -> Result<ContainerConfig, Error> {
     if !a.args.is_empty() {
         cfg.process.args = a.args;
     }
+    cfg.host_mounts.extend(a.volume);
     cfg.process.env.extend(a.env);
     if let Some(cwd) = a.cwd {
         cfg.process.cwd = cwd;
@@ -251,6 +264,24 @@ fn build_config(a: CreateArgs) -> Result<ContainerConfig, Error> {
         cfg.hostname = a.hostname;
     }
     Ok(cfg)
+}
+
+/// `SRC:DST[:ro|rw]` of `--volume`.
+fn parse_volume(s: &str) -> Result<crate::config::HostMount, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let (src, dst, opts) = match parts.as_slice() {
+        [src, dst] => (*src, *dst, vec![]),
+        [src, dst, o @ ("ro" | "rw")] => (*src, *dst, vec![o.to_string()]),
+        _ => return Err(format!("volume {s:?} is not SRC:DST or SRC:DST:ro")),
+    };
+    if !src.starts_with('/') || !dst.starts_with('/') {
+        return Err(format!("volume {s:?}: both paths must be absolute"));
+    }
+    Ok(crate::config::HostMount {
+        source: src.into(),
+        destination: dst.to_string(),
+        options: opts,
+    })
 }
 
 fn exec_process(rt: &Runtime, a: ExecArgs) -> Result<i32, Error> {
@@ -305,5 +336,17 @@ mod tests {
         assert_eq!(parse_signal("SIGTERM").unwrap(), libc::SIGTERM);
         assert!(parse_signal("SIGNOPE").is_err());
         assert!(parse_signal("999").is_err());
+    }
+
+    #[test]
+    fn volumes_are_src_dst_and_an_optional_mode() {
+        let v = parse_volume("/srv/data:/data:ro").unwrap();
+        assert_eq!(v.source, PathBuf::from("/srv/data"));
+        assert_eq!(v.destination, "/data");
+        assert!(v.read_only());
+        assert!(!parse_volume("/a:/b").unwrap().read_only());
+        for bad in ["/a", "/a:/b:xx", "a:/b", "/a:b", "/a:/b:ro:rw"] {
+            assert!(parse_volume(bad).is_err(), "{bad}");
+        }
     }
 }

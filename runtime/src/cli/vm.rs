@@ -13,7 +13,8 @@ use clap::{Args, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
 use thiserror::Error;
 use vmm::config::{
-    BlockConfig, ConsoleConfig, NetConfig, VmConfig, VsockConfig, DEFAULT_GUEST_CID,
+    BlockConfig, ConsoleConfig, FsConfig, NetConfig, ShareConfig, VmConfig, VsockConfig,
+    DEFAULT_GUEST_CID,
 };
 
 use super::report;
@@ -88,6 +89,10 @@ pub struct RunArgs {
     /// virtio-rng.
     #[arg(long)]
     pub rng: bool,
+    /// virtio-fs share NAME=PATH or NAME=PATH,ro (repeatable): the guest mounts the device
+    /// with `mount -t virtiofs ember DIR` and finds PATH at DIR/NAME.
+    #[arg(long, value_parser = parse_share)]
+    pub share: Vec<ShareConfig>,
 }
 
 /// Errors of `ember vm`.
@@ -101,6 +106,21 @@ pub enum Error {
     NotReady(vmm::VmExit),
     #[error("The VM did not finish within {0} s")]
     Timeout(u64),
+}
+
+fn parse_share(s: &str) -> Result<ShareConfig, String> {
+    let (name, rest) = s
+        .split_once('=')
+        .ok_or_else(|| format!("share {s:?} is not NAME=PATH[,ro]"))?;
+    let block = parse_block(rest)?;
+    if name.is_empty() {
+        return Err("empty share name".into());
+    }
+    Ok(ShareConfig {
+        name: name.to_string(),
+        path: block.path,
+        read_only: block.read_only,
+    })
 }
 
 fn parse_block(s: &str) -> Result<BlockConfig, String> {
@@ -172,6 +192,12 @@ pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, Error> {
         uds_path: p.clone(),
     });
     cfg.rng = args.rng;
+    if !args.share.is_empty() {
+        cfg.fs = Some(FsConfig {
+            tag: agent::protocol::SHARED_FS_TAG.to_string(),
+            shares: args.share.clone(),
+        });
+    }
     cfg.console = match &args.console_file {
         Some(f) => ConsoleConfig::File(f.clone()),
         None => ConsoleConfig::Stdout,
@@ -311,5 +337,21 @@ mod tests {
         assert!(!parse_block("/d.img").unwrap().read_only);
         assert!(parse_block("/d.img,xx").is_err());
         assert!(parse_block(",ro").is_err());
+    }
+
+    #[test]
+    fn share_argument() {
+        assert_eq!(
+            parse_share("data=/srv/d,ro").unwrap(),
+            ShareConfig {
+                name: "data".into(),
+                path: "/srv/d".into(),
+                read_only: true
+            }
+        );
+        assert!(!parse_share("d=/x").unwrap().read_only);
+        assert!(parse_share("/x").is_err());
+        assert!(parse_share("=/x").is_err());
+        assert!(parse_share("d=").is_err());
     }
 }

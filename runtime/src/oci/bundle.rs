@@ -2,6 +2,7 @@
 //! into the host-side description of a container ([`ContainerConfig`]) that ember sends to the
 //! guest agent.
 
+use crate::config::Resources;
 use oci_spec::runtime::{Process, Spec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -165,6 +166,9 @@ pub struct ContainerConfig {
     pub cgroups_path: Option<PathBuf>,
     pub annotations: BTreeMap<String, String>,
     pub role: PodRole,
+    /// `linux.resources` as far as they size the VM.
+    #[serde(default)]
+    pub resources: Resources,
 }
 
 /// A loaded, checked bundle.
@@ -279,6 +283,18 @@ impl Bundle {
             cgroups_path: linux.and_then(|l| l.cgroups_path().clone()),
             role: pod_role(id, &annotations),
             annotations,
+            resources: linux
+                .and_then(|l| l.resources().as_ref())
+                .map(|r| Resources {
+                    memory_limit: r.memory().as_ref().and_then(|m| m.limit()),
+                    cpu_quota: r.cpu().as_ref().and_then(|c| c.quota()),
+                    cpu_period: r.cpu().as_ref().and_then(|c| c.period()),
+                    cpuset: r.cpu().as_ref().and_then(|c| c.cpus().clone()),
+                    memory_swap: r.memory().as_ref().and_then(|m| m.swap()),
+                    cpu_shares: r.cpu().as_ref().and_then(|c| c.shares()),
+                    pids_limit: r.pids().as_ref().map(|p| p.limit()),
+                })
+                .unwrap_or_default(),
         })
     }
 }

@@ -8,7 +8,7 @@
 use super::bundle::{ContainerConfig, MountConfig, PodRole, ProcessConfig};
 use super::sandbox::{Backend, Sandbox, SandboxError, Stdio};
 use crate::api::{self, Relays, RootfsConfig, Runtime};
-use crate::config::{LogConfig, Machine, Shutdown};
+use crate::config::{LogConfig, Machine, OciRootfs, RuntimeConfig, Shutdown, Sizing};
 use agent::protocol::{Mount, Namespace, ProcessSpec, Rlimit};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -66,6 +66,7 @@ pub fn guest_mount(m: &MountConfig) -> Option<Mount> {
         fstype: Some(typ.to_string()),
         options: m.options.clone(),
         from_volume: false,
+        from_share: false,
     })
 }
 
@@ -182,6 +183,7 @@ pub fn stage_volumes(c: &ContainerConfig, stage: &Path, image: &Path) -> Result<
 pub fn container_config(
     c: &ContainerConfig,
     rootfs: RootfsConfig,
+    binds: HostBinds,
     volume: Option<RootfsConfig>,
 ) -> api::ContainerConfig {
     let namespaces = c
@@ -194,13 +196,21 @@ pub fn container_config(
             "uts" => Some(Namespace::Uts),
             "ipc" => Some(Namespace::Ipc),
             "net" | "network" => Some(Namespace::Net),
-            // user, cgroup, time: the VM is the boundary; the agent does not make these.
+            "cgroup" => Some(Namespace::Cgroup),
+            // user, time: the VM is the boundary; the agent does not make these.
             _ => None,
         })
         .collect();
     let mut config = api::ContainerConfig::new(rootfs, Vec::<String>::new());
     config.fstype = Some("ext4".to_string());
-    config.mounts = spec_mounts(c, volume.is_some());
+    let binds = match binds {
+        HostBinds::Volume if volume.is_none() => HostBinds::Dropped,
+        b => b,
+    };
+    config.mounts = spec_mounts(c, binds);
+    if binds == HostBinds::Shared {
+        config.host_mounts = shared_binds(c);
+    }
     config.hostname = c.hostname.clone();
     config.namespaces = Some(namespaces);
     config.process = process_spec(&c.process);
@@ -212,12 +222,24 @@ pub fn container_config(
     config.readonly_rootfs = c.readonly_rootfs;
     config.volume = volume;
     config.annotations = c.annotations.clone();
+    config.limits = c.resources.cgroup_limits();
     config
 }
 
-/// The spec's mounts in their order: those a guest can make, and (`with_volume`) the host
-/// binds as binds from the volume disk.
-fn spec_mounts(c: &ContainerConfig, with_volume: bool) -> Vec<Mount> {
+/// How a container's host binds reach its VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostBinds {
+    /// Shared live by virtio-fs ([`api::ContainerConfig::host_mounts`]).
+    Shared,
+    /// Copied onto the container's volume disk ([`stage_volumes`]): binds from the volume.
+    Volume,
+    /// Left out (a host agent's container sees what its mounts say).
+    Dropped,
+}
+
+/// The spec's mounts in their order: those a guest can make, and (with
+/// [`HostBinds::Volume`]) the host binds as binds from the volume disk.
+fn spec_mounts(c: &ContainerConfig, binds: HostBinds) -> Vec<Mount> {
     let mut bind_no = 0;
     c.mounts
         .iter()
@@ -225,15 +247,28 @@ fn spec_mounts(c: &ContainerConfig, with_volume: bool) -> Vec<Mount> {
             if host_bind(m) {
                 let n = bind_no;
                 bind_no += 1;
-                return with_volume.then(|| Mount {
+                return (binds == HostBinds::Volume).then(|| Mount {
                     destination: m.destination.to_string_lossy().into_owned(),
                     source: n.to_string(),
                     fstype: None,
                     options: m.options.clone(),
                     from_volume: true,
+                    from_share: false,
                 });
             }
             guest_mount(m)
+        })
+        .collect()
+}
+
+/// The host binds of `c` as virtio-fs host mounts, in the spec's order (after the spec's
+/// guest mounts: a bind over a tmpfs the spec makes first is rare enough).
+fn shared_binds(c: &ContainerConfig) -> Vec<api::HostMount> {
+    host_binds(c)
+        .map(|(_, m)| api::HostMount {
+            source: m.source.clone().unwrap_or_default(),
+            destination: m.destination.to_string_lossy().into_owned(),
+            options: m.options.clone(),
         })
         .collect()
 }
@@ -434,21 +469,41 @@ impl VmBackend {
     fn own_pod(
         &self,
         rt: &Runtime,
+        settings: &RuntimeConfig,
         config: &ContainerConfig,
         disks: Vec<api::DiskConfig>,
+        shared: bool,
     ) -> Result<api::PodInfo, SandboxError> {
+        let h = &settings.hypervisor;
+        let size = Sizing::for_resources(h, &config.resources);
+        for note in &size.notes {
+            log::warn!("container {}: {note}", config.id);
+        }
+        let mut log = self.log.clone();
+        log.debug |= settings.runtime.debug;
         let pod_config = api::PodConfig {
+            kernel: h.kernel.clone(),
+            initrd: h.initrd.clone(),
+            extra_cmdline: h.extra_cmdline.clone(),
+            mem_mib: size.mem_mib,
+            vcpus: size.vcpus,
             disks,
+            // Members' rootfs images go into slots; shared ones need none.
             disk_slots: match config.role {
-                PodRole::Sandbox => SANDBOX_DISK_SLOTS,
+                PodRole::Sandbox if !shared => SANDBOX_DISK_SLOTS,
                 _ => 0,
             },
             annotations: config.annotations.clone(),
             start_timeout_secs: crate::timeouts::OCI_POD_START_SECS,
-            // Its disks are this container's throw-away images: nothing to flush first.
-            shutdown: Shutdown::Kill,
+            // Disks are this container's throw-away images: nothing to flush first. A shared
+            // rootfs gets the guest's last writes first.
+            shutdown: if shared {
+                Shutdown::Sync
+            } else {
+                Shutdown::Kill
+            },
             machine: self.machine.clone(),
-            log: self.log.clone(),
+            log,
             ..api::PodConfig::default()
         };
         rt.create_pod(&config.id, pod_config)
@@ -487,11 +542,21 @@ impl Backend for VmBackend {
         };
         let t0 = Instant::now();
         let rt = self.runtime();
-        let (rootfs, volume) = if let Machine::HostAgent { .. } = self.machine {
+        // Read at every create, as Kata's shim reads its configuration.toml at start.
+        let settings = RuntimeConfig::load()
+            .map_err(|e| SandboxError::failed("Cannot load the runtime configuration", e))?;
+        let (rootfs, binds, volume) = if let Machine::HostAgent { .. } = self.machine {
             // The agent runs on this host: the bundle's rootfs is its own directory. Host
             // binds are not carried (a host agent's container sees what its mounts say).
             let path = config.rootfs.to_string_lossy().into_owned();
-            (RootfsConfig::GuestPath { path }, None)
+            (RootfsConfig::GuestPath { path }, HostBinds::Dropped, None)
+        } else if settings.runtime.rootfs == OciRootfs::VirtioFs {
+            // Shared live: nothing to copy, whatever the image's size.
+            let rootfs = RootfsConfig::Share {
+                path: config.rootfs.clone(),
+                read_only: config.readonly_rootfs,
+            };
+            (rootfs, HostBinds::Shared, None)
         } else {
             let image = state_dir.join("rootfs.ext4");
             disk::make_ext4(&config.rootfs, &image)
@@ -512,7 +577,7 @@ impl Backend for VmBackend {
                 path: volume_image,
                 read_only: false,
             });
-            (rootfs, volume)
+            (rootfs, HostBinds::Volume, volume)
         };
         let (pod, owns_pod, rootfs, volume) = match &config.role {
             // The pod library puts the images into free disk slots of the running VM.
@@ -534,7 +599,8 @@ impl Backend for VmBackend {
                 let rootfs = as_disk(ROOTFS_DISK, rootfs);
                 let volume = volume.map(|v| as_disk(VOLUME_DISK, v));
                 let t = Instant::now();
-                let info = self.own_pod(&rt, config, disks)?;
+                let info =
+                    self.own_pod(&rt, &settings, config, disks, binds == HostBinds::Shared)?;
                 phase(&mut phases, "pod_start", t);
                 for p in &info.timings {
                     phases.push((format!("pod.{}", p.name), p.ms));
@@ -548,7 +614,7 @@ impl Backend for VmBackend {
             &pod,
             owns_pod,
             &config.id,
-            container_config(config, rootfs, volume),
+            container_config(config, rootfs, binds, volume),
             stdio,
         )?;
         phase(&mut phases, "container_create", t);
@@ -628,6 +694,7 @@ mod tests {
             cgroups_path: Some("/libpod_parent/libpod-abc".into()),
             annotations: BTreeMap::new(),
             role: PodRole::Single,
+            resources: Default::default(),
         }
     }
 
@@ -636,7 +703,7 @@ mod tests {
         let disk = RootfsConfig::Disk {
             id: "rootfs".into(),
         };
-        let spec = container_config(&podman_like(), disk.clone(), None);
+        let spec = container_config(&podman_like(), disk.clone(), HostBinds::Volume, None);
         assert_eq!(spec.rootfs, disk);
         assert!(spec.readonly_rootfs);
         assert_eq!(spec.fstype.as_deref(), Some("ext4"));
@@ -651,7 +718,8 @@ mod tests {
                 Namespace::Net,
                 Namespace::Ipc,
                 Namespace::Uts,
-                Namespace::Mount
+                Namespace::Mount,
+                Namespace::Cgroup
             ]
         );
         assert_eq!(
@@ -726,7 +794,7 @@ mod tests {
         let volume = RootfsConfig::Disk {
             id: "volume".into(),
         };
-        let spec = container_config(&c, rootfs.clone(), Some(volume.clone()));
+        let spec = container_config(&c, rootfs.clone(), HostBinds::Volume, Some(volume.clone()));
         let got: Vec<(&str, &str, bool)> = spec
             .mounts
             .iter()
@@ -743,7 +811,7 @@ mod tests {
         assert_eq!(spec.mounts[0].options, ["rbind", "ro"]);
         assert_eq!(spec.volume, Some(volume));
         // Without a volume disk the host binds are left out, as before.
-        let spec = container_config(&c, rootfs, None);
+        let spec = container_config(&c, rootfs, HostBinds::Volume, None);
         assert!(spec.volume.is_none());
         assert!(spec.mounts.iter().all(|m| !m.from_volume));
         std::fs::remove_dir_all(&dir).unwrap();
@@ -768,12 +836,65 @@ mod tests {
     }
 
     #[test]
+    fn host_binds_are_shared_live_with_their_options() {
+        fn bind(dest: &str, src: &Path, opts: &[&str]) -> MountConfig {
+            MountConfig {
+                destination: dest.into(),
+                typ: Some("bind".into()),
+                source: Some(src.to_path_buf()),
+                options: opts.iter().map(|o| o.to_string()).collect(),
+            }
+        }
+        let dir = crate::state::test_dir("oci-shared-binds");
+        std::fs::write(dir.join("hosts"), "10.0.0.7 db\n").unwrap();
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let mut c = podman_like();
+        c.mounts = vec![
+            mount("/proc", "proc"),
+            bind("/etc/hosts", &dir.join("hosts"), &["rbind", "ro"]),
+            bind("/dev/shm", &dir.join("data"), &["bind"]),
+            bind("/missing", &dir.join("no-such"), &["bind"]),
+            mount("/scratch", "tmpfs"),
+            bind("/data", &dir.join("data"), &["rbind"]),
+        ];
+        c.resources.memory_limit = Some(1 << 30);
+        let rootfs = RootfsConfig::Share {
+            path: c.rootfs.clone(),
+            read_only: c.readonly_rootfs,
+        };
+        let spec = container_config(&c, rootfs.clone(), HostBinds::Shared, None);
+        assert_eq!(spec.rootfs, rootfs);
+        let got: Vec<(&str, &Path, bool)> = spec
+            .host_mounts
+            .iter()
+            .map(|m| (m.destination.as_str(), m.source.as_path(), m.read_only()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("/etc/hosts", dir.join("hosts").as_path(), true),
+                ("/data", dir.join("data").as_path(), false)
+            ]
+        );
+        // The guest's own mounts stay; no copies, no volume.
+        let dests: Vec<&str> = spec.mounts.iter().map(|m| m.destination.as_str()).collect();
+        assert_eq!(dests, ["/scratch"]);
+        assert!(spec.mounts.iter().all(|m| !m.from_volume && !m.from_share));
+        assert_eq!(spec.volume, None);
+        assert_eq!(spec.limits.memory_max, Some(1 << 30));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn systemd_style_cgroup_paths_are_not_passed() {
         let mut c = podman_like();
         c.cgroups_path = Some("machine.slice:libpod:abc".into());
         let rootfs = RootfsConfig::Disk {
             id: "rootfs".into(),
         };
-        assert_eq!(container_config(&c, rootfs, None).cgroup_path, None);
+        assert_eq!(
+            container_config(&c, rootfs, HostBinds::Shared, None).cgroup_path,
+            None
+        );
     }
 }

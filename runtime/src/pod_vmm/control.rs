@@ -59,6 +59,14 @@ pub trait ControlTarget: Send + Sync {
     fn eject_disk(&self, _slot: usize) -> Result<(), String> {
         Err("this pod has no disk slots".into())
     }
+    /// Export host `path` as virtio-fs share `name`.
+    fn add_share(&self, _name: &str, _path: &Path, _read_only: bool) -> Result<(), String> {
+        Err("this pod has no shared filesystem".into())
+    }
+    /// Withdraw virtio-fs share `name`.
+    fn remove_share(&self, _name: &str) -> Result<(), String> {
+        Err("this pod has no shared filesystem".into())
+    }
 }
 
 /// Send one request and wait for its answer; a [`Response::Error`] becomes
@@ -111,6 +119,15 @@ fn answer(req: &Request, target: &dyn ControlTarget) -> Response {
             read_only,
         } => done(target.insert_disk(*slot, path, *read_only)),
         Request::EjectDisk { slot } => done(target.eject_disk(*slot)),
+        Request::AddShare { path, .. } if !path.is_absolute() => {
+            Response::Error(format!("share path {} is not absolute", path.display()))
+        }
+        Request::AddShare {
+            name,
+            path,
+            read_only,
+        } => done(target.add_share(name, path, *read_only)),
+        Request::RemoveShare { name } => done(target.remove_share(name)),
     }
 }
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// Version of this protocol, carried in every message.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// One message on the control socket or the notify pipe.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -50,6 +50,14 @@ pub enum Request {
     },
     /// Empty disk slot `slot`.
     EjectDisk { slot: usize },
+    /// Export host `path` (absolute; a directory or a file) as virtio-fs share `name`.
+    AddShare {
+        name: String,
+        path: PathBuf,
+        read_only: bool,
+    },
+    /// Withdraw virtio-fs share `name`.
+    RemoveShare { name: String },
 }
 
 /// The pod process's answer.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
-use vmm::config::{BlockConfig, ConsoleConfig, VmConfig, VsockConfig};
+use vmm::config::{BlockConfig, ConsoleConfig, FsConfig, VmConfig, VsockConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -48,6 +48,10 @@ pub fn vm_config(rec: &PodRecord, dir: &Path) -> VmConfig {
             uds_path: dir.join(VSOCK_SOCKET),
         }),
         rng: true,
+        fs: Some(FsConfig {
+            tag: agent::protocol::SHARED_FS_TAG.to_string(),
+            shares: Vec::new(),
+        }),
         console: ConsoleConfig::File(dir.join(CONSOLE_FILE)),
     }
 }
@@ -156,6 +160,18 @@ impl super::control::ControlTarget for Target {
     fn eject_disk(&self, slot: usize) -> Result<(), String> {
         self.handle
             .eject_disk(slot)
+            .map_err(|e| crate::error::report(&e))
+    }
+
+    fn add_share(&self, name: &str, path: &Path, read_only: bool) -> Result<(), String> {
+        self.handle
+            .add_share(name, path, read_only)
+            .map_err(|e| crate::error::report(&e))
+    }
+
+    fn remove_share(&self, name: &str) -> Result<(), String> {
+        self.handle
+            .remove_share(name)
             .map_err(|e| crate::error::report(&e))
     }
 

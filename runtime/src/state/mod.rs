@@ -126,6 +126,10 @@ pub struct ContainerRecord {
     /// Pid of the container's process in the guest, when the agent reported one.
     #[serde(default)]
     pub pid: Option<i32>,
+    /// Names of the virtio-fs shares exported for it in the running VM (its rootfs, its host
+    /// mounts); withdrawn when it is deleted.
+    #[serde(default)]
+    pub shares: Vec<String>,
 }
 
 /// A pod: its config, state, VMM process and containers. One file per pod.
@@ -276,6 +280,7 @@ mod tests {
                 in_agent: false,
                 exit_code: None,
                 pid: None,
+                shares: vec!["c1.rootfs".into()],
             },
         );
         rec.store(&dir).unwrap();

@@ -15,7 +15,11 @@
 //! while the pod runs must use a disk the pod config declared (`"disk": "<id>"`), or an image
 //! whose path equals a declared disk's path.
 
-use agent::protocol::{Mount, Namespace, ProcessSpec};
+pub mod file;
+
+pub use file::{Resources, RuntimeConfig, Sizing};
+
+use agent::protocol::{CgroupLimits, Mount, Namespace, ProcessSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -244,12 +248,30 @@ pub enum RootfsConfig {
     Disk { id: String },
     /// A directory that already exists inside the guest.
     GuestPath { path: String },
+    /// A host directory shared live with the guest by virtio-fs: no copy, the container's
+    /// writes land in it (what runc's container sees; podman's `diff`/`cp`/`commit` see them).
+    Share {
+        path: PathBuf,
+        #[serde(default)]
+        read_only: bool,
+    },
 }
 
 impl Default for RootfsConfig {
     fn default() -> Self {
         RootfsConfig::GuestPath { path: "/".into() }
     }
+}
+
+/// How the OCI face gives a VM a bundle's rootfs and its host bind mounts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OciRootfs {
+    /// Shared live by virtio-fs (what runc's container sees, at no copying cost).
+    #[default]
+    VirtioFs,
+    /// Packed into ext4 images attached as virtio-blk disks (a snapshot at create).
+    Block,
 }
 
 /// A container: its rootfs, its first process and what the agent needs to set it up. The
@@ -281,6 +303,37 @@ pub struct ContainerConfig {
     /// image given to a running pod goes into a free disk slot, as a rootfs image does).
     #[serde(default)]
     pub volume: Option<RootfsConfig>,
+    /// Host files and directories bind-mounted into the container, shared live by virtio-fs
+    /// (writes reach the host, host writes are seen inside; `ro` in the options is kept).
+    #[serde(default)]
+    pub host_mounts: Vec<HostMount>,
+    /// Limits of the container's cgroup in the guest.
+    #[serde(default)]
+    pub limits: CgroupLimits,
+}
+
+/// A host file or directory bind-mounted into a container through the VM's virtio-fs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostMount {
+    /// Absolute host path (a directory or a regular file).
+    pub source: PathBuf,
+    /// Absolute path inside the container.
+    pub destination: String,
+    /// Bind options as in an OCI mount (`ro`, `rbind`, `nosuid`, ...).
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
+impl HostMount {
+    /// Whether the options make it read-only (the last of `ro`/`rw` wins).
+    pub fn read_only(&self) -> bool {
+        self.options
+            .iter()
+            .rev()
+            .find(|o| *o == "ro" || *o == "rw")
+            .is_some_and(|o| o == "ro")
+    }
 }
 
 impl Default for ContainerConfig {
@@ -303,6 +356,8 @@ impl ContainerConfig {
             annotations: BTreeMap::new(),
             readonly_rootfs: false,
             volume: None,
+            host_mounts: Vec::new(),
+            limits: CgroupLimits::default(),
         }
     }
 }
