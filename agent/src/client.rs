@@ -235,6 +235,19 @@ impl<S: Read + Write> AgentClient<S> {
         )
     }
 
+    /// Configures the guest's interfaces (found by MAC: renamed, MTU, addresses, up), then
+    /// adds the routes. Safe to repeat.
+    pub fn configure_network(
+        &mut self,
+        interfaces: Vec<protocol::NetInterface>,
+        routes: Vec<protocol::NetRoute>,
+    ) -> Result<(), ClientError> {
+        self.call_done(
+            "ConfigureNetwork",
+            Request::ConfigureNetwork { interfaces, routes },
+        )
+    }
+
     /// Asks the agent to kill everything and reboot the guest. The agent answers before it
     /// goes down; the connection then closes.
     /// Flush the guest's page cache to its disks.

@@ -222,6 +222,45 @@ pub enum Request {
     },
     /// Kills everything and reboots the guest (a host-run agent exits instead).
     Shutdown,
+    /// Configures the guest's network: each interface (found by its MAC) is renamed, given
+    /// its MTU and addresses and brought up; then the routes are added. Safe to repeat.
+    ConfigureNetwork {
+        interfaces: Vec<NetInterface>,
+        #[serde(default)]
+        routes: Vec<NetRoute>,
+    },
+}
+
+/// A guest interface for [`Request::ConfigureNetwork`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetInterface {
+    /// The MAC of the guest link to configure, `aa:bb:cc:dd:ee:ff` (the VMM gave the
+    /// virtio-net device this MAC).
+    pub mac: String,
+    /// The name it gets (`eth0`).
+    pub name: String,
+    /// Its MTU (the host interface's).
+    pub mtu: u32,
+    /// Addresses with their prefix length: `10.88.0.2/16`, `fd00::2/64`.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+}
+
+/// A route for [`Request::ConfigureNetwork`], added to the main table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetRoute {
+    /// The destination network (`10.0.0.0/8`, `::/0`); `None` is the default route, of the
+    /// gateway's family.
+    #[serde(default)]
+    pub destination: Option<String>,
+    /// The next hop (`10.88.0.1`); `None` for a directly connected network.
+    #[serde(default)]
+    pub gateway: Option<String>,
+    /// The interface it goes out of, by its [`NetInterface::name`].
+    pub device: String,
+    /// The preferred source address.
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 /// Successful answers.

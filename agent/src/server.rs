@@ -223,6 +223,11 @@ pub fn dispatch(agent: &Agent, request: Request) -> Result<Response, AgentError>
             .resize(&container_id, exec_id.as_deref(), rows, cols)
             .map(|_| Response::Done)
             .map_err(e),
+        Request::ConfigureNetwork { interfaces, routes } => {
+            crate::netconf::configure(&interfaces, &routes)
+                .map(|_| Response::Done)
+                .map_err(|e| AgentError::new(e.kind(), crate::error_chain(&e)))
+        }
         Request::AttachStdio { .. } | Request::Shutdown => Err(AgentError::new(
             ErrorKind::BadRequest,
             "Request needs its own connection",

@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod hooks;
 pub mod logging;
+pub mod network;
 pub mod oci;
 pub mod pod_vmm;
 pub mod state;

@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("logging", 0),
     ("timeouts", 0),
     ("config", 1),
+    ("network", 1),
     ("state", 2),
     ("hooks", 3),
     ("agent_link", 3),
