@@ -146,6 +146,39 @@ fn podman_volumes_and_rootfs_are_live_as_under_runc() {
     }
 }
 
+/// `--memory 1g --cpus 2 --pids-limit 100` beside runc: the container's own cgroup shows the
+/// same limits under both; ember's VM is sized from them (about 1 GiB + the guest's overhead,
+/// 2 vCPUs).
+#[test]
+fn podman_resources_limit_the_container_as_under_runc() {
+    let Some(s) = passed("podman-resources") else {
+        return;
+    };
+    for rt in ["runc", "ember"] {
+        for want in [
+            format!("{rt} memory.max 1073741824"),
+            format!("{rt} cpu.max 200000 100000"),
+            format!("{rt} pids.max 100"),
+        ] {
+            assert!(has_line(s, &want), "no {want:?} in:\n{}", s.output);
+        }
+    }
+    let value = |key: &str| -> u64 {
+        s.output
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {key:?} in:\n{}", s.output))
+    };
+    assert_eq!(value("ember nproc"), 2, "output:\n{}", s.output);
+    let kib = value("ember memtotal_kib");
+    assert!(
+        (1 << 20) * 9 / 10 < kib && kib < (1 << 20) * 13 / 10,
+        "ember's guest has {kib} KiB, not about 1 GiB + overhead:\n{}",
+        s.output
+    );
+}
+
 /// CRI grouping with Kata's annotations: members run in their sandbox's VM (same kernel
 /// boot id, one pod), each with its rootfs shared by virtio-fs (a share withdrawn when it is
 /// deleted); the pod API's containers in a running pod take disk slots.

@@ -89,6 +89,19 @@ pub struct PodConfig {
     /// Where the pod's VMM process logs besides `<pod dir>/vmm.log`.
     #[serde(default)]
     pub log: LogConfig,
+    /// The engine's network the pod joins (its VM gets the namespace's interface).
+    #[serde(default)]
+    pub network: Option<NetworkConfig>,
+}
+
+/// A network namespace made by the engine (podman's CNI/netavark, containerd's CRI): the pod
+/// process connects a TAP to its interface and the guest takes that interface's MAC,
+/// addresses, routes and MTU.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// `/run/netns/NAME`, `/proc/PID/ns/net`, ...
+    pub netns: PathBuf,
 }
 
 /// How a pod's guest is stopped. The guest's disks are host files, so a VM can go at once;
@@ -169,6 +182,7 @@ impl Default for PodConfig {
             shutdown: Shutdown::default(),
             machine: Machine::default(),
             log: LogConfig::default(),
+            network: None,
         }
     }
 }

@@ -8,7 +8,9 @@
 use super::bundle::{ContainerConfig, MountConfig, PodRole, ProcessConfig};
 use super::sandbox::{Backend, Sandbox, SandboxError, Stdio};
 use crate::api::{self, Relays, RootfsConfig, Runtime};
-use crate::config::{LogConfig, Machine, OciRootfs, RuntimeConfig, Shutdown, Sizing};
+use crate::config::{
+    LogConfig, Machine, NetworkConfig, OciRootfs, RuntimeConfig, Shutdown, Sizing,
+};
 use agent::protocol::{Mount, Namespace, ProcessSpec, Rlimit};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -186,6 +188,16 @@ pub fn container_config(
     binds: HostBinds,
     volume: Option<RootfsConfig>,
 ) -> api::ContainerConfig {
+    for n in c.namespaces.iter().filter(|n| n.path.is_some()) {
+        if !matches!(n.typ.as_str(), "net" | "network") {
+            log::warn!(
+                "container {}: {} namespace {}: a host namespace cannot be joined from inside a VM; the container has its pod VM's",
+                c.id,
+                n.typ,
+                n.path.as_deref().unwrap_or(Path::new("")).display()
+            );
+        }
+    }
     let namespaces = c
         .namespaces
         .iter()
@@ -224,6 +236,14 @@ pub fn container_config(
     config.annotations = c.annotations.clone();
     config.limits = c.resources.cgroup_limits();
     config
+}
+
+/// The network namespace the spec joins by path, if any: the engine made it.
+fn engine_netns(c: &ContainerConfig) -> Option<PathBuf> {
+    c.namespaces
+        .iter()
+        .find(|n| matches!(n.typ.as_str(), "net" | "network"))
+        .and_then(|n| n.path.clone())
 }
 
 /// How a container's host binds reach its VM.
@@ -501,6 +521,12 @@ impl VmBackend {
                 Shutdown::Sync
             } else {
                 Shutdown::Kill
+            },
+            // The engine's network namespace (podman's bridge, CRI's sandbox netns): the VM
+            // gets its interface.
+            network: match self.machine {
+                Machine::Vm => engine_netns(config).map(|netns| NetworkConfig { netns }),
+                Machine::HostAgent { .. } => None,
             },
             machine: self.machine.clone(),
             log,
@@ -883,6 +909,26 @@ mod tests {
         assert_eq!(spec.volume, None);
         assert_eq!(spec.limits.memory_max, Some(1 << 30));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_network_namespace_by_path_is_the_engines() {
+        let mut c = podman_like();
+        assert_eq!(engine_netns(&c), None);
+        c.namespaces = vec![
+            NamespaceConfig {
+                typ: "pid".into(),
+                path: None,
+            },
+            NamespaceConfig {
+                typ: "network".into(),
+                path: Some("/run/netns/cni-1".into()),
+            },
+        ];
+        assert_eq!(engine_netns(&c), Some(PathBuf::from("/run/netns/cni-1")));
+        // Joined by the VM, not made in the guest.
+        let spec = container_config(&c, RootfsConfig::default(), HostBinds::Shared, None);
+        assert_eq!(spec.namespaces.unwrap(), [Namespace::Pid]);
     }
 
     #[test]

@@ -95,6 +95,12 @@ pub enum Error {
     Logging(#[source] crate::logging::Error),
     #[error("Cannot start a thread")]
     Thread(#[source] std::io::Error),
+    #[error("Agent call {call} failed")]
+    Agent {
+        call: &'static str,
+        #[source]
+        source: crate::agent_link::Error,
+    },
 }
 
 /// A started VMM process and the phases it reported.
@@ -318,6 +324,19 @@ impl Notifier {
     }
 }
 
+/// Has the guest agent give its interface the engine's addresses, routes and MTU.
+fn configure_guest_network(dir: &Path, net: &vm::GuestNetwork) -> Result<(), Error> {
+    let call = |source| Error::Agent {
+        call: "ConfigureNetwork",
+        source,
+    };
+    let mut client =
+        crate::agent_link::connect(dir, Some(crate::agent_link::CALL_TIMEOUT)).map_err(call)?;
+    client
+        .configure_network(net.interfaces.clone(), net.routes.clone())
+        .map_err(|e| call(crate::agent_link::Error::Client(e)))
+}
+
 /// The body of `ember pod __vmm`: boot the pod's VM and serve it until it ends.
 pub fn serve(dir: &Path) -> Result<(), Error> {
     let t0 = Instant::now();
@@ -413,6 +432,14 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
                 },
             });
         }
+    }
+    if let Some(net) = machine.network() {
+        let t = Instant::now();
+        if let Err(e) = configure_guest_network(dir, net) {
+            machine.stop();
+            return Err(e);
+        }
+        notify.phase("network_configured", t);
     }
     notify.send(Report::Ready);
     notify.close();
@@ -525,6 +552,14 @@ impl Machine {
         match self {
             Machine::Vm(vm) => vm.timings(),
             Machine::Host(_) => Vec::new(),
+        }
+    }
+
+    /// The agent's side of the engine's network, if the pod joined one.
+    fn network(&self) -> Option<&vm::GuestNetwork> {
+        match self {
+            Machine::Vm(vm) => vm.network(),
+            Machine::Host(_) => None,
         }
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
-use vmm::config::{BlockConfig, ConsoleConfig, FsConfig, VmConfig, VsockConfig};
+use vmm::config::{BlockConfig, ConsoleConfig, FsConfig, NetConfig, VmConfig, VsockConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -19,6 +19,62 @@ pub enum Error {
     Thread(#[source] std::io::Error),
     #[error("The VM thread ended before the VM was built")]
     ThreadDied,
+    #[error("Cannot join the network namespace {}", .0.display())]
+    Network(PathBuf, #[source] crate::network::Error),
+    #[error("The network namespace {} has no interface to give the VM", .0.display())]
+    NoInterface(PathBuf),
+}
+
+/// The TAP the pod process makes in the engine's network namespace.
+pub const TAP_NAME: &str = "ember-tap0";
+
+/// What the guest agent is told to configure once it is up (the engine's interface and its
+/// routes).
+#[derive(Clone, Debug, Default)]
+pub struct GuestNetwork {
+    pub interfaces: Vec<agent::protocol::NetInterface>,
+    pub routes: Vec<agent::protocol::NetRoute>,
+}
+
+/// Joins the calling thread to the engine's network namespace `netns`, connects a TAP to its
+/// interface (Kata's TC redirect) and gives the VM a virtio-net on it with that interface's
+/// MAC. Returns the interface (to disconnect at the end) and what the guest must configure.
+fn join_network(
+    netns: &Path,
+    cfg: &mut VmConfig,
+) -> Result<(crate::network::Interface, GuestNetwork), Error> {
+    let err = |e| Error::Network(netns.to_path_buf(), e);
+    crate::network::enter_netns(netns).map_err(err)?;
+    let scan = crate::network::scan().map_err(err)?;
+    // The engine's interface: eth0 when it has one, else the first with a MAC.
+    let iface = scan
+        .interface("eth0")
+        .or_else(|| scan.interfaces.iter().find(|i| i.mac != [0; 6]))
+        .cloned()
+        .ok_or_else(|| Error::NoInterface(netns.to_path_buf()))?;
+    crate::network::connect_tap(&iface, TAP_NAME).map_err(err)?;
+    log::info!(
+        "network {}: {} ({}, mtu {}, {} address(es)) redirected to {TAP_NAME}",
+        netns.display(),
+        iface.name,
+        iface.mac_string(),
+        iface.mtu,
+        iface.addresses.len()
+    );
+    cfg.net.push(NetConfig {
+        tap: TAP_NAME.to_string(),
+        mac: Some(iface.mac),
+    });
+    let guest = GuestNetwork {
+        interfaces: vec![iface.to_guest()],
+        routes: scan
+            .routes
+            .iter()
+            .filter(|r| r.device == iface.name)
+            .map(crate::network::Route::to_guest)
+            .collect(),
+    };
+    Ok((iface, guest))
 }
 
 /// The VM configuration of a pod: kernel, initrd, command line, disks in attachment order
@@ -59,6 +115,7 @@ pub fn vm_config(rec: &PodRecord, dir: &Path) -> VmConfig {
 /// A booted VM running on its own thread; its end arrives as [`Event::Exited`].
 pub struct Vm {
     handle: vmm::VmHandle,
+    network: Option<GuestNetwork>,
 }
 
 impl Vm {
@@ -69,29 +126,49 @@ impl Vm {
         t0: Instant,
         events: mpsc::Sender<Event>,
     ) -> Result<Vm, Error> {
-        let cfg = vm_config(rec, dir);
+        let mut cfg = vm_config(rec, dir);
+        let netns = rec.config.network.as_ref().map(|n| n.netns.clone());
         let (htx, hrx) = mpsc::channel();
-        // The VMM is built and run on one thread; only its handle crosses threads.
-        std::thread::Builder::new()
-            .name("vm".into())
-            .spawn(move || {
-                let vmm = match vmm::Vmm::with_start(cfg, t0) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        let _ = htx.send(Err(Error::Build(e)));
-                        return;
+        // The VMM is built and run on one thread, which joins the engine's network namespace
+        // first (its TAP is opened there); only the handle crosses threads.
+        crate::logging::spawn("vm", move || {
+            let joined = match netns.as_deref().map(|n| join_network(n, &mut cfg)) {
+                Some(Err(e)) => {
+                    let _ = htx.send(Err(e));
+                    return;
+                }
+                Some(Ok(j)) => Some(j),
+                None => None,
+            };
+            let (iface, network) = joined.map_or((None, None), |(i, g)| (Some(i), Some(g)));
+            let vmm = match vmm::Vmm::with_start(cfg, t0) {
+                Ok(v) => v,
+                Err(e) => {
+                    if let Some(i) = &iface {
+                        crate::network::disconnect_tap(&i.name, TAP_NAME);
                     }
-                };
-                let _ = htx.send(Ok(vmm.handle()));
-                let msg = match vmm.run() {
-                    Ok(exit) => format!("VM exit: {exit:?}"),
-                    Err(e) => format!("VM failed: {}", crate::error::report(&e)),
-                };
-                let _ = events.send(Event::Exited(msg));
-            })
-            .map_err(Error::Thread)?;
-        let handle = hrx.recv().map_err(|_| Error::ThreadDied)??;
-        Ok(Vm { handle })
+                    let _ = htx.send(Err(Error::Build(e)));
+                    return;
+                }
+            };
+            let _ = htx.send(Ok((vmm.handle(), network)));
+            let msg = match vmm.run() {
+                Ok(exit) => format!("VM exit: {exit:?}"),
+                Err(e) => format!("VM failed: {}", crate::error::report(&e)),
+            };
+            if let Some(i) = &iface {
+                crate::network::disconnect_tap(&i.name, TAP_NAME);
+            }
+            let _ = events.send(Event::Exited(msg));
+        })
+        .map_err(Error::Thread)?;
+        let (handle, network) = hrx.recv().map_err(|_| Error::ThreadDied)??;
+        Ok(Vm { handle, network })
+    }
+
+    /// What the guest agent must configure for the engine's network, if the pod joined one.
+    pub fn network(&self) -> Option<&GuestNetwork> {
+        self.network.as_ref()
     }
 
     pub fn handle(&self) -> vmm::VmHandle {
