@@ -43,11 +43,16 @@ echo "== building ember-rig and the io-bench guest initramfs" >&2
 RIG=${EMBER_RIG:-${CARGO_TARGET_DIR:-$ROOT/target}/release/ember-rig}
 "$RIG" initramfs --agent "$BIN" --busybox /bin/busybox --out "$WORK/io-bench.cpio"
 sed "s/^IO_MIB=.*/IO_MIB=$MIB/" "$HERE/scenario-io.sh" >"$WORK/50-io.sh"
+# An empty ext4 image for the file workload over virtio-blk (the virtual host has no mkfs).
+truncate -s $((MIB + 192))M "$WORK/fsb.ext4"
+mkfs.ext4 -F -q "$WORK/fsb.ext4"
+gzip -1 "$WORK/fsb.ext4"
 
 echo "== running the virtual KVM host (minutes under TCG)" >&2
 args=(run --scenario "$WORK/50-io.sh"
     --add "$BIN:/usr/local/bin/io-bench"
-    --add "$WORK/io-bench.cpio:/bench/io-bench.cpio")
+    --add "$WORK/io-bench.cpio:/bench/io-bench.cpio"
+    --add "$WORK/fsb.ext4.gz:/bench/fsb.ext4.gz")
 [ -n "$LOG" ] && args+=(--log "$LOG")
 if [ "$QEMU" = 1 ]; then
     "$ROOT/rig/reliability/qemu-bundle.sh" "$WORK/qemu" >&2

@@ -5,8 +5,10 @@
 #   /usr/local/bin/ember, /var/lib/ember/guest/vmlinux (as for every scenario)
 #   optional: qemu-system-x86_64 + firmware (rig/reliability/qemu-bundle.sh, added at /): the
 #   same guest under QEMU (-M microvm -accel kvm, virtio-blk-device on the same kind of image)
-# Sections: io-setup, io-guest-ready, io-vsock, io-exit, io-guest, io-ember, and with QEMU
-# io-qemu-guest (blk table; QEMU has no vsock here: no vhost in the host kernel).
+# Sections: io-setup, io-guest-ready, io-vsock, io-exit, io-guest, io-ember, io-fs (the file
+# workload over virtio-fs and over ext4 on virtio-blk in one guest; needs
+# /bench/fsb.ext4.gz, an empty ext4 image), io-fs-host (the same on the host directory), and
+# with QEMU io-qemu-guest (blk table; QEMU has no vsock here: no vhost in the host kernel).
 # IO_MIB: transfer size of each test in MiB (run.sh --mib rewrites the line below).
 
 IO_MIB=128
@@ -62,6 +64,24 @@ io_wait_exit() {
 section io-exit io_wait_exit
 section io-guest cat /tmp/io-guest.log
 section io-ember cat /tmp/io-ember.log
+
+# The file workload: virtio-fs (share `bench` of /tmp/fs-share) and ext4 on virtio-blk
+# (/dev/vda) in one guest, then the same on the host directory itself.
+io_fs() {
+    [ -f /bench/fsb.ext4.gz ] || { echo "skipped: no /bench/fsb.ext4.gz"; return 1; }
+    rm -rf /tmp/fs-share /tmp/fs-host && mkdir -p /tmp/fs-share /tmp/fs-host
+    gunzip -c /bench/fsb.ext4.gz >/tmp/fsb.img || return 1
+    : >/tmp/io-fs-guest.log
+    ember vm run --initrd /bench/io-bench.cpio --mem-mib 256 --block /tmp/fsb.img \
+        --share bench=/tmp/fs-share --timeout-s 1500 --console-file /tmp/io-fs-guest.log \
+        --append "io_bench.mib=$IO_MIB io_bench.files=10000 io_bench.vsock=0 io_bench.blk=0 io_bench.fs=bench io_bench.ext4=/dev/vda loglevel=6" \
+        >/tmp/io-fs-ember.log 2>&1
+    echo "ember exit=$?"
+    cat /tmp/io-fs-ember.log
+    grep -a "^| \|io-bench:" /tmp/io-fs-guest.log
+}
+section_timeout 1800 io-fs io_fs
+section_timeout 900 io-fs-host io-bench files --dir /tmp/fs-host --mib "$IO_MIB" --files 10000 --label host-dir
 
 # The peer: the same kernel and io-bench guest under QEMU (blk only, io_bench.vsock=0).
 io_qemu() {

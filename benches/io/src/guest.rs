@@ -35,10 +35,12 @@ pub fn run(args: &[String]) -> Result<(), String> {
     println!("io-bench: guest up");
     println!("| guest test | block | MiB | seconds | MB/s |");
     println!("|---|---|---|---|---|");
-    match blk_bench(&dev, mib) {
-        Ok(()) => {}
-        Err(e) => println!("io-bench: blk skipped: {e}"),
+    if cmdline.split_whitespace().any(|w| w == "io_bench.blk=0") {
+        println!("io-bench: blk not asked for (io_bench.blk=0)");
+    } else if let Err(e) = blk_bench(&dev, mib) {
+        println!("io-bench: blk skipped: {e}");
     }
+    fs_benches(&cmdline, mib);
     let served = if !unix.is_empty() {
         serve_unix(&unix)
     } else if serve_vsock {
@@ -58,6 +60,39 @@ pub fn run(args: &[String]) -> Result<(), String> {
         }
     }
     served.map_err(|e| e.to_string())
+}
+
+/// The file workload ([`crate::files`]) over virtio-fs (`io_bench.fs=SHARE`: the device with
+/// tag `ember`, share SHARE) and over ext4 on a virtio-blk disk (`io_bench.ext4=/dev/vdX`),
+/// `io_bench.files=N` small files (default 10000).
+fn fs_benches(cmdline: &str, mib: usize) {
+    let opt = |key: &str| {
+        cmdline
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .map(str::to_string)
+    };
+    let files = opt("io_bench.files=")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let mut targets = Vec::new();
+    if let Some(share) = opt("io_bench.fs=") {
+        mount("ember", "/mnt/fs", "virtiofs");
+        targets.push(("virtio-fs", format!("/mnt/fs/{share}")));
+    }
+    if let Some(dev) = opt("io_bench.ext4=") {
+        mount(&dev, "/mnt/ext4", "ext4");
+        targets.push(("ext4-on-virtio-blk", "/mnt/ext4".to_string()));
+    }
+    if targets.is_empty() {
+        return;
+    }
+    crate::files::header();
+    for (label, dir) in targets {
+        if let Err(e) = crate::files::workload(std::path::Path::new(&dir), label, mib, files) {
+            println!("io-bench: fs {label} failed: {e}");
+        }
+    }
 }
 
 fn mount(src: &str, dst: &str, fstype: &str) {

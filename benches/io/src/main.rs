@@ -7,12 +7,16 @@
 //!   reboots when told to quit.
 //! - `io-bench host-vsock --uds PATH`: the host side of the vsock benchmark (throughput both
 //!   ways, round-trip latency, connect latency) through ember's hybrid Unix socket.
+//! - `io-bench files --dir DIR`: the file workload (sequential, 10 000 small files) on a host
+//!   directory, the baseline for the same workload over virtio-fs and ext4 in a guest
+//!   (`io_bench.fs=SHARE`, `io_bench.ext4=/dev/vdX` on the guest's command line).
 //! - `vsock-echo-serve`, `unix-echo-serve`, `vsock-echo`, `host-echo`: echo round trips with
 //!   the data checked, for the end-to-end device tests (see `echo.rs`).
 //!
 //! Every mode prints a table; see benches/io/README.md.
 
 mod echo;
+mod files;
 mod guest;
 mod host;
 mod micro;
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
     };
     let result = match mode {
         "micro" => micro::run(rest),
+        "files" => files::run(rest),
         "guest" => guest::run(rest),
         "host-vsock" => host::run(rest),
         "vsock-echo-serve" => echo::vsock_serve(rest),
@@ -65,7 +70,7 @@ fn main() -> ExitCode {
         "vsock-echo" => echo::vsock_check(rest),
         "host-echo" => echo::host_check(rest),
         _ => Err(
-            "usage: io-bench micro [--mib N] | guest [--dev PATH] [--mib N] [--no-vsock] | host-vsock --uds PATH [--port P] \
+            "usage: io-bench micro [--mib N] | files --dir DIR [--label L] [--mib N] [--files N] | guest [--dev PATH] [--mib N] [--no-vsock] | host-vsock --uds PATH [--port P] \
              [--mib N] [--pings N] [--connects N] [--quit] | vsock-echo-serve --port P [--count N] \
              | unix-echo-serve --path PATH [--count N] | vsock-echo --cid C --port P [--bytes N] \
              | host-echo --uds PATH --port P [--bytes N]"
