@@ -268,3 +268,48 @@ fn failed_run_leaves_nothing_behind() {
         serde_json::from_str(&ok(&root, &["pod", "list", "--json"])).unwrap();
     assert_eq!(list, serde_json::json!([]));
 }
+
+/// A read-only state root (hardening finding): `pod list` and `pod status` still answer, a
+/// change is refused with one clear error.
+#[test]
+fn reads_work_on_a_read_only_state_root() {
+    let rw = root("ro-src");
+    ok(&rw, &["pod", "create", "p"]);
+    // The lock file a writer leaves must not be needed by readers.
+    let _ = std::fs::remove_file(rw.join("@pods/p/lock"));
+    let ro = root("ro-mnt");
+    let bind = |flags| nix::mount::mount(Some(&rw), &ro, None::<&str>, flags, None::<&str>);
+    if let Err(e) = bind(nix::mount::MsFlags::MS_BIND).and_then(|()| {
+        nix::mount::mount(
+            None::<&str>,
+            &ro,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND
+                | nix::mount::MsFlags::MS_REMOUNT
+                | nix::mount::MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+    }) {
+        let _ = nix::mount::umount(&ro);
+        panic!("a read-only bind mount needs root here: {e}");
+    }
+    let list = run(&ro, &["pod", "list"]);
+    let status = run(&ro, &["pod", "status", "--json", "p"]);
+    let create = run(&ro, &["pod", "create", "q"]);
+    nix::mount::umount(&ro).unwrap();
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    assert!(String::from_utf8_lossy(&list.stdout).contains('p'));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v["state"], "ready");
+    assert_eq!(create.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&create.stderr).starts_with("ember: "));
+}

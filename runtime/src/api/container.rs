@@ -74,6 +74,14 @@ fn check_source(rec: &PodRecord, what: &str, source: &RootfsConfig) -> Result<()
         RootfsConfig::Image { path, .. } | RootfsConfig::Dir { path } if !path.exists() => Err(
             Error::Config(format!("{what} {} does not exist", path.display())),
         ),
+        RootfsConfig::Dir { path } if !path.is_dir() => Err(Error::Config(format!(
+            "{what} {} is not a directory (an image file is --rootfs-image)",
+            path.display()
+        ))),
+        RootfsConfig::Image { path, .. } if path.is_dir() => Err(Error::Config(format!(
+            "{what} {} is a directory, not an image file",
+            path.display()
+        ))),
         RootfsConfig::Disk { id } if !rec.config.disks.iter().any(|d| d.id == *id) => Err(
             Error::Config(format!("the pod config declares no disk {id}")),
         ),

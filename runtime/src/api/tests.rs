@@ -135,7 +135,7 @@ fn containers_on_a_ready_pod_are_recorded() {
         .unwrap();
     assert_eq!(c.state, State::Ready);
     assert!(matches!(
-        rt.create_container("p", "c1", cfg(RootfsConfig::Dir { path: src })),
+        rt.create_container("p", "c1", cfg(RootfsConfig::Dir { path: src.clone() })),
         Err(Error::ContainerExists { .. })
     ));
     // Missing rootfs and undeclared disk are refused up front.
@@ -153,6 +153,20 @@ fn containers_on_a_ready_pod_are_recorded() {
         rt.create_container("p", "c3", cfg(RootfsConfig::Disk { id: "nope".into() })),
         Err(Error::Config(_))
     ));
+    // A file given as a rootfs directory (it would block the pod's start later), a
+    // directory given as an image: refused at create (hardening findings).
+    let file = rt.root().join("not-a-dir");
+    fs::write(&file, b"x").unwrap();
+    for bad in [
+        RootfsConfig::Dir { path: file },
+        RootfsConfig::Image {
+            path: src.clone(),
+            read_only: false,
+        },
+    ] {
+        let err = rt.create_container("p", "c5", cfg(bad)).unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{err}");
+    }
     // No args: refused.
     let mut empty = cfg(RootfsConfig::default());
     empty.process.args.clear();

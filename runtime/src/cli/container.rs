@@ -222,7 +222,7 @@ fn build_config(a: CreateArgs) -> Result<ContainerConfig, Error> {
                 path: path.clone(),
                 source,
             })?;
-            serde_json::from_str(&text).map_err(|source| Error::ParseConfig {
+            crate::config::from_json(&text).map_err(|source| Error::ParseConfig {
                 path: path.clone(),
                 source,
             })?

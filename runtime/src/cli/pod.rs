@@ -110,7 +110,7 @@ pub fn load_config(path: Option<&Path>) -> Result<PodConfig, Error> {
                 path: path.to_path_buf(),
                 source,
             })?;
-            serde_json::from_str(&text).map_err(|source| Error::ParseConfig {
+            crate::config::from_json(&text).map_err(|source| Error::ParseConfig {
                 path: path.to_path_buf(),
                 source,
             })?

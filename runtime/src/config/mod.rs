@@ -24,6 +24,18 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+/// Parses a config file's JSON (pod or container config): a JSON object. serde would take an
+/// array for a struct too (its fields in order); a config written that way is refused.
+pub fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, serde_json::Error> {
+    let value: serde_json::Value = serde_json::from_str(text)?;
+    if !value.is_object() {
+        return Err(<serde_json::Error as serde::de::Error>::custom(
+            "a config is a JSON object ({...})",
+        ));
+    }
+    serde_json::from_value(value)
+}
+
 /// Where installed guest artifacts live unless `EMBER_GUEST_DIR` says otherwise.
 pub const DEFAULT_GUEST_DIR: &str = "/var/lib/ember/guest";
 
@@ -386,6 +398,16 @@ mod tests {
         assert_eq!(c, PodConfig::default());
         assert_eq!(c.mem_mib, 256);
         assert_eq!(c.guest_cid, 3);
+    }
+
+    #[test]
+    fn configs_are_json_objects() {
+        assert_eq!(from_json::<PodConfig>("{}").unwrap(), PodConfig::default());
+        for bad in ["[]", "[null, null]", "3", "\"x\"", "null"] {
+            let err = from_json::<PodConfig>(bad).unwrap_err().to_string();
+            assert!(err.contains("JSON object"), "{bad}: {err}");
+        }
+        assert!(from_json::<ContainerConfig>("[{\"GuestPath\": {\"path\": \"/\"}}]").is_err());
     }
 
     #[test]

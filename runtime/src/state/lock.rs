@@ -48,8 +48,39 @@ pub enum LockKind {
 /// A held pod lock; released on drop.
 #[derive(Debug)]
 pub struct PodLock {
-    _flock: Flock<File>,
+    /// `None`: a read where the state root cannot be written (see [`open_lock_file`]).
+    _flock: Option<Flock<File>>,
     kind: LockKind,
+}
+
+/// Opens (a writer: creates) the lock file. A reader opens it read-only, and when it is
+/// missing and cannot be made because the directory is not writable (`EROFS`, `EACCES`), gets
+/// `None`: reads then work on a read-only state root.
+fn open_lock_file(path: &Path, kind: LockKind) -> std::io::Result<Option<File>> {
+    if kind == LockKind::Read {
+        match File::open(path) {
+            Ok(f) => return Ok(Some(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let made = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path);
+    match made {
+        Ok(f) => Ok(Some(f)),
+        Err(e)
+            if kind == LockKind::Read
+                && matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES))
+                && path.parent().is_some_and(Path::is_dir) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 impl PodLock {
@@ -74,20 +105,22 @@ impl PodLock {
         // never hangs behind a stuck holder.
         let mut pause = Duration::from_millis(2);
         loop {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(|source| Error::Open {
-                    path: path.clone(),
-                    source,
-                })?;
+            let file = match open_lock_file(&path, kind) {
+                Ok(Some(f)) => f,
+                // A reader of a state root nobody can write (read-only, or a pod whose lock
+                // file was never made there): nothing can change under it, no lock needed.
+                Ok(None) => return Ok(PodLock { _flock: None, kind }),
+                Err(source) => {
+                    return Err(Error::Open {
+                        path: path.clone(),
+                        source,
+                    })
+                }
+            };
             match Flock::lock(file, arg) {
                 Ok(flock) => {
                     return Ok(PodLock {
-                        _flock: flock,
+                        _flock: Some(flock),
                         kind,
                     })
                 }
@@ -140,6 +173,51 @@ mod tests {
         assert!(PodLock::acquire_timeout(&dir, LockKind::Write, short).is_err());
         drop(w);
         PodLock::acquire_timeout(&dir, LockKind::Read, short).unwrap();
+    }
+
+    #[test]
+    fn readers_need_no_write_access() {
+        let dir = test_dir("lock-ro");
+        // An existing lock file that is read-only to us still takes a shared lock.
+        drop(PodLock::acquire_timeout(&dir, LockKind::Write, Duration::ZERO).unwrap());
+        let lock = dir.join(LOCK_FILE);
+        std::fs::set_permissions(&lock, std::os::unix::fs::PermissionsExt::from_mode(0o444))
+            .unwrap();
+        let r = PodLock::acquire_timeout(&dir, LockKind::Read, Duration::ZERO).unwrap();
+        assert!(r._flock.is_some());
+        drop(r);
+        // A read-only bind mount of the directory without a lock file: reads go on unlocked,
+        // writes are refused.
+        std::fs::remove_file(&lock).unwrap();
+        let ro = test_dir("lock-ro-mnt");
+        let mounted = nix::mount::mount(
+            Some(&dir),
+            &ro,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .and_then(|()| {
+            nix::mount::mount(
+                None::<&str>,
+                &ro,
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND
+                    | nix::mount::MsFlags::MS_REMOUNT
+                    | nix::mount::MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+        });
+        if let Err(e) = mounted {
+            println!("SKIPPED: read-only bind mount needs root ({e}); the rest ran");
+            let _ = nix::mount::umount(&ro);
+            return;
+        }
+        let r = PodLock::acquire_timeout(&ro, LockKind::Read, Duration::ZERO);
+        let w = PodLock::acquire_timeout(&ro, LockKind::Write, Duration::ZERO);
+        nix::mount::umount(&ro).unwrap();
+        assert!(r.unwrap()._flock.is_none());
+        assert!(matches!(w.unwrap_err(), Error::Open { .. }));
     }
 
     #[test]
