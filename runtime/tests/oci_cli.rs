@@ -374,3 +374,31 @@ fn an_unknown_log_format_is_refused() {
     let o = ember(&t.root(), &["--log-format", "json", "list", "-q"]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// `EMBER_ROOT` is the runc-style commands' state root too, as the README says (hardening
+/// finding: they ignored it).
+#[test]
+fn ember_root_is_the_state_root_of_the_runc_commands() {
+    let t = Tmp::new("ember-root");
+    let b = bundle(&t, "b", Some(CONFIG), true);
+    record(&t.root(), "from-env", &b, Status::Stopped, None);
+    let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .env("EMBER_ROOT", t.root())
+        .args(["list", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("from-env"), "{}", stdout(&out));
+    // --root still wins over the environment.
+    let other = Tmp::new("ember-root-flag");
+    fs::create_dir_all(other.root()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .env("EMBER_ROOT", t.root())
+        .arg("--root")
+        .arg(other.root())
+        .args(["list", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("from-env"), "{}", stdout(&out));
+}

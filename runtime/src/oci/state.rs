@@ -18,7 +18,7 @@ pub const FORMAT_VERSION: u32 = 1;
 /// The OCI runtime spec version ember reports and accepts (major 1).
 pub const OCI_VERSION: &str = "1.0.2";
 /// The default state root.
-pub const DEFAULT_ROOT: &str = "/run/ember";
+pub use crate::api::DEFAULT_ROOT;
 
 const STATE_FILE: &str = "state.json";
 
@@ -196,9 +196,11 @@ pub struct Store {
 }
 
 impl Store {
+    /// The root from a `--root` flag, else `EMBER_ROOT`, else [`DEFAULT_ROOT`] (as the pod
+    /// commands resolve it: one state root for both faces).
     pub fn new(root: Option<&Path>) -> Store {
         Store {
-            root: root.map_or_else(|| PathBuf::from(DEFAULT_ROOT), Path::to_path_buf),
+            root: crate::api::Runtime::from_flag(root).root().to_path_buf(),
         }
     }
 
