@@ -243,9 +243,21 @@ impl Runtime {
                         out.push(info);
                     }
                 }
-                // Deleted meanwhile, or a directory that is not a pod of ours (e.g. another
-                // tool's state file under a shared root).
-                Err(Error::PodNotFound(_)) | Err(Error::State(_)) => {}
+                Err(Error::PodNotFound(_)) => {}
+                // A record that cannot be read is reported, not hidden: its VMM may still run.
+                Err(Error::State(e)) => {
+                    let dir = self.pod_dir(&pod);
+                    let mut info = PodInfo::from_record(
+                        &PodRecord::new(&pod, super::PodConfig::default()),
+                        &dir,
+                    );
+                    info.state = State::Stopped;
+                    info.warnings.push(format!(
+                        "unreadable record: {} (ember pod delete --force removes the pod)",
+                        crate::error::report(&e)
+                    ));
+                    out.push(info);
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -440,7 +452,10 @@ impl Runtime {
 
     /// Delete a pod that is ready or stopped (with `force`, stop it first).
     pub fn delete_pod(&self, pod: &str, force: bool) -> Result<(), Error> {
-        let (lock, dir, mut rec) = self.open(pod, LockKind::Write)?;
+        let (lock, dir, mut rec) = match self.open(pod, LockKind::Write) {
+            Err(Error::State(e)) if force => return self.delete_unreadable(pod, e),
+            other => other?,
+        };
         if vmm_gone(&dir, &rec).is_none() && matches!(rec.state, State::Running | State::Paused) {
             if !force {
                 return Err(Error::PodRunning(pod.to_string()));
@@ -453,6 +468,39 @@ impl Runtime {
         })?;
         drop(lock);
         // The last pod takes `@pods` with it (fails, harmlessly, while others are there).
+        let _ = fs::remove_dir(self.pods_dir());
+        Ok(())
+    }
+
+    /// `delete --force` of a pod whose record cannot be read: its VMM process (if one still
+    /// answers on the control socket, which tells its pid) is stopped and killed, then the
+    /// directory goes.
+    fn delete_unreadable(&self, pod: &str, why: crate::state::Error) -> Result<(), Error> {
+        let dir = self.pod_dir(pod);
+        let lock = PodLock::acquire(&dir, LockKind::Write).map_err(Error::Lock)?;
+        log::warn!(
+            "pod {pod}: unreadable record ({}); removing it",
+            crate::error::report(&why)
+        );
+        let socket = dir.join(pod_vmm::CONTROL_SOCKET);
+        if let Ok(control::Response::Pong { pid }) =
+            control::request(&socket, &control::Request::Ping, control::DEFAULT_TIMEOUT)
+        {
+            if let Some(vmm) = i32::try_from(pid).ok().and_then(|pid| {
+                pod_vmm::proc::start_time(pid).map(|start_time| VmmProcess { pid, start_time })
+            }) {
+                let _ =
+                    control::request(&socket, &control::Request::Stop, control::DEFAULT_TIMEOUT);
+                if !pod_vmm::wait_exit(&vmm, SHUTDOWN_GRACE + VMM_EXIT) {
+                    pod_vmm::kill(&vmm);
+                }
+            }
+        }
+        fs::remove_dir_all(&dir).map_err(|source| Error::Io {
+            what: format!("Cannot remove {}", dir.display()),
+            source,
+        })?;
+        drop(lock);
         let _ = fs::remove_dir(self.pods_dir());
         Ok(())
     }

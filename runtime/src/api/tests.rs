@@ -700,3 +700,30 @@ fn running_pod_takes_disks_into_free_slots() {
         ]
     );
 }
+
+/// A corrupt record (hardening finding): `list` reports the pod with a warning instead of
+/// hiding it, `delete` refuses it, `delete --force` removes it.
+#[test]
+fn a_corrupt_record_is_listed_and_force_deleted() {
+    let rt = rt("api-corrupt");
+    rt.create_pod("good", PodConfig::default()).unwrap();
+    rt.create_pod("bad", PodConfig::default()).unwrap();
+    fs::write(
+        rt.pod_dir("bad").join(crate::state::STATE_FILE),
+        b"{\"format_version\": 1, \"id\": ",
+    )
+    .unwrap();
+    let pods = rt.list_pods().unwrap();
+    let ids: Vec<&str> = pods.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["bad", "good"]);
+    assert!(
+        pods[0].warnings[0].contains("unreadable record"),
+        "{:?}",
+        pods[0].warnings
+    );
+    assert!(pods[1].warnings.is_empty());
+    assert!(matches!(rt.delete_pod("bad", false), Err(Error::State(_))));
+    rt.delete_pod("bad", true).unwrap();
+    assert!(!rt.pod_dir("bad").exists());
+    assert_eq!(rt.list_pods().unwrap().len(), 1);
+}
