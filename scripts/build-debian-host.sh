@@ -26,9 +26,13 @@ apt_mirror() {
 MIRROR=${EMBER_DEBIAN_MIRROR:-$(apt_mirror)}
 [ -n "$MIRROR" ] || { echo "No Debian mirror in /etc/apt sources; set EMBER_DEBIAN_MIRROR" >&2; exit 1; }
 SIZE_MIB=${EMBER_DEBIAN_SIZE_MIB:-3072}
-PKGS=podman,conmon,containerd,runc,crun,busybox-static,iproute2,procps,ca-certificates,uidmap,catatonit,containernetworking-plugins,golang-github-containers-common
+# containernetworking-plugins: podman's CNI backend (bridge, portmap, firewall), which run
+# iptables (its nft backend); nftables only for `nft list ruleset` when debugging.
+PKGS=podman,conmon,containerd,runc,crun,busybox-static,iproute2,procps,ca-certificates,uidmap,catatonit,containernetworking-plugins,golang-github-containers-common,iptables,nftables
 
-if [ -f "$IMG" ] && [ "${1:-}" != "--force" ]; then
+# The image is rebuilt when this script changes (its hash is kept beside the image).
+STAMP=$(sha256sum "$0" | cut -d' ' -f1)
+if [ -f "$IMG" ] && [ "$(cat "$IMG.stamp" 2>/dev/null)" = "$STAMP" ] && [ "${1:-}" != "--force" ]; then
     echo "$IMG (cached)"
     exit 0
 fi
@@ -39,7 +43,8 @@ mkdir -p "$CACHE"
 
 ROOT=$WORK/root
 t0=$(date +%s)
-if [ ! -f "$WORK/debootstrap.done" ]; then
+# The debootstrap is kept between --force rebuilds while its suite and package list stay the same.
+if [ "$(cat "$WORK/debootstrap.done" 2>/dev/null)" != "$SUITE $PKGS" ]; then
     rm -rf "$WORK"
     mkdir -p "$ROOT"
     echo "debootstrap $SUITE ($PKGS) ..."
@@ -47,16 +52,21 @@ if [ ! -f "$WORK/debootstrap.done" ]; then
         tail -30 "$WORK/debootstrap.log"
         exit 1
     }
-    touch "$WORK/debootstrap.done"
+    echo "$SUITE $PKGS" >"$WORK/debootstrap.done"
 fi
 echo "debootstrap: $(($(date +%s) - t0)) s"
 
-# --- podman: cgroupfs, file events, vfs storage, no network by default; ember as a runtime.
+# --- podman: cgroupfs, file events, vfs storage, podman's default bridge network (CNI's
+# "podman" network, 10.88.0.0/16 on cni-podman0), as users run it; ember as a runtime.
+# (With netns = "none" podman 4.3 silently drops -p/--publish: no error, no NAT rules,
+# "connection refused".)
 mkdir -p "$ROOT/etc/containers"
 cat >"$ROOT/etc/containers/containers.conf" <<'CONF'
 [containers]
-netns = "none"
 log_driver = "k8s-file"
+
+[network]
+network_backend = "cni"
 
 [engine]
 cgroup_manager = "cgroupfs"
@@ -163,4 +173,5 @@ rm -f "$IMG.tmp"
 truncate -s "${SIZE_MIB}M" "$IMG.tmp"
 mkfs.ext4 -q -F -L ember-debian -E root_owner=0:0 -d "$ROOT" "$IMG.tmp"
 mv "$IMG.tmp" "$IMG"
+echo "$STAMP" >"$IMG.stamp"
 echo "$IMG built in $(($(date +%s) - t0)) s ($(du -sh "$ROOT" | cut -f1) of files)"

@@ -2,9 +2,10 @@
 # (scripts/build-debian-host.sh) that rig::debian attaches to the virtual KVM host as /dev/vda.
 # Sourced by the host's /init after /rig/lib.sh. Without that disk it prints one line and
 # returns (the shared initramfs-only host run).
-# Sections: oci-debian, podman-hello, podman-exit-code, podman-volumes, podman-resources,
+# Sections: oci-debian, podman-hello, podman-exit-code, podman-volumes, podman-network,
+# podman-resources,
 # cri-pod, podman-tty,
-# podman-exec, podman-stop-rm, ctr-hello, ctr-shim-v2, oci-bench.
+# podman-exec, podman-stop-rm, ctr-hello, ctr-shim-v2, ctr-volumes, oci-bench.
 
 DEB=/debian
 if ! [ -b /dev/vda ] || ! mkdir -p "$DEB" || ! mount -t ext4 /dev/vda "$DEB" 2>/dev/null; then
@@ -208,6 +209,76 @@ VOLTEST
 chmod 755 "$DEB/usr/local/bin/volumes-test"
 section podman-volumes /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/volumes-test
 
+# podman's bridge network (CNI: bridge, portmap, firewall on cni-podman0, 10.88.0.0/16), each
+# runtime in turn: the container's eth0 address, a published port (-p) from 127.0.0.1 and from
+# the bridge gateway, the CNI NAT rules, container -> host TCP to a listener on the gateway.
+# containers.conf's default is netns = "none", which silently drops -p: --network bridge is
+# needed. Lines start with the runtime name, so the two runtimes' lines compare.
+cat >"$DEB/usr/local/bin/network-test" <<'NETTEST'
+#!/bin/sh
+T="timeout -s KILL 120"
+GW=10.88.0.1
+# get URL: the first line wget fetched ("" when it failed), retried for 10 s.
+get() {
+    i=0
+    while [ $i -lt 20 ]; do
+        out=$(timeout -s KILL 5 busybox wget -qO- "$1" 2>/dev/null | head -n1)
+        [ -n "$out" ] && { echo "$out"; return 0; }
+        sleep 0.5
+        i=$((i + 1))
+    done
+    return 1
+}
+port=18080
+lport=18090
+for rt in runc ember; do
+    flag=""
+    [ $rt = ember ] && flag="--runtime /usr/local/bin/ember"
+
+    addr=$($T podman $flag run --rm --network bridge localhost/busybox ip -4 addr show dev eth0 2>&1 |
+        sed -n 's/.*inet \([0-9.]*\/[0-9]*\).*/\1/p')
+    echo "$rt eth0: ${addr:-none}"
+
+    $T podman $flag run -d --name net-$rt --network bridge -p $port:80 localhost/busybox \
+        httpd -f -p 80 -h /etc >/var/tmp/net-$rt.out 2>&1 || sed "s/^/$rt run -d: /" /var/tmp/net-$rt.out
+    ip=$(podman inspect -f '{{.NetworkSettings.IPAddress}}' net-$rt 2>/dev/null)
+    echo "$rt ports: $(podman ps --filter name=net-$rt --format '{{.Ports}}')"
+    for to in 127.0.0.1:$port $GW:$port; do
+        via=${to%:*}
+        [ "$(get http://$to/passwd)" = "root:x:0:0:root:/root:/bin/sh" ] && r=ok || r=failed
+        echo "$rt published port via $via: $r"
+    done
+    if [ -n "$ip" ]; then
+        [ "$(get http://$ip:80/passwd)" = "root:x:0:0:root:/root:/bin/sh" ] && r=ok || r=failed
+    else
+        r="no address"
+    fi
+    echo "$rt container address port 80: $r"
+    nat=$(iptables -t nat -S 2>&1)
+    echo "$nat" | grep -q -- "--dport $port -j DNAT --to-destination $ip:80" && r=yes || r=no
+    echo "$rt nat dnat: $r"
+    echo "$nat" | grep -qE -- "^-A POSTROUTING -s $ip/32 .* -j CNI-" && r=yes || r=no
+    echo "$rt nat masquerade: $r"
+    podman rm -f -t 0 net-$rt >/dev/null 2>&1
+
+    # container -> host: a listener in the host's netns on the gateway address.
+    rm -f /var/tmp/nc-$rt.got
+    echo host-says-hi >/var/tmp/nc-hi
+    timeout -s KILL 60 busybox nc -l -p $lport </var/tmp/nc-hi >/var/tmp/nc-$rt.got 2>&1 &
+    lpid=$!
+    sleep 1
+    got=$($T podman $flag run --rm --network bridge localhost/busybox \
+        sh -c "echo ctr-says-hi-$rt | nc -w 5 $GW $lport" 2>&1)
+    kill $lpid 2>/dev/null
+    wait $lpid 2>/dev/null
+    [ "$(cat /var/tmp/nc-$rt.got)" = "ctr-says-hi-$rt" ] && [ "$got" = host-says-hi ] && r=ok ||
+        r="failed (host got: $(head -c 80 /var/tmp/nc-$rt.got | tr '\n' ' '); container got: $(echo "$got" | head -c 200 | tr '\n' ' '))"
+    echo "$rt container to host: $r"
+done
+NETTEST
+chmod 755 "$DEB/usr/local/bin/network-test"
+section podman-network /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/network-test
+
 # linux.resources, beside runc: the container's cgroup limits (same files, same values), and
 # with ember the VM's size (memory = limit + overhead, vCPUs = ceil(quota / period)).
 cat >"$DEB/usr/local/bin/resources-test" <<'RESTEST'
@@ -290,6 +361,26 @@ echo "v2 task mounts: $(grep -c "io.containerd.runtime.v2.task" /proc/mounts || 
 SHIMV2
 chmod 755 "$DEB/usr/local/bin/shim-v2-test"
 section ctr-shim-v2 /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/shim-v2-test
+
+# containerd beside runc: a bind mount written by the container is on the host, the host's
+# file is seen inside; containerd's runc shim (plain runc) and ember's shim v2, same run.
+cat >"$DEB/usr/local/bin/ctr-volumes-test" <<'CTRVOL'
+#!/bin/sh
+ember-debian-init containerd || exit 1
+I=docker.io/library/busybox:latest
+for rt in runc ember; do
+    R="--runtime io.containerd.runc.v2"
+    [ $rt = ember ] && R="--runtime io.containerd.ember.v2"
+    V=/var/tmp/ctrvol-$rt
+    rm -rf $V && mkdir -p $V && echo host-data-7 >$V/in
+    ctr run --rm --snapshotter native $R --mount type=bind,src=$V,dst=/data,options=rbind:rw \
+        $I vol-$rt sh -c 'cat /data/in; echo from-ctr >/data/out; echo from-ctr-rootfs >/made' |
+        sed "s/^/$rt says: /"
+    echo "$rt host sees: $(cat $V/out 2>/dev/null || echo nothing)"
+done
+CTRVOL
+chmod 755 "$DEB/usr/local/bin/ctr-volumes-test"
+section ctr-volumes /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/ctr-volumes-test
 
 # Bench: `podman run --rm IMAGE true` wall time with runc and with ember, then the phases of
 # one ember create (the shim writes them to timings.json).

@@ -146,6 +146,39 @@ fn podman_volumes_and_rootfs_are_live_as_under_runc() {
     }
 }
 
+/// podman's default bridge network beside runc: the container's eth0 has a 10.88/16 address,
+/// a published port answers from the host (127.0.0.1 and the bridge gateway) and on the
+/// container's address, CNI installed its NAT, and the container reaches a host listener.
+#[test]
+fn podman_bridge_network_and_published_ports_work_as_under_runc() {
+    let Some(s) = passed("podman-network") else {
+        return;
+    };
+    for rt in ["runc", "ember"] {
+        let eth0 = s
+            .output
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{rt} eth0: ")))
+            .unwrap_or("none");
+        assert!(
+            eth0.starts_with("10.88.") && eth0.ends_with("/16"),
+            "{rt}: eth0 {eth0:?}:\n{}",
+            s.output
+        );
+        for want in [
+            format!("{rt} ports: 0.0.0.0:18080->80/tcp"),
+            format!("{rt} published port via 127.0.0.1: ok"),
+            format!("{rt} published port via 10.88.0.1: ok"),
+            format!("{rt} container address port 80: ok"),
+            format!("{rt} nat dnat: yes"),
+            format!("{rt} nat masquerade: yes"),
+            format!("{rt} container to host: ok"),
+        ] {
+            assert!(has_line(s, &want), "no {want:?} in:\n{}", s.output);
+        }
+    }
+}
+
 /// `--memory 1g --cpus 2 --pids-limit 100` beside runc: the container's own cgroup shows the
 /// same limits under both; ember's VM is sized from them (about 1 GiB + the guest's overhead,
 /// 2 vCPUs).
@@ -294,5 +327,22 @@ fn containerd_shim_v2_runs_tasks_and_leaves_nothing() {
         "v2 task mounts: 0",
     ] {
         assert!(has_line(s, want), "no {want:?} in:\n{}", s.output);
+    }
+}
+
+/// containerd beside runc: a bind mount is live both ways under containerd's runc shim and
+/// under ember's shim v2.
+#[test]
+fn ctr_bind_mounts_are_live_as_under_runc() {
+    let Some(s) = passed("ctr-volumes") else {
+        return;
+    };
+    for rt in ["runc", "ember"] {
+        for want in [
+            format!("{rt} says: host-data-7"),
+            format!("{rt} host sees: from-ctr"),
+        ] {
+            assert!(has_line(s, &want), "no {want:?} in:\n{}", s.output);
+        }
     }
 }
