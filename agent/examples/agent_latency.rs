@@ -113,6 +113,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 cgroup_path: None,
                 volume: None,
                 limits: Default::default(),
+                linux: Default::default(),
             };
             let t = Instant::now();
             c.create_container(&id, spec)?;

@@ -3,8 +3,8 @@
 use crate::cgroup::{self, Cgroup};
 use crate::mounts;
 use crate::protocol::{
-    AgentStats, ContainerSpec, ContainerState, ContainerStats, ErrorKind, ExitStatus, Namespace,
-    ProcessInfo, ProcessSpec, StdioStream,
+    AgentStats, Capabilities, ContainerSpec, ContainerState, ContainerStats, ErrorKind, ExitStatus,
+    Namespace, ProcessInfo, ProcessSpec, StdioStream,
 };
 use crate::reaper::{self, Reaper};
 use crate::spawn::{self, HelperMsg, HelperTask};
@@ -69,13 +69,24 @@ pub enum Error {
     Reaper(#[source] reaper::Error),
     #[error("Container {0} did not stop after SIGKILL")]
     KillTimeout(String),
+    #[error("Bad capabilities")]
+    Capabilities(#[source] crate::caps::Error),
+    #[error("Bad container setup")]
+    Setup(#[source] crate::helper::Error),
+    #[error("{0} needs the container's own mount namespace")]
+    NeedsMountNamespace(&'static str),
 }
 
 impl Error {
     /// The protocol error kind for this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::InvalidId(_) => ErrorKind::BadRequest,
+            Error::InvalidId(_)
+            | Error::Capabilities(_)
+            | Error::Setup(_)
+            | Error::NeedsMountNamespace(_)
+            | Error::Mounts(mounts::Error::BadPropagation(_))
+            | Error::Mounts(mounts::Error::BadDevice { .. }) => ErrorKind::BadRequest,
             Error::NotFound(_) | Error::ExecNotFound { .. } => ErrorKind::NotFound,
             Error::Exists(_) | Error::ExecExists { .. } => ErrorKind::AlreadyExists,
             Error::State { .. } => ErrorKind::InvalidState,
@@ -123,6 +134,8 @@ struct Container {
     rootfs: PathBuf,
     cgroup: Option<Cgroup>,
     init: Arc<Process>,
+    /// The init's capabilities: an exec'd process without its own gets these.
+    capabilities: Option<Box<Capabilities>>,
     inner: Mutex<Inner>,
 }
 
@@ -229,6 +242,7 @@ impl Agent {
     /// Prepares a container; its init waits for [`Agent::start`].
     pub fn create(&self, id: &str, mut spec: ContainerSpec) -> Result<(), Error> {
         validate_id(id)?;
+        validate_setup(&spec)?;
         let _serial = self.create_lock.lock().unwrap_or_else(|p| p.into_inner());
         if self.map().contains_key(id) {
             return Err(Error::Exists(id.to_string()));
@@ -310,6 +324,7 @@ impl Agent {
             }
         };
         let namespaces = spec.namespaces.clone();
+        let capabilities = spec.process.capabilities.clone();
         let task = HelperTask::Init {
             rootfs: rootfs.clone(),
             spec: Box::new(spec),
@@ -360,6 +375,7 @@ impl Agent {
                 pid: spawned.pid,
                 stdio: Arc::new(stdio),
             }),
+            capabilities,
             inner: Mutex::new(Inner {
                 control: Some(control),
                 ..Inner::default()
@@ -394,9 +410,15 @@ impl Agent {
     }
 
     /// Runs another process in a running container; returns its pid.
-    pub fn exec(&self, id: &str, exec_id: &str, process: ProcessSpec) -> Result<i32, Error> {
+    pub fn exec(&self, id: &str, exec_id: &str, mut process: ProcessSpec) -> Result<i32, Error> {
         validate_id(exec_id)?;
         let c = self.get(id)?;
+        if process.capabilities.is_none() {
+            process.capabilities = c.capabilities.clone();
+        }
+        if let Some(caps) = &process.capabilities {
+            crate::caps::parse(caps).map_err(Error::Capabilities)?;
+        }
         let mut inner = c.lock();
         let state = c.state(&self.reaper, &inner);
         if state != ContainerState::Running {
@@ -661,6 +683,31 @@ impl Agent {
         let p = self.process(&c, exec_id)?;
         p.stdio.resize(rows, cols).map_err(Error::Stdio)
     }
+}
+
+/// What create can refuse before anything is made: unknown capability names, bad sysctl
+/// keys, and (as runc) mount-namespace settings of a container without one.
+fn validate_setup(spec: &ContainerSpec) -> Result<(), Error> {
+    if let Some(caps) = &spec.process.capabilities {
+        crate::caps::parse(caps).map_err(Error::Capabilities)?;
+    }
+    for key in spec.linux.sysctl.keys() {
+        crate::helper::sysctl_path(key).map_err(Error::Setup)?;
+    }
+    mounts::propagation_flags(spec.linux.root_propagation.as_deref()).map_err(Error::Mounts)?;
+    if !spec.namespaces.contains(&Namespace::Mount) {
+        let l = &spec.linux;
+        let needs = [
+            (!l.masked_paths.is_empty(), "maskedPaths"),
+            (!l.readonly_paths.is_empty(), "readonlyPaths"),
+            (!l.devices.is_empty(), "devices"),
+            (l.readonly_root, "A read-only root"),
+        ];
+        if let Some((_, what)) = needs.iter().find(|(set, _)| *set) {
+            return Err(Error::NeedsMountNamespace(what));
+        }
+    }
+    Ok(())
 }
 
 fn read_cmdline(pid: i32) -> String {

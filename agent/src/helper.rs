@@ -75,6 +75,29 @@ pub enum Error {
     },
     #[error("Cannot set no_new_privs")]
     NoNewPrivs(#[source] nix::Error),
+    #[error("Capabilities")]
+    Caps(#[source] crate::caps::Error),
+    #[error("Cannot set the NIS domain name {name:?}")]
+    Domainname {
+        name: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("Bad sysctl key {0:?}")]
+    SysctlKey(String),
+    #[error("Cannot set sysctl {key} to {value:?}")]
+    Sysctl {
+        key: String,
+        value: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Cannot set oom_score_adj to {value}")]
+    OomScoreAdj {
+        value: i32,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("Cannot change directory to {cwd}")]
     Cwd {
         cwd: String,
@@ -226,7 +249,7 @@ fn setup_container(
             .map_err(Error::CgroupNamespace)?;
     }
     if own_mnt {
-        mounts::prepare_container_root(rootfs, &spec.mounts).map_err(Error::Mounts)?;
+        mounts::prepare_container_root(rootfs, &spec.mounts, &spec.linux).map_err(Error::Mounts)?;
     }
     if spec.process.terminal {
         // The container's own devpts when it has a mount namespace, else the agent's.
@@ -237,11 +260,20 @@ fn setup_container(
         };
         open_console(&ptmx, &spec.process, control)?;
     }
-    if let (Some(name), true) = (&spec.hostname, spec.namespaces.contains(&Namespace::Uts)) {
-        nix::unistd::sethostname(name).map_err(|source| Error::Hostname {
-            name: name.clone(),
-            source,
-        })?;
+    // As runc: an empty name leaves the one the new UTS namespace copied.
+    let own_uts = spec.namespaces.contains(&Namespace::Uts);
+    if let (Some(name), true) = (&spec.hostname, own_uts) {
+        if !name.is_empty() {
+            nix::unistd::sethostname(name).map_err(|source| Error::Hostname {
+                name: name.clone(),
+                source,
+            })?;
+        }
+    }
+    if let (Some(name), true) = (&spec.linux.domainname, own_uts) {
+        if !name.is_empty() {
+            set_domainname(name)?;
+        }
     }
     if spec.namespaces.contains(&Namespace::Net) {
         // A fresh network namespace has only a downed loopback.
@@ -252,7 +284,58 @@ fn setup_container(
         (true, false) => mounts::RootSwitch::Pivot,
         (true, true) => mounts::RootSwitch::MoveMount,
     };
-    mounts::enter_root(rootfs, how).map_err(Error::Mounts)
+    mounts::enter_root(rootfs, how).map_err(Error::Mounts)?;
+    // After the switch, in runc's order: the spec's propagation again, now on the container's
+    // own root, then the read-only root, sysctls (before /proc/sys may become read-only),
+    // read-only paths, masked paths.
+    if let (true, Some(p)) = (own_mnt, spec.linux.root_propagation.as_deref()) {
+        mounts::set_root_propagation(p).map_err(Error::Mounts)?;
+    }
+    if own_mnt && spec.linux.readonly_root {
+        mounts::readonly_root().map_err(Error::Mounts)?;
+    }
+    for (key, value) in &spec.linux.sysctl {
+        write_sysctl(key, value)?;
+    }
+    if own_mnt {
+        for p in &spec.linux.readonly_paths {
+            mounts::readonly_path(Path::new(p)).map_err(Error::Mounts)?;
+        }
+        for p in &spec.linux.masked_paths {
+            mounts::mask_path(Path::new(p)).map_err(Error::Mounts)?;
+        }
+    }
+    Ok(())
+}
+
+fn set_domainname(name: &str) -> Result<(), Error> {
+    // SAFETY: setdomainname reads `len` bytes from the pointer, which outlives the call.
+    let rc = unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) };
+    if rc != 0 {
+        return Err(Error::Domainname {
+            name: name.to_string(),
+            source: nix::Error::last(),
+        });
+    }
+    Ok(())
+}
+
+/// `/proc/sys/...` of a sysctl key (`net.ipv4.ip_forward`): dots become slashes; a key with
+/// a slash or an empty component (`..`) is refused, so it cannot leave `/proc/sys`.
+pub fn sysctl_path(key: &str) -> Result<PathBuf, Error> {
+    if key.is_empty() || key.contains('/') || key.split('.').any(str::is_empty) {
+        return Err(Error::SysctlKey(key.to_string()));
+    }
+    Ok(Path::new("/proc/sys").join(key.replace('.', "/")))
+}
+
+fn write_sysctl(key: &str, value: &str) -> Result<(), Error> {
+    let path = sysctl_path(key)?;
+    std::fs::write(&path, value.as_bytes()).map_err(|source| Error::Sysctl {
+        key: key.to_string(),
+        value: value.to_string(),
+        source,
+    })
 }
 
 /// Joins the namespaces (except pid, which the agent did before cloning) and the root of
@@ -318,6 +401,19 @@ fn prepare_and_exec(p: &ProcessSpec) -> Result<std::convert::Infallible, Error> 
     for r in &p.rlimits {
         set_rlimit(r)?;
     }
+    if let Some(value) = p.oom_score_adj {
+        std::fs::write("/proc/self/oom_score_adj", value.to_string())
+            .map_err(|source| Error::OomScoreAdj { value, source })?;
+    }
+    let caps = p
+        .capabilities
+        .as_deref()
+        .map(crate::caps::parse)
+        .transpose()
+        .map_err(Error::Caps)?;
+    if let Some(sets) = &caps {
+        crate::caps::before_setuid(sets).map_err(Error::Caps)?;
+    }
     nix::unistd::chdir(p.cwd.as_str()).map_err(|source| Error::Cwd {
         cwd: p.cwd.clone(),
         source,
@@ -335,6 +431,9 @@ fn prepare_and_exec(p: &ProcessSpec) -> Result<std::convert::Infallible, Error> 
     nix::unistd::setgroups(&groups).map_err(cred)?;
     nix::unistd::setgid(nix::unistd::Gid::from_raw(p.gid)).map_err(cred)?;
     nix::unistd::setuid(nix::unistd::Uid::from_raw(p.uid)).map_err(cred)?;
+    if let Some(sets) = &caps {
+        crate::caps::after_setuid(sets).map_err(Error::Caps)?;
+    }
     if p.no_new_privileges {
         // SAFETY: prctl with integer arguments only.
         let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
@@ -444,5 +543,27 @@ mod tests {
             hard: 1,
         };
         assert!(matches!(set_rlimit(&r), Err(Error::UnknownRlimit(_))));
+    }
+
+    #[test]
+    fn sysctl_keys_stay_in_proc_sys() {
+        assert_eq!(
+            sysctl_path("kernel.msgmax").unwrap(),
+            PathBuf::from("/proc/sys/kernel/msgmax")
+        );
+        for bad in [
+            "",
+            "kernel..msgmax",
+            ".kernel",
+            "kernel.",
+            "../../etc",
+            "a/b",
+            "x..",
+        ] {
+            assert!(
+                matches!(sysctl_path(bad), Err(Error::SysctlKey(_))),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -7,6 +7,7 @@
 //!   [`spawn`] and the re-exec'd [`helper`]; [`reaper`] collects exit statuses.
 //! - [`init`]: PID 1 duties; [`config`]: flags and kernel cmdline; [`transport`]: sockets.
 
+pub mod caps;
 pub mod cgroup;
 pub mod client;
 pub mod config;

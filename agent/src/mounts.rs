@@ -1,7 +1,7 @@
 //! Mounts: the container rootfs (in the agent's namespace) and, inside the container's mount
 //! namespace, /proc, /dev, /sys, the spec's mounts and the switch to the new root.
 
-use crate::protocol::{Mount, RootfsSpec, SHARED_FS_MOUNT, SHARED_FS_TAG};
+use crate::protocol::{Device, LinuxSetup, Mount, RootfsSpec, SHARED_FS_MOUNT, SHARED_FS_TAG};
 use nix::mount::{MntFlags, MsFlags};
 use std::fs;
 use std::io;
@@ -49,6 +49,22 @@ pub enum Error {
     },
     #[error("Cannot create device node {path}")]
     Mknod {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("Unknown root propagation {0:?} (want shared, slave, private or unbindable, or one with an r prefix)")]
+    BadPropagation(String),
+    #[error("Device {path}: unknown type {kind:?} (want c, u, b or p)")]
+    BadDevice { path: String, kind: String },
+    #[error("Cannot make {path} read-only")]
+    Readonly {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("Cannot mask {path}")]
+    Mask {
         path: PathBuf,
         #[source]
         source: nix::Error,
@@ -220,6 +236,8 @@ pub fn unmount_rootfs(target: &Path) -> Result<(), Error> {
 pub struct ParsedOptions {
     pub flags: MsFlags,
     pub data: Vec<String>,
+    /// `tmpcopyup` (runc's extension): a tmpfs starts with what its mount point held.
+    pub copy_up: bool,
 }
 
 /// Splits options into flags and data (`size=64m`, ...). Clearing flags (`rw`, `suid`, ...)
@@ -227,8 +245,13 @@ pub struct ParsedOptions {
 pub fn parse_options(options: &[String]) -> ParsedOptions {
     let mut flags = MsFlags::empty();
     let mut data = Vec::new();
+    let mut copy_up = false;
     for o in options {
         let (set, clear) = match o.as_str() {
+            "tmpcopyup" => {
+                copy_up = true;
+                (MsFlags::empty(), MsFlags::empty())
+            }
             "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
             "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
             "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
@@ -255,7 +278,45 @@ pub fn parse_options(options: &[String]) -> ParsedOptions {
         flags |= set;
         flags &= !clear;
     }
-    ParsedOptions { flags, data }
+    ParsedOptions {
+        flags,
+        data,
+        copy_up,
+    }
+}
+
+/// Copies the tree under `from` into `to` (an existing directory): directories, regular files,
+/// symlinks and device/fifo nodes, with their modes and owners (runc's `tmpcopyup`).
+fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        let md = fs::symlink_metadata(&src)?;
+        let ft = md.file_type();
+        if ft.is_dir() {
+            fs::create_dir(&dst)?;
+            copy_tree(&src, &dst)?;
+        } else if ft.is_symlink() {
+            symlink(fs::read_link(&src)?, &dst)?;
+        } else if ft.is_file() {
+            fs::copy(&src, &dst)?;
+        } else {
+            nix::sys::stat::mknod(
+                &dst,
+                nix::sys::stat::SFlag::from_bits_truncate(md.mode() & libc::S_IFMT),
+                nix::sys::stat::Mode::from_bits_truncate(md.mode() & 0o7777),
+                md.rdev(),
+            )
+            .map_err(io::Error::from)?;
+        }
+        std::os::unix::fs::lchown(&dst, Some(md.uid()), Some(md.gid()))?;
+        if !ft.is_symlink() {
+            fs::set_permissions(&dst, fs::Permissions::from_mode(md.mode() & 0o7777))?;
+        }
+    }
+    Ok(())
 }
 
 /// Most symlinks followed while resolving one path (as the kernel's MAXSYMLINKS).
@@ -364,6 +425,36 @@ pub fn apply_mount(root: &Path, m: &Mount) -> Result<(), Error> {
             )?;
         }
         Ok(())
+    } else if opts.copy_up && m.fstype.as_deref() == Some("tmpfs") {
+        // What the mount point holds stays reachable through a private bind while the tmpfs
+        // covers it, and is copied in.
+        let keep = root.with_extension(format!("copyup-{}", std::process::id()));
+        mkdir_p(&keep)?;
+        mount(
+            "copy-up source",
+            Some(target.to_string_lossy().as_ref()),
+            &keep,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )?;
+        let mounted = mount(
+            &m.source,
+            Some(&m.source),
+            &target,
+            m.fstype.as_deref(),
+            opts.flags,
+            data,
+        )
+        .and_then(|()| {
+            copy_tree(&keep, &target).map_err(|source| Error::Create {
+                path: target.clone(),
+                source,
+            })
+        });
+        let _ = nix::mount::umount2(&keep, MntFlags::MNT_DETACH);
+        let _ = fs::remove_dir(&keep);
+        mounted
     } else {
         mount(
             &m.source,
@@ -376,15 +467,32 @@ pub fn apply_mount(root: &Path, m: &Mount) -> Result<(), Error> {
     }
 }
 
-/// Inside a fresh mount namespace: stops propagation to the agent, mounts /proc, /dev
-/// (tmpfs with the usual nodes, devpts, shm), /sys and the spec's mounts under `root`.
-pub fn prepare_container_root(root: &Path, mounts: &[Mount]) -> Result<(), Error> {
+/// Inside a fresh mount namespace: sets the propagation, mounts /proc, /dev (tmpfs with the
+/// usual nodes, devpts, shm unless the spec mounts its own), /sys and the spec's mounts
+/// under `root`, then makes the spec's device nodes.
+pub fn prepare_container_root(
+    root: &Path,
+    mounts: &[Mount],
+    linux: &LinuxSetup,
+) -> Result<(), Error> {
+    // As runc: the whole tree gets the spec's propagation (default rslave: nothing made in
+    // the container reaches the agent), the rootfs mount (the agent mounted it) is private
+    // so that neither the bind below propagates nor pivot_root refuses a shared parent.
+    let propagation = propagation_flags(linux.root_propagation.as_deref())?;
     mount(
-        "private /",
+        "root propagation",
         None,
         Path::new("/"),
         None,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        propagation,
+        None,
+    )?;
+    mount(
+        "private rootfs",
+        None,
+        root,
+        None,
+        MsFlags::MS_PRIVATE,
         None,
     )?;
     // pivot_root needs the new root to be a mount point of this namespace.
@@ -456,14 +564,19 @@ pub fn prepare_container_root(root: &Path, mounts: &[Mount]) -> Result<(), Error
     )?;
     let shm = dev.join("shm");
     mkdir_p(&shm)?;
-    mount(
-        "shm",
-        Some("shm"),
-        &shm,
-        Some("tmpfs"),
-        nosuid_nodev_noexec,
-        Some("mode=1777,size=65536k"),
-    )?;
+    if !mounts
+        .iter()
+        .any(|m| Path::new(&m.destination) == Path::new("/dev/shm"))
+    {
+        mount(
+            "shm",
+            Some("shm"),
+            &shm,
+            Some("tmpfs"),
+            nosuid_nodev_noexec,
+            Some("mode=1777,size=65536k"),
+        )?;
+    }
     for (link, to) in [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
@@ -500,7 +613,181 @@ pub fn prepare_container_root(root: &Path, mounts: &[Mount]) -> Result<(), Error
     for m in mounts {
         apply_mount(root, m)?;
     }
+    for d in &linux.devices {
+        make_device(root, d)?;
+    }
     Ok(())
+}
+
+/// Mount flags of an OCI `rootfsPropagation` value (runc's table); `None` is runc's default.
+pub fn propagation_flags(value: Option<&str>) -> Result<MsFlags, Error> {
+    let (rec, base) = match value {
+        None | Some("") => return Ok(MsFlags::MS_REC | MsFlags::MS_SLAVE),
+        Some(v) => match v.strip_prefix('r') {
+            Some(rest) => (MsFlags::MS_REC, rest),
+            None => (MsFlags::empty(), v),
+        },
+    };
+    let flag = match base {
+        "shared" => MsFlags::MS_SHARED,
+        "slave" => MsFlags::MS_SLAVE,
+        "private" => MsFlags::MS_PRIVATE,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        _ => return Err(Error::BadPropagation(value.unwrap_or("").to_string())),
+    };
+    Ok(rec | flag)
+}
+
+/// After the switch: gives the container's root the spec's propagation (an empty value
+/// leaves it private).
+pub fn set_root_propagation(value: &str) -> Result<(), Error> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    let flags = propagation_flags(Some(value))?;
+    mount("root propagation", None, Path::new("/"), None, flags, None)
+}
+
+/// Makes device node `d` under `root` (replacing what is there, e.g. one of the agent's
+/// own nodes), with its mode and owner, as runc's `mknodDevice`.
+pub fn make_device(root: &Path, d: &Device) -> Result<(), Error> {
+    use nix::sys::stat::{Mode, SFlag};
+    let kind = match d.kind.as_str() {
+        "c" | "u" => SFlag::S_IFCHR,
+        "b" => SFlag::S_IFBLK,
+        "p" => SFlag::S_IFIFO,
+        _ => {
+            return Err(Error::BadDevice {
+                path: d.path.clone(),
+                kind: d.kind.clone(),
+            })
+        }
+    };
+    let path = in_root(root, &d.path)?;
+    if let Some(parent) = path.parent() {
+        mkdir_p(parent)?;
+    }
+    let _ = fs::remove_file(&path);
+    let mode = Mode::from_bits_truncate(d.file_mode.unwrap_or(0o666) & 0o7777);
+    let fail = |source| Error::Mknod {
+        path: path.clone(),
+        source,
+    };
+    let dev = nix::sys::stat::makedev(d.major as u64, d.minor as u64);
+    nix::sys::stat::mknod(&path, kind, mode, dev).map_err(fail)?;
+    // mknod honours the umask.
+    nix::sys::stat::fchmodat(
+        nix::fcntl::AT_FDCWD,
+        &path,
+        mode,
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
+    )
+    .map_err(fail)?;
+    nix::unistd::chown(
+        &path,
+        Some(nix::unistd::Uid::from_raw(d.uid.unwrap_or(0))),
+        Some(nix::unistd::Gid::from_raw(d.gid.unwrap_or(0))),
+    )
+    .map_err(fail)
+}
+
+/// After the switch to the container root: remounts `/` read-only (runc's `setReadonly`:
+/// with the flags it has where the plain remount is refused).
+pub fn readonly_root() -> Result<(), Error> {
+    let root = Path::new("/");
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    if nix::mount::mount(None::<&str>, root, None::<&str>, flags, None::<&str>).is_ok() {
+        return Ok(());
+    }
+    let locked = statvfs_flags(root);
+    nix::mount::mount(
+        None::<&str>,
+        root,
+        None::<&str>,
+        flags | locked,
+        None::<&str>,
+    )
+    .map_err(|source| Error::Readonly {
+        path: root.to_path_buf(),
+        source,
+    })
+}
+
+/// The mount flags (nosuid, nodev, noexec...) the mount at `path` has, which a bind remount
+/// must repeat.
+fn statvfs_flags(path: &Path) -> MsFlags {
+    use nix::sys::statvfs::FsFlags;
+    let Ok(st) = nix::sys::statvfs::statvfs(path) else {
+        return MsFlags::empty();
+    };
+    let f = st.flags();
+    [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ]
+    .into_iter()
+    .filter(|(st, _)| f.contains(*st))
+    .fold(MsFlags::empty(), |m, (_, ms)| m | ms)
+}
+
+/// After the switch: makes `path` read-only as runc's `readonlyPath` does (a recursive bind
+/// onto itself, remounted read-only with its nosuid/nodev/noexec); a missing path is skipped.
+pub fn readonly_path(path: &Path) -> Result<(), Error> {
+    let fail = |source| Error::Readonly {
+        path: path.to_path_buf(),
+        source,
+    };
+    match nix::mount::mount(
+        Some(path),
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    ) {
+        Ok(()) => {}
+        Err(nix::Error::ENOENT) => return Ok(()),
+        Err(e) => return Err(fail(e)),
+    }
+    let keep = statvfs_flags(path) & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
+    nix::mount::mount(
+        Some(path),
+        path,
+        None::<&str>,
+        keep | MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .map_err(fail)
+}
+
+/// After the switch: hides `path` as runc's `maskPath` does: `/dev/null` bound over a file,
+/// an empty read-only tmpfs over a directory; a missing path is skipped.
+pub fn mask_path(path: &Path) -> Result<(), Error> {
+    let fail = |source| Error::Mask {
+        path: path.to_path_buf(),
+        source,
+    };
+    match nix::mount::mount(
+        Some("/dev/null"),
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    ) {
+        Ok(()) | Err(nix::Error::ENOENT) => Ok(()),
+        Err(nix::Error::ENOTDIR) => nix::mount::mount(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(fail),
+        Err(e) => Err(fail(e)),
+    }
 }
 
 /// How [`enter_root`] switches to the container root.
@@ -565,6 +852,11 @@ mod tests {
         let p = opts(&["ro", "rw", "defaults"]);
         assert_eq!(p.flags, MsFlags::empty());
         assert!(p.data.is_empty());
+        // runc's tmpcopyup is ours to do, never filesystem data (tmpfs refuses it: EINVAL).
+        let p = opts(&["rw", "tmpcopyup", "nosuid"]);
+        assert!(p.copy_up);
+        assert!(p.data.is_empty());
+        assert!(!opts(&["size=1m"]).copy_up);
     }
 
     fn volume_mount(source: &str) -> Mount {
@@ -615,6 +907,36 @@ mod tests {
         }
         let err = resolve_volume_sources(&mut [volume_mount("0")], None).unwrap_err();
         assert!(matches!(err, Error::NoVolume(_)), "{err}");
+    }
+
+    #[test]
+    fn propagation_values_as_runc() {
+        assert_eq!(
+            propagation_flags(None).unwrap(),
+            MsFlags::MS_REC | MsFlags::MS_SLAVE
+        );
+        assert_eq!(
+            propagation_flags(Some("")).unwrap(),
+            MsFlags::MS_REC | MsFlags::MS_SLAVE
+        );
+        assert_eq!(
+            propagation_flags(Some("shared")).unwrap(),
+            MsFlags::MS_SHARED
+        );
+        assert_eq!(
+            propagation_flags(Some("rprivate")).unwrap(),
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE
+        );
+        assert_eq!(
+            propagation_flags(Some("runbindable")).unwrap(),
+            MsFlags::MS_REC | MsFlags::MS_UNBINDABLE
+        );
+        for bad in ["rslaves", "r", "master"] {
+            assert!(
+                matches!(propagation_flags(Some(bad)), Err(Error::BadPropagation(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -26,6 +26,7 @@
 //!   has one pty: stdout carries it and stderr is empty.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 
 /// Protocol version carried in every request and in [`Hello`].
@@ -373,6 +374,8 @@ pub struct ContainerSpec {
     pub rootfs: RootfsSpec,
     #[serde(default)]
     pub mounts: Vec<Mount>,
+    /// Set with [`Namespace::Uts`]; an empty one leaves the name the new namespace copied
+    /// from the agent's, as runc does.
     #[serde(default)]
     pub hostname: Option<String>,
     /// Namespaces to create for the container. Without [`Namespace::Mount`] the agent uses
@@ -391,6 +394,56 @@ pub struct ContainerSpec {
     /// Limits written into the container's cgroup (OCI `linux.resources`), as runc does.
     #[serde(default)]
     pub limits: CgroupLimits,
+    /// The rest of the container's setup, applied as runc applies it.
+    #[serde(default)]
+    pub linux: LinuxSetup,
+}
+
+/// What runc does to a container besides its mounts, namespaces and cgroup: the OCI
+/// `domainname`, `root.readonly`, `linux.rootfsPropagation`, `linux.sysctl`,
+/// `linux.devices`, `linux.readonlyPaths` and `linux.maskedPaths`. Everything but `domainname`
+/// and `sysctl` needs [`Namespace::Mount`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LinuxSetup {
+    /// NIS domain name (with [`Namespace::Uts`]; an empty one is left as it is, as runc does).
+    pub domainname: Option<String>,
+    /// Remount the container's root read-only once everything is mounted.
+    pub readonly_root: bool,
+    /// Propagation of the container's mounts: `shared`, `slave`, `private`, `unbindable`,
+    /// or one of those prefixed with `r` (recursive); `None` is runc's default, `rslave`.
+    pub root_propagation: Option<String>,
+    /// `kernel.msgmax` = `65536`: written to `/proc/sys/kernel/msgmax` inside the container.
+    pub sysctl: BTreeMap<String, String>,
+    /// Device nodes made in the container, beyond the agent's own /dev nodes (a node at the
+    /// path of one of those replaces it).
+    pub devices: Vec<Device>,
+    /// Paths made read-only (bind-remounted); missing ones are skipped.
+    pub readonly_paths: Vec<String>,
+    /// Paths hidden: `/dev/null` over files, an empty read-only tmpfs over directories;
+    /// missing ones are skipped.
+    pub masked_paths: Vec<String>,
+}
+
+/// A device node in the container (OCI `linux.devices[]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// Absolute path inside the container.
+    pub path: String,
+    /// `c` (or `u`): character device, `b`: block device, `p`: FIFO.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub major: i64,
+    #[serde(default)]
+    pub minor: i64,
+    /// Permission bits; default `0o666`.
+    #[serde(default)]
+    pub file_mode: Option<u32>,
+    #[serde(default)]
+    pub uid: Option<u32>,
+    #[serde(default)]
+    pub gid: Option<u32>,
 }
 
 /// cgroup v2 limits of a container; `None` leaves the kernel's default (`max`).
@@ -504,6 +557,26 @@ pub struct ProcessSpec {
     pub rlimits: Vec<Rlimit>,
     #[serde(default)]
     pub no_new_privileges: bool,
+    /// The process's capability sets, names as in OCI (`CAP_NET_ADMIN`). `None`: a
+    /// container's init keeps every capability, an exec'd process gets its container init's
+    /// sets (as runc does for an exec without them). An empty set is empty.
+    #[serde(default)]
+    pub capabilities: Option<Box<Capabilities>>,
+    /// Written to `/proc/self/oom_score_adj` before the process runs; `None` inherits the
+    /// agent's.
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
+}
+
+/// Capability sets of a process (OCI `process.capabilities`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Capabilities {
+    pub bounding: Vec<String>,
+    pub effective: Vec<String>,
+    pub permitted: Vec<String>,
+    pub inheritable: Vec<String>,
+    pub ambient: Vec<String>,
 }
 
 fn default_cwd() -> String {
@@ -523,6 +596,8 @@ impl ProcessSpec {
             terminal: false,
             rlimits: Vec::new(),
             no_new_privileges: false,
+            capabilities: None,
+            oom_score_adj: None,
         }
     }
 }
@@ -640,6 +715,9 @@ mod tests {
         assert_eq!(spec.namespaces, default_namespaces());
         assert_eq!(spec.process.cwd, "/");
         assert!(spec.mounts.is_empty());
+        assert_eq!(spec.linux, LinuxSetup::default());
+        assert_eq!(spec.process.capabilities, None);
+        assert_eq!(spec.process.oom_score_adj, None);
         assert_eq!(
             spec.rootfs,
             RootfsSpec::Path {

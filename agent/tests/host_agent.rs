@@ -6,8 +6,9 @@
 
 use agent::client::{self, AgentClient, ClientError};
 use agent::protocol::{
-    self, ContainerSpec, ContainerState, ErrorKind, Mount, Namespace, ProcessSpec, Request,
-    RequestFrame, ResponseFrame, Rlimit, RootfsSpec, StdioStream, MAX_FRAME_SIZE, PROTOCOL_VERSION,
+    self, Capabilities, ContainerSpec, ContainerState, Device, ErrorKind, Mount, Namespace,
+    ProcessSpec, Request, RequestFrame, ResponseFrame, Rlimit, RootfsSpec, StdioStream,
+    MAX_FRAME_SIZE, PROTOCOL_VERSION,
 };
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -162,6 +163,7 @@ impl TestAgent {
             cgroup_path: None,
             volume: None,
             limits: Default::default(),
+            linux: Default::default(),
         }
     }
 }
@@ -873,6 +875,7 @@ fn pid1_mode_in_pid_namespace() {
         cgroup_path: None,
         volume: None,
         limits: Default::default(),
+        linux: Default::default(),
     };
     c.create_container("orphan", spec).unwrap();
     let stdout = AgentClient::new(client::connect_unix(&sock).unwrap())
@@ -1139,4 +1142,339 @@ fn failed_setup_is_reported_and_cleaned_up() {
     assert_eq!(c.wait("f", None).unwrap().code, 127);
     c.destroy_container("f").unwrap();
     assert!(t.alive());
+}
+
+// OCI fidelity: each field of config.json the agent applies, as the container sees it.
+
+/// `rootfs` with the extra busybox applets the fidelity tests use.
+fn with_applets(rootfs: &Path) {
+    for applet in ["grep", "cut", "stat", "tr", "head"] {
+        let link = rootfs.join("bin").join(applet);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", link).unwrap();
+        }
+    }
+}
+
+/// Runs `spec` to its end and returns (exit code, stdout).
+fn run_container(t: &TestAgent, id: &str, spec: ContainerSpec) -> (i32, String) {
+    let mut c = t.client();
+    c.create_container(id, spec).unwrap();
+    let stdout = t
+        .client()
+        .attach_stdio(id, None, StdioStream::Stdout)
+        .unwrap();
+    let reader = std::thread::spawn(move || read_all(stdout));
+    c.start_container(id).unwrap();
+    let code = c.wait(id, None).unwrap().code;
+    let out = reader.join().unwrap();
+    c.destroy_container(id).unwrap();
+    (code, out)
+}
+
+/// Runs `p` in running container `id` and returns its stdout.
+fn run_exec(t: &TestAgent, id: &str, exec_id: &str, p: ProcessSpec) -> String {
+    let mut c = t.client();
+    c.exec(id, exec_id, p).unwrap();
+    let out = read_all(
+        t.client()
+            .attach_stdio(id, Some(exec_id), StdioStream::Stdout)
+            .unwrap(),
+    );
+    assert_eq!(c.wait(id, Some(exec_id)).unwrap().code, 0, "{out}");
+    out
+}
+
+fn caps(
+    bounding: &[&str],
+    eff: &[&str],
+    perm: &[&str],
+    inh: &[&str],
+    amb: &[&str],
+) -> Box<Capabilities> {
+    let v = |s: &[&str]| s.iter().map(|c| c.to_string()).collect();
+    Box::new(Capabilities {
+        bounding: v(bounding),
+        effective: v(eff),
+        permitted: v(perm),
+        inheritable: v(inh),
+        ambient: v(amb),
+    })
+}
+
+const CAP_LINES: &str = "grep -E '^(Cap|NoNewPrivs)' /proc/self/status";
+
+#[test]
+fn capabilities_are_the_specs() {
+    let Some((t, rootfs)) = root_agent("capabilities_are_the_specs", "rootfs-caps") else {
+        return;
+    };
+    with_applets(&rootfs);
+    // Root with NET_ADMIN and KILL in its bounding set: after exec, root's permitted and
+    // effective sets are the bounding set (the kernel's rule for root, as under runc).
+    let mut spec = t.spec(&rootfs, &["sh", "-c", &format!("{CAP_LINES}; sleep 1000")]);
+    let net_kill = ["CAP_NET_ADMIN", "CAP_KILL"];
+    spec.process.capabilities = Some(caps(
+        &net_kill,
+        &["CAP_NET_ADMIN"],
+        &["CAP_NET_ADMIN"],
+        &[],
+        &[],
+    ));
+    let mut c = t.client();
+    c.create_container("caps", spec).unwrap();
+    let stdout = t
+        .client()
+        .attach_stdio("caps", None, StdioStream::Stdout)
+        .unwrap();
+    c.start_container("caps").unwrap();
+    let mut init_out = String::new();
+    let mut stdout = stdout;
+    let mut buf = [0u8; 512];
+    while init_out.lines().count() < 6 {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "init output ended early: {init_out:?}");
+        init_out.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert_eq!(
+        init_out,
+        "CapInh:\t0000000000000000\nCapPrm:\t0000000000001020\nCapEff:\t0000000000001020\n\
+         CapBnd:\t0000000000001020\nCapAmb:\t0000000000000000\nNoNewPrivs:\t0\n"
+    );
+
+    // A non-root exec with NET_ADMIN ambient keeps it across exec; no_new_privs is set.
+    let mut p = ProcessSpec::new(["sh", "-c", CAP_LINES]);
+    p.uid = 1000;
+    p.gid = 1000;
+    p.no_new_privileges = true;
+    let na = ["CAP_NET_ADMIN"];
+    p.capabilities = Some(caps(&net_kill, &na, &net_kill, &na, &na));
+    assert_eq!(
+        run_exec(&t, "caps", "amb", p),
+        "CapInh:\t0000000000001000\nCapPrm:\t0000000000001000\nCapEff:\t0000000000001000\n\
+         CapBnd:\t0000000000001020\nCapAmb:\t0000000000001000\nNoNewPrivs:\t1\n"
+    );
+    // An exec without capabilities gets its container's; an empty object means none.
+    let out = run_exec(
+        &t,
+        "caps",
+        "inherit",
+        ProcessSpec::new(["sh", "-c", CAP_LINES]),
+    );
+    assert!(out.contains("CapBnd:\t0000000000001020\n"), "{out}");
+    let mut p = ProcessSpec::new(["sh", "-c", CAP_LINES]);
+    p.capabilities = Some(Box::default());
+    let out = run_exec(&t, "caps", "none", p);
+    for set in ["CapPrm", "CapEff", "CapBnd"] {
+        assert!(
+            out.contains(&format!("{set}:\t0000000000000000\n")),
+            "{out}"
+        );
+    }
+    // Unknown names are refused, at exec and at create.
+    let mut p = ProcessSpec::new(["true"]);
+    p.capabilities = Some(caps(&["CAP_NOT_A_CAP"], &[], &[], &[], &[]));
+    assert_eq!(kind(c.exec("caps", "bad", p)), ErrorKind::BadRequest);
+    c.destroy_container("caps").unwrap();
+    let mut spec = t.spec(&rootfs, &["true"]);
+    spec.process.capabilities = Some(caps(&[], &["CAP_BOGUS"], &[], &[], &[]));
+    let err = c.create_container("bad-caps", spec).unwrap_err();
+    assert_eq!(err.agent_kind(), Some(ErrorKind::BadRequest), "{err}");
+    assert!(format!("{err:?}").contains("CAP_BOGUS"), "{err:?}");
+}
+
+#[test]
+fn masked_and_readonly_paths_readonly_root_and_mqueue() {
+    let Some((t, rootfs)) = root_agent("masked_and_readonly_paths", "rootfs-paths") else {
+        return;
+    };
+    with_applets(&rootfs);
+    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0::/:/bin/sh\n").unwrap();
+    std::fs::create_dir_all(rootfs.join("secret")).unwrap();
+    std::fs::write(rootfs.join("secret/key"), "k").unwrap();
+    std::fs::create_dir_all(rootfs.join("data")).unwrap();
+    let script = "cat /etc/passwd; echo passwd-done; ls /secret; echo secret-done; \
+        touch /secret/x 2>/dev/null || echo secret-ro; \
+        echo 1 > /proc/sys/kernel/msgmax 2>/dev/null || echo procsys-ro; \
+        touch /newfile 2>/dev/null || echo root-ro; \
+        touch /data/f 2>/dev/null || echo data-ro; \
+        touch /scratch/f && echo scratch-rw; \
+        grep ' /dev/mqueue ' /proc/self/mountinfo | grep -c mqueue; \
+        grep ' /dev/shm ' /proc/self/mountinfo | grep -o 'size=[0-9]*k'";
+    let mut spec = t.spec(&rootfs, &["sh", "-c", script]);
+    spec.linux.masked_paths = vec!["/etc/passwd".into(), "/secret".into(), "/no-such".into()];
+    spec.linux.readonly_paths = vec!["/proc/sys".into(), "/data".into(), "/no-such-2".into()];
+    spec.linux.readonly_root = true;
+    let tmpfs = |dest: &str| Mount {
+        destination: dest.into(),
+        source: "tmpfs".into(),
+        fstype: Some("tmpfs".into()),
+        options: vec![],
+        from_volume: false,
+        from_share: false,
+    };
+    spec.mounts = vec![
+        // Made read-only by readonly_paths; /scratch stays writable under a read-only root.
+        tmpfs("/data"),
+        Mount {
+            destination: "/scratch".into(),
+            source: "tmpfs".into(),
+            fstype: Some("tmpfs".into()),
+            options: vec![],
+            from_volume: false,
+            from_share: false,
+        },
+        Mount {
+            destination: "/dev/mqueue".into(),
+            source: "mqueue".into(),
+            fstype: Some("mqueue".into()),
+            options: vec!["nosuid".into(), "nodev".into(), "noexec".into()],
+            from_volume: false,
+            from_share: false,
+        },
+        Mount {
+            destination: "/dev/shm".into(),
+            source: "shm".into(),
+            fstype: Some("tmpfs".into()),
+            options: vec!["mode=1777".into(), "size=1024k".into()],
+            from_volume: false,
+            from_share: false,
+        },
+    ];
+    let (code, out) = run_container(&t, "paths", spec);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out,
+        "passwd-done\nsecret-done\nsecret-ro\nprocsys-ro\nroot-ro\ndata-ro\nscratch-rw\n1\nsize=1024k\n"
+    );
+}
+
+/// runc's `tmpcopyup` (podman `--read-only` mounts /run, /tmp, /var/tmp so): the tmpfs starts
+/// with what its mount point held, owners and modes kept; without it, empty.
+#[test]
+fn tmpcopyup_tmpfs_starts_with_the_mount_points_content() {
+    let Some((t, rootfs)) = root_agent("tmpcopyup", "rootfs-copyup") else {
+        return;
+    };
+    with_applets(&rootfs);
+    for d in ["run/lock", "plain"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::write(rootfs.join("run/lock/held"), "kept").unwrap();
+    std::os::unix::fs::symlink("lock/held", rootfs.join("run/link")).unwrap();
+    std::fs::write(rootfs.join("plain/gone"), "x").unwrap();
+    let script = "cat /run/lock/held; echo; readlink /run/link; \
+        grep ' /run ' /proc/self/mountinfo | grep -c tmpfs; ls /plain | wc -l; \
+        echo new > /run/new && cat /run/new";
+    let mut spec = t.spec(&rootfs, &["sh", "-c", script]);
+    let tmpfs = |dest: &str, opts: &[&str]| Mount {
+        destination: dest.into(),
+        source: "tmpfs".into(),
+        fstype: Some("tmpfs".into()),
+        options: opts.iter().map(|o| o.to_string()).collect(),
+        from_volume: false,
+        from_share: false,
+    };
+    spec.mounts = vec![
+        tmpfs("/run", &["rw", "rprivate", "nosuid", "nodev", "tmpcopyup"]),
+        tmpfs("/plain", &["rw"]),
+    ];
+    let (code, out) = run_container(&t, "copyup", spec);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out, "kept\nlock/held\n1\n0\nnew\n");
+    // The host's rootfs is untouched by the container's writes to the tmpfs.
+    assert!(!rootfs.join("run/new").exists());
+}
+
+#[test]
+fn hostname_sysctl_oom_rlimits_groups_and_devices() {
+    let Some((t, rootfs)) = root_agent("hostname_sysctl_oom", "rootfs-misc") else {
+        return;
+    };
+    with_applets(&rootfs);
+    let script = "hostname; cat /proc/sys/kernel/domainname; cat /proc/sys/kernel/msgmax; \
+        cat /proc/self/oom_score_adj; ulimit -Sn; ulimit -Hn; id -G; \
+        stat -c '%F %t:%T %a %u:%g' /dev/mynull /dev/null /dev/sub/fifo";
+    let mut spec = t.spec(&rootfs, &["sh", "-c", script]);
+    spec.hostname = Some("h1".into());
+    spec.linux.domainname = Some("dom1".into());
+    spec.linux.sysctl = [("kernel.msgmax".to_string(), "4096".to_string())].into();
+    spec.process.oom_score_adj = Some(100);
+    spec.process.rlimits = vec![Rlimit {
+        kind: "RLIMIT_NOFILE".into(),
+        soft: 1000,
+        hard: 2000,
+    }];
+    spec.process.additional_gids = vec![5, 6];
+    let dev = |path: &str, kind: &str, major, minor, mode, gid| Device {
+        path: path.into(),
+        kind: kind.into(),
+        major,
+        minor,
+        file_mode: mode,
+        uid: Some(0),
+        gid,
+    };
+    spec.linux.devices = vec![
+        dev("/dev/mynull", "c", 1, 3, Some(0o640), Some(5)),
+        // Replaces the agent's own /dev/null node.
+        dev("/dev/null", "c", 1, 3, Some(0o600), None),
+        dev("/dev/sub/fifo", "p", 0, 0, None, None),
+    ];
+    let (code, out) = run_container(&t, "misc", spec);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out,
+        "h1\ndom1\n4096\n100\n1000\n2000\n0 5 6\n\
+         character special file 1:3 640 0:5\ncharacter special file 1:3 600 0:0\nfifo 0:0 666 0:0\n"
+    );
+    // The sysctl went to the container's IPC namespace, not the agent's.
+    assert_ne!(
+        std::fs::read_to_string("/proc/sys/kernel/msgmax")
+            .unwrap()
+            .trim(),
+        "4096"
+    );
+
+    // An empty hostname leaves the one the UTS namespace copied (runc), here the host's.
+    let mut spec = t.spec(&rootfs, &["hostname"]);
+    spec.hostname = Some(String::new());
+    let (_, out) = run_container(&t, "empty-name", spec);
+    let host = nix::unistd::gethostname().unwrap();
+    assert_eq!(out.trim(), host.to_string_lossy());
+
+    // Bad sysctl keys are refused at create.
+    let mut spec = t.spec(&rootfs, &["true"]);
+    spec.linux.sysctl = [("kernel..msgmax".to_string(), "1".to_string())].into();
+    assert_eq!(
+        kind(t.client().create_container("bad-sysctl", spec)),
+        ErrorKind::BadRequest
+    );
+}
+
+#[test]
+fn root_propagation_as_the_spec_says() {
+    let Some((t, rootfs)) = root_agent("root_propagation", "rootfs-prop") else {
+        return;
+    };
+    with_applets(&rootfs);
+    // The optional fields of the root mount's mountinfo line (`shared:N`, `master:N`).
+    let script = "grep -E '^[0-9]+ [0-9]+ [0-9:]+ [^ ]+ / ' /proc/self/mountinfo | cut -d' ' -f7- \
+        | grep -oE '^(shared|master)' || echo none";
+    for (value, want) in [
+        (None, "none"),
+        (Some("rshared"), "shared"),
+        (Some("private"), "none"),
+    ] {
+        let mut spec = t.spec(&rootfs, &["sh", "-c", script]);
+        spec.linux.root_propagation = value.map(str::to_string);
+        let (code, out) = run_container(&t, "prop", spec);
+        assert_eq!((code, out.trim()), (0, want), "{value:?}");
+    }
+    let mut spec = t.spec(&rootfs, &["true"]);
+    spec.linux.root_propagation = Some("sideways".into());
+    assert_eq!(
+        kind(t.client().create_container("bad-prop", spec)),
+        ErrorKind::BadRequest
+    );
 }

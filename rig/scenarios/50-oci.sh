@@ -3,7 +3,7 @@
 # Sourced by the host's /init after /rig/lib.sh. Without that disk it prints one line and
 # returns (the shared initramfs-only host run).
 # Sections: oci-debian, podman-hello, podman-exit-code, podman-volumes, podman-network,
-# podman-resources,
+# podman-resources, podman-fidelity,
 # cri-pod, podman-tty,
 # podman-exec, podman-stop-rm, ctr-hello, ctr-shim-v2, ctr-volumes, oci-bench.
 
@@ -299,6 +299,43 @@ done
 RESTEST
 chmod 755 "$DEB/usr/local/bin/resources-test"
 section podman-resources /tmp/dch /usr/local/bin/watched 600 /usr/local/bin/resources-test
+
+# config.json applied as runc applies it: ONE container with capabilities, hostname, a sysctl
+# (kernel.msgmax: the IPC namespace is the container's own, unlike net.* under netns none),
+# oom_score_adj, rlimits, an additional group, a read-only root, a device node, a masked path
+# and no_new_privs, under each runtime in turn. Every line starts with the runtime name, so an
+# e2e test can assert that the runc lines and the ember lines are equal.
+cat >"$DEB/usr/local/bin/fidelity-test" <<'FIDTEST'
+#!/bin/sh
+T="timeout -s KILL 120"
+for rt in runc ember; do
+    flag="--runtime runc"
+    [ $rt = ember ] && flag="--runtime /usr/local/bin/ember"
+    $T podman $flag run --rm --cap-drop ALL --cap-add NET_ADMIN --hostname h1 \
+        --sysctl kernel.msgmax=4096 --oom-score-adj 100 --ulimit nofile=1000:2000 \
+        --group-add 5 --read-only --device /dev/null:/dev/mynull \
+        --security-opt mask=/etc/passwd --security-opt no-new-privileges \
+        localhost/busybox sh -c '
+            grep -E "^(Cap|NoNewPrivs)" /proc/self/status | tr -s "\t " " "
+            echo "hostname: $(hostname)"
+            echo "msgmax: $(cat /proc/sys/kernel/msgmax)"
+            echo "oom_score_adj: $(cat /proc/self/oom_score_adj)"
+            echo "nofile: $(ulimit -Sn) $(ulimit -Hn)"
+            echo "groups: $(id -G)"
+            touch /x 2>/dev/null && echo "root: writable" || echo "root: read-only"
+            touch /tmp/x 2>/dev/null && echo "tmp: writable" || echo "tmp: read-only"
+            echo "mynull: $(stat -c "%F %t:%T %a" /dev/mynull 2>&1)"
+            echo "passwd bytes: $(wc -c </etc/passwd)"
+            echo "kcore bytes: $( (wc -c </proc/kcore) 2>/dev/null)"
+            (echo 1 >/proc/sys/kernel/msgmax) 2>/dev/null && echo "proc/sys: writable" ||
+                echo "proc/sys: read-only"
+            echo "mqueue mounts: $(grep -c " /dev/mqueue " /proc/self/mountinfo)"
+            echo "shm: $(grep " /dev/shm " /proc/self/mountinfo | grep -o "size=[0-9]*k")"
+        ' 2>&1 | sed "s/^/$rt /"
+done
+FIDTEST
+chmod 755 "$DEB/usr/local/bin/fidelity-test"
+section podman-fidelity /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/fidelity-test
 
 section cri-pod /tmp/dch /usr/local/bin/watched 600 /usr/local/bin/cri-pod-test
 

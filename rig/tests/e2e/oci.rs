@@ -212,6 +212,26 @@ fn podman_resources_limit_the_container_as_under_runc() {
     );
 }
 
+/// The rest of config.json as runc applies it: one container with capabilities, hostname, a
+/// sysctl, oom_score_adj, rlimits, an extra group, a read-only root, a device, a masked path
+/// and no_new_privs prints what it sees; ember's lines equal runc's.
+#[test]
+fn podman_config_fidelity_equals_runc() {
+    let Some(s) = passed("podman-fidelity") else {
+        return;
+    };
+    let lines = |rt: &str| -> Vec<String> {
+        s.output
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(&format!("{rt} ")))
+            .map(str::to_string)
+            .collect()
+    };
+    let (runc, ember) = (lines("runc"), lines("ember"));
+    assert!(runc.len() >= 14, "runc printed too little:\n{}", s.output);
+    assert_eq!(runc, ember, "output:\n{}", s.output);
+}
+
 /// CRI grouping with Kata's annotations: members run in their sandbox's VM (same kernel
 /// boot id, one pod), each with its rootfs shared by virtio-fs (a share withdrawn when it is
 /// deleted); the pod API's containers in a running pod take disk slots.

@@ -6,8 +6,8 @@ use crate::config::RootfsConfig;
 use crate::pod_vmm::{self, control};
 use crate::state::{ContainerRecord, DiskOwner, LockKind, PodRecord, State};
 use agent::protocol::{
-    default_namespaces, ContainerSpec, ContainerState, ErrorKind, Mount, ProcessInfo, ProcessSpec,
-    RootfsSpec, StdioStream,
+    default_namespaces, ContainerSpec, ContainerState, ErrorKind, LinuxSetup, Mount, ProcessInfo,
+    ProcessSpec, RootfsSpec, StdioStream,
 };
 use serde::Serialize;
 use std::io::Read;
@@ -382,6 +382,12 @@ impl Runtime {
                 read_only: false,
             }),
             limits: cfg.limits.clone(),
+            // The root is remounted read-only after setup, as runc does, whatever the
+            // rootfs device's own mode.
+            linux: LinuxSetup {
+                readonly_root: cfg.linux.readonly_root || cfg.readonly_rootfs,
+                ..cfg.linux.clone()
+            },
         };
         let mut client =
             agent_link::connect(dir, Some(agent_link::CALL_TIMEOUT)).map_err(|source| {

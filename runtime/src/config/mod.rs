@@ -19,7 +19,7 @@ pub mod file;
 
 pub use file::{Resources, RuntimeConfig, Sizing};
 
-use agent::protocol::{CgroupLimits, Mount, Namespace, ProcessSpec};
+use agent::protocol::{CgroupLimits, LinuxSetup, Mount, Namespace, ProcessSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -336,6 +336,9 @@ pub struct ContainerConfig {
     /// Limits of the container's cgroup in the guest.
     #[serde(default)]
     pub limits: CgroupLimits,
+    /// sysctls, devices, masked and read-only paths, root propagation (OCI `linux.*`).
+    #[serde(default)]
+    pub linux: LinuxSetup,
 }
 
 /// A host file or directory bind-mounted into a container through the VM's virtio-fs.
@@ -384,6 +387,7 @@ impl ContainerConfig {
             volume: None,
             host_mounts: Vec::new(),
             limits: CgroupLimits::default(),
+            linux: LinuxSetup::default(),
         }
     }
 }

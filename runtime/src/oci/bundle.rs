@@ -2,7 +2,8 @@
 //! into the host-side description of a container ([`ContainerConfig`]) that ember sends to the
 //! guest agent.
 
-use crate::config::Resources;
+use crate::config::{Hook, Resources};
+use agent::protocol::{Capabilities, Device, LinuxSetup};
 use oci_spec::runtime::{Process, Spec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -45,6 +46,10 @@ pub enum BundleError {
     RootfsNotDir(PathBuf),
     #[error("Mount destination {0} is not absolute")]
     RelativeMount(PathBuf),
+    #[error("unable to set hostname without a private UTS namespace")]
+    HostnameWithoutUts,
+    #[error("unable to set domainname without a private UTS namespace")]
+    DomainnameWithoutUts,
     #[error("Bad process file {path}")]
     ProcessFile {
         path: PathBuf,
@@ -73,6 +78,11 @@ pub struct ProcessConfig {
     pub terminal: bool,
     pub rlimits: Vec<Rlimit>,
     pub no_new_privileges: bool,
+    /// `process.capabilities`; `None` where the spec has no such object.
+    #[serde(default)]
+    pub capabilities: Option<Box<Capabilities>>,
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
 }
 
 impl ProcessConfig {
@@ -106,6 +116,22 @@ impl ProcessConfig {
                 })
                 .collect(),
             no_new_privileges: p.no_new_privileges().unwrap_or(false),
+            capabilities: p.capabilities().as_ref().map(|c| {
+                let names = |set: &Option<oci_spec::runtime::Capabilities>| {
+                    let mut v: Vec<String> =
+                        set.iter().flatten().map(|c| format!("CAP_{c}")).collect();
+                    v.sort();
+                    v
+                };
+                Box::new(Capabilities {
+                    bounding: names(c.bounding()),
+                    effective: names(c.effective()),
+                    permitted: names(c.permitted()),
+                    inheritable: names(c.inheritable()),
+                    ambient: names(c.ambient()),
+                })
+            }),
+            oom_score_adj: p.oom_score_adj(),
         })
     }
 
@@ -169,6 +195,24 @@ pub struct ContainerConfig {
     /// `linux.resources` as far as they size the VM.
     #[serde(default)]
     pub resources: Resources,
+    /// `domainname`, `linux.sysctl`, `devices`, `maskedPaths`, `readonlyPaths`,
+    /// `rootfsPropagation` (`readonly_root` is [`ContainerConfig::readonly_rootfs`]).
+    #[serde(default)]
+    pub linux: LinuxSetup,
+}
+
+/// The OCI hooks of a spec. ember runs them on the host: `prestart` and `createRuntime` once
+/// the container exists, `poststart` after start, `poststop` at delete. `createContainer`
+/// and `startContainer` would run inside the container's namespaces, in the VM, where host
+/// programs cannot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OciHooks {
+    pub prestart: Vec<Hook>,
+    pub create_runtime: Vec<Hook>,
+    pub create_container: Vec<Hook>,
+    pub start_container: Vec<Hook>,
+    pub poststart: Vec<Hook>,
+    pub poststop: Vec<Hook>,
 }
 
 /// A loaded, checked bundle.
@@ -242,6 +286,39 @@ impl Bundle {
             .collect()
     }
 
+    /// The spec's hooks, each kind in the spec's order.
+    pub fn hooks(&self) -> OciHooks {
+        let Some(h) = self.spec.hooks().as_ref() else {
+            return OciHooks::default();
+        };
+        let list = |hooks: &Option<Vec<oci_spec::runtime::Hook>>| -> Vec<Hook> {
+            hooks
+                .iter()
+                .flatten()
+                .map(|h| Hook {
+                    path: h.path().clone(),
+                    args: h.args().clone().unwrap_or_default(),
+                    env: h.env().clone().unwrap_or_default(),
+                    // A timeout <= 0 is invalid in the spec; runc treats it as none.
+                    timeout: h
+                        .timeout()
+                        .and_then(|t| u64::try_from(t).ok())
+                        .filter(|t| *t > 0),
+                })
+                .collect()
+        };
+        #[allow(deprecated)]
+        let prestart = list(h.prestart());
+        OciHooks {
+            prestart,
+            create_runtime: list(h.create_runtime()),
+            create_container: list(h.create_container()),
+            start_container: list(h.start_container()),
+            poststart: list(h.poststart()),
+            poststop: list(h.poststop()),
+        }
+    }
+
     /// The container as ember runs it.
     pub fn container_config(&self, id: &str) -> Result<ContainerConfig, BundleError> {
         let spec = &self.spec;
@@ -249,6 +326,21 @@ impl Bundle {
             ProcessConfig::from_oci(spec.process().as_ref().ok_or(BundleError::NoProcess)?)?;
         let linux = spec.linux().as_ref();
         let annotations = self.annotations();
+        // As runc: a hostname (or domainname) needs a UTS namespace of the container's own.
+        let has_uts = linux
+            .and_then(|l| l.namespaces().as_ref())
+            .is_some_and(|ns| {
+                ns.iter()
+                    .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Uts)
+            });
+        if !has_uts {
+            if spec.hostname().as_deref().is_some_and(|h| !h.is_empty()) {
+                return Err(BundleError::HostnameWithoutUts);
+            }
+            if spec.domainname().as_deref().is_some_and(|h| !h.is_empty()) {
+                return Err(BundleError::DomainnameWithoutUts);
+            }
+        }
         Ok(ContainerConfig {
             id: id.to_string(),
             bundle: self.dir.clone(),
@@ -295,7 +387,44 @@ impl Bundle {
                     pids_limit: r.pids().as_ref().map(|p| p.limit()),
                 })
                 .unwrap_or_default(),
+            linux: linux_setup(spec),
         })
+    }
+}
+
+/// What the agent applies besides mounts, namespaces and cgroup limits.
+fn linux_setup(spec: &Spec) -> LinuxSetup {
+    let linux = spec.linux().as_ref();
+    LinuxSetup {
+        domainname: spec.domainname().clone(),
+        readonly_root: false,
+        root_propagation: linux.and_then(|l| l.rootfs_propagation().clone()),
+        sysctl: linux
+            .and_then(|l| l.sysctl().as_ref())
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        devices: linux
+            .and_then(|l| l.devices().as_ref())
+            .into_iter()
+            .flatten()
+            .map(|d| Device {
+                path: d.path().to_string_lossy().into_owned(),
+                kind: d.typ().as_str().to_string(),
+                major: d.major(),
+                minor: d.minor(),
+                file_mode: d.file_mode(),
+                uid: d.uid(),
+                gid: d.gid(),
+            })
+            .collect(),
+        readonly_paths: linux
+            .and_then(|l| l.readonly_paths().clone())
+            .unwrap_or_default(),
+        masked_paths: linux
+            .and_then(|l| l.masked_paths().clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -362,9 +491,115 @@ mod tests {
         "mounts": [{"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid"]}],
         "annotations": {"io.kubernetes.cri.container-type": "container",
                         "io.kubernetes.cri.sandbox-id": "pod1"},
-        "linux": {"namespaces": [{"type": "pid"}, {"type": "network", "path": "/proc/1/ns/net"}],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "network", "path": "/proc/1/ns/net"},
+                                 {"type": "uts"}],
                   "cgroupsPath": "/ember/c1"}
     }"#;
+
+    /// What podman writes for `--cap-drop ALL --cap-add NET_ADMIN --oom-score-adj 100
+    /// --sysctl kernel.msgmax=4096 --device /dev/null:/dev/mynull --security-opt
+    /// mask=/etc/passwd`, trimmed.
+    const FIDELITY: &str = r#"{
+        "ociVersion": "1.0.2",
+        "process": {"user": {"uid": 0, "gid": 0}, "args": ["sh"], "cwd": "/",
+            "capabilities": {"bounding": ["CAP_NET_ADMIN"], "effective": ["CAP_NET_ADMIN"],
+                             "permitted": ["CAP_NET_ADMIN"]},
+            "oomScoreAdj": 100},
+        "root": {"path": "rootfs"},
+        "hostname": "h1",
+        "domainname": "example.org",
+        "linux": {"namespaces": [{"type": "uts"}, {"type": "mount"}],
+                  "sysctl": {"kernel.msgmax": "4096"},
+                  "devices": [{"path": "/dev/mynull", "type": "c", "major": 1, "minor": 3,
+                               "fileMode": 438, "uid": 0, "gid": 5}],
+                  "maskedPaths": ["/etc/passwd", "/proc/kcore"],
+                  "readonlyPaths": ["/proc/sys"],
+                  "rootfsPropagation": "rshared"}
+    }"#;
+
+    #[test]
+    fn capabilities_sysctl_devices_and_paths_are_read() {
+        let d = bundle_dir("fidelity", FIDELITY, true);
+        let c = Bundle::load(&d).unwrap().container_config("c1").unwrap();
+        let caps = c.process.capabilities.as_ref().unwrap();
+        assert_eq!(caps.bounding, ["CAP_NET_ADMIN"]);
+        assert_eq!(caps.permitted, ["CAP_NET_ADMIN"]);
+        assert!(caps.inheritable.is_empty() && caps.ambient.is_empty());
+        assert_eq!(c.process.oom_score_adj, Some(100));
+        assert_eq!(c.linux.domainname.as_deref(), Some("example.org"));
+        assert_eq!(c.linux.sysctl["kernel.msgmax"], "4096");
+        assert_eq!(
+            c.linux.devices,
+            [Device {
+                path: "/dev/mynull".into(),
+                kind: "c".into(),
+                major: 1,
+                minor: 3,
+                file_mode: Some(0o666),
+                uid: Some(0),
+                gid: Some(5),
+            }]
+        );
+        assert_eq!(c.linux.masked_paths, ["/etc/passwd", "/proc/kcore"]);
+        assert_eq!(c.linux.readonly_paths, ["/proc/sys"]);
+        assert_eq!(c.linux.root_propagation.as_deref(), Some("rshared"));
+        // Without the object, None (the mapping makes that "no capabilities", as runc).
+        let c = Bundle::load(&bundle_dir("nocaps", GOOD, true))
+            .unwrap()
+            .container_config("c1")
+            .unwrap();
+        assert_eq!(c.process.capabilities, None);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn hooks_are_read_in_order() {
+        let cfg = FIDELITY.replacen(
+            r#""root": {"path": "rootfs"},"#,
+            r#""root": {"path": "rootfs"},
+            "hooks": {"prestart": [{"path": "/bin/a", "args": ["a", "1"], "env": ["X=y"], "timeout": 5},
+                                   {"path": "/bin/b"}],
+                      "createRuntime": [{"path": "/bin/c", "timeout": 0}],
+                      "poststop": [{"path": "/bin/d"}]},"#,
+            1,
+        );
+        let d = bundle_dir("hooks", &cfg, true);
+        let h = Bundle::load(&d).unwrap().hooks();
+        assert_eq!(
+            h.prestart,
+            [
+                Hook {
+                    path: "/bin/a".into(),
+                    args: vec!["a".into(), "1".into()],
+                    env: vec!["X=y".into()],
+                    timeout: Some(5)
+                },
+                Hook {
+                    path: "/bin/b".into(),
+                    args: vec![],
+                    env: vec![],
+                    timeout: None
+                }
+            ]
+        );
+        assert_eq!(h.create_runtime[0].path, PathBuf::from("/bin/c"));
+        assert_eq!(h.create_runtime[0].timeout, None);
+        assert_eq!(h.poststop.len(), 1);
+        assert!(h.poststart.is_empty() && h.create_container.is_empty());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_hostname_needs_a_uts_namespace_as_under_runc() {
+        let cfg = FIDELITY.replace(r#"{"type": "uts"}, "#, "");
+        let d = bundle_dir("no-uts", &cfg, true);
+        let err = Bundle::load(&d)
+            .unwrap()
+            .container_config("c1")
+            .unwrap_err();
+        assert!(matches!(err, BundleError::HostnameWithoutUts), "{err}");
+        fs::remove_dir_all(&d).unwrap();
+    }
 
     #[test]
     fn good_bundle_maps_every_honoured_field() {

@@ -42,15 +42,28 @@ pub const MOUNT_OPTIONS: &[&str] = &[
 /// Namespaces a container gets inside the guest.
 pub const NAMESPACES: &[&str] = &["cgroup", "ipc", "mount", "network", "pid", "user", "uts"];
 
+/// Hooks ember runs (on the host). `createContainer` and `startContainer` would run in the
+/// container's namespaces, inside its VM, where host programs cannot.
+pub const HOOKS: &[&str] = &["prestart", "createRuntime", "poststart", "poststop"];
+
+/// What the annotation [`HOST_NAMESPACES`] says.
+pub const HOST_NAMESPACES_NOTE: &str = "only a network namespace given by path is joined (the pod VM is connected to it); other namespaces given by path cannot be joined from inside a VM: the container gets its pod VM's";
+/// Annotation key of [`HOST_NAMESPACES_NOTE`].
+pub const HOST_NAMESPACES: &str = "io.github.ember.namespaces-by-path";
+
 pub fn features() -> Value {
+    let capabilities: Vec<String> = agent::caps::NAMES
+        .iter()
+        .map(|n| format!("CAP_{n}"))
+        .collect();
     json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": super::state::OCI_VERSION,
-        "hooks": [],
+        "hooks": HOOKS,
         "mountOptions": MOUNT_OPTIONS,
         "linux": {
             "namespaces": NAMESPACES,
-            "capabilities": [],
+            "capabilities": capabilities,
             "cgroup": {"v1": false, "v2": true, "systemd": false, "systemdUser": false},
             "seccomp": {"enabled": false},
             "apparmor": {"enabled": false},
@@ -58,7 +71,8 @@ pub fn features() -> Value {
         },
         "annotations": {
             "org.opencontainers.runc.version": env!("CARGO_PKG_VERSION"),
-            "io.github.ember.vm": "kvm-microvm"
+            "io.github.ember.vm": "kvm-microvm",
+            HOST_NAMESPACES: HOST_NAMESPACES_NOTE
         }
     })
 }
@@ -77,5 +91,12 @@ mod tests {
             .as_ref()
             .unwrap()
             .contains(&"ro".to_string()));
+        assert_eq!(f.hooks().as_ref().unwrap().len(), HOOKS.len());
+        let linux = f.linux().as_ref().unwrap();
+        let caps = linux.capabilities().as_ref().unwrap();
+        assert!(caps.contains(&"CAP_NET_ADMIN".to_string()), "{caps:?}");
+        assert!(caps.contains(&"CAP_CHECKPOINT_RESTORE".to_string()));
+        let notes = f.annotations().as_ref().unwrap();
+        assert!(notes[HOST_NAMESPACES].contains("cannot be joined"));
     }
 }

@@ -1,7 +1,7 @@
 //! The runc-shaped operations behind `ember create|start|state|kill|delete|exec|ps|pause|
 //! resume|list|run`. Errors carry runc's wording where the engines match on it.
 
-use super::bundle::{Bundle, BundleError, ProcessConfig};
+use super::bundle::{Bundle, BundleError, OciHooks, ProcessConfig};
 use super::control::{self, Client, ControlError, Request, Response};
 use super::sandbox::{Backend, Stdio};
 use super::shim;
@@ -57,6 +57,56 @@ pub enum OpsError {
     BadUser(String),
     #[error("Cannot use this process's stdio")]
     Stdio(#[source] io::Error),
+    #[error("error running {kind} hook")]
+    Hook {
+        kind: &'static str,
+        #[source]
+        source: crate::hooks::Error,
+    },
+}
+
+/// The state JSON a hook gets on stdin: the container's OCI state with `status`.
+fn hook_state(rec: &Record, status: Status) -> String {
+    let mut state = rec.oci_state();
+    state.status = status;
+    serde_json::to_string(&state).unwrap_or_default()
+}
+
+/// Runs `prestart` then `createRuntime` hooks (runc's order, at the same point: the
+/// container exists, its process has not started), stopping at the first failure.
+fn run_create_hooks(hooks: &OciHooks, rec: &Record) -> Result<(), OpsError> {
+    let state = hook_state(rec, Status::Creating);
+    for (kind, list) in [
+        ("prestart", &hooks.prestart),
+        ("createRuntime", &hooks.create_runtime),
+    ] {
+        crate::hooks::run_all(list, &state).map_err(|source| OpsError::Hook { kind, source })?;
+    }
+    for (kind, list) in [
+        ("createContainer", &hooks.create_container),
+        ("startContainer", &hooks.start_container),
+    ] {
+        if !list.is_empty() {
+            log::warn!(
+                "container {}: {} {kind} hook(s) not run: they run in the container's namespaces, inside its VM, where host programs cannot",
+                rec.id,
+                list.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs hooks whose failures do not fail the operation (`poststart`, `poststop`): each
+/// failure is a warning.
+fn run_hooks_warning(kind: &str, hooks: &[crate::config::Hook], rec: &Record, status: Status) {
+    for e in crate::hooks::run_all_best_effort(hooks, &hook_state(rec, status)) {
+        log::warn!(
+            "container {}: {kind} hook: {}",
+            rec.id,
+            crate::error::report(&e)
+        );
+    }
 }
 
 /// The state root every operation uses.
@@ -140,6 +190,12 @@ pub fn create(
                 return Err(cleanup(OpsError::CreateFailed(msg)));
             }
             let pid = child.as_raw();
+            if let Err(e) = run_create_hooks(&bundle.hooks(), &rec) {
+                let _ = kill(child, Signal::SIGKILL);
+                let _ = waitpid(child, None);
+                backend.cleanup(id);
+                return Err(cleanup(e));
+            }
             let _lock = ctx.store.lock(id).map_err(|e| {
                 let _ = kill(child, Signal::SIGKILL);
                 cleanup(e.into())
@@ -289,6 +345,15 @@ pub fn start(ctx: &Ctx, id: &str) -> Result<(), OpsError> {
     Client::call(&ctx.store.dir(id), &Request::Start)?;
     rec.status = Status::Running;
     ctx.store.save(&rec)?;
+    // After the process started, before start returns (runtime-spec); failures are warnings.
+    if let Ok(bundle) = Bundle::load(&rec.bundle) {
+        run_hooks_warning(
+            "poststart",
+            &bundle.hooks().poststart,
+            &rec,
+            Status::Running,
+        );
+    }
     Ok(())
 }
 
@@ -345,6 +410,10 @@ pub fn delete(ctx: &Ctx, id: &str, force: bool, backend: &dyn Backend) -> Result
         }
         Err(e) => return Err(e.into()),
     };
+    // The bundle may be gone by now; then there are no hooks to run.
+    let poststop = Bundle::load(&rec.bundle)
+        .map(|b| b.hooks().poststop)
+        .unwrap_or_default();
     match rec.effective_status() {
         Status::Stopped => {}
         Status::Created => stop_shim(ctx, &rec),
@@ -378,6 +447,8 @@ pub fn delete(ctx: &Ctx, id: &str, force: bool, backend: &dyn Backend) -> Result
         Err(e) => return Err(e.into()),
     };
     ctx.store.remove(id)?;
+    // After the container is deleted, before delete returns; failures are warnings.
+    run_hooks_warning("poststop", &poststop, &rec, Status::Stopped);
     Ok(())
 }
 
@@ -617,4 +688,69 @@ pub fn run(
 /// Directory of a container's control socket (for tests and tools).
 pub fn control_socket(ctx: &Ctx, id: &str) -> PathBuf {
     ctx.store.dir(id).join(control::SOCKET)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Hook;
+
+    fn sh(script: String) -> Hook {
+        Hook {
+            path: "/bin/sh".into(),
+            args: vec!["sh".into(), "-c".into(), script],
+            env: vec![],
+            timeout: Some(10),
+        }
+    }
+
+    #[test]
+    fn create_hooks_run_prestart_then_create_runtime_with_the_state() {
+        let dir = crate::state::test_dir("oci-hooks");
+        let log = dir.join("log");
+        let l = log.display();
+        let hooks = OciHooks {
+            prestart: vec![sh(format!("echo prestart >> {l}; cat >> {l}; echo >> {l}"))],
+            create_runtime: vec![sh(format!("echo createRuntime >> {l}"))],
+            poststop: vec![sh(format!("echo never >> {l}"))],
+            ..Default::default()
+        };
+        let mut rec = Record::new("c1", Path::new("/b"), Path::new("/b/rootfs"));
+        rec.pid = Some(std::process::id() as i32);
+        rec.pid_start = process_start_time(std::process::id() as i32);
+        run_create_hooks(&hooks, &rec).unwrap();
+        let text = fs::read_to_string(&log).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            (lines[0], lines[2]),
+            ("prestart", "createRuntime"),
+            "{text}"
+        );
+        let state: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(state["id"], "c1");
+        assert_eq!(state["status"], "creating");
+        assert_eq!(state["bundle"], "/b");
+        assert_eq!(state["pid"], std::process::id());
+
+        // The first failure stops the chain and names the kind.
+        fs::remove_file(&log).unwrap();
+        let failing = OciHooks {
+            prestart: vec![sh("echo broken >&2; exit 3".into())],
+            create_runtime: vec![sh(format!("echo createRuntime >> {l}"))],
+            ..Default::default()
+        };
+        let err = run_create_hooks(&failing, &rec).unwrap_err();
+        let msg = crate::error::report(&err);
+        assert!(
+            msg.contains("prestart hook") && msg.contains("broken"),
+            "{msg}"
+        );
+        assert!(!log.exists());
+
+        // poststart / poststop failures are warnings: the later hooks still run.
+        let post = [sh("exit 1".into()), sh(format!("echo post >> {l}"))];
+        run_hooks_warning("poststop", &post, &rec, Status::Stopped);
+        assert_eq!(fs::read_to_string(&log).unwrap(), "post\n");
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

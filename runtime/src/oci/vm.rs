@@ -17,8 +17,18 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 /// Trees the agent sets up itself for every container (/dev with devpts and shm, /proc,
-/// /sys with its cgroup2): spec mounts at or under them are left to it.
+/// /sys with its cgroup2): host binds at or under them are left to it.
 const AGENT_MOUNTS: &[&str] = &["/proc", "/dev", "/sys"];
+
+/// Whether the agent makes this mount itself: /dev (its tmpfs) and /dev/pts, and anything
+/// at or under /proc and /sys. Other mounts under /dev (mqueue, a tmpfs /dev/shm with its
+/// options) are the spec's and made as it says.
+fn agent_made(dest: &Path) -> bool {
+    dest == Path::new("/dev")
+        || dest.starts_with("/dev/pts")
+        || dest.starts_with("/proc")
+        || dest.starts_with("/sys")
+}
 /// Filesystem types that exist inside the guest and can be mounted there as the spec says.
 const GUEST_FSTYPES: &[&str] = &["tmpfs", "mqueue", "proc", "sysfs"];
 
@@ -42,17 +52,27 @@ pub fn process_spec(p: &ProcessConfig) -> ProcessSpec {
             })
             .collect(),
         no_new_privileges: p.no_new_privileges,
+        capabilities: p.capabilities.clone(),
+        oom_score_adj: p.oom_score_adj,
     }
+}
+
+/// The host's hostname: what runc's container with a UTS namespace of its own and no (or an
+/// empty) hostname sees, since that namespace starts as a copy of the host's.
+fn host_hostname() -> Option<String> {
+    nix::unistd::gethostname()
+        .ok()
+        .map(|h| h.to_string_lossy().into_owned())
 }
 
 /// Whether a spec mount can be made inside the guest (and is not one the agent makes anyway).
 /// Bind mounts of host paths cannot: the guest does not see the host's filesystem.
 pub fn guest_mount(m: &MountConfig) -> Option<Mount> {
     let dest = m.destination.to_string_lossy().into_owned();
-    if AGENT_MOUNTS
-        .iter()
-        .any(|a| m.destination.starts_with(Path::new(a)))
-    {
+    if let Some(shm) = shm_bind(m) {
+        return Some(shm);
+    }
+    if agent_made(&m.destination) {
         return None;
     }
     let typ = m.typ.as_deref()?;
@@ -67,6 +87,37 @@ pub fn guest_mount(m: &MountConfig) -> Option<Mount> {
             .map_or_else(|| typ.to_string(), |s| s.to_string_lossy().into_owned()),
         fstype: Some(typ.to_string()),
         options: m.options.clone(),
+        from_volume: false,
+        from_share: false,
+    })
+}
+
+/// podman's `/dev/shm` is a bind of a tmpfs it made on the host (`size=64000k` by default,
+/// `--shm-size`): the guest gets a tmpfs of the same size in its place (shared memory cannot
+/// cross the VM boundary, its size can).
+fn shm_bind(m: &MountConfig) -> Option<Mount> {
+    let is_bind = matches!(m.typ.as_deref(), Some("bind" | "rbind"))
+        || m.options.iter().any(|o| o == "bind" || o == "rbind");
+    if m.destination != Path::new("/dev/shm") || !is_bind {
+        return None;
+    }
+    let st = nix::sys::statfs::statfs(m.source.as_deref()?).ok()?;
+    if st.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC {
+        return None;
+    }
+    let bytes = st.blocks() * st.block_size() as u64;
+    let mut options: Vec<String> = m
+        .options
+        .iter()
+        .filter(|o| !matches!(o.as_str(), "bind" | "rbind"))
+        .cloned()
+        .collect();
+    options.extend(["mode=1777".to_string(), format!("size={}k", bytes / 1024)]);
+    Some(Mount {
+        destination: "/dev/shm".into(),
+        source: "shm".into(),
+        fstype: Some("tmpfs".into()),
+        options,
         from_volume: false,
         from_share: false,
     })
@@ -223,15 +274,31 @@ pub fn container_config(
     if binds == HostBinds::Shared {
         config.host_mounts = shared_binds(c);
     }
-    config.hostname = c.hostname.clone();
+    // A UTS namespace of its own gets the spec's hostname, or the host's as under runc; one
+    // joined by path is the pod's, whose name is left alone.
+    let uts = c.namespaces.iter().find(|n| n.typ == "uts");
+    config.hostname = match uts {
+        Some(n) if n.path.is_none() => c
+            .hostname
+            .clone()
+            .filter(|h| !h.is_empty())
+            .or_else(host_hostname),
+        _ => None,
+    };
     config.namespaces = Some(namespaces);
     config.process = process_spec(&c.process);
+    // As runc: a process without a capabilities object has none.
+    config.process.capabilities = Some(c.process.capabilities.clone().unwrap_or_default());
+    config.linux = c.linux.clone();
     config.cgroup_path = c
         .cgroups_path
         .as_ref()
         .map(|p| p.to_string_lossy().trim_start_matches('/').to_string())
         .filter(|p| !p.is_empty() && !p.contains(':'));
-    config.readonly_rootfs = c.readonly_rootfs;
+    // Not a read-only rootfs mount (mount points of the spec's mounts could not be made in
+    // it): the agent remounts the root read-only after setup, as runc does.
+    config.readonly_rootfs = false;
+    config.linux.readonly_root = c.readonly_rootfs;
     config.volume = volume;
     config.annotations = c.annotations.clone();
     config.limits = c.resources.cgroup_limits();
@@ -578,9 +645,11 @@ impl Backend for VmBackend {
             (RootfsConfig::GuestPath { path }, HostBinds::Dropped, None)
         } else if settings.runtime.rootfs == OciRootfs::VirtioFs {
             // Shared live: nothing to copy, whatever the image's size.
+            // Writable: `root.readonly` is the agent's remount once the spec's mount points
+            // are made, as runc does it.
             let rootfs = RootfsConfig::Share {
                 path: config.rootfs.clone(),
-                read_only: config.readonly_rootfs,
+                read_only: false,
             };
             (rootfs, HostBinds::Shared, None)
         } else {
@@ -597,7 +666,7 @@ impl Backend for VmBackend {
             }
             let rootfs = RootfsConfig::Image {
                 path: image,
-                read_only: config.readonly_rootfs,
+                read_only: false,
             };
             let volume = has_volume.then_some(RootfsConfig::Image {
                 path: volume_image,
@@ -693,6 +762,12 @@ mod tests {
                     hard: 2,
                 }],
                 no_new_privileges: true,
+                capabilities: Some(Box::new(agent::protocol::Capabilities {
+                    bounding: vec!["CAP_KILL".into(), "CAP_NET_ADMIN".into()],
+                    effective: vec!["CAP_NET_ADMIN".into()],
+                    ..Default::default()
+                })),
+                oom_score_adj: Some(100),
             },
             hostname: Some("h".into()),
             mounts: vec![
@@ -721,6 +796,13 @@ mod tests {
             annotations: BTreeMap::new(),
             role: PodRole::Single,
             resources: Default::default(),
+            linux: agent::protocol::LinuxSetup {
+                sysctl: [("kernel.msgmax".to_string(), "4096".to_string())].into(),
+                masked_paths: vec!["/proc/kcore".into()],
+                readonly_paths: vec!["/proc/sys".into()],
+                root_propagation: Some("rprivate".into()),
+                ..Default::default()
+            },
         }
     }
 
@@ -731,12 +813,15 @@ mod tests {
         };
         let spec = container_config(&podman_like(), disk.clone(), HostBinds::Volume, None);
         assert_eq!(spec.rootfs, disk);
-        assert!(spec.readonly_rootfs);
+        // root.readonly: a remount after setup, not a read-only rootfs mount.
+        assert!(spec.linux.readonly_root && !spec.readonly_rootfs);
         assert_eq!(spec.fstype.as_deref(), Some("ext4"));
         let dests: Vec<&str> = spec.mounts.iter().map(|m| m.destination.as_str()).collect();
-        assert_eq!(dests, ["/scratch", "/q"]);
-        assert_eq!(spec.mounts[0].fstype.as_deref(), Some("tmpfs"));
-        assert_eq!(spec.mounts[0].options, ["nosuid"]);
+        // /dev/mqueue is the spec's to make; /dev, /dev/pts, /proc, /sys are the agent's.
+        assert_eq!(dests, ["/dev/mqueue", "/scratch", "/q"]);
+        assert_eq!(spec.mounts[0].fstype.as_deref(), Some("mqueue"));
+        assert_eq!(spec.mounts[1].fstype.as_deref(), Some("tmpfs"));
+        assert_eq!(spec.mounts[1].options, ["nosuid"]);
         assert_eq!(
             spec.namespaces.unwrap(),
             [
@@ -761,6 +846,43 @@ mod tests {
         assert_eq!(p.rlimits[0].kind, "RLIMIT_NOFILE");
         assert_eq!((p.rlimits[0].soft, p.rlimits[0].hard), (1, 2));
         assert!(p.no_new_privileges);
+        let caps = p.capabilities.as_ref().unwrap();
+        assert_eq!(caps.bounding, ["CAP_KILL", "CAP_NET_ADMIN"]);
+        assert_eq!(caps.effective, ["CAP_NET_ADMIN"]);
+        assert!(caps.permitted.is_empty() && caps.ambient.is_empty());
+        assert_eq!(p.oom_score_adj, Some(100));
+        assert_eq!(spec.linux.sysctl["kernel.msgmax"], "4096");
+        assert_eq!(spec.linux.masked_paths, ["/proc/kcore"]);
+        assert_eq!(spec.linux.readonly_paths, ["/proc/sys"]);
+        assert_eq!(spec.linux.root_propagation.as_deref(), Some("rprivate"));
+    }
+
+    #[test]
+    fn no_capabilities_object_means_none_as_under_runc() {
+        let mut c = podman_like();
+        c.process.capabilities = None;
+        let spec = container_config(&c, RootfsConfig::default(), HostBinds::Shared, None);
+        assert_eq!(spec.process.capabilities, Some(Box::default()));
+        // An exec'd process without its own keeps None: the agent gives it the init's.
+        assert_eq!(process_spec(&c.process).capabilities, None);
+    }
+
+    #[test]
+    fn empty_hostname_is_the_hosts_and_a_joined_uts_namespace_keeps_the_pods() {
+        let host = host_hostname().unwrap();
+        let mut c = podman_like();
+        for empty in [None, Some(String::new())] {
+            c.hostname = empty;
+            let spec = container_config(&c, RootfsConfig::default(), HostBinds::Shared, None);
+            assert_eq!(spec.hostname.as_deref(), Some(host.as_str()));
+        }
+        c.hostname = Some("h".into());
+        c.namespaces = vec![NamespaceConfig {
+            typ: "uts".into(),
+            path: Some("/proc/1/ns/uts".into()),
+        }];
+        let spec = container_config(&c, RootfsConfig::default(), HostBinds::Shared, None);
+        assert_eq!(spec.hostname, None);
     }
 
     fn bind(dest: &str, source: &Path, options: &[&str]) -> MountConfig {
@@ -929,6 +1051,39 @@ mod tests {
         // Joined by the VM, not made in the guest.
         let spec = container_config(&c, RootfsConfig::default(), HostBinds::Shared, None);
         assert_eq!(spec.namespaces.unwrap(), [Namespace::Pid]);
+    }
+
+    #[test]
+    fn podmans_shm_bind_becomes_a_tmpfs_of_its_size() {
+        let dir = crate::state::test_dir("oci-shm");
+        let shm = dir.join("shm");
+        std::fs::create_dir_all(&shm).unwrap();
+        let bind = MountConfig {
+            destination: "/dev/shm".into(),
+            typ: Some("bind".into()),
+            source: Some(shm.clone()),
+            options: vec!["bind".into(), "nosuid".into(), "noexec".into()],
+        };
+        // Not a tmpfs (the test dir): left to the agent.
+        let on_tmpfs = nix::mount::mount(
+            Some("tmpfs"),
+            &shm,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=64000k"),
+        );
+        let got = guest_mount(&bind);
+        let _ = nix::mount::umount(&shm);
+        match on_tmpfs {
+            Ok(()) => {
+                let m = got.expect("a tmpfs in its place");
+                assert_eq!(m.fstype.as_deref(), Some("tmpfs"));
+                assert_eq!(m.options, ["nosuid", "noexec", "mode=1777", "size=64000k"]);
+            }
+            Err(e) => println!("SKIPPED: the tmpfs half needs root ({e})"),
+        }
+        assert_eq!(guest_mount(&bind), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
