@@ -18,8 +18,10 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 
 log "Fast tier: unit and integration tests (no guest; /dev/kvm payload tests where it exists)"
-cargo test --workspace --exclude ember-rig
+cargo test --workspace --exclude ember-rig --exclude ember-fuzz
 cargo test -p ember-rig --lib --bins
+log "Fuzz: every target's seed corpus, then ${EMBER_FUZZ_SECS:-3} s of mutation each (fuzz/README.md)"
+cargo test -p ember-fuzz -- --nocapture
 
 if [ "${EMBER_SKIP_SLOW:-0}" = 1 ]; then
     log "Slow tier skipped (EMBER_SKIP_SLOW=1)"

@@ -178,7 +178,9 @@ fn execute(
                             .map_err(|e| (RequestError::Io(e.to_string()), written))?;
                         mem.write_slice(buf, addr)
                             .map_err(|_| (RequestError::GuestMemory, written))?;
-                        written += n as u32;
+                        // A chain may describe more than u32 bytes (many large descriptors
+                        // over the same memory): the used length saturates, never wraps.
+                        written = written.saturating_add(n as u32);
                     } else {
                         mem.read_slice(buf, addr)
                             .map_err(|_| (RequestError::GuestMemory, 0))?;
