@@ -80,7 +80,7 @@ io_fs() {
     cat /tmp/io-fs-ember.log
     grep -a "^| \|io-bench:" /tmp/io-fs-guest.log
 }
-section_timeout 1800 io-fs io_fs
+section io-fs io_fs
 section_timeout 900 io-fs-host io-bench files --dir /tmp/fs-host --mib "$IO_MIB" --files 10000 --label host-dir
 
 # The peer: the same kernel and io-bench guest under QEMU (blk only, io_bench.vsock=0).
