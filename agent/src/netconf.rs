@@ -101,15 +101,7 @@ pub fn parse_net(s: &str) -> Result<(IpAddr, u8), Error> {
     Ok((addr, prefix))
 }
 
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() < libc::IFNAMSIZ
-        && name != "."
-        && name != ".."
-        && !name
-            .bytes()
-            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace())
-}
+use crate::netlink::valid_ifname as valid_name;
 
 /// An interface request, checked.
 #[derive(Debug)]

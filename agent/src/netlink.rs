@@ -11,6 +11,18 @@ use netlink_packet_core::{
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
+/// Whether `name` can name an interface: 1..IFNAMSIZ-1 bytes, not `.`/`..`, no `/`, `:`,
+/// whitespace or NUL.
+pub fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < libc::IFNAMSIZ
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace())
+}
+
 /// Receive buffer: the kernel caps one dump datagram at 32 KiB (or a page, if larger).
 const RECV_BUF: usize = 64 * 1024;
 

@@ -462,12 +462,17 @@ impl Runtime {
             }
             self.stop_locked(&dir, &mut rec)?;
         }
-        fs::remove_dir_all(&dir).map_err(|source| Error::Io {
+        self.remove_pod_dir(&dir, lock)
+    }
+
+    /// Removes a pod's directory (its lock held until then); the last pod takes `@pods` with
+    /// it (fails, harmlessly, while others are there).
+    fn remove_pod_dir(&self, dir: &Path, lock: PodLock) -> Result<(), Error> {
+        fs::remove_dir_all(dir).map_err(|source| Error::Io {
             what: format!("Cannot remove {}", dir.display()),
             source,
         })?;
         drop(lock);
-        // The last pod takes `@pods` with it (fails, harmlessly, while others are there).
         let _ = fs::remove_dir(self.pods_dir());
         Ok(())
     }
@@ -496,13 +501,7 @@ impl Runtime {
                 }
             }
         }
-        fs::remove_dir_all(&dir).map_err(|source| Error::Io {
-            what: format!("Cannot remove {}", dir.display()),
-            source,
-        })?;
-        drop(lock);
-        let _ = fs::remove_dir(self.pods_dir());
-        Ok(())
+        self.remove_pod_dir(&dir, lock)
     }
 
     /// Pause the pod's VM (its vCPUs stop).

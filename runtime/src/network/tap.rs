@@ -22,16 +22,7 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
-/// Whether `name` can name an interface: 1..IFNAMSIZ-1 bytes, no `/`, whitespace or NUL.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() < libc::IFNAMSIZ
-        && name != "."
-        && name != ".."
-        && !name
-            .bytes()
-            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace())
-}
+pub use agent::netlink::valid_ifname as valid_name;
 
 /// The index of the interface `name` in this namespace, if there is one.
 pub fn index_of(name: &str) -> Option<u32> {
