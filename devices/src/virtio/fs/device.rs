@@ -27,8 +27,9 @@ pub struct Fs {
 impl Fs {
     /// A virtio-fs device whose guest mount tag is `tag` (1..=36 bytes, no NUL) and whose
     /// root directory is synthetic: its entries are the shares added with
-    /// [`Fs::add_share`]. Raises the soft `RLIMIT_NOFILE` to the hard limit (best effort):
-    /// every inode and open file the guest holds is a host fd.
+    /// [`Fs::add_share`]. Raises `RLIMIT_NOFILE` to fit [`super::MAX_INODES`] +
+    /// [`super::MAX_HANDLES`] fds and some for the rest of the VMM (best effort): every inode
+    /// and open file the guest holds is a host fd.
     pub fn new(tag: &str) -> Result<Fs, FsError> {
         let t = tag.as_bytes();
         if t.is_empty() || t.len() > TAG_LEN || t.contains(&0) {
@@ -37,7 +38,7 @@ impl Fs {
         let mut config = [0u8; CONFIG_LEN];
         config[..t.len()].copy_from_slice(t);
         config[TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
-        super::sys::raise_nofile_limit();
+        super::sys::raise_nofile_limit((super::MAX_INODES + super::MAX_HANDLES + 1024) as u64);
         Ok(Fs {
             common: VirtioCommon::new("virtio-fs", NUM_QUEUES)?,
             config,

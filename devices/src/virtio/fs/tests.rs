@@ -368,6 +368,40 @@ fn host_tree() -> TempDir {
     t
 }
 
+/// The io bench's small-file workload hit EMFILE in a VMM started by a busybox init (fd limit
+/// 1024): `Fs::new` makes room for every inode and handle it may hold.
+#[test]
+fn the_fd_limit_fits_every_inode_and_handle() {
+    let nr_open: u64 = fs::read_to_string("/proc/sys/fs/nr_open")
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(1 << 20);
+    let wanted = ((MAX_INODES + MAX_HANDLES + 1024) as u64).min(nr_open);
+    let _fs = Fs::new("limits").unwrap();
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `rl` is a valid, writable rlimit for the call.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) }, 0);
+    // CAP_SYS_RESOURCE (bit 24 of CapEff) lets a process raise its hard limit.
+    let cap_sys_resource = fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|st| {
+            st.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << 24) != 0);
+    #[allow(clippy::unnecessary_cast)] // rlim_t's width differs between libcs.
+    let (soft, hard) = (rl.rlim_cur as u64, rl.rlim_max as u64);
+    if cap_sys_resource {
+        assert!(soft >= wanted, "soft limit {soft}, wanted {wanted}");
+    } else {
+        println!("SKIPPED: no CAP_SYS_RESOURCE here to raise the hard fd limit ({hard}); checked the soft limit reaches it");
+        assert_eq!(soft, hard);
+    }
+}
+
 #[test]
 fn new_rejects_bad_tags_and_share_names() {
     assert!(matches!(Fs::new(""), Err(FsError::Tag(_))));
