@@ -126,6 +126,21 @@ struct Handle {
     share: u64,
     read_only: bool,
     data: HandleData,
+    /// Where a directory handle's reading stands (see [`DirCursor`]).
+    cursor: DirCursor,
+}
+
+/// A directory handle's reading position: the `getdents` records read from the host but
+/// not yet given to the guest, and the offset the guest will ask for next. A READDIR that
+/// continues from there goes on without seeking: on filesystems whose offsets count
+/// entries (tmpfs before Linux 6.6) a seek after the guest unlinked what it read would skip
+/// as many entries (`rm -rf` then leaves files behind).
+#[derive(Default)]
+struct DirCursor {
+    /// `Some(off)`: the fd stands right after the records in `pending`, and `off` is the
+    /// offset of the last record given to the guest.
+    next_off: Option<u64>,
+    pending: Vec<u8>,
 }
 
 /// What [`PassthroughFs::getxattr`] and [`PassthroughFs::listxattr`] answer.
@@ -475,6 +490,7 @@ impl PassthroughFs {
                 share,
                 read_only,
                 data,
+                cursor: DirCursor::default(),
             },
         );
         Ok(fh)
@@ -1164,7 +1180,16 @@ impl PassthroughFs {
             HandleData::Root => self.readdir_root(offset, max, plus, out),
             HandleData::Dir(f) => {
                 let dir = f.try_clone().map_err(errno)?;
-                self.readdir_host(node, &dir, offset, max, plus, out)
+                let mut cursor = self
+                    .handles
+                    .get_mut(&fh)
+                    .map(|h| std::mem::take(&mut h.cursor))
+                    .unwrap_or_default();
+                let r = self.readdir_host(node, &dir, &mut cursor, offset, max, plus, out);
+                if let Some(h) = self.handles.get_mut(&fh) {
+                    h.cursor = cursor;
+                }
+                r
             }
             HandleData::File(_) => Err(libc::ENOTDIR),
             HandleData::Stale => Err(libc::ESTALE),
@@ -1216,10 +1241,12 @@ impl PassthroughFs {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn readdir_host(
         &mut self,
         node: u64,
         dir: &File,
+        cursor: &mut DirCursor,
         offset: u64,
         max: usize,
         plus: bool,
@@ -1229,7 +1256,13 @@ impl PassthroughFs {
             let i = self.inode(node)?;
             (i.share, i.read_only)
         };
-        sys::lseek(dir.as_fd(), offset, libc::SEEK_SET as u32).map_err(errno)?;
+        if cursor.next_off != Some(offset) {
+            // Not where the last READDIR left off (a first read, a rewind, a seekdir).
+            cursor.next_off = None;
+            cursor.pending.clear();
+            sys::lseek(dir.as_fd(), offset, libc::SEEK_SET as u32).map_err(errno)?;
+            cursor.next_off = Some(offset);
+        }
         let mut buf = vec![0u8; 16 * 1024];
         let fixed = if plus {
             std::mem::size_of::<EntryOut>() + std::mem::size_of::<abi::Dirent>()
@@ -1237,52 +1270,67 @@ impl PassthroughFs {
             std::mem::size_of::<abi::Dirent>()
         };
         loop {
-            let n = sys::getdents(dir.as_fd(), &mut buf).map_err(errno)?;
-            if n == 0 {
-                return Ok(());
-            }
-            let mut pos = 0;
-            while pos + 19 <= n {
-                let rec = &buf[pos..n];
-                let ino = u64::from_ne_bytes(rec[0..8].try_into().unwrap_or_default());
-                let off = u64::from_ne_bytes(rec[8..16].try_into().unwrap_or_default());
-                let reclen = usize::from(u16::from_ne_bytes([rec[16], rec[17]]));
-                let typ = u32::from(rec[18]);
-                if reclen < 19 || reclen > rec.len() {
-                    return Err(libc::EIO);
-                }
-                pos += reclen;
-                let raw = &rec[19..reclen];
-                let name = &raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())];
-                if out.len() + abi::dirent_size(fixed, name.len()) > max {
+            if cursor.pending.is_empty() {
+                let n = sys::getdents(dir.as_fd(), &mut buf).map_err(|e| {
+                    cursor.next_off = None;
+                    errno(e)
+                })?;
+                if n == 0 {
                     return Ok(());
                 }
-                if !plus {
-                    push_dirent(out, ino, off, typ, name);
-                    continue;
-                }
-                let entry = if name == b"." || name == b".." {
-                    EntryOut::default()
-                } else {
-                    let Ok(cname) = CString::new(name) else {
-                        continue;
-                    };
-                    let fd =
-                        sys::openat(self.fd(node)?, &cname, libc::O_PATH | libc::O_NOFOLLOW, 0);
-                    let looked = fd.and_then(|fd| sys::fstat(fd.as_fd()).map(|st| (fd, st)));
-                    match looked {
-                        Ok((fd, st)) => match self.register(share, ro, fd, &st) {
-                            Ok(n) => entry_of(n, attr_of(&st)),
-                            Err(e) if out.is_empty() => return Err(e),
-                            Err(_) => return Ok(()),
-                        },
-                        // Removed meanwhile: skip it.
-                        Err(_) => continue,
-                    }
-                };
-                out.extend_from_slice(vm_memory::ByteValued::as_slice(&entry));
-                push_dirent(out, ino, off, typ, name);
+                cursor.pending.extend_from_slice(&buf[..n]);
             }
+            let rec = &cursor.pending[..];
+            if rec.len() < 19 {
+                cursor.next_off = None;
+                return Err(libc::EIO);
+            }
+            let ino = u64::from_ne_bytes(rec[0..8].try_into().unwrap_or_default());
+            let off = u64::from_ne_bytes(rec[8..16].try_into().unwrap_or_default());
+            let reclen = usize::from(u16::from_ne_bytes([rec[16], rec[17]]));
+            let typ = u32::from(rec[18]);
+            if reclen < 19 || reclen > rec.len() {
+                cursor.next_off = None;
+                return Err(libc::EIO);
+            }
+            let raw = &rec[19..reclen];
+            let name = raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())].to_vec();
+            if out.len() + abi::dirent_size(fixed, name.len()) > max {
+                // Kept for the next READDIR, which continues from `next_off`.
+                return Ok(());
+            }
+            cursor.pending.drain(..reclen);
+            cursor.next_off = Some(off);
+            if !plus {
+                push_dirent(out, ino, off, typ, &name);
+                continue;
+            }
+            let entry = if name == b"." || name == b".." {
+                EntryOut::default()
+            } else {
+                let Ok(cname) = CString::new(name.clone()) else {
+                    continue;
+                };
+                let fd = sys::openat(self.fd(node)?, &cname, libc::O_PATH | libc::O_NOFOLLOW, 0);
+                let looked = fd.and_then(|fd| sys::fstat(fd.as_fd()).map(|st| (fd, st)));
+                match looked {
+                    Ok((fd, st)) => match self.register(share, ro, fd, &st) {
+                        Ok(n) => entry_of(n, attr_of(&st)),
+                        Err(e) => {
+                            // Not given: the guest asks again from the previous offset.
+                            cursor.next_off = None;
+                            if out.is_empty() {
+                                return Err(e);
+                            }
+                            return Ok(());
+                        }
+                    },
+                    // Removed meanwhile: skip it.
+                    Err(_) => continue,
+                }
+            };
+            out.extend_from_slice(vm_memory::ByteValued::as_slice(&entry));
+            push_dirent(out, ino, off, typ, &name);
         }
     }
 }
