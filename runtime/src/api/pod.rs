@@ -65,6 +65,40 @@ impl PodInfo {
     }
 }
 
+/// Largest guest memory a pod config may ask for (1 TiB).
+const MAX_MEM_MIB: u32 = 1 << 20;
+/// Most vCPUs (the VM's MP table limit).
+const MAX_VCPUS: u8 = 32;
+/// Most block devices a guest names (`/dev/vda` to `/dev/vdz`).
+const MAX_DISKS: usize = 26;
+
+/// Every numeric bound of a pod config, checked at create (hardening: a bad value must not
+/// surface only at start, half-way through).
+fn check_bounds(config: &super::PodConfig) -> Result<(), Error> {
+    let bad = |m: String| Err(Error::Config(m));
+    if !(vmm::config::MIN_MEM_MIB..=MAX_MEM_MIB).contains(&config.mem_mib) {
+        return bad(format!(
+            "mem_mib must be {} to {MAX_MEM_MIB}",
+            vmm::config::MIN_MEM_MIB
+        ));
+    }
+    if !(1..=MAX_VCPUS).contains(&config.vcpus) {
+        return bad(format!("vcpus must be 1 to {MAX_VCPUS}"));
+    }
+    // CIDs 0-2 are the hypervisor, local and host; u32::MAX is VMADDR_CID_ANY.
+    if config.guest_cid < 3 || config.guest_cid == u32::MAX {
+        return bad("guest_cid must be 3 to 4294967294".into());
+    }
+    if config.disks.len() + usize::from(config.disk_slots) > MAX_DISKS {
+        return bad(format!(
+            "{} disks and {} disk slots: a guest names at most {MAX_DISKS} disks",
+            config.disks.len(),
+            config.disk_slots
+        ));
+    }
+    Ok(())
+}
+
 /// Mark a record stopped because its VMM is gone: containers stop with it.
 fn mark_stopped(rec: &mut PodRecord, reason: Option<String>) {
     rec.state = State::Stopped;
@@ -122,9 +156,7 @@ impl Runtime {
                 return Err(Error::Config(format!("disk id {} appears twice", d.id)));
             }
         }
-        if config.mem_mib == 0 || config.vcpus == 0 {
-            return Err(Error::Config("mem_mib and vcpus must be above 0".into()));
-        }
+        check_bounds(&config)?;
         if !(1..=MAX_START_TIMEOUT_SECS).contains(&config.start_timeout_secs) {
             return Err(Error::Config(format!(
                 "start_timeout_secs must be 1 to {MAX_START_TIMEOUT_SECS}"

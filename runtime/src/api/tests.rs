@@ -727,3 +727,84 @@ fn a_corrupt_record_is_listed_and_force_deleted() {
     assert!(!rt.pod_dir("bad").exists());
     assert_eq!(rt.list_pods().unwrap().len(), 1);
 }
+
+/// Every numeric bound of a pod config is checked at create (hardening finding), and nothing
+/// is left of a refused pod.
+#[test]
+fn numeric_pod_config_bounds_are_checked_at_create() {
+    let rt = rt("api-bounds");
+    let base = PodConfig::default;
+    for (what, bad) in [
+        (
+            "mem_mib 0",
+            PodConfig {
+                mem_mib: 0,
+                ..base()
+            },
+        ),
+        (
+            "mem_mib 31",
+            PodConfig {
+                mem_mib: 31,
+                ..base()
+            },
+        ),
+        (
+            "mem_mib huge",
+            PodConfig {
+                mem_mib: u32::MAX,
+                ..base()
+            },
+        ),
+        ("vcpus 0", PodConfig { vcpus: 0, ..base() }),
+        (
+            "vcpus 33",
+            PodConfig {
+                vcpus: 33,
+                ..base()
+            },
+        ),
+        (
+            "cid 2",
+            PodConfig {
+                guest_cid: 2,
+                ..base()
+            },
+        ),
+        (
+            "cid any",
+            PodConfig {
+                guest_cid: u32::MAX,
+                ..base()
+            },
+        ),
+        (
+            "slots",
+            PodConfig {
+                disk_slots: 27,
+                ..base()
+            },
+        ),
+        (
+            "timeout",
+            PodConfig {
+                start_timeout_secs: u64::MAX,
+                ..base()
+            },
+        ),
+    ] {
+        let err = rt.create_pod("p", bad).unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{what}: {err}");
+        assert!(!rt.pod_dir("p").exists(), "{what}: left a pod behind");
+    }
+    rt.create_pod(
+        "p",
+        PodConfig {
+            mem_mib: 32,
+            vcpus: 32,
+            disk_slots: 26,
+            ..base()
+        },
+    )
+    .unwrap();
+}
