@@ -425,45 +425,42 @@ pub fn apply_mount(root: &Path, m: &Mount) -> Result<(), Error> {
             )?;
         }
         Ok(())
-    } else if opts.copy_up && m.fstype.as_deref() == Some("tmpfs") {
-        // What the mount point holds stays reachable through a private bind while the tmpfs
-        // covers it, and is copied in.
-        let keep = root.with_extension(format!("copyup-{}", std::process::id()));
-        mkdir_p(&keep)?;
-        mount(
-            "copy-up source",
-            Some(target.to_string_lossy().as_ref()),
-            &keep,
-            None,
-            MsFlags::MS_BIND,
-            None,
-        )?;
-        let mounted = mount(
-            &m.source,
-            Some(&m.source),
-            &target,
-            m.fstype.as_deref(),
-            opts.flags,
-            data,
-        )
-        .and_then(|()| {
-            copy_tree(&keep, &target).map_err(|source| Error::Create {
-                path: target.clone(),
-                source,
-            })
-        });
-        let _ = nix::mount::umount2(&keep, MntFlags::MNT_DETACH);
-        let _ = fs::remove_dir(&keep);
-        mounted
     } else {
-        mount(
+        // tmpcopyup: what the mount point holds stays reachable through a private bind while
+        // the tmpfs covers it, and is copied in.
+        let keep = (opts.copy_up && m.fstype.as_deref() == Some("tmpfs"))
+            .then(|| root.with_extension(format!("copyup-{}", std::process::id())));
+        if let Some(keep) = &keep {
+            mkdir_p(keep)?;
+            let src = target.to_string_lossy();
+            mount(
+                "copy-up source",
+                Some(src.as_ref()),
+                keep,
+                None,
+                MsFlags::MS_BIND,
+                None,
+            )?;
+        }
+        let mut mounted = mount(
             &m.source,
             Some(&m.source),
             &target,
             m.fstype.as_deref(),
             opts.flags,
             data,
-        )
+        );
+        if let Some(keep) = &keep {
+            mounted = mounted.and_then(|()| {
+                copy_tree(keep, &target).map_err(|source| Error::Create {
+                    path: target.clone(),
+                    source,
+                })
+            });
+            let _ = nix::mount::umount2(keep, MntFlags::MNT_DETACH);
+            let _ = fs::remove_dir(keep);
+        }
+        mounted
     }
 }
 

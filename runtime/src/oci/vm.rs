@@ -92,13 +92,17 @@ pub fn guest_mount(m: &MountConfig) -> Option<Mount> {
     })
 }
 
+/// Whether a spec mount is a bind mount (by type or option).
+fn is_bind(m: &MountConfig) -> bool {
+    matches!(m.typ.as_deref(), Some("bind" | "rbind"))
+        || m.options.iter().any(|o| o == "bind" || o == "rbind")
+}
+
 /// podman's `/dev/shm` is a bind of a tmpfs it made on the host (`size=64000k` by default,
 /// `--shm-size`): the guest gets a tmpfs of the same size in its place (shared memory cannot
 /// cross the VM boundary, its size can).
 fn shm_bind(m: &MountConfig) -> Option<Mount> {
-    let is_bind = matches!(m.typ.as_deref(), Some("bind" | "rbind"))
-        || m.options.iter().any(|o| o == "bind" || o == "rbind");
-    if m.destination != Path::new("/dev/shm") || !is_bind {
+    if m.destination != Path::new("/dev/shm") || !is_bind(m) {
         return None;
     }
     let st = nix::sys::statfs::statfs(m.source.as_deref()?).ok()?;
@@ -132,12 +136,10 @@ pub const VOLUME_COPY_LIMIT: u64 = 512 << 20;
 /// and devices cannot be carried into a VM; binds under the trees the agent makes itself
 /// (/dev/shm, /sys/fs/cgroup) are its business.
 pub fn host_bind(m: &MountConfig) -> bool {
-    let is_bind = matches!(m.typ.as_deref(), Some("bind" | "rbind"))
-        || m.options.iter().any(|o| o == "bind" || o == "rbind");
     let under_agent = AGENT_MOUNTS
         .iter()
         .any(|a| m.destination.starts_with(Path::new(a)));
-    is_bind
+    is_bind(m)
         && !under_agent
         && m.source.as_ref().is_some_and(|s| {
             s.is_absolute() && std::fs::metadata(s).is_ok_and(|md| md.is_file() || md.is_dir())
@@ -985,14 +987,6 @@ mod tests {
 
     #[test]
     fn host_binds_are_shared_live_with_their_options() {
-        fn bind(dest: &str, src: &Path, opts: &[&str]) -> MountConfig {
-            MountConfig {
-                destination: dest.into(),
-                typ: Some("bind".into()),
-                source: Some(src.to_path_buf()),
-                options: opts.iter().map(|o| o.to_string()).collect(),
-            }
-        }
         let dir = crate::state::test_dir("oci-shared-binds");
         std::fs::write(dir.join("hosts"), "10.0.0.7 db\n").unwrap();
         std::fs::create_dir_all(dir.join("data")).unwrap();
