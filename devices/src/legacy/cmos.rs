@@ -4,6 +4,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::persist::{CmosSnapshot, LegacyStateError};
+
 /// Index port.
 pub const INDEX_PORT: u16 = 0x70;
 /// Data port.
@@ -84,6 +86,29 @@ impl Cmos {
             ram: [0; 128],
             clock,
         }
+    }
+
+    /// The index register and RAM, for a snapshot (the clock stays the host's).
+    pub fn save(&self) -> CmosSnapshot {
+        CmosSnapshot {
+            index: self.index,
+            ram: self.ram.to_vec(),
+        }
+    }
+
+    /// Bring the index and RAM to `snap`; the clock keeps reading this one's source.
+    pub fn restore(&mut self, snap: &CmosSnapshot) -> Result<(), LegacyStateError> {
+        if usize::from(snap.index) >= self.ram.len() {
+            return Err(LegacyStateError::CmosIndex(snap.index));
+        }
+        let ram: [u8; 128] = snap
+            .ram
+            .as_slice()
+            .try_into()
+            .map_err(|_| LegacyStateError::CmosRam(snap.ram.len()))?;
+        self.index = snap.index;
+        self.ram = ram;
+        Ok(())
     }
 
     fn time_register(&self, reg: u8) -> u8 {
@@ -181,6 +206,49 @@ mod tests {
         c.write(INDEX_PORT, REG_A);
         c.write(DATA_PORT, 0xff);
         assert_eq!(reg(&mut c, REG_A), REG_A_VALUE);
+    }
+
+    #[test]
+    fn index_and_ram_survive_a_round_trip_and_the_clock_stays_live() {
+        let mut c = Cmos::with_clock(fixed);
+        c.write(INDEX_PORT, 0x40);
+        c.write(DATA_PORT, 0x5a);
+        c.write(INDEX_PORT, 0x7f);
+        c.write(DATA_PORT, 0xa5);
+        c.write(INDEX_PORT, 0x41);
+        let snap = c.save();
+        assert_eq!(snap.index, 0x41);
+        let json = serde_json::to_string(&snap).unwrap();
+        assert_eq!(serde_json::from_str::<CmosSnapshot>(&json).unwrap(), snap);
+
+        fn later() -> u64 {
+            fixed() + 3600
+        }
+        let mut fresh = Cmos::with_clock(later);
+        fresh.restore(&snap).unwrap();
+        assert_eq!(fresh.read(INDEX_PORT), 0x41);
+        assert_eq!(reg(&mut fresh, 0x40), 0x5a);
+        assert_eq!(reg(&mut fresh, 0x7f), 0xa5);
+        assert_eq!(reg(&mut fresh, REG_HOURS), 0x14, "the clock is the host's");
+
+        let before = fresh.save();
+        let bad_index = CmosSnapshot {
+            index: 0x80,
+            ..snap.clone()
+        };
+        assert!(matches!(
+            fresh.restore(&bad_index),
+            Err(LegacyStateError::CmosIndex(0x80))
+        ));
+        let short = CmosSnapshot {
+            ram: vec![0; 64],
+            ..snap
+        };
+        assert!(matches!(
+            fresh.restore(&short),
+            Err(LegacyStateError::CmosRam(64))
+        ));
+        assert_eq!(fresh.save(), before);
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::io;
 use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::persist::{I8042Snapshot, LegacyStateError};
+
 /// Data port.
 pub const DATA_PORT: u16 = 0x60;
 /// Status (read) and command (write) port.
@@ -78,6 +80,32 @@ impl I8042 {
     /// How many times the guest has asked for a reset.
     pub fn reset_requests(&self) -> u64 {
         self.resets
+    }
+
+    /// The registers, pending command and output buffer, for a snapshot.
+    pub fn save(&self) -> I8042Snapshot {
+        I8042Snapshot {
+            ctr: self.ctr,
+            outp: self.outp,
+            status: self.status,
+            pending_cmd: self.pending_cmd,
+            out: self.out.iter().copied().collect(),
+            resets: self.resets,
+        }
+    }
+
+    /// Bring the controller to `snap` (the reset eventfd stays this one's).
+    pub fn restore(&mut self, snap: &I8042Snapshot) -> Result<(), LegacyStateError> {
+        if snap.out.len() > OUTPUT_BUFFER_MAX {
+            return Err(LegacyStateError::I8042Buffer(snap.out.len()));
+        }
+        self.ctr = snap.ctr;
+        self.outp = snap.outp;
+        self.status = snap.status;
+        self.pending_cmd = snap.pending_cmd;
+        self.out = snap.out.iter().copied().collect();
+        self.resets = snap.resets;
+        Ok(())
     }
 
     fn push(&mut self, byte: u8) {
@@ -185,6 +213,48 @@ mod tests {
         d.write(DATA_PORT, 0xF2).unwrap();
         d.write(COMMAND_PORT, CMD_READ_CTR).unwrap();
         assert_eq!(d.read(DATA_PORT), 0x61);
+    }
+
+    #[test]
+    fn state_survives_a_round_trip() {
+        let (mut d, _) = dev();
+        d.write(COMMAND_PORT, CMD_WRITE_CTR).unwrap();
+        d.write(DATA_PORT, 0x61).unwrap();
+        d.write(COMMAND_PORT, CMD_SELF_TEST).unwrap();
+        d.write(COMMAND_PORT, CMD_READ_CTR).unwrap();
+        d.write(COMMAND_PORT, CMD_RESET_CPU).unwrap();
+        d.write(COMMAND_PORT, CMD_WRITE_OUTP).unwrap();
+        let snap = d.save();
+        assert_eq!(snap.out, vec![SELF_TEST_OK, 0x61]);
+        assert_eq!(snap.pending_cmd, Some(CMD_WRITE_OUTP));
+        let json = serde_json::to_string(&snap).unwrap();
+        assert_eq!(serde_json::from_str::<I8042Snapshot>(&json).unwrap(), snap);
+
+        let (mut fresh, evt) = dev();
+        fresh.restore(&snap).unwrap();
+        assert_eq!(fresh.save(), snap);
+        assert!(evt.read().is_err(), "restore is not a reset request");
+        assert_eq!(fresh.reset_requests(), 1);
+        assert_eq!(fresh.read(COMMAND_PORT) & SB_OUT_FULL, SB_OUT_FULL);
+        assert_eq!(fresh.read(DATA_PORT), SELF_TEST_OK);
+        assert_eq!(fresh.read(DATA_PORT), 0x61);
+        assert_eq!(fresh.read(COMMAND_PORT) & SB_OUT_FULL, 0);
+        // The pending command takes its data byte.
+        fresh.write(DATA_PORT, 0x03).unwrap();
+        fresh.write(COMMAND_PORT, CMD_READ_OUTP).unwrap();
+        assert_eq!(fresh.read(DATA_PORT), 0x03);
+        // The reset eventfd is the fresh one's.
+        fresh.write(COMMAND_PORT, CMD_RESET_CPU).unwrap();
+        assert_eq!(evt.read().unwrap(), 1);
+
+        let mut bad = snap.clone();
+        bad.out = vec![0; OUTPUT_BUFFER_MAX + 1];
+        let before = fresh.save();
+        assert!(matches!(
+            fresh.restore(&bad),
+            Err(LegacyStateError::I8042Buffer(17))
+        ));
+        assert_eq!(fresh.save(), before);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use virtio_queue::desc::split::Descriptor;
 
+use super::persist::{DeviceKindState, DeviceSnapshot, PersistError, QueueSnapshot};
 use super::{
     add_used, check_activation, collect_chain, new_events, pop_chain, quiet, signal_used,
     ActiveState, ChainError, Error, GuestMem, VirtioInterrupt,
@@ -86,6 +87,41 @@ impl VirtioCommon {
             signal_used(st.interrupt.as_ref());
         }
         done
+    }
+
+    /// The generic part of `save`: acked features and, when activated, the device's queues.
+    pub fn snapshot(&self, device_type: u32, kind: DeviceKindState) -> DeviceSnapshot {
+        DeviceSnapshot {
+            device_type,
+            acked_features: self.acked,
+            active_queues: self
+                .state
+                .as_ref()
+                .map(|st| st.queues.iter().map(QueueSnapshot::from).collect()),
+            kind,
+        }
+    }
+
+    /// The generic part of `restore`, once the snapshot was checked
+    /// ([`super::persist::check_device`] gave `queues`): sets the acked features and, for an
+    /// active snapshot, activates (so the event loop registers the queue fds). A failed
+    /// activation leaves the device in its reset state.
+    pub fn restore(
+        &mut self,
+        acked: u64,
+        queues: Option<Vec<Queue>>,
+        mem: GuestMem,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), PersistError> {
+        self.acked = acked;
+        if let Some(queues) = queues {
+            if let Err(e) = self.activate(mem, queues, interrupt) {
+                self.state = None;
+                self.acked = 0;
+                return Err(PersistError::Activate(e));
+            }
+        }
+        Ok(())
     }
 
     /// Drops the active state.

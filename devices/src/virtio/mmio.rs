@@ -19,6 +19,12 @@
 //!    feature, queue, interrupt and notify registers never touch the device lock; only config
 //!    space access, FEATURES_OK, activation and reset take it, briefly.
 //! 7. Add [`cmdline_entry`]`(base, irq)` to the guest kernel command line.
+//!
+//! Snapshots: with the vCPUs paused and the event loop quiet, [`MmioTransport::save`] gives
+//! the transport's and its device's state. To restore, wire a freshly built device as above
+//! (same type, this VM's backends) and call [`MmioTransport::restore`] before the vCPUs run;
+//! it activates the device when it was active, so the event loop registers its fds as after
+//! a normal activation. See [`super::persist`].
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,6 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::persist::{check_device, check_queues, PersistError, QueueSnapshot, TransportSnapshot};
 use super::{
     Error as VirtioError, GuestMem, InterruptKind, VirtioDevice, VirtioInterrupt,
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
@@ -44,30 +51,30 @@ pub const MMIO_VERSION: u32 = 2;
 /// Vendor id reported to the guest ("EMBR").
 pub const VENDOR_ID: u32 = 0x5242_4d45;
 
-const REG_MAGIC: u64 = 0x00;
-const REG_VERSION: u64 = 0x04;
-const REG_DEVICE_ID: u64 = 0x08;
-const REG_VENDOR_ID: u64 = 0x0c;
-const REG_DEVICE_FEATURES: u64 = 0x10;
-const REG_DEVICE_FEATURES_SEL: u64 = 0x14;
-const REG_DRIVER_FEATURES: u64 = 0x20;
-const REG_DRIVER_FEATURES_SEL: u64 = 0x24;
-const REG_QUEUE_SEL: u64 = 0x30;
-const REG_QUEUE_NUM_MAX: u64 = 0x34;
-const REG_QUEUE_NUM: u64 = 0x38;
-const REG_QUEUE_READY: u64 = 0x44;
-const REG_QUEUE_NOTIFY: u64 = NOTIFY_REG_OFFSET;
-const REG_INTERRUPT_STATUS: u64 = 0x60;
-const REG_INTERRUPT_ACK: u64 = 0x64;
-const REG_STATUS: u64 = 0x70;
-const REG_QUEUE_DESC_LOW: u64 = 0x80;
-const REG_QUEUE_DESC_HIGH: u64 = 0x84;
-const REG_QUEUE_AVAIL_LOW: u64 = 0x90;
-const REG_QUEUE_AVAIL_HIGH: u64 = 0x94;
-const REG_QUEUE_USED_LOW: u64 = 0xa0;
-const REG_QUEUE_USED_HIGH: u64 = 0xa4;
-const REG_CONFIG_GENERATION: u64 = 0xfc;
-const CONFIG_SPACE: u64 = 0x100;
+pub(crate) const REG_MAGIC: u64 = 0x00;
+pub(crate) const REG_VERSION: u64 = 0x04;
+pub(crate) const REG_DEVICE_ID: u64 = 0x08;
+pub(crate) const REG_VENDOR_ID: u64 = 0x0c;
+pub(crate) const REG_DEVICE_FEATURES: u64 = 0x10;
+pub(crate) const REG_DEVICE_FEATURES_SEL: u64 = 0x14;
+pub(crate) const REG_DRIVER_FEATURES: u64 = 0x20;
+pub(crate) const REG_DRIVER_FEATURES_SEL: u64 = 0x24;
+pub(crate) const REG_QUEUE_SEL: u64 = 0x30;
+pub(crate) const REG_QUEUE_NUM_MAX: u64 = 0x34;
+pub(crate) const REG_QUEUE_NUM: u64 = 0x38;
+pub(crate) const REG_QUEUE_READY: u64 = 0x44;
+pub(crate) const REG_QUEUE_NOTIFY: u64 = NOTIFY_REG_OFFSET;
+pub(crate) const REG_INTERRUPT_STATUS: u64 = 0x60;
+pub(crate) const REG_INTERRUPT_ACK: u64 = 0x64;
+pub(crate) const REG_STATUS: u64 = 0x70;
+pub(crate) const REG_QUEUE_DESC_LOW: u64 = 0x80;
+pub(crate) const REG_QUEUE_DESC_HIGH: u64 = 0x84;
+pub(crate) const REG_QUEUE_AVAIL_LOW: u64 = 0x90;
+pub(crate) const REG_QUEUE_AVAIL_HIGH: u64 = 0x94;
+pub(crate) const REG_QUEUE_USED_LOW: u64 = 0xa0;
+pub(crate) const REG_QUEUE_USED_HIGH: u64 = 0xa4;
+pub(crate) const REG_CONFIG_GENERATION: u64 = 0xfc;
+pub(crate) const CONFIG_SPACE: u64 = 0x100;
 
 /// Errors building a transport.
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +180,84 @@ impl MmioTransport {
         if let Err(e) = self.interrupt.trigger(InterruptKind::Config) {
             log::error!("Failed to raise config interrupt: {e}");
         }
+    }
+
+    /// The transport's and its device's state for a snapshot (VM paused, event loop
+    /// quiet). Locks the device briefly.
+    pub fn save(&self) -> Result<TransportSnapshot, PersistError> {
+        let device = lock(&self.device).save()?;
+        Ok(TransportSnapshot {
+            status: self.status,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            config_generation: self.config_generation,
+            interrupt_status: self.interrupt.status().load(Ordering::SeqCst),
+            queues: self.queues.iter().map(QueueSnapshot::from).collect(),
+            device,
+        })
+    }
+
+    /// Restore a freshly built transport (reset state) and its device. Everything is
+    /// validated first (device type, queue count, max sizes, each queue state converts,
+    /// ready queues lie in guest memory, the device accepts its snapshot), and nothing
+    /// changes if anything is wrong. Then the registers and queue register view are set, the
+    /// device restored (and activated when it was), every queue event of an active device
+    /// signalled once (a spurious notify is harmless and covers one that was in flight), and
+    /// interrupts the guest had not taken yet raised again.
+    pub fn restore(&mut self, snap: &TransportSnapshot) -> Result<(), PersistError> {
+        if self.status != 0 {
+            return Err(PersistError::NotFresh("not in the reset state"));
+        }
+        if snap.device.device_type != self.device_type {
+            return Err(PersistError::DeviceType {
+                saved: snap.device.device_type,
+                this: self.device_type,
+            });
+        }
+        let max_sizes: Vec<u16> = self.queues.iter().map(|q| q.max_size()).collect();
+        let queues = check_queues(&snap.queues, &max_sizes)?;
+        if let Some(index) = queues
+            .iter()
+            .position(|q| q.ready() && !q.is_valid(&self.mem))
+        {
+            return Err(PersistError::QueueOutsideMemory { index });
+        }
+        check_status(snap)?;
+        let mut dev = lock(&self.device);
+        // The device checks its part (and the rest of its restore) before changing anything.
+        check_device(&*dev, &snap.device, &self.mem)?;
+        dev.restore(&snap.device, self.mem.clone(), self.interrupt.clone())?;
+        let active = dev.is_activated();
+        drop(dev);
+
+        self.queues = queues;
+        self.status = snap.status;
+        self.device_features_sel = snap.device_features_sel;
+        self.driver_features_sel = snap.driver_features_sel;
+        self.driver_features = snap.driver_features;
+        self.queue_sel = snap.queue_sel;
+        self.config_generation = snap.config_generation;
+        // OR, not store: the device may have raised a config interrupt while restoring.
+        self.interrupt
+            .status()
+            .fetch_or(snap.interrupt_status, Ordering::SeqCst);
+        if active {
+            for (i, evt) in self.queue_evts.iter().enumerate() {
+                if let Err(e) = evt.write(1) {
+                    log::warn!("Failed to signal queue {i} after restore: {e}");
+                }
+            }
+        }
+        for kind in [InterruptKind::Vring, InterruptKind::Config] {
+            if snap.interrupt_status & kind.bit() != 0 {
+                if let Err(e) = self.interrupt.trigger(kind) {
+                    log::error!("Failed to raise the interrupt after restore: {e}");
+                }
+            }
+        }
+        Ok(())
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
@@ -421,6 +506,53 @@ impl MmioTransport {
     }
 }
 
+/// Checks that the saved status is one the driver can reach and agrees with the device's
+/// state: DRIVER_OK exactly when the device is active, acked features those written at
+/// FEATURES_OK; and that InterruptStatus holds only known bits.
+fn check_status(snap: &TransportSnapshot) -> Result<(), PersistError> {
+    const STEPS: [u32; 5] = [
+        0,
+        VIRTIO_CONFIG_S_ACKNOWLEDGE,
+        VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
+        VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK,
+        VIRTIO_CONFIG_S_ACKNOWLEDGE
+            | VIRTIO_CONFIG_S_DRIVER
+            | VIRTIO_CONFIG_S_FEATURES_OK
+            | VIRTIO_CONFIG_S_DRIVER_OK,
+    ];
+    let bad = |reason: String| Err(PersistError::InvalidTransport(reason));
+    let s = snap.status;
+    if !STEPS.contains(&(s & !(VIRTIO_CONFIG_S_FAILED | VIRTIO_CONFIG_S_NEEDS_RESET))) {
+        return bad(format!("status {s:#x} is not one the driver can set"));
+    }
+    let driver_ok = s & VIRTIO_CONFIG_S_DRIVER_OK != 0;
+    if driver_ok != snap.device.active_queues.is_some() {
+        return bad(format!(
+            "status {s:#x} but the device is {}",
+            if driver_ok { "not active" } else { "active" }
+        ));
+    }
+    let acked = if s & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
+        snap.driver_features
+    } else {
+        0
+    };
+    if snap.device.acked_features != acked {
+        return bad(format!(
+            "status {s:#x} and driver features {:#x}, but the device acked {:#x}",
+            snap.driver_features, snap.device.acked_features
+        ));
+    }
+    let known = InterruptKind::Vring.bit() | InterruptKind::Config.bit();
+    if snap.interrupt_status & !known != 0 {
+        return bad(format!(
+            "interrupt status {:#x} has unknown bits",
+            snap.interrupt_status
+        ));
+    }
+    Ok(())
+}
+
 /// Why DRIVER_OK did not activate the device.
 #[derive(Debug, thiserror::Error)]
 enum ActivateError {
@@ -435,6 +567,7 @@ enum ActivateError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio::persist::{DeviceKindState, DeviceSnapshot};
     use crate::virtio::{features, new_events, CountingInterrupt, VIRTIO_ID_RNG};
     use vm_memory::GuestAddress;
 
@@ -446,6 +579,7 @@ mod tests {
         resets: u32,
         active: bool,
         queues_seen: Vec<(u16, u64, bool)>,
+        queues: Vec<QueueSnapshot>,
     }
 
     impl Dummy {
@@ -458,6 +592,7 @@ mod tests {
                 resets: 0,
                 active: false,
                 queues_seen: vec![],
+                queues: vec![],
             }
         }
     }
@@ -502,6 +637,7 @@ mod tests {
                 .iter()
                 .map(|q| (q.size(), q.desc_table(), q.event_idx_enabled()))
                 .collect();
+            self.queues = queues.iter().map(QueueSnapshot::from).collect();
             self.activations += 1;
             self.active = true;
             Ok(())
@@ -513,6 +649,27 @@ mod tests {
         }
         fn is_activated(&self) -> bool {
             self.active
+        }
+        fn save(&self) -> Result<DeviceSnapshot, PersistError> {
+            Ok(DeviceSnapshot {
+                device_type: VIRTIO_ID_RNG,
+                acked_features: self.acked,
+                active_queues: self.active.then(|| self.queues.clone()),
+                kind: DeviceKindState::Rng,
+            })
+        }
+        fn restore(
+            &mut self,
+            snap: &DeviceSnapshot,
+            mem: GuestMem,
+            i: Arc<dyn VirtioInterrupt>,
+        ) -> Result<(), PersistError> {
+            let queues = check_device(self, snap, &mem)?;
+            self.acked = snap.acked_features;
+            if let Some(q) = queues {
+                self.activate(mem, q, i).map_err(PersistError::Activate)?;
+            }
+            Ok(())
         }
     }
 

@@ -9,13 +9,15 @@
 //! Interrupts go through [`VirtioInterrupt`]: production uses [`IrqFdInterrupt`] (an `EventFd`
 //! the VMM registers as a KVM irqfd), tests use [`CountingInterrupt`].
 //!
-//! See [`mmio`] for the wiring contract with the VMM.
+//! See [`mmio`] for the wiring contract with the VMM, and [`persist`] for snapshots
+//! ([`VirtioDevice::save`] / [`VirtioDevice::restore`]).
 
 pub mod block;
 mod common;
 pub mod fs;
 pub mod mmio;
 pub mod net;
+pub mod persist;
 pub mod rng;
 pub mod vsock;
 
@@ -203,6 +205,19 @@ pub trait VirtioDevice: Send {
     fn config_generation(&self) -> u32 {
         0
     }
+    /// The device's state for a snapshot (called with the VM paused and the event loop
+    /// quiet). Fails for a device whose state cannot be carried over (a mounted virtio-fs).
+    fn save(&self) -> Result<persist::DeviceSnapshot, persist::PersistError>;
+    /// Bring a freshly built device (same type, this VM's backends) to `snap`: acked
+    /// features, kind state, and when `snap.active_queues` is Some, activate with those queues
+    /// on `mem`/`interrupt` (so its event-loop side registers fds as on a normal activation).
+    /// Checks everything first: on an error the device is left as it was.
+    fn restore(
+        &mut self,
+        snap: &persist::DeviceSnapshot,
+        mem: GuestMem,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), persist::PersistError>;
 }
 
 /// Queues, memory and interrupt of an activated device.

@@ -6,8 +6,11 @@ use std::io;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vm_memory::Bytes;
 
+use std::sync::Arc;
+
 use super::common::VirtioCommon;
-use super::{features, Error, GuestMem, VirtioDevice, VIRTIO_ID_RNG};
+use super::persist::{check_device, DeviceKindState, DeviceSnapshot, PersistError};
+use super::{features, Error, GuestMem, VirtioDevice, VirtioInterrupt, VIRTIO_ID_RNG};
 
 /// Queue size of the request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -107,6 +110,25 @@ impl VirtioDevice for Rng {
     fn reset(&mut self) -> bool {
         self.common.reset();
         true
+    }
+    fn save(&self) -> Result<DeviceSnapshot, PersistError> {
+        Ok(self.common.snapshot(VIRTIO_ID_RNG, DeviceKindState::Rng))
+    }
+    fn restore(
+        &mut self,
+        snap: &DeviceSnapshot,
+        mem: GuestMem,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), PersistError> {
+        let queues = check_device(self, snap, &mem)?;
+        if snap.kind != DeviceKindState::Rng {
+            return Err(PersistError::KindMismatch {
+                saved: snap.kind.name(),
+                this: "virtio-rng",
+            });
+        }
+        self.common
+            .restore(snap.acked_features, queues, mem, interrupt)
     }
 }
 

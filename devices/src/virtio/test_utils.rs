@@ -10,6 +10,7 @@ use virtio_queue::Queue;
 use virtio_queue::QueueT;
 use vm_memory::{Address, Bytes, GuestAddress};
 
+use super::mmio::MmioTransport;
 use super::GuestMem;
 
 /// Guest memory of `size` bytes at address 0.
@@ -84,7 +85,13 @@ impl<'a> GuestQueue<'a> {
 
     /// The device-side `Queue` for this ring.
     pub fn queue(&self) -> Queue {
-        let mut q = Queue::new(self.len).unwrap();
+        self.queue_for(self.len)
+    }
+
+    /// The device-side `Queue` for this ring, for a device whose queue maximum is `max_size`
+    /// (what the transport gives a device; a snapshot restore checks it).
+    pub fn queue_for(&self, max_size: u16) -> Queue {
+        let mut q = Queue::new(max_size).unwrap();
         q.set_size(self.len);
         q.set_ready(true);
         let d = self.mock.desc_table_addr().0;
@@ -111,6 +118,11 @@ impl<'a> GuestQueue<'a> {
         self.mem
             .write_obj(idx.wrapping_add(1), avail.unchecked_add(2))
             .unwrap();
+    }
+
+    /// Number of entries.
+    pub fn size(&self) -> u16 {
+        self.len
     }
 
     /// Index the next published chain will start at.
@@ -240,4 +252,51 @@ pub fn assert_untouched(mem: &GuestMem, addr: u64, len: usize, byte: u8) {
         v.iter().all(|&b| b == byte),
         "guest memory at {addr:#x}..+{len:#x} was modified"
     );
+}
+
+fn reg_write(t: &mut MmioTransport, offset: u64, v: u32) {
+    t.write(offset, &v.to_le_bytes());
+}
+
+/// A 32-bit register of `t`, as the guest reads it.
+pub fn reg_read(t: &mut MmioTransport, offset: u64) -> u32 {
+    let mut b = [0u8; 4];
+    t.read(offset, &mut b);
+    u32::from_le_bytes(b)
+}
+
+/// Drives `t` as a guest driver does up to DRIVER_OK: accepts `features` and sets up one
+/// queue per entry of `queues` (index order). Panics when the device does not come up.
+pub fn bring_up(t: &mut MmioTransport, features: u64, queues: &[&GuestQueue]) {
+    use super::mmio::*;
+    use super::{
+        VIRTIO_CONFIG_S_ACKNOWLEDGE as ACK, VIRTIO_CONFIG_S_DRIVER as DRV,
+        VIRTIO_CONFIG_S_DRIVER_OK as DOK, VIRTIO_CONFIG_S_FEATURES_OK as FOK,
+    };
+    reg_write(t, REG_STATUS, ACK);
+    reg_write(t, REG_STATUS, ACK | DRV);
+    reg_write(t, REG_DRIVER_FEATURES_SEL, 0);
+    reg_write(t, REG_DRIVER_FEATURES, features as u32);
+    reg_write(t, REG_DRIVER_FEATURES_SEL, 1);
+    reg_write(t, REG_DRIVER_FEATURES, (features >> 32) as u32);
+    reg_write(t, REG_STATUS, ACK | DRV | FOK);
+    assert_eq!(
+        t.status(),
+        ACK | DRV | FOK,
+        "features {features:#x} refused"
+    );
+    for (i, q) in queues.iter().enumerate() {
+        let (d, a, u) = q.addrs();
+        reg_write(t, REG_QUEUE_SEL, i as u32);
+        reg_write(t, REG_QUEUE_NUM, u32::from(q.size()));
+        reg_write(t, REG_QUEUE_DESC_LOW, d as u32);
+        reg_write(t, REG_QUEUE_DESC_HIGH, (d >> 32) as u32);
+        reg_write(t, REG_QUEUE_AVAIL_LOW, a as u32);
+        reg_write(t, REG_QUEUE_AVAIL_HIGH, (a >> 32) as u32);
+        reg_write(t, REG_QUEUE_USED_LOW, u as u32);
+        reg_write(t, REG_QUEUE_USED_HIGH, (u >> 32) as u32);
+        reg_write(t, REG_QUEUE_READY, 1);
+    }
+    reg_write(t, REG_STATUS, ACK | DRV | FOK | DOK);
+    assert_eq!(t.status(), ACK | DRV | FOK | DOK, "device not activated");
 }

@@ -1,13 +1,18 @@
 //! The virtio-blk device.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
 
 use super::request::handle;
 use super::{DiskBackend, Error, NoMedium, RawFile, QUEUE_SIZE, SECTOR_SIZE};
 use crate::virtio::common::VirtioCommon;
-use crate::virtio::{features, read_config_bytes, InterruptKind, VirtioDevice, VIRTIO_ID_BLOCK};
+use crate::virtio::persist::{check_device, DeviceKindState, DeviceSnapshot, PersistError};
+use crate::virtio::{
+    features, read_config_bytes, GuestMem, InterruptKind, VirtioDevice, VirtioInterrupt,
+    VIRTIO_F_VERSION_1, VIRTIO_ID_BLOCK,
+};
 
 /// Data segments per request offered to the driver (queue size minus header and status).
 const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
@@ -149,5 +154,61 @@ impl VirtioDevice for Block {
     }
     fn config_generation(&self) -> u32 {
         self.generation
+    }
+    fn save(&self) -> Result<DeviceSnapshot, PersistError> {
+        Ok(self.common.snapshot(
+            VIRTIO_ID_BLOCK,
+            DeviceKindState::Block {
+                medium: self.medium,
+                capacity_sectors: self.capacity(),
+                read_only: self.read_only,
+                generation: self.generation,
+            },
+        ))
+    }
+    /// Keeps this device's disk. When it is not what the guest saw (a slot filled or emptied
+    /// differently, another capacity), the guest is told as on a medium change: the
+    /// generation moves on and, on an active device, a config interrupt is raised.
+    fn restore(
+        &mut self,
+        snap: &DeviceSnapshot,
+        mem: GuestMem,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), PersistError> {
+        let queues = check_device(self, snap, &mem)?;
+        let DeviceKindState::Block {
+            medium,
+            capacity_sectors,
+            generation,
+            ..
+        } = snap.kind
+        else {
+            return Err(PersistError::KindMismatch {
+                saved: snap.kind.name(),
+                this: "virtio-blk",
+            });
+        };
+        // A negotiated driver that did not get VIRTIO_BLK_F_RO believes the disk writable.
+        // (The other way round, RO acked but not offered, fails the generic feature check.)
+        let ro = 1u64 << VIRTIO_BLK_F_RO;
+        let negotiated = snap.acked_features & (1u64 << VIRTIO_F_VERSION_1) != 0;
+        if negotiated && self.avail & ro != 0 && snap.acked_features & ro == 0 {
+            return Err(PersistError::Incompatible {
+                device: "virtio-blk",
+                reason: "this disk is read-only, but the guest negotiated a writable one"
+                    .to_string(),
+            });
+        }
+        self.common
+            .restore(snap.acked_features, queues, mem, interrupt)?;
+        self.generation = generation;
+        if medium != self.medium || capacity_sectors != self.capacity() {
+            log::info!(
+                "virtio-blk: restored with another disk ({} sectors, was {capacity_sectors}); telling the guest",
+                self.capacity()
+            );
+            self.media_changed();
+        }
+        Ok(())
     }
 }

@@ -1,13 +1,17 @@
 //! The virtio-fs device: config space, queues and the event-loop side.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 
 use super::server::Server;
 use super::{FsError, QUEUE_SIZE, TAG_LEN};
 use crate::virtio::common::{DeviceEvent, VirtioCommon};
-use crate::virtio::{features, read_config_bytes, VirtioDevice, VIRTIO_ID_FS};
+use crate::virtio::persist::{check_device, DeviceKindState, DeviceSnapshot, PersistError};
+use crate::virtio::{
+    features, read_config_bytes, GuestMem, VirtioDevice, VirtioInterrupt, VIRTIO_ID_FS,
+};
 
 /// Queue index of the high-priority queue (FORGET, BATCH_FORGET, INTERRUPT).
 pub const HIPRIO_QUEUE: usize = 0;
@@ -61,6 +65,13 @@ impl Fs {
         self.server.fs.remove_share(name)
     }
 
+    /// The guest mount tag.
+    pub fn tag(&self) -> String {
+        let t = &self.config[..TAG_LEN];
+        let end = t.iter().position(|&b| b == 0).unwrap_or(TAG_LEN);
+        String::from_utf8_lossy(&t[..end]).into_owned()
+    }
+
     /// Names of the current shares, sorted.
     pub fn shares(&self) -> Vec<String> {
         self.server.fs.shares()
@@ -95,6 +106,47 @@ impl VirtioDevice for Fs {
         self.common.reset();
         self.server.reset();
         true
+    }
+    /// Refused while the guest uses the filesystem: the FUSE session (node ids, handles,
+    /// open host files) cannot be carried into another VMM. An inactive device, or one whose
+    /// driver has not mounted it (no INIT, or DESTROY since), saves fine.
+    fn save(&self) -> Result<DeviceSnapshot, PersistError> {
+        let (inodes, handles) = self.server.fs.guest_held();
+        if self.server.initialized() || inodes > 0 || handles > 0 {
+            return Err(PersistError::NotSaveable {
+                device: "virtio-fs",
+                reason: format!(
+                    "virtio-fs is mounted in the guest ({inodes} inodes, {handles} open handles); \
+                     snapshot a VM whose shared filesystem is not mounted"
+                ),
+            });
+        }
+        Ok(self
+            .common
+            .snapshot(VIRTIO_ID_FS, DeviceKindState::Fs { tag: self.tag() }))
+    }
+    /// The tag must be this device's; the shares stay as configured here.
+    fn restore(
+        &mut self,
+        snap: &DeviceSnapshot,
+        mem: GuestMem,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), PersistError> {
+        let queues = check_device(self, snap, &mem)?;
+        let DeviceKindState::Fs { tag } = &snap.kind else {
+            return Err(PersistError::KindMismatch {
+                saved: snap.kind.name(),
+                this: "virtio-fs",
+            });
+        };
+        if *tag != self.tag() {
+            return Err(PersistError::FsTag {
+                saved: tag.clone(),
+                this: self.tag(),
+            });
+        }
+        self.common
+            .restore(snap.acked_features, queues, mem, interrupt)
     }
 }
 

@@ -348,6 +348,13 @@ impl PassthroughFs {
         self.shares.keys().cloned().collect()
     }
 
+    /// What the guest holds: inodes it looked up and has not forgotten (share roots only
+    /// count while looked up), and open handles.
+    pub fn guest_held(&self) -> (usize, usize) {
+        let inodes = self.inodes.values().filter(|i| i.lookups > 0).count();
+        (inodes, self.handles.len())
+    }
+
     /// Forgets everything the guest held (DESTROY, device reset): handles closed, lookup
     /// counts dropped; the shares stay.
     pub fn reset_guest_state(&mut self) {

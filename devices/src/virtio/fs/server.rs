@@ -115,6 +115,11 @@ impl Server {
         }
     }
 
+    /// Whether the guest has done INIT and no DESTROY (a FUSE session is open).
+    pub fn initialized(&self) -> bool {
+        self.initialized
+    }
+
     /// Device reset: the next driver starts with INIT and holds nothing.
     pub fn reset(&mut self) {
         self.fs.reset_guest_state();

@@ -95,8 +95,8 @@ impl<'a> Guest<'a> {
         let req = GuestQueue::new(m, 0x4000, 16);
         let mut fs = fs;
         let irq = Arc::new(CountingInterrupt::new());
-        fs.activate(m.clone(), vec![hiprio.queue(), req.queue()], irq.clone())
-            .unwrap();
+        let queues = vec![hiprio.queue_for(QUEUE_SIZE), req.queue_for(QUEUE_SIZE)];
+        fs.activate(m.clone(), queues, irq.clone()).unwrap();
         Guest {
             m,
             hiprio,
@@ -1899,4 +1899,82 @@ fn readdir_while_unlinking_sees_every_entry() {
     }
     assert_eq!(seen, n, "entries skipped while unlinking");
     assert!(left.is_empty(), "{} files left", left.len());
+}
+
+#[test]
+fn save_refuses_a_mounted_filesystem() {
+    use crate::virtio::persist::PersistError;
+    let t = host_tree();
+    let m = mem(MEM);
+    let mut g = Guest::with_share(&m, t.as_path(), false);
+    let e = g.fs.save().unwrap_err();
+    assert!(matches!(e, PersistError::NotSaveable { .. }), "{e}");
+    assert!(
+        e.to_string().contains(
+            "virtio-fs is mounted in the guest (0 inodes, 0 open handles); snapshot a VM whose \
+             shared filesystem is not mounted"
+        ),
+        "{e}"
+    );
+    let vol = g.share_root();
+    let top = g.lookup(vol, "top.txt").unwrap();
+    g.open(top.nodeid, libc::O_RDONLY).unwrap();
+    let e = g.fs.save().unwrap_err();
+    assert!(e.to_string().contains("(2 inodes, 1 open handles)"), "{e}");
+    // Unmounted (DESTROY): saves again.
+    assert_eq!(g.call(DESTROY, 0, &[]).errno(), 0);
+    assert!(g.fs.save().is_ok());
+}
+
+#[test]
+fn unmounted_filesystem_round_trip() {
+    use crate::virtio::persist::{DeviceKindState, PersistError};
+    let t = host_tree();
+    let m = mem(MEM);
+    let mut dev = Fs::new("ember").unwrap();
+    dev.add_share("vol", t.as_path(), false).unwrap();
+    // Never activated.
+    let idle = dev.save().unwrap();
+    assert_eq!(idle.active_queues, None);
+    assert_eq!(
+        idle.kind,
+        DeviceKindState::Fs {
+            tag: "ember".into()
+        }
+    );
+
+    // Active, but the guest has not mounted it: requests so far failed before INIT.
+    let mut g = Guest::new(&m, dev);
+    assert_eq!(g.getattr(ROOT_ID), Err(libc::EIO));
+    assert_eq!(g.getattr(ROOT_ID), Err(libc::EIO));
+    let snap = g.fs.save().unwrap();
+    assert_eq!(g.req.used_idx(), 2);
+
+    // Another tag is refused, and the device stays fresh.
+    let mut other = Fs::new("other").unwrap();
+    let e = other.restore(&snap, m.clone(), g.irq.clone()).unwrap_err();
+    assert!(
+        matches!(&e, PersistError::FsTag { saved, this } if saved == "ember" && this == "other"),
+        "{e}"
+    );
+    assert!(!other.is_activated());
+    assert_eq!(other.acked_features(), 0);
+
+    // The same tag, with this VMM's shares.
+    let other_dir = tmp();
+    let mut fresh = Fs::new("ember").unwrap();
+    fresh.add_share("vol", t.as_path(), false).unwrap();
+    fresh.add_share("extra", other_dir.as_path(), true).unwrap();
+    fresh.restore(&snap, m.clone(), g.irq.clone()).unwrap();
+    assert!(fresh.is_activated());
+    g.fs = fresh;
+    // Mount now: the request queue goes on at used index 2.
+    g.init();
+    assert_eq!(g.req.used_idx(), 3);
+    let vol = g.share_root();
+    let top = g.lookup(vol, "top.txt").unwrap();
+    let fh = g.open(top.nodeid, libc::O_RDONLY).unwrap();
+    assert_eq!(g.read(top.nodeid, fh, 0, 100).unwrap(), b"top");
+    assert!(g.lookup(ROOT_ID, "extra").is_ok());
+    assert_eq!(g.fs.shares(), vec!["extra".to_string(), "vol".to_string()]);
 }

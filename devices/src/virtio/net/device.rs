@@ -1,6 +1,7 @@
 //! The virtio-net device: rx (0) and tx (1) queues around a [`NetBackend`].
 
 use std::io;
+use std::sync::Arc;
 
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 use virtio_queue::desc::split::Descriptor;
@@ -8,9 +9,10 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::{Error, NetBackend, Tap, MAX_FRAME, QUEUE_SIZE, VNET_HDR_LEN};
 use crate::virtio::common::VirtioCommon;
+use crate::virtio::persist::{check_device, DeviceKindState, DeviceSnapshot, PersistError};
 use crate::virtio::{
     add_used, collect_chain, features, pop_chain, quiet, read_config_bytes, signal_used, GuestMem,
-    VirtioDevice, VIRTIO_ID_NET,
+    VirtioDevice, VirtioInterrupt, VIRTIO_ID_NET,
 };
 
 pub(super) const RXQ: usize = 0;
@@ -221,5 +223,37 @@ impl VirtioDevice for Net {
         self.common.reset();
         self.rx_pending = None;
         true
+    }
+    /// A frame read from the backend that was waiting for an rx buffer is not saved: the
+    /// restored VM has lost it, as a NIC drops a frame.
+    fn save(&self) -> Result<DeviceSnapshot, PersistError> {
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&self.config[..6]);
+        Ok(self
+            .common
+            .snapshot(VIRTIO_ID_NET, DeviceKindState::Net { mac }))
+    }
+    /// Keeps this device's backend; the config space gets the saved MAC (the guest already
+    /// uses it).
+    fn restore(
+        &mut self,
+        snap: &DeviceSnapshot,
+        mem: GuestMem,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), PersistError> {
+        let queues = check_device(self, snap, &mem)?;
+        let DeviceKindState::Net { mac } = snap.kind else {
+            return Err(PersistError::KindMismatch {
+                saved: snap.kind.name(),
+                this: "virtio-net",
+            });
+        };
+        self.common
+            .restore(snap.acked_features, queues, mem, interrupt)?;
+        if self.config[..6] != mac {
+            log::info!("virtio-net: restored with the saved MAC {mac:02x?}");
+        }
+        self.config[..6].copy_from_slice(&mac);
+        Ok(())
     }
 }

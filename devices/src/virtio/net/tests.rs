@@ -258,3 +258,89 @@ fn tap_open_validates_name_and_opens_when_permitted() {
         Err(e) => eprintln!("skipping TAP open check: {e}"),
     }
 }
+
+/// Snapshot through the transport: the restored device keeps the saved MAC, works on its own
+/// backend and goes on where the rings stood.
+#[test]
+fn save_and_restore_continue_both_queues() {
+    use crate::virtio::mmio::MmioTransport;
+    use crate::virtio::persist::DeviceKindState;
+
+    let m = mem(0x10_0000);
+    fill(&m, BUF, 0x4_0000, GUARD);
+    let mut rx = GuestQueue::new(&m, 0, 16);
+    let mut tx = GuestQueue::new(&m, 0x4000, 16);
+    let features = (1 << crate::virtio::VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MAC);
+
+    let (a, peer) = UnixDatagram::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    peer.set_nonblocking(true).unwrap();
+    let dev = Arc::new(Mutex::new(Net::new(Box::new(Wire(a)), Some(MAC)).unwrap()));
+    let irq = Arc::new(CountingInterrupt::new());
+    let mut t = MmioTransport::new(m.clone(), dev.clone(), irq).unwrap();
+    bring_up(&mut t, features, &[&rx, &tx]);
+    m.write_slice(&frame(20, 1), vm_memory::GuestAddress(BUF + 0x8000))
+        .unwrap();
+    tx.add(&[r(BUF + 0x8000, 32)]);
+    dev.lock().unwrap().process_tx();
+    assert_eq!(peer_recv(&peer), Some(frame(20, 1)));
+    rx.add(&[w(BUF, 2048)]);
+    peer.send(&frame(30, 2)).unwrap();
+    dev.lock().unwrap().process_rx();
+    assert_eq!(rx.take_used().len(), 1);
+    assert_eq!(tx.take_used().len(), 1);
+    // One more rx buffer is posted and waits.
+    rx.add(&[w(BUF + 0x1000, 2048)]);
+    let snap = t.save().unwrap();
+    assert_eq!(snap.device.kind, DeviceKindState::Net { mac: MAC });
+    drop((t, dev));
+
+    // This VM's backend, built with another MAC: the guest keeps the one it knows.
+    let (b, peer2) = UnixDatagram::pair().unwrap();
+    b.set_nonblocking(true).unwrap();
+    peer2.set_nonblocking(true).unwrap();
+    let other = [0x02, 0, 0, 0, 0, 0x42];
+    let dev = Arc::new(Mutex::new(
+        Net::new(Box::new(Wire(b)), Some(other)).unwrap(),
+    ));
+    let irq = Arc::new(CountingInterrupt::new());
+    let mut t = MmioTransport::new(m.clone(), dev.clone(), irq.clone()).unwrap();
+    t.restore(&snap).unwrap();
+    let mut mac = [0u8; 6];
+    dev.lock().unwrap().read_config(0, &mut mac);
+    assert_eq!(mac, MAC);
+    assert!(dev.lock().unwrap().is_activated());
+
+    // rx: the waiting buffer takes the next frame, at used index 1.
+    peer2.send(&frame(40, 3)).unwrap();
+    dev.lock().unwrap().process_rx();
+    let used = rx.take_used();
+    assert_eq!(used, vec![(1, 52)]);
+    assert_eq!(rx.used_idx(), 2);
+    let mut want = frame(40, 3);
+    want[10..12].copy_from_slice(&1u16.to_le_bytes());
+    assert_eq!(read(&m, BUF + 0x1000, 52), want);
+    // tx: a new frame reaches the new backend; the old one is not sent again.
+    m.write_slice(&frame(24, 4), vm_memory::GuestAddress(BUF + 0x9000))
+        .unwrap();
+    tx.add(&[r(BUF + 0x9000, 36)]);
+    dev.lock().unwrap().process_tx();
+    assert_eq!(peer_recv(&peer2), Some(frame(24, 4)));
+    assert_eq!(peer_recv(&peer2), None, "a frame was replayed");
+    assert_eq!(tx.take_used().len(), 1);
+    assert_eq!(tx.used_idx(), 2);
+    assert_eq!(dev.lock().unwrap().stats().tx_frames, 1);
+    assert!(irq.count(InterruptKind::Vring) >= 2);
+
+    // A device without the MAC feature cannot take a guest that negotiated it.
+    let (c, _peer3) = UnixDatagram::pair().unwrap();
+    let dev = Arc::new(Mutex::new(Net::new(Box::new(Wire(c)), None).unwrap()));
+    let mut t =
+        MmioTransport::new(m.clone(), dev.clone(), Arc::new(CountingInterrupt::new())).unwrap();
+    assert!(matches!(
+        t.restore(&snap),
+        Err(crate::virtio::persist::PersistError::Features { .. })
+    ));
+    assert_eq!(t.status(), 0);
+    assert!(!dev.lock().unwrap().is_activated());
+}

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::path::Path;
+use std::sync::Arc;
 
 use event_manager::EventSet;
 use virtio_queue::QueueOwnedT;
@@ -11,9 +12,10 @@ use vm_memory::Bytes;
 use super::packet::{read_tx, rx_capacity, write_rx};
 use super::{Error, UnixMuxer, VsockBackend, EVENT_TRANSPORT_RESET, MAX_PKT_DATA, QUEUE_SIZE};
 use crate::virtio::common::VirtioCommon;
+use crate::virtio::persist::{check_device, DeviceKindState, DeviceSnapshot, PersistError};
 use crate::virtio::{
-    add_used, collect_chain, features, pop_chain, quiet, read_config_bytes, signal_used,
-    VirtioDevice, VIRTIO_ID_VSOCK,
+    add_used, collect_chain, features, pop_chain, quiet, read_config_bytes, signal_used, GuestMem,
+    VirtioDevice, VirtioInterrupt, VIRTIO_ID_VSOCK,
 };
 
 pub(super) const RXQ: usize = 0;
@@ -29,6 +31,8 @@ pub struct Vsock {
     pub(super) registered: HashMap<RawFd, EventSet>,
     rx_buf: Vec<u8>,
     tx_buf: Vec<u8>,
+    /// A transport reset waits for an event buffer (see [`Vsock::send_transport_reset`]).
+    pub(super) reset_pending: bool,
 }
 
 impl Vsock {
@@ -44,6 +48,7 @@ impl Vsock {
             registered: HashMap::new(),
             rx_buf: vec![0; MAX_PKT_DATA],
             tx_buf: Vec::new(),
+            reset_pending: false,
         })
     }
 
@@ -136,30 +141,54 @@ impl Vsock {
         used
     }
 
-    /// Tell the guest its connections are gone (e.g. after the host side was restarted);
-    /// returns whether an event buffer was available.
+    /// Tell the guest its connections are gone (e.g. after the host side was restarted, or
+    /// the VM was restored) with a `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` event; returns whether
+    /// an event buffer took it. Buffers too small for the event are returned empty. When none
+    /// is available, guest notifications of the event queue are enabled, so that the guest
+    /// kicks it when it posts one.
     pub fn send_transport_reset(&mut self) -> bool {
         let Some(st) = self.common.state.as_mut() else {
             return false;
         };
         let mem = st.mem.clone();
-        let Some(chain) = st.queues[EVQ].iter(&mem).ok().and_then(|mut it| it.next()) else {
-            return false;
-        };
-        let head = chain.head_index();
-        let len = match collect_chain(chain, &mem) {
-            Ok(d) if d[0].is_write_only() && d[0].len() >= 4 => {
-                match mem.write_obj(EVENT_TRANSPORT_RESET.to_le(), d[0].addr()) {
-                    Ok(()) => 4,
-                    Err(_) => 0,
+        let mut notify = false;
+        let mut sent = false;
+        while let Some(chain) = pop_chain(&mut st.queues[EVQ], &mem) {
+            let head = chain.head_index();
+            let len = match collect_chain(chain, &mem) {
+                Ok(d) if d[0].is_write_only() && d[0].len() >= 4 => {
+                    match mem.write_obj(EVENT_TRANSPORT_RESET.to_le(), d[0].addr()) {
+                        Ok(()) => 4,
+                        Err(_) => 0,
+                    }
                 }
+                _ => {
+                    log::warn!("vsock: unusable event buffer returned empty");
+                    0
+                }
+            };
+            notify |= add_used(&mut st.queues[EVQ], &mem, head, len);
+            if len == 4 {
+                sent = true;
+                break;
             }
-            _ => 0,
-        };
-        if add_used(&mut st.queues[EVQ], &mem, head, len) {
+        }
+        if notify {
             signal_used(st.interrupt.as_ref());
         }
-        len == 4
+        sent
+    }
+
+    /// Whether a transport reset waits for the guest to post an event buffer.
+    pub fn transport_reset_pending(&self) -> bool {
+        self.reset_pending
+    }
+
+    /// Sends the pending transport reset, if any and a buffer is there.
+    pub(super) fn flush_transport_reset(&mut self) {
+        if self.reset_pending && self.send_transport_reset() {
+            self.reset_pending = false;
+        }
     }
 }
 
@@ -182,11 +211,55 @@ impl VirtioDevice for Vsock {
     }
     fn reset(&mut self) -> bool {
         self.common.reset();
+        self.reset_pending = false;
         self.backend.reset();
         // Let the event loop drop the backend's fds.
         if let Err(e) = self.common.activate_evt.write(1) {
             log::error!("vsock: failed to signal reset: {e}");
         }
         true
+    }
+    /// Host connections are not part of the state: a restored device starts without any.
+    fn save(&self) -> Result<DeviceSnapshot, PersistError> {
+        Ok(self.common.snapshot(
+            VIRTIO_ID_VSOCK,
+            DeviceKindState::Vsock {
+                guest_cid: self.guest_cid,
+            },
+        ))
+    }
+    /// Restores onto this device (its CID, a backend without connections). The guest still
+    /// believes in its old connections: an active device tells it with a transport reset
+    /// (the guest driver then drops them and reads the CID again), sent now or, when the
+    /// guest has no event buffer posted, at its next notify of the event queue.
+    fn restore(
+        &mut self,
+        snap: &DeviceSnapshot,
+        mem: GuestMem,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), PersistError> {
+        let queues = check_device(self, snap, &mem)?;
+        let DeviceKindState::Vsock { guest_cid } = snap.kind else {
+            return Err(PersistError::KindMismatch {
+                saved: snap.kind.name(),
+                this: "virtio-vsock",
+            });
+        };
+        if guest_cid != self.guest_cid {
+            log::info!(
+                "vsock: snapshot of guest CID {guest_cid} restored with CID {}",
+                self.guest_cid
+            );
+        }
+        self.common
+            .restore(snap.acked_features, queues, mem, interrupt)?;
+        if self.is_activated() {
+            self.reset_pending = true;
+            self.flush_transport_reset();
+            if self.reset_pending {
+                log::info!("vsock: transport reset waits for an event buffer");
+            }
+        }
+        Ok(())
     }
 }

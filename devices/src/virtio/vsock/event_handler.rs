@@ -6,7 +6,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
-use super::device::{RXQ, TXQ};
+use super::device::{EVQ, RXQ, TXQ};
 use super::Vsock;
 use crate::virtio::common::DeviceEvent;
 use crate::virtio::VirtioDevice;
@@ -67,6 +67,7 @@ impl MutEventSubscriber for Vsock {
         let fd = events.fd();
         match self.common.handle_event(fd, ops) {
             Some(DeviceEvent::Activate { .. }) => {
+                self.flush_transport_reset();
                 self.process_tx();
                 self.process_rx();
             }
@@ -78,6 +79,7 @@ impl MutEventSubscriber for Vsock {
                 self.process_rx();
             }
             // EVQ: buffers for events; used when there is one to send.
+            Some(DeviceEvent::Queue(EVQ)) => self.flush_transport_reset(),
             Some(DeviceEvent::Queue(_)) => {}
             None if self.is_activated() => {
                 self.backend.notify(fd, events.event_set());

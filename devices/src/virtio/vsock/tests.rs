@@ -630,3 +630,144 @@ fn data_flows_with_event_idx() {
     }
     assert_eq!(total, 20 * 3000);
 }
+
+/// A vsock device behind its MMIO transport, on its own event loop (a `Rig` whose device the
+/// guest brought up through the registers, or that a snapshot was restored onto).
+fn behind_transport(m: &GuestMem) -> (Rig, crate::virtio::mmio::MmioTransport) {
+    let dir = TempDir::new().unwrap();
+    let uds = dir.as_path().join("v.sock");
+    let dev = Arc::new(Mutex::new(Vsock::unix(GUEST_CID as u32, &uds).unwrap()));
+    let mut em = EventManager::<Arc<Mutex<Vsock>>>::new().unwrap();
+    em.add_subscriber(dev.clone());
+    let t = crate::virtio::mmio::MmioTransport::new(
+        m.clone(),
+        dev.clone(),
+        Arc::new(CountingInterrupt::new()),
+    )
+    .unwrap();
+    let rig = Rig {
+        _dir: dir,
+        uds,
+        dev,
+        em,
+    };
+    (rig, t)
+}
+
+/// A running device with one connection that carried data both ways, saved.
+fn saved_with_a_connection(
+    m: &GuestMem,
+    g: &mut Guest,
+) -> crate::virtio::persist::TransportSnapshot {
+    let (mut rig, mut t) = behind_transport(m);
+    bring_up(
+        &mut t,
+        1 << crate::virtio::VIRTIO_F_VERSION_1,
+        &[&g.rx, &g.tx, &g.ev],
+    );
+    rig.pump();
+    g.post_rx(8);
+    rig.kick(device::RXQ);
+    let (mut s, hport) = establish_from_host(&mut rig, g, 1234);
+    s.write_all(b"before").unwrap();
+    rig.pump();
+    assert_eq!(g.recv()[0].1, b"before");
+    g.send(pkt(OP_RW, 1234, hport, 65536, 6), b"reply");
+    rig.kick(device::TXQ);
+    let mut got = [0u8; 5];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"reply");
+    let snap = t.save().unwrap();
+    assert_eq!(
+        snap.device.kind,
+        crate::virtio::persist::DeviceKindState::Vsock {
+            guest_cid: GUEST_CID
+        }
+    );
+    snap
+}
+
+#[test]
+fn restore_resets_the_transport_and_continues_the_rings() {
+    let m = mem(MEM);
+    let mut g = Guest::new(&m);
+    fill(&m, 0xf0_0000, 16, 0xee);
+    let ev = g.ev.add(&[w(0xf0_0000, 8)]);
+    let snap = saved_with_a_connection(&m, &mut g);
+    let (rx_used, tx_used) = (g.rx.used_idx(), g.tx.used_idx());
+    assert!(rx_used >= 2 && tx_used >= 2);
+
+    let (mut rig, mut t) = behind_transport(&m);
+    t.restore(&snap).unwrap();
+    // The guest learns at once that its connections are gone.
+    assert_eq!(g.ev.take_used(), vec![(u32::from(ev), 4)]);
+    assert_eq!(read(&m, 0xf0_0000, 4), EVENT_TRANSPORT_RESET.to_le_bytes());
+    assert_untouched(&m, 0xf0_0004, 12, 0xee);
+    assert!(!rig.dev.lock().unwrap().transport_reset_pending());
+    assert_eq!(rig.connections(), 0);
+    rig.pump();
+    assert!(g.recv().is_empty(), "nothing replayed to the guest");
+    assert_eq!(g.rx.used_idx(), rx_used);
+    assert_eq!(g.tx.used_idx(), tx_used);
+
+    // New connections use the rx buffers left and the rings go on.
+    let (mut s, hport) = establish_from_host(&mut rig, &mut g, 2000);
+    assert_eq!(g.rx.used_idx(), rx_used.wrapping_add(1));
+    assert_eq!(g.tx.used_idx(), tx_used.wrapping_add(1));
+    s.write_all(b"after").unwrap();
+    rig.pump();
+    let p = g.recv();
+    assert_eq!(p.len(), 1);
+    assert_eq!((p[0].0.op, p[0].1.as_slice()), (OP_RW, &b"after"[..]));
+    assert_eq!(p[0].0.src_port, hport);
+    // A packet on the old connection is answered with a reset.
+    g.send(pkt(OP_RW, 1234, 1 << 30, 65536, 0), b"stale");
+    rig.kick(device::TXQ);
+    let p = g.recv();
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].0.op, OP_RST);
+}
+
+#[test]
+fn transport_reset_waits_for_an_event_buffer() {
+    let m = mem(MEM);
+    let mut g = Guest::new(&m);
+    let snap = saved_with_a_connection(&m, &mut g);
+    let (mut rig, mut t) = behind_transport(&m);
+    t.restore(&snap).unwrap();
+    rig.pump();
+    assert!(rig.dev.lock().unwrap().transport_reset_pending());
+    assert_eq!(g.ev.used_idx(), 0);
+    // Other queues work meanwhile.
+    let (_s, _) = establish_from_host(&mut rig, &mut g, 2001);
+    // The guest posts an event buffer and notifies the event queue.
+    fill(&m, 0xf0_0000, 8, 0xee);
+    let h = g.ev.add(&[w(0xf0_0000, 8)]);
+    rig.kick(device::EVQ);
+    assert_eq!(g.ev.take_used(), vec![(u32::from(h), 4)]);
+    assert_eq!(read(&m, 0xf0_0000, 4), EVENT_TRANSPORT_RESET.to_le_bytes());
+    assert!(!rig.dev.lock().unwrap().transport_reset_pending());
+    // Only once.
+    let h2 = g.ev.add(&[w(0xf0_0100, 8)]);
+    rig.kick(device::EVQ);
+    assert!(g.ev.take_used().is_empty(), "buffer {h2} used for nothing");
+}
+
+#[test]
+fn restore_keeps_this_devices_cid() {
+    let m = mem(MEM);
+    let g = Guest::new(&m);
+    let (_rig, mut t) = behind_transport(&m);
+    bring_up(
+        &mut t,
+        1 << crate::virtio::VIRTIO_F_VERSION_1,
+        &[&g.rx, &g.tx, &g.ev],
+    );
+    let mut snap = t.save().unwrap();
+    snap.device.kind = crate::virtio::persist::DeviceKindState::Vsock { guest_cid: 42 };
+    let (rig, mut t) = behind_transport(&m);
+    t.restore(&snap).unwrap();
+    let mut cid = [0u8; 8];
+    rig.dev.lock().unwrap().read_config(0, &mut cid);
+    assert_eq!(u64::from_le_bytes(cid), GUEST_CID);
+}
