@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -15,10 +16,11 @@ use crate::control::VmControl;
 use crate::device_manager::event_loop::EventLoop;
 use crate::device_manager::mmio::MmioDeviceManager;
 use crate::device_manager::{legacy, Bus, BusDevice};
+use crate::persist::{self, RestoreError};
 use crate::timings::{Phase, TimingsRecorder};
 use crate::vstate::kvm::KvmContext;
-use crate::vstate::memory::create_guest_memory;
-use crate::vstate::vcpu::Vcpu;
+use crate::vstate::memory::{create_guest_memory, map_memory_file};
+use crate::vstate::vcpu::{SaveSpec, Vcpu};
 use crate::vstate::vm::{IrqChip, Vm};
 use crate::HotDevices;
 use crate::{Error, Vmm};
@@ -160,7 +162,7 @@ pub fn build_vmm(cfg: &VmConfig, start: Instant) -> Result<Vmm, Error> {
     let vcpus = create_vcpus(&kvm, &vm, (pio, mmio), &mem, &control, &timings, start)?;
     timings.mark(Phase::VmCreated);
     let mut vmm = Vmm::from_parts(kvm, vm, mem, vcpus, control, timings, legacy);
-    vmm.set_devices(virtio, event_loop, hot);
+    vmm.set_devices(virtio, event_loop, hot, cfg.clone(), true);
     Ok(vmm)
 }
 
@@ -184,9 +186,10 @@ fn create_vcpus(
     start: VcpuStart,
 ) -> Result<Vec<Vcpu>, Error> {
     let (pio, mmio) = (Arc::new(buses.0), Arc::new(buses.1));
+    let spec = save_spec(kvm, start.lapic);
     (0..start.count)
         .map(|i| {
-            let vcpu = Vcpu::new(
+            let mut vcpu = Vcpu::new(
                 vm,
                 i,
                 pio.clone(),
@@ -198,9 +201,163 @@ fn create_vcpus(
             .map_err(Error::Vcpu)?;
             vcpu.configure(kvm, start.count, start.entry, start.privilege, start.lapic)
                 .map_err(Error::Vcpu)?;
+            vcpu.set_save_spec(spec.clone());
             Ok(vcpu)
         })
         .collect()
+}
+
+/// How this host's vCPUs are saved: the MSRs KVM lists, the LAPIC with an in-kernel irqchip,
+/// the XCRs where KVM has them.
+fn save_spec(kvm: &KvmContext, lapic: bool) -> SaveSpec {
+    SaveSpec {
+        msrs: kvm.msrs_to_save().into(),
+        lapic,
+        xcrs: kvm.kvm.check_extension(kvm_ioctls::Cap::Xcrs),
+    }
+}
+
+/// Restore the snapshot in `dir` as a VM attached to `cfg`'s backends (disks, TAP, vsock
+/// socket, shares, console). Memory size, vCPU count and kernel come from the snapshot; the
+/// device layout of `cfg` must match it. Everything is checked and built before the first
+/// vCPU runs; any failure leaves nothing running. Phases are timed from `start`:
+/// `memory_ready` is the memory file mapped, `vm_created` every device and vCPU restored.
+pub fn restore_vmm(dir: &Path, cfg: &VmConfig, start: Instant) -> Result<Vmm, Error> {
+    restore_vmm_with(dir, cfg, start, Vec::new())
+}
+
+/// [`restore_vmm`] with extra devices on the port-I/O bus (as a payload VM has them: how
+/// the restore path is tested on hosts that run only guest user code).
+pub fn restore_vmm_with(
+    dir: &Path,
+    cfg: &VmConfig,
+    start: Instant,
+    extra_pio: Vec<ExtraDevice>,
+) -> Result<Vmm, Error> {
+    let fail = |e: RestoreError| Error::Restore(dir.to_path_buf(), e);
+    let state = persist::read_state(&dir.join(persist::STATE_FILE))
+        .map_err(|e| fail(RestoreError::State(e)))?;
+    persist::check_layout(&state.config, cfg).map_err(|e| fail(RestoreError::State(e)))?;
+    let mut eff = cfg.clone();
+    eff.kernel = state.config.kernel.clone();
+    eff.initrd = state.config.initrd.clone();
+    eff.cmdline = state.config.cmdline.clone();
+    eff.extra_cmdline = state.config.extra_cmdline.clone();
+    eff.mem_mib = state.config.mem_mib;
+    eff.vcpus = state.config.vcpus;
+    restore_from_state(dir, &state, eff, start, extra_pio).map_err(|e| match e {
+        Error::Restore(..) => e,
+        other => fail(RestoreError::Build(Box::new(other))),
+    })
+}
+
+fn restore_from_state(
+    dir: &Path,
+    state: &persist::VmState,
+    cfg: VmConfig,
+    start: Instant,
+    extra_pio: Vec<ExtraDevice>,
+) -> Result<Vmm, Error> {
+    let fail = |e: RestoreError| Error::Restore(dir.to_path_buf(), e);
+    let timings = Arc::new(TimingsRecorder::new(start));
+    let control = Arc::new(VmControl::new());
+    let console = open_console(&cfg.console)?;
+    let irqchip = state.vm.is_some();
+
+    let kvm = KvmContext::new().map_err(Error::Kvm)?;
+    let mode = if irqchip {
+        IrqChip::InKernel
+    } else {
+        IrqChip::None
+    };
+    let vm = Vm::new(&kvm, mode).map_err(Error::Vm)?;
+    let mem = map_memory_file(&dir.join(persist::MEMORY_FILE), cfg.mem_mib)
+        .map_err(|e| fail(RestoreError::Memory(e)))?;
+    vm.register_memory(&mem).map_err(Error::Vm)?;
+    timings.mark(Phase::MemoryReady);
+
+    let mut pio = Bus::new();
+    let mut mmio = Bus::new();
+    let legacy = legacy::setup_legacy_devices(
+        irqchip.then_some(&vm),
+        &mut pio,
+        &mut mmio,
+        console,
+        control.clone(),
+        timings.clone(),
+    )
+    .map_err(Error::Legacy)?;
+    let legacy_err = |e: devices::legacy::LegacyStateError| fail(RestoreError::Legacy(e));
+    lock(&legacy.serial)
+        .0
+        .restore(&state.serial)
+        .map_err(legacy_err)?;
+    lock(&legacy.i8042)
+        .restore(&state.i8042)
+        .map_err(legacy_err)?;
+    lock(&legacy.cmos)
+        .0
+        .restore(&state.cmos)
+        .map_err(legacy_err)?;
+    for (base, len, dev) in extra_pio {
+        pio.insert(base, len, dev).map_err(Error::Bus)?;
+    }
+
+    let mut virtio = MmioDeviceManager::new();
+    let hot = attach_virtio_devices(&cfg, &vm, &mem, &mut mmio, &mut virtio)?;
+    let transports = virtio.transports();
+    if transports.len() != state.virtio.len() {
+        return Err(fail(RestoreError::State(persist::Error::Layout(format!(
+            "{} devices saved, {} attached",
+            state.virtio.len(),
+            transports.len()
+        )))));
+    }
+    for ((slot, t), saved) in transports.iter().zip(&state.virtio) {
+        if (slot.base, slot.gsi) != (saved.base, saved.gsi) {
+            return Err(fail(RestoreError::State(persist::Error::Layout(format!(
+                "device at {:#x} (GSI {}) saved at {:#x} (GSI {})",
+                slot.base, slot.gsi, saved.base, saved.gsi
+            )))));
+        }
+        lock(t)
+            .0
+            .restore(&saved.transport)
+            .map_err(|e| fail(RestoreError::Device(slot.base, e)))?;
+    }
+
+    if let Some(s) = &state.vm {
+        vm.restore_state(s).map_err(|e| fail(RestoreError::Vm(e)))?;
+    }
+    let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+    let spec = save_spec(&kvm, irqchip);
+    let mut vcpus = Vec::with_capacity(state.vcpus.len());
+    for saved in &state.vcpus {
+        let mut vcpu = Vcpu::new(
+            &vm,
+            saved.index,
+            pio.clone(),
+            mmio.clone(),
+            mem.clone(),
+            control.clone(),
+            timings.clone(),
+        )
+        .map_err(Error::Vcpu)?;
+        vcpu.restore_state(saved)
+            .map_err(|e| fail(RestoreError::Vcpu(e)))?;
+        vcpu.set_save_spec(spec.clone());
+        vcpus.push(vcpu);
+    }
+    // The devices' restored activations are picked up as the loop starts.
+    let event_loop = EventLoop::start(virtio.subscribers()).map_err(Error::EventLoop)?;
+    timings.mark(Phase::VmCreated);
+    let mut vmm = Vmm::from_parts(kvm, vm, mem, vcpus, control, timings, legacy);
+    vmm.set_devices(virtio, event_loop, hot, cfg, irqchip);
+    Ok(vmm)
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Create the virtio devices `cfg` asks for and attach them; returns the devices that change
@@ -413,8 +570,11 @@ pub fn build_payload_vm(spec: PayloadSpec) -> Result<Vmm, Error> {
     };
     let vcpus = create_vcpus(&kvm, &vm, (pio, mmio), &mem, &control, &timings, start)?;
     timings.mark(Phase::VmCreated);
+    let mut config = spec.devices.clone().unwrap_or_else(|| VmConfig::new(""));
+    config.mem_mib = spec.mem_mib;
+    config.vcpus = spec.vcpus;
     let mut vmm = Vmm::from_parts(kvm, vm, mem, vcpus, control, timings, legacy);
-    vmm.set_devices(virtio, event_loop, hot);
+    vmm.set_devices(virtio, event_loop, hot, config, spec.irqchip);
     Ok(vmm)
 }
 

@@ -8,7 +8,11 @@
 use std::cell::Cell;
 use std::sync::{Condvar, Mutex, MutexGuard, Once};
 
+use crate::vstate::vcpu::{Error as VcpuError, VcpuSnapshot};
 use crate::{Error, VmExit};
+
+/// How a parked vCPU saves itself when asked ([`VmControl::save_vcpus`]).
+pub type SaveFn<'a> = &'a mut dyn FnMut() -> Result<VcpuSnapshot, VcpuError>;
 
 /// Offset from SIGRTMIN of the kick signal.
 const KICK_SIGNAL_OFFSET: i32 = 0;
@@ -66,6 +70,9 @@ struct State {
     /// Nonzero KVM statistics of each vCPU as of its last pause.
     stats: Vec<(u8, Vec<(String, u64)>)>,
     outcome: Option<Result<VmExit, Error>>,
+    /// Bumped by each [`VmControl::save_vcpus`]; parked vCPUs answer into `saves`.
+    save_gen: u64,
+    saves: Vec<Result<VcpuSnapshot, VcpuError>>,
 }
 
 /// Shared run control.
@@ -91,6 +98,8 @@ impl VmControl {
                 rips: Vec::new(),
                 stats: Vec::new(),
                 outcome: None,
+                save_gen: 0,
+                saves: Vec::new(),
             }),
             cond: Condvar::new(),
         }
@@ -212,13 +221,56 @@ impl VmControl {
         self.lock().rips.clone()
     }
 
+    /// Have every vCPU of the paused VM save itself (on its own thread: KVM's vCPU ioctls
+    /// belong there); the states in vCPU order.
+    pub fn save_vcpus(&self) -> Result<Vec<VcpuSnapshot>, Error> {
+        let mut s = self.lock();
+        if s.run != RunState::Paused || s.parked < s.vcpus {
+            return Err(Error::NotPaused);
+        }
+        s.save_gen += 1;
+        s.saves.clear();
+        self.cond.notify_all();
+        while s.run == RunState::Paused && s.saves.len() < s.vcpus {
+            s = self.cond.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        if s.run != RunState::Paused {
+            return Err(Error::NotRunning);
+        }
+        let mut states = std::mem::take(&mut s.saves)
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Error::Vcpu)?;
+        states.sort_by_key(|v| v.index);
+        Ok(states)
+    }
+
     /// Called by a vCPU thread between exits: parks while paused; `false` means stop.
     pub fn vcpu_should_continue(&self) -> bool {
+        self.vcpu_should_continue_with(None)
+    }
+
+    /// [`VmControl::vcpu_should_continue`] for a vCPU that can save itself while parked.
+    pub fn vcpu_should_continue_with(&self, mut save: Option<SaveFn<'_>>) -> bool {
         let mut s = self.lock();
         if s.run == RunState::Paused {
             s.parked += 1;
+            let mut served = s.save_gen;
             self.cond.notify_all();
             while s.run == RunState::Paused {
+                if s.save_gen != served {
+                    served = s.save_gen;
+                    if let Some(save) = save.as_mut() {
+                        drop(s);
+                        let state = save();
+                        s = self.lock();
+                        if s.save_gen == served {
+                            s.saves.push(state);
+                            self.cond.notify_all();
+                        }
+                        continue;
+                    }
+                }
                 s = self.cond.wait(s).unwrap_or_else(|e| e.into_inner());
             }
             s.parked -= 1;

@@ -14,6 +14,7 @@ pub mod builder;
 pub mod config;
 pub mod control;
 pub mod device_manager;
+pub mod persist;
 pub mod timings;
 pub mod vstate;
 
@@ -26,12 +27,14 @@ use thiserror::Error;
 use vm_memory::GuestMemoryMmap;
 
 pub use config::VmConfig;
+pub use persist::{RestoreError, SnapshotInfo};
 pub use timings::Timings;
 
 use control::VmControl;
 use device_manager::event_loop::EventLoop;
 use device_manager::legacy::LegacyDevices;
 use device_manager::mmio::MmioDeviceManager;
+use persist::SnapshotParts;
 use timings::{Phase, TimingsRecorder};
 use vstate::kvm::KvmContext;
 use vstate::vcpu::Vcpu;
@@ -105,6 +108,12 @@ pub enum Error {
     SpawnVcpu(#[source] std::io::Error),
     #[error("The VM is not running")]
     NotRunning,
+    #[error("The VM is not paused")]
+    NotPaused,
+    #[error(transparent)]
+    Snapshot(persist::Error),
+    #[error("Cannot restore the snapshot in {}", .0.display())]
+    Restore(PathBuf, #[source] RestoreError),
     #[error("Failed to set up an empty disk slot")]
     DiskSlot(#[source] devices::virtio::block::Error),
     #[error("No disk slot {0} (the VM has {1})")]
@@ -134,15 +143,16 @@ pub fn check_kvm_usable() -> Result<(), Error> {
 /// A built VM, ready to run.
 pub struct Vmm {
     _kvm: KvmContext,
-    _vm: Vm,
-    _mem: GuestMemoryMmap,
+    vm: Arc<Vm>,
+    mem: GuestMemoryMmap,
     vcpus: Vec<Vcpu>,
     control: Arc<VmControl>,
     timings: Arc<TimingsRecorder>,
-    _legacy: LegacyDevices,
+    legacy: LegacyDevices,
     _virtio: Option<MmioDeviceManager>,
     event_loop: Option<EventLoop>,
     hot: Arc<HotDevices>,
+    snap: Option<Arc<SnapshotParts>>,
 }
 
 /// The VM's empty-at-boot virtio-blk slots ([`VmConfig::disk_slots`]), in guest order.
@@ -178,24 +188,38 @@ impl Vmm {
     ) -> Self {
         Vmm {
             _kvm: kvm,
-            _vm: vm,
-            _mem: mem,
+            vm: Arc::new(vm),
+            mem,
             vcpus,
             control,
             timings,
-            _legacy: legacy,
+            legacy,
             _virtio: None,
             event_loop: None,
             hot: Arc::new(HotDevices::default()),
+            snap: None,
         }
     }
 
+    /// The virtio devices and the event loop; `config` (what the VM was built from) and
+    /// `irqchip` go into its snapshots.
     pub(crate) fn set_devices(
         &mut self,
         virtio: MmioDeviceManager,
         event_loop: EventLoop,
         hot: HotDevices,
+        config: VmConfig,
+        irqchip: bool,
     ) {
+        self.snap = Some(Arc::new(SnapshotParts {
+            config,
+            vm: self.vm.clone(),
+            irqchip,
+            mem: self.mem.clone(),
+            legacy: self.legacy.clone(),
+            transports: virtio.transports(),
+            gate: event_loop.gate(),
+        }));
         self._virtio = Some(virtio);
         self.event_loop = Some(event_loop);
         self.hot = Arc::new(hot);
@@ -206,8 +230,21 @@ impl Vmm {
     /// when stdin is not a terminal (nothing is forwarded then).
     pub fn forward_stdin(&self) -> Option<device_manager::legacy::RawTerminal> {
         let term = device_manager::legacy::RawTerminal::new()?;
-        device_manager::legacy::spawn_stdin_forwarder(self._legacy.serial.clone()).ok()?;
+        device_manager::legacy::spawn_stdin_forwarder(self.legacy.serial.clone()).ok()?;
         Some(term)
+    }
+
+    /// [`Vmm::forward_stdin`] when the console is this process's stdout.
+    pub fn forward_stdin_if_console(&self) -> Option<device_manager::legacy::RawTerminal> {
+        let stdout = self
+            .snap
+            .as_ref()
+            .is_none_or(|s| s.config.console == config::ConsoleConfig::Stdout);
+        if stdout {
+            self.forward_stdin()
+        } else {
+            None
+        }
     }
 
     /// A handle to pause, resume or stop the VM and read its timings from other threads.
@@ -216,6 +253,7 @@ impl Vmm {
             control: self.control.clone(),
             timings: self.timings.clone(),
             hot: self.hot.clone(),
+            snap: self.snap.clone(),
         }
     }
 
@@ -273,6 +311,7 @@ pub struct VmHandle {
     control: Arc<VmControl>,
     timings: Arc<TimingsRecorder>,
     hot: Arc<HotDevices>,
+    snap: Option<Arc<SnapshotParts>>,
 }
 
 impl VmHandle {
@@ -284,6 +323,15 @@ impl VmHandle {
     /// Let the vCPUs run again.
     pub fn resume(&self) -> Result<(), Error> {
         self.control.resume()
+    }
+
+    /// Save the VM into the new directory `dir` ([`persist`]): the vCPUs and the device
+    /// event loop are held while it is written, then the VM runs on (or stays paused, if it
+    /// was). A device that cannot be saved in its state (virtio-fs mounted in the guest)
+    /// fails the snapshot and leaves nothing behind.
+    pub fn snapshot(&self, dir: &Path) -> Result<SnapshotInfo, Error> {
+        let parts = self.snap.as_ref().ok_or(Error::NotRunning)?;
+        persist::snapshot(parts, &self.control, dir)
     }
 
     /// Stop the VM: [`Vmm::run`] returns [`VmExit::Stopped`] (unless it already ended).
@@ -369,6 +417,12 @@ impl VmHandle {
     fn fs(&self) -> Result<std::sync::MutexGuard<'_, devices::virtio::fs::Fs>, Error> {
         let fs = self.hot.fs.as_ref().ok_or(Error::NoFs)?;
         Ok(fs.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Record that the guest's agent answered (for a restored VM, whose agent was ready
+    /// before the snapshot and does not report on the boot timer again).
+    pub fn agent_answered(&self) {
+        self.timings.mark(Phase::AgentReady);
     }
 
     /// Boot phases so far.

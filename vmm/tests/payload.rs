@@ -473,3 +473,199 @@ fn disk_inserted_into_a_slot_while_the_guest_runs() {
     handle.eject_disk(0).unwrap();
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A CPL3 counter: `eax` goes up by one and is written to TEST_PORT, forever.
+const COUNTER: [u8; 11] = [
+    0x31, 0xc0, // xor eax, eax
+    0x66, 0xba, 0x00, 0x05, // mov dx, 0x500
+    0xff, 0xc0, // loop: inc eax
+    0xef, // out dx, eax
+    0xeb, 0xfb, // jmp loop
+];
+
+/// An error and its sources, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s = format!("{s}: {c}");
+        src = c.source();
+    }
+    s
+}
+
+fn snapshot_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("ember-snap-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn wait_words(dev: &Mutex<Recorder>, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while dev.lock().unwrap().writes.len() < n && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_vm_restored_from_a_snapshot_carries_on_where_it_was() {
+    if !kvm_present() {
+        return;
+    }
+    let dev = recorder(0);
+    let vm = build_payload_vm(PayloadSpec {
+        extra_pio: vec![(TEST_PORT, 4, dev.clone())],
+        ..PayloadSpec::new(COUNTER.to_vec())
+    })
+    .unwrap();
+    let handle = vm.handle();
+    let t = std::thread::spawn(move || vm.run());
+    wait_words(&dev, 1000);
+    let dir = snapshot_dir("counter");
+    // Paused first, so the recorder holds exactly what the guest wrote before the snapshot.
+    handle.pause().unwrap();
+    let info = handle.snapshot(&dir).unwrap();
+    let before = port_words(&dev);
+    handle.stop();
+    assert_eq!(t.join().unwrap().unwrap(), VmExit::Stopped);
+    assert!(!before.is_empty());
+    assert!(info.memory_written < info.memory_bytes, "{info:?}");
+    assert!(dir.join("state").is_file() && dir.join("memory").is_file());
+
+    // Twice from one snapshot: each restored VM continues from the same point.
+    for _ in 0..2 {
+        let dev2 = recorder(0);
+        let cfg = vmm::VmConfig::new("");
+        let vm = vmm::builder::restore_vmm_with(
+            &dir,
+            &cfg,
+            std::time::Instant::now(),
+            vec![(TEST_PORT, 4, dev2.clone())],
+        )
+        .unwrap();
+        let handle = vm.handle();
+        let t = std::thread::spawn(move || vm.run());
+        wait_words(&dev2, 100);
+        handle.stop();
+        t.join().unwrap().unwrap();
+        let after = port_words(&dev2);
+        assert_eq!(
+            after[0],
+            before.last().unwrap() + 1,
+            "the first write after restore follows the last one before it (no repeat, no gap)"
+        );
+        assert!(after.windows(2).all(|w| w[1] == w[0] + 1));
+    }
+
+    // A second snapshot into the same place is refused, and leaves the first intact.
+    let vm = build_payload_vm(PayloadSpec::new(COUNTER.to_vec())).unwrap();
+    let h = vm.handle();
+    let t = std::thread::spawn(move || vm.run());
+    let e = h.snapshot(&dir).unwrap_err();
+    assert!(e.to_string().contains("already exists"), "{e}");
+    h.stop();
+    t.join().unwrap().unwrap();
+    assert!(dir.join("state").is_file());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn restoring_a_bad_snapshot_is_one_error_and_starts_nothing() {
+    if !kvm_present() {
+        return;
+    }
+    let dev = recorder(0);
+    let vm = build_payload_vm(PayloadSpec {
+        extra_pio: vec![(TEST_PORT, 4, dev.clone())],
+        ..PayloadSpec::new(COUNTER.to_vec())
+    })
+    .unwrap();
+    let handle = vm.handle();
+    let t = std::thread::spawn(move || vm.run());
+    wait_words(&dev, 10);
+    let dir = snapshot_dir("bad");
+    handle.snapshot(&dir).unwrap();
+    handle.stop();
+    t.join().unwrap().unwrap();
+    let restore = |cfg: &vmm::VmConfig| {
+        vmm::builder::restore_vmm(&dir, cfg, std::time::Instant::now()).map(|_| ())
+    };
+    let plain = vmm::VmConfig::new("");
+    // A device layout that differs from the snapshot's.
+    let mut rng = plain.clone();
+    rng.rng = true;
+    let e = restore(&rng).unwrap_err();
+    assert!(
+        format!("{e}: {}", chain(&e)).contains("rng devices: snapshot 0, this VM 1"),
+        "{e}"
+    );
+    // A memory file of the wrong size.
+    let mem = dir.join("memory");
+    let len = std::fs::metadata(&mem).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&mem)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let e = restore(&plain).unwrap_err();
+    assert!(chain(&e).contains("holds"), "{e}: {}", chain(&e));
+    // A corrupted state file.
+    let state = dir.join("state");
+    let mut bytes = std::fs::read(&state).unwrap();
+    let n = bytes.len();
+    bytes[n - 2] ^= 1;
+    std::fs::write(&state, &bytes).unwrap();
+    let e = restore(&plain).unwrap_err();
+    assert!(chain(&e).contains("checksum"), "{}", chain(&e));
+    // No snapshot at all.
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(restore(&plain).is_err());
+}
+
+#[test]
+fn irqchip_pit_clock_and_lapic_survive_a_snapshot() {
+    if !kvm_present() {
+        return;
+    }
+    let dev = recorder(0);
+    let vm = build_payload_vm(PayloadSpec {
+        extra_pio: vec![(TEST_PORT, 4, dev.clone())],
+        irqchip: true,
+        devices: Some(vmm::VmConfig {
+            rng: true,
+            ..vmm::VmConfig::new("")
+        }),
+        ..PayloadSpec::new(COUNTER.to_vec())
+    })
+    .unwrap();
+    let handle = vm.handle();
+    let t = std::thread::spawn(move || vm.run());
+    wait_words(&dev, 100);
+    let dir = snapshot_dir("irqchip");
+    handle.pause().unwrap();
+    handle.snapshot(&dir).unwrap();
+    let last = *port_words(&dev).last().unwrap();
+    handle.stop();
+    t.join().unwrap().unwrap();
+
+    let dev2 = recorder(0);
+    let cfg = vmm::VmConfig {
+        rng: true,
+        ..vmm::VmConfig::new("")
+    };
+    let vm = vmm::builder::restore_vmm_with(
+        &dir,
+        &cfg,
+        std::time::Instant::now(),
+        vec![(TEST_PORT, 4, dev2.clone())],
+    )
+    .unwrap();
+    let handle = vm.handle();
+    let t = std::thread::spawn(move || vm.run());
+    wait_words(&dev2, 100);
+    handle.stop();
+    t.join().unwrap().unwrap();
+    assert_eq!(port_words(&dev2)[0], last + 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -31,6 +31,9 @@ pub const DEFAULT_GUEST_DIR: &str = "/var/lib/ember/guest";
 pub enum VmCommand {
     /// Boot a kernel and show the serial console on stdout.
     Run(Box<RunArgs>),
+    /// Start a VM from a snapshot: memory mapped copy-on-write from the snapshot's file, the
+    /// devices given here (as many of each kind as the snapshot has).
+    Restore(Box<RestoreArgs>),
     /// Check whether this machine's /dev/kvm can run an ordinary guest (exit 0) or not
     /// (one line saying why, exit 1).
     Check,
@@ -68,9 +71,42 @@ pub struct RunArgs {
     /// Stop the VM and exit 0 once the agent reports ready on the boot timer.
     #[arg(long)]
     pub exit_on_ready: bool,
+    /// Once the agent reports ready, save a snapshot of the VM into this new directory and
+    /// exit 0 (`ember vm restore DIR` starts it again, as many times as wanted).
+    #[arg(long, value_name = "DIR")]
+    pub snapshot_on_ready: Option<PathBuf>,
     /// Give up (exit 1) if the VM is still running after this many seconds.
     #[arg(long)]
     pub timeout_s: Option<u64>,
+    #[command(flatten)]
+    pub devices: DeviceArgs,
+}
+
+/// `ember vm restore`: a VM from a snapshot, attached to this invocation's devices.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The snapshot directory (`ember vm run --snapshot-on-ready DIR`).
+    pub snapshot: PathBuf,
+    /// Print restore phase timings on stderr when the VM ends.
+    #[arg(long)]
+    pub timings: bool,
+    /// Run even where /dev/kvm cannot run an ordinary guest (PVM); also EMBER_FORCE_KVM=1.
+    #[arg(long)]
+    pub force: bool,
+    /// Once the guest's agent answers a ping over vsock (`--vsock` needed), stop the VM and
+    /// exit 0.
+    #[arg(long, requires = "vsock")]
+    pub exit_on_agent: bool,
+    /// Give up (exit 1) if the VM is still running after this many seconds.
+    #[arg(long)]
+    pub timeout_s: Option<u64>,
+    #[command(flatten)]
+    pub devices: DeviceArgs,
+}
+
+/// The devices of a VM and where its console goes.
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
     /// Write the console to this file instead of stdout.
     #[arg(long)]
     pub console_file: Option<PathBuf>,
@@ -106,6 +142,8 @@ pub enum Error {
     NotReady(vmm::VmExit),
     #[error("The VM did not finish within {0} s")]
     Timeout(u64),
+    #[error("The guest ended before its agent answered ({0:?})")]
+    NoAgent(vmm::VmExit),
 }
 
 fn parse_share(s: &str) -> Result<ShareConfig, String> {
@@ -178,31 +216,36 @@ pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, Error> {
     cfg.extra_cmdline = args.append.clone();
     cfg.mem_mib = args.mem_mib;
     cfg.vcpus = args.vcpus;
-    cfg.block = args.block.clone();
-    cfg.net = args
-        .net
-        .iter()
-        .map(|tap| NetConfig {
-            tap: tap.clone(),
-            mac: None,
-        })
-        .collect();
-    cfg.vsock = args.vsock.as_ref().map(|p| VsockConfig {
-        guest_cid: args.cid,
-        uds_path: p.clone(),
-    });
-    cfg.rng = args.rng;
-    if !args.share.is_empty() {
-        cfg.fs = Some(FsConfig {
-            tag: agent::protocol::SHARED_FS_TAG.to_string(),
-            shares: args.share.clone(),
-        });
-    }
-    cfg.console = match &args.console_file {
-        Some(f) => ConsoleConfig::File(f.clone()),
-        None => ConsoleConfig::Stdout,
-    };
+    args.devices.apply(&mut cfg);
     Ok(cfg)
+}
+
+impl DeviceArgs {
+    /// Put these devices and this console into `cfg`.
+    pub fn apply(&self, cfg: &mut VmConfig) {
+        cfg.block = self.block.clone();
+        cfg.net = self
+            .net
+            .iter()
+            .map(|tap| NetConfig {
+                tap: tap.clone(),
+                mac: None,
+            })
+            .collect();
+        cfg.vsock = self.vsock.as_ref().map(|p| VsockConfig {
+            guest_cid: self.cid,
+            uds_path: p.clone(),
+        });
+        cfg.rng = self.rng;
+        cfg.fs = (!self.share.is_empty()).then(|| FsConfig {
+            tag: agent::protocol::SHARED_FS_TAG.to_string(),
+            shares: self.share.clone(),
+        });
+        cfg.console = match &self.console_file {
+            Some(f) => ConsoleConfig::File(f.clone()),
+            None => ConsoleConfig::Stdout,
+        };
+    }
 }
 
 /// Print every vCPU's RIP on stderr (a stalled guest: look them up in System.map).
@@ -236,15 +279,72 @@ pub fn run_vm(args: &RunArgs) -> Result<(), Error> {
         );
         cfg.extra_cmdline.insert(0, PVM_CMDLINE.to_string());
     }
-    let interactive = matches!(cfg.console, ConsoleConfig::Stdout);
-    // SIGINT/SIGTERM stop the VM cleanly (and restore the terminal); SIGUSR1 prints where
-    // each vCPU is. Block them in every thread and take them on one.
+    let signals = block_signals();
+    let vm = vmm::Vmm::with_start(cfg, start).map_err(Error::Vmm)?;
+    let handle = vm.handle();
+    let snapshot_failed = std::sync::Arc::new(std::sync::Mutex::new(None));
+    if let Some(dir) = &args.snapshot_on_ready {
+        let h = handle.clone();
+        let dir = dir.clone();
+        let failed = snapshot_failed.clone();
+        crate::logging::thread("snapshot-on-ready", move || {
+            if h.wait_ready(None) {
+                match h.snapshot(&dir) {
+                    Ok(info) => eprintln!(
+                        "ember: snapshot {}: state {} bytes, memory {} MiB ({} MiB of data), vCPUs held {:.1} ms",
+                        info.dir.display(),
+                        info.state_bytes,
+                        info.memory_bytes >> 20,
+                        info.memory_written >> 20,
+                        info.paused_ms
+                    ),
+                    Err(e) => *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e),
+                }
+                h.stop();
+            }
+        });
+    } else if args.exit_on_ready {
+        let h = handle.clone();
+        crate::logging::thread("exit-on-ready", move || {
+            if h.wait_ready(None) {
+                h.stop();
+            }
+        });
+    }
+    let exit = drive(vm, signals, args.timeout_s, args.timings)?;
+    if let Some(e) = snapshot_failed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
+        return Err(Error::Vmm(e));
+    }
+    if (args.exit_on_ready || args.snapshot_on_ready.is_some())
+        && handle.timings().agent_ready.is_none()
+    {
+        return Err(Error::NotReady(exit));
+    }
+    Ok(())
+}
+
+/// SIGINT/SIGTERM stop the VM cleanly (and restore the terminal); SIGUSR1 prints where each
+/// vCPU is. Blocked in every thread (call before any VM thread starts) and taken on one.
+fn block_signals() -> SigSet {
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGUSR1);
     let _ = signals.thread_block();
-    let vm = vmm::Vmm::with_start(cfg, start).map_err(Error::Vmm)?;
+    signals
+}
+
+/// Run `vm` in the foreground: signals, console input, the timeout; how it ended.
+fn drive(
+    vm: vmm::Vmm,
+    signals: SigSet,
+    timeout_s: Option<u64>,
+    timings: bool,
+) -> Result<vmm::VmExit, Error> {
     let handle = vm.handle();
     {
         let h = handle.clone();
@@ -258,21 +358,9 @@ pub fn run_vm(args: &RunArgs) -> Result<(), Error> {
             }
         });
     }
-    let _terminal = if interactive {
-        vm.forward_stdin()
-    } else {
-        None
-    };
-    if args.exit_on_ready {
-        let h = handle.clone();
-        crate::logging::thread("exit-on-ready", move || {
-            if h.wait_ready(None) {
-                h.stop();
-            }
-        });
-    }
+    let _terminal = vm.forward_stdin_if_console();
     let timed_out = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    if let Some(secs) = args.timeout_s {
+    if let Some(secs) = timeout_s {
         let h = handle.clone();
         let flag = timed_out.clone();
         crate::logging::thread("vm-timeout", move || {
@@ -284,24 +372,74 @@ pub fn run_vm(args: &RunArgs) -> Result<(), Error> {
         });
     }
     let exit = vm.run();
-    if args.timings {
+    if timings {
         eprint!("{}", handle.timings());
     }
     let exit = exit.map_err(Error::Vmm)?;
-    if let Some(secs) = args.timeout_s {
+    if let Some(secs) = timeout_s {
         if timed_out.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Error::Timeout(secs));
         }
     }
-    if args.exit_on_ready && handle.timings().agent_ready.is_none() {
-        return Err(Error::NotReady(exit));
+    Ok(exit)
+}
+
+/// Start the VM saved in `args.snapshot`.
+pub fn restore_vm(args: &RestoreArgs) -> Result<(), Error> {
+    let start = Instant::now();
+    if !(args.force || force_from_env()) {
+        vmm::check_kvm_usable().map_err(Error::Vmm)?;
+    }
+    let mut cfg = VmConfig::new("");
+    args.devices.apply(&mut cfg);
+    let signals = block_signals();
+    let vm = vmm::builder::restore_vmm(&args.snapshot, &cfg, start).map_err(Error::Vmm)?;
+    let handle = vm.handle();
+    if let (true, Some(path)) = (args.exit_on_agent, args.devices.vsock.clone()) {
+        let h = handle.clone();
+        crate::logging::thread("exit-on-agent", move || {
+            if ping_agent(&path, &h) {
+                h.agent_answered();
+            }
+            h.stop();
+        });
+    }
+    let exit = drive(vm, signals, args.timeout_s, args.timings)?;
+    if args.exit_on_agent && handle.timings().agent_ready.is_none() {
+        return Err(Error::NoAgent(exit));
     }
     Ok(())
+}
+
+/// Ping the agent behind the vsock socket at `path` until it answers (`true`) or the VM ends.
+fn ping_agent(path: &std::path::Path, h: &vmm::VmHandle) -> bool {
+    let once = || -> Result<(), Box<dyn std::error::Error>> {
+        let mut s = std::os::unix::net::UnixStream::connect(path)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.set_write_timeout(Some(Duration::from_secs(5)))?;
+        agent::client::vsock_handshake(&mut s, agent::protocol::DEFAULT_PORT)?;
+        agent::client::AgentClient::new(s).ping()?;
+        Ok(())
+    };
+    while !h.wait_exited(Some(Duration::ZERO)) {
+        if once().is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    false
 }
 
 pub fn run(cmd: VmCommand) -> i32 {
     match cmd {
         VmCommand::Run(args) => match run_vm(&args) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("ember: {}", report(&e));
+                1
+            }
+        },
+        VmCommand::Restore(args) => match restore_vm(&args) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("ember: {}", report(&e));

@@ -2,12 +2,14 @@
 //! virtio devices (queue notifications, backend sockets and files). vCPU threads never
 //! touch it; they only write ioeventfds and bus registers.
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use event_manager::{EventManager, SubscriberOps};
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use thiserror::Error;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::mmio::Subscriber;
 
@@ -23,11 +25,94 @@ pub enum Error {
     Spawn(#[source] std::io::Error),
     #[error("The event loop thread ended during setup")]
     Setup,
+    #[error("Failed to create the event loop's wake-up event")]
+    Wake(#[source] std::io::Error),
+}
+
+#[derive(Default)]
+struct GateState {
+    paused: bool,
+    parked: bool,
+    ended: bool,
+}
+
+/// Holds the event loop between two dispatches, so that nothing touches guest memory or
+/// device state while a snapshot is taken.
+pub struct LoopGate {
+    state: Mutex<GateState>,
+    cond: Condvar,
+    wake: EventFd,
+}
+
+impl LoopGate {
+    fn new() -> Result<Self, Error> {
+        Ok(LoopGate {
+            state: Mutex::default(),
+            cond: Condvar::new(),
+            wake: EventFd::new(EFD_NONBLOCK).map_err(Error::Wake)?,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Park the loop's thread; returns once it is parked (or has ended).
+    pub fn pause(&self) {
+        let mut s = self.lock();
+        s.paused = true;
+        if let Err(e) = self.wake.write(1) {
+            log::error!("event loop: cannot wake the loop to pause it: {e}");
+        }
+        while !s.parked && !s.ended {
+            s = self.cond.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Let the loop run again.
+    pub fn resume(&self) {
+        self.lock().paused = false;
+        self.cond.notify_all();
+    }
+
+    fn park_while_paused(&self) {
+        let mut s = self.lock();
+        while s.paused {
+            s.parked = true;
+            self.cond.notify_all();
+            s = self.cond.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        s.parked = false;
+    }
+
+    fn ended(&self) {
+        self.lock().ended = true;
+        self.cond.notify_all();
+    }
+}
+
+/// The gate's side in the event manager: its wake-up event parks the loop.
+struct GateSubscriber(Arc<LoopGate>);
+
+impl MutEventSubscriber for GateSubscriber {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.0.wake, EventSet::IN)) {
+            log::error!("event loop: cannot register the pause event: {e}");
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.fd() == self.0.wake.as_raw_fd() {
+            let _ = self.0.wake.read();
+            self.0.park_while_paused();
+        }
+    }
 }
 
 /// A running event loop; stops when dropped.
 pub struct EventLoop {
     stop: Arc<AtomicBool>,
+    gate: Arc<LoopGate>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -36,6 +121,8 @@ impl EventLoop {
     pub fn start(subscribers: Vec<Subscriber>) -> Result<Self, Error> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let gate = Arc::new(LoopGate::new()?);
+        let loop_gate = gate.clone();
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("event-loop".into())
@@ -50,16 +137,20 @@ impl EventLoop {
                 for s in subscribers {
                     em.add_subscriber(s);
                 }
+                let gate_sub: Subscriber = Arc::new(Mutex::new(GateSubscriber(loop_gate.clone())));
+                em.add_subscriber(gate_sub);
                 let _ = ready_tx.send(Ok(()));
                 while !flag.load(Ordering::Acquire) {
                     // EINTR (a stray signal) and other wait errors: look at the flag, retry.
                     let _ = em.run_with_timeout(POLL_TIMEOUT_MS);
                 }
+                loop_gate.ended();
             })
             .map_err(Error::Spawn)?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(EventLoop {
                 stop,
+                gate,
                 thread: Some(thread),
             }),
             Ok(Err(e)) => {
@@ -73,9 +164,15 @@ impl EventLoop {
         }
     }
 
+    /// The gate that pauses this loop.
+    pub fn gate(&self) -> Arc<LoopGate> {
+        self.gate.clone()
+    }
+
     /// Stop the loop and wait for its thread.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Release);
+        self.gate.resume();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -91,12 +188,7 @@ impl Drop for EventLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use event_manager::{EventOps, Events, MutEventSubscriber};
-    use std::os::fd::AsRawFd;
-    use std::sync::Mutex;
     use std::time::{Duration, Instant};
-    use vmm_sys_util::epoll::EventSet;
-    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     struct Counter {
         evt: EventFd,
@@ -132,9 +224,22 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(*seen.lock().unwrap(), 3);
+        // Paused: events wait; resumed: they are served.
+        el.gate().pause();
+        trigger.write(2).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(*seen.lock().unwrap(), 3, "nothing serviced while paused");
+        el.gate().resume();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while *seen.lock().unwrap() < 5 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(*seen.lock().unwrap(), 5);
         el.stop();
+        // A stopped loop does not hold up a pause.
+        el.gate().pause();
         trigger.write(1).unwrap();
         std::thread::sleep(Duration::from_millis(20));
-        assert_eq!(*seen.lock().unwrap(), 3, "nothing serviced after stop");
+        assert_eq!(*seen.lock().unwrap(), 5, "nothing serviced after stop");
     }
 }

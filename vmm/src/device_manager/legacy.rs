@@ -88,6 +88,19 @@ pub struct I8042Pio {
     control: Arc<VmControl>,
 }
 
+impl I8042Pio {
+    pub fn save(&self) -> devices::legacy::I8042Snapshot {
+        self.dev.save()
+    }
+
+    pub fn restore(
+        &mut self,
+        s: &devices::legacy::I8042Snapshot,
+    ) -> Result<(), devices::legacy::LegacyStateError> {
+        self.dev.restore(s)
+    }
+}
+
 impl BusDevice for I8042Pio {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if let Some(b) = data.first_mut() {
@@ -205,8 +218,11 @@ pub fn spawn_stdin_forwarder(serial: Arc<Mutex<SerialPio>>) -> io::Result<()> {
 }
 
 /// Handles kept by the VMM on the legacy devices.
+#[derive(Clone)]
 pub struct LegacyDevices {
     pub serial: Arc<Mutex<SerialPio>>,
+    pub i8042: Arc<Mutex<I8042Pio>>,
+    pub cmos: Arc<Mutex<CmosPio>>,
     pub boot_timer: Arc<Mutex<BootTimerMmio>>,
 }
 
@@ -249,11 +265,11 @@ pub fn setup_legacy_devices(
         dev: I8042::new(reset),
         control,
     }));
-    pio.insert(u64::from(i8042::DATA_PORT), 5, i8042)
+    pio.insert(u64::from(i8042::DATA_PORT), 5, i8042.clone())
         .map_err(Error::Bus)?;
 
     let cmos = Arc::new(Mutex::new(CmosPio(Cmos::new())));
-    pio.insert(u64::from(cmos::INDEX_PORT), 2, cmos)
+    pio.insert(u64::from(cmos::INDEX_PORT), 2, cmos.clone())
         .map_err(Error::Bus)?;
 
     let boot_timer = Arc::new(Mutex::new(BootTimerMmio(boot_timer(timings))));
@@ -264,5 +280,10 @@ pub fn setup_legacy_devices(
     )
     .map_err(Error::Bus)?;
 
-    Ok(LegacyDevices { serial, boot_timer })
+    Ok(LegacyDevices {
+        serial,
+        i8042,
+        cmos,
+        boot_timer,
+    })
 }

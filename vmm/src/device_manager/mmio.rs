@@ -57,6 +57,8 @@ pub struct MmioDeviceManager {
     alloc: MmioAllocator,
     slots: Vec<MmioSlot>,
     subscribers: Vec<Subscriber>,
+    /// Each slot's transport, for snapshots.
+    transports: Vec<(MmioSlot, Arc<Mutex<VirtioMmio>>)>,
     /// Clones of the ioeventfds, kept for the VM's lifetime.
     ioevents: Vec<EventFd>,
 }
@@ -103,12 +105,10 @@ impl MmioDeviceManager {
                 .map_err(Error::Kvm)?;
             self.ioevents.push(evt);
         }
-        bus.insert(
-            slot.base,
-            slot.size,
-            Arc::new(Mutex::new(VirtioMmio(transport))),
-        )
-        .map_err(Error::Bus)?;
+        let transport = Arc::new(Mutex::new(VirtioMmio(transport)));
+        bus.insert(slot.base, slot.size, transport.clone())
+            .map_err(Error::Bus)?;
+        self.transports.push((slot, transport));
         self.subscribers.push(device);
         self.slots.push(slot);
         Ok(slot)
@@ -120,6 +120,11 @@ impl MmioDeviceManager {
             .iter()
             .map(|s| cmdline_entry(s.base, s.gsi))
             .collect()
+    }
+
+    /// Each slot and its transport, in attach order.
+    pub fn transports(&self) -> Vec<(MmioSlot, Arc<Mutex<VirtioMmio>>)> {
+        self.transports.clone()
     }
 
     /// The devices, for the event loop.

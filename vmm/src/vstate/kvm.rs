@@ -68,6 +68,18 @@ impl KvmContext {
         Ok(KvmContext { kvm })
     }
 
+    /// The MSRs a snapshot saves: KVM_GET_MSR_INDEX_LIST (the MSRs KVM migrates and those it
+    /// emulates); empty, with a warning, where KVM cannot list them.
+    pub fn msrs_to_save(&self) -> Vec<u32> {
+        match self.kvm.get_msr_index_list() {
+            Ok(list) => list.as_slice().to_vec(),
+            Err(e) => {
+                log::warn!("KVM_GET_MSR_INDEX_LIST failed ({e}): snapshots will hold no MSRs");
+                Vec::new()
+            }
+        }
+    }
+
     /// KVM_GET_SUPPORTED_CPUID.
     pub fn supported_cpuid(&self) -> Result<CpuId, Error> {
         self.kvm

@@ -6,10 +6,13 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use kvm_bindings::{
-    kvm_sregs, KVM_INTERNAL_ERROR_EMULATION, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
+    kvm_cpuid_entry2, kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs,
+    kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, Msrs, KVM_INTERNAL_ERROR_EMULATION,
+    KVM_MAX_CPUID_ENTRIES, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
     KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -71,6 +74,71 @@ pub enum Error {
     },
     #[error("Failed to inject #BP for int3")]
     InjectBreakpoint(#[source] kvm_ioctls::Error),
+    #[error("vCPU {0}: cannot complete its last exit before a snapshot")]
+    CompleteExit(u8, #[source] kvm_ioctls::Error),
+    #[error("vCPU {0}: KVM_RUN entered the guest while completing its last exit")]
+    UnexpectedEntry(u8),
+    #[error("vCPU {cpu}: {what} failed")]
+    State {
+        cpu: u8,
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("vCPU {cpu}: KVM took {done} of {total} MSRs (MSR {index:#x} refused)")]
+    SetMsrs {
+        cpu: u8,
+        done: usize,
+        total: usize,
+        index: u32,
+    },
+    #[error("vCPU {0}: bad saved CPUID or MSR table")]
+    Table(u8, #[source] vmm_sys_util::fam::Error),
+}
+
+/// Most MSRs per KVM_GET_MSRS / KVM_SET_MSRS call.
+const MSR_BATCH: usize = 256;
+
+/// Everything KVM holds for one vCPU, as a snapshot saves it.
+#[derive(Serialize, Deserialize)]
+pub struct VcpuSnapshot {
+    pub index: u8,
+    pub cpuid: Vec<kvm_cpuid_entry2>,
+    /// (index, value) of every MSR KVM would save that this vCPU could read.
+    pub msrs: Vec<(u32, u64)>,
+    pub regs: kvm_regs,
+    pub sregs: kvm_sregs,
+    pub xsave: kvm_xsave,
+    pub xcrs: Option<kvm_xcrs>,
+    pub debug_regs: kvm_debugregs,
+    /// Only with an in-kernel irqchip.
+    pub lapic: Option<kvm_lapic_state>,
+    pub mp_state: kvm_mp_state,
+    pub events: kvm_vcpu_events,
+    /// The guest TSC frequency, where KVM reports it.
+    pub tsc_khz: Option<u32>,
+}
+
+impl std::fmt::Debug for VcpuSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VcpuSnapshot")
+            .field("index", &self.index)
+            .field("rip", &format_args!("{:#x}", self.regs.rip))
+            .field("msrs", &self.msrs.len())
+            .field("cpuid", &self.cpuid.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a vCPU needs to know to save itself.
+#[derive(Clone, Debug, Default)]
+pub struct SaveSpec {
+    /// The MSRs to save (KVM_GET_MSR_INDEX_LIST).
+    pub msrs: Arc<[u32]>,
+    /// The VM has an in-kernel irqchip (save the LAPIC).
+    pub lapic: bool,
+    /// KVM has KVM_CAP_XCRS.
+    pub xcrs: bool,
 }
 
 /// Translate a guest virtual address with the guest's own page tables (4-level paging);
@@ -158,6 +226,8 @@ pub struct Vcpu {
     /// Inject #BP when the instruction emulator fails on `int3` (PVM hosts).
     int3_as_breakpoint: bool,
     bp_injections: u64,
+    /// How to save this vCPU for a snapshot.
+    save_spec: SaveSpec,
 }
 
 impl Vcpu {
@@ -185,7 +255,13 @@ impl Vcpu {
             timings,
             int3_as_breakpoint: true,
             bp_injections: 0,
+            save_spec: SaveSpec::default(),
         })
+    }
+
+    /// What [`Vcpu::save_state`] saves when the VM is snapshotted.
+    pub fn set_save_spec(&mut self, spec: SaveSpec) {
+        self.save_spec = spec;
     }
 
     pub fn index(&self) -> u8 {
@@ -369,7 +445,12 @@ impl Vcpu {
                     self.control.report_stats(self.index, nonzero);
                 }
             }
-            if !self.control.vcpu_should_continue() {
+            let control = self.control.clone();
+            let mut save = || {
+                let spec = self.save_spec.clone();
+                self.save_state(&spec)
+            };
+            if !control.vcpu_should_continue_with(Some(&mut save)) {
                 return None;
             }
             if first {
@@ -395,6 +476,156 @@ impl Vcpu {
         if let Some(outcome) = outcome {
             self.control.finish(outcome.map_err(crate::Error::Vcpu));
         }
+    }
+
+    fn state_err(&self, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+        let cpu = self.index;
+        move |source| Error::State { cpu, what, source }
+    }
+
+    /// Save this vCPU (parked, outside KVM_RUN). A KVM_RUN with `immediate_exit` set first
+    /// completes the exit it last took (a port or MMIO read's data, a string I/O's RIP), so
+    /// the saved RIP is past that instruction and a restored guest does not repeat it.
+    pub fn save_state(&mut self, spec: &SaveSpec) -> Result<VcpuSnapshot, Error> {
+        self.fd.set_kvm_immediate_exit(1);
+        let completed = match self.fd.run() {
+            Err(e) if e.errno() == libc::EINTR => Ok(()),
+            Err(e) => Err(Error::CompleteExit(self.index, e)),
+            Ok(_) => Err(Error::UnexpectedEntry(self.index)),
+        };
+        self.fd.set_kvm_immediate_exit(0);
+        completed?;
+        let fd = &self.fd;
+        let cpuid = fd
+            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+            .map_err(self.state_err("KVM_GET_CPUID2"))?
+            .as_slice()
+            .to_vec();
+        let msrs = self.read_msrs(&spec.msrs)?;
+        Ok(VcpuSnapshot {
+            index: self.index,
+            cpuid,
+            msrs,
+            regs: fd.get_regs().map_err(self.state_err("KVM_GET_REGS"))?,
+            sregs: fd.get_sregs().map_err(self.state_err("KVM_GET_SREGS"))?,
+            xsave: fd.get_xsave().map_err(self.state_err("KVM_GET_XSAVE"))?,
+            xcrs: match spec.xcrs {
+                true => Some(fd.get_xcrs().map_err(self.state_err("KVM_GET_XCRS"))?),
+                false => None,
+            },
+            debug_regs: fd
+                .get_debug_regs()
+                .map_err(self.state_err("KVM_GET_DEBUGREGS"))?,
+            lapic: match spec.lapic {
+                true => Some(fd.get_lapic().map_err(self.state_err("KVM_GET_LAPIC"))?),
+                false => None,
+            },
+            mp_state: fd
+                .get_mp_state()
+                .map_err(self.state_err("KVM_GET_MP_STATE"))?,
+            events: fd
+                .get_vcpu_events()
+                .map_err(self.state_err("KVM_GET_VCPU_EVENTS"))?,
+            tsc_khz: fd.get_tsc_khz().ok(),
+        })
+    }
+
+    /// Every MSR of `list` this vCPU can read: KVM_GET_MSRS stops at the first one it
+    /// refuses (an MSR of a feature this vCPU's CPUID lacks); that one is left out.
+    fn read_msrs(&self, list: &[u32]) -> Result<Vec<(u32, u64)>, Error> {
+        let mut out = Vec::with_capacity(list.len());
+        let mut pos = 0;
+        while pos < list.len() {
+            let chunk = &list[pos..(pos + MSR_BATCH).min(list.len())];
+            let entries: Vec<kvm_msr_entry> = chunk
+                .iter()
+                .map(|&index| kvm_msr_entry {
+                    index,
+                    ..Default::default()
+                })
+                .collect();
+            let mut msrs = Msrs::from_entries(&entries).map_err(|e| Error::Table(self.index, e))?;
+            let n = self
+                .fd
+                .get_msrs(&mut msrs)
+                .map_err(self.state_err("KVM_GET_MSRS"))?;
+            out.extend(msrs.as_slice()[..n].iter().map(|e| (e.index, e.data)));
+            pos += n;
+            if n < chunk.len() {
+                // list[pos] was refused: leave it out.
+                pos += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bring this freshly created vCPU to `s` (in the order KVM needs: CPUID before the
+    /// registers and MSRs that depend on it, the LAPIC before the events that may target it,
+    /// MSR_IA32_TSC before the TSC deadline, as KVM lists them).
+    pub fn restore_state(&self, s: &VcpuSnapshot) -> Result<(), Error> {
+        let fd = &self.fd;
+        let cpuid =
+            kvm_bindings::CpuId::from_entries(&s.cpuid).map_err(|e| Error::Table(self.index, e))?;
+        fd.set_cpuid2(&cpuid).map_err(Error::SetCpuid)?;
+        if let Some(khz) = s.tsc_khz {
+            if fd.get_tsc_khz().ok() != Some(khz) {
+                fd.set_tsc_khz(khz)
+                    .map_err(self.state_err("KVM_SET_TSC_KHZ"))?;
+            }
+        }
+        fd.set_mp_state(s.mp_state)
+            .map_err(self.state_err("KVM_SET_MP_STATE"))?;
+        fd.set_regs(&s.regs)
+            .map_err(self.state_err("KVM_SET_REGS"))?;
+        fd.set_sregs(&s.sregs)
+            .map_err(self.state_err("KVM_SET_SREGS"))?;
+        // SAFETY: `s.xsave` is a whole kvm_xsave (4 KiB) as KVM_GET_XSAVE returned it; the
+        // kernel reads no more than that struct.
+        unsafe { fd.set_xsave(&s.xsave) }.map_err(self.state_err("KVM_SET_XSAVE"))?;
+        if let Some(xcrs) = &s.xcrs {
+            fd.set_xcrs(xcrs).map_err(self.state_err("KVM_SET_XCRS"))?;
+        }
+        fd.set_debug_regs(&s.debug_regs)
+            .map_err(self.state_err("KVM_SET_DEBUGREGS"))?;
+        if let Some(lapic) = &s.lapic {
+            fd.set_lapic(lapic)
+                .map_err(self.state_err("KVM_SET_LAPIC"))?;
+        }
+        // Only the MSRs whose saved value differs from this fresh vCPU's: the others are
+        // right already, and some (KVM's async-PF interrupt MSR without an in-kernel LAPIC)
+        // refuse even a write of the value they hold.
+        let indices: Vec<u32> = s.msrs.iter().map(|(i, _)| *i).collect();
+        let present: std::collections::HashMap<u32, u64> =
+            self.read_msrs(&indices)?.into_iter().collect();
+        let changed: Vec<(u32, u64)> = s
+            .msrs
+            .iter()
+            .filter(|(i, v)| present.get(i) != Some(v))
+            .copied()
+            .collect();
+        for chunk in changed.chunks(MSR_BATCH) {
+            let entries: Vec<kvm_msr_entry> = chunk
+                .iter()
+                .map(|&(index, data)| kvm_msr_entry {
+                    index,
+                    data,
+                    ..Default::default()
+                })
+                .collect();
+            let msrs = Msrs::from_entries(&entries).map_err(|e| Error::Table(self.index, e))?;
+            let n = fd.set_msrs(&msrs).map_err(self.state_err("KVM_SET_MSRS"))?;
+            if n != chunk.len() {
+                return Err(Error::SetMsrs {
+                    cpu: self.index,
+                    done: n,
+                    total: chunk.len(),
+                    index: chunk[n].0,
+                });
+            }
+        }
+        fd.set_vcpu_events(&s.events)
+            .map_err(self.state_err("KVM_SET_VCPU_EVENTS"))?;
+        Ok(())
     }
 
     /// How many `int3`s were delivered as #BP.

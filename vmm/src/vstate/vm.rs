@@ -1,8 +1,12 @@
 //! The KVM VM: memory slots, in-kernel irqchip and PIT, TSS/identity-map addresses,
 //! irqfds and ioeventfds.
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{IoEventAddress, VmFd};
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -29,6 +33,26 @@ pub enum Error {
     Irqfd(u32, #[source] kvm_ioctls::Error),
     #[error("KVM_IOEVENTFD failed at {0:#x}")]
     Ioeventfd(u64, #[source] kvm_ioctls::Error),
+    #[error("{0} failed")]
+    State(&'static str, #[source] kvm_ioctls::Error),
+}
+
+/// The VM-wide KVM state a snapshot saves: PIC, IOAPIC, PIT and kvmclock.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct VmSnapshot {
+    pub pic_master: kvm_irqchip,
+    pub pic_slave: kvm_irqchip,
+    pub ioapic: kvm_irqchip,
+    pub pit: kvm_pit_state2,
+    pub clock: kvm_clock_data,
+}
+
+impl std::fmt::Debug for VmSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmSnapshot")
+            .field("clock", &self.clock.clock)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Interrupt controller setup of a VM.
@@ -62,6 +86,53 @@ impl Vm {
             fd.create_pit2(pit).map_err(Error::CreatePit)?;
         }
         Ok(Vm { fd })
+    }
+
+    /// The irqchips, PIT and clock (VM with an in-kernel irqchip, vCPUs paused).
+    pub fn save_state(&self) -> Result<VmSnapshot, Error> {
+        let chip = |id| -> Result<kvm_irqchip, Error> {
+            let mut c = kvm_irqchip {
+                chip_id: id,
+                ..Default::default()
+            };
+            self.fd
+                .get_irqchip(&mut c)
+                .map_err(|e| Error::State("KVM_GET_IRQCHIP", e))?;
+            Ok(c)
+        };
+        let mut clock = self
+            .fd
+            .get_clock()
+            .map_err(|e| Error::State("KVM_GET_CLOCK", e))?;
+        // KVM_SET_CLOCK takes only the clock value (and KVM_CLOCK_REALTIME); the flags
+        // KVM_GET_CLOCK reports (TSC_STABLE, HOST_TSC) would be refused.
+        clock.flags = 0;
+        Ok(VmSnapshot {
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
+            pit: self
+                .fd
+                .get_pit2()
+                .map_err(|e| Error::State("KVM_GET_PIT2", e))?,
+            clock,
+        })
+    }
+
+    /// Put `s` into this VM (created with an in-kernel irqchip, before its vCPUs run).
+    pub fn restore_state(&self, s: &VmSnapshot) -> Result<(), Error> {
+        self.fd
+            .set_pit2(&s.pit)
+            .map_err(|e| Error::State("KVM_SET_PIT2", e))?;
+        self.fd
+            .set_clock(&s.clock)
+            .map_err(|e| Error::State("KVM_SET_CLOCK", e))?;
+        for chip in [&s.pic_master, &s.pic_slave, &s.ioapic] {
+            self.fd
+                .set_irqchip(chip)
+                .map_err(|e| Error::State("KVM_SET_IRQCHIP", e))?;
+        }
+        Ok(())
     }
 
     pub fn fd(&self) -> &VmFd {
