@@ -1,6 +1,8 @@
 # 10-boot: inside the virtual KVM host, `ember vm run` boots the default guest
 # (/var/lib/ember/guest) and the agent reports ready. Sourced by the host's /init after
-# /rig/lib.sh. Sections: kvm-real, boot, no-pvm-refusal.
+# /rig/lib.sh. Sections: kvm-real, boot, no-pvm-refusal, snapshot (the guest saved once its
+# agent is ready), restore (that snapshot started twice, each VM with its own vsock socket,
+# until its agent answers), restore-bad (a corrupted snapshot: one error, exit 1).
 
 section kvm-real sh -c '
     ls -l /dev/kvm || exit 1
@@ -67,3 +69,32 @@ section no-pvm-refusal sh -c '
         echo "ember refused KVM inside the virtual host:"; grep "kvm_pvm" /tmp/boot.log; exit 1
     fi
     echo "no refusal"'
+
+section snapshot sh -c '
+    rm -rf /tmp/snap /tmp/snap-boot.vsock
+    ember vm run --timings --snapshot-on-ready /tmp/snap --vsock /tmp/snap-boot.vsock \
+        --timeout-s 300 --console-file /tmp/snap-console.log
+    rc=$?
+    ls -ls /tmp/snap
+    du -k /tmp/snap/memory | sed "s/^/memory file data KiB: /"
+    echo "snapshot exit=$rc"
+    exit $rc'
+
+section restore sh -c '
+    for i in 1 2; do
+        rm -f /tmp/restore$i.vsock
+        ember vm restore /tmp/snap --vsock /tmp/restore$i.vsock --exit-on-agent --timings \
+            --timeout-s 120 --console-file /tmp/restore$i.log
+        rc=$?
+        echo "restore $i exit=$rc"
+        [ "$rc" -eq 0 ] || exit 1
+    done'
+
+section restore-bad sh -c '
+    rm -rf /tmp/snap-bad && cp -r /tmp/snap /tmp/snap-bad || exit 1
+    printf X | dd of=/tmp/snap-bad/state bs=1 seek=100 conv=notrunc 2>/dev/null
+    ember vm restore /tmp/snap-bad --console-file /tmp/restore-bad.log >/tmp/restore-bad.out 2>&1
+    rc=$?
+    cat /tmp/restore-bad.out
+    echo "corrupt exit=$rc lines=$(wc -l </tmp/restore-bad.out)"
+    rm -rf /tmp/snap-bad'

@@ -260,6 +260,7 @@ fn restore_from_state(
 ) -> Result<Vmm, Error> {
     let fail = |e: RestoreError| Error::Restore(dir.to_path_buf(), e);
     let timings = Arc::new(TimingsRecorder::new(start));
+    timings.set_restored();
     let control = Arc::new(VmControl::new());
     let console = open_console(&cfg.console)?;
     let irqchip = state.vm.is_some();

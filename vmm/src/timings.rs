@@ -38,6 +38,10 @@ pub struct Timings {
     pub init_start: Option<Duration>,
     pub agent_ready: Option<Duration>,
     pub exited: Option<Duration>,
+    /// The VM was restored from a snapshot: `memory_ready` is the memory file mapped,
+    /// `vm_created` every device and vCPU restored, `agent_ready` the agent's first answer.
+    #[serde(default)]
+    pub restored: bool,
 }
 
 impl Timings {
@@ -56,6 +60,16 @@ impl Timings {
 
     /// (name, time since start) of each phase, in boot order.
     pub fn phases(&self) -> Vec<(&'static str, Option<Duration>)> {
+        if self.restored {
+            return vec![
+                ("snapshot memory mapped", self.memory_ready),
+                ("devices + vCPUs restored", self.vm_created),
+                ("first KVM_RUN", self.first_kvm_run),
+                ("first console output", self.first_output),
+                ("agent answered (ping over vsock)", self.agent_ready),
+                ("VM exited", self.exited),
+            ];
+        }
         vec![
             ("KVM VM + guest memory ready", self.memory_ready),
             ("kernel + initrd loaded", self.kernel_loaded),
@@ -164,6 +178,14 @@ impl TimingsRecorder {
             *slot = Some(at.saturating_duration_since(self.start));
             self.cond.notify_all();
         }
+    }
+
+    /// Label the phases as those of a restore.
+    pub fn set_restored(&self) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .restored = true;
     }
 
     pub fn get(&self) -> Timings {

@@ -36,3 +36,42 @@ fn no_pvm_refusal_inside_the_virtual_host() {
     );
     assert!(s.output.contains("no refusal"), "output: {}", s.output);
 }
+
+#[test]
+fn a_guest_snapshot_at_agent_ready_is_written() {
+    let Some(s) = passed("snapshot") else { return };
+    assert!(s.output.contains("snapshot exit=0"), "{}", s.output);
+    assert!(
+        s.output.contains("ember: snapshot /tmp/snap: state "),
+        "{}",
+        s.output
+    );
+    assert!(
+        s.output.contains("memory") && s.output.contains("state"),
+        "{}",
+        s.output
+    );
+}
+
+#[test]
+fn a_snapshot_restores_twice_and_each_agent_answers() {
+    let Some(s) = passed("restore") else { return };
+    for i in 1..=2 {
+        assert!(
+            s.output.contains(&format!("restore {i} exit=0")),
+            "{}",
+            s.output
+        );
+    }
+    // The restore's own phase table: the agent answered after the vCPUs first ran.
+    assert!(s.output.contains("agent answered"), "{}", s.output);
+}
+
+#[test]
+fn a_corrupted_snapshot_is_one_error_and_exit_1() {
+    let Some(s) = passed("restore-bad") else {
+        return;
+    };
+    assert!(s.output.contains("corrupt exit=1 lines=1"), "{}", s.output);
+    assert!(s.output.contains("checksum"), "{}", s.output);
+}
