@@ -13,7 +13,7 @@
 use crate::protocol::{
     self, AgentError, AgentStats, ContainerSpec, ErrorKind, ExitStatus, FrameError, Hello,
     PingInfo, ProcessInfo, ProcessSpec, Request, RequestFrame, Response, ResponseFrame,
-    StdioStream, PROTOCOL_VERSION,
+    RestoredInfo, StdioStream, PROTOCOL_VERSION,
 };
 use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -248,13 +248,33 @@ impl<S: Read + Write> AgentClient<S> {
         )
     }
 
-    /// Asks the agent to kill everything and reboot the guest. The agent answers before it
-    /// goes down; the connection then closes.
+    /// Tells the agent its guest was restored from a snapshot: it credits `entropy` (32 to
+    /// 4096 bytes) to the kernel and reseeds its CRNG, sets the wall clock to `realtime_ns`
+    /// (ns since the Unix epoch) and the hostname, then reads the guest's (new) boot id. A
+    /// host-run agent only checks the arguments (boot id: the host's; step: 0).
+    pub fn restored(
+        &mut self,
+        realtime_ns: u64,
+        entropy: Vec<u8>,
+        hostname: String,
+    ) -> Result<RestoredInfo, ClientError> {
+        match self.call(Request::Restored {
+            realtime_ns,
+            entropy,
+            hostname,
+        })? {
+            Response::Restored(info) => Ok(info),
+            other => Err(unexpected("Restored", other)),
+        }
+    }
+
     /// Flush the guest's page cache to its disks.
     pub fn sync(&mut self) -> Result<(), ClientError> {
         self.call_done("Sync", Request::Sync)
     }
 
+    /// Asks the agent to kill everything and reboot the guest. The agent answers before it
+    /// goes down; the connection then closes.
     pub fn shutdown(&mut self) -> Result<(), ClientError> {
         self.call_done("Shutdown", Request::Shutdown)
     }
@@ -447,6 +467,43 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn restored_sends_its_arguments_and_returns_the_info() {
+        let info = RestoredInfo {
+            boot_id: "b0".into(),
+            clock_step_ms: 42,
+        };
+        let s = with_responses(&[
+            ResponseFrame {
+                id: 1,
+                result: Ok(Response::Restored(info.clone())),
+            },
+            ResponseFrame {
+                id: 2,
+                result: Ok(Response::Done),
+            },
+        ]);
+        let mut c = AgentClient::new(s);
+        assert_eq!(c.restored(7, vec![1; 32], "pod".into()).unwrap(), info);
+        assert!(matches!(
+            c.restored(7, vec![1; 32], "pod".into()),
+            Err(ClientError::Unexpected {
+                request: "Restored",
+                ..
+            })
+        ));
+        let s = c.into_inner();
+        let sent: RequestFrame = protocol::recv(&mut Cursor::new(s.output)).unwrap();
+        assert_eq!(
+            sent.request,
+            Request::Restored {
+                realtime_ns: 7,
+                entropy: vec![1; 32],
+                hostname: "pod".into()
+            }
+        );
     }
 
     #[test]

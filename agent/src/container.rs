@@ -101,7 +101,7 @@ impl Error {
     }
 }
 
-/// Where the agent keeps container state.
+/// Where the agent keeps container state, and whether it is a guest's.
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
     /// Bundles live in `<state_dir>/containers/<id>` (rootfs mounted at `.../rootfs`).
@@ -111,6 +111,11 @@ pub struct AgentOptions {
     /// Switch container roots by moving the mount instead of `pivot_root` (runc's
     /// `--no-pivot`; `pivot_root` already falls back to it where it cannot work).
     pub no_pivot: bool,
+    /// The agent is the guest's real PID 1 (in the initial pid namespace), so it may change
+    /// what is the whole machine's: the clock, the hostname, the kernel's entropy
+    /// ([`crate::protocol::Request::Restored`]). False for an agent on a host (tests), PID 1
+    /// of a pid namespace included.
+    pub guest: bool,
 }
 
 struct Process {
@@ -211,6 +216,11 @@ impl Agent {
 
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// Whether this is a guest's agent (see [`AgentOptions::guest`]).
+    pub fn is_guest(&self) -> bool {
+        self.opts.guest
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<Container>>> {

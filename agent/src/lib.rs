@@ -6,6 +6,7 @@
 //! - [`server`] answers requests with the containers of [`container`], started through
 //!   [`spawn`] and the re-exec'd [`helper`]; [`reaper`] collects exit statuses.
 //! - [`init`]: PID 1 duties; [`config`]: flags and kernel cmdline; [`transport`]: sockets.
+//! - [`restore`]: making a guest restored from a snapshot its own (entropy, clock, hostname).
 
 pub mod caps;
 pub mod cgroup;
@@ -20,6 +21,7 @@ pub mod netif;
 pub mod netlink;
 pub mod protocol;
 pub mod reaper;
+pub mod restore;
 pub mod server;
 pub mod spawn;
 pub mod stdio;
@@ -73,7 +75,8 @@ pub enum Error {
 /// Runs the agent with `args` (without argv[0]). Returns only on a startup error.
 pub fn run(args: &[String]) -> Result<(), Error> {
     let pid1 = std::process::id() == 1;
-    // The boot timer is a raw physical-memory write: only in a real guest's PID 1.
+    // Only in a real guest's PID 1: the boot timer (a raw physical-memory write) and what
+    // `Restored` changes of the whole machine (clock, hostname, kernel entropy).
     let mut guest = false;
     if pid1 {
         init::ensure_console();
@@ -135,6 +138,7 @@ pub fn run(args: &[String]) -> Result<(), Error> {
             state_dir: cfg.state_dir.clone(),
             cgroup_root,
             no_pivot: cfg.no_pivot,
+            guest,
         },
         reaper,
     ));

@@ -230,6 +230,25 @@ pub enum Request {
         #[serde(default)]
         routes: Vec<NetRoute>,
     },
+    /// Tells the agent of a guest restored from a snapshot (a template: same CRNG state,
+    /// stale clock, same hostname and, were it already read, boot id) that it was restored,
+    /// and makes the guest its own, in this order: credits `entropy` (32 to 4096 bytes of
+    /// host randomness) to the kernel's pool and reseeds its CRNG, sets CLOCK_REALTIME to
+    /// `realtime_ns`, sets `hostname` (1-64 of `[A-Za-z0-9.-]`, not starting with `-` or
+    /// `.`), then reads the boot id, which the kernel makes at its first read (the agent never
+    /// reads it before). Every argument is checked before anything changes; a bad one is
+    /// [`ErrorKind::BadRequest`]. An agent that is not the guest's PID 1 (a host-run agent)
+    /// checks the arguments the same way but touches nothing of its host (no clock, no
+    /// hostname, no entropy): it answers with the host's boot id and a clock step of 0.
+    /// Answers [`Response::Restored`].
+    Restored {
+        /// Wall-clock time to set, ns since the Unix epoch.
+        realtime_ns: u64,
+        /// Bytes credited to the kernel's entropy pool (all their bits).
+        entropy: Vec<u8>,
+        /// The guest's new hostname.
+        hostname: String,
+    },
 }
 
 /// A guest interface for [`Request::ConfigureNetwork`].
@@ -275,6 +294,8 @@ pub enum Response {
     Exit(ExitStatus),
     Processes(Vec<ProcessInfo>),
     Stats(AgentStats),
+    /// Answer to [`Request::Restored`].
+    Restored(RestoredInfo),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -282,6 +303,17 @@ pub struct PingInfo {
     pub version: u32,
     pub agent_version: String,
     pub uptime_ms: u64,
+}
+
+/// What a restored guest became ([`Request::Restored`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoredInfo {
+    /// `/proc/sys/kernel/random/boot_id`, read after the reseed: each restored guest's own
+    /// (the host's, from a host-run agent).
+    pub boot_id: String,
+    /// How far the wall clock was moved, in ms (new - old; negative when set back; 0 from a
+    /// host-run agent).
+    pub clock_step_ms: i64,
 }
 
 /// How a process ended.
@@ -751,5 +783,50 @@ mod tests {
             let got: ResponseFrame = recv(&mut cur).unwrap();
             assert_eq!(&got, f);
         }
+    }
+
+    #[test]
+    fn restored_roundtrip() {
+        let req = RequestFrame {
+            version: PROTOCOL_VERSION,
+            id: 3,
+            request: Request::Restored {
+                realtime_ns: 1_790_000_000_123_456_789,
+                entropy: (0..=255).collect(),
+                hostname: "pod-1".into(),
+            },
+        };
+        let resp = ResponseFrame {
+            id: 3,
+            result: Ok(Response::Restored(RestoredInfo {
+                boot_id: "4e1f2c3a-0b5d-4c6e-8f70-123456789abc".into(),
+                clock_step_ms: -1500,
+            })),
+        };
+        let mut buf = Vec::new();
+        send(&mut buf, &req).unwrap();
+        send(&mut buf, &resp).unwrap();
+        let mut cur = Cursor::new(buf);
+        assert_eq!(recv::<_, RequestFrame>(&mut cur).unwrap(), req);
+        assert_eq!(recv::<_, ResponseFrame>(&mut cur).unwrap(), resp);
+        // The wire shape, as other clients write it.
+        let json = r#"{"version":1,"id":4,"request":{"Restored":{"realtime_ns":5,"entropy":[1,2],"hostname":"h"}}}"#;
+        let got: RequestFrame = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            got.request,
+            Request::Restored {
+                realtime_ns: 5,
+                entropy: vec![1, 2],
+                hostname: "h".into()
+            }
+        );
+        // The largest request accepted fits a frame with room to spare.
+        let big = serde_json::to_vec(&Request::Restored {
+            realtime_ns: u64::MAX,
+            entropy: vec![255; 4096],
+            hostname: "a".repeat(64),
+        })
+        .unwrap();
+        assert!(big.len() < MAX_FRAME_SIZE / 16, "{}", big.len());
     }
 }

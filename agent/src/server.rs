@@ -228,6 +228,13 @@ pub fn dispatch(agent: &Agent, request: Request) -> Result<Response, AgentError>
                 .map(|_| Response::Done)
                 .map_err(|e| AgentError::new(e.kind(), crate::error_chain(&e)))
         }
+        Request::Restored {
+            realtime_ns,
+            entropy,
+            hostname,
+        } => crate::restore::make_guest_own(realtime_ns, &entropy, &hostname, agent.is_guest())
+            .map(Response::Restored)
+            .map_err(|e| AgentError::new(e.kind(), crate::error_chain(&e))),
         Request::AttachStdio { .. } | Request::Shutdown => Err(AgentError::new(
             ErrorKind::BadRequest,
             "Request needs its own connection",

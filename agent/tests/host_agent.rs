@@ -308,6 +308,71 @@ fn oversize_frame_refused_without_crash() {
     assert_eq!(t.client().ping().unwrap().version, PROTOCOL_VERSION);
 }
 
+/// A host-run agent answers `Restored` without touching its host: the host's boot id, no
+/// clock step, the hostname as it was. Bad arguments get one BadRequest each, naming the
+/// problem, and the connection keeps serving.
+#[test]
+fn restored_on_a_host_agent_checks_arguments_and_touches_nothing() {
+    let mut t = TestAgent::start();
+    let mut c = t.client();
+    let hostname = nix::unistd::gethostname().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    // A day ahead: a guest would step its clock; the host's must stay.
+    let ahead = (now + Duration::from_secs(86_400)).as_nanos() as u64;
+    let info = c
+        .restored(ahead, vec![0x5a; 64], "restored-pod.test".into())
+        .unwrap();
+    assert!(!info.boot_id.is_empty());
+    assert_eq!(
+        info.boot_id,
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .unwrap()
+            .trim()
+    );
+    assert_eq!(info.clock_step_ms, 0);
+    assert_eq!(nix::unistd::gethostname().unwrap(), hostname);
+    let after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    assert!(
+        after < now + Duration::from_secs(3600),
+        "the host clock moved"
+    );
+
+    let bad: [(Vec<u8>, &str, &str); 6] = [
+        (vec![1; 31], "pod", "31 bytes"),
+        (vec![1; 4097], "pod", "4097 bytes"),
+        (vec![], "pod", "0 bytes"),
+        (vec![1; 32], "", "hostname"),
+        (vec![1; 32], "-pod", "hostname"),
+        (vec![1; 32], "pod_1", "hostname"),
+    ];
+    for (entropy, name, says) in bad {
+        match c.restored(ahead, entropy, name.into()) {
+            Err(ClientError::Agent(e)) => {
+                assert_eq!(e.kind, ErrorKind::BadRequest, "{e}");
+                assert!(e.message.contains(says), "{says:?} not in {:?}", e.message);
+            }
+            other => panic!("expected a BadRequest for {name:?}, got {other:?}"),
+        }
+    }
+    let long = "a".repeat(65);
+    assert_eq!(
+        kind(c.restored(ahead, vec![1; 32], long)),
+        ErrorKind::BadRequest
+    );
+    assert_eq!(
+        kind(c.restored(u64::MAX, vec![1; 32], "pod".into())),
+        ErrorKind::BadRequest
+    );
+    // One answer per request: the same connection is still in step.
+    assert_eq!(c.ping().unwrap().version, PROTOCOL_VERSION);
+    assert_eq!(nix::unistd::gethostname().unwrap(), hostname);
+    assert!(t.alive());
+}
+
 #[test]
 fn requests_on_missing_containers_are_rejected() {
     let mut t = TestAgent::start();
