@@ -12,6 +12,8 @@ pub const AGENT_CALL: Duration = Duration::from_secs(60);
 pub const AGENT_SHORT_CALL: Duration = Duration::from_secs(5);
 /// One request/answer with a pod's VMM process on its control socket.
 pub const POD_CONTROL: Duration = Duration::from_secs(10);
+/// A pod process writing a snapshot of its VM (guest memory goes to a file).
+pub const SNAPSHOT: Duration = Duration::from_secs(120);
 /// A liveness probe of a pod's VMM process (`status`, `list`).
 pub const POD_PING: Duration = Duration::from_secs(2);
 /// A graceful guest shutdown (`"shutdown": "graceful"`), before the VM is stopped hard.

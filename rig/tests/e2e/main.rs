@@ -13,6 +13,7 @@ mod boot;
 mod devices;
 mod oci;
 mod pods;
+mod templates;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -26,6 +26,7 @@ pub mod id;
 mod placement;
 mod pod;
 mod stdio;
+mod template;
 
 pub use crate::config;
 pub use crate::{agent_link, hooks};
@@ -36,6 +37,7 @@ pub use config::{ContainerConfig, DiskConfig, Hook, Hooks, HostMount, PodConfig,
 pub use container::{ContainerInfo, ExecOutput};
 pub use pod::PodInfo;
 pub use stdio::{Relays, Stdio};
+pub use template::TemplateInfo;
 
 use crate::state::{self, LockKind, PodLock, PodRecord, TransitionError};
 use std::path::{Path, PathBuf};
@@ -93,6 +95,16 @@ pub enum Error {
     ContainerRunning(String),
     #[error("Invalid config: {0}")]
     Config(String),
+    #[error("Template {0} does not exist")]
+    TemplateNotFound(String),
+    #[error("Template {0} already exists")]
+    TemplateExists(String),
+    #[error("Pod {pod} cannot start from template {template}: {why}")]
+    TemplateMismatch {
+        pod: String,
+        template: String,
+        why: String,
+    },
     #[error("Pod state")]
     State(#[source] state::Error),
     #[error("Pod lock")]

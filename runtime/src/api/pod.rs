@@ -334,9 +334,23 @@ impl Runtime {
                 )));
             }
         }
+        rec.restore_from = match &rec.config.template {
+            Some(name) => Some(self.template_snapshot(pod, name, &rec.config)?),
+            None => None,
+        };
         // Disks: the pod's own, then one per container rootfs image.
         let t = Instant::now();
         rec.disks = self.plan_disks(&dir, &rec)?;
+        if rec.restore_from.is_some() && !rec.disks.is_empty() {
+            return Err(Error::TemplateMismatch {
+                pod: pod.to_string(),
+                template: rec.config.template.clone().unwrap_or_default(),
+                why: format!(
+                    "its containers need {} rootfs disks at boot (a template has none; use disk slots or shared rootfs)",
+                    rec.disks.len()
+                ),
+            });
+        }
         rec.slots = (0..usize::from(rec.config.disk_slots))
             .map(|i| {
                 let guest_device = guest_device(rec.disks.len() + i)

@@ -8,6 +8,7 @@ pub mod container;
 pub mod oci;
 mod output;
 pub mod pod;
+pub mod template;
 pub mod vm;
 
 use std::path::PathBuf;
@@ -33,6 +34,9 @@ pub enum Command {
     /// Containers in a pod: create, start, stop, delete, exec, status, kill, ps.
     #[command(subcommand)]
     Container(container::ContainerCommand),
+    /// Template pods: snapshots of a booted pod that pods start from instead of booting.
+    #[command(subcommand)]
+    Template(template::TemplateCommand),
     /// runc-compatible OCI runtime commands (create, start, state, kill, delete, ...).
     #[command(flatten)]
     Oci(oci::OciCommand),
@@ -84,6 +88,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Vm(cmd) => vm::run(cmd),
         Command::Pod(cmd) => pod::run(&cli.global, cmd),
         Command::Container(cmd) => container::run(&cli.global, cmd),
+        Command::Template(cmd) => template::run(&cli.global, cmd),
         Command::Oci(cmd) => oci::run(&cli.global, cmd),
     }
 }

@@ -104,6 +104,11 @@ pub struct PodConfig {
     /// The engine's network the pod joins (its VM gets the namespace's interface).
     #[serde(default)]
     pub network: Option<NetworkConfig>,
+    /// Start the pod's VM from this template (`ember template create`) instead of booting
+    /// it: the pod must fit the template (same kernel, initrd, command line, memory, vCPUs
+    /// and disk slots, no disks of its own).
+    #[serde(default)]
+    pub template: Option<String>,
 }
 
 /// A network namespace made by the engine (podman's CNI/netavark, containerd's CRI): the pod
@@ -195,6 +200,7 @@ impl Default for PodConfig {
             machine: Machine::default(),
             log: LogConfig::default(),
             network: None,
+            template: None,
         }
     }
 }

@@ -67,6 +67,10 @@ pub trait ControlTarget: Send + Sync {
     fn remove_share(&self, _name: &str) -> Result<(), String> {
         Err("this pod has no shared filesystem".into())
     }
+    /// Snapshot the VM into the new directory `dir`.
+    fn snapshot(&self, _dir: &Path) -> Result<vmm::SnapshotInfo, String> {
+        Err("this pod has no VM to snapshot".into())
+    }
 }
 
 /// Send one request and wait for its answer; a [`Response::Error`] becomes
@@ -128,6 +132,12 @@ fn answer(req: &Request, target: &dyn ControlTarget) -> Response {
             read_only,
         } => done(target.add_share(name, path, *read_only)),
         Request::RemoveShare { name } => done(target.remove_share(name)),
+        Request::Snapshot { dir } if !dir.is_absolute() => {
+            Response::Error(format!("snapshot path {} is not absolute", dir.display()))
+        }
+        Request::Snapshot { dir } => target
+            .snapshot(dir)
+            .map_or_else(Response::Error, Response::Snapshotted),
     }
 }
 

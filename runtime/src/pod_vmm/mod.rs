@@ -101,6 +101,8 @@ pub enum Error {
         #[source]
         source: crate::agent_link::Error,
     },
+    #[error("Cannot read host entropy for the restored guest")]
+    Entropy(#[source] std::io::Error),
 }
 
 /// A started VMM process and the phases it reported.
@@ -337,6 +339,58 @@ fn configure_guest_network(dir: &Path, net: &vm::GuestNetwork) -> Result<(), Err
         .map_err(|e| call(crate::agent_link::Error::Client(e)))
 }
 
+/// A guest restored from a template is a copy of it: the agent sets the clock, reseeds the
+/// kernel's random generator with fresh host entropy (before anything reads the boot id,
+/// which the kernel makes from it at first read) and takes the pod's hostname.
+fn make_restored_guest_its_own(dir: &Path, pod: &str) -> Result<(), Error> {
+    let call = |source| Error::Agent {
+        call: "Restored",
+        source,
+    };
+    let mut entropy = vec![0u8; RESTORE_ENTROPY_BYTES];
+    devices::virtio::rng::host_random(&mut entropy).map_err(Error::Entropy)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut client =
+        crate::agent_link::connect(dir, Some(crate::agent_link::CALL_TIMEOUT)).map_err(call)?;
+    let info = client
+        .restored(now.as_nanos() as u64, entropy, guest_hostname(pod))
+        .map_err(|e| call(crate::agent_link::Error::Client(e)))?;
+    log::info!(
+        "restored guest made its own: clock stepped {} ms, boot id {}",
+        info.clock_step_ms,
+        info.boot_id
+    );
+    Ok(())
+}
+
+/// Host entropy given to a restored guest.
+const RESTORE_ENTROPY_BYTES: usize = 64;
+
+/// The pod id as a hostname (at most 64 of its characters, each a letter, digit, `-` or
+/// `.`; others become `-`).
+fn guest_hostname(pod: &str) -> String {
+    let mut h: String = pod
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    while h.starts_with(['-', '.']) {
+        h.remove(0);
+    }
+    if h.is_empty() {
+        h.push_str("ember");
+    }
+    h
+}
+
 /// The body of `ember pod __vmm`: boot the pod's VM and serve it until it ends.
 pub fn serve(dir: &Path) -> Result<(), Error> {
     let t0 = Instant::now();
@@ -390,18 +444,40 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
     };
     notify.phase("vm_boot_call", t);
 
-    // The guest announces readiness by connecting to vsock port 1025 on the host.
+    // A booted guest announces readiness by connecting to vsock port 1025 on the host; a
+    // restored one announced before its snapshot was taken: it is ready when it answers.
     let atx = tx.clone();
-    crate::logging::spawn("announce", move || loop {
-        match agent::client::accept_hello(&announce) {
-            Ok(hello) => {
-                let _ = atx.send(Event::Ready(hello.agent_version));
-                return;
+    let restored = rec.restore_from.is_some() && matches!(machine, Machine::Vm(_));
+    if restored {
+        let dir = dir.to_path_buf();
+        let limit = Duration::from_secs(rec.config.start_timeout_secs);
+        crate::logging::spawn("ready-ping", move || {
+            let deadline = Instant::now() + limit;
+            while Instant::now() < deadline {
+                let ping =
+                    crate::agent_link::connect(&dir, Some(crate::timeouts::AGENT_SHORT_CALL))
+                        .ok()
+                        .and_then(|mut c| c.ping().ok());
+                if let Some(p) = ping {
+                    let _ = atx.send(Event::Ready(p.agent_version));
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(2));
             }
-            Err(e) => log::warn!("Bad agent announcement: {}", crate::error::report(&e)),
-        }
-    })
-    .map_err(Error::Thread)?;
+        })
+        .map_err(Error::Thread)?;
+    } else {
+        crate::logging::spawn("announce", move || loop {
+            match agent::client::accept_hello(&announce) {
+                Ok(hello) => {
+                    let _ = atx.send(Event::Ready(hello.agent_version));
+                    return;
+                }
+                Err(e) => log::warn!("Bad agent announcement: {}", crate::error::report(&e)),
+            }
+        })
+        .map_err(Error::Thread)?;
+    }
 
     let timeout = Duration::from_secs(rec.config.start_timeout_secs);
     match rx.recv_timeout(timeout) {
@@ -432,6 +508,14 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
                 },
             });
         }
+    }
+    if restored {
+        let t = Instant::now();
+        if let Err(e) = make_restored_guest_its_own(dir, &rec.id) {
+            machine.stop();
+            return Err(e);
+        }
+        notify.phase("guest_made_its_own", t);
     }
     if let Some(net) = machine.network() {
         let t = Instant::now();

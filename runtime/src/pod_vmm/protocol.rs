@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// Version of this protocol, carried in every message.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// One message on the control socket or the notify pipe.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -58,6 +58,9 @@ pub enum Request {
     },
     /// Withdraw virtio-fs share `name`.
     RemoveShare { name: String },
+    /// Save a snapshot of the VM into the new directory `dir` (absolute); the VM runs on.
+    /// Answers [`Response::Snapshotted`].
+    Snapshot { dir: PathBuf },
 }
 
 /// The pod process's answer.
@@ -70,6 +73,8 @@ pub enum Response {
     },
     /// The request was refused or failed; the pod goes on.
     Error(String),
+    /// What a snapshot wrote.
+    Snapshotted(vmm::SnapshotInfo),
 }
 
 /// What a starting pod process reports to its starter on the notify pipe.

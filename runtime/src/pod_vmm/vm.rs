@@ -128,6 +128,7 @@ impl Vm {
     ) -> Result<Vm, Error> {
         let mut cfg = vm_config(rec, dir);
         let netns = rec.config.network.as_ref().map(|n| n.netns.clone());
+        let restore_from = rec.restore_from.clone();
         let (htx, hrx) = mpsc::channel();
         // The VMM is built and run on one thread, which joins the engine's network namespace
         // first (its TAP is opened there); only the handle crosses threads.
@@ -141,7 +142,11 @@ impl Vm {
                 None => None,
             };
             let (iface, network) = joined.map_or((None, None), |(i, g)| (Some(i), Some(g)));
-            let vmm = match vmm::Vmm::with_start(cfg, t0) {
+            let built = match &restore_from {
+                Some(snapshot) => vmm::builder::restore_vmm(snapshot, &cfg, t0),
+                None => vmm::Vmm::with_start(cfg, t0),
+            };
+            let vmm = match built {
                 Ok(v) => v,
                 Err(e) => {
                     if let Some(i) = &iface {
@@ -182,6 +187,16 @@ impl Vm {
     /// The VMM's boot phases so far, (name, ms since t0).
     pub fn timings(&self) -> Vec<(String, f64)> {
         let t = self.handle.timings();
+        if t.restored {
+            return [
+                ("memory_mapped", t.memory_ready),
+                ("restored", t.vm_created),
+                ("first_kvm_run", t.first_kvm_run),
+            ]
+            .into_iter()
+            .filter_map(|(n, d)| d.map(|d| (n.to_string(), d.as_secs_f64() * 1e3)))
+            .collect();
+        }
         [
             ("vm_created", t.vm_created),
             ("first_kvm_run", t.first_kvm_run),
@@ -249,6 +264,12 @@ impl super::control::ControlTarget for Target {
     fn remove_share(&self, name: &str) -> Result<(), String> {
         self.handle
             .remove_share(name)
+            .map_err(|e| crate::error::report(&e))
+    }
+
+    fn snapshot(&self, dir: &Path) -> Result<vmm::SnapshotInfo, String> {
+        self.handle
+            .snapshot(dir)
             .map_err(|e| crate::error::report(&e))
     }
 

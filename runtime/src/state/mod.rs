@@ -15,6 +15,7 @@
 
 pub mod lock;
 mod machine;
+pub mod template;
 
 pub use lock::{LockKind, PodLock};
 pub use machine::{State, TransitionError};
@@ -155,6 +156,10 @@ pub struct PodRecord {
     /// Why the pod stopped, when it did not stop on request (e.g. its VMM process died).
     #[serde(default)]
     pub stop_reason: Option<String>,
+    /// The snapshot the pod's VM starts from at its next start (its config's template, when
+    /// the pod fits it), instead of booting.
+    #[serde(default)]
+    pub restore_from: Option<PathBuf>,
 }
 
 impl PodRecord {
@@ -171,6 +176,7 @@ impl PodRecord {
             containers: BTreeMap::new(),
             timings: Vec::new(),
             stop_reason: None,
+            restore_from: None,
         }
     }
 
