@@ -1,10 +1,11 @@
 //! Configuring the guest's network ([`Request::ConfigureNetwork`]): the runtime tells the
 //! agent what the container's interfaces on the host have (MAC, name, MTU, addresses) and its
 //! routes; the VMM gave each virtio-net device that MAC already. The agent finds each link by
-//! its MAC, renames it (while down), sets its MTU, adds its addresses, brings it up, and adds
-//! the routes once every interface is up — routes without a gateway first, so the gateways
-//! of the others are reachable. Addresses and routes already there are no error: a retried
-//! request succeeds.
+//! its MAC, gives it its new MAC if the request has one (a guest restored from a template
+//! has the template's NIC; the link is then found by either MAC), renames it (both while
+//! down), sets its MTU, adds its addresses, brings it up, and adds the routes once every
+//! interface is up — routes without a gateway first, so the gateways of the others are
+//! reachable. Addresses and routes already there are no error: a retried request succeeds.
 //!
 //! Synchronous rtnetlink on the agent's own socket (PID 1 has no async runtime).
 //!
@@ -108,7 +109,29 @@ use crate::netlink::valid_ifname as valid_name;
 struct Iface<'a> {
     req: &'a NetInterface,
     mac: [u8; 6],
+    new_mac: Option<[u8; 6]>,
     addresses: Vec<(IpAddr, u8)>,
+}
+
+impl Iface<'_> {
+    /// The MAC the link has once configured.
+    fn final_mac(&self) -> [u8; 6] {
+        self.new_mac.unwrap_or(self.mac)
+    }
+
+    /// Whether a link with MAC `m` is this one's (before or after its MAC changes).
+    fn owns(&self, m: [u8; 6]) -> bool {
+        self.mac == m || self.new_mac == Some(m)
+    }
+}
+
+/// A MAC a link can take: unicast and not all zeros (what the kernel accepts).
+fn parse_link_mac(s: &str) -> Result<[u8; 6], Error> {
+    let mac = parse_mac(s)?;
+    if mac[0] & 1 != 0 || mac == [0; 6] {
+        return Err(Error::Mac(s.to_string()));
+    }
+    Ok(mac)
 }
 
 /// A route request, checked.
@@ -204,6 +227,7 @@ pub fn configure(interfaces: &[NetInterface], routes: &[NetRoute]) -> Result<(),
         ifaces.push(Iface {
             req,
             mac: parse_mac(&req.mac)?,
+            new_mac: req.new_mac.as_deref().map(parse_link_mac).transpose()?,
             addresses,
         });
     }
@@ -300,6 +324,15 @@ fn set_up(nl: &mut Netlink, link: &mut Link, up: bool) -> Result<(), Error> {
     Ok(())
 }
 
+fn set_mac(nl: &mut Netlink, link: &mut Link, mac: [u8; 6]) -> Result<(), Error> {
+    set_up(nl, link, false)?;
+    set_link(nl, link.index, &link.name, "RTM_SETLINK (MAC)", |m| {
+        m.attributes.push(LinkAttribute::Address(mac.to_vec()))
+    })?;
+    link.mac = Some(mac);
+    Ok(())
+}
+
 fn rename(nl: &mut Netlink, link: &mut Link, name: &str) -> Result<(), Error> {
     set_up(nl, link, false)?;
     set_link(nl, link.index, &link.name, "RTM_SETLINK (rename)", |m| {
@@ -316,17 +349,32 @@ fn configure_interface(
     all: &[Iface],
 ) -> Result<(), Error> {
     let name = &iface.req.name;
-    let mac = mac_string(&iface.mac);
+    // By `mac`, or (a repeated request) by the new MAC it already got.
     let pos = links
         .iter()
         .position(|l| l.mac == Some(iface.mac))
-        .ok_or_else(|| Error::NoLink(mac.clone()))?;
+        .or_else(|| {
+            let new = iface.new_mac?;
+            links.iter().position(|l| l.mac == Some(new))
+        })
+        .ok_or_else(|| {
+            Error::NoLink(match iface.new_mac {
+                Some(new) => format!("{} or {}", mac_string(&iface.mac), mac_string(&new)),
+                None => mac_string(&iface.mac),
+            })
+        })?;
+    if let Some(new) = iface.new_mac {
+        if links[pos].mac != Some(new) {
+            set_mac(nl, &mut links[pos], new)?;
+        }
+    }
+    let mac = mac_string(&iface.final_mac());
     if links[pos].name != *name {
         if let Some(other) = links.iter().position(|l| l.name == *name) {
             // Taken by a link that gets another name in this request: move it aside first.
             let moves = links[other]
                 .mac
-                .is_some_and(|m| all.iter().any(|i| i.mac == m && i.req.name != *name));
+                .is_some_and(|m| all.iter().any(|i| i.owns(m) && i.req.name != *name));
             if !moves {
                 return Err(Error::NameTaken {
                     mac,
@@ -535,8 +583,22 @@ mod tests {
             name: "eth0".into(),
             mtu: 1500,
             addresses: vec!["10.0.0.2".into()],
+            new_mac: None,
         };
         assert!(matches!(configure(&[iface], &[]), Err(Error::Address(_))));
+        // A new MAC must parse and be one a link can take (unicast, not zero).
+        for bad in [
+            "02:00:00:00:00",
+            "02-00-00-00-00-02",
+            "01:00:5e:00:00:01",
+            "00:00:00:00:00:00",
+        ] {
+            let mut i = self::tests::iface("02:00:00:00:00:01", "eth0", 1500, &[]);
+            i.new_mac = Some(bad.into());
+            let err = configure(&[i], &[]).unwrap_err();
+            assert_eq!(err.to_string(), format!("Invalid MAC address {bad:?}"));
+            assert_eq!(err.kind(), ErrorKind::BadRequest);
+        }
     }
 
     #[test]
@@ -549,8 +611,14 @@ mod tests {
         };
         assert!(routes.is_empty());
         assert!(interfaces[0].addresses.is_empty());
+        assert_eq!(interfaces[0].new_mac, None);
+        let mut with_new_mac = iface("02:00:0a:58:00:02", "eth0", 1400, &["10.88.0.2/16"]);
+        with_new_mac.new_mac = Some("02:00:0a:58:00:09".into());
         let full = Request::ConfigureNetwork {
-            interfaces: vec![iface("02:00:0a:58:00:02", "eth0", 1400, &["10.88.0.2/16"])],
+            interfaces: vec![
+                iface("02:00:0a:58:00:02", "eth0", 1400, &["10.88.0.2/16"]),
+                with_new_mac,
+            ],
             routes: vec![route(None, Some("10.88.0.1"), None)],
         };
         let back: Request = serde_json::from_str(&serde_json::to_string(&full).unwrap()).unwrap();
@@ -609,6 +677,7 @@ mod tests {
             name: name.into(),
             mtu,
             addresses: addresses.iter().map(|a| a.to_string()).collect(),
+            new_mac: None,
         }
     }
 
@@ -829,6 +898,79 @@ mod tests {
             );
                 assert_eq!(link("eth0").unwrap().1, "02:00:00:00:00:0b");
                 assert_eq!(link("enp1").unwrap().1, "02:00:00:00:00:0a");
+            },
+        );
+    }
+
+    #[test]
+    fn configure_gives_a_new_mac_and_finds_the_link_by_it_again() {
+        in_new_netns(
+            "configure_gives_a_new_mac_and_finds_the_link_by_it_again",
+            || {
+                // The template's NIC, with the template's MAC.
+                veth("enp0s1", "02:00:00:00:0a:01", "hostside0");
+                let mut req = iface("02:00:00:00:0a:01", "eth0", 1400, &["10.99.0.2/24"]);
+                req.new_mac = Some("02:00:0A:58:00:07".into());
+                let routes_req = [route(None, Some("10.99.0.1"), None)];
+                configure(std::slice::from_ref(&req), &routes_req).unwrap();
+                assert!(link("enp0s1").is_none(), "the old name is gone");
+                let (index, mac, mtu, up) = link("eth0").expect("renamed to eth0");
+                assert_eq!(mac, "02:00:0a:58:00:07");
+                assert_eq!(mtu, 1400);
+                assert!(up);
+                assert_eq!(addresses(index)[0].0, "10.99.0.2/24");
+                assert_eq!(
+                    routes(),
+                    vec![format!("default via 10.99.0.1 dev {index} scope Universe")]
+                );
+
+                // The same request again: the link is found by its new MAC, nothing changes.
+                configure(std::slice::from_ref(&req), &routes_req).unwrap();
+                assert_eq!(link("eth0"), Some((index, mac.clone(), 1400, true)));
+                assert_eq!(addresses(index).len(), 1);
+
+                // Neither MAC: both named.
+                let mut gone = iface("02:00:00:00:0a:02", "eth1", 1500, &[]);
+                gone.new_mac = Some("02:00:00:00:0a:03".into());
+                let err = configure(&[gone], &[]).unwrap_err();
+                assert_eq!(
+                    err.to_string(),
+                    "No guest interface has the MAC 02:00:00:00:0a:02 or 02:00:00:00:0a:03"
+                );
+
+                // A name conflict names the link by its new MAC.
+                veth("eth2", "02:00:00:00:0b:01", "hostside1");
+                veth("enp0s2", "02:00:00:00:0c:01", "hostside2");
+                let mut clash = iface("02:00:00:00:0c:01", "eth2", 1500, &[]);
+                clash.new_mac = Some("02:00:00:00:0c:02".into());
+                let err = configure(&[clash], &[]).unwrap_err();
+                assert_eq!(
+                    err.to_string(),
+                    "Cannot name the interface with MAC 02:00:00:00:0c:02 eth2: another interface has that name"
+                );
+            },
+        );
+    }
+
+    #[test]
+    fn configure_swaps_names_with_a_link_that_changes_its_mac() {
+        in_new_netns(
+            "configure_swaps_names_with_a_link_that_changes_its_mac",
+            || {
+                // eth0 already has the new MAC of the link to be named eth1 (an earlier try
+                // got that far): it is that link, so it moves aside for the other.
+                veth("eth0", "02:00:00:00:01:0b", "peer-b");
+                veth("eth1", "02:00:00:00:00:0a", "peer-a");
+                let mut b = iface("02:00:00:00:00:0b", "eth1", 1500, &[]);
+                b.new_mac = Some("02:00:00:00:01:0b".into());
+                let interfaces = [iface("02:00:00:00:00:0a", "eth0", 1500, &[]), b];
+                configure(&interfaces, &[]).unwrap();
+                assert_eq!(link("eth0").unwrap().1, "02:00:00:00:00:0a");
+                assert_eq!(link("eth1").unwrap().1, "02:00:00:00:01:0b");
+                // Again, now that eth1 has its new MAC.
+                configure(&interfaces, &[]).unwrap();
+                assert_eq!(link("eth0").unwrap().1, "02:00:00:00:00:0a");
+                assert_eq!(link("eth1").unwrap().1, "02:00:00:00:01:0b");
             },
         );
     }

@@ -264,6 +264,11 @@ pub struct NetInterface {
     /// Addresses with their prefix length: `10.88.0.2/16`, `fd00::2/64`.
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// A MAC to give the link found by `mac` (a guest restored from a template keeps the
+    /// template's NIC and takes the engine's MAC), `aa:bb:cc:dd:ee:ff`, unicast. A link that
+    /// already has it is the one meant (a repeated request).
+    #[serde(default)]
+    pub new_mac: Option<String>,
 }
 
 /// A route for [`Request::ConfigureNetwork`], added to the main table.

@@ -383,7 +383,13 @@ fn attach_virtio_devices(
         slots.push(dev);
     }
     for n in &cfg.net {
-        let dev = Net::tap(&n.tap, n.mac).map_err(|e| Error::Net(n.tap.clone(), e))?;
+        // No TAP: a placeholder whose frames are dropped (a template's, see `NetConfig::tap`).
+        let dev = if n.tap.is_empty() {
+            Net::detached(n.mac)
+        } else {
+            Net::tap(&n.tap, n.mac)
+        }
+        .map_err(|e| Error::Net(n.tap.clone(), e))?;
         virtio.attach(vm, mem, mmio, dev).map_err(Error::Virtio)?;
     }
     if let Some(v) = &cfg.vsock {

@@ -73,6 +73,8 @@ pub struct BlockConfig {
 /// A virtio-net interface backed by a tap device.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetConfig {
+    /// The TAP device's name; empty: no backend, frames dropped (a template's placeholder,
+    /// whose restored pods attach their own TAP).
     pub tap: String,
     pub mac: Option<[u8; 6]>,
 }

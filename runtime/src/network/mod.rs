@@ -136,14 +136,18 @@ impl Scan {
     }
 }
 
+/// A MAC as `aa:bb:cc:dd:ee:ff`.
+pub fn mac_string(m: &[u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
+
 impl Interface {
     /// The MAC as `aa:bb:cc:dd:ee:ff`.
     pub fn mac_string(&self) -> String {
-        let m = self.mac;
-        format!(
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
+        mac_string(&self.mac)
     }
 
     /// How the guest agent should configure its interface with this MAC.
@@ -153,6 +157,7 @@ impl Interface {
             name: self.name.clone(),
             mtu: self.mtu,
             addresses: self.addresses.iter().map(IpNet::to_string).collect(),
+            new_mac: None,
         }
     }
 }

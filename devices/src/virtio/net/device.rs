@@ -29,7 +29,8 @@ pub struct NetStats {
 
 /// The virtio-net device.
 pub struct Net {
-    pub(super) backend: Box<dyn NetBackend>,
+    /// `None`: detached ([`Net::detached`]), a NIC without a cable.
+    pub(super) backend: Option<Box<dyn NetBackend>>,
     config: [u8; 8],
     avail: u64,
     pub(super) common: VirtioCommon,
@@ -42,6 +43,22 @@ pub struct Net {
 impl Net {
     /// A device over `backend`; `mac` is offered to the guest with `VIRTIO_NET_F_MAC`.
     pub fn new(backend: Box<dyn NetBackend>, mac: Option<[u8; 6]>) -> Result<Self, Error> {
+        Self::with_backend(Some(backend), mac)
+    }
+
+    /// A device without a backend, like a NIC without a cable: the guest sees a working
+    /// device that never receives a frame, and every frame it sends is consumed and dropped
+    /// (counted in [`NetStats::tx_dropped`]). A VM template's placeholder: a VM restored
+    /// from its snapshot builds its own device (on a TAP) and restores the saved state onto
+    /// it.
+    pub fn detached(mac: Option<[u8; 6]>) -> Result<Self, Error> {
+        Self::with_backend(None, mac)
+    }
+
+    fn with_backend(
+        backend: Option<Box<dyn NetBackend>>,
+        mac: Option<[u8; 6]>,
+    ) -> Result<Self, Error> {
         let mut config = [0u8; 8];
         let mut bits = vec![];
         if let Some(m) = mac {
@@ -65,6 +82,11 @@ impl Net {
         Self::new(Box::new(Tap::open(tap)?), mac)
     }
 
+    /// Whether the device has no backend ([`Net::detached`]).
+    pub fn is_detached(&self) -> bool {
+        self.backend.is_none()
+    }
+
     /// Frame counters.
     pub fn stats(&self) -> NetStats {
         self.stats
@@ -75,12 +97,16 @@ impl Net {
         let Some(st) = self.common.state.as_mut() else {
             return;
         };
+        // Detached: nothing ever arrives.
+        let Some(backend) = self.backend.as_mut() else {
+            return;
+        };
         let mem = st.mem.clone();
         let mut notify = false;
         loop {
             let len = match self.rx_pending {
                 Some(n) => n,
-                None => match self.backend.read_frame(&mut self.rx_frame) {
+                None => match backend.read_frame(&mut self.rx_frame) {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -141,12 +167,16 @@ impl Net {
             let head = chain.head_index();
             match collect_chain(chain, &mem) {
                 Ok(descs) => match gather(&mem, &descs, &mut self.tx_frame) {
-                    Some(()) => match self.backend.write_frame(&self.tx_frame) {
-                        Ok(_) => self.stats.tx_frames += 1,
-                        Err(e) => {
-                            log::debug!("virtio-net: frame dropped by backend: {e}");
-                            self.stats.tx_dropped += 1;
-                        }
+                    Some(()) => match self.backend.as_mut() {
+                        Some(backend) => match backend.write_frame(&self.tx_frame) {
+                            Ok(_) => self.stats.tx_frames += 1,
+                            Err(e) => {
+                                log::debug!("virtio-net: frame dropped by backend: {e}");
+                                self.stats.tx_dropped += 1;
+                            }
+                        },
+                        // Detached: no cable, the frame is gone.
+                        None => self.stats.tx_dropped += 1,
                     },
                     None => self.stats.tx_dropped += 1,
                 },
@@ -233,8 +263,9 @@ impl VirtioDevice for Net {
             .common
             .snapshot(VIRTIO_ID_NET, DeviceKindState::Net { mac }))
     }
-    /// Keeps this device's backend; the config space gets the saved MAC (the guest already
-    /// uses it).
+    /// Keeps this device's backend, whichever the saved device had (a detached device's
+    /// state restores onto one with a TAP and the other way round); the config space gets
+    /// the saved MAC (the guest already uses it).
     fn restore(
         &mut self,
         snap: &DeviceSnapshot,

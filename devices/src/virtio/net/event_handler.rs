@@ -15,9 +15,10 @@ impl MutEventSubscriber for Net {
         let fd = events.fd();
         match self.common.handle_event(fd, ops) {
             Some(DeviceEvent::Activate { registered }) => {
-                if registered {
+                // A detached device has no backend fd to poll.
+                if let (true, Some(backend)) = (registered, self.backend.as_ref()) {
                     let backend = Events::new_raw(
-                        self.backend.as_raw_fd(),
+                        backend.as_raw_fd(),
                         EventSet::IN | EventSet::EDGE_TRIGGERED,
                     );
                     if let Err(e) = ops.add(backend) {
@@ -31,7 +32,7 @@ impl MutEventSubscriber for Net {
             Some(DeviceEvent::Queue(TXQ)) => self.process_tx(),
             Some(DeviceEvent::Queue(_)) => {}
             // Edge triggered: read until the backend is empty or the guest has no buffers.
-            None if fd == self.backend.as_raw_fd() => self.process_rx(),
+            None if self.backend.as_ref().map(|b| b.as_raw_fd()) == Some(fd) => self.process_rx(),
             None => {}
         }
     }

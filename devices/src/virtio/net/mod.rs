@@ -5,6 +5,10 @@
 //! same header size); the device sets `num_buffers = 1` on received frames. Frames the guest
 //! cannot take wait in the device until it posts rx buffers; a frame larger than the rx buffer
 //! is dropped, as a NIC would.
+//!
+//! A device can also have no backend at all ([`Net::detached`]): a NIC without a cable, which
+//! receives nothing and drops what the guest sends (a VM template's placeholder, whose
+//! restored VMs attach their own TAP).
 
 mod device;
 mod event_handler;

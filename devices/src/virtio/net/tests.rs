@@ -344,3 +344,163 @@ fn save_and_restore_continue_both_queues() {
     assert_eq!(t.status(), 0);
     assert!(!dev.lock().unwrap().is_activated());
 }
+
+/// A tx chain with one `frame(n, seed)` at `addr`.
+fn add_tx_frame(m: &GuestMem, q: &mut GuestQueue, addr: u64, n: usize, seed: u8) -> u16 {
+    m.write_slice(&frame(n, seed), vm_memory::GuestAddress(addr))
+        .unwrap();
+    q.add(&[r(addr, (VNET_HDR_LEN + n) as u32)])
+}
+
+#[test]
+fn detached_consumes_and_drops_tx_and_never_receives() {
+    let m = mem(0x10_0000);
+    fill(&m, BUF, 0x4_0000, GUARD);
+    let mut rx = GuestQueue::new(&m, 0, 16);
+    let mut tx = GuestQueue::new(&m, 0x4000, 16);
+    let mut net = Net::detached(Some(MAC)).unwrap();
+    assert!(net.is_detached());
+    assert_ne!(net.avail_features() & (1 << VIRTIO_NET_F_MAC), 0);
+    let mut mac = [0u8; 6];
+    net.read_config(0, &mut mac);
+    assert_eq!(mac, MAC);
+    let irq = Arc::new(CountingInterrupt::new());
+    net.activate(m.clone(), vec![rx.queue(), tx.queue()], irq.clone())
+        .unwrap();
+
+    let a = add_tx_frame(&m, &mut tx, BUF + 0x8000, 60, 1);
+    let b = add_tx_frame(&m, &mut tx, BUF + 0x9000, 20, 2);
+    net.process_tx();
+    assert_eq!(tx.take_used(), vec![(u32::from(a), 0), (u32::from(b), 0)]);
+    assert_eq!(tx.used_idx(), 2);
+    assert_eq!(irq.count(InterruptKind::Vring), 1);
+    let s = net.stats();
+    assert_eq!((s.tx_frames, s.tx_dropped), (0, 2));
+
+    // rx buffers stay posted: nothing ever arrives.
+    rx.add(&[w(BUF, 2048)]);
+    net.process_rx();
+    assert!(rx.take_used().is_empty());
+    assert_eq!(net.stats().rx_frames, 0);
+    assert_eq!(net.stats().rx_dropped, 0);
+    assert_untouched(&m, BUF, 0x8000, GUARD);
+
+    let no_mac = Net::detached(None).unwrap();
+    assert_eq!(no_mac.avail_features() & (1 << VIRTIO_NET_F_MAC), 0);
+}
+
+/// In the event loop a detached device registers no backend fd and still serves tx.
+#[test]
+fn detached_in_event_loop() {
+    let m = mem(0x10_0000);
+    let rx = GuestQueue::new(&m, 0, 16);
+    let mut tx = GuestQueue::new(&m, 0x4000, 16);
+    let net = Arc::new(Mutex::new(Net::detached(Some(MAC)).unwrap()));
+    let mut em = EventManager::<Arc<Mutex<Net>>>::new().unwrap();
+    em.add_subscriber(net.clone());
+    net.lock()
+        .unwrap()
+        .activate(
+            m.clone(),
+            vec![rx.queue(), tx.queue()],
+            Arc::new(CountingInterrupt::new()),
+        )
+        .unwrap();
+    // The activate event, then quiet.
+    assert_eq!(em.run_with_timeout(100).unwrap(), 1);
+    assert_eq!(em.run_with_timeout(10).unwrap(), 0);
+    add_tx_frame(&m, &mut tx, BUF, 30, 5);
+    net.lock().unwrap().queue_events()[TXQ].write(1).unwrap();
+    assert_eq!(em.run_with_timeout(100).unwrap(), 1);
+    assert_eq!(em.run_with_timeout(10).unwrap(), 0);
+    assert_eq!(tx.take_used().len(), 1);
+    assert_eq!(net.lock().unwrap().stats().tx_dropped, 1);
+}
+
+/// A template's detached device restores onto a pod's device with a backend (and the other
+/// way round): the rings go on where they stood, frames flow on the backend.
+#[test]
+fn detached_state_restores_onto_a_backend_and_back() {
+    use crate::virtio::mmio::MmioTransport;
+    use crate::virtio::persist::DeviceKindState;
+
+    let m = mem(0x10_0000);
+    fill(&m, BUF, 0x4_0000, GUARD);
+    let mut rx = GuestQueue::new(&m, 0, 16);
+    let mut tx = GuestQueue::new(&m, 0x4000, 16);
+    let features = (1 << crate::virtio::VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MAC);
+
+    // The template: a detached device; one frame sent and dropped, one rx buffer posted.
+    let dev = Arc::new(Mutex::new(Net::detached(Some(MAC)).unwrap()));
+    let mut t =
+        MmioTransport::new(m.clone(), dev.clone(), Arc::new(CountingInterrupt::new())).unwrap();
+    bring_up(&mut t, features, &[&rx, &tx]);
+    add_tx_frame(&m, &mut tx, BUF + 0x8000, 20, 1);
+    dev.lock().unwrap().process_tx();
+    assert_eq!(tx.take_used().len(), 1);
+    rx.add(&[w(BUF, 2048)]);
+    dev.lock().unwrap().process_rx();
+    assert!(rx.take_used().is_empty());
+    let snap = t.save().unwrap();
+    assert_eq!(snap.device.kind, DeviceKindState::Net { mac: MAC });
+    drop((t, dev));
+
+    // The pod: a device on a backend, built with another MAC; the guest keeps the saved one.
+    let (b, peer) = UnixDatagram::pair().unwrap();
+    b.set_nonblocking(true).unwrap();
+    peer.set_nonblocking(true).unwrap();
+    let other = [0x02, 0, 0, 0, 0, 0x42];
+    let dev = Arc::new(Mutex::new(
+        Net::new(Box::new(Wire(b)), Some(other)).unwrap(),
+    ));
+    let irq = Arc::new(CountingInterrupt::new());
+    let mut t = MmioTransport::new(m.clone(), dev.clone(), irq.clone()).unwrap();
+    t.restore(&snap).unwrap();
+    let mut mac = [0u8; 6];
+    dev.lock().unwrap().read_config(0, &mut mac);
+    assert_eq!(mac, MAC);
+    assert!(dev.lock().unwrap().is_activated());
+    // rx: the buffer posted on the template takes the first frame, at used index 0.
+    peer.send(&frame(40, 3)).unwrap();
+    dev.lock().unwrap().process_rx();
+    assert_eq!(rx.take_used(), vec![(0, 52)]);
+    let mut want = frame(40, 3);
+    want[10..12].copy_from_slice(&1u16.to_le_bytes());
+    assert_eq!(read(&m, BUF, 52), want);
+    // tx: goes on at used index 1 and reaches the backend.
+    add_tx_frame(&m, &mut tx, BUF + 0x9000, 24, 4);
+    dev.lock().unwrap().process_tx();
+    assert_eq!(peer_recv(&peer), Some(frame(24, 4)));
+    assert_eq!(peer_recv(&peer), None);
+    assert_eq!(tx.take_used().len(), 1);
+    assert_eq!(tx.used_idx(), 2);
+    assert_eq!(dev.lock().unwrap().stats().tx_frames, 1);
+    assert!(irq.count(InterruptKind::Vring) >= 2);
+
+    // And back: the device on a backend saved, restored onto a detached one.
+    rx.add(&[w(BUF + 0x1000, 2048)]);
+    let snap = t.save().unwrap();
+    drop((t, dev));
+    let dev = Arc::new(Mutex::new(Net::detached(None).unwrap()));
+    // Without the MAC feature it cannot take this guest; with it, it can.
+    let mut t =
+        MmioTransport::new(m.clone(), dev.clone(), Arc::new(CountingInterrupt::new())).unwrap();
+    assert!(matches!(
+        t.restore(&snap),
+        Err(crate::virtio::persist::PersistError::Features { .. })
+    ));
+    drop((t, dev));
+    let dev = Arc::new(Mutex::new(Net::detached(Some(other)).unwrap()));
+    let mut t =
+        MmioTransport::new(m.clone(), dev.clone(), Arc::new(CountingInterrupt::new())).unwrap();
+    t.restore(&snap).unwrap();
+    dev.lock().unwrap().read_config(0, &mut mac);
+    assert_eq!(mac, MAC);
+    add_tx_frame(&m, &mut tx, BUF + 0xa000, 24, 5);
+    dev.lock().unwrap().process_tx();
+    assert_eq!(tx.take_used().len(), 1);
+    assert_eq!(tx.used_idx(), 3);
+    assert_eq!(dev.lock().unwrap().stats().tx_dropped, 1);
+    dev.lock().unwrap().process_rx();
+    assert!(rx.take_used().is_empty());
+}
