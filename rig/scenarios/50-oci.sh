@@ -5,7 +5,8 @@
 # Sections: oci-debian, podman-hello, podman-exit-code, podman-volumes, podman-network,
 # podman-resources, podman-fidelity,
 # cri-pod, podman-tty,
-# podman-exec, podman-stop-rm, ctr-hello, ctr-shim-v2, ctr-volumes, oci-bench.
+# podman-exec, podman-stop-rm, ctr-hello, ctr-shim-v2, ctr-volumes, podman-template,
+# oci-bench.
 
 DEB=/debian
 if ! [ -b /dev/vda ] || ! mkdir -p "$DEB" || ! mount -t ext4 /dev/vda "$DEB" 2>/dev/null; then
@@ -418,6 +419,50 @@ done
 CTRVOL
 chmod 755 "$DEB/usr/local/bin/ctr-volumes-test"
 section ctr-volumes /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/ctr-volumes-test
+
+# Template pods for the OCI face: `ember template create oci --oci` (the VM of a container
+# without limits, with a NIC for podman's network) named in /etc/ember/config.toml; podman's
+# containers then start by restore: exit code and the bridge network's address, as under
+# runc; then `podman run --rm busybox true` with runc, ember booting and ember from the
+# template, alternating.
+cat >"$DEB/usr/local/bin/template-test" <<'TEMPLATE'
+#!/bin/sh
+up() { cut -d" " -f1 /proc/uptime; }
+ember template create oci --oci || exit 1
+ember template list
+mkdir -p /etc/ember
+printf '[runtime]\ntemplate = "oci"\n' >/etc/ember/config.toml
+for rt in runc ember; do
+    flag=""
+    [ $rt = ember ] && flag="--runtime /usr/local/bin/ember"
+    podman $flag run --name tmpl-$rt --network bridge localhost/busybox \
+        sh -c 'ip -4 addr show eth0 | grep -o "inet 10[.0-9]*"; exit 3'
+    echo "$rt exit=$?"
+done
+id=$(podman inspect -f '{{.ID}}' tmpl-ember)
+ember pod status --json "$id" | grep -q guest_made_its_own && echo "ember: started from the template"
+podman rm tmpl-runc tmpl-ember >/dev/null
+for i in 1 2 3; do
+    for mode in runc cold template; do
+        flag="--runtime /usr/local/bin/ember"
+        case $mode in
+            runc) flag="" ;;
+            cold) rm -f /etc/ember/config.toml ;;
+            template) printf '[runtime]\ntemplate = "oci"\n' >/etc/ember/config.toml ;;
+        esac
+        t0=$(up)
+        podman $flag run --rm localhost/busybox true
+        rc=$?
+        echo "template-bench mode=$mode run=$i rc=$rc wall_s=$(echo "$t0 $(up)" | awk "{printf \"%.2f\", \$2 - \$1}")"
+    done
+done
+rm -f /etc/ember/config.toml
+ember template delete oci
+rmdir /run/ember/@templates 2>/dev/null
+exit 0
+TEMPLATE
+chmod 755 "$DEB/usr/local/bin/template-test"
+section podman-template /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/template-test
 
 # Bench: `podman run --rm IMAGE true` wall time with runc and with ember, then the phases of
 # one ember create (the shim writes them to timings.json).

@@ -366,3 +366,27 @@ fn ctr_bind_mounts_are_live_as_under_runc() {
         }
     }
 }
+
+#[test]
+fn podman_containers_start_from_an_oci_template_as_under_runc() {
+    let Some(s) = passed("podman-template") else {
+        return;
+    };
+    for rt in ["runc", "ember"] {
+        assert!(s.output.contains(&format!("{rt} exit=3")), "{}", s.output);
+    }
+    assert!(
+        s.output.contains("ember: started from the template"),
+        "{}",
+        s.output
+    );
+    // Both containers got an address on podman's bridge.
+    assert!(s.output.matches("inet 10.88.").count() >= 2, "{}", s.output);
+    let runs: Vec<&str> = s
+        .output
+        .lines()
+        .filter(|l| l.starts_with("template-bench "))
+        .collect();
+    assert_eq!(runs.len(), 9, "{}", s.output);
+    assert!(runs.iter().all(|l| l.contains(" rc=0 ")), "{}", s.output);
+}

@@ -155,6 +155,13 @@ impl Runtime {
         })
     }
 
+    /// Whether a pod with `config` can start from template `name`; why not otherwise.
+    pub fn template_fits(&self, name: &str, config: &PodConfig) -> Result<(), String> {
+        self.template_snapshot("-", name, config)
+            .map(|_| ())
+            .map_err(|e| crate::error::report(&e))
+    }
+
     /// The snapshot pod `pod` with `config` starts from for template `name`, or why it
     /// cannot (as an error: the pod's config names the template).
     pub(crate) fn template_snapshot(

@@ -14,8 +14,13 @@ pub enum TemplateCommand {
     Create {
         name: String,
         /// Pod config (JSON): kernel, initrd, memory, vCPUs, disk slots of the template.
-        #[arg(long, short)]
+        #[arg(long, short, conflicts_with = "oci")]
         config: Option<PathBuf>,
+        /// A template for the OCI face (podman, containerd): the VM its containers without
+        /// resource limits get, by the runtime configuration (/etc/ember/config.toml), with
+        /// a NIC for the engine's network. Name it in the configuration's `[runtime] template`.
+        #[arg(long)]
+        oci: bool,
         #[arg(long)]
         json: bool,
     },
@@ -41,8 +46,19 @@ pub fn run(global: &super::GlobalArgs, cmd: TemplateCommand) -> i32 {
 
 fn exec(rt: &Runtime, cmd: TemplateCommand) -> Result<(), super::pod::Error> {
     match cmd {
-        TemplateCommand::Create { name, config, json } => {
-            let cfg = super::pod::load_config(config.as_deref())?;
+        TemplateCommand::Create {
+            name,
+            config,
+            oci,
+            json,
+        } => {
+            let cfg = if oci {
+                let settings = crate::config::file::RuntimeConfig::load()
+                    .map_err(|e| crate::api::Error::Config(crate::error::report(&e)))?;
+                crate::oci::vm::oci_template_config(&settings)
+            } else {
+                super::pod::load_config(config.as_deref())?
+            };
             let t = rt.create_template(&name, cfg)?;
             if json {
                 outln!("{}", to_json(&t));

@@ -16,6 +16,8 @@
 //! [runtime]
 //! rootfs = "virtio-fs"       # or "block": the rootfs and host binds as ext4 disks
 //! debug = false              # debug-level logging in the pod processes
+//! template = "oci"           # start containers' VMs from this template when they fit it
+//!                            # (`ember template create oci --oci`); otherwise boot, and say why
 //! ```
 //!
 //! A container's VM is sized from its spec's `linux.resources` ([`Sizing::for_resources`]):
@@ -76,6 +78,9 @@ impl Default for HypervisorConfig {
 pub struct RuntimeSection {
     pub rootfs: OciRootfs,
     pub debug: bool,
+    /// A template (`ember template create`) the OCI face starts containers' pods from when
+    /// they fit it (same kernel, memory, vCPUs; see [`crate::state::template`]).
+    pub template: Option<String>,
 }
 
 /// Why the configuration file was refused.

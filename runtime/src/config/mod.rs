@@ -109,6 +109,10 @@ pub struct PodConfig {
     /// and disk slots, no disks of its own).
     #[serde(default)]
     pub template: Option<String>,
+    /// A virtio-net device with no backend (frames dropped): for a template whose pods join
+    /// an engine's network, each attaching its own TAP to it when restored.
+    #[serde(default)]
+    pub net_placeholder: bool,
 }
 
 /// A network namespace made by the engine (podman's CNI/netavark, containerd's CRI): the pod
@@ -201,6 +205,7 @@ impl Default for PodConfig {
             log: LogConfig::default(),
             network: None,
             template: None,
+            net_placeholder: false,
         }
     }
 }

@@ -601,12 +601,41 @@ impl VmBackend {
             log,
             ..api::PodConfig::default()
         };
+        let mut pod_config = pod_config;
+        if let Some(name) = &settings.runtime.template {
+            match rt.template_fits(name, &pod_config) {
+                Ok(()) => pod_config.template = Some(name.clone()),
+                Err(why) => log::info!(
+                    "container {}: not started from template {name} ({why}): booting",
+                    config.id
+                ),
+            }
+        }
         rt.create_pod(&config.id, pod_config)
             .map_err(api_err("Cannot create the container's pod"))?;
         rt.start_pod(&config.id).map_err(|e| {
             let _ = rt.delete_pod(&config.id, true);
             SandboxError::failed("Cannot start the container's pod VM", e)
         })
+    }
+}
+
+/// The pod config of a template for the OCI face's containers (`ember template create NAME
+/// --oci`): what a container without resource limits gets (kernel, initrd, command line,
+/// memory and vCPUs of the runtime configuration), with a placeholder NIC for the engine's
+/// network its pods join.
+pub fn oci_template_config(settings: &RuntimeConfig) -> api::PodConfig {
+    let h = &settings.hypervisor;
+    let size = Sizing::for_resources(h, &Default::default());
+    api::PodConfig {
+        kernel: h.kernel.clone(),
+        initrd: h.initrd.clone(),
+        extra_cmdline: h.extra_cmdline.clone(),
+        mem_mib: size.mem_mib,
+        vcpus: size.vcpus,
+        start_timeout_secs: crate::timeouts::OCI_POD_START_SECS,
+        net_placeholder: true,
+        ..api::PodConfig::default()
     }
 }
 

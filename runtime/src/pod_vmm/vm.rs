@@ -98,7 +98,14 @@ pub fn vm_config(rec: &PodRecord, dir: &Path) -> VmConfig {
             })
             .collect(),
         disk_slots: c.disk_slots,
-        net: Vec::new(),
+        net: if c.net_placeholder {
+            vec![NetConfig {
+                tap: String::new(),
+                mac: Some(crate::state::template::PLACEHOLDER_MAC),
+            }]
+        } else {
+            Vec::new()
+        },
         vsock: Some(VsockConfig {
             guest_cid: c.guest_cid,
             uds_path: dir.join(VSOCK_SOCKET),
@@ -141,7 +148,17 @@ impl Vm {
                 Some(Ok(j)) => Some(j),
                 None => None,
             };
-            let (iface, network) = joined.map_or((None, None), |(i, g)| (Some(i), Some(g)));
+            let (iface, mut network) = joined.map_or((None, None), |(i, g)| (Some(i), Some(g)));
+            if let (Some(net), true) = (network.as_mut(), restore_from.is_some()) {
+                // The restored guest's NIC is the template's placeholder, with its MAC: the
+                // agent finds it by that MAC and gives it the engine's.
+                for i in &mut net.interfaces {
+                    i.new_mac = Some(std::mem::replace(
+                        &mut i.mac,
+                        crate::network::mac_string(&crate::state::template::PLACEHOLDER_MAC),
+                    ));
+                }
+            }
             let built = match &restore_from {
                 Some(snapshot) => vmm::builder::restore_vmm(snapshot, &cfg, t0),
                 None => vmm::Vmm::with_start(cfg, t0),

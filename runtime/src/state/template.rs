@@ -72,6 +72,10 @@ pub struct TemplateRecord {
     pub vcpus: u8,
     #[serde(default)]
     pub disk_slots: u8,
+    /// The template's VM has a virtio-net device with no backend, for pods that join an
+    /// engine's network.
+    #[serde(default)]
+    pub net_placeholder: bool,
     /// Sizes of the snapshot: its state file, guest memory, and the memory file's data (the
     /// rest of it is holes).
     pub state_bytes: u64,
@@ -93,6 +97,7 @@ impl TemplateRecord {
             mem_mib: config.mem_mib,
             vcpus: config.vcpus,
             disk_slots: config.disk_slots,
+            net_placeholder: config.net_placeholder,
             state_bytes: 0,
             memory_bytes: 0,
             memory_written: 0,
@@ -174,6 +179,11 @@ impl TemplateRecord {
                 config.disk_slots, self.disk_slots
             ));
         }
+        match (config.network.is_some(), self.net_placeholder) {
+            (true, false) => diffs.push("a network (template: none)".into()),
+            (false, true) => diffs.push("no network (template: one)".into()),
+            _ => {}
+        }
         if !config.disks.is_empty() {
             diffs.push(format!(
                 "{} disks of its own (template: none)",
@@ -189,6 +199,10 @@ impl TemplateRecord {
             .map(|why| format!("the template is stale: {why}"))
     }
 }
+
+/// The MAC of a template's placeholder NIC, which its restored guests keep until the agent
+/// gives the link the engine's MAC.
+pub const PLACEHOLDER_MAC: [u8; 6] = [0x02, 0x65, 0x6d, 0x62, 0x72, 0x00];
 
 /// `<root>/@templates`.
 pub fn templates_dir(root: &Path) -> PathBuf {
