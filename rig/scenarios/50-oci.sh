@@ -439,8 +439,10 @@ for rt in runc ember; do
         sh -c 'ip -4 addr show eth0 | grep -o "inet 10[.0-9]*"; exit 3'
     echo "$rt exit=$?"
 done
-id=$(podman inspect -f '{{.ID}}' tmpl-ember)
+podman --runtime /usr/local/bin/ember run -d --name tmpl-live localhost/busybox sleep 300 >/dev/null
+id=$(podman inspect -f '{{.ID}}' tmpl-live)
 ember pod status --json "$id" | grep -q guest_made_its_own && echo "ember: started from the template"
+podman rm -f tmpl-live >/dev/null
 podman rm tmpl-runc tmpl-ember >/dev/null
 for i in 1 2 3; do
     for mode in runc cold template; do
