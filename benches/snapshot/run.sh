@@ -1,8 +1,9 @@
 #!/bin/sh
 # Snapshot benchmark, in one virtual KVM host boot (ember-rig run): the default guest is
 # booted once and snapshotted at agent ready; then N cold boots (`ember vm run
-# --exit-on-ready`, agent ready on the boot timer) and N restores of that snapshot (`ember vm
-# restore --exit-on-agent`, the agent's answer to a ping over vsock) alternate. Prints the
+# --exit-on-ready`, agent ready on the boot timer), N restores of that snapshot (`ember vm
+# restore --exit-on-agent`, the agent's answer to a ping over vsock) and N cold boots that
+# copy kernel and initrd instead of mapping them (`--copy-boot-files`) alternate. Prints the
 # medians and their ratio, the phases of a restore, the snapshot's file sizes, and the memory
 # of 10 VMs restored from the snapshot against 10 cold-booted ones (RSS and PSS summed over
 # their processes: PSS counts the template pages they share once).
@@ -33,6 +34,8 @@ while [ "\$i" -le $N ]; do
         --vsock /tmp/c.vsock --console-file /tmp/c.log --timeout-s 120'
     section restore-\$i sh -c 'rm -f /tmp/r.vsock; ember vm restore /tmp/snap --timings \
         --exit-on-agent --vsock /tmp/r.vsock --console-file /tmp/r.log --timeout-s 120'
+    section copy-\$i sh -c 'rm -f /tmp/c.vsock; ember vm run --timings --exit-on-ready \
+        --copy-boot-files --vsock /tmp/c.vsock --console-file /tmp/c.log --timeout-s 120'
     i=\$((i + 1))
 done
 
@@ -77,8 +80,8 @@ echo "run.sh: $N cold boots and $N restores alternating in one virtual KVM host 
 
 # "since start" column of --timings tables (name in columns 1-44, ms in 46-54).
 awk '
-/^=== BEGIN (cold|restore)-/ { split($3, a, "-"); kind = a[1]; inb = 1; delete v; next }
-/^=== END (cold|restore)-/ {
+/^=== BEGIN (cold|copy|restore)-/ { split($3, a, "-"); kind = a[1]; inb = 1; delete v; next }
+/^=== END (cold|copy|restore)-/ {
     split($0, b, "rc="); if (b[2] + 0 == 0) { for (k in v) print kind "\t" k "\t" v[k] } else { print kind "\tFAILED\t0" }
     inb = 0; next
 }
@@ -112,6 +115,17 @@ rest=$(median restore "agent answered (ping over vsock)")
     for ph in "process start (before vm run)" "snapshot memory mapped" "devices + vCPUs restored" \
         "first KVM_RUN" "agent answered (ping over vsock)"; do
         echo "| $ph | $(median restore "$ph") |"
+    done
+    echo
+    echo "Cold boot: kernel and initrd mapped copy-on-write (default) against copied"
+    echo "(\`--copy-boot-files\`), medians, ms since \`ember vm run\` started:"
+    echo
+    echo "| phase | mapped | copied |"
+    echo "|---|---:|---:|"
+    for ph in "KVM VM + guest memory ready" "kernel + initrd loaded" \
+        "VM created (KVM, memory, kernel, devices)" "first KVM_RUN" \
+        "/init started (boot timer 1)" "agent ready (boot timer 123)"; do
+        echo "| $ph | $(median cold "$ph") | $(median copy "$ph") |"
     done
     echo
     echo "Snapshot:"

@@ -119,12 +119,20 @@ pub fn build_vmm(cfg: &VmConfig, start: Instant) -> Result<Vmm, Error> {
 
     let mut kernel_file =
         File::open(&cfg.kernel).map_err(|e| Error::KernelFile(cfg.kernel.clone(), e))?;
-    let kernel = arch::load_kernel(&mem, &mut kernel_file)
-        .map_err(|e| Error::Kernel(cfg.kernel.clone(), e))?;
+    let kernel = if cfg.copy_boot_files {
+        arch::load_kernel(&mem, &mut kernel_file)
+    } else {
+        arch::map_kernel(&mem, &mut kernel_file)
+    }
+    .map_err(|e| Error::Kernel(cfg.kernel.clone(), e))?;
     let initrd_loc = match &mut initrd {
         Some((path, file, len)) => Some(
-            arch::load_initrd(&mem, &kernel, file, *len)
-                .map_err(|e| Error::Initrd(path.clone(), e))?,
+            if cfg.copy_boot_files {
+                arch::load_initrd(&mem, &kernel, file, *len)
+            } else {
+                arch::map_initrd(&mem, &kernel, file, *len)
+            }
+            .map_err(|e| Error::Initrd(path.clone(), e))?,
         ),
         None => None,
     };

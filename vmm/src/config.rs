@@ -39,6 +39,10 @@ pub struct VmConfig {
     #[serde(default)]
     pub fs: Option<FsConfig>,
     pub console: ConsoleConfig,
+    /// Copy the kernel and initrd into guest memory instead of mapping them copy-on-write
+    /// from their files (for comparisons; mapping is the default).
+    #[serde(default)]
+    pub copy_boot_files: bool,
 }
 
 impl VmConfig {
@@ -59,6 +63,7 @@ impl VmConfig {
             rng: false,
             fs: None,
             console: ConsoleConfig::Stdout,
+            copy_boot_files: false,
         }
     }
 }

@@ -78,6 +78,10 @@ pub struct RunArgs {
     /// Give up (exit 1) if the VM is still running after this many seconds.
     #[arg(long)]
     pub timeout_s: Option<u64>,
+    /// Copy the kernel and initrd into guest memory instead of mapping them copy-on-write
+    /// (to compare).
+    #[arg(long)]
+    pub copy_boot_files: bool,
     #[command(flatten)]
     pub devices: DeviceArgs,
 }
@@ -217,6 +221,7 @@ pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, Error> {
     cfg.mem_mib = args.mem_mib;
     cfg.vcpus = args.vcpus;
     args.devices.apply(&mut cfg);
+    cfg.copy_boot_files = args.copy_boot_files;
     Ok(cfg)
 }
 

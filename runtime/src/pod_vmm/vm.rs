@@ -116,6 +116,7 @@ pub fn vm_config(rec: &PodRecord, dir: &Path) -> VmConfig {
             shares: Vec::new(),
         }),
         console: ConsoleConfig::File(dir.join(CONSOLE_FILE)),
+        copy_boot_files: false,
     }
 }
 

@@ -87,6 +87,79 @@ fn is_zero(page: &[u8]) -> bool {
     head.iter().all(|b| *b == 0) && words.iter().all(|w| *w == 0) && tail.iter().all(|b| *b == 0)
 }
 
+/// Map `len` bytes of `file` from `offset` at guest physical address `gpa`, private
+/// (copy-on-write) over the guest's anonymous memory: the guest reads the file's pages from
+/// the host's page cache (one copy for every VM booted from the file) and copies only the
+/// pages it writes. Bytes of the last page past `len` are zeroed. Returns `false`, with
+/// nothing changed, where `gpa` or `offset` is not page aligned or the range is not inside
+/// one region: the caller then copies. Call before the vCPUs run.
+pub fn map_file_at(
+    mem: &GuestMemoryMmap,
+    gpa: u64,
+    file: &File,
+    offset: u64,
+    len: u64,
+) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    use vm_memory::{Address, GuestAddress};
+    let page = PAGE as u64;
+    if len == 0 || !gpa.is_multiple_of(page) || !offset.is_multiple_of(page) {
+        return Ok(false);
+    }
+    let map_len = len.div_ceil(page) * page;
+    let Some(region) = mem.find_region(GuestAddress(gpa)) else {
+        return Ok(false);
+    };
+    let start = gpa - region.start_addr().raw_value();
+    if start
+        .checked_add(map_len)
+        .is_none_or(|end| end > region.len())
+    {
+        return Ok(false);
+    }
+    // SAFETY: the target range lies inside the region's own live mapping (checked above),
+    // which `mem` keeps for the VM's life; MAP_FIXED replaces those pages in place with a
+    // private mapping of the file, so the region's addresses stay valid and its unmap on drop
+    // covers this mapping too. No vCPU runs yet and nothing holds references into the range.
+    let host = unsafe { region.as_ptr().add(start as usize) };
+    // SAFETY: see above; the fd is open for reading for the duration of the call.
+    let got = unsafe {
+        libc::mmap(
+            host.cast(),
+            map_len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_FIXED,
+            file.as_raw_fd(),
+            offset as libc::off_t,
+        )
+    };
+    if got == libc::MAP_FAILED {
+        let e = std::io::Error::last_os_error();
+        // MAP_FIXED may have left the range unmapped: put anonymous zero memory back.
+        // SAFETY: the same range of the region's mapping as above.
+        let back = unsafe {
+            libc::mmap(
+                host.cast(),
+                map_len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if back == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        return Err(e);
+    }
+    let tail = (map_len - len) as usize;
+    if tail > 0 {
+        // SAFETY: the last `tail` bytes of the range just mapped, writable and private.
+        unsafe { std::ptr::write_bytes(host.add(len as usize), 0, tail) };
+    }
+    Ok(true)
+}
+
 /// Guest memory of `mem_mib` MiB mapped private (copy-on-write) from the memory file at
 /// `path` that [`save_memory`] wrote: the guest reads the file's pages through the page
 /// cache, shared by every VM mapped from it, and its writes go to pages of its own.
@@ -131,7 +204,7 @@ mod tests {
 
     #[test]
     fn memory_file_round_trip_is_sparse_and_private() {
-        let dir = tempdir();
+        let dir = tempdir("file");
         let path = dir.join("memory");
         let m = create_guest_memory(64).unwrap();
         m.write_obj(0xdead_beef_u32, GuestAddress(0x1234)).unwrap();
@@ -168,8 +241,41 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
-    fn tempdir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("ember-mem-{}", std::process::id()));
+    #[test]
+    fn files_map_copy_on_write_into_guest_memory() {
+        let dir = tempdir("map");
+        let path = dir.join("blob");
+        // 2.5 pages of 0xab, then more bytes that must not show past `len`.
+        let mut bytes = vec![0xabu8; PAGE * 2 + PAGE / 2];
+        bytes.extend_from_slice(&[0xcd; 100]);
+        std::fs::write(&path, &bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        let m = create_guest_memory(64).unwrap();
+        let len = (PAGE * 2 + PAGE / 2) as u64;
+        assert!(map_file_at(&m, 0x20_0000, &file, 0, len).unwrap());
+        assert_eq!(m.read_obj::<u8>(GuestAddress(0x20_0000)).unwrap(), 0xab);
+        assert_eq!(
+            m.read_obj::<u8>(GuestAddress(0x20_0000 + len - 1)).unwrap(),
+            0xab
+        );
+        assert_eq!(
+            m.read_obj::<u8>(GuestAddress(0x20_0000 + len)).unwrap(),
+            0,
+            "tail zeroed"
+        );
+        // Guest writes stay private: the file is unchanged.
+        m.write_obj(0x11u8, GuestAddress(0x20_0000)).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap()[0], 0xab);
+        // Unaligned, or past the region: not mapped, nothing changed.
+        assert!(!map_file_at(&m, 0x30_0001, &file, 0, len).unwrap());
+        assert!(!map_file_at(&m, 0x30_0000, &file, 1, len).unwrap());
+        assert!(!map_file_at(&m, (64 << 20) - PAGE as u64, &file, 0, len).unwrap());
+        assert_eq!(m.read_obj::<u8>(GuestAddress(0x30_0000)).unwrap(), 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn tempdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ember-mem-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         d
     }

@@ -55,6 +55,10 @@ pub enum Error {
     },
     #[error("Failed to load the initrd into guest memory")]
     LoadInitrd(#[source] vm_memory::GuestMemoryError),
+    #[error("Failed to copy a kernel segment into guest memory")]
+    CopyKernel(#[source] vm_memory::GuestMemoryError),
+    #[error("Failed to map the initrd into guest memory")]
+    MapInitrd(#[source] io::Error),
     #[error("Invalid kernel command line")]
     Cmdline(#[source] linux_loader::cmdline::Error),
     #[error("Failed to write the kernel command line")]
@@ -136,8 +140,32 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// One PT_LOAD segment of a vmlinux.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ElfSegment {
+    pub offset: u64,
+    pub paddr: u64,
+    pub filesz: u64,
+    pub memsz: u64,
+}
+
 /// Check an ELF vmlinux: returns (entry, end of the highest PT_LOAD segment).
 fn inspect_elf(file: &mut (impl Read + Seek), file_len: u64) -> Result<(u64, u64), Error> {
+    let (entry, segments) = elf_segments(file, file_len)?;
+    let end = segments
+        .iter()
+        .map(|s| s.paddr.saturating_add(s.memsz))
+        .max()
+        .unwrap_or(0);
+    Ok((entry, end))
+}
+
+/// The entry point and PT_LOAD segments of an ELF vmlinux, checked: 64-bit x86_64, complete,
+/// at least one segment, every segment at or above 1 MiB (as linux-loader requires).
+fn elf_segments(
+    file: &mut (impl Read + Seek),
+    file_len: u64,
+) -> Result<(u64, Vec<ElfSegment>), Error> {
     let mut ehdr = [0u8; 64];
     if !read_at(file, 0, &mut ehdr)? {
         return Err(Error::TruncatedKernel {
@@ -160,7 +188,7 @@ fn inspect_elf(file: &mut (impl Read + Seek), file_len: u64) -> Result<(u64, u64
             "ELF has no usable program headers",
         ));
     }
-    let mut end = 0u64;
+    let mut segments = Vec::new();
     let mut need = phoff.saturating_add(phentsize * phnum);
     for i in 0..phnum {
         let mut ph = [0u8; 56];
@@ -173,12 +201,19 @@ fn inspect_elf(file: &mut (impl Read + Seek), file_len: u64) -> Result<(u64, u64
         if u32_at(&ph, 0) != PT_LOAD {
             continue;
         }
-        let offset = u64_at(&ph, 8);
-        let paddr = u64_at(&ph, 24);
-        let filesz = u64_at(&ph, 32);
-        let memsz = u64_at(&ph, 40);
-        need = need.max(offset.saturating_add(filesz));
-        end = end.max(paddr.saturating_add(memsz));
+        let seg = ElfSegment {
+            offset: u64_at(&ph, 8),
+            paddr: u64_at(&ph, 24),
+            filesz: u64_at(&ph, 32),
+            memsz: u64_at(&ph, 40),
+        };
+        need = need.max(seg.offset.saturating_add(seg.filesz));
+        if seg.filesz > seg.memsz {
+            return Err(Error::UnsupportedKernel(
+                "ELF segment larger in the file than in memory",
+            ));
+        }
+        segments.push(seg);
     }
     if need > file_len {
         return Err(Error::TruncatedKernel {
@@ -186,13 +221,16 @@ fn inspect_elf(file: &mut (impl Read + Seek), file_len: u64) -> Result<(u64, u64
             need,
         });
     }
-    if end == 0 {
+    if segments
+        .iter()
+        .all(|s| s.paddr.saturating_add(s.memsz) == 0)
+    {
         return Err(Error::UnsupportedKernel("ELF has no loadable segment"));
     }
     if entry < HIMEM_START {
         return Err(Error::UnsupportedKernel("ELF entry point below 1 MiB"));
     }
-    Ok((entry, end))
+    Ok((entry, segments))
 }
 
 /// Check a bzImage; returns its setup header and how far up memory it reaches once
@@ -305,6 +343,67 @@ pub fn load_kernel(mem: &GuestMemoryMmap, file: &mut File) -> Result<LoadedKerne
             })
         }
     }
+}
+
+/// [`load_kernel`], mapping instead of copying where it can: each PT_LOAD segment of a
+/// vmlinux whose file offset and address are page aligned is mapped copy-on-write from the
+/// file ([`crate::vstate::memory::map_file_at`]: one page cache for every VM booted from it;
+/// a guest copies only the pages it writes); other segments, and bzImages (a compressed
+/// payload behind the setup sectors), are copied.
+pub fn map_kernel(mem: &GuestMemoryMmap, file: &mut File) -> Result<LoadedKernel, Error> {
+    let (kind, end) = check_kernel(file, low_mem_end(mem))?;
+    if kind != KernelKind::Elf {
+        return load_kernel(mem, file);
+    }
+    let file_len = file.metadata().map_err(Error::ReadKernel)?.len();
+    let (entry, segments) = elf_segments(file, file_len)?;
+    for seg in &segments {
+        if seg.paddr < HIMEM_START {
+            return Err(Error::UnsupportedKernel("ELF segment below 1 MiB"));
+        }
+        if seg.filesz == 0 {
+            continue;
+        }
+        let mapped =
+            crate::vstate::memory::map_file_at(mem, seg.paddr, file, seg.offset, seg.filesz)
+                .map_err(Error::ReadKernel)?;
+        if !mapped {
+            file.seek(SeekFrom::Start(seg.offset))
+                .map_err(Error::ReadKernel)?;
+            mem.read_exact_volatile_from(GuestAddress(seg.paddr), file, seg.filesz as usize)
+                .map_err(Error::CopyKernel)?;
+        }
+    }
+    Ok(LoadedKernel {
+        kind,
+        entry: GuestAddress(entry),
+        kernel_end: end,
+        setup_header: None,
+    })
+}
+
+/// [`load_initrd`] from a file, mapped copy-on-write when its place is page aligned (it
+/// always is: [`initrd_load_addr`] aligns it), copied otherwise.
+pub fn map_initrd(
+    mem: &GuestMemoryMmap,
+    kernel: &LoadedKernel,
+    file: &mut File,
+    size: u64,
+) -> Result<(u64, u64), Error> {
+    let max = kernel
+        .setup_header
+        .map(|h| u64::from(h.initrd_addr_max))
+        .filter(|m| *m != 0)
+        .unwrap_or(DEFAULT_INITRD_ADDR_MAX);
+    let addr = initrd_load_addr(low_mem_end(mem), max, kernel.kernel_end, size)?;
+    let mapped = size > 0
+        && crate::vstate::memory::map_file_at(mem, addr, file, 0, size)
+            .map_err(Error::MapInitrd)?;
+    if !mapped {
+        mem.read_exact_volatile_from(GuestAddress(addr), file, size as usize)
+            .map_err(Error::LoadInitrd)?;
+    }
+    Ok((addr, size))
 }
 
 /// Where an initrd of `size` bytes goes: as high as possible (page aligned) below both the

@@ -355,3 +355,55 @@ fn hostile_headers_are_errors_not_panics() {
         std::fs::remove_file(p).unwrap();
     }
 }
+
+/// `make_elf` with its one segment at file offset 0x1000 (page aligned, as vmlinux's are).
+fn make_aligned_elf(entry: u64, paddr: u64, payload: &[u8], memsz: u64) -> Vec<u8> {
+    let mut v = make_elf(entry, paddr, payload, memsz);
+    v.truncate(0x100);
+    v.resize(0x1000, 0);
+    v[64 + 8..64 + 16].copy_from_slice(&0x1000u64.to_le_bytes());
+    v.extend_from_slice(payload);
+    // Bytes after the segment in the file, which must not reach the guest.
+    v.extend_from_slice(&[0xee; 64]);
+    v
+}
+
+#[test]
+fn mapped_kernel_and_initrd_match_the_copied_ones() {
+    let payload: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8 + 1).collect();
+    for (name, elf) in [
+        (
+            "aligned",
+            make_aligned_elf(0x20_0000, 0x20_0000, &payload, 0x3000),
+        ),
+        (
+            "unaligned",
+            make_elf(0x20_0000, 0x20_0000, &payload, 0x3000),
+        ),
+    ] {
+        let (_p1, mut f1) = temp_file(&format!("map-{name}-1"), &elf);
+        let (_p2, mut f2) = temp_file(&format!("map-{name}-2"), &elf);
+        let copied = mem(64);
+        let mapped = mem(64);
+        let a = load_kernel(&copied, &mut f1).unwrap();
+        let b = map_kernel(&mapped, &mut f2).unwrap();
+        assert_eq!((a.entry, a.kernel_end), (b.entry, b.kernel_end), "{name}");
+        let mut x = vec![0u8; 0x3000];
+        let mut y = vec![0u8; 0x3000];
+        copied.read_slice(&mut x, GuestAddress(0x20_0000)).unwrap();
+        mapped.read_slice(&mut y, GuestAddress(0x20_0000)).unwrap();
+        assert_eq!(x, y, "{name}: same bytes, bss zero");
+        assert_eq!(&y[..payload.len()], &payload[..]);
+        assert!(y[payload.len()..].iter().all(|b| *b == 0), "{name}");
+
+        let rd: Vec<u8> = (0..9000u32).map(|i| (i % 7) as u8 + 1).collect();
+        let (_r, mut rf) = temp_file(&format!("map-{name}-rd"), &rd);
+        let (addr, size) = map_initrd(&mapped, &b, &mut rf, rd.len() as u64).unwrap();
+        let copy_at = load_initrd(&copied, &a, &mut &rd[..], rd.len() as u64).unwrap();
+        assert_eq!((addr, size), copy_at);
+        let mut z = vec![0u8; rd.len() + 16];
+        mapped.read_slice(&mut z, GuestAddress(addr)).unwrap();
+        assert_eq!(&z[..rd.len()], &rd[..]);
+        assert!(z[rd.len()..].iter().all(|b| *b == 0));
+    }
+}
