@@ -372,6 +372,13 @@ fn write_snapshot(
     std::fs::create_dir_all(tmp).map_err(|e| Error::Write(tmp.to_path_buf(), e))?;
     let device_err = Error::Save;
     let vcpus = control.save_vcpus().map_err(|e| device_err(chain(&e)))?;
+    if vcpus.len() != usize::from(parts.config.vcpus) {
+        return Err(device_err(format!(
+            "{} of {} vCPUs answered (the VM is not running yet)",
+            vcpus.len(),
+            parts.config.vcpus
+        )));
+    }
     let vm = match parts.irqchip {
         true => Some(parts.vm.save_state().map_err(|e| device_err(chain(&e)))?),
         false => None,

@@ -669,3 +669,15 @@ fn irqchip_pit_clock_and_lapic_survive_a_snapshot() {
     assert_eq!(port_words(&dev2)[0], last + 1);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_vm_that_does_not_run_yet_cannot_be_snapshotted() {
+    if !kvm_present() {
+        return;
+    }
+    let vm = build_payload_vm(PayloadSpec::new(COUNTER.to_vec())).unwrap();
+    let dir = snapshot_dir("not-running");
+    let e = vm.handle().snapshot(&dir).unwrap_err();
+    assert!(chain(&e).contains("not running yet"), "{}", chain(&e));
+    assert!(!dir.exists(), "nothing left behind");
+}
