@@ -90,7 +90,10 @@ fn is_zero(page: &[u8]) -> bool {
 /// Map `len` bytes of `file` from `offset` at guest physical address `gpa`, private
 /// (copy-on-write) over the guest's anonymous memory: the guest reads the file's pages from
 /// the host's page cache (one copy for every VM booted from the file) and copies only the
-/// pages it writes. Bytes of the last page past `len` are zeroed. Returns `false`, with
+/// pages it writes. The mapping is populated (`MAP_POPULATE`): KVM then finds host page
+/// tables in place at the guest's first touch of each page instead of taking a file fault
+/// there (in the virtual KVM host, unpopulated mappings made the guest's boot 0.66 s slower
+/// than copying; populated, 0.85 s faster — `benches/snapshot`). Bytes of the last page past `len` are zeroed. Returns `false`, with
 /// nothing changed, where `gpa` or `offset` is not page aligned or the range is not inside
 /// one region: the caller then copies. Call before the vCPUs run.
 pub fn map_file_at(
@@ -128,7 +131,7 @@ pub fn map_file_at(
             host.cast(),
             map_len as usize,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_FIXED,
+            libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_POPULATE,
             file.as_raw_fd(),
             offset as libc::off_t,
         )
