@@ -163,43 +163,56 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Write `state` to `path` in the state-file format.
 pub fn write_state(path: &Path, state: &VmState) -> Result<u64, Error> {
-    let payload = serde_json::to_vec(state).map_err(Error::Encode)?;
-    let digest = Sha256::digest(&payload);
+    let bytes = frame_state(&serde_json::to_vec(state).map_err(Error::Encode)?);
     let werr = |e| Error::Write(path.to_path_buf(), e);
     let mut f = File::create(path).map_err(werr)?;
-    let mut header = Vec::with_capacity(HEADER_LEN);
-    header.extend_from_slice(STATE_MAGIC);
-    header.extend_from_slice(&SNAPSHOT_FORMAT.to_le_bytes());
-    header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    header.extend_from_slice(&digest);
-    f.write_all(&header).map_err(werr)?;
-    f.write_all(&payload).map_err(werr)?;
+    f.write_all(&bytes).map_err(werr)?;
     f.sync_all().map_err(werr)?;
-    Ok((header.len() + payload.len()) as u64)
+    Ok(bytes.len() as u64)
+}
+
+/// `payload` behind the state file's header: magic, format, length, SHA-256.
+pub fn frame_state(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(STATE_MAGIC);
+    out.extend_from_slice(&SNAPSHOT_FORMAT.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&Sha256::digest(payload));
+    out.extend_from_slice(payload);
+    out
 }
 
 /// Read and check a state file: magic, format, length, checksum, then decode.
 pub fn read_state(path: &Path) -> Result<VmState, Error> {
     let rerr = |e| Error::Read(path.to_path_buf(), e);
-    let mut f = File::open(path).map_err(rerr)?;
+    let f = File::open(path).map_err(rerr)?;
     let file_len = f.metadata().map_err(rerr)?.len();
-    let mut header = [0u8; HEADER_LEN];
-    let mut got = 0;
-    while got < HEADER_LEN {
-        match f.read(&mut header[got..]).map_err(rerr)? {
-            0 => break,
-            n => got += n,
-        }
+    // Never more than the largest valid file (and a little, to see that it is too long).
+    let mut bytes = Vec::new();
+    f.take(HEADER_LEN as u64 + MAX_STATE_LEN + 1)
+        .read_to_end(&mut bytes)
+        .map_err(rerr)?;
+    if (bytes.len() as u64) < file_len.min(HEADER_LEN as u64 + MAX_STATE_LEN + 1) {
+        return Err(rerr(std::io::Error::other("the file shrank while read")));
     }
+    decode_state(path, &bytes, file_len)
+}
+
+/// Check and decode the bytes of a state file (`path` names it in errors; `file_len` is the
+/// whole file's length, of which `bytes` may hold only the first part, if it is too long).
+pub fn decode_state(path: &Path, bytes: &[u8], file_len: u64) -> Result<VmState, Error> {
+    let got = bytes.len().min(HEADER_LEN);
+    let header = &bytes[..got];
     if got < STATE_MAGIC.len() || &header[..8] != STATE_MAGIC {
         return Err(Error::NotASnapshot(path.to_path_buf()));
     }
+    let truncated = |expected| Error::Truncated {
+        path: path.to_path_buf(),
+        found: file_len,
+        expected,
+    };
     if got < 12 {
-        return Err(Error::Truncated {
-            path: path.to_path_buf(),
-            found: file_len,
-            expected: HEADER_LEN as u64,
-        });
+        return Err(truncated(HEADER_LEN as u64));
     }
     let format = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
     if format != SNAPSHOT_FORMAT {
@@ -209,28 +222,19 @@ pub fn read_state(path: &Path) -> Result<VmState, Error> {
         });
     }
     if got < HEADER_LEN {
-        return Err(Error::Truncated {
-            path: path.to_path_buf(),
-            found: file_len,
-            expected: HEADER_LEN as u64,
-        });
+        return Err(truncated(HEADER_LEN as u64));
     }
     let len = u64::from_le_bytes(header[12..20].try_into().expect("8 bytes"));
-    let expected = HEADER_LEN as u64 + len;
-    if len > MAX_STATE_LEN || file_len < expected {
-        return Err(Error::Truncated {
-            path: path.to_path_buf(),
-            found: file_len,
-            expected,
-        });
+    let expected = (HEADER_LEN as u64).saturating_add(len);
+    if len > MAX_STATE_LEN || file_len < expected || (bytes.len() as u64) < expected {
+        return Err(truncated(expected));
     }
-    let mut payload = vec![0u8; len as usize];
-    f.read_exact(&mut payload).map_err(rerr)?;
-    if Sha256::digest(&payload).as_slice() != &header[20..52] || file_len != expected {
+    let payload = &bytes[HEADER_LEN..expected as usize];
+    if Sha256::digest(payload).as_slice() != &header[20..52] || file_len != expected {
         return Err(Error::Checksum(path.to_path_buf()));
     }
     let state: VmState =
-        serde_json::from_slice(&payload).map_err(|e| Error::Decode(path.to_path_buf(), e))?;
+        serde_json::from_slice(payload).map_err(|e| Error::Decode(path.to_path_buf(), e))?;
     check_consistent(path, &state)?;
     Ok(state)
 }

@@ -8,6 +8,7 @@ mod common;
 mod configs;
 mod mmio;
 mod seeds;
+mod snapshot;
 mod virtio_block;
 mod virtio_fs;
 mod virtio_net;

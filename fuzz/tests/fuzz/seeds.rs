@@ -416,6 +416,23 @@ fn config_seeds() {
     write("runtime_config", "full", &rtb);
 }
 
+fn snapshot_seeds() {
+    for (name, data) in crate::snapshot::seeds() {
+        write("device_restore", name, &data);
+    }
+    let state = serde_json::to_vec(&crate::snapshot::seed_state()).unwrap();
+    write(
+        "snapshot_state",
+        "framed",
+        &[&[1u8][..], &state[..]].concat(),
+    );
+    write(
+        "snapshot_state",
+        "raw",
+        &[&[0u8][..], &vmm::persist::frame_state(&state)[..]].concat(),
+    );
+}
+
 #[test]
 #[ignore = "writes the seed corpus into the source tree"]
 fn write_seed_corpus() {
@@ -423,5 +440,6 @@ fn write_seed_corpus() {
     virtio_seeds();
     agent_seeds();
     config_seeds();
+    snapshot_seeds();
     assert!(Path::new(&fuzz::corpus_dir("virtio_fs")).is_dir());
 }
