@@ -182,39 +182,51 @@ impl PodRecord {
 
     /// Load `<dir>/state.json`, refusing a newer format version.
     pub fn load(dir: &Path) -> Result<PodRecord, Error> {
-        let path = dir.join(STATE_FILE);
-        let bytes = fs::read(&path).map_err(|source| Error::Read {
-            path: path.clone(),
-            source,
-        })?;
-        let value: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|source| Error::Parse {
-                path: path.clone(),
-                source,
-            })?;
-        let found = value
-            .get("format_version")
-            .and_then(|v| v.as_u64())
-            .ok_or_else(|| Error::NoVersion { path: path.clone() })?;
-        if found > u64::from(FORMAT_VERSION) {
-            return Err(Error::FutureVersion {
-                path,
-                found,
-                supported: FORMAT_VERSION,
-            });
-        }
-        serde_json::from_value(value).map_err(|source| Error::Parse { path, source })
+        load_versioned(&dir.join(STATE_FILE), FORMAT_VERSION)
     }
 
     /// Write `<dir>/state.json` atomically.
     pub fn store(&self, dir: &Path) -> Result<(), Error> {
-        let path = dir.join(STATE_FILE);
-        let bytes = serde_json::to_vec_pretty(self).map_err(|source| Error::Parse {
+        store_json(&dir.join(STATE_FILE), self)
+    }
+}
+
+/// Load a JSON record whose `format_version` must be present and at most `supported`.
+pub fn load_versioned<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    supported: u32,
+) -> Result<T, Error> {
+    let path = path.to_path_buf();
+    let bytes = fs::read(&path).map_err(|source| Error::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|source| Error::Parse {
             path: path.clone(),
             source,
         })?;
-        write_atomic(&path, &bytes)
+    let found = value
+        .get("format_version")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| Error::NoVersion { path: path.clone() })?;
+    if found > u64::from(supported) {
+        return Err(Error::FutureVersion {
+            path,
+            found,
+            supported,
+        });
     }
+    serde_json::from_value(value).map_err(|source| Error::Parse { path, source })
+}
+
+/// Write `record` as pretty JSON to `path`, atomically.
+pub fn store_json<T: Serialize>(path: &Path, record: &T) -> Result<(), Error> {
+    let bytes = serde_json::to_vec_pretty(record).map_err(|source| Error::Parse {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    write_atomic(path, &bytes)
 }
 
 /// Replace `path` with `bytes` so that a reader sees the old or the new content, never a part:

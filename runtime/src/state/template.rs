@@ -10,7 +10,7 @@
 //! size and modification time; command line; memory; vCPUs; disk slots), so that a pod whose
 //! configuration differs, or whose kernel has changed since, is not started from it.
 
-use super::{now_unix, write_atomic, Error};
+use super::{load_versioned, now_unix, store_json, Error};
 use crate::config::{Machine, PodConfig};
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::MetadataExt;
@@ -105,37 +105,11 @@ impl TemplateRecord {
     }
 
     pub fn load(dir: &Path) -> Result<TemplateRecord, Error> {
-        let path = dir.join(TEMPLATE_FILE);
-        let bytes = std::fs::read(&path).map_err(|source| Error::Read {
-            path: path.clone(),
-            source,
-        })?;
-        let value: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|source| Error::Parse {
-                path: path.clone(),
-                source,
-            })?;
-        match value.get("format_version").and_then(|v| v.as_u64()) {
-            None => return Err(Error::NoVersion { path }),
-            Some(v) if v > u64::from(TEMPLATE_FORMAT) => {
-                return Err(Error::FutureVersion {
-                    path,
-                    found: v,
-                    supported: TEMPLATE_FORMAT,
-                })
-            }
-            Some(_) => {}
-        }
-        serde_json::from_value(value).map_err(|source| Error::Parse { path, source })
+        load_versioned(&dir.join(TEMPLATE_FILE), TEMPLATE_FORMAT)
     }
 
     pub fn store(&self, dir: &Path) -> Result<(), Error> {
-        let path = dir.join(TEMPLATE_FILE);
-        let bytes = serde_json::to_vec_pretty(self).map_err(|source| Error::Parse {
-            path: path.clone(),
-            source,
-        })?;
-        write_atomic(&path, &bytes)
+        store_json(&dir.join(TEMPLATE_FILE), self)
     }
 
     /// Why a pod with `config` cannot start from this template, if it cannot: another

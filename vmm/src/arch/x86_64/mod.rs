@@ -390,12 +390,7 @@ pub fn map_initrd(
     file: &mut File,
     size: u64,
 ) -> Result<(u64, u64), Error> {
-    let max = kernel
-        .setup_header
-        .map(|h| u64::from(h.initrd_addr_max))
-        .filter(|m| *m != 0)
-        .unwrap_or(DEFAULT_INITRD_ADDR_MAX);
-    let addr = initrd_load_addr(low_mem_end(mem), max, kernel.kernel_end, size)?;
+    let addr = initrd_addr_for(mem, kernel, size)?;
     let mapped = size > 0
         && crate::vstate::memory::map_file_at(mem, addr, file, 0, size)
             .map_err(Error::MapInitrd)?;
@@ -431,6 +426,17 @@ pub fn initrd_load_addr(
     Ok(start)
 }
 
+/// Where `kernel`'s initrd of `size` bytes goes in `mem` (below the kernel's
+/// `initrd_addr_max`, if its setup header has one).
+fn initrd_addr_for(mem: &GuestMemoryMmap, kernel: &LoadedKernel, size: u64) -> Result<u64, Error> {
+    let max = kernel
+        .setup_header
+        .map(|h| u64::from(h.initrd_addr_max))
+        .filter(|m| *m != 0)
+        .unwrap_or(DEFAULT_INITRD_ADDR_MAX);
+    initrd_load_addr(low_mem_end(mem), max, kernel.kernel_end, size)
+}
+
 /// Read `size` bytes of initrd straight into guest memory; returns (address, size).
 pub fn load_initrd<R: vm_memory::ReadVolatile>(
     mem: &GuestMemoryMmap,
@@ -438,12 +444,7 @@ pub fn load_initrd<R: vm_memory::ReadVolatile>(
     initrd: &mut R,
     size: u64,
 ) -> Result<(u64, u64), Error> {
-    let max = kernel
-        .setup_header
-        .map(|h| u64::from(h.initrd_addr_max))
-        .filter(|m| *m != 0)
-        .unwrap_or(DEFAULT_INITRD_ADDR_MAX);
-    let addr = initrd_load_addr(low_mem_end(mem), max, kernel.kernel_end, size)?;
+    let addr = initrd_addr_for(mem, kernel, size)?;
     mem.read_exact_volatile_from(GuestAddress(addr), initrd, size as usize)
         .map_err(Error::LoadInitrd)?;
     Ok((addr, size))
