@@ -7,8 +7,9 @@
 # hostnames, boot ids and random bytes), template-disk (a disk slot of a restored pod written
 # by a container, the bytes found in the host's image file), template-share (a host directory
 # shared live into a restored pod), template-bad (a pod that does not fit, a missing and a
-# corrupt template: one error each, nothing left running), template-delete (pods started
-# from a template outlive it).
+# corrupt template: one error each, nothing left running), template-snapshot (a running
+# pod saved while it runs on; one whose guest mounted the shared filesystem refused),
+# template-delete (pods started from a template outlive it).
 
 export EMBER_ROOT=/run/ember-templates
 TLOG=/tmp/templates.log
@@ -124,6 +125,21 @@ template_bad() {
         && [ "$(wc -l </tmp/bad1.err)" -eq 1 ] && [ "$(wc -l </tmp/bad3.err)" -eq 1 ]
 }
 section template-bad template_bad
+
+template_snapshot() {
+    # A running pod's VM saved while it runs on; t2's guest has mounted the shared
+    # filesystem (template-share): refused, nothing left.
+    rm -rf /tmp/t1snap /tmp/t2snap
+    ember pod snapshot t1 /tmp/t1snap || return 1
+    ls -ls /tmp/t1snap
+    out=$(ember container exec t1 c -- echo after-snapshot) || return 1
+    echo "t1 after its snapshot: $out"
+    ember pod snapshot t2 /tmp/t2snap 2>/tmp/t2snap.err; rc=$?
+    echo "t2: exit=$rc $(cat /tmp/t2snap.err)"
+    [ "$out" = after-snapshot ] && [ $rc -ne 0 ] && [ ! -e /tmp/t2snap ] \
+        && ember container exec t2 c -- true
+}
+section template-snapshot template_snapshot
 
 template_delete() {
     ember template delete base || return 1

@@ -59,6 +59,28 @@ fn bad_templates_are_one_error_and_start_nothing() {
 }
 
 #[test]
+fn a_running_pod_is_snapshotted_unless_its_shared_filesystem_is_mounted() {
+    let Some(s) = passed("template-snapshot") else {
+        return;
+    };
+    assert!(
+        s.output.contains("snapshot /tmp/t1snap: state"),
+        "{}",
+        s.output
+    );
+    assert!(
+        s.output.contains("t1 after its snapshot: after-snapshot"),
+        "{}",
+        s.output
+    );
+    assert!(
+        s.output.contains("virtio-fs is mounted in the guest"),
+        "{}",
+        s.output
+    );
+}
+
+#[test]
 fn pods_outlive_their_template() {
     let Some(s) = passed("template-delete") else {
         return;

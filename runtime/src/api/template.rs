@@ -111,6 +111,40 @@ impl Runtime {
         Ok(record)
     }
 
+    /// Snapshot the running (or paused) pod's VM into the new directory `dir`; the pod runs
+    /// on. (`ember vm restore DIR` starts a copy of it; a template is one made at agent
+    /// ready.) A VM whose shared filesystem the guest has mounted is refused.
+    pub fn snapshot_pod(&self, pod: &str, dir: &Path) -> Result<vmm::SnapshotInfo, Error> {
+        let (_lock, pod_dir, rec) = self.open(pod, crate::state::LockKind::Read)?;
+        if !matches!(
+            rec.state,
+            crate::state::State::Running | crate::state::State::Paused
+        ) {
+            return Err(Error::PodNotRunning {
+                id: pod.to_string(),
+                state: rec.state,
+                action: "snapshot it",
+            });
+        }
+        let dir = std::path::absolute(dir).map_err(|source| Error::Io {
+            what: format!("Bad snapshot path {}", dir.display()),
+            source,
+        })?;
+        let socket = pod_dir.join(crate::pod_vmm::CONTROL_SOCKET);
+        match control::request(
+            &socket,
+            &Request::Snapshot { dir },
+            crate::timeouts::SNAPSHOT,
+        )
+        .map_err(Error::Control)?
+        {
+            Response::Snapshotted(info) => Ok(info),
+            other => Err(Error::Config(format!(
+                "unexpected answer to a snapshot: {other:?}"
+            ))),
+        }
+    }
+
     /// Every template, by name.
     pub fn list_templates(&self) -> Result<Vec<TemplateInfo>, Error> {
         let parent = templates_dir(self.root());

@@ -543,6 +543,54 @@ impl crate::pod_vmm::control::ControlTarget for SlotRecorder {
         self.0.lock().unwrap().push(format!("unshare {name}"));
         Ok(())
     }
+    fn snapshot(&self, dir: &Path) -> Result<vmm::SnapshotInfo, String> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("snapshot {}", dir.display()));
+        Ok(vmm::SnapshotInfo {
+            dir: dir.to_path_buf(),
+            state_bytes: 1,
+            memory_bytes: 2,
+            memory_written: 3,
+            paused_ms: 0.5,
+        })
+    }
+}
+
+#[test]
+fn a_running_pod_is_snapshotted_by_its_pod_process_and_a_stopped_one_refused() {
+    let rt = rt("api-snapshot");
+    rt.create_pod("p", PodConfig::default()).unwrap();
+    let err = rt.snapshot_pod("p", Path::new("/tmp/x")).unwrap_err();
+    assert!(matches!(err, Error::PodNotRunning { .. }), "{err}");
+    force_state(
+        &rt,
+        "p",
+        State::Running,
+        Some(crate::pod_vmm::proc::this_process().unwrap()),
+    );
+    let dir = rt.pod_dir("p");
+    let listener =
+        std::os::unix::net::UnixListener::bind(dir.join(crate::pod_vmm::CONTROL_SOCKET)).unwrap();
+    let target = std::sync::Arc::new(SlotRecorder::default());
+    let t = target.clone();
+    std::thread::spawn(move || crate::pod_vmm::control::serve(listener, &*t));
+    // A relative path is made absolute here, before the pod process sees it.
+    let info = rt.snapshot_pod("p", Path::new("snap-rel")).unwrap();
+    assert!(
+        info.dir.is_absolute() && info.dir.ends_with("snap-rel"),
+        "{info:?}"
+    );
+    assert_eq!(info.memory_written, 3);
+    assert_eq!(
+        *target.0.lock().unwrap(),
+        vec![format!("snapshot {}", info.dir.display())]
+    );
+    assert!(matches!(
+        rt.snapshot_pod("nope", Path::new("/tmp/x")),
+        Err(Error::PodNotFound(_))
+    ));
 }
 
 #[test]

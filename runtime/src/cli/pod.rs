@@ -55,6 +55,14 @@ pub enum PodCommand {
         #[command(flatten)]
         out: OutArgs,
     },
+    /// Save a snapshot of the pod's running VM into the new directory DIR (`ember vm
+    /// restore DIR` starts a copy); the pod runs on.
+    Snapshot {
+        id: String,
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Internal: the detached process that runs a pod's VM.
     #[command(name = "__vmm", hide = true)]
     Vmm { id: String },
@@ -145,6 +153,21 @@ fn exec(rt: &Runtime, cmd: PodCommand) -> Result<(), Error> {
             show(&rt.run_pod(&a.id, cfg)?, &a.out);
         }
         PodCommand::Stop { id, out } => show(&rt.stop_pod(&id)?, &out),
+        PodCommand::Snapshot { id, dir, json } => {
+            let info = rt.snapshot_pod(&id, &dir)?;
+            if json {
+                outln!("{}", to_json(&info));
+            } else {
+                outln!(
+                    "snapshot {}: state {} bytes, memory {} MiB ({} MiB of data), vCPUs held {:.1} ms",
+                    info.dir.display(),
+                    info.state_bytes,
+                    info.memory_bytes >> 20,
+                    info.memory_written >> 20,
+                    info.paused_ms
+                );
+            }
+        }
         PodCommand::Delete { id, force } => rt.delete_pod(&id, force)?,
         PodCommand::List { out } => {
             let pods = rt.list_pods()?;
