@@ -138,17 +138,7 @@ pub fn build_vmm(cfg: &VmConfig, start: Instant) -> Result<Vmm, Error> {
     };
     timings.mark(Phase::KernelLoaded);
 
-    let mut pio = Bus::new();
-    let mut mmio = Bus::new();
-    let legacy = legacy::setup_legacy_devices(
-        Some(&vm),
-        &mut pio,
-        &mut mmio,
-        console,
-        control.clone(),
-        timings.clone(),
-    )
-    .map_err(Error::Legacy)?;
+    let (pio, mut mmio, legacy) = buses_with_legacy(Some(&vm), console, &control, &timings)?;
 
     let mut virtio = MmioDeviceManager::new();
     let hot = attach_virtio_devices(cfg, &vm, &mem, &mut mmio, &mut virtio)?;
@@ -172,6 +162,28 @@ pub fn build_vmm(cfg: &VmConfig, start: Instant) -> Result<Vmm, Error> {
     let mut vmm = Vmm::from_parts(kvm, vm, mem, vcpus, control, timings, legacy);
     vmm.set_devices(virtio, event_loop, hot, cfg.clone(), true);
     Ok(vmm)
+}
+
+/// The port-I/O and MMIO buses with the legacy devices on them; `vm` routes the serial
+/// interrupt (`None` without an in-kernel irqchip).
+fn buses_with_legacy(
+    vm: Option<&Vm>,
+    console: Box<dyn Write + Send>,
+    control: &Arc<VmControl>,
+    timings: &Arc<TimingsRecorder>,
+) -> Result<(Bus, Bus, legacy::LegacyDevices), Error> {
+    let mut pio = Bus::new();
+    let mut mmio = Bus::new();
+    let legacy = legacy::setup_legacy_devices(
+        vm,
+        &mut pio,
+        &mut mmio,
+        console,
+        control.clone(),
+        timings.clone(),
+    )
+    .map_err(Error::Legacy)?;
+    Ok((pio, mmio, legacy))
 }
 
 /// Where and how the vCPUs start.
@@ -285,17 +297,8 @@ fn restore_from_state(
     vm.register_memory(&mem).map_err(Error::Vm)?;
     timings.mark(Phase::MemoryReady);
 
-    let mut pio = Bus::new();
-    let mut mmio = Bus::new();
-    let legacy = legacy::setup_legacy_devices(
-        irqchip.then_some(&vm),
-        &mut pio,
-        &mut mmio,
-        console,
-        control.clone(),
-        timings.clone(),
-    )
-    .map_err(Error::Legacy)?;
+    let (mut pio, mut mmio, legacy) =
+        buses_with_legacy(irqchip.then_some(&vm), console, &control, &timings)?;
     let legacy_err = |e: devices::legacy::LegacyStateError| fail(RestoreError::Legacy(e));
     lock(&legacy.serial)
         .0
@@ -551,17 +554,8 @@ pub fn build_payload_vm(spec: PayloadSpec) -> Result<Vmm, Error> {
     mem.write_slice(&spec.code, GuestAddress(spec.load_addr))
         .map_err(Error::Payload)?;
 
-    let mut pio = Bus::new();
-    let mut mmio = Bus::new();
-    let legacy = legacy::setup_legacy_devices(
-        spec.irqchip.then_some(&vm),
-        &mut pio,
-        &mut mmio,
-        console,
-        control.clone(),
-        timings.clone(),
-    )
-    .map_err(Error::Legacy)?;
+    let (mut pio, mut mmio, legacy) =
+        buses_with_legacy(spec.irqchip.then_some(&vm), console, &control, &timings)?;
     for (base, len, dev) in spec.extra_pio {
         pio.insert(base, len, dev).map_err(Error::Bus)?;
     }

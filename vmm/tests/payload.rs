@@ -507,20 +507,55 @@ fn wait_words(dev: &Mutex<Recorder>, n: usize) {
     }
 }
 
-#[test]
-fn a_vm_restored_from_a_snapshot_carries_on_where_it_was() {
-    if !kvm_present() {
-        return;
-    }
+/// The COUNTER payload started on its own thread (with an in-kernel irqchip and `devices`
+/// when given), its TEST_PORT writes recorded, once it has written `words` of them.
+fn running_counter(
+    devices: Option<vmm::VmConfig>,
+    words: usize,
+) -> (
+    vmm::VmHandle,
+    std::thread::JoinHandle<Result<VmExit, vmm::Error>>,
+    Arc<Mutex<Recorder>>,
+) {
     let dev = recorder(0);
     let vm = build_payload_vm(PayloadSpec {
         extra_pio: vec![(TEST_PORT, 4, dev.clone())],
+        irqchip: devices.is_some(),
+        devices,
         ..PayloadSpec::new(COUNTER.to_vec())
     })
     .unwrap();
     let handle = vm.handle();
     let t = std::thread::spawn(move || vm.run());
-    wait_words(&dev, 1000);
+    wait_words(&dev, words);
+    (handle, t, dev)
+}
+
+/// Restore the snapshot in `dir` on `cfg`'s devices, run it until it wrote 100 words, stop
+/// it; the words.
+fn restored_words(dir: &std::path::Path, cfg: &vmm::VmConfig) -> Vec<u32> {
+    let dev = recorder(0);
+    let vm = vmm::builder::restore_vmm_with(
+        dir,
+        cfg,
+        std::time::Instant::now(),
+        vec![(TEST_PORT, 4, dev.clone())],
+    )
+    .unwrap();
+    let handle = vm.handle();
+    let t = std::thread::spawn(move || vm.run());
+    wait_words(&dev, 100);
+    handle.stop();
+    t.join().unwrap().unwrap();
+    port_words(&dev)
+}
+
+#[test]
+fn a_vm_restored_from_a_snapshot_carries_on_where_it_was() {
+    if !kvm_present() {
+        return;
+    }
+    let (handle, t, dev) = running_counter(None, 1000);
     let dir = snapshot_dir("counter");
     // Paused first, so the recorder holds exactly what the guest wrote before the snapshot.
     handle.pause().unwrap();
@@ -534,21 +569,7 @@ fn a_vm_restored_from_a_snapshot_carries_on_where_it_was() {
 
     // Twice from one snapshot: each restored VM continues from the same point.
     for _ in 0..2 {
-        let dev2 = recorder(0);
-        let cfg = vmm::VmConfig::new("");
-        let vm = vmm::builder::restore_vmm_with(
-            &dir,
-            &cfg,
-            std::time::Instant::now(),
-            vec![(TEST_PORT, 4, dev2.clone())],
-        )
-        .unwrap();
-        let handle = vm.handle();
-        let t = std::thread::spawn(move || vm.run());
-        wait_words(&dev2, 100);
-        handle.stop();
-        t.join().unwrap().unwrap();
-        let after = port_words(&dev2);
+        let after = restored_words(&dir, &vmm::VmConfig::new(""));
         assert_eq!(
             after[0],
             before.last().unwrap() + 1,
@@ -574,15 +595,7 @@ fn restoring_a_bad_snapshot_is_one_error_and_starts_nothing() {
     if !kvm_present() {
         return;
     }
-    let dev = recorder(0);
-    let vm = build_payload_vm(PayloadSpec {
-        extra_pio: vec![(TEST_PORT, 4, dev.clone())],
-        ..PayloadSpec::new(COUNTER.to_vec())
-    })
-    .unwrap();
-    let handle = vm.handle();
-    let t = std::thread::spawn(move || vm.run());
-    wait_words(&dev, 10);
+    let (handle, t, _dev) = running_counter(None, 10);
     let dir = snapshot_dir("bad");
     handle.snapshot(&dir).unwrap();
     handle.stop();
@@ -628,45 +641,18 @@ fn irqchip_pit_clock_and_lapic_survive_a_snapshot() {
     if !kvm_present() {
         return;
     }
-    let dev = recorder(0);
-    let vm = build_payload_vm(PayloadSpec {
-        extra_pio: vec![(TEST_PORT, 4, dev.clone())],
-        irqchip: true,
-        devices: Some(vmm::VmConfig {
-            rng: true,
-            ..vmm::VmConfig::new("")
-        }),
-        ..PayloadSpec::new(COUNTER.to_vec())
-    })
-    .unwrap();
-    let handle = vm.handle();
-    let t = std::thread::spawn(move || vm.run());
-    wait_words(&dev, 100);
+    let cfg = vmm::VmConfig {
+        rng: true,
+        ..vmm::VmConfig::new("")
+    };
+    let (handle, t, dev) = running_counter(Some(cfg.clone()), 100);
     let dir = snapshot_dir("irqchip");
     handle.pause().unwrap();
     handle.snapshot(&dir).unwrap();
     let last = *port_words(&dev).last().unwrap();
     handle.stop();
     t.join().unwrap().unwrap();
-
-    let dev2 = recorder(0);
-    let cfg = vmm::VmConfig {
-        rng: true,
-        ..vmm::VmConfig::new("")
-    };
-    let vm = vmm::builder::restore_vmm_with(
-        &dir,
-        &cfg,
-        std::time::Instant::now(),
-        vec![(TEST_PORT, 4, dev2.clone())],
-    )
-    .unwrap();
-    let handle = vm.handle();
-    let t = std::thread::spawn(move || vm.run());
-    wait_words(&dev2, 100);
-    handle.stop();
-    t.join().unwrap().unwrap();
-    assert_eq!(port_words(&dev2)[0], last + 1);
+    assert_eq!(restored_words(&dir, &cfg)[0], last + 1);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

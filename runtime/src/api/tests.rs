@@ -507,6 +507,17 @@ fn list_does_not_wait_behind_a_busy_pod() {
     );
 }
 
+/// A control socket in pod directory `dir` served by a new [`SlotRecorder`] (as the pod
+/// process would serve it); the recorder.
+fn serve_control(dir: &Path) -> std::sync::Arc<SlotRecorder> {
+    let listener =
+        std::os::unix::net::UnixListener::bind(dir.join(crate::pod_vmm::CONTROL_SOCKET)).unwrap();
+    let target = std::sync::Arc::new(SlotRecorder::default());
+    let t = target.clone();
+    std::thread::spawn(move || crate::pod_vmm::control::serve(listener, &*t));
+    target
+}
+
 /// A pod's control socket target that answers everything and records disk requests.
 #[derive(Default)]
 struct SlotRecorder(std::sync::Mutex<Vec<String>>);
@@ -571,11 +582,7 @@ fn a_running_pod_is_snapshotted_by_its_pod_process_and_a_stopped_one_refused() {
         Some(crate::pod_vmm::proc::this_process().unwrap()),
     );
     let dir = rt.pod_dir("p");
-    let listener =
-        std::os::unix::net::UnixListener::bind(dir.join(crate::pod_vmm::CONTROL_SOCKET)).unwrap();
-    let target = std::sync::Arc::new(SlotRecorder::default());
-    let t = target.clone();
-    std::thread::spawn(move || crate::pod_vmm::control::serve(listener, &*t));
+    let target = serve_control(&dir);
     // A relative path is made absolute here, before the pod process sees it.
     let info = rt.snapshot_pod("p", Path::new("snap-rel")).unwrap();
     assert!(
@@ -608,11 +615,7 @@ fn running_pod_shares_a_rootfs_and_host_mounts_and_withdraws_them() {
         Some(crate::pod_vmm::proc::this_process().unwrap()),
     );
     let dir = rt.pod_dir("p");
-    let listener =
-        std::os::unix::net::UnixListener::bind(dir.join(crate::pod_vmm::CONTROL_SOCKET)).unwrap();
-    let target = std::sync::Arc::new(SlotRecorder::default());
-    let t = target.clone();
-    std::thread::spawn(move || crate::pod_vmm::control::serve(listener, &*t));
+    let target = serve_control(&dir);
 
     let shared = |path: &Path| RootfsConfig::Share {
         path: path.to_path_buf(),
@@ -701,11 +704,7 @@ fn running_pod_takes_disks_into_free_slots() {
         })
         .collect();
     rec.store(&dir).unwrap();
-    let listener =
-        std::os::unix::net::UnixListener::bind(dir.join(crate::pod_vmm::CONTROL_SOCKET)).unwrap();
-    let target = std::sync::Arc::new(SlotRecorder::default());
-    let t = target.clone();
-    std::thread::spawn(move || crate::pod_vmm::control::serve(listener, &*t));
+    let target = serve_control(&dir);
 
     // insert NAME RO: an empty image NAME.img inserted for owner NAME; its device and owner.
     let insert = |name: &str, read_only: bool| {

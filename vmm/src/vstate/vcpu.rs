@@ -435,6 +435,8 @@ impl Vcpu {
     /// Run until the VM ends; returns how, or `None` when stopped from outside.
     pub fn run_loop(&mut self) -> Option<Result<VmExit, Error>> {
         let mut first = true;
+        // Beside `self`, which the save closure below borrows mutably.
+        let control = self.control.clone();
         loop {
             if self.control.run_state() == crate::control::RunState::Paused {
                 if let Ok(r) = self.fd.get_regs() {
@@ -445,7 +447,6 @@ impl Vcpu {
                     self.control.report_stats(self.index, nonzero);
                 }
             }
-            let control = self.control.clone();
             let mut save = || {
                 let spec = self.save_spec.clone();
                 self.save_state(&spec)
