@@ -2,7 +2,9 @@
 # (/var/lib/ember/guest) and the agent reports ready. Sourced by the host's /init after
 # /rig/lib.sh. Sections: kvm-real, boot, no-pvm-refusal, snapshot (the guest saved once its
 # agent is ready), restore (that snapshot started twice, each VM with its own vsock socket,
-# until its agent answers), restore-bad (a corrupted snapshot: one error, exit 1).
+# until its agent answers), restore-bad (a corrupted snapshot: one error, exit 1),
+# seccomp-forbidden (a vCPU filter without ioctl: the first KVM_RUN ends the VMM with a line
+# naming the thread and the syscall).
 
 section kvm-real sh -c '
     ls -l /dev/kvm || exit 1
@@ -98,3 +100,16 @@ section restore-bad sh -c '
     cat /tmp/restore-bad.out
     echo "corrupt exit=$rc lines=$(wc -l </tmp/restore-bad.out)"
     rm -rf /tmp/snap-bad'
+
+section seccomp-forbidden sh -c '
+    ember vm seccomp >/tmp/filters.json || exit 1
+    echo "syscalls listed: $(grep -c "\"syscall\"" /tmp/filters.json)"
+    # One syscall per line: the vCPU filter without ioctl.
+    sed "/\"vcpu\"/,/]/{/\"syscall\": \"ioctl\"/d}" /tmp/filters.json >/tmp/no-ioctl.json
+    echo "vcpu filter lines removed: $(( $(wc -l </tmp/filters.json) - $(wc -l </tmp/no-ioctl.json) ))"
+    ember vm run --seccomp-filter /tmp/no-ioctl.json --timeout-s 120 \
+        --console-file /tmp/seccomp-console.log >/tmp/seccomp.out 2>&1
+    rc=$?
+    cat /tmp/seccomp.out
+    echo "forbidden exit=$rc"
+    [ "$rc" -eq 159 ]'

@@ -3,7 +3,8 @@
 # (`--rootfs-guest-path /`); one more gets an ext2 disk declared in the pod config, filled by a
 # first container and used as the rootfs of a second.
 # Sections: pods-start, pods-containers-start, pods-exec, pods-ps, pods-exit-code, pods-kill,
-# pods-pause-resume, pods-list-status, pods-disk-rootfs, pods-stop-delete, pods-vmm-killed.
+# pods-pause-resume, pods-list-status, pods-seccomp, pods-disk-rootfs, pods-stop-delete,
+# pods-vmm-killed.
 
 export EMBER_ROOT=/run/ember-pods
 POD=p1
@@ -106,6 +107,19 @@ section pods-list-status sh -c "
     grep -q '^$POD  *running' /tmp/list.txt || exit 1
     ember pod status --json $POD > /tmp/status.json || exit 1
     grep -q '\"vmm_pid\": [0-9]' /tmp/status.json && grep -c '\"id\": \"c' /tmp/status.json"
+
+# Each thread of the running pod's process: its name, seccomp mode (2: filtered) and filter
+# count (the vCPUs stack their own on the one of the thread that started them).
+pods_seccomp() {
+    pid=$(ember pod status --json $POD | sed -n 's/.*"vmm_pid": \([0-9]*\).*/\1/p')
+    [ -n "$pid" ] || return 1
+    for t in /proc/$pid/task/*; do
+        mode=$(sed -n 's/^Seccomp:[[:space:]]*//p' "$t/status")
+        filters=$(sed -n 's/^Seccomp_filters:[[:space:]]*//p' "$t/status")
+        echo "thread $(cat "$t/comm") seccomp=$mode filters=$filters"
+    done
+}
+section pods-seccomp pods_seccomp
 
 pods_disk_rootfs() {
     # A filler container mounts the pod's disk and copies busybox onto it...

@@ -16,6 +16,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -234,14 +235,23 @@ pub fn init(cfg: &Config) -> Result<(), Error> {
             sinks.push(Sink::open(Some(also))?);
         }
     }
+    // A thread killed by its seccomp filter reports in the same format, to stderr and to the
+    // last log file (the backend, and so the file, lives as long as the process).
+    let file_fd = sinks
+        .iter()
+        .rev()
+        .find_map(|s| s.file.as_ref())
+        .and_then(|f| f.lock().ok().map(|f| f.as_raw_fd()));
     let backend = Backend {
         level,
         format: cfg.format,
         sinks,
         errors_to_stderr: cfg.errors_to_stderr && cfg.file.is_some(),
     };
+    let json = cfg.format == Format::Json;
     if log::set_boxed_logger(Box::new(backend)).is_ok() {
         log::set_max_level(level);
+        vmm::seccomp::report_to(json, file_fd);
     }
     Ok(())
 }

@@ -143,7 +143,8 @@ pub fn build_vmm(cfg: &VmConfig, start: Instant) -> Result<Vmm, Error> {
     let mut virtio = MmioDeviceManager::new();
     let hot = attach_virtio_devices(cfg, &vm, &mem, &mut mmio, &mut virtio)?;
     let device_params = virtio.cmdline_params();
-    let event_loop = EventLoop::start(virtio.subscribers()).map_err(Error::EventLoop)?;
+    let event_loop =
+        EventLoop::start(virtio.subscribers(), cfg.seccomp.clone()).map_err(Error::EventLoop)?;
     let cmdline =
         arch::build_cmdline(&cmdline_for(cfg, &device_params), &[]).map_err(Error::Boot)?;
     let cmdline_len = arch::load_cmdline(&mem, &cmdline).map_err(Error::Boot)?;
@@ -361,7 +362,8 @@ fn restore_from_state(
         vcpus.push(vcpu);
     }
     // The devices' restored activations are picked up as the loop starts.
-    let event_loop = EventLoop::start(virtio.subscribers()).map_err(Error::EventLoop)?;
+    let event_loop =
+        EventLoop::start(virtio.subscribers(), cfg.seccomp.clone()).map_err(Error::EventLoop)?;
     timings.mark(Phase::VmCreated);
     let mut vmm = Vmm::from_parts(kvm, vm, mem, vcpus, control, timings, legacy);
     vmm.set_devices(virtio, event_loop, hot, cfg, irqchip);
@@ -514,6 +516,8 @@ pub struct PayloadSpec {
     pub devices: Option<VmConfig>,
     /// vCPUs; without an irqchip all of them start at `load_addr`.
     pub vcpus: u8,
+    /// Filters for the vCPU threads and the event loop, as [`VmConfig::seccomp`].
+    pub seccomp: Option<Arc<crate::seccomp::Filters>>,
 }
 
 impl PayloadSpec {
@@ -530,6 +534,7 @@ impl PayloadSpec {
             irqchip: false,
             devices: None,
             vcpus: 1,
+            seccomp: None,
         }
     }
 }
@@ -567,7 +572,8 @@ pub fn build_payload_vm(spec: PayloadSpec) -> Result<Vmm, Error> {
         Some(cfg) => attach_virtio_devices(cfg, &vm, &mem, &mut mmio, &mut virtio)?,
         None => HotDevices::default(),
     };
-    let event_loop = EventLoop::start(virtio.subscribers()).map_err(Error::EventLoop)?;
+    let event_loop =
+        EventLoop::start(virtio.subscribers(), spec.seccomp.clone()).map_err(Error::EventLoop)?;
     if spec.vcpus == 0 || spec.vcpus > mptable::MAX_SUPPORTED_CPUS {
         return Err(Error::VcpuCount(spec.vcpus));
     }
@@ -582,6 +588,7 @@ pub fn build_payload_vm(spec: PayloadSpec) -> Result<Vmm, Error> {
     let mut config = spec.devices.clone().unwrap_or_else(|| VmConfig::new(""));
     config.mem_mib = spec.mem_mib;
     config.vcpus = spec.vcpus;
+    config.seccomp = spec.seccomp;
     let mut vmm = Vmm::from_parts(kvm, vm, mem, vcpus, control, timings, legacy);
     vmm.set_devices(virtio, event_loop, hot, config, spec.irqchip);
     Ok(vmm)

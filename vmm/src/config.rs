@@ -43,6 +43,10 @@ pub struct VmConfig {
     /// from their files (for comparisons; mapping is the default).
     #[serde(default)]
     pub copy_boot_files: bool,
+    /// The seccomp filters the vCPU threads and the event loop confine themselves to before
+    /// the guest runs ([`crate::seccomp`]); `None`: unfiltered. Not part of a snapshot.
+    #[serde(skip)]
+    pub seccomp: Option<std::sync::Arc<crate::seccomp::Filters>>,
 }
 
 impl VmConfig {
@@ -64,6 +68,7 @@ impl VmConfig {
             fs: None,
             console: ConsoleConfig::Stdout,
             copy_boot_files: false,
+            seccomp: None,
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod control;
 pub mod device_manager;
 pub mod persist;
+pub mod seccomp;
 pub mod timings;
 pub mod vstate;
 
@@ -64,6 +65,8 @@ pub enum Error {
     Memory(#[source] vstate::memory::Error),
     #[error("vCPU failure")]
     Vcpu(#[source] vstate::vcpu::Error),
+    #[error("Cannot confine a vCPU thread")]
+    Seccomp(#[source] seccomp::Error),
     #[error("Guest memory too small: {0} MiB (at least {min} MiB)", min = config::MIN_MEM_MIB)]
     MemoryTooSmall(u32),
     #[error("Invalid vCPU count {0} (1 to {max})", max = arch::x86_64::mptable::MAX_SUPPORTED_CPUS)]
@@ -153,6 +156,7 @@ pub struct Vmm {
     event_loop: Option<EventLoop>,
     hot: Arc<HotDevices>,
     snap: Option<Arc<SnapshotParts>>,
+    seccomp: Option<Arc<seccomp::Filters>>,
 }
 
 /// The VM's empty-at-boot virtio-blk slots ([`VmConfig::disk_slots`]), in guest order.
@@ -198,6 +202,7 @@ impl Vmm {
             event_loop: None,
             hot: Arc::new(HotDevices::default()),
             snap: None,
+            seccomp: None,
         }
     }
 
@@ -211,6 +216,7 @@ impl Vmm {
         config: VmConfig,
         irqchip: bool,
     ) {
+        self.seccomp = config.seccomp.clone();
         self.snap = Some(Arc::new(SnapshotParts {
             config,
             vm: self.vm.clone(),
@@ -265,10 +271,18 @@ impl Vmm {
         let mut spawn_err = None;
         for vcpu in std::mem::take(&mut self.vcpus) {
             let name = format!("vcpu{}", vcpu.index());
-            match std::thread::Builder::new()
-                .name(name)
-                .spawn(move || vcpu.run())
-            {
+            let filters = self.seccomp.clone();
+            let control = self.control.clone();
+            match std::thread::Builder::new().name(name).spawn(move || {
+                // Confined before its first KVM_RUN; a vCPU that cannot be ends the VM.
+                if let Some(filters) = filters {
+                    if let Err(e) = filters.install(seccomp::ThreadKind::Vcpu) {
+                        control.finish(Err(Error::Seccomp(e)));
+                        return;
+                    }
+                }
+                vcpu.run()
+            }) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     spawn_err = Some(e);

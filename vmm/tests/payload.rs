@@ -667,3 +667,107 @@ fn a_vm_that_does_not_run_yet_cannot_be_snapshotted() {
     assert!(chain(&e).contains("not running yet"), "{}", chain(&e));
     assert!(!dir.exists(), "nothing left behind");
 }
+
+/// A port device that opens a host file when the guest writes to it: what a compromised or
+/// buggy exit handler on a vCPU thread would do.
+struct Opener;
+
+impl BusDevice for Opener {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write(&mut self, _offset: u64, _data: &[u8]) {
+        let _ = std::fs::File::open("/etc/hostname");
+    }
+}
+
+/// Which child scenario the test binary runs when re-executed.
+const SECCOMP_CHILD_ENV: &str = "EMBER_PAYLOAD_SECCOMP_CHILD";
+
+#[test]
+#[ignore = "run by a_vcpu_thread_making_a_forbidden_syscall_ends_the_vmm_with_a_line_naming_it"]
+fn seccomp_child() {
+    if std::env::var_os(SECCOMP_CHILD_ENV).is_none() {
+        return;
+    }
+    let filters = Arc::new(vmm::seccomp::Filters::builtin().unwrap());
+    // out 0x500, al; then reset.
+    let mut code = vec![0x66, 0xba, 0x00, 0x05, 0xee];
+    code.extend_from_slice(&RESET);
+    let vm = build_payload_vm(PayloadSpec {
+        extra_pio: vec![(TEST_PORT, 1, Arc::new(Mutex::new(Opener)))],
+        seccomp: Some(filters),
+        ..PayloadSpec::new(code)
+    })
+    .unwrap();
+    let exit = vm.run();
+    eprintln!("the VM ended with {exit:?}");
+    std::process::exit(0);
+}
+
+/// With ember's filters, a vCPU thread that opens a file (outside its list) ends the process:
+/// the log line names the thread and the syscall.
+#[test]
+fn a_vcpu_thread_making_a_forbidden_syscall_ends_the_vmm_with_a_line_naming_it() {
+    if !kvm_present() {
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "seccomp_child", "--ignored", "--nocapture"])
+        .env(SECCOMP_CHILD_ENV, "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(vmm::seccomp::EXIT_BAD_SYSCALL),
+        "{stderr}"
+    );
+    // glibc opens with openat, musl with open.
+    assert!(
+        stderr.contains("seccomp: thread vcpu0 (vcpu filter) made the forbidden system call open"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("the VM ended"), "{stderr}");
+}
+
+/// Confined vCPUs and event loop still do all they do: a virtio-rng driver gets entropy, a
+/// counter is paused (the vCPUs report RIP and statistics), snapshotted (each vCPU saves
+/// itself) and stopped.
+#[test]
+fn confined_vcpus_and_event_loop_serve_devices_pause_and_snapshot() {
+    if !kvm_present() {
+        return;
+    }
+    let filters = Arc::new(vmm::seccomp::Filters::builtin().unwrap());
+    let mut cfg = vmm::VmConfig::new("/unused");
+    cfg.rng = true;
+    cfg.seccomp = Some(filters.clone());
+    let (vm, dev) = device_vm(virtio_rng_driver(2), cfg);
+    let handle = vm.handle();
+    let runner = std::thread::spawn(move || vm.run());
+    assert!(handle.wait_exited(Some(Duration::from_secs(60))));
+    assert_eq!(runner.join().unwrap().unwrap(), VmExit::Reset);
+    let words = port_words(&dev);
+    assert_eq!(words.get(1), Some(&16), "{words:x?}");
+
+    let dev = recorder(0);
+    let vm = build_payload_vm(PayloadSpec {
+        extra_pio: vec![(TEST_PORT, 4, dev.clone())],
+        seccomp: Some(filters),
+        ..PayloadSpec::new(COUNTER.to_vec())
+    })
+    .unwrap();
+    let handle = vm.handle();
+    let t = std::thread::spawn(move || vm.run());
+    wait_words(&dev, 100);
+    assert_eq!(handle.vcpu_rips().unwrap().len(), 1);
+    handle.pause().unwrap();
+    let dir = snapshot_dir("seccomp");
+    handle.snapshot(&dir).unwrap();
+    handle.resume().unwrap();
+    handle.stop();
+    assert_eq!(t.join().unwrap().unwrap(), VmExit::Stopped);
+    assert!(dir.join("state").is_file());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -75,3 +75,23 @@ fn a_corrupted_snapshot_is_one_error_and_exit_1() {
     assert!(s.output.contains("corrupt exit=1 lines=1"), "{}", s.output);
     assert!(s.output.contains("checksum"), "{}", s.output);
 }
+
+#[test]
+fn a_vcpu_thread_making_a_forbidden_syscall_ends_the_vmm_with_a_line_naming_it() {
+    let Some(s) = passed("seccomp-forbidden") else {
+        return;
+    };
+    assert!(
+        s.output.contains("vcpu filter lines removed: 1"),
+        "{}",
+        s.output
+    );
+    assert!(
+        s.output.contains(
+            "seccomp: thread vcpu0 (vcpu filter) made the forbidden system call ioctl (16); the process ends"
+        ),
+        "{}",
+        s.output
+    );
+    assert!(s.output.contains("forbidden exit=159"), "{}", s.output);
+}

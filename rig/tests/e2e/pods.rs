@@ -121,3 +121,25 @@ fn killed_pod_process_leaves_the_pod_stopped() {
         s.output
     );
 }
+
+/// The pod process's guest-facing threads run under seccomp filters; its main thread (which
+/// runs the poststop hooks) does not.
+#[test]
+fn pod_process_threads_are_confined_by_seccomp() {
+    let Some(s) = passed("pods-seccomp") else {
+        return;
+    };
+    let mode = |thread: &str| {
+        s.output
+            .lines()
+            .find(|l| l.starts_with(&format!("thread {thread} ")))
+            .unwrap_or_else(|| panic!("no thread {thread} in:\n{}", s.output))
+            .to_string()
+    };
+    for thread in ["vcpu0", "event-loop", "control", "vm"] {
+        assert!(mode(thread).contains("seccomp=2"), "{}", s.output);
+    }
+    // The vCPU stacks its filter on the one of the thread that started it.
+    assert!(mode("vcpu0").contains("filters=2"), "{}", s.output);
+    assert!(mode("ember").contains("seccomp=0"), "{}", s.output);
+}

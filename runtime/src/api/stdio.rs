@@ -1,6 +1,9 @@
 //! The one stdio relay: a process's three agent streams (`AttachStdio`) copied to and from
 //! descriptors the caller owns, used by the OCI face (the engine's fds or FIFOs) and the CLI
 //! (its own stdio).
+//!
+//! The relay threads copy what the guest's processes write: each confines itself to the
+//! relay seccomp filter ([`vmm::seccomp::ThreadKind::Relay`]) before its first read.
 
 use super::{Error, Runtime};
 use agent::protocol::StdioStream;
@@ -56,6 +59,7 @@ impl Relays {
         // kept open), and the process's end does not wait for it.
         let stdin = File::from(stdio.stdin);
         crate::logging::thread("stdin-relay", move || {
+            confine();
             let mut inp = inp;
             let mut stdin = stdin;
             let _ = io::copy(&mut stdin, &mut inp);
@@ -74,6 +78,7 @@ impl Relays {
 
 fn copy_thread(mut from: UnixStream, mut to: File) -> JoinHandle<()> {
     crate::logging::thread("stdio-relay", move || {
+        confine();
         let mut buf = [0u8; 16 * 1024];
         loop {
             match from.read(&mut buf) {
@@ -89,4 +94,15 @@ fn copy_thread(mut from: UnixStream, mut to: File) -> JoinHandle<()> {
         }
         let _ = to.flush();
     })
+}
+
+/// Confine the calling relay thread to ember's relay filter. Where the kernel refuses (no
+/// seccomp), the relay still runs: it is not part of a VMM, and the pod process itself
+/// refuses to run a VM unconfined unless its config says `"seccomp": "off"`.
+fn confine() {
+    let confined = vmm::seccomp::Filters::builtin_shared()
+        .and_then(|f| f.install(vmm::seccomp::ThreadKind::Relay));
+    if let Err(e) = confined {
+        log::warn!("stdio relay runs unconfined: {}", crate::error::report(&e));
+    }
 }

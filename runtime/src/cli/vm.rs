@@ -37,6 +37,9 @@ pub enum VmCommand {
     /// Check whether this machine's /dev/kvm can run an ordinary guest (exit 0) or not
     /// (one line saying why, exit 1).
     Check,
+    /// Print ember's seccomp filters, one allow-list per VMM thread kind, as a filter file in
+    /// seccompiler's JSON format (a starting point for `--seccomp-filter`).
+    Seccomp,
 }
 
 #[derive(Debug, Args)]
@@ -133,6 +136,13 @@ pub struct DeviceArgs {
     /// with `mount -t virtiofs ember DIR` and finds PATH at DIR/NAME.
     #[arg(long, value_parser = parse_share)]
     pub share: Vec<ShareConfig>,
+    /// Confine the vCPU and event-loop threads to the filters of this JSON file
+    /// (seccompiler's format, one filter per thread kind) instead of ember's own.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_seccomp")]
+    pub seccomp_filter: Option<PathBuf>,
+    /// Run the VMM's threads without seccomp filters.
+    #[arg(long)]
+    pub no_seccomp: bool,
 }
 
 /// Errors of `ember vm`.
@@ -148,6 +158,8 @@ pub enum Error {
     Timeout(u64),
     #[error("The guest ended before its agent answered ({0:?})")]
     NoAgent(vmm::VmExit),
+    #[error(transparent)]
+    Seccomp(vmm::seccomp::Error),
 }
 
 fn parse_share(s: &str) -> Result<ShareConfig, String> {
@@ -251,6 +263,16 @@ impl DeviceArgs {
             None => ConsoleConfig::Stdout,
         };
     }
+
+    /// The seccomp filters the flags ask for (ember's own unless told otherwise).
+    fn seccomp(&self) -> Result<Option<std::sync::Arc<vmm::seccomp::Filters>>, Error> {
+        let which = match (&self.seccomp_filter, self.no_seccomp) {
+            (_, true) => crate::config::Seccomp::Off,
+            (Some(file), false) => crate::config::Seccomp::File(file.clone()),
+            (None, false) => crate::config::Seccomp::Builtin,
+        };
+        which.filters().map_err(Error::Seccomp)
+    }
 }
 
 /// Print every vCPU's RIP on stderr (a stalled guest: look them up in System.map).
@@ -275,6 +297,7 @@ pub fn run_vm(args: &RunArgs) -> Result<(), Error> {
     let cfg = config_from_args(args)?;
     let mut cfg = cfg;
     vmm::builder::validate_config(&cfg).map_err(Error::Vmm)?;
+    cfg.seccomp = args.devices.seccomp()?;
     if !(args.force || force_from_env()) {
         vmm::check_kvm_usable().map_err(Error::Vmm)?;
     } else if vmm::vstate::kvm::is_pvm() {
@@ -397,6 +420,7 @@ pub fn restore_vm(args: &RestoreArgs) -> Result<(), Error> {
     }
     let mut cfg = VmConfig::new("");
     args.devices.apply(&mut cfg);
+    cfg.seccomp = args.devices.seccomp()?;
     let signals = block_signals();
     let vm = vmm::builder::restore_vmm(&args.snapshot, &cfg, start).map_err(Error::Vmm)?;
     let handle = vm.handle();
@@ -451,6 +475,10 @@ pub fn run(cmd: VmCommand) -> i32 {
                 1
             }
         },
+        VmCommand::Seccomp => {
+            outln!("{}", vmm::seccomp::Filters::builtin_json().trim_end());
+            0
+        }
         VmCommand::Check => match vmm::check_kvm_usable() {
             Ok(()) => {
                 outln!("ember: /dev/kvm can run guests");

@@ -12,6 +12,8 @@
 //! max_memory_mib = 16384     # bounds of a VM sized from linux.resources
 //! max_vcpus = 8
 //! extra_cmdline = []         # appended to the guest kernel command line
+//! seccomp = "builtin"        # the VMM threads' filters: "builtin", "off", or
+//!                            # { file = "/etc/ember/seccomp.json" } (seccompiler's JSON)
 //!
 //! [runtime]
 //! rootfs = "virtio-fs"       # or "block": the rootfs and host binds as ext4 disks
@@ -55,6 +57,7 @@ pub struct HypervisorConfig {
     pub max_memory_mib: u32,
     pub max_vcpus: u8,
     pub extra_cmdline: Vec<String>,
+    pub seccomp: super::Seccomp,
 }
 
 impl Default for HypervisorConfig {
@@ -68,6 +71,7 @@ impl Default for HypervisorConfig {
             max_memory_mib: 16 * 1024,
             max_vcpus: 8,
             extra_cmdline: Vec::new(),
+            seccomp: super::Seccomp::default(),
         }
     }
 }

@@ -113,6 +113,42 @@ pub struct PodConfig {
     /// an engine's network, each attaching its own TAP to it when restored.
     #[serde(default)]
     pub net_placeholder: bool,
+    /// The seccomp filters of the pod process's threads (ember's own by default).
+    #[serde(default)]
+    pub seccomp: Seccomp,
+}
+
+/// Which seccomp filters confine a VMM's threads (the vCPUs, the device event loop, the
+/// control thread and the guest-facing relays; [`vmm::seccomp`]).
+///
+/// In a pod config `"seccomp": "off"` or `{"file": "/etc/ember/seccomp.json"}`; in the
+/// runtime configuration `seccomp = "off"` or `seccomp = { file = "..." }` under
+/// `[hypervisor]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Seccomp {
+    /// ember's allow-lists, one per thread kind.
+    #[default]
+    Builtin,
+    /// No filters.
+    Off,
+    /// A JSON file in seccompiler's format with one filter per thread kind (`vcpu`,
+    /// `event_loop`, `control`, `relay`).
+    File(PathBuf),
+}
+
+impl Seccomp {
+    /// The compiled filters, `None` when off.
+    pub fn filters(
+        &self,
+    ) -> Result<Option<std::sync::Arc<vmm::seccomp::Filters>>, vmm::seccomp::Error> {
+        let filters = match self {
+            Seccomp::Off => return Ok(None),
+            Seccomp::Builtin => vmm::seccomp::Filters::builtin()?,
+            Seccomp::File(path) => vmm::seccomp::Filters::from_file(path)?,
+        };
+        Ok(Some(std::sync::Arc::new(filters)))
+    }
 }
 
 /// A network namespace made by the engine (podman's CNI/netavark, containerd's CRI): the pod
@@ -206,6 +242,7 @@ impl Default for PodConfig {
             network: None,
             template: None,
             net_placeholder: false,
+            seccomp: Seccomp::default(),
         }
     }
 }

@@ -599,6 +599,7 @@ impl VmBackend {
             },
             machine: self.machine.clone(),
             log,
+            seccomp: h.seccomp.clone(),
             ..api::PodConfig::default()
         };
         let mut pod_config = pod_config;
@@ -635,6 +636,7 @@ pub fn oci_template_config(settings: &RuntimeConfig) -> api::PodConfig {
         vcpus: size.vcpus,
         start_timeout_secs: crate::timeouts::OCI_POD_START_SECS,
         net_placeholder: true,
+        seccomp: h.seccomp.clone(),
         ..api::PodConfig::default()
     }
 }

@@ -448,10 +448,13 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
     // restored one announced before its snapshot was taken: it is ready when it answers.
     let atx = tx.clone();
     let restored = rec.restore_from.is_some() && matches!(machine, Machine::Vm(_));
+    let filters = machine.seccomp();
     if restored {
         let dir = dir.to_path_buf();
         let limit = Duration::from_secs(rec.config.start_timeout_secs);
+        let filters = filters.clone();
         crate::logging::spawn("ready-ping", move || {
+            vm::confine(filters.as_deref(), vmm::seccomp::ThreadKind::Control);
             let deadline = Instant::now() + limit;
             while Instant::now() < deadline {
                 let ping =
@@ -467,13 +470,17 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
         })
         .map_err(Error::Thread)?;
     } else {
-        crate::logging::spawn("announce", move || loop {
-            match agent::client::accept_hello(&announce) {
-                Ok(hello) => {
-                    let _ = atx.send(Event::Ready(hello.agent_version));
-                    return;
+        let filters = filters.clone();
+        crate::logging::spawn("announce", move || {
+            vm::confine(filters.as_deref(), vmm::seccomp::ThreadKind::Relay);
+            loop {
+                match agent::client::accept_hello(&announce) {
+                    Ok(hello) => {
+                        let _ = atx.send(Event::Ready(hello.agent_version));
+                        return;
+                    }
+                    Err(e) => log::warn!("Bad agent announcement: {}", crate::error::report(&e)),
                 }
-                Err(e) => log::warn!("Bad agent announcement: {}", crate::error::report(&e)),
             }
         })
         .map_err(Error::Thread)?;
@@ -531,6 +538,7 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
     let requested = Arc::new(AtomicBool::new(false));
     let target = machine.target(dir, requested.clone(), rec.config.shutdown);
     crate::logging::spawn("control", move || {
+        vm::confine(filters.as_deref(), vmm::seccomp::ThreadKind::Control);
         control::serve(control_listener, &*target)
     })
     .map_err(Error::Thread)?;
@@ -629,6 +637,15 @@ impl Machine {
         match self {
             Machine::Vm(vm) => vm.stop(),
             Machine::Host(h) => h.stop(),
+        }
+    }
+
+    /// The seccomp filters of the pod process's guest-facing threads (none for the host
+    /// agent, which is test equipment without a guest).
+    fn seccomp(&self) -> Option<Arc<vmm::seccomp::Filters>> {
+        match self {
+            Machine::Vm(vm) => vm.seccomp(),
+            Machine::Host(_) => None,
         }
     }
 

@@ -23,6 +23,19 @@ pub enum Error {
     Network(PathBuf, #[source] crate::network::Error),
     #[error("The network namespace {} has no interface to give the VM", .0.display())]
     NoInterface(PathBuf),
+    #[error("Cannot make the VMM's seccomp filters")]
+    Seccomp(#[source] vmm::seccomp::Error),
+}
+
+/// Confine the calling thread of the pod process to the `kind` filter of `filters` (if any).
+/// A thread that cannot be confined ends the process: it would serve the guest unfiltered.
+pub fn confine(filters: Option<&vmm::seccomp::Filters>, kind: vmm::seccomp::ThreadKind) {
+    if let Some(filters) = filters {
+        if let Err(e) = filters.install(kind) {
+            log::error!("{}", crate::error::report(&e));
+            std::process::exit(1);
+        }
+    }
 }
 
 /// The TAP the pod process makes in the engine's network namespace.
@@ -117,6 +130,7 @@ pub fn vm_config(rec: &PodRecord, dir: &Path) -> VmConfig {
         }),
         console: ConsoleConfig::File(dir.join(CONSOLE_FILE)),
         copy_boot_files: false,
+        seccomp: None,
     }
 }
 
@@ -124,6 +138,7 @@ pub fn vm_config(rec: &PodRecord, dir: &Path) -> VmConfig {
 pub struct Vm {
     handle: vmm::VmHandle,
     network: Option<GuestNetwork>,
+    seccomp: Option<Arc<vmm::seccomp::Filters>>,
 }
 
 impl Vm {
@@ -135,6 +150,9 @@ impl Vm {
         events: mpsc::Sender<Event>,
     ) -> Result<Vm, Error> {
         let mut cfg = vm_config(rec, dir);
+        let seccomp = rec.config.seccomp.filters().map_err(Error::Seccomp)?;
+        cfg.seccomp = seccomp.clone();
+        let confine = seccomp.clone();
         let netns = rec.config.network.as_ref().map(|n| n.netns.clone());
         let restore_from = rec.restore_from.clone();
         let (htx, hrx) = mpsc::channel();
@@ -174,6 +192,15 @@ impl Vm {
                     return;
                 }
             };
+            // This thread only waits for the vCPUs now, then disconnects the TAP: the
+            // control thread's list covers it (and the vCPU threads it starts, which add
+            // their own).
+            if let Some(filters) = &confine {
+                if let Err(e) = filters.install(vmm::seccomp::ThreadKind::Control) {
+                    let _ = htx.send(Err(Error::Seccomp(e)));
+                    return;
+                }
+            }
             let _ = htx.send(Ok((vmm.handle(), network)));
             let msg = match vmm.run() {
                 Ok(exit) => format!("VM exit: {exit:?}"),
@@ -186,7 +213,16 @@ impl Vm {
         })
         .map_err(Error::Thread)?;
         let (handle, network) = hrx.recv().map_err(|_| Error::ThreadDied)??;
-        Ok(Vm { handle, network })
+        Ok(Vm {
+            handle,
+            network,
+            seccomp,
+        })
+    }
+
+    /// The filters this VM's threads are confined to (`None`: unfiltered).
+    pub fn seccomp(&self) -> Option<Arc<vmm::seccomp::Filters>> {
+        self.seccomp.clone()
     }
 
     /// What the guest agent must configure for the engine's network, if the pod joined one.

@@ -27,6 +27,8 @@ pub enum Error {
     Setup,
     #[error("Failed to create the event loop's wake-up event")]
     Wake(#[source] std::io::Error),
+    #[error("Cannot confine the event loop thread")]
+    Seccomp(#[source] crate::seccomp::Error),
 }
 
 #[derive(Default)]
@@ -117,8 +119,12 @@ pub struct EventLoop {
 }
 
 impl EventLoop {
-    /// Start a thread servicing `subscribers` (their `init` runs on that thread).
-    pub fn start(subscribers: Vec<Subscriber>) -> Result<Self, Error> {
+    /// Start a thread servicing `subscribers` (their `init` runs on that thread), confined to
+    /// the event-loop filter of `seccomp` before it serves the first event.
+    pub fn start(
+        subscribers: Vec<Subscriber>,
+        seccomp: Option<Arc<crate::seccomp::Filters>>,
+    ) -> Result<Self, Error> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let gate = Arc::new(LoopGate::new()?);
@@ -139,6 +145,12 @@ impl EventLoop {
                 }
                 let gate_sub: Subscriber = Arc::new(Mutex::new(GateSubscriber(loop_gate.clone())));
                 em.add_subscriber(gate_sub);
+                if let Some(filters) = &seccomp {
+                    if let Err(e) = filters.install(crate::seccomp::ThreadKind::EventLoop) {
+                        let _ = ready_tx.send(Err(Error::Seccomp(e)));
+                        return;
+                    }
+                }
                 let _ = ready_tx.send(Ok(()));
                 while !flag.load(Ordering::Acquire) {
                     // EINTR (a stray signal) and other wait errors: look at the flag, retry.
@@ -217,7 +229,7 @@ mod tests {
             evt,
             seen: seen.clone(),
         }));
-        let mut el = EventLoop::start(vec![sub]).unwrap();
+        let mut el = EventLoop::start(vec![sub], None).unwrap();
         trigger.write(3).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while *seen.lock().unwrap() < 3 && Instant::now() < deadline {
