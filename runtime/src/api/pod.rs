@@ -164,37 +164,50 @@ impl Runtime {
         }
         let dir = self.pod_dir(pod);
         // `@pods` goes when its last pod does: make it again if a delete just removed it.
-        let mut made = Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+        let mut locked = Err(Error::PodNotFound(pod.to_string()));
         for _ in 0..3 {
             fs::create_dir_all(self.pods_dir()).map_err(|source| Error::Io {
                 what: format!("Cannot create state root {}", self.pods_dir().display()),
                 source,
             })?;
-            made = fs::create_dir(&dir);
-            if !matches!(&made, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+            locked =
+                PodLock::acquire_pod(&dir, LockKind::Write, crate::state::lock::lock_timeout())
+                    .map_err(Error::Lock);
+            if !matches!(&locked, Err(Error::Lock(crate::state::lock::Error::Open { source, .. }))
+                if source.kind() == std::io::ErrorKind::NotFound)
+            {
                 break;
             }
         }
-        match made {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(Error::PodExists(pod.to_string()))
-            }
+        // The lock is held from before the directory exists until its record is stored, so
+        // nobody ever sees a directory without a record that is not a crash's leftover.
+        let lock = locked?;
+        if dir.join(crate::state::STATE_FILE).exists() {
+            return Err(Error::PodExists(pod.to_string()));
+        }
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => log::warn!("pod {pod}: reclaimed a directory that had no record"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
                 return Err(Error::Io {
-                    what: format!("Cannot create {}", dir.display()),
+                    what: format!("Cannot remove {} (it has no record)", dir.display()),
                     source,
                 })
             }
         }
-        let result = (|| {
-            let _lock = PodLock::acquire(&dir, LockKind::Write).map_err(Error::Lock)?;
-            let rec = PodRecord::new(pod, config);
-            Self::store(&dir, &rec)?;
-            Ok(PodInfo::from_record(&rec, &dir))
-        })();
+        let result = fs::create_dir(&dir)
+            .map_err(|source| Error::Io {
+                what: format!("Cannot create {}", dir.display()),
+                source,
+            })
+            .and_then(|()| {
+                let rec = PodRecord::new(pod, config);
+                Self::store(&dir, &rec)?;
+                Ok(PodInfo::from_record(&rec, &dir))
+            });
         if result.is_err() {
             let _ = fs::remove_dir_all(&dir);
+            lock.remove();
         }
         result
     }
@@ -500,6 +513,9 @@ impl Runtime {
     pub fn delete_pod(&self, pod: &str, force: bool) -> Result<(), Error> {
         let (lock, dir, mut rec) = match self.open(pod, LockKind::Write) {
             Err(Error::State(e)) if force => return self.delete_unreadable(pod, e),
+            Err(Error::PodNotFound(_)) if force && self.pod_dir(pod).exists() => {
+                return self.delete_recordless(pod)
+            }
             other => other?,
         };
         if vmm_gone(&dir, &rec).is_none() && matches!(rec.state, State::Running | State::Paused) {
@@ -511,14 +527,42 @@ impl Runtime {
         self.remove_pod_dir(&dir, lock)
     }
 
-    /// Removes a pod's directory (its lock held until then); the last pod takes `@pods` with
-    /// it (fails, harmlessly, while others are there).
+    /// Removes a pod's directory and then its lock file (held until then); the last pod takes
+    /// `@pods` with it (fails, harmlessly, while others are there).
     fn remove_pod_dir(&self, dir: &Path, lock: PodLock) -> Result<(), Error> {
         fs::remove_dir_all(dir).map_err(|source| Error::Io {
             what: format!("Cannot remove {}", dir.display()),
             source,
         })?;
-        drop(lock);
+        lock.remove();
+        let _ = fs::remove_dir(self.pods_dir());
+        Ok(())
+    }
+
+    /// `delete --force` of a directory without a record (a crash's leftover): it goes.
+    fn delete_recordless(&self, pod: &str) -> Result<(), Error> {
+        let dir = self.pod_dir(pod);
+        let lock = PodLock::acquire_pod(&dir, LockKind::Write, crate::state::lock::lock_timeout())
+            .map_err(Error::Lock)?;
+        if dir.join(crate::state::STATE_FILE).exists() {
+            // Created meanwhile: a pod like any other.
+            drop(lock);
+            return self.delete_pod(pod, true);
+        }
+        log::warn!("pod {pod}: its directory has no record; removing it");
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::PodNotFound(pod.to_string()))
+            }
+            Err(source) => {
+                return Err(Error::Io {
+                    what: format!("Cannot remove {}", dir.display()),
+                    source,
+                })
+            }
+            Ok(()) => {}
+        }
+        lock.remove();
         let _ = fs::remove_dir(self.pods_dir());
         Ok(())
     }
@@ -528,7 +572,8 @@ impl Runtime {
     /// directory goes.
     fn delete_unreadable(&self, pod: &str, why: crate::state::Error) -> Result<(), Error> {
         let dir = self.pod_dir(pod);
-        let lock = PodLock::acquire(&dir, LockKind::Write).map_err(Error::Lock)?;
+        let lock = PodLock::acquire_pod(&dir, LockKind::Write, crate::state::lock::lock_timeout())
+            .map_err(Error::Lock)?;
         log::warn!(
             "pod {pod}: unreadable record ({}); removing it",
             crate::error::report(&why)

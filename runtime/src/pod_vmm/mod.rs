@@ -553,8 +553,7 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
 
 /// The VM ended without a stop request: record it and run the poststop hooks.
 fn mark_ended(dir: &Path, reason: &str) {
-    let Ok(_lock) =
-        PodLock::acquire_timeout(dir, LockKind::Write, crate::timeouts::RECORD_END_LOCK)
+    let Ok(_lock) = PodLock::acquire_pod(dir, LockKind::Write, crate::timeouts::RECORD_END_LOCK)
     else {
         log::error!("Cannot lock the pod to record its end");
         return;

@@ -3,7 +3,8 @@
 //!
 //! Layout of a state root (default `/run/ember`):
 //! ```text
-//! <root>/<pod>/lock          flock(2) target (shared for reads, exclusive for changes)
+//! <root>/.<pod>.lock         flock(2) target (shared for reads, exclusive for changes),
+//!                            beside the pod's directory so that deleting it cannot orphan it
 //! <root>/<pod>/state.json    the PodRecord, containers included (format_version inside)
 //! <root>/<pod>/vmm.log       stdout/stderr of the pod's detached VMM process
 //! <root>/<pod>/console.log   the guest's serial console
