@@ -285,6 +285,7 @@ impl Runtime {
                 volume_device: if live { volume_device } else { None },
                 in_agent: false,
                 exit_code: None,
+                starting: false,
                 pid: None,
                 shares: Vec::new(),
             },

@@ -89,6 +89,8 @@ pub enum Error {
         state: State,
         action: &'static str,
     },
+    #[error("Pod {id} is being started by ember process {pid}")]
+    PodStarting { id: String, pid: i32 },
     #[error("Pod {0} is running; stop it first or use force")]
     PodRunning(String),
     #[error("Container {0} is running; stop it first or use force")]
@@ -218,6 +220,11 @@ impl Runtime {
             }
             other => other.map_err(Error::State)?,
         };
+        let mut rec = rec;
+        // Holding the lock, a start intent means the start is over: it was interrupted.
+        if kind == LockKind::Write && pod::recover_start(&dir, &mut rec) {
+            Self::store(&dir, &rec)?;
+        }
         Ok((lock, dir, rec))
     }
 
