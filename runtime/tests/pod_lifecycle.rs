@@ -128,3 +128,44 @@ fn a_start_in_progress_is_refused_and_a_dead_starters_start_recovered() {
     env.ok(&["pod", "delete", "--force", "p"]);
     assert!(env.leaks().none(), "{:?}", env.leaks());
 }
+
+#[test]
+fn a_full_state_root_splits_no_container_start_from_the_guest() {
+    let Some(agent) = prerequisites("a_full_state_root_splits_no_container_start") else {
+        return;
+    };
+    let env = Env::new("enospc", agent);
+    let rootfs = env.rootfs();
+    support::mount_small_tmpfs(&env.root, "8m");
+    env.ok(&["pod", "create", "p"]);
+    env.ok(&[
+        "container",
+        "create",
+        "p",
+        "c0",
+        "--rootfs-guest-path",
+        rootfs.to_str().unwrap(),
+        "--",
+        "sleep",
+        "1000",
+    ]);
+    env.ok(&["pod", "start", "p"]);
+    let filler = support::fill(&env.root);
+    let out = env.run(&["container", "start", "p", "c0"]);
+    assert_eq!(out.status.code(), Some(1), "a start on a full root fails");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("No space left"), "{err}");
+    // What the record says is what the guest has.
+    let v = env.json(&["pod", "status", "--json", "p"]);
+    let c0 = &v["containers"][0];
+    assert_eq!(c0["state"], "ready", "{v}");
+    std::fs::remove_file(filler).unwrap();
+    // The retry starts it (it does not find it running behind the record's back).
+    env.ok(&["container", "start", "p", "c0"]);
+    let v = env.json(&["pod", "status", "--json", "p"]);
+    assert_eq!(v["containers"][0]["state"], "running", "{v}");
+    let out = env.ok(&["container", "exec", "p", "c0", "--", "echo", "hi"]);
+    assert_eq!(out, "hi\n");
+    env.ok(&["pod", "delete", "--force", "p"]);
+    assert!(env.leaks().mounts == vec![env.root.to_string_lossy().into_owned()]);
+}

@@ -250,3 +250,31 @@ pub fn kill9(pid: i32) {
         "{pid} survived SIGKILL"
     );
 }
+
+/// A tmpfs of `size` (e.g. "4m") mounted on the root (as tests need root anyway).
+pub fn mount_small_tmpfs(root: &Path, size: &str) {
+    nix::mount::mount(
+        Some("tmpfs"),
+        root,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some(format!("size={size}").as_str()),
+    )
+    .unwrap();
+}
+
+/// Fill the file system holding `dir` (a file `dir/filler`) until ENOSPC.
+pub fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 4096];
+    loop {
+        if let Err(e) = f.write_all(&chunk) {
+            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+            break;
+        }
+    }
+    let _ = f.sync_all();
+    path
+}
