@@ -679,6 +679,7 @@ impl Runtime {
                     source,
                 }
             })?;
+        crate::pod_vmm::proc::pause_at("exec:call");
         let pid = client
             .exec(cid, &exec_id, process)
             .map_err(Error::agent("Exec"))?;

@@ -238,6 +238,7 @@ impl Runtime {
                 source,
             })
             .and_then(|()| {
+                pod_vmm::proc::pause_at("create:dir");
                 let rec = PodRecord::new(pod, config);
                 Self::store(&dir, &rec)?;
                 Ok(PodInfo::from_record(&rec, &dir))
@@ -586,6 +587,7 @@ impl Runtime {
             {
                 reason = Some(format!("stop request failed: {e}; killed"));
             }
+            pod_vmm::proc::pause_at("stop:requested");
             if !pod_vmm::wait_exit(vmm, SHUTDOWN_GRACE + VMM_EXIT) {
                 pod_vmm::kill(vmm);
                 reason.get_or_insert_with(|| "VMM did not exit in time; killed".into());
@@ -624,6 +626,7 @@ impl Runtime {
             }
             self.stop_locked(&dir, &mut rec)?;
         }
+        pod_vmm::proc::pause_at("delete:removing");
         self.remove_pod_dir(&dir, lock)
     }
 
