@@ -105,7 +105,7 @@ fn a_lock_held_by_another_process_is_respected() {
     ];
     {
         // This test process holds the write lock: readers and writers elsewhere time out.
-        let _w = PodLock::acquire_timeout(&dir, LockKind::Write, Duration::from_secs(5)).unwrap();
+        let _w = PodLock::acquire_pod(&dir, LockKind::Write, Duration::from_secs(5)).unwrap();
         let out = short(&["pod", "status", "p"]);
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);
@@ -114,7 +114,7 @@ fn a_lock_held_by_another_process_is_respected() {
     }
     {
         // A shared lock lets readers in and keeps writers out.
-        let _r = PodLock::acquire_timeout(&dir, LockKind::Read, Duration::from_secs(5)).unwrap();
+        let _r = PodLock::acquire_pod(&dir, LockKind::Read, Duration::from_secs(5)).unwrap();
         assert!(short(&["pod", "status", "p"]).status.success());
         assert!(!short(&create).status.success());
     }

@@ -285,6 +285,7 @@ impl Runtime {
                 volume_device: if live { volume_device } else { None },
                 in_agent: false,
                 exit_code: None,
+                starting: false,
                 pid: None,
                 shares: Vec::new(),
             },
@@ -417,6 +418,14 @@ impl Runtime {
         id::validate("container", cid).map_err(Error::Id)?;
         let (_lock, dir, mut rec) = self.open(pod, LockKind::Write)?;
         require_running(&rec, "start a container")?;
+        if Self::container(&mut rec, cid)?.starting && reconcile_start(&dir, &mut rec, cid) {
+            // The last start got through to the agent but not to the record: it is recorded.
+            Self::store(&dir, &rec)?;
+            return Ok(ContainerInfo::from_record(
+                pod,
+                Self::container(&mut rec, cid)?,
+            ));
+        }
         let c = Self::container(&mut rec, cid)?;
         if c.state != State::Ready {
             return Err(Error::ContainerState {
@@ -428,18 +437,35 @@ impl Runtime {
                 },
             });
         }
-        let mut client =
-            agent_link::connect(&dir, Some(agent_link::CALL_TIMEOUT)).map_err(|source| {
-                Error::Agent {
-                    call: "StartContainer",
-                    source,
-                }
-            })?;
-        let pid = client
-            .start_container(cid)
-            .map_err(Error::agent("StartContainer"))?;
-        c.state = State::Running;
-        c.pid = Some(pid);
+        // The intent first: a record that cannot be written (a full or read-only state root)
+        // fails the start before the guest changes.
+        c.starting = true;
+        Self::store(&dir, &rec)?;
+        crate::pod_vmm::proc::pause_at("container-start:intent");
+        let started = agent_link::connect(&dir, Some(agent_link::CALL_TIMEOUT))
+            .map_err(|source| Error::Agent {
+                call: "StartContainer",
+                source,
+            })
+            .and_then(|mut client| {
+                client
+                    .start_container(cid)
+                    .map_err(Error::agent("StartContainer"))
+            });
+        let c = Self::container(&mut rec, cid)?;
+        c.starting = false;
+        match started {
+            Ok(pid) => {
+                c.state = State::Running;
+                c.pid = Some(pid);
+            }
+            Err(e) => {
+                // Not started: the intent goes (best effort; left behind, the next start asks
+                // the agent).
+                let _ = Self::store(&dir, &rec);
+                return Err(e);
+            }
+        }
         let info = ContainerInfo::from_record(pod, c);
         Self::store(&dir, &rec)?;
         Ok(info)
@@ -653,6 +679,7 @@ impl Runtime {
                     source,
                 }
             })?;
+        crate::pod_vmm::proc::pause_at("exec:call");
         let pid = client
             .exec(cid, &exec_id, process)
             .map_err(Error::agent("Exec"))?;
@@ -799,6 +826,29 @@ impl Runtime {
             }
         }
         out
+    }
+}
+
+/// A container whose start intent was left in the record: asks the agent how it stands and
+/// records that. True when the agent started it (it is running now, or already ended); false
+/// when it is still only created there (the start is to be made) or the agent cannot tell.
+fn reconcile_start(dir: &Path, rec: &mut PodRecord, cid: &str) -> bool {
+    let state = agent_link::connect(dir, Some(agent_link::CALL_TIMEOUT))
+        .ok()
+        .and_then(|mut client| client.stats().ok())
+        .and_then(|stats| stats.containers.into_iter().find(|s| s.id == cid))
+        .map(|s| s.state);
+    let Some(c) = rec.containers.get_mut(cid) else {
+        return false;
+    };
+    c.starting = false;
+    match state {
+        Some(ContainerState::Running | ContainerState::Paused | ContainerState::Stopped) => {
+            log::warn!("container {cid}: its last start was not recorded; the agent started it");
+            c.state = State::Running;
+            true
+        }
+        _ => false,
     }
 }
 

@@ -89,6 +89,8 @@ pub enum Error {
         state: State,
         action: &'static str,
     },
+    #[error("Pod {id} is being started by ember process {pid}")]
+    PodStarting { id: String, pid: i32 },
     #[error("Pod {0} is running; stop it first or use force")]
     PodRunning(String),
     #[error("Container {0} is running; stop it first or use force")]
@@ -198,17 +200,56 @@ impl Runtime {
         if !dir.join(state::STATE_FILE).exists() {
             return Err(Error::PodNotFound(pod.to_string()));
         }
-        let lock = PodLock::acquire_timeout(&dir, kind, timeout).map_err(Error::Lock)?;
+        let lock = match PodLock::acquire_pod(&dir, kind, timeout) {
+            // `@pods` went with the pod's deletion.
+            Err(state::lock::Error::Open { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Err(Error::PodNotFound(pod.to_string()))
+            }
+            other => other.map_err(Error::Lock)?,
+        };
         // It may have been deleted while we waited for the lock.
         let rec = match PodRecord::load(&dir) {
             Err(state::Error::Read { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
-                return Err(Error::PodNotFound(pod.to_string()))
+                drop(lock);
+                self.reclaim(pod);
+                return Err(Error::PodNotFound(pod.to_string()));
             }
             other => other.map_err(Error::State)?,
         };
+        let mut rec = rec;
+        // Holding the lock, a start intent means the start is over: it was interrupted.
+        if kind == LockKind::Write && pod::recover_start(&dir, &mut rec) {
+            Self::store(&dir, &rec)?;
+        }
         Ok((lock, dir, rec))
+    }
+
+    /// Removes what is left of a pod that has no record: the lock file a caller made while
+    /// the pod was being deleted, or a directory a crash left without its record. Only when
+    /// nobody holds the pod's lock (else that holder is creating or deleting it).
+    fn reclaim(&self, pod: &str) {
+        let dir = self.pod_dir(pod);
+        let Ok(lock) = PodLock::acquire_pod(&dir, LockKind::Write, std::time::Duration::ZERO)
+        else {
+            return;
+        };
+        if dir.join(state::STATE_FILE).exists() {
+            return;
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => log::warn!("pod {pod}: removed a directory that had no record"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                log::warn!("pod {pod}: cannot remove its directory without a record: {e}");
+                return;
+            }
+        }
+        lock.remove();
+        let _ = std::fs::remove_dir(self.pods_dir());
     }
 
     fn store(dir: &Path, rec: &PodRecord) -> Result<(), Error> {

@@ -5,7 +5,8 @@ use crate::config::{Machine, RootfsConfig};
 use crate::hooks::{self, state_json as hooks_state_json};
 use crate::pod_vmm::{self, control};
 use crate::state::{
-    AttachedDisk, DiskOwner, DiskSlot, LockKind, Phase, PodLock, PodRecord, State, VmmProcess,
+    AttachedDisk, DiskOwner, DiskSlot, LockKind, Phase, PodLock, PodRecord, StartIntent, State,
+    VmmProcess,
 };
 use serde::Serialize;
 use std::fs;
@@ -27,6 +28,9 @@ pub struct PodInfo {
     pub state: State,
     /// Pid of the detached ember process running the VM.
     pub vmm_pid: Option<i32>,
+    /// A start in progress: who runs it, and its VMM process once spawned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub starting: Option<StartIntent>,
     pub created_unix: u64,
     pub dir: PathBuf,
     pub containers: Vec<ContainerInfo>,
@@ -49,6 +53,7 @@ impl PodInfo {
             id: rec.id.clone(),
             state: rec.state,
             vmm_pid: rec.vmm.as_ref().map(|v| v.pid),
+            starting: rec.starting.clone(),
             created_unix: rec.created_unix,
             dir: dir.to_path_buf(),
             containers: rec
@@ -114,6 +119,38 @@ fn mark_stopped(rec: &mut PodRecord, reason: Option<String>) {
     }
 }
 
+/// A start whose starter let go of the pod's lock without finishing it (it was killed, or it
+/// could not record the end): its VMM process, if it still runs (same pid and start time),
+/// is killed with its session, its sockets go, and the pod is stopped with the reason.
+/// Returns whether there was one.
+pub(super) fn recover_start(dir: &Path, rec: &mut PodRecord) -> bool {
+    let Some(intent) = rec.starting.take() else {
+        return false;
+    };
+    if let Some(vmm) = &intent.vmm {
+        pod_vmm::kill(vmm);
+    }
+    pod_vmm::remove_sockets(dir);
+    let why = if pod_vmm::proc::is_alive(&intent.starter) {
+        "gave up before it recorded the end"
+    } else {
+        "died"
+    };
+    log::warn!(
+        "pod {}: start by ember process {} interrupted ({why})",
+        rec.id,
+        intent.starter.pid
+    );
+    mark_stopped(
+        rec,
+        Some(format!(
+            "start interrupted: ember process {} {why}",
+            intent.starter.pid
+        )),
+    );
+    true
+}
+
 /// Whether the pod's VMM process is still there: pid alive with the same start time, and
 /// its control socket not gone. `Err` carries why it is considered dead.
 fn vmm_alive(dir: &Path, vmm: &VmmProcess) -> Result<(), String> {
@@ -164,37 +201,51 @@ impl Runtime {
         }
         let dir = self.pod_dir(pod);
         // `@pods` goes when its last pod does: make it again if a delete just removed it.
-        let mut made = Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+        let mut locked = Err(Error::PodNotFound(pod.to_string()));
         for _ in 0..3 {
             fs::create_dir_all(self.pods_dir()).map_err(|source| Error::Io {
                 what: format!("Cannot create state root {}", self.pods_dir().display()),
                 source,
             })?;
-            made = fs::create_dir(&dir);
-            if !matches!(&made, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+            locked =
+                PodLock::acquire_pod(&dir, LockKind::Write, crate::state::lock::lock_timeout())
+                    .map_err(Error::Lock);
+            if !matches!(&locked, Err(Error::Lock(crate::state::lock::Error::Open { source, .. }))
+                if source.kind() == std::io::ErrorKind::NotFound)
+            {
                 break;
             }
         }
-        match made {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(Error::PodExists(pod.to_string()))
-            }
+        // The lock is held from before the directory exists until its record is stored, so
+        // nobody ever sees a directory without a record that is not a crash's leftover.
+        let lock = locked?;
+        if dir.join(crate::state::STATE_FILE).exists() {
+            return Err(Error::PodExists(pod.to_string()));
+        }
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => log::warn!("pod {pod}: reclaimed a directory that had no record"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
                 return Err(Error::Io {
-                    what: format!("Cannot create {}", dir.display()),
+                    what: format!("Cannot remove {} (it has no record)", dir.display()),
                     source,
                 })
             }
         }
-        let result = (|| {
-            let _lock = PodLock::acquire(&dir, LockKind::Write).map_err(Error::Lock)?;
-            let rec = PodRecord::new(pod, config);
-            Self::store(&dir, &rec)?;
-            Ok(PodInfo::from_record(&rec, &dir))
-        })();
+        let result = fs::create_dir(&dir)
+            .map_err(|source| Error::Io {
+                what: format!("Cannot create {}", dir.display()),
+                source,
+            })
+            .and_then(|()| {
+                pod_vmm::proc::pause_at("create:dir");
+                let rec = PodRecord::new(pod, config);
+                Self::store(&dir, &rec)?;
+                Ok(PodInfo::from_record(&rec, &dir))
+            });
         if result.is_err() {
             let _ = fs::remove_dir_all(&dir);
+            lock.remove();
         }
         result
     }
@@ -213,7 +264,9 @@ impl Runtime {
         } else {
             Vec::new()
         };
-        if gone.is_none() && exited.is_empty() {
+        // A start intent seen under the lock is an interrupted start: opening the pod for
+        // writing recovers it.
+        if gone.is_none() && exited.is_empty() && rec.starting.is_none() {
             return Ok(PodInfo::from_record(&rec, &dir));
         }
         // Something changed: take the lock for writing and re-check under it.
@@ -299,7 +352,22 @@ impl Runtime {
     /// Boot the pod's VM in a detached ember process, wait for the agent's readiness, create
     /// the pod's containers in the guest, run the hooks.
     pub fn start_pod(&self, pod: &str) -> Result<PodInfo, Error> {
-        let (_lock, dir, mut rec) = self.open(pod, LockKind::Write)?;
+        let (_lock, dir, mut rec) = match self.open_timeout(pod, LockKind::Write, Duration::ZERO) {
+            // Busy: refused at once when a live ember process is starting it, else wait.
+            Err(Error::Lock(crate::state::lock::Error::Timeout { .. })) => {
+                let intent = PodRecord::load(&self.pod_dir(pod))
+                    .ok()
+                    .and_then(|r| r.starting);
+                if let Some(s) = intent.filter(|s| pod_vmm::proc::is_alive(&s.starter)) {
+                    return Err(Error::PodStarting {
+                        id: pod.to_string(),
+                        pid: s.starter.pid,
+                    });
+                }
+                self.open(pod, LockKind::Write)?
+            }
+            other => other?,
+        };
         if let Some(reason) = vmm_gone(&dir, &rec) {
             mark_stopped(&mut rec, Some(reason));
         }
@@ -385,24 +453,10 @@ impl Runtime {
         .map_err(Error::Hook)?;
         phase(&mut phases, "prestart_hooks", t);
         rec.stop_reason = None;
-        Self::store(&dir, &rec)?;
-
-        if !host_agent && std::env::var_os("EMBER_FORCE_KVM").is_none_or(|v| v != "1") {
-            vmm::check_kvm_usable().map_err(Error::Kvm)?;
-        }
         let t = Instant::now();
-        let started = pod_vmm::spawn(
-            &self.root,
-            pod,
-            &dir,
-            Duration::from_secs(rec.config.start_timeout_secs),
-        )
-        .map_err(Error::Vmm)?;
-        phases.extend(started.phases.iter().cloned());
+        let started = self.launch(pod, &dir, &mut rec, host_agent)?;
+        phases.extend(started);
         phase(&mut phases, "vmm_spawn_to_ready", t);
-        rec.vmm = Some(started.process);
-        rec.state = State::Running;
-        Self::store(&dir, &rec)?;
 
         // Containers created before the start now get created in the guest.
         let t = Instant::now();
@@ -434,6 +488,66 @@ impl Runtime {
         let mut info = PodInfo::from_record(&rec, &dir);
         info.warnings = warnings;
         Ok(info)
+    }
+
+    /// The irreversible part of a start, each step recorded before the next: the start intent;
+    /// the VMM process spawned and named in it; its readiness; the pod running with it; the
+    /// commit that tells the VMM process it is owned. On an error the spawned process is
+    /// killed (a [`pod_vmm::Spawned`] dropped uncommitted) and the intent cleared, best
+    /// effort: an intent left behind is recovered by the next caller ([`recover_start`]).
+    fn launch(
+        &self,
+        pod: &str,
+        dir: &Path,
+        rec: &mut PodRecord,
+        host_agent: bool,
+    ) -> Result<Vec<Phase>, Error> {
+        let prior = rec.state;
+        rec.starting = Some(StartIntent {
+            starter: pod_vmm::proc::this_process().unwrap_or(VmmProcess {
+                pid: std::process::id() as i32,
+                start_time: 0,
+            }),
+            vmm: None,
+            since_unix: crate::state::now_unix(),
+        });
+        // Nothing irreversible yet: a failure here leaves the pod as it was.
+        Self::store(dir, rec)?;
+        pod_vmm::proc::pause_at("start:intent");
+        let result = (|| {
+            if !host_agent && std::env::var_os("EMBER_FORCE_KVM").is_none_or(|v| v != "1") {
+                vmm::check_kvm_usable().map_err(Error::Kvm)?;
+            }
+            let mut spawned = pod_vmm::spawn(&self.root, pod, dir).map_err(Error::Vmm)?;
+            if let Some(s) = &mut rec.starting {
+                s.vmm = Some(spawned.process.clone());
+            }
+            Self::store(dir, rec)?;
+            pod_vmm::proc::pause_at("start:spawned");
+            let phases = spawned
+                .wait_ready(Duration::from_secs(rec.config.start_timeout_secs))
+                .map_err(Error::Vmm)?;
+            rec.vmm = Some(spawned.process.clone());
+            rec.state = State::Running;
+            rec.starting = None;
+            Self::store(dir, rec)?;
+            pod_vmm::proc::pause_at("start:recorded");
+            spawned.commit().map_err(Error::Vmm)?;
+            Ok(phases)
+        })();
+        if result.is_err() {
+            rec.starting = None;
+            rec.vmm = None;
+            rec.state = prior;
+            pod_vmm::remove_sockets(dir);
+            if let Err(e) = Self::store(dir, rec) {
+                log::warn!(
+                    "pod {pod}: cannot record the failed start (the next call recovers it): {}",
+                    crate::error::report(&e)
+                );
+            }
+        }
+        result
     }
 
     /// Create and start a pod; on a failed start nothing remains.
@@ -473,6 +587,7 @@ impl Runtime {
             {
                 reason = Some(format!("stop request failed: {e}; killed"));
             }
+            pod_vmm::proc::pause_at("stop:requested");
             if !pod_vmm::wait_exit(vmm, SHUTDOWN_GRACE + VMM_EXIT) {
                 pod_vmm::kill(vmm);
                 reason.get_or_insert_with(|| "VMM did not exit in time; killed".into());
@@ -500,6 +615,9 @@ impl Runtime {
     pub fn delete_pod(&self, pod: &str, force: bool) -> Result<(), Error> {
         let (lock, dir, mut rec) = match self.open(pod, LockKind::Write) {
             Err(Error::State(e)) if force => return self.delete_unreadable(pod, e),
+            Err(Error::PodNotFound(_)) if force && self.pod_dir(pod).exists() => {
+                return self.delete_recordless(pod)
+            }
             other => other?,
         };
         if vmm_gone(&dir, &rec).is_none() && matches!(rec.state, State::Running | State::Paused) {
@@ -508,17 +626,46 @@ impl Runtime {
             }
             self.stop_locked(&dir, &mut rec)?;
         }
+        pod_vmm::proc::pause_at("delete:removing");
         self.remove_pod_dir(&dir, lock)
     }
 
-    /// Removes a pod's directory (its lock held until then); the last pod takes `@pods` with
-    /// it (fails, harmlessly, while others are there).
+    /// Removes a pod's directory and then its lock file (held until then); the last pod takes
+    /// `@pods` with it (fails, harmlessly, while others are there).
     fn remove_pod_dir(&self, dir: &Path, lock: PodLock) -> Result<(), Error> {
         fs::remove_dir_all(dir).map_err(|source| Error::Io {
             what: format!("Cannot remove {}", dir.display()),
             source,
         })?;
-        drop(lock);
+        lock.remove();
+        let _ = fs::remove_dir(self.pods_dir());
+        Ok(())
+    }
+
+    /// `delete --force` of a directory without a record (a crash's leftover): it goes.
+    fn delete_recordless(&self, pod: &str) -> Result<(), Error> {
+        let dir = self.pod_dir(pod);
+        let lock = PodLock::acquire_pod(&dir, LockKind::Write, crate::state::lock::lock_timeout())
+            .map_err(Error::Lock)?;
+        if dir.join(crate::state::STATE_FILE).exists() {
+            // Created meanwhile: a pod like any other.
+            drop(lock);
+            return self.delete_pod(pod, true);
+        }
+        log::warn!("pod {pod}: its directory has no record; removing it");
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::PodNotFound(pod.to_string()))
+            }
+            Err(source) => {
+                return Err(Error::Io {
+                    what: format!("Cannot remove {}", dir.display()),
+                    source,
+                })
+            }
+            Ok(()) => {}
+        }
+        lock.remove();
         let _ = fs::remove_dir(self.pods_dir());
         Ok(())
     }
@@ -528,7 +675,8 @@ impl Runtime {
     /// directory goes.
     fn delete_unreadable(&self, pod: &str, why: crate::state::Error) -> Result<(), Error> {
         let dir = self.pod_dir(pod);
-        let lock = PodLock::acquire(&dir, LockKind::Write).map_err(Error::Lock)?;
+        let lock = PodLock::acquire_pod(&dir, LockKind::Write, crate::state::lock::lock_timeout())
+            .map_err(Error::Lock)?;
         log::warn!(
             "pod {pod}: unreadable record ({}); removing it",
             crate::error::report(&why)

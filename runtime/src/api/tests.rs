@@ -494,7 +494,8 @@ fn list_does_not_wait_behind_a_busy_pod() {
     rt.create_pod("a", PodConfig::default()).unwrap();
     rt.create_pod("b", PodConfig::default()).unwrap();
     // Someone holds b's write lock (a start waiting for its guest would).
-    let _held = PodLock::acquire(&rt.pod_dir("b"), LockKind::Write).unwrap();
+    let _held =
+        PodLock::acquire_pod(&rt.pod_dir("b"), LockKind::Write, std::time::Duration::ZERO).unwrap();
     let pods = rt.list_pods().unwrap();
     assert_eq!(pods.len(), 2);
     assert!(pods[0].warnings.is_empty());

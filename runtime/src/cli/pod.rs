@@ -217,6 +217,13 @@ fn show(p: &PodInfo, out: &OutArgs) {
     if let Some(r) = &p.stop_reason {
         out!(" ({r})");
     }
+    if let Some(s) = &p.starting {
+        out!(" (being started by ember process {}", s.starter.pid);
+        if let Some(v) = &s.vmm {
+            out!(", pod process {}", v.pid);
+        }
+        out!(")");
+    }
     outln!();
     for c in &p.containers {
         let code = c

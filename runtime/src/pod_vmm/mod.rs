@@ -1,14 +1,18 @@
 //! A pod's VM lives in its own detached ember process (`ember pod __vmm --root R ID`).
 //!
 //! The starter ([`spawn`]) runs `std::env::current_exe()` in a new session with stdio to
-//! `<pod dir>/vmm.log` and a notify pipe on fd 3 (`EMBER_NOTIFY_FD=3`). The VMM process
-//! ([`serve`]) binds `<pod dir>/vsock.sock_1025` (where the guest agent announces itself with
-//! its `Hello` frame) and `<pod dir>/control.sock`, boots the VM with the vmm library (vsock
-//! UDS `<pod dir>/vsock.sock`, console `<pod dir>/console.log`), and reports on the pipe in
-//! the pod protocol ([`protocol::Report`]): the phases, then `Ready` once the agent announced,
-//! or `Failed`.
-//! The starter waits for `Ready` with a timeout; on error, EOF (the process died) or timeout it
-//! kills the process group and reports the cause with the log's tail.
+//! `<pod dir>/vmm.log` and one end of a notify socketpair on fd 3 (`EMBER_NOTIFY_FD=3`). The
+//! VMM process ([`serve`]) binds `<pod dir>/vsock.sock_1025` (where the guest agent announces
+//! itself with its `Hello` frame) and `<pod dir>/control.sock`, boots the VM with the vmm
+//! library (vsock UDS `<pod dir>/vsock.sock`, console `<pod dir>/console.log`), and reports on
+//! the socket in the pod protocol ([`protocol::Report`]): the phases, then `Ready` once the
+//! agent announced, or `Failed`.
+//! The starter waits for `Ready` with a timeout ([`Spawned::wait_ready`]); on error, EOF (the
+//! process died) or timeout it kills the process group and reports the cause with the log's
+//! tail. After `Ready` it records the pod process and commits ([`Spawned::commit`]); a
+//! [`Spawned`] dropped uncommitted kills the process. The VMM process waits for the commit
+//! with the start timeout and ends itself (VM, agent, sockets) when its starter closes the
+//! socket or never commits: a starter killed or failing at any step leaves nothing running.
 //!
 //! After `Ready` the VMM process serves its control socket ([`control`]: ping, pause, resume,
 //! stop, disk slots) until the VM ends. When the VM ends on its own (guest shutdown, crash)
@@ -24,11 +28,11 @@ mod vm;
 use crate::state::{LockKind, Phase, PodLock, PodRecord, State, VmmProcess};
 use crate::{config, hooks};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use protocol::{Message, Report, VERSION};
+use protocol::{Commit, Message, Report, VERSION};
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::net::UnixListener;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -44,9 +48,9 @@ pub const ANNOUNCE_SOCKET: &str = "vsock.sock_1025";
 pub const LOG_FILE: &str = "vmm.log";
 /// The guest's serial console.
 pub const CONSOLE_FILE: &str = "console.log";
-/// Environment variable carrying the notify pipe's fd number.
+/// Environment variable carrying the notify socket's fd number.
 pub const NOTIFY_FD_ENV: &str = "EMBER_NOTIFY_FD";
-/// The fd the notify pipe gets in the VMM process.
+/// The fd the notify socket gets in the VMM process.
 const NOTIFY_FD: i32 = 3;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +63,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("Cannot create the notify pipe")]
-    Pipe(#[source] nix::Error),
+    #[error("Cannot create the notify socket")]
+    Socket(#[source] std::io::Error),
     #[error("Cannot start the VMM process")]
     Spawn(#[source] std::io::Error),
     #[error("The VMM process failed: {message}")]
@@ -71,10 +75,16 @@ pub enum Error {
     Timeout(Duration),
     #[error("The guest agent did not announce itself within {timeout:?}; VMM phases: {phases} (see console.log in the pod directory)")]
     NotReady { timeout: Duration, phases: String },
-    #[error("Cannot read the notify pipe")]
+    #[error("Cannot use the notify socket")]
     Notify(#[source] std::io::Error),
-    #[error("Bad report on the notify pipe")]
+    #[error("Bad report on the notify socket")]
     NotifyFrame(#[source] agent::protocol::FrameError),
+    #[error("Cannot commit the start: the VMM process is gone")]
+    Commit(#[source] agent::protocol::FrameError),
+    #[error("The ember process that started the pod went away before the start was committed")]
+    Orphaned,
+    #[error("The start was not committed within {0:?}")]
+    NotCommitted(Duration),
     #[error("Cannot bind {path}")]
     Bind {
         path: PathBuf,
@@ -105,15 +115,22 @@ pub enum Error {
     Entropy(#[source] std::io::Error),
 }
 
-/// A started VMM process and the phases it reported.
+/// A spawned VMM process whose start is not committed yet. Dropped uncommitted, it is
+/// killed (with its session) and its sockets go.
 #[derive(Debug)]
-pub struct Started {
+pub struct Spawned {
+    /// The process, known from the moment it is spawned.
     pub process: VmmProcess,
-    pub phases: Vec<Phase>,
+    child: Option<std::process::Child>,
+    channel: UnixStream,
+    dir: PathBuf,
+    log_path: PathBuf,
+    start: Instant,
 }
 
-/// Start the detached VMM process of pod `pod` and wait until its guest agent is ready.
-pub fn spawn(root: &Path, pod: &str, dir: &Path, timeout: Duration) -> Result<Started, Error> {
+/// Start the detached VMM process of pod `pod`; [`Spawned::wait_ready`] then waits for its
+/// guest agent.
+pub fn spawn(root: &Path, pod: &str, dir: &Path) -> Result<Spawned, Error> {
     let exe = std::env::current_exe().map_err(Error::Exe)?;
     let log_path = dir.join(LOG_FILE);
     let log = OpenOptions::new()
@@ -129,8 +146,9 @@ pub fn spawn(root: &Path, pod: &str, dir: &Path, timeout: Duration) -> Result<St
         source,
     })?;
     remove_sockets(dir);
-    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(Error::Pipe)?;
-    let wr_raw = wr.as_raw_fd();
+    // Both ends close on exec; the child's end is put on fd 3 without it in pre_exec.
+    let (ours, theirs) = UnixStream::pair().map_err(Error::Socket)?;
+    let their_raw = theirs.as_raw_fd();
     let mut cmd = Command::new(exe);
     cmd.arg("--root")
         .arg(root)
@@ -146,90 +164,104 @@ pub fn spawn(root: &Path, pod: &str, dir: &Path, timeout: Duration) -> Result<St
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if wr_raw == NOTIFY_FD {
+            if their_raw == NOTIFY_FD {
                 // dup2 onto itself keeps O_CLOEXEC: clear it.
                 if libc::fcntl(NOTIFY_FD, libc::F_SETFD, 0) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-            } else if libc::dup2(wr_raw, NOTIFY_FD) < 0 {
+            } else if libc::dup2(their_raw, NOTIFY_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
     }
     let start = Instant::now();
-    let mut child = cmd.spawn().map_err(Error::Spawn)?;
-    drop(wr);
+    let child = cmd.spawn().map_err(Error::Spawn)?;
+    drop(theirs);
     let pid = child.id() as i32;
-    // Reap it if it exits while we still run (the CLI exits long before the VMM does).
-    // A little longer than the VMM process's own limit, so that its report (with the VMM's
-    // boot phases) arrives first.
-    let result = wait_ready(&rd, start, timeout + Duration::from_secs(5), &log_path);
-    match result {
-        Ok(phases) => {
-            let process = VmmProcess {
-                pid,
-                start_time: proc::start_time(pid).unwrap_or(0),
+    Ok(Spawned {
+        process: VmmProcess {
+            pid,
+            start_time: proc::start_time(pid).unwrap_or(0),
+        },
+        child: Some(child),
+        channel: ours,
+        dir: dir.to_path_buf(),
+        log_path,
+        start,
+    })
+}
+
+impl Spawned {
+    /// Read [`Report`]s until `Ready`; the phases reported. `timeout` is the pod's start
+    /// timeout: the wait is a little longer, so that the VMM process's own report (with its
+    /// boot phases) arrives first.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<Vec<Phase>, Error> {
+        let timeout = timeout + Duration::from_secs(5);
+        let mut phases = Vec::new();
+        loop {
+            let left = timeout.saturating_sub(self.start.elapsed());
+            if left.is_zero() {
+                return Err(Error::Timeout(timeout));
+            }
+            let ms = u16::try_from(left.as_millis().min(10_000)).unwrap_or(10_000);
+            let mut fds = [PollFd::new(self.channel.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(0) => continue,
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(Error::Notify(e.into())),
+            }
+            // The writer sends each report whole, as one frame.
+            let msg: Message<Report> = match agent::protocol::recv(&mut self.channel) {
+                Ok(m) => m,
+                Err(agent::protocol::FrameError::Closed) => {
+                    return Err(Error::Died {
+                        log_tail: log_tail(&self.log_path),
+                    })
+                }
+                Err(e) => return Err(Error::NotifyFrame(e)),
             };
+            if msg.version != VERSION {
+                return Err(Error::Failed {
+                    message: format!(
+                        "the VMM process speaks protocol version {}, this ember {VERSION}",
+                        msg.version
+                    ),
+                });
+            }
+            match msg.body {
+                Report::Ready => return Ok(phases),
+                Report::Failed { message } => return Err(Error::Failed { message }),
+                Report::Phase { name, ms } => phases.push(Phase { name, ms }),
+            }
+        }
+    }
+
+    /// Tell the VMM process that the pod's record names it: it runs on, owned by the record.
+    /// Call only once the record is stored.
+    pub fn commit(mut self) -> Result<(), Error> {
+        agent::protocol::send(&mut self.channel, &Message::new(Commit::Committed))
+            .map_err(Error::Commit)?;
+        if let Some(mut child) = self.child.take() {
+            // Reap it if it exits while we still run (the CLI exits long before it does).
             crate::logging::thread("vmm-reaper", move || child.wait());
-            Ok(Started { process, phases })
         }
-        Err(e) => {
-            // SAFETY: plain kill(2) of the process group we created with setsid.
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
-            let _ = child.kill();
-            let _ = child.wait();
-            remove_sockets(dir);
-            Err(e)
-        }
+        Ok(())
     }
 }
 
-/// Read [`Report`]s from the notify pipe until `Ready`.
-fn wait_ready(
-    rd: &OwnedFd,
-    start: Instant,
-    timeout: Duration,
-    log_path: &Path,
-) -> Result<Vec<Phase>, Error> {
-    let mut pipe = File::from(rd.try_clone().map_err(Error::Notify)?);
-    let mut phases = Vec::new();
-    loop {
-        let left = timeout.saturating_sub(start.elapsed());
-        if left.is_zero() {
-            return Err(Error::Timeout(timeout));
-        }
-        let ms = u16::try_from(left.as_millis().min(10_000)).unwrap_or(10_000);
-        let mut fds = [PollFd::new(rd.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(0) => continue,
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(Error::Notify(e.into())),
-        }
-        // The writer sends each report whole (one frame, under PIPE_BUF).
-        let msg: Message<Report> = match agent::protocol::recv(&mut pipe) {
-            Ok(m) => m,
-            Err(agent::protocol::FrameError::Closed) => {
-                return Err(Error::Died {
-                    log_tail: log_tail(log_path),
-                })
-            }
-            Err(e) => return Err(Error::NotifyFrame(e)),
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
         };
-        if msg.version != VERSION {
-            return Err(Error::Failed {
-                message: format!(
-                    "the VMM process speaks protocol version {}, this ember {VERSION}",
-                    msg.version
-                ),
-            });
-        }
-        match msg.body {
-            Report::Ready => return Ok(phases),
-            Report::Failed { message } => return Err(Error::Failed { message }),
-            Report::Phase { name, ms } => phases.push(Phase { name, ms }),
-        }
+        // SAFETY: plain kill(2) of the process group we created with setsid; the child is not
+        // reaped yet, so its pid is still ours.
+        unsafe { libc::kill(-self.process.pid, libc::SIGKILL) };
+        let _ = child.kill();
+        let _ = child.wait();
+        remove_sockets(&self.dir);
     }
 }
 
@@ -283,8 +315,9 @@ pub fn kill(p: &VmmProcess) {
     }
 }
 
-/// The notify pipe of a VMM process (absent when run by hand).
-struct Notifier(Option<File>);
+/// The notify socket of a VMM process (absent when run by hand: then nobody commits, and
+/// nobody has to).
+struct Notifier(Option<UnixStream>);
 
 impl Notifier {
     fn from_env() -> Notifier {
@@ -302,12 +335,36 @@ impl Notifier {
                     return None;
                 }
                 libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-                Some(File::from_raw_fd(fd))
+                Some(UnixStream::from_raw_fd(fd))
             }
         }))
     }
 
-    /// One report, as one frame (well under PIPE_BUF, so it arrives whole).
+    /// Whether a starter waits on the other end (and must commit).
+    fn has_starter(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Listen for the starter's answer: `Event::Committed`, or `Event::StarterGone` when it
+    /// closes the socket (or sends anything else) first.
+    fn listen(&self, events: mpsc::Sender<Event>) -> Result<(), Error> {
+        let Some(s) = &self.0 else {
+            return Ok(());
+        };
+        let mut s = s.try_clone().map_err(Error::Notify)?;
+        crate::logging::spawn("starter", move || {
+            let answer: Result<Message<Commit>, _> = agent::protocol::recv(&mut s);
+            let event = match answer {
+                Ok(m) if m.version == VERSION && m.body == Commit::Committed => Event::Committed,
+                _ => Event::StarterGone,
+            };
+            let _ = events.send(event);
+        })
+        .map_err(Error::Thread)?;
+        Ok(())
+    }
+
+    /// One report, as one frame.
     fn send(&mut self, report: Report) {
         if let Some(f) = &mut self.0 {
             let _ = agent::protocol::send(f, &Message::new(report));
@@ -433,6 +490,7 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
     let control_listener = bind(CONTROL_SOCKET)?;
 
     let (tx, rx) = mpsc::channel::<Event>();
+    notify.listen(tx.clone())?;
     let t = Instant::now();
     let machine = match &rec.config.machine {
         config::Machine::HostAgent { agent } => Machine::Host(
@@ -487,33 +545,42 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
     }
 
     let timeout = Duration::from_secs(rec.config.start_timeout_secs);
-    match rx.recv_timeout(timeout) {
-        Ok(Event::Ready(agent_version)) => {
-            log::info!("agent {agent_version} ready");
-            notify.phase("agent_ready", t0);
-            for (name, ms) in machine.timings() {
-                notify.send(Report::Phase {
-                    name: format!("vm_{name}"),
-                    ms,
+    let deadline = Instant::now() + timeout;
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Event::Ready(agent_version)) => {
+                log::info!("agent {agent_version} ready");
+                notify.phase("agent_ready", t0);
+                for (name, ms) in machine.timings() {
+                    notify.send(Report::Phase {
+                        name: format!("vm_{name}"),
+                        ms,
+                    });
+                }
+                break;
+            }
+            Ok(Event::Exited(msg)) => return Err(Error::EndedEarly(msg)),
+            Ok(Event::StarterGone) => {
+                machine.stop();
+                return Err(Error::Orphaned);
+            }
+            Ok(Event::Committed) => {}
+            Err(_) => {
+                let phases: Vec<String> = machine
+                    .timings()
+                    .iter()
+                    .map(|(n, ms)| format!("{n} {ms:.0} ms"))
+                    .collect();
+                machine.stop();
+                return Err(Error::NotReady {
+                    timeout,
+                    phases: if phases.is_empty() {
+                        "none".into()
+                    } else {
+                        phases.join(", ")
+                    },
                 });
             }
-        }
-        Ok(Event::Exited(msg)) => return Err(Error::EndedEarly(msg)),
-        Err(_) => {
-            let phases: Vec<String> = machine
-                .timings()
-                .iter()
-                .map(|(n, ms)| format!("{n} {ms:.0} ms"))
-                .collect();
-            machine.stop();
-            return Err(Error::NotReady {
-                timeout,
-                phases: if phases.is_empty() {
-                    "none".into()
-                } else {
-                    phases.join(", ")
-                },
-            });
         }
     }
     if restored {
@@ -532,7 +599,14 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
         }
         notify.phase("network_configured", t);
     }
+    proc::pause_at("vmm:ready");
     notify.send(Report::Ready);
+    if notify.has_starter() {
+        if let Err(e) = wait_committed(&rx, dir, timeout) {
+            machine.stop();
+            return Err(e);
+        }
+    }
     notify.close();
 
     let requested = Arc::new(AtomicBool::new(false));
@@ -547,7 +621,7 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
     let reason = loop {
         match rx.recv() {
             Ok(Event::Exited(msg)) => break msg,
-            Ok(Event::Ready(_)) => {}
+            Ok(Event::Ready(_) | Event::Committed | Event::StarterGone) => {}
             Err(_) => break "VM thread vanished".to_string(),
         }
     };
@@ -559,10 +633,29 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
     Ok(())
 }
 
+/// Wait for the starter's commit. A starter that closed the socket may have died just after
+/// it stored the record: the record naming this process as the running pod's is the commit.
+fn wait_committed(rx: &mpsc::Receiver<Event>, dir: &Path, timeout: Duration) -> Result<(), Error> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Event::Committed) => return Ok(()),
+            Ok(Event::StarterGone) => {
+                let owned = PodRecord::load(dir).is_ok_and(|rec| {
+                    rec.state == State::Running && rec.vmm == proc::this_process()
+                });
+                return if owned { Ok(()) } else { Err(Error::Orphaned) };
+            }
+            Ok(Event::Exited(msg)) => return Err(Error::EndedEarly(msg)),
+            Ok(Event::Ready(_)) => {}
+            Err(_) => return Err(Error::NotCommitted(timeout)),
+        }
+    }
+}
+
 /// The VM ended without a stop request: record it and run the poststop hooks.
 fn mark_ended(dir: &Path, reason: &str) {
-    let Ok(_lock) =
-        PodLock::acquire_timeout(dir, LockKind::Write, crate::timeouts::RECORD_END_LOCK)
+    let Ok(_lock) = PodLock::acquire_pod(dir, LockKind::Write, crate::timeouts::RECORD_END_LOCK)
     else {
         log::error!("Cannot lock the pod to record its end");
         return;
@@ -665,8 +758,12 @@ impl Machine {
     }
 }
 
-/// What the VM and announce threads tell the VMM process's main thread.
+/// What the VM, announce and starter threads tell the VMM process's main thread.
 pub(crate) enum Event {
     Ready(String),
     Exited(String),
+    /// The starter stored the record naming this process.
+    Committed,
+    /// The starter closed the notify socket without committing.
+    StarterGone,
 }

@@ -3,6 +3,20 @@
 
 use crate::state::VmmProcess;
 
+/// Test seam of the fault-matrix tests (`runtime/tests/fault_matrix.rs`): an ember process
+/// whose environment names `step` here stops itself (SIGSTOP) when it gets there, so that a
+/// test can kill it at exactly that step. Unset, it does nothing.
+pub const PAUSE_AT_ENV: &str = "EMBER_TEST_PAUSE_AT";
+
+/// Stop this process with SIGSTOP when [`PAUSE_AT_ENV`] names `step`.
+pub fn pause_at(step: &str) {
+    if std::env::var_os(PAUSE_AT_ENV).is_some_and(|v| v == step) {
+        log::warn!("{PAUSE_AT_ENV}={step}: stopping");
+        // SAFETY: raise(3) of a signal whose default action stops the process; no handler.
+        unsafe { libc::raise(libc::SIGSTOP) };
+    }
+}
+
 /// Start time (clock ticks since boot) of a live, non-zombie process; `None` when it is gone.
 pub fn start_time(pid: i32) -> Option<u64> {
     if pid <= 0 {

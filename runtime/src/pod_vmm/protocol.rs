@@ -4,8 +4,12 @@
 //!
 //! - On the control socket (`<pod dir>/control.sock`) a client sends one [`Message`] holding a
 //!   [`Request`] per connection and reads one [`Message`] holding a [`Response`].
-//! - On the notify pipe the starting pod process reports [`Report`]s to its starter: the
-//!   phases of the VM's start, then `Ready` or `Failed`.
+//! - On the notify socket (a socketpair between the starter and the pod process it spawned)
+//!   the starting pod process reports [`Report`]s to its starter: the phases of the VM's start,
+//!   then `Ready` or `Failed`. After `Ready` the starter stores the pod's record with the pod
+//!   process in it and answers [`Commit::Committed`]; a pod process whose starter closes the
+//!   socket (it died, or gave up) before that, or does not answer within the start timeout,
+//!   stops its VM and exits: nothing runs that no record owns.
 //!
 //! A message of another [`VERSION`] is refused with a clear error, never guessed at.
 
@@ -13,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// Version of this protocol, carried in every message.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 /// One message on the control socket or the notify pipe.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -88,6 +92,13 @@ pub enum Report {
     Failed { message: String },
 }
 
+/// What the starter answers a pod process that reported [`Report::Ready`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Commit {
+    /// The pod's record names the pod process: it owns the pod from now on.
+    Committed,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +126,10 @@ mod tests {
         agent::protocol::send(&mut buf, &report).unwrap();
         let back: Message<Report> = agent::protocol::recv(&mut buf.as_slice()).unwrap();
         assert_eq!(back, report);
+        let mut buf = Vec::new();
+        agent::protocol::send(&mut buf, &Message::new(Commit::Committed)).unwrap();
+        let back: Message<Commit> = agent::protocol::recv(&mut buf.as_slice()).unwrap();
+        assert_eq!(back.body, Commit::Committed);
+        assert_eq!(back.version, VERSION);
     }
 }

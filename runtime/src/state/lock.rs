@@ -1,6 +1,14 @@
 //! Per-pod file locks across processes, virtcontainers' `rLockPod`/`rwLockPod`: every API call
-//! takes `flock(2)` on `<root>/<pod>/lock`, shared for reads and exclusive for changes. The lock
+//! takes `flock(2)` on the pod's lock file, shared for reads and exclusive for changes. The lock
 //! is released when the guard drops (or the process dies), so a crashed caller never wedges a pod.
+//!
+//! A pod's lock file lives beside its directory, not in it ([`pod_lock_path`]:
+//! `<root>/@pods/.<pod>.lock`; ids cannot start with `.`), so that removing the directory can
+//! never race with a caller re-creating the lock file inside it (which left directories holding
+//! only `lock`, an id that could neither be used nor deleted). Whoever deletes the pod unlinks
+//! the lock file while it holds it exclusively ([`PodLock::remove`]); every acquirer checks,
+//! once it holds the lock, that the file it locked is still the one at the path, and starts
+//! over when it is not, so a lock on an unlinked file never counts.
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -8,8 +16,17 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Name of the lock file inside a pod directory.
+/// Name of the lock file inside a directory locked with [`PodLock::acquire`] (OCI containers).
 pub const LOCK_FILE: &str = "lock";
+
+/// The lock file of the pod whose directory is `dir`: `.<name>.lock` beside it.
+pub fn pod_lock_path(dir: &Path) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.with_file_name(format!(".{name}.lock"))
+}
 
 /// Environment variable overriding how long a call waits for a pod's lock, in milliseconds.
 pub const LOCK_TIMEOUT_ENV: &str = "EMBER_LOCK_TIMEOUT_MS";
@@ -51,6 +68,7 @@ pub struct PodLock {
     /// `None`: a read where the state root cannot be written (see [`open_lock_file`]).
     _flock: Option<Flock<File>>,
     kind: LockKind,
+    path: PathBuf,
 }
 
 /// Opens (a writer: creates) the lock file. A reader opens it read-only, and when it is
@@ -95,7 +113,18 @@ impl PodLock {
         kind: LockKind,
         timeout: Duration,
     ) -> Result<PodLock, Error> {
-        let path = dir.join(LOCK_FILE);
+        Self::acquire_file(&dir.join(LOCK_FILE), kind, timeout)
+    }
+
+    /// Lock the pod whose directory is `dir` ([`pod_lock_path`]), waiting at most `timeout`.
+    /// Its parent (`<root>/@pods`) must exist; the pod directory need not.
+    pub fn acquire_pod(dir: &Path, kind: LockKind, timeout: Duration) -> Result<PodLock, Error> {
+        Self::acquire_file(&pod_lock_path(dir), kind, timeout)
+    }
+
+    /// Lock the file at `path` (a writer creates it), waiting at most `timeout`.
+    pub fn acquire_file(path: &Path, kind: LockKind, timeout: Duration) -> Result<PodLock, Error> {
+        let path = path.to_path_buf();
         let arg = match kind {
             LockKind::Read => FlockArg::LockSharedNonblock,
             LockKind::Write => FlockArg::LockExclusiveNonblock,
@@ -109,7 +138,13 @@ impl PodLock {
                 Ok(Some(f)) => f,
                 // A reader of a state root nobody can write (read-only, or a pod whose lock
                 // file was never made there): nothing can change under it, no lock needed.
-                Ok(None) => return Ok(PodLock { _flock: None, kind }),
+                Ok(None) => {
+                    return Ok(PodLock {
+                        _flock: None,
+                        kind,
+                        path,
+                    })
+                }
                 Err(source) => {
                     return Err(Error::Open {
                         path: path.clone(),
@@ -118,10 +153,13 @@ impl PodLock {
                 }
             };
             match Flock::lock(file, arg) {
+                // Unlinked (the pod was deleted) or replaced while we waited: not the lock.
+                Ok(flock) if !is_current(&flock, &path) => continue,
                 Ok(flock) => {
                     return Ok(PodLock {
                         _flock: Some(flock),
                         kind,
+                        path,
                     })
                 }
                 Err((_, Errno::EWOULDBLOCK)) | Err((_, Errno::EINTR)) => {}
@@ -138,6 +176,23 @@ impl PodLock {
 
     pub fn kind(&self) -> LockKind {
         self.kind
+    }
+
+    /// Unlink the lock file (its pod is gone), then release it. Only an exclusive holder
+    /// removes it; anyone waiting on the unlinked file notices and locks the path afresh.
+    pub fn remove(self) {
+        if self.kind == LockKind::Write && self._flock.is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Whether the locked file is still the one at `path` (same device and inode).
+fn is_current(locked: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (locked.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 
@@ -218,6 +273,37 @@ mod tests {
         nix::mount::umount(&ro).unwrap();
         assert!(r.unwrap()._flock.is_none());
         assert!(matches!(w.unwrap_err(), Error::Open { .. }));
+    }
+
+    #[test]
+    fn removed_lock_is_never_held_twice() {
+        let dir = test_dir("lock-remove").join("pod");
+        let path = pod_lock_path(&dir);
+        assert_eq!(path, dir.with_file_name(".pod.lock"));
+        let short = Duration::from_millis(30);
+        let held = PodLock::acquire_pod(&dir, LockKind::Write, short).unwrap();
+        // A waiter opened the file before its holder unlinked it: once it gets the flock, it
+        // sees the file is gone and locks the path afresh.
+        let waiter = std::thread::spawn({
+            let dir = dir.clone();
+            move || PodLock::acquire_pod(&dir, LockKind::Write, Duration::from_secs(5)).unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        held.remove();
+        let w = waiter.join().unwrap();
+        assert!(path.exists(), "the waiter made a new lock file");
+        // That new file is the lock: nobody else gets it while the waiter holds it.
+        let err = PodLock::acquire_pod(&dir, LockKind::Read, short).unwrap_err();
+        assert!(matches!(err, Error::Timeout { .. }), "{err}");
+        w.remove();
+        assert!(!path.exists());
+        // A reader never removes the file.
+        let r = PodLock::acquire_pod(&dir, LockKind::Write, short).unwrap();
+        drop(r);
+        PodLock::acquire_pod(&dir, LockKind::Read, short)
+            .unwrap()
+            .remove();
+        assert!(path.exists());
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! Layout of a state root (default `/run/ember`):
 //! ```text
-//! <root>/<pod>/lock          flock(2) target (shared for reads, exclusive for changes)
+//! <root>/.<pod>.lock         flock(2) target (shared for reads, exclusive for changes),
+//!                            beside the pod's directory so that deleting it cannot orphan it
 //! <root>/<pod>/state.json    the PodRecord, containers included (format_version inside)
 //! <root>/<pod>/vmm.log       stdout/stderr of the pod's detached VMM process
 //! <root>/<pod>/console.log   the guest's serial console
@@ -72,6 +73,20 @@ pub struct VmmProcess {
     pub start_time: u64,
 }
 
+/// A pod start in progress, recorded before anything irreversible happens: the ember process
+/// running it and, from the moment it is spawned, its VMM process. The start clears it when it
+/// ends, failed or not; anyone else who holds the pod's lock and finds it knows that the start
+/// was interrupted (its starter was killed, or could not record the end) and recovers the pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartIntent {
+    /// The ember process running the start (it holds the pod's write lock meanwhile).
+    pub starter: VmmProcess,
+    /// The VMM process it spawned, once there is one.
+    #[serde(default)]
+    pub vmm: Option<VmmProcess>,
+    pub since_unix: u64,
+}
+
 /// A disk attached to the pod's VM at its last start, in attachment order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachedDisk {
@@ -124,6 +139,10 @@ pub struct ContainerRecord {
     /// Exit code of the container's process once it ended (128+signal when killed).
     #[serde(default)]
     pub exit_code: Option<i32>,
+    /// A start was asked of the agent and its outcome not recorded yet: whoever finds it set
+    /// asks the agent how the container stands.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub starting: bool,
     /// Pid of the container's process in the guest, when the agent reported one.
     #[serde(default)]
     pub pid: Option<i32>,
@@ -143,6 +162,9 @@ pub struct PodRecord {
     pub created_unix: u64,
     #[serde(default)]
     pub vmm: Option<VmmProcess>,
+    /// A start in progress (or interrupted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starting: Option<StartIntent>,
     #[serde(default)]
     pub disks: Vec<AttachedDisk>,
     /// The running VM's disk slots (empty at boot) and what was inserted into each.
@@ -171,6 +193,7 @@ impl PodRecord {
             config,
             created_unix: now_unix(),
             vmm: None,
+            starting: None,
             disks: Vec::new(),
             slots: Vec::new(),
             containers: BTreeMap::new(),
@@ -297,6 +320,7 @@ mod tests {
                 volume_device: None,
                 in_agent: false,
                 exit_code: None,
+                starting: false,
                 pid: None,
                 shares: vec!["c1.rootfs".into()],
             },
