@@ -3,8 +3,8 @@
 # (`--rootfs-guest-path /`); one more gets an ext2 disk declared in the pod config, filled by a
 # first container and used as the rootfs of a second.
 # Sections: pods-start, pods-containers-start, pods-exec, pods-ps, pods-exit-code, pods-kill,
-# pods-pause-resume, pods-list-status, pods-seccomp, pods-disk-rootfs, pods-stop-delete,
-# pods-vmm-killed.
+# pods-pause-resume, pods-list-status, pods-seccomp, pods-misbehaving, pods-disk-rootfs,
+# pods-stop-delete, pods-vmm-killed.
 
 export EMBER_ROOT=/run/ember-pods
 POD=p1
@@ -120,6 +120,38 @@ pods_seccomp() {
     done
 }
 section pods-seccomp pods_seccomp
+
+# A second pod whose container floods the guest's serial console from a busy loop: its
+# console.log stops at the pod's limit (64 KiB here) with one marker and one warning, and p1's
+# exec keeps answering meanwhile.
+pods_misbehaving() {
+    echo '{ "console_limit_kib": 64, "start_timeout_secs": 240 }' >/tmp/p3.json
+    ember pod create --config /tmp/p3.json p3 || return 1
+    if ! ember pod start p3; then pod_console p3; return 1; fi
+    cat >/tmp/flood.json <<JSON
+{ "rootfs": { "guest_path": { "path": "$RFS" } },
+  "process": { "env": ["PATH=/bin:/sbin:/usr/bin"],
+               "args": ["sh", "-c", "while :; do echo flood-flood-flood-flood-flood-flood-flood >/dev/ttyS0; done"] },
+  "mounts": [ { "destination": "/dev/ttyS0", "source": "/dev/ttyS0", "options": ["bind"] } ] }
+JSON
+    ember container create --config /tmp/flood.json p3 flood || return 1
+    ember container start p3 flood || return 1
+    con=$EMBER_ROOT/@pods/p3/console.log
+    n=0
+    while ! grep -q "console output beyond" "$con" && [ "$n" -lt 240 ]; do
+        [ $((n % 20)) -eq 0 ] && echo "p1 exec while p3 floods: $(ember container exec $POD c1 -- echo alive-$n)"
+        sleep 1
+        n=$((n + 1))
+    done
+    echo "p1 exec after p3 filled its console: $(ember container exec $POD c1 -- echo alive-after)"
+    echo "p3 console bytes: $(wc -c <"$con")"
+    echo "p3 console markers: $(grep -c 'console output beyond 65536 bytes dropped' "$con")"
+    grep -q "console reached its limit of 65536 bytes" "$EMBER_ROOT/@pods/p3/vmm.log" &&
+        echo "p3 vmm.log has the warning"
+    ember container status p3 flood
+    ember pod stop p3 && ember pod delete p3 && echo "p3 stopped and deleted"
+}
+section pods-misbehaving pods_misbehaving
 
 pods_disk_rootfs() {
     # A filler container mounts the pod's disk and copies busybox onto it...

@@ -30,17 +30,27 @@ use devices::virtio::net::Net;
 use devices::virtio::rng::Rng;
 use devices::virtio::vsock::Vsock;
 
-fn open_console(console: &ConsoleConfig) -> Result<Box<dyn Write + Send>, Error> {
+fn open_console(
+    console: &ConsoleConfig,
+    limit: Option<u64>,
+) -> Result<Box<dyn Write + Send>, Error> {
     Ok(match console {
         ConsoleConfig::Stdout => Box::new(std::io::stdout()),
         ConsoleConfig::Sink => Box::new(std::io::sink()),
-        ConsoleConfig::File(path) => Box::new(
-            std::fs::OpenOptions::new()
+        ConsoleConfig::File(path) => {
+            let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(|e| Error::ConsoleFile(path.clone(), e))?,
-        ),
+                .map_err(|e| Error::ConsoleFile(path.clone(), e))?;
+            match limit {
+                Some(limit) => Box::new(
+                    crate::device_manager::legacy::CappedFile::new(file, limit)
+                        .map_err(|e| Error::ConsoleFile(path.clone(), e))?,
+                ),
+                None => Box::new(file),
+            }
+        }
     })
 }
 
@@ -98,7 +108,7 @@ pub fn build_vmm(cfg: &VmConfig, start: Instant) -> Result<Vmm, Error> {
     validate_config(cfg)?;
     let timings = Arc::new(TimingsRecorder::new(start));
     let control = Arc::new(VmControl::new());
-    let console = open_console(&cfg.console)?;
+    let console = open_console(&cfg.console, cfg.console_limit)?;
     let mut initrd = match &cfg.initrd {
         Some(p) => {
             let f = File::open(p).map_err(|e| Error::InitrdFile(p.clone(), e))?;
@@ -283,7 +293,7 @@ fn restore_from_state(
     let timings = Arc::new(TimingsRecorder::new(start));
     timings.set_restored();
     let control = Arc::new(VmControl::new());
-    let console = open_console(&cfg.console)?;
+    let console = open_console(&cfg.console, cfg.console_limit)?;
     let irqchip = state.vm.is_some();
 
     let kvm = KvmContext::new().map_err(Error::Kvm)?;
@@ -546,7 +556,7 @@ impl PayloadSpec {
 pub fn build_payload_vm(spec: PayloadSpec) -> Result<Vmm, Error> {
     let timings = Arc::new(TimingsRecorder::new(Instant::now()));
     let control = Arc::new(VmControl::new());
-    let console = open_console(&spec.console)?;
+    let console = open_console(&spec.console, None)?;
     let kvm = KvmContext::new().map_err(Error::Kvm)?;
     let irqchip = if spec.irqchip {
         IrqChip::InKernel

@@ -43,6 +43,10 @@ pub struct VmConfig {
     /// from their files (for comparisons; mapping is the default).
     #[serde(default)]
     pub copy_boot_files: bool,
+    /// Most bytes a [`ConsoleConfig::File`] console takes (`None`: no bound); the guest's
+    /// output beyond it is dropped, with one marker line and one warning.
+    #[serde(default)]
+    pub console_limit: Option<u64>,
     /// The seccomp filters the vCPU threads and the event loop confine themselves to before
     /// the guest runs ([`crate::seccomp`]); `None`: unfiltered. Not part of a snapshot.
     #[serde(skip)]
@@ -68,6 +72,7 @@ impl VmConfig {
             fs: None,
             console: ConsoleConfig::Stdout,
             copy_boot_files: false,
+            console_limit: None,
             seccomp: None,
         }
     }

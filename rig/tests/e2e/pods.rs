@@ -143,3 +143,25 @@ fn pod_process_threads_are_confined_by_seccomp() {
     assert!(mode("vcpu0").contains("filters=2"), "{}", s.output);
     assert!(mode("ember").contains("seccomp=0"), "{}", s.output);
 }
+
+/// A guest flooding its console: its pod's console.log stops at the pod's limit (one marker,
+/// one warning) and the other pod's exec answers throughout.
+#[test]
+fn a_console_flooding_guest_is_capped_and_another_pod_keeps_answering() {
+    let Some(s) = passed("pods-misbehaving") else {
+        return;
+    };
+    assert!(has(&s.output, "p1 exec after p3 filled its console: alive-after"), "{}", s.output);
+    assert!(has(&s.output, "p1 exec while p3 floods: alive-0"), "{}", s.output);
+    let bytes: u64 = s
+        .output
+        .lines()
+        .find_map(|l| l.strip_prefix("p3 console bytes: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no console size in:\n{}", s.output));
+    // The limit plus the marker line.
+    assert!((65_536..=65_536 + 64).contains(&bytes), "{bytes}\n{}", s.output);
+    assert!(has(&s.output, "p3 console markers: 1"), "{}", s.output);
+    assert!(has(&s.output, "p3 vmm.log has the warning"), "{}", s.output);
+    assert!(has(&s.output, "p3 stopped and deleted"), "{}", s.output);
+}

@@ -116,7 +116,18 @@ pub struct PodConfig {
     /// The seccomp filters of the pod process's threads (ember's own by default).
     #[serde(default)]
     pub seccomp: Seccomp,
+    /// Most KiB of guest console output kept in `<pod dir>/console.log`; beyond it the output
+    /// is dropped (a marker line in the file, a warning in `vmm.log`).
+    #[serde(default = "default_console_limit_kib")]
+    pub console_limit_kib: u32,
 }
+
+fn default_console_limit_kib() -> u32 {
+    4096
+}
+
+/// Bounds of [`PodConfig::console_limit_kib`]: 4 KiB to 1 GiB.
+pub const CONSOLE_LIMIT_KIB: std::ops::RangeInclusive<u32> = 4..=(1 << 20);
 
 /// Which seccomp filters confine a VMM's threads (the vCPUs, the device event loop, the
 /// control thread and the guest-facing relays; [`vmm::seccomp`]).
@@ -243,6 +254,7 @@ impl Default for PodConfig {
             template: None,
             net_placeholder: false,
             seccomp: Seccomp::default(),
+            console_limit_kib: default_console_limit_kib(),
         }
     }
 }

@@ -130,6 +130,7 @@ pub fn vm_config(rec: &PodRecord, dir: &Path) -> VmConfig {
         }),
         console: ConsoleConfig::File(dir.join(CONSOLE_FILE)),
         copy_boot_files: false,
+        console_limit: Some(u64::from(c.console_limit_kib) << 10),
         seccomp: None,
     }
 }

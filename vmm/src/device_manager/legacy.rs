@@ -64,6 +64,61 @@ impl Write for TimedWriter {
     }
 }
 
+/// A console file that takes at most `limit` bytes: a guest that prints forever must not fill
+/// the host's disk. Output beyond the limit is dropped, after one marker line in the file and
+/// one warning in the log.
+pub struct CappedFile {
+    file: std::fs::File,
+    written: u64,
+    limit: u64,
+    full: bool,
+}
+
+impl CappedFile {
+    /// `file` (opened for appending) with what it holds already counted.
+    pub fn new(file: std::fs::File, limit: u64) -> io::Result<Self> {
+        let written = file.metadata()?.len();
+        Ok(CappedFile {
+            file,
+            written,
+            limit,
+            full: written >= limit,
+        })
+    }
+}
+
+impl Write for CappedFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.full {
+            return Ok(buf.len());
+        }
+        let room = self.limit.saturating_sub(self.written);
+        if buf.len() as u64 > room {
+            let head = &buf[..room as usize];
+            self.file.write_all(head)?;
+            self.written += head.len() as u64;
+            self.full = true;
+            let marker = format!(
+                "\n[ember: console output beyond {} bytes dropped]\n",
+                self.limit
+            );
+            self.file.write_all(marker.as_bytes())?;
+            log::warn!(
+                "The guest's console reached its limit of {} bytes: further output is dropped",
+                self.limit
+            );
+            return Ok(buf.len());
+        }
+        self.file.write_all(buf)?;
+        self.written += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// COM1 on the port-I/O bus.
 pub struct SerialPio(pub LegacySerial<TimedWriter>);
 
@@ -286,4 +341,36 @@ pub fn setup_legacy_devices(
         cmos,
         boot_timer,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_capped_console_file_stops_at_its_limit_with_one_marker() {
+        let path = std::env::temp_dir().join(format!("ember-console-{}", std::process::id()));
+        std::fs::write(&path, b"boot\n").unwrap();
+        let open = || {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap()
+        };
+        let mut c = CappedFile::new(open(), 16).unwrap();
+        // What the file held counts: 5 + 8 fit, then 3 of the next 8.
+        assert_eq!(c.write(b"12345678").unwrap(), 8);
+        assert_eq!(c.write(b"abcdefgh").unwrap(), 8);
+        assert_eq!(c.write(b"more").unwrap(), 4);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            "boot\n12345678abc\n[ember: console output beyond 16 bytes dropped]\n"
+        );
+        // Reopened full: nothing more is written, no second marker.
+        let mut again = CappedFile::new(open(), 16).unwrap();
+        assert_eq!(again.write(b"x").unwrap(), 1);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        std::fs::remove_file(&path).unwrap();
+    }
 }
