@@ -681,21 +681,39 @@ impl BusDevice for Opener {
     }
 }
 
+/// A port device that asks whether stdin is a terminal (ioctl TCGETS, 0x5401) when the guest
+/// writes to it: an ioctl, but not one of a vCPU's requests.
+struct TerminalProbe;
+
+impl BusDevice for TerminalProbe {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write(&mut self, _offset: u64, _data: &[u8]) {
+        // SAFETY: isatty only inspects the descriptor.
+        let _ = unsafe { libc::isatty(libc::STDIN_FILENO) };
+    }
+}
+
 /// Which child scenario the test binary runs when re-executed.
 const SECCOMP_CHILD_ENV: &str = "EMBER_PAYLOAD_SECCOMP_CHILD";
 
 #[test]
 #[ignore = "run by a_vcpu_thread_making_a_forbidden_syscall_ends_the_vmm_with_a_line_naming_it"]
 fn seccomp_child() {
-    if std::env::var_os(SECCOMP_CHILD_ENV).is_none() {
+    let Some(scenario) = std::env::var_os(SECCOMP_CHILD_ENV) else {
         return;
-    }
+    };
     let filters = Arc::new(vmm::seccomp::Filters::builtin().unwrap());
     // out 0x500, al; then reset.
     let mut code = vec![0x66, 0xba, 0x00, 0x05, 0xee];
     code.extend_from_slice(&RESET);
+    let device: Arc<Mutex<dyn BusDevice>> = match scenario.to_str() {
+        Some("ioctl") => Arc::new(Mutex::new(TerminalProbe)),
+        _ => Arc::new(Mutex::new(Opener)),
+    };
     let vm = build_payload_vm(PayloadSpec {
-        extra_pio: vec![(TEST_PORT, 1, Arc::new(Mutex::new(Opener)))],
+        extra_pio: vec![(TEST_PORT, 1, device)],
         seccomp: Some(filters),
         ..PayloadSpec::new(code)
     })
@@ -705,6 +723,20 @@ fn seccomp_child() {
     std::process::exit(0);
 }
 
+/// Runs `seccomp_child` with `scenario` in a fresh copy of this test binary; (exit code,
+/// stderr).
+fn seccomp_child_run(scenario: &str) -> (Option<i32>, String) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "seccomp_child", "--ignored", "--nocapture"])
+        .env(SECCOMP_CHILD_ENV, scenario)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// With ember's filters, a vCPU thread that opens a file (outside its list) ends the process:
 /// the log line names the thread and the syscall.
 #[test]
@@ -712,17 +744,8 @@ fn a_vcpu_thread_making_a_forbidden_syscall_ends_the_vmm_with_a_line_naming_it()
     if !kvm_present() {
         return;
     }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "seccomp_child", "--ignored", "--nocapture"])
-        .env(SECCOMP_CHILD_ENV, "1")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(vmm::seccomp::EXIT_BAD_SYSCALL),
-        "{stderr}"
-    );
+    let (code, stderr) = seccomp_child_run("open");
+    assert_eq!(code, Some(vmm::seccomp::EXIT_BAD_SYSCALL), "{stderr}");
     // glibc opens with openat, musl with open.
     assert!(
         stderr.contains("seccomp: thread vcpu0 (vcpu filter) made the forbidden system call open"),
@@ -731,9 +754,28 @@ fn a_vcpu_thread_making_a_forbidden_syscall_ends_the_vmm_with_a_line_naming_it()
     assert!(!stderr.contains("the VM ended"), "{stderr}");
 }
 
+/// A vCPU thread's ioctl outside its requests (a terminal query from an exit handler) ends
+/// the process; the line names the request.
+#[test]
+fn a_vcpu_ioctl_outside_its_requests_ends_the_vmm_with_a_line_naming_the_request() {
+    if !kvm_present() {
+        return;
+    }
+    let (code, stderr) = seccomp_child_run("ioctl");
+    assert_eq!(code, Some(vmm::seccomp::EXIT_BAD_SYSCALL), "{stderr}");
+    assert!(
+        stderr.contains(
+            "seccomp: thread vcpu0 (vcpu filter) made the forbidden system call ioctl (16) request 0x5401; the process ends"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("the VM ended"), "{stderr}");
+}
+
 /// Confined vCPUs and event loop still do all they do: a virtio-rng driver gets entropy, a
 /// counter is paused (the vCPUs report RIP and statistics), snapshotted (each vCPU saves
-/// itself) and stopped.
+/// itself, with and without an in-kernel irqchip: LAPIC, XCRs, MSRs, TSC frequency),
+/// restored confined and stopped. The vCPUs' ioctls are only the requests of their list.
 #[test]
 fn confined_vcpus_and_event_loop_serve_devices_pause_and_snapshot() {
     if !kvm_present() {
@@ -743,7 +785,15 @@ fn confined_vcpus_and_event_loop_serve_devices_pause_and_snapshot() {
     let mut cfg = vmm::VmConfig::new("/unused");
     cfg.rng = true;
     cfg.seccomp = Some(filters.clone());
-    let (vm, dev) = device_vm(virtio_rng_driver(2), cfg);
+    let dev = recorder(0);
+    let vm = build_payload_vm(PayloadSpec {
+        extra_pio: vec![(TEST_PORT, 1, dev.clone())],
+        irqchip: true,
+        devices: Some(cfg.clone()),
+        seccomp: Some(filters.clone()),
+        ..PayloadSpec::new(virtio_rng_driver(2))
+    })
+    .unwrap();
     let handle = vm.handle();
     let runner = std::thread::spawn(move || vm.run());
     assert!(handle.wait_exited(Some(Duration::from_secs(60))));
@@ -751,23 +801,44 @@ fn confined_vcpus_and_event_loop_serve_devices_pause_and_snapshot() {
     let words = port_words(&dev);
     assert_eq!(words.get(1), Some(&16), "{words:x?}");
 
-    let dev = recorder(0);
-    let vm = build_payload_vm(PayloadSpec {
-        extra_pio: vec![(TEST_PORT, 4, dev.clone())],
-        seccomp: Some(filters),
-        ..PayloadSpec::new(COUNTER.to_vec())
-    })
-    .unwrap();
-    let handle = vm.handle();
-    let t = std::thread::spawn(move || vm.run());
-    wait_words(&dev, 100);
-    assert_eq!(handle.vcpu_rips().unwrap().len(), 1);
-    handle.pause().unwrap();
-    let dir = snapshot_dir("seccomp");
-    handle.snapshot(&dir).unwrap();
-    handle.resume().unwrap();
-    handle.stop();
-    assert_eq!(t.join().unwrap().unwrap(), VmExit::Stopped);
-    assert!(dir.join("state").is_file());
-    std::fs::remove_dir_all(&dir).unwrap();
+    for irqchip in [false, true] {
+        let dev = recorder(0);
+        let vm = build_payload_vm(PayloadSpec {
+            extra_pio: vec![(TEST_PORT, 4, dev.clone())],
+            irqchip,
+            devices: irqchip.then(|| cfg.clone()),
+            seccomp: Some(filters.clone()),
+            ..PayloadSpec::new(COUNTER.to_vec())
+        })
+        .unwrap();
+        let handle = vm.handle();
+        let t = std::thread::spawn(move || vm.run());
+        wait_words(&dev, 100);
+        assert_eq!(handle.vcpu_rips().unwrap().len(), 1);
+        // The vCPU reads its binary statistics while paused (KVM_GET_STATS_FD, pread64; empty
+        // on kernels before 5.14).
+        assert_eq!(handle.vcpu_states().unwrap().len(), 1);
+        handle.pause().unwrap();
+        let dir = snapshot_dir(&format!("seccomp-{irqchip}"));
+        handle.snapshot(&dir).unwrap();
+        let last = *port_words(&dev).last().unwrap();
+        if irqchip {
+            handle.stop();
+        } else {
+            handle.resume().unwrap();
+            wait_words(&dev, port_words(&dev).len() + 10);
+            handle.stop();
+        }
+        assert_eq!(
+            t.join().unwrap().unwrap(),
+            VmExit::Stopped,
+            "irqchip {irqchip}"
+        );
+        assert!(dir.join("state").is_file());
+        if irqchip {
+            // The restored VM's vCPUs and event loop are confined too (`cfg.seccomp`).
+            assert_eq!(restored_words(&dir, &cfg)[0], last + 1);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -88,7 +88,7 @@ fn a_vcpu_thread_making_a_forbidden_syscall_ends_the_vmm_with_a_line_naming_it()
     );
     assert!(
         s.output.contains(
-            "seccomp: thread vcpu0 (vcpu filter) made the forbidden system call ioctl (16); the process ends"
+            "seccomp: thread vcpu0 (vcpu filter) made the forbidden system call ioctl (16) request 0xae80; the process ends"
         ),
         "{}",
         s.output

@@ -779,6 +779,51 @@ fn a_corrupt_record_is_listed_and_force_deleted() {
 /// Every numeric bound of a pod config is checked at create (hardening finding), and nothing
 /// is left of a refused pod.
 #[test]
+fn a_bad_seccomp_filter_file_is_refused_at_create() {
+    let rt = rt("api-seccomp-file");
+    let files = rt.root().join("filters");
+    fs::create_dir_all(&files).unwrap();
+    let bad_json = files.join("bad.json");
+    fs::write(&bad_json, "{ \"vcpu\": ").unwrap();
+    let unknown_kind = files.join("unknown-kind.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&vmm::seccomp::Filters::builtin_json()).unwrap();
+    json["vcpus"] = json["vcpu"].clone();
+    fs::write(&unknown_kind, json.to_string()).unwrap();
+    for (file, want) in [
+        (
+            files.join("missing.json"),
+            "Cannot read the seccomp filter file",
+        ),
+        (bad_json, "Bad seccomp filter file"),
+        (unknown_kind, "unknown thread kind \"vcpus\""),
+        (files.clone(), "Bad seccomp filter file"),
+    ] {
+        let config = PodConfig {
+            seccomp: crate::config::Seccomp::File(file.clone()),
+            ..PodConfig::default()
+        };
+        let err = rt.create_pod("p", config).unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{err}");
+        let msg = err.to_string();
+        assert!(msg.starts_with("Invalid config: seccomp: "), "{msg}");
+        assert!(msg.contains(&file.display().to_string()), "{msg}");
+        assert!(msg.contains(want), "{msg}");
+        assert!(!rt.pod_dir("p").exists(), "{msg}: left a pod behind");
+    }
+    let good = files.join("good.json");
+    fs::write(&good, vmm::seccomp::Filters::builtin_json()).unwrap();
+    rt.create_pod(
+        "p",
+        PodConfig {
+            seccomp: crate::config::Seccomp::File(good),
+            ..PodConfig::default()
+        },
+    )
+    .unwrap();
+}
+
+#[test]
 fn numeric_pod_config_bounds_are_checked_at_create() {
     let rt = rt("api-bounds");
     let base = PodConfig::default;

@@ -11,13 +11,20 @@
 //! syscall (to stderr, which is a pod's `vmm.log`, and to the extra log set with
 //! [`report_to`]) and ends the process with [`EXIT_BAD_SYSCALL`].
 //!
+//! A vCPU thread's `ioctl`s are restricted to the requests it makes ([`vcpu_ioctls`]:
+//! `KVM_RUN`, the state reads of a pause and a snapshot, the binary statistics descriptor);
+//! the other threads' are not (TAP offloads, terminals, the KVM calls of the thread that owns
+//! the VM).
+//!
 //! The lists ([`ThreadKind::allowed`]) cover what the threads do with glibc and with musl (the
 //! static build), which use different syscalls for the same call (`open` or `openat`, `poll`
 //! or `ppoll`). A JSON file in seccompiler's format ([`Filters::from_file`]) replaces them,
 //! with one filter per thread kind named by [`ThreadKind::name`].
 
+mod ioctls;
 mod syscalls;
 
+pub use ioctls::vcpu_ioctls;
 pub use syscalls::SYSCALLS;
 
 use std::collections::{BTreeMap, HashMap};
@@ -27,7 +34,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Once;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
 
 /// Exit code of a process ended by a forbidden syscall (128 + SIGSYS, as a shell shows a
 /// death by that signal).
@@ -87,9 +97,13 @@ const COMMON: &[&str] = &[
 ];
 
 const VCPU: &[&str] = &[
-    // KVM_RUN, the state ioctls of a snapshot, the binary stats fd.
+    // Only the requests of `vcpu_ioctls` ([`ThreadKind::ioctls`]); pread64 reads the binary
+    // stats descriptor.
     "ioctl", "pread64",
 ];
+
+/// The syscall number of `ioctl` on x86_64.
+const SYS_IOCTL: i64 = 16;
 
 /// Files and directories as the virtio-fs passthrough and the block backends use them, and
 /// as the control thread opens disks, shares and snapshot files.
@@ -197,6 +211,8 @@ const CONTROL: &[&str] = &[
     "bind",
     "listen",
     "socketpair",
+    // The vCPUs' kick signal handler, installed as the VM starts running.
+    "rt_sigaction",
     // Threads it starts (the vCPUs, from the thread that owns the VM).
     "clone",
     "clone3",
@@ -258,6 +274,50 @@ impl ThreadKind {
         names.dedup();
         names
     }
+
+    /// The ioctl requests (name, number) the built-in filter of this kind allows, `None` where
+    /// it allows any (the ioctl's argument 1, compared on its low 32 bits: the kernel's `cmd`
+    /// is an `unsigned int`, and musl passes it sign-extended).
+    pub fn ioctls(self) -> Option<Vec<(&'static str, u64)>> {
+        match self {
+            ThreadKind::Vcpu => Some(vcpu_ioctls()),
+            ThreadKind::EventLoop | ThreadKind::Control | ThreadKind::Relay => None,
+        }
+    }
+
+    /// The built-in filter's rules: every allowed syscall, unconditionally or (ioctl of a
+    /// vCPU) with one rule per allowed request.
+    fn rules(self) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Error> {
+        let mut rules = BTreeMap::new();
+        for name in self.allowed() {
+            let nr = syscall_number(name).ok_or(Error::UnknownSyscall(name, self.name()))?;
+            let syscall_rules = match (nr, self.ioctls()) {
+                (SYS_IOCTL, Some(requests)) => requests
+                    .iter()
+                    .map(|&(_, request)| {
+                        SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request)
+                            .and_then(|c| SeccompRule::new(vec![c]))
+                            .map_err(|e| Error::Compile(self.name(), e))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+                _ => Vec::new(),
+            };
+            rules.insert(nr, syscall_rules);
+        }
+        Ok(rules)
+    }
+
+    /// `rules` as this kind's program: what they match is allowed, anything else traps.
+    fn compile(self, rules: BTreeMap<i64, Vec<SeccompRule>>) -> Result<BpfProgram, Error> {
+        let filter = SeccompFilter::new(
+            rules,
+            SeccompAction::Trap,
+            SeccompAction::Allow,
+            TargetArch::x86_64,
+        )
+        .map_err(|e| Error::Compile(self.name(), e))?;
+        BpfProgram::try_from(filter).map_err(|e| Error::Compile(self.name(), e))
+    }
 }
 
 /// Why filters could not be made or installed.
@@ -311,21 +371,7 @@ impl Filters {
     pub fn builtin() -> Result<Filters, Error> {
         let mut programs = HashMap::new();
         for kind in ThreadKind::ALL {
-            let mut rules = BTreeMap::new();
-            for name in kind.allowed() {
-                let nr = syscall_number(name).ok_or(Error::UnknownSyscall(name, kind.name()))?;
-                rules.insert(nr, Vec::new());
-            }
-            let filter = SeccompFilter::new(
-                rules,
-                SeccompAction::Trap,
-                SeccompAction::Allow,
-                TargetArch::x86_64,
-            )
-            .map_err(|e| Error::Compile(kind.name(), e))?;
-            let program =
-                BpfProgram::try_from(filter).map_err(|e| Error::Compile(kind.name(), e))?;
-            programs.insert(kind, program);
+            programs.insert(kind, kind.compile(kind.rules()?)?);
         }
         Ok(Filters {
             programs,
@@ -370,7 +416,14 @@ impl Filters {
     }
 
     /// The built-in filters as a filter file for [`Filters::from_file`]: one syscall per line,
-    /// a starting point for a file of one's own.
+    /// a starting point for a file of one's own. A syscall allowed only with some arguments
+    /// (a vCPU's ioctl) has all its rules on its one line, one object per allowed request:
+    ///
+    /// ```text
+    ///       { "syscall": "ioctl", "args": [{ "index": 1, "type": "dword", "op": "eq", "val": 44672, "comment": "KVM_RUN" }] }, { "syscall": "ioctl", "args": [...] }, ...,
+    /// ```
+    ///
+    /// so that deleting that line takes the syscall out entirely.
     pub fn builtin_json() -> String {
         let mut out = String::from("{\n");
         for (i, kind) in ThreadKind::ALL.iter().enumerate() {
@@ -381,7 +434,19 @@ impl Filters {
             let names = kind.allowed();
             for (j, name) in names.iter().enumerate() {
                 let comma = if j + 1 < names.len() { "," } else { "" };
-                out.push_str(&format!("      {{ \"syscall\": \"{name}\" }}{comma}\n"));
+                let line = match (syscall_number(name), kind.ioctls()) {
+                    (Some(SYS_IOCTL), Some(requests)) => requests
+                        .iter()
+                        .map(|(request_name, request)| {
+                            format!(
+                                "{{ \"syscall\": \"{name}\", \"args\": [{{ \"index\": 1, \"type\": \"dword\", \"op\": \"eq\", \"val\": {request}, \"comment\": \"{request_name}\" }}] }}"
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    _ => format!("{{ \"syscall\": \"{name}\" }}"),
+                };
+                out.push_str(&format!("      {line}{comma}\n"));
             }
             let comma = if i + 1 < ThreadKind::ALL.len() {
                 ","
@@ -495,8 +560,15 @@ fn utc(secs: i64) -> (i64, u64, u64, i64, i64, i64) {
     (y, mo, d, rem / 3600, rem / 60 % 60, rem % 60)
 }
 
-/// The line the handler writes for syscall `nr` made by the current thread.
-fn report_line(nr: i64, now_secs: i64, json: bool) -> Line {
+/// The request of a forbidden ioctl as the kernel reads it (its `cmd` is an `unsigned int`;
+/// musl passes it sign-extended).
+fn ioctl_request(arg1: u64) -> u32 {
+    arg1 as u32
+}
+
+/// The line the handler writes for syscall `nr` made by the current thread; `request` is an
+/// ioctl's request (argument 1), named on the line.
+fn report_line(nr: i64, request: Option<u32>, now_secs: i64, json: bool) -> Line {
     use std::fmt::Write;
     let (name, len, kind) = THREAD.with(|t| t.get());
     let thread = std::str::from_utf8(&name[..len]).unwrap_or("?");
@@ -507,8 +579,19 @@ fn report_line(nr: i64, now_secs: i64, json: bool) -> Line {
         buf: [0; 512],
         len: 0,
     };
+    // " request 0x…" for an ioctl, nothing for any other call.
+    struct Request(Option<u32>);
+    impl std::fmt::Display for Request {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self.0 {
+                Some(r) => write!(f, " request {r:#x}"),
+                None => Ok(()),
+            }
+        }
+    }
+    let request = Request(request.filter(|_| nr == SYS_IOCTL));
     let msg_args = format_args!(
-        "seccomp: thread {thread} ({kind} filter) made the forbidden system call {call} ({nr}); the process ends"
+        "seccomp: thread {thread} ({kind} filter) made the forbidden system call {call} ({nr}){request}; the process ends"
     );
     let _ = if json {
         writeln!(
@@ -527,13 +610,25 @@ fn report_line(nr: i64, now_secs: i64, json: bool) -> Line {
 extern "C" fn sigsys_handler(
     _sig: libc::c_int,
     info: *mut libc::siginfo_t,
-    _ctx: *mut libc::c_void,
+    ctx: *mut libc::c_void,
 ) {
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers. For SIGSYS from
     // seccomp its union holds `_sigsys { void *_call_addr; int _syscall; unsigned _arch; }`
     // right after the three leading ints and their padding: `_syscall` is the int at
     // byte offset 24 on x86_64.
     let nr = unsafe { *(info as *const u8).add(24).cast::<libc::c_int>() };
+    let request = match i64::from(nr) {
+        SYS_IOCTL if !ctx.is_null() => {
+            // SAFETY: for SA_SIGINFO handlers the third argument is the `ucontext_t` of the
+            // interrupted thread; a seccomp trap leaves the syscall's arguments in its
+            // registers (x86_64: argument 1 in RSI).
+            let rsi = unsafe {
+                (*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RSI as usize]
+            };
+            Some(ioctl_request(rsi as u64))
+        }
+        _ => None,
+    };
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -542,6 +637,7 @@ extern "C" fn sigsys_handler(
     unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
     let line = report_line(
         i64::from(nr),
+        request,
         ts.tv_sec,
         REPORT_JSON.load(Ordering::Relaxed),
     );
