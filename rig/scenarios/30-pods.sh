@@ -3,8 +3,8 @@
 # (`--rootfs-guest-path /`); one more gets an ext2 disk declared in the pod config, filled by a
 # first container and used as the rootfs of a second.
 # Sections: pods-start, pods-containers-start, pods-exec, pods-ps, pods-exit-code, pods-kill,
-# pods-pause-resume, pods-list-status, pods-seccomp, pods-misbehaving, pods-disk-rootfs,
-# pods-stop-delete, pods-vmm-killed.
+# pods-pause-resume, pods-list-status, pods-seccomp, pods-jail, pods-cgroup, pods-misbehaving,
+# pods-disk-rootfs, pods-stop-delete, pods-vmm-killed.
 
 export EMBER_ROOT=/run/ember-pods
 POD=p1
@@ -108,18 +108,51 @@ section pods-list-status sh -c "
     ember pod status --json $POD > /tmp/status.json || exit 1
     grep -q '\"vmm_pid\": [0-9]' /tmp/status.json && grep -c '\"id\": \"c' /tmp/status.json"
 
-# Each thread of the running pod's process: its name, seccomp mode (2: filtered) and filter
-# count (the vCPUs stack their own on the one of the thread that started them).
+# Each thread of the running pod's process: its name, seccomp mode (2: filtered), filter
+# count (the vCPUs stack their own on the one of the thread that started them) and effective
+# capabilities.
 pods_seccomp() {
     pid=$(ember pod status --json $POD | sed -n 's/.*"vmm_pid": \([0-9]*\).*/\1/p')
     [ -n "$pid" ] || return 1
     for t in /proc/$pid/task/*; do
         mode=$(sed -n 's/^Seccomp:[[:space:]]*//p' "$t/status")
         filters=$(sed -n 's/^Seccomp_filters:[[:space:]]*//p' "$t/status")
-        echo "thread $(cat "$t/comm") seccomp=$mode filters=$filters"
+        caps=$(sed -n 's/^CapEff:[[:space:]]*//p' "$t/status")
+        echo "thread $(cat "$t/comm") seccomp=$mode filters=$filters caps=$caps"
     done
 }
 section pods-seccomp pods_seccomp
+
+# What the pod process's threads see of the host's files: the vCPU and event-loop threads
+# their jail (the pod directory, kernel, initrd, disk, /dev/kvm, /proc/self/fd), the main
+# thread the host.
+pods_jail() {
+    pid=$(ember pod status --json $POD | sed -n 's/.*"vmm_pid": \([0-9]*\).*/\1/p')
+    [ -n "$pid" ] || return 1
+    for t in /proc/$pid/task/*; do
+        name=$(cat "$t/comm")
+        case "$name" in vcpu0|event-loop|ember) ;; *) continue ;; esac
+        echo "thread $name root: $(ls "$t/root/" | tr '\n' ' ')"
+        [ -e "$t/root/etc/passwd" ] && echo "thread $name sees /etc/passwd" ||
+            echo "thread $name cannot see /etc/passwd"
+        [ -e "$t/root/var/lib/ember/guest/vmlinux" ] && echo "thread $name sees the kernel"
+        [ -e "$t/root$EMBER_ROOT/@pods/$POD/state.json" ] && echo "thread $name sees the pod directory"
+    done
+}
+section pods-jail pods_jail
+
+# The pod process's own cgroup on the host, with limits sized from its VM (256 MiB, 1 vCPU).
+pods_cgroup() {
+    pid=$(ember pod status --json $POD | sed -n 's/.*"vmm_pid": \([0-9]*\).*/\1/p')
+    [ -n "$pid" ] || return 1
+    cg=$(sed -n 's/^0:://p' /proc/$pid/cgroup)
+    echo "pod process cgroup: $cg"
+    for f in memory.max pids.max cpu.max; do
+        echo "$f: $(cat /sys/fs/cgroup$cg/$f 2>/dev/null || echo none)"
+    done
+    echo "threads in it: $(wc -l </sys/fs/cgroup$cg/cgroup.threads)"
+}
+section pods-cgroup pods_cgroup
 
 # A second pod whose container floods the guest's serial console from a busy loop: its
 # console.log stops at the pod's limit (64 KiB here) with one marker and one warning, and p1's
@@ -183,6 +216,7 @@ pods_stop_delete() {
     ember pod status $POD
     ember pod delete $POD || return 1
     [ ! -e "$EMBER_ROOT/@pods/$POD" ] && echo "pod directory removed"
+    [ ! -e "/sys/fs/cgroup/ember/$POD" ] && echo "pod cgroup removed"
     grep -q poststop /tmp/hooks.log && echo "poststop hook ran"
 }
 section pods-stop-delete pods_stop_delete

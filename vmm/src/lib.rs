@@ -11,6 +11,7 @@
 
 pub mod arch;
 pub mod builder;
+pub mod caps;
 pub mod config;
 pub mod control;
 pub mod device_manager;
@@ -67,6 +68,8 @@ pub enum Error {
     Vcpu(#[source] vstate::vcpu::Error),
     #[error("Cannot confine a vCPU thread")]
     Seccomp(#[source] seccomp::Error),
+    #[error("Cannot drop a vCPU thread's capabilities")]
+    Capabilities(#[source] std::io::Error),
     #[error("Guest memory too small: {0} MiB (at least {min} MiB)", min = config::MIN_MEM_MIB)]
     MemoryTooSmall(u32),
     #[error("Invalid vCPU count {0} (1 to {max})", max = arch::x86_64::mptable::MAX_SUPPORTED_CPUS)]
@@ -274,8 +277,13 @@ impl Vmm {
             let filters = self.seccomp.clone();
             let control = self.control.clone();
             match std::thread::Builder::new().name(name).spawn(move || {
-                // Confined before its first KVM_RUN; a vCPU that cannot be ends the VM.
+                // Confined before its first KVM_RUN (no capabilities, then its seccomp
+                // filter); a vCPU that cannot be ends the VM.
                 if let Some(filters) = filters {
+                    if let Err(e) = caps::restrict_thread(&[]) {
+                        control.finish(Err(Error::Capabilities(e)));
+                        return;
+                    }
                     if let Err(e) = filters.install(seccomp::ThreadKind::Vcpu) {
                         control.finish(Err(Error::Seccomp(e)));
                         return;

@@ -141,6 +141,17 @@ fn pod_process_threads_are_confined_by_seccomp() {
     }
     // The vCPU stacks its filter on the one of the thread that started it.
     assert!(mode("vcpu0").contains("filters=2"), "{}", s.output);
+    // Capabilities per thread: none for a vCPU, the file ones for the event loop.
+    assert!(
+        mode("vcpu0").contains("caps=0000000000000000"),
+        "{}",
+        s.output
+    );
+    assert!(
+        mode("event-loop").contains("caps=000000008800001f"),
+        "{}",
+        s.output
+    );
     assert!(mode("ember").contains("seccomp=0"), "{}", s.output);
 }
 
@@ -151,8 +162,19 @@ fn a_console_flooding_guest_is_capped_and_another_pod_keeps_answering() {
     let Some(s) = passed("pods-misbehaving") else {
         return;
     };
-    assert!(has(&s.output, "p1 exec after p3 filled its console: alive-after"), "{}", s.output);
-    assert!(has(&s.output, "p1 exec while p3 floods: alive-0"), "{}", s.output);
+    assert!(
+        has(
+            &s.output,
+            "p1 exec after p3 filled its console: alive-after"
+        ),
+        "{}",
+        s.output
+    );
+    assert!(
+        has(&s.output, "p1 exec while p3 floods: alive-0"),
+        "{}",
+        s.output
+    );
     let bytes: u64 = s
         .output
         .lines()
@@ -160,8 +182,70 @@ fn a_console_flooding_guest_is_capped_and_another_pod_keeps_answering() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no console size in:\n{}", s.output));
     // The limit plus the marker line.
-    assert!((65_536..=65_536 + 64).contains(&bytes), "{bytes}\n{}", s.output);
+    assert!(
+        (65_536..=65_536 + 64).contains(&bytes),
+        "{bytes}\n{}",
+        s.output
+    );
     assert!(has(&s.output, "p3 console markers: 1"), "{}", s.output);
     assert!(has(&s.output, "p3 vmm.log has the warning"), "{}", s.output);
     assert!(has(&s.output, "p3 stopped and deleted"), "{}", s.output);
+}
+
+/// The pod process's guest-facing threads run in a jail that holds only what the VM needs;
+/// the main thread keeps the host's files.
+#[test]
+fn pod_process_guest_facing_threads_are_jailed() {
+    let Some(s) = passed("pods-jail") else {
+        return;
+    };
+    for thread in ["vcpu0", "event-loop"] {
+        assert!(
+            has(
+                &s.output,
+                &format!("thread {thread} cannot see /etc/passwd")
+            ),
+            "{}",
+            s.output
+        );
+        assert!(
+            has(&s.output, &format!("thread {thread} sees the kernel")),
+            "{}",
+            s.output
+        );
+        assert!(
+            has(
+                &s.output,
+                &format!("thread {thread} sees the pod directory")
+            ),
+            "{}",
+            s.output
+        );
+    }
+    assert!(
+        has(&s.output, "thread ember sees /etc/passwd"),
+        "{}",
+        s.output
+    );
+}
+
+/// The pod process lives in its own cgroup, limited by its VM's size, removed with the pod.
+#[test]
+fn pod_process_has_its_own_cgroup_sized_from_its_vm() {
+    let Some(s) = passed("pods-cgroup") else {
+        return;
+    };
+    assert!(
+        has(&s.output, "pod process cgroup: /ember/p1"),
+        "{}",
+        s.output
+    );
+    // 256 MiB of guest memory + 256 MiB for the VMM; one CPU per vCPU plus one.
+    assert!(has(&s.output, "memory.max: 536870912"), "{}", s.output);
+    assert!(has(&s.output, "pids.max: 256"), "{}", s.output);
+    assert!(has(&s.output, "cpu.max: 200000 100000"), "{}", s.output);
+    let Some(stop) = passed("pods-stop-delete") else {
+        return;
+    };
+    assert!(has(&stop.output, "pod cgroup removed"), "{}", stop.output);
 }

@@ -101,7 +101,15 @@ fn check_bounds(config: &super::PodConfig) -> Result<(), Error> {
             config.disk_slots
         ));
     }
-    Ok(())
+    check_seccomp(&config.seccomp)
+}
+
+/// A pod config's seccomp filter file, compiled once: a missing, unreadable or bad file is
+/// refused at create, with why.
+fn check_seccomp(seccomp: &crate::config::Seccomp) -> Result<(), Error> {
+    seccomp
+        .check()
+        .map_err(|e| Error::Config(format!("seccomp: {}", crate::error::report(&e))))
 }
 
 /// Mark a record stopped because its VMM is gone: containers stop with it.
@@ -639,6 +647,11 @@ impl Runtime {
         })?;
         lock.remove();
         let _ = fs::remove_dir(self.pods_dir());
+        // What a pod process killed before it could leave its cgroup left behind.
+        if let Some(id) = dir.file_name().and_then(|n| n.to_str()) {
+            let root = Path::new(crate::pod_vmm::cgroup::CGROUP_ROOT);
+            crate::pod_vmm::cgroup::remove(&crate::pod_vmm::cgroup::path_for(root, id));
+        }
         Ok(())
     }
 

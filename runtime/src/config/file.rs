@@ -14,6 +14,7 @@
 //! extra_cmdline = []         # appended to the guest kernel command line
 //! seccomp = "builtin"        # the VMM threads' filters: "builtin", "off", or
 //!                            # { file = "/etc/ember/seccomp.json" } (seccompiler's JSON)
+//! jail = true                # the VMM's guest-facing threads in a jail (pod_vmm::jail)
 //!
 //! [runtime]
 //! rootfs = "virtio-fs"       # or "block": the rootfs and host binds as ext4 disks
@@ -58,6 +59,7 @@ pub struct HypervisorConfig {
     pub max_vcpus: u8,
     pub extra_cmdline: Vec<String>,
     pub seccomp: super::Seccomp,
+    pub jail: bool,
 }
 
 impl Default for HypervisorConfig {
@@ -72,6 +74,7 @@ impl Default for HypervisorConfig {
             max_vcpus: 8,
             extra_cmdline: Vec::new(),
             seccomp: super::Seccomp::default(),
+            jail: true,
         }
     }
 }
@@ -188,7 +191,9 @@ impl RuntimeConfig {
                 h.memory_overhead_mib, h.max_memory_mib
             ));
         }
-        Ok(())
+        h.seccomp
+            .check()
+            .map_err(|e| format!("seccomp: {}", crate::error::report(&e)))
     }
 }
 
@@ -369,6 +374,62 @@ mod tests {
         assert!(err.contains(&path.display().to_string()), "{err}");
         let err = RuntimeConfig::from_file(&dir.join("missing.toml")).unwrap_err();
         assert!(matches!(err, ConfigFileError::Read(..)), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_bad_seccomp_filter_file_is_refused_when_the_configuration_is_read() {
+        let dir = std::env::temp_dir().join(format!("ember-config-seccomp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.json");
+        std::fs::write(&good, vmm::seccomp::Filters::builtin_json()).unwrap();
+        let bad_json = dir.join("bad.json");
+        std::fs::write(&bad_json, "{ not json").unwrap();
+        let no_relay = dir.join("no-relay.json");
+        let mut json: serde_json::Value =
+            serde_json::from_str(&vmm::seccomp::Filters::builtin_json()).unwrap();
+        json.as_object_mut().unwrap().remove("relay");
+        std::fs::write(&no_relay, json.to_string()).unwrap();
+        let bad_syscall = dir.join("bad-syscall.json");
+        std::fs::write(
+            &bad_syscall,
+            vmm::seccomp::Filters::builtin_json().replace("\"lseek\"", "\"no_such_call\""),
+        )
+        .unwrap();
+        let config = dir.join("config.toml");
+        for (file, want) in [
+            (
+                dir.join("missing.json"),
+                "Cannot read the seccomp filter file",
+            ),
+            (bad_json, "Bad seccomp filter file"),
+            (no_relay, "no filter for the \"relay\" threads"),
+            (bad_syscall, "no_such_call"),
+            // A directory opens, but does not read.
+            (dir.clone(), "Bad seccomp filter file"),
+        ] {
+            let text = format!(
+                "[hypervisor]\nseccomp = {{ file = {:?} }}\n",
+                file.display()
+            );
+            std::fs::write(&config, &text).unwrap();
+            let err = RuntimeConfig::from_file(&config).unwrap_err();
+            assert!(matches!(err, ConfigFileError::Invalid { .. }), "{err}");
+            let err = crate::error::report(&err);
+            assert!(err.contains(&config.display().to_string()), "{err}");
+            assert!(err.contains("seccomp: "), "{err}");
+            assert!(err.contains(&file.display().to_string()), "{err}");
+            assert!(err.contains(want), "{text}: {err}");
+        }
+        let text = format!(
+            "[hypervisor]\nseccomp = {{ file = {:?} }}\n",
+            good.display()
+        );
+        let c = RuntimeConfig::parse(&text).unwrap();
+        assert_eq!(c.hypervisor.seccomp, super::super::Seccomp::File(good));
+        for which in ["builtin", "off"] {
+            RuntimeConfig::parse(&format!("[hypervisor]\nseccomp = \"{which}\"\n")).unwrap();
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

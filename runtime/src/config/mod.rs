@@ -120,6 +120,14 @@ pub struct PodConfig {
     /// is dropped (a marker line in the file, a warning in `vmm.log`).
     #[serde(default = "default_console_limit_kib")]
     pub console_limit_kib: u32,
+    /// Build and run the VM in a jail: the VMM's guest-facing threads in a mount namespace
+    /// holding only what the VM needs ([`crate::pod_vmm::jail`]).
+    #[serde(default = "default_jail")]
+    pub jail: bool,
+}
+
+fn default_jail() -> bool {
+    true
 }
 
 fn default_console_limit_kib() -> u32 {
@@ -159,6 +167,16 @@ impl Seccomp {
             Seccomp::File(path) => vmm::seccomp::Filters::from_file(path)?,
         };
         Ok(Some(std::sync::Arc::new(filters)))
+    }
+
+    /// Compile a filter file once, so that a missing, unreadable or bad one is refused where
+    /// it is configured (a pod's create, the runtime configuration's load), not when a VM
+    /// starts.
+    pub fn check(&self) -> Result<(), vmm::seccomp::Error> {
+        match self {
+            Seccomp::File(path) => vmm::seccomp::Filters::from_file(path).map(drop),
+            Seccomp::Builtin | Seccomp::Off => Ok(()),
+        }
     }
 }
 
@@ -255,6 +273,7 @@ impl Default for PodConfig {
             net_placeholder: false,
             seccomp: Seccomp::default(),
             console_limit_kib: default_console_limit_kib(),
+            jail: default_jail(),
         }
     }
 }

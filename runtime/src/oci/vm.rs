@@ -600,6 +600,7 @@ impl VmBackend {
             machine: self.machine.clone(),
             log,
             seccomp: h.seccomp.clone(),
+            jail: h.jail,
             ..api::PodConfig::default()
         };
         let mut pod_config = pod_config;
@@ -637,6 +638,7 @@ pub fn oci_template_config(settings: &RuntimeConfig) -> api::PodConfig {
         start_timeout_secs: crate::timeouts::OCI_POD_START_SECS,
         net_placeholder: true,
         seccomp: h.seccomp.clone(),
+        jail: h.jail,
         ..api::PodConfig::default()
     }
 }

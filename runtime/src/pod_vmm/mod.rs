@@ -19,8 +19,10 @@
 //! the process marks the pod stopped itself and runs the poststop hooks; when `stop` was
 //! requested, the caller that asked does that.
 
+pub mod cgroup;
 pub mod control;
 pub mod host_agent;
+pub mod jail;
 pub mod proc;
 pub mod protocol;
 mod vm;
@@ -481,6 +483,11 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
         rec.id,
         std::process::id()
     );
+    // Into the pod's own cgroup before any thread starts (so all of them are in it).
+    let _cgroup = match rec.config.machine {
+        config::Machine::Vm => PodCgroup::join(&rec),
+        config::Machine::HostAgent { .. } => PodCgroup(None),
+    };
     let bind = |name: &str| {
         let path = dir.join(name);
         let _ = fs::remove_file(&path);
@@ -631,6 +638,50 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
     }
     remove_sockets(dir);
     Ok(())
+}
+
+/// The pod process's cgroup ([`cgroup`]), left and removed when the process is done.
+struct PodCgroup(Option<PathBuf>);
+
+impl PodCgroup {
+    fn join(rec: &PodRecord) -> PodCgroup {
+        let limits = cgroup::Limits::for_vm(rec.config.mem_mib, rec.config.vcpus);
+        match cgroup::join(Path::new(cgroup::CGROUP_ROOT), &rec.id, &limits) {
+            Ok(Some(dir)) => {
+                log::info!(
+                    "pod process in cgroup {} (memory.max {}, pids.max {}, cpu.max {} {})",
+                    dir.display(),
+                    limits.memory_max,
+                    limits.pids_max,
+                    limits.cpu_max.0,
+                    limits.cpu_max.1
+                );
+                PodCgroup(Some(dir))
+            }
+            Ok(None) => {
+                log::info!(
+                    "no cgroup v2 hierarchy at {}: the pod process stays in its parent's cgroup",
+                    cgroup::CGROUP_ROOT
+                );
+                PodCgroup(None)
+            }
+            Err(e) => {
+                log::warn!(
+                    "the pod process stays in its parent's cgroup: {}",
+                    crate::error::report(&e)
+                );
+                PodCgroup(None)
+            }
+        }
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            cgroup::leave(Path::new(cgroup::CGROUP_ROOT), dir);
+        }
+    }
 }
 
 /// Wait for the starter's commit. A starter that closed the socket may have died just after

@@ -25,6 +25,29 @@ pub enum Error {
     NoInterface(PathBuf),
     #[error("Cannot make the VMM's seccomp filters")]
     Seccomp(#[source] vmm::seccomp::Error),
+    #[error(transparent)]
+    Jail(super::jail::Error),
+}
+
+/// What the jail of a VM built from `cfg` holds: the pod directory, the kernel and initrd,
+/// the disks, the snapshot it is restored from, `/dev/kvm`, and `/dev/net/tun` for a TAP.
+fn jail_spec(dir: &Path, cfg: &VmConfig, restore_from: Option<&Path>) -> super::jail::Spec {
+    use super::jail::Bind;
+    let mut binds = vec![Bind::rw(dir), Bind::ro(&cfg.kernel)];
+    binds.extend(cfg.initrd.iter().map(Bind::ro));
+    binds.extend(cfg.block.iter().map(|b| Bind {
+        path: b.path.clone(),
+        writable: !b.read_only,
+    }));
+    binds.extend(restore_from.map(Bind::ro));
+    binds.push(Bind::rw("/dev/kvm"));
+    if cfg.net.iter().any(|n| !n.tap.is_empty()) {
+        binds.push(Bind::rw("/dev/net/tun"));
+    }
+    super::jail::Spec {
+        root: dir.join("jail"),
+        binds,
+    }
 }
 
 /// Confine the calling thread of the pod process to the `kind` filter of `filters` (if any).
@@ -156,6 +179,8 @@ impl Vm {
         let confine = seccomp.clone();
         let netns = rec.config.network.as_ref().map(|n| n.netns.clone());
         let restore_from = rec.restore_from.clone();
+        let jailed = rec.config.jail;
+        let dir_owned = dir.to_path_buf();
         let (htx, hrx) = mpsc::channel();
         // The VMM is built and run on one thread, which joins the engine's network namespace
         // first (its TAP is opened there); only the handle crosses threads.
@@ -177,6 +202,16 @@ impl Vm {
                         &mut i.mac,
                         crate::network::mac_string(&crate::state::template::PLACEHOLDER_MAC),
                     ));
+                }
+            }
+            if jailed {
+                let spec = jail_spec(&dir_owned, &cfg, restore_from.as_deref());
+                if let Err(e) = super::jail::enter(&spec) {
+                    if let Some(i) = &iface {
+                        crate::network::disconnect_tap(&i.name, TAP_NAME);
+                    }
+                    let _ = htx.send(Err(Error::Jail(e)));
+                    return;
                 }
             }
             let built = match &restore_from {

@@ -29,6 +29,8 @@ pub enum Error {
     Wake(#[source] std::io::Error),
     #[error("Cannot confine the event loop thread")]
     Seccomp(#[source] crate::seccomp::Error),
+    #[error("Cannot drop the event loop thread's capabilities")]
+    Capabilities(#[source] std::io::Error),
 }
 
 #[derive(Default)]
@@ -146,6 +148,10 @@ impl EventLoop {
                 let gate_sub: Subscriber = Arc::new(Mutex::new(GateSubscriber(loop_gate.clone())));
                 em.add_subscriber(gate_sub);
                 if let Some(filters) = &seccomp {
+                    if let Err(e) = crate::caps::restrict_thread(crate::caps::EVENT_LOOP_CAPS) {
+                        let _ = ready_tx.send(Err(Error::Capabilities(e)));
+                        return;
+                    }
                     if let Err(e) = filters.install(crate::seccomp::ThreadKind::EventLoop) {
                         let _ = ready_tx.send(Err(Error::Seccomp(e)));
                         return;
