@@ -101,6 +101,13 @@ fn check_bounds(config: &super::PodConfig) -> Result<(), Error> {
             config.disk_slots
         ));
     }
+    if !crate::config::CONSOLE_LIMIT_KIB.contains(&config.console_limit_kib) {
+        return bad(format!(
+            "console_limit_kib must be {} to {}",
+            crate::config::CONSOLE_LIMIT_KIB.start(),
+            crate::config::CONSOLE_LIMIT_KIB.end()
+        ));
+    }
     check_seccomp(&config.seccomp)
 }
 
@@ -163,7 +170,17 @@ pub(super) fn recover_start(dir: &Path, rec: &mut PodRecord) -> bool {
 /// its control socket not gone. `Err` carries why it is considered dead.
 fn vmm_alive(dir: &Path, vmm: &VmmProcess) -> Result<(), String> {
     if !pod_vmm::proc::is_alive(vmm) {
-        return Err(format!("VMM process {} died", vmm.pid));
+        let cgroup = dir.file_name().map(|id| {
+            pod_vmm::cgroup::path_for(
+                Path::new(pod_vmm::cgroup::CGROUP_ROOT),
+                &id.to_string_lossy(),
+            )
+        });
+        return Err(format!(
+            "VMM process {} died{}",
+            vmm.pid,
+            death_note(dir, cgroup.as_deref())
+        ));
     }
     match control::request(
         &dir.join(pod_vmm::CONTROL_SOCKET),
@@ -176,6 +193,38 @@ fn vmm_alive(dir: &Path, vmm: &VmmProcess) -> Result<(), String> {
         )),
         // Alive but slow to answer: still counted as running.
         _ => Ok(()),
+    }
+}
+
+/// Why a pod process died, where it can be told: the OOM killer in its cgroup
+/// (`memory.events`), or the last error its log has (a seccomp kill, a failed vCPU).
+pub(super) fn death_note(dir: &Path, cgroup: Option<&Path>) -> String {
+    let oom = cgroup
+        .and_then(|cg| fs::read_to_string(cg.join("memory.events")).ok())
+        .and_then(|ev| {
+            ev.lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+        .filter(|n| *n > 0);
+    if oom.is_some() {
+        let max = cgroup
+            .and_then(|cg| fs::read_to_string(cg.join("memory.max")).ok())
+            .unwrap_or_default();
+        return format!(
+            ": killed by the OOM killer in its cgroup (memory.max {})",
+            max.trim()
+        );
+    }
+    let log = fs::read_to_string(dir.join(pod_vmm::LOG_FILE)).unwrap_or_default();
+    let last_error = log
+        .lines()
+        .rev()
+        .take(50)
+        .find(|l| l.contains("level=error") || l.contains(r#""level":"error""#));
+    match last_error {
+        Some(line) => format!(" ({}: {})", pod_vmm::LOG_FILE, line.trim()),
+        None => String::new(),
     }
 }
 

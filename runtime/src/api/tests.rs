@@ -851,6 +851,20 @@ fn numeric_pod_config_bounds_are_checked_at_create() {
         ),
         ("vcpus 0", PodConfig { vcpus: 0, ..base() }),
         (
+            "console_limit_kib 0",
+            PodConfig {
+                console_limit_kib: 0,
+                ..base()
+            },
+        ),
+        (
+            "console_limit_kib huge",
+            PodConfig {
+                console_limit_kib: u32::MAX,
+                ..base()
+            },
+        ),
+        (
             "vcpus 33",
             PodConfig {
                 vcpus: 33,
@@ -900,4 +914,32 @@ fn numeric_pod_config_bounds_are_checked_at_create() {
         },
     )
     .unwrap();
+}
+
+#[test]
+fn a_dead_pod_process_is_explained_by_its_cgroup_or_its_log() {
+    let dir = std::env::temp_dir().join(format!("ember-death-{}", std::process::id()));
+    let cg = dir.join("cgroup");
+    std::fs::create_dir_all(&cg).unwrap();
+    // Nothing to go by: no note.
+    assert_eq!(super::pod::death_note(&dir, Some(&cg)), "");
+    std::fs::write(
+        dir.join(crate::pod_vmm::LOG_FILE),
+        "time=\"t\" level=info msg=\"starting\"\ntime=\"t\" level=error msg=\"seccomp: thread vcpu0 (vcpu filter) made the forbidden system call open (2); the process ends\" thread=vcpu0\n",
+    )
+    .unwrap();
+    let note = super::pod::death_note(&dir, Some(&cg));
+    assert!(note.contains("forbidden system call open (2)"), "{note}");
+    // The OOM killer's count in the pod's cgroup wins.
+    std::fs::write(
+        cg.join("memory.events"),
+        "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
+    )
+    .unwrap();
+    std::fs::write(cg.join("memory.max"), "536870912\n").unwrap();
+    assert_eq!(
+        super::pod::death_note(&dir, Some(&cg)),
+        ": killed by the OOM killer in its cgroup (memory.max 536870912)"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
