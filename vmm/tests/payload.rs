@@ -795,7 +795,16 @@ fn confined_vcpus_and_event_loop_serve_devices_pause_and_snapshot() {
     })
     .unwrap();
     let handle = vm.handle();
-    let runner = std::thread::spawn(move || vm.run());
+    // As in a pod process: the thread that runs the VM is under the control filter, which the
+    // vCPU threads it starts inherit until they install their own.
+    let owner = filters.clone();
+    let runner = std::thread::Builder::new()
+        .name("vm".into())
+        .spawn(move || {
+            owner.install(vmm::seccomp::ThreadKind::Control).unwrap();
+            vm.run()
+        })
+        .unwrap();
     assert!(handle.wait_exited(Some(Duration::from_secs(60))));
     assert_eq!(runner.join().unwrap().unwrap(), VmExit::Reset);
     let words = port_words(&dev);

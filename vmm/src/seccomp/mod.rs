@@ -213,6 +213,12 @@ const CONTROL: &[&str] = &[
     "socketpair",
     // The vCPUs' kick signal handler, installed as the VM starts running.
     "rt_sigaction",
+    // The vCPU threads it starts drop their capabilities (under this filter, until they
+    // install their own).
+    "capget",
+    "capset",
+    // ...and stack their own filters on this one.
+    "seccomp",
     // Threads it starts (the vCPUs, from the thread that owns the VM).
     "clone",
     "clone3",
@@ -571,8 +577,14 @@ fn ioctl_request(arg1: u64) -> u32 {
 fn report_line(nr: i64, request: Option<u32>, now_secs: i64, json: bool) -> Line {
     use std::fmt::Write;
     let (name, len, kind) = THREAD.with(|t| t.get());
-    let thread = std::str::from_utf8(&name[..len]).unwrap_or("?");
-    let kind = kind.map_or("?", ThreadKind::name);
+    // A thread that installed no filter of its own runs under its creator's: std's handle
+    // (set when the thread started; no allocation to read it) still names it.
+    let current = std::thread::current();
+    let thread = match kind {
+        Some(_) => std::str::from_utf8(&name[..len]).unwrap_or("?"),
+        None => current.name().unwrap_or("unnamed"),
+    };
+    let kind = kind.map_or("inherited", ThreadKind::name);
     let call = syscall_name(nr).unwrap_or("unknown");
     let (y, mo, d, h, mi, s) = utc(now_secs);
     let mut line = Line {

@@ -236,6 +236,29 @@ fn in_child(scenario: &str) -> (Option<i32>, String) {
 #[ignore = "run by the tests below in a child process"]
 fn child() {
     let scenario = std::env::var(CHILD_ENV).unwrap();
+    if scenario == "inherited" {
+        // A thread under the control filter starts one that installs nothing of its own.
+        let filters = Filters::builtin().unwrap();
+        std::thread::Builder::new()
+            .name("vm".into())
+            .spawn(move || {
+                filters.install(ThreadKind::Control).unwrap();
+                std::thread::Builder::new()
+                    .name("vcpu1".into())
+                    .spawn(|| {
+                        // SAFETY: a plain syscall outside the control list.
+                        unsafe { libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) };
+                        eprintln!("still running");
+                    })
+                    .unwrap()
+                    .join()
+                    .unwrap();
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        std::process::exit(0);
+    }
     let filters = match scenario.as_str() {
         "builtin" | "ioctl" => Filters::builtin().unwrap(),
         file => Filters::from_file(Path::new(file)).unwrap(),
@@ -434,4 +457,17 @@ fn deleting_the_vcpu_ioctl_line_takes_ioctl_out_of_the_vcpu_filter_only() {
         );
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_thread_under_its_creators_filter_is_named_too() {
+    let (code, stderr) = in_child("inherited");
+    assert_eq!(code, Some(EXIT_BAD_SYSCALL), "{stderr}");
+    assert!(
+        stderr.contains(
+            "seccomp: thread vcpu1 (inherited filter) made the forbidden system call ptrace (101)"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("still running"), "{stderr}");
 }
