@@ -384,7 +384,10 @@ pub fn apply_mount(root: &Path, m: &Mount) -> Result<(), Error> {
     let opts = parse_options(&m.options);
     let is_bind = opts.flags.contains(MsFlags::MS_BIND)
         || matches!(m.fstype.as_deref(), None | Some("bind") | Some("rbind"));
-    if is_bind && Path::new(&m.source).is_file() {
+    // A bind of anything but a directory (a file, a device node, a socket) gets a file to
+    // mount on, as runc makes one.
+    let source_is_dir = fs::metadata(&m.source).map_or(true, |md| md.is_dir());
+    if is_bind && !source_is_dir {
         if let Some(parent) = target.parent() {
             mkdir_p(parent)?;
         }
@@ -865,6 +868,52 @@ mod tests {
             from_volume: true,
             from_share: false,
         }
+    }
+
+    /// A device node bound to a destination that does not exist yet gets a file to mount on
+    /// (it used to get a directory: ENOTDIR).
+    #[test]
+    fn a_device_node_bind_gets_a_file_to_mount_on() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping a_device_node_bind_gets_a_file_to_mount_on: needs root");
+            return;
+        }
+        let root = std::env::temp_dir().join(format!("ember-devbind-{}", std::process::id()));
+        fs::create_dir_all(&root).unwrap();
+        let r = root.clone();
+        let seen = std::thread::spawn(move || {
+            // A mount namespace of this thread's own: nothing reaches the host's mounts.
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
+            mount(
+                "private",
+                None,
+                Path::new("/"),
+                None,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None,
+            )
+            .unwrap();
+            let m = Mount {
+                destination: "/dev/ttyS9".into(),
+                source: "/dev/null".into(),
+                fstype: None,
+                options: vec!["bind".into()],
+                from_volume: false,
+                from_share: false,
+            };
+            apply_mount(&r, &m).unwrap();
+            let target = r.join("dev/ttyS9");
+            let is_char = {
+                use std::os::unix::fs::FileTypeExt;
+                fs::metadata(&target).unwrap().file_type().is_char_device()
+            };
+            let wrote = fs::write(&target, b"into /dev/null").is_ok();
+            (is_char, wrote)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(seen, (true, true));
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
