@@ -2,7 +2,8 @@
 //! container start, exec, stop and delete, an ember process involved there (the CLI client,
 //! the pod process) stops itself at that step (`EMBER_TEST_PAUSE_AT=<step>`, the test seam in
 //! `pod_vmm::proc::pause_at`) and is killed with SIGKILL; each verb also runs on a full
-//! (ENOSPC) and on a read-only state root. After each cell: `status` explains the pod (or says
+//! (ENOSPC) and on a read-only state root (a read-only view of it: the pod process keeps the
+//! writable root), where `status` must still answer. After each cell: `status` explains the pod (or says
 //! it does not exist), `delete --force` removes it, and nothing is left (processes, mounts,
 //! sockets, state entries). Prints the table kept in `rig/RELIABILITY.md` ("Fault matrix"):
 //! `cargo test -p ember-runtime --test fault_matrix -- --nocapture`.
@@ -11,7 +12,10 @@ mod support;
 
 use std::process::{Child, Stdio};
 use std::time::Duration;
-use support::{fill, kill9, mount_small_tmpfs, prerequisites, processes_naming, wait_for, Env};
+use support::{
+    drop_view, fill, kill9, mount_small_tmpfs, prerequisites, processes_naming, read_only_view,
+    wait_for, Env,
+};
 
 /// How far a cell's pod is brought before its verb runs.
 #[derive(Clone, Copy, PartialEq, PartialOrd)]
@@ -44,7 +48,7 @@ const VERBS: [(&str, Setup, &[&str]); 6] = [
 ];
 
 /// (step, verb index, who pauses there, who is killed).
-const KILLS: [(&str, usize, Who, Who); 12] = [
+const KILLS: [(&str, usize, Who, Who); 13] = [
     ("create:dir", 0, Who::Client, Who::Client),
     ("start:intent", 1, Who::Client, Who::Client),
     ("start:spawned", 1, Who::Client, Who::Client),
@@ -55,6 +59,7 @@ const KILLS: [(&str, usize, Who, Who); 12] = [
     ("container-start:intent", 2, Who::Client, Who::Client),
     ("exec:call", 3, Who::Client, Who::Client),
     ("exec:call", 3, Who::Client, Who::Pod),
+    ("stop:intent", 4, Who::Client, Who::Client),
     ("stop:requested", 4, Who::Client, Who::Client),
     ("delete:removing", 5, Who::Client, Who::Client),
 ];
@@ -213,22 +218,15 @@ fn fault_matrix() {
             mount_small_tmpfs(&env.root, "16m");
             setup(&env, to);
             let filler = (fault == "full").then(|| fill(&env.root));
-            let remount = |flags| {
-                nix::mount::mount(
-                    None::<&str>,
-                    &env.root,
-                    None::<&str>,
-                    nix::mount::MsFlags::MS_REMOUNT | flags,
-                    None::<&str>,
-                )
-            };
-            // A running pod process holds files open for writing: the root cannot go
-            // read-only under it (EBUSY), so those cells are not measured.
-            let ro = fault == "read-only" && remount(nix::mount::MsFlags::MS_RDONLY).is_ok();
-            let out = env.run(args);
-            let outcome = if fault == "read-only" && !ro {
-                "not run (EBUSY)".to_string()
-            } else if out.status.success() {
+            // Read-only: the verb sees the root through a read-only bind mount while the pod
+            // process keeps the writable root (a running pod process holds files open for
+            // writing there, so the tmpfs itself cannot go read-only: EBUSY).
+            let view = (fault == "read-only").then(|| read_only_view(&env.root));
+            let out = env
+                .cmd_in(view.as_deref().unwrap_or(&env.root), args)
+                .output()
+                .unwrap();
+            let outcome = if out.status.success() {
                 "ok".to_string()
             } else {
                 let err = String::from_utf8_lossy(&out.stderr);
@@ -241,10 +239,21 @@ fn fault_matrix() {
                 };
                 format!("exit {} ({cause})", out.status.code().unwrap_or(-1))
             };
+            // Reads work while the fault lasts.
+            let read = env
+                .cmd_in(
+                    view.as_deref().unwrap_or(&env.root),
+                    &["pod", "status", "p"],
+                )
+                .output()
+                .unwrap();
+            let read_err = String::from_utf8_lossy(&read.stderr).into_owned();
+            let read_ok = read.status.success() || read_err.contains("does not exist");
             if let Some(f) = filler {
                 std::fs::remove_file(f).unwrap();
-            } else if ro {
-                remount(nix::mount::MsFlags::empty()).unwrap();
+            }
+            if let Some(v) = view {
+                drop_view(&v);
             }
             let after = processes_naming(&env.root).len();
             let (explained, removed, leaks) = check(&env);
@@ -252,8 +261,8 @@ fn fault_matrix() {
                 "| {name} | {fault} root | - | {outcome} | {after} | {explained} | {} | {leaks} |",
                 if removed { "yes" } else { "NO" }
             );
-            if !removed || leaks != "0/0/0/0" || explained.starts_with("ERROR") {
-                bad.push(cell.clone());
+            if !removed || leaks != "0/0/0/0" || explained.starts_with("ERROR") || !read_ok {
+                bad.push(format!("{cell} (status during the fault: {read_err})"));
             }
             rows.push(cell);
         }

@@ -1,10 +1,11 @@
 //! A pod's lifecycle that cannot leak (host-agent mode): a `pod start` client killed while it
 //! waits for the guest leaves no pod process behind and a pod that `status` explains; a full
-//! state root splits neither a pod start nor a container start from the guest.
+//! state root splits neither a pod start, a container start nor a pod stop from the guest, and
+//! `status` tells what the guest has where the record could not say it.
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use support::{gone, kill9, prerequisites, processes_naming, wait_for, Env};
@@ -168,4 +169,197 @@ fn a_full_state_root_splits_no_container_start_from_the_guest() {
     assert_eq!(out, "hi\n");
     env.ok(&["pod", "delete", "--force", "p"]);
     assert!(env.leaks().mounts == vec![env.root.to_string_lossy().into_owned()]);
+}
+
+/// A pod `p` with a running container `c0` on a small tmpfs root.
+fn running_pod_on_tmpfs(env: &Env) {
+    let rootfs = env.rootfs();
+    support::mount_small_tmpfs(&env.root, "8m");
+    env.ok(&["pod", "create", "p"]);
+    env.ok(&[
+        "container",
+        "create",
+        "p",
+        "c0",
+        "--rootfs-guest-path",
+        rootfs.to_str().unwrap(),
+        "--",
+        "sleep",
+        "1000",
+    ]);
+    env.ok(&["pod", "start", "p"]);
+    env.ok(&["container", "start", "p", "c0"]);
+}
+
+/// Whether `pid` is stopped (SIGSTOP: it reached its `EMBER_TEST_PAUSE_AT` step).
+fn paused(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('T')))
+}
+
+/// Runs `args` with `EMBER_TEST_PAUSE_AT=step`, fills the root while it waits there, lets it
+/// go on; returns its output and the filler file.
+fn run_filling_at(env: &Env, step: &str, args: &[&str]) -> (std::process::Output, PathBuf) {
+    let child = env
+        .cmd(args)
+        .env("EMBER_TEST_PAUSE_AT", step)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    assert!(
+        wait_for(Duration::from_secs(20), || paused(pid)),
+        "{args:?} did not reach {step}"
+    );
+    let filler = support::fill(&env.root);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    (child.wait_with_output().unwrap(), filler)
+}
+
+#[test]
+fn a_full_state_root_fails_stop_and_delete_before_they_touch_the_vm() {
+    let Some(agent) = prerequisites("a_full_state_root_fails_stop_and_delete") else {
+        return;
+    };
+    let env = Env::new("stop-enospc", agent);
+    running_pod_on_tmpfs(&env);
+    let vmm = pod_processes(&env.root);
+    assert_eq!(vmm.len(), 1);
+    let filler = support::fill(&env.root);
+    for args in [
+        &["pod", "stop", "p"][..],
+        &["pod", "delete", "--force", "p"],
+    ] {
+        let out = env.run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?} on a full root fails");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("No space left"), "{args:?}: {err}");
+        // The VM runs on, as the record says.
+        assert_eq!(pod_processes(&env.root), vmm, "{args:?} stopped the VM");
+        let v = env.json(&["pod", "status", "--json", "p"]);
+        assert_eq!(v["state"], "running", "{v}");
+        assert_eq!(v["containers"][0]["state"], "running", "{v}");
+        let out = env.ok(&["container", "exec", "p", "c0", "--", "echo", "hi"]);
+        assert_eq!(out, "hi\n");
+    }
+    std::fs::remove_file(filler).unwrap();
+    let v = env.json(&["pod", "stop", "--json", "p"]);
+    assert_eq!(v["state"], "stopped", "{v}");
+    assert!(v["stop_reason"].is_null(), "{v}");
+    env.ok(&["pod", "delete", "p"]);
+    assert!(env.leaks().mounts == vec![env.root.to_string_lossy().into_owned()]);
+    assert!(env.leaks().processes.is_empty(), "{:?}", env.leaks());
+}
+
+#[test]
+fn a_stop_that_cannot_record_its_end_leaves_a_record_that_says_so() {
+    let Some(agent) = prerequisites("a_stop_that_cannot_record_its_end") else {
+        return;
+    };
+    let env = Env::new("stop-end", agent);
+    running_pod_on_tmpfs(&env);
+    let vmm = pod_processes(&env.root);
+    // The intent is stored; the root fills before the stop records its end.
+    let (out, filler) = run_filling_at(&env, "stop:intent", &["pod", "stop", "p"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("No space left"), "{err}");
+    assert!(
+        wait_for(Duration::from_secs(10), || vmm.iter().all(|p| gone(*p))),
+        "the stop did not stop the VM"
+    );
+    // The VM is gone, and so says the record (through its stop intent), full root or not.
+    for pass in ["full", "freed"] {
+        let v = env.json(&["pod", "status", "--json", "p"]);
+        assert_eq!(v["state"], "stopped", "{pass}: {v}");
+        let reason = v["stop_reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("stop interrupted"), "{pass}: {v}");
+        assert_eq!(v["containers"][0]["state"], "stopped", "{pass}: {v}");
+        let warned = v["warnings"].as_array().is_some_and(|w| {
+            w.iter()
+                .any(|w| w.as_str().unwrap().contains("not recorded"))
+        });
+        assert_eq!(warned, pass == "full", "{pass}: {v}");
+        if pass == "full" {
+            std::fs::remove_file(&filler).unwrap();
+        }
+    }
+    let rec = std::fs::read_to_string(env.pod_dir("p").join("state.json")).unwrap();
+    assert!(!rec.contains("\"stopping\""), "{rec}");
+    env.ok(&["pod", "delete", "p"]);
+    assert!(env.leaks().processes.is_empty(), "{:?}", env.leaks());
+}
+
+#[test]
+fn status_tells_how_an_interrupted_container_start_stands() {
+    let Some(agent) = prerequisites("status_tells_how_an_interrupted_container_start_stands")
+    else {
+        return;
+    };
+    let env = Env::new("cstart-status", agent);
+    running_pod_on_tmpfs(&env);
+    env.ok(&[
+        "container",
+        "create",
+        "p",
+        "c1",
+        "--rootfs-guest-path",
+        env.rootfs().to_str().unwrap(),
+        "--",
+        "sleep",
+        "1000",
+    ]);
+    // The agent starts c1; the root fills before the start records it.
+    let (out, filler) = run_filling_at(
+        &env,
+        "container-start:intent",
+        &["container", "start", "p", "c1"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("No space left"));
+    let rec = std::fs::read_to_string(env.pod_dir("p").join("state.json")).unwrap();
+    assert!(
+        rec.contains("\"starting\": true"),
+        "the intent stays: {rec}"
+    );
+    let c1 = |v: &serde_json::Value| {
+        v["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == "c1")
+            .cloned()
+            .unwrap()
+    };
+    // Full root, read-only view of it, then free again: status says what the agent has.
+    let v = env.json(&["pod", "status", "--json", "p"]);
+    assert_eq!(c1(&v)["state"], "running", "full: {v}");
+    let view = support::read_only_view(&env.root);
+    let st = env
+        .cmd_in(&view, &["pod", "status", "--json", "p"])
+        .output()
+        .unwrap();
+    support::drop_view(&view);
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(c1(&v)["state"], "running", "read-only: {v}");
+    std::fs::remove_file(filler).unwrap();
+    let v = env.json(&["pod", "status", "--json", "p"]);
+    assert_eq!(c1(&v)["state"], "running", "{v}");
+    assert!(v["warnings"].is_null(), "{v}");
+    let rec = std::fs::read_to_string(env.pod_dir("p").join("state.json")).unwrap();
+    assert!(!rec.contains("\"starting\""), "recorded now: {rec}");
+    let out = env.ok(&["container", "exec", "p", "c1", "--", "echo", "hi"]);
+    assert_eq!(out, "hi\n");
+    env.ok(&["pod", "delete", "--force", "p"]);
+    assert!(env.leaks().processes.is_empty(), "{:?}", env.leaks());
 }

@@ -31,6 +31,10 @@ pub struct ContainerInfo {
     pub shares: Vec<String>,
     pub args: Vec<String>,
     pub created_unix: u64,
+    /// Its last start was interrupted (its starter died, or could not record the outcome) and
+    /// the agent could not be asked how it stands: its state is the one before that start.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub starting: bool,
 }
 
 impl ContainerInfo {
@@ -46,6 +50,7 @@ impl ContainerInfo {
             shares: c.shares.clone(),
             args: c.config.process.args.clone(),
             created_unix: c.created_unix,
+            starting: c.starting,
         }
     }
 }
@@ -829,15 +834,83 @@ impl Runtime {
     }
 }
 
+/// How the agent reports each of the pod's containers; `None` when it cannot be asked.
+fn agent_states(dir: &Path) -> Option<Vec<(String, ContainerState)>> {
+    let mut client = agent_link::connect(dir, Some(agent_link::CALL_TIMEOUT)).ok()?;
+    let stats = client.stats().ok()?;
+    Some(
+        stats
+            .containers
+            .into_iter()
+            .map(|s| (s.id, s.state))
+            .collect(),
+    )
+}
+
+/// What the agent says of the containers whose start intent was left in the record (their
+/// starter was killed, or could not record the outcome), asked only when there are some:
+/// `(container, its state in the agent)`, `None` where the agent cannot tell.
+pub(crate) fn interrupted_starts(
+    dir: &Path,
+    rec: &PodRecord,
+) -> Vec<(String, Option<ContainerState>)> {
+    let ids: Vec<&String> = rec
+        .containers
+        .values()
+        .filter(|c| c.starting)
+        .map(|c| &c.id)
+        .collect();
+    if ids.is_empty() || rec.state != State::Running {
+        return Vec::new();
+    }
+    let states = agent_states(dir).unwrap_or_default();
+    ids.into_iter()
+        .map(|id| {
+            let state = states.iter().find(|(s, _)| s == id).map(|(_, st)| *st);
+            (id.clone(), state)
+        })
+        .collect()
+}
+
+/// Sets in `rec` what [`interrupted_starts`] found: a container the agent started is running
+/// (`status` then notices it if it already ended), one it only created is ready again. One
+/// the agent cannot tell about keeps its intent (`ContainerInfo::starting`) and gets a note.
+/// Returns whether `rec` changed.
+pub(crate) fn settle_starts(
+    rec: &mut PodRecord,
+    found: &[(String, Option<ContainerState>)],
+    notes: &mut Vec<String>,
+) -> bool {
+    let mut changed = false;
+    for (cid, state) in found {
+        let Some(c) = rec.containers.get_mut(cid).filter(|c| c.starting) else {
+            continue;
+        };
+        match state {
+            Some(ContainerState::Running | ContainerState::Paused | ContainerState::Stopped) => {
+                c.state = State::Running;
+            }
+            Some(_) => {}
+            None => {
+                notes.push(format!(
+                    "container {cid}: its last start was interrupted and the agent cannot tell how it stands"
+                ));
+                continue;
+            }
+        }
+        c.starting = false;
+        changed = true;
+    }
+    changed
+}
+
 /// A container whose start intent was left in the record: asks the agent how it stands and
 /// records that. True when the agent started it (it is running now, or already ended); false
 /// when it is still only created there (the start is to be made) or the agent cannot tell.
 fn reconcile_start(dir: &Path, rec: &mut PodRecord, cid: &str) -> bool {
-    let state = agent_link::connect(dir, Some(agent_link::CALL_TIMEOUT))
-        .ok()
-        .and_then(|mut client| client.stats().ok())
-        .and_then(|stats| stats.containers.into_iter().find(|s| s.id == cid))
-        .map(|s| s.state);
+    let state = agent_states(dir)
+        .and_then(|states| states.into_iter().find(|(s, _)| s == cid))
+        .map(|(_, state)| state);
     let Some(c) = rec.containers.get_mut(cid) else {
         return false;
     };

@@ -6,7 +6,7 @@ use crate::hooks::{self, state_json as hooks_state_json};
 use crate::pod_vmm::{self, control};
 use crate::state::{
     AttachedDisk, DiskOwner, DiskSlot, LockKind, Phase, PodLock, PodRecord, StartIntent, State,
-    VmmProcess,
+    StopIntent, VmmProcess,
 };
 use serde::Serialize;
 use std::fs;
@@ -31,6 +31,10 @@ pub struct PodInfo {
     /// A start in progress: who runs it, and its VMM process once spawned.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub starting: Option<StartIntent>,
+    /// A stop that was interrupted after it was recorded (only seen where the state root
+    /// cannot be written, so that nobody could finish it yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopping: Option<StopIntent>,
     pub created_unix: u64,
     pub dir: PathBuf,
     pub containers: Vec<ContainerInfo>,
@@ -54,6 +58,7 @@ impl PodInfo {
             state: rec.state,
             vmm_pid: rec.vmm.as_ref().map(|v| v.pid),
             starting: rec.starting.clone(),
+            stopping: rec.stopping.clone(),
             created_unix: rec.created_unix,
             dir: dir.to_path_buf(),
             containers: rec
@@ -123,6 +128,7 @@ fn check_seccomp(seccomp: &crate::config::Seccomp) -> Result<(), Error> {
 fn mark_stopped(rec: &mut PodRecord, reason: Option<String>) {
     rec.state = State::Stopped;
     rec.vmm = None;
+    rec.stopping = None;
     rec.slots.clear();
     rec.stop_reason = reason;
     for c in rec.containers.values_mut() {
@@ -131,6 +137,77 @@ fn mark_stopped(rec: &mut PodRecord, reason: Option<String>) {
         }
         // A fresh guest knows none of them.
         c.in_agent = false;
+        c.starting = false;
+    }
+}
+
+/// Why the ember process that recorded an intent did not clear it, for a stop reason.
+fn interrupted(by: &VmmProcess) -> &'static str {
+    if pod_vmm::proc::is_alive(by) {
+        "gave up before it recorded the end"
+    } else {
+        "died"
+    }
+}
+
+/// A stop whose stopper let go of the pod's lock without recording the end (it was killed,
+/// or the record could not be written): the stop is finished (the VMM process, if it still
+/// runs, is asked to stop and killed after the grace period), its sockets go, and the pod is
+/// stopped with the reason. Returns whether there was one.
+fn recover_stop(dir: &Path, rec: &mut PodRecord) -> bool {
+    let Some(intent) = rec.stopping.take() else {
+        return false;
+    };
+    if let Some(vmm) = rec.vmm.clone() {
+        stop_vmm(dir, &vmm);
+    }
+    pod_vmm::remove_sockets(dir);
+    let why = interrupted(&intent.stopper);
+    log::warn!(
+        "pod {}: stop by ember process {} interrupted ({why}); finished it",
+        rec.id,
+        intent.stopper.pid
+    );
+    mark_stopped(
+        rec,
+        Some(format!(
+            "stop interrupted: ember process {} {why}",
+            intent.stopper.pid
+        )),
+    );
+    true
+}
+
+/// Stop a VMM process: the stop request (it shuts the guest down: agent Shutdown, then a hard
+/// stop after the grace period, and exits), SIGKILL when it does not exit in time. `Some`
+/// says why it had to be killed.
+fn stop_vmm(dir: &Path, vmm: &VmmProcess) -> Option<String> {
+    let mut reason = None;
+    if !pod_vmm::proc::is_alive(vmm) {
+        return reason;
+    }
+    let sock = dir.join(pod_vmm::CONTROL_SOCKET);
+    if let Err(e) = control::request(&sock, &control::Request::Stop, control::DEFAULT_TIMEOUT) {
+        reason = Some(format!("stop request failed: {e}; killed"));
+    }
+    pod_vmm::proc::pause_at("stop:requested");
+    if !pod_vmm::wait_exit(vmm, SHUTDOWN_GRACE + VMM_EXIT) {
+        pod_vmm::kill(vmm);
+        reason.get_or_insert_with(|| "VMM did not exit in time; killed".into());
+    }
+    reason
+}
+
+/// Whether `e` says the state root cannot be written (read-only, full, not permitted): a read
+/// that found something to record still reports it then.
+fn unwritable(e: &Error) -> bool {
+    match e {
+        Error::State(crate::state::Error::Write { .. }) => true,
+        Error::Lock(crate::state::lock::Error::Open { source, .. }) => matches!(
+            source.raw_os_error(),
+            Some(libc::EROFS | libc::ENOSPC | libc::EACCES | libc::EPERM)
+        ),
+        _ => false,
     }
 }
 
@@ -138,7 +215,11 @@ fn mark_stopped(rec: &mut PodRecord, reason: Option<String>) {
 /// could not record the end): its VMM process, if it still runs (same pid and start time),
 /// is killed with its session, its sockets go, and the pod is stopped with the reason.
 /// Returns whether there was one.
+/// An interrupted stop ([`recover_stop`]) is finished the same way.
 pub(super) fn recover_start(dir: &Path, rec: &mut PodRecord) -> bool {
+    if recover_stop(dir, rec) {
+        return true;
+    }
     let Some(intent) = rec.starting.take() else {
         return false;
     };
@@ -146,11 +227,7 @@ pub(super) fn recover_start(dir: &Path, rec: &mut PodRecord) -> bool {
         pod_vmm::kill(vmm);
     }
     pod_vmm::remove_sockets(dir);
-    let why = if pod_vmm::proc::is_alive(&intent.starter) {
-        "gave up before it recorded the end"
-    } else {
-        "died"
-    };
+    let why = interrupted(&intent.starter);
     log::warn!(
         "pod {}: start by ember process {} interrupted ({why})",
         rec.id,
@@ -226,6 +303,22 @@ pub(super) fn death_note(dir: &Path, cgroup: Option<&Path>) -> String {
         Some(line) => format!(" ({}: {})", pod_vmm::LOG_FILE, line.trim()),
         None => String::new(),
     }
+}
+
+/// Containers the agent reported ended (`exited_containers`) are stopped with their exit
+/// codes. Returns whether any changed.
+fn settle_exits(rec: &mut PodRecord, exited: &[(String, i32)]) -> bool {
+    let mut changed = false;
+    for (cid, code) in exited {
+        if let Some(c) = rec.containers.get_mut(cid) {
+            if c.state == State::Running {
+                c.state = State::Stopped;
+                c.exit_code = Some(*code);
+                changed = true;
+            }
+        }
+    }
+    changed
 }
 
 /// `Some(reason)` when the record says running/paused but the VMM is gone.
@@ -307,45 +400,105 @@ impl Runtime {
         result
     }
 
-    /// Status of a pod. Notices a VMM process that died (the pod becomes `stopped`) and
-    /// containers whose process ended (they become `stopped`, with their exit code).
+    /// Status of a pod. Notices a VMM process that died (the pod becomes `stopped`), an
+    /// interrupted pod start or stop (finished: the pod becomes `stopped`), containers whose
+    /// interrupted start the agent made (`running`) or not (`ready`), and containers whose
+    /// process ended (`stopped`, with their exit code); records what it noticed. Where the
+    /// state root cannot be written (read-only, full) it still reports it, with a warning.
     pub fn pod_status(&self, pod: &str) -> Result<PodInfo, Error> {
         self.pod_status_timeout(pod, crate::state::lock::lock_timeout())
     }
 
     fn pod_status_timeout(&self, pod: &str, timeout: Duration) -> Result<PodInfo, Error> {
         let (lock, dir, rec) = self.open_timeout(pod, LockKind::Read, timeout)?;
-        let gone = vmm_gone(&dir, &rec);
-        let exited = if gone.is_none() && rec.state == State::Running {
-            self.exited_containers(&dir, &rec)
+        // What the pod is, as the next writer will record it (nothing is changed here: the
+        // root may be read-only). Intents seen under the lock are interrupted verbs: their
+        // writers hold the lock for writing until they clear them.
+        let mut seen = rec.clone();
+        let mut notes = Vec::new();
+        let mut changed = true;
+        if let Some(s) = seen.starting.take() {
+            let why = interrupted(&s.starter);
+            mark_stopped(
+                &mut seen,
+                Some(format!(
+                    "start interrupted: ember process {} {why}",
+                    s.starter.pid
+                )),
+            );
+        } else if let Some(s) = seen.stopping.clone() {
+            match vmm_gone(&dir, &seen) {
+                Some(_) => {
+                    let why = interrupted(&s.stopper);
+                    mark_stopped(
+                        &mut seen,
+                        Some(format!("stop interrupted: ember process {} {why}", s.stopper.pid)),
+                    );
+                }
+                None => notes.push(format!(
+                    "a stop by ember process {} was interrupted; the next change to the pod finishes it",
+                    s.stopper.pid
+                )),
+            }
+        } else if let Some(reason) = vmm_gone(&dir, &seen) {
+            mark_stopped(&mut seen, Some(reason));
         } else {
+            changed = false;
+        }
+        // A container start intent: the agent tells whether that start got through.
+        let starts = super::container::interrupted_starts(&dir, &seen);
+        changed |= super::container::settle_starts(&mut seen, &starts, &mut notes);
+        let exited = if seen.state != State::Running {
             Vec::new()
+        } else {
+            self.exited_containers(&dir, &seen)
         };
-        // A start intent seen under the lock is an interrupted start: opening the pod for
-        // writing recovers it.
-        if gone.is_none() && exited.is_empty() && rec.starting.is_none() {
-            return Ok(PodInfo::from_record(&rec, &dir));
+        changed |= settle_exits(&mut seen, &exited);
+        if !changed {
+            let mut info = PodInfo::from_record(&seen, &dir);
+            info.warnings = notes;
+            return Ok(info);
         }
         // Something changed: take the lock for writing and re-check under it.
         drop(lock);
+        match self.record_status(pod, &starts, &exited) {
+            Err(e) if unwritable(&e) => {
+                let mut info = PodInfo::from_record(&seen, &dir);
+                info.warnings = notes;
+                info.warnings.push(format!(
+                    "not recorded: {} (the next call that can write the state root records it)",
+                    crate::error::report(&e)
+                ));
+                Ok(info)
+            }
+            other => other,
+        }
+    }
+
+    /// The write half of a status: opening the pod for writing recovers interrupted
+    /// intents; a VMM found dead stops the pod, containers found started or ended are
+    /// recorded.
+    fn record_status(
+        &self,
+        pod: &str,
+        starts: &[(String, Option<agent::protocol::ContainerState>)],
+        exited: &[(String, i32)],
+    ) -> Result<PodInfo, Error> {
         let (_lock, dir, mut rec) = self.open(pod, LockKind::Write)?;
-        let mut warnings = Vec::new();
-        if let Some(reason) = vmm_gone(&dir, &rec) {
+        let warnings = if let Some(reason) = vmm_gone(&dir, &rec) {
             mark_stopped(&mut rec, Some(reason));
             pod_vmm::remove_sockets(&dir);
             Self::store(&dir, &rec)?;
-            warnings = self.poststop_hooks(&rec, &dir);
+            self.poststop_hooks(&rec, &dir)
         } else {
-            for (cid, code) in exited {
-                if let Some(c) = rec.containers.get_mut(&cid) {
-                    if c.state == State::Running {
-                        c.state = State::Stopped;
-                        c.exit_code = Some(code);
-                    }
-                }
+            let mut notes = Vec::new();
+            let changed = super::container::settle_starts(&mut rec, starts, &mut notes)
+                | settle_exits(&mut rec, exited);
+            if changed {
+                Self::store(&dir, &rec)?;
             }
-            Self::store(&dir, &rec)?;
-        }
+            notes
+        };
         let mut info = PodInfo::from_record(&rec, &dir);
         info.warnings = warnings;
         Ok(info)
@@ -634,23 +787,25 @@ impl Runtime {
                 id: rec.id.clone(),
                 source,
             })?;
-        let mut reason = None;
-        if let (None, Some(vmm)) = (&gone, &rec.vmm) {
-            // The VMM process shuts the guest down (agent Shutdown, then a hard stop after
-            // the grace period) and exits; it leaves the record to us.
-            let sock = dir.join(pod_vmm::CONTROL_SOCKET);
-            if let Err(e) =
-                control::request(&sock, &control::Request::Stop, control::DEFAULT_TIMEOUT)
-            {
-                reason = Some(format!("stop request failed: {e}; killed"));
+        let mut reason = gone.clone();
+        if let (None, Some(vmm)) = (&gone, rec.vmm.clone()) {
+            // The intent first: a record that cannot be written (a full or read-only state
+            // root) fails the stop before the VM changes. Once it is stored, whoever finds it
+            // left behind finishes the stop ([`recover_stop`]).
+            rec.stopping = Some(StopIntent {
+                stopper: pod_vmm::proc::this_process().unwrap_or(VmmProcess {
+                    pid: std::process::id() as i32,
+                    start_time: 0,
+                }),
+                since_unix: crate::state::now_unix(),
+            });
+            if let Err(e) = Self::store(dir, rec) {
+                rec.stopping = None;
+                return Err(e);
             }
-            pod_vmm::proc::pause_at("stop:requested");
-            if !pod_vmm::wait_exit(vmm, SHUTDOWN_GRACE + VMM_EXIT) {
-                pod_vmm::kill(vmm);
-                reason.get_or_insert_with(|| "VMM did not exit in time; killed".into());
-            }
-        } else if gone.is_some() {
-            reason = gone;
+            pod_vmm::proc::pause_at("stop:intent");
+            // The VMM process leaves the record to us.
+            reason = stop_vmm(dir, &vmm);
         }
         mark_stopped(rec, reason);
         pod_vmm::remove_sockets(dir);

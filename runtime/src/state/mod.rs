@@ -87,6 +87,17 @@ pub struct StartIntent {
     pub since_unix: u64,
 }
 
+/// A pod stop in progress, recorded before the VM is touched: the ember process running it
+/// (it holds the pod's write lock meanwhile). The stop clears it with the record that says
+/// the pod stopped; anyone else who holds the pod's lock and finds it knows that the stop was
+/// interrupted (its stopper was killed, or could not record the end: a full state root) and
+/// finishes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopIntent {
+    pub stopper: VmmProcess,
+    pub since_unix: u64,
+}
+
 /// A disk attached to the pod's VM at its last start, in attachment order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachedDisk {
@@ -165,6 +176,9 @@ pub struct PodRecord {
     /// A start in progress (or interrupted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub starting: Option<StartIntent>,
+    /// A stop in progress (or interrupted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopping: Option<StopIntent>,
     #[serde(default)]
     pub disks: Vec<AttachedDisk>,
     /// The running VM's disk slots (empty at boot) and what was inserted into each.
@@ -194,6 +208,7 @@ impl PodRecord {
             created_unix: now_unix(),
             vmm: None,
             starting: None,
+            stopping: None,
             disks: Vec::new(),
             slots: Vec::new(),
             containers: BTreeMap::new(),

@@ -53,9 +53,14 @@ impl Env {
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
+        self.cmd_in(&self.root, args)
+    }
+
+    /// `ember --root <root> ...`: this env's own root, or a view of it ([`read_only_view`]).
+    pub fn cmd_in(&self, root: &Path, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_ember"));
         c.arg("--root")
-            .arg(&self.root)
+            .arg(root)
             .args(args)
             .env("EMBER_POD_HOST_AGENT", &self.agent)
             .env("EMBER_LOCK_TIMEOUT_MS", "60000")
@@ -118,6 +123,9 @@ impl Drop for Env {
         unmount_under(&self.root);
         let _ = fs::remove_dir_all(&self.root);
         let _ = fs::remove_dir_all(self.root.with_extension("rootfs"));
+        let view = self.root.with_extension("ro");
+        unmount_under(&view);
+        let _ = fs::remove_dir(view);
     }
 }
 
@@ -261,6 +269,39 @@ pub fn mount_small_tmpfs(root: &Path, size: &str) {
         Some(format!("size={size}").as_str()),
     )
     .unwrap();
+}
+
+/// A read-only view of `root`: a bind mount of it at `<root>.ro`, remounted read-only. Verbs
+/// run with `--root <view>` meet a read-only state root while the pod process keeps the
+/// writable one (a running pod process holds files open for writing there, so the file system
+/// itself cannot be remounted read-only: EBUSY). Gone with [`drop_view`] (or the `Env`).
+pub fn read_only_view(root: &Path) -> PathBuf {
+    use nix::mount::{mount, MsFlags};
+    let view = root.with_extension("ro");
+    fs::create_dir_all(&view).unwrap();
+    mount(
+        Some(root),
+        &view,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    mount(
+        None::<&str>,
+        &view,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .unwrap();
+    view
+}
+
+/// Unmount and remove a [`read_only_view`].
+pub fn drop_view(view: &Path) {
+    nix::mount::umount(view).unwrap();
+    fs::remove_dir(view).unwrap();
 }
 
 /// Fill the file system holding `dir` (a file `dir/filler`) until ENOSPC.
