@@ -4,7 +4,7 @@
 # first container and used as the rootfs of a second.
 # Sections: pods-start, pods-containers-start, pods-exec, pods-ps, pods-exit-code, pods-kill,
 # pods-pause-resume, pods-list-status, pods-seccomp, pods-jail, pods-cgroup, pods-misbehaving,
-# pods-disk-rootfs, pods-stop-delete, pods-vmm-killed.
+# pods-throttled, pods-disk-rootfs, pods-stop-delete, pods-vmm-killed.
 
 export EMBER_ROOT=/run/ember-pods
 POD=p1
@@ -185,6 +185,49 @@ JSON
     ember pod stop p3 && ember pod delete p3 && echo "p3 stopped and deleted"
 }
 section pods-misbehaving pods_misbehaving
+
+# uptime_cs: the host's uptime in centiseconds (/proc/uptime has two decimals).
+uptime_cs() {
+    _t=$(cut -d' ' -f1 /proc/uptime)
+    echo "${_t%.*}${_t#*.}"
+}
+
+# A pod whose first disk is rate limited to 1 MiB/s (its pod config's rate_limit) and whose
+# second is not: a container reads 8 MiB of each, raw; the limited read waits for tokens (at
+# least 7 s: the first MiB is the full bucket's), the other does not, and p1's exec answers
+# while the limited read runs.
+pods_throttled() {
+    for d in slow fast; do dd if=/dev/zero of=/tmp/$d.img bs=1M count=0 seek=16 2>/dev/null; done
+    cat >/tmp/p4.json <<JSON
+{ "start_timeout_secs": 240,
+  "disks": [ { "id": "slow", "path": "/tmp/slow.img",
+               "rate_limit": { "bandwidth": { "size": 1048576, "refill_time_ms": 1000 } } },
+             { "id": "fast", "path": "/tmp/fast.img" } ] }
+JSON
+    ember pod create --config /tmp/p4.json p4 || return 1
+    if ! ember pod start p4; then pod_console p4; return 1; fi
+    cat >/tmp/reader.json <<JSON
+{ "rootfs": { "guest_path": { "path": "$RFS" } },
+  "process": { "env": ["PATH=/bin:/sbin:/usr/bin"], "args": ["sleep", "1000"] },
+  "mounts": [ { "destination": "/dev/vda", "source": "/dev/vda", "options": ["bind"] },
+              { "destination": "/dev/vdb", "source": "/dev/vdb", "options": ["bind"] } ] }
+JSON
+    ember container create --config /tmp/reader.json p4 reader || return 1
+    ember container start p4 reader || return 1
+    for d in vdb vda; do
+        t0=$(uptime_cs)
+        ember container exec p4 reader -- dd if=/dev/$d of=/dev/null bs=64k count=128 \
+            >/tmp/read-$d.out 2>&1 &
+        job=$!
+        [ $d = vda ] && echo "p1 exec while p4 reads its limited disk: $(ember container exec $POD c1 -- echo alive)"
+        wait $job
+        rc=$?
+        t1=$(uptime_cs)
+        echo "read of /dev/$d: exit $rc, $(((t1 - t0) / 100)).$(((t1 - t0) % 100 / 10)) s, $(grep -o '[0-9]* bytes' /tmp/read-$d.out | head -n 1)"
+    done
+    ember pod stop p4 && ember pod delete p4 && echo "p4 stopped and deleted"
+}
+section pods-throttled pods_throttled
 
 pods_disk_rootfs() {
     # A filler container mounts the pod's disk and copies busybox onto it...

@@ -380,6 +380,20 @@ fn restore_from_state(
     Ok(vmm)
 }
 
+/// The device rate limiter for `limit`, if it limits anything; `what` names the device in
+/// the error.
+fn limiter(
+    limit: Option<&devices::rate_limiter::RateLimit>,
+    what: impl Fn() -> String,
+) -> Result<Option<devices::rate_limiter::RateLimiter>, Error> {
+    match limit {
+        None => Ok(None),
+        Some(l) => {
+            devices::rate_limiter::RateLimiter::new(l).map_err(|e| Error::RateLimiter(what(), e))
+        }
+    }
+}
+
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -394,7 +408,11 @@ fn attach_virtio_devices(
     virtio: &mut MmioDeviceManager,
 ) -> Result<HotDevices, Error> {
     for b in &cfg.block {
-        let dev = Block::open(&b.path, b.read_only).map_err(|e| Error::Block(b.path.clone(), e))?;
+        let mut dev =
+            Block::open(&b.path, b.read_only).map_err(|e| Error::Block(b.path.clone(), e))?;
+        if let Some(l) = limiter(b.rate_limit.as_ref(), || b.path.display().to_string())? {
+            dev.set_rate_limiter(l);
+        }
         virtio.attach(vm, mem, mmio, dev).map_err(Error::Virtio)?;
     }
     let mut slots = Vec::with_capacity(usize::from(cfg.disk_slots));
@@ -407,12 +425,17 @@ fn attach_virtio_devices(
     }
     for n in &cfg.net {
         // No TAP: a placeholder whose frames are dropped (a template's, see `NetConfig::tap`).
-        let dev = if n.tap.is_empty() {
+        let mut dev = if n.tap.is_empty() {
             Net::detached(n.mac)
         } else {
             Net::tap(&n.tap, n.mac)
         }
         .map_err(|e| Error::Net(n.tap.clone(), e))?;
+        let name = |dir: &str| format!("{dir} of {}", n.tap);
+        dev.set_rate_limiters(
+            limiter(n.rx_rate_limit.as_ref(), || name("rx"))?,
+            limiter(n.tx_rate_limit.as_ref(), || name("tx"))?,
+        );
         virtio.attach(vm, mem, mmio, dev).map_err(Error::Virtio)?;
     }
     if let Some(v) = &cfg.vsock {

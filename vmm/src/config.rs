@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use devices::rate_limiter::RateLimit;
 use serde::{Deserialize, Serialize};
 
 /// The command line ember boots guests with when `cmdline` is not set.
@@ -83,6 +84,9 @@ impl VmConfig {
 pub struct BlockConfig {
     pub path: PathBuf,
     pub read_only: bool,
+    /// Requests wait for tokens ([`devices::rate_limiter`]); none: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// A virtio-net interface backed by a tap device.
@@ -92,6 +96,12 @@ pub struct NetConfig {
     /// whose restored pods attach their own TAP).
     pub tap: String,
     pub mac: Option<[u8; 6]>,
+    /// Frames to the guest wait for tokens ([`devices::rate_limiter`]); none: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limit: Option<RateLimit>,
+    /// Frames from the guest wait for tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limit: Option<RateLimit>,
 }
 
 /// virtio-vsock, bridged to Unix sockets at `uds_path` (Firecracker's scheme).

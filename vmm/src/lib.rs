@@ -100,6 +100,8 @@ pub enum Error {
     Block(PathBuf, #[source] devices::virtio::block::Error),
     #[error("Failed to set up network interface on tap {0}")]
     Net(String, #[source] devices::virtio::net::Error),
+    #[error("Failed to set up the rate limiter of {0}")]
+    RateLimiter(String, #[source] std::io::Error),
     #[error("Failed to set up vsock")]
     Vsock(#[source] devices::virtio::vsock::Error),
     #[error("Failed to set up virtio-rng")]

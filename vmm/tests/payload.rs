@@ -256,6 +256,7 @@ fn virtio_devices_sit_in_their_mmio_slots() {
     cfg.block = vec![vmm::config::BlockConfig {
         path: disk,
         read_only: true,
+        rate_limit: None,
     }];
     cfg.vsock = Some(vmm::config::VsockConfig {
         guest_cid: 3,
@@ -273,6 +274,8 @@ fn virtio_devices_sit_in_their_mmio_slots() {
         cfg.net = vec![vmm::config::NetConfig {
             tap: format!("embt{}", std::process::id() % 100_000),
             mac: Some([0x02, 0, 0, 0, 0, 1]),
+            rx_rate_limit: None,
+            tx_rate_limit: None,
         }];
     } else {
         eprintln!("no /dev/net/tun access: virtio-net left out");

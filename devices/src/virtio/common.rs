@@ -5,7 +5,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events};
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueOwnedT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use virtio_queue::desc::split::Descriptor;
@@ -66,6 +66,18 @@ impl VirtioCommon {
         q: usize,
         mut serve: impl FnMut(&GuestMem, Result<Vec<Descriptor>, ChainError>) -> u32,
     ) -> usize {
+        self.serve_queue_while(q, |_| true, |mem, descs| serve(mem, descs))
+    }
+
+    /// [`VirtioCommon::serve_queue`], asking `admit` about each well-formed chain first: a
+    /// chain it refuses (a rate limiter out of tokens) goes back on the avail ring, to be the
+    /// first served next time, and the queue is left until then.
+    pub fn serve_queue_while(
+        &mut self,
+        q: usize,
+        mut admit: impl FnMut(&[Descriptor]) -> bool,
+        mut serve: impl FnMut(&GuestMem, Result<Vec<Descriptor>, ChainError>) -> u32,
+    ) -> usize {
         let Some(st) = self.state.as_mut() else {
             return 0;
         };
@@ -76,8 +88,13 @@ impl VirtioCommon {
         while let Some(chain) = pop_chain(&mut st.queues[q], &mem) {
             let head = chain.head_index();
             let descs = collect_chain(chain, &mem);
-            if let Err(e) = &descs {
-                log::warn!("{}: {e}", self.name);
+            match &descs {
+                Err(e) => log::warn!("{}: {e}", self.name),
+                Ok(d) if !admit(d) => {
+                    st.queues[q].go_to_previous_position();
+                    break;
+                }
+                Ok(_) => {}
             }
             let len = serve(&mem, descs);
             notify |= add_used(&mut st.queues[q], &mem, head, len);

@@ -192,6 +192,40 @@ fn a_console_flooding_guest_is_capped_and_another_pod_keeps_answering() {
     assert!(has(&s.output, "p3 stopped and deleted"), "{}", s.output);
 }
 
+/// A rate-limited disk (1 MiB/s): reading 8 MiB of it waits for tokens, an unlimited disk of
+/// the same pod does not, and another pod's exec answers meanwhile.
+#[test]
+fn a_rate_limited_disk_throttles_its_guest_and_another_pod_keeps_answering() {
+    let Some(s) = passed("pods-throttled") else {
+        return;
+    };
+    // "read of /dev/vda: exit 0, 7.4 s, 8388608 bytes"
+    let read = |dev: &str| -> f64 {
+        let line = s
+            .output
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("read of /dev/{dev}: ")))
+            .unwrap_or_else(|| panic!("no read of {dev} in:\n{}", s.output));
+        assert!(line.starts_with("exit 0, "), "{line}\n{}", s.output);
+        assert!(line.ends_with(", 8388608 bytes"), "{line}\n{}", s.output);
+        line["exit 0, ".len()..]
+            .split(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"))
+    };
+    read("vdb");
+    // 7 MiB beyond the full bucket at 1 MiB/s.
+    let limited = read("vda");
+    assert!(limited >= 6.5, "{limited} s\n{}", s.output);
+    assert!(
+        has(&s.output, "p1 exec while p4 reads its limited disk: alive"),
+        "{}",
+        s.output
+    );
+    assert!(has(&s.output, "p4 stopped and deleted"), "{}", s.output);
+}
+
 /// The pod process's guest-facing threads run in a jail that holds only what the VM needs;
 /// the main thread keeps the host's files.
 #[test]

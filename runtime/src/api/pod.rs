@@ -113,6 +113,27 @@ fn check_bounds(config: &super::PodConfig) -> Result<(), Error> {
             crate::config::CONSOLE_LIMIT_KIB.end()
         ));
     }
+    let disks = config
+        .disks
+        .iter()
+        .map(|d| (format!("disk {}: rate_limit", d.id), d.rate_limit.as_ref()));
+    let net = config.network.iter().flat_map(|n| {
+        [
+            (
+                "network: rx_rate_limit".to_string(),
+                n.rx_rate_limit.as_ref(),
+            ),
+            (
+                "network: tx_rate_limit".to_string(),
+                n.tx_rate_limit.as_ref(),
+            ),
+        ]
+    });
+    for (what, limit) in disks.chain(net) {
+        if let Some(Err(e)) = limit.map(|l| l.validate()) {
+            return bad(format!("{what}: {e}"));
+        }
+    }
     check_seccomp(&config.seccomp)
 }
 

@@ -95,11 +95,13 @@ fn bad_pod_configs_are_refused() {
                 id: "d".into(),
                 path: "/x".into(),
                 read_only: false,
+                rate_limit: None,
             },
             DiskConfig {
                 id: "d".into(),
                 path: "/y".into(),
                 read_only: false,
+                rate_limit: None,
             },
         ],
         ..PodConfig::default()
@@ -434,6 +436,7 @@ fn disks_plan_in_order_with_guest_names() {
         id: "shared".into(),
         path: "/images/shared.ext4".into(),
         read_only: true,
+        rate_limit: None,
     });
     rt.create_pod("p", c).unwrap();
     rt.create_container(
@@ -682,6 +685,7 @@ fn running_pod_takes_disks_into_free_slots() {
             id: "data".into(),
             path: rt.root().join("data.img"),
             read_only: false,
+            rate_limit: None,
         }],
         disk_slots: 2,
         ..PodConfig::default()
@@ -896,6 +900,34 @@ fn numeric_pod_config_bounds_are_checked_at_create() {
             "timeout",
             PodConfig {
                 start_timeout_secs: u64::MAX,
+                ..base()
+            },
+        ),
+        (
+            "disk rate limit of size 0",
+            PodConfig {
+                disks: vec![DiskConfig {
+                    id: "d".into(),
+                    path: "/x".into(),
+                    read_only: false,
+                    rate_limit: crate::config::from_json(
+                        r#"{"bandwidth": {"size": 0, "refill_time_ms": 1000}}"#,
+                    )
+                    .unwrap(),
+                }],
+                ..base()
+            },
+        ),
+        (
+            "network rate limit refilled over no time",
+            PodConfig {
+                network: Some(crate::config::NetworkConfig {
+                    tx_rate_limit: crate::config::from_json(
+                        r#"{"ops": {"size": 10, "refill_time_ms": 0}}"#,
+                    )
+                    .unwrap(),
+                    ..crate::config::NetworkConfig::new("/run/netns/x".into())
+                }),
                 ..base()
             },
         ),

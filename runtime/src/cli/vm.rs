@@ -117,7 +117,8 @@ pub struct DeviceArgs {
     /// Write the console to this file instead of stdout.
     #[arg(long)]
     pub console_file: Option<PathBuf>,
-    /// virtio-blk disk: PATH or PATH,ro (repeatable).
+    /// virtio-blk disk: PATH[,ro][,bps=BYTES_PER_SEC][,iops=REQUESTS_PER_SEC] (repeatable;
+    /// bps/iops rate-limit the guest's requests).
     #[arg(long, value_parser = parse_block)]
     pub block: Vec<BlockConfig>,
     /// virtio-net on this tap device (repeatable).
@@ -170,6 +171,9 @@ fn parse_share(s: &str) -> Result<ShareConfig, String> {
     if name.is_empty() {
         return Err("empty share name".into());
     }
+    if block.rate_limit.is_some() {
+        return Err(format!("share {name}: rate limits are for --block disks"));
+    }
     Ok(ShareConfig {
         name: name.to_string(),
         path: block.path,
@@ -178,18 +182,40 @@ fn parse_share(s: &str) -> Result<ShareConfig, String> {
 }
 
 fn parse_block(s: &str) -> Result<BlockConfig, String> {
-    let (path, read_only) = match s.rsplit_once(',') {
-        Some((p, "ro")) => (p, true),
-        Some((p, "rw")) => (p, false),
-        Some((_, opt)) => return Err(format!("unknown block option '{opt}' (ro or rw)")),
-        None => (s, false),
-    };
+    let mut parts = s.split(',');
+    let path = parts.next().unwrap_or_default();
     if path.is_empty() {
         return Err("empty block device path".into());
+    }
+    let mut read_only = false;
+    let mut limit = devices::rate_limiter::RateLimit::default();
+    // N tokens per second, refilled over one second.
+    let per_second = |opt: &str, v: &str| {
+        v.parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(|size| devices::rate_limiter::BucketConfig {
+                size,
+                one_time_burst: 0,
+                refill_time_ms: 1000,
+            })
+            .ok_or_else(|| format!("block option {opt}={v}: a positive integer per second"))
+    };
+    for opt in parts {
+        match opt.split_once('=') {
+            None if opt == "ro" => read_only = true,
+            None if opt == "rw" => read_only = false,
+            Some(("bps", v)) => limit.bandwidth = Some(per_second("bps", v)?),
+            Some(("iops", v)) => limit.ops = Some(per_second("iops", v)?),
+            _ => return Err(format!(
+                "unknown block option '{opt}' (ro, rw, bps=BYTES_PER_SEC, iops=REQUESTS_PER_SEC)"
+            )),
+        }
     }
     Ok(BlockConfig {
         path: PathBuf::from(path),
         read_only,
+        rate_limit: (!limit.is_unlimited()).then_some(limit),
     })
 }
 
@@ -247,6 +273,8 @@ impl DeviceArgs {
             .map(|tap| NetConfig {
                 tap: tap.clone(),
                 mac: None,
+                rx_rate_limit: None,
+                tx_rate_limit: None,
             })
             .collect();
         cfg.vsock = self.vsock.as_ref().map(|p| VsockConfig {
@@ -502,12 +530,27 @@ mod tests {
             parse_block("/d.img,ro").unwrap(),
             BlockConfig {
                 path: "/d.img".into(),
-                read_only: true
+                read_only: true,
+                rate_limit: None,
             }
         );
         assert!(!parse_block("/d.img").unwrap().read_only);
         assert!(parse_block("/d.img,xx").is_err());
         assert!(parse_block(",ro").is_err());
+        let limited = parse_block("/d.img,bps=1048576,iops=100").unwrap();
+        let limit = limited.rate_limit.unwrap();
+        assert_eq!(limit.bandwidth.unwrap().size, 1 << 20);
+        assert_eq!(limit.ops.unwrap().size, 100);
+        assert_eq!(limit.ops.unwrap().refill_time_ms, 1000);
+        for bad in [
+            "/d.img,bps=0",
+            "/d.img,iops=x",
+            "/d.img,bps=-1",
+            "/d.img,bw=1",
+        ] {
+            assert!(parse_block(bad).is_err(), "{bad}");
+        }
+        assert!(parse_share("data=/srv/d,bps=10").is_err());
     }
 
     #[test]

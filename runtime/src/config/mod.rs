@@ -20,6 +20,7 @@ pub mod file;
 pub use file::{Resources, RuntimeConfig, Sizing};
 
 use agent::protocol::{CgroupLimits, LinuxSetup, Mount, Namespace, ProcessSpec};
+pub use devices::rate_limiter::RateLimit;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -188,6 +189,25 @@ impl Seccomp {
 pub struct NetworkConfig {
     /// `/run/netns/NAME`, `/proc/PID/ns/net`, ...
     pub netns: PathBuf,
+    /// Frames to the guest wait for tokens (Firecracker's model:
+    /// `{"bandwidth": {"size": BYTES, "refill_time_ms": MS, "one_time_burst": BYTES},
+    /// "ops": {...}}`); none: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limit: Option<RateLimit>,
+    /// Frames from the guest wait for tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limit: Option<RateLimit>,
+}
+
+impl NetworkConfig {
+    /// The network namespace at `netns`, unlimited.
+    pub fn new(netns: PathBuf) -> NetworkConfig {
+        NetworkConfig {
+            netns,
+            rx_rate_limit: None,
+            tx_rate_limit: None,
+        }
+    }
 }
 
 /// How a pod's guest is stopped. The guest's disks are host files, so a VM can go at once;
@@ -308,6 +328,10 @@ pub struct DiskConfig {
     pub path: PathBuf,
     #[serde(default)]
     pub read_only: bool,
+    /// The guest's requests wait for tokens (bytes and requests; the format of
+    /// [`NetworkConfig::rx_rate_limit`]); none: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// OCI-style hooks run by the host around the pod's life.

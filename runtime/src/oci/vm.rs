@@ -594,7 +594,7 @@ impl VmBackend {
             // The engine's network namespace (podman's bridge, CRI's sandbox netns): the VM
             // gets its interface.
             network: match self.machine {
-                Machine::Vm => engine_netns(config).map(|netns| NetworkConfig { netns }),
+                Machine::Vm => engine_netns(config).map(NetworkConfig::new),
                 Machine::HostAgent { .. } => None,
             },
             machine: self.machine.clone(),
@@ -721,6 +721,7 @@ impl Backend for VmBackend {
                             id: id.to_string(),
                             path,
                             read_only,
+                            rate_limit: None,
                         });
                         RootfsConfig::Disk { id: id.to_string() }
                     }

@@ -3,7 +3,7 @@
 use super::{Event, CONSOLE_FILE};
 use crate::agent_link::VSOCK_SOCKET;
 use crate::config::Shutdown;
-use crate::state::PodRecord;
+use crate::state::{DiskOwner, PodRecord};
 use crate::timeouts;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,9 +76,10 @@ pub struct GuestNetwork {
 /// interface (Kata's TC redirect) and gives the VM a virtio-net on it with that interface's
 /// MAC. Returns the interface (to disconnect at the end) and what the guest must configure.
 fn join_network(
-    netns: &Path,
+    net: &crate::config::NetworkConfig,
     cfg: &mut VmConfig,
 ) -> Result<(crate::network::Interface, GuestNetwork), Error> {
+    let netns = net.netns.as_path();
     let err = |e| Error::Network(netns.to_path_buf(), e);
     crate::network::enter_netns(netns).map_err(err)?;
     let scan = crate::network::scan().map_err(err)?;
@@ -100,6 +101,8 @@ fn join_network(
     cfg.net.push(NetConfig {
         tap: TAP_NAME.to_string(),
         mac: Some(iface.mac),
+        rx_rate_limit: net.rx_rate_limit,
+        tx_rate_limit: net.tx_rate_limit,
     });
     let guest = GuestNetwork {
         interfaces: vec![iface.to_guest()],
@@ -131,6 +134,15 @@ pub fn vm_config(rec: &PodRecord, dir: &Path) -> VmConfig {
             .map(|d| BlockConfig {
                 path: d.path.clone(),
                 read_only: d.read_only,
+                // A disk the pod config declared keeps its limit.
+                rate_limit: match &d.owner {
+                    DiskOwner::Pod(id) => c
+                        .disks
+                        .iter()
+                        .find(|disk| &disk.id == id)
+                        .and_then(|disk| disk.rate_limit),
+                    DiskOwner::Container(_) => None,
+                },
             })
             .collect(),
         disk_slots: c.disk_slots,
@@ -138,6 +150,8 @@ pub fn vm_config(rec: &PodRecord, dir: &Path) -> VmConfig {
             vec![NetConfig {
                 tap: String::new(),
                 mac: Some(crate::state::template::PLACEHOLDER_MAC),
+                rx_rate_limit: None,
+                tx_rate_limit: None,
             }]
         } else {
             Vec::new()
@@ -177,7 +191,7 @@ impl Vm {
         let seccomp = rec.config.seccomp.filters().map_err(Error::Seccomp)?;
         cfg.seccomp = seccomp.clone();
         let confine = seccomp.clone();
-        let netns = rec.config.network.as_ref().map(|n| n.netns.clone());
+        let network = rec.config.network.clone();
         let restore_from = rec.restore_from.clone();
         let jailed = rec.config.jail;
         let dir_owned = dir.to_path_buf();
@@ -185,7 +199,7 @@ impl Vm {
         // The VMM is built and run on one thread, which joins the engine's network namespace
         // first (its TAP is opened there); only the handle crosses threads.
         crate::logging::spawn("vm", move || {
-            let joined = match netns.as_deref().map(|n| join_network(n, &mut cfg)) {
+            let joined = match network.as_ref().map(|n| join_network(n, &mut cfg)) {
                 Some(Err(e)) => {
                     let _ = htx.send(Err(e));
                     return;
@@ -386,10 +400,12 @@ impl super::control::ControlTarget for Target {
 mod tests {
     use super::*;
     use crate::config::PodConfig;
-    use crate::state::{AttachedDisk, DiskOwner};
+    use crate::state::AttachedDisk;
 
     #[test]
     fn vm_config_follows_the_pod() {
+        let limit: crate::config::RateLimit =
+            crate::config::from_json(r#"{"ops": {"size": 100, "refill_time_ms": 1000}}"#).unwrap();
         let mut rec = PodRecord::new(
             "p",
             PodConfig {
@@ -397,6 +413,12 @@ mod tests {
                 mem_mib: 96,
                 vcpus: 2,
                 extra_cmdline: vec!["ember.debug".into()],
+                disks: vec![crate::config::DiskConfig {
+                    id: "a".into(),
+                    path: "/a.img".into(),
+                    read_only: true,
+                    rate_limit: Some(limit),
+                }],
                 ..PodConfig::default()
             },
         );
@@ -421,13 +443,16 @@ mod tests {
         assert_eq!(
             cfg.block,
             vec![
+                // The pod config's disk keeps its limit; a container's rootfs has none.
                 BlockConfig {
                     path: "/a.img".into(),
-                    read_only: true
+                    read_only: true,
+                    rate_limit: Some(limit),
                 },
                 BlockConfig {
                     path: "/b.img".into(),
-                    read_only: false
+                    read_only: false,
+                    rate_limit: None,
                 }
             ]
         );

@@ -200,6 +200,8 @@ const EVENT_LOOP: &[&str] = &[
     "eventfd2",
     // TAP offloads, terminal state of a console on a tty.
     "ioctl",
+    // A rate-limited device arms its limiter's timer.
+    "timerfd_settime",
 ];
 
 const CONTROL: &[&str] = &[

@@ -3,10 +3,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use virtio_queue::desc::split::Descriptor;
+
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
 
 use super::request::handle;
 use super::{DiskBackend, Error, NoMedium, RawFile, QUEUE_SIZE, SECTOR_SIZE};
+use crate::rate_limiter::RateLimiter;
 use crate::virtio::common::VirtioCommon;
 use crate::virtio::persist::{check_device, DeviceKindState, DeviceSnapshot, PersistError};
 use crate::virtio::{
@@ -29,6 +32,8 @@ pub struct Block {
     avail: u64,
     pub(super) common: VirtioCommon,
     buf: Vec<u8>,
+    /// Requests wait for its tokens ([`Block::set_rate_limiter`]).
+    pub(super) limiter: Option<RateLimiter>,
 }
 
 impl Block {
@@ -52,6 +57,7 @@ impl Block {
             avail: features(&bits),
             common: VirtioCommon::new("virtio-blk", 1)?,
             buf: Vec::new(),
+            limiter: None,
         })
     }
 
@@ -121,13 +127,43 @@ impl Block {
         u64::from_le_bytes(c)
     }
 
-    /// Service the request queue; returns the number of chains completed.
+    /// Limits the guest's requests: one operation each, and the bytes of its data buffers
+    /// (the header and status byte not counted). Set before the VM runs (the event loop
+    /// registers the limiter's timer when the device is added to it).
+    pub fn set_rate_limiter(&mut self, limiter: RateLimiter) {
+        self.limiter = Some(limiter);
+    }
+
+    /// How many times a request waited for the rate limiter.
+    pub fn throttled(&self) -> u64 {
+        self.limiter.as_ref().map_or(0, RateLimiter::throttled)
+    }
+
+    /// Service the request queue; returns the number of chains completed. With a rate
+    /// limiter, stops at the first request it has no tokens for (its timer resumes).
     pub fn process_queue(&mut self) -> usize {
         let (disk, read_only, buf) = (self.disk.as_mut(), self.read_only, &mut self.buf);
-        self.common.serve_queue(0, |mem, descs| match descs {
-            Ok(descs) => handle(&descs, mem, disk, read_only, buf).used_len,
-            Err(_) => 0,
-        })
+        let limiter = &mut self.limiter;
+        if limiter.as_ref().is_some_and(RateLimiter::is_blocked) {
+            return 0;
+        }
+        let admit = |descs: &[Descriptor]| match limiter.as_mut() {
+            None => true,
+            Some(l) => l.consume(data_bytes(descs)),
+        };
+        self.common
+            .serve_queue_while(0, admit, |mem, descs| match descs {
+                Ok(descs) => handle(&descs, mem, disk, read_only, buf).used_len,
+                Err(_) => 0,
+            })
+    }
+}
+
+/// The bytes a request moves: its descriptors but the first (header) and last (status).
+fn data_bytes(descs: &[Descriptor]) -> u64 {
+    match descs {
+        [_, data @ .., _] => data.iter().map(|d| u64::from(d.len())).sum(),
+        _ => 0,
     }
 }
 

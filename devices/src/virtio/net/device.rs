@@ -7,7 +7,10 @@ use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestAddress};
 
+use virtio_queue::QueueOwnedT;
+
 use super::{Error, NetBackend, Tap, MAX_FRAME, QUEUE_SIZE, VNET_HDR_LEN};
+use crate::rate_limiter::RateLimiter;
 use crate::virtio::common::VirtioCommon;
 use crate::virtio::persist::{check_device, DeviceKindState, DeviceSnapshot, PersistError};
 use crate::virtio::{
@@ -38,6 +41,10 @@ pub struct Net {
     rx_pending: Option<usize>,
     tx_frame: Vec<u8>,
     stats: NetStats,
+    /// Frames to the guest wait for its tokens ([`Net::set_rate_limiters`]).
+    pub(super) rx_limiter: Option<RateLimiter>,
+    /// Frames from the guest wait for its tokens.
+    pub(super) tx_limiter: Option<RateLimiter>,
 }
 
 impl Net {
@@ -74,6 +81,8 @@ impl Net {
             rx_pending: None,
             tx_frame: Vec::with_capacity(MAX_FRAME),
             stats: NetStats::default(),
+            rx_limiter: None,
+            tx_limiter: None,
         })
     }
 
@@ -92,6 +101,21 @@ impl Net {
         self.stats
     }
 
+    /// Limits the frames received by the guest (`rx`) and sent by it (`tx`): one operation
+    /// per frame, its bytes without the vnet header. A frame that has to wait stays where it
+    /// is (in the TAP's queue, or on the guest's tx ring) until the limiter's timer fires; the
+    /// TAP drops what overflows its queue, as a congested link does. Set before the VM runs.
+    pub fn set_rate_limiters(&mut self, rx: Option<RateLimiter>, tx: Option<RateLimiter>) {
+        self.rx_limiter = rx;
+        self.tx_limiter = tx;
+    }
+
+    /// How many times a frame waited for a rate limiter: (rx, tx).
+    pub fn throttled(&self) -> (u64, u64) {
+        let t = |l: &Option<RateLimiter>| l.as_ref().map_or(0, RateLimiter::throttled);
+        (t(&self.rx_limiter), t(&self.tx_limiter))
+    }
+
     /// Move frames from the backend into guest rx buffers until either runs out.
     pub fn process_rx(&mut self) {
         let Some(st) = self.common.state.as_mut() else {
@@ -101,6 +125,13 @@ impl Net {
         let Some(backend) = self.backend.as_mut() else {
             return;
         };
+        if self
+            .rx_limiter
+            .as_ref()
+            .is_some_and(RateLimiter::is_blocked)
+        {
+            return;
+        }
         let mem = st.mem.clone();
         let mut notify = false;
         loop {
@@ -125,6 +156,14 @@ impl Net {
             let Some(chain) = pop_chain(&mut st.queues[RXQ], &mem) else {
                 break;
             };
+            let bytes = (len - VNET_HDR_LEN) as u64;
+            if let Some(l) = self.rx_limiter.as_mut() {
+                if !l.consume(bytes) {
+                    // The buffer goes back; the frame waits for the timer.
+                    st.queues[RXQ].go_to_previous_position();
+                    break;
+                }
+            }
             let head = chain.head_index();
             let descs = match collect_chain(chain, &mem) {
                 Ok(d) if d.iter().all(|d| d.is_write_only()) => d,
@@ -160,12 +199,28 @@ impl Net {
         let Some(st) = self.common.state.as_mut() else {
             return;
         };
+        if self
+            .tx_limiter
+            .as_ref()
+            .is_some_and(RateLimiter::is_blocked)
+        {
+            return;
+        }
         let mem = st.mem.clone();
         let mut notify = false;
         quiet(&mut st.queues[TXQ], &mem);
         while let Some(chain) = pop_chain(&mut st.queues[TXQ], &mem) {
             let head = chain.head_index();
-            match collect_chain(chain, &mem) {
+            let descs = collect_chain(chain, &mem);
+            if let (Ok(d), Some(l)) = (&descs, self.tx_limiter.as_mut()) {
+                let bytes: u64 = d.iter().map(|d| u64::from(d.len())).sum();
+                if !l.consume(bytes.saturating_sub(VNET_HDR_LEN as u64)) {
+                    // Back on the ring: sent when the timer fires.
+                    st.queues[TXQ].go_to_previous_position();
+                    break;
+                }
+            }
+            match descs {
                 Ok(descs) => match gather(&mem, &descs, &mut self.tx_frame) {
                     Some(()) => match self.backend.as_mut() {
                         Some(backend) => match backend.write_frame(&self.tx_frame) {

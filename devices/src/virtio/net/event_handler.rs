@@ -9,6 +9,11 @@ use crate::virtio::common::DeviceEvent;
 impl MutEventSubscriber for Net {
     fn init(&mut self, ops: &mut EventOps) {
         self.common.init(ops);
+        for l in [&self.rx_limiter, &self.tx_limiter].into_iter().flatten() {
+            if let Err(e) = ops.add(Events::new_raw(l.timer_fd(), EventSet::IN)) {
+                log::error!("virtio-net: failed to register a rate limiter's timer: {e}");
+            }
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -33,7 +38,16 @@ impl MutEventSubscriber for Net {
             Some(DeviceEvent::Queue(_)) => {}
             // Edge triggered: read until the backend is empty or the guest has no buffers.
             None if self.backend.as_ref().map(|b| b.as_raw_fd()) == Some(fd) => self.process_rx(),
-            None => {}
+            // A rate limiter has tokens again.
+            None => {
+                if let Some(l) = self.rx_limiter.as_mut().filter(|l| l.timer_fd() == fd) {
+                    l.on_timer();
+                    self.process_rx();
+                } else if let Some(l) = self.tx_limiter.as_mut().filter(|l| l.timer_fd() == fd) {
+                    l.on_timer();
+                    self.process_tx();
+                }
+            }
         }
     }
 }
