@@ -109,8 +109,8 @@ section pods-list-status sh -c "
     grep -q '\"vmm_pid\": [0-9]' /tmp/status.json && grep -c '\"id\": \"c' /tmp/status.json"
 
 # Each thread of the running pod's process: its name, seccomp mode (2: filtered), filter
-# count (the vCPUs stack their own on the one of the thread that started them) and effective
-# capabilities.
+# count (the vCPUs stack their own on the one of the thread that started them), effective
+# capabilities and real uid (a vCPU's own: 0x60000000 + the pod process's pid).
 pods_seccomp() {
     pid=$(ember pod status --json $POD | sed -n 's/.*"vmm_pid": \([0-9]*\).*/\1/p')
     [ -n "$pid" ] || return 1
@@ -118,8 +118,10 @@ pods_seccomp() {
         mode=$(sed -n 's/^Seccomp:[[:space:]]*//p' "$t/status")
         filters=$(sed -n 's/^Seccomp_filters:[[:space:]]*//p' "$t/status")
         caps=$(sed -n 's/^CapEff:[[:space:]]*//p' "$t/status")
-        echo "thread $(cat "$t/comm") seccomp=$mode filters=$filters caps=$caps"
+        uid=$(sed -n 's/^Uid:[[:space:]]*\([0-9]*\).*/\1/p' "$t/status")
+        echo "thread $(cat "$t/comm") seccomp=$mode filters=$filters caps=$caps uid=$uid"
     done
+    echo "vcpu user: $((1610612736 + pid))"
 }
 section pods-seccomp pods_seccomp
 

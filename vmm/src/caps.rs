@@ -113,9 +113,99 @@ pub fn restrict_thread(keep: &[u32]) -> io::Result<()> {
     Ok(())
 }
 
+/// CAP_SETGID, CAP_SETUID: what [`become_user`] needs.
+const SET_IDS: &[u32] = &[6, 7];
+
+/// A vCPU thread's credentials before its filter goes on: with `user`, it becomes that user
+/// (uid and gid) with nothing else left in its bounding set; then it drops every capability.
+pub fn confine_vcpu_thread(user: Option<u32>) -> io::Result<()> {
+    if let Some(id) = user {
+        restrict_thread(SET_IDS)?;
+        become_user(id, id)?;
+    }
+    restrict_thread(&[])
+}
+
+/// Makes the calling thread (only it: raw system calls, not libc's process-wide `setuid`,
+/// which signals every thread to follow) run as `uid`:`gid` with no supplementary groups.
+/// From root this also empties its permitted and effective capabilities (the kernel's rule for
+/// a thread whose user ids all leave 0). The process becomes non-dumpable, so its `/proc`
+/// files are root's from then on (threads of the process keep their access to each other's).
+pub fn become_user(uid: u32, gid: u32) -> io::Result<()> {
+    let check = |r: libc::c_long| {
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    // SAFETY: setgroups with an empty list, setresgid and setresuid with integer arguments;
+    // they change the calling thread's credentials only.
+    unsafe {
+        check(libc::syscall(
+            libc::SYS_setgroups,
+            0,
+            std::ptr::null::<libc::gid_t>(),
+        ))?;
+        check(libc::syscall(libc::SYS_setresgid, gid, gid, gid))?;
+        check(libc::syscall(libc::SYS_setresuid, uid, uid, uid))
+    }
+}
+
+/// The calling thread's real, effective, saved uid and gid, from `/proc/thread-self/status`
+/// (libc's getters would do, but this reads what the kernel reports per thread).
+pub fn thread_ids() -> io::Result<([u32; 3], [u32; 3])> {
+    let status = std::fs::read_to_string("/proc/thread-self/status")?;
+    let ids = |key: &str| -> io::Result<[u32; 3]> {
+        let line = status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .ok_or_else(|| io::Error::other(format!("no {key} in /proc/thread-self/status")))?;
+        let v: Vec<u32> = line
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        match v[..] {
+            [r, e, s, ..] => Ok([r, e, s]),
+            _ => Err(io::Error::other(format!("bad {key} line: {line}"))),
+        }
+    };
+    Ok((ids("Uid:")?, ids("Gid:")?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_thread_becomes_another_user_and_the_process_stays_root() {
+        if !nix_is_root() {
+            eprintln!("skipping a_thread_becomes_another_user: needs root");
+            return;
+        }
+        let (uid, gid) = (0x6000_0000 + 7, 0x6000_0000 + 7);
+        let (ids, caps) = std::thread::spawn(move || {
+            become_user(uid, gid).unwrap();
+            (thread_ids().unwrap(), current().unwrap())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(ids, ([uid; 3], [gid; 3]));
+        // No capability is left to that thread...
+        assert_eq!((caps.0, caps.1), (0, 0));
+        // ...and this one is still root, with its own.
+        assert_eq!(thread_ids().unwrap(), ([0; 3], [0; 3]));
+        assert_ne!(current().unwrap().1, 0);
+        // Making the process non-dumpable is what the change costs; it is made dumpable again
+        // for the other tests of this binary.
+        // SAFETY: prctl with integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
+    }
+
+    fn nix_is_root() -> bool {
+        // SAFETY: geteuid has no arguments and cannot fail.
+        unsafe { libc::geteuid() == 0 }
+    }
 
     #[test]
     fn a_thread_drops_what_it_does_not_keep_and_others_keep_theirs() {

@@ -52,6 +52,11 @@ pub struct VmConfig {
     /// the guest runs ([`crate::seccomp`]); `None`: unfiltered. Not part of a snapshot.
     #[serde(skip)]
     pub seccomp: Option<std::sync::Arc<crate::seccomp::Filters>>,
+    /// The user (uid and gid alike) the vCPU threads switch to before their first KVM_RUN,
+    /// with [`VmConfig::seccomp`] (`None`: they keep the process's). A vCPU needs no user:
+    /// its descriptors and memory are open already. Not part of a snapshot.
+    #[serde(skip)]
+    pub vcpu_user: Option<u32>,
 }
 
 impl VmConfig {
@@ -75,6 +80,7 @@ impl VmConfig {
             copy_boot_files: false,
             console_limit: None,
             seccomp: None,
+            vcpu_user: None,
         }
     }
 }

@@ -162,6 +162,7 @@ pub struct Vmm {
     hot: Arc<HotDevices>,
     snap: Option<Arc<SnapshotParts>>,
     seccomp: Option<Arc<seccomp::Filters>>,
+    vcpu_user: Option<u32>,
 }
 
 /// The VM's empty-at-boot virtio-blk slots ([`VmConfig::disk_slots`]), in guest order.
@@ -208,6 +209,7 @@ impl Vmm {
             hot: Arc::new(HotDevices::default()),
             snap: None,
             seccomp: None,
+            vcpu_user: None,
         }
     }
 
@@ -222,6 +224,7 @@ impl Vmm {
         irqchip: bool,
     ) {
         self.seccomp = config.seccomp.clone();
+        self.vcpu_user = config.vcpu_user;
         self.snap = Some(Arc::new(SnapshotParts {
             config,
             vm: self.vm.clone(),
@@ -277,12 +280,13 @@ impl Vmm {
         for vcpu in std::mem::take(&mut self.vcpus) {
             let name = format!("vcpu{}", vcpu.index());
             let filters = self.seccomp.clone();
+            let user = self.vcpu_user;
             let control = self.control.clone();
             match std::thread::Builder::new().name(name).spawn(move || {
-                // Confined before its first KVM_RUN (no capabilities, then its seccomp
-                // filter); a vCPU that cannot be ends the VM.
+                // Confined before its first KVM_RUN (its own user, no capabilities, then its
+                // seccomp filter); a vCPU that cannot be ends the VM.
                 if let Some(filters) = filters {
-                    if let Err(e) = caps::restrict_thread(&[]) {
+                    if let Err(e) = caps::confine_vcpu_thread(user) {
                         control.finish(Err(Error::Capabilities(e)));
                         return;
                     }

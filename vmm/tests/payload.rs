@@ -775,6 +775,22 @@ fn a_vcpu_ioctl_outside_its_requests_ends_the_vmm_with_a_line_naming_the_request
     assert!(!stderr.contains("the VM ended"), "{stderr}");
 }
 
+/// The real uid of this process's thread named `name`, from `/proc/self/task`.
+fn thread_uid(name: &str) -> Option<u32> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .filter_map(|t| t.ok())
+        .find(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .and_then(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        })
+}
+
 /// Confined vCPUs and event loop still do all they do: a virtio-rng driver gets entropy, a
 /// counter is paused (the vCPUs report RIP and statistics), snapshotted (each vCPU saves
 /// itself, with and without an in-kernel irqchip: LAPIC, XCRs, MSRs, TSC frequency),
@@ -788,6 +804,11 @@ fn confined_vcpus_and_event_loop_serve_devices_pause_and_snapshot() {
     let mut cfg = vmm::VmConfig::new("/unused");
     cfg.rng = true;
     cfg.seccomp = Some(filters.clone());
+    // The vCPUs run as their own user too (switching needs root).
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let vcpu_user = 0x6000_0000 + std::process::id();
+    cfg.vcpu_user = root.then_some(vcpu_user);
     let dev = recorder(0);
     let vm = build_payload_vm(PayloadSpec {
         extra_pio: vec![(TEST_PORT, 1, dev.clone())],
@@ -826,6 +847,14 @@ fn confined_vcpus_and_event_loop_serve_devices_pause_and_snapshot() {
         let handle = vm.handle();
         let t = std::thread::spawn(move || vm.run());
         wait_words(&dev, 100);
+        if irqchip && root {
+            assert_eq!(
+                thread_uid("vcpu0"),
+                Some(vcpu_user),
+                "the vCPU thread's own user"
+            );
+            assert_eq!(thread_uid("event-loop"), Some(0));
+        }
         assert_eq!(handle.vcpu_rips().unwrap().len(), 1);
         // The vCPU reads its binary statistics while paused (KVM_GET_STATS_FD, pread64; empty
         // on kernels before 5.14).

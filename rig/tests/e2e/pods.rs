@@ -153,6 +153,23 @@ fn pod_process_threads_are_confined_by_seccomp() {
         s.output
     );
     assert!(mode("ember").contains("seccomp=0"), "{}", s.output);
+    // The vCPU runs as the pod's own user (0x60000000 + the pod process's pid); the other
+    // threads stay root.
+    let user = s
+        .output
+        .lines()
+        .find_map(|l| l.strip_prefix("vcpu user: "))
+        .unwrap_or_else(|| panic!("no vcpu user in:\n{}", s.output))
+        .trim()
+        .to_string();
+    assert!(
+        mode("vcpu0").ends_with(&format!(" uid={user}")),
+        "{}",
+        s.output
+    );
+    for thread in ["event-loop", "control", "vm", "ember"] {
+        assert!(mode(thread).ends_with(" uid=0"), "{}", s.output);
+    }
 }
 
 /// A guest flooding its console: its pod's console.log stops at the pod's limit (one marker,

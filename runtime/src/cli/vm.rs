@@ -207,9 +207,11 @@ fn parse_block(s: &str) -> Result<BlockConfig, String> {
             None if opt == "rw" => read_only = false,
             Some(("bps", v)) => limit.bandwidth = Some(per_second("bps", v)?),
             Some(("iops", v)) => limit.ops = Some(per_second("iops", v)?),
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "unknown block option '{opt}' (ro, rw, bps=BYTES_PER_SEC, iops=REQUESTS_PER_SEC)"
-            )),
+            ))
+            }
         }
     }
     Ok(BlockConfig {

@@ -12,6 +12,13 @@
 //! `mount`, `umount2`, `pivot_root`, `chroot`, `unshare` and `setns`, so the jail cannot be
 //! undone from them.
 //!
+//! The vCPU threads also take a user of their own, [`vcpu_user`]: uid and gid
+//! `VCPU_USER_BASE + the pod process's pid`, unique among running pods without any allocation
+//! to keep or leak (pids are unique among live processes), no supplementary groups, no
+//! capabilities. A vCPU needs no user (its descriptors and memory are open), and under another
+//! uid it cannot signal, trace or touch through `/proc` the host's root processes, nor another
+//! pod's vCPUs.
+//!
 //! The pod process's main and control threads stay in the host's mount namespace: they open
 //! what the pod's clients name (a container's rootfs directory to share, an image to insert,
 //! a snapshot's place) and hand the devices open descriptors.
@@ -20,6 +27,18 @@ use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+
+/// Where the vCPU threads' users start: far above the ranges `/etc/subuid` hands out for user
+/// namespaces (100000 and up, 65536 each) and the pid limit's 2^22 below 2^31.
+pub const VCPU_USER_BASE: u32 = 0x6000_0000;
+
+/// The user the vCPU threads of this pod process switch to (uid and gid alike), when it runs
+/// as root; `None` otherwise (an unprivileged pod process cannot switch).
+pub fn vcpu_user() -> Option<u32> {
+    nix::unistd::geteuid()
+        .is_root()
+        .then(|| VCPU_USER_BASE + std::process::id())
+}
 
 /// Why the jail could not be made (each is fatal to the pod's start).
 #[derive(Debug, thiserror::Error)]

@@ -169,6 +169,7 @@ pub fn vm_config(rec: &PodRecord, dir: &Path) -> VmConfig {
         copy_boot_files: false,
         console_limit: Some(u64::from(c.console_limit_kib) << 10),
         seccomp: None,
+        vcpu_user: None,
     }
 }
 
@@ -190,6 +191,10 @@ impl Vm {
         let mut cfg = vm_config(rec, dir);
         let seccomp = rec.config.seccomp.filters().map_err(Error::Seccomp)?;
         cfg.seccomp = seccomp.clone();
+        // Jailed and confined: the vCPUs take their own user as they drop their capabilities.
+        if rec.config.jail && seccomp.is_some() {
+            cfg.vcpu_user = super::jail::vcpu_user();
+        }
         let confine = seccomp.clone();
         let network = rec.config.network.clone();
         let restore_from = rec.restore_from.clone();

@@ -219,8 +219,11 @@ const CONTROL: &[&str] = &[
     // install their own).
     "capget",
     "capset",
-    // ...and stack their own filters on this one.
+    // ...and stack their own filters on this one, having taken their own user.
     "seccomp",
+    "setgroups",
+    "setresgid",
+    "setresuid",
     // Threads it starts (the vCPUs, from the thread that owns the VM).
     "clone",
     "clone3",
