@@ -13,12 +13,67 @@
 //! of an error to stderr; so does this backend ([`Config::errors_to_stderr`]). A pod's VMM
 //! process logs to its stderr, which is `<pod dir>/vmm.log`, and in addition to the engine's
 //! log file when the OCI face started it.
+//!
+//! Each call site (source file and line) may write [`SITE_BURST`] lines at once and then one
+//! per [`SITE_REFILL`]: what a guest can make a device say at every request (a malformed
+//! descriptor, a refused connection) must not fill the host's disk through the pod's log.
+//! The next line a site writes after some were dropped says how many, as the kernel's
+//! printk rate limit does.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Lines one call site may write at once ([`Sites`]).
+pub const SITE_BURST: u32 = 20;
+/// After its burst, a call site gets one more line per this much time.
+pub const SITE_REFILL: Duration = Duration::from_secs(1);
+
+/// One call site's budget of lines.
+struct SiteBudget {
+    lines: u32,
+    since: Instant,
+    dropped: u64,
+}
+
+/// Per call site line budgets (the module doc says why).
+#[derive(Default)]
+struct Sites(Mutex<HashMap<(&'static str, u32), SiteBudget>>);
+
+impl Sites {
+    /// Whether the site `(file, line)` may write a line at `now`: `Some(n)` with the lines it
+    /// had dropped since its last one, `None` when this one is dropped too.
+    fn admit(&self, site: (&'static str, u32), now: Instant) -> Option<u64> {
+        let Ok(mut sites) = self.0.lock() else {
+            return Some(0);
+        };
+        let b = sites.entry(site).or_insert(SiteBudget {
+            lines: SITE_BURST,
+            since: now,
+            dropped: 0,
+        });
+        let earned = now.saturating_duration_since(b.since).as_nanos() / SITE_REFILL.as_nanos();
+        if earned > 0 {
+            let earned = u32::try_from(earned).unwrap_or(u32::MAX);
+            b.lines = b.lines.saturating_add(earned).min(SITE_BURST);
+            b.since = if b.lines == SITE_BURST {
+                now
+            } else {
+                b.since + SITE_REFILL * earned
+            };
+        }
+        if b.lines == 0 {
+            b.dropped += 1;
+            return None;
+        }
+        b.lines -= 1;
+        Some(std::mem::take(&mut b.dropped))
+    }
+}
 
 /// Environment variable that overrides the level (`error`, `warn`, `info`, `debug`, `trace`).
 pub const LEVEL_ENV: &str = "EMBER_LOG";
@@ -122,6 +177,7 @@ struct Backend {
     format: Format,
     sinks: Vec<Sink>,
     errors_to_stderr: bool,
+    sites: Sites,
 }
 
 impl log::Log for Backend {
@@ -133,7 +189,18 @@ impl log::Log for Backend {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let msg = record.args().to_string();
+        let dropped = match (record.file_static(), record.line()) {
+            (Some(file), Some(line)) => match self.sites.admit((file, line), Instant::now()) {
+                Some(n) => n,
+                None => return,
+            },
+            // Records made at run time (none in ember) are not limited.
+            _ => 0,
+        };
+        let mut msg = record.args().to_string();
+        if dropped > 0 {
+            msg.push_str(&format!(" ({dropped} more lines like this were dropped)"));
+        }
         let thread = std::thread::current();
         let line = format_line(
             self.format,
@@ -247,6 +314,7 @@ pub fn init(cfg: &Config) -> Result<(), Error> {
         format: cfg.format,
         sinks,
         errors_to_stderr: cfg.errors_to_stderr && cfg.file.is_some(),
+        sites: Sites::default(),
     };
     let json = cfg.format == Format::Json;
     if log::set_boxed_logger(Box::new(backend)).is_ok() {
@@ -280,6 +348,61 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_site_writes_its_burst_then_one_line_per_refill_and_says_what_it_dropped() {
+        let sites = Sites::default();
+        let t0 = Instant::now();
+        let site = ("devices/src/virtio/block/device.rs", 42);
+        for _ in 0..SITE_BURST {
+            assert_eq!(sites.admit(site, t0), Some(0));
+        }
+        for _ in 0..1000 {
+            assert_eq!(sites.admit(site, t0), None);
+        }
+        // Another site has its own budget.
+        assert_eq!(sites.admit(("other.rs", 1), t0), Some(0));
+        // Half a refill: still nothing; a whole one: one line, which reports the drops.
+        assert_eq!(sites.admit(site, t0 + SITE_REFILL / 2), None);
+        assert_eq!(sites.admit(site, t0 + SITE_REFILL), Some(1001));
+        assert_eq!(sites.admit(site, t0 + SITE_REFILL), None);
+        // Quiet for long: the whole burst again, nothing more.
+        let later = t0 + SITE_REFILL * 1000;
+        for _ in 0..SITE_BURST {
+            assert!(sites.admit(site, later).is_some());
+        }
+        assert_eq!(sites.admit(site, later), None);
+    }
+
+    #[test]
+    fn a_flooding_call_site_reaches_the_log_file_only_its_burst() {
+        let dir = std::env::temp_dir().join(format!("ember-log-flood-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vmm.log");
+        let backend = Backend {
+            level: log::LevelFilter::Info,
+            format: Format::Text,
+            sinks: vec![Sink::open(Some(&path)).unwrap()],
+            errors_to_stderr: false,
+            sites: Sites::default(),
+        };
+        for i in 0..10_000 {
+            log::Log::log(
+                &backend,
+                &log::Record::builder()
+                    .args(format_args!("virtio-blk: malformed chain {i}"))
+                    .level(log::Level::Warn)
+                    .file_static(Some("devices/src/virtio/common.rs"))
+                    .line(Some(80))
+                    .module_path_static(Some("devices::virtio::common"))
+                    .build(),
+            );
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), SITE_BURST as usize, "{text}");
+        assert!(text.contains("malformed chain 0\""), "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn json_lines_carry_level_msg_time_thread_and_module() {
