@@ -363,3 +363,39 @@ fn status_tells_how_an_interrupted_container_start_stands() {
     env.ok(&["pod", "delete", "--force", "p"]);
     assert!(env.leaks().processes.is_empty(), "{:?}", env.leaks());
 }
+
+/// A guest whose agent stops answering (here: its socket taken over by a listener that
+/// never accepts, so calls connect and then hear nothing) does not take its pod's verbs with
+/// it: `status` answers from the record and the pod process, `stop` gives up on the agent's
+/// sync after its short call, stops the machine and says so in the stop reason, and nothing is
+/// left.
+#[test]
+fn a_pod_whose_agent_never_answers_is_still_stopped_and_deleted() {
+    let Some(agent) = prerequisites("a_pod_whose_agent_never_answers") else {
+        return;
+    };
+    let env = Env::new("agent-silent", agent);
+    running_pod_on_tmpfs(&env);
+    let vmm = pod_processes(&env.root);
+    let all = processes_naming(&env.root);
+    let sock = env.pod_dir("p").join("agent.sock");
+    std::fs::remove_file(&sock).unwrap();
+    let _silent = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let v = env.json(&["pod", "status", "--json", "p"]);
+    assert_eq!(v["state"], "running", "{v}");
+    let v = env.json(&["pod", "stop", "--json", "p"]);
+    assert_eq!(v["state"], "stopped", "{v}");
+    let reason = v["stop_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("without the guest's sync"),
+        "{v}\n{}",
+        std::fs::read_to_string(env.pod_dir("p").join("vmm.log")).unwrap_or_default()
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || all.iter().all(|p| gone(*p))),
+        "the pod process or its agent outlived the stop"
+    );
+    assert!(!vmm.is_empty());
+    env.ok(&["pod", "delete", "p"]);
+    assert!(env.leaks().processes.is_empty(), "{:?}", env.leaks());
+}

@@ -216,7 +216,20 @@ fn stop_vmm(dir: &Path, vmm: &VmmProcess) -> Option<String> {
         pod_vmm::kill(vmm);
         reason.get_or_insert_with(|| "VMM did not exit in time; killed".into());
     }
+    if reason.is_none() && unsynced(dir) {
+        reason = Some("stopped without the guest's sync: its agent did not answer".into());
+    }
     reason
+}
+
+/// Whether the pod process's log says, since its last start, that the guest's agent did not
+/// do the sync before the stop ([`pod_vmm::SYNC_FAILED`]).
+fn unsynced(dir: &Path) -> bool {
+    let log = fs::read_to_string(dir.join(pod_vmm::LOG_FILE)).unwrap_or_default();
+    log.lines()
+        .rev()
+        .take_while(|l| !(l.contains("VMM process") && l.contains(pod_vmm::STARTING)))
+        .any(|l| l.contains(pod_vmm::SYNC_FAILED))
 }
 
 /// Whether `e` says the state root cannot be written (read-only, full, not permitted): a read

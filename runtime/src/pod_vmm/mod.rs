@@ -736,6 +736,13 @@ fn mark_ended(dir: &Path, reason: &str) {
     }
 }
 
+/// The warning a pod process logs when its guest's agent did not do the sync before a stop
+/// (the stopper finds it in the log and says so in the stop reason).
+pub const SYNC_FAILED: &str = "Guest sync before stop failed";
+
+/// Where a pod process's log begins one run (the line it logs as it starts).
+pub const STARTING: &str = "starting";
+
 /// Before a machine is stopped at once: what its guest still has to do, by the pod's
 /// [`config::Shutdown`]. `Graceful` asks the agent to shut the guest down (it stops every
 /// container, syncs and reboots, which ends the VM) and returns whether that was asked; `Sync`
@@ -750,7 +757,7 @@ fn before_stop(dir: &Path, shutdown: config::Shutdown) -> bool {
                 Err(e) => Err(crate::error::report(&e)),
             };
             if let Err(e) = synced {
-                log::warn!("Guest sync before stop failed (stopping anyway): {e}");
+                log::warn!("{SYNC_FAILED} (stopping anyway): {e}");
             }
             false
         }
