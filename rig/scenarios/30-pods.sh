@@ -218,14 +218,15 @@ JSON
     ember container start p4 reader || return 1
     for d in vdb vda; do
         t0=$(uptime_cs)
-        ember container exec p4 reader -- dd if=/dev/$d of=/dev/null bs=64k count=128 \
+        # The bytes read, counted in the container (dd's own report goes to stderr).
+        ember container exec p4 reader -- sh -c "dd if=/dev/$d bs=64k count=128 2>/dev/null | wc -c" \
             >/tmp/read-$d.out 2>&1 &
         job=$!
         [ $d = vda ] && echo "p1 exec while p4 reads its limited disk: $(ember container exec $POD c1 -- echo alive)"
         wait $job
         rc=$?
         t1=$(uptime_cs)
-        echo "read of /dev/$d: exit $rc, $(((t1 - t0) / 100)).$(((t1 - t0) % 100 / 10)) s, $(grep -o '[0-9]* bytes' /tmp/read-$d.out | head -n 1)"
+        echo "read of /dev/$d: exit $rc, $(((t1 - t0) / 100)).$(((t1 - t0) % 100 / 10)) s, $(tr -d ' ' </tmp/read-$d.out) bytes"
     done
     ember pod stop p4 && ember pod delete p4 && echo "p4 stopped and deleted"
 }
