@@ -297,6 +297,21 @@ for rt in runc ember; do
     podman $flag run --rm --memory 1g --cpus 2 --pids-limit 100 -v /var/tmp/show-limits:/show:ro \
         localhost/busybox sh /show | sed "s/^/$rt /"
 done
+# On the host: the cgroup of the process podman knows as the container's (runc's container
+# init; ember's shim, beside its pod process) is the spec's cgroupsPath, limited, and gone after
+# the container.
+for rt in runc ember; do
+    flag=""
+    [ $rt = ember ] && flag="--runtime /usr/local/bin/ember"
+    id=$(podman $flag run -d --memory 512m localhost/busybox sleep 1000)
+    pid=$(podman inspect -f '{{.State.Pid}}' "$id")
+    cg=$(sed -n 's/^0:://p' "/proc/$pid/cgroup")
+    echo "$rt host cgroup: $(echo "$cg" | sed "s/$id/ID/")"
+    echo "$rt host memory.max: $(cat "/sys/fs/cgroup$cg/memory.max")"
+    echo "$rt host procs: $(wc -l <"/sys/fs/cgroup$cg/cgroup.procs")"
+    podman $flag rm -f "$id" >/dev/null
+    [ -d "/sys/fs/cgroup$cg" ] && echo "$rt host cgroup left" || echo "$rt host cgroup removed"
+done
 RESTEST
 chmod 755 "$DEB/usr/local/bin/resources-test"
 section podman-resources /tmp/dch /usr/local/bin/watched 600 /usr/local/bin/resources-test

@@ -204,6 +204,26 @@ fn podman_resources_limit_the_container_as_under_runc() {
             .unwrap_or_else(|| panic!("no {key:?} in:\n{}", s.output))
     };
     assert_eq!(value("ember nproc"), 2, "output:\n{}", s.output);
+    // The host side: the engine's container process sits in the spec's cgroupsPath under
+    // both runtimes (ember's shim and pod process), limited there, removed with the container.
+    let cgroup = |rt: &str| {
+        s.output
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{rt} host cgroup: ")))
+            .unwrap_or_else(|| panic!("no {rt} host cgroup in:\n{}", s.output))
+            .to_string()
+    };
+    assert_eq!(cgroup("ember"), cgroup("runc"), "output:\n{}", s.output);
+    assert!(
+        value("ember host memory.max:") >= 512 << 20,
+        "output:\n{}",
+        s.output
+    );
+    assert!(value("ember host procs:") >= 2, "output:\n{}", s.output);
+    for rt in ["runc", "ember"] {
+        let want = format!("{rt} host cgroup removed");
+        assert!(has_line(s, &want), "no {want:?} in:\n{}", s.output);
+    }
     let kib = value("ember memtotal_kib");
     assert!(
         (1 << 20) * 9 / 10 < kib && kib < (1 << 20) * 13 / 10,

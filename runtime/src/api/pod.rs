@@ -134,6 +134,9 @@ fn check_bounds(config: &super::PodConfig) -> Result<(), Error> {
             return bad(format!("{what}: {e}"));
         }
     }
+    if let Some(Err(e)) = config.cgroup.as_deref().map(pod_vmm::cgroup::check_path) {
+        return bad(e);
+    }
     check_seccomp(&config.seccomp)
 }
 
@@ -279,14 +282,13 @@ pub(super) fn recover_start(dir: &Path, rec: &mut PodRecord) -> bool {
 
 /// Whether the pod's VMM process is still there: pid alive with the same start time, and
 /// its control socket not gone. `Err` carries why it is considered dead.
-fn vmm_alive(dir: &Path, vmm: &VmmProcess) -> Result<(), String> {
+fn vmm_alive(dir: &Path, rec: &PodRecord, vmm: &VmmProcess) -> Result<(), String> {
     if !pod_vmm::proc::is_alive(vmm) {
-        let cgroup = dir.file_name().map(|id| {
-            pod_vmm::cgroup::path_for(
-                Path::new(pod_vmm::cgroup::CGROUP_ROOT),
-                &id.to_string_lossy(),
-            )
-        });
+        let cgroup = Some(pod_vmm::cgroup::path_for(
+            Path::new(pod_vmm::cgroup::CGROUP_ROOT),
+            rec.config.cgroup.as_deref(),
+            &rec.id,
+        ));
         return Err(format!(
             "VMM process {} died{}",
             vmm.pid,
@@ -362,7 +364,7 @@ fn vmm_gone(dir: &Path, rec: &PodRecord) -> Option<String> {
     }
     match &rec.vmm {
         None => Some("no VMM process recorded".into()),
-        Some(v) => vmm_alive(dir, v).err(),
+        Some(v) => vmm_alive(dir, rec, v).err(),
     }
 }
 
@@ -873,12 +875,12 @@ impl Runtime {
             self.stop_locked(&dir, &mut rec)?;
         }
         pod_vmm::proc::pause_at("delete:removing");
-        self.remove_pod_dir(&dir, lock)
+        self.remove_pod_dir(&dir, lock, rec.config.cgroup.as_deref())
     }
 
     /// Removes a pod's directory and then its lock file (held until then); the last pod takes
     /// `@pods` with it (fails, harmlessly, while others are there).
-    fn remove_pod_dir(&self, dir: &Path, lock: PodLock) -> Result<(), Error> {
+    fn remove_pod_dir(&self, dir: &Path, lock: PodLock, cgroup: Option<&str>) -> Result<(), Error> {
         fs::remove_dir_all(dir).map_err(|source| Error::Io {
             what: format!("Cannot remove {}", dir.display()),
             source,
@@ -888,7 +890,7 @@ impl Runtime {
         // What a pod process killed before it could leave its cgroup left behind.
         if let Some(id) = dir.file_name().and_then(|n| n.to_str()) {
             let root = Path::new(crate::pod_vmm::cgroup::CGROUP_ROOT);
-            crate::pod_vmm::cgroup::remove(&crate::pod_vmm::cgroup::path_for(root, id));
+            crate::pod_vmm::cgroup::remove(&crate::pod_vmm::cgroup::path_for(root, cgroup, id));
         }
         Ok(())
     }
@@ -946,7 +948,7 @@ impl Runtime {
                 }
             }
         }
-        self.remove_pod_dir(&dir, lock)
+        self.remove_pod_dir(&dir, lock, None)
     }
 
     /// Pause the pod's VM (its vCPUs stop).

@@ -125,6 +125,10 @@ pub struct PodConfig {
     /// holding only what the VM needs ([`crate::pod_vmm::jail`]).
     #[serde(default = "default_jail")]
     pub jail: bool,
+    /// The pod process's cgroup on the host, under the cgroup2 root (default `ember/<pod>`):
+    /// the OCI face gives an OCI container's pod the spec's `cgroupsPath`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
 fn default_jail() -> bool {
@@ -294,6 +298,7 @@ impl Default for PodConfig {
             seccomp: Seccomp::default(),
             console_limit_kib: default_console_limit_kib(),
             jail: default_jail(),
+            cgroup: None,
         }
     }
 }

@@ -141,6 +141,7 @@ pub fn create(
     let lock = ctx.store.create(id)?;
     let mut rec = Record::new(id, &bundle.dir, &config.rootfs);
     rec.annotations = config.annotations.clone();
+    rec.host_cgroup = super::vm::host_cgroup(&config);
     rec.sandbox_id = match &config.role {
         super::bundle::PodRole::Member { sandbox_id } => Some(sandbox_id.clone()),
         _ => Some(id.to_string()),
@@ -234,6 +235,18 @@ fn run_shim(
     close_inherited(&[ready.as_raw_fd()]);
     let mut ready = fs::File::from(ready);
     let _ = nix::unistd::setsid();
+    // The process the engine knows as the container's goes where runc would put it: the
+    // spec's cgroupsPath (the pod process it starts follows, and sets the limits there).
+    if let Some(cg) = super::vm::host_cgroup(config) {
+        let root = Path::new(crate::pod_vmm::cgroup::CGROUP_ROOT);
+        let dir = crate::pod_vmm::cgroup::path_for(root, Some(&cg), id);
+        if let Err(e) = crate::pod_vmm::cgroup::enter(root, &dir) {
+            log::warn!(
+                "container {id}: the shim stays in its parent's cgroup: {}",
+                crate::error::report(&e)
+            );
+        }
+    }
     let fail = |ready: &mut fs::File, msg: String| {
         let _ = ready.write_all(msg.as_bytes());
         1
@@ -440,6 +453,10 @@ pub fn delete(ctx: &Ctx, id: &str, force: bool, backend: &dyn Backend) -> Result
     }
     // Whatever the shim could not release (it was killed, or died) goes now.
     backend.cleanup(id);
+    if let Some(cg) = &rec.host_cgroup {
+        let root = Path::new(crate::pod_vmm::cgroup::CGROUP_ROOT);
+        crate::pod_vmm::cgroup::remove(&crate::pod_vmm::cgroup::path_for(root, Some(cg), id));
+    }
     let _lock = match ctx.store.lock(id) {
         Ok(l) => l,
         // Removed meanwhile (a failed create cleans up after itself): nothing left to do.

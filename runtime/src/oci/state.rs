@@ -102,6 +102,9 @@ pub struct Record {
     /// Exit code once stopped, when known.
     #[serde(default)]
     pub exit_code: Option<i32>,
+    /// The host cgroup its shim joined (the spec's `cgroupsPath`), removed at delete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_cgroup: Option<String>,
 }
 
 impl Record {
@@ -118,6 +121,7 @@ impl Record {
             owner: owner_name(),
             annotations: BTreeMap::new(),
             sandbox_id: None,
+            host_cgroup: None,
             exit_code: None,
         }
     }

@@ -307,6 +307,30 @@ pub fn container_config(
     config
 }
 
+/// The host cgroup of an OCI container's shim and pod process: the spec's `cgroupsPath` in
+/// the cgroupfs form (`/libpod_parent/libpod-ID`, `/default/ID`, `kubepods/.../CID`), where
+/// runc would put the container. The systemd form (`slice:prefix:name`) needs systemd to make
+/// the scope; ember does not talk to systemd, so those pods keep `ember/<pod>` (logged).
+pub fn host_cgroup(c: &ContainerConfig) -> Option<String> {
+    let path = c.cgroups_path.as_ref()?.to_string_lossy().into_owned();
+    if path.contains(':') {
+        log::info!(
+            "container {}: systemd cgroupsPath {path:?} not joined (no systemd driver): its pod's cgroup is {}/{}",
+            c.id,
+            crate::pod_vmm::cgroup::PARENT,
+            c.id
+        );
+        return None;
+    }
+    match crate::pod_vmm::cgroup::check_path(&path) {
+        Ok(()) => Some(path.trim_start_matches('/').to_string()),
+        Err(e) => {
+            log::warn!("container {}: {e}; not joined", c.id);
+            None
+        }
+    }
+}
+
 /// The network namespace the spec joins by path, if any: the engine made it.
 fn engine_netns(c: &ContainerConfig) -> Option<PathBuf> {
     c.namespaces
@@ -601,6 +625,8 @@ impl VmBackend {
             log,
             seccomp: h.seccomp.clone(),
             jail: h.jail,
+            // Where runc would put the container (its shim is there too).
+            cgroup: host_cgroup(config),
             ..api::PodConfig::default()
         };
         let mut pod_config = pod_config;

@@ -1,5 +1,8 @@
 //! A cgroup per pod on the host: the pod process (the VMM, its vCPU threads, its devices'
-//! event loop) moves itself into `<cgroup2 mount>/ember/<pod id>` before it starts a thread,
+//! event loop) moves itself into `<cgroup2 mount>/ember/<pod id>` — or the pod config's
+//! `cgroup`, which the OCI face sets to the spec's `cgroupsPath`, so that the engine finds its
+//! container's sandbox where runc would put the container (Kata does the same) — before it
+//! starts a thread,
 //! with limits sized from the VM: `memory.max` = guest memory + [`VMM_MEMORY_OVERHEAD_MIB`],
 //! `pids.max` = [`PIDS_MAX`], `cpu.max` = one CPU per vCPU plus one for the VMM's own
 //! threads. A VMM that runs away (a leak, a guest driving it to allocate) is throttled or
@@ -54,9 +57,68 @@ impl Limits {
     }
 }
 
-/// The pod's cgroup directory under `root` (a cgroup2 mount).
-pub fn path_for(root: &Path, pod: &str) -> PathBuf {
-    root.join(PARENT).join(pod)
+/// The pod's cgroup directory under `root` (a cgroup2 mount): its configured one
+/// ([`crate::config::PodConfig::cgroup`]), else `ember/<pod>`.
+pub fn path_for(root: &Path, configured: Option<&str>, pod: &str) -> PathBuf {
+    match configured {
+        Some(rel) => root.join(rel.trim_start_matches('/')),
+        None => root.join(PARENT).join(pod),
+    }
+}
+
+/// Checks a configured cgroup path: relative to the cgroup2 root (a leading `/` allowed),
+/// plain names (no `.`, `..` or empty components), and not the root itself.
+pub fn check_path(rel: &str) -> Result<(), String> {
+    let rel = rel.trim_start_matches('/');
+    let bad = rel.is_empty()
+        || rel
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == ".." || c.contains('\0'));
+    if bad {
+        return Err(format!(
+            "cgroup {rel:?}: a path under the cgroup2 root, of plain names"
+        ));
+    }
+    Ok(())
+}
+
+/// Makes `dir` (under `root`) and its missing parents, each parent handing the memory, pids
+/// and cpu controllers down.
+fn make(root: &Path, dir: &Path) -> Result<(), Error> {
+    let rel = dir.strip_prefix(root).unwrap_or(dir);
+    let mut at = root.to_path_buf();
+    for part in rel.components() {
+        delegate(&at)?;
+        at.push(part);
+        match fs::create_dir(&at) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    what: "create",
+                    path: at,
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Move this whole process into `dir` under `root` (made if missing, no limits set): an OCI
+/// container's shim, the process engines know as the container's, joins the spec's
+/// `cgroupsPath` so. `Ok(false)` where `root` is not a cgroup2 mount.
+pub fn enter(root: &Path, dir: &Path) -> Result<bool, Error> {
+    if !root.join("cgroup.controllers").is_file() {
+        return Ok(false);
+    }
+    make(root, dir)?;
+    write(
+        &dir.join("cgroup.procs"),
+        "move the process into",
+        &std::process::id().to_string(),
+    )?;
+    Ok(true)
 }
 
 fn write(path: &Path, what: &'static str, value: &str) -> Result<(), Error> {
@@ -92,32 +154,15 @@ fn delegate(dir: &Path) -> Result<(), Error> {
     )
 }
 
-/// Move this whole process into pod `pod`'s cgroup under `root` (created, with `limits` on
-/// the controllers it has). `Ok(None)` where `root` is not a cgroup2 mount.
-pub fn join(root: &Path, pod: &str, limits: &Limits) -> Result<Option<PathBuf>, Error> {
+/// Move this whole process into the pod's cgroup `dir` under `root` ([`path_for`]; made with
+/// its parents, with `limits` on the controllers it has). `Ok(None)` where `root` is not a
+/// cgroup2 mount.
+pub fn join(root: &Path, dir: &Path, limits: &Limits) -> Result<Option<PathBuf>, Error> {
     if !root.join("cgroup.controllers").is_file() {
         return Ok(None);
     }
-    let parent = root.join(PARENT);
-    fs::create_dir_all(&parent).map_err(|source| Error::Io {
-        what: "create",
-        path: parent.clone(),
-        source,
-    })?;
-    delegate(root)?;
-    delegate(&parent)?;
-    let dir = path_for(root, pod);
-    match fs::create_dir(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(source) => {
-            return Err(Error::Io {
-                what: "create",
-                path: dir,
-                source,
-            })
-        }
-    }
+    make(root, dir)?;
+    let dir = dir.to_path_buf();
     let have = controllers(&dir);
     let has = |c: &str| have.iter().any(|h| h == c);
     if has("memory") {
@@ -180,8 +225,33 @@ mod tests {
     fn no_cgroup2_mount_means_no_cgroup() {
         let dir = std::env::temp_dir().join(format!("ember-nocg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        assert_eq!(join(&dir, "p", &Limits::for_vm(256, 1)).unwrap(), None);
+        let cg = path_for(&dir, None, "p");
+        assert_eq!(join(&dir, &cg, &Limits::for_vm(256, 1)).unwrap(), None);
+        assert!(!enter(&dir, &cg).unwrap());
         assert!(!dir.join(PARENT).exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_configured_cgroup_is_used_checked_and_made_with_its_parents() {
+        let root = Path::new("/sys/fs/cgroup");
+        assert_eq!(path_for(root, None, "p"), root.join("ember/p"));
+        assert_eq!(
+            path_for(root, Some("/libpod_parent/libpod-abc"), "p"),
+            root.join("libpod_parent/libpod-abc")
+        );
+        assert!(check_path("/libpod_parent/libpod-abc").is_ok());
+        assert!(check_path("kubepods/burstable/pod1/c2").is_ok());
+        for bad in ["", "/", "a//b", "a/../b", "../x", "./a", "a/."] {
+            assert!(check_path(bad).is_err(), "{bad:?}");
+        }
+        // Parents are made one by one (each would hand its controllers down).
+        let dir = std::env::temp_dir().join(format!("ember-cgmake-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let deep = path_for(&dir, Some("a/b/c"), "p");
+        make(&dir, &deep).unwrap();
+        assert!(deep.is_dir());
+        make(&dir, &deep).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -646,7 +646,9 @@ struct PodCgroup(Option<PathBuf>);
 impl PodCgroup {
     fn join(rec: &PodRecord) -> PodCgroup {
         let limits = cgroup::Limits::for_vm(rec.config.mem_mib, rec.config.vcpus);
-        match cgroup::join(Path::new(cgroup::CGROUP_ROOT), &rec.id, &limits) {
+        let root = Path::new(cgroup::CGROUP_ROOT);
+        let dir = cgroup::path_for(root, rec.config.cgroup.as_deref(), &rec.id);
+        match cgroup::join(root, &dir, &limits) {
             Ok(Some(dir)) => {
                 log::info!(
                     "pod process in cgroup {} (memory.max {}, pids.max {}, cpu.max {} {})",
