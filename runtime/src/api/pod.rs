@@ -540,7 +540,8 @@ impl Runtime {
         Ok(info)
     }
 
-    /// Every pod under the root, sorted by id. Pods that cannot be read are skipped.
+    /// Every pod under the root, sorted by id. A pod whose record cannot be read is listed as
+    /// stopped with a warning (its VMM may still run; `delete --force` removes it).
     pub fn list_pods(&self) -> Result<Vec<PodInfo>, Error> {
         let entries = match fs::read_dir(self.pods_dir()) {
             Ok(e) => e,
