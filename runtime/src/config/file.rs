@@ -15,6 +15,10 @@
 //! seccomp = "builtin"        # the VMM threads' filters: "builtin", "off", or
 //!                            # { file = "/etc/ember/seccomp.json" } (seccompiler's JSON)
 //! jail = true                # the VMM's guest-facing threads in a jail (pod_vmm::jail)
+//! rx_rate_limiter_max_rate = 0        # bits/s into the guest from the engine's network
+//! tx_rate_limiter_max_rate = 0        # bits/s out of it (0: unlimited; Kata's names)
+//! disk_rate_limiter_bw_max_rate = 0   # bits/s of each of a container's disks
+//! disk_rate_limiter_ops_max_rate = 0  # requests/s of each of them
 //!
 //! [runtime]
 //! rootfs = "virtio-fs"       # or "block": the rootfs and host binds as ext4 disks
@@ -60,6 +64,48 @@ pub struct HypervisorConfig {
     pub extra_cmdline: Vec<String>,
     pub seccomp: super::Seccomp,
     pub jail: bool,
+    /// Bits per second the guest may receive from the engine's network (0: unlimited).
+    pub rx_rate_limiter_max_rate: u64,
+    /// Bits per second the guest may send.
+    pub tx_rate_limiter_max_rate: u64,
+    /// Bits per second of each disk the OCI face gives a container's VM.
+    pub disk_rate_limiter_bw_max_rate: u64,
+    /// Requests per second of each of those disks.
+    pub disk_rate_limiter_ops_max_rate: u64,
+}
+
+/// A limit of `size` tokens a second (one-second buckets), none for 0.
+fn per_second(bandwidth: u64, ops: u64) -> Option<super::RateLimit> {
+    let bucket = |size: u64| {
+        (size > 0).then_some(devices::rate_limiter::BucketConfig {
+            size,
+            one_time_burst: 0,
+            refill_time_ms: 1000,
+        })
+    };
+    let limit = super::RateLimit {
+        bandwidth: bucket(bandwidth),
+        ops: bucket(ops),
+    };
+    (!limit.is_unlimited()).then_some(limit)
+}
+
+impl HypervisorConfig {
+    /// The engine network's limits for the guest: (rx, tx).
+    pub fn net_rate_limits(&self) -> (Option<super::RateLimit>, Option<super::RateLimit>) {
+        (
+            per_second(self.rx_rate_limiter_max_rate / 8, 0),
+            per_second(self.tx_rate_limiter_max_rate / 8, 0),
+        )
+    }
+
+    /// The limit of each disk the OCI face gives a container's VM.
+    pub fn disk_rate_limit(&self) -> Option<super::RateLimit> {
+        per_second(
+            self.disk_rate_limiter_bw_max_rate / 8,
+            self.disk_rate_limiter_ops_max_rate,
+        )
+    }
 }
 
 impl Default for HypervisorConfig {
@@ -75,6 +121,10 @@ impl Default for HypervisorConfig {
             extra_cmdline: Vec::new(),
             seccomp: super::Seccomp::default(),
             jail: true,
+            rx_rate_limiter_max_rate: 0,
+            tx_rate_limiter_max_rate: 0,
+            disk_rate_limiter_bw_max_rate: 0,
+            disk_rate_limiter_ops_max_rate: 0,
         }
     }
 }
@@ -190,6 +240,20 @@ impl RuntimeConfig {
                 "memory_overhead_mib {} leaves nothing of max_memory_mib ({})",
                 h.memory_overhead_mib, h.max_memory_mib
             ));
+        }
+        for (key, bits) in [
+            ("rx_rate_limiter_max_rate", h.rx_rate_limiter_max_rate),
+            ("tx_rate_limiter_max_rate", h.tx_rate_limiter_max_rate),
+            (
+                "disk_rate_limiter_bw_max_rate",
+                h.disk_rate_limiter_bw_max_rate,
+            ),
+        ] {
+            if (1..8).contains(&bits) {
+                return Err(format!(
+                    "{key} {bits} is less than one byte per second (0: unlimited)"
+                ));
+            }
         }
         h.seccomp
             .check()
@@ -349,6 +413,22 @@ mod tests {
     }
 
     #[test]
+    fn rate_limiter_keys_are_kata_s_bits_and_requests_per_second() {
+        let c = RuntimeConfig::parse(
+            "[hypervisor]\nrx_rate_limiter_max_rate = 80000000\ndisk_rate_limiter_bw_max_rate = 8388608\ndisk_rate_limiter_ops_max_rate = 100\n",
+        )
+        .unwrap();
+        let (rx, tx) = c.hypervisor.net_rate_limits();
+        let rx = rx.unwrap().bandwidth.unwrap();
+        assert_eq!((rx.size, rx.refill_time_ms), (10_000_000, 1000));
+        assert!(tx.is_none());
+        let disk = c.hypervisor.disk_rate_limit().unwrap();
+        assert_eq!(disk.bandwidth.unwrap().size, 1 << 20);
+        assert_eq!(disk.ops.unwrap().size, 100);
+        assert_eq!(RuntimeConfig::default().hypervisor.disk_rate_limit(), None);
+    }
+
+    #[test]
     fn bad_files_get_one_clear_error() {
         for (text, want) in [
             ("[hypervisor]\nmemory = 5", "unknown field"),
@@ -359,6 +439,7 @@ mod tests {
             ("[hypervisor]\ndefault_memory_mib = 8", "default_memory_mib 8"),
             ("[hypervisor]\nmax_memory_mib = 100\ndefault_memory_mib = 64\nmemory_overhead_mib = 100", "memory_overhead_mib"),
             ("[hypervisor]\ndefault_vcpus = 300", "line 2: invalid value"),
+            ("[hypervisor]\ntx_rate_limiter_max_rate = 7", "tx_rate_limiter_max_rate 7"),
             ("[[hypervisor]]", "line 1: invalid type"),
             ("not toml", ""),
         ] {

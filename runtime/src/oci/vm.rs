@@ -594,6 +594,13 @@ impl VmBackend {
         }
         let mut log = self.log.clone();
         log.debug |= settings.runtime.debug;
+        let disks = disks
+            .into_iter()
+            .map(|d| api::DiskConfig {
+                rate_limit: h.disk_rate_limit(),
+                ..d
+            })
+            .collect();
         let pod_config = api::PodConfig {
             kernel: h.kernel.clone(),
             initrd: h.initrd.clone(),
@@ -618,7 +625,14 @@ impl VmBackend {
             // The engine's network namespace (podman's bridge, CRI's sandbox netns): the VM
             // gets its interface.
             network: match self.machine {
-                Machine::Vm => engine_netns(config).map(NetworkConfig::new),
+                Machine::Vm => engine_netns(config).map(|netns| {
+                    let (rx, tx) = h.net_rate_limits();
+                    NetworkConfig {
+                        rx_rate_limit: rx,
+                        tx_rate_limit: tx,
+                        ..NetworkConfig::new(netns)
+                    }
+                }),
                 Machine::HostAgent { .. } => None,
             },
             machine: self.machine.clone(),
