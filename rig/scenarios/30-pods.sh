@@ -228,6 +228,8 @@ JSON
         t1=$(uptime_cs)
         echo "read of /dev/$d: exit $rc, $(((t1 - t0) / 100)).$(((t1 - t0) % 100 / 10)) s, $(tr -d ' ' </tmp/read-$d.out) bytes"
     done
+    # The record of why: the devices' counters (the first disk's requests waited).
+    ember pod stats p4 | sed 's/^/stats: /'
     ember pod stop p4 && ember pod delete p4 && echo "p4 stopped and deleted"
 }
 section pods-throttled pods_throttled

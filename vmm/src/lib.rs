@@ -29,7 +29,7 @@ use thiserror::Error;
 use vm_memory::GuestMemoryMmap;
 
 pub use config::VmConfig;
-pub use persist::{RestoreError, SnapshotInfo};
+pub use persist::{DeviceCounters, RestoreError, SnapshotInfo};
 pub use timings::Timings;
 
 use control::VmControl;
@@ -360,6 +360,15 @@ impl VmHandle {
     pub fn snapshot(&self, dir: &Path) -> Result<SnapshotInfo, Error> {
         let parts = self.snap.as_ref().ok_or(Error::NotRunning)?;
         persist::snapshot(parts, &self.control, dir)
+    }
+
+    /// What each virtio device counted (frames dropped, requests that waited for a rate
+    /// limiter); empty before the devices are attached.
+    pub fn device_counters(&self) -> Vec<DeviceCounters> {
+        self.snap
+            .as_ref()
+            .map(|parts| persist::device_counters(parts))
+            .unwrap_or_default()
     }
 
     /// Stop the VM: [`Vmm::run`] returns [`VmExit::Stopped`] (unless it already ended).

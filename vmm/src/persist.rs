@@ -146,6 +146,49 @@ pub struct SnapshotInfo {
     pub paused_ms: f64,
 }
 
+/// One virtio device's counters ([`crate::VmHandle::device_counters`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCounters {
+    /// `virtio-blk`, `virtio-net`, ...
+    pub device: String,
+    /// Its MMIO window (tells devices of one kind apart; they are attached in config order).
+    pub base: u64,
+    pub counters: std::collections::BTreeMap<String, u64>,
+}
+
+/// The counters of every device in `parts` that counts something.
+pub(crate) fn device_counters(parts: &SnapshotParts) -> Vec<DeviceCounters> {
+    parts
+        .transports
+        .iter()
+        .filter_map(|(slot, t)| {
+            let dev = lock(t).0.device();
+            let dev = lock(&dev);
+            let counters = dev.counters();
+            (!counters.is_empty()).then(|| DeviceCounters {
+                device: device_name(dev.device_type()).to_string(),
+                base: slot.base,
+                counters: counters
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+/// A virtio device id's name.
+fn device_name(id: u32) -> &'static str {
+    match id {
+        devices::virtio::VIRTIO_ID_NET => "virtio-net",
+        devices::virtio::VIRTIO_ID_BLOCK => "virtio-blk",
+        devices::virtio::VIRTIO_ID_RNG => "virtio-rng",
+        devices::virtio::VIRTIO_ID_VSOCK => "virtio-vsock",
+        devices::virtio::VIRTIO_ID_FS => "virtio-fs",
+        _ => "virtio",
+    }
+}
+
 /// What of a running VM a snapshot reads.
 pub(crate) struct SnapshotParts {
     pub config: VmConfig,

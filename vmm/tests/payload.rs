@@ -303,6 +303,16 @@ fn virtio_devices_sit_in_their_mmio_slots() {
         dir.join("vsock.sock").exists(),
         "vsock listens on its socket"
     );
+    // The devices that count something report it through the handle, by MMIO window.
+    let counters = vm.handle().device_counters();
+    let blk = counters.iter().find(|d| d.device == "virtio-blk").unwrap();
+    assert_eq!(blk.base, 0xd000_1000);
+    assert_eq!(blk.counters.get("requests_throttled"), Some(&0));
+    if with_net {
+        let net = counters.iter().find(|d| d.device == "virtio-net").unwrap();
+        assert_eq!(net.counters.get("tx_dropped"), Some(&0), "{counters:?}");
+    }
+    assert!(counters.iter().all(|d| d.device != "virtio-rng"));
     assert_eq!(vm.run().unwrap(), VmExit::Reset);
     let magic = 0x7472_6976u32.to_le_bytes().to_vec();
     let seen: Vec<Vec<u8>> = dev

@@ -202,6 +202,11 @@ pub trait VirtioDevice: Send {
     /// Bumped by the device whenever it changes its own configuration space (a disk
     /// inserted into a block slot); the transport adds it to ConfigGeneration so the driver
     /// sees a consistent snapshot.
+    /// What the device counted that tells how its guest behaves (frames dropped, requests
+    /// that waited for a rate limiter), as `(name, value)` pairs; none by default.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
     fn config_generation(&self) -> u32 {
         0
     }

@@ -240,6 +240,15 @@ fn a_rate_limited_disk_throttles_its_guest_and_another_pod_keeps_answering() {
         "{}",
         s.output
     );
+    // `ember pod stats`: the limited disk (attached first) counted its waits, the other none.
+    let waits: Vec<u64> = s
+        .output
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("stats: virtio-blk@"))
+        .filter_map(|l| l.split("requests_throttled=").nth(1)?.trim().parse().ok())
+        .collect();
+    assert_eq!(waits.len(), 2, "{}", s.output);
+    assert!(waits[0] > 0 && waits[1] == 0, "{waits:?}\n{}", s.output);
     assert!(has(&s.output, "p4 stopped and deleted"), "{}", s.output);
 }
 

@@ -145,6 +145,31 @@ impl Runtime {
         }
     }
 
+    /// What the devices of pod `pod`'s running VM counted (frames dropped, requests that
+    /// waited for a rate limiter).
+    pub fn pod_counters(&self, pod: &str) -> Result<Vec<vmm::DeviceCounters>, Error> {
+        let (_lock, pod_dir, rec) = self.open(pod, crate::state::LockKind::Read)?;
+        if !matches!(
+            rec.state,
+            crate::state::State::Running | crate::state::State::Paused
+        ) {
+            return Err(Error::PodNotRunning {
+                id: pod.to_string(),
+                state: rec.state,
+                action: "read its devices' counters",
+            });
+        }
+        let socket = pod_dir.join(crate::pod_vmm::CONTROL_SOCKET);
+        match control::request(&socket, &Request::Counters, control::DEFAULT_TIMEOUT)
+            .map_err(Error::Control)?
+        {
+            Response::Counters(c) => Ok(c),
+            other => Err(Error::Config(format!(
+                "unexpected answer to a counters request: {other:?}"
+            ))),
+        }
+    }
+
     /// Every template, by name.
     pub fn list_templates(&self) -> Result<Vec<TemplateInfo>, Error> {
         let parent = templates_dir(self.root());

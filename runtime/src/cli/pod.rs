@@ -63,6 +63,13 @@ pub enum PodCommand {
         #[arg(long)]
         json: bool,
     },
+    /// What the devices of the pod's running VM counted: frames received, sent and dropped,
+    /// requests and frames that waited for a rate limiter.
+    Stats {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Internal: the detached process that runs a pod's VM.
     #[command(name = "__vmm", hide = true)]
     Vmm { id: String },
@@ -166,6 +173,18 @@ fn exec(rt: &Runtime, cmd: PodCommand) -> Result<(), Error> {
                     info.memory_written >> 20,
                     info.paused_ms
                 );
+            }
+        }
+        PodCommand::Stats { id, json } => {
+            let counters = rt.pod_counters(&id)?;
+            if json {
+                outln!("{}", to_json(&counters));
+            } else {
+                for d in &counters {
+                    let values: Vec<String> =
+                        d.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    outln!("{}@{:#x} {}", d.device, d.base, values.join(" "));
+                }
             }
         }
         PodCommand::Delete { id, force } => rt.delete_pod(&id, force)?,

@@ -71,6 +71,10 @@ pub trait ControlTarget: Send + Sync {
     fn snapshot(&self, _dir: &Path) -> Result<vmm::SnapshotInfo, String> {
         Err("this pod has no VM to snapshot".into())
     }
+    /// What the VM's devices counted (none without a VM).
+    fn counters(&self) -> Vec<vmm::DeviceCounters> {
+        Vec::new()
+    }
 }
 
 /// Send one request and wait for its answer; a [`Response::Error`] becomes
@@ -114,6 +118,7 @@ fn answer(req: &Request, target: &dyn ControlTarget) -> Response {
         Request::Pause => done(target.pause()),
         Request::Resume => done(target.resume()),
         Request::Stop => Response::Done,
+        Request::Counters => Response::Counters(target.counters()),
         Request::InsertDisk { path, .. } if !path.is_absolute() => {
             Response::Error(format!("disk path {} is not absolute", path.display()))
         }

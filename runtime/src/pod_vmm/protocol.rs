@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// Version of this protocol, carried in every message.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 
 /// One message on the control socket or the notify pipe.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -65,6 +65,8 @@ pub enum Request {
     /// Save a snapshot of the VM into the new directory `dir` (absolute); the VM runs on.
     /// Answers [`Response::Snapshotted`].
     Snapshot { dir: PathBuf },
+    /// What the VM's devices counted; answers [`Response::Counters`].
+    Counters,
 }
 
 /// The pod process's answer.
@@ -79,6 +81,8 @@ pub enum Response {
     Error(String),
     /// What a snapshot wrote.
     Snapshotted(vmm::SnapshotInfo),
+    /// Each device's counters (frames dropped, requests that waited for a rate limiter).
+    Counters(Vec<vmm::DeviceCounters>),
 }
 
 /// What a starting pod process reports to its starter on the notify pipe.

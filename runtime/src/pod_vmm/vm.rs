@@ -382,6 +382,10 @@ impl super::control::ControlTarget for Target {
             .map_err(|e| crate::error::report(&e))
     }
 
+    fn counters(&self) -> Vec<vmm::DeviceCounters> {
+        self.handle.device_counters()
+    }
+
     /// Stop the VM: at once after [`super::before_stop`], or, for a graceful shutdown, when the
     /// guest has not ended within the grace period.
     fn stop(&self) {

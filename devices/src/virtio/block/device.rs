@@ -191,6 +191,9 @@ impl VirtioDevice for Block {
     fn config_generation(&self) -> u32 {
         self.generation
     }
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![("requests_throttled", self.throttled())]
+    }
     fn save(&self) -> Result<DeviceSnapshot, PersistError> {
         Ok(self.common.snapshot(
             VIRTIO_ID_BLOCK,

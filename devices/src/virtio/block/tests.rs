@@ -506,5 +506,10 @@ fn rate_limited_requests_wait_for_tokens_and_complete_in_order() {
     for i in 0..4 {
         assert_eq!(read(&k.m, DATA + i * 0x1000, 512), disk_bytes(&k, 0, 512));
     }
-    assert!(dev.lock().unwrap().throttled() >= 1);
+    let waited = dev.lock().unwrap().throttled();
+    assert!(waited >= 1);
+    assert_eq!(
+        dev.lock().unwrap().counters(),
+        vec![("requests_throttled", waited)]
+    );
 }

@@ -309,6 +309,18 @@ impl VirtioDevice for Net {
         self.rx_pending = None;
         true
     }
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = self.stats;
+        let (rx_throttled, tx_throttled) = self.throttled();
+        vec![
+            ("rx_frames", s.rx_frames),
+            ("tx_frames", s.tx_frames),
+            ("rx_dropped", s.rx_dropped),
+            ("tx_dropped", s.tx_dropped),
+            ("rx_throttled", rx_throttled),
+            ("tx_throttled", tx_throttled),
+        ]
+    }
     /// A frame read from the backend that was waiting for an rx buffer is not saved: the
     /// restored VM has lost it, as a NIC drops a frame.
     fn save(&self) -> Result<DeviceSnapshot, PersistError> {

@@ -593,4 +593,11 @@ fn rate_limited_frames_wait_for_tokens_in_order_and_none_is_lost() {
     assert_eq!(net.stats().rx_dropped + net.stats().tx_dropped, 0);
     let (rx_waits, tx_waits) = net.throttled();
     assert!(rx_waits > 0 && tx_waits > 0, "{rx_waits} {tx_waits}");
+    let counters = net.counters();
+    assert!(counters.contains(&("rx_frames", 5)), "{counters:?}");
+    assert!(counters.contains(&("tx_frames", 5)), "{counters:?}");
+    assert!(
+        counters.contains(&("tx_throttled", tx_waits)),
+        "{counters:?}"
+    );
 }
