@@ -73,18 +73,7 @@ enum Who {
 fn setup(env: &Env, to: Setup) {
     if to >= Setup::Created {
         env.ok(&["pod", "create", "p"]);
-        let rootfs = env.rootfs();
-        env.ok(&[
-            "container",
-            "create",
-            "p",
-            "c0",
-            "--rootfs-guest-path",
-            rootfs.to_str().unwrap(),
-            "--",
-            "sleep",
-            "1000",
-        ]);
+        env.create_sleeper("p", "c0");
     }
     if to >= Setup::Running {
         env.ok(&["pod", "start", "p"]);

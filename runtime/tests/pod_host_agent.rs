@@ -7,98 +7,12 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-fn agent_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("EMBER_AGENT_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let ember = PathBuf::from(env!("CARGO_BIN_EXE_ember"));
-    let p = ember.parent()?.join("ember-agent");
-    p.is_file().then_some(p)
-}
+mod support;
 
-fn prerequisites(test: &str) -> Option<PathBuf> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping {test}: needs root");
-        return None;
-    }
-    if !Path::new("/bin/busybox").exists() {
-        eprintln!("skipping {test}: /bin/busybox (busybox-static) missing");
-        return None;
-    }
-    let agent = agent_bin();
-    if agent.is_none() {
-        eprintln!("skipping {test}: no ember-agent binary (cargo build -p ember-agent)");
-    }
-    agent
-}
-
-struct Env {
-    root: PathBuf,
-    agent: PathBuf,
-}
-
-impl Env {
-    fn new(name: &str, agent: PathBuf) -> Env {
-        let root = std::env::temp_dir().join(format!("ember-podha-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).unwrap();
-        Env { root, agent }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_ember"));
-        c.arg("--root")
-            .arg(&self.root)
-            .args(args)
-            .env("EMBER_POD_HOST_AGENT", &self.agent)
-            .env("EMBER_LOCK_TIMEOUT_MS", "60000");
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "ember {args:?} failed ({}): {}\nvmm.log: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(self.root.join("@pods/p/vmm.log")).unwrap_or_default()
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        serde_json::from_str(&self.ok(args)).unwrap()
-    }
-
-    /// A busybox rootfs directory.
-    fn rootfs(&self) -> PathBuf {
-        let r = self.root.join("rootfs");
-        std::fs::create_dir_all(r.join("bin")).unwrap();
-        for d in ["proc", "dev", "sys", "tmp", "etc"] {
-            std::fs::create_dir_all(r.join(d)).unwrap();
-        }
-        std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
-        for a in ["sh", "echo", "sleep", "cat", "true", "wc"] {
-            std::os::unix::fs::symlink("busybox", r.join("bin").join(a)).unwrap();
-        }
-        r
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = self.cmd(&["pod", "delete", "--force", "p"]).output();
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
+use support::{prerequisites, Env};
 
 fn state_of(v: &serde_json::Value, cid: &str) -> (String, Option<i64>) {
     let c = v["containers"]
@@ -148,17 +62,7 @@ fn pod_and_containers_through_the_agent() {
         .any(|p| p["name"] == "agent_ready"));
 
     // Created while the pod runs: straight into the agent.
-    env.ok(&[
-        "container",
-        "create",
-        "p",
-        "c1",
-        "--rootfs-guest-path",
-        rootfs,
-        "--",
-        "sleep",
-        "1000",
-    ]);
+    env.create_sleeper("p", "c1");
     let c = env.json(&["container", "start", "--json", "p", "c1"]);
     assert_eq!(c["state"], "running");
     assert!(c["pid"].as_i64().unwrap() > 0);
@@ -294,19 +198,8 @@ fn killing_the_pod_process_leaves_the_pod_stopped() {
         return;
     };
     let env = Env::new("kill", agent);
-    let rootfs = env.rootfs();
     env.ok(&["pod", "create", "p"]);
-    env.ok(&[
-        "container",
-        "create",
-        "p",
-        "c",
-        "--rootfs-guest-path",
-        rootfs.to_str().unwrap(),
-        "--",
-        "sleep",
-        "1000",
-    ]);
+    env.create_sleeper("p", "c");
     let v = env.json(&["pod", "start", "--json", "p"]);
     env.ok(&["container", "start", "p", "c"]);
     let pid = v["vmm_pid"].as_i64().unwrap() as i32;

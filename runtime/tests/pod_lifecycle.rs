@@ -136,20 +136,9 @@ fn a_full_state_root_splits_no_container_start_from_the_guest() {
         return;
     };
     let env = Env::new("enospc", agent);
-    let rootfs = env.rootfs();
     support::mount_small_tmpfs(&env.root, "8m");
     env.ok(&["pod", "create", "p"]);
-    env.ok(&[
-        "container",
-        "create",
-        "p",
-        "c0",
-        "--rootfs-guest-path",
-        rootfs.to_str().unwrap(),
-        "--",
-        "sleep",
-        "1000",
-    ]);
+    env.create_sleeper("p", "c0");
     env.ok(&["pod", "start", "p"]);
     let filler = support::fill(&env.root);
     let out = env.run(&["container", "start", "p", "c0"]);
@@ -173,20 +162,9 @@ fn a_full_state_root_splits_no_container_start_from_the_guest() {
 
 /// A pod `p` with a running container `c0` on a small tmpfs root.
 fn running_pod_on_tmpfs(env: &Env) {
-    let rootfs = env.rootfs();
     support::mount_small_tmpfs(&env.root, "8m");
     env.ok(&["pod", "create", "p"]);
-    env.ok(&[
-        "container",
-        "create",
-        "p",
-        "c0",
-        "--rootfs-guest-path",
-        rootfs.to_str().unwrap(),
-        "--",
-        "sleep",
-        "1000",
-    ]);
+    env.create_sleeper("p", "c0");
     env.ok(&["pod", "start", "p"]);
     env.ok(&["container", "start", "p", "c0"]);
 }
@@ -303,17 +281,7 @@ fn status_tells_how_an_interrupted_container_start_stands() {
     };
     let env = Env::new("cstart-status", agent);
     running_pod_on_tmpfs(&env);
-    env.ok(&[
-        "container",
-        "create",
-        "p",
-        "c1",
-        "--rootfs-guest-path",
-        env.rootfs().to_str().unwrap(),
-        "--",
-        "sleep",
-        "1000",
-    ]);
+    env.create_sleeper("p", "c1");
     // The agent starts c1; the root fills before the start records it.
     let (out, filler) = run_filling_at(
         &env,

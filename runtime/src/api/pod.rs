@@ -165,13 +165,24 @@ fn mark_stopped(rec: &mut PodRecord, reason: Option<String>) {
     }
 }
 
-/// Why the ember process that recorded an intent did not clear it, for a stop reason.
-fn interrupted(by: &VmmProcess) -> &'static str {
-    if pod_vmm::proc::is_alive(by) {
+/// The stop reason of a `verb` ("start", "stop") whose ember process `by` recorded its intent
+/// and did not clear it: it died, or gave up (the record could not be written).
+fn interrupted(verb: &str, by: &VmmProcess) -> String {
+    let why = if pod_vmm::proc::is_alive(by) {
         "gave up before it recorded the end"
     } else {
         "died"
-    }
+    };
+    format!("{verb} interrupted: ember process {} {why}", by.pid)
+}
+
+/// The end of an interrupted verb whose VM was dealt with: its sockets go, the pod is stopped
+/// with the reason, and the log says so.
+fn settle_interrupted(dir: &Path, rec: &mut PodRecord, verb: &str, by: &VmmProcess) {
+    pod_vmm::remove_sockets(dir);
+    let reason = interrupted(verb, by);
+    log::warn!("pod {}: {reason}; finished it", rec.id);
+    mark_stopped(rec, Some(reason));
 }
 
 /// A stop whose stopper let go of the pod's lock without recording the end (it was killed,
@@ -185,20 +196,7 @@ fn recover_stop(dir: &Path, rec: &mut PodRecord) -> bool {
     if let Some(vmm) = rec.vmm.clone() {
         stop_vmm(dir, &vmm);
     }
-    pod_vmm::remove_sockets(dir);
-    let why = interrupted(&intent.stopper);
-    log::warn!(
-        "pod {}: stop by ember process {} interrupted ({why}); finished it",
-        rec.id,
-        intent.stopper.pid
-    );
-    mark_stopped(
-        rec,
-        Some(format!(
-            "stop interrupted: ember process {} {why}",
-            intent.stopper.pid
-        )),
-    );
+    settle_interrupted(dir, rec, "stop", &intent.stopper);
     true
 }
 
@@ -263,20 +261,7 @@ pub(super) fn recover_start(dir: &Path, rec: &mut PodRecord) -> bool {
     if let Some(vmm) = &intent.vmm {
         pod_vmm::kill(vmm);
     }
-    pod_vmm::remove_sockets(dir);
-    let why = interrupted(&intent.starter);
-    log::warn!(
-        "pod {}: start by ember process {} interrupted ({why})",
-        rec.id,
-        intent.starter.pid
-    );
-    mark_stopped(
-        rec,
-        Some(format!(
-            "start interrupted: ember process {} {why}",
-            intent.starter.pid
-        )),
-    );
+    settle_interrupted(dir, rec, "start", &intent.starter);
     true
 }
 
@@ -454,23 +439,10 @@ impl Runtime {
         let mut notes = Vec::new();
         let mut changed = true;
         if let Some(s) = seen.starting.take() {
-            let why = interrupted(&s.starter);
-            mark_stopped(
-                &mut seen,
-                Some(format!(
-                    "start interrupted: ember process {} {why}",
-                    s.starter.pid
-                )),
-            );
+            mark_stopped(&mut seen, Some(interrupted("start", &s.starter)));
         } else if let Some(s) = seen.stopping.clone() {
             match vmm_gone(&dir, &seen) {
-                Some(_) => {
-                    let why = interrupted(&s.stopper);
-                    mark_stopped(
-                        &mut seen,
-                        Some(format!("stop interrupted: ember process {} {why}", s.stopper.pid)),
-                    );
-                }
+                Some(_) => mark_stopped(&mut seen, Some(interrupted("stop", &s.stopper))),
                 None => notes.push(format!(
                     "a stop by ember process {} was interrupted; the next change to the pod finishes it",
                     s.stopper.pid

@@ -115,39 +115,36 @@ impl Runtime {
     /// on. (`ember vm restore DIR` starts a copy of it; a template is one made at agent
     /// ready.) A VM whose shared filesystem the guest has mounted is refused.
     pub fn snapshot_pod(&self, pod: &str, dir: &Path) -> Result<vmm::SnapshotInfo, Error> {
-        let (_lock, pod_dir, rec) = self.open(pod, crate::state::LockKind::Read)?;
-        if !matches!(
-            rec.state,
-            crate::state::State::Running | crate::state::State::Paused
-        ) {
-            return Err(Error::PodNotRunning {
-                id: pod.to_string(),
-                state: rec.state,
-                action: "snapshot it",
-            });
-        }
         let dir = std::path::absolute(dir).map_err(|source| Error::Io {
             what: format!("Bad snapshot path {}", dir.display()),
             source,
         })?;
-        let socket = pod_dir.join(crate::pod_vmm::CONTROL_SOCKET);
-        match control::request(
-            &socket,
-            &Request::Snapshot { dir },
-            crate::timeouts::SNAPSHOT,
-        )
-        .map_err(Error::Control)?
-        {
+        let request = Request::Snapshot { dir };
+        match self.ask_running_pod(pod, "snapshot it", &request, crate::timeouts::SNAPSHOT)? {
             Response::Snapshotted(info) => Ok(info),
-            other => Err(Error::Config(format!(
-                "unexpected answer to a snapshot: {other:?}"
-            ))),
+            other => Err(unexpected("a snapshot", other)),
         }
     }
 
     /// What the devices of pod `pod`'s running VM counted (frames dropped, requests that
     /// waited for a rate limiter).
     pub fn pod_counters(&self, pod: &str) -> Result<Vec<vmm::DeviceCounters>, Error> {
+        let action = "read its devices' counters";
+        match self.ask_running_pod(pod, action, &Request::Counters, control::DEFAULT_TIMEOUT)? {
+            Response::Counters(c) => Ok(c),
+            other => Err(unexpected("a counters request", other)),
+        }
+    }
+
+    /// One request to the pod process of running (or paused) pod `pod`, under its read lock;
+    /// another state is refused with `action` (what could not be done).
+    fn ask_running_pod(
+        &self,
+        pod: &str,
+        action: &'static str,
+        request: &Request,
+        timeout: std::time::Duration,
+    ) -> Result<Response, Error> {
         let (_lock, pod_dir, rec) = self.open(pod, crate::state::LockKind::Read)?;
         if !matches!(
             rec.state,
@@ -156,18 +153,11 @@ impl Runtime {
             return Err(Error::PodNotRunning {
                 id: pod.to_string(),
                 state: rec.state,
-                action: "read its devices' counters",
+                action,
             });
         }
         let socket = pod_dir.join(crate::pod_vmm::CONTROL_SOCKET);
-        match control::request(&socket, &Request::Counters, control::DEFAULT_TIMEOUT)
-            .map_err(Error::Control)?
-        {
-            Response::Counters(c) => Ok(c),
-            other => Err(Error::Config(format!(
-                "unexpected answer to a counters request: {other:?}"
-            ))),
-        }
+        control::request(&socket, request, timeout).map_err(Error::Control)
     }
 
     /// Every template, by name.
@@ -244,4 +234,9 @@ impl Runtime {
         }
         Ok(dir.join(SNAPSHOT_DIR))
     }
+}
+
+/// A pod process's answer that does not fit the request.
+fn unexpected(to: &str, answer: Response) -> Error {
+    Error::Config(format!("unexpected answer to {to}: {answer:?}"))
 }

@@ -1,7 +1,7 @@
-//! Shared equipment of the lifecycle tests (`pod_race`, `pod_lifecycle`, `fault_matrix`): a
-//! state root of its own, `ember` run in host-agent mode (the pod process runs the guest agent
-//! as a host process, see `pod_host_agent.rs`), and leak counts (processes, mounts, sockets,
-//! directories) of everything a pod can leave behind.
+//! Shared equipment of the host-agent tests (`pod_host_agent`, `pod_race`, `pod_lifecycle`,
+//! `fault_matrix`): a state root of its own, `ember` run in host-agent mode (the pod process
+//! runs the guest agent as a host process, see `pod_host_agent.rs`), and leak counts
+//! (processes, mounts, sockets, directories) of everything a pod can leave behind.
 
 #![allow(dead_code)]
 
@@ -76,11 +76,28 @@ impl Env {
         let out = self.run(args);
         assert!(
             out.status.success(),
-            "ember {args:?} failed ({}): {}",
+            "ember {args:?} failed ({}): {}\nvmm.log: {}",
             out.status,
             String::from_utf8_lossy(&out.stderr),
+            fs::read_to_string(self.pod_dir("p").join("vmm.log")).unwrap_or_default()
         );
         String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Container `cid` of pod `pod`: `sleep 1000` on the busybox rootfs ([`Env::rootfs`]).
+    pub fn create_sleeper(&self, pod: &str, cid: &str) {
+        let rootfs = self.rootfs();
+        self.ok(&[
+            "container",
+            "create",
+            pod,
+            cid,
+            "--rootfs-guest-path",
+            rootfs.to_str().unwrap(),
+            "--",
+            "sleep",
+            "1000",
+        ]);
     }
 
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
@@ -103,7 +120,7 @@ impl Env {
             fs::create_dir_all(r.join(d)).unwrap();
         }
         fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
-        for a in ["sh", "echo", "sleep", "cat", "true"] {
+        for a in ["sh", "echo", "sleep", "cat", "true", "wc"] {
             std::os::unix::fs::symlink("busybox", r.join("bin").join(a)).unwrap();
         }
         r

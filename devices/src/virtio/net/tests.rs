@@ -187,14 +187,14 @@ fn tx_malformed_chains_are_dropped() {
     assert_untouched(&m, BUF, 0x4_0000, GUARD);
 }
 
-#[test]
-fn event_loop_moves_frames_both_ways() {
-    let m = mem(0x10_0000);
-    let (a, peer) = UnixDatagram::pair().unwrap();
-    a.set_nonblocking(true).unwrap();
-    let mut rx = GuestQueue::new(&m, 0, 16);
-    let mut tx = GuestQueue::new(&m, 0x4000, 16);
-    let net = Arc::new(Mutex::new(Net::new(Box::new(Wire(a)), Some(MAC)).unwrap()));
+/// `dev` on an event loop of its own, activated with `rx` and `tx`, its activation served.
+fn on_event_loop(
+    m: &GuestMem,
+    dev: Net,
+    rx: &GuestQueue,
+    tx: &GuestQueue,
+) -> (Arc<Mutex<Net>>, EventManager<Arc<Mutex<Net>>>) {
+    let net = Arc::new(Mutex::new(dev));
     let mut em = EventManager::<Arc<Mutex<Net>>>::new().unwrap();
     em.add_subscriber(net.clone());
     let irq = Arc::new(CountingInterrupt::new());
@@ -203,6 +203,18 @@ fn event_loop_moves_frames_both_ways() {
         .activate(m.clone(), vec![rx.queue(), tx.queue()], irq)
         .unwrap();
     em.run_with_timeout(100).unwrap();
+    (net, em)
+}
+
+#[test]
+fn event_loop_moves_frames_both_ways() {
+    let m = mem(0x10_0000);
+    let (a, peer) = UnixDatagram::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    let mut rx = GuestQueue::new(&m, 0, 16);
+    let mut tx = GuestQueue::new(&m, 0x4000, 16);
+    let dev = Net::new(Box::new(Wire(a)), Some(MAC)).unwrap();
+    let (net, mut em) = on_event_loop(&m, dev, &rx, &tx);
     for i in 0..4 {
         rx.add(&[w(BUF + i * 0x1000, 2048)]);
     }
@@ -538,15 +550,7 @@ fn rate_limited_frames_wait_for_tokens_in_order_and_none_is_lost() {
     let mut dev = Net::new(Box::new(Wire(a)), Some(MAC)).unwrap();
     // Two frames each way, then one per 25 ms.
     dev.set_rate_limiters(Some(frames_per(2, 50)), Some(frames_per(2, 50)));
-    let net = Arc::new(Mutex::new(dev));
-    let mut em = EventManager::<Arc<Mutex<Net>>>::new().unwrap();
-    em.add_subscriber(net.clone());
-    let irq = Arc::new(CountingInterrupt::new());
-    net.lock()
-        .unwrap()
-        .activate(m.clone(), vec![rx.queue(), tx.queue()], irq)
-        .unwrap();
-    em.run_with_timeout(100).unwrap();
+    let (net, mut em) = on_event_loop(&m, dev, &rx, &tx);
 
     // tx: five frames queued at once; the first pass sends two, the timer the rest.
     for i in 0..5u64 {
