@@ -22,6 +22,30 @@ fn slow_agent(env: &Env) -> std::path::PathBuf {
     p
 }
 
+/// Creates pod `p` with a host agent that takes a second to start, and starts it in a
+/// `pod start` child (output discarded); returns once its pod process exists.
+fn start_slowly(env: &Env) -> std::process::Child {
+    let slow = slow_agent(env);
+    let created = env
+        .cmd(&["pod", "create", "p"])
+        .env("EMBER_POD_HOST_AGENT", &slow)
+        .output()
+        .unwrap();
+    assert!(created.status.success());
+    let starter = env
+        .cmd(&["pod", "start", "p"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || !pod_processes(&env.root)
+            .is_empty()),
+        "no pod process appeared"
+    );
+    starter
+}
+
 /// The pod processes (`ember ... pod __vmm`) of a root.
 fn pod_processes(root: &Path) -> Vec<i32> {
     processes_naming(root)
@@ -40,24 +64,7 @@ fn a_killed_starter_leaves_no_pod_process_and_a_pod_status_explains() {
     };
     for signal in [libc::SIGKILL, libc::SIGTERM] {
         let env = Env::new(&format!("starter{signal}"), agent.clone());
-        let slow = slow_agent(&env);
-        let created = env
-            .cmd(&["pod", "create", "p"])
-            .env("EMBER_POD_HOST_AGENT", &slow)
-            .output()
-            .unwrap();
-        assert!(created.status.success());
-        let mut starter = env
-            .cmd(&["pod", "start", "p"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        assert!(
-            wait_for(Duration::from_secs(10), || !pod_processes(&env.root)
-                .is_empty()),
-            "no pod process appeared"
-        );
+        let mut starter = start_slowly(&env);
         let vmm = pod_processes(&env.root)[0];
         // SAFETY: plain kill(2) of our own child.
         unsafe { libc::kill(starter.id() as i32, signal) };
@@ -94,23 +101,7 @@ fn a_start_in_progress_is_refused_and_a_dead_starters_start_recovered() {
         return;
     };
     let env = Env::new("inprogress", agent);
-    let slow = slow_agent(&env);
-    let created = env
-        .cmd(&["pod", "create", "p"])
-        .env("EMBER_POD_HOST_AGENT", &slow)
-        .output()
-        .unwrap();
-    assert!(created.status.success());
-    let mut first = env
-        .cmd(&["pod", "start", "p"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(wait_for(Duration::from_secs(10), || !pod_processes(
-        &env.root
-    )
-    .is_empty()));
+    let mut first = start_slowly(&env);
     // A second start while the first one's starter lives is refused at once.
     let out = env.run(&["pod", "start", "p"]);
     assert_eq!(out.status.code(), Some(1));

@@ -175,10 +175,12 @@ const FILES: &[&str] = &[
     "getegid",
 ];
 
-/// Unix sockets (vsock's host side, the agent, the control socket).
-const SOCKETS: &[&str] = &[
-    "socket",
-    "connect",
+/// Unix sockets (vsock's host side, the agent, the control socket): making and naming them.
+const SOCKETS: &[&str] = &["socket", "connect", "getsockname", "getpeername"];
+
+/// Talking over connected and listening sockets (every kind that has sockets, the relays'
+/// announce thread included).
+const SOCKET_IO: &[&str] = &[
     "accept",
     "accept4",
     "recvfrom",
@@ -188,8 +190,6 @@ const SOCKETS: &[&str] = &[
     "shutdown",
     "getsockopt",
     "setsockopt",
-    "getsockname",
-    "getpeername",
 ];
 
 const EVENT_LOOP: &[&str] = &[
@@ -241,16 +241,7 @@ const RELAY: &[&str] = &[
     "copy_file_range",
     "pipe2",
     "dup",
-    // The announce thread: the guest agent's connection.
-    "accept",
-    "accept4",
-    "recvfrom",
-    "sendto",
-    "recvmsg",
-    "sendmsg",
-    "shutdown",
-    "getsockopt",
-    "setsockopt",
+    // The announce thread takes the guest agent's connection: SOCKET_IO.
 ];
 
 impl ThreadKind {
@@ -276,9 +267,9 @@ impl ThreadKind {
     pub fn allowed(self) -> Vec<&'static str> {
         let parts: &[&[&str]] = match self {
             ThreadKind::Vcpu => &[COMMON, VCPU],
-            ThreadKind::EventLoop => &[COMMON, FILES, SOCKETS, EVENT_LOOP],
-            ThreadKind::Control => &[COMMON, FILES, SOCKETS, CONTROL],
-            ThreadKind::Relay => &[COMMON, RELAY],
+            ThreadKind::EventLoop => &[COMMON, FILES, SOCKETS, SOCKET_IO, EVENT_LOOP],
+            ThreadKind::Control => &[COMMON, FILES, SOCKETS, SOCKET_IO, CONTROL],
+            ThreadKind::Relay => &[COMMON, SOCKET_IO, RELAY],
         };
         let mut names: Vec<&'static str> = parts.iter().flat_map(|p| p.iter().copied()).collect();
         names.sort_unstable();
