@@ -309,7 +309,7 @@ for rt in runc ember; do
     echo "$rt host cgroup: $(echo "$cg" | sed "s/$id/ID/")"
     echo "$rt host memory.max: $(cat "/sys/fs/cgroup$cg/memory.max")"
     echo "$rt host procs: $(wc -l <"/sys/fs/cgroup$cg/cgroup.procs")"
-    podman $flag rm -f "$id" >/dev/null
+    podman $flag rm -f -t 0 "$id" >/dev/null
     [ -d "/sys/fs/cgroup$cg" ] && echo "$rt host cgroup left" || echo "$rt host cgroup removed"
 done
 RESTEST
