@@ -2,7 +2,7 @@
 # (scripts/build-debian-host.sh) that rig::debian attaches to the virtual KVM host as /dev/vda.
 # Sourced by the host's /init after /rig/lib.sh. Without that disk it prints one line and
 # returns (the shared initramfs-only host run).
-# Sections: oci-debian, podman-hello, podman-exit-code, podman-volumes, podman-network,
+# Sections: oci-debian, podman-hello, podman-exit-code, podman-volumes, podman-network, podman-net-limit,
 # podman-resources, podman-fidelity,
 # cri-pod, podman-tty,
 # podman-exec, podman-stop-rm, ctr-hello, ctr-shim-v2, ctr-volumes, podman-template,
@@ -279,6 +279,37 @@ done
 NETTEST
 chmod 755 "$DEB/usr/local/bin/network-test"
 section podman-network /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/network-test
+
+# A guest's frames out, rate limited by config.toml's tx_rate_limiter_max_rate (Kata's key, in
+# bits/s): a container sends 4 MiB to a listener on the bridge gateway, timed inside the
+# container, under runc, under ember unlimited, then under ember at 8 Mbit/s (1 MiB/s); the
+# host counts the bytes it got.
+cat >"$DEB/usr/local/bin/net-limit-test" <<'NLTEST'
+#!/bin/sh
+GW=10.88.0.1
+lport=18092
+send() { # LABEL [podman flags]
+    label=$1
+    shift
+    rm -f /var/tmp/nl.got
+    timeout -s KILL 120 busybox nc -l -p $lport </dev/null >/var/tmp/nl.got 2>/dev/null &
+    lpid=$!
+    sleep 1
+    took=$(timeout -s KILL 180 podman "$@" run --rm --network bridge localhost/busybox sh -c \
+        "a=\$(cut -d' ' -f1 /proc/uptime); dd if=/dev/zero bs=64k count=64 2>/dev/null | nc -w 2 $GW $lport; b=\$(cut -d' ' -f1 /proc/uptime); echo \$a \$b" 2>&1 | tail -n 1)
+    kill $lpid 2>/dev/null
+    wait $lpid 2>/dev/null
+    echo "$label: $(wc -c </var/tmp/nl.got) bytes in $(echo "$took" | awk '{printf "%.1f", $2 - $1}') s"
+}
+send runc
+send "ember unlimited" --runtime /usr/local/bin/ember
+mkdir -p /etc/ember
+printf '[hypervisor]\ntx_rate_limiter_max_rate = 8388608\n' >/etc/ember/config.toml
+send "ember limited" --runtime /usr/local/bin/ember
+rm -f /etc/ember/config.toml
+NLTEST
+chmod 755 "$DEB/usr/local/bin/net-limit-test"
+section podman-net-limit /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/net-limit-test
 
 # linux.resources, beside runc: the container's cgroup limits (same files, same values), and
 # with ember the VM's size (memory = limit + overhead, vCPUs = ceil(quota / period)).

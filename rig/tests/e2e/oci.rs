@@ -232,6 +232,41 @@ fn podman_resources_limit_the_container_as_under_runc() {
     );
 }
 
+/// config.toml's tx_rate_limiter_max_rate (8 Mbit/s) throttles a container's sends on podman's
+/// bridge: 4 MiB take at least 3 s more than the same send unlimited; every byte arrives
+/// under each runtime.
+#[test]
+fn podman_network_frames_wait_for_the_configured_rate() {
+    let Some(s) = passed("podman-net-limit") else {
+        return;
+    };
+    // "ember limited: 4194304 bytes in 4.3 s"
+    let send = |label: &str| -> f64 {
+        let line = s
+            .output
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{label}: ")))
+            .unwrap_or_else(|| panic!("no {label:?} in:\n{}", s.output));
+        assert!(
+            line.starts_with("4194304 bytes in "),
+            "{line}\n{}",
+            s.output
+        );
+        line["4194304 bytes in ".len()..]
+            .trim_end_matches(" s")
+            .parse()
+            .unwrap_or_else(|_| panic!("{line}"))
+    };
+    send("runc");
+    let unlimited = send("ember unlimited");
+    let limited = send("ember limited");
+    assert!(
+        limited >= unlimited + 3.0,
+        "limited {limited} s, unlimited {unlimited} s\n{}",
+        s.output
+    );
+}
+
 /// The rest of config.json as runc applies it: one container with capabilities, hostname, a
 /// sysctl, oom_score_adj, rlimits, an extra group, a read-only root, a device, a masked path
 /// and no_new_privs prints what it sees; ember's lines equal runc's.
