@@ -280,33 +280,34 @@ NETTEST
 chmod 755 "$DEB/usr/local/bin/network-test"
 section podman-network /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/network-test
 
-# A guest's frames out, rate limited by config.toml's tx_rate_limiter_max_rate (Kata's key, in
-# bits/s): a container sends 4 MiB to a listener on the bridge gateway, timed inside the
-# container, under runc, under ember unlimited, then under ember at 8 Mbit/s (1 MiB/s); the
-# host counts the bytes it got.
+# Frames to a guest, rate limited by config.toml's rx_rate_limiter_max_rate (Kata's key, in
+# bits/s): a container fetches 4 MiB over HTTP from a server on the bridge gateway, timed and
+# counted inside the container, under runc, under ember unlimited, then under ember at 8 Mbit/s
+# (1 MiB/s).
 cat >"$DEB/usr/local/bin/net-limit-test" <<'NLTEST'
 #!/bin/sh
 GW=10.88.0.1
-lport=18092
-send() { # LABEL [podman flags]
+hport=18093
+mkdir -p /var/tmp/www
+dd if=/dev/zero of=/var/tmp/www/big bs=64k count=64 2>/dev/null
+timeout -s KILL 400 busybox httpd -f -p $hport -h /var/tmp/www >/dev/null 2>&1 &
+hpid=$!
+sleep 1
+fetch() { # LABEL [podman flags]
     label=$1
     shift
-    rm -f /var/tmp/nl.got
-    timeout -s KILL 120 busybox nc -l -p $lport </dev/null >/var/tmp/nl.got 2>/dev/null &
-    lpid=$!
-    sleep 1
-    took=$(timeout -s KILL 180 podman "$@" run --rm --network bridge localhost/busybox sh -c \
-        "a=\$(cut -d' ' -f1 /proc/uptime); dd if=/dev/zero bs=64k count=64 2>/dev/null | nc -w 2 $GW $lport; b=\$(cut -d' ' -f1 /proc/uptime); echo \$a \$b" 2>&1 | tail -n 1)
-    kill $lpid 2>/dev/null
-    wait $lpid 2>/dev/null
-    echo "$label: $(wc -c </var/tmp/nl.got) bytes in $(echo "$took" | awk '{printf "%.1f", $2 - $1}') s"
+    out=$(timeout -s KILL 180 podman "$@" run --rm --network bridge localhost/busybox sh -c \
+        "a=\$(cut -d' ' -f1 /proc/uptime); n=\$(wget -q -O - http://$GW:$hport/big | wc -c); b=\$(cut -d' ' -f1 /proc/uptime); echo \$n \$a \$b" 2>&1 | tail -n 1)
+    echo "$label: $(echo "$out" | awk '{printf "%d bytes in %.1f s", $1, $3 - $2}')"
 }
-send runc
-send "ember unlimited" --runtime /usr/local/bin/ember
+fetch runc
+fetch "ember unlimited" --runtime /usr/local/bin/ember
 mkdir -p /etc/ember
-printf '[hypervisor]\ntx_rate_limiter_max_rate = 8388608\n' >/etc/ember/config.toml
-send "ember limited" --runtime /usr/local/bin/ember
+printf '[hypervisor]\nrx_rate_limiter_max_rate = 8388608\n' >/etc/ember/config.toml
+fetch "ember limited" --runtime /usr/local/bin/ember
 rm -f /etc/ember/config.toml
+kill $hpid 2>/dev/null
+wait $hpid 2>/dev/null
 NLTEST
 chmod 755 "$DEB/usr/local/bin/net-limit-test"
 section podman-net-limit /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/net-limit-test

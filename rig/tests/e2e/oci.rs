@@ -232,8 +232,8 @@ fn podman_resources_limit_the_container_as_under_runc() {
     );
 }
 
-/// config.toml's tx_rate_limiter_max_rate (8 Mbit/s) throttles a container's sends on podman's
-/// bridge: 4 MiB take at least 3 s more than the same send unlimited; every byte arrives
+/// config.toml's rx_rate_limiter_max_rate (8 Mbit/s) throttles what a container receives on
+/// podman's bridge: a 4 MiB fetch takes at least 3 s more than unlimited; every byte arrives
 /// under each runtime.
 #[test]
 fn podman_network_frames_wait_for_the_configured_rate() {
