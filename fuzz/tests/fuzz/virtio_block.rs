@@ -2,13 +2,17 @@
 //! (type, sector, header/data/status buffers with fuzzed lengths and directions, a chain
 //! layout) or raw descriptors with fuzzed flags and next indices.
 //!
+//! A quarter of the inputs run the device behind a rate limiter of a few requests and bytes
+//! per millisecond: requests wait on the ring and are served when its timer fires.
+//!
 //! Invariants: the disk backend is never asked for bytes past its end (the device checks
-//! bounds itself); a used length never exceeds the chain's writable bytes; a looped chain is
-//! never served.
+//! bounds itself); a used length never exceeds the chain's writable bytes (with a limiter, the
+//! largest chain's: a waiting one is served later); a looped chain is never served.
 
 use std::io;
 use std::sync::Arc;
 
+use devices::rate_limiter::RateLimiter;
 use devices::virtio::block::{Block, DiskBackend, ID_BYTES};
 use devices::virtio::test_utils::{mem, r, w, GuestQueue, D};
 use devices::virtio::{CountingInterrupt, VirtioDevice};
@@ -71,6 +75,21 @@ pub fn one(data: &[u8]) {
     let read_only = inp.one_in(4);
     let disk = MemDisk((0..DISK).map(|i| (i % 251) as u8).collect());
     let mut b = Block::new(Box::new(disk), read_only).unwrap();
+    let limited = inp.one_in(4);
+    if limited {
+        let bucket = |size: u64| devices::rate_limiter::BucketConfig {
+            size,
+            one_time_burst: 0,
+            refill_time_ms: 1,
+        };
+        let limit = devices::rate_limiter::RateLimit {
+            ops: Some(bucket(1 + inp.below(3) as u64)),
+            bandwidth: inp.bool().then(|| bucket(4096 + u64::from(inp.u16()))),
+        };
+        b.set_rate_limiter(RateLimiter::new(&limit).unwrap().unwrap());
+    }
+    // With a limiter, a chain may be served steps after it was posted.
+    let mut bound = 0u64;
     b.activate(
         m.clone(),
         vec![q.queue()],
@@ -83,9 +102,11 @@ pub fn one(data: &[u8]) {
         }
         let step = inp.u8();
         if step % 8 == 7 {
-            let bound = common::publish_raw(&m, &mut q, &mut inp, MEM as u64);
+            let raw = common::publish_raw(&m, &mut q, &mut inp, MEM as u64);
+            bound = if limited { bound.max(raw) } else { raw };
             b.process_queue();
             common::check_used(&mut q, bound, "virtio-blk raw");
+            timer_due(&mut b, 0);
             continue;
         }
         let ty = match inp.u8() % 8 {
@@ -139,15 +160,45 @@ pub fn one(data: &[u8]) {
         }
         let layout = Layout::from(&mut inp);
         common::publish(&mut q, &descs, layout);
+        let writable = common::writable_total(&descs);
+        bound = if limited {
+            bound.max(writable)
+        } else {
+            writable
+        };
         assert!(b.process_queue() <= 1);
-        let used = common::check_used(&mut q, common::writable_total(&descs), "virtio-blk");
-        if !layout.well_formed() {
+        let used = common::check_used(&mut q, bound, "virtio-blk");
+        if !layout.well_formed() && !limited {
             assert!(
                 used.iter().all(|&(_, l)| l == 0),
                 "virtio-blk: looped chain served"
             );
         }
+        timer_due(&mut b, 0);
     }
+    // What waited is served once the limiter's timer fires.
+    if limited && timer_due(&mut b, 2) {
+        common::check_used(&mut q, bound, "virtio-blk after the limiter's timer");
+    }
+}
+
+/// Whether the limiter's timer fired within `ms`; then the device serves what waited (as its
+/// event loop would).
+fn timer_due(b: &mut Block, ms: i32) -> bool {
+    let Some(fd) = b.rate_timer_fd() else {
+        return false;
+    };
+    let mut p = [libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: one valid pollfd.
+    if unsafe { libc::poll(p.as_mut_ptr(), 1, ms) } == 1 {
+        b.on_rate_timer();
+        return true;
+    }
+    false
 }
 
 #[test]

@@ -134,6 +134,20 @@ impl Block {
         self.limiter = Some(limiter);
     }
 
+    /// The rate limiter's timer (readable when a throttled device may go on), if limited.
+    pub fn rate_timer_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.limiter.as_ref().map(RateLimiter::timer_fd)
+    }
+
+    /// The rate limiter's timer fired (its fd is readable): serve what waited. Returns the
+    /// number of chains completed.
+    pub fn on_rate_timer(&mut self) -> usize {
+        if let Some(l) = self.limiter.as_mut() {
+            l.on_timer();
+        }
+        self.process_queue()
+    }
+
     /// How many times a request waited for the rate limiter.
     pub fn throttled(&self) -> u64 {
         self.limiter.as_ref().map_or(0, RateLimiter::throttled)

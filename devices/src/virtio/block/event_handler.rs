@@ -20,9 +20,8 @@ impl MutEventSubscriber for Block {
         // limiter's timer (it has tokens again).
         if self.common.handle_event(fd, ops).is_some() {
             self.process_queue();
-        } else if let Some(l) = self.limiter.as_mut().filter(|l| l.timer_fd() == fd) {
-            l.on_timer();
-            self.process_queue();
+        } else if self.rate_timer_fd() == Some(fd) {
+            self.on_rate_timer();
         }
     }
 }
