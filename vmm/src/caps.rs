@@ -152,30 +152,30 @@ pub fn become_user(uid: u32, gid: u32) -> io::Result<()> {
     }
 }
 
-/// The calling thread's real, effective, saved uid and gid, from `/proc/thread-self/status`
-/// (libc's getters would do, but this reads what the kernel reports per thread).
-pub fn thread_ids() -> io::Result<([u32; 3], [u32; 3])> {
-    let status = std::fs::read_to_string("/proc/thread-self/status")?;
-    let ids = |key: &str| -> io::Result<[u32; 3]> {
-        let line = status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .ok_or_else(|| io::Error::other(format!("no {key} in /proc/thread-self/status")))?;
-        let v: Vec<u32> = line
-            .split_whitespace()
-            .filter_map(|n| n.parse().ok())
-            .collect();
-        match v[..] {
-            [r, e, s, ..] => Ok([r, e, s]),
-            _ => Err(io::Error::other(format!("bad {key} line: {line}"))),
-        }
-    };
-    Ok((ids("Uid:")?, ids("Gid:")?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The calling thread's real, effective, saved uid and gid, from `/proc/thread-self/status`
+    /// (libc's getters would do, but this reads what the kernel reports per thread).
+    fn thread_ids() -> io::Result<([u32; 3], [u32; 3])> {
+        let status = std::fs::read_to_string("/proc/thread-self/status")?;
+        let ids = |key: &str| -> io::Result<[u32; 3]> {
+            let line = status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .ok_or_else(|| io::Error::other(format!("no {key} in /proc/thread-self/status")))?;
+            let v: Vec<u32> = line
+                .split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            match v[..] {
+                [r, e, s, ..] => Ok([r, e, s]),
+                _ => Err(io::Error::other(format!("bad {key} line: {line}"))),
+            }
+        };
+        Ok((ids("Uid:")?, ids("Gid:")?))
+    }
 
     #[test]
     fn a_thread_becomes_another_user_and_the_process_stays_root() {

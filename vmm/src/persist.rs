@@ -166,7 +166,7 @@ pub(crate) fn device_counters(parts: &SnapshotParts) -> Vec<DeviceCounters> {
             let dev = lock(&dev);
             let counters = dev.counters();
             (!counters.is_empty()).then(|| DeviceCounters {
-                device: device_name(dev.device_type()).to_string(),
+                device: devices::virtio::device_type_name(dev.device_type()).to_string(),
                 base: slot.base,
                 counters: counters
                     .into_iter()
@@ -175,18 +175,6 @@ pub(crate) fn device_counters(parts: &SnapshotParts) -> Vec<DeviceCounters> {
             })
         })
         .collect()
-}
-
-/// A virtio device id's name.
-fn device_name(id: u32) -> &'static str {
-    match id {
-        devices::virtio::VIRTIO_ID_NET => "virtio-net",
-        devices::virtio::VIRTIO_ID_BLOCK => "virtio-blk",
-        devices::virtio::VIRTIO_ID_RNG => "virtio-rng",
-        devices::virtio::VIRTIO_ID_VSOCK => "virtio-vsock",
-        devices::virtio::VIRTIO_ID_FS => "virtio-fs",
-        _ => "virtio",
-    }
 }
 
 /// What of a running VM a snapshot reads.

@@ -163,6 +163,18 @@ impl VirtioInterrupt for CountingInterrupt {
     }
 }
 
+/// The name of virtio device id `id` (`virtio-blk`, ...), as logs and counters say it.
+pub fn device_type_name(id: u32) -> &'static str {
+    match id {
+        VIRTIO_ID_NET => "virtio-net",
+        VIRTIO_ID_BLOCK => "virtio-blk",
+        VIRTIO_ID_RNG => "virtio-rng",
+        VIRTIO_ID_VSOCK => "virtio-vsock",
+        VIRTIO_ID_FS => "virtio-fs",
+        _ => "virtio",
+    }
+}
+
 /// A virtio device as the MMIO transport sees it.
 ///
 /// The transport calls `activate` once the driver sets DRIVER_OK with valid queues; the device
@@ -199,14 +211,14 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self) -> bool;
     /// Whether `activate` succeeded and no reset happened since.
     fn is_activated(&self) -> bool;
-    /// Bumped by the device whenever it changes its own configuration space (a disk
-    /// inserted into a block slot); the transport adds it to ConfigGeneration so the driver
-    /// sees a consistent snapshot.
     /// What the device counted that tells how its guest behaves (frames dropped, requests
     /// that waited for a rate limiter), as `(name, value)` pairs; none by default.
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+    /// Bumped by the device whenever it changes its own configuration space (a disk
+    /// inserted into a block slot); the transport adds it to ConfigGeneration so the driver
+    /// sees a consistent snapshot.
     fn config_generation(&self) -> u32 {
         0
     }

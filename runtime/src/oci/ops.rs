@@ -142,6 +142,9 @@ pub fn create(
     let mut rec = Record::new(id, &bundle.dir, &config.rootfs);
     rec.annotations = config.annotations.clone();
     rec.host_cgroup = super::vm::host_cgroup(&config);
+    if let Some(note) = super::vm::host_cgroup_note(&config) {
+        log::info!("container {id}: {note}");
+    }
     rec.sandbox_id = match &config.role {
         super::bundle::PodRole::Member { sandbox_id } => Some(sandbox_id.clone()),
         _ => Some(id.to_string()),

@@ -310,25 +310,27 @@ pub fn container_config(
 /// The host cgroup of an OCI container's shim and pod process: the spec's `cgroupsPath` in
 /// the cgroupfs form (`/libpod_parent/libpod-ID`, `/default/ID`, `kubepods/.../CID`), where
 /// runc would put the container. The systemd form (`slice:prefix:name`) needs systemd to make
-/// the scope; ember does not talk to systemd, so those pods keep `ember/<pod>` (logged).
+/// the scope; ember does not talk to systemd, so those pods keep `ember/<pod>` (`create` logs
+/// why, [`host_cgroup_note`]).
 pub fn host_cgroup(c: &ContainerConfig) -> Option<String> {
     let path = c.cgroups_path.as_ref()?.to_string_lossy().into_owned();
+    (!path.contains(':') && crate::pod_vmm::cgroup::check_path(&path).is_ok())
+        .then(|| path.trim_start_matches('/').to_string())
+}
+
+/// Why the spec's `cgroupsPath` is not joined ([`host_cgroup`] said no), if it has one.
+pub fn host_cgroup_note(c: &ContainerConfig) -> Option<String> {
+    let path = c.cgroups_path.as_ref()?.to_string_lossy().into_owned();
+    let cgroup = crate::pod_vmm::cgroup::PARENT;
     if path.contains(':') {
-        log::info!(
-            "container {}: systemd cgroupsPath {path:?} not joined (no systemd driver): its pod's cgroup is {}/{}",
-            c.id,
-            crate::pod_vmm::cgroup::PARENT,
+        return Some(format!(
+            "systemd cgroupsPath {path:?} not joined (no systemd driver): its pod's cgroup is {cgroup}/{}",
             c.id
-        );
-        return None;
+        ));
     }
-    match crate::pod_vmm::cgroup::check_path(&path) {
-        Ok(()) => Some(path.trim_start_matches('/').to_string()),
-        Err(e) => {
-            log::warn!("container {}: {e}; not joined", c.id);
-            None
-        }
-    }
+    crate::pod_vmm::cgroup::check_path(&path)
+        .err()
+        .map(|e| format!("{e}; not joined: its pod's cgroup is {cgroup}/{}", c.id))
 }
 
 /// The network namespace the spec joins by path, if any: the engine made it.

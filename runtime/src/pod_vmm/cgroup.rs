@@ -109,16 +109,21 @@ fn make(root: &Path, dir: &Path) -> Result<(), Error> {
 /// container's shim, the process engines know as the container's, joins the spec's
 /// `cgroupsPath` so. `Ok(false)` where `root` is not a cgroup2 mount.
 pub fn enter(root: &Path, dir: &Path) -> Result<bool, Error> {
-    if !root.join("cgroup.controllers").is_file() {
+    if !agent::cgroup::is_cgroup2(root) {
         return Ok(false);
     }
     make(root, dir)?;
+    move_in(dir)?;
+    Ok(true)
+}
+
+/// Move this whole process into `dir`.
+fn move_in(dir: &Path) -> Result<(), Error> {
     write(
         &dir.join("cgroup.procs"),
         "move the process into",
         &std::process::id().to_string(),
-    )?;
-    Ok(true)
+    )
 }
 
 fn write(path: &Path, what: &'static str, value: &str) -> Result<(), Error> {
@@ -158,7 +163,7 @@ fn delegate(dir: &Path) -> Result<(), Error> {
 /// its parents, with `limits` on the controllers it has). `Ok(None)` where `root` is not a
 /// cgroup2 mount.
 pub fn join(root: &Path, dir: &Path, limits: &Limits) -> Result<Option<PathBuf>, Error> {
-    if !root.join("cgroup.controllers").is_file() {
+    if !agent::cgroup::is_cgroup2(root) {
         return Ok(None);
     }
     make(root, dir)?;
@@ -187,11 +192,7 @@ pub fn join(root: &Path, dir: &Path, limits: &Limits) -> Result<Option<PathBuf>,
             &format!("{quota} {period}"),
         )?;
     }
-    write(
-        &dir.join("cgroup.procs"),
-        "move the pod process into",
-        &std::process::id().to_string(),
-    )?;
+    move_in(&dir)?;
     Ok(Some(dir))
 }
 
