@@ -114,6 +114,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 volume: None,
                 limits: Default::default(),
                 linux: Default::default(),
+                share: None,
             };
             let t = Instant::now();
             c.create_container(&id, spec)?;

@@ -4,7 +4,7 @@ use crate::cgroup::{self, Cgroup};
 use crate::mounts;
 use crate::protocol::{
     AgentStats, Capabilities, ContainerSpec, ContainerState, ContainerStats, ErrorKind, ExitStatus,
-    Namespace, ProcessInfo, ProcessSpec, StdioStream,
+    Namespace, ProcessInfo, ProcessSpec, SharedNamespaces, StdioStream,
 };
 use crate::reaper::{self, Reaper};
 use crate::spawn::{self, HelperMsg, HelperTask};
@@ -75,6 +75,12 @@ pub enum Error {
     Setup(#[source] crate::helper::Error),
     #[error("{0} needs the container's own mount namespace")]
     NeedsMountNamespace(&'static str),
+    #[error("The {0:?} namespace cannot be shared with another container (only Pid, Ipc, Uts)")]
+    NotJoinable(Namespace),
+    #[error("The {0:?} namespace is both the container's own and shared with another")]
+    OwnAndShared(Namespace),
+    #[error("Container {target} has no live process whose namespaces {id} could join")]
+    ShareTargetGone { id: String, target: String },
 }
 
 impl Error {
@@ -85,11 +91,13 @@ impl Error {
             | Error::Capabilities(_)
             | Error::Setup(_)
             | Error::NeedsMountNamespace(_)
+            | Error::NotJoinable(_)
+            | Error::OwnAndShared(_)
             | Error::Mounts(mounts::Error::BadPropagation(_))
             | Error::Mounts(mounts::Error::BadDevice { .. }) => ErrorKind::BadRequest,
             Error::NotFound(_) | Error::ExecNotFound { .. } => ErrorKind::NotFound,
             Error::Exists(_) | Error::ExecExists { .. } => ErrorKind::AlreadyExists,
-            Error::State { .. } => ErrorKind::InvalidState,
+            Error::State { .. } | Error::ShareTargetGone { .. } => ErrorKind::InvalidState,
             Error::Reaper(reaper::Error::Exited(_)) => ErrorKind::InvalidState,
             Error::Reaper(reaper::Error::Unknown(_)) => ErrorKind::NotFound,
             Error::Stdio(stdio::Error::Busy(_)) | Error::Stdio(stdio::Error::NoTerminal) => {
@@ -177,6 +185,14 @@ impl Container {
             expected,
         }
     }
+}
+
+/// The container whose namespaces a new one joins: its init, its pid namespace (when that
+/// is shared: entered before the clone) and the namespaces shared.
+struct ShareTarget {
+    pid: i32,
+    pid_ns: Option<File>,
+    namespaces: Vec<Namespace>,
 }
 
 /// The agent's containers.
@@ -333,17 +349,34 @@ impl Agent {
                 return Err(Error::Stdio(e));
             }
         };
-        let namespaces = spec.namespaces.clone();
+        // The process whose namespaces are shared (its pid namespace is entered before the
+        // clone, the others by the helper).
+        let share = match self.share_target(id, &spec) {
+            Ok(s) => s,
+            Err(e) => {
+                cleanup_all(None);
+                return Err(e);
+            }
+        };
+        let own = spec.namespaces.clone();
+        // What an exec joins: the container's own namespaces and those it shares.
+        let mut namespaces = own.clone();
+        namespaces.extend(share.iter().flat_map(|s| s.namespaces.iter().copied()));
         let capabilities = spec.process.capabilities.clone();
+        let (share_pid, pid_ns) = match share {
+            Some(s) => (Some(s.pid), s.pid_ns),
+            None => (None, None),
+        };
         let task = HelperTask::Init {
             rootfs: rootfs.clone(),
             spec: Box::new(spec),
             no_pivot: self.opts.no_pivot,
+            share_pid,
         };
         let spawned = match spawn::spawn_helper(
             &self.reaper,
-            spawn::clone_flags(&namespaces),
-            None,
+            spawn::clone_flags(&own),
+            pid_ns,
             child,
             cgroup.as_ref(),
             &task,
@@ -393,6 +426,36 @@ impl Agent {
         };
         self.map().insert(id.to_string(), Arc::new(container));
         Ok(())
+    }
+
+    /// For a spec that shares namespaces: the container it joins, checked to be alive.
+    fn share_target(&self, id: &str, spec: &ContainerSpec) -> Result<Option<ShareTarget>, Error> {
+        let Some(share) = spec.share.as_ref().filter(|s| !s.namespaces.is_empty()) else {
+            return Ok(None);
+        };
+        let target = self.get(&share.container)?;
+        let gone = || Error::ShareTargetGone {
+            id: id.to_string(),
+            target: share.container.clone(),
+        };
+        let state = {
+            let inner = target.lock();
+            target.state(&self.reaper, &inner)
+        };
+        if state == ContainerState::Stopped {
+            return Err(gone());
+        }
+        let pid = target.init.pid;
+        let pid_ns = if share.namespaces.contains(&Namespace::Pid) {
+            Some(File::open(format!("/proc/{pid}/ns/pid")).map_err(|_| gone())?)
+        } else {
+            None
+        };
+        Ok(Some(ShareTarget {
+            pid,
+            pid_ns,
+            namespaces: share.namespaces.clone(),
+        }))
     }
 
     /// Lets the container's init exec its command; returns its pid.
@@ -705,6 +768,14 @@ fn validate_setup(spec: &ContainerSpec) -> Result<(), Error> {
         crate::helper::sysctl_path(key).map_err(Error::Setup)?;
     }
     mounts::propagation_flags(spec.linux.root_propagation.as_deref()).map_err(Error::Mounts)?;
+    for ns in spec.share.iter().flat_map(|s| &s.namespaces) {
+        if !SharedNamespaces::JOINABLE.contains(ns) {
+            return Err(Error::NotJoinable(*ns));
+        }
+        if spec.namespaces.contains(ns) {
+            return Err(Error::OwnAndShared(*ns));
+        }
+    }
     if !spec.namespaces.contains(&Namespace::Mount) {
         let l = &spec.linux;
         let needs = [

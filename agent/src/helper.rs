@@ -132,9 +132,26 @@ pub fn main() -> ! {
             rootfs,
             spec,
             no_pivot,
+            share_pid,
         } => {
             CONSOLE_PENDING.store(spec.process.terminal, Ordering::Relaxed);
-            if let Err(e) = setup_container(&rootfs, &spec, no_pivot, &control) {
+            // Another container's namespaces first (its pid namespace is already this
+            // process's): the setup below (hostname, sysctls) is then done in them.
+            let shared = match (share_pid, &spec.share) {
+                (Some(pid), Some(share)) => {
+                    let joins: Vec<Namespace> = share
+                        .namespaces
+                        .iter()
+                        .copied()
+                        .filter(|ns| *ns != Namespace::Pid)
+                        .collect();
+                    join_namespaces(pid, &joins)
+                }
+                _ => Ok(()),
+            };
+            if let Err(e) =
+                shared.and_then(|()| setup_container(&rootfs, &spec, no_pivot, &control))
+            {
                 fail(&mut control, &e, 1);
             }
             if protocol::send(&mut control, &HelperMsg::Ready).is_err() {
@@ -338,16 +355,20 @@ fn write_sysctl(key: &str, value: &str) -> Result<(), Error> {
     })
 }
 
-/// Joins the namespaces (except pid, which the agent did before cloning) and the root of
-/// the container whose init is `target_pid`.
-fn join_container(target_pid: i32, namespaces: &[Namespace]) -> Result<(), Error> {
-    let open = |name: &str| {
-        let path = format!("/proc/{target_pid}/{name}");
-        File::open(&path)
-            .map(|f| (path.clone(), f))
-            .map_err(|source| Error::OpenNamespace { path, source })
-    };
-    // Open everything first: after joining the mount namespace /proc is the container's.
+/// Opens `/proc/<pid>/<name>`.
+fn open_proc(pid: i32, name: &str) -> Result<(String, File), Error> {
+    let path = format!("/proc/{pid}/{name}");
+    File::open(&path)
+        .map(|f| (path.clone(), f))
+        .map_err(|source| Error::OpenNamespace { path, source })
+}
+
+/// A namespace file opened to be joined: its kind, its path (for errors) and the file.
+type OpenedNamespace = (Namespace, (String, File));
+
+/// Opens the namespaces of `pid` among `namespaces` (not pid, which is entered before a
+/// clone), in the order they are joined: the mount namespace last, as /proc changes with it.
+fn open_namespaces(pid: i32, namespaces: &[Namespace]) -> Result<Vec<OpenedNamespace>, Error> {
     let mut joins = Vec::new();
     for (ns, name) in [
         (Namespace::Ipc, "ns/ipc"),
@@ -357,18 +378,36 @@ fn join_container(target_pid: i32, namespaces: &[Namespace]) -> Result<(), Error
         (Namespace::Mount, "ns/mnt"),
     ] {
         if namespaces.contains(&ns) {
-            joins.push((ns, open(name)?));
+            joins.push((ns, open_proc(pid, name)?));
         }
     }
-    let root = if namespaces.contains(&Namespace::Mount) {
-        None
-    } else {
-        Some(open("root")?)
-    };
+    Ok(joins)
+}
+
+fn enter_namespaces(joins: Vec<OpenedNamespace>) -> Result<(), Error> {
     for (ns, (path, f)) in joins {
         nix::sched::setns(f.as_fd(), crate::spawn::ns_flag(ns))
             .map_err(|source| Error::JoinNamespace { path, source })?;
     }
+    Ok(())
+}
+
+/// Joins the namespaces of `pid` among `namespaces` (pid excepted).
+fn join_namespaces(pid: i32, namespaces: &[Namespace]) -> Result<(), Error> {
+    enter_namespaces(open_namespaces(pid, namespaces)?)
+}
+
+/// Joins the namespaces (except pid, which the agent did before cloning) and the root of
+/// the container whose init is `target_pid`.
+fn join_container(target_pid: i32, namespaces: &[Namespace]) -> Result<(), Error> {
+    // Open everything first: after joining the mount namespace /proc is the container's.
+    let joins = open_namespaces(target_pid, namespaces)?;
+    let root = if namespaces.contains(&Namespace::Mount) {
+        None
+    } else {
+        Some(open_proc(target_pid, "root")?)
+    };
+    enter_namespaces(joins)?;
     // Joining a mount namespace also moves root and cwd to its root; without one, chroot.
     if let Some((_, root)) = root {
         nix::unistd::fchdir(root.as_fd()).map_err(Error::Root)?;

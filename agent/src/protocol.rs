@@ -434,6 +434,27 @@ pub struct ContainerSpec {
     /// The rest of the container's setup, applied as runc applies it.
     #[serde(default)]
     pub linux: LinuxSetup,
+    /// Namespaces joined instead of made: another container's of this VM.
+    #[serde(default)]
+    pub share: Option<SharedNamespaces>,
+}
+
+/// Namespaces a container joins instead of making its own: those of another container of the
+/// VM, as runc joins the namespaces a spec names by path. A CRI pod's members join their
+/// sandbox's UTS and IPC namespaces (and its PID namespace when the pod shares one), so they
+/// see the pod's hostname and each other's IPC as under runc.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedNamespaces {
+    /// The container whose init's namespaces are joined; it must be created and alive.
+    pub container: String,
+    /// Some of [`Namespace::Pid`], [`Namespace::Ipc`], [`Namespace::Uts`]; none of them may
+    /// also be in the container's own [`ContainerSpec::namespaces`].
+    pub namespaces: Vec<Namespace>,
+}
+
+impl SharedNamespaces {
+    /// The namespaces that can be joined this way.
+    pub const JOINABLE: [Namespace; 3] = [Namespace::Pid, Namespace::Ipc, Namespace::Uts];
 }
 
 /// What runc does to a container besides its mounts, namespaces and cgroup: the OCI

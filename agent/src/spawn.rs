@@ -58,11 +58,15 @@ pub enum Error {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum HelperTask {
     /// Set up a new container rooted at `rootfs`, wait for [`HelperMsg::Start`], exec.
-    /// `no_pivot` switches root by moving the mount instead of `pivot_root`.
+    /// `no_pivot` switches root by moving the mount instead of `pivot_root`. `share_pid`:
+    /// the init of the container whose namespaces the spec shares (its pid namespace was
+    /// entered before the clone; the helper joins the others first).
     Init {
         rootfs: PathBuf,
         spec: Box<ContainerSpec>,
         no_pivot: bool,
+        #[serde(default)]
+        share_pid: Option<i32>,
     },
     /// Join the namespaces and root of `target_pid` and exec `process`.
     Exec {

@@ -7,8 +7,8 @@
 use agent::client::{self, AgentClient, ClientError};
 use agent::protocol::{
     self, Capabilities, ContainerSpec, ContainerState, Device, ErrorKind, Mount, Namespace,
-    ProcessSpec, Request, RequestFrame, ResponseFrame, Rlimit, RootfsSpec, StdioStream,
-    MAX_FRAME_SIZE, PROTOCOL_VERSION,
+    ProcessSpec, Request, RequestFrame, ResponseFrame, Rlimit, RootfsSpec, SharedNamespaces,
+    StdioStream, MAX_FRAME_SIZE, PROTOCOL_VERSION,
 };
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -164,6 +164,7 @@ impl TestAgent {
             volume: None,
             limits: Default::default(),
             linux: Default::default(),
+            share: None,
         }
     }
 }
@@ -941,6 +942,7 @@ fn pid1_mode_in_pid_namespace() {
         volume: None,
         limits: Default::default(),
         linux: Default::default(),
+        share: None,
     };
     c.create_container("orphan", spec).unwrap();
     let stdout = AgentClient::new(client::connect_unix(&sock).unwrap())
@@ -1515,6 +1517,93 @@ fn hostname_sysctl_oom_rlimits_groups_and_devices() {
         kind(t.client().create_container("bad-sysctl", spec)),
         ErrorKind::BadRequest
     );
+}
+
+/// A CRI pod's member joins its sandbox's UTS, IPC and PID namespaces (as runc joins them by
+/// path): the sandbox's hostname and namespaces, in its init and in its execs; what cannot be
+/// shared is refused.
+#[test]
+fn a_member_shares_the_sandbox_containers_namespaces() {
+    let Some((t, rootfs)) = root_agent("share_namespaces", "rootfs-share") else {
+        return;
+    };
+    let mut c = t.client();
+    let mut sandbox = t.spec(&rootfs, &["sleep", "1000"]);
+    sandbox.hostname = Some("pod-host".into());
+    c.create_container("sb", sandbox).unwrap();
+    let sb_pid = c.start_container("sb").unwrap();
+    let ns = |pid: &str, name: &str| {
+        std::fs::read_link(format!("/proc/{pid}/ns/{name}"))
+            .unwrap()
+            .display()
+            .to_string()
+    };
+    let shared = [Namespace::Uts, Namespace::Ipc, Namespace::Pid];
+    let member = |args: &[&str]| {
+        let mut spec = t.spec(&rootfs, args);
+        spec.hostname = None;
+        spec.namespaces.retain(|n| !shared.contains(n));
+        spec.share = Some(SharedNamespaces {
+            container: "sb".into(),
+            namespaces: shared.to_vec(),
+        });
+        spec
+    };
+    let script = "hostname; readlink /proc/self/ns/uts; readlink /proc/self/ns/ipc; \
+        readlink /proc/self/ns/pid; readlink /proc/self/ns/mnt";
+    let (code, out) = run_container(&t, "m1", member(&["sh", "-c", script]));
+    assert_eq!(code, 0, "{out}");
+    let sb = sb_pid.to_string();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    assert_eq!(lines[0], "pod-host");
+    assert_eq!(lines[1], ns(&sb, "uts"));
+    assert_eq!(lines[2], ns(&sb, "ipc"));
+    assert_eq!(lines[3], ns(&sb, "pid"));
+    // Its own mount namespace all the same.
+    assert_ne!(lines[4], ns(&sb, "mnt"));
+
+    // An exec in the member lands in the same namespaces.
+    c.create_container("m2", member(&["sleep", "1000"]))
+        .unwrap();
+    c.start_container("m2").unwrap();
+    let out = run_exec(&t, "m2", "e1", ProcessSpec::new(["sh", "-c", script]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "pod-host", "{out}");
+    assert_eq!(lines[1], ns(&sb, "uts"));
+    assert_eq!(lines[3], ns(&sb, "pid"));
+    c.destroy_container("m2").unwrap();
+
+    // Refused: a namespace that cannot be shared, one both owned and shared, a sandbox
+    // that does not exist or no longer runs.
+    let mut spec = member(&["true"]);
+    spec.share
+        .as_mut()
+        .unwrap()
+        .namespaces
+        .push(Namespace::Mount);
+    assert_eq!(
+        kind(c.create_container("bad1", spec)),
+        ErrorKind::BadRequest
+    );
+    let mut spec = member(&["true"]);
+    spec.namespaces.push(Namespace::Uts);
+    assert_eq!(
+        kind(c.create_container("bad2", spec)),
+        ErrorKind::BadRequest
+    );
+    let mut spec = member(&["true"]);
+    spec.share.as_mut().unwrap().container = "nope".into();
+    assert_eq!(kind(c.create_container("bad3", spec)), ErrorKind::NotFound);
+    c.signal("sb", None, libc::SIGKILL, false).unwrap();
+    c.wait("sb", None).unwrap();
+    assert_eq!(
+        kind(c.create_container("bad4", member(&["true"]))),
+        ErrorKind::InvalidState
+    );
+    c.destroy_container("sb").unwrap();
+    // Nothing of the refused ones was left.
+    assert_eq!(kind(c.destroy_container("bad4")), ErrorKind::NotFound);
 }
 
 #[test]

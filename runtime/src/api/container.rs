@@ -394,6 +394,7 @@ impl Runtime {
                 readonly_root: cfg.linux.readonly_root || cfg.readonly_rootfs,
                 ..cfg.linux.clone()
             },
+            share: cfg.share.clone(),
         };
         let mut client =
             agent_link::connect(dir, Some(agent_link::CALL_TIMEOUT)).map_err(|source| {

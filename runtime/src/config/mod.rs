@@ -19,7 +19,7 @@ pub mod file;
 
 pub use file::{Resources, RuntimeConfig, Sizing};
 
-use agent::protocol::{CgroupLimits, LinuxSetup, Mount, Namespace, ProcessSpec};
+use agent::protocol::{CgroupLimits, LinuxSetup, Mount, Namespace, ProcessSpec, SharedNamespaces};
 pub use devices::rate_limiter::RateLimit;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -447,6 +447,10 @@ pub struct ContainerConfig {
     /// sysctls, devices, masked and read-only paths, root propagation (OCI `linux.*`).
     #[serde(default)]
     pub linux: LinuxSetup,
+    /// Namespaces joined instead of made: another container's of the pod (a CRI member
+    /// shares its sandbox's UTS and IPC, as runc joins them by path).
+    #[serde(default)]
+    pub share: Option<SharedNamespaces>,
 }
 
 /// A host file or directory bind-mounted into a container through the VM's virtio-fs.
@@ -496,6 +500,7 @@ impl ContainerConfig {
             host_mounts: Vec::new(),
             limits: CgroupLimits::default(),
             linux: LinuxSetup::default(),
+            share: None,
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::api::{self, Relays, RootfsConfig, Runtime};
 use crate::config::{
     LogConfig, Machine, NetworkConfig, OciRootfs, RuntimeConfig, Shutdown, Sizing,
 };
-use agent::protocol::{Mount, Namespace, ProcessSpec, Rlimit};
+use agent::protocol::{Mount, Namespace, ProcessSpec, Rlimit, SharedNamespaces};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -230,19 +230,58 @@ pub fn stage_volumes(c: &ContainerConfig, stage: &Path, image: &Path) -> Result<
     result.map(|()| true)
 }
 
+/// The agent's name for an OCI namespace type (user, time: the VM is the boundary; the agent
+/// does not make these).
+fn guest_namespace(typ: &str) -> Option<Namespace> {
+    match typ {
+        "pid" => Some(Namespace::Pid),
+        "mnt" | "mount" => Some(Namespace::Mount),
+        "uts" => Some(Namespace::Uts),
+        "ipc" => Some(Namespace::Ipc),
+        "net" | "network" => Some(Namespace::Net),
+        "cgroup" => Some(Namespace::Cgroup),
+        _ => None,
+    }
+}
+
+/// A CRI member's namespaces given by path that the agent can join in the VM: they are its
+/// sandbox's (the CRI points them at the pause process), and the sandbox is a container of
+/// the same VM, named by the sandbox id.
+fn sandbox_namespaces(c: &ContainerConfig) -> Option<SharedNamespaces> {
+    let PodRole::Member { sandbox_id } = &c.role else {
+        return None;
+    };
+    let namespaces: Vec<Namespace> = c
+        .namespaces
+        .iter()
+        .filter(|n| n.path.is_some())
+        .filter_map(|n| guest_namespace(&n.typ))
+        .filter(|ns| SharedNamespaces::JOINABLE.contains(ns))
+        .collect();
+    (!namespaces.is_empty()).then(|| SharedNamespaces {
+        container: sandbox_id.clone(),
+        namespaces,
+    })
+}
+
 /// The pod library's description of the container: its rootfs and volume (where the
-/// caller put them), the spec's namespaces that the agent creates (a namespace joined by path
-/// is the pod's shared one, which every container of the VM already has), mounts that exist
-/// in a guest, the host binds from the volume disk (made by [`stage_volumes`]), hostname,
-/// cgroup path and the process.
+/// caller put them), the spec's namespaces that the agent creates, those it joins (a CRI
+/// member's UTS, IPC and PID namespaces given by path are its sandbox's, which it shares in
+/// the VM; a network namespace by path is the VM's own, which every container has), mounts
+/// that exist in a guest, the host binds from the volume disk (made by [`stage_volumes`]),
+/// hostname, cgroup path and the process.
 pub fn container_config(
     c: &ContainerConfig,
     rootfs: RootfsConfig,
     binds: HostBinds,
     volume: Option<RootfsConfig>,
 ) -> api::ContainerConfig {
+    let shared = sandbox_namespaces(c);
     for n in c.namespaces.iter().filter(|n| n.path.is_some()) {
-        if !matches!(n.typ.as_str(), "net" | "network") {
+        let joined = shared
+            .as_ref()
+            .is_some_and(|s| guest_namespace(&n.typ).is_some_and(|ns| s.namespaces.contains(&ns)));
+        if !matches!(n.typ.as_str(), "net" | "network") && !joined {
             log::warn!(
                 "container {}: {} namespace {}: a host namespace cannot be joined from inside a VM; the container has its pod VM's",
                 c.id,
@@ -255,16 +294,7 @@ pub fn container_config(
         .namespaces
         .iter()
         .filter(|n| n.path.is_none())
-        .filter_map(|n| match n.typ.as_str() {
-            "pid" => Some(Namespace::Pid),
-            "mnt" | "mount" => Some(Namespace::Mount),
-            "uts" => Some(Namespace::Uts),
-            "ipc" => Some(Namespace::Ipc),
-            "net" | "network" => Some(Namespace::Net),
-            "cgroup" => Some(Namespace::Cgroup),
-            // user, time: the VM is the boundary; the agent does not make these.
-            _ => None,
-        })
+        .filter_map(|n| guest_namespace(&n.typ))
         .collect();
     let mut config = api::ContainerConfig::new(rootfs, Vec::<String>::new());
     config.fstype = Some("ext4".to_string());
@@ -288,6 +318,7 @@ pub fn container_config(
         _ => None,
     };
     config.namespaces = Some(namespaces);
+    config.share = shared;
     config.process = process_spec(&c.process);
     // As runc: a process without a capabilities object has none.
     config.process.capabilities = Some(c.process.capabilities.clone().unwrap_or_default());
@@ -943,6 +974,42 @@ mod tests {
         assert_eq!(spec.process.capabilities, Some(Box::default()));
         // An exec'd process without its own keeps None: the agent gives it the init's.
         assert_eq!(process_spec(&c.process).capabilities, None);
+    }
+
+    #[test]
+    fn a_cri_member_shares_its_sandboxs_namespaces_given_by_path() {
+        let ns = |typ: &str, path: Option<&str>| NamespaceConfig {
+            typ: typ.into(),
+            path: path.map(PathBuf::from),
+        };
+        let mut c = podman_like();
+        c.namespaces = vec![
+            ns("pid", None),
+            ns("mount", None),
+            ns("network", Some("/var/run/netns/cni-1")),
+            ns("ipc", Some("/proc/42/ns/ipc")),
+            ns("uts", Some("/proc/42/ns/uts")),
+        ];
+        // Not a member: nothing to share with (the host's namespaces cannot be joined).
+        let spec = container_config(&c, RootfsConfig::default(), HostBinds::Shared, None);
+        assert_eq!(spec.share, None);
+        c.role = PodRole::Member {
+            sandbox_id: "sb".into(),
+        };
+        let spec = container_config(&c, RootfsConfig::default(), HostBinds::Shared, None);
+        assert_eq!(
+            spec.share,
+            Some(SharedNamespaces {
+                container: "sb".into(),
+                namespaces: vec![Namespace::Ipc, Namespace::Uts],
+            })
+        );
+        assert_eq!(
+            spec.namespaces,
+            Some(vec![Namespace::Pid, Namespace::Mount])
+        );
+        // The pod's hostname stays (the UTS namespace is the sandbox's).
+        assert_eq!(spec.hostname, None);
     }
 
     #[test]
