@@ -86,16 +86,29 @@ CONF
 {"default": [{"type": "insecureAcceptAnything"}]}
 CONF
 
-# --- containerd: native snapshotter; the runc shim runs ember for the "ember" runtime.
+# --- containerd: native snapshotter. The CRI plugin (driven by rig/cri-test as the kubelet
+# would) has three RuntimeClass handlers: runc (the default), ember (ember's shim v2, one VM
+# per pod sandbox) and ember-runc (the runc shim running ember as its runc). Its sandbox
+# ("pause") image is built below: there is no registry to pull from. Pods get their network
+# from the CNI config podman uses (the "podman" bridge, 10.88.0.0/16) and Debian's plugins.
 mkdir -p "$ROOT/etc/containerd"
 cat >"$ROOT/etc/containerd/config.toml" <<'CONF'
 version = 2
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "localhost/ember-pause:1"
+[plugins."io.containerd.grpc.v1.cri".cni]
+  bin_dir = "/usr/lib/cni"
+  conf_dir = "/etc/cni/net.d"
 [plugins."io.containerd.grpc.v1.cri".containerd]
   snapshotter = "native"
-  default_runtime_name = "ember"
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.ember]
+  default_runtime_name = "runc"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
   runtime_type = "io.containerd.runc.v2"
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.ember.options]
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.ember]
+  runtime_type = "io.containerd.ember.v2"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.ember-runc]
+  runtime_type = "io.containerd.runc.v2"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.ember-runc.options]
   BinaryName = "/usr/local/bin/ember"
 CONF
 
@@ -135,7 +148,8 @@ INIT
 chmod 755 "$ROOT/usr/local/sbin/ember-debian-init"
 echo ember-debian >"$ROOT/etc/hostname"
 
-# --- busybox image: plain rootfs tarball and OCI image archive (built by hand, no registry).
+# --- images: the busybox rootfs tarball, and OCI image archives of busybox and of the CRI
+# sandbox ("pause"), built by hand (no registry).
 BB=$WORK/busybox
 rm -rf "$BB"
 mkdir -p "$BB/rootfs/bin" "$BB/rootfs/etc" "$BB/rootfs/tmp" "$BB/rootfs/proc" "$BB/rootfs/sys" "$BB/rootfs/dev" "$BB/rootfs/root"
@@ -147,23 +161,33 @@ echo "root:x:0:0:root:/root:/bin/sh" >"$BB/rootfs/etc/passwd"
 echo "root:x:0:" >"$BB/rootfs/etc/group"
 tar --numeric-owner --owner=0 --group=0 -C "$BB/rootfs" -cf "$ROOT/var/lib/ember-oci/busybox-rootfs.tar" .
 
-oci=$BB/oci
-mkdir -p "$oci/blobs/sha256"
+# oci_archive REF CONFIG_JSON OUT: an OCI image archive (for `ctr image import`) of the
+# busybox layer with the image config CONFIG_JSON (its rootfs.diff_ids are filled in).
 layer=$ROOT/var/lib/ember-oci/busybox-rootfs.tar
 lsha=$(sha256sum "$layer" | cut -d' ' -f1)
 lsize=$(stat -c %s "$layer")
-cp "$layer" "$oci/blobs/sha256/$lsha"
-cfg=$(printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' "$lsha")
-csha=$(printf '%s' "$cfg" | sha256sum | cut -d' ' -f1)
-printf '%s' "$cfg" >"$oci/blobs/sha256/$csha"
-man=$(printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%d},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%d}]}' \
-    "$csha" "${#cfg}" "$lsha" "$lsize")
-msha=$(printf '%s' "$man" | sha256sum | cut -d' ' -f1)
-printf '%s' "$man" >"$oci/blobs/sha256/$msha"
-printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%d,"annotations":{"org.opencontainers.image.ref.name":"docker.io/library/busybox:latest","io.containerd.image.name":"docker.io/library/busybox:latest"}}]}' \
-    "$msha" "${#man}" >"$oci/index.json"
-printf '{"imageLayoutVersion":"1.0.0"}' >"$oci/oci-layout"
-tar --numeric-owner --owner=0 --group=0 -C "$oci" -cf "$ROOT/var/lib/ember-oci/busybox-oci.tar" oci-layout index.json blobs
+oci_archive() {
+    local ref=$1 config=$2 out=$3 oci cfg csha man msha
+    oci=$(mktemp -d "$BB/oci.XXXXXX")
+    mkdir -p "$oci/blobs/sha256"
+    cp "$layer" "$oci/blobs/sha256/$lsha"
+    cfg=$(printf '{"architecture":"amd64","os":"linux","config":%s,"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' "$config" "$lsha")
+    csha=$(printf '%s' "$cfg" | sha256sum | cut -d' ' -f1)
+    printf '%s' "$cfg" >"$oci/blobs/sha256/$csha"
+    man=$(printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%d},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%d}]}' \
+        "$csha" "${#cfg}" "$lsha" "$lsize")
+    msha=$(printf '%s' "$man" | sha256sum | cut -d' ' -f1)
+    printf '%s' "$man" >"$oci/blobs/sha256/$msha"
+    printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%d,"annotations":{"org.opencontainers.image.ref.name":"%s","io.containerd.image.name":"%s"}}]}' \
+        "$msha" "${#man}" "$ref" "$ref" >"$oci/index.json"
+    printf '{"imageLayoutVersion":"1.0.0"}' >"$oci/oci-layout"
+    tar --numeric-owner --owner=0 --group=0 -C "$oci" -cf "$out" oci-layout index.json blobs
+}
+oci_archive docker.io/library/busybox:latest '{"Env":["PATH=/bin"],"Cmd":["sh"]}' \
+    "$ROOT/var/lib/ember-oci/busybox-oci.tar"
+# The CRI sandbox's process: it only has to stay (a pause container's one duty).
+oci_archive localhost/ember-pause:1 '{"Env":["PATH=/bin"],"Entrypoint":["/bin/sleep","2147483647"]}' \
+    "$ROOT/var/lib/ember-oci/pause-oci.tar"
 
 # --- trim what a test host never needs.
 rm -rf "$ROOT/usr/share/doc" "$ROOT/usr/share/man" "$ROOT/usr/share/locale" "$ROOT/var/cache/apt/archives"/*.deb

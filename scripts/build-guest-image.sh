@@ -3,6 +3,8 @@
 #   $EMBER_GUEST_DIR/initramfs.cpio   (default /var/lib/ember/guest)  /init = ember-agent
 #   /usr/local/bin/ember              (static; also what the virtual KVM host carries)
 #   /usr/local/bin/containerd-shim-ember-v2 -> ember (containerd's shim v2)
+#   $EMBER_HOST_DIR/ember-cri-test    (static CRI client the virtual KVM host carries for the
+#                                      OCI scenarios; rig/cri-test)
 # Usage: build-guest-image.sh [--no-install-ember]
 set -euo pipefail
 
@@ -12,7 +14,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 install_ember=1
 [ "${1:-}" = "--no-install-ember" ] && install_ember=0
 
-ensure_pkgs busybox-static cpio e2fsprogs
+ensure_pkgs busybox-static cpio e2fsprogs protobuf-compiler
 command -v cargo >/dev/null || die "cargo not found (run scripts/setup.sh)"
 
 TRIPLE=x86_64-unknown-linux-gnu
@@ -47,6 +49,13 @@ mkdir -p "$KIT/disk/data"
 echo "ember-devtest: prepared on the build machine" >"$KIT/disk/data/hello.txt"
 mkfs.ext4 -q -F -L devtest -E root_owner=0:0 -d "$KIT/disk" "$KIT/devtest.ext4" 8M
 gzip -9n "$KIT/devtest.ext4"
+
+# The CRI client of rig/scenarios/50-oci.sh (containerd's CRI plugin driven as the kubelet
+# does); rig::debian puts it into the virtual host beside ember.
+log "Building static ember-cri-test"
+(cd "$EMBER_ROOT" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$TARGET_DIR/cri-test" \
+    cargo build --release --target "$TRIPLE" --manifest-path rig/cri-test/Cargo.toml)
+install_file "$TARGET_DIR/cri-test/$TRIPLE/release/ember-cri-test" "$EMBER_HOST_DIR/ember-cri-test"
 
 mkdir -p "$EMBER_GUEST_DIR"
 log "Writing $EMBER_GUEST_DIR/initramfs.cpio"

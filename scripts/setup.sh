@@ -12,7 +12,8 @@ need_root
 
 log "1/5 Debian packages"
 ensure_pkgs build-essential ca-certificates curl git pkg-config xz-utils bc bison flex \
-    libelf-dev libssl-dev linux-source-6.1 qemu-system-x86 busybox-static e2fsprogs cpio containerd
+    libelf-dev libssl-dev linux-source-6.1 qemu-system-x86 busybox-static e2fsprogs cpio containerd \
+    protobuf-compiler
 log "    ok"
 if [ "${1:-}" = "--packages" ]; then
     exit 0

@@ -16,6 +16,10 @@ export PATH=$HOME/.cargo/bin:$PATH
 log "Lint: cargo fmt --check, cargo clippy -D warnings"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The CRI test client is a workspace of its own (rig/cri-test/Cargo.toml): its gRPC stack
+# stays out of the main build.
+cargo fmt --manifest-path rig/cri-test/Cargo.toml -- --check
+cargo clippy --manifest-path rig/cri-test/Cargo.toml -- -D warnings
 
 log "Fast tier: unit and integration tests (no guest; /dev/kvm payload tests where it exists)"
 cargo test --workspace --exclude ember-rig --exclude ember-fuzz

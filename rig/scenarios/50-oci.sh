@@ -5,7 +5,7 @@
 # Sections: oci-debian, podman-hello, podman-exit-code, podman-volumes, podman-network, podman-net-limit,
 # podman-resources, podman-fidelity,
 # cri-pod, podman-tty,
-# podman-exec, podman-stop-rm, ctr-hello, ctr-shim-v2, ctr-volumes, podman-template,
+# podman-exec, podman-stop-rm, ctr-hello, ctr-shim-v2, ctr-volumes, cri-handlers, podman-template,
 # oci-bench.
 
 DEB=/debian
@@ -23,10 +23,24 @@ fi
 # nothing is kept).
 mkdir -p "$DEB/usr/local/bin" "$DEB/var/lib/ember/guest"
 cp /usr/local/bin/ember "$DEB/usr/local/bin/ember"
+# The CRI client (rig/cri-test), when the virtual host carries it (rig::debian adds it).
+[ -x /usr/local/bin/ember-cri-test ] && cp /usr/local/bin/ember-cri-test "$DEB/usr/local/bin/"
 cp /var/lib/ember/guest/* "$DEB/var/lib/ember/guest/" 2>/dev/null
 for d in proc sys dev; do mount --bind "/$d" "$DEB/$d"; done
 mount --bind /dev/pts "$DEB/dev/pts"
 mount -t cgroup2 cgroup2 "$DEB/sys/fs/cgroup" 2>/dev/null
+# The Debian root becomes the mount stacked on the virtual host's "/" (as a real root is on
+# rootfs), entered through a process chrooted into it. Under a plain chroot, runc's container
+# roots would not be stacked on "/" either, and setns(2) into a container's mount namespace
+# (runc exec, podman/ctr/CRI exec) would land in the virtual host's initramfs instead of the
+# container's rootfs. From here $DEB is that process's root.
+cd "$DEB" && mount --move . / || echo "50-oci: cannot move the Debian root onto /"
+chroot . /bin/sleep 2147483647 &
+DEB_ANCHOR=$!
+cd /
+n=0
+while ! [ -x /proc/$DEB_ANCHOR/root/usr/local/sbin/ember-debian-init ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+DEB=/proc/$DEB_ANCHOR/root
 
 # /tmp/dch CMD...: run CMD in the Debian root with a clean environment (a script, so that
 # `timeout` can run it).
@@ -468,6 +482,34 @@ done
 CTRVOL
 chmod 755 "$DEB/usr/local/bin/ctr-volumes-test"
 section ctr-volumes /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/ctr-volumes-test
+
+# containerd's CRI plugin driven as the kubelet drives it (rig/cri-test): a pod sandbox with
+# two containers, execs, status, a container stop, the sandbox's stop and removal — with the
+# RuntimeClass handler runc, then ember (its shim v2: one VM for the pod). Then nothing of the
+# pod may remain: no ember process, pod, state, task mount or sandbox shm mount.
+cat >"$DEB/usr/local/bin/cri-handlers-test" <<'CRIH'
+#!/bin/sh
+command -v ember-cri-test >/dev/null || { echo "ember-cri-test missing (scripts/build-guest-image.sh)"; exit 1; }
+ln -sf /usr/local/bin/ember /usr/local/bin/containerd-shim-ember-v2
+ember-debian-init containerd || exit 1
+for img in busybox pause; do
+    ctr -n k8s.io image import --snapshotter native /var/lib/ember-oci/$img-oci.tar >/dev/null || exit 1
+done
+rc=0
+for h in runc ember; do
+    ember-cri-test --handler $h || rc=1
+    sleep 1
+    echo "$h: ember processes left: $(pgrep -c -f "^/usr/local/bin/ember" || true)"
+    echo "$h: pods left: $(ls /run/ember/@pods 2>/dev/null | wc -l)"
+    echo "$h: state dirs left: $(ls /run/ember 2>/dev/null | grep -vc "^@pods$" || true)"
+    echo "$h: task mounts left: $(grep -c "io.containerd.runtime.v2.task/k8s.io" /proc/mounts || true)"
+    echo "$h: sandbox mounts left: $(grep -c "io.containerd.grpc.v1.cri/sandboxes" /proc/mounts || true)"
+done
+[ $rc = 0 ] || tail -40 /run/containerd.log
+exit $rc
+CRIH
+chmod 755 "$DEB/usr/local/bin/cri-handlers-test"
+section cri-handlers /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/cri-handlers-test
 
 # Template pods for the OCI face: `ember template create oci --oci` (the VM of a container
 # without limits, with a NIC for podman's network) named in /etc/ember/config.toml; podman's

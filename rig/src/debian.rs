@@ -17,6 +17,12 @@ pub const DEFAULT_IMAGE: &str = "/var/cache/ember/debian-host.ext4";
 pub const IMAGE_ENV: &str = "EMBER_DEBIAN_IMAGE";
 /// Memory of the host: podman, containerd and a guest VM side by side.
 pub const MEM_MIB: u32 = 3072;
+/// Where `scripts/build-guest-image.sh` leaves the static CRI client (rig/cri-test).
+pub const DEFAULT_CRI_TEST: &str = "/var/lib/ember/host/ember-cri-test";
+/// Environment variable that overrides [`DEFAULT_CRI_TEST`].
+pub const CRI_TEST_ENV: &str = "EMBER_CRI_TEST";
+/// Where the CRI client lies in the virtual host (the scenario copies it into the Debian root).
+pub const CRI_TEST_IN_HOST: &str = "/usr/local/bin/ember-cri-test";
 /// The variable [`VirtualHost`] reads extra QEMU arguments from.
 const QEMU_ARGS_ENV: &str = "EMBER_RIG_QEMU_ARGS";
 
@@ -84,12 +90,25 @@ impl DebianHost {
         if !image.is_file() {
             return Err(Error::NoImage(image));
         }
-        let host = VirtualHost::new()?.mem_mib(MEM_MIB);
+        let mut host = VirtualHost::new()?.mem_mib(MEM_MIB);
+        let cri_test = std::env::var_os(CRI_TEST_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CRI_TEST));
+        // Without it the CRI section says so and fails.
+        if cri_test.is_file() {
+            host = host.file(cri_test, CRI_TEST_IN_HOST);
+        }
         Ok(DebianHost { image, host })
     }
 
     pub fn image(&self) -> &Path {
         &self.image
+    }
+
+    /// The underlying virtual host.
+    pub fn host(&self) -> &VirtualHost {
+        &self.host
     }
 
     /// Change the underlying virtual host (scenarios, timeout, log, ...).

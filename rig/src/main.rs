@@ -58,6 +58,10 @@ enum Cmd {
         /// Do not print the console live.
         #[arg(long)]
         quiet: bool,
+        /// Attach the Debian root (scripts/build-debian-host.sh) as /dev/vda, with the OCI
+        /// scenarios' memory and the CRI client, as the slow tier's OCI host has them.
+        #[arg(long)]
+        debian: bool,
     },
 }
 
@@ -112,8 +116,18 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             cmdline,
             cpu,
             quiet,
+            debian,
         } => {
-            let mut host = rig::VirtualHost::new()?
+            let debian = if debian {
+                Some(rig::debian::DebianHost::new(None)?)
+            } else {
+                None
+            };
+            let base = match &debian {
+                Some(d) => d.host().clone(),
+                None => rig::VirtualHost::new()?,
+            };
+            let mut host = base
                 .timeout(timeout)
                 .max_attempts(attempts)
                 .cpu(&cpu)
@@ -140,7 +154,10 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 let (src, dst) = rig::guest::parse_add(a)?;
                 host = host.file(src, &dst);
             }
-            let report = host.run()?;
+            let report = match debian {
+                Some(d) => d.configure(|_| host).run()?,
+                None => host.run()?,
+            };
             eprintln!(
                 "ember-rig: {:?} after {:.1} s, {} attempt(s), host up at {}",
                 report.outcome,

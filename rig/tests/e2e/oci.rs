@@ -423,6 +423,64 @@ fn ctr_bind_mounts_are_live_as_under_runc() {
     }
 }
 
+/// containerd's CRI plugin, driven by the project's CRI client (rig/cri-test) as the kubelet
+/// drives it: RunPodSandbox, CreateContainer x2, StartContainer, ExecSync, ContainerStatus,
+/// StopContainer, StopPodSandbox, RemovePodSandbox — with the RuntimeClass handler runc and
+/// with ember (its shim v2), the pod on containerd's CNI network. Under ember both containers
+/// share one kernel that is not the host's (one VM for the pod), see the pod's IP, hostname
+/// and namespaces as under runc, reach and are reached by the host, and nothing of the pod
+/// remains.
+#[test]
+fn cri_pod_with_the_ember_handler_runs_in_one_vm_as_under_runc() {
+    let Some(s) = passed("cri-handlers") else {
+        return;
+    };
+    let value = |h: &str, key: &str| -> String {
+        let prefix = format!("{h}: {key}");
+        s.output
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {prefix:?} line in:\n{}", s.output))
+    };
+    for h in ["runc", "ember"] {
+        for want in [
+            "sandbox SANDBOX_READY",
+            "c1 CONTAINER_RUNNING",
+            "c2 CONTAINER_RUNNING",
+            "c1 and c2 share one kernel: yes",
+            "c1 eth0 has the pod's IP: yes",
+            "hostname is the sandbox's: yes",
+            "c1 and c2 share uts and ipc namespaces: yes",
+            "c1 -> host http: from-the-host",
+            "exec stdout=out-ok stderr=err-ok exit=3",
+            "c2 after c1 stopped: c2-still-answers",
+            "after RemovePodSandbox: 0 sandboxes, 0 containers",
+            "ember processes left: 0",
+            "pods left: 0",
+            "state dirs left: 0",
+            "task mounts left: 0",
+            "sandbox mounts left: 0",
+        ] {
+            let want = format!("{h}: {want}");
+            assert!(has_line(s, &want), "no {want:?} in:\n{}", s.output);
+        }
+    }
+    // The host reaches c2's server on the pod's IP (it serves c2's /etc/hostname).
+    assert_eq!(value("runc", "host -> c2 http:"), "cri-runc");
+    assert_eq!(value("ember", "host -> c2 http:"), "cri-ember");
+    assert_eq!(value("runc", "containers run on the host's kernel:"), "yes");
+    assert_eq!(value("ember", "containers run on the host's kernel:"), "no");
+    // A stopped container ends the same way (state and exit code) under both.
+    assert_eq!(
+        value("ember", "c1 after stop:"),
+        value("runc", "c1 after stop:")
+    );
+    for l in s.output.lines().filter(|l| l.contains(": phases ")) {
+        eprintln!("{l}");
+    }
+}
+
 #[test]
 fn podman_containers_start_from_an_oci_template_as_under_runc() {
     let Some(s) = passed("podman-template") else {
