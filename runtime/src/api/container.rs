@@ -175,15 +175,20 @@ fn add_shares(
 }
 
 /// Withdraws virtio-fs shares from the pod's running VM (best effort: a VM that is gone has
-/// none left).
+/// none left, which is no warning: a failed start's cleanup would otherwise end its output
+/// with it, and engines read the runtime's last words as its error).
 fn remove_shares(dir: &Path, shares: &[String]) {
     for name in shares {
-        if let Err(e) = control::request(
+        match control::request(
             &dir.join(pod_vmm::CONTROL_SOCKET),
             &control::Request::RemoveShare { name: name.clone() },
             control::DEFAULT_TIMEOUT,
         ) {
-            log::warn!("Cannot withdraw share {name}: {}", crate::error::report(&e));
+            Ok(_) => {}
+            Err(e) if e.is_gone() => {
+                log::debug!("Share {name}: the pod's VMM process is gone, and the share with it")
+            }
+            Err(e) => log::warn!("Cannot withdraw share {name}: {}", crate::error::report(&e)),
         }
     }
 }
