@@ -138,15 +138,7 @@ pub fn main() -> ! {
             // Another container's namespaces first (its pid namespace is already this
             // process's): the setup below (hostname, sysctls) is then done in them.
             let shared = match (share_pid, &spec.share) {
-                (Some(pid), Some(share)) => {
-                    let joins: Vec<Namespace> = share
-                        .namespaces
-                        .iter()
-                        .copied()
-                        .filter(|ns| *ns != Namespace::Pid)
-                        .collect();
-                    join_namespaces(pid, &joins)
-                }
+                (Some(pid), Some(share)) => join_namespaces(pid, &share.namespaces),
                 _ => Ok(()),
             };
             if let Err(e) =

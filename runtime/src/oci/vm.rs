@@ -278,10 +278,11 @@ pub fn container_config(
 ) -> api::ContainerConfig {
     let shared = sandbox_namespaces(c);
     for n in c.namespaces.iter().filter(|n| n.path.is_some()) {
-        let joined = shared
-            .as_ref()
-            .is_some_and(|s| guest_namespace(&n.typ).is_some_and(|ns| s.namespaces.contains(&ns)));
-        if !matches!(n.typ.as_str(), "net" | "network") && !joined {
+        // The network namespace by path is the VM's own; the shared ones are the sandbox's.
+        let joined = guest_namespace(&n.typ).is_some_and(|ns| {
+            ns == Namespace::Net || shared.as_ref().is_some_and(|s| s.namespaces.contains(&ns))
+        });
+        if !joined {
             log::warn!(
                 "container {}: {} namespace {}: a host namespace cannot be joined from inside a VM; the container has its pod VM's",
                 c.id,
