@@ -403,11 +403,30 @@ section podman-fidelity /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/fidel
 
 section cri-pod /tmp/dch /usr/local/bin/watched 600 /usr/local/bin/cri-pod-test
 
-# -t: podman hands ember a console socket; the container's stdio is a pty in the guest.
-section podman-tty /tmp/dch /usr/local/bin/watched 600 sh -c '
-    podman --runtime /usr/local/bin/ember run --rm -t localhost/busybox \
-        sh -c "tty; test -t 0 && echo stdin-is-a-tty; exit 4"
-    echo "tty-exit=$?"'
+# -t: podman hands the runtime a console socket; the container's stdio is a pty (under ember, in
+# the guest) sized as podman's terminal, for `run -it` and `exec -t`; runc first, same run.
+# podman runs under script(1), for a terminal of its own (stty gives it a size); the ^@ its
+# terminal echoes at the start (the same under both runtimes) is stripped.
+cat >"$DEB/usr/local/bin/tty-test" <<'TTYTEST'
+#!/bin/sh
+for rt in runc ember; do
+    R=$rt; [ $rt = ember ] && R=/usr/local/bin/ember
+    out=$(script -qefc "stty rows 41 cols 97; podman --runtime $R run --rm -it localhost/busybox \
+        sh -c 'sleep 1; tty; stty size; test -t 0 && echo stdin-is-a-tty; exit 4'" /dev/null)
+    code=$?
+    printf '%s\n' "$out" | tr -d '\r' | sed "s/\^@//g; s/^/$rt run: /"
+    echo "$rt run: exit=$code"
+    podman --runtime $R run -d --name tty-$rt localhost/busybox sleep 1000 >/dev/null || exit 1
+    out=$(script -qefc "stty rows 33 cols 88; podman exec -it tty-$rt \
+        sh -c 'sleep 1; tty; stty size; exit 6'" /dev/null)
+    code=$?
+    printf '%s\n' "$out" | tr -d '\r' | sed "s/\^@//g; s/^/$rt exec: /"
+    echo "$rt exec: exit=$code"
+    podman rm -f -t 0 tty-$rt >/dev/null
+done
+TTYTEST
+chmod 755 "$DEB/usr/local/bin/tty-test"
+section podman-tty /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/tty-test
 
 section podman-exec /tmp/dch /usr/local/bin/watched 900 sh -c '
     podman --runtime /usr/local/bin/ember run -d --name web localhost/busybox sleep 1000 >/dev/null || exit 1
@@ -446,6 +465,29 @@ echo "v2-exit=$?"
 ctr run -d $R $I v2b sleep 1000 >/dev/null || exit 1
 ctr task exec --exec-id e1 v2b sh -c "echo from-v2-exec; exit 4"
 echo "v2-exec-exit=$?"
+# Its usage (containerd's Stats): processes, memory and CPU time of its cgroup in the guest.
+ctr task metrics v2b | awk '$1 == "pids.current" || $1 == "memory.usage_in_bytes" ||
+    $1 == "cpuacct.usage" { print "v2 metrics " $1 "=" $2 }'
+# A signal to an exec'd process ends it, not the task.
+ctr task exec --exec-id e2 v2b sleep 1000 &
+n=0
+until [ "$(ctr task ps v2b | wc -l)" -ge 3 ]; do
+    n=$((n + 1)); [ $n -gt 300 ] && { echo "e2 did not start"; exit 1; }
+    sleep 0.2
+done
+ctr task kill --exec-id e2 -s TERM v2b
+wait $!
+echo "v2-exec-killed=$?"
+# Terminal execs and tasks: a pty in the guest, sized as ctr's terminal (ResizePty); ctr runs
+# under script(1), for a terminal of its own.
+out=$(script -qefc "stty rows 41 cols 97; ctr task exec -t --exec-id e3 v2b \
+    sh -c 'sleep 1; tty; stty size; exit 6'" /dev/null)
+echo "v2-tty-exec-exit=$?"
+printf '%s\n' "$out" | tr -d '\r' | sed 's/\^@//g; s/^/v2 tty exec: /'
+out=$(script -qefc "stty rows 33 cols 88; ctr run -t --rm $R $I v2t \
+    sh -c 'sleep 1; tty; stty size; exit 7'" /dev/null)
+echo "v2-tty-run-exit=$?"
+printf '%s\n' "$out" | tr -d '\r' | sed 's/\^@//g; s/^/v2 tty run: /'
 ctr task kill -s KILL v2b
 n=0
 while ! ctr task ls | grep -q "^v2b .*STOPPED"; do

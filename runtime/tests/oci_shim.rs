@@ -8,7 +8,7 @@ use nix::unistd::Pid;
 use runtime::oci::bundle::{ContainerConfig, ProcessConfig};
 use runtime::oci::control::{Client, Request, Response};
 use runtime::oci::ops::{self, CreateOpts, Ctx};
-use runtime::oci::sandbox::{Backend, Sandbox, SandboxError, Stdio};
+use runtime::oci::sandbox::{Backend, Sandbox, SandboxError, Stdio, Usage};
 use runtime::oci::state::{Status, Store};
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -20,6 +20,8 @@ use std::sync::{Condvar, Mutex};
 struct TestSandbox {
     exit: Mutex<Option<i32>>,
     cv: Condvar,
+    /// Where `resize` writes the size it was given ("rows cols").
+    resized: std::path::PathBuf,
 }
 
 impl TestSandbox {
@@ -45,6 +47,13 @@ impl Sandbox for TestSandbox {
         self.finish(128 + signal);
         Ok(())
     }
+    fn signal_exec(&self, _exec_id: &str, _signal: i32) -> Result<(), SandboxError> {
+        Err(SandboxError::Refused("no exec runs".into()))
+    }
+    fn resize(&self, _exec_id: Option<&str>, rows: u16, cols: u16) -> Result<(), SandboxError> {
+        fs::write(&self.resized, format!("{rows} {cols}")).unwrap();
+        Ok(())
+    }
     fn exec(
         &self,
         _exec_id: &str,
@@ -59,6 +68,12 @@ impl Sandbox for TestSandbox {
     }
     fn processes(&self) -> Result<Vec<(i32, String)>, SandboxError> {
         Ok(vec![(1, "sleep 1000".into())])
+    }
+    fn usage(&self) -> Result<Usage, SandboxError> {
+        Ok(Usage {
+            pids: 1,
+            ..Default::default()
+        })
     }
     fn pause(&self) -> Result<(), SandboxError> {
         Ok(())
@@ -81,7 +96,7 @@ impl Backend for TestBackend {
     fn create(
         &self,
         config: &ContainerConfig,
-        _state_dir: &Path,
+        state_dir: &Path,
         stdio: Stdio,
     ) -> Result<Box<dyn Sandbox>, SandboxError> {
         if config.process.terminal {
@@ -100,6 +115,7 @@ impl Backend for TestBackend {
         Ok(Box::new(TestSandbox {
             exit: Mutex::new(None),
             cv: Condvar::new(),
+            resized: state_dir.join("resized"),
         }))
     }
 }
@@ -239,6 +255,28 @@ fn shim_life_cycle() {
     let mut got = [0u8; 11];
     master.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"on the tty\n");
+    // The engine sizes its terminal on the master; the shim passes each size on.
+    let resized = ctx.store.dir("t1").join("resized");
+    for (rows, cols) in [(33u16, 77u16), (50, 132)] {
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads a winsize that lives for the call.
+        let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        assert_eq!(rc, 0);
+        let want = format!("{rows} {cols}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while fs::read_to_string(&resized).unwrap_or_default() != want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the shim did not pass on {want}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
     ops::delete(&ctx, "t1", false, &ok).unwrap();
     assert_eq!(shim_exit(pid3), 137);
     // Without a console socket a terminal container is refused up front.

@@ -10,6 +10,7 @@
 //! binary; skips with a message otherwise.
 
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -126,7 +127,7 @@ fn busybox_rootfs(dir: &Path) -> PathBuf {
         fs::create_dir_all(r.join(d)).unwrap();
     }
     fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
-    for a in ["sh", "echo", "sleep", "true"] {
+    for a in ["sh", "echo", "sleep", "true", "cat", "stty", "tty"] {
         std::os::unix::fs::symlink("busybox", r.join("bin").join(a)).unwrap();
     }
     r
@@ -204,6 +205,80 @@ fn ctr_runs_tasks_through_containerd_shim_ember_v2() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "from-exec\n");
     let ps = ctd.ok(&["task", "ps", "t2"]);
     assert!(ps.lines().count() >= 2, "{ps}");
+    // Its usage (Stats, as cgroup v1 metrics): at least its one process.
+    let metrics = ctd.ok(&["task", "metrics", "t2"]);
+    let pids: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pids.current"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pids.current in:\n{metrics}"));
+    assert!(pids >= 1, "{metrics}");
+
+    // A signal to an exec'd process (`kill --exec-id`) ends that process, not the task.
+    let sock = ctd.dir.join("ctd.sock");
+    let mut long = Command::new("ctr")
+        .arg("-a")
+        .arg(&sock)
+        .args(["task", "exec", "--exec-id", "e2", "t2", "sleep", "1000"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ctd.ok(&["task", "ps", "t2"]).lines().count() < 3 {
+        assert!(Instant::now() < deadline, "exec e2 did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ctd.ok(&["task", "kill", "--exec-id", "e2", "-s", "TERM", "t2"]);
+    let status = long.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + 15), "exec e2 after SIGTERM");
+    assert_eq!(ctd.task_status("t2"), "RUNNING");
+    let out = ctd.ctr(&["task", "kill", "--exec-id", "nope", "t2"]);
+    assert!(
+        !out.status.success(),
+        "a signal to an unknown exec was accepted"
+    );
+
+    // An exec's stdin piped from ctr ends when ctr's does (CloseIO): cat gets its end.
+    let mut cat = Command::new("ctr")
+        .arg("-a")
+        .arg(&sock)
+        .args(["task", "exec", "--exec-id", "e3", "t2", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    cat.stdin.take().unwrap().write_all(b"piped in\n").unwrap();
+    let out = cat.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "piped in\n");
+
+    // Terminal tasks and execs (`-t`; ctr under `script`, for a terminal of its own whose size
+    // it passes on with ResizePty): the process's stdio is a pty in the container, sized as
+    // ctr's terminal, its exit code ctr's.
+    let terminal = |ctr_args: &str| {
+        let cmd = format!(
+            "stty rows 41 cols 97; ctr -a {} {ctr_args} sh -c 'sleep 1; tty; stty size; exit 5'",
+            sock.display()
+        );
+        Command::new("script")
+            .args(["-qefc", &cmd, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    for ctr_args in [
+        format!("run -t --rm --runtime io.containerd.ember.v2 --rootfs {rootfs} t3"),
+        "task exec -t --exec-id e4 t2".to_string(),
+    ] {
+        let out = terminal(&ctr_args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(5), "ctr {ctr_args}: {text}");
+        assert!(text.contains("/dev/pts/"), "ctr {ctr_args}: no pty: {text}");
+        assert!(
+            text.contains("41 97"),
+            "ctr {ctr_args}: not resized: {text}"
+        );
+    }
     ctd.ok(&["task", "kill", "-s", "KILL", "t2"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while ctd.task_status("t2") != "STOPPED" {

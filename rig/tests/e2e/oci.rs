@@ -318,14 +318,30 @@ fn cri_pod_members_join_the_sandbox_vm() {
     assert!(has_line(s, "blocks:"), "output:\n{}", s.output);
 }
 
+/// `podman run -it` and `podman exec -it`: a pty sized as podman's terminal, as under runc.
 #[test]
-fn podman_run_with_a_tty() {
+fn podman_tty_is_a_pty_sized_as_under_runc() {
     let Some(s) = passed("podman-tty") else {
         return;
     };
-    for want in ["/dev/pts/0", "stdin-is-a-tty", "tty-exit=4"] {
+    let lines = |rt: &str| -> Vec<String> {
+        s.output
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(&format!("{rt} ")))
+            .map(str::to_string)
+            .collect()
+    };
+    for want in [
+        "runc run: /dev/pts/0",
+        "runc run: 41 97",
+        "runc run: stdin-is-a-tty",
+        "runc run: exit=4",
+        "runc exec: 33 88",
+        "runc exec: exit=6",
+    ] {
         assert!(has_line(s, want), "no {want:?} in:\n{}", s.output);
     }
+    assert_eq!(lines("runc"), lines("ember"), "output:\n{}", s.output);
 }
 
 #[test]
@@ -396,6 +412,12 @@ fn containerd_shim_v2_runs_tasks_and_leaves_nothing() {
         "v2-exit=3",
         "from-v2-exec",
         "v2-exec-exit=4",
+        "v2-exec-killed=143",
+        "v2-tty-exec-exit=6",
+        "v2 tty exec: 41 97",
+        "v2-tty-run-exit=7",
+        "v2 tty run: /dev/pts/0",
+        "v2 tty run: 33 88",
         "v2-delete=0",
         "v2 ember processes: 0",
         "v2 pods: 0",
@@ -404,6 +426,16 @@ fn containerd_shim_v2_runs_tasks_and_leaves_nothing() {
     ] {
         assert!(has_line(s, want), "no {want:?} in:\n{}", s.output);
     }
+    let metric = |name: &str| -> u64 {
+        s.output
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("v2 metrics {name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{}", s.output))
+    };
+    assert!(metric("pids.current") >= 1, "output:\n{}", s.output);
+    assert!(metric("memory.usage_in_bytes") > 0, "output:\n{}", s.output);
+    assert!(metric("cpuacct.usage") > 0, "output:\n{}", s.output);
 }
 
 /// containerd beside runc: a bind mount is live both ways under containerd's runc shim and

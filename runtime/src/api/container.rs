@@ -6,8 +6,8 @@ use crate::config::RootfsConfig;
 use crate::pod_vmm::{self, control};
 use crate::state::{ContainerRecord, DiskOwner, LockKind, PodRecord, State};
 use agent::protocol::{
-    default_namespaces, ContainerSpec, ContainerState, ErrorKind, LinuxSetup, Mount, ProcessInfo,
-    ProcessSpec, RootfsSpec, StdioStream,
+    default_namespaces, ContainerSpec, ContainerState, ContainerStats, ErrorKind, LinuxSetup,
+    Mount, ProcessInfo, ProcessSpec, RootfsSpec, StdioStream,
 };
 use serde::Serialize;
 use std::io::Read;
@@ -588,6 +588,82 @@ impl Runtime {
         client
             .signal(cid, None, signal, all)
             .map_err(Error::agent("Signal"))
+    }
+
+    /// Send `signal` to process `exec_id` that [`Runtime::exec_start`] started in the
+    /// container.
+    pub fn kill_exec(&self, pod: &str, cid: &str, exec_id: &str, signal: i32) -> Result<(), Error> {
+        id::validate("container", cid).map_err(Error::Id)?;
+        id::validate("exec", exec_id).map_err(Error::Id)?;
+        let (_lock, dir, mut rec) = self.open(pod, LockKind::Read)?;
+        require_running(&rec, "signal a process")?;
+        Self::container(&mut rec, cid)?;
+        let mut client =
+            agent_link::connect(&dir, Some(agent_link::CALL_TIMEOUT)).map_err(|source| {
+                Error::Agent {
+                    call: "Signal",
+                    source,
+                }
+            })?;
+        client
+            .signal(cid, Some(exec_id), signal, false)
+            .map_err(Error::agent("Signal"))
+    }
+
+    /// What the container uses now, as the agent counts it in the guest (the container's
+    /// cgroup there): processes, memory, CPU time.
+    pub fn container_stats(&self, pod: &str, cid: &str) -> Result<ContainerStats, Error> {
+        id::validate("container", cid).map_err(Error::Id)?;
+        let (_lock, dir, mut rec) = self.open(pod, LockKind::Read)?;
+        require_running(&rec, "read a container's statistics")?;
+        Self::container(&mut rec, cid)?;
+        let mut client =
+            agent_link::connect(&dir, Some(agent_link::CALL_TIMEOUT)).map_err(|source| {
+                Error::Agent {
+                    call: "Stats",
+                    source,
+                }
+            })?;
+        let stats = client.stats().map_err(Error::agent("Stats"))?;
+        stats
+            .containers
+            .into_iter()
+            .find(|s| s.id == cid)
+            .ok_or_else(|| Error::Config(format!("container {cid} is not in the guest")))
+    }
+
+    /// Set the window size of the pty of a terminal process of the container (`exec_id`
+    /// `None`: its first process), as the engine's terminal has it.
+    pub fn resize_terminal(
+        &self,
+        pod: &str,
+        cid: &str,
+        exec_id: Option<&str>,
+        rows: u16,
+        cols: u16,
+    ) -> Result<(), Error> {
+        id::validate("container", cid).map_err(Error::Id)?;
+        if let Some(e) = exec_id {
+            id::validate("exec", e).map_err(Error::Id)?;
+        }
+        let (_lock, dir, mut rec) = self.open(pod, LockKind::Read)?;
+        require_running(&rec, "resize a terminal")?;
+        let c = Self::container(&mut rec, cid)?;
+        if !c.in_agent {
+            return Err(Error::Config(format!(
+                "container {cid} is not in the guest"
+            )));
+        }
+        let mut client =
+            agent_link::connect(&dir, Some(agent_link::CALL_TIMEOUT)).map_err(|source| {
+                Error::Agent {
+                    call: "ResizeTerminal",
+                    source,
+                }
+            })?;
+        client
+            .resize_terminal(cid, exec_id, rows, cols)
+            .map_err(Error::agent("ResizeTerminal"))
     }
 
     /// Freeze a running container's processes (cgroup freezer in the guest).

@@ -53,6 +53,13 @@ pub enum Request {
     },
     /// Stop the container and the VM now and exit.
     Shutdown,
+    /// Set the window size of a terminal process's pty: the container's (`exec_id` `None`)
+    /// or an exec'd one.
+    Resize {
+        exec_id: Option<String>,
+        rows: u16,
+        cols: u16,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

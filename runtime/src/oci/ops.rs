@@ -256,9 +256,11 @@ fn run_shim(
     };
     let stdio = match (config.process.terminal, console_socket) {
         (true, Some(sock)) => tty_stdio(sock),
-        _ => Stdio::inherit().map_err(|e| format!("Cannot use stdio: {e}")),
+        _ => Stdio::inherit()
+            .map(|s| (s, None))
+            .map_err(|e| format!("Cannot use stdio: {e}")),
     };
-    let stdio = match stdio {
+    let (stdio, window) = match stdio {
         Ok(s) => s,
         Err(msg) => return fail(&mut ready, msg),
     };
@@ -267,6 +269,14 @@ fn run_shim(
             Ok(s) => Arc::from(s),
             Err(e) => return fail(&mut ready, crate::error::report(&e)),
         };
+    if let Some(window) = window {
+        let sandbox = sandbox.clone();
+        window.watch(move |rows, cols| {
+            if let Err(e) = sandbox.resize(None, rows, cols) {
+                log::debug!("terminal not resized: {}", crate::error::report(&e));
+            }
+        });
+    }
     // The control socket exists once the container does: until then nothing answers, and
     // `delete --force` kills the shim instead of waiting for it.
     let listener = match shim::listen(&ctx.store, id) {
@@ -284,19 +294,25 @@ fn run_shim(
     shim::serve(&ctx.store, id, listener, sandbox)
 }
 
-/// The container's stdio on a new pty whose master went to the engine's console socket.
-fn tty_stdio(console_socket: &Path) -> Result<Stdio, String> {
+/// The container's stdio on a new pty whose master went to the engine's console socket, and
+/// its window size, followed from here on (this shim, a session leader, has no threads yet).
+fn tty_stdio(console_socket: &Path) -> Result<(Stdio, Option<super::tty::WindowSize>), String> {
     let slave =
         super::tty::pty_to_console_socket(console_socket).map_err(|e| crate::error::report(&e))?;
     let dup = |fd: &OwnedFd| {
         fd.try_clone()
             .map_err(|e| format!("Cannot duplicate the pty: {e}"))
     };
-    Ok(Stdio {
+    // Without it the container runs on at the size it started with.
+    let window = super::tty::WindowSize::follow(dup(&slave)?)
+        .map_err(|e| log::warn!("The terminal keeps its size: {}", crate::error::report(&e)))
+        .ok();
+    let stdio = Stdio {
         stdin: dup(&slave)?,
         stdout: dup(&slave)?,
         stderr: slave,
-    })
+    };
+    Ok((stdio, window))
 }
 
 /// Close every descriptor above stderr except `keep`: what the engine passed `ember create`
@@ -618,7 +634,10 @@ pub fn exec(ctx: &Ctx, id: &str, process: ProcessConfig, opts: &ExecOpts) -> Res
         Some(p) => [p.as_raw_fd(); 3],
         None => [0, 1, 2],
     };
-    let req = Request::Exec { exec_id, process };
+    let req = Request::Exec {
+        exec_id: exec_id.clone(),
+        process,
+    };
     if !opts.detach {
         let mut c = Client::connect(&dir)?;
         c.send(&req, &fds)?;
@@ -635,6 +654,13 @@ pub fn exec(ctx: &Ctx, id: &str, process: ProcessConfig, opts: &ExecOpts) -> Res
             close_inherited(&keep);
             let mut wr = fs::File::from(wr);
             let _ = nix::unistd::setsid();
+            // This child, a session leader without threads, follows the terminal's size (as
+            // the container's shim does its own): each size the engine sets goes to the shim.
+            let window = pty.as_ref().and_then(|p| p.try_clone().ok()).and_then(|p| {
+                super::tty::WindowSize::follow(p)
+                    .map_err(|e| log::warn!("The exec's terminal keeps its size: {e}"))
+                    .ok()
+            });
             let code = (|| -> Result<i32, OpsError> {
                 let mut c = Client::connect(&dir)?;
                 c.send(&req, &fds)?;
@@ -646,6 +672,23 @@ pub fn exec(ctx: &Ctx, id: &str, process: ProcessConfig, opts: &ExecOpts) -> Res
                         return Ok(code);
                     }
                     _ => {}
+                }
+                if let Some(window) = window {
+                    let dir = dir.clone();
+                    window.watch(move |rows, cols| {
+                        let resize = Request::Resize {
+                            exec_id: Some(exec_id.clone()),
+                            rows,
+                            cols,
+                        };
+                        let r = Client::connect(&dir).and_then(|mut c| {
+                            c.send(&resize, &[])?;
+                            c.recv()
+                        });
+                        if let Ok(Response::Error(e)) | Err(e) = r.map_err(|e| e.to_string()) {
+                            log::debug!("exec's terminal not resized: {e}");
+                        }
+                    });
                 }
                 let _ = wr.write_all(b"ok");
                 drop(wr);

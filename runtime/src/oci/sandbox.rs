@@ -32,6 +32,17 @@ impl SandboxError {
 
 pub use crate::api::Stdio;
 
+/// What a container uses now (its cgroup in the guest).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Processes in the container.
+    pub pids: u64,
+    /// Memory charged to it, where the guest counts it.
+    pub memory_bytes: Option<u64>,
+    /// CPU time its processes used, µs, where the guest counts it.
+    pub cpu_usec: Option<u64>,
+}
+
 /// A created container and the VM it lives in.
 pub trait Sandbox: Send + Sync {
     /// Let the container's process run; its pid in the guest.
@@ -40,6 +51,11 @@ pub trait Sandbox: Send + Sync {
     /// (128 + signal when killed).
     fn wait(&self) -> Result<i32, SandboxError>;
     fn signal(&self, signal: i32, all: bool) -> Result<(), SandboxError>;
+    /// Send `signal` to the process [`Sandbox::exec`] started as `exec_id`.
+    fn signal_exec(&self, exec_id: &str, signal: i32) -> Result<(), SandboxError>;
+    /// Set the window size of a terminal process's pty: the container's (`exec_id` `None`)
+    /// or an exec'd one.
+    fn resize(&self, exec_id: Option<&str>, rows: u16, cols: u16) -> Result<(), SandboxError>;
     /// Run a process in the container with `stdio`; `started` gets its pid; returns its exit
     /// code once it ends.
     fn exec(
@@ -51,6 +67,8 @@ pub trait Sandbox: Send + Sync {
     ) -> Result<i32, SandboxError>;
     /// Processes in the container: (pid in the guest, command line).
     fn processes(&self) -> Result<Vec<(i32, String)>, SandboxError>;
+    /// What the container uses now.
+    fn usage(&self) -> Result<Usage, SandboxError>;
     fn pause(&self) -> Result<(), SandboxError>;
     fn resume(&self) -> Result<(), SandboxError>;
     /// Kill what runs and release the VM. Idempotent.

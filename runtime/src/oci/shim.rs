@@ -101,6 +101,13 @@ fn handle(mut conn: Conn, sandbox: &dyn Sandbox, shutting_down: &AtomicBool) {
         Request::Ps => sandbox.processes().map_or_else(err, Response::Processes),
         Request::Pause => sandbox.pause().map_or_else(err, |()| Response::Done),
         Request::Resume => sandbox.resume().map_or_else(err, |()| Response::Done),
+        Request::Resize {
+            exec_id,
+            rows,
+            cols,
+        } => sandbox
+            .resize(exec_id.as_deref(), rows, cols)
+            .map_or_else(err, |()| Response::Done),
         Request::Shutdown => {
             shutting_down.store(true, Ordering::SeqCst);
             sandbox.shutdown();

@@ -40,6 +40,8 @@ pub const RUNTIME_ID: &str = "io.containerd.ember.v2";
 pub const BINARY_NAME: &str = "containerd-shim-ember-v2";
 /// Set for the shim server process, which runs as `ember` (its resolved executable).
 pub const SERVER_ENV: &str = "EMBER_SHIM_V2";
+/// The type containerd decodes [`shim::Task::stats`]'s answer as.
+const METRICS_TYPE: &str = "io.containerd.cgroups.v1.Metrics";
 /// Exit code of a process whose end could not be learnt (its VM died under it).
 const LOST: u32 = 255;
 
@@ -147,6 +149,9 @@ struct Task {
     sandbox: Arc<dyn Sandbox>,
     init: Process,
     execs: HashMap<String, (ProcessConfig, Process)>,
+    /// The shim's own writers of the processes' stdin FIFOs ([`open_stdio`]), by exec id
+    /// (the init's under ""): dropped at `CloseIO` or when the process ends.
+    stdin_holds: HashMap<String, File>,
 }
 
 struct Shared {
@@ -181,12 +186,16 @@ fn now() -> Timestamp {
     t
 }
 
-/// The engine's stdio for a process: its FIFOs (opened read-write, so an open never blocks
-/// on the other side), `/dev/null` where it gave none.
-fn open_stdio(stdin: &str, stdout: &str, stderr: &str) -> std::io::Result<Stdio> {
-    let open = |path: &str, read: bool| -> std::io::Result<File> {
+/// The engine's stdio for a process: its FIFOs, `/dev/null` where it gave none (a terminal
+/// process has no stderr: the pty's output is its stdout). The output FIFOs are opened
+/// read-write, so an open never blocks on the other side. The stdin FIFO is opened for reading
+/// with a writer of the shim's own beside it (the returned hold), so the process does not see
+/// its stdin end before the engine has even opened its side: it sees the end once the engine
+/// closed its side and the hold is dropped (`CloseIO`, or the process's end).
+fn open_stdio(stdin: &str, stdout: &str, stderr: &str) -> std::io::Result<(Stdio, Option<File>)> {
+    let output = |path: &str| -> std::io::Result<File> {
         if path.is_empty() {
-            return OpenOptions::new().read(read).write(!read).open("/dev/null");
+            return OpenOptions::new().write(true).open("/dev/null");
         }
         OpenOptions::new()
             .read(true)
@@ -194,11 +203,30 @@ fn open_stdio(stdin: &str, stdout: &str, stderr: &str) -> std::io::Result<Stdio>
             .custom_flags(libc::O_CLOEXEC)
             .open(path)
     };
-    Ok(Stdio {
-        stdin: open(stdin, true)?.into(),
-        stdout: open(stdout, false)?.into(),
-        stderr: open(stderr, false)?.into(),
-    })
+    let (input, hold) = if stdin.is_empty() {
+        (OpenOptions::new().read(true).open("/dev/null")?, None)
+    } else {
+        // Non-blocking, or the open waits for a writer; reads block again once one exists.
+        let input = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(stdin)?;
+        let hold = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(stdin)?;
+        nix::fcntl::fcntl(
+            &input,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+        )?;
+        (input, Some(hold))
+    };
+    let stdio = Stdio {
+        stdin: input.into(),
+        stdout: output(stdout)?.into(),
+        stderr: output(stderr)?.into(),
+    };
+    Ok((stdio, hold))
 }
 
 /// Mount one of containerd's rootfs mounts (a snapshotter's `bind` or `overlay`) at `target`,
@@ -285,7 +313,9 @@ impl TaskService {
             };
             p.status = api::Status::STOPPED;
             p.exit = Some((code, at.clone()));
-            p.pid
+            let pid = p.pid;
+            task.stdin_holds.remove(exec_id.unwrap_or(""));
+            pid
         };
         self.0.changed.notify_all();
         let mut ev = TaskExit::new();
@@ -362,12 +392,12 @@ impl TaskService {
     fn start_exec(&self, id: &str, exec_id: &str) -> TtrpcResult<u32> {
         let sandbox = self.sandbox(id)?;
         let (process, stdio) = {
-            let tasks = self
+            let mut tasks = self
                 .0
                 .tasks
                 .lock()
                 .map_err(|_| rpc(Code::INTERNAL, "lock"))?;
-            let task = tasks.get(id).ok_or_else(|| not_found(id))?;
+            let task = tasks.get_mut(id).ok_or_else(|| not_found(id))?;
             let (cfg, p) = task
                 .execs
                 .get(exec_id)
@@ -378,8 +408,11 @@ impl TaskService {
                     format!("exec {exec_id} already started"),
                 ));
             }
-            let stdio = open_stdio(&p.stdin, &p.stdout, &p.stderr)
+            let (stdio, hold) = open_stdio(&p.stdin, &p.stdout, &p.stderr)
                 .map_err(|e| rpc(Code::INTERNAL, format!("exec stdio: {e}")))?;
+            if let Some(hold) = hold {
+                task.stdin_holds.insert(exec_id.to_string(), hold);
+            }
             (cfg.clone(), stdio)
         };
         let (tx, rx) = mpsc::channel::<Result<i32, String>>();
@@ -467,12 +500,6 @@ impl shim::Task for TaskService {
         if self.sandbox(&req.id).is_ok() {
             return Err(rpc(Code::ALREADY_EXISTS, format!("task {} exists", req.id)));
         }
-        if req.terminal {
-            return Err(rpc(
-                Code::UNIMPLEMENTED,
-                "terminal tasks are not supported by ember's shim v2 yet",
-            ));
-        }
         let bundle = PathBuf::from(&req.bundle);
         // The rootfs containerd prepared (snapshotter mounts) at <bundle>/rootfs.
         if !req.rootfs.is_empty() {
@@ -490,10 +517,12 @@ impl shim::Task for TaskService {
             unmount_rootfs(&bundle);
             rpc(code, msg)
         };
-        let config = Bundle::load(&bundle)
+        let mut config = Bundle::load(&bundle)
             .and_then(|b| b.container_config(&req.id))
             .map_err(|e| fail(Code::INVALID_ARGUMENT, crate::error::report(&e)))?;
-        let stdio = open_stdio(&req.stdin, &req.stdout, &req.stderr)
+        // A terminal task's pty is made in the guest, its output relayed to the stdout FIFO.
+        config.process.terminal |= req.terminal;
+        let (stdio, hold) = open_stdio(&req.stdin, &req.stdout, &req.stderr)
             .map_err(|e| fail(Code::INTERNAL, format!("task stdio: {e}")))?;
         let state_dir = self.0.backend.root.join(&req.id);
         std::fs::create_dir_all(&state_dir)
@@ -516,9 +545,10 @@ impl shim::Task for TaskService {
                 stdin: req.stdin.clone(),
                 stdout: req.stdout.clone(),
                 stderr: req.stderr.clone(),
-                terminal: false,
+                terminal: config.process.terminal,
             },
             execs: HashMap::new(),
+            stdin_holds: hold.into_iter().map(|h| (String::new(), h)).collect(),
         };
         self.0
             .tasks
@@ -575,44 +605,92 @@ impl shim::Task for TaskService {
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
-        if !req.exec_id.is_empty() {
-            return Err(rpc(
-                Code::UNIMPLEMENTED,
-                "signalling an exec'd process is not supported yet",
-            ));
-        }
-        let (_, p) = self.process(&req.id, "")?;
-        if p.status == api::Status::STOPPED {
-            return Err(rpc(
-                Code::NOT_FOUND,
-                format!("task {} has already exited", req.id),
-            ));
+        let (_, p) = self.process(&req.id, &req.exec_id)?;
+        let what = if req.exec_id.is_empty() {
+            format!("task {}", req.id)
+        } else {
+            format!("exec {} of task {}", req.exec_id, req.id)
+        };
+        match p.status {
+            api::Status::STOPPED => {
+                return Err(rpc(Code::NOT_FOUND, format!("{what} has already exited")))
+            }
+            api::Status::CREATED if !req.exec_id.is_empty() => {
+                return Err(rpc(
+                    Code::FAILED_PRECONDITION,
+                    format!("{what} is not started"),
+                ))
+            }
+            _ => {}
         }
         let signal = i32::try_from(req.signal)
             .map_err(|_| rpc(Code::INVALID_ARGUMENT, "bad signal number"))?;
+        let sandbox = self.sandbox(&req.id)?;
+        let r = if req.exec_id.is_empty() {
+            sandbox.signal(signal, req.all)
+        } else {
+            sandbox.signal_exec(&req.exec_id, signal)
+        };
+        r.map_err(|e| rpc(Code::FAILED_PRECONDITION, crate::error::report(&e)))?;
+        Ok(api::Empty::new())
+    }
+
+    fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let (_, p) = self.process(&req.id, &req.exec_id)?;
+        if !p.terminal {
+            return Err(rpc(
+                Code::FAILED_PRECONDITION,
+                format!("{} has no terminal", req.id),
+            ));
+        }
+        let size = |v: u32| {
+            u16::try_from(v).map_err(|_| rpc(Code::INVALID_ARGUMENT, "window size out of range"))
+        };
+        let (rows, cols) = (size(req.height)?, size(req.width)?);
+        let exec_id = (!req.exec_id.is_empty()).then_some(req.exec_id.as_str());
         self.sandbox(&req.id)?
-            .signal(signal, req.all)
+            .resize(exec_id, rows, cols)
             .map_err(|e| rpc(Code::FAILED_PRECONDITION, crate::error::report(&e)))?;
+        Ok(api::Empty::new())
+    }
+
+    /// The engine is done writing the process's stdin: the shim lets go of its own writer,
+    /// so the process reads the end of its input.
+    fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        let mut tasks = self
+            .0
+            .tasks
+            .lock()
+            .map_err(|_| rpc(Code::INTERNAL, "lock"))?;
+        let task = tasks.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
+        if !req.exec_id.is_empty() && !task.execs.contains_key(&req.exec_id) {
+            return Err(rpc(
+                Code::NOT_FOUND,
+                format!("exec {} not found", req.exec_id),
+            ));
+        }
+        if req.stdin {
+            task.stdin_holds.remove(&req.exec_id);
+        }
         Ok(api::Empty::new())
     }
 
     fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
         crate::api::id::validate("exec", &req.exec_id)
             .map_err(|e| rpc(Code::INVALID_ARGUMENT, e))?;
-        if req.terminal {
-            return Err(rpc(
-                Code::UNIMPLEMENTED,
-                "terminal execs are not supported by ember's shim v2 yet",
-            ));
-        }
         let spec = req
             .spec
             .as_ref()
             .ok_or_else(|| rpc(Code::INVALID_ARGUMENT, "exec without a process spec"))?;
         let oci: oci_spec::runtime::Process = serde_json::from_slice(&spec.value)
             .map_err(|e| rpc(Code::INVALID_ARGUMENT, format!("exec process spec: {e}")))?;
-        let process = ProcessConfig::from_oci(&oci)
+        let mut process = ProcessConfig::from_oci(&oci)
             .map_err(|e| rpc(Code::INVALID_ARGUMENT, crate::error::report(&e)))?;
+        process.terminal |= req.terminal;
         {
             let mut tasks = self
                 .0
@@ -631,6 +709,7 @@ impl shim::Task for TaskService {
                 stdin: req.stdin.clone(),
                 stdout: req.stdout.clone(),
                 stderr: req.stderr.clone(),
+                terminal: process.terminal,
                 ..Default::default()
             };
             task.execs.insert(req.exec_id.clone(), (process, p));
@@ -690,6 +769,7 @@ impl shim::Task for TaskService {
                 .execs
                 .remove(&req.exec_id)
                 .ok_or_else(|| rpc(Code::NOT_FOUND, format!("exec {} not found", req.exec_id)))?;
+            task.stdin_holds.remove(&req.exec_id);
             resp.pid = p.pid;
             if let Some((code, at)) = p.exit {
                 resp.exit_status = code;
@@ -745,6 +825,49 @@ impl shim::Task for TaskService {
             info.pid = u32::try_from(pid).unwrap_or(0);
             resp.processes.push(info);
         }
+        Ok(resp)
+    }
+
+    /// The task's usage as containerd's cgroup v1 metrics (what Kata's shim answers too):
+    /// `pids.current`, the CPU time, the memory usage, as the guest counts them.
+    fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        use containerd_shim::protos::cgroups::metrics::{
+            CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat,
+        };
+        use containerd_shim::protos::protobuf::Message;
+        let usage = self
+            .sandbox(&req.id)?
+            .usage()
+            .map_err(|e| rpc(Code::FAILED_PRECONDITION, crate::error::report(&e)))?;
+        let mut m = Metrics::new();
+        let mut pids = PidsStat::new();
+        pids.current = usage.pids;
+        m.pids = Some(pids).into();
+        if let Some(usec) = usage.cpu_usec {
+            let mut total = CPUUsage::new();
+            total.total = usec.saturating_mul(1000);
+            let mut cpu = CPUStat::new();
+            cpu.usage = Some(total).into();
+            m.cpu = Some(cpu).into();
+        }
+        if let Some(bytes) = usage.memory_bytes {
+            let mut entry = MemoryEntry::new();
+            entry.usage = bytes;
+            let mut memory = MemoryStat::new();
+            memory.usage = Some(entry).into();
+            m.memory = Some(memory).into();
+        }
+        let mut any = containerd_shim::protos::protobuf::well_known_types::any::Any::new();
+        any.type_url = METRICS_TYPE.to_string();
+        any.value = m
+            .write_to_bytes()
+            .map_err(|e| rpc(Code::INTERNAL, format!("metrics: {e}")))?;
+        let mut resp = api::StatsResponse::new();
+        resp.stats = Some(any).into();
         Ok(resp)
     }
 

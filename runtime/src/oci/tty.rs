@@ -2,8 +2,13 @@
 //! the engine's `--console-socket` (`SCM_RIGHTS`, as conmon and containerd's shim expect) and
 //! relays the slave to the container's pty in the guest. The host slave is raw: line discipline
 //! and echo happen once, in the guest's pty.
+//!
+//! The window size follows the engine's: the shim makes the slave its controlling terminal
+//! ([`WindowSize::follow`]), so the kernel signals it (`SIGWINCH`) whenever the engine sets a
+//! size on the master, and [`WindowSize::watch`] passes each size on to the guest's pty.
 
 use nix::pty::openpty;
+use nix::sys::signal::{signal, SigHandler, SigSet, Signal};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
 use std::io::IoSlice;
@@ -24,6 +29,67 @@ pub enum TtyError {
     },
     #[error("Cannot send the pty to the console socket")]
     Send(#[source] nix::Error),
+    #[error("Cannot follow the terminal's window size")]
+    Follow(#[source] nix::Error),
+}
+
+/// The window size of a terminal container's host pty, as the engine sets it.
+pub struct WindowSize {
+    tty: OwnedFd,
+    signals: SigSet,
+}
+
+impl WindowSize {
+    /// Make `tty` (a pty slave) the controlling terminal of this process, which must lead a
+    /// session of its own and have no threads yet: `SIGWINCH` is blocked here, and threads
+    /// started later inherit that, so only [`WindowSize::watch`]'s thread takes it. `SIGHUP`
+    /// is ignored: the engine closing its master ends the terminal, not the shim, which ends
+    /// with its container.
+    pub fn follow(tty: OwnedFd) -> Result<WindowSize, TtyError> {
+        let mut signals = SigSet::empty();
+        signals.add(Signal::SIGWINCH);
+        signals.thread_block().map_err(TtyError::Follow)?;
+        // SAFETY: installing SIG_IGN runs no code of ours in a signal context.
+        unsafe { signal(Signal::SIGHUP, SigHandler::SigIgn) }.map_err(TtyError::Follow)?;
+        // SAFETY: TIOCSCTTY takes an int argument (0: do not steal another session's tty).
+        if unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSCTTY, 0) } != 0 {
+            return Err(TtyError::Follow(nix::Error::last()));
+        }
+        Ok(WindowSize { tty, signals })
+    }
+
+    /// The size now, `(rows, cols)`; `None` while the engine has set none.
+    pub fn current(&self) -> Option<(u16, u16)> {
+        let mut ws = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCGWINSZ writes into `ws`, which outlives the call.
+        let rc = unsafe { libc::ioctl(self.tty.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+        (rc == 0 && ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
+    }
+
+    /// Pass the size on to `resize` now (where one is set) and after each change, from a
+    /// thread of its own, for the rest of the process's life.
+    pub fn watch(self, resize: impl Fn(u16, u16) + Send + 'static) {
+        crate::logging::thread("tty-size", move || {
+            let mut last = None;
+            loop {
+                let now = self.current();
+                if now.is_some() && now != last {
+                    if let Some((rows, cols)) = now {
+                        resize(rows, cols);
+                    }
+                    last = now;
+                }
+                if self.signals.wait().is_err() {
+                    return;
+                }
+            }
+        });
+    }
 }
 
 /// Make a pty, hand its master to `console_socket`, return the (raw) slave.

@@ -6,6 +6,7 @@
 //! `ember create`.
 
 use super::bundle::{ContainerConfig, MountConfig, PodRole, ProcessConfig};
+use super::sandbox::Usage;
 use super::sandbox::{Backend, Sandbox, SandboxError, Stdio};
 use crate::api::{self, Relays, RootfsConfig, Runtime};
 use crate::config::{
@@ -506,6 +507,18 @@ impl Sandbox for PodSandbox {
             .map_err(api_err("Cannot signal the container"))
     }
 
+    fn signal_exec(&self, exec_id: &str, signal: i32) -> Result<(), SandboxError> {
+        self.rt
+            .kill_exec(&self.pod, &self.id, exec_id, signal)
+            .map_err(api_err("Cannot signal the exec'd process"))
+    }
+
+    fn resize(&self, exec_id: Option<&str>, rows: u16, cols: u16) -> Result<(), SandboxError> {
+        self.rt
+            .resize_terminal(&self.pod, &self.id, exec_id, rows, cols)
+            .map_err(api_err("Cannot resize the terminal"))
+    }
+
     fn exec(
         &self,
         exec_id: &str,
@@ -534,6 +547,18 @@ impl Sandbox for PodSandbox {
             .container_processes(&self.pod, &self.id)
             .map_err(api_err("Cannot list the container's processes"))?;
         Ok(list.into_iter().map(|p| (p.pid, p.cmd)).collect())
+    }
+
+    fn usage(&self) -> Result<Usage, SandboxError> {
+        let s = self
+            .rt
+            .container_stats(&self.pod, &self.id)
+            .map_err(api_err("Cannot read the container's statistics"))?;
+        Ok(Usage {
+            pids: s.pids,
+            memory_bytes: s.memory_bytes,
+            cpu_usec: s.cpu_usec,
+        })
     }
 
     fn pause(&self) -> Result<(), SandboxError> {
