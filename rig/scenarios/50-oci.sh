@@ -5,7 +5,7 @@
 # Sections: oci-debian, podman-hello, podman-exit-code, podman-volumes, podman-network, podman-net-limit,
 # podman-resources, podman-fidelity,
 # cri-pod, podman-tty,
-# podman-exec, podman-stop-rm, ctr-hello, ctr-shim-v2, ctr-volumes, cri-handlers, podman-template,
+# podman-exec, podman-stop-rm, ctr-hello, ctr-shim-v2, ctr-cni, ctr-volumes, cri-handlers, podman-template,
 # oci-bench.
 
 DEB=/debian
@@ -504,6 +504,33 @@ echo "v2 task mounts: $(grep -c "io.containerd.runtime.v2.task" /proc/mounts || 
 SHIMV2
 chmod 755 "$DEB/usr/local/bin/shim-v2-test"
 section ctr-shim-v2 /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/shim-v2-test
+
+# `ctr run --cni`: ctr configures the task's network namespace (/proc/<task pid>/ns/net, CNI's
+# "podman" bridge) between create and start. runc (containerd's runc shim) first, then ember's
+# shim v2, same run: eth0 in the bridge's subnet, a default route, the gateway answers; the
+# host's own namespace untouched (its interfaces counted before and after).
+cat >"$DEB/usr/local/bin/ctr-cni-test" <<'CTRCNI'
+#!/bin/sh
+ember-debian-init containerd || exit 1
+# ctr looks for CNI's plugins in /opt/cni/bin; Debian has them in /usr/lib/cni.
+mkdir -p /opt/cni && ln -sfn /usr/lib/cni /opt/cni/bin
+host() { echo "$(ip -o link | grep -c ": eth0[:@]") eth0, $(ip route | grep -c "^default") default routes"; }
+before=$(host)
+I=docker.io/library/busybox:latest
+for rt in runc ember; do
+    out=$(ctr run --rm --cni --snapshotter native --runtime io.containerd.$rt.v2 $I cni-$rt sh -c '
+        echo "eth0: $(ip -4 -o addr show eth0 | awk "{print \$4}" | cut -d. -f1-2)"
+        echo "default routes: $(ip route | grep -c "^default via")"
+        ping -c 1 -W 5 $(ip route | awk "/^default via/ {print \$3}") >/dev/null &&
+            echo "the gateway answers"')
+    code=$?
+    printf '%s\n' "$out" | sed "s/^/$rt /"
+    echo "$rt exit=$code"
+done
+echo "the host's namespace before: $before; after: $(host)"
+CTRCNI
+chmod 755 "$DEB/usr/local/bin/ctr-cni-test"
+section ctr-cni /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/ctr-cni-test
 
 # containerd beside runc: a bind mount written by the container is on the host, the host's
 # file is seen inside; containerd's runc shim (plain runc) and ember's shim v2, same run.

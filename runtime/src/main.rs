@@ -4,6 +4,9 @@
 use clap::Parser;
 
 fn main() {
+    if runtime::oci::task::invoked_as_netns_holder() {
+        runtime::oci::task::hold_netns();
+    }
     if runtime::oci::task::invoked_as_shim() {
         runtime::oci::task::main();
     }

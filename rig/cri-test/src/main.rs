@@ -330,6 +330,31 @@ impl Test {
             r.exit_code
         ));
 
+        // What the kubelet reads for its summary: CPU time and working set (the runtime's
+        // task metrics, through containerd).
+        let stats = call(
+            "ContainerStats c2",
+            self.rt.container_stats(cri::ContainerStatsRequest {
+                container_id: ids[1].clone(),
+            }),
+        )
+        .await?
+        .stats
+        .unwrap_or_default();
+        let cpu = stats
+            .cpu
+            .and_then(|c| c.usage_core_nano_seconds)
+            .map_or(0, |v| v.value);
+        let memory = stats
+            .memory
+            .and_then(|m| m.working_set_bytes)
+            .map_or(0, |v| v.value);
+        self.say(format!(
+            "c2 stats: cpu counted {}, working set counted {}",
+            yes(cpu > 0),
+            yes(memory > 0)
+        ));
+
         call(
             "StopContainer c1",
             self.rt.stop_container(cri::StopContainerRequest {

@@ -438,6 +438,39 @@ fn containerd_shim_v2_runs_tasks_and_leaves_nothing() {
     assert!(metric("cpuacct.usage") > 0, "output:\n{}", s.output);
 }
 
+/// `ctr run --cni` (the task's network namespace configured between create and start) gives
+/// the container the bridge's network under ember's shim v2 as under runc, and leaves the
+/// host's namespace as it was.
+#[test]
+fn ctr_run_cni_networks_the_task_as_under_runc() {
+    let Some(s) = passed("ctr-cni") else {
+        return;
+    };
+    let lines = |rt: &str| -> Vec<String> {
+        s.output
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(&format!("{rt} ")))
+            .map(str::to_string)
+            .collect()
+    };
+    for want in [
+        "runc eth0: 10.88",
+        "runc default routes: 1",
+        "runc the gateway answers",
+        "runc exit=0",
+    ] {
+        assert!(has_line(s, want), "no {want:?} in:\n{}", s.output);
+    }
+    assert_eq!(lines("runc"), lines("ember"), "output:\n{}", s.output);
+    let counts = s
+        .output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("the host's namespace before: "))
+        .unwrap_or_else(|| panic!("no link counts in:\n{}", s.output));
+    let (before, after) = counts.split_once("; after: ").expect("two counts");
+    assert_eq!(before, after, "the host's links changed:\n{}", s.output);
+}
+
 /// containerd beside runc: a bind mount is live both ways under containerd's runc shim and
 /// under ember's shim v2.
 #[test]
@@ -486,6 +519,7 @@ fn cri_pod_with_the_ember_handler_runs_in_one_vm_as_under_runc() {
             "c1 and c2 share uts and ipc namespaces: yes",
             "c1 -> host http: from-the-host",
             "exec stdout=out-ok stderr=err-ok exit=3",
+            "c2 stats: cpu counted yes, working set counted yes",
             "c2 after c1 stopped: c2-still-answers",
             "after RemovePodSandbox: 0 sandboxes, 0 containers",
             "ember processes left: 0",

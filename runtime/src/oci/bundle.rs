@@ -201,6 +201,20 @@ pub struct ContainerConfig {
     pub linux: LinuxSetup,
 }
 
+impl ContainerConfig {
+    /// Whether the spec asks for a network namespace of its own (none given by path) outside
+    /// a CRI pod (whose namespaces are the sandbox's, by path). An engine may configure it
+    /// after create, through the pid the runtime reports (`ctr run --cni`): that pid must not
+    /// be in the host's namespace.
+    pub fn wants_own_netns(&self) -> bool {
+        self.role == PodRole::Single
+            && self
+                .namespaces
+                .iter()
+                .any(|n| matches!(n.typ.as_str(), "net" | "network") && n.path.is_none())
+    }
+}
+
 /// The OCI hooks of a spec. ember runs them on the host: `prestart` and `createRuntime` once
 /// the container exists, `poststart` after start, `poststop` at delete. `createContainer`
 /// and `startContainer` would run inside the container's namespaces, in the VM, where host
@@ -638,6 +652,21 @@ mod tests {
                 sandbox_id: "pod1".into()
             }
         );
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn only_a_single_container_with_a_pathless_netns_wants_its_own() {
+        let d = bundle_dir("own-netns", GOOD, true);
+        let mut c = Bundle::load(&d).unwrap().container_config("c1").unwrap();
+        // A CRI member, its network by path: not its own.
+        assert!(!c.wants_own_netns());
+        c.role = PodRole::Single;
+        assert!(!c.wants_own_netns(), "the namespace is given by path");
+        c.namespaces[1].path = None;
+        assert!(c.wants_own_netns());
+        c.namespaces.remove(1);
+        assert!(!c.wants_own_netns(), "no network namespace: the host's");
         fs::remove_dir_all(&d).unwrap();
     }
 

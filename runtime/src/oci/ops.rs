@@ -254,6 +254,15 @@ fn run_shim(
         let _ = ready.write_all(msg.as_bytes());
         1
     };
+    // This shim's pid is the one `state` reports, and an engine may configure that pid's
+    // network namespace after create (`ctr run --cni`): it must be one of its own, not the
+    // host's. (The VM exists by then; ember's shim v2 boots such a task's VM at start, wired
+    // to what the engine configured.)
+    if config.wants_own_netns() {
+        if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
+            return fail(&mut ready, format!("Cannot make a network namespace: {e}"));
+        }
+    }
     let stdio = match (config.process.terminal, console_socket) {
         (true, Some(sock)) => tty_stdio(sock),
         _ => Stdio::inherit()

@@ -12,8 +12,14 @@
 //!
 //! When a task's process exits its VM goes at once (the pod's disks are throw-away images);
 //! its exit code is kept for `wait`, `state` and `delete`.
+//!
+//! A task whose spec asks for a network namespace of its own (none by path: a plain `ctr
+//! run`) gets one from a holder process ([`NetnsHolder`]), whose pid is the task's pid until
+//! it starts: `ctr run --cni` configures `/proc/<task pid>/ns/net` between create and start
+//! (for runc that is the container's own namespace; the shim's would be the host's). Such a
+//! task's VM boots at start, wired to that namespace when the engine gave it an interface.
 
-use super::bundle::{Bundle, ProcessConfig};
+use super::bundle::{Bundle, ContainerConfig, ProcessConfig};
 use super::sandbox::{Backend, Sandbox, Stdio};
 use super::vm::VmBackend;
 use containerd_shim as shim;
@@ -40,6 +46,8 @@ pub const RUNTIME_ID: &str = "io.containerd.ember.v2";
 pub const BINARY_NAME: &str = "containerd-shim-ember-v2";
 /// Set for the shim server process, which runs as `ember` (its resolved executable).
 pub const SERVER_ENV: &str = "EMBER_SHIM_V2";
+/// Set for a [`NetnsHolder`] process (the same executable).
+pub const NETNS_HOLDER_ENV: &str = "EMBER_NETNS_HOLDER";
 /// The type containerd decodes [`shim::Task::stats`]'s answer as.
 const METRICS_TYPE: &str = "io.containerd.cgroups.v1.Metrics";
 /// Exit code of a process whose end could not be learnt (its VM died under it).
@@ -144,9 +152,90 @@ struct Process {
     terminal: bool,
 }
 
+/// A process of the shim's in a network namespace of its own, for a task whose spec asks for
+/// one: the namespace lives as long as the holder, which ends with the task (or with the shim:
+/// it exits once its parent is gone).
+struct NetnsHolder(std::process::Child);
+
+impl NetnsHolder {
+    fn spawn() -> std::io::Result<NetnsHolder> {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new("/proc/self/exe");
+        cmd.env(NETNS_HOLDER_ENV, "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        // SAFETY: unshare(2) is async-signal-safe and touches only the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn().map(NetnsHolder)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn netns(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/net", self.0.id()))
+    }
+}
+
+impl Drop for NetnsHolder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether this process is a [`NetnsHolder`].
+pub fn invoked_as_netns_holder() -> bool {
+    std::env::var_os(NETNS_HOLDER_ENV).is_some_and(|v| v == "1")
+}
+
+/// Run as a [`NetnsHolder`]: hold the namespace until killed or orphaned; never returns.
+pub fn hold_netns() -> ! {
+    let parent = nix::unistd::getppid();
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        if nix::unistd::getppid() != parent {
+            std::process::exit(0);
+        }
+    }
+}
+
+/// Whether the network namespace at `path` has an interface besides loopback (the engine
+/// configured it). Scanned from a thread of its own, which joins the namespace.
+fn has_interface(path: &Path) -> bool {
+    let path = path.to_path_buf();
+    let scan = std::thread::Builder::new()
+        .name("netns-scan".into())
+        .spawn(move || {
+            crate::network::enter_netns(&path).ok()?;
+            crate::network::scan().ok()
+        })
+        .ok()
+        .and_then(|h| h.join().ok().flatten());
+    scan.is_some_and(|s| s.interfaces.iter().any(|i| i.mac != [0; 6]))
+}
+
+/// A task created with its VM to boot at start ([`ContainerConfig::wants_own_netns`]).
+struct Deferred {
+    config: ContainerConfig,
+    stdio: Stdio,
+}
+
 struct Task {
     bundle: String,
-    sandbox: Arc<dyn Sandbox>,
+    /// The container in its VM; `None` while [`Task::deferred`] waits for the start.
+    sandbox: Option<Arc<dyn Sandbox>>,
+    deferred: Option<Deferred>,
+    netns: Option<NetnsHolder>,
     init: Process,
     execs: HashMap<String, (ProcessConfig, Process)>,
     /// The shim's own writers of the processes' stdin FIFOs ([`open_stdio`]), by exec id
@@ -333,10 +422,56 @@ impl TaskService {
             .tasks
             .lock()
             .map_err(|_| rpc(Code::INTERNAL, "lock"))?;
-        tasks
-            .get(id)
-            .map(|t| t.sandbox.clone())
-            .ok_or_else(|| not_found(id))
+        let task = tasks.get(id).ok_or_else(|| not_found(id))?;
+        task.sandbox.clone().ok_or_else(|| {
+            rpc(
+                Code::FAILED_PRECONDITION,
+                format!("task {id} is not started (its VM boots at start)"),
+            )
+        })
+    }
+
+    /// Boot the VM of a task created with [`Deferred`], wired to its network namespace when
+    /// the engine configured it meanwhile.
+    fn place(&self, id: &str) -> TtrpcResult<()> {
+        let (deferred, netns) = {
+            let mut tasks = self
+                .0
+                .tasks
+                .lock()
+                .map_err(|_| rpc(Code::INTERNAL, "lock"))?;
+            let task = tasks.get_mut(id).ok_or_else(|| not_found(id))?;
+            let Some(d) = task.deferred.take() else {
+                return Ok(());
+            };
+            (d, task.netns.as_ref().map(NetnsHolder::netns))
+        };
+        let mut config = deferred.config;
+        if let Some(path) = netns.filter(|p| has_interface(p)) {
+            log::info!("task {id}: network namespace {} joined", path.display());
+            for n in &mut config.namespaces {
+                if matches!(n.typ.as_str(), "net" | "network") {
+                    n.path = Some(path.clone());
+                }
+            }
+        }
+        let state_dir = self.0.backend.root.join(id);
+        let sandbox = self
+            .0
+            .backend
+            .create(&config, &state_dir, deferred.stdio)
+            .map_err(|e| rpc(Code::FAILED_PRECONDITION, crate::error::report(&e)))?;
+        let mut tasks = self
+            .0
+            .tasks
+            .lock()
+            .map_err(|_| rpc(Code::INTERNAL, "lock"))?;
+        match tasks.get_mut(id) {
+            Some(task) => task.sandbox = Some(Arc::from(sandbox)),
+            // Deleted meanwhile: its VM goes.
+            None => sandbox.shutdown(),
+        }
+        Ok(())
     }
 
     fn process(&self, id: &str, exec_id: &str) -> TtrpcResult<(String, Process)> {
@@ -356,6 +491,7 @@ impl TaskService {
     }
 
     fn start_init(&self, id: &str) -> TtrpcResult<u32> {
+        self.place(id)?;
         let sandbox = self.sandbox(id)?;
         let pid = sandbox
             .start()
@@ -497,7 +633,13 @@ impl shim::Task for TaskService {
     ) -> TtrpcResult<api::CreateTaskResponse> {
         crate::api::id::validate("container", &req.id)
             .map_err(|e| rpc(Code::INVALID_ARGUMENT, e))?;
-        if self.sandbox(&req.id).is_ok() {
+        let exists = self
+            .0
+            .tasks
+            .lock()
+            .map_err(|_| rpc(Code::INTERNAL, "lock"))?
+            .contains_key(&req.id);
+        if exists {
             return Err(rpc(Code::ALREADY_EXISTS, format!("task {} exists", req.id)));
         }
         let bundle = PathBuf::from(&req.bundle);
@@ -527,17 +669,39 @@ impl shim::Task for TaskService {
         let state_dir = self.0.backend.root.join(&req.id);
         std::fs::create_dir_all(&state_dir)
             .map_err(|e| fail(Code::INTERNAL, format!("{}: {e}", state_dir.display())))?;
-        let sandbox: Arc<dyn Sandbox> = match self.0.backend.create(&config, &state_dir, stdio) {
-            Ok(s) => Arc::from(s),
-            Err(e) => {
+        let (sandbox, deferred, netns) = if config.wants_own_netns() {
+            let holder = NetnsHolder::spawn().map_err(|e| {
                 let _ = std::fs::remove_dir_all(&state_dir);
-                return Err(fail(Code::INTERNAL, crate::error::report(&e)));
+                fail(
+                    Code::INTERNAL,
+                    format!("a network namespace for the task: {e}"),
+                )
+            })?;
+            (
+                None,
+                Some(Deferred {
+                    config: config.clone(),
+                    stdio,
+                }),
+                Some(holder),
+            )
+        } else {
+            match self.0.backend.create(&config, &state_dir, stdio) {
+                Ok(s) => (Some(Arc::<dyn Sandbox>::from(s)), None, None),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&state_dir);
+                    return Err(fail(Code::INTERNAL, crate::error::report(&e)));
+                }
             }
         };
-        let pid = std::process::id();
+        let pid = netns
+            .as_ref()
+            .map_or_else(std::process::id, NetnsHolder::pid);
         let task = Task {
             bundle: req.bundle.clone(),
             sandbox,
+            deferred,
+            netns,
             init: Process {
                 pid,
                 status: api::Status::CREATED,
@@ -625,6 +789,21 @@ impl shim::Task for TaskService {
         }
         let signal = i32::try_from(req.signal)
             .map_err(|_| rpc(Code::INVALID_ARGUMENT, "bad signal number"))?;
+        // A task whose VM was to boot at start ends without one, as a created container's
+        // init ends under runc.
+        if req.exec_id.is_empty() {
+            let dropped = self
+                .0
+                .tasks
+                .lock()
+                .map_err(|_| rpc(Code::INTERNAL, "lock"))?
+                .get_mut(&req.id)
+                .and_then(|t| t.deferred.take());
+            if dropped.is_some() {
+                self.exited(&req.id, None, 128 + u32::try_from(signal).unwrap_or(0));
+                return Ok(api::Empty::new());
+            }
+        }
         let sandbox = self.sandbox(&req.id)?;
         let r = if req.exec_id.is_empty() {
             sandbox.signal(signal, req.all)
@@ -796,7 +975,10 @@ impl shim::Task for TaskService {
             tasks.remove(&req.id).ok_or_else(|| not_found(&req.id))?
         };
         // A task that never ran still holds its VM.
-        task.sandbox.shutdown();
+        if let Some(sandbox) = &task.sandbox {
+            sandbox.shutdown();
+        }
+        drop(task.netns);
         unmount_rootfs(Path::new(&task.bundle));
         let _ = std::fs::remove_dir_all(self.0.backend.root.join(&req.id));
         resp.pid = task.init.pid;
