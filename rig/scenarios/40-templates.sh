@@ -137,7 +137,10 @@ template_snapshot() {
     ember pod snapshot t2 /tmp/t2snap 2>/tmp/t2snap.err; rc=$?
     echo "t2: exit=$rc $(cat /tmp/t2snap.err)"
     [ "$out" = after-snapshot ] && [ $rc -ne 0 ] && [ ! -e /tmp/t2snap ] \
-        && ember container exec t2 c -- true
+        && ember container exec t2 c -- true && return 0
+    ember pod status t2
+    tmpl_console t2
+    return 1
 }
 section template-snapshot template_snapshot
 

@@ -18,6 +18,9 @@ pub const SNAPSHOT: Duration = Duration::from_secs(120);
 pub const POD_PING: Duration = Duration::from_secs(2);
 /// A graceful guest shutdown (`"shutdown": "graceful"`), before the VM is stopped hard.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// A pod process asked to stop answers within this: the guest's sync or graceful shutdown,
+/// then the VM's stop.
+pub const POD_STOP: Duration = Duration::from_secs(30);
 /// A VMM process asked to stop has this long to exit, after its shutdown, before it is killed.
 pub const VMM_EXIT: Duration = Duration::from_secs(5);
 /// A container asked to stop (SIGTERM) has this long before SIGKILL.

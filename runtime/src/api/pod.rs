@@ -209,28 +209,19 @@ fn stop_vmm(dir: &Path, vmm: &VmmProcess) -> Option<String> {
         return reason;
     }
     let sock = dir.join(pod_vmm::CONTROL_SOCKET);
-    if let Err(e) = control::request(&sock, &control::Request::Stop, control::DEFAULT_TIMEOUT) {
-        reason = Some(format!("stop request failed: {e}; killed"));
+    match control::request(&sock, &control::Request::Stop, crate::timeouts::POD_STOP) {
+        Ok(control::Response::Stopped {
+            unsynced: Some(why),
+        }) => reason = Some(format!("stopped without the guest's sync: {why}")),
+        Ok(_) => {}
+        Err(e) => reason = Some(format!("stop request failed: {e}; killed")),
     }
     pod_vmm::proc::pause_at("stop:requested");
     if !pod_vmm::wait_exit(vmm, SHUTDOWN_GRACE + VMM_EXIT) {
         pod_vmm::kill(vmm);
         reason.get_or_insert_with(|| "VMM did not exit in time; killed".into());
     }
-    if reason.is_none() && unsynced(dir) {
-        reason = Some("stopped without the guest's sync: its agent did not answer".into());
-    }
     reason
-}
-
-/// Whether the pod process's log says, since its last start, that the guest's agent did not
-/// do the sync before the stop ([`pod_vmm::SYNC_FAILED`]).
-fn unsynced(dir: &Path) -> bool {
-    let log = fs::read_to_string(dir.join(pod_vmm::LOG_FILE)).unwrap_or_default();
-    log.lines()
-        .rev()
-        .take_while(|l| !(l.contains("VMM process") && l.contains(pod_vmm::STARTING)))
-        .any(|l| l.contains(pod_vmm::SYNC_FAILED))
 }
 
 /// Whether `e` says the state root cannot be written (read-only, full, not permitted): a read
@@ -915,7 +906,7 @@ impl Runtime {
                 pod_vmm::proc::start_time(pid).map(|start_time| VmmProcess { pid, start_time })
             }) {
                 let _ =
-                    control::request(&socket, &control::Request::Stop, control::DEFAULT_TIMEOUT);
+                    control::request(&socket, &control::Request::Stop, crate::timeouts::POD_STOP);
                 if !pod_vmm::wait_exit(&vmm, SHUTDOWN_GRACE + VMM_EXIT) {
                     pod_vmm::kill(&vmm);
                 }

@@ -533,7 +533,9 @@ impl crate::pod_vmm::control::ControlTarget for SlotRecorder {
     fn resume(&self) -> Result<(), String> {
         Ok(())
     }
-    fn stop(&self) {}
+    fn stop(&self) -> Option<String> {
+        None
+    }
     fn insert_disk(&self, slot: usize, path: &Path, read_only: bool) -> Result<(), String> {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         self.0

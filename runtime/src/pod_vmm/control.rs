@@ -50,7 +50,8 @@ impl Error {
 pub trait ControlTarget: Send + Sync {
     fn pause(&self) -> Result<(), String>;
     fn resume(&self) -> Result<(), String>;
-    fn stop(&self);
+    /// Stop the VM (the machine); why the guest was not synced first, where it was to be.
+    fn stop(&self) -> Option<String>;
     /// Put the image at `path` into the VM's empty disk slot `slot`.
     fn insert_disk(&self, _slot: usize, _path: &Path, _read_only: bool) -> Result<(), String> {
         Err("this pod has no disk slots".into())
@@ -117,7 +118,8 @@ fn answer(req: &Request, target: &dyn ControlTarget) -> Response {
         },
         Request::Pause => done(target.pause()),
         Request::Resume => done(target.resume()),
-        Request::Stop => Response::Done,
+        // Answered by [`handle_connection`], after the stop.
+        Request::Stop => Response::Error("stop is answered once stopped".into()),
         Request::Counters => Response::Counters(target.counters()),
         Request::InsertDisk { path, .. } if !path.is_absolute() => {
             Response::Error(format!("disk path {} is not absolute", path.display()))
@@ -146,7 +148,8 @@ fn answer(req: &Request, target: &dyn ControlTarget) -> Response {
     }
 }
 
-/// Answer one connection. Returns true when the request was `Stop` (answered, then done).
+/// Answer one connection. Returns true when the request was `Stop` (the target stopped, then
+/// answered).
 pub fn handle_connection(mut stream: UnixStream, target: &dyn ControlTarget) -> bool {
     let _ = stream.set_read_timeout(Some(DEFAULT_TIMEOUT));
     let _ = stream.set_write_timeout(Some(DEFAULT_TIMEOUT));
@@ -158,9 +161,14 @@ pub fn handle_connection(mut stream: UnixStream, target: &dyn ControlTarget) -> 
             )),
             false,
         ),
+        Ok(m) if m.body == Request::Stop => {
+            log::debug!("control request Stop");
+            let unsynced = target.stop();
+            (Response::Stopped { unsynced }, true)
+        }
         Ok(m) => {
             log::debug!("control request {:?}", m.body);
-            (answer(&m.body, target), m.body == Request::Stop)
+            (answer(&m.body, target), false)
         }
         Err(e) => {
             log::warn!("Bad control request: {e}");
@@ -168,10 +176,6 @@ pub fn handle_connection(mut stream: UnixStream, target: &dyn ControlTarget) -> 
         }
     };
     let _ = agent::protocol::send(&mut stream, &Message::new(resp));
-    drop(stream);
-    if stop {
-        target.stop();
-    }
     stop
 }
 
@@ -217,8 +221,9 @@ mod tests {
             self.resumed.fetch_add(1, Ordering::SeqCst);
             Ok(())
         }
-        fn stop(&self) {
+        fn stop(&self) -> Option<String> {
             self.stopped.fetch_add(1, Ordering::SeqCst);
+            Some("the test agent is silent".into())
         }
         fn insert_disk(&self, slot: usize, path: &Path, read_only: bool) -> Result<(), String> {
             let d = format!("insert {slot} {read_only} {}", path.display());
@@ -276,7 +281,13 @@ mod tests {
             let resp: Message<Response> = agent::protocol::recv(&mut s).unwrap();
             assert!(matches!(resp.body, Response::Error(_)), "{resp:?}");
         }
-        request(&sock, &Request::Stop, to).unwrap();
+        let stopped = request(&sock, &Request::Stop, to).unwrap();
+        assert_eq!(
+            stopped,
+            Response::Stopped {
+                unsynced: Some("the test agent is silent".into())
+            }
+        );
         server.join().unwrap();
         assert_eq!(target.paused.load(Ordering::SeqCst), 1);
         assert_eq!(target.resumed.load(Ordering::SeqCst), 1);

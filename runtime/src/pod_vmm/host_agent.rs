@@ -231,10 +231,10 @@ impl ControlTarget for Target {
         Ok(())
     }
 
-    fn stop(&self) {
+    fn stop(&self) -> Option<String> {
         self.requested.store(true, Ordering::SeqCst);
         signal(self.pid, libc::SIGCONT);
-        let asked = super::before_stop(&self.dir, self.shutdown);
+        let (asked, unsynced) = super::before_stop(&self.dir, self.shutdown);
         let (lock, cv) = &*self.exited;
         let grace = if asked {
             crate::timeouts::SHUTDOWN_GRACE
@@ -250,5 +250,6 @@ impl ControlTarget for Target {
         if !done {
             signal(self.pid, libc::SIGKILL);
         }
+        unsynced
     }
 }

@@ -739,31 +739,32 @@ fn mark_ended(dir: &Path, reason: &str) {
 }
 
 /// The warning a pod process logs when its guest's agent did not do the sync before a stop
-/// (the stopper finds it in the log and says so in the stop reason).
+/// (its answer to the stop says so too: [`protocol::Response::Stopped`]).
 pub const SYNC_FAILED: &str = "Guest sync before stop failed";
-
-/// Where a pod process's log begins one run (the line it logs as it starts).
-pub const STARTING: &str = "starting";
 
 /// Before a machine is stopped at once: what its guest still has to do, by the pod's
 /// [`config::Shutdown`]. `Graceful` asks the agent to shut the guest down (it stops every
 /// container, syncs and reboots, which ends the VM) and returns whether that was asked; `Sync`
-/// has the agent flush the guest's page cache to its disks; `Kill` says nothing.
-fn before_stop(dir: &Path, shutdown: config::Shutdown) -> bool {
+/// has the agent flush the guest's page cache to its disks (and returns why not, where it did
+/// not); `Kill` says nothing.
+fn before_stop(dir: &Path, shutdown: config::Shutdown) -> (bool, Option<String>) {
     let agent = || crate::agent_link::connect(dir, Some(crate::timeouts::AGENT_SHORT_CALL));
     match shutdown {
-        config::Shutdown::Kill => false,
+        config::Shutdown::Kill => (false, None),
         config::Shutdown::Sync => {
             let synced = match agent() {
                 Ok(mut c) => c.sync().map_err(|e| crate::error::report(&e)),
                 Err(e) => Err(crate::error::report(&e)),
             };
-            if let Err(e) = synced {
-                log::warn!("{SYNC_FAILED} (stopping anyway): {e}");
+            match synced {
+                Ok(()) => (false, None),
+                Err(e) => {
+                    log::warn!("{SYNC_FAILED} (stopping anyway): {e}");
+                    (false, Some(e))
+                }
             }
-            false
         }
-        config::Shutdown::Graceful => agent().is_ok_and(|mut c| c.shutdown().is_ok()),
+        config::Shutdown::Graceful => (agent().is_ok_and(|mut c| c.shutdown().is_ok()), None),
     }
 }
 

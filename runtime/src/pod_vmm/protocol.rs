@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// Version of this protocol, carried in every message.
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 
 /// One message on the control socket or the notify pipe.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -44,7 +44,8 @@ pub enum Request {
     Pause,
     /// Let the vCPUs run again.
     Resume,
-    /// Stop the VM as the pod config's `shutdown` says; the process then exits.
+    /// Stop the VM as the pod config's `shutdown` says; answers [`Response::Stopped`] once
+    /// it stopped, and the process then exits.
     Stop,
     /// Put the image at `path` (absolute) into empty disk slot `slot`.
     InsertDisk {
@@ -79,6 +80,11 @@ pub enum Response {
     },
     /// The request was refused or failed; the pod goes on.
     Error(String),
+    /// The VM stopped. `unsynced` says why the guest's page cache was not flushed to its
+    /// disks first, where the pod's `shutdown` asked for that (its agent did not answer).
+    Stopped {
+        unsynced: Option<String>,
+    },
     /// What a snapshot wrote.
     Snapshotted(vmm::SnapshotInfo),
     /// Each device's counters (frames dropped, requests that waited for a rate limiter).

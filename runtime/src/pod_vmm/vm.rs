@@ -388,12 +388,12 @@ impl super::control::ControlTarget for Target {
 
     /// Stop the VM: at once after [`super::before_stop`], or, for a graceful shutdown, when the
     /// guest has not ended within the grace period.
-    fn stop(&self) {
+    fn stop(&self) -> Option<String> {
         self.requested.store(true, Ordering::SeqCst);
         // A paused guest cannot answer.
         let _ = self.handle.resume();
         let t = Instant::now();
-        let asked = super::before_stop(&self.dir, self.shutdown);
+        let (asked, unsynced) = super::before_stop(&self.dir, self.shutdown);
         if !asked || !self.handle.wait_exited(Some(timeouts::SHUTDOWN_GRACE)) {
             self.handle.stop();
         }
@@ -402,6 +402,7 @@ impl super::control::ControlTarget for Target {
             self.shutdown,
             t.elapsed().as_secs_f64() * 1e3
         );
+        unsynced
     }
 }
 
