@@ -102,6 +102,15 @@ fn passed(name: &str) -> Option<&'static Section> {
     Some(s)
 }
 
+/// The lines of `s` that begin with `rt` and a space, without that prefix.
+fn prefixed(s: &Section, rt: &str) -> Vec<String> {
+    s.output
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(&format!("{rt} ")))
+        .map(str::to_string)
+        .collect()
+}
+
 fn has_line(s: &Section, want: &str) -> bool {
     s.output.lines().any(|l| l.trim() == want)
 }
@@ -276,13 +285,7 @@ fn podman_config_fidelity_equals_runc() {
     let Some(s) = passed("podman-fidelity") else {
         return;
     };
-    let lines = |rt: &str| -> Vec<String> {
-        s.output
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix(&format!("{rt} ")))
-            .map(str::to_string)
-            .collect()
-    };
+    let lines = |rt: &str| prefixed(s, rt);
     let (runc, ember) = (lines("runc"), lines("ember"));
     assert!(runc.len() >= 14, "runc printed too little:\n{}", s.output);
     assert_eq!(runc, ember, "output:\n{}", s.output);
@@ -324,13 +327,7 @@ fn podman_tty_is_a_pty_sized_as_under_runc() {
     let Some(s) = passed("podman-tty") else {
         return;
     };
-    let lines = |rt: &str| -> Vec<String> {
-        s.output
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix(&format!("{rt} ")))
-            .map(str::to_string)
-            .collect()
-    };
+    let lines = |rt: &str| prefixed(s, rt);
     for want in [
         "runc run: /dev/pts/0",
         "runc run: 41 97",
@@ -446,13 +443,7 @@ fn ctr_run_cni_networks_the_task_as_under_runc() {
     let Some(s) = passed("ctr-cni") else {
         return;
     };
-    let lines = |rt: &str| -> Vec<String> {
-        s.output
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix(&format!("{rt} ")))
-            .map(str::to_string)
-            .collect()
-    };
+    let lines = |rt: &str| prefixed(s, rt);
     for want in [
         "runc eth0: 10.88",
         "runc default routes: 1",

@@ -515,13 +515,7 @@ impl Runtime {
             return Err(Error::ContainerRunning(cid.to_string()));
         }
         if pod_running && c.in_agent {
-            let mut client =
-                agent_link::connect(&dir, Some(agent_link::CALL_TIMEOUT)).map_err(|source| {
-                    Error::Agent {
-                        call: "DestroyContainer",
-                        source,
-                    }
-                })?;
+            let mut client = agent_call(&dir, "DestroyContainer")?;
             match client.destroy_container(cid) {
                 Ok(()) => {}
                 Err(e) if e.agent_kind() == Some(ErrorKind::NotFound) => {}
@@ -578,13 +572,7 @@ impl Runtime {
                 action: "signal it",
             });
         }
-        let mut client =
-            agent_link::connect(&dir, Some(agent_link::CALL_TIMEOUT)).map_err(|source| {
-                Error::Agent {
-                    call: "Signal",
-                    source,
-                }
-            })?;
+        let mut client = agent_call(&dir, "Signal")?;
         client
             .signal(cid, None, signal, all)
             .map_err(Error::agent("Signal"))
@@ -598,13 +586,7 @@ impl Runtime {
         let (_lock, dir, mut rec) = self.open(pod, LockKind::Read)?;
         require_running(&rec, "signal a process")?;
         Self::container(&mut rec, cid)?;
-        let mut client =
-            agent_link::connect(&dir, Some(agent_link::CALL_TIMEOUT)).map_err(|source| {
-                Error::Agent {
-                    call: "Signal",
-                    source,
-                }
-            })?;
+        let mut client = agent_call(&dir, "Signal")?;
         client
             .signal(cid, Some(exec_id), signal, false)
             .map_err(Error::agent("Signal"))
@@ -617,13 +599,7 @@ impl Runtime {
         let (_lock, dir, mut rec) = self.open(pod, LockKind::Read)?;
         require_running(&rec, "read a container's statistics")?;
         Self::container(&mut rec, cid)?;
-        let mut client =
-            agent_link::connect(&dir, Some(agent_link::CALL_TIMEOUT)).map_err(|source| {
-                Error::Agent {
-                    call: "Stats",
-                    source,
-                }
-            })?;
+        let mut client = agent_call(&dir, "Stats")?;
         let stats = client.stats().map_err(Error::agent("Stats"))?;
         stats
             .containers
@@ -649,18 +625,8 @@ impl Runtime {
         let (_lock, dir, mut rec) = self.open(pod, LockKind::Read)?;
         require_running(&rec, "resize a terminal")?;
         let c = Self::container(&mut rec, cid)?;
-        if !c.in_agent {
-            return Err(Error::Config(format!(
-                "container {cid} is not in the guest"
-            )));
-        }
-        let mut client =
-            agent_link::connect(&dir, Some(agent_link::CALL_TIMEOUT)).map_err(|source| {
-                Error::Agent {
-                    call: "ResizeTerminal",
-                    source,
-                }
-            })?;
+        in_guest(c)?;
+        let mut client = agent_call(&dir, "ResizeTerminal")?;
         client
             .resize_terminal(cid, exec_id, rows, cols)
             .map_err(Error::agent("ResizeTerminal"))
@@ -692,8 +658,7 @@ impl Runtime {
                 source: crate::state::TransitionError { from: c.state, to },
             });
         }
-        let mut client = agent_link::connect(&dir, Some(agent_link::CALL_TIMEOUT))
-            .map_err(|source| Error::Agent { call, source })?;
+        let mut client = agent_call(&dir, call)?;
         let r = if to == State::Paused {
             client.pause(cid)
         } else {
@@ -712,18 +677,8 @@ impl Runtime {
         let (_lock, dir, mut rec) = self.open(pod, LockKind::Read)?;
         require_running(&rec, "list processes")?;
         let c = Self::container(&mut rec, cid)?;
-        if !c.in_agent {
-            return Err(Error::Config(format!(
-                "container {cid} is not in the guest"
-            )));
-        }
-        let mut client =
-            agent_link::connect(&dir, Some(agent_link::CALL_TIMEOUT)).map_err(|source| {
-                Error::Agent {
-                    call: "ProcessList",
-                    source,
-                }
-            })?;
+        in_guest(c)?;
+        let mut client = agent_call(&dir, "ProcessList")?;
         client
             .process_list(cid)
             .map_err(Error::agent("ProcessList"))
@@ -759,13 +714,7 @@ impl Runtime {
                 action: "exec in it",
             });
         }
-        let mut client =
-            agent_link::connect(&dir, Some(agent_link::CALL_TIMEOUT)).map_err(|source| {
-                Error::Agent {
-                    call: "Exec",
-                    source,
-                }
-            })?;
+        let mut client = agent_call(&dir, "Exec")?;
         crate::pod_vmm::proc::pause_at("exec:call");
         let pid = client
             .exec(cid, &exec_id, process)
@@ -913,6 +862,27 @@ impl Runtime {
             }
         }
         out
+    }
+}
+
+/// A connection to the pod's agent for `call`, with the ordinary call timeout.
+fn agent_call(
+    dir: &Path,
+    call: &'static str,
+) -> Result<agent::client::AgentClient<std::os::unix::net::UnixStream>, Error> {
+    agent_link::connect(dir, Some(agent_link::CALL_TIMEOUT))
+        .map_err(|source| Error::Agent { call, source })
+}
+
+/// Refuses a container the agent does not hold (created in the record only).
+fn in_guest(c: &ContainerRecord) -> Result<(), Error> {
+    if c.in_agent {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "container {} is not in the guest",
+            c.id
+        )))
     }
 }
 
