@@ -373,6 +373,11 @@ fn unmount_rootfs(bundle: &Path) {
 }
 
 impl TaskService {
+    /// The task table, locked.
+    fn tasks(&self) -> TtrpcResult<std::sync::MutexGuard<'_, HashMap<String, Task>>> {
+        self.0.tasks.lock().map_err(|_| rpc(Code::INTERNAL, "lock"))
+    }
+
     fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
         let r = self
             .0
@@ -417,11 +422,7 @@ impl TaskService {
     }
 
     fn sandbox(&self, id: &str) -> TtrpcResult<Arc<dyn Sandbox>> {
-        let tasks = self
-            .0
-            .tasks
-            .lock()
-            .map_err(|_| rpc(Code::INTERNAL, "lock"))?;
+        let tasks = self.tasks()?;
         let task = tasks.get(id).ok_or_else(|| not_found(id))?;
         task.sandbox.clone().ok_or_else(|| {
             rpc(
@@ -435,11 +436,7 @@ impl TaskService {
     /// the engine configured it meanwhile.
     fn place(&self, id: &str) -> TtrpcResult<()> {
         let (deferred, netns) = {
-            let mut tasks = self
-                .0
-                .tasks
-                .lock()
-                .map_err(|_| rpc(Code::INTERNAL, "lock"))?;
+            let mut tasks = self.tasks()?;
             let task = tasks.get_mut(id).ok_or_else(|| not_found(id))?;
             let Some(d) = task.deferred.take() else {
                 return Ok(());
@@ -461,11 +458,7 @@ impl TaskService {
             .backend
             .create(&config, &state_dir, deferred.stdio)
             .map_err(|e| rpc(Code::FAILED_PRECONDITION, crate::error::report(&e)))?;
-        let mut tasks = self
-            .0
-            .tasks
-            .lock()
-            .map_err(|_| rpc(Code::INTERNAL, "lock"))?;
+        let mut tasks = self.tasks()?;
         match tasks.get_mut(id) {
             Some(task) => task.sandbox = Some(Arc::from(sandbox)),
             // Deleted meanwhile: its VM goes.
@@ -475,11 +468,7 @@ impl TaskService {
     }
 
     fn process(&self, id: &str, exec_id: &str) -> TtrpcResult<(String, Process)> {
-        let tasks = self
-            .0
-            .tasks
-            .lock()
-            .map_err(|_| rpc(Code::INTERNAL, "lock"))?;
+        let tasks = self.tasks()?;
         let task = tasks.get(id).ok_or_else(|| not_found(id))?;
         if exec_id.is_empty() {
             return Ok((task.bundle.clone(), task.init.clone()));
@@ -528,11 +517,7 @@ impl TaskService {
     fn start_exec(&self, id: &str, exec_id: &str) -> TtrpcResult<u32> {
         let sandbox = self.sandbox(id)?;
         let (process, stdio) = {
-            let mut tasks = self
-                .0
-                .tasks
-                .lock()
-                .map_err(|_| rpc(Code::INTERNAL, "lock"))?;
+            let mut tasks = self.tasks()?;
             let task = tasks.get_mut(id).ok_or_else(|| not_found(id))?;
             let (cfg, p) = task
                 .execs
@@ -633,12 +618,7 @@ impl shim::Task for TaskService {
     ) -> TtrpcResult<api::CreateTaskResponse> {
         crate::api::id::validate("container", &req.id)
             .map_err(|e| rpc(Code::INVALID_ARGUMENT, e))?;
-        let exists = self
-            .0
-            .tasks
-            .lock()
-            .map_err(|_| rpc(Code::INTERNAL, "lock"))?
-            .contains_key(&req.id);
+        let exists = self.tasks()?.contains_key(&req.id);
         if exists {
             return Err(rpc(Code::ALREADY_EXISTS, format!("task {} exists", req.id)));
         }
@@ -714,11 +694,7 @@ impl shim::Task for TaskService {
             execs: HashMap::new(),
             stdin_holds: hold.into_iter().map(|h| (String::new(), h)).collect(),
         };
-        self.0
-            .tasks
-            .lock()
-            .map_err(|_| rpc(Code::INTERNAL, "lock"))?
-            .insert(req.id.clone(), task);
+        self.tasks()?.insert(req.id.clone(), task);
         let mut ev = TaskCreate::new();
         ev.container_id = req.id.clone();
         ev.bundle = req.bundle.clone();
@@ -793,10 +769,7 @@ impl shim::Task for TaskService {
         // init ends under runc.
         if req.exec_id.is_empty() {
             let dropped = self
-                .0
-                .tasks
-                .lock()
-                .map_err(|_| rpc(Code::INTERNAL, "lock"))?
+                .tasks()?
                 .get_mut(&req.id)
                 .and_then(|t| t.deferred.take());
             if dropped.is_some() {
@@ -840,11 +813,7 @@ impl shim::Task for TaskService {
     /// The engine is done writing the process's stdin: the shim lets go of its own writer,
     /// so the process reads the end of its input.
     fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
-        let mut tasks = self
-            .0
-            .tasks
-            .lock()
-            .map_err(|_| rpc(Code::INTERNAL, "lock"))?;
+        let mut tasks = self.tasks()?;
         let task = tasks.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
         if !req.exec_id.is_empty() && !task.execs.contains_key(&req.exec_id) {
             return Err(rpc(
@@ -871,11 +840,7 @@ impl shim::Task for TaskService {
             .map_err(|e| rpc(Code::INVALID_ARGUMENT, crate::error::report(&e)))?;
         process.terminal |= req.terminal;
         {
-            let mut tasks = self
-                .0
-                .tasks
-                .lock()
-                .map_err(|_| rpc(Code::INTERNAL, "lock"))?;
+            let mut tasks = self.tasks()?;
             let task = tasks.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
             if task.execs.contains_key(&req.exec_id) {
                 return Err(rpc(
@@ -901,11 +866,7 @@ impl shim::Task for TaskService {
     }
 
     fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
-        let mut tasks = self
-            .0
-            .tasks
-            .lock()
-            .map_err(|_| rpc(Code::INTERNAL, "lock"))?;
+        let mut tasks = self.tasks()?;
         loop {
             let task = tasks.get(&req.id).ok_or_else(|| not_found(&req.id))?;
             let p = if req.exec_id.is_empty() {
@@ -938,11 +899,7 @@ impl shim::Task for TaskService {
     ) -> TtrpcResult<api::DeleteResponse> {
         let mut resp = api::DeleteResponse::new();
         if !req.exec_id.is_empty() {
-            let mut tasks = self
-                .0
-                .tasks
-                .lock()
-                .map_err(|_| rpc(Code::INTERNAL, "lock"))?;
+            let mut tasks = self.tasks()?;
             let task = tasks.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
             let (_, p) = task
                 .execs
@@ -957,11 +914,7 @@ impl shim::Task for TaskService {
             return Ok(resp);
         }
         let task = {
-            let mut tasks = self
-                .0
-                .tasks
-                .lock()
-                .map_err(|_| rpc(Code::INTERNAL, "lock"))?;
+            let mut tasks = self.tasks()?;
             match tasks.get(&req.id) {
                 None => return Err(not_found(&req.id)),
                 Some(t) if t.init.status == api::Status::RUNNING => {
