@@ -4,5 +4,6 @@
 //! net devices can be rate limited ([`rate_limiter`]).
 
 pub mod legacy;
+pub mod limits;
 pub mod rate_limiter;
 pub mod virtio;

@@ -42,7 +42,7 @@ impl Fs {
         let mut config = [0u8; CONFIG_LEN];
         config[..t.len()].copy_from_slice(t);
         config[TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
-        super::sys::raise_nofile_limit((super::MAX_INODES + super::MAX_HANDLES + 1024) as u64);
+        crate::limits::raise_nofile_limit((super::MAX_INODES + super::MAX_HANDLES + 1024) as u64);
         Ok(Fs {
             common: VirtioCommon::new("virtio-fs", NUM_QUEUES)?,
             config,

@@ -40,6 +40,9 @@ pub struct Connection {
     pub state: State,
     pub local_port: u32,
     pub peer_port: u32,
+    /// The guest opened it (to a host listener at `<uds>_<port>`); otherwise a host program
+    /// did (through `<uds>` and `CONNECT`). Each side has its own connection limit.
+    pub from_guest: bool,
     tx_buf: VecDeque<u8>,
     fwd_cnt: Wrapping<u32>,
     last_fwd_cnt_sent: Wrapping<u32>,
@@ -67,6 +70,7 @@ impl Connection {
             state,
             local_port,
             peer_port,
+            from_guest: false,
             tx_buf: VecDeque::new(),
             fwd_cnt: Wrapping(0),
             last_fwd_cnt_sent: Wrapping(0),

@@ -53,7 +53,10 @@ impl Vsock {
     }
 
     /// A device whose host side is a Unix socket at `uds_path` (see [`UnixMuxer`]).
+    /// Makes room under `RLIMIT_NOFILE` for the muxer's descriptors beside the rest of the
+    /// process (a busybox init hands out 1024: a guest's full set of connections would not fit).
     pub fn unix(guest_cid: u32, uds_path: &Path) -> Result<Self, Error> {
+        crate::limits::raise_nofile_limit((super::muxer::MAX_FDS + 1024) as u64);
         Self::new(guest_cid, Box::new(UnixMuxer::new(guest_cid, uds_path)?))
     }
 
@@ -208,6 +211,9 @@ impl VirtioDevice for Vsock {
     }
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
         self.common.warn_config_write();
+    }
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.backend.counters()
     }
     fn reset(&mut self) -> bool {
         self.common.reset();

@@ -76,6 +76,10 @@ pub trait VsockBackend: Send {
     fn reset(&mut self);
     /// Number of live connections.
     fn connections(&self) -> usize;
+    /// What the backend counts (connections, refusals), for the device's counters.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 #[cfg(test)]

@@ -3,11 +3,17 @@
 //!   sees a REQUEST to `<port>`; once it answers, the host program reads `OK <hostport>\n` and
 //!   the stream carries data.
 //! - guest → host: a guest connection to host port `P` is connected to the listener at
-//!   `<uds>_P`; no listener there means a RST.
+//!   `<uds>_P`; no listener there, or one whose backlog is full, means a RST (the connect is
+//!   non-blocking: a host listener that stops accepting cannot stall the device loop).
+//!
+//! Each direction has its own connection limit, so a guest that opens connections as fast as
+//! it can takes no slot the host's own connections (the runtime's agent calls) need, and the
+//! VMM's file descriptors stay bounded (one per connection; see [`MAX_GUEST_CONNECTIONS`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -18,8 +24,14 @@ use super::connection::{Connection, State};
 use super::packet::*;
 use super::{Error, VsockBackend, HOST_CID};
 
-/// Most connections (established or waiting for CONNECT) at once.
-pub const MAX_CONNECTIONS: usize = 1024;
+/// Most guest-initiated connections at once; a REQUEST beyond it gets a RST.
+pub const MAX_GUEST_CONNECTIONS: usize = 512;
+/// Most host-initiated connections (established or waiting for CONNECT) at once; a host
+/// connection beyond it is closed at once.
+pub const MAX_HOST_CONNECTIONS: usize = 512;
+/// The file descriptors the muxer may hold at once (each connection is one, plus the
+/// listener): what [`UnixMuxer::new`] makes room for under `RLIMIT_NOFILE`.
+pub const MAX_FDS: usize = MAX_GUEST_CONNECTIONS + MAX_HOST_CONNECTIONS + 1;
 /// Longest accepted `CONNECT <port>\n` line.
 const MAX_CONNECT_LINE: usize = 32;
 /// Most RST replies to unknown or refused connections waiting for the guest; more are dropped
@@ -47,6 +59,23 @@ struct PendingConnect {
     line: Vec<u8>,
 }
 
+/// What the muxer refused or dropped, for the device's counters (`ember pod stats`).
+#[derive(Default)]
+struct Refusals {
+    /// Guest REQUESTs refused at [`MAX_GUEST_CONNECTIONS`].
+    guest_limit: u64,
+    /// Guest REQUESTs to a port with no host listener.
+    guest_no_listener: u64,
+    /// Guest REQUESTs to a host listener whose backlog was full.
+    guest_busy: u64,
+    /// Host connections closed at [`MAX_HOST_CONNECTIONS`].
+    host_limit: u64,
+    /// RSTs not sent because [`MAX_PENDING_RST`] were waiting.
+    rst_dropped: u64,
+    /// Times the listener stopped accepting because the process ran out of descriptors.
+    accept_paused: u64,
+}
+
 /// The Unix-socket muxer.
 pub struct UnixMuxer {
     guest_cid: u64,
@@ -59,6 +88,12 @@ pub struct UnixMuxer {
     dead: Vec<UnixStream>,
     next_local_port: u32,
     pending_rst: usize,
+    /// Live connections the guest opened (`conns` with `from_guest`).
+    guest_conns: usize,
+    /// The listener is out of the epoll set: accept failed for lack of descriptors; it goes
+    /// back once a connection closes.
+    accept_paused: bool,
+    refused: Refusals,
 }
 
 impl UnixMuxer {
@@ -98,12 +133,16 @@ impl UnixMuxer {
             dead: Vec::new(),
             next_local_port: FIRST_LOCAL_PORT,
             pending_rst: 0,
+            guest_conns: 0,
+            accept_paused: false,
+            refused: Refusals::default(),
         })
     }
 
     fn reply_rst(&mut self, to: &PacketHeader) {
         if self.pending_rst >= MAX_PENDING_RST {
             log::warn!("vsock: too many RSTs pending; dropping one");
+            self.refused.rst_dropped += 1;
             return;
         }
         self.pending_rst += 1;
@@ -125,6 +164,9 @@ impl UnixMuxer {
     fn remove(&mut self, key: Key, rst: bool) {
         if let Some(mut c) = self.conns.remove(&key) {
             self.fd_keys.remove(&c.stream.as_raw_fd());
+            if c.from_guest {
+                self.guest_conns -= 1;
+            }
             if rst {
                 let h = c.header(self.guest_cid, OP_RST, 0, 0);
                 self.rxq.push_back(RxItem::Raw(h));
@@ -135,8 +177,17 @@ impl UnixMuxer {
 
     fn insert(&mut self, c: Connection) {
         let key = (c.local_port, c.peer_port);
+        if c.from_guest {
+            self.guest_conns += 1;
+        }
         self.fd_keys.insert(c.stream.as_raw_fd(), key);
-        self.conns.insert(key, c);
+        if let Some(old) = self.conns.insert(key, c) {
+            // Callers check the key is free; keep the counts right if one did not.
+            if old.from_guest {
+                self.guest_conns -= 1;
+            }
+            self.dead.push(old.stream);
+        }
     }
 
     fn alloc_local_port(&mut self) -> u32 {
@@ -152,16 +203,20 @@ impl UnixMuxer {
         }
     }
 
-    fn total_connections(&self) -> usize {
-        self.conns.len() + self.pending.len()
+    /// Host-initiated connections, established or waiting for their CONNECT line.
+    fn host_connections(&self) -> usize {
+        self.conns.len() - self.guest_conns + self.pending.len()
     }
 
     fn accept(&mut self) {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    if self.total_connections() >= MAX_CONNECTIONS {
-                        log::warn!("vsock: too many connections; refusing one");
+                    if self.host_connections() >= MAX_HOST_CONNECTIONS {
+                        log::warn!(
+                            "vsock: {MAX_HOST_CONNECTIONS} host connections open; closing a new one"
+                        );
+                        self.refused.host_limit += 1;
                         continue;
                     }
                     if let Err(e) = stream.set_nonblocking(true) {
@@ -179,6 +234,14 @@ impl UnixMuxer {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    // The listener stays readable: left in the epoll set it would spin the
+                    // loop. It goes back when a connection closes (take_closed).
+                    log::warn!("vsock: out of file descriptors; not accepting until one closes");
+                    self.accept_paused = true;
+                    self.refused.accept_paused += 1;
+                    break;
+                }
                 Err(e) => {
                     log::warn!("vsock: accept failed: {e}");
                     break;
@@ -230,24 +293,38 @@ impl UnixMuxer {
     }
 
     fn connect_to_host(&mut self, hdr: &PacketHeader) {
-        if self.total_connections() >= MAX_CONNECTIONS {
-            log::warn!("vsock: too many connections; refusing guest REQUEST");
+        if self.guest_conns >= MAX_GUEST_CONNECTIONS {
+            log::warn!(
+                "vsock: the guest has {MAX_GUEST_CONNECTIONS} connections open; refusing another"
+            );
+            self.refused.guest_limit += 1;
             self.reply_rst(hdr);
             return;
         }
-        let path = format!("{}_{}", self.uds_path.display(), hdr.dst_port);
-        let stream = match UnixStream::connect(&path).and_then(|s| {
-            s.set_nonblocking(true)?;
-            Ok(s)
-        }) {
+        let mut path = self.uds_path.clone().into_os_string();
+        path.push(format!("_{}", hdr.dst_port));
+        let stream = match connect_nonblocking(Path::new(&path)) {
             Ok(s) => s,
             Err(e) => {
-                log::debug!("vsock: guest connection to {path} refused: {e}");
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    self.refused.guest_busy += 1;
+                    log::warn!(
+                        "vsock: host listener {} has a full backlog; refusing the guest",
+                        Path::new(&path).display()
+                    );
+                } else {
+                    self.refused.guest_no_listener += 1;
+                    log::debug!(
+                        "vsock: guest connection to {} refused: {e}",
+                        Path::new(&path).display()
+                    );
+                }
                 self.reply_rst(hdr);
                 return;
             }
         };
         let mut c = Connection::new(stream, State::Established, hdr.dst_port, hdr.src_port);
+        c.from_guest = true;
         c.update_peer_credit(hdr);
         let key = (c.local_port, c.peer_port);
         self.insert(c);
@@ -324,6 +401,50 @@ impl UnixMuxer {
             }
         }
     }
+}
+
+/// A non-blocking connect to the Unix stream listener at `path`: a listener whose backlog is
+/// full answers `WouldBlock` at once instead of holding the caller (the device loop).
+fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data; all zeroes is a valid (empty) address.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket path too long or not a path",
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: plain socket(2) call; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    // SAFETY: `addr` is a valid sockaddr_un of at least `len` bytes; `fd` is open.
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            std::ptr::addr_of!(addr).cast::<libc::sockaddr>(),
+            len as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(UnixStream::from(fd))
 }
 
 fn parse_connect(line: &[u8]) -> Option<u32> {
@@ -455,7 +576,9 @@ impl VsockBackend for UnixMuxer {
 
     fn interest(&self) -> Vec<(RawFd, EventSet)> {
         let mut v = Vec::with_capacity(1 + self.pending.len() + self.conns.len());
-        v.push((self.listener.as_raw_fd(), EventSet::IN));
+        if !self.accept_paused {
+            v.push((self.listener.as_raw_fd(), EventSet::IN));
+        }
         v.extend(self.pending.keys().map(|&fd| (fd, EventSet::IN)));
         v.extend(
             self.conns
@@ -467,7 +590,25 @@ impl VsockBackend for UnixMuxer {
     }
 
     fn take_closed(&mut self) -> Vec<OwnedFd> {
+        if !self.dead.is_empty() {
+            // The caller closes these: room for the listener's next connection.
+            self.accept_paused = false;
+        }
         self.dead.drain(..).map(OwnedFd::from).collect()
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let r = &self.refused;
+        vec![
+            ("guest_connections", self.guest_conns as u64),
+            ("host_connections", self.host_connections() as u64),
+            ("guest_refused_limit", r.guest_limit),
+            ("guest_refused_no_listener", r.guest_no_listener),
+            ("guest_refused_busy", r.guest_busy),
+            ("host_refused_limit", r.host_limit),
+            ("rst_dropped", r.rst_dropped),
+            ("accept_paused", r.accept_paused),
+        ]
     }
 
     fn connections(&self) -> usize {
@@ -482,6 +623,8 @@ impl VsockBackend for UnixMuxer {
         self.dead
             .extend(self.pending.drain().map(|(_, p)| p.stream));
         self.rxq.clear();
+        // The RSTs counted as pending went with the queue.
+        self.pending_rst = 0;
     }
 }
 
@@ -526,6 +669,135 @@ mod tests {
         // Once drained, RSTs flow again.
         m.send_pkt(&h, b"x");
         assert_eq!(m.recv_pkt(&mut buf).map(|r| r.op), Some(OP_RST));
+    }
+
+    fn request(src_port: u32, dst_port: u32) -> PacketHeader {
+        PacketHeader {
+            src_cid: 3,
+            dst_cid: HOST_CID,
+            src_port,
+            dst_port,
+            len: 0,
+            type_: TYPE_STREAM,
+            op: OP_REQUEST,
+            flags: 0,
+            buf_alloc: 65536,
+            fwd_cnt: 0,
+        }
+    }
+
+    /// (RESPONSEs, RSTs) the muxer has queued for the guest.
+    fn replies(m: &mut UnixMuxer) -> (usize, usize) {
+        let mut buf = [0u8; 64];
+        let (mut ok, mut rst) = (0, 0);
+        while let Some(r) = m.recv_pkt(&mut buf) {
+            match r.op {
+                OP_RESPONSE => ok += 1,
+                OP_RST => rst += 1,
+                op => panic!("unexpected op {op}"),
+            }
+        }
+        (ok, rst)
+    }
+
+    fn counter(m: &UnixMuxer, name: &str) -> u64 {
+        m.counters()
+            .into_iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+            .unwrap()
+    }
+
+    /// A host listener that never accepts: once its backlog is full, the guest's next REQUEST
+    /// gets a RST at once. (A blocking connect here held the device loop for good.)
+    #[test]
+    fn a_host_listener_with_a_full_backlog_is_refused_without_stalling() {
+        crate::limits::raise_nofile_limit(4096);
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let uds = dir.as_path().join("v.sock");
+        let listener = UnixListener::bind(dir.as_path().join("v.sock_5000")).unwrap();
+        // A small backlog (std listens with the system's largest).
+        // SAFETY: listen(2) on a listening socket we own only changes its backlog.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 8) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            let mut m = UnixMuxer::new(3, &uds).unwrap();
+            for p in 0..300 {
+                m.send_pkt(&request(p, 5000), &[]);
+            }
+            tx.send(()).unwrap();
+            m
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the muxer blocked on a listener that does not accept");
+        let mut m = worker.join().unwrap();
+        let (ok, rst) = replies(&mut m);
+        assert_eq!(ok + rst, 300);
+        assert!(
+            ok > 0 && rst > 0,
+            "{ok} accepted into the backlog, {rst} refused"
+        );
+        assert_eq!(counter(&m, "guest_refused_busy"), rst as u64);
+        assert_eq!(counter(&m, "guest_connections"), ok as u64);
+    }
+
+    /// A guest opening connections as fast as it can stops at its own limit, and a host
+    /// program (the runtime's agent call) still gets through.
+    #[test]
+    fn guest_connections_stop_at_their_limit_and_leave_the_host_its_slots() {
+        crate::limits::raise_nofile_limit(4096);
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let uds = dir.as_path().join("v.sock");
+        let host_side = UnixListener::bind(dir.as_path().join("v.sock_5000")).unwrap();
+        host_side.set_nonblocking(true).unwrap();
+        let mut m = UnixMuxer::new(3, &uds).unwrap();
+        let mut held = Vec::new();
+        let extra = 40;
+        for p in 0..(MAX_GUEST_CONNECTIONS + extra) as u32 {
+            m.send_pkt(&request(p, 5000), &[]);
+            while let Ok((s, _)) = host_side.accept() {
+                held.push(s);
+            }
+        }
+        let (ok, rst) = replies(&mut m);
+        assert_eq!((ok, rst), (MAX_GUEST_CONNECTIONS, extra));
+        assert_eq!(counter(&m, "guest_refused_limit"), extra as u64);
+
+        // The host connects through <uds> and names guest port 1024.
+        let mut host = UnixStream::connect(&uds).unwrap();
+        host.write_all(b"CONNECT 1024\n").unwrap();
+        m.notify(m.listener.as_raw_fd(), EventSet::IN);
+        let pending: Vec<RawFd> = m.pending.keys().copied().collect();
+        assert_eq!(pending.len(), 1);
+        m.notify(pending[0], EventSet::IN);
+        let mut buf = [0u8; 64];
+        let r = m.recv_pkt(&mut buf).expect("a REQUEST for the guest");
+        assert_eq!((r.op, r.dst_port), (OP_REQUEST, 1024));
+        assert_eq!(counter(&m, "host_connections"), 1);
+
+        // A guest connection that ends frees its slot.
+        let mut rst = request(0, 5000);
+        rst.op = OP_RST;
+        m.send_pkt(&rst, &[]);
+        assert_eq!(
+            counter(&m, "guest_connections"),
+            MAX_GUEST_CONNECTIONS as u64 - 1
+        );
+        m.send_pkt(&request(10_000, 5000), &[]);
+        assert_eq!(replies(&mut m), (1, 0));
+    }
+
+    #[test]
+    fn a_reset_forgets_the_pending_rsts() {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let mut m = UnixMuxer::new(3, &dir.as_path().join("v.sock")).unwrap();
+        for p in 0..MAX_PENDING_RST as u32 {
+            m.send_pkt(&request(p, 9), &[]);
+        }
+        m.reset();
+        m.send_pkt(&request(0, 9), &[]);
+        assert_eq!(replies(&mut m), (0, 1));
+        assert_eq!(counter(&m, "rst_dropped"), 0);
     }
 
     #[test]
