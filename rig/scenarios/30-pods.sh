@@ -4,7 +4,7 @@
 # first container and used as the rootfs of a second.
 # Sections: pods-start, pods-containers-start, pods-exec, pods-ps, pods-exit-code, pods-kill,
 # pods-pause-resume, pods-list-status, pods-seccomp, pods-jail, pods-cgroup, pods-misbehaving,
-# pods-throttled, pods-disk-rootfs, pods-stop-delete, pods-vmm-killed.
+# pods-vsock-flood, pods-throttled, pods-disk-rootfs, pods-stop-delete, pods-vmm-killed.
 
 export EMBER_ROOT=/run/ember-pods
 POD=p1
@@ -187,6 +187,62 @@ JSON
     ember pod stop p3 && ember pod delete p3 && echo "p3 stopped and deleted"
 }
 section pods-misbehaving pods_misbehaving
+
+# A pod whose container opens vsock connections as fast as it can, to a host listener that
+# never accepts (its backlog of 8 fills: the rest are refused at once, the device loop never
+# waits on it) and to one that accepts and never reads (the guest stops at its own limit of
+# 512 connections; eight of them are written to until their credit runs out). Meanwhile the
+# pod's own exec (a host connection: host slots are the guest's to take no more) and p1's
+# exec answer, and the pod process's descriptors stay bounded; after the container is
+# killed its connections are gone.
+pods_vsock_flood() {
+    kit=/tmp/flood-kit
+    rm -rf $kit && mkdir -p $kit || return 1
+    (cd $kit && cpio -id usr/local/bin/io-bench </var/lib/ember/guest/initramfs.cpio 2>/dev/null)
+    [ -x $kit/usr/local/bin/io-bench ] || { echo "the guest image has no io-bench"; return 1; }
+    echo '{ "start_timeout_secs": 240 }' >/tmp/p5.json
+    ember pod create --config /tmp/p5.json p5 || return 1
+    if ! ember pod start p5; then pod_console p5; return 1; fi
+    uds=$EMBER_ROOT/@pods/p5/vsock.sock
+    $kit/usr/local/bin/io-bench unix-hold-serve --path ${uds}_5004 --backlog 8 --no-accept >/tmp/hold-5004.log 2>&1 &
+    busy=$!
+    $kit/usr/local/bin/io-bench unix-hold-serve --path ${uds}_5003 >/tmp/hold-5003.log 2>&1 &
+    held=$!
+    sleep 1
+    cat >/tmp/vflood.json <<JSON
+{ "rootfs": { "guest_path": { "path": "$RFS" } },
+  "process": { "env": ["PATH=/bin:/sbin:/usr/bin:/usr/local/bin"],
+               "rlimits": [ { "type": "RLIMIT_NOFILE", "soft": 4096, "hard": 4096 } ],
+               "args": ["sh", "-c", "io-bench vsock-flood --port 5004 --conns 200 >/tmp/busy.out 2>&1; io-bench vsock-flood --port 5003 --conns 1200 --write >/tmp/held.out 2>&1"] } }
+JSON
+    ember container create --config /tmp/vflood.json p5 vflood || return 1
+    ember container start p5 vflood || return 1
+    pid=$(ember pod status --json p5 | sed -n 's/.*"vmm_pid": \([0-9]*\).*/\1/p')
+    n=0
+    while ! ember container exec p5 vflood -- cat /tmp/held.out 2>/dev/null | grep -q opened && [ "$n" -lt 240 ]; do
+        [ $((n % 20)) -eq 0 ] && echo "p1 exec while p5 floods its vsock: $(ember container exec $POD c1 -- echo alive-$n)"
+        sleep 2
+        n=$((n + 2))
+    done
+    echo "p5 busy listener: $(ember container exec p5 vflood -- cat /tmp/busy.out)"
+    echo "p5 holding listener: $(ember container exec p5 vflood -- cat /tmp/held.out)"
+    echo "p5 exec while its guest holds its connections: $(ember container exec p5 vflood -- echo own-alive)"
+    echo "p1 exec while p5 holds its connections: $(ember container exec $POD c1 -- echo alive-held)"
+    echo "p5 pod process descriptors while flooded: $(ls /proc/$pid/fd | wc -l)"
+    ember pod stats p5 | grep vsock | sed 's/^/p5 stats while flooded: /'
+    ember container kill p5 vflood KILL
+    ember container wait p5 vflood
+    n=0
+    while ! ember pod stats p5 | grep -q ' guest_connections=0 ' && [ "$n" -lt 60 ]; do
+        sleep 1
+        n=$((n + 1))
+    done
+    ember pod stats p5 | grep vsock | sed 's/^/p5 stats after the kill: /'
+    echo "p5 pod process descriptors after the kill: $(ls /proc/$pid/fd | wc -l)"
+    kill $busy $held 2>/dev/null
+    ember pod stop p5 && ember pod delete p5 && echo "p5 stopped and deleted"
+}
+section pods-vsock-flood pods_vsock_flood
 
 # uptime_cs: the host's uptime in centiseconds (/proc/uptime has two decimals).
 uptime_cs() {

@@ -179,7 +179,7 @@ where
     Ok(())
 }
 
-fn vsock_connect(cid: u32, port: u32) -> io::Result<File> {
+pub(crate) fn vsock_connect(cid: u32, port: u32) -> io::Result<File> {
     // SAFETY: plain socket(2) call; the result is checked before use.
     let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {

@@ -12,11 +12,15 @@
 //!   (`io_bench.fs=SHARE`, `io_bench.ext4=/dev/vdX` on the guest's command line).
 //! - `vsock-echo-serve`, `unix-echo-serve`, `vsock-echo`, `host-echo`: echo round trips with
 //!   the data checked, for the end-to-end device tests (see `echo.rs`).
+//! - `vsock-flood`, `unix-hold-serve`: a guest that opens (and writes to) vsock connections as
+//!   fast as it can, and host listeners that hold or never accept them, for the slow tier's
+//!   containment checks (see `flood.rs`).
 //!
 //! Every mode prints a table; see benches/io/README.md.
 
 mod echo;
 mod files;
+mod flood;
 mod guest;
 mod host;
 mod micro;
@@ -69,11 +73,15 @@ fn main() -> ExitCode {
         "unix-echo-serve" => echo::unix_serve(rest),
         "vsock-echo" => echo::vsock_check(rest),
         "host-echo" => echo::host_check(rest),
+        "vsock-flood" => flood::vsock_flood(rest),
+        "unix-hold-serve" => flood::unix_hold_serve(rest),
         _ => Err(
             "usage: io-bench micro [--mib N] | files --dir DIR [--label L] [--mib N] [--files N] | guest [--dev PATH] [--mib N] [--no-vsock] | host-vsock --uds PATH [--port P] \
              [--mib N] [--pings N] [--connects N] [--quit] | vsock-echo-serve --port P [--count N] \
              | unix-echo-serve --path PATH [--count N] | vsock-echo --cid C --port P [--bytes N] \
-             | host-echo --uds PATH --port P [--bytes N]"
+             | host-echo --uds PATH --port P [--bytes N] \
+             | vsock-flood --cid C --port P --conns N [--write] \
+             | unix-hold-serve --path PATH [--backlog N] [--no-accept]"
                 .to_string(),
         ),
     };

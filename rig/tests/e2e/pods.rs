@@ -209,6 +209,88 @@ fn a_console_flooding_guest_is_capped_and_another_pod_keeps_answering() {
     assert!(has(&s.output, "p3 stopped and deleted"), "{}", s.output);
 }
 
+/// `k=v` counters of the vsock device from a `PREFIX virtio-vsock@0x... k=v ...` line.
+fn vsock_counters(output: &str, prefix: &str) -> std::collections::HashMap<String, u64> {
+    let line = output
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} line in:\n{output}"));
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| {
+            let v = v
+                .parse()
+                .unwrap_or_else(|_| panic!("{kv:?} in {line}", kv = (k, v)));
+            (k.to_string(), v)
+        })
+        .collect()
+}
+
+/// A guest opening vsock connections as fast as it can: a host listener that never accepts
+/// costs it refusals, not a stalled device; it stops at its own 512 connections; its own pod's
+/// exec and another pod's exec answer meanwhile; the pod process's descriptors stay bounded
+/// and the connections are gone once the container is killed.
+#[test]
+fn a_vsock_flooding_guest_stops_at_its_limit_and_both_pods_keep_answering() {
+    let Some(s) = passed("pods-vsock-flood") else {
+        return;
+    };
+    let out = &s.output;
+    // "p5 busy listener: vsock-flood port 5004: opened 9 of 200, refused 191 (fd limit 4096)"
+    let opened = |what: &str| -> (u64, u64) {
+        let line = out
+            .lines()
+            .find_map(|l| l.strip_prefix(what))
+            .unwrap_or_else(|| panic!("no {what:?} in:\n{out}"));
+        let num = |after: &str| -> u64 {
+            line.split(after)
+                .nth(1)
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{after:?} in {line}"))
+        };
+        assert!(!line.contains("other error"), "{line}");
+        (num("opened "), num("refused "))
+    };
+    let (busy_ok, busy_refused) = opened("p5 busy listener: vsock-flood port 5004: ");
+    assert_eq!(busy_ok + busy_refused, 200, "{out}");
+    // A backlog of 8 (the kernel takes one more): the rest refused.
+    assert!((1..=16).contains(&busy_ok), "{busy_ok}\n{out}");
+    let (held_ok, held_refused) = opened("p5 holding listener: vsock-flood port 5003: ");
+    assert_eq!(held_ok + held_refused, 1200, "{out}");
+    assert_eq!(busy_ok + held_ok, 512, "the guest's limit\n{out}");
+
+    let flooded = vsock_counters(out, "p5 stats while flooded: ");
+    assert_eq!(flooded["guest_connections"], 512, "{out}");
+    assert_eq!(flooded["guest_refused_busy"], busy_refused, "{out}");
+    assert_eq!(flooded["guest_refused_limit"], held_refused, "{out}");
+    assert!(
+        has(
+            out,
+            "p5 exec while its guest holds its connections: own-alive"
+        ),
+        "{out}"
+    );
+    assert!(
+        has(out, "p1 exec while p5 holds its connections: alive-held"),
+        "{out}"
+    );
+    let fds = |what: &str| -> u64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(what))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {what:?} in:\n{out}"))
+    };
+    let during = fds("p5 pod process descriptors while flooded: ");
+    // The guest's 512, a host connection or two, and the process's own (under 128).
+    assert!((512..512 + 128).contains(&during), "{during}\n{out}");
+    let after = vsock_counters(out, "p5 stats after the kill: ");
+    assert_eq!(after["guest_connections"], 0, "{out}");
+    let left = fds("p5 pod process descriptors after the kill: ");
+    assert!(left < 128, "{left}\n{out}");
+    assert!(has(out, "p5 stopped and deleted"), "{out}");
+}
+
 /// A rate-limited disk (1 MiB/s): reading 8 MiB of it waits for tokens, an unlimited disk of
 /// the same pod does not, and another pod's exec answers meanwhile.
 #[test]

@@ -1,0 +1,102 @@
+//! A misbehaving guest's vsock traffic and the host listeners it aims at, for the slow tier's
+//! containment checks (rig/scenarios/30-pods.sh, pods-vsock-flood).
+//!
+//! - `vsock-flood --cid C --port P --conns N [--write]` (guest): opens up to N connections to
+//!   CID C port P one after another, keeps every one that was accepted and, with `--write`,
+//!   writes to the first few as fast as the device takes it; prints how many opened and how many were
+//!   refused, then holds them until killed.
+//! - `unix-hold-serve --path PATH [--backlog N] [--no-accept]` (host): a listener at `PATH`
+//!   (ember's `<uds>_P`) that accepts connections and holds them without reading, or, with
+//!   `--no-accept`, never accepts (its backlog fills).
+
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::arg;
+
+/// Connections `vsock-flood --write` writes to.
+const WRITERS: usize = 8;
+
+/// `vsock-flood`: see the module documentation.
+pub fn vsock_flood(args: &[String]) -> Result<(), String> {
+    let cid: u32 = arg(args, "--cid", 2)?;
+    let port: u32 = arg(args, "--port", 0)?;
+    let conns: usize = arg(args, "--conns", 100)?;
+    let write = args.iter().any(|a| a == "--write");
+    let limit = devices::limits::raise_nofile_limit(conns as u64 + 64);
+    let mut open = Vec::new();
+    let mut refused = 0usize;
+    let mut other = None;
+    for _ in 0..conns {
+        match crate::echo::vsock_connect(cid, port) {
+            Ok(c) => open.push(c),
+            Err(e) => {
+                refused += 1;
+                if !matches!(
+                    e.raw_os_error(),
+                    Some(libc::ECONNRESET | libc::ECONNREFUSED | libc::ETIMEDOUT)
+                ) {
+                    other.get_or_insert(e.to_string());
+                }
+            }
+        }
+    }
+    println!(
+        "vsock-flood port {port}: opened {} of {conns}, refused {refused}{} (fd limit {limit})",
+        open.len(),
+        other
+            .map(|e| format!(", first other error: {e}"))
+            .unwrap_or_default()
+    );
+    let _ = io::stdout().flush();
+    if write {
+        // A few writers are enough to keep the device's tx side full.
+        let chunk = vec![0x5au8; 64 * 1024];
+        for c in open.iter().take(WRITERS) {
+            let mut c = c.try_clone().map_err(|e| format!("dup: {e}"))?;
+            let chunk = chunk.clone();
+            std::thread::spawn(move || while c.write_all(&chunk).is_ok() {});
+        }
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// `unix-hold-serve`: see the module documentation.
+pub fn unix_hold_serve(args: &[String]) -> Result<(), String> {
+    let path: PathBuf = arg(args, "--path", PathBuf::new())?;
+    if path.as_os_str().is_empty() {
+        return Err("unix-hold-serve needs --path PATH".into());
+    }
+    let backlog: i32 = arg(args, "--backlog", 128)?;
+    let accept = !args.iter().any(|a| a == "--no-accept");
+    devices::limits::raise_nofile_limit(4096);
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).map_err(|e| format!("bind {path:?}: {e}"))?;
+    // SAFETY: listen(2) on a listening socket we own only sets its backlog.
+    if unsafe { libc::listen(listener.as_raw_fd(), backlog) } != 0 {
+        return Err(format!("listen: {}", io::Error::last_os_error()));
+    }
+    println!(
+        "io-bench: holding listener ready ({}, backlog {backlog}, {})",
+        path.display(),
+        if accept { "accepting" } else { "not accepting" }
+    );
+    let _ = io::stdout().flush();
+    let mut held = Vec::new();
+    loop {
+        if !accept {
+            std::thread::sleep(Duration::from_secs(3600));
+            continue;
+        }
+        match listener.accept() {
+            Ok((s, _)) => held.push(s),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("accept after {}: {e}", held.len())),
+        }
+    }
+}
