@@ -213,7 +213,7 @@ pods_vsock_flood() {
 { "rootfs": { "guest_path": { "path": "$RFS" } },
   "process": { "env": ["PATH=/bin:/sbin:/usr/bin:/usr/local/bin"],
                "rlimits": [ { "type": "RLIMIT_NOFILE", "soft": 4096, "hard": 4096 } ],
-               "args": ["sh", "-c", "io-bench vsock-flood --port 5004 --conns 200 >/tmp/busy.out 2>&1; io-bench vsock-flood --port 5003 --conns 1200 --write >/tmp/held.out 2>&1"] } }
+               "args": ["sh", "-c", "io-bench vsock-flood --port 5004 --conns 200 >/tmp/busy.out 2>&1 & until grep -q opened /tmp/busy.out; do sleep 1; done; io-bench vsock-flood --port 5003 --conns 1200 --write >/tmp/held.out 2>&1 & wait"] } }
 JSON
     ember container create --config /tmp/vflood.json p5 vflood || return 1
     ember container start p5 vflood || return 1
