@@ -343,6 +343,17 @@ pub fn vsock_handshake<S: Read + Write>(stream: &mut S, port: u32) -> Result<u32
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // A read timeout (EAGAIN on a socket with SO_RCVTIMEO).
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(fail(
+                    "no answer from the guest within the call's timeout".into(),
+                ))
+            }
             Err(e) => return Err(fail(format!("read: {e}"))),
         }
     }

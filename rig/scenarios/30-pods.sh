@@ -4,7 +4,8 @@
 # first container and used as the rootfs of a second.
 # Sections: pods-start, pods-containers-start, pods-exec, pods-ps, pods-exit-code, pods-kill,
 # pods-pause-resume, pods-list-status, pods-seccomp, pods-jail, pods-cgroup, pods-misbehaving,
-# pods-vsock-flood, pods-throttled, pods-disk-rootfs, pods-stop-delete, pods-vmm-killed.
+# pods-vsock-flood, pods-agent-silent, pods-throttled, pods-disk-rootfs, pods-stop-delete,
+# pods-vmm-killed.
 
 export EMBER_ROOT=/run/ember-pods
 POD=p1
@@ -243,6 +244,37 @@ JSON
     ember pod stop p5 && ember pod delete p5 && echo "p5 stopped and deleted"
 }
 section pods-vsock-flood pods_vsock_flood
+
+# A guest whose agent never answers again: a real-time busy loop on its one vCPU starves every
+# other process in it. The pod process's health check stops the VM after agent_timeout_secs
+# and records why; the host and p1 carry on.
+pods_agent_silent() {
+    echo '{ "vcpus": 1, "agent_timeout_secs": 30, "start_timeout_secs": 240 }' >/tmp/p6.json
+    ember pod create --config /tmp/p6.json p6 || return 1
+    if ! ember pod start p6; then pod_console p6; return 1; fi
+    cat >/tmp/hog.json <<JSON
+{ "rootfs": { "guest_path": { "path": "$RFS" } },
+  "process": { "env": ["PATH=/bin:/sbin:/usr/bin:/usr/local/bin"],
+               "args": ["sh", "-c", "sleep 1; io-bench rt-hog"] } }
+JSON
+    ember container create --config /tmp/hog.json p6 hog || return 1
+    ember container start p6 hog || return 1
+    echo "p6 exec before the hog spins: $(ember container exec p6 hog -- echo own-alive)"
+    t0=$(date +%s)
+    n=0
+    while ! ember pod status --json p6 | grep -q '"state": "stopped"' && [ "$n" -lt 300 ]; do
+        [ $((n % 20)) -eq 0 ] && echo "p1 exec while p6's agent is silent: $(ember container exec $POD c1 -- echo alive-$n)"
+        sleep 2
+        n=$((n + 2))
+    done
+    echo "p6 stopped after $(($(date +%s) - t0)) s: $(ember pod status --json p6 | sed -n 's/.*"stop_reason": "\(.*\)".*/\1/p')"
+    grep -q "the guest agent did not answer its health check" "$EMBER_ROOT/@pods/p6/vmm.log" &&
+        echo "p6 vmm.log has the warning"
+    echo "p1 exec after p6 was stopped: $(ember container exec $POD c1 -- echo alive-after)"
+    ember container status p6 hog
+    ember pod delete p6 && echo "p6 deleted"
+}
+section pods-agent-silent pods_agent_silent
 
 # uptime_cs: the host's uptime in centiseconds (/proc/uptime has two decimals).
 uptime_cs() {

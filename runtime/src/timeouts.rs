@@ -10,6 +10,9 @@ pub const AGENT_CALL: Duration = Duration::from_secs(60);
 /// An agent call made on the way out (destroy, sync before a stop): short, since the VM
 /// goes anyway.
 pub const AGENT_SHORT_CALL: Duration = Duration::from_secs(5);
+/// How often a pod process checks that its guest's agent answers (a ping with
+/// [`AGENT_SHORT_CALL`]); the pod config's `agent_timeout_secs` says how long it may not.
+pub const AGENT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// One request/answer with a pod's VMM process on its control socket.
 pub const POD_CONTROL: Duration = Duration::from_secs(10);
 /// A pod process writing a snapshot of its VM (guest memory goes to a file).

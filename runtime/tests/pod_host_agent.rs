@@ -240,6 +240,96 @@ fn killing_the_pod_process_leaves_the_pod_stopped() {
     env.ok(&["pod", "delete", "p"]);
 }
 
+/// The pod process's children (the host agent, in this machine).
+fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for task in fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+    {
+        let Ok(task) = task else { continue };
+        let kids = fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        out.extend(
+            kids.split_whitespace()
+                .filter_map(|k| k.parse::<i32>().ok()),
+        );
+    }
+    out
+}
+
+/// A pod whose agent stops answering (the host agent stopped by SIGSTOP, as a guest's agent
+/// starved by a real-time busy loop would be) is stopped once its `agent_timeout_secs` passed,
+/// with that reason in its record and its log; a paused pod, whose agent cannot answer either,
+/// is left alone for longer than that.
+#[test]
+fn a_pod_whose_agent_stops_answering_is_stopped_with_the_reason() {
+    let Some(agent) = prerequisites("a_pod_whose_agent_stops_answering_is_stopped_with_the_reason")
+    else {
+        return;
+    };
+    let env = Env::new("silent", agent);
+    let cfg = env.root.join("pod.json");
+    fs::write(&cfg, r#"{"agent_timeout_secs": 10}"#).unwrap();
+    env.ok(&["pod", "create", "--config", cfg.to_str().unwrap(), "p"]);
+    env.create_sleeper("p", "c");
+    let v = env.json(&["pod", "start", "--json", "p"]);
+    env.ok(&["container", "start", "p", "c"]);
+    let vmm = v["vmm_pid"].as_i64().unwrap() as i32;
+
+    env.ok(&["pod", "pause", "p"]);
+    std::thread::sleep(Duration::from_secs(17));
+    env.ok(&["pod", "resume", "p"]);
+    let out = env.ok(&["container", "exec", "p", "c", "--", "echo", "alive"]);
+    assert_eq!(
+        out.trim(),
+        "alive",
+        "a pause outlasting the limit stopped the pod"
+    );
+
+    let agents = children(vmm);
+    assert_eq!(agents.len(), 1, "the pod process's children: {agents:?}");
+    let stopped = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agents[0]),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    let state = || env.json(&["pod", "status", "--json", "p"]);
+    assert!(
+        support::wait_for(Duration::from_secs(60), || state()["state"] == "stopped"),
+        "still {} after 60 s of a silent agent",
+        state()
+    );
+    let took = stopped.elapsed();
+    // The silence counts from the last answer, up to one health-check interval (5 s) before
+    // the agent stopped.
+    assert!(took >= Duration::from_secs(5), "stopped after {took:?}");
+    let v = state();
+    let reason = v["stop_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("the guest agent did not answer for")
+            && reason.contains("(agent_timeout_secs 10): the VM was stopped"),
+        "{v}"
+    );
+    assert_eq!(state_of(&v, "c").0, "stopped");
+    let log = fs::read_to_string(env.pod_dir("p").join("vmm.log")).unwrap();
+    assert!(
+        log.contains("the guest agent did not answer its health check"),
+        "{log}"
+    );
+    assert!(support::wait_for(
+        Duration::from_secs(10),
+        || support::gone(vmm)
+    ));
+    assert!(
+        support::gone(agents[0]),
+        "the silent agent outlived its pod"
+    );
+    env.ok(&["pod", "delete", "p"]);
+    let leaks = env.leaks();
+    assert!(leaks.none(), "{leaks:?}");
+}
+
 /// A pod whose machine never gets ready: `pod start` fails with a clear error after the start
 /// timeout, kills the pod process, and leaves the pod ready to try again.
 #[test]

@@ -1,5 +1,5 @@
-//! A misbehaving guest's vsock traffic and the host listeners it aims at, for the slow tier's
-//! containment checks (rig/scenarios/30-pods.sh, pods-vsock-flood).
+//! A misbehaving guest's programs and the host listeners they aim at, for the slow tier's
+//! containment checks (rig/scenarios/30-pods.sh, pods-vsock-flood and pods-agent-silent).
 //!
 //! - `vsock-flood --cid C --port P --conns N [--write]` (guest): opens up to N connections to
 //!   CID C port P one after another, keeps every one that was accepted and, with `--write`,
@@ -8,6 +8,9 @@
 //! - `unix-hold-serve --path PATH [--backlog N] [--no-accept]` (host): a listener at `PATH`
 //!   (ember's `<uds>_P`) that accepts connections and holds them without reading, or, with
 //!   `--no-accept`, never accepts (its backlog fills).
+//! - `rt-hog` (guest, as root): lifts the kernel's real-time throttling
+//!   (`kernel.sched_rt_runtime_us = -1`), makes itself SCHED_FIFO 99 and spins: on a one-vCPU
+//!   guest nothing else in user space (the agent included) runs again.
 
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
@@ -98,5 +101,22 @@ pub fn unix_hold_serve(args: &[String]) -> Result<(), String> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(format!("accept after {}: {e}", held.len())),
         }
+    }
+}
+
+/// `rt-hog`: see the module documentation.
+pub fn rt_hog(_args: &[String]) -> Result<(), String> {
+    std::fs::write("/proc/sys/kernel/sched_rt_runtime_us", "-1")
+        .map_err(|e| format!("kernel.sched_rt_runtime_us: {e}"))?;
+    let param = libc::sched_param { sched_priority: 99 };
+    // SAFETY: sched_setscheduler(2) of this process with a valid parameter.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+        return Err(format!("SCHED_FIFO: {}", io::Error::last_os_error()));
+    }
+    println!("rt-hog: spinning at SCHED_FIFO 99");
+    let _ = io::stdout().flush();
+    let mut n = 0u64;
+    loop {
+        n = std::hint::black_box(n.wrapping_add(1));
     }
 }

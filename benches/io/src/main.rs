@@ -14,7 +14,7 @@
 //!   the data checked, for the end-to-end device tests (see `echo.rs`).
 //! - `vsock-flood`, `unix-hold-serve`: a guest that opens (and writes to) vsock connections as
 //!   fast as it can, and host listeners that hold or never accept them, for the slow tier's
-//!   containment checks (see `flood.rs`).
+//!   containment checks (see `flood.rs`); `rt-hog`: a guest process that starves all the others.
 //!
 //! Every mode prints a table; see benches/io/README.md.
 
@@ -50,19 +50,38 @@ pub fn mbps(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / secs / 1e6
 }
 
+/// The modes below, by name.
+const MODES: &[&str] = &[
+    "micro",
+    "files",
+    "guest",
+    "host-vsock",
+    "vsock-echo-serve",
+    "unix-echo-serve",
+    "vsock-echo",
+    "host-echo",
+    "vsock-flood",
+    "unix-hold-serve",
+    "rt-hog",
+];
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
-    let mode = if pid == 1 {
-        "guest"
-    } else {
-        args.get(1).map(String::as_str).unwrap_or("help")
-    };
-    let rest = if pid == 1 {
-        &args[..]
-    } else {
-        &args[1.min(args.len())..]
+    // PID 1 of a VM is the guest test, unless a mode is named: a container's first process
+    // (`sh -c '… ; io-bench rt-hog'`, which the shell execs) is PID 1 of its namespace too.
+    let named = args
+        .get(1)
+        .map(String::as_str)
+        .filter(|m| MODES.contains(m));
+    let (mode, rest) = match named {
+        Some(m) => (m, &args[1..]),
+        None if pid == 1 => ("guest", &args[..]),
+        None => (
+            args.get(1).map(String::as_str).unwrap_or("help"),
+            &args[1.min(args.len())..],
+        ),
     };
     let result = match mode {
         "micro" => micro::run(rest),
@@ -75,13 +94,14 @@ fn main() -> ExitCode {
         "host-echo" => echo::host_check(rest),
         "vsock-flood" => flood::vsock_flood(rest),
         "unix-hold-serve" => flood::unix_hold_serve(rest),
+        "rt-hog" => flood::rt_hog(rest),
         _ => Err(
             "usage: io-bench micro [--mib N] | files --dir DIR [--label L] [--mib N] [--files N] | guest [--dev PATH] [--mib N] [--no-vsock] | host-vsock --uds PATH [--port P] \
              [--mib N] [--pings N] [--connects N] [--quit] | vsock-echo-serve --port P [--count N] \
              | unix-echo-serve --path PATH [--count N] | vsock-echo --cid C --port P [--bytes N] \
              | host-echo --uds PATH --port P [--bytes N] \
              | vsock-flood --cid C --port P --conns N [--write] \
-             | unix-hold-serve --path PATH [--backlog N] [--no-accept]"
+             | unix-hold-serve --path PATH [--backlog N] [--no-accept] | rt-hog"
                 .to_string(),
         ),
     };

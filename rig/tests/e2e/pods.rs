@@ -291,6 +291,40 @@ fn a_vsock_flooding_guest_stops_at_its_limit_and_both_pods_keep_answering() {
     assert!(has(out, "p5 stopped and deleted"), "{out}");
 }
 
+/// A guest whose agent stops answering (a SCHED_FIFO busy loop on its one vCPU): the pod
+/// process's health check stops its VM after `agent_timeout_secs` (30) and records why, while
+/// the other pod's execs answer throughout.
+#[test]
+fn a_pod_whose_agent_stops_answering_is_stopped_with_the_reason_and_another_pod_carries_on() {
+    let Some(s) = passed("pods-agent-silent") else {
+        return;
+    };
+    let out = &s.output;
+    assert!(has(out, "p6 exec before the hog spins: own-alive"), "{out}");
+    let reason = out
+        .lines()
+        .find_map(|l| l.strip_prefix("p6 stopped after "))
+        .unwrap_or_else(|| panic!("no stop line in:\n{out}"));
+    assert!(
+        reason.contains(": the guest agent did not answer for ")
+            && reason.ends_with("(agent_timeout_secs 30): the VM was stopped"),
+        "{reason}"
+    );
+    assert!(has(out, "p6 vmm.log has the warning"), "{out}");
+    assert!(has(out, "container hog stopped"), "{out}");
+    let during: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("p1 exec while p6's agent is silent: "))
+        .collect();
+    assert!(!during.is_empty(), "{out}");
+    assert!(during.iter().all(|l| l.starts_with("alive-")), "{during:?}");
+    assert!(
+        has(out, "p1 exec after p6 was stopped: alive-after"),
+        "{out}"
+    );
+    assert!(has(out, "p6 deleted"), "{out}");
+}
+
 /// A rate-limited disk (1 MiB/s): reading 8 MiB of it waits for tokens, an unlimited disk of
 /// the same pod does not, and another pod's exec answers meanwhile.
 #[test]

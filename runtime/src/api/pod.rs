@@ -113,6 +113,14 @@ fn check_bounds(config: &super::PodConfig) -> Result<(), Error> {
             crate::config::CONSOLE_LIMIT_KIB.end()
         ));
     }
+    let agent = &crate::config::AGENT_TIMEOUT_SECS;
+    if config.agent_timeout_secs != 0 && !agent.contains(&config.agent_timeout_secs) {
+        return bad(format!(
+            "agent_timeout_secs must be 0 (never stop the VM) or {} to {}",
+            agent.start(),
+            agent.end()
+        ));
+    }
     let disks = config
         .disks
         .iter()

@@ -864,6 +864,20 @@ fn numeric_pod_config_bounds_are_checked_at_create() {
             },
         ),
         (
+            "agent_timeout_secs 5",
+            PodConfig {
+                agent_timeout_secs: 5,
+                ..base()
+            },
+        ),
+        (
+            "agent_timeout_secs huge",
+            PodConfig {
+                agent_timeout_secs: u64::MAX,
+                ..base()
+            },
+        ),
+        (
             "console_limit_kib huge",
             PodConfig {
                 console_limit_kib: u32::MAX,

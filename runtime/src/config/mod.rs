@@ -121,6 +121,11 @@ pub struct PodConfig {
     /// is dropped (a marker line in the file, a warning in `vmm.log`).
     #[serde(default = "default_console_limit_kib")]
     pub console_limit_kib: u32,
+    /// Seconds the guest's agent may leave the pod process's health check unanswered (a
+    /// ping every 5 s while the VM runs and is not paused) before the VM is stopped and the
+    /// pod recorded as stopped for that reason; 0: the silence is only logged.
+    #[serde(default = "default_agent_timeout_secs")]
+    pub agent_timeout_secs: u64,
     /// Build and run the VM in a jail: the VMM's guest-facing threads in a mount namespace
     /// holding only what the VM needs ([`crate::pod_vmm::jail`]).
     #[serde(default = "default_jail")]
@@ -138,6 +143,13 @@ fn default_jail() -> bool {
 fn default_console_limit_kib() -> u32 {
     4096
 }
+
+fn default_agent_timeout_secs() -> u64 {
+    300
+}
+
+/// Bounds of a non-zero [`PodConfig::agent_timeout_secs`]: 10 s to a day.
+pub const AGENT_TIMEOUT_SECS: std::ops::RangeInclusive<u64> = 10..=86_400;
 
 /// Bounds of [`PodConfig::console_limit_kib`]: 4 KiB to 1 GiB.
 pub const CONSOLE_LIMIT_KIB: std::ops::RangeInclusive<u32> = 4..=(1 << 20);
@@ -297,6 +309,7 @@ impl Default for PodConfig {
             net_placeholder: false,
             seccomp: Seccomp::default(),
             console_limit_kib: default_console_limit_kib(),
+            agent_timeout_secs: default_agent_timeout_secs(),
             jail: default_jail(),
             cgroup: None,
         }

@@ -26,6 +26,7 @@ pub mod jail;
 pub mod proc;
 pub mod protocol;
 mod vm;
+mod watchdog;
 
 use crate::state::{LockKind, Phase, PodLock, PodRecord, State, VmmProcess};
 use crate::{config, hooks};
@@ -571,7 +572,7 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
                 machine.stop();
                 return Err(Error::Orphaned);
             }
-            Ok(Event::Committed) => {}
+            Ok(Event::Committed | Event::Unresponsive(_)) => {}
             Err(_) => {
                 let phases: Vec<String> = machine
                     .timings()
@@ -617,17 +618,40 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
     notify.close();
 
     let requested = Arc::new(AtomicBool::new(false));
-    let target = machine.target(dir, requested.clone(), rec.config.shutdown);
+    let watch = Arc::new(watchdog::Watch::default());
+    let target = watchdog::Watched {
+        inner: machine.target(dir, requested.clone(), rec.config.shutdown),
+        watch: watch.clone(),
+    };
+    let control_filters = filters.clone();
     crate::logging::spawn("control", move || {
+        vm::confine(
+            control_filters.as_deref(),
+            vmm::seccomp::ThreadKind::Control,
+        );
+        control::serve(control_listener, &target)
+    })
+    .map_err(Error::Thread)?;
+    let (wdir, wreq, wtx) = (dir.to_path_buf(), requested.clone(), tx.clone());
+    let limit = Duration::from_secs(rec.config.agent_timeout_secs);
+    crate::logging::spawn("agent-watch", move || {
         vm::confine(filters.as_deref(), vmm::seccomp::ThreadKind::Control);
-        control::serve(control_listener, &*target)
+        watchdog::run(wdir, limit, watch, wreq, wtx)
     })
     .map_err(Error::Thread)?;
 
-    // Wait for the VM to end.
+    // Wait for the VM to end: on its own, by a stop request, or stopped here because its
+    // agent went silent (that is then the reason recorded).
+    let mut silenced = None;
     let reason = loop {
         match rx.recv() {
-            Ok(Event::Exited(msg)) => break msg,
+            Ok(Event::Exited(msg)) => break silenced.unwrap_or(msg),
+            Ok(Event::Unresponsive(why)) => {
+                if !requested.load(Ordering::SeqCst) {
+                    silenced = Some(why);
+                    machine.stop();
+                }
+            }
             Ok(Event::Ready(_) | Event::Committed | Event::StarterGone) => {}
             Err(_) => break "VM thread vanished".to_string(),
         }
@@ -700,7 +724,7 @@ fn wait_committed(rx: &mpsc::Receiver<Event>, dir: &Path, timeout: Duration) -> 
                 return if owned { Ok(()) } else { Err(Error::Orphaned) };
             }
             Ok(Event::Exited(msg)) => return Err(Error::EndedEarly(msg)),
-            Ok(Event::Ready(_)) => {}
+            Ok(Event::Ready(_) | Event::Unresponsive(_)) => {}
             Err(_) => return Err(Error::NotCommitted(timeout)),
         }
     }
@@ -827,4 +851,6 @@ pub(crate) enum Event {
     Committed,
     /// The starter closed the notify socket without committing.
     StarterGone,
+    /// The guest's agent stopped answering its health check ([`watchdog`]): why.
+    Unresponsive(String),
 }
