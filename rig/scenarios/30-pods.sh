@@ -31,6 +31,14 @@ pod_console() {
     echo "--- vmm.log"; tail -n 20 "$EMBER_ROOT/@pods/$1/vmm.log" 2>/dev/null
 }
 
+# start_side_pod ID: create pod ID from /tmp/ID.json and start it (its console on failure).
+start_side_pod() {
+    ember pod create --config "/tmp/$1.json" "$1" || return 1
+    ember pod start "$1" && return 0
+    pod_console "$1"
+    return 1
+}
+
 pods_start() {
     ember pod create --config /tmp/pod.json $POD || return 1
     # Created before the start: created in the guest when the pod starts.
@@ -162,8 +170,7 @@ section pods-cgroup pods_cgroup
 # exec keeps answering meanwhile.
 pods_misbehaving() {
     echo '{ "console_limit_kib": 64, "start_timeout_secs": 240 }' >/tmp/p3.json
-    ember pod create --config /tmp/p3.json p3 || return 1
-    if ! ember pod start p3; then pod_console p3; return 1; fi
+    start_side_pod p3 || return 1
     cat >/tmp/flood.json <<JSON
 { "rootfs": { "guest_path": { "path": "$RFS" } },
   "process": { "env": ["PATH=/bin:/sbin:/usr/bin"],
@@ -202,8 +209,7 @@ pods_vsock_flood() {
     (cd $kit && cpio -id usr/local/bin/io-bench </var/lib/ember/guest/initramfs.cpio 2>/dev/null)
     [ -x $kit/usr/local/bin/io-bench ] || { echo "the guest image has no io-bench"; return 1; }
     echo '{ "start_timeout_secs": 240 }' >/tmp/p5.json
-    ember pod create --config /tmp/p5.json p5 || return 1
-    if ! ember pod start p5; then pod_console p5; return 1; fi
+    start_side_pod p5 || return 1
     uds=$EMBER_ROOT/@pods/p5/vsock.sock
     $kit/usr/local/bin/io-bench unix-hold-serve --path ${uds}_5004 --backlog 8 --no-accept >/tmp/hold-5004.log 2>&1 &
     busy=$!
@@ -250,8 +256,7 @@ section pods-vsock-flood pods_vsock_flood
 # and records why; the host and p1 carry on.
 pods_agent_silent() {
     echo '{ "vcpus": 1, "agent_timeout_secs": 30, "start_timeout_secs": 240 }' >/tmp/p6.json
-    ember pod create --config /tmp/p6.json p6 || return 1
-    if ! ember pod start p6; then pod_console p6; return 1; fi
+    start_side_pod p6 || return 1
     cat >/tmp/hog.json <<JSON
 { "rootfs": { "guest_path": { "path": "$RFS" } },
   "process": { "env": ["PATH=/bin:/sbin:/usr/bin:/usr/local/bin"],
@@ -294,8 +299,7 @@ pods_throttled() {
                "rate_limit": { "bandwidth": { "size": 1048576, "refill_time_ms": 1000 } } },
              { "id": "fast", "path": "/tmp/fast.img" } ] }
 JSON
-    ember pod create --config /tmp/p4.json p4 || return 1
-    if ! ember pod start p4; then pod_console p4; return 1; fi
+    start_side_pod p4 || return 1
     cat >/tmp/reader.json <<JSON
 { "rootfs": { "guest_path": { "path": "$RFS" } },
   "process": { "env": ["PATH=/bin:/sbin:/usr/bin"], "args": ["sleep", "1000"] },

@@ -708,14 +708,25 @@ mod tests {
             .unwrap()
     }
 
-    /// A host listener that never accepts: once its backlog is full, the guest's next REQUEST
-    /// gets a RST at once. (A blocking connect here held the device loop for good.)
-    #[test]
-    fn a_host_listener_with_a_full_backlog_is_refused_without_stalling() {
+    /// For the flood tests: descriptors enough, a muxer socket path `uds` in a fresh directory
+    /// and a host listener on its port 5000.
+    fn flood_setup() -> (
+        vmm_sys_util::tempdir::TempDir,
+        std::path::PathBuf,
+        UnixListener,
+    ) {
         crate::limits::raise_nofile_limit(4096);
         let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
         let uds = dir.as_path().join("v.sock");
         let listener = UnixListener::bind(dir.as_path().join("v.sock_5000")).unwrap();
+        (dir, uds, listener)
+    }
+
+    /// A host listener that never accepts: once its backlog is full, the guest's next REQUEST
+    /// gets a RST at once. (A blocking connect here held the device loop for good.)
+    #[test]
+    fn a_host_listener_with_a_full_backlog_is_refused_without_stalling() {
+        let (_dir, uds, listener) = flood_setup();
         // A small backlog (std listens with the system's largest).
         // SAFETY: listen(2) on a listening socket we own only changes its backlog.
         assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 8) }, 0);
@@ -745,10 +756,7 @@ mod tests {
     /// program (the runtime's agent call) still gets through.
     #[test]
     fn guest_connections_stop_at_their_limit_and_leave_the_host_its_slots() {
-        crate::limits::raise_nofile_limit(4096);
-        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
-        let uds = dir.as_path().join("v.sock");
-        let host_side = UnixListener::bind(dir.as_path().join("v.sock_5000")).unwrap();
+        let (_dir, uds, host_side) = flood_setup();
         host_side.set_nonblocking(true).unwrap();
         let mut m = UnixMuxer::new(3, &uds).unwrap();
         let mut held = Vec::new();
