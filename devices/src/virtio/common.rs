@@ -64,18 +64,19 @@ impl VirtioCommon {
     pub fn serve_queue(
         &mut self,
         q: usize,
-        mut serve: impl FnMut(&GuestMem, Result<Vec<Descriptor>, ChainError>) -> u32,
+        serve: impl FnMut(&GuestMem, Result<Vec<Descriptor>, ChainError>) -> u32,
     ) -> usize {
-        self.serve_queue_while(q, |_| true, |mem, descs| serve(mem, descs))
+        self.serve_queue_while(q, |_| true, serve)
     }
 
-    /// [`VirtioCommon::serve_queue`], asking `admit` about each well-formed chain first: a
+    /// [`VirtioCommon::serve_queue`], asking `admit` about each chain first (`None` for a
+    /// malformed one: it is still a request the guest made, so a rate limiter counts it): a
     /// chain it refuses (a rate limiter out of tokens) goes back on the avail ring, to be the
     /// first served next time, and the queue is left until then.
     pub fn serve_queue_while(
         &mut self,
         q: usize,
-        mut admit: impl FnMut(&[Descriptor]) -> bool,
+        mut admit: impl FnMut(Option<&[Descriptor]>) -> bool,
         mut serve: impl FnMut(&GuestMem, Result<Vec<Descriptor>, ChainError>) -> u32,
     ) -> usize {
         let Some(st) = self.state.as_mut() else {
@@ -88,13 +89,12 @@ impl VirtioCommon {
         while let Some(chain) = pop_chain(&mut st.queues[q], &mem) {
             let head = chain.head_index();
             let descs = collect_chain(chain, &mem);
-            match &descs {
-                Err(e) => log::warn!("{}: {e}", self.name),
-                Ok(d) if !admit(d) => {
-                    st.queues[q].go_to_previous_position();
-                    break;
-                }
-                Ok(_) => {}
+            if !admit(descs.as_deref().ok()) {
+                st.queues[q].go_to_previous_position();
+                break;
+            }
+            if let Err(e) = &descs {
+                log::warn!("{}: {e}", self.name);
             }
             let len = serve(&mem, descs);
             notify |= add_used(&mut st.queues[q], &mem, head, len);

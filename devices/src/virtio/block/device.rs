@@ -161,9 +161,10 @@ impl Block {
         if limiter.as_ref().is_some_and(RateLimiter::is_blocked) {
             return 0;
         }
-        let admit = |descs: &[Descriptor]| match limiter.as_mut() {
+        // A malformed chain moves no data but is one request (an `ops` token).
+        let admit = |descs: Option<&[Descriptor]>| match limiter.as_mut() {
             None => true,
-            Some(l) => l.consume(data_bytes(descs)),
+            Some(l) => l.consume(descs.map_or(0, data_bytes)),
         };
         self.common
             .serve_queue_while(0, admit, |mem, descs| match descs {

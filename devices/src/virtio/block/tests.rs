@@ -273,6 +273,35 @@ fn descriptor_loop_is_dropped() {
     assert_untouched(&k.m, DATA, 0x1_0000, GUARD);
 }
 
+/// Malformed requests are requests for the limiter's `ops` bucket: breaking its chains does
+/// not get a guest past its limit.
+#[test]
+fn malformed_chains_pay_the_rate_limiter() {
+    use crate::rate_limiter::{BucketConfig, RateLimit, RateLimiter};
+    let k = rig();
+    let mut q = GuestQueue::new(&k.m, 0, 16);
+    let limit = RateLimit {
+        bandwidth: None,
+        ops: Some(BucketConfig {
+            size: 2,
+            one_time_burst: 0,
+            refill_time_ms: 60_000,
+        }),
+    };
+    let heads: Vec<u16> = (0..4)
+        .map(|_| q.add_loop(&[r(HDR, 16), w(DATA, 512), w(STATUS, 1)]))
+        .collect();
+    let (mut b, _) = block(&k, &q, false);
+    b.set_rate_limiter(RateLimiter::new(&limit).unwrap().unwrap());
+    assert_eq!(b.process_queue(), 2);
+    assert_eq!(
+        q.take_used(),
+        vec![(u32::from(heads[0]), 0), (u32::from(heads[1]), 0)]
+    );
+    assert_eq!(b.throttled(), 1);
+    assert_eq!(b.process_queue(), 0);
+}
+
 struct FailingDisk;
 
 impl DiskBackend for FailingDisk {

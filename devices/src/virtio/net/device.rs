@@ -212,8 +212,12 @@ impl Net {
         while let Some(chain) = pop_chain(&mut st.queues[TXQ], &mem) {
             let head = chain.head_index();
             let descs = collect_chain(chain, &mem);
-            if let (Ok(d), Some(l)) = (&descs, self.tx_limiter.as_mut()) {
-                let bytes: u64 = d.iter().map(|d| u64::from(d.len())).sum();
+            if let Some(l) = self.tx_limiter.as_mut() {
+                // A malformed chain sends nothing but is one frame (an `ops` token), so a
+                // guest cannot get past the limit by breaking its chains.
+                let bytes: u64 = descs
+                    .as_ref()
+                    .map_or(0, |d| d.iter().map(|d| u64::from(d.len())).sum());
                 if !l.consume(bytes.saturating_sub(VNET_HDR_LEN as u64)) {
                     // Back on the ring: sent when the timer fires.
                     st.queues[TXQ].go_to_previous_position();

@@ -187,6 +187,25 @@ fn tx_malformed_chains_are_dropped() {
     assert_untouched(&m, BUF, 0x4_0000, GUARD);
 }
 
+/// Broken tx chains are frames too for the tx limiter: a guest cannot send past its limit by
+/// making its chains malformed (each costs the host a parse and a warning).
+#[test]
+fn tx_malformed_chains_pay_the_rate_limiter() {
+    let m = mem(0x10_0000);
+    let mut k = rig(&m);
+    k.net.set_rate_limiters(None, Some(frames_per(2, 60_000)));
+    for i in 0..4u64 {
+        k.tx.add_loop(&[r(BUF + i * 0x200, 64), r(BUF + i * 0x200 + 0x100, 64)]);
+    }
+    k.net.process_tx();
+    assert_eq!(k.tx.take_used().len(), 2, "two tokens, two chains");
+    assert_eq!(k.net.stats().tx_dropped, 2);
+    assert_eq!(k.net.throttled(), (0, 1));
+    // Still blocked until the limiter's timer fires.
+    k.net.process_tx();
+    assert!(k.tx.take_used().is_empty());
+}
+
 /// `dev` on an event loop of its own, activated with `rx` and `tx`, its activation served.
 fn on_event_loop(
     m: &GuestMem,
