@@ -507,8 +507,9 @@ section ctr-shim-v2 /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/shim-v2-t
 
 # `ctr run --cni`: ctr configures the task's network namespace (/proc/<task pid>/ns/net, CNI's
 # "podman" bridge) between create and start. runc (containerd's runc shim) first, then ember's
-# shim v2, same run: eth0 in the bridge's subnet, a default route, the gateway answers; the
-# host's own namespace untouched (its interfaces counted before and after).
+# shim v2, then containerd's runc shim with ember as its runc, same run: eth0 in the bridge's
+# subnet, a default route, the gateway answers; the host's own namespace untouched (its
+# interfaces counted before and after).
 cat >"$DEB/usr/local/bin/ctr-cni-test" <<'CTRCNI'
 #!/bin/sh
 ember-debian-init containerd || exit 1
@@ -517,8 +518,12 @@ mkdir -p /opt/cni && ln -sfn /usr/lib/cni /opt/cni/bin
 host() { echo "$(ip -o link | grep -c ": eth0[:@]") eth0, $(ip route | grep -c "^default") default routes"; }
 before=$(host)
 I=docker.io/library/busybox:latest
-for rt in runc ember; do
-    out=$(ctr run --rm --cni --snapshotter native --runtime io.containerd.$rt.v2 $I cni-$rt sh -c '
+for rt in runc ember runc-shim-ember; do
+    case $rt in
+        runc-shim-ember) R="--runtime io.containerd.runc.v2 --runc-binary /usr/local/bin/ember" ;;
+        *) R="--runtime io.containerd.$rt.v2" ;;
+    esac
+    out=$(ctr run --rm --cni --snapshotter native $R $I cni-$rt sh -c '
         echo "eth0: $(ip -4 -o addr show eth0 | awk "{print \$4}" | cut -d. -f1-2)"
         echo "default routes: $(ip route | grep -c "^default via")"
         ping -c 1 -W 5 $(ip route | awk "/^default via/ {print \$3}") >/dev/null &&

@@ -498,3 +498,144 @@ fn runc_cli_through_the_pod_library_and_the_real_agent() {
     let pods = oci.ok(&["pod", "list", "--json"]);
     assert_eq!(pods.trim(), "[]", "no pod is left");
 }
+
+/// A create that fails after its pod started (a `createRuntime` hook that fails): the pod and
+/// its pod process go, nothing is left, and the engine's `--log` file ends with create's own
+/// error — the line an engine shows — not with what the cleanup or the pod process logged.
+#[test]
+fn a_create_failing_after_its_pod_started_ends_the_log_with_its_own_error() {
+    let Some(agent) =
+        prerequisites("a_create_failing_after_its_pod_started_ends_the_log_with_its_own_error")
+    else {
+        return;
+    };
+    let oci = Env::new("oci-hookfail", agent);
+    let b = bundle(&oci.root, "b", &["sleep", "1000"]);
+    let cfg = b.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&cfg).unwrap()).unwrap();
+    spec["hooks"] = serde_json::json!({"createRuntime": [
+        {"path": "/bin/sh", "args": ["sh", "-c", "echo hook says no >&2; exit 9"]}]});
+    fs::write(&cfg, spec.to_string()).unwrap();
+    let log = oci.root.join("engine.log");
+    let out = oci
+        .cmd(&["--log", log.to_str().unwrap(), "--log-format", "json"])
+        .args(["create", "--bundle", b.to_str().unwrap(), "c1"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = fs::read_to_string(&log).unwrap();
+    // The pod process logged there too (the engine's log is its second log).
+    assert!(text.contains("VMM process"), "{text}");
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["level"], "error", "{text}");
+    let msg = last["msg"].as_str().unwrap();
+    assert!(
+        msg.starts_with("ember create failed") && msg.contains("createRuntime"),
+        "{text}"
+    );
+    assert!(!oci.run(&["state", "c1"]).status.success());
+    let leaks = oci.leaks();
+    assert!(leaks.none(), "{leaks:?}");
+}
+
+/// A spec asking for a network namespace of its own (containerd's runc shim, `ctr run`): the
+/// shim takes one (the namespace of the pid `state` reports, which CNI may configure before
+/// start) and the container's pod starts with it at `start`. Until then there is no pod; a
+/// created container killed or deleted ends without one, and nothing is left.
+#[test]
+fn a_container_with_its_own_network_namespace_gets_its_pod_at_start() {
+    let Some(agent) =
+        prerequisites("a_container_with_its_own_network_namespace_gets_its_pod_at_start")
+    else {
+        return;
+    };
+    let oci = Env::new("oci-netns", agent);
+    let with_netns = |name: &str| {
+        let b = bundle(&oci.root, name, &["sleep", "1000"]);
+        let cfg = b.join("config.json");
+        let mut spec: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&cfg).unwrap()).unwrap();
+        spec["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"type": "network"}));
+        fs::write(&cfg, spec.to_string()).unwrap();
+        b
+    };
+    let create = |b: &Path, id: &str| {
+        let ok = oci
+            .cmd(&["create", "--bundle", b.to_str().unwrap(), id])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "create {id}");
+    };
+    let shim_pid = |id: &str| -> i32 {
+        let v: serde_json::Value = serde_json::from_str(&oci.ok(&["state", id])).unwrap();
+        v["pid"].as_i64().unwrap() as i32
+    };
+
+    let b = with_netns("n1");
+    create(&b, "c1");
+    assert_eq!(oci_status(&oci, "c1"), "created");
+    let pid = shim_pid("c1");
+    assert_ne!(
+        fs::read_link(format!("/proc/{pid}/ns/net")).unwrap(),
+        fs::read_link("/proc/self/ns/net").unwrap(),
+        "the shim is in the host's network namespace"
+    );
+    assert!(!oci.pod_dir("c1").exists(), "a pod before start");
+    assert_eq!(
+        oci.ok(&["ps", "c1"]).lines().count(),
+        1,
+        "processes before start"
+    );
+    oci.ok(&["start", "c1"]);
+    assert_eq!(oci_status(&oci, "c1"), "running");
+    let pod: serde_json::Value =
+        serde_json::from_str(&oci.ok(&["pod", "status", "--json", "c1"])).unwrap();
+    assert_eq!(pod["containers"][0]["state"], "running", "{pod}");
+    let out = oci.ok(&["exec", "c1", "echo", "in-c1"]);
+    assert_eq!(out.trim(), "in-c1");
+    oci.ok(&["kill", "c1", "KILL"]);
+    assert!(support::wait_for(Duration::from_secs(30), || oci_status(
+        &oci, "c1"
+    )
+        == "stopped"));
+    oci.ok(&["delete", "c1"]);
+
+    // Killed before it started: stopped, without a pod ever made.
+    create(&with_netns("n2"), "c2");
+    let pid = shim_pid("c2");
+    oci.ok(&["kill", "c2", "KILL"]);
+    assert!(support::wait_for(Duration::from_secs(30), || oci_status(
+        &oci, "c2"
+    )
+        == "stopped"));
+    oci.ok(&["delete", "c2"]);
+    assert!(support::wait_for(
+        Duration::from_secs(10),
+        || support::gone(pid)
+    ));
+
+    // Deleted before it started.
+    create(&with_netns("n3"), "c3");
+    let pid = shim_pid("c3");
+    oci.ok(&["delete", "--force", "c3"]);
+    assert!(support::wait_for(
+        Duration::from_secs(10),
+        || support::gone(pid)
+    ));
+    assert!(!oci.run(&["state", "c3"]).status.success());
+    let leaks = oci.leaks();
+    assert!(leaks.none(), "{leaks:?}");
+}

@@ -436,8 +436,8 @@ fn containerd_shim_v2_runs_tasks_and_leaves_nothing() {
 }
 
 /// `ctr run --cni` (the task's network namespace configured between create and start) gives
-/// the container the bridge's network under ember's shim v2 as under runc, and leaves the
-/// host's namespace as it was.
+/// the container the bridge's network under ember's shim v2 and under containerd's runc shim
+/// running ember as under runc, and leaves the host's namespace as it was.
 #[test]
 fn ctr_run_cni_networks_the_task_as_under_runc() {
     let Some(s) = passed("ctr-cni") else {
@@ -453,6 +453,12 @@ fn ctr_run_cni_networks_the_task_as_under_runc() {
         assert!(has_line(s, want), "no {want:?} in:\n{}", s.output);
     }
     assert_eq!(lines("runc"), lines("ember"), "output:\n{}", s.output);
+    assert_eq!(
+        lines("runc"),
+        lines("runc-shim-ember"),
+        "output:\n{}",
+        s.output
+    );
     let counts = s
         .output
         .lines()

@@ -174,6 +174,21 @@ impl Route {
     }
 }
 
+/// Whether the network namespace at `path` has an interface besides loopback (an engine
+/// configured it). Scanned from a thread of its own, which joins the namespace.
+pub fn has_interface(path: &Path) -> bool {
+    let path = path.to_path_buf();
+    let scan = std::thread::Builder::new()
+        .name("netns-scan".into())
+        .spawn(move || {
+            enter_netns(&path).ok()?;
+            scan().ok()
+        })
+        .ok()
+        .and_then(|h| h.join().ok().flatten());
+    scan.is_some_and(|s| s.interfaces.iter().any(|i| i.mac != [0; 6]))
+}
+
 /// Enters the network namespace at `path` (`/run/netns/NAME`, `/proc/PID/ns/net`) for the
 /// calling thread (`setns(CLONE_NEWNET)`); sockets and TAPs opened by this thread afterwards
 /// live there. Other threads keep theirs: call it before starting any that should share it.

@@ -15,6 +15,7 @@
 //! - [`tty`]: terminal containers through `--console-socket`
 //! - [`signal`], [`features`]: runc's signal names, `features` JSON
 
+pub mod boot_at_start;
 pub mod bundle;
 pub mod control;
 pub mod features;

@@ -256,9 +256,10 @@ fn run_shim(
     };
     // This shim's pid is the one `state` reports, and an engine may configure that pid's
     // network namespace after create (`ctr run --cni`): it must be one of its own, not the
-    // host's. (The VM exists by then; ember's shim v2 boots such a task's VM at start, wired
-    // to what the engine configured.)
-    if config.wants_own_netns() {
+    // host's, and the VM boots at start, wired to what the engine configured
+    // ([`super::boot_at_start`], as ember's shim v2 does for its tasks).
+    let own_netns = config.wants_own_netns();
+    if own_netns {
         if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
             return fail(&mut ready, format!("Cannot make a network namespace: {e}"));
         }
@@ -273,11 +274,19 @@ fn run_shim(
         Ok(s) => s,
         Err(msg) => return fail(&mut ready, msg),
     };
-    let sandbox: Arc<dyn super::sandbox::Sandbox> =
-        match backend.create(config, &ctx.store.dir(id), stdio) {
+    let later = if own_netns { backend.detached() } else { None };
+    let sandbox: Arc<dyn super::sandbox::Sandbox> = match later {
+        Some(backend) => Arc::new(super::boot_at_start::BootAtStart::new(
+            backend,
+            config.clone(),
+            ctx.store.dir(id),
+            stdio,
+        )),
+        None => match backend.create(config, &ctx.store.dir(id), stdio) {
             Ok(s) => Arc::from(s),
             Err(e) => return fail(&mut ready, crate::error::report(&e)),
-        };
+        },
+    };
     if let Some(window) = window {
         let sandbox = sandbox.clone();
         window.watch(move |rows, cols| {

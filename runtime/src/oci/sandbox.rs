@@ -88,4 +88,10 @@ pub trait Backend {
     /// Release what a container `id` may still hold when its shim is gone without doing it
     /// (killed, crashed). Best effort, idempotent.
     fn cleanup(&self, _id: &str) {}
+
+    /// A copy of this backend that a shim can keep, to make its sandbox later (at start:
+    /// [`super::boot_at_start`]); `None` where it cannot (the sandbox is made at create).
+    fn detached(&self) -> Option<Box<dyn Backend + Send + Sync>> {
+        None
+    }
 }

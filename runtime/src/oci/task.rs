@@ -209,21 +209,6 @@ pub fn hold_netns() -> ! {
     }
 }
 
-/// Whether the network namespace at `path` has an interface besides loopback (the engine
-/// configured it). Scanned from a thread of its own, which joins the namespace.
-fn has_interface(path: &Path) -> bool {
-    let path = path.to_path_buf();
-    let scan = std::thread::Builder::new()
-        .name("netns-scan".into())
-        .spawn(move || {
-            crate::network::enter_netns(&path).ok()?;
-            crate::network::scan().ok()
-        })
-        .ok()
-        .and_then(|h| h.join().ok().flatten());
-    scan.is_some_and(|s| s.interfaces.iter().any(|i| i.mac != [0; 6]))
-}
-
 /// A task created with its VM to boot at start ([`ContainerConfig::wants_own_netns`]).
 struct Deferred {
     config: ContainerConfig,
@@ -444,7 +429,7 @@ impl TaskService {
             (d, task.netns.as_ref().map(NetnsHolder::netns))
         };
         let mut config = deferred.config;
-        if let Some(path) = netns.filter(|p| has_interface(p)) {
+        if let Some(path) = netns.filter(|p| crate::network::has_interface(p)) {
             log::info!("task {id}: network namespace {} joined", path.display());
             for n in &mut config.namespaces {
                 if matches!(n.typ.as_str(), "net" | "network") {

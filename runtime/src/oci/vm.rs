@@ -622,6 +622,7 @@ const VOLUME_DISK: &str = "volume";
 /// `io.kubernetes.cri.sandbox-id`) is created in its sandbox's running pod: the pod library
 /// puts its rootfs (and volume) images into free slots. Deleting a member empties its slots;
 /// deleting the sandbox stops the VM.
+#[derive(Clone)]
 pub struct VmBackend {
     /// The state root (OCI containers' folders and `@pods`).
     pub root: PathBuf,
@@ -743,6 +744,10 @@ pub fn oci_template_config(settings: &RuntimeConfig) -> api::PodConfig {
 }
 
 impl Backend for VmBackend {
+    fn detached(&self) -> Option<Box<dyn Backend + Send + Sync>> {
+        Some(Box::new(self.clone()))
+    }
+
     fn cleanup(&self, id: &str) {
         let rt = self.runtime();
         if rt.pod_dir(id).is_dir() {
