@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -316,12 +316,28 @@ pub fn init(cfg: &Config) -> Result<(), Error> {
         errors_to_stderr: cfg.errors_to_stderr && cfg.file.is_some(),
         sites: Sites::default(),
     };
+    let fds: Vec<RawFd> = backend
+        .sinks
+        .iter()
+        .filter_map(|s| s.file.as_ref()?.lock().ok().map(|f| f.as_raw_fd()))
+        .collect();
     let json = cfg.format == Format::Json;
     if log::set_boxed_logger(Box::new(backend)).is_ok() {
         log::set_max_level(level);
         vmm::seccomp::report_to(json, file_fd);
+        let _ = LOG_FDS.set(fds);
     }
     Ok(())
+}
+
+/// The log files' descriptors of [`init`]'s backend.
+static LOG_FDS: std::sync::OnceLock<Vec<RawFd>> = std::sync::OnceLock::new();
+
+/// The descriptors the logger writes to (its files; none for stderr): code that closes what a
+/// process inherited (the OCI shims) keeps these, or the log's next lines would go to
+/// whatever is opened next under the same number.
+pub fn file_descriptors() -> &'static [RawFd] {
+    LOG_FDS.get().map_or(&[], Vec::as_slice)
 }
 
 /// Start a named thread (every thread of ember has a name, which each log line carries).

@@ -557,6 +557,7 @@ fn a_container_with_its_own_network_namespace_gets_its_pod_at_start() {
         return;
     };
     let oci = Env::new("oci-netns", agent);
+    let log = oci.root.join("engine.log");
     let with_netns = |name: &str| {
         let b = bundle(&oci.root, name, &["sleep", "1000"]);
         let cfg = b.join("config.json");
@@ -571,7 +572,8 @@ fn a_container_with_its_own_network_namespace_gets_its_pod_at_start() {
     };
     let create = |b: &Path, id: &str| {
         let ok = oci
-            .cmd(&["create", "--bundle", b.to_str().unwrap(), id])
+            .cmd(&["--log", log.to_str().unwrap()])
+            .args(["create", "--bundle", b.to_str().unwrap(), id])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -612,6 +614,10 @@ fn a_container_with_its_own_network_namespace_gets_its_pod_at_start() {
     )
         == "stopped"));
     oci.ok(&["delete", "c1"]);
+    // The shim logs to the engine's log for the container's whole life (it closed what the
+    // engine passed it, but not its log file).
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(text.contains("container c1 exited with code 137"), "{text}");
 
     // Killed before it started: stopped, without a pod ever made.
     create(&with_netns("n2"), "c2");

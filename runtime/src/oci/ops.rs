@@ -336,7 +336,9 @@ fn tty_stdio(console_socket: &Path) -> Result<(Stdio, Option<super::tty::WindowS
 /// Close every descriptor above stderr except `keep`: what the engine passed `ember create`
 /// (conmon's sync pipes, containerd's fifos) must not be held open by the shim for the
 /// container's whole life, nor leak into the pod's VMM process.
+/// The logger's own files stay open ([`crate::logging::file_descriptors`]).
 fn close_inherited(keep: &[i32]) {
+    let log = crate::logging::file_descriptors();
     let fds: Vec<i32> = match fs::read_dir("/proc/self/fd") {
         Ok(rd) => rd
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
@@ -344,7 +346,7 @@ fn close_inherited(keep: &[i32]) {
         Err(_) => return,
     };
     for fd in fds {
-        if fd > 2 && !keep.contains(&fd) {
+        if fd > 2 && !keep.contains(&fd) && !log.contains(&fd) {
             // SAFETY: closing a descriptor number this single-threaded process inherited and
             // no Rust object of ours owns (ours are in `keep`); a stale number (the read_dir
             // handle itself, already closed) only yields EBADF.
