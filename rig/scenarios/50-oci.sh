@@ -5,7 +5,8 @@
 # Sections: oci-debian, podman-hello, podman-exit-code, podman-volumes, podman-network, podman-net-limit,
 # podman-resources, podman-fidelity,
 # cri-pod, podman-tty,
-# podman-exec, podman-stop-rm, ctr-hello, ctr-shim-v2, ctr-cni, ctr-volumes, cri-handlers, podman-template,
+# podman-exec, podman-stop-rm, ctr-hello, ctr-shim-v2, ctr-cni, ctr-volumes, ctr-resources,
+# cri-handlers, podman-template,
 # oci-bench.
 
 DEB=/debian
@@ -556,6 +557,38 @@ done
 CTRVOL
 chmod 755 "$DEB/usr/local/bin/ctr-volumes-test"
 section ctr-volumes /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/ctr-volumes-test
+
+# containerd's resources beside runc: `ctr run --memory-limit 1g --cpus 2` under containerd's
+# runc shim (plain runc), ember's shim v2 and the runc shim running ember, same run: the
+# container's cgroup limits as runc sets them, and ember's VM sized by them.
+cat >"$DEB/usr/local/bin/ctr-resources-test" <<'CTRRES'
+#!/bin/sh
+ember-debian-init containerd || exit 1
+I=docker.io/library/busybox:latest
+cat >/var/tmp/ctr-show-limits <<'SHOW'
+cg=/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)
+echo memory.max $(cat $cg/memory.max)
+echo cpu.max $(cat $cg/cpu.max)
+echo memtotal_kib $(grep MemTotal /proc/meminfo | tr -s " " | cut -d" " -f2)
+echo nproc $(nproc)
+SHOW
+for rt in runc ember runc-shim-ember; do
+    case $rt in
+        runc) R="--runtime io.containerd.runc.v2" ;;
+        ember) R="--runtime io.containerd.ember.v2" ;;
+        runc-shim-ember) R="--runtime io.containerd.runc.v2 --runc-binary /usr/local/bin/ember" ;;
+    esac
+    out=$(ctr run --rm --snapshotter native $R --memory-limit 1073741824 --cpus 2 \
+        --mount type=bind,src=/var/tmp/ctr-show-limits,dst=/show,options=rbind:ro \
+        --mount type=cgroup2,src=cgroup2,dst=/sys/fs/cgroup,options=ro:nosuid:nodev:noexec \
+        $I res-$rt sh /show)
+    code=$?
+    printf '%s\n' "$out" | sed "s/^/$rt /"
+    echo "$rt exit=$code"
+done
+CTRRES
+chmod 755 "$DEB/usr/local/bin/ctr-resources-test"
+section ctr-resources /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/ctr-resources-test
 
 # containerd's CRI plugin driven as the kubelet drives it (rig/cri-test): a pod sandbox with
 # two containers, execs, status, a container stop, the sandbox's stop and removal — with the

@@ -468,6 +468,43 @@ fn ctr_run_cni_networks_the_task_as_under_runc() {
     assert_eq!(before, after, "the host's links changed:\n{}", s.output);
 }
 
+/// containerd's resources beside runc: `ctr run --memory-limit 1g --cpus 2` sets the same
+/// cgroup limits on the container under containerd's runc shim (plain runc), ember's shim v2
+/// and the runc shim running ember, and ember's VM is sized by them (1 GiB + its overhead).
+#[test]
+fn ctr_resources_limit_the_container_as_under_runc_and_size_the_vm() {
+    let Some(s) = passed("ctr-resources") else {
+        return;
+    };
+    let value = |key: &str| -> u64 {
+        s.output
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {key:?} in:\n{}", s.output))
+    };
+    for rt in ["runc", "ember", "runc-shim-ember"] {
+        for want in [
+            format!("{rt} memory.max 1073741824"),
+            format!("{rt} cpu.max 200000 100000"),
+            format!("{rt} exit=0"),
+        ] {
+            assert!(has_line(s, &want), "no {want:?} in:\n{}", s.output);
+        }
+    }
+    for rt in ["ember", "runc-shim-ember"] {
+        let kib = value(&format!("{rt} memtotal_kib "));
+        assert!(
+            (1 << 20..(1 << 20) + (512 << 10)).contains(&kib),
+            "{rt}: a VM of {kib} KiB for a 1 GiB limit:\n{}",
+            s.output
+        );
+        assert_eq!(value(&format!("{rt} nproc ")), 2, "output:\n{}", s.output);
+    }
+    // runc's container sees the host's memory.
+    assert!(value("runc memtotal_kib ") > value("ember memtotal_kib "));
+}
+
 /// containerd beside runc: a bind mount is live both ways under containerd's runc shim and
 /// under ember's shim v2.
 #[test]
