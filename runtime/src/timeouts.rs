@@ -13,6 +13,9 @@ pub const AGENT_SHORT_CALL: Duration = Duration::from_secs(5);
 /// How often a pod process checks that its guest's agent answers (a ping with
 /// [`AGENT_SHORT_CALL`]); the pod config's `agent_timeout_secs` says how long it may not.
 pub const AGENT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a caller whose agent connection broke looks for the pod's record to say it
+/// stopped (and why), which its pod process writes once the VM is gone.
+pub const POD_END_GRACE: Duration = Duration::from_secs(5);
 /// One request/answer with a pod's VMM process on its control socket.
 pub const POD_CONTROL: Duration = Duration::from_secs(10);
 /// A pod process writing a snapshot of its VM (guest memory goes to a file).

@@ -288,6 +288,14 @@ fn a_pod_whose_agent_stops_answering_is_stopped_with_the_reason() {
 
     let agents = children(vmm);
     assert_eq!(agents.len(), 1, "the pod process's children: {agents:?}");
+    // A wait on the container meanwhile ends with the pod's end and its reason.
+    let waiter = env
+        .cmd(&["container", "wait", "p", "c"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
     let stopped = Instant::now();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(agents[0]),
@@ -312,6 +320,15 @@ fn a_pod_whose_agent_stops_answering_is_stopped_with_the_reason() {
         "{v}"
     );
     assert_eq!(state_of(&v, "c").0, "stopped");
+    let waited = waiter.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&waited.stderr);
+    assert_eq!(waited.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "Pod p stopped while Wait waited on its agent: the guest agent did not answer for"
+        ),
+        "{err}"
+    );
     let log = fs::read_to_string(env.pod_dir("p").join("vmm.log")).unwrap();
     assert!(
         log.contains("the guest agent did not answer its health check"),

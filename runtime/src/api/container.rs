@@ -5,6 +5,7 @@ use super::{agent_link, id, Error, Runtime};
 use crate::config::RootfsConfig;
 use crate::pod_vmm::{self, control};
 use crate::state::{ContainerRecord, DiskOwner, LockKind, PodRecord, State};
+use crate::timeouts::POD_END_GRACE;
 use agent::protocol::{
     default_namespaces, ContainerSpec, ContainerState, ContainerStats, ErrorKind, LinuxSetup,
     Mount, ProcessInfo, ProcessSpec, RootfsSpec, StdioStream,
@@ -762,11 +763,45 @@ impl Runtime {
             call: "Wait",
             source,
         })?;
-        let status = client.wait(cid, exec_id).map_err(Error::agent("Wait"))?;
+        let status = match client.wait(cid, exec_id) {
+            Ok(s) => s,
+            // The agent answered: its error is the answer.
+            Err(e) if e.agent_kind().is_some() => return Err(Error::agent("Wait")(e)),
+            // The connection broke: the pod may have ended under it.
+            Err(e) => {
+                return Err(self
+                    .ended_meanwhile(pod, "Wait")
+                    .unwrap_or_else(|| Error::agent("Wait")(e)))
+            }
+        };
         if exec_id.is_none() {
             self.record_exit(pod, cid, status.code);
         }
         Ok(status.code)
+    }
+
+    /// A wait on the agent broke: when the pod was stopped meanwhile (its VM ended, its agent
+    /// went silent), that is the error, with the reason its record gives. The pod process
+    /// records the end just after the VM is gone: looked for during [`POD_END_GRACE`].
+    fn ended_meanwhile(&self, pod: &str, call: &'static str) -> Option<Error> {
+        let deadline = std::time::Instant::now() + POD_END_GRACE;
+        loop {
+            if let Ok((_lock, _dir, rec)) = self.open(pod, LockKind::Read) {
+                if rec.state == State::Stopped {
+                    return Some(Error::PodEnded {
+                        pod: pod.to_string(),
+                        call,
+                        reason: rec
+                            .stop_reason
+                            .unwrap_or_else(|| "no reason recorded".into()),
+                    });
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     /// The container's first process ended with `code`: it is stopped (best effort; `status`

@@ -137,6 +137,12 @@ pub enum Error {
         #[source]
         source: agent_link::Error,
     },
+    #[error("Pod {pod} stopped while {call} waited on its agent: {reason}")]
+    PodEnded {
+        pod: String,
+        call: &'static str,
+        reason: String,
+    },
 }
 
 impl Error {
