@@ -111,6 +111,15 @@ fn prefixed(s: &Section, rt: &str) -> Vec<String> {
         .collect()
 }
 
+/// The number after `key` on the section's line that starts with it (trimmed).
+fn number(s: &Section, key: &str) -> u64 {
+    s.output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(key))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key:?} in:\n{}", s.output))
+}
+
 fn has_line(s: &Section, want: &str) -> bool {
     s.output.lines().any(|l| l.trim() == want)
 }
@@ -205,13 +214,7 @@ fn podman_resources_limit_the_container_as_under_runc() {
             assert!(has_line(s, &want), "no {want:?} in:\n{}", s.output);
         }
     }
-    let value = |key: &str| -> u64 {
-        s.output
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(key))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {key:?} in:\n{}", s.output))
-    };
+    let value = |key: &str| number(s, key);
     assert_eq!(value("ember nproc"), 2, "output:\n{}", s.output);
     // The host side: the engine's container process sits in the spec's cgroupsPath under
     // both runtimes (ember's shim and pod process), limited there, removed with the container.
@@ -476,13 +479,7 @@ fn ctr_resources_limit_the_container_as_under_runc_and_size_the_vm() {
     let Some(s) = passed("ctr-resources") else {
         return;
     };
-    let value = |key: &str| -> u64 {
-        s.output
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(key))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {key:?} in:\n{}", s.output))
-    };
+    let value = |key: &str| number(s, key);
     for rt in ["runc", "ember", "runc-shim-ember"] {
         for want in [
             format!("{rt} memory.max 1073741824"),

@@ -273,11 +273,22 @@ fn descriptor_loop_is_dropped() {
     assert_untouched(&k.m, DATA, 0x1_0000, GUARD);
 }
 
+/// A writable block device on `q` limited by `limit`.
+fn limited(k: &Rig, q: &GuestQueue, limit: &crate::rate_limiter::RateLimit) -> Block {
+    let (mut b, _) = block(k, q, false);
+    b.set_rate_limiter(
+        crate::rate_limiter::RateLimiter::new(limit)
+            .unwrap()
+            .unwrap(),
+    );
+    b
+}
+
 /// Malformed requests are requests for the limiter's `ops` bucket: breaking its chains does
 /// not get a guest past its limit.
 #[test]
 fn malformed_chains_pay_the_rate_limiter() {
-    use crate::rate_limiter::{BucketConfig, RateLimit, RateLimiter};
+    use crate::rate_limiter::{BucketConfig, RateLimit};
     let k = rig();
     let mut q = GuestQueue::new(&k.m, 0, 16);
     let limit = RateLimit {
@@ -291,8 +302,7 @@ fn malformed_chains_pay_the_rate_limiter() {
     let heads: Vec<u16> = (0..4)
         .map(|_| q.add_loop(&[r(HDR, 16), w(DATA, 512), w(STATUS, 1)]))
         .collect();
-    let (mut b, _) = block(&k, &q, false);
-    b.set_rate_limiter(RateLimiter::new(&limit).unwrap().unwrap());
+    let mut b = limited(&k, &q, &limit);
     assert_eq!(b.process_queue(), 2);
     assert_eq!(
         q.take_used(),
@@ -491,7 +501,7 @@ fn empty_slot_takes_a_disk_and_gives_it_back() {
 
 #[test]
 fn rate_limited_requests_wait_for_tokens_and_complete_in_order() {
-    use crate::rate_limiter::{BucketConfig, RateLimit, RateLimiter};
+    use crate::rate_limiter::{BucketConfig, RateLimit};
     use event_manager::{EventManager, SubscriberOps};
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
@@ -510,8 +520,7 @@ fn rate_limited_requests_wait_for_tokens_and_complete_in_order() {
     let heads: Vec<u16> = (0..4)
         .map(|i| q.add(&[r(HDR, 16), w(DATA + i * 0x1000, 512), w(STATUS, 1)]))
         .collect();
-    let (mut b, _) = block(&k, &q, false);
-    b.set_rate_limiter(RateLimiter::new(&limit).unwrap().unwrap());
+    let mut b = limited(&k, &q, &limit);
     assert_eq!(b.process_queue(), 2);
     assert_eq!(
         q.take_used(),
