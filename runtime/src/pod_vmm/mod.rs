@@ -15,7 +15,8 @@
 //! socket or never commits: a starter killed or failing at any step leaves nothing running.
 //!
 //! After `Ready` the VMM process serves its control socket ([`control`]: ping, pause, resume,
-//! stop, disk slots) until the VM ends. When the VM ends on its own (guest shutdown, crash)
+//! stop, disk slots) until the VM ends, and checks that the guest's agent answers
+//! ([`watchdog`]: a VM whose agent stays silent for `agent_timeout_secs` is stopped). When the VM ends on its own (guest shutdown, crash)
 //! the process marks the pod stopped itself and runs the poststop hooks; when `stop` was
 //! requested, the caller that asked does that.
 
