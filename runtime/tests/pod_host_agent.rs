@@ -575,6 +575,9 @@ fn a_container_with_its_own_network_namespace_gets_its_pod_at_start() {
     };
     let oci = Env::new("oci-netns", agent);
     let log = oci.root.join("engine.log");
+    // The runtime configuration reaches the pod made at start.
+    let conf = oci.root.join("config.toml");
+    fs::write(&conf, "[runtime]\nagent_timeout_secs = 45\n").unwrap();
     let with_netns = |name: &str| {
         let b = bundle(&oci.root, name, &["sleep", "1000"]);
         let cfg = b.join("config.json");
@@ -591,6 +594,7 @@ fn a_container_with_its_own_network_namespace_gets_its_pod_at_start() {
         let ok = oci
             .cmd(&["--log", log.to_str().unwrap()])
             .args(["create", "--bundle", b.to_str().unwrap(), id])
+            .env("EMBER_CONFIG", &conf)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -623,6 +627,10 @@ fn a_container_with_its_own_network_namespace_gets_its_pod_at_start() {
     let pod: serde_json::Value =
         serde_json::from_str(&oci.ok(&["pod", "status", "--json", "c1"])).unwrap();
     assert_eq!(pod["containers"][0]["state"], "running", "{pod}");
+    let record: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(oci.pod_dir("c1").join("state.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["config"]["agent_timeout_secs"], 45, "{record}");
     let out = oci.ok(&["exec", "c1", "echo", "in-c1"]);
     assert_eq!(out.trim(), "in-c1");
     oci.ok(&["kill", "c1", "KILL"]);

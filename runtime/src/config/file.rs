@@ -25,6 +25,7 @@
 //! debug = false              # debug-level logging in the pod processes
 //! template = "oci"           # start containers' VMs from this template when they fit it
 //!                            # (`ember template create oci --oci`); otherwise boot, and say why
+//! agent_timeout_secs = 300   # a VM whose agent is silent this long is stopped (0: warn only)
 //! ```
 //!
 //! A container's VM is sized from its spec's `linux.resources` ([`Sizing::for_resources`]):
@@ -138,6 +139,9 @@ pub struct RuntimeSection {
     /// A template (`ember template create`) the OCI face starts containers' pods from when
     /// they fit it (same kernel, memory, vCPUs; see [`crate::state::template`]).
     pub template: Option<String>,
+    /// The pods' `agent_timeout_secs` (their default where unset): how long a guest's agent
+    /// may leave the health check unanswered before its VM is stopped; 0 only warns.
+    pub agent_timeout_secs: Option<u64>,
 }
 
 /// Why the configuration file was refused.
@@ -252,6 +256,16 @@ impl RuntimeConfig {
             if (1..8).contains(&bits) {
                 return Err(format!(
                     "{key} {bits} is less than one byte per second (0: unlimited)"
+                ));
+            }
+        }
+        if let Some(secs) = self.runtime.agent_timeout_secs {
+            let bounds = &super::AGENT_TIMEOUT_SECS;
+            if secs != 0 && !bounds.contains(&secs) {
+                return Err(format!(
+                    "agent_timeout_secs {secs} is not 0 or {} to {}",
+                    bounds.start(),
+                    bounds.end()
                 ));
             }
         }
@@ -403,9 +417,11 @@ mod tests {
             [runtime]
             rootfs = "block"
             debug = true
+            agent_timeout_secs = 60
             "#,
         )
         .unwrap();
+        assert_eq!(c.runtime.agent_timeout_secs, Some(60));
         assert_eq!(c.hypervisor.kernel, Some(PathBuf::from("/k")));
         assert_eq!(c.hypervisor.default_vcpus, 2);
         assert_eq!(c.runtime.rootfs, OciRootfs::Block);
@@ -440,6 +456,7 @@ mod tests {
             ("[hypervisor]\nmax_memory_mib = 100\ndefault_memory_mib = 64\nmemory_overhead_mib = 100", "memory_overhead_mib"),
             ("[hypervisor]\ndefault_vcpus = 300", "line 2: invalid value"),
             ("[hypervisor]\ntx_rate_limiter_max_rate = 7", "tx_rate_limiter_max_rate 7"),
+            ("[runtime]\nagent_timeout_secs = 3", "agent_timeout_secs 3 is not 0 or 10 to 86400"),
             ("[[hypervisor]]", "line 1: invalid type"),
             ("not toml", ""),
         ] {

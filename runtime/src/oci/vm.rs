@@ -701,6 +701,10 @@ impl VmBackend {
             jail: h.jail,
             // Where runc would put the container (its shim is there too).
             cgroup: host_cgroup(config),
+            agent_timeout_secs: settings
+                .runtime
+                .agent_timeout_secs
+                .unwrap_or(api::PodConfig::default().agent_timeout_secs),
             ..api::PodConfig::default()
         };
         let mut pod_config = pod_config;
