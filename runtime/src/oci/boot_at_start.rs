@@ -65,25 +65,6 @@ impl BootAtStart {
             Phase::Ended(_) => Err(SandboxError::Refused("the container is stopped".into())),
         }
     }
-
-    /// The spec with its network namespace set to this process's, when the engine gave it an
-    /// interface; as it is otherwise (the VM gets a namespace of its own, with no network).
-    fn wired_config(&self) -> ContainerConfig {
-        let mut config = self.config.clone();
-        if crate::network::has_interface(&self.netns) {
-            log::info!(
-                "container {}: network namespace {} joined",
-                config.id,
-                self.netns.display()
-            );
-            for n in &mut config.namespaces {
-                if matches!(n.typ.as_str(), "net" | "network") {
-                    n.path = Some(self.netns.clone());
-                }
-            }
-        }
-        config
-    }
 }
 
 impl Sandbox for BootAtStart {
@@ -100,10 +81,11 @@ impl Sandbox for BootAtStart {
                 "the container is already started".into(),
             ));
         };
-        match self
-            .backend
-            .create(&self.wired_config(), &self.state_dir, stdio)
-        {
+        match self.backend.create(
+            &self.config.clone().with_configured_netns(&self.netns),
+            &self.state_dir,
+            stdio,
+        ) {
             Ok(sandbox) => {
                 let sandbox: Arc<dyn Sandbox> = Arc::from(sandbox);
                 let mut phase = self.lock();

@@ -213,6 +213,24 @@ impl ContainerConfig {
                 .iter()
                 .any(|n| matches!(n.typ.as_str(), "net" | "network") && n.path.is_none())
     }
+
+    /// This config with its network namespace set to `netns` when an engine gave that
+    /// namespace an interface meanwhile (CNI between create and start); as it is otherwise.
+    pub fn with_configured_netns(mut self, netns: &Path) -> ContainerConfig {
+        if crate::network::has_interface(netns) {
+            log::info!(
+                "container {}: network namespace {} joined",
+                self.id,
+                netns.display()
+            );
+            for n in &mut self.namespaces {
+                if matches!(n.typ.as_str(), "net" | "network") {
+                    n.path = Some(netns.to_path_buf());
+                }
+            }
+        }
+        self
+    }
 }
 
 /// The OCI hooks of a spec. ember runs them on the host: `prestart` and `createRuntime` once

@@ -429,13 +429,8 @@ impl TaskService {
             (d, task.netns.as_ref().map(NetnsHolder::netns))
         };
         let mut config = deferred.config;
-        if let Some(path) = netns.filter(|p| crate::network::has_interface(p)) {
-            log::info!("task {id}: network namespace {} joined", path.display());
-            for n in &mut config.namespaces {
-                if matches!(n.typ.as_str(), "net" | "network") {
-                    n.path = Some(path.clone());
-                }
-            }
+        if let Some(path) = netns {
+            config = config.with_configured_netns(&path);
         }
         let state_dir = self.0.backend.root.join(id);
         let sandbox = self
