@@ -345,12 +345,15 @@ JSON
     ember container start $POD ondisk || return 1
     out=$(ember container exec $POD ondisk -- cat /marker)
     echo "marker: $out"
-    [ "$out" = disk-rootfs-ok ]
+    [ "$out" = disk-rootfs-ok ] && return 0
+    ember pod status --json $POD
+    pod_console $POD
+    return 1
 }
 section pods-disk-rootfs pods_disk_rootfs
 
 pods_stop_delete() {
-    ember container stop $POD c1 || return 1
+    ember container stop $POD c1 || { ember pod status --json $POD; pod_console $POD; return 1; }
     ember container delete $POD c1 || return 1
     ember pod stop $POD || return 1
     ember pod status $POD
