@@ -1,9 +1,9 @@
-//! A container whose VM boots when it starts, for the runc CLI's per-container shim: a spec
-//! that asks for a network namespace of its own gets the shim's (the pid `state` reports),
-//! and an engine may configure that namespace between create and start (`ctr run --cni`
-//! with containerd's runc shim, as CNI does for runc). Booting at start lets the VM be wired
-//! to what the engine configured; ember's shim v2 does the same for its tasks
-//! ([`super::task`]).
+//! A container whose VM boots when it starts. A spec that asks for a network namespace of its
+//! own gets one on the host (the runc CLI's per-container shim: its own; ember's shim v2: its
+//! task's namespace holder), whose pid `state` reports, and an engine may configure that
+//! namespace between create and start (`ctr run --cni`, as CNI does for runc). Booting at
+//! start lets the VM be wired to what the engine configured. Both OCI faces use this one
+//! state machine ([`super::ops`], [`super::task`]).
 
 use super::bundle::{ContainerConfig, ProcessConfig};
 use super::sandbox::{Backend, Sandbox, SandboxError, Stdio, Usage};
@@ -23,7 +23,7 @@ pub struct BootAtStart {
     backend: Box<dyn Backend + Send + Sync>,
     config: ContainerConfig,
     state_dir: PathBuf,
-    /// The namespace the engine may configure: this process's.
+    /// The namespace the engine may configure (`/proc/<pid>/ns/net`).
     netns: PathBuf,
     phase: Mutex<Phase>,
     changed: Condvar,
@@ -35,12 +35,13 @@ impl BootAtStart {
         config: ContainerConfig,
         state_dir: PathBuf,
         stdio: Stdio,
+        netns: PathBuf,
     ) -> BootAtStart {
         BootAtStart {
             backend,
             config,
             state_dir,
-            netns: PathBuf::from(format!("/proc/{}/ns/net", std::process::id())),
+            netns,
             phase: Mutex::new(Phase::Created(Some(stdio))),
             changed: Condvar::new(),
         }

@@ -281,6 +281,7 @@ fn run_shim(
             config.clone(),
             ctx.store.dir(id),
             stdio,
+            PathBuf::from(format!("/proc/{}/ns/net", std::process::id())),
         )),
         None => match backend.create(config, &ctx.store.dir(id), stdio) {
             Ok(s) => Arc::from(s),

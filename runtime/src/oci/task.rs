@@ -19,7 +19,8 @@
 //! (for runc that is the container's own namespace; the shim's would be the host's). Such a
 //! task's VM boots at start, wired to that namespace when the engine gave it an interface.
 
-use super::bundle::{Bundle, ContainerConfig, ProcessConfig};
+use super::boot_at_start::BootAtStart;
+use super::bundle::{Bundle, ProcessConfig};
 use super::sandbox::{Backend, Sandbox, Stdio};
 use super::vm::VmBackend;
 use containerd_shim as shim;
@@ -209,17 +210,11 @@ pub fn hold_netns() -> ! {
     }
 }
 
-/// A task created with its VM to boot at start ([`ContainerConfig::wants_own_netns`]).
-struct Deferred {
-    config: ContainerConfig,
-    stdio: Stdio,
-}
-
 struct Task {
     bundle: String,
-    /// The container in its VM; `None` while [`Task::deferred`] waits for the start.
-    sandbox: Option<Arc<dyn Sandbox>>,
-    deferred: Option<Deferred>,
+    /// The container in its VM; a [`BootAtStart`] for a task with a network namespace of its
+    /// own ([`super::bundle::ContainerConfig::wants_own_netns`], held by `netns`).
+    sandbox: Arc<dyn Sandbox>,
     netns: Option<NetnsHolder>,
     init: Process,
     execs: HashMap<String, (ProcessConfig, Process)>,
@@ -409,42 +404,7 @@ impl TaskService {
     fn sandbox(&self, id: &str) -> TtrpcResult<Arc<dyn Sandbox>> {
         let tasks = self.tasks()?;
         let task = tasks.get(id).ok_or_else(|| not_found(id))?;
-        task.sandbox.clone().ok_or_else(|| {
-            rpc(
-                Code::FAILED_PRECONDITION,
-                format!("task {id} is not started (its VM boots at start)"),
-            )
-        })
-    }
-
-    /// Boot the VM of a task created with [`Deferred`], wired to its network namespace when
-    /// the engine configured it meanwhile.
-    fn place(&self, id: &str) -> TtrpcResult<()> {
-        let (deferred, netns) = {
-            let mut tasks = self.tasks()?;
-            let task = tasks.get_mut(id).ok_or_else(|| not_found(id))?;
-            let Some(d) = task.deferred.take() else {
-                return Ok(());
-            };
-            (d, task.netns.as_ref().map(NetnsHolder::netns))
-        };
-        let mut config = deferred.config;
-        if let Some(path) = netns {
-            config = config.with_configured_netns(&path);
-        }
-        let state_dir = self.0.backend.root.join(id);
-        let sandbox = self
-            .0
-            .backend
-            .create(&config, &state_dir, deferred.stdio)
-            .map_err(|e| rpc(Code::FAILED_PRECONDITION, crate::error::report(&e)))?;
-        let mut tasks = self.tasks()?;
-        match tasks.get_mut(id) {
-            Some(task) => task.sandbox = Some(Arc::from(sandbox)),
-            // Deleted meanwhile: its VM goes.
-            None => sandbox.shutdown(),
-        }
-        Ok(())
+        Ok(task.sandbox.clone())
     }
 
     fn process(&self, id: &str, exec_id: &str) -> TtrpcResult<(String, Process)> {
@@ -460,7 +420,6 @@ impl TaskService {
     }
 
     fn start_init(&self, id: &str) -> TtrpcResult<u32> {
-        self.place(id)?;
         let sandbox = self.sandbox(id)?;
         let pid = sandbox
             .start()
@@ -472,6 +431,16 @@ impl TaskService {
                 t.init.pid = pid;
             }
         }
+        self.watch_init(id, sandbox);
+        let mut ev = TaskStart::new();
+        ev.container_id = id.to_string();
+        ev.pid = pid;
+        self.publish(topics::TASK_START_EVENT_TOPIC, Box::new(ev));
+        Ok(pid)
+    }
+
+    /// Wait for the task's init in a thread of its own; its end is published, and its VM goes.
+    fn watch_init(&self, id: &str, sandbox: Arc<dyn Sandbox>) {
         let svc = self.clone();
         let tid = id.to_string();
         crate::logging::thread("task-wait", move || {
@@ -487,11 +456,6 @@ impl TaskService {
             sandbox.shutdown();
             svc.exited(&tid, None, code);
         });
-        let mut ev = TaskStart::new();
-        ev.container_id = id.to_string();
-        ev.pid = pid;
-        self.publish(topics::TASK_START_EVENT_TOPIC, Box::new(ev));
-        Ok(pid)
     }
 
     fn start_exec(&self, id: &str, exec_id: &str) -> TtrpcResult<u32> {
@@ -629,7 +593,9 @@ impl shim::Task for TaskService {
         let state_dir = self.0.backend.root.join(&req.id);
         std::fs::create_dir_all(&state_dir)
             .map_err(|e| fail(Code::INTERNAL, format!("{}: {e}", state_dir.display())))?;
-        let (sandbox, deferred, netns) = if config.wants_own_netns() {
+        // A task with a network namespace of its own gets its VM at start, wired to what the
+        // engine configured in the namespace meanwhile (CNI).
+        let (sandbox, netns): (Arc<dyn Sandbox>, _) = if config.wants_own_netns() {
             let holder = NetnsHolder::spawn().map_err(|e| {
                 let _ = std::fs::remove_dir_all(&state_dir);
                 fail(
@@ -637,17 +603,17 @@ impl shim::Task for TaskService {
                     format!("a network namespace for the task: {e}"),
                 )
             })?;
-            (
-                None,
-                Some(Deferred {
-                    config: config.clone(),
-                    stdio,
-                }),
-                Some(holder),
-            )
+            let sandbox = BootAtStart::new(
+                Box::new(self.0.backend.clone()),
+                config.clone(),
+                state_dir,
+                stdio,
+                holder.netns(),
+            );
+            (Arc::new(sandbox), Some(holder))
         } else {
             match self.0.backend.create(&config, &state_dir, stdio) {
-                Ok(s) => (Some(Arc::<dyn Sandbox>::from(s)), None, None),
+                Ok(s) => (Arc::from(s), None),
                 Err(e) => {
                     let _ = std::fs::remove_dir_all(&state_dir);
                     return Err(fail(Code::INTERNAL, crate::error::report(&e)));
@@ -660,7 +626,6 @@ impl shim::Task for TaskService {
         let task = Task {
             bundle: req.bundle.clone(),
             sandbox,
-            deferred,
             netns,
             init: Process {
                 pid,
@@ -745,18 +710,6 @@ impl shim::Task for TaskService {
         }
         let signal = i32::try_from(req.signal)
             .map_err(|_| rpc(Code::INVALID_ARGUMENT, "bad signal number"))?;
-        // A task whose VM was to boot at start ends without one, as a created container's
-        // init ends under runc.
-        if req.exec_id.is_empty() {
-            let dropped = self
-                .tasks()?
-                .get_mut(&req.id)
-                .and_then(|t| t.deferred.take());
-            if dropped.is_some() {
-                self.exited(&req.id, None, 128 + u32::try_from(signal).unwrap_or(0));
-                return Ok(api::Empty::new());
-            }
-        }
         let sandbox = self.sandbox(&req.id)?;
         let r = if req.exec_id.is_empty() {
             sandbox.signal(signal, req.all)
@@ -764,6 +717,11 @@ impl shim::Task for TaskService {
             sandbox.signal_exec(&req.exec_id, signal)
         };
         r.map_err(|e| rpc(Code::FAILED_PRECONDITION, crate::error::report(&e)))?;
+        // A created task's init ends with the signal, as under runc (one whose VM was to boot
+        // at start ends without one): its end is published like a started one's.
+        if req.exec_id.is_empty() && p.status == api::Status::CREATED {
+            self.watch_init(&req.id, sandbox);
+        }
         Ok(api::Empty::new())
     }
 
@@ -908,9 +866,7 @@ impl shim::Task for TaskService {
             tasks.remove(&req.id).ok_or_else(|| not_found(&req.id))?
         };
         // A task that never ran still holds its VM.
-        if let Some(sandbox) = &task.sandbox {
-            sandbox.shutdown();
-        }
+        task.sandbox.shutdown();
         drop(task.netns);
         unmount_rootfs(Path::new(&task.bundle));
         let _ = std::fs::remove_dir_all(self.0.backend.root.join(&req.id));
