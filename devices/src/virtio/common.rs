@@ -86,7 +86,7 @@ impl VirtioCommon {
         let mut done = 0;
         let mut notify = false;
         quiet(&mut st.queues[q], &mem);
-        while let Some(chain) = pop_chain(&mut st.queues[q], &mem) {
+        while let Some(chain) = pop_chain(&mut st.queues[q], &mem, self.name) {
             let head = chain.head_index();
             let descs = collect_chain(chain, &mem);
             if !admit(descs.as_deref().ok()) {

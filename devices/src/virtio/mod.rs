@@ -324,13 +324,33 @@ where
 /// Pops the next available chain. When the ring is empty, re-enables guest notifications
 /// (clears `VRING_USED_F_NO_NOTIFY`, or publishes `avail_event` with `EVENT_IDX`) and looks
 /// once more, so a buffer added meanwhile is not missed.
+///
+/// A ring the device cannot read (its avail index runs more than the queue's size ahead of
+/// the device, or lies outside guest memory) is a broken driver: `name`'s warning says so once
+/// and the queue is not served again until the driver resets the device (a reset makes new
+/// queues), so a guest that keeps notifying cannot flood the log.
 pub(crate) fn pop_chain<'a>(
     q: &mut Queue,
     mem: &'a GuestMem,
+    name: &str,
 ) -> Option<DescriptorChain<&'a GuestMem>> {
+    if !q.ready() {
+        return None;
+    }
     for _ in 0..2 {
-        if let Some(c) = q.iter(mem).ok().and_then(|mut it| it.next()) {
-            return Some(c);
+        match q.iter(mem) {
+            Ok(mut it) => {
+                if let Some(c) = it.next() {
+                    return Some(c);
+                }
+            }
+            Err(e) => {
+                log::warn!(
+                    "{name}: unusable avail ring ({e}); the queue is stopped until the driver resets the device"
+                );
+                q.set_ready(false);
+                return None;
+            }
         }
         if !matches!(q.enable_notification(mem), Ok(true)) {
             return None;

@@ -152,6 +152,8 @@ mod tests {
     use crate::virtio::{CountingInterrupt, InterruptKind};
     use event_manager::{EventManager, SubscriberOps};
     use std::sync::{Arc, Mutex};
+    use virtio_queue::QueueT;
+    use vm_memory::Address;
 
     fn active(mem: &GuestMem, q: &GuestQueue) -> (Rng, Arc<CountingInterrupt>) {
         let mut rng = Rng::new().unwrap();
@@ -201,6 +203,35 @@ mod tests {
             ]
         );
         assert_untouched(&m, 0x1_0000, 0x1000, 0xee);
+    }
+
+    #[test]
+    fn an_avail_index_beyond_the_ring_stops_the_queue_until_reset() {
+        let m = mem(0x10_0000);
+        let mut q = GuestQueue::new(&m, 0, 16);
+        let (mut rng, _irq) = active(&m, &q);
+        // The driver claims 100 new buffers in a ring of 16: the device refuses the ring, once.
+        let idx = q.mock.avail_addr().unchecked_add(2);
+        m.write_obj(100u16, idx).unwrap();
+        assert_eq!(rng.process_queue(), 0);
+        assert!(!rng.common.state.as_ref().unwrap().queues[0].ready());
+        // A good chain afterwards is not served either (the driver must reset first).
+        m.write_obj(0u16, idx).unwrap();
+        q.add(&[w(0x1_0000, 16)]);
+        assert_eq!(rng.process_queue(), 0);
+        assert_eq!(q.take_used(), vec![]);
+        // After a reset and a new activation the device serves again.
+        assert!(rng.reset());
+        let mut q = GuestQueue::new(&m, 0x8_0000, 16);
+        let head = q.add(&[w(0x1_0000, 16)]);
+        rng.activate(
+            m.clone(),
+            vec![q.queue()],
+            Arc::new(CountingInterrupt::new()),
+        )
+        .unwrap();
+        assert_eq!(rng.process_queue(), 1);
+        assert_eq!(q.take_used(), vec![(u32::from(head), 16)]);
     }
 
     #[test]

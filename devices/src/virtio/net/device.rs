@@ -153,7 +153,7 @@ impl Net {
                 continue;
             }
             self.rx_pending = Some(len);
-            let Some(chain) = pop_chain(&mut st.queues[RXQ], &mem) else {
+            let Some(chain) = pop_chain(&mut st.queues[RXQ], &mem, "virtio-net") else {
                 break;
             };
             let bytes = (len - VNET_HDR_LEN) as u64;
@@ -209,7 +209,7 @@ impl Net {
         let mem = st.mem.clone();
         let mut notify = false;
         quiet(&mut st.queues[TXQ], &mem);
-        while let Some(chain) = pop_chain(&mut st.queues[TXQ], &mem) {
+        while let Some(chain) = pop_chain(&mut st.queues[TXQ], &mem, "virtio-net") {
             let head = chain.head_index();
             let descs = collect_chain(chain, &mem);
             if let Some(l) = self.tx_limiter.as_mut() {

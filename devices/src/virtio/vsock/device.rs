@@ -74,7 +74,7 @@ impl Vsock {
         let mut used = false;
         let mut notify = false;
         while self.backend.has_pending_rx() {
-            let Some(chain) = pop_chain(&mut st.queues[RXQ], &mem) else {
+            let Some(chain) = pop_chain(&mut st.queues[RXQ], &mem, "vsock") else {
                 break;
             };
             let head = chain.head_index();
@@ -126,7 +126,7 @@ impl Vsock {
         let mut used = false;
         let mut notify = false;
         quiet(&mut st.queues[TXQ], &mem);
-        while let Some(chain) = pop_chain(&mut st.queues[TXQ], &mem) {
+        while let Some(chain) = pop_chain(&mut st.queues[TXQ], &mem, "vsock") {
             let head = chain.head_index();
             match collect_chain(chain, &mem) {
                 Ok(descs) => match read_tx(&descs, &mem, &mut self.tx_buf) {
@@ -156,7 +156,7 @@ impl Vsock {
         let mem = st.mem.clone();
         let mut notify = false;
         let mut sent = false;
-        while let Some(chain) = pop_chain(&mut st.queues[EVQ], &mem) {
+        while let Some(chain) = pop_chain(&mut st.queues[EVQ], &mem, "vsock") {
             let head = chain.head_index();
             let len = match collect_chain(chain, &mem) {
                 Ok(d) if d[0].is_write_only() && d[0].len() >= 4 => {
