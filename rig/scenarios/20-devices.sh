@@ -10,7 +10,8 @@
 # /usr/local/bin/io-bench (static, echo client/server) and /usr/share/ember/devtest.ext4.gz
 # (made with mkfs.ext4 -d on the build machine).
 # Sections: devices-setup, devices-boot (guest A: disks + vsock), devices-boot-rng-net
-# (guest B), devices-blk, devices-blk-ro, devices-vsock, devices-rng, devices-net,
+# (guest B, which also posts malformed chains to its rng device from user space), devices-blk,
+# devices-blk-ro, devices-vsock, devices-rng, devices-bad-descriptor, devices-net,
 # devices-all-bound (one guest with all five devices: each must get its driver).
 
 DT=/tmp/devtest
@@ -98,6 +99,19 @@ rng() {
     echo "two 32-byte reads differ"
 }
 
+# A misbehaving driver: io-bench takes the rng device from the kernel's driver and posts
+# malformed chains itself (virtq.rs); the device answers each (or stops the queue) and the
+# host finds its warnings in ember's log. Then the kernel's driver, bound again to the reset
+# device, reads from it.
+badq() {
+    io-bench virtq-bad --device-id 4 || return 1
+    sleep 1
+    echo "rng_current=$(cat /sys/class/misc/hw_random/rng_current)"
+    _c=$(head -c 32 /dev/hwrng | od -An -tx1 | tr -d ' \n')
+    echo "hwrng after the driver was bound again: $_c"
+    [ "${#_c}" -eq 64 ]
+}
+
 vsock_to_host() {
     io-bench vsock-echo --cid 2 --port 5002 --bytes @BYTES@ --wait-s 60
 }
@@ -139,6 +153,7 @@ part bound bound
 for p in $PARTS; do
     case $p in
     rng) part rng rng ;;
+    badq) part badq badq ;;
     blk) part blk blk_rw; part blk-ro blk_ro ;;
     vsock) part vsock-to-host vsock_to_host ;;
     net) part net net ;;
@@ -298,7 +313,7 @@ DT_NET_FLAGS=""
 [ "$DT_NET" = 1 ] && DT_NET_FLAGS="--net $DT_TAP"
 section devices-boot guest_run a blk,vsock --block "$DT/rw.img" --block "$DT/ro.img,ro" --vsock "$DT/v.sock"
 # shellcheck disable=SC2086
-section devices-boot-rng-net guest_run b rng,net --rng $DT_NET_FLAGS
+section devices-boot-rng-net guest_run b rng,badq,net --rng $DT_NET_FLAGS --log "$DT/b.log"
 
 # guest_part TAG NAME: the guest's lines of part NAME; rc 0 when the guest reported rc=0.
 guest_part() {
@@ -351,6 +366,22 @@ devices_vsock() {
 section devices-vsock devices_vsock
 
 section devices-rng guest_part b rng
+
+# The guest's malformed chains (part badq) against ember's log of guest B: one warning of the
+# rng device per bad chain, one for the impossible avail index, and the VM ran on (guest B's
+# net part came after, and ember exited 0: devices-boot-rng-net).
+devices_bad_descriptor() {
+    guest_part b badq
+    _g=$?
+    echo "--- ember's log of guest B: the device's warnings"
+    grep -E "virtio-rng: " "$DT/b.log"
+    for w in "Descriptor points outside guest memory" "Descriptor chain loops or is longer than the queue" \
+        "device-readable descriptor in request" "unusable avail ring"; do
+        echo "warnings \"$w\": $(grep -c "virtio-rng: .*$w" "$DT/b.log")"
+    done
+    return "$_g"
+}
+section devices-bad-descriptor devices_bad_descriptor
 
 devices_net() {
     guest_part b net

@@ -8,6 +8,9 @@
 //! - `unix-hold-serve --path PATH [--backlog N] [--no-accept]` (host): a listener at `PATH`
 //!   (ember's `<uds>_P`) that accepts connections and holds them without reading, or, with
 //!   `--no-accept`, never accepts (its backlog fills).
+//! - `udp-flood --to IP:PORT --secs N [--size B]` (guest): sends B-byte UDP datagrams (1400)
+//!   to IP:PORT as fast as the kernel takes them for N seconds, without a pause, and prints
+//!   how many it sent (errors such as ENOBUFS, a full device queue, are counted and retried).
 //! - `rt-hog` (guest, as root): lifts the kernel's real-time throttling
 //!   (`kernel.sched_rt_runtime_us = -1`), makes itself SCHED_FIFO 99 and spins: on a one-vCPU
 //!   guest nothing else in user space (the agent included) runs again.
@@ -102,6 +105,44 @@ pub fn unix_hold_serve(args: &[String]) -> Result<(), String> {
             Err(e) => return Err(format!("accept after {}: {e}", held.len())),
         }
     }
+}
+
+/// `udp-flood`: see the module documentation.
+pub fn udp_flood(args: &[String]) -> Result<(), String> {
+    let to: String = arg(args, "--to", String::new())?;
+    let to: std::net::SocketAddr = to
+        .parse()
+        .map_err(|_| "udp-flood needs --to IP:PORT".to_string())?;
+    let secs: u64 = arg(args, "--secs", 30)?;
+    let size: usize = arg(args, "--size", 1400)?;
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("bind: {e}"))?;
+    let buf = vec![0xa5u8; size];
+    println!("udp-flood: sending {size}-byte datagrams to {to} for {secs} s");
+    let _ = io::stdout().flush();
+    let t0 = std::time::Instant::now();
+    let end = t0 + Duration::from_secs(secs);
+    let (mut sent, mut errors) = (0u64, 0u64);
+    let mut first_error = None;
+    while std::time::Instant::now() < end {
+        for _ in 0..256 {
+            match sock.send_to(&buf, to) {
+                Ok(_) => sent += 1,
+                Err(e) => {
+                    errors += 1;
+                    first_error.get_or_insert(e.to_string());
+                }
+            }
+        }
+    }
+    let t = t0.elapsed().as_secs_f64();
+    println!(
+        "udp-flood: sent {sent} datagrams ({:.1} MB) in {t:.1} s, {errors} send errors{}",
+        sent as f64 * size as f64 / 1e6,
+        first_error
+            .map(|e| format!(" (first: {e})"))
+            .unwrap_or_default()
+    );
+    Ok(())
 }
 
 /// `rt-hog`: see the module documentation.

@@ -12,9 +12,12 @@
 //!   (`io_bench.fs=SHARE`, `io_bench.ext4=/dev/vdX` on the guest's command line).
 //! - `vsock-echo-serve`, `unix-echo-serve`, `vsock-echo`, `host-echo`: echo round trips with
 //!   the data checked, for the end-to-end device tests (see `echo.rs`).
+//! - `virtq-bad --device-id N`: a misbehaving virtio driver in a guest's user space: it takes
+//!   a device from the guest kernel and posts malformed descriptor chains (see `virtq.rs`).
 //! - `vsock-flood`, `unix-hold-serve`: a guest that opens (and writes to) vsock connections as
 //!   fast as it can, and host listeners that hold or never accept them, for the slow tier's
-//!   containment checks (see `flood.rs`); `rt-hog`: a guest process that starves all the others.
+//!   containment checks (see `flood.rs`); `udp-flood`: a guest that sends UDP as fast as it
+//!   can; `rt-hog`: a guest process that starves all the others.
 //!
 //! Every mode prints a table; see benches/io/README.md.
 
@@ -24,6 +27,7 @@ mod flood;
 mod guest;
 mod host;
 mod micro;
+mod virtq;
 
 use std::process::ExitCode;
 
@@ -63,6 +67,8 @@ const MODES: &[&str] = &[
     "vsock-flood",
     "unix-hold-serve",
     "rt-hog",
+    "virtq-bad",
+    "udp-flood",
 ];
 
 fn main() -> ExitCode {
@@ -95,13 +101,16 @@ fn main() -> ExitCode {
         "vsock-flood" => flood::vsock_flood(rest),
         "unix-hold-serve" => flood::unix_hold_serve(rest),
         "rt-hog" => flood::rt_hog(rest),
+        "virtq-bad" => virtq::bad_queue(rest),
+        "udp-flood" => flood::udp_flood(rest),
         _ => Err(
             "usage: io-bench micro [--mib N] | files --dir DIR [--label L] [--mib N] [--files N] | guest [--dev PATH] [--mib N] [--no-vsock] | host-vsock --uds PATH [--port P] \
              [--mib N] [--pings N] [--connects N] [--quit] | vsock-echo-serve --port P [--count N] \
              | unix-echo-serve --path PATH [--count N] | vsock-echo --cid C --port P [--bytes N] \
              | host-echo --uds PATH --port P [--bytes N] \
              | vsock-flood --cid C --port P --conns N [--write] \
-             | unix-hold-serve --path PATH [--backlog N] [--no-accept] | rt-hog"
+             | unix-hold-serve --path PATH [--backlog N] [--no-accept] | rt-hog | virtq-bad [--device-id N] \
+             | udp-flood --to IP:PORT [--secs N] [--size B]"
                 .to_string(),
         ),
     };
