@@ -3,7 +3,7 @@
 # Sourced by the host's /init after /rig/lib.sh. Without that disk it prints one line and
 # returns (the shared initramfs-only host run).
 # Sections: oci-debian, podman-hello, podman-exit-code, podman-volumes, podman-network, podman-net-limit,
-# podman-resources, podman-fidelity,
+# podman-net-flood, podman-resources, podman-fidelity,
 # cri-pod, podman-tty,
 # podman-exec, podman-stop-rm, ctr-hello, ctr-shim-v2, ctr-cni, ctr-volumes, ctr-resources,
 # cri-handlers, podman-template,
@@ -27,6 +27,9 @@ cp /usr/local/bin/ember "$DEB/usr/local/bin/ember"
 # The CRI client (rig/cri-test), when the virtual host carries it (rig::debian adds it).
 [ -x /usr/local/bin/ember-cri-test ] && cp /usr/local/bin/ember-cri-test "$DEB/usr/local/bin/"
 cp /var/lib/ember/guest/* "$DEB/var/lib/ember/guest/" 2>/dev/null
+# The guest image's static io-bench, for containers that misbehave (podman-net-flood).
+(cd /tmp && cpio -id usr/local/bin/io-bench </var/lib/ember/guest/initramfs.cpio 2>/dev/null) &&
+    cp /tmp/usr/local/bin/io-bench "$DEB/usr/local/bin/io-bench"
 for d in proc sys dev; do mount --bind "/$d" "$DEB/$d"; done
 mount --bind /dev/pts "$DEB/dev/pts"
 mount -t cgroup2 cgroup2 "$DEB/sys/fs/cgroup" 2>/dev/null
@@ -328,6 +331,42 @@ exit 0
 NLTEST
 chmod 755 "$DEB/usr/local/bin/net-limit-test"
 section podman-net-limit /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/net-limit-test
+
+# A container that floods podman's bridge with UDP as fast as it can, no rate limiter: under
+# runc, then under ember (its VM's virtio-net tx as fast as the guest fills it). Meanwhile
+# another container's exec and the flooding container's own exec (its VM's vsock, served by
+# the same device loop as the net device) answer, and the bridge counts what arrived.
+cat >"$DEB/usr/local/bin/net-flood-test" <<'NFTEST'
+#!/bin/sh
+GW=10.88.0.1
+[ -x /usr/local/bin/io-bench ] || { echo "no io-bench in the guest image"; exit 1; }
+for rt in runc ember; do
+    flag=""
+    [ $rt = ember ] && flag="--runtime /usr/local/bin/ember"
+    other=$(podman $flag run -d localhost/busybox sleep 1000)
+    flood=$(podman $flag run -d --network bridge -v /usr/local/bin/io-bench:/io-bench:ro \
+        localhost/busybox /io-bench udp-flood --to $GW:9 --secs 30)
+    n=0
+    until podman logs "$flood" 2>/dev/null | grep -q "udp-flood: sending" || [ $n -ge 120 ]; do
+        sleep 1
+        n=$((n + 1))
+    done
+    dev=$(ip -o -4 addr show | awk -v gw="$GW/" 'index($4, gw) == 1 {print $2}')
+    rx0=$(cat "/sys/class/net/$dev/statistics/rx_packets")
+    for i in 1 2; do
+        echo "$rt exec in another container while one floods: $(timeout 90 podman exec "$other" echo alive-$i 2>&1)"
+        echo "$rt exec in the flooding container: $(timeout 90 podman exec "$flood" echo own-alive-$i 2>&1)"
+    done
+    rx1=$(cat "/sys/class/net/$dev/statistics/rx_packets")
+    echo "$rt bridge $dev received $((rx1 - rx0)) packets during the execs"
+    timeout 120 podman wait "$flood" >/dev/null
+    echo "$rt flood: $(podman logs "$flood" 2>&1 | grep 'udp-flood: sent')"
+    echo "$rt host after the flood: $(timeout 90 podman exec "$other" echo alive-after 2>&1)"
+    podman rm -f -t 0 "$flood" "$other" >/dev/null
+done
+NFTEST
+chmod 755 "$DEB/usr/local/bin/net-flood-test"
+section podman-net-flood /tmp/dch /usr/local/bin/watched 600 /usr/local/bin/net-flood-test
 
 # linux.resources, beside runc: the container's cgroup limits (same files, same values), and
 # with ember the VM's size (memory = limit + overhead, vCPUs = ceil(quota / period)).

@@ -280,6 +280,61 @@ fn podman_network_frames_wait_for_the_configured_rate() {
     );
 }
 
+/// A container floods podman's bridge with UDP (no rate limiter), under runc and under ember:
+/// while it floods, another container's exec and its own exec answer, the bridge receives
+/// its datagrams, and the host carries on after it.
+#[test]
+fn podman_udp_flood_leaves_execs_working() {
+    let Some(s) = passed("podman-net-flood") else {
+        return;
+    };
+    for rt in ["runc", "ember"] {
+        let lines = prefixed(s, rt);
+        for i in 1..=2 {
+            for (what, want) in [
+                (
+                    "exec in another container while one floods:",
+                    format!("alive-{i}"),
+                ),
+                ("exec in the flooding container:", format!("own-alive-{i}")),
+            ] {
+                assert!(
+                    lines
+                        .iter()
+                        .any(|l| l.starts_with(what) && l.ends_with(&want)),
+                    "{rt}: no {what:?} {want:?} in:\n{}",
+                    s.output
+                );
+            }
+        }
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.as_str() == "host after the flood: alive-after"),
+            "{rt}: {}",
+            s.output
+        );
+        let flood = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("flood: udp-flood: sent "))
+            .unwrap_or_else(|| panic!("{rt}: no flood count in:\n{}", s.output));
+        let sent: u64 = flood.split(' ').next().unwrap().parse().unwrap();
+        assert!(sent > 1000, "{rt}: only {sent} datagrams sent: {flood}");
+        let received: u64 = lines
+            .iter()
+            .find_map(|l| {
+                l.strip_prefix("bridge ")?
+                    .split(" received ")
+                    .nth(1)?
+                    .strip_suffix(" packets during the execs")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("{rt}: no bridge count in:\n{}", s.output));
+        assert!(received > 100, "{rt}: the bridge got {received} packets");
+    }
+}
+
 /// The rest of config.json as runc applies it: one container with capabilities, hostname, a
 /// sysctl, oom_score_adj, rlimits, an extra group, a read-only root, a device, a masked path
 /// and no_new_privs prints what it sees; ember's lines equal runc's.
