@@ -255,7 +255,13 @@ section pods-vsock-flood pods_vsock_flood
 # other process in it. The pod process's health check stops the VM after agent_timeout_secs
 # and records why; the host and p1 carry on.
 pods_agent_silent() {
-    echo '{ "vcpus": 1, "agent_timeout_secs": 30, "start_timeout_secs": 240 }' >/tmp/p6.json
+    # Its poststop hook runs when the pod process records the stop: through the hook runner
+    # (the main thread that records it is under its seccomp filter, without execve).
+    rm -f /tmp/p6-poststop.json
+    cat >/tmp/p6.json <<'JSON'
+{ "vcpus": 1, "agent_timeout_secs": 30, "start_timeout_secs": 240,
+  "hooks": { "poststop": [ { "path": "/bin/sh", "args": ["sh", "-c", "cat > /tmp/p6-poststop.json"] } ] } }
+JSON
     start_side_pod p6 || return 1
     cat >/tmp/hog.json <<JSON
 { "rootfs": { "guest_path": { "path": "$RFS" } },
@@ -275,6 +281,7 @@ JSON
     echo "p6 stopped after $(($(date +%s) - t0)) s: $(ember pod status --json p6 | sed -n 's/.*"stop_reason": "\(.*\)".*/\1/p')"
     grep -q "the guest agent did not answer its health check" "$EMBER_ROOT/@pods/p6/vmm.log" &&
         echo "p6 vmm.log has the warning"
+    echo "p6 poststop hook got: $(cat /tmp/p6-poststop.json 2>&1)"
     echo "p1 exec after p6 was stopped: $(ember container exec $POD c1 -- echo alive-after)"
     ember container status p6 hog
     ember pod delete p6 && echo "p6 deleted"
@@ -290,7 +297,7 @@ uptime_cs() {
 # A pod whose first disk is rate limited to 1 MiB/s (its pod config's rate_limit) and whose
 # second is not: a container reads 8 MiB of each, raw; the limited read waits for tokens (at
 # least 7 s: the first MiB is the full bucket's), the other does not, and p1's exec answers
-# while the limited read runs.
+# while the limited read runs; then the container floods the unlimited disk with writes.
 pods_throttled() {
     for d in slow fast; do dd if=/dev/zero of=/tmp/$d.img bs=1M count=0 seek=16 2>/dev/null; done
     cat >/tmp/p4.json <<JSON
@@ -320,6 +327,20 @@ JSON
         t1=$(uptime_cs)
         echo "read of /dev/$d: exit $rc, $(((t1 - t0) / 100)).$(((t1 - t0) % 100 / 10)) s, $(tr -d ' ' </tmp/read-$d.out) bytes"
     done
+    # Then p4 floods its unlimited disk with synced writes for 20 s (bounded only by its pod's
+    # cgroup): p1's exec answers meanwhile, and so does p4's own.
+    ember container exec p4 reader -- sh -c 'end=$(($(cut -d. -f1 /proc/uptime) + 20)); n=0
+        while [ "$(cut -d. -f1 /proc/uptime)" -lt $end ]; do
+            dd if=/dev/zero of=/dev/vdb bs=64k count=256 2>/dev/null && sync || exit 1; n=$((n + 16))
+        done; echo "$n MiB written"' >/tmp/bflood.out 2>&1 &
+    job=$!
+    sleep 3
+    for i in 1 2; do
+        echo "p1 exec while p4 floods its unlimited disk: $(ember container exec $POD c1 -- echo alive-$i)"
+        echo "p4 exec while it floods its disk: $(ember container exec p4 reader -- echo own-alive-$i)"
+    done
+    wait $job
+    echo "p4 disk flood: exit $?, $(cat /tmp/bflood.out)"
     # The record of why: the devices' counters (the first disk's requests waited).
     ember pod stats p4 | sed 's/^/stats: /'
     ember pod stop p4 && ember pod delete p4 && echo "p4 stopped and deleted"

@@ -49,6 +49,102 @@ pub fn run_all_best_effort(hooks: &[Hook], state_json: &str) -> Vec<Error> {
         .collect()
 }
 
+/// Runs the poststop hooks of a process that can no longer start programs itself: a pod
+/// process's main thread records the VM's end and would run them, but it is confined by a
+/// seccomp filter without `execve` by then. The runner is a child spawned before the filter
+/// (`ember pod __hooks`, [`serve_runner`]); it waits on its stdin for the hooks and the state
+/// JSON, runs them in order (best effort) and writes each failure as one line to its stdout,
+/// which [`Runner::run`] hands back to be logged by the pod process (its own log and the
+/// engine's). A runner given nothing (the pod was stopped by a client, which runs the hooks
+/// itself) exits at once.
+pub struct Runner {
+    child: Option<std::process::Child>,
+}
+
+/// What a [`Runner`] gets on its stdin.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RunnerInput {
+    hooks: Vec<Hook>,
+    state: String,
+}
+
+impl Runner {
+    /// Starts the runner (this binary, `pod __hooks`); its stderr is ours.
+    pub fn spawn() -> std::io::Result<Runner> {
+        let child = Command::new(std::env::current_exe()?)
+            .args(["pod", "__hooks"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        Ok(Runner { child: Some(child) })
+    }
+
+    /// Runs `hooks` with `state_json` in the runner and waits for it: the failures, as text
+    /// (one for a runner that could not be reached or did not finish).
+    pub fn run(&mut self, hooks: &[Hook], state_json: &str) -> Vec<String> {
+        let Some(mut child) = self.child.take() else {
+            return vec!["the hook runner has already run".into()];
+        };
+        let input = RunnerInput {
+            hooks: hooks.to_vec(),
+            state: state_json.to_string(),
+        };
+        let mut failures = Vec::new();
+        if let Some(mut stdin) = child.stdin.take() {
+            let sent = serde_json::to_vec(&input)
+                .map_err(std::io::Error::other)
+                .and_then(|b| stdin.write_all(&b));
+            if let Err(e) = sent {
+                failures.push(format!("cannot hand the hooks to their runner: {e}"));
+            }
+        }
+        let mut out = String::new();
+        if let Some(mut stdout) = child.stdout.take() {
+            let _ = stdout.read_to_string(&mut out);
+        }
+        failures.extend(out.lines().map(str::to_string));
+        match child.wait() {
+            Ok(st) if st.success() => {}
+            Ok(st) => failures.push(format!("the hook runner ended with {st}")),
+            Err(e) => failures.push(format!("cannot wait for the hook runner: {e}")),
+        }
+        failures
+    }
+}
+
+impl Drop for Runner {
+    /// An unused runner gets an empty stdin, exits, and is waited for.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            drop(child.stdin.take());
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `ember pod __hooks`: the [`Runner`]'s side. Returns its exit code.
+pub fn serve_runner() -> i32 {
+    let mut input = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut input) {
+        println!("the hook runner cannot read its input: {e}");
+        return 1;
+    }
+    if input.is_empty() {
+        return 0;
+    }
+    let input: RunnerInput = match serde_json::from_slice(&input) {
+        Ok(i) => i,
+        Err(e) => {
+            println!("the hook runner got bad input: {e}");
+            return 1;
+        }
+    };
+    for e in run_all_best_effort(&input.hooks, &input.state) {
+        println!("{}", crate::error::report(&e));
+    }
+    0
+}
+
 /// Run one hook.
 pub fn run_one(hook: &Hook, state_json: &str) -> Result<(), Error> {
     let path = hook.path.clone();

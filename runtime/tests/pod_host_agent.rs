@@ -240,6 +240,78 @@ fn killing_the_pod_process_leaves_the_pod_stopped() {
     env.ok(&["pod", "delete", "p"]);
 }
 
+/// A pod whose VM ends on its own (here: its host agent is killed) is marked stopped by its pod
+/// process, which runs the poststop hooks through its hook runner (its main thread may not
+/// start programs under its seccomp filter): each hook gets the stopped state, a failing one
+/// is logged and the next still runs, and the runner is gone with the pod process.
+#[test]
+fn a_pod_that_ends_on_its_own_runs_its_poststop_hooks_through_the_runner() {
+    let Some(agent) =
+        prerequisites("a_pod_that_ends_on_its_own_runs_its_poststop_hooks_through_the_runner")
+    else {
+        return;
+    };
+    let env = Env::new("poststop", agent);
+    let first = env.root.join("poststop-1.json");
+    let third = env.root.join("poststop-3.txt");
+    let cfg = env.root.join("pod.json");
+    let hooks = serde_json::json!({"hooks": {"poststop": [
+        {"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}", first.display())]},
+        {"path": "/bin/sh", "args": ["sh", "-c", "echo refused >&2; exit 3"]},
+        {"path": "/bin/sh", "args": ["sh", "-c", format!("echo third > {}", third.display())]},
+    ]}});
+    fs::write(&cfg, hooks.to_string()).unwrap();
+    env.ok(&["pod", "create", "--config", cfg.to_str().unwrap(), "p"]);
+    env.create_sleeper("p", "c");
+    let v = env.json(&["pod", "start", "--json", "p"]);
+    env.ok(&["container", "start", "p", "c"]);
+    let vmm = v["vmm_pid"].as_i64().unwrap() as i32;
+    let kids = children(vmm);
+    let is_runner = |pid: &i32| {
+        fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains("__hooks"))
+            .unwrap_or(false)
+    };
+    let (runners, agents): (Vec<i32>, Vec<i32>) = kids.iter().partition(|p| is_runner(p));
+    assert_eq!(
+        (runners.len(), agents.len()),
+        (1, 1),
+        "the pod process's children: {kids:?}"
+    );
+    assert!(!first.exists(), "a poststop hook ran while the pod ran");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agents[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let state = || env.json(&["pod", "status", "--json", "p"]);
+    assert!(
+        support::wait_for(Duration::from_secs(30), || state()["state"] == "stopped"),
+        "still {}",
+        state()
+    );
+    // The record says stopped once the hooks ran (they run under the record's lock).
+    let got: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&first).unwrap()).unwrap();
+    assert_eq!(got["id"], "p", "{got}");
+    assert_eq!(got["status"], "stopped", "{got}");
+    assert_eq!(fs::read_to_string(&third).unwrap().trim(), "third");
+    assert!(support::wait_for(
+        Duration::from_secs(10),
+        || support::gone(vmm)
+    ));
+    assert!(
+        support::gone(runners[0]),
+        "the hook runner outlived its pod"
+    );
+    let log = fs::read_to_string(env.pod_dir("p").join("vmm.log")).unwrap();
+    assert!(
+        log.contains("poststop hook: Hook /bin/sh failed (exit code 3): refused"),
+        "{log}"
+    );
+    env.ok(&["pod", "delete", "p"]);
+}
+
 /// The pod process's children (the host agent, in this machine).
 fn children(pid: i32) -> Vec<i32> {
     let mut out = Vec::new();

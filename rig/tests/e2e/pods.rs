@@ -122,8 +122,8 @@ fn killed_pod_process_leaves_the_pod_stopped() {
     );
 }
 
-/// The pod process's guest-facing threads run under seccomp filters; its main thread (which
-/// runs the poststop hooks) does not.
+/// Every thread of the pod process runs under a seccomp filter: the guest-facing ones under
+/// their own, the main thread (whose poststop hooks run in a runner) under the control list.
 #[test]
 fn pod_process_threads_are_confined_by_seccomp() {
     let Some(s) = passed("pods-seccomp") else {
@@ -152,7 +152,21 @@ fn pod_process_threads_are_confined_by_seccomp() {
         "{}",
         s.output
     );
-    assert!(mode("ember").contains("seccomp=0"), "{}", s.output);
+    // The main thread too, since the VM was built (its poststop hooks run in a runner).
+    assert!(
+        mode("ember").contains("seccomp=2 filters=1"),
+        "{}",
+        s.output
+    );
+    let threads: Vec<&str> = s
+        .output
+        .lines()
+        .filter(|l| l.starts_with("thread "))
+        .collect();
+    assert!(
+        threads.iter().all(|l| l.contains(" seccomp=2 ")),
+        "a thread without its filter: {threads:#?}"
+    );
     // The vCPU runs as the pod's own user (0x60000000 + the pod process's pid); the other
     // threads stay root.
     let user = s
@@ -292,8 +306,8 @@ fn a_vsock_flooding_guest_stops_at_its_limit_and_both_pods_keep_answering() {
 }
 
 /// A guest whose agent stops answering (a SCHED_FIFO busy loop on its one vCPU): the pod
-/// process's health check stops its VM after `agent_timeout_secs` (30) and records why, while
-/// the other pod's execs answer throughout.
+/// process's health check stops its VM after `agent_timeout_secs` (30), records why and runs
+/// its poststop hook, while the other pod's execs answer throughout.
 #[test]
 fn a_pod_whose_agent_stops_answering_is_stopped_with_the_reason_and_another_pod_carries_on() {
     let Some(s) = passed("pods-agent-silent") else {
@@ -311,6 +325,15 @@ fn a_pod_whose_agent_stops_answering_is_stopped_with_the_reason_and_another_pod_
         "{reason}"
     );
     assert!(has(out, "p6 vmm.log has the warning"), "{out}");
+    // The poststop hook ran, through the pod process's hook runner, with the stopped state.
+    let hook = out
+        .lines()
+        .find_map(|l| l.strip_prefix("p6 poststop hook got: "))
+        .unwrap_or_else(|| panic!("no poststop line in:\n{out}"));
+    let state: serde_json::Value =
+        serde_json::from_str(hook).unwrap_or_else(|e| panic!("{e}: {hook}\n{out}"));
+    assert_eq!(state["id"], "p6", "{hook}");
+    assert_eq!(state["status"], "stopped", "{hook}");
     assert!(has(out, "container hog stopped"), "{out}");
     let during: Vec<&str> = out
         .lines()
@@ -326,7 +349,8 @@ fn a_pod_whose_agent_stops_answering_is_stopped_with_the_reason_and_another_pod_
 }
 
 /// A rate-limited disk (1 MiB/s): reading 8 MiB of it waits for tokens, an unlimited disk of
-/// the same pod does not, and another pod's exec answers meanwhile.
+/// the same pod does not, and another pod's exec answers meanwhile; a flood of writes to the
+/// unlimited disk leaves both pods' execs answering.
 #[test]
 fn a_rate_limited_disk_throttles_its_guest_and_another_pod_keeps_answering() {
     let Some(s) = passed("pods-throttled") else {
@@ -356,6 +380,26 @@ fn a_rate_limited_disk_throttles_its_guest_and_another_pod_keeps_answering() {
         "{}",
         s.output
     );
+    // The flood of synced writes to the unlimited disk: both pods' execs answered during it.
+    for i in 1..=2 {
+        for line in [
+            format!("p1 exec while p4 floods its unlimited disk: alive-{i}"),
+            format!("p4 exec while it floods its disk: own-alive-{i}"),
+        ] {
+            assert!(has(&s.output, &line), "no {line:?} in:\n{}", s.output);
+        }
+    }
+    let flood = s
+        .output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("p4 disk flood: exit 0, "))
+        .unwrap_or_else(|| panic!("no successful disk flood in:\n{}", s.output));
+    let mib: u64 = flood
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{flood}"));
+    assert!(mib >= 16, "{flood}");
     // `ember pod stats`: the limited disk (attached first) counted its waits, the other none.
     let waits: Vec<u64> = s
         .output

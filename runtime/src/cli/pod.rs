@@ -73,6 +73,10 @@ pub enum PodCommand {
     /// Internal: the detached process that runs a pod's VM.
     #[command(name = "__vmm", hide = true)]
     Vmm { id: String },
+    /// Internal: runs a pod process's poststop hooks for it (its main thread cannot start
+    /// programs under its seccomp filter).
+    #[command(name = "__hooks", hide = true)]
+    Hooks,
 }
 
 #[derive(Debug, Args)]
@@ -217,6 +221,7 @@ fn exec(rt: &Runtime, cmd: PodCommand) -> Result<(), Error> {
         PodCommand::Pause { id, out } => show(&rt.pause_pod(&id)?, &out),
         PodCommand::Resume { id, out } => show(&rt.resume_pod(&id)?, &out),
         PodCommand::Vmm { id } => crate::pod_vmm::serve(&rt.pod_dir(&id))?,
+        PodCommand::Hooks => std::process::exit(crate::hooks::serve_runner()),
     }
     Ok(())
 }

@@ -16,9 +16,10 @@
 //!
 //! After `Ready` the VMM process serves its control socket ([`control`]: ping, pause, resume,
 //! stop, disk slots) until the VM ends, and checks that the guest's agent answers
-//! ([`watchdog`]: a VM whose agent stays silent for `agent_timeout_secs` is stopped). When the VM ends on its own (guest shutdown, crash)
-//! the process marks the pod stopped itself and runs the poststop hooks; when `stop` was
-//! requested, the caller that asked does that.
+//! ([`watchdog`]: a VM whose agent stays silent for `agent_timeout_secs` is stopped). When the
+//! VM ends on its own (guest shutdown, crash) the process marks the pod stopped itself and
+//! runs the poststop hooks, through a [`hooks::Runner`] started before its main thread took
+//! its seccomp filter; when `stop` was requested, the caller that asked does that.
 
 pub mod cgroup;
 pub mod control;
@@ -103,6 +104,8 @@ pub enum Error {
     Vm(#[source] vm::Error),
     #[error("The host agent failed")]
     HostAgent(#[source] host_agent::Error),
+    #[error("Cannot start the poststop hooks' runner")]
+    HookRunner(#[source] std::io::Error),
     #[error("The VM ended before the guest agent was ready: {0}")]
     EndedEarly(String),
     #[error("Cannot set up logging")]
@@ -499,7 +502,6 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
     let control_listener = bind(CONTROL_SOCKET)?;
 
     let (tx, rx) = mpsc::channel::<Event>();
-    notify.listen(tx.clone())?;
     let t = Instant::now();
     let machine = match &rec.config.machine {
         config::Machine::HostAgent { agent } => Machine::Host(
@@ -511,11 +513,23 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
     };
     notify.phase("vm_boot_call", t);
 
+    // The main thread takes the control thread's filter now (the VM's own threads took
+    // theirs), before it or the threads it starts read anything from the guest or the
+    // starter. The poststop hooks of a VM that ends on its own then run in a runner started
+    // just before, which may still start programs.
+    let filters = machine.seccomp();
+    let mut poststop = if rec.config.hooks.poststop.is_empty() {
+        None
+    } else {
+        Some(hooks::Runner::spawn().map_err(Error::HookRunner)?)
+    };
+    vm::confine(filters.as_deref(), vmm::seccomp::ThreadKind::Control);
+    notify.listen(tx.clone())?;
+
     // A booted guest announces readiness by connecting to vsock port 1025 on the host; a
     // restored one announced before its snapshot was taken: it is ready when it answers.
     let atx = tx.clone();
     let restored = rec.restore_from.is_some() && matches!(machine, Machine::Vm(_));
-    let filters = machine.seccomp();
     if restored {
         let dir = dir.to_path_buf();
         let limit = Duration::from_secs(rec.config.start_timeout_secs);
@@ -659,7 +673,7 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
     };
     log::info!("VM ended: {reason}");
     if !requested.load(Ordering::SeqCst) {
-        mark_ended(dir, &reason);
+        mark_ended(dir, &reason, poststop.as_mut());
     }
     remove_sockets(dir);
     Ok(())
@@ -732,7 +746,7 @@ fn wait_committed(rx: &mpsc::Receiver<Event>, dir: &Path, timeout: Duration) -> 
 }
 
 /// The VM ended without a stop request: record it and run the poststop hooks.
-fn mark_ended(dir: &Path, reason: &str) {
+fn mark_ended(dir: &Path, reason: &str, poststop: Option<&mut hooks::Runner>) {
     let Ok(_lock) = PodLock::acquire_pod(dir, LockKind::Write, crate::timeouts::RECORD_END_LOCK)
     else {
         log::error!("Cannot lock the pod to record its end");
@@ -757,9 +771,11 @@ fn mark_ended(dir: &Path, reason: &str) {
     if let Err(e) = rec.store(dir) {
         log::error!("Cannot record the pod's end: {}", crate::error::report(&e));
     }
-    let state = crate::hooks::state_json(&rec, dir, "stopped");
-    for e in hooks::run_all_best_effort(&rec.config.hooks.poststop, &state) {
-        log::warn!("poststop hook: {}", crate::error::report(&e));
+    if let Some(runner) = poststop {
+        let state = crate::hooks::state_json(&rec, dir, "stopped");
+        for e in runner.run(&rec.config.hooks.poststop, &state) {
+            log::warn!("poststop hook: {e}");
+        }
     }
 }
 

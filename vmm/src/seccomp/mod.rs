@@ -3,7 +3,7 @@
 //! Each thread that handles what a guest controls installs the allow-list of its kind before
 //! it touches guest input: the vCPU threads before their first `KVM_RUN`, the device event
 //! loop before it serves the first event, the pod process's control thread before it serves
-//! its socket, the relays before they copy. A thread's filter stays with it and is inherited
+//! its socket and its main thread once the VM is built, the relays before they copy. A thread's filter stays with it and is inherited
 //! by the threads it starts (filters stack: a syscall must pass every one).
 //!
 //! A syscall outside its thread's list does not return: the kernel sends `SIGSYS`
@@ -51,7 +51,8 @@ pub enum ThreadKind {
     /// The device event loop: virtio queues and their backends (disk files, TAP, vsock Unix
     /// sockets, virtio-fs shares).
     EventLoop,
-    /// The VMM's API: a pod process's control server and the thread that owns the VM.
+    /// The VMM's API: a pod process's control server, its main thread and the thread that
+    /// owns the VM.
     Control,
     /// Copies between the guest agent's streams and local descriptors.
     Relay,
@@ -224,6 +225,9 @@ const CONTROL: &[&str] = &[
     "setgroups",
     "setresgid",
     "setresuid",
+    // A pod process's main thread waits for its poststop hooks' runner (a child started
+    // before the filter).
+    "wait4",
     // Threads it starts (the vCPUs, from the thread that owns the VM).
     "clone",
     "clone3",
