@@ -16,8 +16,8 @@
 //! - `avail-jump`: the avail index moved 100 ahead in a ring of [`QSIZE`] (the device stops
 //!   the queue until a reset: no answer).
 //!
-//! Then it resets the device and binds the kernel's driver again (the shell checks the driver
-//! works). Each case prints `virtq CASE: used len N` or `virtq CASE: no answer`; it fails
+//! Then it resets the device, acknowledges it again (as the kernel leaves a device whose
+//! driver was unbound) and binds the kernel's driver again (the shell checks the driver works). Each case prints `virtq CASE: used len N` or `virtq CASE: no answer`; it fails
 //! where a case's answer is not the expected one (the device's warnings are the host's part).
 
 use std::fs;
@@ -107,8 +107,11 @@ pub fn bad_queue(args: &[String]) -> Result<(), String> {
     if got.is_some() {
         wrong.push("avail-jump");
     }
+    // Reset, then ACKNOWLEDGE again, as the kernel leaves a device whose driver went away
+    // (its probe on bind only adds DRIVER).
     regs.write(STATUS, 0);
     println!("virtq device reset: status {:#x}", regs.read(STATUS));
+    regs.write(STATUS, S_ACKNOWLEDGE);
     if let Some(d) = &driver {
         fs::write(format!("/sys/bus/virtio/drivers/{d}/bind"), &sysfs_name)
             .map_err(|e| format!("cannot bind {sysfs_name} to {d} again: {e}"))?;
