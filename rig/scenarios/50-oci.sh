@@ -345,7 +345,7 @@ for rt in runc ember; do
     [ $rt = ember ] && flag="--runtime /usr/local/bin/ember"
     other=$(podman $flag run -d localhost/busybox sleep 1000)
     flood=$(podman $flag run -d --network bridge -v /usr/local/bin/io-bench:/io-bench:ro \
-        localhost/busybox /io-bench udp-flood --to $GW:9 --secs 30)
+        localhost/busybox /io-bench udp-flood --to $GW:9 --secs 20)
     n=0
     until podman logs "$flood" 2>/dev/null | grep -q "udp-flood: sending" || [ $n -ge 120 ]; do
         sleep 1
