@@ -297,7 +297,8 @@ uptime_cs() {
 # A pod whose first disk is rate limited to 1 MiB/s (its pod config's rate_limit) and whose
 # second is not: a container reads 8 MiB of each, raw; the limited read waits for tokens (at
 # least 7 s: the first MiB is the full bucket's), the other does not, and p1's exec answers
-# while the limited read runs; then the container floods the unlimited disk with writes.
+# while the limited read runs; then the container floods the unlimited disk with writes, and
+# then its virtio-fs share.
 pods_throttled() {
     for d in slow fast; do dd if=/dev/zero of=/tmp/$d.img bs=1M count=0 seek=16 2>/dev/null; done
     cat >/tmp/p4.json <<JSON
@@ -311,8 +312,10 @@ JSON
 { "rootfs": { "guest_path": { "path": "$RFS" } },
   "process": { "env": ["PATH=/bin:/sbin:/usr/bin"], "args": ["sleep", "1000"] },
   "mounts": [ { "destination": "/dev/vda", "source": "/dev/vda", "options": ["bind"] },
-              { "destination": "/dev/vdb", "source": "/dev/vdb", "options": ["bind"] } ] }
+              { "destination": "/dev/vdb", "source": "/dev/vdb", "options": ["bind"] } ],
+  "host_mounts": [ { "source": "/tmp/fsflood", "destination": "/flood" } ] }
 JSON
+    rm -rf /tmp/fsflood && mkdir -p /tmp/fsflood
     ember container create --config /tmp/reader.json p4 reader || return 1
     ember container start p4 reader || return 1
     for d in vdb vda; do
@@ -341,6 +344,23 @@ JSON
     done
     wait $job
     echo "p4 disk flood: exit $?, $(cat /tmp/bflood.out)"
+    # And its virtio-fs share (a host directory): 1 MiB files rewritten and small files made
+    # and removed as fast as it can for 20 s.
+    ember container exec p4 reader -- sh -c 'end=$(($(cut -d. -f1 /proc/uptime) + 20)); n=0; f=0
+        while [ "$(cut -d. -f1 /proc/uptime)" -lt $end ]; do
+            dd if=/dev/zero of=/flood/big$((n % 4)) bs=64k count=16 2>/dev/null || exit 1
+            for i in 1 2 3 4 5 6 7 8 9 10; do echo $i >/flood/small$i || exit 1; done
+            rm -f /flood/small* || exit 1; n=$((n + 1)); f=$((f + 10))
+        done; echo "$n MiB written, $f small files made and removed"' >/tmp/fsflood.out 2>&1 &
+    job=$!
+    sleep 3
+    for i in 1 2; do
+        echo "p1 exec while p4 floods its share: $(ember container exec $POD c1 -- echo alive-$i)"
+        echo "p4 exec while it floods its share: $(ember container exec p4 reader -- echo own-alive-$i)"
+    done
+    wait $job
+    echo "p4 share flood: exit $?, $(cat /tmp/fsflood.out)"
+    echo "p4 share on the host after the flood: $(ls /tmp/fsflood | tr '\n' ' ')"
     # The record of why: the devices' counters (the first disk's requests waited).
     ember pod stats p4 | sed 's/^/stats: /'
     ember pod stop p4 && ember pod delete p4 && echo "p4 stopped and deleted"

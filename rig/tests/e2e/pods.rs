@@ -350,7 +350,7 @@ fn a_pod_whose_agent_stops_answering_is_stopped_with_the_reason_and_another_pod_
 
 /// A rate-limited disk (1 MiB/s): reading 8 MiB of it waits for tokens, an unlimited disk of
 /// the same pod does not, and another pod's exec answers meanwhile; a flood of writes to the
-/// unlimited disk leaves both pods' execs answering.
+/// unlimited disk, then to a virtio-fs share, leaves both pods' execs answering.
 #[test]
 fn a_rate_limited_disk_throttles_its_guest_and_another_pod_keeps_answering() {
     let Some(s) = passed("pods-throttled") else {
@@ -400,6 +400,34 @@ fn a_rate_limited_disk_throttles_its_guest_and_another_pod_keeps_answering() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{flood}"));
     assert!(mib >= 16, "{flood}");
+    // The same over its virtio-fs share: execs answered, the files are the host's.
+    for i in 1..=2 {
+        for line in [
+            format!("p1 exec while p4 floods its share: alive-{i}"),
+            format!("p4 exec while it floods its share: own-alive-{i}"),
+        ] {
+            assert!(has(&s.output, &line), "no {line:?} in:\n{}", s.output);
+        }
+    }
+    let flood = s
+        .output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("p4 share flood: exit 0, "))
+        .unwrap_or_else(|| panic!("no successful share flood in:\n{}", s.output));
+    let rounds: u64 = flood
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{flood}"));
+    assert!(rounds >= 4, "{flood}");
+    assert!(
+        has(
+            &s.output,
+            "p4 share on the host after the flood: big0 big1 big2 big3"
+        ),
+        "{}",
+        s.output
+    );
     // `ember pod stats`: the limited disk (attached first) counted its waits, the other none.
     let waits: Vec<u64> = s
         .output
