@@ -63,7 +63,7 @@ fn guests_boot_with_their_devices_bound_and_exit() {
     let Some(s) = passed("devices-boot-rng-net") else {
         return;
     };
-    assert_has(&s.output, "guest reached /devtest.sh (parts rng,net)");
+    assert_has(&s.output, "guest reached /devtest.sh (parts rng,badq,net)");
     assert_has(&s.output, "ember exit=0");
     assert_bound(&s.output, &[(4, "virtio_rng")]);
 }
