@@ -300,6 +300,65 @@ impl<S: Read + Write> AgentClient<S> {
     }
 }
 
+/// The agent's event stream ([`AgentClient::events`]): each item is one event, until the
+/// connection ends (the agent or its VM went away: `None`) or breaks (an error).
+pub struct Events<S: Read + Write> {
+    stream: S,
+    id: u64,
+}
+
+/// One event of the agent's stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AgentEvent {
+    /// A container's init process exited.
+    ContainerExited {
+        container_id: String,
+        status: ExitStatus,
+    },
+}
+
+impl<S: Read + Write> Iterator for Events<S> {
+    type Item = Result<AgentEvent, ClientError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let resp: ResponseFrame = match protocol::recv(&mut self.stream) {
+            Ok(r) => r,
+            Err(FrameError::Closed) => return None,
+            Err(e) => return Some(Err(ClientError::Frame(e))),
+        };
+        if resp.id != self.id {
+            return Some(Err(ClientError::IdMismatch {
+                expected: self.id,
+                got: resp.id,
+            }));
+        }
+        Some(match resp.result {
+            Ok(Response::ContainerExited {
+                container_id,
+                status,
+            }) => Ok(AgentEvent::ContainerExited {
+                container_id,
+                status,
+            }),
+            Ok(other) => Err(unexpected("Events", other)),
+            Err(e) => Err(ClientError::Agent(e)),
+        })
+    }
+}
+
+impl<S: Read + Write> AgentClient<S> {
+    /// Turns this connection into the agent's event stream (protocol `Events`). Reads on it
+    /// wait as long as the stream's read timeout allows: set none to wait for events.
+    pub fn events(mut self) -> Result<Events<S>, ClientError> {
+        let id = self.next_id;
+        self.call_done("Events", Request::Events)?;
+        Ok(Events {
+            stream: self.stream,
+            id,
+        })
+    }
+}
+
 fn unexpected(request: &'static str, response: Response) -> ClientError {
     ClientError::Unexpected {
         request,

@@ -234,6 +234,20 @@ impl Agent {
         self.started.elapsed()
     }
 
+    /// A channel told `(pid, status)` of every process of this agent that exits from now on;
+    /// [`Agent::container_of_init`] says which are containers' init processes.
+    pub fn exits(&self) -> std::sync::mpsc::Receiver<(i32, crate::protocol::ExitStatus)> {
+        self.reaper.subscribe()
+    }
+
+    /// The container whose init process is `pid`, if any.
+    pub fn container_of_init(&self, pid: i32) -> Option<String> {
+        self.map()
+            .values()
+            .find(|c| c.init.pid == pid)
+            .map(|c| c.id.clone())
+    }
+
     /// Whether this is a guest's agent (see [`AgentOptions::guest`]).
     pub fn is_guest(&self) -> bool {
         self.opts.guest

@@ -223,6 +223,11 @@ pub enum Request {
     },
     /// Kills everything and reboots the guest (a host-run agent exits instead).
     Shutdown,
+    /// Turns this connection into the agent's event stream: answers [`Response::Done`], then
+    /// sends one [`Response::ContainerExited`] frame (with this request's id) each time a
+    /// container's init process exits, for as long as the connection lasts. Needs its own
+    /// connection; any number of them may be open.
+    Events,
     /// Configures the guest's network: each interface (found by its MAC) is renamed, given
     /// its MTU and addresses and brought up; then the routes are added. Safe to repeat.
     ConfigureNetwork {
@@ -301,6 +306,12 @@ pub enum Response {
     Stats(AgentStats),
     /// Answer to [`Request::Restored`].
     Restored(RestoredInfo),
+    /// An event on an [`Request::Events`] connection: the init process of container
+    /// `container_id` exited.
+    ContainerExited {
+        container_id: String,
+        status: ExitStatus,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

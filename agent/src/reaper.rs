@@ -8,6 +8,7 @@
 
 use crate::protocol::ExitStatus;
 use std::collections::HashMap;
+use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,8 @@ struct Table {
     watched: HashMap<i32, Entry>,
     /// Bumped on every spawn: wakes the reaper thread when it had no children.
     generation: u64,
+    /// Told of every tracked pid's exit ([`Reaper::subscribe`]); dropped when they hang up.
+    subscribers: Vec<mpsc::Sender<(i32, ExitStatus)>>,
 }
 
 /// Tracks the agent's children and their exit statuses.
@@ -168,6 +171,13 @@ impl Reaper {
         }
     }
 
+    /// A channel told `(pid, status)` of every tracked process that exits from now on.
+    pub fn subscribe(&self) -> mpsc::Receiver<(i32, ExitStatus)> {
+        let (tx, rx) = mpsc::channel();
+        self.lock().subscribers.push(tx);
+        rx
+    }
+
     /// Number of pids tracked (for tests and diagnostics).
     pub fn tracked(&self) -> usize {
         self.lock().watched.len()
@@ -210,8 +220,10 @@ impl Reaper {
             // SAFETY: reaps the zombie we just peeked at; writes only `raw`.
             let got = unsafe { libc::waitpid(pid, &mut raw, 0) };
             if got == pid {
+                let status = decode_status(raw);
                 if let Some(e) = t.watched.get_mut(&pid) {
-                    e.status = Some(decode_status(raw));
+                    e.status = Some(status);
+                    t.subscribers.retain(|s| s.send((pid, status)).is_ok());
                 }
             }
             seen_generation = t.generation;
@@ -255,8 +267,20 @@ mod tests {
                 })
                 .unwrap()
         };
+        let events = reaper.subscribe();
         let quick = spawn("exit 7");
         let st = reaper.wait(quick, Some(Duration::from_secs(30))).unwrap();
+        // A subscriber hears of it too.
+        assert_eq!(
+            events.recv_timeout(Duration::from_secs(30)).unwrap(),
+            (
+                quick,
+                ExitStatus {
+                    code: 7,
+                    signal: None
+                }
+            )
+        );
         assert_eq!(
             st,
             Some(ExitStatus {

@@ -136,6 +136,26 @@ pub fn handle_connection(mut conn: UnixStream, agent: &Agent, on_shutdown: &Shut
                 let _ = conn.shutdown(std::net::Shutdown::Both);
                 return;
             }
+            Request::Events => {
+                // Subscribed before the answer: no exit after "Done" is missed.
+                let exits = agent.exits();
+                if !respond(&mut conn, id, Ok(Response::Done)) {
+                    return;
+                }
+                for (pid, status) in exits {
+                    let Some(container_id) = agent.container_of_init(pid) else {
+                        continue;
+                    };
+                    let event = Response::ContainerExited {
+                        container_id,
+                        status,
+                    };
+                    if !respond(&mut conn, id, Ok(event)) {
+                        return;
+                    }
+                }
+                return;
+            }
             Request::Shutdown => {
                 respond(&mut conn, id, Ok(Response::Done));
                 // Give the host a moment to read the answer before everything goes.
@@ -156,7 +176,8 @@ pub fn handle_connection(mut conn: UnixStream, agent: &Agent, on_shutdown: &Shut
     }
 }
 
-/// Runs one request (all but `AttachStdio` and `Shutdown`, which own the connection).
+/// Runs one request (all but `AttachStdio`, `Shutdown` and `Events`, which own the
+/// connection).
 pub fn dispatch(agent: &Agent, request: Request) -> Result<Response, AgentError> {
     let e = |e: crate::container::Error| to_agent_error(&e);
     match request {
@@ -235,7 +256,7 @@ pub fn dispatch(agent: &Agent, request: Request) -> Result<Response, AgentError>
         } => crate::restore::make_guest_own(realtime_ns, &entropy, &hostname, agent.is_guest())
             .map(Response::Restored)
             .map_err(|e| AgentError::new(e.kind(), crate::error_chain(&e))),
-        Request::AttachStdio { .. } | Request::Shutdown => Err(AgentError::new(
+        Request::AttachStdio { .. } | Request::Shutdown | Request::Events => Err(AgentError::new(
             ErrorKind::BadRequest,
             "Request needs its own connection",
         )),

@@ -561,6 +561,43 @@ fn mounts_from_the_volume_disk() {
     assert!(t.alive());
 }
 
+/// An `Events` connection hears of each container's init exit (code or signal), not of an
+/// exec's; a second subscriber hears the same; a closed one does not disturb the agent.
+#[test]
+fn events_tell_of_container_exits_only() {
+    let Some((mut t, rootfs)) = root_agent("events_tell_of_container_exits_only", "rootfs-ev")
+    else {
+        return;
+    };
+    let mut events = t.client().events().unwrap();
+    let mut second = t.client().events().unwrap();
+    drop(t.client().events().unwrap());
+    let mut c = t.client();
+    c.create_container("quick", t.spec(&rootfs, &["sh", "-c", "exit 5"]))
+        .unwrap();
+    c.create_container("long", t.spec(&rootfs, &["sleep", "1000"]))
+        .unwrap();
+    c.start_container("long").unwrap();
+    // An exec's end is not a container's.
+    c.exec("long", "e1", ProcessSpec::new(["true"])).unwrap();
+    assert_eq!(c.wait("long", Some("e1")).unwrap().code, 0);
+    c.start_container("quick").unwrap();
+    let exited = |e: Option<Result<client::AgentEvent, ClientError>>| match e {
+        Some(Ok(client::AgentEvent::ContainerExited {
+            container_id,
+            status,
+        })) => (container_id, status.code, status.signal),
+        other => panic!("not an exit event: {other:?}"),
+    };
+    assert_eq!(exited(events.next()), ("quick".into(), 5, None));
+    c.signal("long", None, 9, false).unwrap();
+    assert_eq!(exited(events.next()), ("long".into(), 137, Some(9)));
+    assert_eq!(exited(second.next()), ("quick".into(), 5, None));
+    assert_eq!(exited(second.next()), ("long".into(), 137, Some(9)));
+    assert!(c.ping().is_ok());
+    assert!(t.alive());
+}
+
 #[test]
 fn exec_signal_process_list_pause() {
     let Some((mut t, rootfs)) = root_agent("exec_signal_process_list_pause", "rootfs-exec") else {
