@@ -3,8 +3,8 @@
 # (`--rootfs-guest-path /`); one more gets an ext2 disk declared in the pod config, filled by a
 # first container and used as the rootfs of a second.
 # Sections: pods-start, pods-containers-start, pods-exec, pods-ps, pods-exit-code, pods-kill,
-# pods-pause-resume, pods-list-status, pods-seccomp, pods-jail, pods-cgroup, pods-misbehaving,
-# pods-vsock-flood, pods-agent-silent, pods-throttled, pods-disk-rootfs, pods-stop-delete,
+# pods-pause-resume, pods-events, pods-list-status, pods-seccomp, pods-jail, pods-cgroup,
+# pods-misbehaving, pods-vsock-flood, pods-agent-silent, pods-throttled, pods-disk-rootfs, pods-stop-delete,
 # pods-vmm-killed.
 
 export EMBER_ROOT=/run/ember-pods
@@ -86,6 +86,10 @@ pods_exit_code() {
 section pods-exit-code pods_exit_code
 
 pods_kill() {
+    # The pod's events from here to pods-events (c3's end, the pause and the resume).
+    ember pod events $POD >/tmp/events.out 2>&1 &
+    EVENTS_PID=$!
+    sleep 1
     # Created while the pod runs (guest path: no disk needed).
     ember container create $POD c3 --rootfs-guest-path "$RFS" -- sleep 1000 || return 1
     ember container start $POD c3 || return 1
@@ -109,6 +113,18 @@ pods_pause_resume() {
     [ "$(ember container exec $POD c1 -- echo alive)" = alive ] && echo "exec after resume ok"
 }
 section pods-pause-resume pods_pause_resume
+
+# What `ember pod events` told meanwhile: the agent's report of c3's end, pause, resume.
+pods_events() {
+    [ -n "$EVENTS_PID" ] || return 1
+    sleep 1
+    kill "$EVENTS_PID"
+    wait "$EVENTS_PID" 2>/dev/null
+    cat /tmp/events.out
+    grep -q " container c3 exited: killed by signal 9 (code 137)$" /tmp/events.out &&
+        grep -q " paused$" /tmp/events.out && grep -q " resumed$" /tmp/events.out
+}
+section pods-events pods_events
 
 # Separate ember invocations see the pod (state lives under the root, not in a process).
 section pods-list-status sh -c "

@@ -312,6 +312,104 @@ fn a_pod_that_ends_on_its_own_runs_its_poststop_hooks_through_the_runner() {
     env.ok(&["pod", "delete", "p"]);
 }
 
+/// `ember pod events` follows a running pod: each container's exit (its code, or the signal
+/// that killed it), pause and resume, and the VM's end, after which the stream ends; a
+/// stopped pod has no events to follow.
+#[test]
+fn pod_events_tell_exits_pause_resume_and_the_end() {
+    let Some(agent) = prerequisites("pod_events_tell_exits_pause_resume_and_the_end") else {
+        return;
+    };
+    let env = Env::new("events", agent);
+    env.ok(&["pod", "create", "p"]);
+    env.create_sleeper("p", "c");
+    let rootfs = env.rootfs();
+    env.ok(&[
+        "container",
+        "create",
+        "p",
+        "q",
+        "--rootfs-guest-path",
+        rootfs.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    env.ok(&["pod", "start", "p"]);
+    let follower = env
+        .cmd(&["pod", "events", "--json", "p"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The subscription is made in milliseconds; what happens before it is not told.
+    std::thread::sleep(Duration::from_secs(1));
+    env.ok(&["container", "start", "p", "q"]);
+    // `wait` exits with the container's code.
+    assert_eq!(
+        env.run(&["container", "wait", "p", "q"]).status.code(),
+        Some(3)
+    );
+    env.ok(&["pod", "pause", "p"]);
+    env.ok(&["pod", "resume", "p"]);
+    env.ok(&["container", "start", "p", "c"]);
+    env.ok(&["container", "kill", "p", "c", "KILL"]);
+    assert_eq!(
+        env.run(&["container", "wait", "p", "c"]).status.code(),
+        Some(137)
+    );
+    env.ok(&["pod", "stop", "p"]);
+    let out = follower.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    let at = |want: &serde_json::Value| {
+        events
+            .iter()
+            .position(|e| {
+                want.as_object()
+                    .unwrap()
+                    .iter()
+                    .all(|(k, v)| e.get(k) == Some(v))
+            })
+            .unwrap_or_else(|| panic!("no {want} in {events:#?}"))
+    };
+    let q = at(
+        &serde_json::json!({"event": "container_exited", "container": "q", "code": 3,
+                                   "signal": null}),
+    );
+    let paused = at(&serde_json::json!({"event": "paused"}));
+    let resumed = at(&serde_json::json!({"event": "resumed"}));
+    let c = at(
+        &serde_json::json!({"event": "container_exited", "container": "c", "code": 137,
+                                   "signal": 9}),
+    );
+    assert!(q < resumed && paused < resumed && resumed < c, "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"vm_ended"), "{kinds:?}");
+    assert_eq!(kinds.len(), 5, "{kinds:?}");
+    assert!(events.iter().all(|e| e["unix_ms"].as_u64().unwrap() > 0));
+    // Nothing to follow once stopped.
+    let out = env.run(&["pod", "events", "p"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("it must be running to follow its events"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.ok(&["pod", "delete", "p"]);
+}
+
 /// The pod process's children (the host agent, in this machine).
 fn children(pid: i32) -> Vec<i32> {
     let mut out = Vec::new();

@@ -122,6 +122,30 @@ fn killed_pod_process_leaves_the_pod_stopped() {
     );
 }
 
+/// `ember pod events` on the running pod told, in order, the guest agent's report of c3's end
+/// (killed by SIGKILL), the pause and the resume, each with its time.
+#[test]
+fn pod_events_follow_a_running_pod() {
+    let Some(s) = passed("pods-events") else {
+        return;
+    };
+    let lines: Vec<&str> = s.output.lines().filter(|l| l.starts_with("20")).collect();
+    let what: Vec<&str> = lines
+        .iter()
+        .map(|l| l.split_once(' ').map_or("", |(_, w)| w))
+        .collect();
+    assert_eq!(
+        what,
+        [
+            "container c3 exited: killed by signal 9 (code 137)",
+            "paused",
+            "resumed"
+        ],
+        "{}",
+        s.output
+    );
+}
+
 /// Every thread of the pod process runs under a seccomp filter: the guest-facing ones under
 /// their own, the main thread (whose poststop hooks run in a runner) under the control list.
 #[test]

@@ -420,6 +420,32 @@ impl Runtime {
         result
     }
 
+    /// Follows the event stream of running (or paused) pod `pod`: `on_event` gets each event
+    /// (a container's process exited, pause, resume, a silent agent, the VM's end) as the pod
+    /// process tells it, until the VM ends. The pod's lock is held only to find its process.
+    pub fn pod_events(
+        &self,
+        pod: &str,
+        mut on_event: impl FnMut(&pod_vmm::protocol::EventRecord),
+    ) -> Result<(), Error> {
+        let socket = {
+            let (_lock, dir, rec) = self.open(pod, LockKind::Read)?;
+            if !matches!(rec.state, State::Running | State::Paused) {
+                return Err(Error::PodNotRunning {
+                    id: pod.to_string(),
+                    state: rec.state,
+                    action: "follow its events",
+                });
+            }
+            dir.join(pod_vmm::CONTROL_SOCKET)
+        };
+        let mut events = control::subscribe(&socket).map_err(Error::Control)?;
+        while let Some(ev) = events.next_event().map_err(Error::Control)? {
+            on_event(&ev);
+        }
+        Ok(())
+    }
+
     /// Status of a pod. Notices a VMM process that died (the pod becomes `stopped`), an
     /// interrupted pod start or stop (finished: the pod becomes `stopped`), containers whose
     /// interrupted start the agent made (`running`) or not (`ready`), and containers whose

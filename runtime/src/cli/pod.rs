@@ -70,6 +70,14 @@ pub enum PodCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Follow the events of a running pod — a container's process exited, paused, resumed,
+    /// its agent stopped answering, the VM ended — one line each, until the VM ends.
+    Events {
+        id: String,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Internal: the detached process that runs a pod's VM.
     #[command(name = "__vmm", hide = true)]
     Vmm { id: String },
@@ -191,6 +199,14 @@ fn exec(rt: &Runtime, cmd: PodCommand) -> Result<(), Error> {
                 }
             }
         }
+        PodCommand::Events { id, json } => rt.pod_events(&id, |ev| {
+            if json {
+                // One object per line (JSON lines), to be read as they come.
+                outln!("{}", serde_json::to_string(ev).unwrap_or_default());
+            } else {
+                outln!("{}", event_line(ev));
+            }
+        })?,
         PodCommand::Delete { id, force } => rt.delete_pod(&id, force)?,
         PodCommand::List { out } => {
             let pods = rt.list_pods()?;
@@ -224,6 +240,28 @@ fn exec(rt: &Runtime, cmd: PodCommand) -> Result<(), Error> {
         PodCommand::Hooks => std::process::exit(crate::hooks::serve_runner()),
     }
     Ok(())
+}
+
+/// One event as `ember pod events` prints it: the time (UTC, ms), then what happened.
+fn event_line(ev: &crate::pod_vmm::protocol::EventRecord) -> String {
+    use crate::pod_vmm::protocol::PodEvent;
+    let what = match &ev.event {
+        PodEvent::ContainerExited {
+            container,
+            code,
+            signal: Some(sig),
+        } => format!("container {container} exited: killed by signal {sig} (code {code})"),
+        PodEvent::ContainerExited {
+            container, code, ..
+        } => format!("container {container} exited: code {code}"),
+        PodEvent::Paused => "paused".to_string(),
+        PodEvent::Resumed => "resumed".to_string(),
+        PodEvent::AgentUnresponsive { reason } => format!("agent unresponsive: {reason}"),
+        PodEvent::VmEnded { reason } => format!("vm ended: {reason}"),
+    };
+    let (secs, ms) = (ev.unix_ms / 1000, (ev.unix_ms % 1000) as u32);
+    let t = crate::logging::rfc3339(secs, ms * 1_000_000);
+    format!("{t} {what}")
 }
 
 fn show(p: &PodInfo, out: &OutArgs) {

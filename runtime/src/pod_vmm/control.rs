@@ -76,6 +76,10 @@ pub trait ControlTarget: Send + Sync {
     fn counters(&self) -> Vec<vmm::DeviceCounters> {
         Vec::new()
     }
+    /// Keep `stream` (answered already) as a subscriber of the pod's events.
+    fn subscribe(&self, _stream: UnixStream) -> Result<(), String> {
+        Err("this pod process has no event stream".into())
+    }
 }
 
 /// Send one request and wait for its answer; a [`Response::Error`] becomes
@@ -109,6 +113,71 @@ pub fn request(socket: &Path, request: &Request, timeout: Duration) -> Result<Re
     }
 }
 
+/// A client's end of the pod's event stream ([`subscribe`]).
+pub struct EventStream {
+    stream: UnixStream,
+    path: PathBuf,
+}
+
+impl EventStream {
+    /// The next event; `None` once the pod process closed the stream (its VM ended).
+    pub fn next_event(&mut self) -> Result<Option<super::protocol::EventRecord>, Error> {
+        match agent::protocol::recv::<_, Message<super::protocol::EventRecord>>(&mut self.stream) {
+            Ok(m) if m.version != VERSION => Err(Error::Version(m.version)),
+            Ok(m) => Ok(Some(m.body)),
+            Err(agent::protocol::FrameError::Closed) => Ok(None),
+            Err(source) => Err(Error::Frame {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+}
+
+/// Subscribes to the pod's events at `socket`: the stream, once the pod process took it.
+pub fn subscribe(socket: &Path) -> Result<EventStream, Error> {
+    let mut stream = UnixStream::connect(socket).map_err(|source| Error::Connect {
+        path: socket.to_path_buf(),
+        source,
+    })?;
+    let path = socket.to_path_buf();
+    let io = |source| Error::Io {
+        path: path.clone(),
+        source,
+    };
+    stream.set_read_timeout(Some(DEFAULT_TIMEOUT)).map_err(io)?;
+    stream
+        .set_write_timeout(Some(DEFAULT_TIMEOUT))
+        .map_err(io)?;
+    let frame = |source| Error::Frame {
+        path: path.clone(),
+        source,
+    };
+    agent::protocol::send(&mut stream, &Message::new(Request::Events)).map_err(frame)?;
+    let answer: Message<Response> = agent::protocol::recv(&mut stream).map_err(frame)?;
+    if answer.version != VERSION {
+        return Err(Error::Version(answer.version));
+    }
+    match answer.body {
+        Response::Done => {}
+        Response::Error(message) => {
+            return Err(Error::Refused {
+                request: "Events".into(),
+                message,
+            })
+        }
+        other => {
+            return Err(Error::Refused {
+                request: "Events".into(),
+                message: format!("unexpected answer {other:?}"),
+            })
+        }
+    }
+    // Events come when they happen.
+    stream.set_read_timeout(None).map_err(io)?;
+    Ok(EventStream { stream, path })
+}
+
 /// What `target` answers to `req`.
 fn answer(req: &Request, target: &dyn ControlTarget) -> Response {
     let done = |r: Result<(), String>| r.map_or_else(Response::Error, |()| Response::Done);
@@ -120,6 +189,8 @@ fn answer(req: &Request, target: &dyn ControlTarget) -> Response {
         Request::Resume => done(target.resume()),
         // Answered by [`handle_connection`], after the stop.
         Request::Stop => Response::Error("stop is answered once stopped".into()),
+        // Answered by [`handle_connection`], which hands the connection over.
+        Request::Events => Response::Error("events need their own connection".into()),
         Request::Counters => Response::Counters(target.counters()),
         Request::InsertDisk { path, .. } if !path.is_absolute() => {
             Response::Error(format!("disk path {} is not absolute", path.display()))
@@ -161,6 +232,16 @@ pub fn handle_connection(mut stream: UnixStream, target: &dyn ControlTarget) -> 
             )),
             false,
         ),
+        Ok(m) if m.version == VERSION && m.body == Request::Events => {
+            log::debug!("control request Events");
+            if agent::protocol::send(&mut stream, &Message::new(Response::Done)).is_ok() {
+                let _ = stream.set_read_timeout(None);
+                if let Err(e) = target.subscribe(stream) {
+                    log::warn!("Event subscriber refused: {e}");
+                }
+            }
+            return false;
+        }
         Ok(m) if m.body == Request::Stop => {
             log::debug!("control request Stop");
             let unsynced = target.stop();

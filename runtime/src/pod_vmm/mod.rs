@@ -15,7 +15,9 @@
 //! socket or never commits: a starter killed or failing at any step leaves nothing running.
 //!
 //! After `Ready` the VMM process serves its control socket ([`control`]: ping, pause, resume,
-//! stop, disk slots) until the VM ends, and checks that the guest's agent answers
+//! stop, disk slots, shares, snapshots, counters, and the pod's event stream, [`events`]:
+//! container exits relayed from the agent's own stream, pause, resume, the VM's end) until the
+//! VM ends, and checks that the guest's agent answers
 //! ([`watchdog`]: a VM whose agent stays silent for `agent_timeout_secs` is stopped). When the
 //! VM ends on its own (guest shutdown, crash) the process marks the pod stopped itself and
 //! runs the poststop hooks, through a [`hooks::Runner`] started before its main thread took
@@ -23,6 +25,7 @@
 
 pub mod cgroup;
 pub mod control;
+pub mod events;
 pub mod host_agent;
 pub mod jail;
 pub mod proc;
@@ -634,9 +637,13 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
 
     let requested = Arc::new(AtomicBool::new(false));
     let watch = Arc::new(watchdog::Watch::default());
-    let target = watchdog::Watched {
-        inner: machine.target(dir, requested.clone(), rec.config.shutdown),
-        watch: watch.clone(),
+    let hub = Arc::new(events::Hub::default());
+    let target = events::Publishing {
+        inner: watchdog::Watched {
+            inner: machine.target(dir, requested.clone(), rec.config.shutdown),
+            watch: watch.clone(),
+        },
+        hub: hub.clone(),
     };
     let control_filters = filters.clone();
     crate::logging::spawn("control", move || {
@@ -645,6 +652,13 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
             vmm::seccomp::ThreadKind::Control,
         );
         control::serve(control_listener, &target)
+    })
+    .map_err(Error::Thread)?;
+    // The guest agent's own event stream (its containers' exits), told to the subscribers.
+    let (edir, ehub, efilters) = (dir.to_path_buf(), hub.clone(), filters.clone());
+    crate::logging::spawn("agent-events", move || {
+        vm::confine(efilters.as_deref(), vmm::seccomp::ThreadKind::Control);
+        events::relay_agent(&edir, &ehub)
     })
     .map_err(Error::Thread)?;
     let (wdir, wreq, wtx) = (dir.to_path_buf(), requested.clone(), tx.clone());
@@ -663,6 +677,9 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
             Ok(Event::Exited(msg)) => break silenced.unwrap_or(msg),
             Ok(Event::Unresponsive(why)) => {
                 if !requested.load(Ordering::SeqCst) {
+                    hub.publish(protocol::PodEvent::AgentUnresponsive {
+                        reason: why.clone(),
+                    });
                     silenced = Some(why);
                     machine.stop();
                 }
@@ -675,6 +692,7 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
     if !requested.load(Ordering::SeqCst) {
         mark_ended(dir, &reason, poststop.as_mut());
     }
+    hub.publish(protocol::PodEvent::VmEnded { reason });
     remove_sockets(dir);
     Ok(())
 }

@@ -11,13 +11,18 @@
 //!   socket (it died, or gave up) before that, or does not answer within the start timeout,
 //!   stops its VM and exits: nothing runs that no record owns.
 //!
+//! - A client that sends [`Request::Events`] keeps its connection: after [`Response::Done`]
+//!   it reads one [`Message`] holding an [`EventRecord`] per event of the pod (a container's
+//!   process exited, the VM was paused or resumed, its agent stopped answering, the VM ended)
+//!   until the pod process ends, which closes it.
+//!
 //! A message of another [`VERSION`] is refused with a clear error, never guessed at.
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// Version of this protocol, carried in every message.
-pub const VERSION: u32 = 6;
+pub const VERSION: u32 = 7;
 
 /// One message on the control socket or the notify pipe.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -68,6 +73,38 @@ pub enum Request {
     Snapshot { dir: PathBuf },
     /// What the VM's devices counted; answers [`Response::Counters`].
     Counters,
+    /// Turns this connection into the pod's event stream (see the module documentation).
+    Events,
+}
+
+/// Something that happened to a running pod, as its event stream tells it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum PodEvent {
+    /// A container's first process exited (`code`: its exit code, 128 + the signal that
+    /// killed it).
+    ContainerExited {
+        container: String,
+        code: i32,
+        signal: Option<i32>,
+    },
+    /// The vCPUs were stopped (`ember pod pause`).
+    Paused,
+    /// They run again.
+    Resumed,
+    /// The guest's agent did not answer its health check: the VM is being stopped.
+    AgentUnresponsive { reason: String },
+    /// The VM ended (the stream ends with it).
+    VmEnded { reason: String },
+}
+
+/// One event with when the pod process saw it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    #[serde(flatten)]
+    pub event: PodEvent,
 }
 
 /// The pod process's answer.
