@@ -315,6 +315,19 @@ uptime_cs() {
 # least 7 s: the first MiB is the full bucket's), the other does not, and p1's exec answers
 # while the limited read runs; then the container floods the unlimited disk with writes, and
 # then its virtio-fs share.
+# flood_execs WHAT OUT: while p4's flood of its WHAT (the background job just started, its
+# report going to OUT) runs, p1's exec and p4's own answer, twice each; then the flood's end.
+flood_execs() {
+    _job=$!
+    sleep 3
+    for i in 1 2; do
+        echo "p1 exec while p4 floods its $1: $(ember container exec $POD c1 -- echo alive-$i)"
+        echo "p4 exec while it floods its $1: $(ember container exec p4 reader -- echo own-alive-$i)"
+    done
+    wait $_job
+    echo "p4 $1 flood: exit $?, $(cat "$2")"
+}
+
 pods_throttled() {
     for d in slow fast; do dd if=/dev/zero of=/tmp/$d.img bs=1M count=0 seek=16 2>/dev/null; done
     cat >/tmp/p4.json <<JSON
@@ -352,14 +365,7 @@ JSON
         while [ "$(cut -d. -f1 /proc/uptime)" -lt $end ]; do
             dd if=/dev/zero of=/dev/vdb bs=64k count=256 2>/dev/null && sync || exit 1; n=$((n + 16))
         done; echo "$n MiB written"' >/tmp/bflood.out 2>&1 &
-    job=$!
-    sleep 3
-    for i in 1 2; do
-        echo "p1 exec while p4 floods its unlimited disk: $(ember container exec $POD c1 -- echo alive-$i)"
-        echo "p4 exec while it floods its disk: $(ember container exec p4 reader -- echo own-alive-$i)"
-    done
-    wait $job
-    echo "p4 disk flood: exit $?, $(cat /tmp/bflood.out)"
+    flood_execs disk /tmp/bflood.out
     # And its virtio-fs share (a host directory): 1 MiB files rewritten and small files made
     # and removed as fast as it can for 20 s.
     ember container exec p4 reader -- sh -c 'end=$(($(cut -d. -f1 /proc/uptime) + 20)); n=0; f=0
@@ -368,14 +374,7 @@ JSON
             for i in 1 2 3 4 5 6 7 8 9 10; do echo $i >/flood/small$i || exit 1; done
             rm -f /flood/small* || exit 1; n=$((n + 1)); f=$((f + 10))
         done; echo "$n MiB written, $f small files made and removed"' >/tmp/fsflood.out 2>&1 &
-    job=$!
-    sleep 3
-    for i in 1 2; do
-        echo "p1 exec while p4 floods its share: $(ember container exec $POD c1 -- echo alive-$i)"
-        echo "p4 exec while it floods its share: $(ember container exec p4 reader -- echo own-alive-$i)"
-    done
-    wait $job
-    echo "p4 share flood: exit $?, $(cat /tmp/fsflood.out)"
+    flood_execs share /tmp/fsflood.out
     echo "p4 share on the host after the flood: $(ls /tmp/fsflood | tr '\n' ' ')"
     # The record of why: the devices' counters (the first disk's requests waited).
     ember pod stats p4 | sed 's/^/stats: /'

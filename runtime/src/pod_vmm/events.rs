@@ -3,15 +3,15 @@
 //!
 //! A [`Hub`] holds the connections of the clients that asked for events and writes each
 //! [`PodEvent`] to all of them, each write bounded by [`WRITE_TIMEOUT`]: a subscriber that
-//! stops reading is dropped, never waited for. [`Publishing`] wraps the pod's control target
-//! so that pause and resume are told as they succeed; [`relay_agent`] turns the guest agent's
-//! own event stream (its containers' exits) into the pod's.
+//! stops reading is dropped, never waited for. The control target the pod process serves
+//! ([`super::watchdog::Watched`]) tells pause and resume as they succeed and hands it its
+//! subscribers; [`relay_agent`] turns the guest agent's own event stream (its containers'
+//! exits) into the pod's.
 
-use super::control::ControlTarget;
 use super::protocol::{EventRecord, Message, PodEvent};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Longest a write to one subscriber may take before it is dropped.
@@ -58,49 +58,6 @@ impl Hub {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<UnixStream>> {
         self.subscribers.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// A control target that tells the hub what it did, and takes subscribers.
-pub struct Publishing<T> {
-    pub inner: T,
-    pub hub: Arc<Hub>,
-}
-
-impl<T: ControlTarget> ControlTarget for Publishing<T> {
-    fn pause(&self) -> Result<(), String> {
-        self.inner.pause()?;
-        self.hub.publish(PodEvent::Paused);
-        Ok(())
-    }
-    fn resume(&self) -> Result<(), String> {
-        self.inner.resume()?;
-        self.hub.publish(PodEvent::Resumed);
-        Ok(())
-    }
-    fn stop(&self) -> Option<String> {
-        self.inner.stop()
-    }
-    fn insert_disk(&self, slot: usize, path: &Path, read_only: bool) -> Result<(), String> {
-        self.inner.insert_disk(slot, path, read_only)
-    }
-    fn eject_disk(&self, slot: usize) -> Result<(), String> {
-        self.inner.eject_disk(slot)
-    }
-    fn add_share(&self, name: &str, path: &Path, read_only: bool) -> Result<(), String> {
-        self.inner.add_share(name, path, read_only)
-    }
-    fn remove_share(&self, name: &str) -> Result<(), String> {
-        self.inner.remove_share(name)
-    }
-    fn snapshot(&self, dir: &Path) -> Result<vmm::SnapshotInfo, String> {
-        self.inner.snapshot(dir)
-    }
-    fn counters(&self) -> Vec<vmm::DeviceCounters> {
-        self.inner.counters()
-    }
-    fn subscribe(&self, stream: UnixStream) -> Result<(), String> {
-        self.hub.add(stream)
     }
 }
 

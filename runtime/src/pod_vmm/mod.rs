@@ -638,11 +638,9 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
     let requested = Arc::new(AtomicBool::new(false));
     let watch = Arc::new(watchdog::Watch::default());
     let hub = Arc::new(events::Hub::default());
-    let target = events::Publishing {
-        inner: watchdog::Watched {
-            inner: machine.target(dir, requested.clone(), rec.config.shutdown),
-            watch: watch.clone(),
-        },
+    let target = watchdog::Watched {
+        inner: machine.target(dir, requested.clone(), rec.config.shutdown),
+        watch: watch.clone(),
         hub: hub.clone(),
     };
     let control_filters = filters.clone();

@@ -7,6 +7,7 @@
 //! [`Watched`], which restarts the silence clock.
 
 use super::control::ControlTarget;
+use super::protocol::PodEvent;
 use super::Event;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,10 +29,12 @@ impl Watch {
     }
 }
 
-/// A [`ControlTarget`] whose pauses the health check knows of.
+/// A [`ControlTarget`] whose pauses the health check knows of, and whose pauses and resumes
+/// the pod's event stream tells ([`super::events`]; its subscribers are taken here too).
 pub struct Watched {
     pub inner: Arc<dyn ControlTarget>,
     pub watch: Arc<Watch>,
+    pub hub: Arc<super::events::Hub>,
 }
 
 impl Watched {
@@ -47,14 +50,18 @@ impl Watched {
 
 impl ControlTarget for Watched {
     fn pause(&self) -> Result<(), String> {
-        self.quiet(Result::is_ok, || self.inner.pause())
+        self.quiet(Result::is_ok, || self.inner.pause())?;
+        self.hub.publish(PodEvent::Paused);
+        Ok(())
     }
     fn resume(&self) -> Result<(), String> {
-        let r = self.inner.resume();
-        if r.is_ok() {
-            self.watch.set_paused(false);
-        }
-        r
+        self.inner.resume()?;
+        self.watch.set_paused(false);
+        self.hub.publish(PodEvent::Resumed);
+        Ok(())
+    }
+    fn subscribe(&self, stream: std::os::unix::net::UnixStream) -> Result<(), String> {
+        self.hub.add(stream)
     }
     fn stop(&self) -> Option<String> {
         self.inner.stop()
