@@ -81,9 +81,9 @@ impl Runner {
 
     /// Runs `hooks` with `state_json` in the runner and waits for it: the failures, as text
     /// (one for a runner that could not be reached or did not finish).
-    pub fn run(&mut self, hooks: &[Hook], state_json: &str) -> Vec<String> {
+    pub fn run(mut self, hooks: &[Hook], state_json: &str) -> Vec<String> {
         let Some(mut child) = self.child.take() else {
-            return vec!["the hook runner has already run".into()];
+            return Vec::new();
         };
         let input = RunnerInput {
             hooks: hooks.to_vec(),

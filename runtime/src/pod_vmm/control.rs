@@ -76,15 +76,27 @@ pub trait ControlTarget: Send + Sync {
     fn counters(&self) -> Vec<vmm::DeviceCounters> {
         Vec::new()
     }
-    /// Keep `stream` (answered already) as a subscriber of the pod's events.
-    fn subscribe(&self, _stream: UnixStream) -> Result<(), String> {
-        Err("this pod process has no event stream".into())
+    /// Answer an `Events` request on `stream`: `Done` and keep it as a subscriber of the
+    /// pod's events, or the reason it is refused.
+    fn subscribe(&self, mut stream: UnixStream) {
+        let refused = Response::Error("this pod process has no event stream".into());
+        let _ = agent::protocol::send(&mut stream, &Message::new(refused));
     }
 }
 
 /// Send one request and wait for its answer; a [`Response::Error`] becomes
 /// [`Error::Refused`].
 pub fn request(socket: &Path, request: &Request, timeout: Duration) -> Result<Response, Error> {
+    exchange(socket, request, timeout).map(|(_, answer)| answer)
+}
+
+/// Connects to `socket`, sends `request` and reads its answer, all within `timeout`; the
+/// connection comes back too (an event stream goes on on it).
+fn exchange(
+    socket: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<(UnixStream, Response), Error> {
     let mut stream = UnixStream::connect(socket).map_err(|source| Error::Connect {
         path: socket.to_path_buf(),
         source,
@@ -109,7 +121,7 @@ pub fn request(socket: &Path, request: &Request, timeout: Duration) -> Result<Re
             request: format!("{request:?}"),
             message,
         }),
-        other => Ok(other),
+        other => Ok((stream, other)),
     }
 }
 
@@ -136,46 +148,22 @@ impl EventStream {
 
 /// Subscribes to the pod's events at `socket`: the stream, once the pod process took it.
 pub fn subscribe(socket: &Path) -> Result<EventStream, Error> {
-    let mut stream = UnixStream::connect(socket).map_err(|source| Error::Connect {
+    let (stream, answer) = exchange(socket, &Request::Events, DEFAULT_TIMEOUT)?;
+    if answer != Response::Done {
+        return Err(Error::Refused {
+            request: "Events".into(),
+            message: format!("unexpected answer {answer:?}"),
+        });
+    }
+    // Events come when they happen.
+    stream.set_read_timeout(None).map_err(|source| Error::Io {
         path: socket.to_path_buf(),
         source,
     })?;
-    let path = socket.to_path_buf();
-    let io = |source| Error::Io {
-        path: path.clone(),
-        source,
-    };
-    stream.set_read_timeout(Some(DEFAULT_TIMEOUT)).map_err(io)?;
-    stream
-        .set_write_timeout(Some(DEFAULT_TIMEOUT))
-        .map_err(io)?;
-    let frame = |source| Error::Frame {
-        path: path.clone(),
-        source,
-    };
-    agent::protocol::send(&mut stream, &Message::new(Request::Events)).map_err(frame)?;
-    let answer: Message<Response> = agent::protocol::recv(&mut stream).map_err(frame)?;
-    if answer.version != VERSION {
-        return Err(Error::Version(answer.version));
-    }
-    match answer.body {
-        Response::Done => {}
-        Response::Error(message) => {
-            return Err(Error::Refused {
-                request: "Events".into(),
-                message,
-            })
-        }
-        other => {
-            return Err(Error::Refused {
-                request: "Events".into(),
-                message: format!("unexpected answer {other:?}"),
-            })
-        }
-    }
-    // Events come when they happen.
-    stream.set_read_timeout(None).map_err(io)?;
-    Ok(EventStream { stream, path })
+    Ok(EventStream {
+        stream,
+        path: socket.to_path_buf(),
+    })
 }
 
 /// What `target` answers to `req`.
@@ -234,12 +222,7 @@ pub fn handle_connection(mut stream: UnixStream, target: &dyn ControlTarget) -> 
         ),
         Ok(m) if m.version == VERSION && m.body == Request::Events => {
             log::debug!("control request Events");
-            if agent::protocol::send(&mut stream, &Message::new(Response::Done)).is_ok() {
-                let _ = stream.set_read_timeout(None);
-                if let Err(e) = target.subscribe(stream) {
-                    log::warn!("Event subscriber refused: {e}");
-                }
-            }
+            target.subscribe(stream);
             return false;
         }
         Ok(m) if m.body == Request::Stop => {

@@ -8,7 +8,7 @@
 //! subscribers; [`relay_agent`] turns the guest agent's own event stream (its containers'
 //! exits) into the pod's.
 
-use super::protocol::{EventRecord, Message, PodEvent};
+use super::protocol::{EventRecord, Message, PodEvent, Response};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Mutex;
@@ -27,15 +27,28 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Adds a subscriber (its connection answered already).
-    pub fn add(&self, stream: UnixStream) -> Result<(), String> {
+    /// Answers a subscriber's `Events` request on `stream` and keeps it: `Done`, written under
+    /// the hub's lock so that no event comes before it; or, when the hub is full, the refusal.
+    pub fn add(&self, mut stream: UnixStream) -> Result<(), String> {
         let mut subs = self.lock();
-        if subs.len() >= MAX_SUBSCRIBERS {
-            return Err(format!("{MAX_SUBSCRIBERS} subscribers already"));
+        let refused = if subs.len() >= MAX_SUBSCRIBERS {
+            Some(format!("{MAX_SUBSCRIBERS} subscribers already"))
+        } else {
+            stream
+                .set_write_timeout(Some(WRITE_TIMEOUT))
+                .and_then(|()| stream.set_read_timeout(None))
+                .err()
+                .map(|e| e.to_string())
+        };
+        let answer = match &refused {
+            Some(why) => Response::Error(format!("events refused: {why}")),
+            None => Response::Done,
+        };
+        let sent = agent::protocol::send(&mut stream, &Message::new(answer));
+        if let Some(why) = refused {
+            return Err(why);
         }
-        stream
-            .set_write_timeout(Some(WRITE_TIMEOUT))
-            .map_err(|e| e.to_string())?;
+        sent.map_err(|e| e.to_string())?;
         subs.push(stream);
         Ok(())
     }
@@ -113,6 +126,8 @@ mod tests {
         hub.publish(PodEvent::VmEnded {
             reason: "test".into(),
         });
+        let answer: Message<Response> = agent::protocol::recv(&mut a_peer).unwrap();
+        assert_eq!(answer.body, Response::Done);
         let first: Message<EventRecord> = agent::protocol::recv(&mut a_peer).unwrap();
         assert_eq!(first.body.event, PodEvent::Paused);
         assert!(first.body.unix_ms > 0);
@@ -169,7 +184,13 @@ mod tests {
             hub.add(a).unwrap();
             peers.push(b);
         }
-        let (a, _b) = UnixStream::pair().unwrap();
+        let (a, mut b) = UnixStream::pair().unwrap();
         assert!(hub.add(a).is_err());
+        // The refused one is told why.
+        let answer: Message<Response> = agent::protocol::recv(&mut b).unwrap();
+        assert!(
+            matches!(&answer.body, Response::Error(m) if m.contains("subscribers already")),
+            "{answer:?}"
+        );
     }
 }

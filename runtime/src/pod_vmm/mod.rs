@@ -688,7 +688,7 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
     };
     log::info!("VM ended: {reason}");
     if !requested.load(Ordering::SeqCst) {
-        mark_ended(dir, &reason, poststop.as_mut());
+        mark_ended(dir, &reason, poststop.take());
     }
     hub.publish(protocol::PodEvent::VmEnded { reason });
     remove_sockets(dir);
@@ -762,7 +762,7 @@ fn wait_committed(rx: &mpsc::Receiver<Event>, dir: &Path, timeout: Duration) -> 
 }
 
 /// The VM ended without a stop request: record it and run the poststop hooks.
-fn mark_ended(dir: &Path, reason: &str, poststop: Option<&mut hooks::Runner>) {
+fn mark_ended(dir: &Path, reason: &str, poststop: Option<hooks::Runner>) {
     let Ok(_lock) = PodLock::acquire_pod(dir, LockKind::Write, crate::timeouts::RECORD_END_LOCK)
     else {
         log::error!("Cannot lock the pod to record its end");

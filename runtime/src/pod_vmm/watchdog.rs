@@ -60,8 +60,10 @@ impl ControlTarget for Watched {
         self.hub.publish(PodEvent::Resumed);
         Ok(())
     }
-    fn subscribe(&self, stream: std::os::unix::net::UnixStream) -> Result<(), String> {
-        self.hub.add(stream)
+    fn subscribe(&self, stream: std::os::unix::net::UnixStream) {
+        if let Err(e) = self.hub.add(stream) {
+            log::warn!("Event subscriber refused: {e}");
+        }
     }
     fn stop(&self) -> Option<String> {
         self.inner.stop()
