@@ -503,6 +503,15 @@ I=docker.io/library/busybox:latest
 ctr run --rm $R $I v2a sh -c "echo hello-v2; exit 3"
 echo "v2-exit=$?"
 ctr run -d $R $I v2b sleep 1000 >/dev/null || exit 1
+# The shim is the pod's process: the VM runs on its threads (vCPUs, control), no `ember pod
+# __vmm` of its own; the pod record names the shim, marked hosted.
+pod=$(ls /run/ember/@pods | head -1)
+st=$(ember pod status --json "$pod")
+vpid=$(printf '%s\n' "$st" | sed -n 's/.*"vmm_pid": *\([0-9]*\).*/\1/p' | head -1)
+echo "v2 pod processes of their own: $(pgrep -c -f 'pod __vmm' || true)"
+printf '%s\n' "$st" | grep -q '"vmm_hosted": *true' && echo "v2 pod hosted: yes"
+tr '\0' '\n' <"/proc/$vpid/environ" | grep -qx EMBER_SHIM_V2=1 && echo "v2 VMM process is the shim"
+echo "v2 shim threads: $(cat /proc/$vpid/task/*/comm | grep -E '^(vcpu0|pod-vmm|control)$' | sort | tr '\n' ' ')"
 ctr task exec --exec-id e1 v2b sh -c "echo from-v2-exec; exit 4"
 echo "v2-exec-exit=$?"
 # Its usage (containerd's Stats): processes, memory and CPU time of its cgroup in the guest.

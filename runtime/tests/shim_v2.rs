@@ -153,6 +153,46 @@ fn ember_processes(dir: &Path) -> Vec<String> {
     found
 }
 
+/// The one running task's pod is hosted by its shim: the pod record names the shim's
+/// process (the server, `EMBER_SHIM_V2` in its environment) as the VMM's, marked hosted, and
+/// no pod process of its own (`ember pod __vmm`) runs.
+fn assert_the_shim_is_the_pod_process(dir: &Path) {
+    let procs = ember_processes(dir);
+    assert!(
+        !procs.iter().any(|p| p.contains("__vmm")),
+        "a pod process of its own runs: {procs:?}"
+    );
+    let pods: Vec<PathBuf> = fs::read_dir(dir.join("ember/@pods"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("state.json").is_file())
+        .collect();
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    let rec: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(pods[0].join("state.json")).unwrap()).unwrap();
+    assert_eq!(rec["vmm"]["hosted"], true, "{rec}");
+    let pid = rec["vmm"]["pid"].as_i64().unwrap();
+    let env = fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let env = String::from_utf8_lossy(&env);
+    assert!(
+        env.split('\0').any(|v| v == "EMBER_SHIM_V2=1"),
+        "the pod's VMM process {pid} is not the shim server"
+    );
+    let threads: Vec<String> = fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect();
+    for name in ["pod-vmm", "control", "agent-watch"] {
+        assert!(
+            threads.iter().any(|t| t == name),
+            "no {name} thread in the shim: {threads:?}"
+        );
+    }
+}
+
 #[test]
 fn ctr_runs_tasks_through_containerd_shim_ember_v2() {
     if !nix::unistd::geteuid().is_root() || !Path::new("/bin/busybox").exists() {
@@ -191,6 +231,7 @@ fn ctr_runs_tasks_through_containerd_shim_ember_v2() {
     args.extend(["t2", "sleep", "1000"]);
     ctd.ok(&args);
     assert_eq!(ctd.task_status("t2"), "RUNNING");
+    assert_the_shim_is_the_pod_process(&ctd.dir);
     let out = ctd.ctr(&[
         "task",
         "exec",

@@ -457,6 +457,8 @@ fn podman_run_bench_ran_with_both_runtimes() {
     }
 }
 
+/// ember's shim v2 runs tasks (exit codes, execs, kills, terminals, metrics, delete), hosts
+/// the pod's VM itself (no pod process of its own) and leaves nothing behind.
 #[test]
 fn containerd_shim_v2_runs_tasks_and_leaves_nothing() {
     let Some(s) = passed("ctr-shim-v2") else {
@@ -474,6 +476,10 @@ fn containerd_shim_v2_runs_tasks_and_leaves_nothing() {
         "v2 tty run: /dev/pts/0",
         "v2 tty run: 33 88",
         "v2-delete=0",
+        "v2 pod processes of their own: 0",
+        "v2 pod hosted: yes",
+        "v2 VMM process is the shim",
+        "v2 shim threads: control pod-vmm vcpu0",
         "v2 ember processes: 0",
         "v2 pods: 0",
         "v2 state dirs: 0",

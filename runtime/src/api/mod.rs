@@ -158,12 +158,24 @@ impl Error {
 #[derive(Clone, Debug)]
 pub struct Runtime {
     root: PathBuf,
+    hosts_vms: bool,
 }
 
 impl Runtime {
     /// A runtime on `root` (created on first use).
     pub fn new(root: impl Into<PathBuf>) -> Runtime {
-        Runtime { root: root.into() }
+        Runtime {
+            root: root.into(),
+            hosts_vms: false,
+        }
+    }
+
+    /// This runtime's pods run their VMs on threads of this process ([`crate::pod_vmm::host`])
+    /// instead of pod processes of their own: for a long-lived caller that is its pod's
+    /// process, containerd's shim v2. Its pods end with it.
+    pub fn hosting_vms(mut self) -> Runtime {
+        self.hosts_vms = true;
+        self
     }
 
     /// The root from a `--root` flag, else `EMBER_ROOT`, else `/run/ember`.

@@ -26,8 +26,12 @@ pub const MAX_START_TIMEOUT_SECS: u64 = 3600;
 pub struct PodInfo {
     pub id: String,
     pub state: State,
-    /// Pid of the detached ember process running the VM.
+    /// Pid of the ember process running the VM (its own pod process, or the process that
+    /// hosts it: containerd's shim v2).
     pub vmm_pid: Option<i32>,
+    /// The VM runs on threads of the process [`PodInfo::vmm_pid`] names, which hosts it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub vmm_hosted: bool,
     /// A start in progress: who runs it, and its VMM process once spawned.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub starting: Option<StartIntent>,
@@ -57,6 +61,7 @@ impl PodInfo {
             id: rec.id.clone(),
             state: rec.state,
             vmm_pid: rec.vmm.as_ref().map(|v| v.pid),
+            vmm_hosted: rec.vmm.as_ref().is_some_and(|v| v.hosted),
             starting: rec.starting.clone(),
             stopping: rec.stopping.clone(),
             created_unix: rec.created_unix,
@@ -225,7 +230,7 @@ fn stop_vmm(dir: &Path, vmm: &VmmProcess) -> Option<String> {
         Err(e) => reason = Some(format!("stop request failed: {e}; killed")),
     }
     pod_vmm::proc::pause_at("stop:requested");
-    if !pod_vmm::wait_exit(vmm, SHUTDOWN_GRACE + VMM_EXIT) {
+    if !pod_vmm::wait_ended(dir, vmm, SHUTDOWN_GRACE + VMM_EXIT) {
         pod_vmm::kill(vmm);
         reason.get_or_insert_with(|| "VMM did not exit in time; killed".into());
     }
@@ -257,7 +262,9 @@ pub(super) fn recover_start(dir: &Path, rec: &mut PodRecord) -> bool {
     let Some(intent) = rec.starting.take() else {
         return false;
     };
-    if let Some(vmm) = &intent.vmm {
+    // A hosted VM never outlives its start: its starter is a thread of the same process,
+    // which stops and joins it when the start fails, and dies with it.
+    if let Some(vmm) = intent.vmm.as_ref().filter(|v| !v.hosted) {
         pod_vmm::kill(vmm);
     }
     settle_interrupted(dir, rec, "start", &intent.starter);
@@ -593,8 +600,9 @@ impl Runtime {
         Ok(out)
     }
 
-    /// Boot the pod's VM in a detached ember process, wait for the agent's readiness, create
-    /// the pod's containers in the guest, run the hooks.
+    /// Boot the pod's VM in a detached ember process (or on a thread of this one, for a
+    /// runtime that [hosts its VMs](Runtime::hosting_vms)), wait for the agent's readiness,
+    /// create the pod's containers in the guest, run the hooks.
     pub fn start_pod(&self, pod: &str) -> Result<PodInfo, Error> {
         let (_lock, dir, mut rec) = match self.open_timeout(pod, LockKind::Write, Duration::ZERO) {
             // Busy: refused at once when a live ember process is starting it, else wait.
@@ -751,6 +759,7 @@ impl Runtime {
             starter: pod_vmm::proc::this_process().unwrap_or(VmmProcess {
                 pid: std::process::id() as i32,
                 start_time: 0,
+                hosted: false,
             }),
             vmm: None,
             since_unix: crate::state::now_unix(),
@@ -762,7 +771,12 @@ impl Runtime {
             if !host_agent && std::env::var_os("EMBER_FORCE_KVM").is_none_or(|v| v != "1") {
                 vmm::check_kvm_usable().map_err(Error::Kvm)?;
             }
-            let mut spawned = pod_vmm::spawn(&self.root, pod, dir).map_err(Error::Vmm)?;
+            let mut spawned = if self.hosts_vms {
+                pod_vmm::host(dir)
+            } else {
+                pod_vmm::spawn(&self.root, pod, dir)
+            }
+            .map_err(Error::Vmm)?;
             if let Some(s) = &mut rec.starting {
                 s.vmm = Some(spawned.process.clone());
             }
@@ -830,6 +844,7 @@ impl Runtime {
                 stopper: pod_vmm::proc::this_process().unwrap_or(VmmProcess {
                     pid: std::process::id() as i32,
                     start_time: 0,
+                    hosted: false,
                 }),
                 since_unix: crate::state::now_unix(),
             });
@@ -933,15 +948,19 @@ impl Runtime {
             crate::error::report(&why)
         );
         let socket = dir.join(pod_vmm::CONTROL_SOCKET);
-        if let Ok(control::Response::Pong { pid }) =
+        if let Ok(control::Response::Pong { pid, hosted }) =
             control::request(&socket, &control::Request::Ping, control::DEFAULT_TIMEOUT)
         {
             if let Some(vmm) = i32::try_from(pid).ok().and_then(|pid| {
-                pod_vmm::proc::start_time(pid).map(|start_time| VmmProcess { pid, start_time })
+                pod_vmm::proc::start_time(pid).map(|start_time| VmmProcess {
+                    pid,
+                    start_time,
+                    hosted,
+                })
             }) {
                 let _ =
                     control::request(&socket, &control::Request::Stop, crate::timeouts::POD_STOP);
-                if !pod_vmm::wait_exit(&vmm, SHUTDOWN_GRACE + VMM_EXIT) {
+                if !pod_vmm::wait_ended(&dir, &vmm, SHUTDOWN_GRACE + VMM_EXIT) {
                     pod_vmm::kill(&vmm);
                 }
             }

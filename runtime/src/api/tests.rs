@@ -38,7 +38,11 @@ fn dead_process() -> VmmProcess {
         .unwrap();
     let pid = child.id() as i32;
     child.wait().unwrap();
-    VmmProcess { pid, start_time: 1 }
+    VmmProcess {
+        pid,
+        start_time: 1,
+        hosted: false,
+    }
 }
 
 #[test]

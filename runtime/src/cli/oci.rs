@@ -248,6 +248,7 @@ fn backend(ctx: &Ctx, global: &GlobalArgs) -> VmBackend {
             format: global.log_format,
             debug: global.debug,
         },
+        hosts_vms: false,
     }
 }
 

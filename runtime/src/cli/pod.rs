@@ -275,6 +275,9 @@ fn show(p: &PodInfo, out: &OutArgs) {
     out!("pod {} {}", p.id, p.state);
     if let Some(pid) = p.vmm_pid {
         out!(" pid {pid}");
+        if p.vmm_hosted {
+            out!(" (VM hosted by this process)");
+        }
     }
     if let Some(r) = &p.stop_reason {
         out!(" ({r})");

@@ -6,7 +6,9 @@
 //! long-lived shim server (the same binary, grouped by CRI sandbox id, so one shim serves a
 //! whole CRI pod) and prints its address. The server's [`TaskService`] runs each task through
 //! the same [`VmBackend`] and [`Sandbox`] as the runc face: a container without CRI grouping
-//! gets a pod of its own, a CRI member joins its sandbox's pod; the pod library does the rest.
+//! gets a pod of its own, a CRI member joins its sandbox's pod; the pod library does the rest,
+//! with the VM on this process's threads ([`crate::api::Runtime::hosting_vms`]): the shim is
+//! the pod's process.
 //! Events (`/tasks/create`, `start`, `exit`, `delete`, `exec-added`, `exec-started`,
 //! `paused`, `resumed`) go back to containerd through its publisher.
 //!
@@ -99,6 +101,7 @@ impl shim::Shim for EmberShim {
             root: state_root(),
             machine: crate::config::Machine::Vm,
             log: crate::config::LogConfig::default(),
+            hosts_vms: false,
         };
         backend.cleanup(&self.id);
         if let Ok(bundle) = std::env::current_dir() {
@@ -136,6 +139,8 @@ impl shim::Shim for EmberShim {
                 root: state_root(),
                 machine: crate::config::Machine::from_env(),
                 log: crate::config::LogConfig::default(),
+                // The shim is its pod's process: the VM runs here.
+                hosts_vms: true,
             },
         }))
     }

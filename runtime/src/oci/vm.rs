@@ -630,11 +630,19 @@ pub struct VmBackend {
     pub machine: Machine,
     /// The engine's `--log` and format: the pod's VMM process logs there too.
     pub log: LogConfig,
+    /// The pods' VMs run in this process (containerd's shim v2, the pod's process), not in
+    /// pod processes of their own.
+    pub hosts_vms: bool,
 }
 
 impl VmBackend {
     pub fn runtime(&self) -> Runtime {
-        Runtime::new(&self.root)
+        let rt = Runtime::new(&self.root);
+        if self.hosts_vms {
+            rt.hosting_vms()
+        } else {
+            rt
+        }
     }
 
     /// Create and start the pod of a container that owns its VM (no CRI grouping, or a CRI

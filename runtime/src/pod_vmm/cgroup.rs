@@ -199,9 +199,32 @@ pub fn join(root: &Path, dir: &Path, limits: &Limits) -> Result<Option<PathBuf>,
 /// At the pod process's end: move it back to the root cgroup and remove its own (a cgroup
 /// with a process in it cannot go). Best effort: whoever deletes the pod removes what is left
 /// ([`remove`]).
-pub fn leave(root: &Path, dir: &Path) {
-    let _ = fs::write(root.join("cgroup.procs"), std::process::id().to_string());
+/// Move this whole process out of the pod's cgroup `dir` (to `back_to`, else to `root`'s top)
+/// and remove `dir`.
+pub fn leave(root: &Path, dir: &Path, back_to: Option<&Path>) {
+    let to = back_to.unwrap_or(root).join("cgroup.procs");
+    let _ = fs::write(to, std::process::id().to_string());
     remove(dir);
+}
+
+/// The cgroup v2 directory this process is in, under `root` (from `/proc/self/cgroup`).
+pub fn current(root: &Path) -> Option<PathBuf> {
+    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    cgroup_of(root, &text)
+}
+
+/// The cgroup v2 directory a `/proc/<pid>/cgroup` text names (its `0::` line), under `root`.
+fn cgroup_of(root: &Path, text: &str) -> Option<PathBuf> {
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let rel = rel.trim().trim_start_matches('/');
+    if rel.split('/').any(|c| c == "..") {
+        return None;
+    }
+    Some(if rel.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(rel)
+    })
 }
 
 /// Remove a pod's cgroup directory once nothing is in it (errors ignored: already gone, or a
@@ -220,6 +243,19 @@ mod tests {
         assert_eq!(l.memory_max, (1152 + 256) << 20);
         assert_eq!(l.cpu_max, (300_000, 100_000));
         assert_eq!(l.pids_max, 256);
+    }
+
+    #[test]
+    fn the_current_cgroup_is_read_from_the_v2_line() {
+        let root = Path::new("/sys/fs/cgroup");
+        let v1_and_v2 = "12:pids:/user.slice\n0::/system.slice/containerd.service\n";
+        assert_eq!(
+            cgroup_of(root, v1_and_v2),
+            Some(root.join("system.slice/containerd.service"))
+        );
+        assert_eq!(cgroup_of(root, "0::/\n"), Some(root.to_path_buf()));
+        assert_eq!(cgroup_of(root, "1:name=systemd:/x\n"), None);
+        assert_eq!(cgroup_of(root, "0::/a/../../etc\n"), None);
     }
 
     #[test]

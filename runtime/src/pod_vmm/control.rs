@@ -6,6 +6,7 @@ use super::protocol::{Message, VERSION};
 pub use super::protocol::{Request, Response};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// How long a client waits for an answer unless told otherwise.
@@ -75,6 +76,10 @@ pub trait ControlTarget: Send + Sync {
     /// What the VM's devices counted (none without a VM).
     fn counters(&self) -> Vec<vmm::DeviceCounters> {
         Vec::new()
+    }
+    /// Whether the VM runs on threads of a process that hosts it (containerd's shim v2).
+    fn hosted(&self) -> bool {
+        false
     }
     /// Answer an `Events` request on `stream`: `Done` and keep it as a subscriber of the
     /// pod's events, or the reason it is refused.
@@ -172,6 +177,7 @@ fn answer(req: &Request, target: &dyn ControlTarget) -> Response {
     match req {
         Request::Ping => Response::Pong {
             pid: std::process::id(),
+            hosted: target.hosted(),
         },
         Request::Pause => done(target.pause()),
         Request::Resume => done(target.resume()),
@@ -245,7 +251,16 @@ pub fn handle_connection(mut stream: UnixStream, target: &dyn ControlTarget) -> 
 
 /// Serve `listener` until a `Stop` request arrives (then the target was stopped).
 pub fn serve(listener: UnixListener, target: &dyn ControlTarget) {
+    serve_until(listener, target, &AtomicBool::new(false));
+}
+
+/// [`serve`], also ending at the first connection after `ending` was set (whoever sets it
+/// connects once, to wake the accept).
+pub fn serve_until(listener: UnixListener, target: &dyn ControlTarget, ending: &AtomicBool) {
     for stream in listener.incoming() {
+        if ending.load(Ordering::SeqCst) {
+            return;
+        }
         match stream {
             Ok(s) => {
                 if handle_connection(s, target) {

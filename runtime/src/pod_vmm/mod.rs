@@ -1,4 +1,6 @@
-//! A pod's VM lives in its own detached ember process (`ember pod __vmm --root R ID`).
+//! A pod's VM lives in its own detached ember process (`ember pod __vmm --root R ID`), or on
+//! a thread of a long-lived ember process that is the pod's process ([`host`]: containerd's
+//! shim v2), which serves it the same way.
 //!
 //! The starter ([`spawn`]) runs `std::env::current_exe()` in a new session with stdio to
 //! `<pod dir>/vmm.log` and one end of a notify socketpair on fd 3 (`EMBER_NOTIFY_FD=3`). The
@@ -125,13 +127,15 @@ pub enum Error {
     Entropy(#[source] std::io::Error),
 }
 
-/// A spawned VMM process whose start is not committed yet. Dropped uncommitted, it is
-/// killed (with its session) and its sockets go.
+/// A spawned VMM process (or a VM hosted on a thread of this process, [`host`]) whose start
+/// is not committed yet. Dropped uncommitted, it is killed (with its session) and its sockets
+/// go; a hosted one is told that its starter is gone, stops its VM and is joined.
 #[derive(Debug)]
 pub struct Spawned {
     /// The process, known from the moment it is spawned.
     pub process: VmmProcess,
     child: Option<std::process::Child>,
+    thread: Option<std::thread::JoinHandle<()>>,
     channel: UnixStream,
     dir: PathBuf,
     log_path: PathBuf,
@@ -193,11 +197,48 @@ pub fn spawn(root: &Path, pod: &str, dir: &Path) -> Result<Spawned, Error> {
         process: VmmProcess {
             pid,
             start_time: proc::start_time(pid).unwrap_or(0),
+            hosted: false,
         },
         child: Some(child),
+        thread: None,
         channel: ours,
         dir: dir.to_path_buf(),
         log_path,
+        start,
+    })
+}
+
+/// Boot and serve pod `dir`'s VM on a thread of this process instead of a process of its own:
+/// containerd's shim v2 hosts its pod's VM so (the shim *is* the pod process, as Kata's
+/// runtime-rs shim hosts Dragonball). The thread is the pod process's main thread in all but
+/// name: it takes the same seccomp filter, starts the same jailed VM, control, event and
+/// watchdog threads, and ends when the VM does, its sockets removed last. What is per process
+/// stays the host's: its logger (the VM's lines go to the shim's log), and its cgroup, which
+/// becomes the pod's while the VM runs (Kata's `sandbox_cgroup_only`).
+pub fn host(dir: &Path) -> Result<Spawned, Error> {
+    remove_sockets(dir);
+    let (ours, theirs) = UnixStream::pair().map_err(Error::Socket)?;
+    let process = VmmProcess {
+        hosted: true,
+        ..proc::this_process().ok_or_else(|| {
+            Error::Spawn(std::io::Error::other(
+                "cannot read this process's start time",
+            ))
+        })?
+    };
+    let start = Instant::now();
+    let vm_dir = dir.to_path_buf();
+    let thread = crate::logging::spawn("pod-vmm", move || {
+        let _ = serve_with(&vm_dir, Notifier(Some(theirs)), true, start);
+    })
+    .map_err(Error::Thread)?;
+    Ok(Spawned {
+        process,
+        child: None,
+        thread: Some(thread),
+        channel: ours,
+        dir: dir.to_path_buf(),
+        log_path: dir.join(LOG_FILE),
         start,
     })
 }
@@ -257,12 +298,21 @@ impl Spawned {
             // Reap it if it exits while we still run (the CLI exits long before it does).
             crate::logging::thread("vmm-reaper", move || child.wait());
         }
+        // A hosted VM's thread runs on, detached, until the VM ends.
+        self.thread = None;
         Ok(())
     }
 }
 
 impl Drop for Spawned {
     fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            // The closed socket is the starter gone: the thread stops the VM and returns.
+            let _ = self.channel.shutdown(std::net::Shutdown::Both);
+            let _ = thread.join();
+            remove_sockets(&self.dir);
+            return;
+        }
         let Some(mut child) = self.child.take() else {
             return;
         };
@@ -301,10 +351,16 @@ pub fn remove_sockets(dir: &Path) {
     }
 }
 
-/// Wait up to `timeout` for the process to end; true when it did.
-pub fn wait_exit(p: &VmmProcess, timeout: Duration) -> bool {
+/// Whether pod `dir`'s VM, run by `p`, has ended: its process is gone, or (a hosted VM) its
+/// control socket, which the hosting thread removes last.
+pub fn ended(dir: &Path, p: &VmmProcess) -> bool {
+    !proc::is_alive(p) || (p.hosted && !dir.join(CONTROL_SOCKET).exists())
+}
+
+/// Wait up to `timeout` for pod `dir`'s VM to end ([`ended`]); true when it did.
+pub fn wait_ended(dir: &Path, p: &VmmProcess, timeout: Duration) -> bool {
     let start = Instant::now();
-    while proc::is_alive(p) {
+    while !ended(dir, p) {
         if start.elapsed() >= timeout {
             return false;
         }
@@ -313,15 +369,25 @@ pub fn wait_exit(p: &VmmProcess, timeout: Duration) -> bool {
     true
 }
 
-/// SIGKILL the VMM process (and its session) if it is still the recorded process.
+/// SIGKILL the VMM process (and its session) if it is still the recorded process. The host
+/// of a hosted VM is killed with it (as Kata's VMM dies with its shim), unless it is this
+/// process: then there is nothing to kill that would not take the caller too, and the VM
+/// thread's own hard stop is what ends it.
 pub fn kill(p: &VmmProcess) {
+    if p.hosted && proc::is_this_process(p) {
+        log::error!("the VM hosted in this process did not end when stopped");
+        return;
+    }
     if proc::is_alive(p) {
         // SAFETY: plain kill(2); the pid was checked against its start time just above.
         unsafe {
             libc::kill(-p.pid, libc::SIGKILL);
             libc::kill(p.pid, libc::SIGKILL);
         }
-        wait_exit(p, crate::timeouts::VMM_EXIT);
+        let start = Instant::now();
+        while proc::is_alive(p) && start.elapsed() < crate::timeouts::VMM_EXIT {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -460,41 +526,54 @@ fn guest_hostname(pod: &str) -> String {
 
 /// The body of `ember pod __vmm`: boot the pod's VM and serve it until it ends.
 pub fn serve(dir: &Path) -> Result<(), Error> {
-    let t0 = Instant::now();
-    let mut notify = Notifier::from_env();
-    let result = serve_inner(dir, &mut notify, t0);
+    serve_with(dir, Notifier::from_env(), false, Instant::now())
+}
+
+/// Boot and serve the VM (in a pod process of its own, or `hosted` on a thread of a longer
+/// lived one), reporting to the starter on `notify`; the pod's sockets go when it ends, the
+/// control socket last of all, after everything of the VM.
+fn serve_with(dir: &Path, mut notify: Notifier, hosted: bool, t0: Instant) -> Result<(), Error> {
+    let result = serve_inner(dir, &mut notify, hosted, t0);
     if let Err(e) = &result {
         notify.send(Report::Failed {
             message: crate::error::report(e),
         });
-        remove_sockets(dir);
     }
+    remove_sockets(dir);
     result
 }
 
-fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Error> {
+fn serve_inner(dir: &Path, notify: &mut Notifier, hosted: bool, t0: Instant) -> Result<(), Error> {
     // No lock here: the starter holds the pod's write lock for the whole start and stored the
     // record before spawning us; records are replaced atomically, so this read is whole.
     let rec = PodRecord::load(dir).map_err(Error::State)?;
     // Our stderr is <pod dir>/vmm.log; the pod config may name one more file (the engine's).
-    let log = &rec.config.log;
-    crate::logging::init(&crate::logging::Config {
-        file: None,
-        also: log.file.clone(),
-        format: log.format,
-        debug: log.debug,
-        errors_to_stderr: false,
-    })
-    .map_err(Error::Logging)?;
+    // A hosting process has its logger already.
+    if !hosted {
+        let log = &rec.config.log;
+        crate::logging::init(&crate::logging::Config {
+            file: None,
+            also: log.file.clone(),
+            format: log.format,
+            debug: log.debug,
+            errors_to_stderr: false,
+        })
+        .map_err(Error::Logging)?;
+    }
     log::info!(
-        "pod {}: VMM process {} starting",
+        "pod {}: VMM {} {} starting",
         rec.id,
+        if hosted {
+            "hosted by process"
+        } else {
+            "process"
+        },
         std::process::id()
     );
     // Into the pod's own cgroup before any thread starts (so all of them are in it).
     let _cgroup = match rec.config.machine {
-        config::Machine::Vm => PodCgroup::join(&rec),
-        config::Machine::HostAgent { .. } => PodCgroup(None),
+        config::Machine::Vm => PodCgroup::join(&rec, hosted),
+        config::Machine::HostAgent { .. } => PodCgroup::none(),
     };
     let bind = |name: &str| {
         let path = dir.join(name);
@@ -503,6 +582,13 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
     };
     let announce = bind(ANNOUNCE_SOCKET)?;
     let control_listener = bind(CONTROL_SOCKET)?;
+    // Whatever way this returns, the threads that wait on the sockets end (they would stay
+    // blocked in a hosting process, holding the VM); the VM is gone first.
+    let ending = Arc::new(AtomicBool::new(false));
+    let _wake = WakeListeners {
+        dir,
+        ending: ending.clone(),
+    };
 
     let (tx, rx) = mpsc::channel::<Event>();
     let t = Instant::now();
@@ -554,11 +640,15 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
         })
         .map_err(Error::Thread)?;
     } else {
-        let filters = filters.clone();
+        let (filters, ending) = (filters.clone(), ending.clone());
         crate::logging::spawn("announce", move || {
             vm::confine(filters.as_deref(), vmm::seccomp::ThreadKind::Relay);
             loop {
-                match agent::client::accept_hello(&announce) {
+                let hello = agent::client::accept_hello(&announce);
+                if ending.load(Ordering::SeqCst) {
+                    return;
+                }
+                match hello {
                     Ok(hello) => {
                         let _ = atx.send(Event::Ready(hello.agent_version));
                         return;
@@ -628,7 +718,7 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
     proc::pause_at("vmm:ready");
     notify.send(Report::Ready);
     if notify.has_starter() {
-        if let Err(e) = wait_committed(&rx, dir, timeout) {
+        if let Err(e) = wait_committed(&rx, dir, timeout, hosted) {
             machine.stop();
             return Err(e);
         }
@@ -642,14 +732,15 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
         inner: machine.target(dir, requested.clone(), rec.config.shutdown),
         watch: watch.clone(),
         hub: hub.clone(),
+        hosted,
     };
-    let control_filters = filters.clone();
-    crate::logging::spawn("control", move || {
+    let (control_filters, cending) = (filters.clone(), ending.clone());
+    let control_thread = crate::logging::spawn("control", move || {
         vm::confine(
             control_filters.as_deref(),
             vmm::seccomp::ThreadKind::Control,
         );
-        control::serve(control_listener, &target)
+        control::serve_until(control_listener, &target, &cending)
     })
     .map_err(Error::Thread)?;
     // The guest agent's own event stream (its containers' exits), told to the subscribers.
@@ -659,11 +750,16 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
         events::relay_agent(&edir, &ehub)
     })
     .map_err(Error::Thread)?;
-    let (wdir, wreq, wtx) = (dir.to_path_buf(), requested.clone(), tx.clone());
+    let (wdir, wreq, wend, wtx) = (
+        dir.to_path_buf(),
+        requested.clone(),
+        ending.clone(),
+        tx.clone(),
+    );
     let limit = Duration::from_secs(rec.config.agent_timeout_secs);
     crate::logging::spawn("agent-watch", move || {
         vm::confine(filters.as_deref(), vmm::seccomp::ThreadKind::Control);
-        watchdog::run(wdir, limit, watch, wreq, wtx)
+        watchdog::run(wdir, limit, watch, wreq, wend, wtx)
     })
     .map_err(Error::Thread)?;
 
@@ -691,15 +787,58 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, t0: Instant) -> Result<(), Err
         mark_ended(dir, &reason, poststop.take());
     }
     hub.publish(protocol::PodEvent::VmEnded { reason });
-    remove_sockets(dir);
+    // The control thread holds a handle on the VM (its memory, its devices' files): it ends
+    // before the control socket goes, which tells a hosting process's callers that the VM is
+    // gone (a container's rootfs can then be unmounted).
+    ending.store(true, Ordering::SeqCst);
+    let _ = UnixStream::connect(dir.join(CONTROL_SOCKET));
+    let _ = control_thread.join();
     Ok(())
 }
 
-/// The pod process's cgroup ([`cgroup`]), left and removed when the process is done.
-struct PodCgroup(Option<PathBuf>);
+/// At the end of [`serve_inner`]: the `ending` flag set, and one connection to each of the
+/// pod's listening sockets, so that the threads blocked in their accept see it and return.
+struct WakeListeners<'a> {
+    dir: &'a Path,
+    ending: Arc<AtomicBool>,
+}
+
+impl Drop for WakeListeners<'_> {
+    fn drop(&mut self) {
+        self.ending.store(true, Ordering::SeqCst);
+        for name in [ANNOUNCE_SOCKET, CONTROL_SOCKET] {
+            let _ = UnixStream::connect(self.dir.join(name));
+        }
+    }
+}
+
+/// The pod process's cgroup ([`cgroup`]), left and removed when the process is done: back to
+/// the root for a pod process about to exit, back to where it was for a hosting process.
+struct PodCgroup {
+    dir: Option<PathBuf>,
+    back_to: Option<PathBuf>,
+}
 
 impl PodCgroup {
-    fn join(rec: &PodRecord) -> PodCgroup {
+    fn none() -> PodCgroup {
+        PodCgroup {
+            dir: None,
+            back_to: None,
+        }
+    }
+
+    fn join(rec: &PodRecord, hosted: bool) -> PodCgroup {
+        let back_to = if hosted {
+            match cgroup::current(Path::new(cgroup::CGROUP_ROOT)) {
+                Some(dir) => Some(dir),
+                None => {
+                    log::info!("cannot tell this process's cgroup: the hosted VM stays in it");
+                    return PodCgroup::none();
+                }
+            }
+        } else {
+            None
+        };
         let limits = cgroup::Limits::for_vm(rec.config.mem_mib, rec.config.vcpus);
         let root = Path::new(cgroup::CGROUP_ROOT);
         let dir = cgroup::path_for(root, rec.config.cgroup.as_deref(), &rec.id);
@@ -713,21 +852,24 @@ impl PodCgroup {
                     limits.cpu_max.0,
                     limits.cpu_max.1
                 );
-                PodCgroup(Some(dir))
+                PodCgroup {
+                    dir: Some(dir),
+                    back_to,
+                }
             }
             Ok(None) => {
                 log::info!(
                     "no cgroup v2 hierarchy at {}: the pod process stays in its parent's cgroup",
                     cgroup::CGROUP_ROOT
                 );
-                PodCgroup(None)
+                PodCgroup::none()
             }
             Err(e) => {
                 log::warn!(
                     "the pod process stays in its parent's cgroup: {}",
                     crate::error::report(&e)
                 );
-                PodCgroup(None)
+                PodCgroup::none()
             }
         }
     }
@@ -735,23 +877,32 @@ impl PodCgroup {
 
 impl Drop for PodCgroup {
     fn drop(&mut self) {
-        if let Some(dir) = &self.0 {
-            cgroup::leave(Path::new(cgroup::CGROUP_ROOT), dir);
+        if let Some(dir) = &self.dir {
+            cgroup::leave(Path::new(cgroup::CGROUP_ROOT), dir, self.back_to.as_deref());
         }
     }
 }
 
 /// Wait for the starter's commit. A starter that closed the socket may have died just after
 /// it stored the record: the record naming this process as the running pod's is the commit.
-fn wait_committed(rx: &mpsc::Receiver<Event>, dir: &Path, timeout: Duration) -> Result<(), Error> {
+/// A hosted VM's starter is a thread of the same process, which cannot die on its own: its
+/// closed socket is always a start given up.
+fn wait_committed(
+    rx: &mpsc::Receiver<Event>,
+    dir: &Path,
+    timeout: Duration,
+    hosted: bool,
+) -> Result<(), Error> {
     let deadline = Instant::now() + timeout;
     loop {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(Event::Committed) => return Ok(()),
             Ok(Event::StarterGone) => {
-                let owned = PodRecord::load(dir).is_ok_and(|rec| {
-                    rec.state == State::Running && rec.vmm == proc::this_process()
-                });
+                let owned = !hosted
+                    && PodRecord::load(dir).is_ok_and(|rec| {
+                        rec.state == State::Running
+                            && rec.vmm.as_ref().is_some_and(proc::is_this_process)
+                    });
                 return if owned { Ok(()) } else { Err(Error::Orphaned) };
             }
             Ok(Event::Exited(msg)) => return Err(Error::EndedEarly(msg)),
@@ -771,8 +922,9 @@ fn mark_ended(dir: &Path, reason: &str, poststop: Option<hooks::Runner>) {
     let Ok(mut rec) = PodRecord::load(dir) else {
         return;
     };
-    let me = proc::this_process();
-    if !matches!(rec.state, State::Running | State::Paused) || rec.vmm.as_ref() != me.as_ref() {
+    if !matches!(rec.state, State::Running | State::Paused)
+        || !rec.vmm.as_ref().is_some_and(proc::is_this_process)
+    {
         return;
     }
     rec.state = State::Stopped;

@@ -40,7 +40,13 @@ pub fn this_process() -> Option<VmmProcess> {
     Some(VmmProcess {
         pid,
         start_time: start_time(pid)?,
+        hosted: false,
     })
+}
+
+/// Whether `p` is this process (whether it hosts the VM or is the VM's own).
+pub fn is_this_process(p: &VmmProcess) -> bool {
+    this_process().is_some_and(|me| me.pid == p.pid && me.start_time == p.start_time)
 }
 
 /// True while the recorded process still runs (same pid, same start time).
@@ -59,6 +65,7 @@ mod tests {
         let older = VmmProcess {
             pid: me.pid,
             start_time: me.start_time.wrapping_add(1),
+            hosted: false,
         };
         assert!(
             !is_alive(&older),

@@ -111,9 +111,12 @@ pub struct EventRecord {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Response {
     Done,
-    /// The process's pid.
+    /// The process's pid, and whether it hosts the VM on its threads (containerd's shim v2
+    /// of the pod) rather than being the VM's own pod process.
     Pong {
         pid: u32,
+        #[serde(default)]
+        hosted: bool,
     },
     /// The request was refused or failed; the pod goes on.
     Error(String),

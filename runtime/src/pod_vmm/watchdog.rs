@@ -35,6 +35,8 @@ pub struct Watched {
     pub inner: Arc<dyn ControlTarget>,
     pub watch: Arc<Watch>,
     pub hub: Arc<super::events::Hub>,
+    /// The VM runs on threads of a process that hosts it (containerd's shim v2).
+    pub hosted: bool,
 }
 
 impl Watched {
@@ -59,6 +61,9 @@ impl ControlTarget for Watched {
         self.watch.set_paused(false);
         self.hub.publish(PodEvent::Resumed);
         Ok(())
+    }
+    fn hosted(&self) -> bool {
+        self.hosted
     }
     fn subscribe(&self, stream: std::os::unix::net::UnixStream) {
         if let Err(e) = self.hub.add(stream) {
@@ -98,21 +103,23 @@ pub fn reason(silent: Duration, limit: Duration) -> String {
 }
 
 /// The health check's loop (the `agent-watch` thread): returns when a stop was `requested`,
-/// or after it sent [`Event::Unresponsive`]. `limit` zero only logs.
+/// the VM is `ending`, or after it sent [`Event::Unresponsive`]. `limit` zero only logs.
 pub fn run(
     dir: PathBuf,
     limit: Duration,
     watch: Arc<Watch>,
     requested: Arc<AtomicBool>,
+    ending: Arc<AtomicBool>,
     events: mpsc::Sender<Event>,
 ) {
+    let done = || requested.load(Ordering::SeqCst) || ending.load(Ordering::SeqCst);
     let interval = crate::timeouts::AGENT_HEALTH_INTERVAL;
     let mut answered = Instant::now();
     let mut silent_logged = false;
     loop {
         std::thread::sleep(interval);
         let changes = watch.changes.load(Ordering::SeqCst);
-        if requested.load(Ordering::SeqCst) {
+        if done() {
             return;
         }
         if watch.paused.load(Ordering::SeqCst) {
@@ -122,7 +129,7 @@ pub fn run(
         let ping = crate::agent_link::connect(&dir, Some(crate::timeouts::AGENT_SHORT_CALL))
             .map_err(|e| crate::error::report(&e))
             .and_then(|mut c| c.ping().map_err(|e| crate::error::report(&e)));
-        if requested.load(Ordering::SeqCst) {
+        if done() {
             return;
         }
         if watch.changes.load(Ordering::SeqCst) != changes {

@@ -65,12 +65,17 @@ pub enum Error {
     NoVersion { path: PathBuf },
 }
 
-/// The detached process that runs a pod's VM. The start time (from `/proc/<pid>/stat`) guards
+/// The process that runs a pod's VM. The start time (from `/proc/<pid>/stat`) guards
 /// against pid reuse.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmmProcess {
     pub pid: i32,
     pub start_time: u64,
+    /// The VM runs on threads of a longer-lived ember process that hosts it (containerd's
+    /// shim v2 of the pod) instead of a pod process of its own: the VM's end is the end of
+    /// its control socket, not of the process, and killing the process kills its host.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hosted: bool,
 }
 
 /// A pod start in progress, recorded before anything irreversible happens: the ember process
