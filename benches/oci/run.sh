@@ -6,11 +6,13 @@
 # create; start-to-exit; rm). Prints a table.
 #
 # Usage: benches/oci/run.sh [RUNS]            (RUNS per runtime, default 3)
-# Also: a container joining a running CRI pod (disk slot) against one with its own VM.
+# Also: a container joining a running CRI pod (disk slot) against one with its own VM, and
+# `ctr run --rm busybox true` through containerd's runc shim and ember's shim v2.
 # Env:   EMBER_RIG            path to ember-rig (default: PATH, else target/*/ember-rig)
 #        EMBER_BASELINE       an earlier static ember: measured in the same runs as ember-base
 #        EMBER_DEBIAN_IMAGE   the Debian image (default /var/cache/ember/debian-host.ext4)
 #        OUT                  directory for the console log and the table (default: temp dir)
+#        EMBER_OCI_BENCH_PARTS  which parts (default "podman phases cri ctr")
 # Needs what `ember-rig run` needs (host kernel, static ember, guest artifacts, QEMU) and the
 # Debian image.
 set -eu
@@ -32,7 +34,11 @@ fi
 mkdir -p "$OUT"
 scenario=$OUT/oci-bench.sh
 log=$OUT/console.log
-{ echo "RUNS=$RUNS"; cat "$here/scenario-oci-bench.sh"; } >"$scenario"
+{
+    echo "RUNS=$RUNS"
+    echo "PARTS=\"${EMBER_OCI_BENCH_PARTS:-podman phases cri ctr}\""
+    cat "$here/scenario-oci-bench.sh"
+} >"$scenario"
 
 # The Debian disk (snapshot: the image is never written) and memory for podman + a guest.
 EMBER_RIG_QEMU_ARGS="-M microvm,acpi=off -m 3072 -drive file=$image,if=none,id=debian,format=raw,snapshot=on -device virtio-blk-device,drive=debian" \
@@ -40,7 +46,7 @@ EMBER_RIG_QEMU_ARGS="-M microvm,acpi=off -m 3072 -drive file=$image,if=none,id=d
     ${EMBER_BASELINE:+--add "$EMBER_BASELINE:/usr/local/bin/ember-base"} || true
 
 awk -v runs="$RUNS" '
-/^=== BEGIN bench-(runc|ember|ember-base)-(busybox|big)-[0-9]/ {
+/^=== BEGIN bench-(ctr-)?(runc|ember|ember-base)(-(busybox|big))?-[0-9]/ {
     key = $3; sub(/^bench-/, "", key); sub(/-[0-9]+$/, "", key); next
 }
 /^wall_ms=/ && key != "" {
@@ -58,13 +64,14 @@ function median(key,   m, i, j, tmp) {
     return m > 0 ? v[key, int((m + 1) / 2)] : ""
 }
 END {
-    printf "%-10s %-8s %5s %10s %10s %10s %6s %14s\n", "runtime", "image", "runs", "min_ms", "median_ms", "max_ms", "failed", "extra_vs_runc"
     split("runc ember-base ember", rts, " ")
     split("busybox big", imgs, " ")
     for (g = 1; g <= 2; g++) for (k = 1; k <= 3; k++) {
         key = rts[k] "-" imgs[g]
         m = n[key] + 0
         if (m == 0 && bad[key] == 0) continue
+        if (!podman++)
+            printf "%-10s %-8s %5s %10s %10s %10s %6s %14s\n", "runtime", "image", "runs", "min_ms", "median_ms", "max_ms", "failed", "extra_vs_runc"
         med[key] = median(key)
         if (m > 0) {
             extra = "-"
@@ -88,9 +95,27 @@ END {
         printf "  rm                           %s\n", op[rt, "rm"]
         if (ph[rt] != "") print rt " create phases (ms): " ph[rt]
     }
-    print ""
-    print "ember runc CLI, create + start + true + delete (ms, each run):"
-    printf "  member of a running CRI pod  %s\n", cri["member"]
-    printf "  container with its own VM    %s\n", cri["single"]
+    if (cri["member"] cri["single"] != "") {
+        print ""
+        print "ember runc CLI, create + start + true + delete (ms, each run):"
+        printf "  member of a running CRI pod  %s\n", cri["member"]
+        printf "  container with its own VM    %s\n", cri["single"]
+    }
+    header = 0
+    for (k = 1; k <= 3; k++) {
+        key = "ctr-" rts[k]
+        if (n[key] + bad[key] == 0) continue
+        if (!header) {
+            print ""
+            print "ctr run --rm busybox true (containerd; runc: its runc shim, ember: ember'"'"'s shim v2):"
+            printf "%-10s %5s %10s %10s %10s %6s %14s\n", "runtime", "runs", "min_ms", "median_ms", "max_ms", "failed", "extra_vs_runc"
+            header = 1
+        }
+        med[key] = median(key)
+        extra = (rts[k] != "runc" && med["ctr-runc"] != "" && med[key] != "") ? med[key] - med["ctr-runc"] : "-"
+        if (n[key] > 0)
+            printf "%-10s %5d %10d %10d %10d %6d %14s\n", rts[k], n[key], v[key, 1], med[key], v[key, n[key]], bad[key], extra
+        else printf "%-10s %5d %10s %10s %10s %6d %14s\n", rts[k], 0, "-", "-", "-", bad[key], "-"
+    }
 }' "$log" | tee "$OUT/table.txt"
 echo "run.sh: console log $log" >&2

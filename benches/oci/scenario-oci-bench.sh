@@ -1,8 +1,16 @@
 # oci-bench: `podman run --rm IMAGE true` with runc and with ember in the Debian root of the
 # virtual KVM host, for busybox and a 240 MiB image, RUNS times each (sections
 # bench-<runtime>-<image>-<i>), then one ember container by
-# runc operation: create (with ember's own phases), start-to-exit, rm (section bench-phases).
-# Generated settings come first (RUNS=...); see benches/oci/run.sh.
+# runc operation: create (with ember's own phases), start-to-exit, rm (section bench-phases);
+# a container joining a CRI pod (bench-cri); `ctr run --rm busybox true` through containerd's
+# runc shim and ember's shim v2 (bench-ctr-<runtime>-<i>).
+# Generated settings come first (RUNS=..., PARTS=...); see benches/oci/run.sh.
+
+# part NAME: whether PARTS (podman phases cri ctr) asks for it.
+part() {
+    case " $PARTS " in *" $1 "*) return 0 ;; esac
+    return 1
+}
 
 DEB=/debian
 mkdir -p "$DEB" && mount -t ext4 /dev/vda "$DEB" || { echo "no Debian disk"; return 0; }
@@ -46,6 +54,7 @@ chmod 755 "$DEB/usr/local/bin/timed"
 # Runs alternate between the runtimes (and images), so a slow stretch of the machine hits each
 # alike. Sections bench-<runtime>-<image>-<i>.
 i=1
+part podman || i=$((RUNS + 1))
 while [ "$i" -le "$RUNS" ]; do
     for img in busybox big; do
     for rt in runc $BASE ember; do
@@ -79,7 +88,7 @@ echo "op=start-to-exit rt=$rt $(/usr/local/bin/timed podman $R start -a ph-$rt |
 echo "op=rm rt=$rt $(/usr/local/bin/timed podman $R rm ph-$rt | tail -1)"
 PHASES
 chmod 755 "$DEB/usr/local/bin/phases-bench"
-for rt in runc $BASE ember; do
+part phases && for rt in runc $BASE ember; do
     section_timeout 900 "bench-phases-$rt" /tmp/dch /usr/local/bin/phases-bench $rt
 done
 
@@ -127,4 +136,30 @@ done
 ember kill sb KILL; sleep 1; ember delete --force sb
 CRIBENCH
 chmod 755 "$DEB/usr/local/bin/cri-bench"
-section_timeout 900 bench-cri /tmp/dch /usr/local/bin/cri-bench "$RUNS"
+part cri && section_timeout 900 bench-cri /tmp/dch /usr/local/bin/cri-bench "$RUNS"
+
+# bench-ctr-<runtime>-<i>: `ctr run --rm busybox true` with containerd's runc shim
+# (io.containerd.runc.v2) and ember's shim v2 (io.containerd.ember.v2, whose VM runs in the
+# shim; the baseline's through the same link pointed at it for its runs), alternating.
+cat >"$DEB/usr/local/bin/ctr-bench" <<'CTRBENCH'
+#!/bin/sh
+rt=$1
+R="--runtime io.containerd.runc.v2"
+if [ "$rt" != runc ]; then
+    ln -sf "/usr/local/bin/$rt" /usr/local/bin/containerd-shim-ember-v2
+    R="--runtime io.containerd.ember.v2"
+fi
+/usr/local/bin/timed ctr run --rm --snapshotter native $R docker.io/library/busybox:latest "cb-$rt-$2" true
+CTRBENCH
+chmod 755 "$DEB/usr/local/bin/ctr-bench"
+if part ctr; then
+    section_timeout 300 bench-ctr-setup /tmp/dch sh -c 'ember-debian-init containerd &&
+        ctr image import --snapshotter native /var/lib/ember-oci/busybox-oci.tar >/dev/null'
+    i=1
+    while [ "$i" -le "$RUNS" ]; do
+        for rt in runc $BASE ember; do
+            section_timeout 600 "bench-ctr-$rt-$i" /tmp/dch /usr/local/bin/ctr-bench $rt $i
+        done
+        i=$((i + 1))
+    done
+fi
