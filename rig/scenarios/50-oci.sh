@@ -545,6 +545,21 @@ while ! ctr task ls | grep -q "^v2b .*STOPPED"; do
 done
 ctr task delete v2b >/dev/null; echo "v2-delete=$?"
 ctr container rm v2b
+# A shim killed -9 takes its pod's VM with it (the VM is the shim's); containerd's cleanup
+# (`shim delete`) removes the rest: pod, state, the pod's cgroup.
+ctr run -d $R $I v2k sleep 1000 >/dev/null || exit 1
+kpid=$(ember pod status --json v2k | sed -n 's/.*"vmm_pid": *\([0-9]*\).*/\1/p' | head -1)
+kcg=$(sed -n 's/^0:://p' "/proc/$kpid/cgroup")
+echo "v2 shim cgroup: $kcg"
+kill -9 "$kpid"
+n=0
+while ctr task ls | grep -q "^v2k .*RUNNING"; do
+    n=$((n + 1)); [ $n -gt 300 ] && { echo "v2k runs on after its shim died"; exit 1; }
+    sleep 0.2
+done
+ctr task delete v2k >/dev/null 2>&1
+ctr container rm v2k
+echo "v2 killed shim: cgroup left $(ls -d "/sys/fs/cgroup$kcg" 2>/dev/null | wc -l)"
 sleep 1
 echo "v2 ember processes: $(pgrep -c -f "^/usr/local/bin/ember" || true)"
 echo "v2 pods: $(ls /run/ember/@pods 2>/dev/null | wc -l)"

@@ -329,6 +329,30 @@ fn ctr_runs_tasks_through_containerd_shim_ember_v2() {
     ctd.ok(&["task", "delete", "t2"]);
     ctd.ok(&["container", "rm", "t2"]);
 
+    // A shim killed -9 takes its pod's VM with it (the VM is the shim's); containerd's cleanup
+    // (`shim delete`) removes the rest, and the task is seen stopped.
+    let mut args = vec!["run", "-d"];
+    args.extend(runtime);
+    args.extend(["t4", "sleep", "1000"]);
+    ctd.ok(&args);
+    let rec: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(ctd.dir.join("ember/@pods/t4/state.json")).unwrap(),
+    )
+    .unwrap();
+    let shim = rec["vmm"]["pid"].as_i64().unwrap() as i32;
+    // SAFETY: plain kill(2) of the shim process the pod record names.
+    unsafe { libc::kill(shim, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ctd.task_status("t4") == "RUNNING" {
+        assert!(
+            Instant::now() < deadline,
+            "t4 still running after its shim died"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = ctd.ctr(&["task", "delete", "t4"]);
+    ctd.ok(&["container", "rm", "t4"]);
+
     // Nothing is left: no shim, pod process or agent; no pod; no state.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !ember_processes(&ctd.dir).is_empty() {

@@ -480,6 +480,8 @@ fn containerd_shim_v2_runs_tasks_and_leaves_nothing() {
         "v2 pod hosted: yes",
         "v2 VMM process is the shim",
         "v2 shim threads: control pod-vmm vcpu0",
+        "v2 shim cgroup: /default/v2k",
+        "v2 killed shim: cgroup left 0",
         "v2 ember processes: 0",
         "v2 pods: 0",
         "v2 state dirs: 0",

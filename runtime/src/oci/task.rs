@@ -104,6 +104,11 @@ impl shim::Shim for EmberShim {
             hosts_vms: false,
         };
         backend.cleanup(&self.id);
+        // The task's state directory (its timings), which the dead shim would have removed at
+        // its delete; only for an id that names one (not a path elsewhere, not `@pods`).
+        if crate::api::id::validate("container", &self.id).is_ok() {
+            let _ = std::fs::remove_dir_all(backend.root.join(&self.id));
+        }
         if let Ok(bundle) = std::env::current_dir() {
             unmount_rootfs(&bundle);
         }
