@@ -840,3 +840,44 @@ fn a_container_with_its_own_network_namespace_gets_its_pod_at_start() {
     let leaks = oci.leaks();
     assert!(leaks.none(), "{leaks:?}");
 }
+
+/// The pod process keeps its containers' table: a container whose process exits is recorded
+/// stopped, with its exit code, by the pod process itself (from the agent's event stream),
+/// before any client asks the agent.
+#[test]
+fn the_pod_process_records_a_container_exit_itself() {
+    let Some(agent) = prerequisites("the_pod_process_records_a_container_exit_itself") else {
+        return;
+    };
+    let env = Env::new("exit-record", agent);
+    env.ok(&["pod", "create", "p"]);
+    let rootfs = env.rootfs();
+    env.ok(&[
+        "container",
+        "create",
+        "p",
+        "q",
+        "--rootfs-guest-path",
+        rootfs.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    env.ok(&["pod", "start", "p"]);
+    env.ok(&["container", "start", "p", "q"]);
+    // Read the record itself: `status` would ask the agent and record it too.
+    let record = env.root.join("@pods/p/state.json");
+    let q = || -> serde_json::Value {
+        let rec: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&record).unwrap()).unwrap();
+        rec["containers"]["q"].clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while q()["state"] != "stopped" {
+        assert!(Instant::now() < deadline, "not recorded: {}", q());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(q()["exit_code"], 3, "{}", q());
+    env.ok(&["pod", "stop", "p"]);
+}

@@ -337,13 +337,7 @@ pub(super) fn death_note(dir: &Path, cgroup: Option<&Path>) -> String {
 fn settle_exits(rec: &mut PodRecord, exited: &[(String, i32)]) -> bool {
     let mut changed = false;
     for (cid, code) in exited {
-        if let Some(c) = rec.containers.get_mut(cid) {
-            if c.state == State::Running {
-                c.state = State::Stopped;
-                c.exit_code = Some(*code);
-                changed = true;
-            }
-        }
+        changed |= rec.record_exit(cid, *code);
     }
     changed
 }

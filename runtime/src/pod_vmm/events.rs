@@ -11,6 +11,7 @@
 use super::protocol::{EventRecord, Message, PodEvent, Response};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -74,10 +75,12 @@ impl Hub {
     }
 }
 
-/// Follows the guest agent's event stream of the pod at `dir` and publishes each container
-/// exit, until the agent's connection ends (the VM went away). An agent without an event
-/// stream (an older guest image) is logged once and left alone.
-pub fn relay_agent(dir: &Path, hub: &Hub) {
+/// Follows the guest agent's event stream of the pod at `dir`: each container exit is
+/// recorded in the pod's record at once ([`record_exit`]) and published, until the agent's
+/// connection ends (the VM went away). An agent without an event stream (an older guest
+/// image) is logged once and left alone; `ending` set: the VM is going, nothing more is
+/// recorded.
+pub fn relay_agent(dir: &Path, hub: &Hub, ending: &AtomicBool) {
     let events = crate::agent_link::connect(dir, None)
         .map_err(|e| crate::error::report(&e))
         .and_then(|c| c.events().map_err(|e| crate::error::report(&e)));
@@ -93,11 +96,14 @@ pub fn relay_agent(dir: &Path, hub: &Hub) {
             Ok(agent::client::AgentEvent::ContainerExited {
                 container_id,
                 status,
-            }) => hub.publish(PodEvent::ContainerExited {
-                container: container_id,
-                code: status.code,
-                signal: status.signal,
-            }),
+            }) => {
+                record_exit(dir, &container_id, status.code, ending);
+                hub.publish(PodEvent::ContainerExited {
+                    container: container_id,
+                    code: status.code,
+                    signal: status.signal,
+                })
+            }
             Err(e) => {
                 log::debug!(
                     "the agent's event stream broke: {}",
@@ -105,6 +111,36 @@ pub fn relay_agent(dir: &Path, hub: &Hub) {
                 );
                 return;
             }
+        }
+    }
+}
+
+/// The pod process keeps its containers' table: container `cid` of the pod at `dir` exited
+/// with `code`, so its record says so without a client having to ask the agent. Under the
+/// pod's write lock (waited for, as a client's call may hold it); skipped once the VM is
+/// `ending` (a stop records the containers itself) or the record names another VM process.
+fn record_exit(dir: &Path, cid: &str, code: i32, ending: &AtomicBool) {
+    use crate::state::{LockKind, PodLock, PodRecord, State};
+    let lock = PodLock::acquire_pod(dir, LockKind::Write, crate::timeouts::RECORD_END_LOCK);
+    if ending.load(Ordering::SeqCst) {
+        return;
+    }
+    let Ok(_lock) = lock else {
+        log::warn!("container {cid} exited ({code}); cannot lock the pod to record it");
+        return;
+    };
+    let Ok(mut rec) = PodRecord::load(dir) else {
+        return;
+    };
+    let ours =
+        rec.state == State::Running && rec.vmm.as_ref().is_some_and(super::proc::is_this_process);
+    if ours && rec.record_exit(cid, code) {
+        match rec.store(dir) {
+            Ok(()) => log::info!("container {cid} exited: code {code}"),
+            Err(e) => log::warn!(
+                "container {cid} exited ({code}); not recorded: {}",
+                crate::error::report(&e)
+            ),
         }
     }
 }

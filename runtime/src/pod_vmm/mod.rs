@@ -744,10 +744,15 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, hosted: bool, t0: Instant) -> 
     })
     .map_err(Error::Thread)?;
     // The guest agent's own event stream (its containers' exits), told to the subscribers.
-    let (edir, ehub, efilters) = (dir.to_path_buf(), hub.clone(), filters.clone());
+    let (edir, ehub, efilters, eend) = (
+        dir.to_path_buf(),
+        hub.clone(),
+        filters.clone(),
+        ending.clone(),
+    );
     crate::logging::spawn("agent-events", move || {
         vm::confine(efilters.as_deref(), vmm::seccomp::ThreadKind::Control);
-        events::relay_agent(&edir, &ehub)
+        events::relay_agent(&edir, &ehub, &eend)
     })
     .map_err(Error::Thread)?;
     let (wdir, wreq, wend, wtx) = (

@@ -204,6 +204,19 @@ pub struct PodRecord {
 }
 
 impl PodRecord {
+    /// Container `cid`'s first process exited with `code`: a running container is stopped
+    /// with it (true); one already recorded otherwise is left as it is (false).
+    pub fn record_exit(&mut self, cid: &str, code: i32) -> bool {
+        match self.containers.get_mut(cid) {
+            Some(c) if c.state == State::Running => {
+                c.state = State::Stopped;
+                c.exit_code = Some(code);
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn new(id: &str, config: PodConfig) -> PodRecord {
         PodRecord {
             format_version: FORMAT_VERSION,
