@@ -52,6 +52,11 @@ fn exit_code_of_a_finished_container_is_reported() {
     };
     assert!(has(&s.output, "c2 exit=7"), "{}", s.output);
     assert!(has(&s.output, "container c2 stopped"), "{}", s.output);
+    assert!(
+        has(&s.output, "c2's exit seen by its pod process"),
+        "{}",
+        s.output
+    );
 }
 
 #[test]

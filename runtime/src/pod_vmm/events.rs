@@ -97,6 +97,7 @@ pub fn relay_agent(dir: &Path, hub: &Hub, ending: &AtomicBool) {
                 container_id,
                 status,
             }) => {
+                log::info!("container {container_id} exited: code {}", status.code);
                 record_exit(dir, &container_id, status.code, ending);
                 hub.publish(PodEvent::ContainerExited {
                     container: container_id,
@@ -135,12 +136,11 @@ fn record_exit(dir: &Path, cid: &str, code: i32, ending: &AtomicBool) {
     let ours =
         rec.state == State::Running && rec.vmm.as_ref().is_some_and(super::proc::is_this_process);
     if ours && rec.record_exit(cid, code) {
-        match rec.store(dir) {
-            Ok(()) => log::info!("container {cid} exited: code {code}"),
-            Err(e) => log::warn!(
+        if let Err(e) = rec.store(dir) {
+            log::warn!(
                 "container {cid} exited ({code}); not recorded: {}",
                 crate::error::report(&e)
-            ),
+            );
         }
     }
 }
