@@ -512,6 +512,9 @@ echo "v2 pod processes of their own: $(pgrep -c -f 'pod __vmm' || true)"
 printf '%s\n' "$st" | grep -q '"vmm_hosted": *true' && echo "v2 pod hosted: yes"
 tr '\0' '\n' <"/proc/$vpid/environ" | grep -qx EMBER_SHIM_V2=1 && echo "v2 VMM process is the shim"
 echo "v2 shim threads: $(cat /proc/$vpid/task/*/comm | grep -E '^(vcpu0|pod-vmm|control)$' | sort | tr '\n' ' ')"
+# The VMM's lines are the shim's: in containerd's log (the shim's log FIFO).
+grep -q "VMM hosted by process $vpid starting" /run/containerd.log &&
+    echo "v2 containerd's log has the VMM's lines"
 ctr task exec --exec-id e1 v2b sh -c "echo from-v2-exec; exit 4"
 echo "v2-exec-exit=$?"
 # Its usage (containerd's Stats): processes, memory and CPU time of its cgroup in the guest.

@@ -480,6 +480,7 @@ fn containerd_shim_v2_runs_tasks_and_leaves_nothing() {
         "v2 pod hosted: yes",
         "v2 VMM process is the shim",
         "v2 shim threads: control pod-vmm vcpu0",
+        "v2 containerd's log has the VMM's lines",
         "v2 shim cgroup: /default/v2k",
         "v2 killed shim: cgroup left 0",
         "v2 ember processes: 0",
