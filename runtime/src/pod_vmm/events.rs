@@ -122,13 +122,19 @@ pub fn relay_agent(dir: &Path, hub: &Hub, ending: &AtomicBool) {
 /// `ending` (a stop records the containers itself) or the record names another VM process.
 fn record_exit(dir: &Path, cid: &str, code: i32, ending: &AtomicBool) {
     use crate::state::{LockKind, PodLock, PodRecord, State};
-    let lock = PodLock::acquire_pod(dir, LockKind::Write, crate::timeouts::RECORD_END_LOCK);
+    let lock =
+        PodLock::acquire_existing_pod(dir, LockKind::Write, crate::timeouts::RECORD_END_LOCK);
     if ending.load(Ordering::SeqCst) {
         return;
     }
-    let Ok(_lock) = lock else {
-        log::warn!("container {cid} exited ({code}); cannot lock the pod to record it");
-        return;
+    let _lock = match lock {
+        Ok(Some(lock)) => lock,
+        // Deleted meanwhile: nothing to record.
+        Ok(None) => return,
+        Err(_) => {
+            log::warn!("container {cid} exited ({code}); cannot lock the pod to record it");
+            return;
+        }
     };
     let Ok(mut rec) = PodRecord::load(dir) else {
         return;

@@ -585,7 +585,7 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, hosted: bool, t0: Instant) -> 
     // Whatever way this returns, the threads that wait on the sockets end (they would stay
     // blocked in a hosting process, holding the VM); the VM is gone first.
     let ending = Arc::new(AtomicBool::new(false));
-    let _wake = WakeListeners {
+    let listeners = WakeListeners {
         dir,
         ending: ending.clone(),
     };
@@ -795,8 +795,7 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, hosted: bool, t0: Instant) -> 
     // The control thread holds a handle on the VM (its memory, its devices' files): it ends
     // before the control socket goes, which tells a hosting process's callers that the VM is
     // gone (a container's rootfs can then be unmounted).
-    ending.store(true, Ordering::SeqCst);
-    let _ = UnixStream::connect(dir.join(CONTROL_SOCKET));
+    listeners.wake();
     let _ = control_thread.join();
     Ok(())
 }
@@ -808,12 +807,18 @@ struct WakeListeners<'a> {
     ending: Arc<AtomicBool>,
 }
 
-impl Drop for WakeListeners<'_> {
-    fn drop(&mut self) {
+impl WakeListeners<'_> {
+    fn wake(&self) {
         self.ending.store(true, Ordering::SeqCst);
         for name in [ANNOUNCE_SOCKET, CONTROL_SOCKET] {
             let _ = UnixStream::connect(self.dir.join(name));
         }
+    }
+}
+
+impl Drop for WakeListeners<'_> {
+    fn drop(&mut self) {
+        self.wake();
     }
 }
 
@@ -919,11 +924,17 @@ fn wait_committed(
 
 /// The VM ended without a stop request: record it and run the poststop hooks.
 fn mark_ended(dir: &Path, reason: &str, poststop: Option<hooks::Runner>) {
-    let Ok(_lock) = PodLock::acquire_pod(dir, LockKind::Write, crate::timeouts::RECORD_END_LOCK)
-    else {
-        log::error!("Cannot lock the pod to record its end");
-        return;
-    };
+    let _lock =
+        match PodLock::acquire_existing_pod(dir, LockKind::Write, crate::timeouts::RECORD_END_LOCK)
+        {
+            Ok(Some(lock)) => lock,
+            // Deleted meanwhile (a forced delete): nothing to record.
+            Ok(None) => return,
+            Err(_) => {
+                log::error!("Cannot lock the pod to record its end");
+                return;
+            }
+        };
     let Ok(mut rec) = PodRecord::load(dir) else {
         return;
     };

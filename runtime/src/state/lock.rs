@@ -122,6 +122,30 @@ impl PodLock {
         Self::acquire_file(&pod_lock_path(dir), kind, timeout)
     }
 
+    /// [`PodLock::acquire_pod`] for a caller that only acts on a pod that still exists (a
+    /// pod process recording what its VM did): `None` when the pod's record is gone, and the
+    /// lock file a writer made for it afresh goes again, so that nothing of a deleted pod is
+    /// left (it would keep `@pods` from going with the last pod).
+    pub fn acquire_existing_pod(
+        dir: &Path,
+        kind: LockKind,
+        timeout: Duration,
+    ) -> Result<Option<PodLock>, Error> {
+        let lock = match Self::acquire_pod(dir, kind, timeout) {
+            // `@pods` went with the last pod.
+            Err(Error::Open { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(None)
+            }
+            other => other?,
+        };
+        if dir.join(super::STATE_FILE).exists() {
+            Ok(Some(lock))
+        } else {
+            lock.remove();
+            Ok(None)
+        }
+    }
+
     /// Lock the file at `path` (a writer creates it), waiting at most `timeout`.
     pub fn acquire_file(path: &Path, kind: LockKind, timeout: Duration) -> Result<PodLock, Error> {
         let path = path.to_path_buf();
@@ -273,6 +297,26 @@ mod tests {
         nix::mount::umount(&ro).unwrap();
         assert!(r.unwrap()._flock.is_none());
         assert!(matches!(w.unwrap_err(), Error::Open { .. }));
+    }
+
+    #[test]
+    fn a_deleted_pod_is_not_locked_and_its_lock_file_does_not_come_back() {
+        let dir = test_dir("lock-existing").join("pod");
+        let path = pod_lock_path(&dir);
+        let short = Duration::from_millis(30);
+        assert!(PodLock::acquire_existing_pod(&dir, LockKind::Write, short)
+            .unwrap()
+            .is_none());
+        assert!(!path.exists(), "a lock file for a pod that is not there");
+        let gone = dir.parent().unwrap().join("gone/pod");
+        assert!(PodLock::acquire_existing_pod(&gone, LockKind::Write, short)
+            .unwrap()
+            .is_none());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(super::super::STATE_FILE), "{}").unwrap();
+        let held = PodLock::acquire_existing_pod(&dir, LockKind::Write, short).unwrap();
+        assert!(held.is_some());
+        assert!(path.exists());
     }
 
     #[test]
