@@ -323,19 +323,7 @@ fn pod_events_tell_exits_pause_resume_and_the_end() {
     let env = Env::new("events", agent);
     env.ok(&["pod", "create", "p"]);
     env.create_sleeper("p", "c");
-    let rootfs = env.rootfs();
-    env.ok(&[
-        "container",
-        "create",
-        "p",
-        "q",
-        "--rootfs-guest-path",
-        rootfs.to_str().unwrap(),
-        "--",
-        "sh",
-        "-c",
-        "exit 3",
-    ]);
+    env.create_container("p", "q", &["sh", "-c", "exit 3"]);
     env.ok(&["pod", "start", "p"]);
     let follower = env
         .cmd(&["pod", "events", "--json", "p"])
@@ -851,19 +839,7 @@ fn the_pod_process_records_a_container_exit_itself() {
     };
     let env = Env::new("exit-record", agent);
     env.ok(&["pod", "create", "p"]);
-    let rootfs = env.rootfs();
-    env.ok(&[
-        "container",
-        "create",
-        "p",
-        "q",
-        "--rootfs-guest-path",
-        rootfs.to_str().unwrap(),
-        "--",
-        "sh",
-        "-c",
-        "exit 3",
-    ]);
+    env.create_container("p", "q", &["sh", "-c", "exit 3"]);
     env.ok(&["pod", "start", "p"]);
     env.ok(&["container", "start", "p", "q"]);
     // Read the record itself: `status` would ask the agent and record it too.

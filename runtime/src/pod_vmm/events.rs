@@ -117,37 +117,19 @@ pub fn relay_agent(dir: &Path, hub: &Hub, ending: &AtomicBool) {
 }
 
 /// The pod process keeps its containers' table: container `cid` of the pod at `dir` exited
-/// with `code`, so its record says so without a client having to ask the agent. Under the
-/// pod's write lock (waited for, as a client's call may hold it); skipped once the VM is
-/// `ending` (a stop records the containers itself) or the record names another VM process.
+/// with `code`, so its record says so without a client having to ask the agent
+/// ([`super::lock_own_record`]); skipped once the VM is `ending` (a stop records the
+/// containers itself).
 fn record_exit(dir: &Path, cid: &str, code: i32, ending: &AtomicBool) {
-    use crate::state::{LockKind, PodLock, PodRecord, State};
-    let lock =
-        PodLock::acquire_existing_pod(dir, LockKind::Write, crate::timeouts::RECORD_END_LOCK);
-    if ending.load(Ordering::SeqCst) {
+    let what = format!("container {cid} exited ({code})");
+    let Some((_lock, mut rec)) = super::lock_own_record(dir, &what) else {
+        return;
+    };
+    if ending.load(Ordering::SeqCst) || !rec.record_exit(cid, code) {
         return;
     }
-    let _lock = match lock {
-        Ok(Some(lock)) => lock,
-        // Deleted meanwhile: nothing to record.
-        Ok(None) => return,
-        Err(_) => {
-            log::warn!("container {cid} exited ({code}); cannot lock the pod to record it");
-            return;
-        }
-    };
-    let Ok(mut rec) = PodRecord::load(dir) else {
-        return;
-    };
-    let ours =
-        rec.state == State::Running && rec.vmm.as_ref().is_some_and(super::proc::is_this_process);
-    if ours && rec.record_exit(cid, code) {
-        if let Err(e) = rec.store(dir) {
-            log::warn!(
-                "container {cid} exited ({code}); not recorded: {}",
-                crate::error::report(&e)
-            );
-        }
+    if let Err(e) = rec.store(dir) {
+        log::warn!("{what}; not recorded: {}", crate::error::report(&e));
     }
 }
 

@@ -922,27 +922,35 @@ fn wait_committed(
     }
 }
 
-/// The VM ended without a stop request: record it and run the poststop hooks.
-fn mark_ended(dir: &Path, reason: &str, poststop: Option<hooks::Runner>) {
-    let _lock =
+/// For a pod process recording what its VM did after the fact: the pod's write lock (waited
+/// for, as a client's call may hold it) and its record, while the pod exists and its record
+/// says running or paused with this process's VM; `None` otherwise (deleted, stopped, another
+/// VM process) — or when the lock cannot be had, which is logged as not recording `what`.
+fn lock_own_record(dir: &Path, what: &str) -> Option<(PodLock, PodRecord)> {
+    let lock =
         match PodLock::acquire_existing_pod(dir, LockKind::Write, crate::timeouts::RECORD_END_LOCK)
         {
             Ok(Some(lock)) => lock,
-            // Deleted meanwhile (a forced delete): nothing to record.
-            Ok(None) => return,
-            Err(_) => {
-                log::error!("Cannot lock the pod to record its end");
-                return;
+            Ok(None) => return None,
+            Err(e) => {
+                log::warn!(
+                    "{what}: cannot lock the pod to record it: {}",
+                    crate::error::report(&e)
+                );
+                return None;
             }
         };
-    let Ok(mut rec) = PodRecord::load(dir) else {
+    let rec = PodRecord::load(dir).ok()?;
+    let ours = matches!(rec.state, State::Running | State::Paused)
+        && rec.vmm.as_ref().is_some_and(proc::is_this_process);
+    ours.then_some((lock, rec))
+}
+
+/// The VM ended without a stop request: record it and run the poststop hooks.
+fn mark_ended(dir: &Path, reason: &str, poststop: Option<hooks::Runner>) {
+    let Some((_lock, mut rec)) = lock_own_record(dir, &format!("the VM's end ({reason})")) else {
         return;
     };
-    if !matches!(rec.state, State::Running | State::Paused)
-        || !rec.vmm.as_ref().is_some_and(proc::is_this_process)
-    {
-        return;
-    }
     rec.state = State::Stopped;
     rec.vmm = None;
     rec.stop_reason = Some(reason.to_string());

@@ -86,8 +86,13 @@ impl Env {
 
     /// Container `cid` of pod `pod`: `sleep 1000` on the busybox rootfs ([`Env::rootfs`]).
     pub fn create_sleeper(&self, pod: &str, cid: &str) {
+        self.create_container(pod, cid, &["sleep", "1000"]);
+    }
+
+    /// `container create` of `cmd` in [`Env::rootfs`] (a guest path: the host agent's).
+    pub fn create_container(&self, pod: &str, cid: &str, cmd: &[&str]) {
         let rootfs = self.rootfs();
-        self.ok(&[
+        let mut args = vec![
             "container",
             "create",
             pod,
@@ -95,9 +100,9 @@ impl Env {
             "--rootfs-guest-path",
             rootfs.to_str().unwrap(),
             "--",
-            "sleep",
-            "1000",
-        ]);
+        ];
+        args.extend(cmd);
+        self.ok(&args);
     }
 
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
