@@ -353,6 +353,35 @@ fn ctr_runs_tasks_through_containerd_shim_ember_v2() {
     let _ = ctd.ctr(&["task", "delete", "t4"]);
     ctd.ok(&["container", "rm", "t4"]);
 
+    // The pod API stops the shim's pod from outside (`ember pod stop`): its VM ends in the
+    // shim, which tells containerd that the task is stopped; the shim itself runs on until
+    // containerd deletes the task.
+    let mut args = vec!["run", "-d"];
+    args.extend(runtime);
+    args.extend(["t5", "sleep", "1000"]);
+    ctd.ok(&args);
+    let stop = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .arg("--root")
+        .arg(ctd.dir.join("ember"))
+        .args(["pod", "stop", "t5"])
+        .output()
+        .unwrap();
+    assert!(
+        stop.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stop.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ctd.task_status("t5") == "RUNNING" {
+        assert!(
+            Instant::now() < deadline,
+            "t5 still running after its pod stopped"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ctd.ok(&["task", "delete", "t5"]);
+    ctd.ok(&["container", "rm", "t5"]);
+
     // Nothing is left: no shim, pod process or agent; no pod; no state.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !ember_processes(&ctd.dir).is_empty() {
