@@ -313,6 +313,12 @@ impl Test {
             yes(boot_ids[0] == host_boot)
         ));
 
+        // Where the pod's VM runs on this host: in the pod's shim (ember's shim v2 hosts it,
+        // no pod process of its own), or nowhere (runc).
+        let (own, in_shims) = vm_hosts();
+        self.say(format!("pod processes of their own: {own}"));
+        self.say(format!("shims running a vCPU: {in_shims}"));
+
         if self.args.pod_network {
             self.network_checks(&ids, &pod_ip).await?;
         }
@@ -561,6 +567,35 @@ fn state_name_sandbox(state: i32) -> &'static str {
     cri::PodSandboxState::try_from(state)
         .map(|s| s.as_str_name())
         .unwrap_or("UNKNOWN_STATE")
+}
+
+/// ember's VM hosts on this host: processes that are a pod process of their own (`ember pod
+/// __vmm`), and ember shim v2 servers (`EMBER_SHIM_V2=1`) with a `vcpu0` thread.
+fn vm_hosts() -> (usize, usize) {
+    let (mut own, mut in_shims) = (0, 0);
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let p = e.path();
+        let cmdline = std::fs::read(p.join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("__vmm") {
+            own += 1;
+            continue;
+        }
+        let environ = std::fs::read(p.join("environ")).unwrap_or_default();
+        if !environ.split(|b| *b == 0).any(|v| v == b"EMBER_SHIM_V2=1") {
+            continue;
+        }
+        let vcpu = std::fs::read_dir(p.join("task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "vcpu0")
+            });
+        if vcpu {
+            in_shims += 1;
+        }
+    }
+    (own, in_shims)
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -632,6 +632,10 @@ fn cri_pod_with_the_ember_handler_runs_in_one_vm_as_under_runc() {
     assert_eq!(value("ember", "host -> c2 http:"), "cri-ember");
     assert_eq!(value("runc", "containers run on the host's kernel:"), "yes");
     assert_eq!(value("ember", "containers run on the host's kernel:"), "no");
+    // ember's pod VM runs in the pod's one shim (no pod process of its own).
+    assert_eq!(value("runc", "shims running a vCPU:"), "0");
+    assert_eq!(value("ember", "shims running a vCPU:"), "1");
+    assert_eq!(value("ember", "pod processes of their own:"), "0");
     // A stopped container ends the same way (state and exit code) under both.
     assert_eq!(
         value("ember", "c1 after stop:"),
