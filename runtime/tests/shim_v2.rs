@@ -111,6 +111,30 @@ impl Containerd {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `ctr run -d` of task `id` (`sleep 1000`) with ember's shim v2 on `rootfs`.
+    fn run_sleeper(&self, rootfs: &str, id: &str) {
+        self.ok(&[
+            "run",
+            "-d",
+            "--runtime",
+            "io.containerd.ember.v2",
+            "--rootfs",
+            rootfs,
+            id,
+            "sleep",
+            "1000",
+        ]);
+    }
+
+    /// Waits until task `id` no longer runs; `why` names what should have stopped it.
+    fn wait_not_running(&self, id: &str, why: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.task_status(id) == "RUNNING" {
+            assert!(Instant::now() < deadline, "{id} still running after {why}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The STATUS `ctr task ls` shows for `id`.
     fn task_status(&self, id: &str) -> String {
         self.ok(&["task", "ls"])
@@ -226,10 +250,7 @@ fn ctr_runs_tasks_through_containerd_shim_ember_v2() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
 
     // A detached task: exec, ps, kill, delete.
-    let mut args = vec!["run", "-d"];
-    args.extend(runtime);
-    args.extend(["t2", "sleep", "1000"]);
-    ctd.ok(&args);
+    ctd.run_sleeper(rootfs, "t2");
     assert_eq!(ctd.task_status("t2"), "RUNNING");
     assert_the_shim_is_the_pod_process(&ctd.dir);
     let out = ctd.ctr(&[
@@ -331,10 +352,7 @@ fn ctr_runs_tasks_through_containerd_shim_ember_v2() {
 
     // A shim killed -9 takes its pod's VM with it (the VM is the shim's); containerd's cleanup
     // (`shim delete`) removes the rest, and the task is seen stopped.
-    let mut args = vec!["run", "-d"];
-    args.extend(runtime);
-    args.extend(["t4", "sleep", "1000"]);
-    ctd.ok(&args);
+    ctd.run_sleeper(rootfs, "t4");
     let rec: serde_json::Value = serde_json::from_str(
         &fs::read_to_string(ctd.dir.join("ember/@pods/t4/state.json")).unwrap(),
     )
@@ -342,24 +360,14 @@ fn ctr_runs_tasks_through_containerd_shim_ember_v2() {
     let shim = rec["vmm"]["pid"].as_i64().unwrap() as i32;
     // SAFETY: plain kill(2) of the shim process the pod record names.
     unsafe { libc::kill(shim, libc::SIGKILL) };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ctd.task_status("t4") == "RUNNING" {
-        assert!(
-            Instant::now() < deadline,
-            "t4 still running after its shim died"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    ctd.wait_not_running("t4", "its shim died");
     let _ = ctd.ctr(&["task", "delete", "t4"]);
     ctd.ok(&["container", "rm", "t4"]);
 
     // The pod API stops the shim's pod from outside (`ember pod stop`): its VM ends in the
     // shim, which tells containerd that the task is stopped; the shim itself runs on until
     // containerd deletes the task.
-    let mut args = vec!["run", "-d"];
-    args.extend(runtime);
-    args.extend(["t5", "sleep", "1000"]);
-    ctd.ok(&args);
+    ctd.run_sleeper(rootfs, "t5");
     let stop = Command::new(env!("CARGO_BIN_EXE_ember"))
         .arg("--root")
         .arg(ctd.dir.join("ember"))
@@ -371,14 +379,7 @@ fn ctr_runs_tasks_through_containerd_shim_ember_v2() {
         "{}",
         String::from_utf8_lossy(&stop.stderr)
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ctd.task_status("t5") == "RUNNING" {
-        assert!(
-            Instant::now() < deadline,
-            "t5 still running after its pod stopped"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    ctd.wait_not_running("t5", "its pod stopped");
     ctd.ok(&["task", "delete", "t5"]);
     ctd.ok(&["container", "rm", "t5"]);
 
