@@ -33,5 +33,15 @@ if [ "${EMBER_SKIP_SLOW:-0}" = 1 ]; then
 fi
 "$HERE/setup.sh"
 log "Slow tier: one virtual KVM host boot, every scenario in rig/scenarios/"
-EMBER_E2E=1 EMBER_E2E_LOG=${EMBER_E2E_LOG:-/tmp/ember-e2e-console.log} \
-    cargo test -p ember-rig --test e2e -- --test-threads 4
+export EMBER_E2E_LOG=${EMBER_E2E_LOG:-/tmp/ember-e2e-console.log}
+export EMBER_E2E_OCI_LOG=${EMBER_E2E_OCI_LOG:-/tmp/ember-e2e-oci-console.log}
+rc=0
+EMBER_E2E=1 cargo test -p ember-rig --test e2e -- --test-threads 4 || rc=$?
+# Scenario files that failed once and ran again in a fresh virtual host (rig/tests/e2e/main.rs).
+for f in "$EMBER_E2E_LOG.reruns" "$EMBER_E2E_OCI_LOG.reruns"; do
+    if [ -f "$f" ]; then
+        log "Slow tier: run twice ($f)"
+        cat "$f"
+    fi
+done
+exit $rc

@@ -651,6 +651,8 @@ for rt in runc ember runc-shim-ember; do
     code=$?
     printf '%s\n' "$out" | sed "s/^/$rt /"
     echo "$rt exit=$code"
+    # containerd's log holds its shims' lines (ember's shim v2: its VMM's too).
+    [ $code = 0 ] || { echo "--- containerd.log (last 60 lines)"; tail -n 60 /run/containerd.log; }
 done
 CTRRES
 chmod 755 "$DEB/usr/local/bin/ctr-resources-test"

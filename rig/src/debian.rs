@@ -24,7 +24,6 @@ pub const CRI_TEST_ENV: &str = "EMBER_CRI_TEST";
 /// Where the CRI client lies in the virtual host (the scenario copies it into the Debian root).
 pub const CRI_TEST_IN_HOST: &str = "/usr/local/bin/ember-cri-test";
 /// The variable [`VirtualHost`] reads extra QEMU arguments from.
-const QEMU_ARGS_ENV: &str = "EMBER_RIG_QEMU_ARGS";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -118,24 +117,12 @@ impl DebianHost {
     }
 
     /// Boot the host with the disk attached and run its scenarios.
-    ///
-    /// [`VirtualHost`] takes extra QEMU arguments from `EMBER_RIG_QEMU_ARGS` only, so the
-    /// drive goes there for the length of the run (added to what the variable held, which is
-    /// restored afterwards); do not start other virtual hosts in this process meanwhile.
     pub fn run(&self) -> Result<RunReport, Error> {
-        let before = std::env::var(QEMU_ARGS_ENV).ok();
-        let mut args = before.clone().unwrap_or_default();
-        if !args.is_empty() {
-            args.push(' ');
-        }
-        args.push_str(&drive_args(&self.image));
-        std::env::set_var(QEMU_ARGS_ENV, &args);
-        let report = self.host.run();
-        match before {
-            Some(v) => std::env::set_var(QEMU_ARGS_ENV, v),
-            None => std::env::remove_var(QEMU_ARGS_ENV),
-        }
-        Ok(report?)
+        Ok(self
+            .host
+            .clone()
+            .qemu_args(&drive_args(&self.image))
+            .run()?)
     }
 }
 

@@ -9,4 +9,4 @@ pub mod sections;
 pub mod vhost;
 
 pub use sections::Section;
-pub use vhost::{Outcome, RunReport, VirtualHost};
+pub use vhost::{Outcome, Rerun, RunReport, VirtualHost};

@@ -58,6 +58,9 @@ enum Cmd {
         /// Do not print the console live.
         #[arg(long)]
         quiet: bool,
+        /// Run the scenario files that failed once more, in a fresh boot of the host.
+        #[arg(long)]
+        rerun_failed: bool,
         /// Attach the Debian root (scripts/build-debian-host.sh) as /dev/vda, with the OCI
         /// scenarios' memory and the CRI client, as the slow tier's OCI host has them.
         #[arg(long)]
@@ -116,6 +119,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             cmdline,
             cpu,
             quiet,
+            rerun_failed,
             debian,
         } => {
             let debian = if debian {
@@ -131,7 +135,8 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 .timeout(timeout)
                 .max_attempts(attempts)
                 .cpu(&cpu)
-                .echo(!quiet);
+                .echo(!quiet)
+                .rerun_failed(rerun_failed);
             if stall > 0 {
                 host = host.stall(Some(std::time::Duration::from_secs(stall)));
             }
@@ -170,6 +175,13 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             );
             for r in &report.restarts {
                 eprintln!("ember-rig: restarted: {r}");
+            }
+            for r in &report.reruns {
+                eprintln!(
+                    "ember-rig: ran again: {} (first run: {})",
+                    r.scenarios.join(" "),
+                    r.why
+                );
             }
             for (name, sec) in &report.sections {
                 let state = if sec.rc == 0 { "ok" } else { "FAILED" };

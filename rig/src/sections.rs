@@ -6,6 +6,35 @@ use std::collections::BTreeMap;
 
 pub const BEGIN: &str = "=== BEGIN ";
 pub const END: &str = "=== END ";
+/// Printed by the host's /init before each scenario file, with its name: `NNN-<file>`, NNN its
+/// place in the run.
+pub const SCENARIO: &str = "=== RIG SCENARIO ";
+
+/// The place in the run (NNN) of a `=== RIG SCENARIO NNN-...` line.
+fn scenario_index(line: &str) -> Option<usize> {
+    let pos = line.find(SCENARIO)?;
+    let name = &line[pos + SCENARIO.len()..];
+    name.get(..3)?.parse().ok()
+}
+
+/// The scenario file (its place in the run) each section of `console` began in.
+pub fn scenarios_of(console: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    let mut current = None;
+    for line in console.lines() {
+        if let Some(i) = scenario_index(line) {
+            current = Some(i);
+        } else if let (Some(pos), Some(i)) = (line.find(BEGIN), current) {
+            out.insert(line[pos + BEGIN.len()..].trim().to_string(), i);
+        }
+    }
+    out
+}
+
+/// The scenario files (their places in the run) that `console` shows started, in order.
+pub fn scenarios_started(console: &str) -> Vec<usize> {
+    console.lines().filter_map(scenario_index).collect()
+}
 
 /// One scenario section.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,6 +108,19 @@ pub fn parse(console: &str) -> BTreeMap<String, Section> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sections_belong_to_the_scenario_file_they_began_in() {
+        let console = "=== RIG SCENARIO 000-10-a.sh\n=== BEGIN a1\n=== END a1 rc=0\n\
+                       === RIG SCENARIO 001-20-b.sh\n=== BEGIN b1\n=== END b1 rc=1\n\
+                       === BEGIN b2\n";
+        let owner = scenarios_of(console);
+        assert_eq!(owner["a1"], 0);
+        assert_eq!(owner["b1"], 1);
+        assert_eq!(owner["b2"], 1);
+        assert_eq!(scenarios_started(console), vec![0, 1]);
+        assert!(scenarios_of("=== BEGIN x\n").is_empty());
+    }
 
     #[test]
     fn parses_complete_sections() {

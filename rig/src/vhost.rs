@@ -35,6 +35,9 @@ pub const UP_MARKER: &str = "=== RIG HOST UP";
 /// A scenario prints this (alone on a line) to ask the rig to reboot the host and run again:
 /// the way a scenario reports the "first KVM_RUN never returned" hang it detected.
 pub const RETRY_MARKER: &str = "=== RIG RETRY";
+/// Written to the console log (and [`RunReport::console`]) before a rerun of failed scenario
+/// files.
+pub const RERUN_MARKER: &str = "=== RIG RERUN";
 
 /// QEMU CPU model of the virtual host. `-tsc-scale` hides SVM TSC-rate scaling from the host's
 /// KVM: with it, a monitor that never calls KVM_SET_TSC_KHZ (ember, Firecracker-style) had its
@@ -112,11 +115,78 @@ pub struct RunReport {
     pub restarts: Vec<String>,
     pub wall: Duration,
     pub outcome: Outcome,
-    /// Wall time from QEMU start to the host's `/init` (last attempt).
+    /// Wall time from QEMU start to the host's `/init` (first run's last attempt).
     pub host_up: Option<Duration>,
+    /// The scenario files run a second time ([`VirtualHost::rerun_failed`]); their sections in
+    /// `sections` are the second run's.
+    pub reruns: Vec<Rerun>,
+}
+
+/// Scenario files that failed in a host run and were run again in a fresh boot.
+#[derive(Clone, Debug)]
+pub struct Rerun {
+    /// Their file names.
+    pub scenarios: Vec<String>,
+    /// What failed the first time: its failed sections, or where the host stopped.
+    pub why: String,
+    /// The first run's failed sections of those files.
+    pub failed: BTreeMap<String, Section>,
+}
+
+impl Rerun {
+    fn of(report: &RunReport, again: &[usize], scenarios: &[PathBuf]) -> Rerun {
+        let owner = sections::scenarios_of(&report.console);
+        let failed: BTreeMap<String, Section> = report
+            .sections
+            .iter()
+            .filter(|(name, s)| {
+                s.rc != 0 && owner.get(name.as_str()).is_some_and(|i| again.contains(i))
+            })
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        let mut why: Vec<String> = failed
+            .iter()
+            .map(|(n, s)| match s.complete {
+                true => format!("{n} rc={}", s.rc),
+                false => format!("{n} never ended"),
+            })
+            .collect();
+        if report.outcome != Outcome::Completed {
+            why.push(format!("the host's run ended {:?}", report.outcome));
+        }
+        Rerun {
+            scenarios: again
+                .iter()
+                .map(|&i| {
+                    scenarios[i]
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                })
+                .collect(),
+            why: why.join(", "),
+            failed,
+        }
+    }
 }
 
 impl RunReport {
+    /// Takes `second` (a run of the scenario files `again`) in place of this run's sections of
+    /// those files.
+    fn merge(&mut self, second: RunReport, again: &[usize], rerun: Rerun, line: &str) {
+        let owner = sections::scenarios_of(&self.console);
+        self.sections
+            .retain(|name, _| !owner.get(name.as_str()).is_some_and(|i| again.contains(i)));
+        self.sections.extend(second.sections);
+        self.console.push_str(line);
+        self.console.push('\n');
+        self.console.push_str(&second.console);
+        self.attempts += second.attempts;
+        self.restarts.extend(second.restarts);
+        self.outcome = second.outcome;
+        self.reruns.push(rerun);
+    }
+
     /// True when the host completed and every section returned 0.
     pub fn passed(&self) -> bool {
         self.outcome == Outcome::Completed
@@ -151,9 +221,11 @@ pub struct VirtualHost {
     smp: u32,
     cpu: String,
     cmdline_extra: Vec<String>,
+    qemu_extra: Vec<String>,
     log: Option<PathBuf>,
     echo: bool,
     work_dir: Option<PathBuf>,
+    rerun_failed: bool,
 }
 
 fn env_path(var: &str, default: &str) -> PathBuf {
@@ -207,9 +279,11 @@ impl VirtualHost {
             smp: 2,
             cpu: DEFAULT_CPU.to_string(),
             cmdline_extra: Vec::new(),
+            qemu_extra: Vec::new(),
             log: None,
             echo: false,
             work_dir: None,
+            rerun_failed: false,
         })
     }
 
@@ -274,6 +348,22 @@ impl VirtualHost {
     /// Appends to the host kernel command line.
     pub fn cmdline(mut self, extra: &str) -> Self {
         self.cmdline_extra.push(extra.to_string());
+        self
+    }
+
+    /// Appends QEMU arguments (split at whitespace) for this host only; `EMBER_RIG_QEMU_ARGS`
+    /// adds to them for every host.
+    pub fn qemu_args(mut self, extra: &str) -> Self {
+        self.qemu_extra
+            .extend(extra.split_whitespace().map(str::to_string));
+        self
+    }
+
+    /// Run the scenario files that had a failed section (or in which the host stopped) once
+    /// more, in a fresh boot of the host, and report their sections from that run; the first
+    /// run's failures stay in [`RunReport::reruns`]. Off by default.
+    pub fn rerun_failed(mut self, on: bool) -> Self {
+        self.rerun_failed = on;
         self
     }
 
@@ -379,7 +469,8 @@ impl VirtualHost {
             .arg(initrd)
             .args(["-append", &cmdline])
             .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
-            .args(["-no-reboot", "-no-user-config"]);
+            .args(["-no-reboot", "-no-user-config"])
+            .args(&self.qemu_extra);
         if let Ok(extra) = std::env::var("EMBER_RIG_QEMU_ARGS") {
             cmd.args(extra.split_whitespace());
         }
@@ -404,7 +495,8 @@ impl VirtualHost {
 
     /// Builds the host image, boots it, streams the console and returns the parsed report.
     /// Restarts the host (counted in `attempts`) when the console stalls or a scenario prints
-    /// [`RETRY_MARKER`].
+    /// [`RETRY_MARKER`]; with [`VirtualHost::rerun_failed`], boots it once more for the
+    /// scenario files that failed.
     pub fn run(&self) -> Result<RunReport> {
         let start = Instant::now();
         let work = match &self.work_dir {
@@ -415,8 +507,6 @@ impl VirtualHost {
             path: work.clone(),
             source: e,
         })?;
-        let initrd = work.join("host.cpio");
-        self.image()?.write_file(&initrd)?;
         let mut log = match &self.log {
             Some(p) => Some(File::create(p).map_err(|e| Error::Log {
                 path: p.clone(),
@@ -424,11 +514,49 @@ impl VirtualHost {
             })?),
             None => None,
         };
+        let mut report = self.attempts(&work.join("host.cpio"), log.as_mut())?;
+        let again = to_rerun(&report, self.scenarios.len());
+        if self.rerun_failed && !again.is_empty() {
+            let rerun = Rerun::of(&report, &again, &self.scenarios);
+            let line = format!(
+                "{RERUN_MARKER} {}: {}",
+                rerun.scenarios.join(" "),
+                rerun.why
+            );
+            if self.echo {
+                println!("ember-rig: {line}");
+            }
+            if let Some(log) = log.as_mut() {
+                writeln!(log, "{line}").map_err(|e| Error::Log {
+                    path: self.log.clone().unwrap_or_default(),
+                    source: e,
+                })?;
+            }
+            let subset = VirtualHost {
+                scenarios: again.iter().map(|&i| self.scenarios[i].clone()).collect(),
+                rerun_failed: false,
+                ..self.clone()
+            };
+            let second = subset.attempts(&work.join("rerun.cpio"), log.as_mut())?;
+            report.merge(second, &again, rerun, &line);
+        }
+        if self.work_dir.is_none() {
+            let _ = std::fs::remove_dir_all(&work);
+        }
+        report.wall = start.elapsed();
+        Ok(report)
+    }
+
+    /// Boots the host from a fresh image (written to `initrd`) until a run is not to be
+    /// restarted (a stall, a scenario's retry request) or the attempts are spent.
+    fn attempts(&self, initrd: &Path, mut log: Option<&mut File>) -> Result<RunReport> {
+        let start = Instant::now();
+        self.image()?.write_file(initrd)?;
         let mut restarts = Vec::new();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let one = self.run_once(&initrd, log.as_mut())?;
+            let one = self.run_once(initrd, log.as_deref_mut())?;
             let retry_reason = match &one.outcome {
                 Outcome::Stalled => Some(format!(
                     "console silent for {:?} after {} lines",
@@ -447,9 +575,6 @@ impl VirtualHost {
                     restarts.push(msg);
                 }
                 _ => {
-                    if self.work_dir.is_none() {
-                        let _ = std::fs::remove_dir_all(&work);
-                    }
                     return Ok(RunReport {
                         sections: sections::parse(&one.console),
                         console: one.console,
@@ -458,6 +583,7 @@ impl VirtualHost {
                         wall: start.elapsed(),
                         outcome: one.outcome,
                         host_up: one.host_up,
+                        reruns: Vec::new(),
                     });
                 }
             }
@@ -563,6 +689,28 @@ struct Attempt {
     retry_requested: Option<String>,
 }
 
+/// The scenario files (indexes into the `n` run) to run again: those with a failed section,
+/// the one the host stopped in and those it never reached.
+fn to_rerun(report: &RunReport, n: usize) -> Vec<usize> {
+    let owner = sections::scenarios_of(&report.console);
+    let reached = sections::scenarios_started(&report.console);
+    let stopped_in = (report.outcome != Outcome::Completed).then(|| reached.last().copied());
+    (0..n)
+        .filter(|i| {
+            let failed_section = report
+                .sections
+                .iter()
+                .any(|(name, s)| s.rc != 0 && owner.get(name.as_str()) == Some(i));
+            let cut_short = match stopped_in {
+                Some(Some(last)) => *i >= last,
+                Some(None) => true,
+                None => false,
+            };
+            failed_section || cut_short
+        })
+        .collect()
+}
+
 /// Forwards `src` line by line (a partial last line included) until EOF.
 fn pump(src: impl io::Read, tx: mpsc::Sender<Vec<u8>>) {
     let mut reader = BufReader::new(src);
@@ -617,10 +765,76 @@ mod tests {
             smp: 1,
             cpu: "max".into(),
             cmdline_extra: Vec::new(),
+            qemu_extra: Vec::new(),
             log: None,
             echo: false,
             work_dir: None,
+            rerun_failed: false,
         }
+    }
+
+    fn report_of(console: &str, outcome: Outcome) -> RunReport {
+        RunReport {
+            sections: sections::parse(console),
+            console: console.to_string(),
+            attempts: 1,
+            restarts: Vec::new(),
+            wall: Duration::ZERO,
+            outcome,
+            host_up: None,
+            reruns: Vec::new(),
+        }
+    }
+
+    const THREE: &str = "=== RIG SCENARIO 000-10-a.sh\n=== BEGIN a\n=== END a rc=0\n\
+                         === RIG SCENARIO 001-20-b.sh\n=== BEGIN b\n=== END b rc=2\n\
+                         === BEGIN b2\n=== END b2 rc=0\n\
+                         === RIG SCENARIO 002-30-c.sh\n=== BEGIN c\n=== END c rc=0\n\
+                         === RIG DONE\n";
+
+    #[test]
+    fn the_files_to_run_again_are_those_that_failed_or_were_cut_short() {
+        assert_eq!(to_rerun(&report_of(THREE, Outcome::Completed), 3), vec![1]);
+        let passed = THREE.replace("rc=2", "rc=0");
+        assert!(to_rerun(&report_of(&passed, Outcome::Completed), 3).is_empty());
+        // The host hung in b: b and c again (a passed).
+        let hung = "=== RIG SCENARIO 000-10-a.sh\n=== BEGIN a\n=== END a rc=0\n\
+                    === RIG SCENARIO 001-20-b.sh\n=== BEGIN b\n";
+        assert_eq!(to_rerun(&report_of(hung, Outcome::Stalled), 3), vec![1, 2]);
+        // QEMU died before the first scenario.
+        assert_eq!(
+            to_rerun(&report_of("boot noise\n", Outcome::QemuExited(Some(1))), 3),
+            vec![0, 1, 2]
+        );
+    }
+
+    #[test]
+    fn a_rerun_replaces_the_sections_of_its_files_and_keeps_the_first_failure() {
+        let mut first = report_of(THREE, Outcome::Completed);
+        let again = to_rerun(&first, 3);
+        let files = [
+            PathBuf::from("/s/10-a.sh"),
+            PathBuf::from("/s/20-b.sh"),
+            PathBuf::from("/s/30-c.sh"),
+        ];
+        let rerun = Rerun::of(&first, &again, &files);
+        assert_eq!(rerun.scenarios, vec!["20-b.sh".to_string()]);
+        assert_eq!(rerun.why, "b rc=2");
+        // The second run of 20-b.sh passes b and no longer prints b2.
+        let second = report_of(
+            "=== RIG SCENARIO 000-20-b.sh\n=== BEGIN b\nok now\n=== END b rc=0\n=== RIG DONE\n",
+            Outcome::Completed,
+        );
+        first.merge(second, &again, rerun, "=== RIG RERUN 20-b.sh: b rc=2");
+        assert_eq!(first.sections["b"].rc, 0);
+        assert_eq!(first.sections["b"].output, "ok now\n");
+        assert!(!first.sections.contains_key("b2"), "b2 is the first run's");
+        assert_eq!(first.sections["a"].rc, 0);
+        assert_eq!(first.sections["c"].rc, 0);
+        assert_eq!(first.attempts, 2);
+        assert_eq!(first.reruns[0].failed["b"].rc, 2);
+        assert!(first.console.contains("=== RIG RERUN 20-b.sh"));
+        assert!(first.passed());
     }
 
     #[test]

@@ -47,14 +47,17 @@ fn boot() -> Run {
         for s in scenarios {
             h = h.scenario(s);
         }
-        h.timeout(3600).log(&log)
+        crate::with_rerun(h.timeout(3600).log(&log))
     });
     eprintln!(
         "e2e oci: booting the Debian virtual host; console log: {}",
         log.display()
     );
     match host.run() {
-        Ok(r) => Run::Ran(Box::new(r)),
+        Ok(r) => {
+            crate::report_reruns(&r, &log);
+            Run::Ran(Box::new(r))
+        }
         Err(e) => Run::Failed(rig_report(&e)),
     }
 }
