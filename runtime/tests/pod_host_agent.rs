@@ -722,8 +722,9 @@ fn a_create_failing_after_its_pod_started_ends_the_log_with_its_own_error() {
 
 /// A spec asking for a network namespace of its own (containerd's runc shim, `ctr run`): the
 /// shim takes one (the namespace of the pid `state` reports, which CNI may configure before
-/// start) and the container's pod starts with it at `start`. Until then there is no pod; a
-/// created container killed or deleted ends without one, and nothing is left.
+/// start) and the container's pod starts with it at `start`. From create on, the pod is
+/// recorded (ready, not booted) with the container in it; a created container killed or
+/// deleted takes its pod with it, and nothing is left.
 #[test]
 fn a_container_with_its_own_network_namespace_gets_its_pod_at_start() {
     let Some(agent) =
@@ -774,7 +775,13 @@ fn a_container_with_its_own_network_namespace_gets_its_pod_at_start() {
         fs::read_link("/proc/self/ns/net").unwrap(),
         "the shim is in the host's network namespace"
     );
-    assert!(!oci.pod_dir("c1").exists(), "a pod before start");
+    // Recorded, not booted: the pod is ready with its container created in it.
+    let pod: serde_json::Value =
+        serde_json::from_str(&oci.ok(&["pod", "status", "--json", "c1"])).unwrap();
+    assert_eq!(pod["state"], "ready", "{pod}");
+    assert_eq!(pod["vmm_pid"], serde_json::Value::Null, "{pod}");
+    assert_eq!(pod["containers"][0]["id"], "c1", "{pod}");
+    assert_eq!(pod["containers"][0]["state"], "ready", "{pod}");
     assert_eq!(
         oci.ok(&["ps", "c1"]).lines().count(),
         1,
@@ -802,14 +809,16 @@ fn a_container_with_its_own_network_namespace_gets_its_pod_at_start() {
     let text = fs::read_to_string(&log).unwrap();
     assert!(text.contains("container c1 exited with code 137"), "{text}");
 
-    // Killed before it started: stopped, without a pod ever made.
+    // Killed before it started: stopped, its pod (never booted) gone with it.
     create(&with_netns("n2"), "c2");
+    assert!(oci.pod_dir("c2").exists(), "c2's pod is recorded at create");
     let pid = shim_pid("c2");
     oci.ok(&["kill", "c2", "KILL"]);
     assert!(support::wait_for(Duration::from_secs(30), || oci_status(
         &oci, "c2"
     )
         == "stopped"));
+    assert!(!oci.pod_dir("c2").exists(), "c2's pod after the kill");
     oci.ok(&["delete", "c2"]);
     assert!(support::wait_for(
         Duration::from_secs(10),
@@ -825,6 +834,7 @@ fn a_container_with_its_own_network_namespace_gets_its_pod_at_start() {
         || support::gone(pid)
     ));
     assert!(!oci.run(&["state", "c3"]).status.success());
+    assert!(!oci.pod_dir("c3").exists(), "c3's pod after the delete");
     let leaks = oci.leaks();
     assert!(leaks.none(), "{leaks:?}");
 }

@@ -597,6 +597,46 @@ impl Runtime {
     /// Boot the pod's VM in a detached ember process (or on a thread of this one, for a
     /// runtime that [hosts its VMs](Runtime::hosting_vms)), wait for the agent's readiness,
     /// create the pod's containers in the guest, run the hooks.
+    /// Change the config of a pod that has not started yet and of its recorded containers
+    /// (`f` gets both), checked as at create: what an OCI engine settles between create and
+    /// start (the network namespace CNI configured) reaches the VM at its boot.
+    pub fn change_ready_pod(
+        &self,
+        pod: &str,
+        f: impl FnOnce(
+            &mut super::PodConfig,
+            &mut std::collections::BTreeMap<String, super::ContainerConfig>,
+        ),
+    ) -> Result<PodInfo, Error> {
+        let (_lock, dir, mut rec) = self.open(pod, LockKind::Write)?;
+        if rec.state != State::Ready {
+            return Err(Error::PodState {
+                action: "change",
+                id: pod.to_string(),
+                source: crate::state::TransitionError {
+                    from: rec.state,
+                    to: State::Ready,
+                },
+            });
+        }
+        let mut config = rec.config.clone();
+        let mut containers = rec
+            .containers
+            .iter()
+            .map(|(id, c)| (id.clone(), c.config.clone()))
+            .collect();
+        f(&mut config, &mut containers);
+        check_bounds(&config)?;
+        rec.config = config;
+        for (id, c) in containers {
+            if let Some(r) = rec.containers.get_mut(&id) {
+                r.config = c;
+            }
+        }
+        Self::store(&dir, &rec)?;
+        Ok(PodInfo::from_record(&rec, &dir))
+    }
+
     pub fn start_pod(&self, pod: &str) -> Result<PodInfo, Error> {
         let (_lock, dir, mut rec) = match self.open_timeout(pod, LockKind::Write, Duration::ZERO) {
             // Busy: refused at once when a live ember process is starting it, else wait.

@@ -30,20 +30,33 @@ pub struct BootAtStart {
 }
 
 impl BootAtStart {
-    pub fn new(
+    /// Records the container with `backend` ([`Backend::record`]: its pod is listed, not
+    /// booted) and returns it created.
+    pub fn create(
         backend: Box<dyn Backend + Send + Sync>,
         config: ContainerConfig,
         state_dir: PathBuf,
         stdio: Stdio,
         netns: PathBuf,
-    ) -> BootAtStart {
-        BootAtStart {
+    ) -> Result<BootAtStart, SandboxError> {
+        backend.record(&config, &state_dir)?;
+        Ok(BootAtStart {
             backend,
             config,
             state_dir,
             netns,
             phase: Mutex::new(Phase::Created(Some(stdio))),
             changed: Condvar::new(),
+        })
+    }
+
+    /// It ends without having booted: what [`Backend::record`] made goes, unless its boot is
+    /// under way (then [`Sandbox::start`] releases what booted).
+    fn end_unbooted(&self, phase: &mut Phase, code: i32) {
+        let booting = matches!(phase, Phase::Created(None));
+        *phase = Phase::Ended(code);
+        if !booting {
+            self.backend.cleanup(&self.config.id);
         }
     }
 
@@ -82,7 +95,7 @@ impl Sandbox for BootAtStart {
                 "the container is already started".into(),
             ));
         };
-        match self.backend.create(
+        match self.backend.create_recorded(
             &self.config.clone().with_configured_netns(&self.netns),
             &self.state_dir,
             stdio,
@@ -103,8 +116,10 @@ impl Sandbox for BootAtStart {
                 sandbox.start()
             }
             Err(e) => {
-                // As a container whose process could not be started: it is stopped.
+                // As a container whose process could not be started: it is stopped, and what
+                // was recorded for it goes.
                 self.set(Phase::Ended(255));
+                self.backend.cleanup(&self.config.id);
                 Err(e)
             }
         }
@@ -132,7 +147,7 @@ impl Sandbox for BootAtStart {
             let mut phase = self.lock();
             if let Phase::Created(_) = &*phase {
                 // runc's created container is its init waiting to exec: a signal ends it.
-                *phase = Phase::Ended(128 + signal);
+                self.end_unbooted(&mut phase, 128 + signal);
                 drop(phase);
                 self.changed.notify_all();
                 return Ok(());
@@ -188,7 +203,7 @@ impl Sandbox for BootAtStart {
             match &*phase {
                 Phase::Booted(s) => Some(s.clone()),
                 Phase::Created(_) => {
-                    *phase = Phase::Ended(137);
+                    self.end_unbooted(&mut phase, 137);
                     None
                 }
                 Phase::Ended(_) => None,

@@ -276,13 +276,16 @@ fn run_shim(
     };
     let later = if own_netns { backend.detached() } else { None };
     let sandbox: Arc<dyn super::sandbox::Sandbox> = match later {
-        Some(backend) => Arc::new(super::boot_at_start::BootAtStart::new(
+        Some(backend) => match super::boot_at_start::BootAtStart::create(
             backend,
             config.clone(),
             ctx.store.dir(id),
             stdio,
             PathBuf::from(format!("/proc/{}/ns/net", std::process::id())),
-        )),
+        ) {
+            Ok(s) => Arc::new(s),
+            Err(e) => return fail(&mut ready, crate::error::report(&e)),
+        },
         None => match backend.create(config, &ctx.store.dir(id), stdio) {
             Ok(s) => Arc::from(s),
             Err(e) => return fail(&mut ready, crate::error::report(&e)),

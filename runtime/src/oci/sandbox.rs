@@ -85,8 +85,27 @@ pub trait Backend {
         stdio: Stdio,
     ) -> Result<Box<dyn Sandbox>, SandboxError>;
 
+    /// Record the container ahead of a [`Backend::create_recorded`] that boots it later (at
+    /// start: [`super::boot_at_start`]): from now on it is listed as created (in `ember pod
+    /// status` of its pod, not booted). [`Backend::cleanup`] removes it. Default: nothing.
+    fn record(&self, _config: &ContainerConfig, _state_dir: &Path) -> Result<(), SandboxError> {
+        Ok(())
+    }
+
+    /// [`Backend::create`] of a container that [`Backend::record`] recorded, with `config` as
+    /// it is now (an engine may have configured its network namespace meanwhile).
+    fn create_recorded(
+        &self,
+        config: &ContainerConfig,
+        state_dir: &Path,
+        stdio: Stdio,
+    ) -> Result<Box<dyn Sandbox>, SandboxError> {
+        self.create(config, state_dir, stdio)
+    }
+
     /// Release what a container `id` may still hold when its shim is gone without doing it
-    /// (killed, crashed). Best effort, idempotent.
+    /// (killed, crashed), or what [`Backend::record`] made for one that never booted. Best
+    /// effort, idempotent.
     fn cleanup(&self, _id: &str) {}
 
     /// A copy of this backend that a shim can keep, to make its sandbox later (at start:

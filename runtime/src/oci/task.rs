@@ -613,13 +613,17 @@ impl shim::Task for TaskService {
                     format!("a network namespace for the task: {e}"),
                 )
             })?;
-            let sandbox = BootAtStart::new(
+            let sandbox = BootAtStart::create(
                 Box::new(self.0.backend.clone()),
                 config.clone(),
-                state_dir,
+                state_dir.clone(),
                 stdio,
                 holder.netns(),
-            );
+            )
+            .map_err(|e| {
+                let _ = std::fs::remove_dir_all(&state_dir);
+                fail(Code::INTERNAL, crate::error::report(&e))
+            })?;
             (Arc::new(sandbox), Some(holder))
         } else {
             match self.0.backend.create(&config, &state_dir, stdio) {

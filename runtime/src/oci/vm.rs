@@ -437,13 +437,12 @@ pub struct PodSandbox {
 }
 
 impl PodSandbox {
-    /// Create container `id` in running pod `pod` with `config` and attach its stdio.
-    pub fn create(
+    /// The sandbox of container `id`, created in running pod `pod`, with its stdio attached.
+    pub fn attach(
         rt: Runtime,
         pod: &str,
         owns_pod: bool,
         id: &str,
-        config: api::ContainerConfig,
         stdio: Stdio,
     ) -> Result<PodSandbox, SandboxError> {
         let sb = PodSandbox {
@@ -454,22 +453,19 @@ impl PodSandbox {
             relays: Mutex::new(None),
             released: Mutex::new(false),
         };
-        let r = (|| {
-            sb.rt
-                .create_container(pod, id, config)
-                .map_err(api_err("Cannot create the container in its pod"))?;
-            let relays = Relays::attach(&sb.rt, pod, id, None, stdio)
-                .map_err(api_err("Cannot attach to the container's stdio"))?;
-            if let Ok(mut g) = sb.relays.lock() {
-                *g = Some(relays);
+        match Relays::attach(&sb.rt, pod, id, None, stdio) {
+            Ok(relays) => {
+                if let Ok(mut g) = sb.relays.lock() {
+                    *g = Some(relays);
+                }
+                Ok(sb)
             }
-            Ok(())
-        })();
-        match r {
-            Ok(()) => Ok(sb),
             Err(e) => {
                 sb.shutdown();
-                Err(e)
+                Err(SandboxError::failed(
+                    "Cannot attach to the container's stdio",
+                    e,
+                ))
             }
         }
     }
@@ -645,7 +641,7 @@ impl VmBackend {
         }
     }
 
-    /// Create and start the pod of a container that owns its VM (no CRI grouping, or a CRI
+    /// Create (not start) the pod of a container that owns its VM (no CRI grouping, or a CRI
     /// sandbox), with `disks`.
     fn own_pod(
         &self,
@@ -654,7 +650,7 @@ impl VmBackend {
         config: &ContainerConfig,
         disks: Vec<api::DiskConfig>,
         shared: bool,
-    ) -> Result<api::PodInfo, SandboxError> {
+    ) -> Result<(), SandboxError> {
         let h = &settings.hypervisor;
         let size = Sizing::for_resources(h, &config.resources);
         for note in &size.notes {
@@ -692,17 +688,7 @@ impl VmBackend {
             },
             // The engine's network namespace (podman's bridge, CRI's sandbox netns): the VM
             // gets its interface.
-            network: match self.machine {
-                Machine::Vm => engine_netns(config).map(|netns| {
-                    let (rx, tx) = h.net_rate_limits();
-                    NetworkConfig {
-                        rx_rate_limit: rx,
-                        tx_rate_limit: tx,
-                        ..NetworkConfig::new(netns)
-                    }
-                }),
-                Machine::HostAgent { .. } => None,
-            },
+            network: self.network(settings, config),
             machine: self.machine.clone(),
             log,
             seccomp: h.seccomp.clone(),
@@ -726,11 +712,206 @@ impl VmBackend {
             }
         }
         rt.create_pod(&config.id, pod_config)
-            .map_err(api_err("Cannot create the container's pod"))?;
-        rt.start_pod(&config.id).map_err(|e| {
-            let _ = rt.delete_pod(&config.id, true);
-            SandboxError::failed("Cannot start the container's pod VM", e)
-        })
+            .map(|_| ())
+            .map_err(api_err("Cannot create the container's pod"))
+    }
+
+    /// The engine's network namespace (podman's bridge, CRI's sandbox netns, what CNI
+    /// configured between create and start) that the VM gets its interface from.
+    fn network(&self, settings: &RuntimeConfig, config: &ContainerConfig) -> Option<NetworkConfig> {
+        match self.machine {
+            Machine::Vm => engine_netns(config).map(|netns| {
+                let (rx, tx) = settings.hypervisor.net_rate_limits();
+                NetworkConfig {
+                    rx_rate_limit: rx,
+                    tx_rate_limit: tx,
+                    ..NetworkConfig::new(netns)
+                }
+            }),
+            Machine::HostAgent { .. } => None,
+        }
+    }
+
+    /// Everything of a create but the boot: the container's images, its own pod (created,
+    /// not started) or its sandbox's running pod, and the container recorded in it (a
+    /// member's created in the guest at once, since its pod runs).
+    fn prepare(
+        &self,
+        rt: &Runtime,
+        settings: &RuntimeConfig,
+        config: &ContainerConfig,
+        state_dir: &Path,
+        phases: &mut Timings,
+    ) -> Result<Prepared, SandboxError> {
+        use crate::api::{disk, DiskConfig};
+        let t0 = Instant::now();
+        let (rootfs, binds, volume) = if let Machine::HostAgent { .. } = self.machine {
+            // The agent runs on this host: the bundle's rootfs is its own directory. Host
+            // binds are not carried (a host agent's container sees what its mounts say).
+            let path = config.rootfs.to_string_lossy().into_owned();
+            (RootfsConfig::GuestPath { path }, HostBinds::Dropped, None)
+        } else if settings.runtime.rootfs == OciRootfs::VirtioFs {
+            // Shared live: nothing to copy, whatever the image's size.
+            // Writable: `root.readonly` is the agent's remount once the spec's mount points
+            // are made, as runc does it.
+            let rootfs = RootfsConfig::Share {
+                path: config.rootfs.clone(),
+                read_only: false,
+            };
+            (rootfs, HostBinds::Shared, None)
+        } else {
+            let image = state_dir.join("rootfs.ext4");
+            disk::make_ext4(&config.rootfs, &image)
+                .map_err(|e| SandboxError::failed("Cannot make the container's rootfs image", e))?;
+            phases.since("rootfs_image", t0);
+            let t = Instant::now();
+            let volume_image = state_dir.join("volume.ext4");
+            let has_volume = stage_volumes(config, &state_dir.join("volume-stage"), &volume_image)
+                .map_err(|e| SandboxError::failed("Cannot carry the bind mounts into the VM", e))?;
+            if has_volume {
+                phases.since("volume_image", t);
+            }
+            let rootfs = RootfsConfig::Image {
+                path: image,
+                read_only: false,
+            };
+            let volume = has_volume.then_some(RootfsConfig::Image {
+                path: volume_image,
+                read_only: false,
+            });
+            (rootfs, HostBinds::Volume, volume)
+        };
+        let (pod, owns_pod, rootfs, volume) = match &config.role {
+            // The pod library puts the images into free disk slots of the running VM.
+            PodRole::Member { sandbox_id } => (sandbox_id.clone(), false, rootfs, volume),
+            PodRole::Single | PodRole::Sandbox => {
+                // The images are the pod's own disks, attached at boot.
+                let mut disks = Vec::new();
+                let mut as_disk = |id: &str, r: RootfsConfig| match r {
+                    RootfsConfig::Image { path, read_only } => {
+                        disks.push(DiskConfig {
+                            id: id.to_string(),
+                            path,
+                            read_only,
+                            rate_limit: None,
+                        });
+                        RootfsConfig::Disk { id: id.to_string() }
+                    }
+                    other => other,
+                };
+                let rootfs = as_disk(ROOTFS_DISK, rootfs);
+                let volume = volume.map(|v| as_disk(VOLUME_DISK, v));
+                let t = Instant::now();
+                self.own_pod(rt, settings, config, disks, binds == HostBinds::Shared)?;
+                phases.since("pod_create", t);
+                (config.id.clone(), true, rootfs, volume)
+            }
+        };
+        let t = Instant::now();
+        let created = rt.create_container(
+            &pod,
+            &config.id,
+            container_config(config, rootfs, binds, volume),
+        );
+        if let Err(e) = created {
+            if owns_pod {
+                let _ = rt.delete_pod(&pod, true);
+            }
+            return Err(SandboxError::failed(
+                "Cannot create the container in its pod",
+                e,
+            ));
+        }
+        phases.since("container_create", t);
+        Ok(Prepared { pod, owns_pod })
+    }
+
+    /// Boot what [`VmBackend::prepare`] made (a container's own pod starts, its container
+    /// created in the guest with it) and attach the container's stdio.
+    fn boot(
+        &self,
+        rt: Runtime,
+        prepared: Prepared,
+        id: &str,
+        stdio: Stdio,
+        phases: &mut Timings,
+    ) -> Result<PodSandbox, SandboxError> {
+        let Prepared { pod, owns_pod } = prepared;
+        if owns_pod {
+            let t = Instant::now();
+            let started = rt.start_pod(&pod).and_then(|info| {
+                // The pod starts what it recorded: a container the guest refused is stopped.
+                match info.containers.iter().find(|c| c.id == id) {
+                    Some(c) if c.state == api::State::Ready => Ok(info),
+                    _ => Err(api::Error::Config(format!(
+                        "container {id} was not created in its pod's VM: {}",
+                        info.warnings.join("; ")
+                    ))),
+                }
+            });
+            match started {
+                Ok(info) => {
+                    phases.since("pod_start", t);
+                    for p in &info.timings {
+                        phases.0.push((format!("pod.{}", p.name), p.ms));
+                    }
+                }
+                Err(e) => {
+                    let _ = rt.delete_pod(&pod, true);
+                    return Err(SandboxError::failed(
+                        "Cannot start the container's pod VM",
+                        e,
+                    ));
+                }
+            }
+        }
+        let t = Instant::now();
+        let sandbox = PodSandbox::attach(rt, &pod, owns_pod, id, stdio)?;
+        phases.since("stdio_attach", t);
+        Ok(sandbox)
+    }
+}
+
+/// What [`VmBackend::prepare`] made: the container is in `pod` (its own when `owns_pod`).
+struct Prepared {
+    pod: String,
+    owns_pod: bool,
+}
+
+/// Phases of a create (ms each), written to the container's [`TIMINGS_FILE`] for the benches.
+#[derive(Default)]
+struct Timings(Vec<(String, f64)>);
+
+impl Timings {
+    fn since(&mut self, name: &str, since: Instant) {
+        self.0
+            .push((name.to_string(), since.elapsed().as_secs_f64() * 1e3));
+    }
+
+    /// The phases a [`Backend::record`] wrote before (its create at start goes on from them).
+    fn load(state_dir: &Path) -> Timings {
+        let map: serde_json::Map<String, serde_json::Value> =
+            std::fs::read(state_dir.join(TIMINGS_FILE))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+        Timings(
+            map.into_iter()
+                .filter_map(|(k, v)| Some((k, v.as_f64()?)))
+                .collect(),
+        )
+    }
+
+    fn write(self, state_dir: &Path) {
+        let json: serde_json::Map<String, serde_json::Value> = self
+            .0
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::from(v)))
+            .collect();
+        let _ = std::fs::write(
+            state_dir.join(TIMINGS_FILE),
+            serde_json::Value::Object(json).to_string(),
+        );
     }
 }
 
@@ -779,103 +960,74 @@ impl Backend for VmBackend {
         state_dir: &Path,
         stdio: Stdio,
     ) -> Result<Box<dyn Sandbox>, SandboxError> {
-        use crate::api::{disk, DiskConfig};
-        let mut phases: Vec<(String, f64)> = Vec::new();
-        let phase = |phases: &mut Vec<(String, f64)>, name: &str, since: Instant| {
-            phases.push((name.to_string(), since.elapsed().as_secs_f64() * 1e3));
-        };
         let t0 = Instant::now();
         let rt = self.runtime();
-        // Read at every create, as Kata's shim reads its configuration.toml at start.
-        let settings = RuntimeConfig::load()
-            .map_err(|e| SandboxError::failed("Cannot load the runtime configuration", e))?;
-        let (rootfs, binds, volume) = if let Machine::HostAgent { .. } = self.machine {
-            // The agent runs on this host: the bundle's rootfs is its own directory. Host
-            // binds are not carried (a host agent's container sees what its mounts say).
-            let path = config.rootfs.to_string_lossy().into_owned();
-            (RootfsConfig::GuestPath { path }, HostBinds::Dropped, None)
-        } else if settings.runtime.rootfs == OciRootfs::VirtioFs {
-            // Shared live: nothing to copy, whatever the image's size.
-            // Writable: `root.readonly` is the agent's remount once the spec's mount points
-            // are made, as runc does it.
-            let rootfs = RootfsConfig::Share {
-                path: config.rootfs.clone(),
-                read_only: false,
-            };
-            (rootfs, HostBinds::Shared, None)
-        } else {
-            let image = state_dir.join("rootfs.ext4");
-            disk::make_ext4(&config.rootfs, &image)
-                .map_err(|e| SandboxError::failed("Cannot make the container's rootfs image", e))?;
-            phase(&mut phases, "rootfs_image", t0);
-            let t = Instant::now();
-            let volume_image = state_dir.join("volume.ext4");
-            let has_volume = stage_volumes(config, &state_dir.join("volume-stage"), &volume_image)
-                .map_err(|e| SandboxError::failed("Cannot carry the bind mounts into the VM", e))?;
-            if has_volume {
-                phase(&mut phases, "volume_image", t);
-            }
-            let rootfs = RootfsConfig::Image {
-                path: image,
-                read_only: false,
-            };
-            let volume = has_volume.then_some(RootfsConfig::Image {
-                path: volume_image,
-                read_only: false,
-            });
-            (rootfs, HostBinds::Volume, volume)
-        };
-        let (pod, owns_pod, rootfs, volume) = match &config.role {
-            // The pod library puts the images into free disk slots of the running VM.
-            PodRole::Member { sandbox_id } => (sandbox_id.clone(), false, rootfs, volume),
-            PodRole::Single | PodRole::Sandbox => {
-                // The images are the pod's own disks, attached at boot.
-                let mut disks = Vec::new();
-                let mut as_disk = |id: &str, r: RootfsConfig| match r {
-                    RootfsConfig::Image { path, read_only } => {
-                        disks.push(DiskConfig {
-                            id: id.to_string(),
-                            path,
-                            read_only,
-                            rate_limit: None,
-                        });
-                        RootfsConfig::Disk { id: id.to_string() }
-                    }
-                    other => other,
-                };
-                let rootfs = as_disk(ROOTFS_DISK, rootfs);
-                let volume = volume.map(|v| as_disk(VOLUME_DISK, v));
-                let t = Instant::now();
-                let info =
-                    self.own_pod(&rt, &settings, config, disks, binds == HostBinds::Shared)?;
-                phase(&mut phases, "pod_start", t);
-                for p in &info.timings {
-                    phases.push((format!("pod.{}", p.name), p.ms));
-                }
-                (config.id.clone(), true, rootfs, volume)
-            }
-        };
-        let t = Instant::now();
-        let sandbox = PodSandbox::create(
-            rt,
-            &pod,
-            owns_pod,
-            &config.id,
-            container_config(config, rootfs, binds, volume),
-            stdio,
-        )?;
-        phase(&mut phases, "container_create", t);
-        phase(&mut phases, "total", t0);
-        let json: serde_json::Map<String, serde_json::Value> = phases
-            .into_iter()
-            .map(|(k, v)| (k, serde_json::Value::from(v)))
-            .collect();
-        let _ = std::fs::write(
-            state_dir.join(TIMINGS_FILE),
-            serde_json::Value::Object(json).to_string(),
-        );
+        let settings = load_settings()?;
+        let mut phases = Timings::default();
+        let prepared = self.prepare(&rt, &settings, config, state_dir, &mut phases)?;
+        let sandbox = self.boot(rt, prepared, &config.id, stdio, &mut phases)?;
+        phases.since("total", t0);
+        phases.write(state_dir);
         Ok(Box::new(sandbox))
     }
+
+    fn record(&self, config: &ContainerConfig, state_dir: &Path) -> Result<(), SandboxError> {
+        let t0 = Instant::now();
+        let settings = load_settings()?;
+        let mut phases = Timings::default();
+        self.prepare(&self.runtime(), &settings, config, state_dir, &mut phases)?;
+        phases.since("recorded", t0);
+        phases.write(state_dir);
+        Ok(())
+    }
+
+    fn create_recorded(
+        &self,
+        config: &ContainerConfig,
+        state_dir: &Path,
+        stdio: Stdio,
+    ) -> Result<Box<dyn Sandbox>, SandboxError> {
+        let t0 = Instant::now();
+        let rt = self.runtime();
+        let settings = load_settings()?;
+        let mut phases = Timings::load(state_dir);
+        let prepared = Prepared {
+            pod: config.id.clone(),
+            owns_pod: true,
+        };
+        if engine_netns(config).is_some() {
+            // The engine configured the container's namespace meanwhile (CNI): the VM gets
+            // its interface, and the container the VM's network instead of one of its own.
+            let network = self.network(&settings, config);
+            let changed = rt.change_ready_pod(&prepared.pod, |pod, containers| {
+                pod.network = network;
+                if let Some(ns) = containers
+                    .get_mut(&config.id)
+                    .and_then(|c| c.namespaces.as_mut())
+                {
+                    ns.retain(|n| *n != Namespace::Net);
+                }
+            });
+            if let Err(e) = changed {
+                let _ = rt.delete_pod(&prepared.pod, true);
+                return Err(SandboxError::failed(
+                    "Cannot give the container's pod its network",
+                    e,
+                ));
+            }
+        }
+        let sandbox = self.boot(rt, prepared, &config.id, stdio, &mut phases)?;
+        phases.since("total_at_start", t0);
+        phases.write(state_dir);
+        Ok(Box::new(sandbox))
+    }
+}
+
+/// The runtime configuration, read at every create as Kata's shim reads its
+/// configuration.toml.
+fn load_settings() -> Result<RuntimeConfig, SandboxError> {
+    RuntimeConfig::load()
+        .map_err(|e| SandboxError::failed("Cannot load the runtime configuration", e))
 }
 
 #[cfg(test)]
