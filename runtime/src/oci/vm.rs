@@ -960,25 +960,29 @@ impl Backend for VmBackend {
         state_dir: &Path,
         stdio: Stdio,
     ) -> Result<Box<dyn Sandbox>, SandboxError> {
-        let t0 = Instant::now();
-        let rt = self.runtime();
-        let settings = load_settings()?;
-        let mut phases = Timings::default();
-        let prepared = self.prepare(&rt, &settings, config, state_dir, &mut phases)?;
-        let sandbox = self.boot(rt, prepared, &config.id, stdio, &mut phases)?;
-        phases.since("total", t0);
-        phases.write(state_dir);
-        Ok(Box::new(sandbox))
+        timed(
+            state_dir,
+            Timings::default(),
+            "total",
+            |phases, settings| {
+                let rt = self.runtime();
+                let prepared = self.prepare(&rt, settings, config, state_dir, phases)?;
+                let sandbox = self.boot(rt, prepared, &config.id, stdio, phases)?;
+                Ok(Box::new(sandbox) as Box<dyn Sandbox>)
+            },
+        )
     }
 
     fn record(&self, config: &ContainerConfig, state_dir: &Path) -> Result<(), SandboxError> {
-        let t0 = Instant::now();
-        let settings = load_settings()?;
-        let mut phases = Timings::default();
-        self.prepare(&self.runtime(), &settings, config, state_dir, &mut phases)?;
-        phases.since("recorded", t0);
-        phases.write(state_dir);
-        Ok(())
+        timed(
+            state_dir,
+            Timings::default(),
+            "recorded",
+            |phases, settings| {
+                self.prepare(&self.runtime(), settings, config, state_dir, phases)
+                    .map(|_| ())
+            },
+        )
     }
 
     fn create_recorded(
@@ -987,47 +991,57 @@ impl Backend for VmBackend {
         state_dir: &Path,
         stdio: Stdio,
     ) -> Result<Box<dyn Sandbox>, SandboxError> {
-        let t0 = Instant::now();
-        let rt = self.runtime();
-        let settings = load_settings()?;
-        let mut phases = Timings::load(state_dir);
-        let prepared = Prepared {
-            pod: config.id.clone(),
-            owns_pod: true,
-        };
-        if engine_netns(config).is_some() {
-            // The engine configured the container's namespace meanwhile (CNI): the VM gets
-            // its interface, and the container the VM's network instead of one of its own.
-            let network = self.network(&settings, config);
-            let changed = rt.change_ready_pod(&prepared.pod, |pod, containers| {
-                pod.network = network;
-                if let Some(ns) = containers
-                    .get_mut(&config.id)
-                    .and_then(|c| c.namespaces.as_mut())
-                {
-                    ns.retain(|n| *n != Namespace::Net);
+        let earlier = Timings::load(state_dir);
+        timed(state_dir, earlier, "total_at_start", |phases, settings| {
+            let rt = self.runtime();
+            let prepared = Prepared {
+                pod: config.id.clone(),
+                owns_pod: true,
+            };
+            if engine_netns(config).is_some() {
+                // The engine configured the container's namespace meanwhile (CNI): the VM
+                // gets its interface, and the container the VM's network instead of one of
+                // its own.
+                let network = self.network(settings, config);
+                let changed = rt.change_ready_pod(&prepared.pod, |pod, containers| {
+                    pod.network = network;
+                    if let Some(ns) = containers
+                        .get_mut(&config.id)
+                        .and_then(|c| c.namespaces.as_mut())
+                    {
+                        ns.retain(|n| *n != Namespace::Net);
+                    }
+                });
+                if let Err(e) = changed {
+                    let _ = rt.delete_pod(&prepared.pod, true);
+                    return Err(SandboxError::failed(
+                        "Cannot give the container's pod its network",
+                        e,
+                    ));
                 }
-            });
-            if let Err(e) = changed {
-                let _ = rt.delete_pod(&prepared.pod, true);
-                return Err(SandboxError::failed(
-                    "Cannot give the container's pod its network",
-                    e,
-                ));
             }
-        }
-        let sandbox = self.boot(rt, prepared, &config.id, stdio, &mut phases)?;
-        phases.since("total_at_start", t0);
-        phases.write(state_dir);
-        Ok(Box::new(sandbox))
+            let sandbox = self.boot(rt, prepared, &config.id, stdio, phases)?;
+            Ok(Box::new(sandbox) as Box<dyn Sandbox>)
+        })
     }
 }
 
-/// The runtime configuration, read at every create as Kata's shim reads its
-/// configuration.toml.
-fn load_settings() -> Result<RuntimeConfig, SandboxError> {
-    RuntimeConfig::load()
-        .map_err(|e| SandboxError::failed("Cannot load the runtime configuration", e))
+/// Runs `f` with the runtime configuration (read at every create, as Kata's shim reads its
+/// configuration.toml) and `phases`, then adds `total` (how long it all took) and writes
+/// them to the container's [`TIMINGS_FILE`].
+fn timed<T>(
+    state_dir: &Path,
+    mut phases: Timings,
+    total: &str,
+    f: impl FnOnce(&mut Timings, &RuntimeConfig) -> Result<T, SandboxError>,
+) -> Result<T, SandboxError> {
+    let t0 = Instant::now();
+    let settings = RuntimeConfig::load()
+        .map_err(|e| SandboxError::failed("Cannot load the runtime configuration", e))?;
+    let out = f(&mut phases, &settings)?;
+    phases.since(total, t0);
+    phases.write(state_dir);
+    Ok(out)
 }
 
 #[cfg(test)]
