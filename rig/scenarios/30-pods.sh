@@ -329,7 +329,14 @@ flood_execs() {
         echo "p4 exec while it floods its $1: $(ember container exec p4 reader -- echo own-alive-$i)"
     done
     wait $_job
-    echo "p4 $1 flood: exit $?, $(cat "$2")"
+    _rc=$?
+    echo "p4 $1 flood: exit $_rc, $(cat "$2")"
+    # Why, when p4 did not come through it (rig/RELIABILITY.md: pods-throttled).
+    if [ $_rc != 0 ]; then
+        echo "p4 after its $1 flood: $(ember pod status --json p4 | grep -E '"(state|stop_reason)"' | tr -s ' \n' ' ')"
+        pod_console p4
+        echo "--- the host's kernel"; dmesg | tail -n 15
+    fi
 }
 
 pods_throttled() {
