@@ -594,9 +594,6 @@ impl Runtime {
         Ok(out)
     }
 
-    /// Boot the pod's VM in a detached ember process (or on a thread of this one, for a
-    /// runtime that [hosts its VMs](Runtime::hosting_vms)), wait for the agent's readiness,
-    /// create the pod's containers in the guest, run the hooks.
     /// Change the config of a pod that has not started yet and of its recorded containers
     /// (`f` gets both), checked as at create: what an OCI engine settles between create and
     /// start (the network namespace CNI configured) reaches the VM at its boot.
@@ -637,6 +634,9 @@ impl Runtime {
         Ok(PodInfo::from_record(&rec, &dir))
     }
 
+    /// Boot the pod's VM in a detached ember process (or on a thread of this one, for a
+    /// runtime that [hosts its VMs](Runtime::hosting_vms)), wait for the agent's readiness,
+    /// create the pod's containers in the guest, run the hooks.
     pub fn start_pod(&self, pod: &str) -> Result<PodInfo, Error> {
         let (_lock, dir, mut rec) = match self.open_timeout(pod, LockKind::Write, Duration::ZERO) {
             // Busy: refused at once when a live ember process is starting it, else wait.
