@@ -131,17 +131,30 @@ pub struct Rerun {
     pub why: String,
     /// The first run's failed sections of those files.
     pub failed: BTreeMap<String, Section>,
+    /// Every section of those files in the first run (the second run's replace them).
+    replaced: Vec<String>,
 }
 
 impl Rerun {
-    fn of(report: &RunReport, again: &[usize], scenarios: &[PathBuf]) -> Rerun {
+    /// What to run again after `report` (a run of `scenarios`): the files' places in the run
+    /// and the record of why; `None` when nothing failed.
+    fn after(report: &RunReport, scenarios: &[PathBuf]) -> Option<(Vec<usize>, Rerun)> {
         let owner = sections::scenarios_of(&report.console);
+        let again = to_rerun(report, &owner, scenarios.len());
+        if again.is_empty() {
+            return None;
+        }
+        let in_again = |name: &str| owner.get(name).is_some_and(|i| again.contains(i));
+        let replaced: Vec<String> = report
+            .sections
+            .keys()
+            .filter(|n| in_again(n))
+            .cloned()
+            .collect();
         let failed: BTreeMap<String, Section> = report
             .sections
             .iter()
-            .filter(|(name, s)| {
-                s.rc != 0 && owner.get(name.as_str()).is_some_and(|i| again.contains(i))
-            })
+            .filter(|(name, s)| s.rc != 0 && in_again(name))
             .map(|(n, s)| (n.clone(), s.clone()))
             .collect();
         let mut why: Vec<String> = failed
@@ -154,7 +167,7 @@ impl Rerun {
         if report.outcome != Outcome::Completed {
             why.push(format!("the host's run ended {:?}", report.outcome));
         }
-        Rerun {
+        let rerun = Rerun {
             scenarios: again
                 .iter()
                 .map(|&i| {
@@ -166,17 +179,19 @@ impl Rerun {
                 .collect(),
             why: why.join(", "),
             failed,
-        }
+            replaced,
+        };
+        Some((again, rerun))
     }
 }
 
 impl RunReport {
-    /// Takes `second` (a run of the scenario files `again`) in place of this run's sections of
-    /// those files.
-    fn merge(&mut self, second: RunReport, again: &[usize], rerun: Rerun, line: &str) {
-        let owner = sections::scenarios_of(&self.console);
-        self.sections
-            .retain(|name, _| !owner.get(name.as_str()).is_some_and(|i| again.contains(i)));
+    /// Takes `second` (the run of `rerun`'s scenario files) in place of this run's sections
+    /// of those files.
+    fn merge(&mut self, second: RunReport, rerun: Rerun, line: &str) {
+        for name in &rerun.replaced {
+            self.sections.remove(name);
+        }
         self.sections.extend(second.sections);
         self.console.push_str(line);
         self.console.push('\n');
@@ -515,9 +530,11 @@ impl VirtualHost {
             None => None,
         };
         let mut report = self.attempts(&work.join("host.cpio"), log.as_mut())?;
-        let again = to_rerun(&report, self.scenarios.len());
-        if self.rerun_failed && !again.is_empty() {
-            let rerun = Rerun::of(&report, &again, &self.scenarios);
+        let rerun = match self.rerun_failed {
+            true => Rerun::after(&report, &self.scenarios),
+            false => None,
+        };
+        if let Some((again, rerun)) = rerun {
             let line = format!(
                 "{RERUN_MARKER} {}: {}",
                 rerun.scenarios.join(" "),
@@ -538,7 +555,7 @@ impl VirtualHost {
                 ..self.clone()
             };
             let second = subset.attempts(&work.join("rerun.cpio"), log.as_mut())?;
-            report.merge(second, &again, rerun, &line);
+            report.merge(second, rerun, &line);
         }
         if self.work_dir.is_none() {
             let _ = std::fs::remove_dir_all(&work);
@@ -691,8 +708,8 @@ struct Attempt {
 
 /// The scenario files (indexes into the `n` run) to run again: those with a failed section,
 /// the one the host stopped in and those it never reached.
-fn to_rerun(report: &RunReport, n: usize) -> Vec<usize> {
-    let owner = sections::scenarios_of(&report.console);
+/// `owner`: the file each section began in ([`sections::scenarios_of`]).
+fn to_rerun(report: &RunReport, owner: &BTreeMap<String, usize>, n: usize) -> Vec<usize> {
     let reached = sections::scenarios_started(&report.console);
     let stopped_in = (report.outcome != Outcome::Completed).then(|| reached.last().copied());
     (0..n)
@@ -792,18 +809,22 @@ mod tests {
                          === RIG SCENARIO 002-30-c.sh\n=== BEGIN c\n=== END c rc=0\n\
                          === RIG DONE\n";
 
+    fn again(report: &RunReport, n: usize) -> Vec<usize> {
+        to_rerun(report, &sections::scenarios_of(&report.console), n)
+    }
+
     #[test]
     fn the_files_to_run_again_are_those_that_failed_or_were_cut_short() {
-        assert_eq!(to_rerun(&report_of(THREE, Outcome::Completed), 3), vec![1]);
+        assert_eq!(again(&report_of(THREE, Outcome::Completed), 3), vec![1]);
         let passed = THREE.replace("rc=2", "rc=0");
-        assert!(to_rerun(&report_of(&passed, Outcome::Completed), 3).is_empty());
+        assert!(again(&report_of(&passed, Outcome::Completed), 3).is_empty());
         // The host hung in b: b and c again (a passed).
         let hung = "=== RIG SCENARIO 000-10-a.sh\n=== BEGIN a\n=== END a rc=0\n\
                     === RIG SCENARIO 001-20-b.sh\n=== BEGIN b\n";
-        assert_eq!(to_rerun(&report_of(hung, Outcome::Stalled), 3), vec![1, 2]);
+        assert_eq!(again(&report_of(hung, Outcome::Stalled), 3), vec![1, 2]);
         // QEMU died before the first scenario.
         assert_eq!(
-            to_rerun(&report_of("boot noise\n", Outcome::QemuExited(Some(1))), 3),
+            again(&report_of("boot noise\n", Outcome::QemuExited(Some(1))), 3),
             vec![0, 1, 2]
         );
     }
@@ -811,13 +832,13 @@ mod tests {
     #[test]
     fn a_rerun_replaces_the_sections_of_its_files_and_keeps_the_first_failure() {
         let mut first = report_of(THREE, Outcome::Completed);
-        let again = to_rerun(&first, 3);
         let files = [
             PathBuf::from("/s/10-a.sh"),
             PathBuf::from("/s/20-b.sh"),
             PathBuf::from("/s/30-c.sh"),
         ];
-        let rerun = Rerun::of(&first, &again, &files);
+        let (again, rerun) = Rerun::after(&first, &files).unwrap();
+        assert_eq!(again, vec![1]);
         assert_eq!(rerun.scenarios, vec!["20-b.sh".to_string()]);
         assert_eq!(rerun.why, "b rc=2");
         // The second run of 20-b.sh passes b and no longer prints b2.
@@ -825,7 +846,7 @@ mod tests {
             "=== RIG SCENARIO 000-20-b.sh\n=== BEGIN b\nok now\n=== END b rc=0\n=== RIG DONE\n",
             Outcome::Completed,
         );
-        first.merge(second, &again, rerun, "=== RIG RERUN 20-b.sh: b rc=2");
+        first.merge(second, rerun, "=== RIG RERUN 20-b.sh: b rc=2");
         assert_eq!(first.sections["b"].rc, 0);
         assert_eq!(first.sections["b"].output, "ok now\n");
         assert!(!first.sections.contains_key("b2"), "b2 is the first run's");
@@ -835,6 +856,9 @@ mod tests {
         assert_eq!(first.reruns[0].failed["b"].rc, 2);
         assert!(first.console.contains("=== RIG RERUN 20-b.sh"));
         assert!(first.passed());
+        // Nothing failed: nothing to run again.
+        let passed = report_of(&THREE.replace("rc=2", "rc=0"), Outcome::Completed);
+        assert!(Rerun::after(&passed, &files).is_none());
     }
 
     #[test]
