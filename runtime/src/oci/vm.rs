@@ -839,16 +839,20 @@ impl VmBackend {
         let Prepared { pod, owns_pod } = prepared;
         if owns_pod {
             let t = Instant::now();
-            let started = rt.start_pod(&pod).and_then(|info| {
-                // The pod starts what it recorded: a container the guest refused is stopped.
-                match info.containers.iter().find(|c| c.id == id) {
-                    Some(c) if c.state == api::State::Ready => Ok(info),
-                    _ => Err(api::Error::Config(format!(
-                        "container {id} was not created in its pod's VM: {}",
-                        info.warnings.join("; ")
-                    ))),
-                }
-            });
+            let started = rt
+                .start_pod(&pod)
+                .map_err(|e| SandboxError::failed("Cannot start the container's pod VM", e))
+                .and_then(|info| {
+                    // The pod starts what it recorded: a container the guest refused is
+                    // stopped, and why is among the start's warnings.
+                    match info.containers.iter().find(|c| c.id == id) {
+                        Some(c) if c.state == api::State::Ready => Ok(info),
+                        _ => Err(SandboxError::failed(
+                            format!("Cannot create container {id} in its pod's VM"),
+                            info.warnings.join("; "),
+                        )),
+                    }
+                });
             match started {
                 Ok(info) => {
                     phases.since("pod_start", t);
@@ -858,10 +862,7 @@ impl VmBackend {
                 }
                 Err(e) => {
                     let _ = rt.delete_pod(&pod, true);
-                    return Err(SandboxError::failed(
-                        "Cannot start the container's pod VM",
-                        e,
-                    ));
+                    return Err(e);
                 }
             }
         }
