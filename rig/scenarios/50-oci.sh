@@ -379,6 +379,7 @@ echo pids.max $(cat /sys/fs/cgroup/pids.max)
 echo memtotal_kib $(grep MemTotal /proc/meminfo | tr -s " " | cut -d" " -f2)
 echo nproc $(nproc)
 SHOW
+rc=0
 for rt in runc ember; do
     flag=""
     [ $rt = ember ] && flag="--runtime /usr/local/bin/ember"
@@ -500,8 +501,11 @@ ln -sf /usr/local/bin/ember /usr/local/bin/containerd-shim-ember-v2
 ember-debian-init containerd || exit 1
 R="--runtime io.containerd.ember.v2 --snapshotter native"
 I=docker.io/library/busybox:latest
+rc=0
 ctr run --rm $R $I v2a sh -c "echo hello-v2; exit 3"
-echo "v2-exit=$?"
+code=$?
+echo "v2-exit=$code"
+[ $code = 3 ] || rc=1
 ctr run -d $R $I v2b sleep 1000 >/dev/null || exit 1
 # The shim is the pod's process: the VM runs on its threads (vCPUs, control), no `ember pod
 # __vmm` of its own; the pod record names the shim, marked hosted.
@@ -516,7 +520,9 @@ echo "v2 shim threads: $(cat /proc/$vpid/task/*/comm | grep -E '^(vcpu0|pod-vmm|
 grep -q "VMM hosted by process $vpid starting" /run/containerd.log &&
     echo "v2 containerd's log has the VMM's lines"
 ctr task exec --exec-id e1 v2b sh -c "echo from-v2-exec; exit 4"
-echo "v2-exec-exit=$?"
+code=$?
+echo "v2-exec-exit=$code"
+[ $code = 4 ] || rc=1
 # Its usage (containerd's Stats): processes, memory and CPU time of its cgroup in the guest.
 ctr task metrics v2b | awk '$1 == "pids.current" || $1 == "memory.usage_in_bytes" ||
     $1 == "cpuacct.usage" { print "v2 metrics " $1 "=" $2 }'
@@ -568,6 +574,7 @@ echo "v2 ember processes: $(pgrep -c -f "^/usr/local/bin/ember" || true)"
 echo "v2 pods: $(ls /run/ember/@pods 2>/dev/null | wc -l)"
 echo "v2 state dirs: $(ls /run/ember 2>/dev/null | grep -vc "^@pods$" || true)"
 echo "v2 task mounts: $(grep -c "io.containerd.runtime.v2.task" /proc/mounts || true)"
+exit $rc
 SHIMV2
 chmod 755 "$DEB/usr/local/bin/shim-v2-test"
 section ctr-shim-v2 /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/shim-v2-test
@@ -585,6 +592,7 @@ mkdir -p /opt/cni && ln -sfn /usr/lib/cni /opt/cni/bin
 host() { echo "$(ip -o link | grep -c ": eth0[:@]") eth0, $(ip route | grep -c "^default") default routes"; }
 before=$(host)
 I=docker.io/library/busybox:latest
+rc=0
 for rt in runc ember runc-shim-ember; do
     case $rt in
         runc-shim-ember) R="--runtime io.containerd.runc.v2 --runc-binary /usr/local/bin/ember" ;;
@@ -598,8 +606,10 @@ for rt in runc ember runc-shim-ember; do
     code=$?
     printf '%s\n' "$out" | sed "s/^/$rt /"
     echo "$rt exit=$code"
+    [ $code = 0 ] || rc=1
 done
 echo "the host's namespace before: $before; after: $(host)"
+exit $rc
 CTRCNI
 chmod 755 "$DEB/usr/local/bin/ctr-cni-test"
 section ctr-cni /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/ctr-cni-test
@@ -610,16 +620,21 @@ cat >"$DEB/usr/local/bin/ctr-volumes-test" <<'CTRVOL'
 #!/bin/sh
 ember-debian-init containerd || exit 1
 I=docker.io/library/busybox:latest
+rc=0
 for rt in runc ember; do
     R="--runtime io.containerd.runc.v2"
     [ $rt = ember ] && R="--runtime io.containerd.ember.v2"
     V=/var/tmp/ctrvol-$rt
     rm -rf $V && mkdir -p $V && echo host-data-7 >$V/in
-    ctr run --rm --snapshotter native $R --mount type=bind,src=$V,dst=/data,options=rbind:rw \
-        $I vol-$rt sh -c 'cat /data/in; echo from-ctr >/data/out; echo from-ctr-rootfs >/made' |
-        sed "s/^/$rt says: /"
+    out=$(ctr run --rm --snapshotter native $R --mount type=bind,src=$V,dst=/data,options=rbind:rw \
+        $I vol-$rt sh -c 'cat /data/in; echo from-ctr >/data/out; echo from-ctr-rootfs >/made')
+    code=$?
+    printf '%s\n' "$out" | sed "s/^/$rt says: /"
+    echo "$rt exit=$code"
+    [ $code = 0 ] || rc=1
     echo "$rt host sees: $(cat $V/out 2>/dev/null || echo nothing)"
 done
+exit $rc
 CTRVOL
 chmod 755 "$DEB/usr/local/bin/ctr-volumes-test"
 section ctr-volumes /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/ctr-volumes-test
@@ -638,6 +653,7 @@ echo cpu.max $(cat $cg/cpu.max)
 echo memtotal_kib $(grep MemTotal /proc/meminfo | tr -s " " | cut -d" " -f2)
 echo nproc $(nproc)
 SHOW
+rc=0
 for rt in runc ember runc-shim-ember; do
     case $rt in
         runc) R="--runtime io.containerd.runc.v2" ;;
@@ -652,8 +668,9 @@ for rt in runc ember runc-shim-ember; do
     printf '%s\n' "$out" | sed "s/^/$rt /"
     echo "$rt exit=$code"
     # containerd's log holds its shims' lines (ember's shim v2: its VMM's too).
-    [ $code = 0 ] || { echo "--- containerd.log (last 60 lines)"; tail -n 60 /run/containerd.log; }
+    [ $code = 0 ] || { rc=1; echo "--- containerd.log (last 60 lines)"; tail -n 60 /run/containerd.log; }
 done
+exit $rc
 CTRRES
 chmod 755 "$DEB/usr/local/bin/ctr-resources-test"
 section ctr-resources /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/ctr-resources-test
@@ -670,13 +687,20 @@ ember-debian-init containerd || exit 1
 for img in busybox pause; do
     ctr -n k8s.io image import --snapshotter native /var/lib/ember-oci/$img-oci.tar >/dev/null || exit 1
 done
+# What the pod leaves is counted against what was there before it (an earlier section's
+# leftovers are that section's failure, shown here but not counted).
+procs() { pgrep -c -f "^/usr/local/bin/ember" || true; }
+pods() { ls /run/ember/@pods 2>/dev/null | wc -l; }
+dirs() { ls /run/ember 2>/dev/null | grep -vc "^@pods$" || true; }
+p0=$(procs) d0=$(pods) s0=$(dirs)
+[ "$p0$d0$s0" = 000 ] || echo "before the pods: $p0 ember processes, $d0 pods, $s0 state dirs"
 rc=0
 for h in runc ember; do
     ember-cri-test --handler $h || rc=1
     sleep 1
-    echo "$h: ember processes left: $(pgrep -c -f "^/usr/local/bin/ember" || true)"
-    echo "$h: pods left: $(ls /run/ember/@pods 2>/dev/null | wc -l)"
-    echo "$h: state dirs left: $(ls /run/ember 2>/dev/null | grep -vc "^@pods$" || true)"
+    echo "$h: ember processes left: $(($(procs) - p0))"
+    echo "$h: pods left: $(($(pods) - d0))"
+    echo "$h: state dirs left: $(($(dirs) - s0))"
     echo "$h: task mounts left: $(grep -c "io.containerd.runtime.v2.task/k8s.io" /proc/mounts || true)"
     echo "$h: sandbox mounts left: $(grep -c "io.containerd.grpc.v1.cri/sandboxes" /proc/mounts || true)"
 done

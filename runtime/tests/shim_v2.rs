@@ -39,6 +39,11 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // What a failed test left (shims, pod processes) goes too.
+        for (pid, _) in ember_pids(&self.dir) {
+            // SAFETY: plain kill(2) of a process this test's containerd started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
         let _ = Command::new("umount")
             .arg("-R")
             .arg(self.dir.join("root"))
@@ -49,9 +54,10 @@ impl Drop for Containerd {
 }
 
 impl Containerd {
-    fn start(agent: &Path) -> Containerd {
+    /// A containerd of its own for the test `name`, whose pods' agent is `agent`.
+    fn start(name: &str, agent: &Path) -> Containerd {
         // A short path: containerd's and the shim's sockets live under it.
-        let dir = PathBuf::from(format!("/var/tmp/ember-ctd-{}", std::process::id()));
+        let dir = PathBuf::from(format!("/var/tmp/ember-ctd-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("bin")).unwrap();
         std::os::unix::fs::symlink(
@@ -160,6 +166,11 @@ fn busybox_rootfs(dir: &Path) -> PathBuf {
 /// ember processes (shims, pod processes, host agents) started for the containerd in `dir`
 /// (its environment names `dir`).
 fn ember_processes(dir: &Path) -> Vec<String> {
+    ember_pids(dir).into_iter().map(|(_, cmd)| cmd).collect()
+}
+
+/// [`ember_processes`] with their pids.
+fn ember_pids(dir: &Path) -> Vec<(i32, String)> {
     let needle = dir.to_string_lossy().into_owned();
     let mut found = Vec::new();
     for e in fs::read_dir("/proc").unwrap().flatten() {
@@ -171,10 +182,30 @@ fn ember_processes(dir: &Path) -> Vec<String> {
         let env = fs::read(e.path().join("environ")).unwrap_or_default();
         if String::from_utf8_lossy(&env).contains(&needle) {
             let cmd = fs::read(e.path().join("cmdline")).unwrap_or_default();
-            found.push(String::from_utf8_lossy(&cmd).replace('\0', " "));
+            let pid = e.file_name().to_string_lossy().parse().unwrap_or(0);
+            found.push((pid, String::from_utf8_lossy(&cmd).replace('\0', " ")));
         }
     }
     found
+}
+
+/// Waits until no ember process of the containerd in `dir` runs, then checks that it left no
+/// ember state and no task.
+fn assert_nothing_left(ctd: &Containerd) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ember_processes(&ctd.dir).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left running: {:?}",
+            ember_processes(&ctd.dir)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let state: Vec<_> = fs::read_dir(ctd.dir.join("ember"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(state.is_empty(), "ember state left: {state:?}");
+    assert!(ctd.ok(&["task", "ls"]).lines().count() <= 1);
 }
 
 /// The one running task's pod is hosted by its shim: the pod record names the shim's
@@ -231,7 +262,7 @@ fn ctr_runs_tasks_through_containerd_shim_ember_v2() {
         eprintln!("skipping: ember-agent binary not built (cargo build -p ember-agent)");
         return;
     };
-    let ctd = Containerd::start(&agent);
+    let ctd = Containerd::start("tasks", &agent);
     let rootfs = busybox_rootfs(&ctd.dir);
     let rootfs = rootfs.to_str().unwrap();
     let runtime = ["--runtime", "io.containerd.ember.v2", "--rootfs", rootfs];
@@ -384,18 +415,51 @@ fn ctr_runs_tasks_through_containerd_shim_ember_v2() {
     ctd.ok(&["container", "rm", "t5"]);
 
     // Nothing is left: no shim, pod process or agent; no pod; no state.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ember_processes(&ctd.dir).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "left running: {:?}",
-            ember_processes(&ctd.dir)
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    assert_nothing_left(&ctd);
+}
+
+/// A task whose pod cannot start (its agent exits at once) is stopped once its start failed,
+/// as under runc when the container's process cannot run: `ctr run --rm` fails with the
+/// reason and removes the task and the container; a detached one is seen STOPPED and deleted
+/// by `ctr task delete`. Nothing is left.
+#[test]
+fn a_task_whose_pod_cannot_start_stops_and_leaves_nothing() {
+    if !nix::unistd::geteuid().is_root() || !Path::new("/bin/busybox").exists() {
+        eprintln!("skipping: needs root and /bin/busybox");
+        return;
     }
-    let state: Vec<_> = fs::read_dir(ctd.dir.join("ember"))
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(state.is_empty(), "ember state left: {state:?}");
-    assert!(ctd.ok(&["task", "ls"]).lines().count() <= 1);
+    if !have("containerd") || !have("ctr") {
+        eprintln!("skipping: containerd and ctr not installed (Debian's containerd)");
+        return;
+    }
+    let ctd = Containerd::start("nostart", Path::new("/bin/false"));
+    let rootfs = busybox_rootfs(&ctd.dir);
+    let rootfs = rootfs.to_str().unwrap();
+    let runtime = ["--runtime", "io.containerd.ember.v2", "--rootfs", rootfs];
+
+    let mut args = vec!["run", "--rm"];
+    args.extend(runtime);
+    args.extend(["f1", "true"]);
+    let out = ctd.ctr(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "ctr run of a pod that cannot start: {err}"
+    );
+    assert!(err.contains("agent"), "no reason given: {err}");
+    assert!(
+        !ctd.ok(&["container", "ls", "-q"])
+            .lines()
+            .any(|l| l == "f1"),
+        "ctr run --rm left its container"
+    );
+
+    let mut args = vec!["run", "-d"];
+    args.extend(runtime);
+    args.extend(["f2", "true"]);
+    assert!(!ctd.ctr(&args).status.success());
+    assert_eq!(ctd.task_status("f2"), "STOPPED");
+    ctd.ok(&["task", "delete", "f2"]);
+    ctd.ok(&["container", "rm", "f2"]);
+    assert_nothing_left(&ctd);
 }

@@ -53,7 +53,8 @@ pub const SERVER_ENV: &str = "EMBER_SHIM_V2";
 pub const NETNS_HOLDER_ENV: &str = "EMBER_NETNS_HOLDER";
 /// The type containerd decodes [`shim::Task::stats`]'s answer as.
 const METRICS_TYPE: &str = "io.containerd.cgroups.v1.Metrics";
-/// Exit code of a process whose end could not be learnt (its VM died under it).
+/// Exit code of a process whose end could not be learnt (its VM died under it), or that
+/// never ran (its start failed).
 const LOST: u32 = 255;
 
 /// The shim binary's side of containerd's protocol.
@@ -431,9 +432,20 @@ impl TaskService {
 
     fn start_init(&self, id: &str) -> TtrpcResult<u32> {
         let sandbox = self.sandbox(id)?;
-        let pid = sandbox
-            .start()
-            .map_err(|e| rpc(Code::FAILED_PRECONDITION, crate::error::report(&e)))?;
+        let pid = match sandbox.start() {
+            Ok(pid) => pid,
+            Err(e) => {
+                // The container's process never ran; as under runc, whose init dies when
+                // its start fails, the task is stopped now (exit 255, published), so that
+                // containerd can delete it and nothing stays behind (`ctr run --rm`
+                // deletes only a stopped task).
+                let why = crate::error::report(&e);
+                log::error!("task {id} did not start: {why}");
+                sandbox.shutdown();
+                self.exited(id, None, LOST);
+                return Err(rpc(Code::FAILED_PRECONDITION, why));
+            }
+        };
         let pid = u32::try_from(pid).unwrap_or(0);
         if let Ok(mut tasks) = self.0.tasks.lock() {
             if let Some(t) = tasks.get_mut(id) {
