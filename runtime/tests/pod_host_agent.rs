@@ -839,6 +839,49 @@ fn a_container_with_its_own_network_namespace_gets_its_pod_at_start() {
     assert!(leaks.none(), "{leaks:?}");
 }
 
+/// A container whose pod cannot boot at start (its agent exits at once): `start` fails with
+/// the reason, and the container is stopped as runc's is when its process cannot run: its
+/// shim ends (exit 255), its pod goes, `delete` removes the rest, nothing is left.
+#[test]
+fn a_container_whose_pod_cannot_boot_at_start_is_stopped() {
+    if prerequisites("a_container_whose_pod_cannot_boot_at_start_is_stopped").is_none() {
+        return;
+    }
+    let oci = Env::new("oci-noboot", PathBuf::from("/bin/false"));
+    let b = bundle(&oci.root, "b", &["true"]);
+    let cfg = b.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&cfg).unwrap()).unwrap();
+    spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"type": "network"}));
+    fs::write(&cfg, spec.to_string()).unwrap();
+    let created = oci
+        .cmd(&["create", "--bundle", b.to_str().unwrap(), "c"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(created.success(), "create");
+    let v = oci.json(&["state", "c"]);
+    let pid = v["pid"].as_i64().unwrap() as i32;
+    let start = oci.run(&["start", "c"]);
+    assert!(!start.status.success(), "start of a pod that cannot boot");
+    let err = String::from_utf8_lossy(&start.stderr);
+    assert!(err.contains("agent"), "no reason given: {err}");
+    assert!(
+        support::wait_for(Duration::from_secs(10), || support::gone(pid)),
+        "the shim of a container that could not start runs on"
+    );
+    assert_eq!(oci_status(&oci, "c"), "stopped");
+    assert!(!oci.pod_dir("c").exists(), "its pod after the failed start");
+    oci.ok(&["delete", "c"]);
+    let leaks = oci.leaks();
+    assert!(leaks.none(), "{leaks:?}");
+}
+
 /// The pod process keeps its containers' table: a container whose process exits is recorded
 /// stopped, with its exit code, by the pod process itself (from the agent's event stream),
 /// before any client asks the agent.

@@ -94,7 +94,16 @@ fn handle(mut conn: Conn, sandbox: &dyn Sandbox, shutting_down: &AtomicBool) {
     log::debug!("shim request {req:?}");
     let err = |e: super::sandbox::SandboxError| Response::Error(crate::error::report(&e));
     let resp = match req {
-        Request::Start => sandbox.start().map_or_else(err, Response::Pid),
+        Request::Start => match sandbox.start() {
+            Ok(pid) => Response::Pid(pid),
+            Err(e) => {
+                // Its process never ran: as runc's init when its start fails, the shim ends
+                // (exit 255), releasing the VM, and the engine sees the container stopped.
+                shutting_down.store(true, Ordering::SeqCst);
+                sandbox.shutdown();
+                err(e)
+            }
+        },
         Request::Kill { signal, all } => sandbox
             .signal(signal, all)
             .map_or_else(err, |()| Response::Done),
