@@ -263,7 +263,9 @@ fn live_pid_without_control_socket_is_stopped_and_with_it_running() {
     // Our own process as the "VMM", with a control socket answering pings.
     let sock = rt.pod_dir("p").join(crate::pod_vmm::CONTROL_SOCKET);
     let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-    std::thread::spawn(move || crate::pod_vmm::control::serve(listener, &SlotRecorder::default()));
+    std::thread::spawn(move || {
+        crate::pod_vmm::control::serve(listener, std::sync::Arc::new(SlotRecorder::default()))
+    });
     rt.create_container("p", "c1", cfg(RootfsConfig::GuestPath { path: "/".into() }))
         .unwrap();
     force_state(&rt, "p", State::Running, Some(me.clone()));
@@ -522,7 +524,7 @@ fn serve_control(dir: &Path) -> std::sync::Arc<SlotRecorder> {
         std::os::unix::net::UnixListener::bind(dir.join(crate::pod_vmm::CONTROL_SOCKET)).unwrap();
     let target = std::sync::Arc::new(SlotRecorder::default());
     let t = target.clone();
-    std::thread::spawn(move || crate::pod_vmm::control::serve(listener, &*t));
+    std::thread::spawn(move || crate::pod_vmm::control::serve(listener, t));
     target
 }
 

@@ -6,7 +6,8 @@ use super::protocol::{Message, VERSION};
 pub use super::protocol::{Request, Response};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a client waits for an answer unless told otherwise.
@@ -249,26 +250,72 @@ pub fn handle_connection(mut stream: UnixStream, target: &dyn ControlTarget) -> 
     stop
 }
 
+/// Connections answered at the same time; more are refused with an error at once, so a flood
+/// of clients cannot pile up threads.
+const MAX_IN_FLIGHT: usize = 64;
+
 /// Serve `listener` until a `Stop` request arrives (then the target was stopped).
-pub fn serve(listener: UnixListener, target: &dyn ControlTarget) {
+pub fn serve<T: ControlTarget + 'static>(listener: UnixListener, target: Arc<T>) {
     serve_until(listener, target, &AtomicBool::new(false));
 }
 
 /// [`serve`], also ending at the first connection after `ending` was set (whoever sets it
 /// connects once, to wake the accept).
-pub fn serve_until(listener: UnixListener, target: &dyn ControlTarget, ending: &AtomicBool) {
+///
+/// Each connection is answered on a thread of its own (`control-req`), so a slow request (a
+/// snapshot, a stop) or a client that connects and says nothing holds up no other: a `Ping`
+/// is answered while a `Snapshot` runs. Once a `Stop` was answered, serving ends.
+pub fn serve_until<T: ControlTarget + 'static>(
+    listener: UnixListener,
+    target: Arc<T>,
+    ending: &AtomicBool,
+) {
+    let stopped = Arc::new(AtomicBool::new(false));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    // Where a handler that answered `Stop` connects, to wake the accept below.
+    let wake: Option<PathBuf> = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_path_buf));
     for stream in listener.incoming() {
-        if ending.load(Ordering::SeqCst) {
+        if ending.load(Ordering::SeqCst) || stopped.load(Ordering::SeqCst) {
             return;
         }
-        match stream {
-            Ok(s) => {
-                if handle_connection(s, target) {
-                    return;
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        if in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_IN_FLIGHT {
+            in_flight.fetch_sub(1, Ordering::SeqCst);
+            log::warn!("Control request refused: {MAX_IN_FLIGHT} requests in flight");
+            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+            let busy = Response::Error(format!("busy: {MAX_IN_FLIGHT} requests in flight"));
+            let _ = agent::protocol::send(&mut stream, &Message::new(busy));
+            continue;
+        }
+        let (t, done, count, wake) = (
+            target.clone(),
+            stopped.clone(),
+            in_flight.clone(),
+            wake.clone(),
+        );
+        let spawned = crate::logging::spawn("control-req", move || {
+            if handle_connection(stream, &*t) {
+                done.store(true, Ordering::SeqCst);
+                if let Some(path) = wake {
+                    let _ = UnixStream::connect(path);
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            count.fetch_sub(1, Ordering::SeqCst);
+        });
+        if let Err(e) = spawned {
+            // The connection went with the closure: its client sees it closed.
+            log::error!("Cannot start a thread for a control request: {e}");
+            in_flight.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
@@ -322,7 +369,7 @@ mod tests {
         let listener = UnixListener::bind(&sock).unwrap();
         let target = Arc::new(Recorder::default());
         let t = target.clone();
-        let server = std::thread::spawn(move || serve(listener, &*t));
+        let server = std::thread::spawn(move || serve(listener, t));
         let to = Duration::from_secs(5);
         assert!(matches!(
             request(&sock, &Request::Ping, to).unwrap(),
@@ -375,6 +422,76 @@ mod tests {
             *target.disks.lock().unwrap(),
             ["insert 1 true /var/lib/my disks/a.ext4", "eject 1"]
         );
+    }
+
+    /// A target whose snapshot takes until it is let go.
+    #[derive(Default)]
+    struct Slow {
+        go: std::sync::Mutex<bool>,
+        changed: std::sync::Condvar,
+    }
+
+    impl ControlTarget for Slow {
+        fn pause(&self) -> Result<(), String> {
+            Ok(())
+        }
+        fn resume(&self) -> Result<(), String> {
+            Ok(())
+        }
+        fn stop(&self) -> Option<String> {
+            None
+        }
+        fn snapshot(&self, _dir: &Path) -> Result<vmm::SnapshotInfo, String> {
+            let mut go = self.go.lock().unwrap();
+            while !*go {
+                go = self.changed.wait(go).unwrap();
+            }
+            Err("let go".into())
+        }
+    }
+
+    #[test]
+    fn a_slow_request_or_a_mute_client_holds_up_no_other() {
+        let dir = test_dir("control-concurrent");
+        let sock = dir.join("control.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        let target = Arc::new(Slow::default());
+        let t = target.clone();
+        let server = std::thread::spawn(move || serve(listener, t));
+        let to = Duration::from_secs(5);
+        // A client that connects and says nothing, and a snapshot that does not end.
+        let _mute = UnixStream::connect(&sock).unwrap();
+        let snap_sock = sock.clone();
+        let snapshot = std::thread::spawn(move || {
+            request(
+                &snap_sock,
+                &Request::Snapshot {
+                    dir: "/nonexistent/snap".into(),
+                },
+                to,
+            )
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        // Both in flight, a ping is answered at once.
+        let start = std::time::Instant::now();
+        assert!(matches!(
+            request(&sock, &Request::Ping, to).unwrap(),
+            Response::Pong { .. }
+        ));
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(!snapshot.is_finished(), "the snapshot did not wait");
+        *target.go.lock().unwrap() = true;
+        target.changed.notify_all();
+        let err = snapshot.join().unwrap().unwrap_err();
+        assert!(err.to_string().contains("let go"), "{err}");
+        // A stop still ends serving, with the mute client still connected.
+        let stopped = request(&sock, &Request::Stop, to).unwrap();
+        assert_eq!(stopped, Response::Stopped { unsynced: None });
+        server.join().unwrap();
     }
 
     #[test]

@@ -740,7 +740,7 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, hosted: bool, t0: Instant) -> 
             control_filters.as_deref(),
             vmm::seccomp::ThreadKind::Control,
         );
-        control::serve_until(control_listener, &target, &cending)
+        control::serve_until(control_listener, Arc::new(target), &cending)
     })
     .map_err(Error::Thread)?;
     // The guest agent's own event stream (its containers' exits), told to the subscribers.
