@@ -32,6 +32,12 @@ pub enum Error {
     },
     #[error("cgroup {0} did not reach the frozen={1} state")]
     FreezeTimeout(PathBuf, bool),
+    #[error("The device rules of cgroup {path}")]
+    Devices {
+        path: PathBuf,
+        #[source]
+        source: Box<crate::devcgroup::Error>,
+    },
     #[error("Cannot remove cgroup {path}")]
     Remove {
         path: PathBuf,
@@ -183,6 +189,14 @@ impl Cgroup {
         }
         if let Some(p) = limits.pids_max {
             self.write("pids.max", &bound(p))?;
+        }
+        if let Some(rules) = &limits.devices {
+            let devices = |source| Error::Devices {
+                path: self.path.clone(),
+                source: Box::new(source),
+            };
+            let filter = crate::devcgroup::Filter::from_rules(rules).map_err(devices)?;
+            crate::devcgroup::attach(&self.path, &filter).map_err(devices)?;
         }
         Ok(())
     }

@@ -13,6 +13,7 @@ pub mod cgroup;
 pub mod client;
 pub mod config;
 pub mod container;
+pub mod devcgroup;
 pub mod helper;
 pub mod init;
 pub mod mounts;

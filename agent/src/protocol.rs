@@ -530,6 +530,26 @@ pub struct CgroupLimits {
     pub cpu_weight: Option<u64>,
     /// `pids.max`.
     pub pids_max: Option<i64>,
+    /// The device controller's rules (OCI `linux.resources.devices`, in order, the runtime's
+    /// allowed devices among them); `None`: no device filter (every device).
+    pub devices: Option<Vec<DeviceRule>>,
+}
+
+/// One rule of the device controller (OCI `linux.resources.devices[]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRule {
+    pub allow: bool,
+    /// `a` (all), `b` or `c`; `None`: all.
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    /// `None` (or -1): any.
+    #[serde(default)]
+    pub major: Option<i64>,
+    #[serde(default)]
+    pub minor: Option<i64>,
+    /// Some of `r`, `w`, `m`; `None`: `rwm`.
+    #[serde(default)]
+    pub access: Option<String>,
 }
 
 /// The default: everything but the network. The VM is the pod, so containers share the

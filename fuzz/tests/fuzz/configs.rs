@@ -134,6 +134,7 @@ pub fn runtime_config(data: &[u8]) {
         memory_swap: Some(i64::from(inp.u32() as i32)),
         cpu_shares: Some(u64::from(inp.u32())),
         pids_limit: None,
+        devices: None,
     };
     size(&cfg, &res);
 }

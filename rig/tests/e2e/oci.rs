@@ -340,7 +340,8 @@ fn podman_udp_flood_leaves_execs_working() {
 
 /// The rest of config.json as runc applies it: one container with capabilities, hostname, a
 /// sysctl, oom_score_adj, rlimits, an extra group, a read-only root, a device, a masked path
-/// and no_new_privs prints what it sees; ember's lines equal runc's.
+/// and no_new_privs prints what it sees, and one with the default capabilities makes device
+/// nodes and opens them (the device controller); ember's lines equal runc's.
 #[test]
 fn podman_config_fidelity_equals_runc() {
     let Some(s) = passed("podman-fidelity") else {
@@ -349,6 +350,19 @@ fn podman_config_fidelity_equals_runc() {
     let lines = |rt: &str| prefixed(s, rt);
     let (runc, ember) = (lines("runc"), lines("ember"));
     assert!(runc.len() >= 14, "runc printed too little:\n{}", s.output);
+    // The device controller refuses a node runc does not allow, even to root with MKNOD.
+    for want in [
+        "mknod b 8:0: ok",
+        "open b 8:0: Operation not permitted",
+        "open c 1:1: Operation not permitted",
+        "open /dev/null: ok",
+    ] {
+        assert!(
+            runc.iter().any(|l| l == want),
+            "runc: no {want:?}:\n{}",
+            s.output
+        );
+    }
     assert_eq!(runc, ember, "output:\n{}", s.output);
 }
 

@@ -292,6 +292,8 @@ pub struct Resources {
     pub cpu_shares: Option<u64>,
     /// `pids.limit` (≤ 0: unlimited).
     pub pids_limit: Option<i64>,
+    /// The device controller's rules, in order; `None`: every device (no filter).
+    pub devices: Option<Vec<agent::protocol::DeviceRule>>,
 }
 
 impl Resources {
@@ -317,6 +319,7 @@ impl Resources {
                 .filter(|s| *s != 0)
                 .map(|s| 1 + (s.clamp(2, 262_144) - 2) * 9999 / 262_142),
             pids_max: self.pids_limit.map(|p| if p <= 0 { -1 } else { p }),
+            devices: self.devices.clone(),
         }
     }
 }
@@ -541,6 +544,7 @@ mod tests {
             cpu_shares: Some(1024),
             pids_limit: Some(100),
             cpuset: None,
+            devices: None,
         };
         let l = r.cgroup_limits();
         assert_eq!(l.memory_max, Some(1 << 30));

@@ -3,7 +3,7 @@
 //! guest agent.
 
 use crate::config::{Hook, Resources};
-use agent::protocol::{Capabilities, Device, LinuxSetup};
+use agent::protocol::{Capabilities, Device, DeviceRule, LinuxSetup};
 use oci_spec::runtime::{Process, Spec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -410,6 +410,7 @@ impl Bundle {
             resources: linux
                 .and_then(|l| l.resources().as_ref())
                 .map(|r| Resources {
+                    devices: Some(device_rules(r.devices().as_deref().unwrap_or_default())),
                     memory_limit: r.memory().as_ref().and_then(|m| m.limit()),
                     cpu_quota: r.cpu().as_ref().and_then(|c| c.quota()),
                     cpu_period: r.cpu().as_ref().and_then(|c| c.period()),
@@ -418,10 +419,50 @@ impl Bundle {
                     cpu_shares: r.cpu().as_ref().and_then(|c| c.shares()),
                     pids_limit: r.pids().as_ref().map(|p| p.limit()),
                 })
-                .unwrap_or_default(),
+                .unwrap_or_else(|| Resources {
+                    devices: Some(device_rules(&[])),
+                    ..Resources::default()
+                }),
             linux: linux_setup(spec),
         })
     }
+}
+
+/// The device rules runc applies: the spec's (`linux.resources.devices`), then the devices
+/// runc always allows (mknod of any node; null, zero, full, random, urandom, tty, ptmx, the
+/// ptys, tun), on a default of none.
+fn device_rules(spec: &[oci_spec::runtime::LinuxDeviceCgroup]) -> Vec<DeviceRule> {
+    let rule = |kind: &str, major: Option<i64>, minor: Option<i64>, access: &str| DeviceRule {
+        allow: true,
+        kind: Some(kind.to_string()),
+        major,
+        minor,
+        access: Some(access.to_string()),
+    };
+    let mut rules: Vec<DeviceRule> = spec
+        .iter()
+        .map(|d| DeviceRule {
+            allow: d.allow(),
+            kind: d.typ().map(|t| t.as_str().to_string()),
+            major: d.major(),
+            minor: d.minor(),
+            access: d.access().clone(),
+        })
+        .collect();
+    rules.extend([
+        rule("c", None, None, "m"),
+        rule("b", None, None, "m"),
+        rule("c", Some(1), Some(3), "rwm"),
+        rule("c", Some(1), Some(8), "rwm"),
+        rule("c", Some(1), Some(7), "rwm"),
+        rule("c", Some(5), Some(0), "rwm"),
+        rule("c", Some(1), Some(5), "rwm"),
+        rule("c", Some(1), Some(9), "rwm"),
+        rule("c", Some(136), None, "rwm"),
+        rule("c", Some(5), Some(2), "rwm"),
+        rule("c", Some(10), Some(200), "rwm"),
+    ]);
+    rules
 }
 
 /// What the agent applies besides mounts, namespaces and cgroup limits.
@@ -581,6 +622,37 @@ mod tests {
             .container_config("c1")
             .unwrap();
         assert_eq!(c.process.capabilities, None);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn device_rules_are_the_specs_then_runcs_allowed_devices() {
+        let cfg = FIDELITY.replacen(
+            r#""sysctl""#,
+            r#""resources": {"devices": [{"allow": false, "access": "rwm"},
+                                         {"allow": true, "type": "b", "major": 8, "access": "r"}]},
+               "sysctl""#,
+            1,
+        );
+        let d = bundle_dir("devrules", &cfg, true);
+        let c = Bundle::load(&d).unwrap().container_config("c1").unwrap();
+        let rules = c.resources.devices.unwrap();
+        assert_eq!(rules.len(), 2 + 11, "{rules:?}");
+        assert!(!rules[0].allow && rules[0].kind.is_none() && rules[0].major.is_none());
+        assert_eq!(
+            (rules[1].kind.as_deref(), rules[1].major, rules[1].minor),
+            (Some("b"), Some(8), None)
+        );
+        assert_eq!(rules[1].access.as_deref(), Some("r"));
+        // runc's own allowed devices follow: mknod of any node, then /dev/null first.
+        assert_eq!(rules[2].access.as_deref(), Some("m"));
+        assert_eq!((rules[4].major, rules[4].minor), (Some(1), Some(3)));
+        // Without linux.resources: those alone, on a default of none.
+        let c = Bundle::load(&bundle_dir("devdefault", FIDELITY, true))
+            .unwrap()
+            .container_config("c1")
+            .unwrap();
+        assert_eq!(c.resources.devices.map(|r| r.len()), Some(11));
         fs::remove_dir_all(&d).unwrap();
     }
 
