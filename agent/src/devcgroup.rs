@@ -431,7 +431,10 @@ mod tests {
             rule(true, "z", Some(1), Some(3), "r"),
             rule(true, "c", Some(1 << 40), Some(3), "r"),
         ] {
-            assert!(Filter::from_rules(std::slice::from_ref(&bad)).is_err(), "{bad:?}");
+            assert!(
+                Filter::from_rules(std::slice::from_ref(&bad)).is_err(),
+                "{bad:?}"
+            );
         }
     }
 

@@ -16,6 +16,12 @@ use super::{
     ActiveState, ChainError, Error, GuestMem, VirtioInterrupt,
 };
 
+/// Chains one queue serves per event of the event loop. With more waiting, the queue kicks
+/// itself and the loop turns first: a guest that floods one queue (FUSE requests, block
+/// writes) delays the other devices on the loop (the agent's vsock among them) by one turn,
+/// not until it stops.
+pub(crate) const CHAINS_PER_TURN: usize = 64;
+
 /// The part of a device that does not depend on its type.
 pub(crate) struct VirtioCommon {
     /// Prefix of log messages (`virtio-blk`, ...).
@@ -57,10 +63,11 @@ impl VirtioCommon {
         self.activate_evt.write(1).map_err(Error::ActivateEvent)
     }
 
-    /// Serves every available chain of queue `q` (nothing before activation): `serve` gets
-    /// each chain's descriptors, or why they are unusable (logged here), and returns the bytes
-    /// it wrote for the used ring. The driver is interrupted once at the end, if it wants to
-    /// be. Returns the number of chains completed.
+    /// Serves the available chains of queue `q`, up to [`CHAINS_PER_TURN`] (then the queue's
+    /// event is raised again, for the rest after the loop's other events); nothing before
+    /// activation. `serve` gets each chain's descriptors, or why they are unusable (logged
+    /// here), and returns the bytes it wrote for the used ring. The driver is interrupted
+    /// once at the end, if it wants to be. Returns the number of chains completed.
     pub fn serve_queue(
         &mut self,
         q: usize,
@@ -86,7 +93,10 @@ impl VirtioCommon {
         let mut done = 0;
         let mut notify = false;
         quiet(&mut st.queues[q], &mem);
-        while let Some(chain) = pop_chain(&mut st.queues[q], &mem, self.name) {
+        while done < CHAINS_PER_TURN {
+            let Some(chain) = pop_chain(&mut st.queues[q], &mem, self.name) else {
+                break;
+            };
             let head = chain.head_index();
             let descs = collect_chain(chain, &mem);
             if !admit(descs.as_deref().ok()) {
@@ -102,6 +112,13 @@ impl VirtioCommon {
         }
         if notify {
             signal_used(st.interrupt.as_ref());
+        }
+        if done == CHAINS_PER_TURN {
+            // Maybe more: the next turn of the loop serves them (the guest's notifications
+            // stay off meanwhile).
+            if let Err(e) = self.queue_evts[q].write(1) {
+                log::error!("{}: cannot raise queue {q}'s event again: {e}", self.name);
+            }
         }
         done
     }

@@ -180,6 +180,26 @@ mod tests {
     }
 
     #[test]
+    fn a_full_queue_is_served_a_turn_at_a_time() {
+        let m = mem(0x10_0000);
+        let mut q = GuestQueue::new(&m, 0, 128);
+        for i in 0..100u64 {
+            q.add(&[w(0x1_0000 + i * 16, 16)]);
+        }
+        let (mut rng, _irq) = active(&m, &q);
+        let turn = crate::virtio::common::CHAINS_PER_TURN;
+        assert_eq!(rng.process_queue(), turn);
+        // The queue raised its own event, for the rest after the loop's other events.
+        assert_eq!(rng.common.queue_evts[0].read().unwrap(), 1);
+        assert_eq!(rng.process_queue(), 100 - turn);
+        assert!(
+            rng.common.queue_evts[0].read().is_err(),
+            "raised with nothing left"
+        );
+        assert_eq!(q.take_used().len(), 100);
+    }
+
+    #[test]
     fn malformed_chains_are_returned_empty() {
         let m = mem(0x10_0000);
         let mut q = GuestQueue::new(&m, 0, 16);
