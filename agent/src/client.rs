@@ -36,6 +36,9 @@ pub enum ClientError {
     IdMismatch { expected: u64, got: u64 },
     #[error("Agent refused the request")]
     Agent(#[source] AgentError),
+    /// The call was relayed (by a pod process, on its own connection) and the relay failed.
+    #[error("{0}")]
+    Relay(String),
     #[error("Unexpected response to {request}: {response}")]
     Unexpected {
         request: &'static str,
@@ -95,188 +98,6 @@ impl<S: Read + Write> AgentClient<S> {
             });
         }
         resp.result.map_err(ClientError::Agent)
-    }
-
-    fn call_done(&mut self, name: &'static str, request: Request) -> Result<(), ClientError> {
-        match self.call(request)? {
-            Response::Done => Ok(()),
-            other => Err(unexpected(name, other)),
-        }
-    }
-
-    fn call_pid(&mut self, name: &'static str, request: Request) -> Result<i32, ClientError> {
-        match self.call(request)? {
-            Response::Pid(pid) => Ok(pid),
-            other => Err(unexpected(name, other)),
-        }
-    }
-
-    pub fn ping(&mut self) -> Result<PingInfo, ClientError> {
-        match self.call(Request::Ping)? {
-            Response::Pong(info) => Ok(info),
-            other => Err(unexpected("Ping", other)),
-        }
-    }
-
-    pub fn create_container(&mut self, id: &str, spec: ContainerSpec) -> Result<(), ClientError> {
-        self.call_done(
-            "CreateContainer",
-            Request::CreateContainer {
-                id: id.to_string(),
-                spec: Box::new(spec),
-            },
-        )
-    }
-
-    /// Starts the created container; returns its init's pid (agent's pid namespace).
-    pub fn start_container(&mut self, id: &str) -> Result<i32, ClientError> {
-        self.call_pid(
-            "StartContainer",
-            Request::StartContainer { id: id.to_string() },
-        )
-    }
-
-    /// Runs `process` in the running container; returns its pid.
-    pub fn exec(
-        &mut self,
-        container_id: &str,
-        exec_id: &str,
-        process: ProcessSpec,
-    ) -> Result<i32, ClientError> {
-        self.call_pid(
-            "Exec",
-            Request::Exec {
-                container_id: container_id.to_string(),
-                exec_id: exec_id.to_string(),
-                process,
-            },
-        )
-    }
-
-    pub fn signal(
-        &mut self,
-        container_id: &str,
-        exec_id: Option<&str>,
-        signal: i32,
-        all: bool,
-    ) -> Result<(), ClientError> {
-        self.call_done(
-            "Signal",
-            Request::Signal {
-                container_id: container_id.to_string(),
-                exec_id: exec_id.map(str::to_string),
-                signal,
-                all,
-            },
-        )
-    }
-
-    /// Blocks until the process exits.
-    pub fn wait(
-        &mut self,
-        container_id: &str,
-        exec_id: Option<&str>,
-    ) -> Result<ExitStatus, ClientError> {
-        match self.call(Request::Wait {
-            container_id: container_id.to_string(),
-            exec_id: exec_id.map(str::to_string),
-        })? {
-            Response::Exit(status) => Ok(status),
-            other => Err(unexpected("Wait", other)),
-        }
-    }
-
-    pub fn process_list(&mut self, container_id: &str) -> Result<Vec<ProcessInfo>, ClientError> {
-        match self.call(Request::ProcessList {
-            container_id: container_id.to_string(),
-        })? {
-            Response::Processes(list) => Ok(list),
-            other => Err(unexpected("ProcessList", other)),
-        }
-    }
-
-    pub fn pause(&mut self, id: &str) -> Result<(), ClientError> {
-        self.call_done("Pause", Request::Pause { id: id.to_string() })
-    }
-
-    pub fn resume(&mut self, id: &str) -> Result<(), ClientError> {
-        self.call_done("Resume", Request::Resume { id: id.to_string() })
-    }
-
-    pub fn destroy_container(&mut self, id: &str) -> Result<(), ClientError> {
-        self.call_done(
-            "DestroyContainer",
-            Request::DestroyContainer { id: id.to_string() },
-        )
-    }
-
-    pub fn stats(&mut self) -> Result<AgentStats, ClientError> {
-        match self.call(Request::Stats)? {
-            Response::Stats(s) => Ok(s),
-            other => Err(unexpected("Stats", other)),
-        }
-    }
-
-    pub fn resize_terminal(
-        &mut self,
-        container_id: &str,
-        exec_id: Option<&str>,
-        rows: u16,
-        cols: u16,
-    ) -> Result<(), ClientError> {
-        self.call_done(
-            "ResizeTerminal",
-            Request::ResizeTerminal {
-                container_id: container_id.to_string(),
-                exec_id: exec_id.map(str::to_string),
-                rows,
-                cols,
-            },
-        )
-    }
-
-    /// Configures the guest's interfaces (found by MAC: renamed, MTU, addresses, up), then
-    /// adds the routes. Safe to repeat.
-    pub fn configure_network(
-        &mut self,
-        interfaces: Vec<protocol::NetInterface>,
-        routes: Vec<protocol::NetRoute>,
-    ) -> Result<(), ClientError> {
-        self.call_done(
-            "ConfigureNetwork",
-            Request::ConfigureNetwork { interfaces, routes },
-        )
-    }
-
-    /// Tells the agent its guest was restored from a snapshot: it credits `entropy` (32 to
-    /// 4096 bytes) to the kernel and reseeds its CRNG, sets the wall clock to `realtime_ns`
-    /// (ns since the Unix epoch) and the hostname, then reads the guest's (new) boot id. A
-    /// host-run agent only checks the arguments (boot id: the host's; step: 0).
-    pub fn restored(
-        &mut self,
-        realtime_ns: u64,
-        entropy: Vec<u8>,
-        hostname: String,
-    ) -> Result<RestoredInfo, ClientError> {
-        match self.call(Request::Restored {
-            realtime_ns,
-            entropy,
-            hostname,
-        })? {
-            Response::Restored(info) => Ok(info),
-            other => Err(unexpected("Restored", other)),
-        }
-    }
-
-    /// Flush the guest's page cache to its disks.
-    pub fn sync(&mut self) -> Result<(), ClientError> {
-        self.call_done("Sync", Request::Sync)
-    }
-
-    /// Asks the agent to kill everything and reboot the guest. The agent answers before it
-    /// goes down; the connection then closes.
-    pub fn shutdown(&mut self) -> Result<(), ClientError> {
-        self.call_done("Shutdown", Request::Shutdown)
     }
 
     /// Turns this connection into the raw byte stream of one stdio stream of a process and
@@ -356,6 +177,202 @@ impl<S: Read + Write> AgentClient<S> {
             stream: self.stream,
             id,
         })
+    }
+}
+
+/// The agent's requests, over whatever carries them: [`AgentClient`] on a connection of its
+/// own, or the pod process relaying them on its agent connection (the runtime's pod-process
+/// client). Implement [`AgentCalls::call`]; the rest build the requests and read the answers.
+pub trait AgentCalls {
+    /// Sends one request and returns the agent's answer.
+    fn call(&mut self, request: Request) -> Result<Response, ClientError>;
+
+    fn call_done(&mut self, name: &'static str, request: Request) -> Result<(), ClientError> {
+        match self.call(request)? {
+            Response::Done => Ok(()),
+            other => Err(unexpected(name, other)),
+        }
+    }
+
+    fn call_pid(&mut self, name: &'static str, request: Request) -> Result<i32, ClientError> {
+        match self.call(request)? {
+            Response::Pid(pid) => Ok(pid),
+            other => Err(unexpected(name, other)),
+        }
+    }
+
+    fn ping(&mut self) -> Result<PingInfo, ClientError> {
+        match self.call(Request::Ping)? {
+            Response::Pong(info) => Ok(info),
+            other => Err(unexpected("Ping", other)),
+        }
+    }
+
+    fn create_container(&mut self, id: &str, spec: ContainerSpec) -> Result<(), ClientError> {
+        self.call_done(
+            "CreateContainer",
+            Request::CreateContainer {
+                id: id.to_string(),
+                spec: Box::new(spec),
+            },
+        )
+    }
+
+    /// Starts the created container; returns its init's pid (agent's pid namespace).
+    fn start_container(&mut self, id: &str) -> Result<i32, ClientError> {
+        self.call_pid(
+            "StartContainer",
+            Request::StartContainer { id: id.to_string() },
+        )
+    }
+
+    /// Runs `process` in the running container; returns its pid.
+    fn exec(
+        &mut self,
+        container_id: &str,
+        exec_id: &str,
+        process: ProcessSpec,
+    ) -> Result<i32, ClientError> {
+        self.call_pid(
+            "Exec",
+            Request::Exec {
+                container_id: container_id.to_string(),
+                exec_id: exec_id.to_string(),
+                process,
+            },
+        )
+    }
+
+    fn signal(
+        &mut self,
+        container_id: &str,
+        exec_id: Option<&str>,
+        signal: i32,
+        all: bool,
+    ) -> Result<(), ClientError> {
+        self.call_done(
+            "Signal",
+            Request::Signal {
+                container_id: container_id.to_string(),
+                exec_id: exec_id.map(str::to_string),
+                signal,
+                all,
+            },
+        )
+    }
+
+    /// Blocks until the process exits.
+    fn wait(
+        &mut self,
+        container_id: &str,
+        exec_id: Option<&str>,
+    ) -> Result<ExitStatus, ClientError> {
+        match self.call(Request::Wait {
+            container_id: container_id.to_string(),
+            exec_id: exec_id.map(str::to_string),
+        })? {
+            Response::Exit(status) => Ok(status),
+            other => Err(unexpected("Wait", other)),
+        }
+    }
+
+    fn process_list(&mut self, container_id: &str) -> Result<Vec<ProcessInfo>, ClientError> {
+        match self.call(Request::ProcessList {
+            container_id: container_id.to_string(),
+        })? {
+            Response::Processes(list) => Ok(list),
+            other => Err(unexpected("ProcessList", other)),
+        }
+    }
+
+    fn pause(&mut self, id: &str) -> Result<(), ClientError> {
+        self.call_done("Pause", Request::Pause { id: id.to_string() })
+    }
+
+    fn resume(&mut self, id: &str) -> Result<(), ClientError> {
+        self.call_done("Resume", Request::Resume { id: id.to_string() })
+    }
+
+    fn destroy_container(&mut self, id: &str) -> Result<(), ClientError> {
+        self.call_done(
+            "DestroyContainer",
+            Request::DestroyContainer { id: id.to_string() },
+        )
+    }
+
+    fn stats(&mut self) -> Result<AgentStats, ClientError> {
+        match self.call(Request::Stats)? {
+            Response::Stats(s) => Ok(s),
+            other => Err(unexpected("Stats", other)),
+        }
+    }
+
+    fn resize_terminal(
+        &mut self,
+        container_id: &str,
+        exec_id: Option<&str>,
+        rows: u16,
+        cols: u16,
+    ) -> Result<(), ClientError> {
+        self.call_done(
+            "ResizeTerminal",
+            Request::ResizeTerminal {
+                container_id: container_id.to_string(),
+                exec_id: exec_id.map(str::to_string),
+                rows,
+                cols,
+            },
+        )
+    }
+
+    /// Configures the guest's interfaces (found by MAC: renamed, MTU, addresses, up), then
+    /// adds the routes. Safe to repeat.
+    fn configure_network(
+        &mut self,
+        interfaces: Vec<protocol::NetInterface>,
+        routes: Vec<protocol::NetRoute>,
+    ) -> Result<(), ClientError> {
+        self.call_done(
+            "ConfigureNetwork",
+            Request::ConfigureNetwork { interfaces, routes },
+        )
+    }
+
+    /// Tells the agent its guest was restored from a snapshot: it credits `entropy` (32 to
+    /// 4096 bytes) to the kernel and reseeds its CRNG, sets the wall clock to `realtime_ns`
+    /// (ns since the Unix epoch) and the hostname, then reads the guest's (new) boot id. A
+    /// host-run agent only checks the arguments (boot id: the host's; step: 0).
+    fn restored(
+        &mut self,
+        realtime_ns: u64,
+        entropy: Vec<u8>,
+        hostname: String,
+    ) -> Result<RestoredInfo, ClientError> {
+        match self.call(Request::Restored {
+            realtime_ns,
+            entropy,
+            hostname,
+        })? {
+            Response::Restored(info) => Ok(info),
+            other => Err(unexpected("Restored", other)),
+        }
+    }
+
+    /// Flush the guest's page cache to its disks.
+    fn sync(&mut self) -> Result<(), ClientError> {
+        self.call_done("Sync", Request::Sync)
+    }
+
+    /// Asks the agent to kill everything and reboot the guest. The agent answers before it
+    /// goes down; the connection then closes.
+    fn shutdown(&mut self) -> Result<(), ClientError> {
+        self.call_done("Shutdown", Request::Shutdown)
+    }
+}
+
+impl<S: Read + Write> AgentCalls for AgentClient<S> {
+    fn call(&mut self, request: Request) -> Result<Response, ClientError> {
+        AgentClient::call(self, request)
     }
 }
 

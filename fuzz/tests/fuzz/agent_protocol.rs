@@ -10,6 +10,7 @@
 //! Invariant beyond "no panic": errors are errors — a frame over `MAX_FRAME_SIZE` is refused
 //! as `TooLarge` before its body is read.
 
+use agent::client::AgentCalls;
 use std::io::{self, Read, Write};
 
 use agent::client::{read_hello, vsock_handshake, AgentClient};

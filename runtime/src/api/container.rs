@@ -3,9 +3,11 @@
 use super::placement::{resolve_device, volume_owner};
 use super::{agent_link, id, Error, Runtime};
 use crate::config::RootfsConfig;
+use crate::pod_vmm::control::PodAgent;
 use crate::pod_vmm::{self, control};
 use crate::state::{ContainerRecord, DiskOwner, LockKind, PodRecord, State};
 use crate::timeouts::POD_END_GRACE;
+use agent::client::AgentCalls;
 use agent::protocol::{
     default_namespaces, ContainerSpec, ContainerState, ContainerStats, ErrorKind, LinuxSetup,
     Mount, ProcessInfo, ProcessSpec, RootfsSpec, StdioStream,
@@ -402,14 +404,7 @@ impl Runtime {
             },
             share: cfg.share.clone(),
         };
-        let mut client =
-            agent_link::connect(dir, Some(agent_link::CALL_TIMEOUT)).map_err(|source| {
-                Error::Agent {
-                    call: "CreateContainer",
-                    source,
-                }
-            })?;
-        client
+        agent_call(dir)
             .create_container(cid, spec)
             .map_err(Error::agent("CreateContainer"))?;
         c.in_agent = true;
@@ -454,16 +449,9 @@ impl Runtime {
         c.starting = true;
         Self::store(&dir, &rec)?;
         crate::pod_vmm::proc::pause_at("container-start:intent");
-        let started = agent_link::connect(&dir, Some(agent_link::CALL_TIMEOUT))
-            .map_err(|source| Error::Agent {
-                call: "StartContainer",
-                source,
-            })
-            .and_then(|mut client| {
-                client
-                    .start_container(cid)
-                    .map_err(Error::agent("StartContainer"))
-            });
+        let started = agent_call(&dir)
+            .start_container(cid)
+            .map_err(Error::agent("StartContainer"));
         let c = Self::container(&mut rec, cid)?;
         c.starting = false;
         match started {
@@ -516,7 +504,7 @@ impl Runtime {
             return Err(Error::ContainerRunning(cid.to_string()));
         }
         if pod_running && c.in_agent {
-            let mut client = agent_call(&dir, "DestroyContainer")?;
+            let mut client = agent_call(&dir);
             match client.destroy_container(cid) {
                 Ok(()) => {}
                 Err(e) if e.agent_kind() == Some(ErrorKind::NotFound) => {}
@@ -573,7 +561,7 @@ impl Runtime {
                 action: "signal it",
             });
         }
-        let mut client = agent_call(&dir, "Signal")?;
+        let mut client = agent_call(&dir);
         client
             .signal(cid, None, signal, all)
             .map_err(Error::agent("Signal"))
@@ -587,7 +575,7 @@ impl Runtime {
         let (_lock, dir, mut rec) = self.open(pod, LockKind::Read)?;
         require_running(&rec, "signal a process")?;
         Self::container(&mut rec, cid)?;
-        let mut client = agent_call(&dir, "Signal")?;
+        let mut client = agent_call(&dir);
         client
             .signal(cid, Some(exec_id), signal, false)
             .map_err(Error::agent("Signal"))
@@ -600,7 +588,7 @@ impl Runtime {
         let (_lock, dir, mut rec) = self.open(pod, LockKind::Read)?;
         require_running(&rec, "read a container's statistics")?;
         Self::container(&mut rec, cid)?;
-        let mut client = agent_call(&dir, "Stats")?;
+        let mut client = agent_call(&dir);
         let stats = client.stats().map_err(Error::agent("Stats"))?;
         stats
             .containers
@@ -627,7 +615,7 @@ impl Runtime {
         require_running(&rec, "resize a terminal")?;
         let c = Self::container(&mut rec, cid)?;
         in_guest(c)?;
-        let mut client = agent_call(&dir, "ResizeTerminal")?;
+        let mut client = agent_call(&dir);
         client
             .resize_terminal(cid, exec_id, rows, cols)
             .map_err(Error::agent("ResizeTerminal"))
@@ -659,7 +647,7 @@ impl Runtime {
                 source: crate::state::TransitionError { from: c.state, to },
             });
         }
-        let mut client = agent_call(&dir, call)?;
+        let mut client = agent_call(&dir);
         let r = if to == State::Paused {
             client.pause(cid)
         } else {
@@ -679,7 +667,7 @@ impl Runtime {
         require_running(&rec, "list processes")?;
         let c = Self::container(&mut rec, cid)?;
         in_guest(c)?;
-        let mut client = agent_call(&dir, "ProcessList")?;
+        let mut client = agent_call(&dir);
         client
             .process_list(cid)
             .map_err(Error::agent("ProcessList"))
@@ -715,7 +703,7 @@ impl Runtime {
                 action: "exec in it",
             });
         }
-        let mut client = agent_call(&dir, "Exec")?;
+        let mut client = agent_call(&dir);
         crate::pod_vmm::proc::pause_at("exec:call");
         let pid = client
             .exec(cid, &exec_id, process)
@@ -882,9 +870,7 @@ impl Runtime {
         if running.is_empty() {
             return Vec::new();
         }
-        let Ok(mut client) = agent_link::connect(dir, Some(Duration::from_secs(5))) else {
-            return Vec::new();
-        };
+        let mut client = PodAgent::new(dir, Duration::from_secs(5));
         let Ok(stats) = client.stats() else {
             return Vec::new();
         };
@@ -900,13 +886,10 @@ impl Runtime {
     }
 }
 
-/// A connection to the pod's agent for `call`, with the ordinary call timeout.
-fn agent_call(
-    dir: &Path,
-    call: &'static str,
-) -> Result<agent::client::AgentClient<std::os::unix::net::UnixStream>, Error> {
-    agent_link::connect(dir, Some(agent_link::CALL_TIMEOUT))
-        .map_err(|source| Error::Agent { call, source })
+/// The pod's agent for `call`, with the ordinary call timeout: through the pod process, which
+/// makes the call ([`crate::pod_vmm::control::PodAgent`]).
+fn agent_call(dir: &Path) -> PodAgent {
+    PodAgent::new(dir, agent_link::CALL_TIMEOUT)
 }
 
 /// Refuses a container the agent does not hold (created in the record only).
@@ -923,8 +906,7 @@ fn in_guest(c: &ContainerRecord) -> Result<(), Error> {
 
 /// How the agent reports each of the pod's containers; `None` when it cannot be asked.
 fn agent_states(dir: &Path) -> Option<Vec<(String, ContainerState)>> {
-    let mut client = agent_link::connect(dir, Some(agent_link::CALL_TIMEOUT)).ok()?;
-    let stats = client.stats().ok()?;
+    let stats = PodAgent::new(dir, agent_link::CALL_TIMEOUT).stats().ok()?;
     Some(
         stats
             .containers
@@ -1014,25 +996,20 @@ fn reconcile_start(dir: &Path, rec: &mut PodRecord, cid: &str) -> bool {
 
 /// SIGTERM every process of the container, SIGKILL after the grace period; the exit code.
 fn stop_in_agent(dir: &Path, cid: &str) -> Result<i32, Error> {
-    let connect = |call, timeout| {
-        agent_link::connect(dir, timeout).map_err(|source| Error::Agent { call, source })
-    };
-    let mut client = connect("Signal", Some(agent_link::CALL_TIMEOUT))?;
+    let mut client = PodAgent::new(dir, agent_link::CALL_TIMEOUT);
     match client.signal(cid, None, libc::SIGTERM, true) {
         Ok(()) => {}
         // Already gone: Wait below tells how it ended.
         Err(e) if e.agent_kind() == Some(ErrorKind::InvalidState) => {}
         Err(e) => return Err(Error::agent("Signal")(e)),
     }
-    let mut waiter = connect("Wait", Some(STOP_GRACE))?;
-    match waiter.wait(cid, None) {
+    match PodAgent::new(dir, STOP_GRACE).wait(cid, None) {
         Ok(status) => return Ok(status.code),
         Err(agent::client::ClientError::Frame(_)) => {}
         Err(e) => return Err(Error::agent("Wait")(e)),
     }
     let _ = client.signal(cid, None, libc::SIGKILL, true);
-    let mut waiter = connect("Wait", Some(agent_link::CALL_TIMEOUT))?;
-    waiter
+    client
         .wait(cid, None)
         .map(|s| s.code)
         .map_err(Error::agent("Wait"))

@@ -6,6 +6,7 @@
 //! agent reported ready on the boot timer), 1 with a one-line `ember: ...` error otherwise.
 
 use super::output::outln;
+use agent::client::AgentCalls;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

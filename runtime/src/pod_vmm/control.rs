@@ -82,6 +82,10 @@ pub trait ControlTarget: Send + Sync {
     fn hosted(&self) -> bool {
         false
     }
+    /// Make `call` on the pod's agent, within `timeout` ([`Request::Agent`]).
+    fn agent(&self, _call: agent::protocol::Request, _timeout: Duration) -> Response {
+        Response::Error("this pod process has no agent".into())
+    }
     /// Answer an `Events` request on `stream`: `Done` and keep it as a subscriber of the
     /// pod's events, or the reason it is refused.
     fn subscribe(&self, mut stream: UnixStream) {
@@ -211,6 +215,84 @@ fn answer(req: &Request, target: &dyn ControlTarget) -> Response {
         Request::Snapshot { dir } => target
             .snapshot(dir)
             .map_or_else(Response::Error, Response::Snapshotted),
+        Request::Agent {
+            call: agent::protocol::Request::AttachStdio { .. } | agent::protocol::Request::Events,
+            ..
+        } => Response::Error("a stream needs a connection of its own to the agent".into()),
+        Request::Agent { call, timeout_ms } => target.agent(
+            call.clone(),
+            timeout_ms.map_or(crate::agent_link::CALL_TIMEOUT, Duration::from_millis),
+        ),
+    }
+}
+
+/// Makes `call` on the agent of the pod at `dir` (a connection of its own, bounded by
+/// `timeout`) for a client of the control socket: what a [`ControlTarget::agent`] of a pod
+/// process does.
+pub fn relay_to_agent(dir: &Path, call: agent::protocol::Request, timeout: Duration) -> Response {
+    use agent::client::ClientError;
+    let mut client = match crate::agent_link::connect(dir, Some(timeout)) {
+        Ok(c) => c,
+        Err(e) => return Response::Error(crate::error::report(&e)),
+    };
+    match client.call(call) {
+        Ok(answer) => Response::Agent(answer),
+        Err(ClientError::Agent(e)) => Response::AgentRefused(e),
+        Err(ClientError::Frame(agent::protocol::FrameError::Io(e)))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Response::AgentTimedOut(format!("no answer from the agent within {timeout:?}"))
+        }
+        Err(e) => Response::Error(crate::error::report(&e)),
+    }
+}
+
+/// The agent of a running pod, reached through its pod process ([`Request::Agent`]): what the
+/// short-lived clients use for their container calls.
+pub struct PodAgent {
+    socket: PathBuf,
+    timeout: Duration,
+}
+
+impl PodAgent {
+    /// The agent of the pod at `pod_dir`; each call bounded by `timeout`.
+    pub fn new(pod_dir: &Path, timeout: Duration) -> PodAgent {
+        PodAgent {
+            socket: pod_dir.join(super::CONTROL_SOCKET),
+            timeout,
+        }
+    }
+}
+
+impl agent::client::AgentCalls for PodAgent {
+    fn call(
+        &mut self,
+        call: agent::protocol::Request,
+    ) -> Result<agent::protocol::Response, agent::client::ClientError> {
+        use agent::client::ClientError;
+        let req = Request::Agent {
+            call,
+            timeout_ms: Some(u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX)),
+        };
+        // The pod process's bound on the call, and time for it to answer.
+        match exchange(&self.socket, &req, self.timeout + DEFAULT_TIMEOUT) {
+            Ok((_, Response::Agent(answer))) => Ok(answer),
+            Ok((_, Response::AgentRefused(e))) => Err(ClientError::Agent(e)),
+            Ok((_, Response::AgentTimedOut(why))) => {
+                Err(ClientError::Frame(agent::protocol::FrameError::Io(
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, why),
+                )))
+            }
+            Ok((_, other)) => Err(ClientError::Unexpected {
+                request: "Agent",
+                response: format!("{other:?}"),
+            }),
+            Err(Error::Refused { message, .. }) => Err(ClientError::Relay(message)),
+            Err(e) => Err(ClientError::Relay(crate::error::report(&e))),
+        }
     }
 }
 
@@ -491,6 +573,71 @@ mod tests {
         // A stop still ends serving, with the mute client still connected.
         let stopped = request(&sock, &Request::Stop, to).unwrap();
         assert_eq!(stopped, Response::Stopped { unsynced: None });
+        server.join().unwrap();
+    }
+
+    /// A pod process whose agent answers a start with pid 42, refuses a signal as not found
+    /// and never answers a wait.
+    struct FakeAgent;
+
+    impl ControlTarget for FakeAgent {
+        fn pause(&self) -> Result<(), String> {
+            Ok(())
+        }
+        fn resume(&self) -> Result<(), String> {
+            Ok(())
+        }
+        fn stop(&self) -> Option<String> {
+            None
+        }
+        fn agent(&self, call: agent::protocol::Request, timeout: Duration) -> Response {
+            use agent::protocol::{AgentError, ErrorKind, Request as A, Response as R};
+            match call {
+                A::StartContainer { id } if id == "c1" => Response::Agent(R::Pid(42)),
+                A::Signal { .. } => {
+                    Response::AgentRefused(AgentError::new(ErrorKind::NotFound, "no container c9"))
+                }
+                A::Wait { .. } => Response::AgentTimedOut(format!("waited {timeout:?}")),
+                other => Response::Error(format!("unexpected {other:?}")),
+            }
+        }
+    }
+
+    #[test]
+    fn container_calls_are_made_by_the_pod_process() {
+        use agent::client::{AgentCalls, ClientError};
+        let dir = test_dir("control-agent");
+        let listener = UnixListener::bind(dir.join(crate::pod_vmm::CONTROL_SOCKET)).unwrap();
+        let server = std::thread::spawn(move || serve(listener, Arc::new(FakeAgent)));
+        let mut agent = PodAgent::new(&dir, Duration::from_millis(1500));
+        assert_eq!(agent.start_container("c1").unwrap(), 42);
+        // The agent's refusal keeps its kind.
+        let err = agent.signal("c9", None, 15, false).unwrap_err();
+        assert_eq!(
+            err.agent_kind(),
+            Some(agent::protocol::ErrorKind::NotFound),
+            "{err}"
+        );
+        // The call's bound travels with it; running out of it reads as a timeout.
+        match agent.wait("c1", None).unwrap_err() {
+            ClientError::Frame(agent::protocol::FrameError::Io(e)) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+                assert!(e.to_string().contains("1.5s"), "{e}");
+            }
+            other => panic!("{other}"),
+        }
+        // What the pod process could not do is one line.
+        let err = agent.stats().unwrap_err();
+        assert!(matches!(err, ClientError::Relay(_)), "{err}");
+        // Streams are not relayed.
+        let stream = Request::Agent {
+            call: agent::protocol::Request::Events,
+            timeout_ms: None,
+        };
+        let sock = dir.join(crate::pod_vmm::CONTROL_SOCKET);
+        let err = request(&sock, &stream, Duration::from_secs(5)).unwrap_err();
+        assert!(err.to_string().contains("connection of its own"), "{err}");
+        request(&sock, &Request::Stop, Duration::from_secs(5)).unwrap();
         server.join().unwrap();
     }
 

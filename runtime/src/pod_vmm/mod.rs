@@ -37,6 +37,7 @@ mod watchdog;
 
 use crate::state::{LockKind, Phase, PodLock, PodRecord, State, VmmProcess};
 use crate::{config, hooks};
+use agent::client::AgentCalls;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use protocol::{Commit, Message, Report, VERSION};
 use std::fs::{self, File, OpenOptions};
@@ -733,6 +734,7 @@ fn serve_inner(dir: &Path, notify: &mut Notifier, hosted: bool, t0: Instant) -> 
         watch: watch.clone(),
         hub: hub.clone(),
         hosted,
+        dir: dir.to_path_buf(),
     };
     let (control_filters, cending) = (filters.clone(), ending.clone());
     let control_thread = crate::logging::spawn("control", move || {

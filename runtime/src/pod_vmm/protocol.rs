@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// Version of this protocol, carried in every message.
-pub const VERSION: u32 = 7;
+pub const VERSION: u32 = 8;
 
 /// One message on the control socket or the notify pipe.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -75,6 +75,16 @@ pub enum Request {
     Counters,
     /// Turns this connection into the pod's event stream (see the module documentation).
     Events,
+    /// Make `call` on the pod's agent and answer what the agent answered
+    /// ([`Response::Agent`], [`Response::AgentRefused`]): the short-lived clients' container
+    /// calls (create, start, signal, stats, ...) are the pod process's. `timeout_ms` bounds
+    /// the call (a `Wait` to the end of a stop's grace period); absent, the ordinary agent
+    /// call timeout. The streams (a process's stdio, a wait without end, the agent's event
+    /// stream) are not calls: they have connections of their own.
+    Agent {
+        call: agent::protocol::Request,
+        timeout_ms: Option<u64>,
+    },
 }
 
 /// Something that happened to a running pod, as its event stream tells it.
@@ -129,6 +139,12 @@ pub enum Response {
     Snapshotted(vmm::SnapshotInfo),
     /// Each device's counters (frames dropped, requests that waited for a rate limiter).
     Counters(Vec<vmm::DeviceCounters>),
+    /// The agent's answer to [`Request::Agent`].
+    Agent(agent::protocol::Response),
+    /// The agent refused it (its kind of error kept).
+    AgentRefused(agent::protocol::AgentError),
+    /// No answer from the agent within the call's time.
+    AgentTimedOut(String),
 }
 
 /// What a starting pod process reports to its starter on the notify pipe.

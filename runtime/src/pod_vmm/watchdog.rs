@@ -9,6 +9,7 @@
 use super::control::ControlTarget;
 use super::protocol::PodEvent;
 use super::Event;
+use agent::client::AgentCalls;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -37,6 +38,8 @@ pub struct Watched {
     pub hub: Arc<super::events::Hub>,
     /// The VM runs on threads of a process that hosts it (containerd's shim v2).
     pub hosted: bool,
+    /// The pod's directory (its agent's socket).
+    pub dir: std::path::PathBuf,
 }
 
 impl Watched {
@@ -90,6 +93,13 @@ impl ControlTarget for Watched {
     }
     fn counters(&self) -> Vec<vmm::DeviceCounters> {
         self.inner.counters()
+    }
+    fn agent(
+        &self,
+        call: agent::protocol::Request,
+        timeout: std::time::Duration,
+    ) -> super::control::Response {
+        super::control::relay_to_agent(&self.dir, call, timeout)
     }
 }
 
