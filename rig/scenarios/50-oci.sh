@@ -437,9 +437,9 @@ for rt in runc ember; do
             echo "mqueue mounts: $(grep -c " /dev/mqueue " /proc/self/mountinfo)"
             echo "shm: $(grep " /dev/shm " /proc/self/mountinfo | grep -o "size=[0-9]*k")"
         ' 2>&1 | sed "s/^/$rt /"
-    # The device controller (podman's default capabilities, MKNOD among them): any node may
-    # be made, only the allowed ones opened.
-    $T podman $flag run --rm localhost/busybox sh -c '
+    # The device controller (with MKNOD, which podman's default capabilities lack): any node
+    # may be made, only the allowed ones opened.
+    $T podman $flag run --rm --cap-add MKNOD localhost/busybox sh -c '
         err() { head -c 1 "$1" 2>&1 >/dev/null | sed "s/.*: //"; }
         mknod /tmp/b8 b 8 0 && echo "mknod b 8:0: ok"
         echo "open b 8:0: $(err /tmp/b8)"
