@@ -152,12 +152,15 @@ pub fn share_path(name: &str) -> Result<PathBuf, Error> {
     let root = Path::new(SHARED_FS_MOUNT);
     if !*mounted {
         mkdir_p(root)?;
+        // Not nosuid or nodev: containers' roots are binds of its shares, and on runc's
+        // overlay root a setuid binary elevates and a device node opens (as far as the
+        // container's device rules allow: [`crate::devcgroup`]).
         mount(
             "virtio-fs",
             Some(SHARED_FS_TAG),
             root,
             Some("virtiofs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            MsFlags::empty(),
             None,
         )?;
         *mounted = true;

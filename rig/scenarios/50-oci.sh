@@ -436,15 +436,18 @@ for rt in runc ember; do
                 echo "proc/sys: read-only"
             echo "mqueue mounts: $(grep -c " /dev/mqueue " /proc/self/mountinfo)"
             echo "shm: $(grep " /dev/shm " /proc/self/mountinfo | grep -o "size=[0-9]*k")"
+            echo "root flags: $(awk "\$5 == \"/\" {print \$6}" /proc/self/mountinfo |
+                tr , "\n" | grep -E "^(nosuid|nodev|noexec)$" | sort | tr "\n" " ")"
         ' 2>&1 | sed "s/^/$rt /"
     # The device controller (with MKNOD, which podman's default capabilities lack): any node
     # may be made, only the allowed ones opened.
     $T podman $flag run --rm --cap-add MKNOD localhost/busybox sh -c '
         err() { head -c 1 "$1" 2>&1 >/dev/null | sed "s/.*: //"; }
-        mknod /tmp/b8 b 8 0 && echo "mknod b 8:0: ok"
-        echo "open b 8:0: $(err /tmp/b8)"
-        mknod /tmp/c11 c 1 1 && echo "mknod c 1:1: ok"
-        echo "open c 1:1: $(err /tmp/c11)"
+        mknod /b8 b 8 0 && echo "mknod b 8:0: ok"
+        echo "open b 8:0: $(err /b8)"
+        mknod /dev/c11 c 1 1 && echo "mknod c 1:1: ok"
+        echo "open c 1:1: $(err /dev/c11)"
+        mknod /tmp/c13 c 1 3 && echo "open c 1:3 made in the rootfs: $(err /tmp/c13)ok"
         echo "open /dev/null: $(err /dev/null)ok"
         echo "open /dev/urandom: $(err /dev/urandom)ok"
     ' 2>&1 | sed "s/^/$rt /"

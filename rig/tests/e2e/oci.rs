@@ -355,6 +355,7 @@ fn podman_config_fidelity_equals_runc() {
         "mknod b 8:0: ok",
         "open b 8:0: Operation not permitted",
         "open c 1:1: Operation not permitted",
+        "open c 1:3 made in the rootfs: ok",
         "open /dev/null: ok",
     ] {
         assert!(
