@@ -1,7 +1,7 @@
 //! Host-side client of the agent protocol.
 //!
 //! ```no_run
-//! use agent::client::{connect_vsock_uds, AgentClient};
+//! use agent::client::{connect_vsock_uds, AgentCalls, AgentClient};
 //! use agent::protocol::DEFAULT_PORT;
 //! # fn main() -> Result<(), agent::client::ClientError> {
 //! let stream = connect_vsock_uds("/run/ember/pod1/vsock.sock".as_ref(), DEFAULT_PORT)?;
