@@ -5,8 +5,7 @@
 //! (`EMBER_AGENT_BIN` picks another agent binary, e.g. the static release build;
 //! `EMBER_AGENT_EXTRA_ARGS` adds agent flags, e.g. `--cgroup-root /sys/fs/cgroup`).
 
-use agent::client::AgentCalls;
-use agent::client::{self, AgentClient};
+use agent::client::{self, AgentCalls, AgentClient};
 use agent::protocol::{self, ContainerSpec, ProcessSpec, RootfsSpec};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;

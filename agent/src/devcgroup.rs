@@ -41,6 +41,10 @@ pub enum Error {
     Kind(DeviceRule, String),
     #[error("Device rule {0:?}: a major or minor number out of range")]
     Number(DeviceRule),
+    #[error("{0} device rules: at most {MAX_RULES}")]
+    TooMany(usize),
+    #[error("The device filter program is malformed: {0}")]
+    Program(String),
     #[error("The kernel refused the device filter program: {source}; verifier: {log}")]
     Load {
         log: String,
@@ -54,6 +58,10 @@ pub enum Error {
         source: io::Error,
     },
 }
+
+/// Rules a container may have: the program stays far below the kernel's 4096 instructions
+/// for a program (about 7 per rule).
+pub const MAX_RULES: usize = 512;
 
 /// Devices one rule or exception covers, and what it grants or refuses of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +114,9 @@ fn parse(rule: &DeviceRule) -> Result<Match, Error> {
 impl Filter {
     /// The rules reduced, in their order (see the module documentation).
     pub fn from_rules(rules: &[DeviceRule]) -> Result<Filter, Error> {
+        if rules.len() > MAX_RULES {
+            return Err(Error::TooMany(rules.len()));
+        }
         let mut filter = Filter {
             default_allow: false,
             exceptions: Vec::new(),
@@ -205,6 +216,23 @@ impl Filter {
         p.push(Insn::exit());
         p
     }
+}
+
+/// Checks what [`Filter::program`] made before the kernel sees it: every jump lands inside
+/// the program, and it ends with `exit`.
+pub fn check(program: &[Insn]) -> Result<(), Error> {
+    if program.last() != Some(&Insn::exit()) {
+        return Err(Error::Program("it does not end with exit".into()));
+    }
+    for (i, insn) in program.iter().enumerate() {
+        if matches!(insn.code, 0x55 | 0x56 | 0x15) {
+            let to = i as i64 + 1 + i64::from(insn.off);
+            if insn.off < 0 || to >= program.len() as i64 {
+                return Err(Error::Program(format!("the jump at {i} leaves it")));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One eBPF instruction (`struct bpf_insn`).
@@ -334,7 +362,9 @@ fn load(program: &[Insn]) -> Result<OwnedFd, Error> {
 /// Attaches `filter`'s program to the cgroup at `cgroup` (a cgroup v2 directory). The
 /// program stays attached as long as the cgroup lives.
 pub fn attach(cgroup: &Path, filter: &Filter) -> Result<(), Error> {
-    let prog = load(&filter.program())?;
+    let program = filter.program();
+    check(&program)?;
+    let prog = load(&program)?;
     let fail = |source| Error::Attach {
         path: cgroup.to_path_buf(),
         source,
@@ -442,6 +472,15 @@ mod tests {
     fn the_program_has_one_block_per_exception_and_jumps_within_it() {
         let f = Filter::from_rules(&podman()).unwrap();
         let p = f.program();
+        check(&p).unwrap();
+        let mut bad = p.clone();
+        bad[6].off = 1000;
+        assert!(check(&bad).is_err());
+        let too_many = vec![rule(true, "c", Some(1), Some(3), "r"); MAX_RULES + 1];
+        assert!(matches!(
+            Filter::from_rules(&too_many),
+            Err(Error::TooMany(_))
+        ));
         assert_eq!(p.last(), Some(&Insn::exit()));
         for (i, insn) in p.iter().enumerate() {
             if matches!(insn.code, 0x55 | 0x56 | 0x15) {

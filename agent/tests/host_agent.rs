@@ -4,8 +4,7 @@
 //! Container tests need root (mounts, namespaces) and skip with a message otherwise; they
 //! build a small rootfs from busybox-static at /bin/busybox.
 
-use agent::client::AgentCalls;
-use agent::client::{self, AgentClient, ClientError};
+use agent::client::{self, AgentCalls, AgentClient, ClientError};
 use agent::protocol::{
     self, Capabilities, ContainerSpec, ContainerState, Device, ErrorKind, Mount, Namespace,
     ProcessSpec, Request, RequestFrame, ResponseFrame, Rlimit, RootfsSpec, SharedNamespaces,

@@ -8,12 +8,12 @@
 //!   `AgentClient` calls, `read_hello` and the vsock `CONNECT` handshake.
 //!
 //! Invariant beyond "no panic": errors are errors — a frame over `MAX_FRAME_SIZE` is refused
-//! as `TooLarge` before its body is read.
+//! as `TooLarge` before its body is read. A container's device rules that the agent accepts
+//! make a device filter program whose jumps stay inside it.
 
-use agent::client::AgentCalls;
 use std::io::{self, Read, Write};
 
-use agent::client::{read_hello, vsock_handshake, AgentClient};
+use agent::client::{read_hello, vsock_handshake, AgentCalls, AgentClient};
 use agent::protocol::{
     self, FrameError, ProcessSpec, RequestFrame, ResponseFrame, StdioStream, MAX_FRAME_SIZE,
     PROTOCOL_VERSION,
@@ -28,6 +28,8 @@ const DICT: &[&[u8]] = &[
     b"{\"id\":1,\"result\":{\"Ok\":\"Done\"}}",
     b"{\"Err\":{\"kind\":\"NotFound\",\"message\":\"m\"}}",
     b"\"Ok\"",
+    b"\"devices\":[{\"allow\":false,\"type\":\"c\",\"major\":1,\"minor\":3,\"access\":\"rw\"}]",
+    b"\"limits\":{",
     b"\"Err\"",
     b"null",
     b"true",
@@ -118,6 +120,13 @@ pub fn request(data: &[u8]) {
         match protocol::read_frame(&mut r) {
             Ok(body) => match parse_request(&body) {
                 Ok((id, request)) => {
+                    if let protocol::Request::CreateContainer { spec, .. } = &request {
+                        if let Some(rules) = &spec.limits.devices {
+                            if let Ok(filter) = agent::devcgroup::Filter::from_rules(rules) {
+                                agent::devcgroup::check(&filter.program()).unwrap();
+                            }
+                        }
+                    }
                     let frame = RequestFrame {
                         version: PROTOCOL_VERSION,
                         id,

@@ -312,6 +312,11 @@ fn agent_seeds() {
         "rootfs": {"BlockDevice": {"path": "/dev/vdb", "fstype": "ext4"}},
         "process": ProcessSpec::new(["sh"]),
         "mounts": [],
+        "limits": {"devices": [
+            {"allow": false, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
+            {"allow": true, "type": "b", "access": "m"},
+        ]},
     }))
     .unwrap();
     let reqs = frames(&[
