@@ -339,24 +339,40 @@ fn load(program: &[Insn]) -> Result<OwnedFd, Error> {
         expected_attach_type: BPF_CGROUP_DEVICE,
         ..ProgLoad::default()
     };
-    // SAFETY: bpf(2) reads `attr` (size given) and the instructions, license and log buffer
-    // it points to, all alive for the call; it writes only into `log` (its size given).
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            &attr as *const ProgLoad,
-            std::mem::size_of::<ProgLoad>(),
-        )
+    // SAFETY: the instructions, license and log buffer `attr` points to are alive for the
+    // call; the kernel writes only into `log` (its size given).
+    let fd = unsafe { bpf(BPF_PROG_LOAD, &attr) };
+    let fd = match fd {
+        Ok(fd) => fd,
+        Err(source) => {
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            let log = String::from_utf8_lossy(&log[..end]).trim().to_string();
+            return Err(Error::Load { log, source });
+        }
     };
-    if fd < 0 {
-        let source = io::Error::last_os_error();
-        let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-        let log = String::from_utf8_lossy(&log[..end]).trim().to_string();
-        return Err(Error::Load { log, source });
-    }
     // SAFETY: a new descriptor bpf(2) returned, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// bpf(2) with command `cmd` on `attr` (its size given).
+///
+/// # Safety
+/// Every pointer inside `attr` must be valid for what `cmd` does with it during the call.
+unsafe fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
+    // SAFETY: the kernel reads `size_of::<T>()` bytes of `attr`; the caller vouches for the
+    // pointers in it.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *const T,
+            std::mem::size_of::<T>(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r)
 }
 
 /// Attaches `filter`'s program to the cgroup at `cgroup` (a cgroup v2 directory). The
@@ -377,18 +393,8 @@ pub fn attach(cgroup: &Path, filter: &Filter) -> Result<(), Error> {
         attach_flags: BPF_F_ALLOW_MULTI,
         ..ProgAttach::default()
     };
-    // SAFETY: bpf(2) reads `attr` (size given); the descriptors in it are open.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_ATTACH,
-            &attr as *const ProgAttach,
-            std::mem::size_of::<ProgAttach>(),
-        )
-    };
-    if r < 0 {
-        return Err(fail(io::Error::last_os_error()));
-    }
+    // SAFETY: `attr` holds descriptors, no pointers; both are open.
+    unsafe { bpf(BPF_PROG_ATTACH, &attr) }.map_err(fail)?;
     Ok(())
 }
 

@@ -590,6 +590,21 @@ fn bundle(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
 }
 
 /// The OCI status (`created`, `running`, `stopped`) `ember state` prints for `id`.
+/// [`bundle`] whose spec asks for a network namespace of its own (no path): its pod is made
+/// at `start`.
+fn bundle_with_own_netns(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
+    let b = bundle(dir, name, args);
+    let cfg = b.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&cfg).unwrap()).unwrap();
+    spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"type": "network"}));
+    fs::write(&cfg, spec.to_string()).unwrap();
+    b
+}
+
 fn oci_status(env: &Env, id: &str) -> String {
     let v = env.json(&["state", id]);
     v["status"].as_str().unwrap_or_default().to_string()
@@ -737,18 +752,7 @@ fn a_container_with_its_own_network_namespace_gets_its_pod_at_start() {
     // The runtime configuration reaches the pod made at start.
     let conf = oci.root.join("config.toml");
     fs::write(&conf, "[runtime]\nagent_timeout_secs = 45\n").unwrap();
-    let with_netns = |name: &str| {
-        let b = bundle(&oci.root, name, &["sleep", "1000"]);
-        let cfg = b.join("config.json");
-        let mut spec: serde_json::Value =
-            serde_json::from_str(&fs::read_to_string(&cfg).unwrap()).unwrap();
-        spec["linux"]["namespaces"]
-            .as_array_mut()
-            .unwrap()
-            .push(serde_json::json!({"type": "network"}));
-        fs::write(&cfg, spec.to_string()).unwrap();
-        b
-    };
+    let with_netns = |name: &str| bundle_with_own_netns(&oci.root, name, &["sleep", "1000"]);
     let create = |b: &Path, id: &str| {
         let ok = oci
             .cmd(&["--log", log.to_str().unwrap()])
@@ -848,15 +852,7 @@ fn a_container_whose_pod_cannot_boot_at_start_is_stopped() {
         return;
     }
     let oci = Env::new("oci-noboot", PathBuf::from("/bin/false"));
-    let b = bundle(&oci.root, "b", &["true"]);
-    let cfg = b.join("config.json");
-    let mut spec: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(&cfg).unwrap()).unwrap();
-    spec["linux"]["namespaces"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({"type": "network"}));
-    fs::write(&cfg, spec.to_string()).unwrap();
+    let b = bundle_with_own_netns(&oci.root, "b", &["true"]);
     let created = oci
         .cmd(&["create", "--bundle", b.to_str().unwrap(), "c"])
         .stdin(Stdio::null())

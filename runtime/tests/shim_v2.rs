@@ -21,6 +21,19 @@ fn agent_bin() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
+/// Root, /bin/busybox and Debian's containerd and ctr; says what is missing.
+fn prerequisites() -> bool {
+    if !nix::unistd::geteuid().is_root() || !Path::new("/bin/busybox").exists() {
+        eprintln!("skipping: needs root and /bin/busybox");
+        return false;
+    }
+    if !have("containerd") || !have("ctr") {
+        eprintln!("skipping: containerd and ctr not installed (Debian's containerd)");
+        return false;
+    }
+    true
+}
+
 fn have(cmd: &str) -> bool {
     Command::new(cmd)
         .arg("--version")
@@ -253,12 +266,7 @@ fn assert_the_shim_is_the_pod_process(dir: &Path) {
 
 #[test]
 fn ctr_runs_tasks_through_containerd_shim_ember_v2() {
-    if !nix::unistd::geteuid().is_root() || !Path::new("/bin/busybox").exists() {
-        eprintln!("skipping: needs root and /bin/busybox");
-        return;
-    }
-    if !have("containerd") || !have("ctr") {
-        eprintln!("skipping: containerd and ctr not installed (Debian's containerd)");
+    if !prerequisites() {
         return;
     }
     let Some(agent) = agent_bin() else {
@@ -427,12 +435,7 @@ fn ctr_runs_tasks_through_containerd_shim_ember_v2() {
 /// by `ctr task delete`. Nothing is left.
 #[test]
 fn a_task_whose_pod_cannot_start_stops_and_leaves_nothing() {
-    if !nix::unistd::geteuid().is_root() || !Path::new("/bin/busybox").exists() {
-        eprintln!("skipping: needs root and /bin/busybox");
-        return;
-    }
-    if !have("containerd") || !have("ctr") {
-        eprintln!("skipping: containerd and ctr not installed (Debian's containerd)");
+    if !prerequisites() {
         return;
     }
     let ctd = Containerd::start("nostart", Path::new("/bin/false"));

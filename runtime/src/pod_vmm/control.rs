@@ -506,14 +506,15 @@ mod tests {
         );
     }
 
-    /// A target whose snapshot takes until it is let go.
+    /// A pod process whose snapshot takes until it is let go, and whose agent answers a
+    /// start of c1 with pid 42, refuses a signal as not found and never answers a wait.
     #[derive(Default)]
-    struct Slow {
+    struct Scripted {
         go: std::sync::Mutex<bool>,
         changed: std::sync::Condvar,
     }
 
-    impl ControlTarget for Slow {
+    impl ControlTarget for Scripted {
         fn pause(&self) -> Result<(), String> {
             Ok(())
         }
@@ -530,6 +531,17 @@ mod tests {
             }
             Err("let go".into())
         }
+        fn agent(&self, call: agent::protocol::Request, timeout: Duration) -> Response {
+            use agent::protocol::{AgentError, ErrorKind, Request as A, Response as R};
+            match call {
+                A::StartContainer { id } if id == "c1" => Response::Agent(R::Pid(42)),
+                A::Signal { .. } => {
+                    Response::AgentRefused(AgentError::new(ErrorKind::NotFound, "no container c9"))
+                }
+                A::Wait { .. } => Response::AgentTimedOut(format!("waited {timeout:?}")),
+                other => Response::Error(format!("unexpected {other:?}")),
+            }
+        }
     }
 
     #[test]
@@ -537,7 +549,7 @@ mod tests {
         let dir = test_dir("control-concurrent");
         let sock = dir.join("control.sock");
         let listener = UnixListener::bind(&sock).unwrap();
-        let target = Arc::new(Slow::default());
+        let target = Arc::new(Scripted::default());
         let t = target.clone();
         let server = std::thread::spawn(move || serve(listener, t));
         let to = Duration::from_secs(5);
@@ -576,39 +588,12 @@ mod tests {
         server.join().unwrap();
     }
 
-    /// A pod process whose agent answers a start with pid 42, refuses a signal as not found
-    /// and never answers a wait.
-    struct FakeAgent;
-
-    impl ControlTarget for FakeAgent {
-        fn pause(&self) -> Result<(), String> {
-            Ok(())
-        }
-        fn resume(&self) -> Result<(), String> {
-            Ok(())
-        }
-        fn stop(&self) -> Option<String> {
-            None
-        }
-        fn agent(&self, call: agent::protocol::Request, timeout: Duration) -> Response {
-            use agent::protocol::{AgentError, ErrorKind, Request as A, Response as R};
-            match call {
-                A::StartContainer { id } if id == "c1" => Response::Agent(R::Pid(42)),
-                A::Signal { .. } => {
-                    Response::AgentRefused(AgentError::new(ErrorKind::NotFound, "no container c9"))
-                }
-                A::Wait { .. } => Response::AgentTimedOut(format!("waited {timeout:?}")),
-                other => Response::Error(format!("unexpected {other:?}")),
-            }
-        }
-    }
-
     #[test]
     fn container_calls_are_made_by_the_pod_process() {
         use agent::client::{AgentCalls, ClientError};
         let dir = test_dir("control-agent");
         let listener = UnixListener::bind(dir.join(crate::pod_vmm::CONTROL_SOCKET)).unwrap();
-        let server = std::thread::spawn(move || serve(listener, Arc::new(FakeAgent)));
+        let server = std::thread::spawn(move || serve(listener, Arc::new(Scripted::default())));
         let mut agent = PodAgent::new(&dir, Duration::from_millis(1500));
         assert_eq!(agent.start_container("c1").unwrap(), 42);
         // The agent's refusal keeps its kind.
