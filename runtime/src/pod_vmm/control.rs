@@ -7,7 +7,7 @@ pub use super::protocol::{Request, Response};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// How long a client waits for an answer unless told otherwise.
@@ -48,6 +48,9 @@ impl Error {
     }
 }
 
+/// A call on the pod's agent, ready to run ([`ControlTarget::agent`]).
+pub type AgentJob = Box<dyn FnOnce() -> Response + Send>;
+
 /// What the control socket drives (the VM handle in production).
 pub trait ControlTarget: Send + Sync {
     fn pause(&self) -> Result<(), String>;
@@ -82,9 +85,11 @@ pub trait ControlTarget: Send + Sync {
     fn hosted(&self) -> bool {
         false
     }
-    /// Make `call` on the pod's agent, within `timeout` ([`Request::Agent`]).
-    fn agent(&self, _call: agent::protocol::Request, _timeout: Duration) -> Response {
-        Response::Error("this pod process has no agent".into())
+    /// What makes `call` on the pod's agent within `timeout` ([`Request::Agent`]). It runs
+    /// after the target is let go, so a call that waits on the agent does not keep the VM
+    /// (its memory, its devices' files) alive past the pod's end.
+    fn agent(&self, _call: agent::protocol::Request, _timeout: Duration) -> AgentJob {
+        Box::new(|| Response::Error("this pod process has no agent".into()))
     }
     /// Answer an `Events` request on `stream`: `Done` and keep it as a subscriber of the
     /// pod's events, or the reason it is refused.
@@ -215,14 +220,27 @@ fn answer(req: &Request, target: &dyn ControlTarget) -> Response {
         Request::Snapshot { dir } => target
             .snapshot(dir)
             .map_or_else(Response::Error, Response::Snapshotted),
+        Request::Agent { .. } => agent_job(req, target)(),
+    }
+}
+
+/// The job that answers [`Request::Agent`] `req` (the streams refused here).
+fn agent_job(req: &Request, target: &dyn ControlTarget) -> AgentJob {
+    match req {
         Request::Agent {
             call: agent::protocol::Request::AttachStdio { .. } | agent::protocol::Request::Events,
             ..
-        } => Response::Error("a stream needs a connection of its own to the agent".into()),
+        } => Box::new(|| {
+            Response::Error("a stream needs a connection of its own to the agent".into())
+        }),
         Request::Agent { call, timeout_ms } => target.agent(
             call.clone(),
             timeout_ms.map_or(crate::agent_link::CALL_TIMEOUT, Duration::from_millis),
         ),
+        other => Box::new({
+            let what = format!("{other:?}");
+            move || Response::Error(format!("{what} is not an agent call"))
+        }),
     }
 }
 
@@ -297,8 +315,13 @@ impl agent::client::AgentCalls for PodAgent {
 }
 
 /// Answer one connection. Returns true when the request was `Stop` (the target stopped, then
-/// answered).
-pub fn handle_connection(mut stream: UnixStream, target: &dyn ControlTarget) -> bool {
+/// answered). The target is held only while a request is answered; a pod whose target is gone
+/// answers that its VM is gone.
+fn handle_connection<T: ControlTarget>(
+    mut stream: UnixStream,
+    target: &Weak<T>,
+    answering: &AtomicUsize,
+) -> bool {
     let _ = stream.set_read_timeout(Some(DEFAULT_TIMEOUT));
     let _ = stream.set_write_timeout(Some(DEFAULT_TIMEOUT));
     let (resp, stop) = match agent::protocol::recv::<_, Message<Request>>(&mut stream) {
@@ -309,19 +332,27 @@ pub fn handle_connection(mut stream: UnixStream, target: &dyn ControlTarget) -> 
             )),
             false,
         ),
-        Ok(m) if m.version == VERSION && m.body == Request::Events => {
-            log::debug!("control request Events");
-            target.subscribe(stream);
-            return false;
-        }
-        Ok(m) if m.body == Request::Stop => {
-            log::debug!("control request Stop");
-            let unsynced = target.stop();
-            (Response::Stopped { unsynced }, true)
-        }
         Ok(m) => {
             log::debug!("control request {:?}", m.body);
-            (answer(&m.body, target), false)
+            match Held::new(target, answering) {
+                None => (Response::Error("the pod's VM is gone".into()), false),
+                Some(t) => match &m.body {
+                    Request::Events => {
+                        t.0.subscribe(stream);
+                        return false;
+                    }
+                    Request::Stop => {
+                        let unsynced = t.0.stop();
+                        (Response::Stopped { unsynced }, true)
+                    }
+                    Request::Agent { .. } => {
+                        let job = agent_job(&m.body, &*t.0);
+                        drop(t);
+                        (job(), false)
+                    }
+                    other => (answer(other, &*t.0), false),
+                },
+            }
         }
         Err(e) => {
             log::warn!("Bad control request: {e}");
@@ -330,6 +361,28 @@ pub fn handle_connection(mut stream: UnixStream, target: &dyn ControlTarget) -> 
     };
     let _ = agent::protocol::send(&mut stream, &Message::new(resp));
     stop
+}
+
+/// The target, held while a request is answered, counted in `answering`.
+struct Held<'a, T>(Arc<T>, &'a AtomicUsize);
+
+impl<'a, T> Held<'a, T> {
+    fn new(target: &Weak<T>, answering: &'a AtomicUsize) -> Option<Held<'a, T>> {
+        answering.fetch_add(1, Ordering::SeqCst);
+        match target.upgrade() {
+            Some(t) => Some(Held(t, answering)),
+            None => {
+                answering.fetch_sub(1, Ordering::SeqCst);
+                None
+            }
+        }
+    }
+}
+
+impl<T> Drop for Held<'_, T> {
+    fn drop(&mut self) {
+        self.1.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Connections answered at the same time; more are refused with an error at once, so a flood
@@ -354,6 +407,7 @@ pub fn serve_until<T: ControlTarget + 'static>(
 ) {
     let stopped = Arc::new(AtomicBool::new(false));
     let in_flight = Arc::new(AtomicUsize::new(0));
+    let answering = Arc::new(AtomicUsize::new(0));
     // Where a handler that answered `Stop` connects, to wake the accept below.
     let wake: Option<PathBuf> = listener
         .local_addr()
@@ -361,7 +415,7 @@ pub fn serve_until<T: ControlTarget + 'static>(
         .and_then(|a| a.as_pathname().map(Path::to_path_buf));
     for stream in listener.incoming() {
         if ending.load(Ordering::SeqCst) || stopped.load(Ordering::SeqCst) {
-            return;
+            break;
         }
         let mut stream = match stream {
             Ok(s) => s,
@@ -379,14 +433,15 @@ pub fn serve_until<T: ControlTarget + 'static>(
             let _ = agent::protocol::send(&mut stream, &Message::new(busy));
             continue;
         }
-        let (t, done, count, wake) = (
-            target.clone(),
+        let (t, done, count, wake, busy) = (
+            Arc::downgrade(&target),
             stopped.clone(),
             in_flight.clone(),
             wake.clone(),
+            answering.clone(),
         );
         let spawned = crate::logging::spawn("control-req", move || {
-            if handle_connection(stream, &*t) {
+            if handle_connection(stream, &t, &busy) {
                 done.store(true, Ordering::SeqCst);
                 if let Some(path) = wake {
                     let _ = UnixStream::connect(path);
@@ -399,6 +454,18 @@ pub fn serve_until<T: ControlTarget + 'static>(
             log::error!("Cannot start a thread for a control request: {e}");
             in_flight.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+    // Requests being answered hold the target; serving ends once they are done, so that
+    // the VM's handle goes with it, as the pod process relies on (an agent call runs after
+    // its request let the target go).
+    drop(target);
+    let deadline = std::time::Instant::now() + DEFAULT_TIMEOUT;
+    while answering.load(Ordering::SeqCst) > 0 {
+        if std::time::Instant::now() >= deadline {
+            log::warn!("control requests still being answered after {DEFAULT_TIMEOUT:?}");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -531,16 +598,24 @@ mod tests {
             }
             Err("let go".into())
         }
-        fn agent(&self, call: agent::protocol::Request, timeout: Duration) -> Response {
+        fn agent(&self, call: agent::protocol::Request, timeout: Duration) -> AgentJob {
             use agent::protocol::{AgentError, ErrorKind, Request as A, Response as R};
-            match call {
+            let answer = match call {
                 A::StartContainer { id } if id == "c1" => Response::Agent(R::Pid(42)),
                 A::Signal { .. } => {
                     Response::AgentRefused(AgentError::new(ErrorKind::NotFound, "no container c9"))
                 }
                 A::Wait { .. } => Response::AgentTimedOut(format!("waited {timeout:?}")),
+                // An agent that takes its time (the job holds nothing of the target).
+                A::ProcessList { .. } => {
+                    return Box::new(|| {
+                        std::thread::sleep(Duration::from_secs(3));
+                        Response::Agent(R::Processes(Vec::new()))
+                    })
+                }
                 other => Response::Error(format!("unexpected {other:?}")),
-            }
+            };
+            Box::new(move || answer)
         }
     }
 
@@ -624,6 +699,34 @@ mod tests {
         assert!(err.to_string().contains("connection of its own"), "{err}");
         request(&sock, &Request::Stop, Duration::from_secs(5)).unwrap();
         server.join().unwrap();
+    }
+
+    #[test]
+    fn a_slow_agent_call_does_not_keep_the_target() {
+        use agent::client::AgentCalls;
+        let dir = test_dir("control-agent-slow");
+        let listener = UnixListener::bind(dir.join(crate::pod_vmm::CONTROL_SOCKET)).unwrap();
+        let target = Arc::new(Scripted::default());
+        let held = Arc::downgrade(&target);
+        let server = std::thread::spawn(move || serve(listener, target));
+        let call_dir = dir.clone();
+        let slow = std::thread::spawn(move || {
+            PodAgent::new(&call_dir, Duration::from_secs(10)).process_list("c1")
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let start = std::time::Instant::now();
+        let sock = dir.join(crate::pod_vmm::CONTROL_SOCKET);
+        request(&sock, &Request::Stop, Duration::from_secs(5)).unwrap();
+        server.join().unwrap();
+        // Serving ended, and the target with it, while the agent call still ran.
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(held.strong_count(), 0, "the target outlived serving");
+        assert!(!slow.is_finished());
+        assert_eq!(slow.join().unwrap().unwrap(), Vec::new());
     }
 
     #[test]

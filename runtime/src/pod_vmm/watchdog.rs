@@ -98,8 +98,9 @@ impl ControlTarget for Watched {
         &self,
         call: agent::protocol::Request,
         timeout: std::time::Duration,
-    ) -> super::control::Response {
-        super::control::relay_to_agent(&self.dir, call, timeout)
+    ) -> super::control::AgentJob {
+        let dir = self.dir.clone();
+        Box::new(move || super::control::relay_to_agent(&dir, call, timeout))
     }
 }
 
