@@ -294,6 +294,9 @@ fn ctr_runs_tasks_through_containerd_shim_ember_v2() {
     // A detached task: exec, ps, kill, delete.
     ctd.run_sleeper(rootfs, "t2");
     assert_eq!(ctd.task_status("t2"), "RUNNING");
+    // A second start is refused and leaves it running.
+    assert!(!ctd.ctr(&["task", "start", "-d", "t2"]).status.success());
+    assert_eq!(ctd.task_status("t2"), "RUNNING");
     assert_the_shim_is_the_pod_process(&ctd.dir);
     let out = ctd.ctr(&[
         "task",

@@ -232,6 +232,8 @@ struct Task {
     /// The shim's own writers of the processes' stdin FIFOs ([`open_stdio`]), by exec id
     /// (the init's under ""): dropped at `CloseIO` or when the process ends.
     stdin_holds: HashMap<String, File>,
+    /// A `Start` of the init is under way (one at a time).
+    starting: bool,
 }
 
 struct Shared {
@@ -431,8 +433,25 @@ impl TaskService {
     }
 
     fn start_init(&self, id: &str) -> TtrpcResult<u32> {
-        let sandbox = self.sandbox(id)?;
-        let pid = match sandbox.start() {
+        let sandbox = {
+            let mut tasks = self.tasks()?;
+            let task = tasks.get_mut(id).ok_or_else(|| not_found(id))?;
+            if task.init.status != api::Status::CREATED || task.starting {
+                return Err(rpc(
+                    Code::FAILED_PRECONDITION,
+                    format!("task {id} was started already"),
+                ));
+            }
+            task.starting = true;
+            task.sandbox.clone()
+        };
+        let started = sandbox.start();
+        if let Ok(mut tasks) = self.0.tasks.lock() {
+            if let Some(t) = tasks.get_mut(id) {
+                t.starting = false;
+            }
+        }
+        let pid = match started {
             Ok(pid) => pid,
             Err(e) => {
                 // The container's process never ran; as under runc, whose init dies when
@@ -664,6 +683,7 @@ impl shim::Task for TaskService {
             },
             execs: HashMap::new(),
             stdin_holds: hold.into_iter().map(|h| (String::new(), h)).collect(),
+            starting: false,
         };
         self.tasks()?.insert(req.id.clone(), task);
         let mut ev = TaskCreate::new();
