@@ -553,12 +553,25 @@ mod tests {
                 procs = cg.join("cgroup.procs").display(),
                 node = node.display()
             );
-            std::process::Command::new("sh")
+            // Read to the end, then wait: another test of this binary may reap the child
+            // (the agent's reaper reaps any), so the wait's ECHILD is no failure.
+            let mut child = std::process::Command::new("sh")
                 .args(["-c", &script])
-                .output()
-                .unwrap()
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut text).unwrap();
+            let _ = child.wait();
+            text
         });
-        let _ = std::fs::remove_dir(&cg);
+        // The shell may still be a zombie for a moment; the cgroup goes once it is gone.
+        for _ in 0..100 {
+            if std::fs::remove_dir(&cg).is_ok() || !cg.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         match attached {
             Err(Error::Load { source, .. } | Error::Attach { source, .. })
                 if matches!(source.raw_os_error(), Some(libc::EPERM | libc::EACCES)) =>
@@ -569,7 +582,7 @@ mod tests {
             Err(e) => panic!("{e}"),
             Ok(()) => {}
         }
-        let text = String::from_utf8_lossy(&out.unwrap().stdout).into_owned();
+        let text = out.unwrap();
         assert_eq!(
             text.lines().collect::<Vec<_>>(),
             ["null-ok", "zero-refused", "mknod-ok", "block-refused"],
