@@ -906,7 +906,7 @@ fn in_guest(c: &ContainerRecord) -> Result<(), Error> {
 
 /// How the agent reports each of the pod's containers; `None` when it cannot be asked.
 fn agent_states(dir: &Path) -> Option<Vec<(String, ContainerState)>> {
-    let stats = PodAgent::new(dir, agent_link::CALL_TIMEOUT).stats().ok()?;
+    let stats = agent_call(dir).stats().ok()?;
     Some(
         stats
             .containers
@@ -996,7 +996,7 @@ fn reconcile_start(dir: &Path, rec: &mut PodRecord, cid: &str) -> bool {
 
 /// SIGTERM every process of the container, SIGKILL after the grace period; the exit code.
 fn stop_in_agent(dir: &Path, cid: &str) -> Result<i32, Error> {
-    let mut client = PodAgent::new(dir, agent_link::CALL_TIMEOUT);
+    let mut client = agent_call(dir);
     match client.signal(cid, None, libc::SIGTERM, true) {
         Ok(()) => {}
         // Already gone: Wait below tells how it ended.

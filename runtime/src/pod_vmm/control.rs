@@ -220,27 +220,26 @@ fn answer(req: &Request, target: &dyn ControlTarget) -> Response {
         Request::Snapshot { dir } => target
             .snapshot(dir)
             .map_or_else(Response::Error, Response::Snapshotted),
-        Request::Agent { .. } => agent_job(req, target)(),
+        Request::Agent { call, timeout_ms } => agent_job(call, *timeout_ms, target)(),
     }
 }
 
-/// The job that answers [`Request::Agent`] `req` (the streams refused here).
-fn agent_job(req: &Request, target: &dyn ControlTarget) -> AgentJob {
-    match req {
-        Request::Agent {
-            call: agent::protocol::Request::AttachStdio { .. } | agent::protocol::Request::Events,
-            ..
-        } => Box::new(|| {
-            Response::Error("a stream needs a connection of its own to the agent".into())
-        }),
-        Request::Agent { call, timeout_ms } => target.agent(
+/// The job that makes agent `call` for a [`Request::Agent`] (the streams refused here).
+fn agent_job(
+    call: &agent::protocol::Request,
+    timeout_ms: Option<u64>,
+    target: &dyn ControlTarget,
+) -> AgentJob {
+    match call {
+        agent::protocol::Request::AttachStdio { .. } | agent::protocol::Request::Events => {
+            Box::new(|| {
+                Response::Error("a stream needs a connection of its own to the agent".into())
+            })
+        }
+        call => target.agent(
             call.clone(),
             timeout_ms.map_or(crate::agent_link::CALL_TIMEOUT, Duration::from_millis),
         ),
-        other => Box::new({
-            let what = format!("{other:?}");
-            move || Response::Error(format!("{what} is not an agent call"))
-        }),
     }
 }
 
@@ -345,8 +344,8 @@ fn handle_connection<T: ControlTarget>(
                         let unsynced = t.0.stop();
                         (Response::Stopped { unsynced }, true)
                     }
-                    Request::Agent { .. } => {
-                        let job = agent_job(&m.body, &*t.0);
+                    Request::Agent { call, timeout_ms } => {
+                        let job = agent_job(call, *timeout_ms, &*t.0);
                         drop(t);
                         (job(), false)
                     }
