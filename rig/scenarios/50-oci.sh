@@ -593,6 +593,22 @@ SHIMV2
 chmod 755 "$DEB/usr/local/bin/shim-v2-test"
 section ctr-shim-v2 /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/shim-v2-test
 
+# containerd's runc shim running ember keeps ember's log (`--log <bundle>/log.json`) in the
+# bundle, which a failed `ctr run --rm` deletes: this wrapper, given to ctr as the runc binary,
+# points that file at a kept copy first, so a failure's log can be shown.
+cat >"$DEB/usr/local/bin/ember-kept-log" <<'KEPT'
+#!/bin/sh
+log= prev=
+for a; do [ "$prev" = --log ] && log=$a; prev=$a; done
+if [ -n "$log" ] && ! [ -e "$log" ]; then
+    mkdir -p /var/tmp/ember-runc-logs
+    kept=/var/tmp/ember-runc-logs/$(printf '%s' "$log" | tr / _)
+    : >>"$kept" && ln -s "$kept" "$log"
+fi
+exec /usr/local/bin/ember "$@"
+KEPT
+chmod 755 "$DEB/usr/local/bin/ember-kept-log"
+
 # `ctr run --cni`: ctr configures the task's network namespace (/proc/<task pid>/ns/net, CNI's
 # "podman" bridge) between create and start. runc (containerd's runc shim) first, then ember's
 # shim v2, then containerd's runc shim with ember as its runc, same run: eth0 in the bridge's
@@ -609,7 +625,7 @@ I=docker.io/library/busybox:latest
 rc=0
 for rt in runc ember runc-shim-ember; do
     case $rt in
-        runc-shim-ember) R="--runtime io.containerd.runc.v2 --runc-binary /usr/local/bin/ember" ;;
+        runc-shim-ember) R="--runtime io.containerd.runc.v2 --runc-binary /usr/local/bin/ember-kept-log" ;;
         *) R="--runtime io.containerd.$rt.v2" ;;
     esac
     out=$(ctr run --rm --cni --snapshotter native $R $I cni-$rt sh -c '
@@ -621,6 +637,8 @@ for rt in runc ember runc-shim-ember; do
     printf '%s\n' "$out" | sed "s/^/$rt /"
     echo "$rt exit=$code"
     [ $code = 0 ] || rc=1
+    [ $code = 0 ] || [ $rt != runc-shim-ember ] || {
+        echo "--- ember's log under the runc shim"; tail -n 60 /var/tmp/ember-runc-logs/*cni-$rt*; }
 done
 echo "the host's namespace before: $before; after: $(host)"
 exit $rc
@@ -672,7 +690,7 @@ for rt in runc ember runc-shim-ember; do
     case $rt in
         runc) R="--runtime io.containerd.runc.v2" ;;
         ember) R="--runtime io.containerd.ember.v2" ;;
-        runc-shim-ember) R="--runtime io.containerd.runc.v2 --runc-binary /usr/local/bin/ember" ;;
+        runc-shim-ember) R="--runtime io.containerd.runc.v2 --runc-binary /usr/local/bin/ember-kept-log" ;;
     esac
     out=$(ctr run --rm --snapshotter native $R --memory-limit 1073741824 --cpus 2 \
         --mount type=bind,src=/var/tmp/ctr-show-limits,dst=/show,options=rbind:ro \
@@ -683,6 +701,8 @@ for rt in runc ember runc-shim-ember; do
     echo "$rt exit=$code"
     # containerd's log holds its shims' lines (ember's shim v2: its VMM's too).
     [ $code = 0 ] || { rc=1; echo "--- containerd.log (last 60 lines)"; tail -n 60 /run/containerd.log; }
+    [ $code = 0 ] || [ $rt != runc-shim-ember ] || {
+        echo "--- ember's log under the runc shim"; tail -n 60 /var/tmp/ember-runc-logs/*res-$rt*; }
 done
 exit $rc
 CTRRES
