@@ -19,11 +19,12 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The CRI test client is a workspace of its own (rig/cri-test/Cargo.toml): its gRPC stack
 # stays out of the main build.
 cargo fmt --manifest-path rig/cri-test/Cargo.toml -- --check
-cargo clippy --manifest-path rig/cri-test/Cargo.toml -- -D warnings
+cargo clippy --manifest-path rig/cri-test/Cargo.toml --all-targets -- -D warnings
 
 log "Fast tier: unit and integration tests (no guest; /dev/kvm payload tests where it exists)"
 cargo test --workspace --exclude ember-rig --exclude ember-fuzz
 cargo test -p ember-rig --lib --bins
+cargo test --manifest-path rig/cri-test/Cargo.toml
 log "Fuzz: every target's seed corpus, then ${EMBER_FUZZ_SECS:-3} s of mutation each (fuzz/README.md)"
 cargo test -p ember-fuzz -- --nocapture
 

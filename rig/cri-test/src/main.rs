@@ -15,6 +15,8 @@
 //! namespaces (no CNI, no hostname). Each call has a deadline of [`CALL_SECS`], generous for
 //! the virtual KVM host, where a VM boot is emulated.
 
+mod stream;
+
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -31,6 +33,8 @@ const STOP_GRACE_SECS: i64 = 2;
 const POD_PORT: u16 = 8080;
 /// Where this process answers the pod's HTTP request on the host.
 const HOST_PORT: u16 = 18081;
+/// Bound of one streaming session (exec -it, attach -it).
+const STREAM_TIMEOUT: Duration = Duration::from_secs(120);
 /// What the host's server answers.
 const HOST_BODY: &str = "from-the-host";
 
@@ -181,7 +185,14 @@ impl Test {
         })
     }
 
-    async fn create_container(&mut self, name: &str, command: &[&str]) -> Result<String, Failure> {
+    /// Creates container `name` running `command`; `interactive`: with stdin and a terminal
+    /// (`kubectl run -it`).
+    async fn create_container(
+        &mut self,
+        name: &str,
+        command: &[&str],
+        interactive: bool,
+    ) -> Result<String, Failure> {
         let sandbox = self.sandbox_id.clone().unwrap_or_default();
         let req = cri::CreateContainerRequest {
             pod_sandbox_id: sandbox,
@@ -195,6 +206,8 @@ impl Test {
                     ..Default::default()
                 }),
                 command: command.iter().map(|s| s.to_string()).collect(),
+                stdin: interactive,
+                tty: interactive,
                 ..Default::default()
             }),
             sandbox_config: Some(self.sandbox_config.clone()),
@@ -270,7 +283,7 @@ impl Test {
             ("c1", vec!["sleep", "1000"]),
             ("c2", vec!["httpd", "-f", "-p", &port, "-h", "/etc"]),
         ] {
-            let id = self.create_container(name, &command).await?;
+            let id = self.create_container(name, &command, false).await?;
             call(
                 &format!("StartContainer {name}"),
                 self.rt.start_container(cri::StartContainerRequest {
@@ -335,6 +348,8 @@ impl Test {
             String::from_utf8_lossy(&r.stderr).trim(),
             r.exit_code
         ));
+
+        self.interactive(&ids[1]).await?;
 
         // What the kubelet reads for its summary: CPU time and working set (the runtime's
         // task metrics, through containerd).
@@ -416,6 +431,81 @@ impl Test {
             (t_containers - t_sandbox).as_secs_f64(),
             t1.elapsed().as_secs_f64()
         ));
+        Ok(())
+    }
+
+    /// `kubectl exec -it` in container `exec_in`, then `kubectl attach -it` to a third
+    /// container whose process is an interactive shell: containerd's streaming server, the
+    /// runtime's terminal (its size set by the client) and stdin.
+    async fn interactive(&mut self, exec_in: &str) -> Result<(), Failure> {
+        let resp = call(
+            "Exec -it",
+            self.rt.exec(cri::ExecRequest {
+                container_id: exec_in.to_string(),
+                cmd: vec!["sh".into()],
+                tty: true,
+                stdin: true,
+                stdout: true,
+                stderr: false,
+            }),
+        )
+        .await?;
+        // The terminal echoes what is typed: the marker is computed, so only the output has
+        // "RESULT-42". The size arrives beside the input, so the shell waits for it.
+        let script = "i=0; while [ \"$(stty size)\" != \"30 100\" ] && [ $i -lt 100 ]; \
+                      do sleep 0.1; i=$((i+1)); done; \
+                      echo \"RESULT-$((6*7)) size=$(stty size | tr ' ' x) \
+                      terminal=$([ -t 0 ] && echo yes) $(tty | cut -c1-9)\"; exit 5\n";
+        let seen = stream::session(&resp.url, (30, 100), script, |_| false, STREAM_TIMEOUT)
+            .await
+            .map_err(|why| Failure {
+                step: "Exec -it stream".into(),
+                why,
+            })?;
+        self.say(format!(
+            "exec -it: {} exit={}",
+            marked_line(&seen.output, "RESULT-42"),
+            seen.exit.map_or("none".into(), |c| c.to_string())
+        ));
+
+        let id = self.create_container("c3", &["sh"], true).await?;
+        call(
+            "StartContainer c3",
+            self.rt.start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            }),
+        )
+        .await?;
+        let resp = call(
+            "Attach c3",
+            self.rt.attach(cri::AttachRequest {
+                container_id: id.clone(),
+                stdin: true,
+                tty: true,
+                stdout: true,
+                stderr: false,
+            }),
+        )
+        .await?;
+        let line_of = |o: &str| o.find("ATTACH-42").is_some_and(|at| o[at..].contains('\n'));
+        let seen = stream::session(
+            &resp.url,
+            (30, 100),
+            "echo ATTACH-$((6*7)) terminal=$([ -t 0 ] && echo yes)\n",
+            line_of,
+            STREAM_TIMEOUT,
+        )
+        .await
+        .map_err(|why| Failure {
+            step: "Attach c3 stream".into(),
+            why,
+        })?;
+        self.say(format!(
+            "attach -it: {}",
+            marked_line(&seen.output, "ATTACH-42")
+        ));
+        let st = self.container_state(&id).await?;
+        self.say(format!("c3 after detach: {}", state_name(st.state)));
         Ok(())
     }
 
@@ -547,6 +637,15 @@ async fn http_get(ip: &str, port: u16, path: &str) -> String {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     format!("failed: {last}")
+}
+
+/// The line of a terminal's `output` that starts with `marker` (without the `\r`), or what
+/// the output was when none does.
+fn marked_line(output: &str, marker: &str) -> String {
+    output
+        .split(['\r', '\n'])
+        .find(|l| l.starts_with(marker))
+        .map_or_else(|| format!("no {marker} line in {output:?}"), str::to_string)
 }
 
 fn yes(b: bool) -> &'static str {

@@ -603,7 +603,8 @@ fn ctr_bind_mounts_are_live_as_under_runc() {
 
 /// containerd's CRI plugin, driven by the project's CRI client (rig/cri-test) as the kubelet
 /// drives it: RunPodSandbox, CreateContainer x2, StartContainer, ExecSync, ContainerStatus,
-/// StopContainer, StopPodSandbox, RemovePodSandbox — with the RuntimeClass handler runc and
+/// `kubectl exec -it` and `attach -it` (streaming Exec/Attach with a terminal, its size and
+/// stdin), StopContainer, StopPodSandbox, RemovePodSandbox — with the RuntimeClass handler runc and
 /// with ember (its shim v2), the pod on containerd's CNI network. Under ember both containers
 /// share one kernel that is not the host's (one VM for the pod), see the pod's IP, hostname
 /// and namespaces as under runc, reach and are reached by the host, and nothing of the pod
@@ -632,6 +633,9 @@ fn cri_pod_with_the_ember_handler_runs_in_one_vm_as_under_runc() {
             "c1 and c2 share uts and ipc namespaces: yes",
             "c1 -> host http: from-the-host",
             "exec stdout=out-ok stderr=err-ok exit=3",
+            "exec -it: RESULT-42 size=30x100 terminal=yes /dev/pts/ exit=5",
+            "attach -it: ATTACH-42 terminal=yes",
+            "c3 after detach: CONTAINER_RUNNING",
             "c2 stats: cpu counted yes, working set counted yes",
             "c2 after c1 stopped: c2-still-answers",
             "after RemovePodSandbox: 0 sandboxes, 0 containers",
