@@ -35,6 +35,9 @@ pub const CONTAINER_STOP_GRACE: Duration = Duration::from_secs(10);
 pub const RECORD_END_LOCK: Duration = Duration::from_secs(60);
 /// How long `list` waits for one pod's lock before it shows the record as it stands.
 pub const LIST_LOCK: Duration = Duration::from_millis(500);
+/// How long an OCI container's `start` waits for its shim's main thread to enter the
+/// container's view for the engine (a few mounts and a `pivot_root`).
+pub const SHIM_VIEW: Duration = Duration::from_secs(5);
 /// A request to an OCI container's shim (`start`, `kill`, `exec`'s start, ...).
 pub const SHIM_CALL: Duration = Duration::from_secs(120);
 /// How long `create` waits for an OCI container's pod VM to get ready: well under the

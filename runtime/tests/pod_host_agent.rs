@@ -589,7 +589,6 @@ fn bundle(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
     b
 }
 
-/// The OCI status (`created`, `running`, `stopped`) `ember state` prints for `id`.
 /// [`bundle`] whose spec asks for a network namespace of its own (no path): its pod is made
 /// at `start`.
 fn bundle_with_own_netns(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
@@ -605,6 +604,7 @@ fn bundle_with_own_netns(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
     b
 }
 
+/// The OCI status (`created`, `running`, `stopped`) `ember state` prints for `id`.
 fn oci_status(env: &Env, id: &str) -> String {
     let v = env.json(&["state", id]);
     v["status"].as_str().unwrap_or_default().to_string()
@@ -664,6 +664,22 @@ fn runc_cli_through_the_pod_library_and_the_real_agent() {
     assert_eq!(pod["state"], "running", "{pod}");
     assert_eq!(pod["containers"][0]["id"], "c2", "{pod}");
     assert_eq!(pod["containers"][0]["state"], "running", "{pod}");
+
+    // The pid `state` reports is where engines reach the container's files (`podman cp`
+    // joins its mount namespace): its root is the container's rootfs, not the host's.
+    let pid = oci.json(&["state", "c2"])["pid"].as_i64().unwrap();
+    let probe = format!("ember-cp-probe-{}", std::process::id());
+    fs::write(format!("/proc/{pid}/root/{probe}"), b"copied").unwrap();
+    let landed = b.join("rootfs").join(&probe);
+    let on_host = Path::new("/").join(&probe);
+    let in_rootfs = fs::read(&landed).ok();
+    let _ = fs::remove_file(&on_host);
+    assert_eq!(
+        in_rootfs.as_deref(),
+        Some(&b"copied"[..]),
+        "not in the rootfs"
+    );
+    let _ = fs::remove_file(&landed);
 
     let out = oci.run(&[
         "exec",

@@ -26,4 +26,5 @@ pub mod signal;
 pub mod state;
 pub mod task;
 pub mod tty;
+pub mod view;
 pub mod vm;

@@ -313,7 +313,63 @@ fn run_shim(
         return 1;
     }
     drop(ready);
-    shim::serve(&ctx.store, id, listener, sandbox)
+    serve_beside_view(&ctx.store, id, config, listener, sandbox)
+}
+
+/// Serves the container on a thread of its own while this thread — the shim's main thread,
+/// whose namespaces engines take for the container's — waits for its start, then enters the
+/// container's view ([`super::view`]) before `start` answers. The shim's exit code.
+fn serve_beside_view(
+    store: &super::state::Store,
+    id: &str,
+    config: &super::bundle::ContainerConfig,
+    listener: std::os::unix::net::UnixListener,
+    sandbox: Arc<dyn super::sandbox::Sandbox>,
+) -> i32 {
+    enum Event {
+        Started(std::sync::mpsc::SyncSender<()>),
+        Ended,
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let started = tx.clone();
+    let on_started: shim::OnStarted = Arc::new(move || {
+        let (ack, acked) = std::sync::mpsc::sync_channel(1);
+        if started.send(Event::Started(ack)).is_ok() {
+            let _ = acked.recv_timeout(crate::timeouts::SHIM_VIEW);
+        }
+    });
+    std::thread::scope(|s| {
+        let worker = std::thread::Builder::new()
+            .name("shim".into())
+            .spawn_scoped(s, move || {
+                let code = shim::serve(store, id, listener, sandbox, on_started);
+                let _ = tx.send(Event::Ended);
+                code
+            });
+        let worker = match worker {
+            Ok(w) => w,
+            Err(e) => {
+                log::error!("container {id}: cannot start the shim's thread: {e}");
+                return shim::LOST_EXIT_CODE;
+            }
+        };
+        let mut in_view = false;
+        while let Ok(Event::Started(ack)) = rx.recv() {
+            if !in_view {
+                in_view = true;
+                match super::view::enter(config) {
+                    Ok(()) => log::debug!("container {id}: the shim's main thread is in its view"),
+                    Err(e) => log::warn!(
+                        "container {id}: no view of its files for the engine (podman cp, top \
+                         would reach the host's): {}",
+                        crate::error::report(&e)
+                    ),
+                }
+            }
+            let _ = ack.send(());
+        }
+        worker.join().unwrap_or(shim::LOST_EXIT_CODE)
+    })
 }
 
 /// The container's stdio on a new pty whose master went to the engine's console socket, and

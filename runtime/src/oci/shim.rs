@@ -33,8 +33,17 @@ pub fn listen(store: &Store, id: &str) -> Result<UnixListener, ShimError> {
     UnixListener::bind(&path).map_err(|source| ShimError::Listen { path, source })
 }
 
+/// What the shim does once the container's process has started (before `start` answers).
+pub type OnStarted = Arc<dyn Fn() + Send + Sync>;
+
 /// Serve requests and wait for the container; returns the exit code the shim exits with.
-pub fn serve(store: &Store, id: &str, listener: UnixListener, sandbox: Arc<dyn Sandbox>) -> i32 {
+pub fn serve(
+    store: &Store,
+    id: &str,
+    listener: UnixListener,
+    sandbox: Arc<dyn Sandbox>,
+    on_started: OnStarted,
+) -> i32 {
     let shutting_down = Arc::new(AtomicBool::new(false));
     {
         let sandbox = sandbox.clone();
@@ -44,8 +53,14 @@ pub fn serve(store: &Store, id: &str, listener: UnixListener, sandbox: Arc<dyn S
                 let Ok(conn) = conn else { continue };
                 let sandbox = sandbox.clone();
                 let shutting_down = shutting_down.clone();
+                let on_started = on_started.clone();
                 let one = crate::logging::spawn("shim-request", move || {
-                    handle(Conn::new(conn), sandbox.as_ref(), &shutting_down)
+                    handle(
+                        Conn::new(conn),
+                        sandbox.as_ref(),
+                        &shutting_down,
+                        on_started.as_ref(),
+                    )
                 });
                 if let Err(e) = one {
                     log::error!("Cannot start a thread for a shim request: {e}");
@@ -83,7 +98,12 @@ pub fn record_exit(store: &Store, id: &str, code: i32) {
     }
 }
 
-fn handle(mut conn: Conn, sandbox: &dyn Sandbox, shutting_down: &AtomicBool) {
+fn handle(
+    mut conn: Conn,
+    sandbox: &dyn Sandbox,
+    shutting_down: &AtomicBool,
+    on_started: &(dyn Fn() + Send + Sync),
+) {
     let (req, fds) = match conn.recv() {
         Ok(r) => r,
         Err(e) => {
@@ -95,7 +115,10 @@ fn handle(mut conn: Conn, sandbox: &dyn Sandbox, shutting_down: &AtomicBool) {
     let err = |e: super::sandbox::SandboxError| Response::Error(crate::error::report(&e));
     let resp = match req {
         Request::Start => match sandbox.start() {
-            Ok(pid) => Response::Pid(pid),
+            Ok(pid) => {
+                on_started();
+                Response::Pid(pid)
+            }
             Err(e) => {
                 // Its process never ran: as runc's init when its start fails, the shim ends
                 // (exit 255), releasing the VM, and the engine sees the container stopped.

@@ -40,16 +40,17 @@ pub fn vcpu_user() -> Option<u32> {
         .then(|| VCPU_USER_BASE + std::process::id())
 }
 
-/// Why the jail could not be made (each is fatal to the pod's start).
+/// Why a jail (or another private mount namespace built here) could not be made; each is
+/// fatal to the pod's start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Cannot {what} for the VMM's jail")]
+    #[error("Cannot {what}")]
     Sys {
         what: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("The jail's path {} is not absolute", .0.display())]
+    #[error("The path {} is not absolute", .0.display())]
     Relative(PathBuf),
 }
 
@@ -85,7 +86,7 @@ pub struct Spec {
     pub binds: Vec<Bind>,
 }
 
-fn sys(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+pub(crate) fn sys(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
     move |source| Error::Sys { what, source }
 }
@@ -97,7 +98,7 @@ fn cstr(p: &Path) -> Result<CString, Error> {
     })
 }
 
-fn mount(
+pub(crate) fn mount(
     source: Option<&Path>,
     target: &Path,
     fstype: Option<&str>,
@@ -127,7 +128,7 @@ fn mount(
 }
 
 /// Where `path` goes under the jail's root.
-fn inside(root: &Path, path: &Path) -> Result<PathBuf, Error> {
+pub(crate) fn inside(root: &Path, path: &Path) -> Result<PathBuf, Error> {
     let rel = path
         .strip_prefix("/")
         .map_err(|_| Error::Relative(path.to_path_buf()))?;
@@ -167,21 +168,7 @@ fn bind(host: &Path, target: &Path, writable: bool) -> Result<(), Error> {
 /// describes. Only this thread changes: the process's other threads keep the host's view.
 pub fn enter(spec: &Spec) -> Result<(), Error> {
     fs::create_dir_all(&spec.root).map_err(sys(format!("create {}", spec.root.display())))?;
-    // A mount namespace of this thread's own (CLONE_NEWNS implies a private fs_struct).
-    // SAFETY: unshare(2) with a flag constant; it affects only the calling thread here.
-    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
-        return Err(sys("make a mount namespace")(
-            std::io::Error::last_os_error(),
-        ));
-    }
-    // Nothing done here reaches the host's mounts.
-    mount(
-        None,
-        Path::new("/"),
-        None,
-        libc::MS_REC | libc::MS_PRIVATE,
-        None,
-    )?;
+    private_namespace()?;
     mount(
         Some(Path::new("ember-jail")),
         &spec.root,
@@ -206,10 +193,38 @@ pub fn enter(spec: &Spec) -> Result<(), Error> {
         libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NOEXEC,
         None,
     )?;
-    let root = cstr(&spec.root)?;
+    pivot_into(&spec.root, true)
+}
+
+/// A mount namespace of the calling thread's own (CLONE_NEWNS implies a private fs_struct:
+/// the process's other threads keep theirs), every mount in it private, so nothing done there
+/// reaches the host's mounts.
+pub(crate) fn private_namespace() -> Result<(), Error> {
+    // SAFETY: unshare(2) with a flag constant; it affects only the calling thread here.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return Err(sys("make a mount namespace")(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REC | libc::MS_PRIVATE,
+        None,
+    )
+}
+
+/// Makes `root` (a mount point) the calling thread's root, the old root detached: the root
+/// of its mount namespace, what a process that joins the namespace (`setns`) gets too. Where
+/// the host runs from its initramfs (rootfs cannot be pivoted) and `or_chroot`, `root` is
+/// moved onto "/" and chrooted into, as switch_root does (a joiner of the namespace would
+/// not be confined by that).
+pub(crate) fn pivot_into(root: &Path, or_chroot: bool) -> Result<(), Error> {
+    let root = cstr(root)?;
     // SAFETY: chdir takes a NUL-terminated path that outlives the call.
     if unsafe { libc::chdir(root.as_ptr()) } != 0 {
-        return Err(sys("enter the jail's root")(std::io::Error::last_os_error()));
+        return Err(sys("enter the new root")(std::io::Error::last_os_error()));
     }
     let dot = c".".as_ptr();
     // pivot_root with the old root stacked on the new one (pivot_root(".", ".")), then the
@@ -225,8 +240,8 @@ pub fn enter(spec: &Spec) -> Result<(), Error> {
         }
     } else {
         let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINVAL) {
-            return Err(sys("pivot_root into the jail")(err));
+        if err.raw_os_error() != Some(libc::EINVAL) || !or_chroot {
+            return Err(sys("pivot_root")(err));
         }
         // The host runs from its initramfs (rootfs cannot be pivoted): move the jail onto
         // "/" and chroot into it, as switch_root does.

@@ -25,8 +25,8 @@ pub enum Error {
     NoInterface(PathBuf),
     #[error("Cannot make the VMM's seccomp filters")]
     Seccomp(#[source] vmm::seccomp::Error),
-    #[error(transparent)]
-    Jail(super::jail::Error),
+    #[error("Cannot build the VMM's jail")]
+    Jail(#[source] super::jail::Error),
 }
 
 /// What the jail of a VM built from `cfg` holds: the pod directory, the kernel and initrd,
