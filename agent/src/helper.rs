@@ -454,6 +454,9 @@ fn prepare_and_exec(p: &ProcessSpec) -> Result<std::convert::Infallible, Error> 
         gid: p.gid,
         source,
     };
+    // Read as root, before the user changes (as runc does): the container's /etc/passwd,
+    // where a process without HOME finds its home.
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     let groups: Vec<nix::unistd::Gid> = p
         .additional_gids
         .iter()
@@ -476,7 +479,7 @@ fn prepare_and_exec(p: &ProcessSpec) -> Result<std::convert::Infallible, Error> 
     let path = resolve_command(arg0, &p.env)?;
     let cpath = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Error::Nul)?;
     let args = to_cstrings(&p.args)?;
-    let env = to_cstrings(&p.env)?;
+    let env = to_cstrings(&with_home(&p.env, p.uid, &passwd))?;
     // The Rust runtime ignores SIGPIPE; the command expects the default.
     // SAFETY: resetting a signal disposition; no memory effects.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
@@ -485,6 +488,25 @@ fn prepare_and_exec(p: &ProcessSpec) -> Result<std::convert::Infallible, Error> 
         path: path.display().to_string(),
         source: e.unwrap_or(nix::Error::UnknownErrno),
     })
+}
+
+/// `env` with `HOME` set as runc sets it when the process has none (or an empty one): the
+/// home of the first `passwd` entry (the container's `/etc/passwd`) with `uid`, else "/".
+fn with_home(env: &[String], uid: u32, passwd: &str) -> Vec<String> {
+    let mut env: Vec<String> = env
+        .iter()
+        .filter(|v| v.as_str() != "HOME=")
+        .cloned()
+        .collect();
+    if !env.iter().any(|v| v.starts_with("HOME=")) {
+        let home = passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() >= 6 && f[2].parse() == Ok(uid))
+            .map_or("/", |f| f[5]);
+        env.push(format!("HOME={home}"));
+    }
+    env
 }
 
 fn to_cstrings(v: &[String]) -> Result<Vec<CString>, Error> {
@@ -564,6 +586,35 @@ mod tests {
             resolve_command("no-such-cmd-ember", &env),
             Err(Error::NotFound(_))
         ));
+    }
+
+    /// runc's HOME: kept when given, else the user's passwd home, else "/".
+    #[test]
+    fn a_process_without_home_gets_its_users_home() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\n\
+                      broken-line\n\
+                      app:x:1000:1000:container user:/tmp:/bin/sh\n\
+                      again:x:1000:1000::/elsewhere:/bin/sh\n";
+        let env = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let home = |env: Vec<String>| env.into_iter().find(|v| v.starts_with("HOME="));
+        assert_eq!(
+            home(with_home(&env(&["A=1"]), 1000, passwd)).as_deref(),
+            Some("HOME=/tmp")
+        );
+        assert_eq!(
+            home(with_home(&env(&["HOME="]), 0, passwd)).as_deref(),
+            Some("HOME=/root")
+        );
+        assert_eq!(
+            home(with_home(&env(&["HOME=/mine"]), 0, passwd)).as_deref(),
+            Some("HOME=/mine")
+        );
+        assert_eq!(
+            home(with_home(&env(&[]), 4242, passwd)).as_deref(),
+            Some("HOME=/")
+        );
+        assert_eq!(home(with_home(&env(&[]), 0, "")).as_deref(), Some("HOME=/"));
+        assert_eq!(with_home(&env(&["A=1", "B=2"]), 0, passwd).len(), 3);
     }
 
     #[test]

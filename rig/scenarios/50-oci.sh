@@ -451,6 +451,26 @@ for rt in runc ember; do
         echo "open /dev/null: $(err /dev/null)ok"
         echo "open /dev/urandom: $(err /dev/urandom)ok"
     ' 2>&1 | sed "s/^/$rt /"
+    # A user without HOME: podman gives an unknown uid a passwd entry whose home is the
+    # workdir, and runc sets HOME from the container's passwd.
+    $T podman $flag run --rm --user 1000:1000 --workdir /tmp localhost/busybox \
+        sh -c 'echo "home: $HOME"' 2>&1 | sed "s/^/$rt /"
+    # The engine's copies into and out of a running container (podman cp joins the mount
+    # namespace of the pid the runtime reports): they land in its rootfs and its volume, and
+    # never on the host.
+    V=/var/tmp/fid-vol-$rt
+    rm -rf $V /tmp/cp-probe-$rt && mkdir -p $V && echo cp-in >/var/tmp/cp-src
+    {
+        $T podman $flag run -d --name cp-$rt -v $V:/vol localhost/busybox sleep 1000 >/dev/null
+        podman cp /var/tmp/cp-src cp-$rt:/tmp/cp-probe-$rt &&
+            echo "cp in: $(podman exec cp-$rt cat /tmp/cp-probe-$rt)"
+        podman cp /var/tmp/cp-src cp-$rt:/vol/in-vol && echo "cp into the volume: $(cat $V/in-vol)"
+        podman exec cp-$rt sh -c 'echo made-inside >/tmp/out'
+        rm -f /var/tmp/cp-out
+        podman cp cp-$rt:/tmp/out /var/tmp/cp-out && echo "cp out: $(cat /var/tmp/cp-out)"
+        echo "the host's /tmp got the copy: $([ -e /tmp/cp-probe-$rt ] && echo yes || echo no)"
+        podman rm -f -t 0 cp-$rt >/dev/null
+    } 2>&1 | sed "s/^/$rt /"
 done
 FIDTEST
 chmod 755 "$DEB/usr/local/bin/fidelity-test"

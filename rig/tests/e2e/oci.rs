@@ -341,7 +341,9 @@ fn podman_udp_flood_leaves_execs_working() {
 /// The rest of config.json as runc applies it: one container with capabilities, hostname, a
 /// sysctl, oom_score_adj, rlimits, an extra group, a read-only root, a device, a masked path
 /// and no_new_privs prints what it sees, and one with the default capabilities makes device
-/// nodes and opens them (the device controller); ember's lines equal runc's.
+/// nodes and opens them (the device controller), a user without HOME gets runc's, and
+/// `podman cp` into and out of a running container reaches its rootfs and volume (not the
+/// host's files); ember's lines equal runc's.
 #[test]
 fn podman_config_fidelity_equals_runc() {
     let Some(s) = passed("podman-fidelity") else {
@@ -357,6 +359,11 @@ fn podman_config_fidelity_equals_runc() {
         "open c 1:1: Operation not permitted",
         "open c 1:3 made in the rootfs: ok",
         "open /dev/null: ok",
+        "home: /tmp",
+        "cp in: cp-in",
+        "cp into the volume: cp-in",
+        "cp out: made-inside",
+        "the host's /tmp got the copy: no",
     ] {
         assert!(
             runc.iter().any(|l| l == want),
