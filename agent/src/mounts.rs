@@ -592,12 +592,17 @@ pub fn prepare_container_root(
     }
     let sys = root.join("sys");
     mkdir_p(&sys)?;
+    let sys_ro = if linux.sysfs_writable {
+        MsFlags::empty()
+    } else {
+        MsFlags::MS_RDONLY
+    };
     mount(
         "sysfs",
         Some("sysfs"),
         &sys,
         Some("sysfs"),
-        nosuid_nodev_noexec | MsFlags::MS_RDONLY,
+        nosuid_nodev_noexec | sys_ro,
         None,
     )?;
     // cgroup v2, read-only as runc mounts it for podman: with a cgroup namespace it shows the
@@ -652,7 +657,9 @@ pub fn set_root_propagation(value: &str) -> Result<(), Error> {
 }
 
 /// Makes device node `d` under `root` (replacing what is there, e.g. one of the agent's
-/// own nodes), with its mode and owner, as runc's `mknodDevice`.
+/// own nodes), with its mode and owner, as runc's `mknodDevice`. What cannot be replaced (a
+/// privileged container's `/dev/pts/ptmx`, devpts's own) is kept, as runc keeps a node that
+/// exists.
 pub fn make_device(root: &Path, d: &Device) -> Result<(), Error> {
     use nix::sys::stat::{Mode, SFlag};
     let kind = match d.kind.as_str() {
@@ -677,7 +684,11 @@ pub fn make_device(root: &Path, d: &Device) -> Result<(), Error> {
         source,
     };
     let dev = nix::sys::stat::makedev(d.major as u64, d.minor as u64);
-    nix::sys::stat::mknod(&path, kind, mode, dev).map_err(fail)?;
+    match nix::sys::stat::mknod(&path, kind, mode, dev) {
+        Ok(()) => {}
+        Err(nix::Error::EEXIST) => return Ok(()),
+        Err(e) => return Err(fail(e)),
+    }
     // mknod honours the umask.
     nix::sys::stat::fchmodat(
         nix::fcntl::AT_FDCWD,
@@ -1016,6 +1027,35 @@ mod tests {
             in_root(&root, "/loop/z"),
             Err(Error::BadDestination(_))
         ));
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A device whose path holds what cannot be removed (devpts's ptmx under `--privileged`;
+    /// here a directory) is kept, as runc does; a new one is made with its mode.
+    #[test]
+    fn a_device_that_exists_is_kept() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping a_device_that_exists_is_kept: needs root");
+            return;
+        }
+        let root = std::env::temp_dir().join(format!("ember-devexist-{}", std::process::id()));
+        fs::create_dir_all(root.join("dev/pts/ptmx")).unwrap();
+        let dev = |path: &str| Device {
+            path: path.into(),
+            kind: "c".into(),
+            major: 1,
+            minor: 3,
+            file_mode: Some(0o620),
+            uid: None,
+            gid: None,
+        };
+        make_device(&root, &dev("/dev/pts/ptmx")).unwrap();
+        assert!(root.join("dev/pts/ptmx").is_dir());
+        make_device(&root, &dev("/dev/mine")).unwrap();
+        let meta = fs::metadata(root.join("dev/mine")).unwrap();
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        assert!(meta.file_type().is_char_device());
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o620);
         fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -492,6 +492,9 @@ pub struct LinuxSetup {
     /// Paths hidden: `/dev/null` over files, an empty read-only tmpfs over directories;
     /// missing ones are skipped.
     pub masked_paths: Vec<String>,
+    /// `/sys` mounted read-write (the spec's sysfs mount has no `ro`: a privileged
+    /// container's); read-only otherwise.
+    pub sysfs_writable: bool,
 }
 
 /// A device node in the container (OCI `linux.devices[]`).

@@ -451,6 +451,13 @@ for rt in runc ember; do
         echo "open /dev/null: $(err /dev/null)ok"
         echo "open /dev/urandom: $(err /dev/urandom)ok"
     ' 2>&1 | sed "s/^/$rt /"
+    # --privileged: every capability, the host's devices as nodes (under ember: made in the
+    # guest, devpts's own ptmx kept), /sys read-write.
+    $T podman $flag run --rm --privileged localhost/busybox sh -c '
+        grep -E "^Cap(Eff|Bnd)" /proc/self/status | tr -s "\t " " "
+        echo "privileged sys: $(awk "\$2 == \"/sys\" {print \$4}" /proc/self/mounts | cut -d, -f1)"
+        echo "privileged kvm node: $(stat -c "%F %t:%T" /dev/kvm 2>&1)"
+    ' 2>&1 | sed "s/^/$rt /"
     # A user without HOME: podman gives an unknown uid a passwd entry whose home is the
     # workdir, and runc sets HOME from the container's passwd.
     $T podman $flag run --rm --user 1000:1000 --workdir /tmp localhost/busybox \

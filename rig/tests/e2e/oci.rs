@@ -359,6 +359,7 @@ fn podman_config_fidelity_equals_runc() {
         "open c 1:1: Operation not permitted",
         "open c 1:3 made in the rootfs: ok",
         "open /dev/null: ok",
+        "privileged sys: rw",
         "home: /tmp",
         "cp in: cp-in",
         "cp into the volume: cp-in",

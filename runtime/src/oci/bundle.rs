@@ -498,6 +498,12 @@ fn linux_setup(spec: &Spec) -> LinuxSetup {
         masked_paths: linux
             .and_then(|l| l.masked_paths().clone())
             .unwrap_or_default(),
+        // runc mounts /sys as the spec says: read-write only for a sysfs mount without `ro`.
+        sysfs_writable: spec.mounts().iter().flatten().any(|m| {
+            m.destination() == Path::new("/sys")
+                && m.typ().as_deref() == Some("sysfs")
+                && !m.options().iter().flatten().any(|o| o == "ro")
+        }),
     }
 }
 
@@ -622,6 +628,30 @@ mod tests {
             .container_config("c1")
             .unwrap();
         assert_eq!(c.process.capabilities, None);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// /sys is read-write only where the spec's sysfs mount has no `ro` (`--privileged`).
+    #[test]
+    fn sysfs_is_writable_only_as_the_spec_mounts_it() {
+        let with_sys = |opts: &str| {
+            let spec = GOOD.replace(
+                r#""mounts": ["#,
+                &format!(
+                    r#""mounts": [{{"destination": "/sys", "type": "sysfs", "source": "sysfs",
+                                    "options": [{opts}]}}, "#
+                ),
+            );
+            let d = bundle_dir("sysfs", &spec, true);
+            let c = Bundle::load(&d).unwrap().container_config("c1").unwrap();
+            fs::remove_dir_all(&d).unwrap();
+            c.linux.sysfs_writable
+        };
+        assert!(!with_sys(r#""nosuid", "noexec", "nodev", "ro""#));
+        assert!(with_sys(r#""nosuid", "noexec", "nodev""#));
+        let d = bundle_dir("nosys", GOOD, true);
+        let c = Bundle::load(&d).unwrap().container_config("c1").unwrap();
+        assert!(!c.linux.sysfs_writable, "no /sys mount: read-only");
         fs::remove_dir_all(&d).unwrap();
     }
 
