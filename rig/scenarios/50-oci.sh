@@ -458,6 +458,11 @@ for rt in runc ember; do
         echo "privileged sys: $(awk "\$2 == \"/sys\" {print \$4}" /proc/self/mounts | cut -d, -f1)"
         echo "privileged kvm node: $(stat -c "%F %t:%T" /dev/kvm 2>&1)"
     ' 2>&1 | sed "s/^/$rt /"
+    # A command that is not there (podman: 127) or cannot be run (126): runc's create fails.
+    for cmd in nosuchcmd /no/such/cmd /etc/passwd; do
+        $T podman $flag run --rm localhost/busybox $cmd >/dev/null 2>&1
+        echo "$rt command $cmd: exit=$?"
+    done
     # A user without HOME: podman gives an unknown uid a passwd entry whose home is the
     # workdir, and runc sets HOME from the container's passwd.
     $T podman $flag run --rm --user 1000:1000 --workdir /tmp localhost/busybox \

@@ -646,6 +646,31 @@ fn runc_cli_through_the_pod_library_and_the_real_agent() {
     // `run` deletes what it ran, as runc does.
     assert!(!oci.run(&["state", "c1"]).status.success());
 
+    // A command that is not in the rootfs fails `create` with runc's words (engines map them
+    // to their exit codes: podman's 127), before anything is made.
+    for (args, want) in [
+        (
+            &["nosuchcmd"][..],
+            r#"exec: "nosuchcmd": executable file not found in $PATH"#,
+        ),
+        (
+            &["/no/such/cmd"][..],
+            r#"exec: "/no/such/cmd": stat /no/such/cmd: no such file or directory"#,
+        ),
+    ] {
+        let b = bundle(&oci.root, &format!("nocmd{}", args[0].len()), args);
+        let out = oci
+            .cmd(&["create", "--bundle", b.to_str().unwrap(), "nocmd"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        // The log line quotes its message (runc's format): \" for ".
+        let err = String::from_utf8_lossy(&out.stderr).replace("\\\"", "\"");
+        assert!(!out.status.success() && err.contains(want), "{err}");
+        assert!(!oci.run(&["state", "nocmd"]).status.success());
+        assert_eq!(oci.ok(&["pod", "list", "--json"]).trim(), "[]");
+    }
+
     // A long-running container: in its pod's record, exec, ps, kill, delete.
     let b = bundle(&oci.root, "b2", &["sleep", "1000"]);
     let created = oci

@@ -17,6 +17,7 @@
 
 pub mod boot_at_start;
 pub mod bundle;
+pub mod command;
 pub mod control;
 pub mod features;
 pub mod ops;

@@ -25,6 +25,9 @@ pub enum OpsError {
     Bundle(#[from] BundleError),
     #[error(transparent)]
     Control(#[from] ControlError),
+    /// runc's words, which engines read for their exit code (podman: 127, 126).
+    #[error("unable to start container process: {0}")]
+    Command(String),
     #[error("cannot start a container that has stopped")]
     StartStopped,
     #[error("cannot start an already running container")]
@@ -138,6 +141,7 @@ pub fn create(
     if config.process.terminal && opts.console_socket.is_none() {
         return Err(OpsError::NeedConsoleSocket);
     }
+    backend.check_command(&config).map_err(OpsError::Command)?;
     let lock = ctx.store.create(id)?;
     let mut rec = Record::new(id, &bundle.dir, &config.rootfs);
     rec.annotations = config.annotations.clone();

@@ -108,6 +108,12 @@ pub trait Backend {
     /// effort, idempotent.
     fn cleanup(&self, _id: &str) {}
 
+    /// Refuses, with runc's message, a container whose command cannot run in its rootfs
+    /// (runc's `create` fails so: [`super::command`]). Default: nothing is checked.
+    fn check_command(&self, _config: &ContainerConfig) -> Result<(), String> {
+        Ok(())
+    }
+
     /// A copy of this backend that a shim can keep, to make its sandbox later (at start:
     /// [`super::boot_at_start`]); `None` where it cannot (the sandbox is made at create).
     fn detached(&self) -> Option<Box<dyn Backend + Send + Sync>> {

@@ -938,6 +938,10 @@ pub fn oci_template_config(settings: &RuntimeConfig) -> api::PodConfig {
 }
 
 impl Backend for VmBackend {
+    fn check_command(&self, config: &ContainerConfig) -> Result<(), String> {
+        super::command::check(config)
+    }
+
     fn detached(&self) -> Option<Box<dyn Backend + Send + Sync>> {
         Some(Box::new(self.clone()))
     }
@@ -1046,7 +1050,7 @@ fn timed<T>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::oci::bundle::{NamespaceConfig, Rlimit as OciRlimit};
     use std::collections::BTreeMap;
@@ -1061,7 +1065,7 @@ mod tests {
     }
 
     /// The mounts and namespaces podman 4.3 writes into config.json.
-    fn podman_like() -> ContainerConfig {
+    pub(crate) fn podman_like() -> ContainerConfig {
         ContainerConfig {
             id: "c".into(),
             bundle: "/b".into(),
