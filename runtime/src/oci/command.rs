@@ -9,14 +9,11 @@
 //! to the guest.
 
 use super::bundle::ContainerConfig;
-use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// The agent's `PATH` when the process has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// Symlinks followed in one lookup before giving up (the kernel's limit).
-const MAX_LINKS: usize = 40;
 
 /// runc's message when the command of `config` cannot run in its rootfs; `Ok` when it can,
 /// or when only the guest can tell.
@@ -71,50 +68,14 @@ pub fn check(config: &ContainerConfig) -> Result<(), String> {
     Err(format!("exec: {cmd:?}: executable file not found in $PATH"))
 }
 
-/// `path` (absolute, as the container sees it) resolved as the container would resolve it
-/// in `root`: symlinks followed, absolute targets and `..` kept inside `root`. The path the
-/// container sees and the host's path; `None` past [`MAX_LINKS`] links.
+/// `path` (absolute, as the container sees it) resolved in `root` as the guest resolves it
+/// ([`agent::mounts::in_root`]: symlinks followed, absolute targets and `..` kept inside
+/// `root`): the path the container sees and the host's path; `None` past the kernel's
+/// symlink limit.
 fn resolve(root: &Path, path: &Path) -> Option<(PathBuf, PathBuf)> {
-    let mut todo: Vec<OsString> = parts(path);
-    let mut inside = PathBuf::from("/");
-    let mut links = 0;
-    while let Some(part) = todo.pop() {
-        if part == ".." {
-            inside.pop();
-            continue;
-        }
-        let next = inside.join(&part);
-        let host = root.join(next.strip_prefix("/").ok()?);
-        match std::fs::read_link(&host) {
-            Ok(target) => {
-                links += 1;
-                if links > MAX_LINKS {
-                    return None;
-                }
-                if target.is_absolute() {
-                    inside = PathBuf::from("/");
-                }
-                todo.extend(parts(&target));
-            }
-            Err(_) => inside = next,
-        }
-    }
-    let host = root.join(inside.strip_prefix("/").ok()?);
+    let host = agent::mounts::in_root(root, path.to_str()?).ok()?;
+    let inside = Path::new("/").join(host.strip_prefix(root).ok()?);
     Some((inside, host))
-}
-
-/// The normal and `..` components of `path`, last first (a stack to pop).
-fn parts(path: &Path) -> Vec<OsString> {
-    let mut v: Vec<OsString> = path
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect();
-    v.reverse();
-    v
 }
 
 #[cfg(test)]

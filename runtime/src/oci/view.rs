@@ -29,9 +29,9 @@ struct Bind {
     read_only: bool,
 }
 
-/// The spec's bind mounts whose destination exists under `rootfs` without leaving it (a
-/// destination through a symlink that leads out is left out: nothing is created or followed
-/// outside the rootfs). Others (tmpfs, proc, …) exist only in the guest.
+/// The spec's bind mounts whose destination exists under `rootfs`, resolved there as the
+/// guest resolves it ([`agent::mounts::in_root`]: a symlink cannot lead out; nothing is
+/// created). Others (tmpfs, proc, …) exist only in the guest.
 fn binds(rootfs: &Path, mounts: &[MountConfig]) -> Vec<Bind> {
     let Ok(root) = rootfs.canonicalize() else {
         return Vec::new();
@@ -44,11 +44,8 @@ fn binds(rootfs: &Path, mounts: &[MountConfig]) -> Vec<Bind> {
         })
         .filter_map(|m| {
             let source = m.source.as_ref().filter(|s| s.is_absolute())?;
-            let target = jail::inside(&root, &m.destination)
-                .ok()?
-                .canonicalize()
-                .ok()?;
-            target.starts_with(&root).then(|| Bind {
+            let target = agent::mounts::in_root(&root, m.destination.to_str()?).ok()?;
+            target.exists().then(|| Bind {
                 source: source.clone(),
                 target,
                 read_only: m.options.iter().any(|o| o == "ro"),
