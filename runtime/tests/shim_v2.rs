@@ -472,3 +472,32 @@ fn a_task_whose_pod_cannot_start_stops_and_leaves_nothing() {
     ctd.ok(&["container", "rm", "f2"]);
     assert_nothing_left(&ctd);
 }
+
+/// A task whose command is not in its rootfs fails Create with runc's words, before any VM.
+#[test]
+fn a_task_whose_command_is_missing_fails_create_as_under_runc() {
+    if !prerequisites() {
+        return;
+    }
+    let ctd = Containerd::start("nocmd", Path::new("/bin/false"));
+    let rootfs = busybox_rootfs(&ctd.dir);
+    let out = ctd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "io.containerd.ember.v2",
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "m1",
+        "/no/such/cmd",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("failed to create shim task")
+            && err
+                .contains(r#"exec: "/no/such/cmd": stat /no/such/cmd: no such file or directory"#),
+        "{err}"
+    );
+    assert_nothing_left(&ctd);
+}

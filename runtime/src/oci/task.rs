@@ -627,6 +627,13 @@ impl shim::Task for TaskService {
         let mut config = Bundle::load(&bundle)
             .and_then(|b| b.container_config(&req.id))
             .map_err(|e| fail(Code::INVALID_ARGUMENT, crate::error::report(&e)))?;
+        // A command that cannot run fails Create, as under runc (the kubelet's CreateContainerError).
+        super::command::check(&config).map_err(|msg| {
+            fail(
+                Code::FAILED_PRECONDITION,
+                format!("unable to start container process: {msg}"),
+            )
+        })?;
         // A terminal task's pty is made in the guest, its output relayed to the stdout FIFO.
         config.process.terminal |= req.terminal;
         let (stdio, hold) = open_stdio(&req.stdin, &req.stdout, &req.stderr)
