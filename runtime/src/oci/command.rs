@@ -86,12 +86,26 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     fn config(root: &Path, args: &[&str], env: &[&str]) -> ContainerConfig {
-        let mut c = crate::oci::vm::tests::podman_like();
-        c.rootfs = root.to_path_buf();
-        c.process.args = args.iter().map(|s| s.to_string()).collect();
-        c.process.env = env.iter().map(|s| s.to_string()).collect();
-        c.mounts.clear();
-        c
+        ContainerConfig {
+            id: "c".into(),
+            bundle: "/b".into(),
+            rootfs: root.to_path_buf(),
+            readonly_rootfs: false,
+            process: crate::oci::bundle::ProcessConfig {
+                args: args.iter().map(|s| s.to_string()).collect(),
+                env: env.iter().map(|s| s.to_string()).collect(),
+                cwd: "/".into(),
+                ..Default::default()
+            },
+            hostname: None,
+            mounts: Vec::new(),
+            namespaces: Vec::new(),
+            cgroups_path: None,
+            annotations: Default::default(),
+            role: crate::oci::bundle::PodRole::Single,
+            resources: Default::default(),
+            linux: Default::default(),
+        }
     }
 
     #[test]

@@ -1050,7 +1050,7 @@ fn timed<T>(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use crate::oci::bundle::{NamespaceConfig, Rlimit as OciRlimit};
     use std::collections::BTreeMap;
@@ -1065,7 +1065,7 @@ pub(crate) mod tests {
     }
 
     /// The mounts and namespaces podman 4.3 writes into config.json.
-    pub(crate) fn podman_like() -> ContainerConfig {
+    fn podman_like() -> ContainerConfig {
         ContainerConfig {
             id: "c".into(),
             bundle: "/b".into(),
