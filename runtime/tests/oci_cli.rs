@@ -208,6 +208,14 @@ fn create_failure_in_the_vm_leaves_nothing_behind() {
     // Point ember at a guest directory with no kernel: creating the pod must fail cleanly.
     let t = Tmp::new("vmfail");
     let b = bundle(&t, "b", Some(CONFIG), true);
+    // The command is there (create looks it up first): the VM is what fails.
+    fs::create_dir_all(b.join("rootfs/bin")).unwrap();
+    fs::write(b.join("rootfs/bin/sh"), b"").unwrap();
+    fs::set_permissions(
+        b.join("rootfs/bin/sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_ember"))
         .env("EMBER_GUEST_DIR", t.0.join("no-guest"))
         .arg("--root")
@@ -217,6 +225,7 @@ fn create_failure_in_the_vm_leaves_nothing_behind() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("ember create failed"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("unable to start container process"));
     assert!(
         leftovers(&t.root()).is_empty(),
         "{:?}",

@@ -141,8 +141,12 @@ pub fn create(
     if config.process.terminal && opts.console_socket.is_none() {
         return Err(OpsError::NeedConsoleSocket);
     }
-    backend.check_command(&config).map_err(OpsError::Command)?;
     let lock = ctx.store.create(id)?;
+    // After the id is taken (runc refuses an existing id first), before anything is made.
+    if let Err(msg) = backend.check_command(&config) {
+        let _ = ctx.store.remove(id);
+        return Err(OpsError::Command(msg));
+    }
     let mut rec = Record::new(id, &bundle.dir, &config.rootfs);
     rec.annotations = config.annotations.clone();
     rec.host_cgroup = super::vm::host_cgroup(&config);
