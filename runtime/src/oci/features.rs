@@ -39,8 +39,9 @@ pub const MOUNT_OPTIONS: &[&str] = &[
     "sync",
 ];
 
-/// Namespaces a container gets inside the guest.
-pub const NAMESPACES: &[&str] = &["cgroup", "ipc", "mount", "network", "pid", "user", "uts"];
+/// Namespaces a container gets inside the guest. Not `user`: the agent makes no user
+/// namespace (the spec's uid/gid mappings are not applied; `create` logs so).
+pub const NAMESPACES: &[&str] = &["cgroup", "ipc", "mount", "network", "pid", "uts"];
 
 /// Hooks ember runs (on the host). `createContainer` and `startContainer` would run in the
 /// container's namespaces, inside its VM, where host programs cannot.
@@ -98,5 +99,12 @@ mod tests {
         assert!(caps.contains(&"CAP_CHECKPOINT_RESTORE".to_string()));
         let notes = f.annotations().as_ref().unwrap();
         assert!(notes[HOST_NAMESPACES].contains("cannot be joined"));
+        // What is not made in the guest is not claimed.
+        let ns = linux.namespaces().as_ref().unwrap();
+        assert!(
+            !ns.iter().any(|n| format!("{n:?}").to_lowercase() == "user"),
+            "{ns:?}"
+        );
+        assert_eq!(ns.len(), NAMESPACES.len());
     }
 }

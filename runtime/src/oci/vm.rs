@@ -278,6 +278,12 @@ pub fn container_config(
     volume: Option<RootfsConfig>,
 ) -> api::ContainerConfig {
     let shared = sandbox_namespaces(c);
+    if c.namespaces.iter().any(|n| n.typ == "user") {
+        log::warn!(
+            "container {}: its user namespace is not made in the guest: the spec's uid and gid mappings are not applied, its users are the VM's (the VM isolates it from the host)",
+            c.id
+        );
+    }
     for n in c.namespaces.iter().filter(|n| n.path.is_some()) {
         // The network namespace by path is the VM's own; the shared ones are the sandbox's.
         let joined = guest_namespace(&n.typ).is_some_and(|ns| {
