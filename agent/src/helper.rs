@@ -454,9 +454,11 @@ fn prepare_and_exec(p: &ProcessSpec) -> Result<std::convert::Infallible, Error> 
         gid: p.gid,
         source,
     };
-    // Read as root, before the user changes (as runc does): the container's /etc/passwd,
-    // where a process without HOME finds its home.
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    // Before the user changes (as runc does): a process without HOME finds its home in the
+    // container's /etc/passwd, read as root and only then.
+    let env = with_home(&p.env, p.uid, || {
+        std::fs::read_to_string("/etc/passwd").unwrap_or_default()
+    });
     let groups: Vec<nix::unistd::Gid> = p
         .additional_gids
         .iter()
@@ -479,7 +481,7 @@ fn prepare_and_exec(p: &ProcessSpec) -> Result<std::convert::Infallible, Error> 
     let path = resolve_command(arg0, &p.env)?;
     let cpath = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Error::Nul)?;
     let args = to_cstrings(&p.args)?;
-    let env = to_cstrings(&with_home(&p.env, p.uid, &passwd))?;
+    let env = to_cstrings(&env)?;
     // The Rust runtime ignores SIGPIPE; the command expects the default.
     // SAFETY: resetting a signal disposition; no memory effects.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
@@ -491,14 +493,16 @@ fn prepare_and_exec(p: &ProcessSpec) -> Result<std::convert::Infallible, Error> 
 }
 
 /// `env` with `HOME` set as runc sets it when the process has none (or an empty one): the
-/// home of the first `passwd` entry (the container's `/etc/passwd`) with `uid`, else "/".
-fn with_home(env: &[String], uid: u32, passwd: &str) -> Vec<String> {
+/// home of the first `passwd` entry (the container's `/etc/passwd`, read only then) with
+/// `uid`, else "/".
+fn with_home(env: &[String], uid: u32, passwd: impl FnOnce() -> String) -> Vec<String> {
     let mut env: Vec<String> = env
         .iter()
         .filter(|v| v.as_str() != "HOME=")
         .cloned()
         .collect();
     if !env.iter().any(|v| v.starts_with("HOME=")) {
+        let passwd = passwd();
         let home = passwd
             .lines()
             .map(|l| l.split(':').collect::<Vec<_>>())
@@ -598,23 +602,29 @@ mod tests {
         let env = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let home = |env: Vec<String>| env.into_iter().find(|v| v.starts_with("HOME="));
         assert_eq!(
-            home(with_home(&env(&["A=1"]), 1000, passwd)).as_deref(),
+            home(with_home(&env(&["A=1"]), 1000, || passwd.to_string())).as_deref(),
             Some("HOME=/tmp")
         );
         assert_eq!(
-            home(with_home(&env(&["HOME="]), 0, passwd)).as_deref(),
+            home(with_home(&env(&["HOME="]), 0, || passwd.to_string())).as_deref(),
             Some("HOME=/root")
         );
         assert_eq!(
-            home(with_home(&env(&["HOME=/mine"]), 0, passwd)).as_deref(),
+            home(with_home(&env(&["HOME=/mine"]), 0, || passwd.to_string())).as_deref(),
             Some("HOME=/mine")
         );
         assert_eq!(
-            home(with_home(&env(&[]), 4242, passwd)).as_deref(),
+            home(with_home(&env(&[]), 4242, || passwd.to_string())).as_deref(),
             Some("HOME=/")
         );
-        assert_eq!(home(with_home(&env(&[]), 0, "")).as_deref(), Some("HOME=/"));
-        assert_eq!(with_home(&env(&["A=1", "B=2"]), 0, passwd).len(), 3);
+        assert_eq!(
+            home(with_home(&env(&[]), 0, String::new)).as_deref(),
+            Some("HOME=/")
+        );
+        assert_eq!(
+            with_home(&env(&["A=1", "B=2"]), 0, || passwd.to_string()).len(),
+            3
+        );
     }
 
     #[test]

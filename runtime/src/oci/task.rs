@@ -628,7 +628,7 @@ impl shim::Task for TaskService {
             .and_then(|b| b.container_config(&req.id))
             .map_err(|e| fail(Code::INVALID_ARGUMENT, crate::error::report(&e)))?;
         // A command that cannot run fails Create, as under runc (the kubelet's CreateContainerError).
-        super::command::check(&config).map_err(|msg| {
+        self.0.backend.check_command(&config).map_err(|msg| {
             fail(
                 Code::FAILED_PRECONDITION,
                 format!("unable to start container process: {msg}"),
