@@ -81,6 +81,12 @@ pub enum Error {
     OwnAndShared(Namespace),
     #[error("Container {target} has no live process whose namespaces {id} could join")]
     ShareTargetGone { id: String, target: String },
+    #[error("Bad user namespace: {0}")]
+    UserNamespace(String),
+    #[error("Unknown rlimit {0:?}")]
+    UnknownRlimit(String),
+    #[error("Cannot set sysctl {0} for the VM's network namespace")]
+    Sysctl(String, #[source] crate::helper::Error),
 }
 
 impl Error {
@@ -93,6 +99,8 @@ impl Error {
             | Error::NeedsMountNamespace(_)
             | Error::NotJoinable(_)
             | Error::OwnAndShared(_)
+            | Error::UserNamespace(_)
+            | Error::UnknownRlimit(_)
             | Error::Mounts(mounts::Error::BadPropagation(_))
             | Error::Mounts(mounts::Error::BadDevice { .. }) => ErrorKind::BadRequest,
             Error::NotFound(_) | Error::ExecNotFound { .. } => ErrorKind::NotFound,
@@ -372,6 +380,16 @@ impl Agent {
                 return Err(e);
             }
         };
+        // The VM's network settings the spec asks for (a container without a network
+        // namespace of its own shares the agent's).
+        for (key, value) in &spec.linux.sysctl {
+            if crate::helper::sysctl_from_outside(key, &spec.namespaces) {
+                if let Err(e) = crate::helper::write_sysctl(key, value) {
+                    cleanup_all(None);
+                    return Err(Error::Sysctl(key.clone(), e));
+                }
+            }
+        }
         let own = spec.namespaces.clone();
         // What an exec joins: the container's own namespaces and those it shares.
         let mut namespaces = own.clone();
@@ -381,11 +399,22 @@ impl Agent {
             Some(s) => (Some(s.pid), s.pid_ns),
             None => (None, None),
         };
+        let rlimits = spec.process.rlimits.clone();
+        let oom_score_adj = spec.process.oom_score_adj;
+        let uid_mappings = spec.linux.uid_mappings.clone();
+        let gid_mappings = spec.linux.gid_mappings.clone();
         let task = HelperTask::Init {
             rootfs: rootfs.clone(),
             spec: Box::new(spec),
             no_pivot: self.opts.no_pivot,
             share_pid,
+        };
+        let outside = spawn::FromOutside {
+            id_maps: own
+                .contains(&Namespace::User)
+                .then_some((uid_mappings.as_slice(), gid_mappings.as_slice())),
+            rlimits: &rlimits,
+            oom_score_adj,
         };
         let spawned = match spawn::spawn_helper(
             &self.reaper,
@@ -393,6 +422,7 @@ impl Agent {
             pid_ns,
             child,
             cgroup.as_ref(),
+            outside,
             &task,
         ) {
             Ok(s) => s,
@@ -523,6 +553,12 @@ impl Agent {
             None
         };
         let (stdio, child) = ProcessStdio::prepare(process.terminal).map_err(Error::Stdio)?;
+        let rlimits = process.rlimits.clone();
+        let outside = spawn::FromOutside {
+            id_maps: None,
+            rlimits: &rlimits,
+            oom_score_adj: process.oom_score_adj,
+        };
         let task = HelperTask::Exec {
             target_pid: c.init.pid,
             namespaces: c.namespaces.clone(),
@@ -534,6 +570,7 @@ impl Agent {
             pid_ns,
             child,
             c.cgroup.as_ref(),
+            outside,
             &task,
         )
         .map_err(Error::Spawn)?;
@@ -782,6 +819,15 @@ fn validate_setup(spec: &ContainerSpec) -> Result<(), Error> {
         crate::helper::sysctl_path(key).map_err(Error::Setup)?;
     }
     mounts::propagation_flags(spec.linux.root_propagation.as_deref()).map_err(Error::Mounts)?;
+    if let Some(r) = spec
+        .process
+        .rlimits
+        .iter()
+        .find(|r| !spawn::known_rlimit(&r.kind))
+    {
+        return Err(Error::UnknownRlimit(r.kind.clone()));
+    }
+    validate_user_namespace(spec).map_err(Error::UserNamespace)?;
     for ns in spec.share.iter().flat_map(|s| &s.namespaces) {
         if !SharedNamespaces::JOINABLE.contains(ns) {
             return Err(Error::NotJoinable(*ns));
@@ -800,6 +846,51 @@ fn validate_setup(spec: &ContainerSpec) -> Result<(), Error> {
         ];
         if let Some((_, what)) = needs.iter().find(|(set, _)| *set) {
             return Err(Error::NeedsMountNamespace(what));
+        }
+    }
+    Ok(())
+}
+
+/// The most lines a `uid_map` takes (the kernel's limit).
+const MAX_ID_MAP_LINES: usize = 340;
+
+/// A user namespace's maps, checked as runc checks them: given exactly when the container
+/// makes the namespace, each range inside u32, and the namespace's root (uid and gid 0)
+/// mapped, since the helper becomes that root. The kernel checks the rest (overlaps) when the
+/// maps are written.
+fn validate_user_namespace(spec: &ContainerSpec) -> Result<(), String> {
+    let (uids, gids) = (&spec.linux.uid_mappings, &spec.linux.gid_mappings);
+    if !spec.namespaces.contains(&Namespace::User) {
+        if uids.is_empty() && gids.is_empty() {
+            return Ok(());
+        }
+        return Err("uid/gid mappings given, but the container makes no user namespace".into());
+    }
+    for (which, maps) in [("uid", uids), ("gid", gids)] {
+        if maps.is_empty() {
+            return Err(format!("a user namespace needs {which} mappings"));
+        }
+        if maps.len() > MAX_ID_MAP_LINES {
+            return Err(format!(
+                "{} {which} mappings (at most {MAX_ID_MAP_LINES})",
+                maps.len()
+            ));
+        }
+        for m in maps.iter() {
+            let fits = m.size > 0
+                && m.container_id.checked_add(m.size).is_some()
+                && m.host_id.checked_add(m.size).is_some();
+            if !fits {
+                return Err(format!(
+                    "{which} mapping {} {} {} is empty or leaves the 32-bit ids",
+                    m.container_id, m.host_id, m.size
+                ));
+            }
+        }
+        if !maps.iter().any(|m| m.container_id == 0) {
+            return Err(format!(
+                "no mapping for {which} 0: the container's setup runs as root of its user namespace"
+            ));
         }
     }
     Ok(())

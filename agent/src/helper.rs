@@ -3,7 +3,7 @@
 //! join namespaces and change credentials freely before it execs the user's command.
 
 use crate::mounts;
-use crate::protocol::{self, ContainerSpec, Namespace, ProcessSpec, Rlimit};
+use crate::protocol::{self, ContainerSpec, Namespace, ProcessSpec};
 use crate::spawn::{HelperMsg, HelperTask};
 use std::ffi::CString;
 use std::fs::File;
@@ -58,14 +58,6 @@ pub enum Error {
     },
     #[error("Cannot hand the terminal to the agent")]
     SendConsole(#[source] crate::spawn::Error),
-    #[error("Unknown rlimit {0:?}")]
-    UnknownRlimit(String),
-    #[error("Cannot set {kind}")]
-    Rlimit {
-        kind: String,
-        #[source]
-        source: nix::Error,
-    },
     #[error("Cannot set credentials (uid {uid}, gid {gid})")]
     Credentials {
         uid: u32,
@@ -89,12 +81,6 @@ pub enum Error {
     Sysctl {
         key: String,
         value: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("Cannot set oom_score_adj to {value}")]
-    OomScoreAdj {
-        value: i32,
         #[source]
         source: std::io::Error,
     },
@@ -304,7 +290,9 @@ fn setup_container(
         mounts::readonly_root().map_err(Error::Mounts)?;
     }
     for (key, value) in &spec.linux.sysctl {
-        write_sysctl(key, value)?;
+        if !sysctl_from_outside(key, &spec.namespaces) {
+            write_sysctl(key, value)?;
+        }
     }
     if own_mnt {
         for p in &spec.linux.readonly_paths {
@@ -338,7 +326,14 @@ pub fn sysctl_path(key: &str) -> Result<PathBuf, Error> {
     Ok(Path::new("/proc/sys").join(key.replace('.', "/")))
 }
 
-fn write_sysctl(key: &str, value: &str) -> Result<(), Error> {
+/// Whether the agent writes sysctl `key` itself, before the clone: a `net.` key of a container
+/// without a network namespace of its own is the VM's network namespace's, the agent's, which
+/// a helper in a user namespace may not write (and every container of the VM shares).
+pub fn sysctl_from_outside(key: &str, namespaces: &[Namespace]) -> bool {
+    key.starts_with("net.") && !namespaces.contains(&Namespace::Net)
+}
+
+pub fn write_sysctl(key: &str, value: &str) -> Result<(), Error> {
     let path = sysctl_path(key)?;
     std::fs::write(&path, value.as_bytes()).map_err(|source| Error::Sysctl {
         key: key.to_string(),
@@ -359,7 +354,7 @@ fn open_proc(pid: i32, name: &str) -> Result<(String, File), Error> {
 type OpenedNamespace = (Namespace, (String, File));
 
 /// Opens the namespaces of `pid` among `namespaces` (not pid, which is entered before a
-/// clone), in the order they are joined: the mount namespace last, as /proc changes with it.
+/// clone), in the order they are joined: the mount namespace late, as /proc changes with it.
 fn open_namespaces(pid: i32, namespaces: &[Namespace]) -> Result<Vec<OpenedNamespace>, Error> {
     let mut joins = Vec::new();
     for (ns, name) in [
@@ -368,6 +363,10 @@ fn open_namespaces(pid: i32, namespaces: &[Namespace]) -> Result<Vec<OpenedNames
         (Namespace::Net, "ns/net"),
         (Namespace::Cgroup, "ns/cgroup"),
         (Namespace::Mount, "ns/mnt"),
+        // The user namespace after the others: the agent's root may join any of them (a
+        // sandbox's, the container's own), and once in it this process is root only there
+        // (its ids are then set inside it, by the process's user).
+        (Namespace::User, "ns/user"),
     ] {
         if namespaces.contains(&ns) {
             joins.push((ns, open_proc(pid, name)?));
@@ -429,13 +428,7 @@ fn prepare_and_exec(p: &ProcessSpec) -> Result<std::convert::Infallible, Error> 
             return Err(Error::Terminal(nix::Error::last()));
         }
     }
-    for r in &p.rlimits {
-        set_rlimit(r)?;
-    }
-    if let Some(value) = p.oom_score_adj {
-        std::fs::write("/proc/self/oom_score_adj", value.to_string())
-            .map_err(|source| Error::OomScoreAdj { value, source })?;
-    }
+    // The rlimits and oom_score_adj were set by the agent (spawn::FromOutside).
     let caps = p
         .capabilities
         .as_deref()
@@ -539,41 +532,6 @@ pub fn resolve_command(cmd: &str, env: &[String]) -> Result<PathBuf, Error> {
     Err(Error::NotFound(cmd.to_string()))
 }
 
-fn set_rlimit(r: &Rlimit) -> Result<(), Error> {
-    let resource = match r.kind.as_str() {
-        "RLIMIT_AS" => libc::RLIMIT_AS,
-        "RLIMIT_CORE" => libc::RLIMIT_CORE,
-        "RLIMIT_CPU" => libc::RLIMIT_CPU,
-        "RLIMIT_DATA" => libc::RLIMIT_DATA,
-        "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
-        "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
-        "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
-        "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
-        "RLIMIT_NICE" => libc::RLIMIT_NICE,
-        "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
-        "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
-        "RLIMIT_RSS" => libc::RLIMIT_RSS,
-        "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
-        "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
-        "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
-        "RLIMIT_STACK" => libc::RLIMIT_STACK,
-        other => return Err(Error::UnknownRlimit(other.to_string())),
-    };
-    let lim = libc::rlimit {
-        rlim_cur: r.soft,
-        rlim_max: r.hard,
-    };
-    // SAFETY: setrlimit reads `lim`, which lives for the call.
-    let rc = unsafe { libc::setrlimit(resource, &lim) };
-    if rc != 0 {
-        return Err(Error::Rlimit {
-            kind: r.kind.clone(),
-            source: nix::Error::last(),
-        });
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -625,16 +583,6 @@ mod tests {
             with_home(&env(&["A=1", "B=2"]), 0, || passwd.to_string()).len(),
             3
         );
-    }
-
-    #[test]
-    fn unknown_rlimit_refused() {
-        let r = Rlimit {
-            kind: "RLIMIT_BOGUS".into(),
-            soft: 1,
-            hard: 1,
-        };
-        assert!(matches!(set_rlimit(&r), Err(Error::UnknownRlimit(_))));
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub enum Error {
         #[source]
         source: nix::Error,
     },
+    #[error("Cannot create device node {path} in a user namespace, and the VM has no such node at {guest_path} to bind")]
+    NoNodeToBind { path: PathBuf, guest_path: PathBuf },
     #[error("Unknown root propagation {0:?} (want shared, slave, private or unbindable, or one with an r prefix)")]
     BadPropagation(String),
     #[error("Device {path}: unknown type {kind:?} (want c, u, b or p)")]
@@ -421,14 +423,7 @@ pub fn apply_mount(root: &Path, m: &Mount) -> Result<(), Error> {
         // Bind mounts take their other flags only on a remount.
         let extra = flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
         if !extra.is_empty() {
-            mount(
-                &m.source,
-                None,
-                &target,
-                None,
-                extra | MsFlags::MS_BIND | MsFlags::MS_REMOUNT,
-                None,
-            )?;
+            remount_bind(&m.source, &target, extra)?;
         }
         Ok(())
     } else {
@@ -537,16 +532,26 @@ pub fn prepare_container_root(
         ("tty", 5, 0),
     ] {
         let path = dev.join(name);
-        nix::sys::stat::mknod(
+        match nix::sys::stat::mknod(
             &path,
             nix::sys::stat::SFlag::S_IFCHR,
             nix::sys::stat::Mode::from_bits_truncate(0o666),
             nix::sys::stat::makedev(major, minor),
-        )
-        .map_err(|source| Error::Mknod {
-            path: path.clone(),
-            source,
-        })?;
+        ) {
+            Ok(()) => {}
+            // A user namespace makes no device nodes: the agent's own are bound, as runc binds
+            // the host's.
+            Err(nix::Error::EPERM) => {
+                bind_node(&Path::new("/dev").join(name), &path)?;
+                continue;
+            }
+            Err(source) => {
+                return Err(Error::Mknod {
+                    path: path.clone(),
+                    source,
+                })
+            }
+        }
         // mknod honours the umask; set the mode explicitly.
         let _ = nix::sys::stat::fchmodat(
             nix::fcntl::AT_FDCWD,
@@ -597,26 +602,70 @@ pub fn prepare_container_root(
     } else {
         MsFlags::MS_RDONLY
     };
-    mount(
-        "sysfs",
+    match nix::mount::mount(
         Some("sysfs"),
         &sys,
         Some("sysfs"),
         nosuid_nodev_noexec | sys_ro,
-        None,
-    )?;
+        None::<&str>,
+    ) {
+        Ok(()) => {}
+        // In a user namespace that does not own the network namespace (the container uses
+        // the VM's): the agent's /sys, bound as runc binds the host's.
+        Err(nix::Error::EPERM) => bind_in_place("sysfs", Path::new("/sys"), &sys, sys_ro)?,
+        Err(source) => {
+            return Err(Error::Mount {
+                what: "sysfs".to_string(),
+                target: sys,
+                source,
+            })
+        }
+    }
     // cgroup v2, read-only as runc mounts it for podman: with a cgroup namespace it shows the
     // container's own cgroup (its limits, its processes).
     let cgroup = sys.join("fs/cgroup");
     if cgroup.is_dir() {
-        mount(
-            "cgroup2",
-            Some("cgroup2"),
-            &cgroup,
-            Some("cgroup2"),
-            nosuid_nodev_noexec | MsFlags::MS_RDONLY,
-            None,
-        )?;
+        let cgroup2 = || {
+            nix::mount::mount(
+                Some("cgroup2"),
+                &cgroup,
+                Some("cgroup2"),
+                nosuid_nodev_noexec | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+        };
+        let mounted = match cgroup2() {
+            // Over the agent's own cgroup2 mount (a bound /sys brings it, locked: it cannot
+            // be unmounted in a user namespace) the kernel refuses the same superblock: a
+            // small tmpfs between them.
+            Err(nix::Error::EBUSY) => mount(
+                "cgroup2 cover",
+                Some("tmpfs"),
+                &cgroup,
+                Some("tmpfs"),
+                nosuid_nodev_noexec | MsFlags::MS_RDONLY,
+                Some("size=4k,mode=755"),
+            )
+            .map(|()| cgroup2())?,
+            other => other,
+        };
+        match mounted {
+            Ok(()) => {}
+            // A user namespace without a cgroup namespace of its own: the agent's hierarchy.
+            Err(nix::Error::EPERM) => bind_in_place(
+                "cgroup2",
+                Path::new("/sys/fs/cgroup"),
+                &cgroup,
+                MsFlags::MS_RDONLY,
+            )?,
+            Err(source) => {
+                return Err(Error::Mount {
+                    what: "cgroup2".to_string(),
+                    target: cgroup,
+                    source,
+                })
+            }
+        }
     }
     for m in mounts {
         apply_mount(root, m)?;
@@ -625,6 +674,64 @@ pub fn prepare_container_root(
         make_device(root, d)?;
     }
     Ok(())
+}
+
+/// Binds device node `source` (the agent's) onto a file made at `target`: what a user
+/// namespace does instead of `mknod`.
+fn bind_node(source: &Path, target: &Path) -> Result<(), Error> {
+    if fs::symlink_metadata(target).is_err() {
+        fs::write(target, b"").map_err(|source| Error::Create {
+            path: target.to_path_buf(),
+            source,
+        })?;
+    }
+    mount(
+        "device node",
+        Some(&source.to_string_lossy()),
+        target,
+        None,
+        MsFlags::MS_BIND,
+        None,
+    )
+}
+
+/// Binds the agent's tree `source` recursively at `target` (what a filesystem the user
+/// namespace may not mount becomes), read-only when `ro` says so.
+fn bind_in_place(what: &str, source: &Path, target: &Path, ro: MsFlags) -> Result<(), Error> {
+    mount(
+        what,
+        Some(&source.to_string_lossy()),
+        target,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
+    if ro.contains(MsFlags::MS_RDONLY) {
+        remount_bind(what, target, MsFlags::MS_RDONLY)?;
+    }
+    Ok(())
+}
+
+/// Remounts the bind at `target` with `flags`. Inside a user namespace a mount keeps the
+/// nosuid/nodev/noexec/atime flags it came with (they are locked): where the plain remount is
+/// refused it is repeated with those, as runc does.
+fn remount_bind(what: &str, target: &Path, flags: MsFlags) -> Result<(), Error> {
+    let flags = flags | MsFlags::MS_BIND | MsFlags::MS_REMOUNT;
+    match nix::mount::mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
+        Err(nix::Error::EPERM) => mount(
+            what,
+            None,
+            target,
+            None,
+            flags | statvfs_flags(target),
+            None,
+        ),
+        other => other.map_err(|source| Error::Mount {
+            what: what.to_string(),
+            target: target.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 /// Mount flags of an OCI `rootfsPropagation` value (runc's table); `None` is runc's default.
@@ -687,6 +794,9 @@ pub fn make_device(root: &Path, d: &Device) -> Result<(), Error> {
     match nix::sys::stat::mknod(&path, kind, mode, dev) {
         Ok(()) => {}
         Err(nix::Error::EEXIST) => return Ok(()),
+        // In a user namespace: the VM's node at the same path, bound as runc binds the
+        // host's (it has the VM's owner and mode).
+        Err(nix::Error::EPERM) => return bind_device(Path::new(&d.path), &path, kind, dev),
         Err(e) => return Err(fail(e)),
     }
     // mknod honours the umask.
@@ -703,6 +813,32 @@ pub fn make_device(root: &Path, d: &Device) -> Result<(), Error> {
         Some(nix::unistd::Gid::from_raw(d.gid.unwrap_or(0))),
     )
     .map_err(fail)
+}
+
+/// Binds the agent's node at `guest_path` onto `target` if it is the device asked for.
+fn bind_device(
+    guest_path: &Path,
+    target: &Path,
+    kind: nix::sys::stat::SFlag,
+    dev: u64,
+) -> Result<(), Error> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let same = fs::metadata(guest_path).is_ok_and(|md| {
+        let ft = md.file_type();
+        let kind_matches = match kind {
+            nix::sys::stat::SFlag::S_IFCHR => ft.is_char_device(),
+            nix::sys::stat::SFlag::S_IFBLK => ft.is_block_device(),
+            _ => ft.is_fifo(),
+        };
+        kind_matches && (ft.is_fifo() || md.rdev() == dev)
+    });
+    if !same {
+        return Err(Error::NoNodeToBind {
+            path: target.to_path_buf(),
+            guest_path: guest_path.to_path_buf(),
+        });
+    }
+    bind_node(guest_path, target)
 }
 
 /// After the switch to the container root: remounts `/` read-only (runc's `setReadonly`:

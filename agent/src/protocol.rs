@@ -495,6 +495,22 @@ pub struct LinuxSetup {
     /// `/sys` mounted read-write (the spec's sysfs mount has no `ro`: a privileged
     /// container's); read-only otherwise.
     pub sysfs_writable: bool,
+    /// With [`Namespace::User`]: the container's uids (OCI `linux.uidMappings`), as the guest
+    /// kernel's ids; uid 0 must be among them (the helper becomes root in the namespace, as
+    /// runc's init does).
+    pub uid_mappings: Vec<IdMapping>,
+    /// With [`Namespace::User`]: the container's gids (OCI `linux.gidMappings`); gid 0 must
+    /// be among them.
+    pub gid_mappings: Vec<IdMapping>,
+}
+
+/// A range of ids of a user namespace: `container_id..container_id + size` inside are
+/// `host_id..` outside (a line of `/proc/PID/uid_map`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMapping {
+    pub container_id: u32,
+    pub host_id: u32,
+    pub size: u32,
 }
 
 /// A device node in the container (OCI `linux.devices[]`).
@@ -626,6 +642,9 @@ pub enum Namespace {
     /// A cgroup namespace rooted at the container's cgroup (made once the process is in it):
     /// its `/sys/fs/cgroup` shows its own limits, as under runc.
     Cgroup,
+    /// A user namespace with [`LinuxSetup::uid_mappings`] and `gid_mappings`, made first: the
+    /// container's other new namespaces belong to it, and its root is root only there.
+    User,
 }
 
 /// A process to run (container init or exec).

@@ -11,7 +11,7 @@
 //! a successful exec closes fd 3 (close-on-exec), so the agent sees EOF.
 
 use crate::cgroup::Cgroup;
-use crate::protocol::{self, ContainerSpec, FrameError, Namespace, ProcessSpec};
+use crate::protocol::{self, ContainerSpec, FrameError, IdMapping, Namespace, ProcessSpec, Rlimit};
 use crate::reaper::Reaper;
 use crate::stdio::ChildStdio;
 use nix::sched::CloneFlags;
@@ -52,6 +52,28 @@ pub enum Error {
     Console(#[source] nix::Error),
     #[error("Container helper exited before finishing setup")]
     HelperDied,
+    #[error("Cannot write the user namespace's {which}")]
+    IdMap {
+        which: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Unknown rlimit {0:?}")]
+    UnknownRlimit(String),
+    #[error("Cannot set {kind} to {soft}/{hard}")]
+    Rlimit {
+        kind: String,
+        soft: u64,
+        hard: u64,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("Cannot set oom_score_adj to {value}")]
+    OomScoreAdj {
+        value: i32,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What the helper is to do.
@@ -103,7 +125,102 @@ pub fn ns_flag(ns: Namespace) -> CloneFlags {
         Namespace::Ipc => CloneFlags::CLONE_NEWIPC,
         Namespace::Net => CloneFlags::CLONE_NEWNET,
         Namespace::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+        Namespace::User => CloneFlags::CLONE_NEWUSER,
     }
+}
+
+/// What the agent sets on a helper from outside before handing it its task: what a process
+/// in a user namespace may not do itself (raise a hard rlimit, lower its oom_score_adj, map
+/// its ids), done for every helper as runc's parent does it for its init.
+#[derive(Clone, Copy, Default)]
+pub struct FromOutside<'a> {
+    /// The uid and gid maps of the user namespace `flags` make (`CLONE_NEWUSER`).
+    pub id_maps: Option<(&'a [IdMapping], &'a [IdMapping])>,
+    pub rlimits: &'a [Rlimit],
+    pub oom_score_adj: Option<i32>,
+}
+
+/// The text of `/proc/PID/uid_map` (or `gid_map`) for `maps`: one line per range.
+pub fn id_map_text(maps: &[IdMapping]) -> String {
+    maps.iter()
+        .map(|m| format!("{} {} {}\n", m.container_id, m.host_id, m.size))
+        .collect()
+}
+
+/// Writes the maps of the user namespace of `pid` (each file takes one write).
+fn write_id_maps(pid: i32, uids: &[IdMapping], gids: &[IdMapping]) -> Result<(), Error> {
+    for (which, maps) in [("uid_map", uids), ("gid_map", gids)] {
+        std::fs::write(format!("/proc/{pid}/{which}"), id_map_text(maps))
+            .map_err(|source| Error::IdMap { which, source })?;
+    }
+    Ok(())
+}
+
+/// libc's type of an rlimit resource (glibc names it, musl takes an int).
+#[cfg(target_env = "gnu")]
+type Resource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+type Resource = libc::c_int;
+
+/// The rlimits of the OCI spec, by name.
+const RLIMITS: [(&str, Resource); 16] = [
+    ("RLIMIT_AS", libc::RLIMIT_AS),
+    ("RLIMIT_CORE", libc::RLIMIT_CORE),
+    ("RLIMIT_CPU", libc::RLIMIT_CPU),
+    ("RLIMIT_DATA", libc::RLIMIT_DATA),
+    ("RLIMIT_FSIZE", libc::RLIMIT_FSIZE),
+    ("RLIMIT_LOCKS", libc::RLIMIT_LOCKS),
+    ("RLIMIT_MEMLOCK", libc::RLIMIT_MEMLOCK),
+    ("RLIMIT_MSGQUEUE", libc::RLIMIT_MSGQUEUE),
+    ("RLIMIT_NICE", libc::RLIMIT_NICE),
+    ("RLIMIT_NOFILE", libc::RLIMIT_NOFILE),
+    ("RLIMIT_NPROC", libc::RLIMIT_NPROC),
+    ("RLIMIT_RSS", libc::RLIMIT_RSS),
+    ("RLIMIT_RTPRIO", libc::RLIMIT_RTPRIO),
+    ("RLIMIT_RTTIME", libc::RLIMIT_RTTIME),
+    ("RLIMIT_SIGPENDING", libc::RLIMIT_SIGPENDING),
+    ("RLIMIT_STACK", libc::RLIMIT_STACK),
+];
+
+fn rlimit_resource(kind: &str) -> Option<Resource> {
+    RLIMITS.iter().find(|(k, _)| *k == kind).map(|(_, r)| *r)
+}
+
+/// Whether `kind` is an rlimit the agent knows (checked at create, before anything is made).
+pub fn known_rlimit(kind: &str) -> bool {
+    rlimit_resource(kind).is_some()
+}
+
+/// Sets `r` on process `pid` (prlimit: a hard limit above the agent's is raised, which the
+/// process itself could not do inside a user namespace).
+fn set_rlimit(pid: i32, r: &Rlimit) -> Result<(), Error> {
+    let resource = rlimit_resource(&r.kind).ok_or_else(|| Error::UnknownRlimit(r.kind.clone()))?;
+    let lim = libc::rlimit {
+        rlim_cur: r.soft,
+        rlim_max: r.hard,
+    };
+    // SAFETY: prlimit reads `lim`, which lives for the call, and writes nothing (null old).
+    let rc = unsafe { libc::prlimit(pid, resource, &lim, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(Error::Rlimit {
+            kind: r.kind.clone(),
+            soft: r.soft,
+            hard: r.hard,
+            source: nix::Error::last(),
+        });
+    }
+    Ok(())
+}
+
+fn apply_from_outside(pid: i32, outside: &FromOutside) -> Result<(), Error> {
+    for r in outside.rlimits {
+        set_rlimit(pid, r)?;
+    }
+    if let Some(value) = outside.oom_score_adj {
+        std::fs::write(format!("/proc/{pid}/oom_score_adj"), value.to_string())
+            .map_err(|source| Error::OomScoreAdj { value, source })?;
+    }
+    Ok(())
 }
 
 /// A started helper: its pid and the agent's end of the control socket.
@@ -113,13 +230,18 @@ pub struct Spawned {
 }
 
 /// Clones a child with `flags` (inside the pid namespace `pid_ns` when given), execs the
-/// helper in it, places it in `cgroup` and hands it `task`.
+/// helper in it, places it in `cgroup`, applies `outside` and hands it `task`.
+///
+/// With `CLONE_NEWUSER` the child waits, before its exec, until the agent wrote the new
+/// namespace's id maps, then becomes its root (uid and gid 0 inside): the helper execs as
+/// that root and keeps its capabilities there, as runc's init does after its parent mapped it.
 pub fn spawn_helper(
     reaper: &Reaper,
     flags: CloneFlags,
     pid_ns: Option<File>,
     stdio: ChildStdio,
     cgroup: Option<&Cgroup>,
+    outside: FromOutside,
     task: &HelperTask,
 ) -> Result<Spawned, Error> {
     let (mut control, child_end) = UnixStream::pair().map_err(Error::Socket)?;
@@ -129,8 +251,18 @@ pub fn spawn_helper(
         stdio.stderr.as_raw_fd(),
         child_end.as_raw_fd(),
     ];
+    let user_ns = flags.contains(CloneFlags::CLONE_NEWUSER);
+    let sync = if user_ns {
+        Some(
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| Error::Socket(e.into()))?,
+        )
+    } else {
+        None
+    };
+    let sync_fds = sync.as_ref().map(|(r, w)| [r.as_raw_fd(), w.as_raw_fd()]);
     let pid = reaper.spawn(|| match &pid_ns {
-        None => clone_exec(flags, fds),
+        None => clone_exec(flags, fds, sync_fds),
         Some(ns) => {
             // setns(CLONE_NEWPID) only changes where this thread's *children* go; do it on a
             // throwaway thread so the agent's other threads are untouched.
@@ -138,7 +270,7 @@ pub fn spawn_helper(
                 s.spawn(|| {
                     nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWPID)
                         .map_err(Error::PidNamespace)?;
-                    clone_exec(flags, fds)
+                    clone_exec(flags, fds, sync_fds)
                 })
                 .join()
                 .map_err(|_| Error::Thread)?
@@ -152,10 +284,16 @@ pub fn spawn_helper(
         unsafe { libc::kill(pid, libc::SIGKILL) };
         e
     };
+    if let Some((_, release)) = sync {
+        let (uids, gids) = outside.id_maps.unwrap_or_default();
+        write_id_maps(pid, uids, gids).map_err(kill)?;
+        nix::unistd::write(&release, &[1]).map_err(|e| kill(Error::Socket(e.into())))?;
+    }
     if let Some(cg) = cgroup {
         cg.add(pid)
             .map_err(|source| kill(Error::Cgroup { pid, source }))?;
     }
+    apply_from_outside(pid, &outside).map_err(kill)?;
     protocol::send(&mut control, task).map_err(|e| kill(Error::Control(e)))?;
     Ok(Spawned { pid, control })
 }
@@ -238,7 +376,7 @@ pub fn read_report(control: &mut UnixStream) -> Result<bool, Error> {
     }
 }
 
-fn clone_exec(flags: CloneFlags, fds: [RawFd; 4]) -> Result<i32, Error> {
+fn clone_exec(flags: CloneFlags, fds: [RawFd; 4], sync: Option<[RawFd; 2]>) -> Result<i32, Error> {
     // Everything the child touches is prepared here: it must not allocate.
     let exe = c"/proc/self/exe";
     let arg0 = c"ember-agent";
@@ -248,7 +386,7 @@ fn clone_exec(flags: CloneFlags, fds: [RawFd; 4]) -> Result<i32, Error> {
     let mut stack = vec![0u8; 64 * 1024];
     let cb = Box::new(move || -> isize {
         // SAFETY: runs in the fresh child; only async-signal-safe calls on prepared data.
-        unsafe { child_exec(&fds, exe.as_ptr(), &argv, &envp) }
+        unsafe { child_exec(&fds, sync, exe.as_ptr(), &argv, &envp) }
     });
     // SAFETY: the child runs `cb` on `stack` (64 KiB, far more than child_exec needs) and
     // then execs or exits; it shares no memory with us (no CLONE_VM).
@@ -259,12 +397,34 @@ fn clone_exec(flags: CloneFlags, fds: [RawFd; 4]) -> Result<i32, Error> {
 
 /// # Safety
 /// Must only run in a freshly cloned child; pointers must be valid C strings / arrays.
+/// `sync`: the pipe of a child in a new user namespace (read end, write end).
 unsafe fn child_exec(
     fds: &[RawFd; 4],
+    sync: Option<[RawFd; 2]>,
     exe: *const libc::c_char,
     argv: &[*const libc::c_char; 3],
     envp: &[*const libc::c_char; 1],
 ) -> isize {
+    if let Some([read_end, write_end]) = sync {
+        // Before the fds move (the pipe may sit on 0-3): wait for the maps (EOF without the
+        // byte: the agent gave up), then become the namespace's root.
+        // SAFETY: plain fd and credential syscalls in the child, on prepared data.
+        unsafe {
+            libc::close(write_end);
+            let mut byte = 0u8;
+            if libc::read(read_end, (&mut byte as *mut u8).cast(), 1) != 1 {
+                libc::_exit(125);
+            }
+            libc::close(read_end);
+            // Raw syscalls: libc's setres[ug]id signal every thread of the process, which in
+            // this clone of a multi-threaded agent are not there (it would wait forever).
+            if libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0
+                || libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0
+            {
+                libc::_exit(125);
+            }
+        }
+    }
     for (target, &fd) in fds.iter().enumerate() {
         let target = target as RawFd;
         // SAFETY: plain fd syscalls in the child.

@@ -1669,3 +1669,163 @@ fn root_propagation_as_the_spec_says() {
         ErrorKind::BadRequest
     );
 }
+
+/// Gives everything under `root` to `uid`:`uid`, as podman's storage shifts an image's files
+/// for `--uidmap 0:uid:N`.
+fn chown_tree(root: &Path, uid: u32) {
+    std::os::unix::fs::lchown(root, Some(uid), Some(uid)).unwrap();
+    for e in std::fs::read_dir(root).unwrap().flatten() {
+        let p = e.path();
+        if e.file_type().unwrap().is_dir() {
+            chown_tree(&p, uid);
+        } else {
+            std::os::unix::fs::lchown(&p, Some(uid), Some(uid)).unwrap();
+        }
+    }
+}
+
+fn id_map(container_id: u32, host_id: u32, size: u32) -> protocol::IdMapping {
+    protocol::IdMapping {
+        container_id,
+        host_id,
+        size,
+    }
+}
+
+/// A container with a user namespace: its ids are the spec's maps (root inside is uid 100000
+/// outside, and its files land so), it is root only there (no device nodes of its own, the
+/// agent's are bound; /sys and the cgroup tree bound too), its rlimits are raised from
+/// outside, an exec joins the namespace with its own user, and bad maps are refused at create.
+#[test]
+fn a_user_namespace_maps_the_containers_ids() {
+    let Some((t, rootfs)) = root_agent("a_user_namespace_maps_the_containers_ids", "rootfs-userns")
+    else {
+        return;
+    };
+    with_applets(&rootfs);
+    chown_tree(&rootfs, 100000);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(rootfs.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let script = "cat /proc/self/uid_map /proc/self/gid_map; id -u; id -g; touch /made-inside; \
+                  echo x > /dev/null && echo null-ok; ls /sys/kernel >/dev/null && echo sys-ok; \
+                  ulimit -Hn; sleep 1000";
+    let mut spec = t.spec(&rootfs, &["sh", "-c", script]);
+    spec.namespaces.extend([Namespace::Cgroup, Namespace::User]);
+    spec.linux.uid_mappings = vec![id_map(0, 100000, 65536)];
+    spec.linux.gid_mappings = vec![id_map(0, 100000, 65536)];
+    // Above the agent's own hard limit is fine: the agent sets it (a process inside may not).
+    // Where this host withholds CAP_SYS_RESOURCE even from root, the agent's own limit.
+    let agent_hard: u64 = std::fs::read_to_string(format!("/proc/{}/limits", t.child.id()))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4).and_then(|v| v.parse().ok()))
+        .unwrap();
+    let cap_eff = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("CapEff:")
+                .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        })
+        .unwrap();
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let hard = if cap_eff & (1 << CAP_SYS_RESOURCE) != 0 {
+        agent_hard.min(1 << 19) + 1
+    } else {
+        eprintln!("a_user_namespace_maps_the_containers_ids: no CAP_SYS_RESOURCE here: the rlimit is not raised above the agent's");
+        agent_hard
+    };
+    spec.process.rlimits = vec![Rlimit {
+        kind: "RLIMIT_NOFILE".into(),
+        soft: 64,
+        hard,
+    }];
+    let mut c = t.client();
+    c.create_container("userns", spec).unwrap();
+    let mut stdout = t
+        .client()
+        .attach_stdio("userns", None, StdioStream::Stdout)
+        .unwrap();
+    c.start_container("userns").unwrap();
+    let mut out = String::new();
+    let mut buf = [0u8; 512];
+    while out.lines().count() < 7 {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "init output ended early: {out:?}");
+        out.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let lines: Vec<String> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "0 100000 65536",
+            "0 100000 65536",
+            "0",
+            "0",
+            "null-ok",
+            "sys-ok",
+            &hard.to_string()
+        ],
+        "{out:?}"
+    );
+    let md = std::fs::metadata(rootfs.join("made-inside")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((md.uid(), md.gid()), (100000, 100000));
+    // An exec joins the namespace and becomes its own user there.
+    let mut p = ProcessSpec::new([
+        "sh",
+        "-c",
+        "id -u; touch /tmp/by-exec; cat /proc/self/uid_map",
+    ]);
+    p.uid = 1000;
+    p.gid = 1000;
+    let out = run_exec(&t, "userns", "who", p);
+    let first = out.lines().next().unwrap_or("");
+    assert_eq!(first, "1000", "{out:?}");
+    assert!(out.contains("100000"), "{out:?}");
+    let md = std::fs::metadata(rootfs.join("tmp/by-exec")).unwrap();
+    assert_eq!(md.uid(), 101000);
+    c.destroy_container("userns").unwrap();
+
+    // Bad maps: refused at create, nothing made.
+    let cases: [(&str, Vec<Namespace>, Vec<protocol::IdMapping>); 4] = [
+        (
+            "no uid 0",
+            vec![Namespace::Mount, Namespace::User],
+            vec![id_map(1, 100000, 10)],
+        ),
+        ("no maps", vec![Namespace::Mount, Namespace::User], vec![]),
+        (
+            "past u32",
+            vec![Namespace::Mount, Namespace::User],
+            vec![id_map(0, u32::MAX, 2)],
+        ),
+        (
+            "maps without the namespace",
+            vec![Namespace::Mount],
+            vec![id_map(0, 100000, 10)],
+        ),
+    ];
+    for (what, namespaces, maps) in cases {
+        let mut spec = t.spec(&rootfs, &["true"]);
+        spec.namespaces = namespaces;
+        spec.linux.uid_mappings = maps.clone();
+        spec.linux.gid_mappings = maps;
+        let err = c.create_container("bad-userns", spec).unwrap_err();
+        assert_eq!(
+            err.agent_kind(),
+            Some(ErrorKind::BadRequest),
+            "{what}: {err}"
+        );
+        assert!(
+            format!("{err:?}").contains("user namespace"),
+            "{what}: {err:?}"
+        );
+    }
+    assert_eq!(kind(c.process_list("bad-userns")), ErrorKind::NotFound);
+    assert!(!t.dir.join("state/containers/bad-userns").exists());
+}

@@ -483,6 +483,27 @@ for rt in runc ember; do
         echo "the host's /tmp got the copy: $([ -e /tmp/cp-probe-$rt ] && echo yes || echo no)"
         podman rm -f -t 0 cp-$rt >/dev/null
     } 2>&1 | sed "s/^/$rt /"
+    # A user namespace (--uidmap): root inside is uid 100000 outside, so its files in a
+    # volume are; a device node is not its to make (the runtime binds /dev/null); podman's
+    # nofile limit is set from outside; an exec joins the namespace with its own user.
+    V=/var/tmp/fid-userns-$rt
+    rm -rf $V && mkdir -p $V && chmod 1777 $V
+    {
+        $T podman $flag run -d --name uns-$rt --uidmap 0:100000:65536 --gidmap 0:100000:65536 \
+            -v $V:/vol localhost/busybox sleep 1000 >/dev/null
+        podman exec uns-$rt sh -c '
+            echo "userns uid_map: $(tr -s " " </proc/self/uid_map | sed "s/^ //")"
+            echo "userns gid_map: $(tr -s " " </proc/self/gid_map | sed "s/^ //")"
+            echo "userns id: $(id -u):$(id -g)"
+            echo "userns /bin/sh owner: $(stat -c %u:%g /bin/sh)"
+            touch /vol/by-root && echo "userns volume write: ok"
+            echo x >/dev/null && echo "userns /dev/null: ok"
+            echo "userns nofile: $(ulimit -Hn)"
+            echo "userns proc and sys: $(ls /proc/1/status /sys/kernel/mm >/dev/null && echo ok)"'
+        podman exec --user 1000:1000 uns-$rt sh -c 'echo "userns exec id: $(id -u)"; touch /vol/by-1000'
+        echo "userns volume owners: $(stat -c %u:%g $V/by-root $V/by-1000 | tr "\n" " ")"
+        podman rm -f -t 0 uns-$rt >/dev/null
+    } 2>&1 | sed "s/^/$rt /"
 done
 FIDTEST
 chmod 755 "$DEB/usr/local/bin/fidelity-test"

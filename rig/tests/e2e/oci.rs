@@ -343,7 +343,8 @@ fn podman_udp_flood_leaves_execs_working() {
 /// and no_new_privs prints what it sees, and one with the default capabilities makes device
 /// nodes and opens them (the device controller), a user without HOME gets runc's, and
 /// `podman cp` into and out of a running container reaches its rootfs and volume (not the
-/// host's files); ember's lines equal runc's.
+/// host's files), and a container with a user namespace (`--uidmap`) has the spec's ids
+/// (its files in a volume owned by the mapped uids); ember's lines equal runc's.
 #[test]
 fn podman_config_fidelity_equals_runc() {
     let Some(s) = passed("podman-fidelity") else {
@@ -368,6 +369,13 @@ fn podman_config_fidelity_equals_runc() {
         "cp into the volume: cp-in",
         "cp out: made-inside",
         "the host's /tmp got the copy: no",
+        "userns uid_map: 0 100000 65536",
+        "userns id: 0:0",
+        "userns /bin/sh owner: 0:0",
+        "userns volume write: ok",
+        "userns /dev/null: ok",
+        "userns exec id: 1000",
+        "userns volume owners: 100000:100000 101000:101000 ",
     ] {
         assert!(
             runc.iter().any(|l| l == want),

@@ -3,7 +3,7 @@
 //! guest agent.
 
 use crate::config::{Hook, Resources};
-use agent::protocol::{Capabilities, Device, DeviceRule, LinuxSetup};
+use agent::protocol::{Capabilities, Device, DeviceRule, IdMapping, LinuxSetup};
 use oci_spec::runtime::{Process, Spec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -504,7 +504,21 @@ fn linux_setup(spec: &Spec) -> LinuxSetup {
                 && m.typ().as_deref() == Some("sysfs")
                 && !m.options().iter().flatten().any(|o| o == "ro")
         }),
+        uid_mappings: id_mappings(linux.and_then(|l| l.uid_mappings().as_ref())),
+        gid_mappings: id_mappings(linux.and_then(|l| l.gid_mappings().as_ref())),
     }
+}
+
+/// `linux.uidMappings` or `gidMappings` for the agent.
+fn id_mappings(maps: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>) -> Vec<IdMapping> {
+    maps.into_iter()
+        .flatten()
+        .map(|m| IdMapping {
+            container_id: m.container_id(),
+            host_id: m.host_id(),
+            size: m.size(),
+        })
+        .collect()
 }
 
 /// Accept spec versions with major 1, as runc does.

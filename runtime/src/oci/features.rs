@@ -39,9 +39,9 @@ pub const MOUNT_OPTIONS: &[&str] = &[
     "sync",
 ];
 
-/// Namespaces a container gets inside the guest. Not `user`: the agent makes no user
-/// namespace (the spec's uid/gid mappings are not applied; `create` logs so).
-pub const NAMESPACES: &[&str] = &["cgroup", "ipc", "mount", "network", "pid", "uts"];
+/// Namespaces a container gets inside the guest (`user` with the spec's uid/gid mappings,
+/// as the guest kernel's ids: the VM's files are the host's, shared by virtio-fs).
+pub const NAMESPACES: &[&str] = &["cgroup", "ipc", "mount", "network", "pid", "user", "uts"];
 
 /// Hooks ember runs (on the host). `createContainer` and `startContainer` would run in the
 /// container's namespaces, inside its VM, where host programs cannot.
@@ -99,10 +99,9 @@ mod tests {
         assert!(caps.contains(&"CAP_CHECKPOINT_RESTORE".to_string()));
         let notes = f.annotations().as_ref().unwrap();
         assert!(notes[HOST_NAMESPACES].contains("cannot be joined"));
-        // What is not made in the guest is not claimed.
         let ns = linux.namespaces().as_ref().unwrap();
         assert!(
-            !ns.iter().any(|n| format!("{n:?}").to_lowercase() == "user"),
+            ns.iter().any(|n| format!("{n:?}").to_lowercase() == "user"),
             "{ns:?}"
         );
         assert_eq!(ns.len(), NAMESPACES.len());

@@ -231,10 +231,11 @@ pub fn stage_volumes(c: &ContainerConfig, stage: &Path, image: &Path) -> Result<
     result.map(|()| true)
 }
 
-/// The agent's name for an OCI namespace type (user, time: the VM is the boundary; the agent
-/// does not make these).
+/// The agent's name for an OCI namespace type (time: the VM is the boundary; the agent does
+/// not make it).
 fn guest_namespace(typ: &str) -> Option<Namespace> {
     match typ {
+        "user" => Some(Namespace::User),
         "pid" => Some(Namespace::Pid),
         "mnt" | "mount" => Some(Namespace::Mount),
         "uts" => Some(Namespace::Uts),
@@ -278,12 +279,6 @@ pub fn container_config(
     volume: Option<RootfsConfig>,
 ) -> api::ContainerConfig {
     let shared = sandbox_namespaces(c);
-    if c.namespaces.iter().any(|n| n.typ == "user") {
-        log::warn!(
-            "container {}: its user namespace is not made in the guest: the spec's uid and gid mappings are not applied, its users are the VM's (the VM isolates it from the host)",
-            c.id
-        );
-    }
     for n in c.namespaces.iter().filter(|n| n.path.is_some()) {
         // The network namespace by path is the VM's own; the shared ones are the sandbox's.
         let joined = guest_namespace(&n.typ).is_some_and(|ns| {
@@ -1130,6 +1125,11 @@ mod tests {
                 masked_paths: vec!["/proc/kcore".into()],
                 readonly_paths: vec!["/proc/sys".into()],
                 root_propagation: Some("rprivate".into()),
+                uid_mappings: vec![agent::protocol::IdMapping {
+                    container_id: 0,
+                    host_id: 100000,
+                    size: 65536,
+                }],
                 ..Default::default()
             },
         }
@@ -1159,9 +1159,12 @@ mod tests {
                 Namespace::Ipc,
                 Namespace::Uts,
                 Namespace::Mount,
-                Namespace::Cgroup
+                Namespace::Cgroup,
+                Namespace::User
             ]
         );
+        // The user namespace's maps go to the agent as the spec gives them.
+        assert_eq!(spec.linux.uid_mappings[0].host_id, 100000);
         assert_eq!(
             spec.cgroup_path.as_deref(),
             Some("libpod_parent/libpod-abc")
