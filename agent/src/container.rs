@@ -85,6 +85,8 @@ pub enum Error {
     UserNamespace(String),
     #[error("Unknown rlimit {0:?}")]
     UnknownRlimit(String),
+    #[error("Cannot name the VM")]
+    Hostname(#[source] crate::init::Error),
     #[error("Cannot set sysctl {0} for the VM's network namespace")]
     Sysctl(String, #[source] crate::helper::Error),
 }
@@ -380,6 +382,21 @@ impl Agent {
                 return Err(e);
             }
         };
+        // A container that shares the VM's UTS namespace names the VM (under runc it shares
+        // its host's, whose name it sees). Only a guest's agent: a host's name is not ours.
+        let shares_vm_uts = !spec.namespaces.contains(&Namespace::Uts)
+            && !spec
+                .share
+                .as_ref()
+                .is_some_and(|s| s.namespaces.contains(&Namespace::Uts));
+        if let (true, true, Some(name)) = (shares_vm_uts, self.opts.guest, &spec.hostname) {
+            if !name.is_empty() {
+                if let Err(e) = crate::init::set_hostname(name) {
+                    cleanup_all(None);
+                    return Err(Error::Hostname(e));
+                }
+            }
+        }
         // The VM's network settings the spec asks for (a container without a network
         // namespace of its own shares the agent's).
         for (key, value) in &spec.linux.sysctl {

@@ -423,7 +423,8 @@ pub struct ContainerSpec {
     #[serde(default)]
     pub mounts: Vec<Mount>,
     /// Set with [`Namespace::Uts`]; an empty one leaves the name the new namespace copied
-    /// from the agent's, as runc does.
+    /// from the agent's, as runc does. A container without a UTS namespace of its own (nor a
+    /// shared one) shares the VM's: a guest's agent gives the VM this name.
     #[serde(default)]
     pub hostname: Option<String>,
     /// Namespaces to create for the container. Without [`Namespace::Mount`] the agent uses

@@ -463,6 +463,9 @@ for rt in runc ember; do
         $T podman $flag run --rm localhost/busybox $cmd >/dev/null 2>&1
         echo "$rt command $cmd: exit=$?"
     done
+    # The host's UTS namespace (--uts host, as a CRI hostNetwork pod): the host's name (under
+    # ember the VM takes it).
+    echo "$rt uts host: $($T podman $flag run --rm --uts host localhost/busybox hostname 2>&1)"
     # A user without HOME: podman gives an unknown uid a passwd entry whose home is the
     # workdir, and runc sets HOME from the container's passwd.
     $T podman $flag run --rm --user 1000:1000 --workdir /tmp localhost/busybox \

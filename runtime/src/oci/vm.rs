@@ -310,7 +310,9 @@ pub fn container_config(
         config.host_mounts = shared_binds(c);
     }
     // A UTS namespace of its own gets the spec's hostname, or the host's as under runc; one
-    // joined by path is the pod's, whose name is left alone.
+    // joined by path is the pod's, whose name is left alone. Without one the container shares
+    // its host's (podman --uts host, a CRI hostNetwork pod): the VM takes the host's name,
+    // which is what runc's container sees.
     let uts = c.namespaces.iter().find(|n| n.typ == "uts");
     config.hostname = match uts {
         Some(n) if n.path.is_none() => c
@@ -318,7 +320,8 @@ pub fn container_config(
             .clone()
             .filter(|h| !h.is_empty())
             .or_else(host_hostname),
-        _ => None,
+        None => host_hostname(),
+        Some(_) => None,
     };
     config.namespaces = Some(namespaces);
     config.share = shared;
@@ -1251,6 +1254,10 @@ mod tests {
         }];
         let spec = container_config(&c, RootfsConfig::default(), HostBinds::Shared, None);
         assert_eq!(spec.hostname, None);
+        // No UTS namespace: the host's (the VM takes it).
+        c.namespaces.clear();
+        let spec = container_config(&c, RootfsConfig::default(), HostBinds::Shared, None);
+        assert_eq!(spec.hostname.as_deref(), Some(host.as_str()));
     }
 
     fn bind(dest: &str, source: &Path, options: &[&str]) -> MountConfig {
