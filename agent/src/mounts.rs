@@ -53,7 +53,7 @@ pub enum Error {
         #[source]
         source: nix::Error,
     },
-    #[error("Cannot create device node {path} in a user namespace, and the VM has no such node at {guest_path} to bind")]
+    #[error("Cannot create device node {path} in a user namespace, and the VM has no such node (at {guest_path} or by its numbers) to bind")]
     NoNodeToBind { path: PathBuf, guest_path: PathBuf },
     #[error("Unknown root propagation {0:?} (want shared, slave, private or unbindable, or one with an r prefix)")]
     BadPropagation(String),
@@ -796,7 +796,9 @@ pub fn make_device(root: &Path, d: &Device) -> Result<(), Error> {
         Err(nix::Error::EEXIST) => return Ok(()),
         // In a user namespace: the VM's node at the same path, bound as runc binds the
         // host's (it has the VM's owner and mode).
-        Err(nix::Error::EPERM) => return bind_device(Path::new(&d.path), &path, kind, dev),
+        Err(nix::Error::EPERM) if in_user_namespace() => {
+            return bind_device(Path::new(&d.path), &path, kind, dev)
+        }
         Err(e) => return Err(fail(e)),
     }
     // mknod honours the umask.
@@ -815,30 +817,58 @@ pub fn make_device(root: &Path, d: &Device) -> Result<(), Error> {
     .map_err(fail)
 }
 
-/// Binds the agent's node at `guest_path` onto `target` if it is the device asked for.
+/// Whether this process is in a user namespace other than the initial one (whose map is the
+/// identity over every id).
+fn in_user_namespace() -> bool {
+    fs::read_to_string("/proc/self/uid_map")
+        .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
+}
+
+/// Binds the agent's node for the device onto `target`: the one at `guest_path` if it is
+/// that device, else the one the kernel names for its numbers (`/sys/dev/char/M:m`'s
+/// `DEVNAME`, under `/dev`).
 fn bind_device(
     guest_path: &Path,
     target: &Path,
     kind: nix::sys::stat::SFlag,
     dev: u64,
 ) -> Result<(), Error> {
+    use nix::sys::stat::SFlag;
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let same = fs::metadata(guest_path).is_ok_and(|md| {
-        let ft = md.file_type();
-        let kind_matches = match kind {
-            nix::sys::stat::SFlag::S_IFCHR => ft.is_char_device(),
-            nix::sys::stat::SFlag::S_IFBLK => ft.is_block_device(),
-            _ => ft.is_fifo(),
+    let is_it = |p: &Path| {
+        fs::metadata(p).is_ok_and(|md| {
+            let ft = md.file_type();
+            match kind {
+                SFlag::S_IFCHR => ft.is_char_device() && md.rdev() == dev,
+                SFlag::S_IFBLK => ft.is_block_device() && md.rdev() == dev,
+                _ => ft.is_fifo(),
+            }
+        })
+    };
+    let by_number = || {
+        let class = match kind {
+            SFlag::S_IFCHR => "char",
+            SFlag::S_IFBLK => "block",
+            _ => return None,
         };
-        kind_matches && (ft.is_fifo() || md.rdev() == dev)
-    });
-    if !same {
-        return Err(Error::NoNodeToBind {
+        let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+        let uevent = fs::read_to_string(format!("/sys/dev/{class}/{major}:{minor}/uevent")).ok()?;
+        let name = uevent.lines().find_map(|l| l.strip_prefix("DEVNAME="))?;
+        // A kernel name, under /dev: no way out of it.
+        (!name.split('/').any(|c| c.is_empty() || c == "..")).then(|| Path::new("/dev").join(name))
+    };
+    let source = if is_it(guest_path) {
+        Some(guest_path.to_path_buf())
+    } else {
+        by_number().filter(|p| is_it(p))
+    };
+    match source {
+        Some(source) => bind_node(&source, target),
+        None => Err(Error::NoNodeToBind {
             path: target.to_path_buf(),
             guest_path: guest_path.to_path_buf(),
-        });
+        }),
     }
-    bind_node(guest_path, target)
 }
 
 /// After the switch to the container root: remounts `/` read-only (runc's `setReadonly`:

@@ -1707,12 +1707,22 @@ fn a_user_namespace_maps_the_containers_ids() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(rootfs.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
     let script = "cat /proc/self/uid_map /proc/self/gid_map; id -u; id -g; touch /made-inside; \
-                  echo x > /dev/null && echo null-ok; ls /sys/kernel >/dev/null && echo sys-ok; \
+                  echo x > /dev/null && echo x > /dev/mynull && echo null-ok; ls /sys/kernel >/dev/null && echo sys-ok; \
                   ulimit -Hn; sleep 1000";
     let mut spec = t.spec(&rootfs, &["sh", "-c", script]);
     spec.namespaces.extend([Namespace::Cgroup, Namespace::User]);
     spec.linux.uid_mappings = vec![id_map(0, 100000, 65536)];
     spec.linux.gid_mappings = vec![id_map(0, 100000, 65536)];
+    // A device of the spec at a path the VM does not have: its node found by its numbers.
+    spec.linux.devices = vec![Device {
+        path: "/dev/mynull".into(),
+        kind: "c".into(),
+        major: 1,
+        minor: 3,
+        file_mode: Some(0o666),
+        uid: Some(0),
+        gid: Some(0),
+    }];
     // Above the agent's own hard limit is fine: the agent sets it (a process inside may not).
     // Where this host withholds CAP_SYS_RESOURCE even from root, the agent's own limit.
     let agent_hard: u64 = std::fs::read_to_string(format!("/proc/{}/limits", t.child.id()))
