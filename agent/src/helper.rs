@@ -399,6 +399,19 @@ fn join_container(target_pid: i32, namespaces: &[Namespace]) -> Result<(), Error
         Some(open_proc(target_pid, "root")?)
     };
     enter_namespaces(joins)?;
+    if namespaces.contains(&Namespace::User) {
+        // As runc after joining a user namespace: become its root (the agent's ids are not
+        // mapped there), so that what this helper makes, the terminal included, is owned
+        // inside it and may be given to the process's user.
+        let root_cred = |source| Error::Credentials {
+            uid: 0,
+            gid: 0,
+            source,
+        };
+        let (uid, gid) = (nix::unistd::Uid::from_raw(0), nix::unistd::Gid::from_raw(0));
+        nix::unistd::setresgid(gid, gid, gid).map_err(root_cred)?;
+        nix::unistd::setresuid(uid, uid, uid).map_err(root_cred)?;
+    }
     // Joining a mount namespace also moves root and cwd to its root; without one, chroot.
     if let Some((_, root)) = root {
         nix::unistd::fchdir(root.as_fd()).map_err(Error::Root)?;

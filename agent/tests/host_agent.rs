@@ -1799,6 +1799,20 @@ fn a_user_namespace_maps_the_containers_ids() {
     assert!(out.contains("100000"), "{out:?}");
     let md = std::fs::metadata(rootfs.join("tmp/by-exec")).unwrap();
     assert_eq!(md.uid(), 101000);
+    // A terminal exec: its pty is made inside the namespace and given to the user.
+    let mut p = ProcessSpec::new(["sh", "-c", "tty; stat -c %u /proc/self/fd/0"]);
+    p.terminal = true;
+    p.uid = 1000;
+    p.gid = 1000;
+    c.exec("userns", "term", p).unwrap();
+    let stdout = t
+        .client()
+        .attach_stdio("userns", Some("term"), StdioStream::Stdout)
+        .unwrap();
+    let out = read_all(stdout);
+    assert_eq!(c.wait("userns", Some("term")).unwrap().code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().map(|l| l.trim_end_matches('\r')).collect();
+    assert_eq!(lines, ["/dev/pts/0", "1000"], "{out:?}");
     c.destroy_container("userns").unwrap();
 
     // Bad maps: refused at create, nothing made.

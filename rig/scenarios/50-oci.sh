@@ -505,7 +505,15 @@ for rt in runc ember; do
             echo "userns proc and sys: $(ls /proc/1/status /sys/kernel/mm >/dev/null && echo ok)"'
         podman exec --user 1000:1000 uns-$rt sh -c 'echo "userns exec id: $(id -u)"; touch /vol/by-1000'
         echo "userns volume owners: $(stat -c %u:%g $V/by-root $V/by-1000 | tr "\n" " ")"
+        echo "userns exec -t: $(podman exec -t uns-$rt tty | tr -d '\r')"
         podman rm -f -t 0 uns-$rt >/dev/null
+        # --userns=auto: podman picks the range from the subordinate ids of "containers".
+        grep -q '^containers:' /etc/subuid || {
+            echo containers:200000:300000 >>/etc/subuid
+            echo containers:200000:300000 >>/etc/subgid
+        }
+        echo "userns auto: $($T podman $flag run --rm --userns=auto localhost/busybox \
+            sh -c 'tr -s " " </proc/self/uid_map; id -u' | tr "\n" " ")"
     } 2>&1 | sed "s/^/$rt /"
 done
 FIDTEST

@@ -375,7 +375,9 @@ fn podman_config_fidelity_equals_runc() {
         "userns volume write: ok",
         "userns /dev/null: ok",
         "userns exec id: 1000",
-        "userns volume owners: 100000:100000 101000:101000 ",
+        "userns volume owners: 100000:100000 101000:101000",
+        "userns exec -t: /dev/pts/0",
+        "userns auto:  0 200000 65534 0",
     ] {
         assert!(
             runc.iter().any(|l| l == want),
