@@ -416,22 +416,11 @@ impl Agent {
             Some(s) => (Some(s.pid), s.pid_ns),
             None => (None, None),
         };
-        let rlimits = spec.process.rlimits.clone();
-        let oom_score_adj = spec.process.oom_score_adj;
-        let uid_mappings = spec.linux.uid_mappings.clone();
-        let gid_mappings = spec.linux.gid_mappings.clone();
         let task = HelperTask::Init {
             rootfs: rootfs.clone(),
             spec: Box::new(spec),
             no_pivot: self.opts.no_pivot,
             share_pid,
-        };
-        let outside = spawn::FromOutside {
-            id_maps: own
-                .contains(&Namespace::User)
-                .then_some((uid_mappings.as_slice(), gid_mappings.as_slice())),
-            rlimits: &rlimits,
-            oom_score_adj,
         };
         let spawned = match spawn::spawn_helper(
             &self.reaper,
@@ -439,7 +428,6 @@ impl Agent {
             pid_ns,
             child,
             cgroup.as_ref(),
-            outside,
             &task,
         ) {
             Ok(s) => s,
@@ -570,12 +558,6 @@ impl Agent {
             None
         };
         let (stdio, child) = ProcessStdio::prepare(process.terminal).map_err(Error::Stdio)?;
-        let rlimits = process.rlimits.clone();
-        let outside = spawn::FromOutside {
-            id_maps: None,
-            rlimits: &rlimits,
-            oom_score_adj: process.oom_score_adj,
-        };
         let task = HelperTask::Exec {
             target_pid: c.init.pid,
             namespaces: c.namespaces.clone(),
@@ -587,7 +569,6 @@ impl Agent {
             pid_ns,
             child,
             c.cgroup.as_ref(),
-            outside,
             &task,
         )
         .map_err(Error::Spawn)?;

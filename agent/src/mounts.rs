@@ -81,11 +81,16 @@ fn mount(
     flags: MsFlags,
     data: Option<&str>,
 ) -> Result<(), Error> {
-    nix::mount::mount(source, target, fstype, flags, data).map_err(|source| Error::Mount {
+    nix::mount::mount(source, target, fstype, flags, data).map_err(mount_error(what, target))
+}
+
+/// The error of mounting `what` at `target`.
+fn mount_error<'a>(what: &'a str, target: &'a Path) -> impl FnOnce(nix::Error) -> Error + 'a {
+    move |source| Error::Mount {
         what: what.to_string(),
         target: target.to_path_buf(),
         source,
-    })
+    }
 }
 
 fn mkdir_p(path: &Path) -> Result<(), Error> {
@@ -613,13 +618,7 @@ pub fn prepare_container_root(
         // In a user namespace that does not own the network namespace (the container uses
         // the VM's): the agent's /sys, bound as runc binds the host's.
         Err(nix::Error::EPERM) => bind_in_place("sysfs", Path::new("/sys"), &sys, sys_ro)?,
-        Err(source) => {
-            return Err(Error::Mount {
-                what: "sysfs".to_string(),
-                target: sys,
-                source,
-            })
-        }
+        other => other.map_err(mount_error("sysfs", &sys))?,
     }
     // cgroup v2, read-only as runc mounts it for podman: with a cgroup namespace it shows the
     // container's own cgroup (its limits, its processes).
@@ -658,13 +657,7 @@ pub fn prepare_container_root(
                 &cgroup,
                 MsFlags::MS_RDONLY,
             )?,
-            Err(source) => {
-                return Err(Error::Mount {
-                    what: "cgroup2".to_string(),
-                    target: cgroup,
-                    source,
-                })
-            }
+            other => other.map_err(mount_error("cgroup2", &cgroup))?,
         }
     }
     for m in mounts {
@@ -726,11 +719,7 @@ fn remount_bind(what: &str, target: &Path, flags: MsFlags) -> Result<(), Error> 
             flags | statvfs_flags(target),
             None,
         ),
-        other => other.map_err(|source| Error::Mount {
-            what: what.to_string(),
-            target: target.to_path_buf(),
-            source,
-        }),
+        other => other.map_err(mount_error(what, target)),
     }
 }
 

@@ -132,12 +132,31 @@ pub fn ns_flag(ns: Namespace) -> CloneFlags {
 /// What the agent sets on a helper from outside before handing it its task: what a process
 /// in a user namespace may not do itself (raise a hard rlimit, lower its oom_score_adj, map
 /// its ids), done for every helper as runc's parent does it for its init.
-#[derive(Clone, Copy, Default)]
-pub struct FromOutside<'a> {
-    /// The uid and gid maps of the user namespace `flags` make (`CLONE_NEWUSER`).
-    pub id_maps: Option<(&'a [IdMapping], &'a [IdMapping])>,
-    pub rlimits: &'a [Rlimit],
-    pub oom_score_adj: Option<i32>,
+struct FromOutside<'a> {
+    /// The uid and gid maps of the container's new user namespace.
+    id_maps: Option<(&'a [IdMapping], &'a [IdMapping])>,
+    rlimits: &'a [Rlimit],
+    oom_score_adj: Option<i32>,
+}
+
+impl<'a> FromOutside<'a> {
+    fn of(task: &'a HelperTask) -> FromOutside<'a> {
+        match task {
+            HelperTask::Init { spec, .. } => FromOutside {
+                id_maps: spec
+                    .namespaces
+                    .contains(&Namespace::User)
+                    .then_some((&spec.linux.uid_mappings, &spec.linux.gid_mappings)),
+                rlimits: &spec.process.rlimits,
+                oom_score_adj: spec.process.oom_score_adj,
+            },
+            HelperTask::Exec { process, .. } => FromOutside {
+                id_maps: None,
+                rlimits: &process.rlimits,
+                oom_score_adj: process.oom_score_adj,
+            },
+        }
+    }
 }
 
 /// The text of `/proc/PID/uid_map` (or `gid_map`) for `maps`: one line per range.
@@ -230,7 +249,8 @@ pub struct Spawned {
 }
 
 /// Clones a child with `flags` (inside the pid namespace `pid_ns` when given), execs the
-/// helper in it, places it in `cgroup`, applies `outside` and hands it `task`.
+/// helper in it, places it in `cgroup`, sets from outside what the helper may not set itself
+/// ([`FromOutside`]) and hands it `task`.
 ///
 /// With `CLONE_NEWUSER` the child waits, before its exec, until the agent wrote the new
 /// namespace's id maps, then becomes its root (uid and gid 0 inside): the helper execs as
@@ -241,9 +261,9 @@ pub fn spawn_helper(
     pid_ns: Option<File>,
     stdio: ChildStdio,
     cgroup: Option<&Cgroup>,
-    outside: FromOutside,
     task: &HelperTask,
 ) -> Result<Spawned, Error> {
+    let outside = FromOutside::of(task);
     let (mut control, child_end) = UnixStream::pair().map_err(Error::Socket)?;
     let fds = [
         stdio.stdin.as_raw_fd(),
