@@ -329,6 +329,15 @@ pub fn container_config(
     // As runc: a process without a capabilities object has none.
     config.process.capabilities = Some(c.process.capabilities.clone().unwrap_or_default());
     config.linux = c.linux.clone();
+    if !config
+        .namespaces
+        .as_ref()
+        .is_some_and(|ns| ns.contains(&Namespace::User))
+    {
+        // A user namespace given by path is not joined (warned above): its maps are not ours.
+        config.linux.uid_mappings.clear();
+        config.linux.gid_mappings.clear();
+    }
     config.cgroup_path = c
         .cgroups_path
         .as_ref()
@@ -1166,8 +1175,16 @@ mod tests {
                 Namespace::User
             ]
         );
-        // The user namespace's maps go to the agent as the spec gives them.
+        // The user namespace's maps go to the agent as the spec gives them; with a user
+        // namespace by path (not joined) they do not.
         assert_eq!(spec.linux.uid_mappings[0].host_id, 100000);
+        let mut by_path = podman_like();
+        for n in by_path.namespaces.iter_mut().filter(|n| n.typ == "user") {
+            n.path = Some("/proc/1/ns/user".into());
+        }
+        let spec = container_config(&by_path, disk.clone(), HostBinds::Volume, None);
+        assert!(!spec.namespaces.unwrap().contains(&Namespace::User));
+        assert!(spec.linux.uid_mappings.is_empty());
         assert_eq!(
             spec.cgroup_path.as_deref(),
             Some("libpod_parent/libpod-abc")
