@@ -128,7 +128,7 @@ pub fn main() -> ! {
                 _ => Ok(()),
             };
             if let Err(e) =
-                shared.and_then(|()| setup_container(&rootfs, &spec, no_pivot, &control))
+                shared.and_then(|()| setup_container(&rootfs, &spec, no_pivot, share_pid, &control))
             {
                 fail(&mut control, &e, 1);
             }
@@ -234,6 +234,7 @@ fn setup_container(
     rootfs: &Path,
     spec: &ContainerSpec,
     no_pivot: bool,
+    share_pid: Option<i32>,
     control: &UnixStream,
 ) -> Result<(), Error> {
     let own_mnt = spec.namespaces.contains(&Namespace::Mount);
@@ -245,6 +246,16 @@ fn setup_container(
     }
     if own_mnt {
         mounts::prepare_container_root(rootfs, &spec.mounts, &spec.linux).map_err(Error::Mounts)?;
+        // Not from a user namespace of its own: this process is root only there, and may not
+        // enter the other container's mount namespace.
+        let shares_ipc = spec
+            .share
+            .as_ref()
+            .is_some_and(|s| s.namespaces.contains(&Namespace::Ipc))
+            && !spec.namespaces.contains(&Namespace::User);
+        if let (true, Some(pid)) = (shares_ipc, share_pid) {
+            mounts::share_shm(pid, rootfs).map_err(Error::Mounts)?;
+        }
     }
     if spec.process.terminal {
         // The container's own devpts when it has a mount namespace, else the agent's.

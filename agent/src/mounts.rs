@@ -65,6 +65,14 @@ pub enum Error {
         #[source]
         source: nix::Error,
     },
+    #[error(
+        "Cannot take /dev/shm of the container whose IPC namespace this one shares (pid {pid})"
+    )]
+    ShareShm {
+        pid: i32,
+        #[source]
+        source: nix::Error,
+    },
     #[error("Cannot mask {path}")]
     Mask {
         path: PathBuf,
@@ -92,6 +100,71 @@ fn mount_error<'a>(what: &'a str, target: &'a Path) -> impl FnOnce(nix::Error) -
         source,
     }
 }
+
+/// A container that shares another's IPC namespace gets its `/dev/shm` too, as under runc,
+/// where the engine binds one host tmpfs into both (podman's pod members, CRI containers of
+/// a pod): a clone of the mount at `/dev/shm` in the mount namespace of `target_pid` (the
+/// other container's init), taken there, put over `rootfs/dev/shm` here. Run by a
+/// single-threaded helper before it switches root; its root and cwd are its namespace's root
+/// afterwards, as before.
+pub fn share_shm(target_pid: i32, rootfs: &Path) -> Result<(), Error> {
+    use nix::sched::{setns, CloneFlags};
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+    let err = |source| Error::ShareShm {
+        pid: target_pid,
+        source,
+    };
+    let open = |path: String| {
+        fs::File::open(path)
+            .map_err(|e| err(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))
+    };
+    let own = open("/proc/self/ns/mnt".to_string())?;
+    let theirs = open(format!("/proc/{target_pid}/ns/mnt"))?;
+    setns(theirs.as_fd(), CloneFlags::CLONE_NEWNS).map_err(err)?;
+    // SAFETY: open_tree takes a NUL-terminated path that outlives the call; the fd it returns
+    // is owned here.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c"/dev/shm".as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    let tree = (tree >= 0)
+        // SAFETY: a new fd, owned by nothing else.
+        .then(|| unsafe { OwnedFd::from_raw_fd(tree as i32) })
+        .ok_or_else(nix::Error::last);
+    // Back home whatever open_tree did.
+    setns(own.as_fd(), CloneFlags::CLONE_NEWNS).map_err(err)?;
+    let tree = tree.map_err(err)?;
+    let target = rootfs.join("dev/shm");
+    mkdir_p(&target)?;
+    let target_c = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
+        .map_err(|_| err(nix::Error::EINVAL))?;
+    // SAFETY: both paths are NUL-terminated and outlive the call; `tree` is a mount fd.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target_c.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc != 0 {
+        return Err(mount_error("the shared /dev/shm", &target)(
+            nix::Error::last(),
+        ));
+    }
+    Ok(())
+}
+
+/// open_tree(2): a detached copy of the mount (linux/mount.h).
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+/// move_mount(2): the source is the fd itself (linux/mount.h).
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 
 fn mkdir_p(path: &Path) -> Result<(), Error> {
     fs::create_dir_all(path).map_err(|source| Error::Create {

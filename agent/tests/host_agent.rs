@@ -1609,6 +1609,14 @@ fn a_member_shares_the_sandbox_containers_namespaces() {
     assert_eq!(lines[0], "pod-host", "{out}");
     assert_eq!(lines[1], ns(&sb, "uts"));
     assert_eq!(lines[3], ns(&sb, "pid"));
+    // Sharing the IPC namespace shares /dev/shm (as the engines bind one tmpfs into both).
+    let script = "echo from-m2 >/dev/shm/x";
+    run_exec(&t, "m2", "e2", ProcessSpec::new(["sh", "-c", script]));
+    let out = run_exec(&t, "sb", "e3", ProcessSpec::new(["cat", "/dev/shm/x"]));
+    assert_eq!(
+        out, "from-m2\n",
+        "the sandbox sees the member's /dev/shm file"
+    );
     c.destroy_container("m2").unwrap();
 
     // Refused: a namespace that cannot be shared, one both owned and shared, a sandbox
