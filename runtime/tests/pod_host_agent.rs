@@ -730,6 +730,105 @@ fn runc_cli_through_the_pod_library_and_the_real_agent() {
     assert_eq!(pods.trim(), "[]", "no pod is left");
 }
 
+/// A container whose spec joins another running container's namespaces by that container's
+/// pid (a podman pod's members join the infra container's `/proc/PID/ns/ipc` and `uts`) is
+/// made in that container's pod, where those namespaces are, and joins them there: one pod,
+/// the same IPC namespace, the owner's hostname. Deleting the member leaves the owner's pod
+/// running; nothing is left at the end.
+#[test]
+fn a_container_joining_anothers_namespaces_by_pid_is_made_in_its_pod() {
+    let Some(agent) =
+        prerequisites("a_container_joining_anothers_namespaces_by_pid_is_made_in_its_pod")
+    else {
+        return;
+    };
+    let oci = Env::new("oci-joiner", agent);
+    let create = |b: &Path, id: &str| {
+        let created = oci
+            .cmd(&["create", "--bundle", b.to_str().unwrap(), id])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(created.success(), "create {id}");
+        oci.ok(&["start", id]);
+    };
+    let infra = bundle(&oci.root, "b-infra", &["sleep", "1000"]);
+    create(&infra, "infra");
+    let pid = oci.json(&["state", "infra"])["pid"].as_i64().unwrap();
+    let infra_ipc = oci.ok(&["exec", "infra", "busybox", "readlink", "/proc/self/ns/ipc"]);
+
+    let member = |name: &str, args: &[&str]| {
+        let b = bundle(&oci.root, &format!("b-{name}"), args);
+        let cfg = b.join("config.json");
+        let mut spec: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&cfg).unwrap()).unwrap();
+        spec["hostname"] = "member".into();
+        spec["linux"]["namespaces"] = serde_json::json!([
+            {"type": "pid"}, {"type": "mount"},
+            {"type": "ipc", "path": format!("/proc/{pid}/ns/ipc")},
+            {"type": "uts", "path": format!("/proc/{pid}/ns/uts")}]);
+        fs::write(&cfg, spec.to_string()).unwrap();
+        b
+    };
+    let m1 = member(
+        "m1",
+        &["sh", "-c", "busybox readlink /proc/self/ns/ipc; hostname"],
+    );
+    let out = oci
+        .cmd(&["run", "--bundle", m1.to_str().unwrap(), "m1"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}ocibox\n", infra_ipc),
+        "the member has the owner's IPC namespace and name"
+    );
+
+    let m2 = member("m2", &["sleep", "1000"]);
+    create(&m2, "m2");
+    let pods = oci.json(&["pod", "list", "--json"]);
+    assert_eq!(pods.as_array().map(Vec::len), Some(1), "one pod: {pods}");
+    let pod = oci.json(&["pod", "status", "--json", "infra"]);
+    let ids: Vec<&str> = pod["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["infra", "m2"], "{pod}");
+    oci.ok(&["delete", "--force", "m2"]);
+    assert_eq!(oci_status(&oci, "infra"), "running");
+    let pod = oci.json(&["pod", "status", "--json", "infra"]);
+    assert_eq!(pod["containers"].as_array().map(Vec::len), Some(1), "{pod}");
+
+    // The VM is the owner's: when it exits, a member still in it stops at once (its shim
+    // notices that the pod is gone; the engine's stop of the member then finds it stopped).
+    let m3 = member("m3", &["sleep", "1000"]);
+    create(&m3, "m3");
+    oci.ok(&["kill", "infra", "KILL"]);
+    let t = Instant::now();
+    while oci_status(&oci, "m3") != "stopped" {
+        assert!(
+            t.elapsed() < Duration::from_secs(4),
+            "m3 still {} after its pod's owner exited",
+            oci_status(&oci, "m3")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    oci.ok(&["delete", "infra"]);
+    oci.ok(&["delete", "m3"]);
+    let leaks = oci.leaks();
+    assert!(leaks.none(), "{leaks:?}");
+}
+
 /// A create that fails after its pod started (a `createRuntime` hook that fails): the pod and
 /// its pod process go, nothing is left, and the engine's `--log` file ends with create's own
 /// error — the line an engine shows — not with what the cleanup or the pod process logged.

@@ -773,17 +773,22 @@ impl Runtime {
     /// records the end just after the VM is gone: looked for during [`POD_END_GRACE`].
     fn ended_meanwhile(&self, pod: &str, call: &'static str) -> Option<Error> {
         let deadline = std::time::Instant::now() + POD_END_GRACE;
+        let ended = |reason: String| Error::PodEnded {
+            pod: pod.to_string(),
+            call,
+            reason,
+        };
         loop {
-            if let Ok((_lock, _dir, rec)) = self.open(pod, LockKind::Read) {
-                if rec.state == State::Stopped {
-                    return Some(Error::PodEnded {
-                        pod: pod.to_string(),
-                        call,
-                        reason: rec
-                            .stop_reason
+            match self.open(pod, LockKind::Read) {
+                Ok((_lock, _dir, rec)) if rec.state == State::Stopped => {
+                    return Some(ended(
+                        rec.stop_reason
                             .unwrap_or_else(|| "no reason recorded".into()),
-                    });
+                    ));
                 }
+                // Deleted with its VM (the owner of a pod that others joined exited).
+                Err(Error::PodNotFound(_)) => return Some(ended("it was deleted".into())),
+                _ => {}
             }
             if std::time::Instant::now() >= deadline {
                 return None;

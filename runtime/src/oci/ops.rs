@@ -1,7 +1,7 @@
 //! The runc-shaped operations behind `ember create|start|state|kill|delete|exec|ps|pause|
 //! resume|list|run`. Errors carry runc's wording where the engines match on it.
 
-use super::bundle::{Bundle, BundleError, OciHooks, ProcessConfig};
+use super::bundle::{Bundle, BundleError, ContainerConfig, OciHooks, PodRole, ProcessConfig};
 use super::control::{self, Client, ControlError, Request, Response};
 use super::sandbox::{Backend, Stdio};
 use super::shim;
@@ -126,6 +126,28 @@ pub struct CreateOpts {
     pub console_socket: Option<PathBuf>,
 }
 
+/// The pod of the running ember container whose namespaces `config` joins by
+/// `/proc/PID/ns/TYPE` (PID: that container's shim, the pid its `state` reports): a podman
+/// pod's infra container, `podman run --ipc|--pid|--network container:NAME`. Those namespaces
+/// exist only in that container's VM, so the container is made there, a member of its pod
+/// (the pod's own id when the owner is a member itself), joining them in the guest.
+fn namespace_owner(store: &Store, config: &ContainerConfig) -> Option<String> {
+    config
+        .namespaces
+        .iter()
+        .filter_map(|n| n.path.as_deref().and_then(proc_ns_pid))
+        .find_map(|pid| store.running_with_pid(pid))
+        .map(|rec| rec.sandbox_id.unwrap_or(rec.id))
+}
+
+/// The pid of a `/proc/PID/ns/TYPE` path.
+fn proc_ns_pid(path: &Path) -> Option<i32> {
+    let mut parts = path.strip_prefix("/proc").ok()?.components();
+    let pid = parts.next()?.as_os_str().to_str()?.parse().ok()?;
+    let ns = parts.next()?.as_os_str();
+    (ns == "ns" && parts.next().is_some() && parts.next().is_none()).then_some(pid)
+}
+
 /// Validate the bundle, record the container and fork its shim, which creates the container
 /// through `backend`. Returns the shim's pid once the container exists; on failure nothing is
 /// left behind.
@@ -137,7 +159,15 @@ pub fn create(
 ) -> Result<i32, OpsError> {
     super::state::validate_id(id)?;
     let bundle = Bundle::load(&opts.bundle)?;
-    let config = bundle.container_config(id)?;
+    let mut config = bundle.container_config(id)?;
+    if config.role == PodRole::Single && backend.groups_by_namespace() {
+        if let Some(sandbox_id) = namespace_owner(&ctx.store, &config) {
+            log::info!(
+                "container {id}: joins namespaces of a container of pod {sandbox_id}: created in its VM"
+            );
+            config.role = PodRole::Member { sandbox_id };
+        }
+    }
     if config.process.terminal && opts.console_socket.is_none() {
         return Err(OpsError::NeedConsoleSocket);
     }
@@ -154,7 +184,7 @@ pub fn create(
         log::info!("container {id}: {note}");
     }
     rec.sandbox_id = match &config.role {
-        super::bundle::PodRole::Member { sandbox_id } => Some(sandbox_id.clone()),
+        PodRole::Member { sandbox_id } => Some(sandbox_id.clone()),
         _ => Some(id.to_string()),
     };
     let cleanup = |e: OpsError| {
@@ -845,6 +875,21 @@ pub fn control_socket(ctx: &Ctx, id: &str) -> PathBuf {
 mod tests {
     use super::*;
     use crate::config::Hook;
+
+    #[test]
+    fn only_a_proc_pid_ns_path_names_a_pid() {
+        assert_eq!(proc_ns_pid(Path::new("/proc/42/ns/ipc")), Some(42));
+        for other in [
+            "/run/netns/netns-1",
+            "/proc/42/ns",
+            "/proc/self/ns/ipc",
+            "/proc/42/task/43/ns/ipc",
+            "/proc/42/ns/ipc/x",
+            "proc/42/ns/ipc",
+        ] {
+            assert_eq!(proc_ns_pid(Path::new(other)), None, "{other}");
+        }
+    }
 
     fn sh(script: String) -> Hook {
         Hook {

@@ -114,6 +114,15 @@ pub trait Backend {
         Ok(())
     }
 
+    /// Whether a container that joins another running container's namespaces by its pid
+    /// (`/proc/PID/ns/TYPE`) is made in that container's pod ([`PodRole::Member`]): true
+    /// where a running pod can take a container without a disk slot. Default: false.
+    ///
+    /// [`PodRole::Member`]: super::bundle::PodRole::Member
+    fn groups_by_namespace(&self) -> bool {
+        false
+    }
+
     /// A copy of this backend that a shim can keep, to make its sandbox later (at start:
     /// [`super::boot_at_start`]); `None` where it cannot (the sandbox is made at create).
     fn detached(&self) -> Option<Box<dyn Backend + Send + Sync>> {

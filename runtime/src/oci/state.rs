@@ -301,6 +301,15 @@ impl Store {
         }
     }
 
+    /// The running container whose process (its shim) is `pid`.
+    pub fn running_with_pid(&self, pid: i32) -> Option<Record> {
+        self.ids()
+            .ok()?
+            .into_iter()
+            .filter_map(|id| self.load(&id).ok())
+            .find(|rec| rec.pid == Some(pid) && rec.effective_status() == Status::Running)
+    }
+
     /// Ids of all containers with a state file, sorted.
     pub fn ids(&self) -> Result<Vec<String>, StateError> {
         let rd = match fs::read_dir(&self.root) {

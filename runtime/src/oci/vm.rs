@@ -246,9 +246,10 @@ fn guest_namespace(typ: &str) -> Option<Namespace> {
     }
 }
 
-/// A CRI member's namespaces given by path that the agent can join in the VM: they are its
-/// sandbox's (the CRI points them at the pause process), and the sandbox is a container of
-/// the same VM, named by the sandbox id.
+/// A member's namespaces given by path that the agent can join in the VM: they are its
+/// sandbox's (the CRI points them at the pause process; podman's pod members and
+/// `container:NAME` joiners at the pid of the ember container they join,
+/// [`super::ops`]), and the sandbox is a container of the same VM, named by the sandbox id.
 fn sandbox_namespaces(c: &ContainerConfig) -> Option<SharedNamespaces> {
     let PodRole::Member { sandbox_id } = &c.role else {
         return None;
@@ -267,7 +268,7 @@ fn sandbox_namespaces(c: &ContainerConfig) -> Option<SharedNamespaces> {
 }
 
 /// The pod library's description of the container: its rootfs and volume (where the
-/// caller put them), the spec's namespaces that the agent creates, those it joins (a CRI
+/// caller put them), the spec's namespaces that the agent creates, those it joins (a
 /// member's UTS, IPC and PID namespaces given by path are its sandbox's, which it shares in
 /// the VM; a network namespace by path is the VM's own, which every container has), mounts
 /// that exist in a guest, the host binds from the volume disk (made by [`stage_volumes`]),
@@ -957,6 +958,13 @@ impl Backend for VmBackend {
 
     fn detached(&self) -> Option<Box<dyn Backend + Send + Sync>> {
         Some(Box::new(self.clone()))
+    }
+
+    /// A container's own pod has no disk slots: a joiner needs its rootfs shared (virtio-fs,
+    /// the default) or the host agent's directory.
+    fn groups_by_namespace(&self) -> bool {
+        matches!(self.machine, Machine::HostAgent { .. })
+            || RuntimeConfig::load().is_ok_and(|s| s.runtime.rootfs == OciRootfs::VirtioFs)
     }
 
     fn cleanup(&self, id: &str) {
