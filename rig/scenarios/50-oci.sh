@@ -522,6 +522,73 @@ section podman-fidelity /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/fidel
 
 section cri-pod /tmp/dch /usr/local/bin/watched 600 /usr/local/bin/cri-pod-test
 
+# A podman pod (and `--ipc|--network|--pid container:NAME`), under runc and then under ember:
+# what its containers share — localhost, the pod's hostname, the kernel, the IPC namespace and
+# /dev/shm, one eth0, the published port, a shared PID namespace — and a clean `pod stop`.
+# Every line starts with the runtime name, for the e2e test's runc/ember comparison.
+# (--share-parent=false: the pod cgroup podman's cgroupfs manager makes on this host's cgroup
+# v2 gets a device program that refuses every device, /dev/null included — runc's container
+# fails on it exactly as ember's VMM does.)
+cat >"$DEB/usr/local/bin/pod-test" <<'PODTEST'
+#!/bin/sh
+T="timeout -s KILL 120"
+I=localhost/busybox
+for rt in runc ember; do
+    P="podman --runtime runc"
+    [ $rt = ember ] && P="podman --runtime /usr/local/bin/ember"
+    {
+        $T $P pod create --name pod-$rt --share-parent=false --hostname podhost \
+            -p 18182:80 >/dev/null || exit 1
+        $T $P run -d --pod pod-$rt --name web-$rt $I sh -c '
+            mkdir -p /www && echo served-in-the-pod >/www/index.html
+            cat /proc/sys/kernel/random/boot_id >/www/boot
+            readlink /proc/self/ns/ipc >/www/ipc
+            echo shm-of-web >/dev/shm/x
+            exec httpd -f -p 80 -h /www' >/dev/null || exit 1
+        n=0
+        until $T $P exec web-$rt wget -q -O /dev/null http://127.0.0.1/ 2>/dev/null; do
+            n=$((n + 1)); [ $n -gt 60 ] && { echo "web did not serve"; exit 1; }
+            sleep 0.5
+        done
+        $T $P run --rm --pod pod-$rt $I sh -c '
+            echo "localhost: $(wget -q -O - http://127.0.0.1/)"
+            echo "hostname: $(hostname)"
+            [ "$(wget -q -O - http://127.0.0.1/boot)" = "$(cat /proc/sys/kernel/random/boot_id)" ] &&
+                echo "kernel: the same" || echo "kernel: another"
+            [ "$(wget -q -O - http://127.0.0.1/ipc)" = "$(readlink /proc/self/ns/ipc)" ] &&
+                echo "ipc: the same" || echo "ipc: another"
+            echo "shm: $(cat /dev/shm/x 2>&1)"
+            echo "eth0 addresses: $(ip -4 -o addr show eth0 | wc -l)"'
+        echo "published: $($T busybox wget -q -O - http://127.0.0.1:18182/ 2>&1)"
+        echo "pod: $($P pod ps --format '{{.Status}} {{.NumberOfContainers}}' --filter name=pod-$rt)"
+        $T $P pod stop -t 2 pod-$rt >/dev/null 2>/var/tmp/pod-stop.err
+        echo "pod stop: rc=$? $(grep -c level=error /var/tmp/pod-stop.err) errors"
+        echo "pod after stop: $($P pod ps --format '{{.Status}}' --filter name=pod-$rt)"
+        $T $P pod rm -f pod-$rt >/dev/null
+        # A pod sharing its PID namespace: the member sees the infra's and web's processes.
+        $T $P pod create --name pidpod-$rt --share-parent=false --share pid,ipc,net,uts >/dev/null
+        $T $P run -d --pod pidpod-$rt $I sleep 1000 >/dev/null
+        echo "pid pod: $($T $P run --rm --pod pidpod-$rt $I ps -o comm | sort | tr '\n' ' ')"
+        $T $P pod rm -f -t 0 pidpod-$rt >/dev/null
+        # Joiners of a container that is not in a pod.
+        $T $P run -d --name solo-$rt $I sh -c '
+            echo shm-of-solo >/dev/shm/y
+            mkdir -p /www && echo served-by-solo >/www/index.html
+            exec httpd -f -p 80 -h /www' >/dev/null
+        sleep 2
+        echo "ipc container: $($T $P run --rm --ipc container:solo-$rt $I cat /dev/shm/y 2>&1)"
+        echo "network container: $($T $P run --rm --network container:solo-$rt $I \
+            wget -q -O - http://127.0.0.1/ 2>&1)"
+        echo "pid container: $($T $P run --rm --pid container:solo-$rt $I ps -o comm | sort | tr '\n' ' ')"
+        $T $P rm -f -t 0 solo-$rt >/dev/null
+        [ $rt = ember ] && echo "pods left: $(ls /run/ember/@pods 2>/dev/null | wc -l)"
+    } 2>&1 | sed "s/^/$rt /"
+done
+PODTEST
+chmod 755 "$DEB/usr/local/bin/pod-test"
+section podman-pod /tmp/dch /usr/local/bin/watched 900 /usr/local/bin/pod-test
+
+
 # -t: podman hands the runtime a console socket; the container's stdio is a pty (under ember, in
 # the guest) sized as podman's terminal, for `run -it` and `exec -t`; runc first, same run.
 # podman runs under script(1), for a terminal of its own (stty gives it a size); the ^@ its

@@ -388,6 +388,53 @@ fn podman_config_fidelity_equals_runc() {
     assert_eq!(runc, ember, "output:\n{}", s.output);
 }
 
+/// A podman pod under ember is one VM: its members join the infra container's namespaces
+/// there, so they share localhost, the pod's hostname, the IPC namespace and its /dev/shm,
+/// one eth0 and the published port, a shared PID namespace with `--share pid`; `container:NAME`
+/// joiners of a container outside a pod do the same; `pod stop` ends cleanly. ember's lines
+/// equal runc's, and no pod is left.
+#[test]
+fn podman_pods_share_what_they_share_under_runc() {
+    let Some(s) = passed("podman-pod") else {
+        return;
+    };
+    let lines = |rt: &str| -> Vec<String> {
+        prefixed(s, rt)
+            .into_iter()
+            .filter(|l| !l.starts_with("pods left:"))
+            .collect()
+    };
+    let (runc, ember) = (lines("runc"), lines("ember"));
+    for want in [
+        "localhost: served-in-the-pod",
+        "hostname: podhost",
+        "kernel: the same",
+        "ipc: the same",
+        "shm: shm-of-web",
+        "eth0 addresses: 1",
+        "published: served-in-the-pod",
+        "pod: Running 2",
+        "pod stop: rc=0 0 errors",
+        "pod after stop: Exited",
+        "ipc container: shm-of-solo",
+        "network container: served-by-solo",
+    ] {
+        assert!(
+            runc.iter().any(|l| l == want),
+            "runc: no {want:?}:\n{}",
+            s.output
+        );
+    }
+    assert!(
+        runc.iter()
+            .any(|l| l.starts_with("pid pod: ") && l.contains("sleep")),
+        "runc: the pid pod's member sees no sleep:\n{}",
+        s.output
+    );
+    assert_eq!(runc, ember, "output:\n{}", s.output);
+    assert!(has_line(s, "ember pods left: 0"), "output:\n{}", s.output);
+}
+
 /// CRI grouping with Kata's annotations: members run in their sandbox's VM (same kernel
 /// boot id, one pod), each with its rootfs shared by virtio-fs (a share withdrawn when it is
 /// deleted); the pod API's containers in a running pod take disk slots.
