@@ -6,13 +6,14 @@
 # create; start-to-exit; rm). Prints a table.
 #
 # Usage: benches/oci/run.sh [RUNS]            (RUNS per runtime, default 3)
-# Also: a container joining a running CRI pod (disk slot) against one with its own VM, and
-# `ctr run --rm busybox true` through containerd's runc shim and ember's shim v2.
+# Also: a container joining a running CRI pod (disk slot) against one with its own VM,
+# `ctr run --rm busybox true` through containerd's runc shim and ember's shim v2, and a podman
+# pod's start and `run --rm --pod` members.
 # Env:   EMBER_RIG            path to ember-rig (default: PATH, else target/*/ember-rig)
 #        EMBER_BASELINE       an earlier static ember: measured in the same runs as ember-base
 #        EMBER_DEBIAN_IMAGE   the Debian image (default /var/cache/ember/debian-host.ext4)
 #        OUT                  directory for the console log and the table (default: temp dir)
-#        EMBER_OCI_BENCH_PARTS  which parts (default "podman phases cri ctr")
+#        EMBER_OCI_BENCH_PARTS  which parts (default "podman phases cri ctr pod")
 # Needs what `ember-rig run` needs (host kernel, static ember, guest artifacts, QEMU) and the
 # Debian image.
 set -eu
@@ -36,7 +37,7 @@ scenario=$OUT/oci-bench.sh
 log=$OUT/console.log
 {
     echo "RUNS=$RUNS"
-    echo "PARTS=\"${EMBER_OCI_BENCH_PARTS:-podman phases cri ctr}\""
+    echo "PARTS=\"${EMBER_OCI_BENCH_PARTS:-podman phases cri ctr pod}\""
     cat "$here/scenario-oci-bench.sh"
 } >"$scenario"
 
@@ -57,6 +58,10 @@ awk -v runs="$RUNS" '
 /^op=/ { split($1, o, "="); split($2, t, "="); split($3, w, "="); op[t[2], o[2]] = w[2] }
 /^phases rt=/ { split($2, t, "="); ph[t[2]] = substr($0, length($1 $2) + 3) }
 /^cri kind=/ { split($2, ck, "="); split($3, cm, "="); cri[ck[2]] = cri[ck[2]] " " cm[2] }
+/^podop=/ {
+    split($1, o, "="); split($2, t, "="); split($3, w, "="); split($4, r, "=")
+    pod[t[2], o[2]] = pod[t[2], o[2]] " " (r[2] == 0 ? w[2] : "failed")
+}
 function median(key,   m, i, j, tmp) {
     m = n[key] + 0
     for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++)
@@ -100,6 +105,13 @@ END {
         print "ember runc CLI, create + start + true + delete (ms, each run):"
         printf "  member of a running CRI pod  %s\n", cri["member"]
         printf "  container with its own VM    %s\n", cri["single"]
+    }
+    header = 0
+    for (k = 1; k <= 3; k++) {
+        rt = rts[k]
+        if (pod[rt, "start"] == "") continue
+        if (!header++) { print ""; print "podman pod (ms, each run):" }
+        printf "  %-10s pod start%s; run --rm --pod true:%s\n", rt, pod[rt, "start"], pod[rt, "member"]
     }
     header = 0
     for (k = 1; k <= 3; k++) {

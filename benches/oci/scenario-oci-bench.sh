@@ -3,10 +3,11 @@
 # bench-<runtime>-<image>-<i>), then one ember container by
 # runc operation: create (with ember's own phases), start-to-exit, rm (section bench-phases);
 # a container joining a CRI pod (bench-cri); `ctr run --rm busybox true` through containerd's
-# runc shim and ember's shim v2 (bench-ctr-<runtime>-<i>).
+# runc shim and ember's shim v2 (bench-ctr-<runtime>-<i>); a podman pod's start and members
+# (bench-pod-<runtime>).
 # Generated settings come first (RUNS=..., PARTS=...); see benches/oci/run.sh.
 
-# part NAME: whether PARTS (podman phases cri ctr) asks for it.
+# part NAME: whether PARTS (podman phases cri ctr pod) asks for it.
 part() {
     case " $PARTS " in *" $1 "*) return 0 ;; esac
     return 1
@@ -137,6 +138,29 @@ ember kill sb KILL; sleep 1; ember delete --force sb
 CRIBENCH
 chmod 755 "$DEB/usr/local/bin/cri-bench"
 part cri && section_timeout 900 bench-cri /tmp/dch /usr/local/bin/cri-bench "$RUNS"
+
+# bench-pod-<runtime>: a podman pod — `pod start` (under ember: the infra container's VM
+# boots), then RUNS times `podman run --rm --pod P busybox true` (under ember: a member made
+# in the running VM, no boot). --share-parent=false: the cgroupfs pod cgroup of this host
+# refuses every device (README, slow tier).
+cat >"$DEB/usr/local/bin/pod-bench" <<'PODBENCH'
+#!/bin/sh
+rt=$1
+R="--runtime /usr/local/bin/$rt"
+[ "$rt" = runc ] && R="--runtime runc"
+podman $R pod create --name pb-$rt --share-parent=false >/dev/null || exit 1
+echo "podop=start rt=$rt $(/usr/local/bin/timed podman $R pod start pb-$rt | tail -1)"
+i=1
+while [ $i -le $2 ]; do
+    echo "podop=member rt=$rt $(/usr/local/bin/timed podman $R run --rm --pod pb-$rt localhost/busybox true | tail -1)"
+    i=$((i + 1))
+done
+podman $R pod rm -f -t 0 pb-$rt >/dev/null
+PODBENCH
+chmod 755 "$DEB/usr/local/bin/pod-bench"
+part pod && for rt in runc $BASE ember; do
+    section_timeout 900 "bench-pod-$rt" /tmp/dch /usr/local/bin/pod-bench $rt "$RUNS"
+done
 
 # bench-ctr-<runtime>-<i>: `ctr run --rm busybox true` with containerd's runc shim
 # (io.containerd.runc.v2) and ember's shim v2 (io.containerd.ember.v2, whose VM runs in the
