@@ -75,7 +75,9 @@ pub enum Error {
     Setup(#[source] crate::helper::Error),
     #[error("{0} needs the container's own mount namespace")]
     NeedsMountNamespace(&'static str),
-    #[error("The {0:?} namespace cannot be shared with another container (only Pid, Ipc, Uts)")]
+    #[error(
+        "The {0:?} namespace cannot be shared with another container (only Pid, Ipc, Uts, User)"
+    )]
     NotJoinable(Namespace),
     #[error("The {0:?} namespace is both the container's own and shared with another")]
     OwnAndShared(Namespace),
@@ -202,6 +204,8 @@ impl Container {
 struct ShareTarget {
     pid: i32,
     pid_ns: Option<File>,
+    /// Its user namespace, when shared: the clone joins it first ([`spawn::spawn_helper`]).
+    user_ns: Option<File>,
     namespaces: Vec<Namespace>,
 }
 
@@ -412,9 +416,9 @@ impl Agent {
         let mut namespaces = own.clone();
         namespaces.extend(share.iter().flat_map(|s| s.namespaces.iter().copied()));
         let capabilities = spec.process.capabilities.clone();
-        let (share_pid, pid_ns) = match share {
-            Some(s) => (Some(s.pid), s.pid_ns),
-            None => (None, None),
+        let (share_pid, pid_ns, user_ns) = match share {
+            Some(s) => (Some(s.pid), s.pid_ns, s.user_ns),
+            None => (None, None, None),
         };
         let task = HelperTask::Init {
             rootfs: rootfs.clone(),
@@ -426,6 +430,7 @@ impl Agent {
             &self.reaper,
             spawn::clone_flags(&own),
             pid_ns,
+            user_ns,
             child,
             cgroup.as_ref(),
             &task,
@@ -495,14 +500,17 @@ impl Agent {
             return Err(gone());
         }
         let pid = target.init.pid;
-        let pid_ns = if share.namespaces.contains(&Namespace::Pid) {
-            Some(File::open(format!("/proc/{pid}/ns/pid")).map_err(|_| gone())?)
-        } else {
-            None
+        let open = |ns: Namespace, name: &str| {
+            share
+                .namespaces
+                .contains(&ns)
+                .then(|| File::open(format!("/proc/{pid}/ns/{name}")).map_err(|_| gone()))
+                .transpose()
         };
         Ok(Some(ShareTarget {
             pid,
-            pid_ns,
+            pid_ns: open(Namespace::Pid, "pid")?,
+            user_ns: open(Namespace::User, "user")?,
             namespaces: share.namespaces.clone(),
         }))
     }
@@ -567,6 +575,7 @@ impl Agent {
             &self.reaper,
             nix::sched::CloneFlags::empty(),
             pid_ns,
+            None,
             child,
             c.cgroup.as_ref(),
             &task,

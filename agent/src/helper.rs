@@ -123,8 +123,17 @@ pub fn main() -> ! {
             CONSOLE_PENDING.store(spec.process.terminal, Ordering::Relaxed);
             // Another container's namespaces first (its pid namespace is already this
             // process's): the setup below (hostname, sysctls) is then done in them.
+            // (A shared user namespace the clone joined already, before making the others.)
             let shared = match (share_pid, &spec.share) {
-                (Some(pid), Some(share)) => join_namespaces(pid, &share.namespaces),
+                (Some(pid), Some(share)) => {
+                    let others: Vec<Namespace> = share
+                        .namespaces
+                        .iter()
+                        .copied()
+                        .filter(|ns| *ns != Namespace::User)
+                        .collect();
+                    join_namespaces(pid, &others)
+                }
                 _ => Ok(()),
             };
             if let Err(e) =

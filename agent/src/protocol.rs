@@ -459,14 +459,20 @@ pub struct ContainerSpec {
 pub struct SharedNamespaces {
     /// The container whose init's namespaces are joined; it must be created and alive.
     pub container: String,
-    /// Some of [`Namespace::Pid`], [`Namespace::Ipc`], [`Namespace::Uts`]; none of them may
-    /// also be in the container's own [`ContainerSpec::namespaces`].
+    /// Some of [`SharedNamespaces::JOINABLE`]; none of them may also be in the container's
+    /// own [`ContainerSpec::namespaces`]. With [`Namespace::User`] the container's own
+    /// namespaces are made inside the joined one (owned by it), as runc orders it.
     pub namespaces: Vec<Namespace>,
 }
 
 impl SharedNamespaces {
     /// The namespaces that can be joined this way.
-    pub const JOINABLE: [Namespace; 3] = [Namespace::Pid, Namespace::Ipc, Namespace::Uts];
+    pub const JOINABLE: [Namespace; 4] = [
+        Namespace::Pid,
+        Namespace::Ipc,
+        Namespace::Uts,
+        Namespace::User,
+    ];
 }
 
 /// What runc does to a container besides its mounts, namespaces and cgroup: the OCI

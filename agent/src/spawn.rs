@@ -68,6 +68,8 @@ pub enum Error {
         #[source]
         source: nix::Error,
     },
+    #[error("Cannot join the user namespace of the container it shares ({0})")]
+    JoinUser(&'static str),
     #[error("Cannot set oom_score_adj to {value}")]
     OomScoreAdj {
         value: i32,
@@ -255,10 +257,13 @@ pub struct Spawned {
 /// With `CLONE_NEWUSER` the child waits, before its exec, until the agent wrote the new
 /// namespace's id maps, then becomes its root (uid and gid 0 inside): the helper execs as
 /// that root and keeps its capabilities there, as runc's init does after its parent mapped it.
+/// With `join_user` (another container's user namespace) the child joins it first and makes
+/// `flags`' namespaces inside it, then waits the same way and becomes its root.
 pub fn spawn_helper(
     reaper: &Reaper,
     flags: CloneFlags,
     pid_ns: Option<File>,
+    join_user: Option<File>,
     stdio: ChildStdio,
     cgroup: Option<&Cgroup>,
     task: &HelperTask,
@@ -271,18 +276,36 @@ pub fn spawn_helper(
         stdio.stderr.as_raw_fd(),
         child_end.as_raw_fd(),
     ];
+    let pipe =
+        || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::Socket(e.into()));
     let user_ns = flags.contains(CloneFlags::CLONE_NEWUSER);
-    let sync = if user_ns {
-        Some(
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                .map_err(|e| Error::Socket(e.into()))?,
-        )
+    let sync = if user_ns || join_user.is_some() {
+        Some(pipe()?)
     } else {
         None
     };
     let sync_fds = sync.as_ref().map(|(r, w)| [r.as_raw_fd(), w.as_raw_fd()]);
-    let pid = reaper.spawn(|| match &pid_ns {
-        None => clone_exec(flags, fds, sync_fds),
+    // Joining another container's user namespace: the clone joins it itself (only a
+    // single-threaded process may) and makes its own namespaces after, so that they are owned
+    // by it, in runc's order; a PID namespace of its own takes one more clone, whose pid the
+    // first reports on `report` before it exits.
+    let report = join_user.as_ref().map(|_| pipe()).transpose()?;
+    let join = match (&join_user, &report) {
+        (Some(ns), Some((_, w))) => Some(JoinUser {
+            user_fd: ns.as_raw_fd(),
+            unshare: (flags - CloneFlags::CLONE_NEWPID).bits(),
+            new_pid: flags.contains(CloneFlags::CLONE_NEWPID),
+            report: w.as_raw_fd(),
+        }),
+        _ => None,
+    };
+    let clone_flags = if join.is_some() {
+        CloneFlags::empty()
+    } else {
+        flags
+    };
+    let first = reaper.spawn(|| match &pid_ns {
+        None => clone_exec(clone_flags, fds, sync_fds, join),
         Some(ns) => {
             // setns(CLONE_NEWPID) only changes where this thread's *children* go; do it on a
             // throwaway thread so the agent's other threads are untouched.
@@ -290,7 +313,7 @@ pub fn spawn_helper(
                 s.spawn(|| {
                     nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWPID)
                         .map_err(Error::PidNamespace)?;
-                    clone_exec(flags, fds, sync_fds)
+                    clone_exec(clone_flags, fds, sync_fds, join)
                 })
                 .join()
                 .map_err(|_| Error::Thread)?
@@ -299,14 +322,24 @@ pub fn spawn_helper(
     })?;
     drop(child_end);
     drop(stdio);
+    drop(join_user);
+    let pid = match report {
+        None => first,
+        Some((r, w)) => {
+            drop(w);
+            second_clone(reaper, first, r)?
+        }
+    };
     let kill = |e: Error| {
         // SAFETY: kill(2) on our own, just-created child; no memory effects.
         unsafe { libc::kill(pid, libc::SIGKILL) };
         e
     };
     if let Some((_, release)) = sync {
-        let (uids, gids) = outside.id_maps.unwrap_or_default();
-        write_id_maps(pid, uids, gids).map_err(kill)?;
+        if user_ns {
+            let (uids, gids) = outside.id_maps.unwrap_or_default();
+            write_id_maps(pid, uids, gids).map_err(kill)?;
+        }
         nix::unistd::write(&release, &[1]).map_err(|e| kill(Error::Socket(e.into())))?;
     }
     if let Some(cg) = cgroup {
@@ -396,7 +429,71 @@ pub fn read_report(control: &mut UnixStream) -> Result<bool, Error> {
     }
 }
 
-fn clone_exec(flags: CloneFlags, fds: [RawFd; 4], sync: Option<[RawFd; 2]>) -> Result<i32, Error> {
+/// What the clone of a helper that joins another container's user namespace does before it
+/// waits for the agent's release (see [`spawn_helper`]).
+#[derive(Clone, Copy)]
+struct JoinUser {
+    /// That namespace (`/proc/PID/ns/user` of the other container's init).
+    user_fd: RawFd,
+    /// The container's own namespaces but the PID one, made (unshare) once inside.
+    unshare: libc::c_int,
+    /// A PID namespace of its own: made by a second clone.
+    new_pid: bool,
+    /// Where the first clone writes the helper's pid (0: itself).
+    report: RawFd,
+}
+
+/// The helper's pid as the first clone (`first`) reports it on `report`: itself (0), or the
+/// second clone it made in the container's new PID namespace, which the agent then watches
+/// (reparented to the agent, a subreaper, once the first has exited, which it does at once).
+fn second_clone(reaper: &Reaper, first: i32, report: OwnedFd) -> Result<i32, Error> {
+    let mut buf = [0u8; 4];
+    let mut got = 0;
+    while got < buf.len() {
+        match nix::unistd::read(&report, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(nix::Error::EINTR) => {}
+            Err(_) => break,
+        }
+    }
+    if got < buf.len() {
+        // It exited first: its code says where (child_exec's _exit codes).
+        let code = reaper
+            .wait(first, Some(std::time::Duration::from_secs(5)))
+            .ok()
+            .flatten()
+            .map(|s| s.code);
+        reaper.forget(first);
+        return Err(Error::JoinUser(match code {
+            Some(JOIN_SETNS_FAILED) => "setns refused",
+            Some(JOIN_UNSHARE_FAILED) => "its own namespaces could not be made inside it",
+            Some(JOIN_CLONE_FAILED) => "the clone into its own PID namespace failed",
+            _ => "the clone died",
+        }));
+    }
+    match i32::from_ne_bytes(buf) {
+        0 => Ok(first),
+        second => {
+            let _ = reaper.wait(first, Some(std::time::Duration::from_secs(5)));
+            reaper.forget(first);
+            // It waits for the release: it cannot have exited unwatched.
+            reaper.spawn(|| Ok::<i32, Error>(second))
+        }
+    }
+}
+
+/// child_exec's exit codes when joining a user namespace fails.
+const JOIN_SETNS_FAILED: i32 = 121;
+const JOIN_UNSHARE_FAILED: i32 = 122;
+const JOIN_CLONE_FAILED: i32 = 123;
+
+fn clone_exec(
+    flags: CloneFlags,
+    fds: [RawFd; 4],
+    sync: Option<[RawFd; 2]>,
+    join: Option<JoinUser>,
+) -> Result<i32, Error> {
     // Everything the child touches is prepared here: it must not allocate.
     let exe = c"/proc/self/exe";
     let arg0 = c"ember-agent";
@@ -406,7 +503,7 @@ fn clone_exec(flags: CloneFlags, fds: [RawFd; 4], sync: Option<[RawFd; 2]>) -> R
     let mut stack = vec![0u8; 64 * 1024];
     let cb = Box::new(move || -> isize {
         // SAFETY: runs in the fresh child; only async-signal-safe calls on prepared data.
-        unsafe { child_exec(&fds, sync, exe.as_ptr(), &argv, &envp) }
+        unsafe { child_exec(&fds, sync, join, exe.as_ptr(), &argv, &envp) }
     });
     // SAFETY: the child runs `cb` on `stack` (64 KiB, far more than child_exec needs) and
     // then execs or exits; it shares no memory with us (no CLONE_VM).
@@ -417,14 +514,51 @@ fn clone_exec(flags: CloneFlags, fds: [RawFd; 4], sync: Option<[RawFd; 2]>) -> R
 
 /// # Safety
 /// Must only run in a freshly cloned child; pointers must be valid C strings / arrays.
-/// `sync`: the pipe of a child in a new user namespace (read end, write end).
+/// `sync`: the pipe of a child in a new (or joined) user namespace (read end, write end).
 unsafe fn child_exec(
     fds: &[RawFd; 4],
     sync: Option<[RawFd; 2]>,
+    join: Option<JoinUser>,
     exe: *const libc::c_char,
     argv: &[*const libc::c_char; 3],
     envp: &[*const libc::c_char; 1],
 ) -> isize {
+    if let Some(j) = join {
+        // SAFETY: plain namespace, clone and pipe syscalls in the single-threaded child; the
+        // second clone (no CLONE_VM, no new stack) goes on as after fork().
+        unsafe {
+            if libc::setns(j.user_fd, libc::CLONE_NEWUSER) != 0 {
+                libc::_exit(JOIN_SETNS_FAILED);
+            }
+            if j.unshare != 0 && libc::unshare(j.unshare) != 0 {
+                libc::_exit(JOIN_UNSHARE_FAILED);
+            }
+            let mut helper: i32 = 0;
+            if j.new_pid {
+                let flags = (libc::CLONE_NEWPID | libc::SIGCHLD) as libc::c_long;
+                let r = libc::syscall(libc::SYS_clone, flags, 0 as libc::c_long, 0, 0, 0);
+                if r < 0 {
+                    libc::_exit(JOIN_CLONE_FAILED);
+                }
+                if r == 0 {
+                    // The second clone: the helper, pid 1 of the new namespace.
+                    libc::close(j.report);
+                } else {
+                    helper = r as i32;
+                }
+            }
+            if !j.new_pid || helper != 0 {
+                let bytes = helper.to_ne_bytes();
+                if libc::write(j.report, bytes.as_ptr().cast(), bytes.len()) != 4 {
+                    libc::_exit(JOIN_CLONE_FAILED);
+                }
+                libc::close(j.report);
+                if helper != 0 {
+                    libc::_exit(0);
+                }
+            }
+        }
+    }
     if let Some([read_end, write_end]) = sync {
         // Before the fds move (the pipe may sit on 0-3): wait for the maps (EOF without the
         // byte: the agent gave up), then become the namespace's root.

@@ -1861,3 +1861,78 @@ fn a_user_namespace_maps_the_containers_ids() {
     assert_eq!(kind(c.process_list("bad-userns")), ErrorKind::NotFound);
     assert!(!t.dir.join("state/containers/bad-userns").exists());
 }
+
+/// A pod member joins its sandbox's user namespace (podman's pod members join the infra
+/// container's by path): its own mount and PID namespaces are made inside it, so it is the
+/// namespace's root, mounts its /proc and writes its files as the mapped uid, as under runc;
+/// an exec into it lands there too.
+#[test]
+fn a_member_joins_the_sandbox_containers_user_namespace() {
+    let Some((t, rootfs)) = root_agent(
+        "a_member_joins_the_sandbox_containers_user_namespace",
+        "rootfs-userns-join",
+    ) else {
+        return;
+    };
+    with_applets(&rootfs);
+    chown_tree(&rootfs, 100000);
+    let mut c = t.client();
+    let mut sandbox = t.spec(&rootfs, &["sleep", "1000"]);
+    sandbox.namespaces.push(Namespace::User);
+    sandbox.linux.uid_mappings = vec![id_map(0, 100000, 65536)];
+    sandbox.linux.gid_mappings = vec![id_map(0, 100000, 65536)];
+    c.create_container("sb", sandbox).unwrap();
+    let sb_pid = c.start_container("sb").unwrap();
+    let ns = |name: &str| {
+        std::fs::read_link(format!("/proc/{sb_pid}/ns/{name}"))
+            .unwrap()
+            .display()
+            .to_string()
+    };
+    let shared = [Namespace::User, Namespace::Ipc, Namespace::Uts];
+    let member = |args: &[&str]| {
+        let mut spec = t.spec(&rootfs, args);
+        spec.hostname = None;
+        spec.namespaces.retain(|n| !shared.contains(n));
+        spec.share = Some(SharedNamespaces {
+            container: "sb".into(),
+            namespaces: shared.to_vec(),
+        });
+        spec
+    };
+    let script = "tr -s ' ' </proc/self/uid_map; id -u; readlink /proc/self/ns/user; \
+        readlink /proc/self/ns/ipc; echo pid $$; ls /proc/1/status >/dev/null && echo proc-ok; \
+        touch /made-by-member";
+    let (code, out) = run_container(&t, "m1", member(&["sh", "-c", script]));
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(
+        lines,
+        [
+            "0 100000 65536",
+            "0",
+            &ns("user"),
+            &ns("ipc"),
+            "pid 1",
+            "proc-ok"
+        ],
+        "{out}"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(rootfs.join("made-by-member")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (100000, 100000));
+
+    // An exec into a running member: the same user namespace, its root.
+    c.create_container("m2", member(&["sleep", "1000"]))
+        .unwrap();
+    c.start_container("m2").unwrap();
+    let out = run_exec(
+        &t,
+        "m2",
+        "e1",
+        ProcessSpec::new(["sh", "-c", "id -u; readlink /proc/self/ns/user"]),
+    );
+    assert_eq!(out, format!("0\n{}\n", ns("user")), "{out}");
+    c.destroy_container("m2").unwrap();
+    c.destroy_container("sb").unwrap();
+}

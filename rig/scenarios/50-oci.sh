@@ -524,7 +524,8 @@ section cri-pod /tmp/dch /usr/local/bin/watched 600 /usr/local/bin/cri-pod-test
 
 # A podman pod (and `--ipc|--network|--pid container:NAME`), under runc and then under ember:
 # what its containers share — localhost, the pod's hostname, the kernel, the IPC namespace and
-# /dev/shm, one eth0, the published port, a shared PID namespace — and a clean `pod stop`.
+# /dev/shm, one eth0, the published port, a shared PID namespace, a user namespace — and a
+# clean `pod stop`.
 # Every line starts with the runtime name, for the e2e test's runc/ember comparison.
 # (--share-parent=false: the pod cgroup podman's cgroupfs manager makes on this host's cgroup
 # v2 gets a device program that refuses every device, /dev/null included — runc's container
@@ -570,6 +571,29 @@ for rt in runc ember; do
         $T $P run -d --pod pidpod-$rt $I sleep 1000 >/dev/null
         echo "pid pod: $($T $P run --rm --pod pidpod-$rt $I ps -o comm | sort | tr '\n' ' ')"
         $T $P pod rm -f -t 0 pidpod-$rt >/dev/null
+        # A pod with a user namespace (--userns=auto): its members join the infra's, as root
+        # there, their files on a volume owned by the mapped uid.
+        grep -q '^containers:' /etc/subuid || {
+            echo containers:200000:300000 >>/etc/subuid
+            echo containers:200000:300000 >>/etc/subgid
+        }
+        U=/var/tmp/upod-$rt
+        rm -rf $U && mkdir -p $U && chmod 777 $U
+        $T $P pod create --name upod-$rt --share-parent=false --userns=auto >/dev/null
+        $T $P run -d --pod upod-$rt --name uweb-$rt $I sleep 1000 >/dev/null
+        u1=$($T $P exec uweb-$rt readlink /proc/self/ns/user)
+        $T $P run --rm --pod upod-$rt -v $U:/vol $I sh -c '
+            echo "userns pod id: $(id -u)"
+            readlink /proc/self/ns/user >/vol/ns
+            tr -s " " </proc/self/uid_map >/vol/map
+            touch /vol/f
+            ls /proc/1/status >/dev/null && echo "userns pod proc: ok"'
+        [ "$(cat $U/ns)" = "$u1" ] && echo "userns pod namespace: the same" ||
+            echo "userns pod namespace: another"
+        [ "$(stat -c %u $U/f)" = "$(awk '{print $2}' $U/map)" ] &&
+            echo "userns pod file owner: the mapped root" ||
+            echo "userns pod file owner: $(stat -c %u $U/f), map $(cat $U/map)"
+        $T $P pod rm -f -t 0 upod-$rt >/dev/null
         # Joiners of a container that is not in a pod.
         $T $P run -d --name solo-$rt $I sh -c '
             echo shm-of-solo >/dev/shm/y

@@ -390,7 +390,8 @@ fn podman_config_fidelity_equals_runc() {
 
 /// A podman pod under ember is one VM: its members join the infra container's namespaces
 /// there, so they share localhost, the pod's hostname, the IPC namespace and its /dev/shm,
-/// one eth0 and the published port, a shared PID namespace with `--share pid`; `container:NAME`
+/// one eth0 and the published port, a shared PID namespace with `--share pid`, the user
+/// namespace of a `--userns=auto` pod (files owned by its mapped root); `container:NAME`
 /// joiners of a container outside a pod do the same; `pod stop` ends cleanly. ember's lines
 /// equal runc's, and no pod is left.
 #[test]
@@ -416,6 +417,10 @@ fn podman_pods_share_what_they_share_under_runc() {
         "pod: Running 2",
         "pod stop: rc=0 0 errors",
         "pod after stop: Exited",
+        "userns pod id: 0",
+        "userns pod proc: ok",
+        "userns pod namespace: the same",
+        "userns pod file owner: the mapped root",
         "ipc container: shm-of-solo",
         "network container: served-by-solo",
     ] {

@@ -269,8 +269,8 @@ fn sandbox_namespaces(c: &ContainerConfig) -> Option<SharedNamespaces> {
 
 /// The pod library's description of the container: its rootfs and volume (where the
 /// caller put them), the spec's namespaces that the agent creates, those it joins (a
-/// member's UTS, IPC and PID namespaces given by path are its sandbox's, which it shares in
-/// the VM; a network namespace by path is the VM's own, which every container has), mounts
+/// member's UTS, IPC, PID and user namespaces given by path are its sandbox's, which it
+/// shares in the VM; a network namespace by path is the VM's own, which every container has), mounts
 /// that exist in a guest, the host binds from the volume disk (made by [`stage_volumes`]),
 /// hostname, cgroup path and the process.
 pub fn container_config(
@@ -335,7 +335,8 @@ pub fn container_config(
         .as_ref()
         .is_some_and(|ns| ns.contains(&Namespace::User))
     {
-        // A user namespace given by path is not joined (warned above): its maps are not ours.
+        // A user namespace given by path is a member's sandbox's (joined, maps and all) or not
+        // joined (warned above): its maps are not ours to make.
         config.linux.uid_mappings.clear();
         config.linux.gid_mappings.clear();
     }
@@ -1240,7 +1241,13 @@ mod tests {
             ns("network", Some("/var/run/netns/cni-1")),
             ns("ipc", Some("/proc/42/ns/ipc")),
             ns("uts", Some("/proc/42/ns/uts")),
+            ns("user", Some("/proc/42/ns/user")),
         ];
+        c.linux.uid_mappings = vec![agent::protocol::IdMapping {
+            container_id: 0,
+            host_id: 100000,
+            size: 65536,
+        }];
         // Not a member: nothing to share with (the host's namespaces cannot be joined).
         let spec = container_config(&c, RootfsConfig::default(), HostBinds::Shared, None);
         assert_eq!(spec.share, None);
@@ -1252,13 +1259,15 @@ mod tests {
             spec.share,
             Some(SharedNamespaces {
                 container: "sb".into(),
-                namespaces: vec![Namespace::Ipc, Namespace::Uts],
+                namespaces: vec![Namespace::Ipc, Namespace::Uts, Namespace::User],
             })
         );
         assert_eq!(
             spec.namespaces,
             Some(vec![Namespace::Pid, Namespace::Mount])
         );
+        // The joined user namespace's maps are the sandbox's, not sent again.
+        assert!(spec.linux.uid_mappings.is_empty());
         // The pod's hostname stays (the UTS namespace is the sandbox's).
         assert_eq!(spec.hostname, None);
     }
