@@ -58,6 +58,8 @@ awk -v runs="$RUNS" '
 /^op=/ { split($1, o, "="); split($2, t, "="); split($3, w, "="); op[t[2], o[2]] = w[2] }
 /^phases rt=/ { split($2, t, "="); ph[t[2]] = substr($0, length($1 $2) + 3) }
 /^cri kind=/ { split($2, ck, "="); split($3, cm, "="); cri[ck[2]] = cri[ck[2]] " " cm[2] }
+/^podmember op=/ { split($2, o, "="); split($3, t, "="); split($4, w, "="); pm[t[2]] = pm[t[2]] " " o[2] " " w[2] }
+/^podmember phases rt=/ { split($3, t, "="); pmph[t[2]] = substr($0, length($1 $2 $3) + 4) }
 /^podop=/ {
     split($1, o, "="); split($2, t, "="); split($3, w, "="); split($4, r, "=")
     pod[t[2], o[2]] = pod[t[2], o[2]] " " (r[2] == 0 ? w[2] : "failed")
@@ -112,6 +114,8 @@ END {
         if (pod[rt, "start"] == "") continue
         if (!header++) { print ""; print "podman pod (ms, each run):" }
         printf "  %-10s pod start%s; run --rm --pod true:%s\n", rt, pod[rt, "start"], pod[rt, "member"]
+        if (pm[rt] != "") printf "  %-10s one member by operation (ms):%s\n", rt, pm[rt]
+        if (pmph[rt] != "") printf "  %-10s member create phases (ms): %s\n", rt, pmph[rt]
     }
     header = 0
     for (k = 1; k <= 3; k++) {

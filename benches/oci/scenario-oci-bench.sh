@@ -155,6 +155,12 @@ while [ $i -le $2 ]; do
     echo "podop=member rt=$rt $(/usr/local/bin/timed podman $R run --rm --pod pb-$rt localhost/busybox true | tail -1)"
     i=$((i + 1))
 done
+# One member by runc operation (with ember's create phases).
+podman $R create --pod pb-$rt --name pbm-$rt localhost/busybox true >/dev/null || exit 1
+echo "podmember op=create rt=$rt $(/usr/local/bin/timed podman $R init pbm-$rt | tail -1)"
+[ "$rt" = runc ] || echo "podmember phases rt=$rt $(cat /run/ember/$(podman inspect -f '{{.ID}}' pbm-$rt)/timings.json)"
+echo "podmember op=start-to-exit rt=$rt $(/usr/local/bin/timed podman $R start -a pbm-$rt | tail -1)"
+echo "podmember op=rm rt=$rt $(/usr/local/bin/timed podman $R rm pbm-$rt | tail -1)"
 podman $R pod rm -f -t 0 pb-$rt >/dev/null
 PODBENCH
 chmod 755 "$DEB/usr/local/bin/pod-bench"
