@@ -401,6 +401,14 @@ impl Agent {
                 }
             }
         }
+        // Spec devices the VM has no node for, which a user namespace cannot make: made
+        // here for the helper to bind.
+        if spec.namespaces.contains(&Namespace::User) {
+            if let Err(e) = mounts::make_nodes_outside(&spec.linux.devices) {
+                cleanup_all(None);
+                return Err(Error::Mounts(e));
+            }
+        }
         // The VM's network settings the spec asks for (a container without a network
         // namespace of its own shares the agent's).
         for (key, value) in &spec.linux.sysctl {

@@ -886,15 +886,88 @@ fn in_user_namespace() -> bool {
         .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
 }
 
+/// Where the agent makes, from outside, the node of a spec device that the VM has no node for
+/// ([`make_nodes_outside`]).
+pub const OUTSIDE_NODES: &str = "/run/ember-agent/devnodes";
+
+fn outside_node_path(kind: nix::sys::stat::SFlag, dev: u64) -> Option<PathBuf> {
+    let class = match kind {
+        nix::sys::stat::SFlag::S_IFCHR => "c",
+        nix::sys::stat::SFlag::S_IFBLK => "b",
+        _ => return None,
+    };
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    Some(Path::new(OUTSIDE_NODES).join(format!("{class}{major}:{minor}")))
+}
+
+/// For a container in a user namespace of its own, which cannot make device nodes: a node in
+/// [`OUTSIDE_NODES`] for each spec device the VM has none of (not at its path, not by its
+/// numbers), made by the agent (root outside) for the helper to bind, as runc binds the host's
+/// nodes (`--privileged --uidmap` lists the host's devices, which a VM need not have; such a
+/// node then opens as a missing device would, ENXIO).
+pub fn make_nodes_outside(devices: &[Device]) -> Result<(), Error> {
+    use nix::sys::stat::{Mode, SFlag};
+    for d in devices {
+        let kind = match d.kind.as_str() {
+            "c" | "u" => SFlag::S_IFCHR,
+            "b" => SFlag::S_IFBLK,
+            _ => continue,
+        };
+        let dev = nix::sys::stat::makedev(d.major as u64, d.minor as u64);
+        let Some(path) = outside_node_path(kind, dev) else {
+            continue;
+        };
+        if node_in_vm(Path::new(&d.path), kind, dev) || path.exists() {
+            continue;
+        }
+        mkdir_p(Path::new(OUTSIDE_NODES))?;
+        let mode = Mode::from_bits_truncate(d.file_mode.unwrap_or(0o666) & 0o777);
+        match nix::sys::stat::mknod(&path, kind, mode, dev) {
+            Ok(()) | Err(nix::Error::EEXIST) => {}
+            Err(source) => return Err(Error::Mknod { path, source }),
+        }
+        // mknod honours the umask.
+        let _ = nix::sys::stat::fchmodat(
+            nix::fcntl::AT_FDCWD,
+            &path,
+            mode,
+            nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+        );
+    }
+    Ok(())
+}
+
+/// Whether the VM has a node for the device: at `guest_path`, or the one the kernel names for
+/// its numbers.
+fn node_in_vm(guest_path: &Path, kind: nix::sys::stat::SFlag, dev: u64) -> bool {
+    device_node(guest_path, kind, dev, false).is_some()
+}
+
 /// Binds the agent's node for the device onto `target`: the one at `guest_path` if it is
 /// that device, else the one the kernel names for its numbers (`/sys/dev/char/M:m`'s
-/// `DEVNAME`, under `/dev`).
+/// `DEVNAME`, under `/dev`), else the one the agent made outside ([`make_nodes_outside`]).
 fn bind_device(
     guest_path: &Path,
     target: &Path,
     kind: nix::sys::stat::SFlag,
     dev: u64,
 ) -> Result<(), Error> {
+    match device_node(guest_path, kind, dev, true) {
+        Some(source) => bind_node(&source, target),
+        None => Err(Error::NoNodeToBind {
+            path: target.to_path_buf(),
+            guest_path: guest_path.to_path_buf(),
+        }),
+    }
+}
+
+/// The VM's node of the device (see [`bind_device`]); `outside`: the agent's own too.
+fn device_node(
+    guest_path: &Path,
+    kind: nix::sys::stat::SFlag,
+    dev: u64,
+    outside: bool,
+) -> Option<PathBuf> {
     use nix::sys::stat::SFlag;
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let is_it = |p: &Path| {
@@ -919,18 +992,15 @@ fn bind_device(
         // A kernel name, under /dev: no way out of it.
         (!name.split('/').any(|c| c.is_empty() || c == "..")).then(|| Path::new("/dev").join(name))
     };
-    let source = if is_it(guest_path) {
-        Some(guest_path.to_path_buf())
-    } else {
-        by_number().filter(|p| is_it(p))
-    };
-    match source {
-        Some(source) => bind_node(&source, target),
-        None => Err(Error::NoNodeToBind {
-            path: target.to_path_buf(),
-            guest_path: guest_path.to_path_buf(),
-        }),
+    if is_it(guest_path) {
+        return Some(guest_path.to_path_buf());
     }
+    by_number().filter(|p| is_it(p)).or_else(|| {
+        outside
+            .then(|| outside_node_path(kind, dev))
+            .flatten()
+            .filter(|p| is_it(p))
+    })
 }
 
 /// After the switch to the container root: remounts `/` read-only (runc's `setReadonly`:

@@ -1716,21 +1716,34 @@ fn a_user_namespace_maps_the_containers_ids() {
     std::fs::set_permissions(rootfs.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
     let script = "cat /proc/self/uid_map /proc/self/gid_map; id -u; id -g; touch /made-inside; \
                   echo x > /dev/null && echo x > /dev/mynull && echo null-ok; ls /sys/kernel >/dev/null && echo sys-ok; \
-                  ulimit -Hn; sleep 1000";
+                  ulimit -Hn; stat -c '%F %t:%T %a' /dev/nowhere; sleep 1000";
     let mut spec = t.spec(&rootfs, &["sh", "-c", script]);
     spec.namespaces.extend([Namespace::Cgroup, Namespace::User]);
     spec.linux.uid_mappings = vec![id_map(0, 100000, 65536)];
     spec.linux.gid_mappings = vec![id_map(0, 100000, 65536)];
     // A device of the spec at a path the VM does not have: its node found by its numbers.
-    spec.linux.devices = vec![Device {
-        path: "/dev/mynull".into(),
-        kind: "c".into(),
-        major: 1,
-        minor: 3,
-        file_mode: Some(0o666),
-        uid: Some(0),
-        gid: Some(0),
-    }];
+    spec.linux.devices = vec![
+        Device {
+            path: "/dev/mynull".into(),
+            kind: "c".into(),
+            major: 1,
+            minor: 3,
+            file_mode: Some(0o666),
+            uid: Some(0),
+            gid: Some(0),
+        },
+        Device {
+            // One this machine has no node for (as `--privileged` lists the host's devices, which
+            // a VM need not have): the agent makes it outside for the helper to bind.
+            path: "/dev/nowhere".into(),
+            kind: "c".into(),
+            major: 240,
+            minor: 77,
+            file_mode: Some(0o620),
+            uid: Some(0),
+            gid: Some(0),
+        },
+    ];
     // Above the agent's own hard limit is fine: the agent sets it (a process inside may not).
     // Where this host withholds CAP_SYS_RESOURCE even from root, the agent's own limit.
     let agent_hard: u64 = std::fs::read_to_string(format!("/proc/{}/limits", t.child.id()))
@@ -1768,7 +1781,7 @@ fn a_user_namespace_maps_the_containers_ids() {
     c.start_container("userns").unwrap();
     let mut out = String::new();
     let mut buf = [0u8; 512];
-    while out.lines().count() < 7 {
+    while out.lines().count() < 8 {
         let n = stdout.read(&mut buf).unwrap();
         assert!(n > 0, "init output ended early: {out:?}");
         out.push_str(&String::from_utf8_lossy(&buf[..n]));
@@ -1786,10 +1799,13 @@ fn a_user_namespace_maps_the_containers_ids() {
             "0",
             "null-ok",
             "sys-ok",
-            &hard.to_string()
+            &hard.to_string(),
+            "character special file f0:4d 620"
         ],
         "{out:?}"
     );
+    // (The node the agent made outside, at its fixed place: not this test's to keep.)
+    let _ = std::fs::remove_file(Path::new(agent::mounts::OUTSIDE_NODES).join("c240:77"));
     let md = std::fs::metadata(rootfs.join("made-inside")).unwrap();
     use std::os::unix::fs::MetadataExt;
     assert_eq!((md.uid(), md.gid()), (100000, 100000));

@@ -514,6 +514,12 @@ for rt in runc ember; do
         }
         echo "userns auto: $($T podman $flag run --rm --userns=auto localhost/busybox \
             sh -c 'tr -s " " </proc/self/uid_map; id -u' | tr "\n" " ")"
+        # --privileged lists the host's devices; in a user namespace they are bound (runc
+        # binds the host's nodes; ember the VM's, or one the agent made for a device the VM
+        # lacks, such as /dev/kvm).
+        echo "userns privileged: $($T podman $flag run --rm --privileged \
+            --uidmap 0:100000:65536 --gidmap 0:100000:65536 localhost/busybox \
+            sh -c 'stat -c "%t:%T" /dev/kvm; id -u' 2>&1 | tr "\n" " ")"
     } 2>&1 | sed "s/^/$rt /"
 done
 FIDTEST

@@ -378,6 +378,7 @@ fn podman_config_fidelity_equals_runc() {
         "userns volume owners: 100000:100000 101000:101000",
         "userns exec -t: /dev/pts/0",
         "userns auto:  0 200000 65534 0",
+        "userns privileged: a:e8 0",
     ] {
         assert!(
             runc.iter().any(|l| l == want),
