@@ -293,6 +293,21 @@ pub trait AgentCalls {
         self.call_done("Resume", Request::Resume { id: id.to_string() })
     }
 
+    /// New cgroup limits for container `id` ([`Request::UpdateContainer`]).
+    fn update_container(
+        &mut self,
+        id: &str,
+        limits: crate::protocol::CgroupLimits,
+    ) -> Result<(), ClientError> {
+        self.call_done(
+            "UpdateContainer",
+            Request::UpdateContainer {
+                id: id.to_string(),
+                limits,
+            },
+        )
+    }
+
     fn destroy_container(&mut self, id: &str) -> Result<(), ClientError> {
         self.call_done(
             "DestroyContainer",

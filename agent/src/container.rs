@@ -689,6 +689,21 @@ impl Agent {
         self.set_paused(id, false)
     }
 
+    /// New cgroup limits for a container that has not stopped (`runc update`).
+    pub fn update(&self, id: &str, limits: &crate::protocol::CgroupLimits) -> Result<(), Error> {
+        let c = self.get(id)?;
+        let inner = c.lock();
+        let state = c.state(&self.reaper, &inner);
+        if state == ContainerState::Stopped {
+            return Err(c.state_error(state, "Created, Running or Paused"));
+        }
+        let cg = c
+            .cgroup
+            .as_ref()
+            .ok_or_else(|| Error::NoCgroup(id.into()))?;
+        cg.apply(limits).map_err(Error::Cgroup)
+    }
+
     fn set_paused(&self, id: &str, pause: bool) -> Result<(), Error> {
         let c = self.get(id)?;
         let mut inner = c.lock();

@@ -199,6 +199,9 @@ pub enum Request {
     Pause { id: String },
     /// Thaws the container.
     Resume { id: String },
+    /// Writes new limits into the cgroup of a created, running or paused container (`runc
+    /// update`): those set are written, the others kept.
+    UpdateContainer { id: String, limits: CgroupLimits },
     /// Kills what still runs, unmounts and removes the container.
     DestroyContainer { id: String },
     /// Agent and per-container statistics. Answers [`Response::Stats`].

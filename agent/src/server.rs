@@ -228,6 +228,10 @@ pub fn dispatch(agent: &Agent, request: Request) -> Result<Response, AgentError>
             .map_err(e),
         Request::Pause { id } => agent.pause(&id).map(|_| Response::Done).map_err(e),
         Request::Resume { id } => agent.resume(&id).map(|_| Response::Done).map_err(e),
+        Request::UpdateContainer { id, limits } => agent
+            .update(&id, &limits)
+            .map(|_| Response::Done)
+            .map_err(e),
         Request::DestroyContainer { id } => agent.destroy(&id).map(|_| Response::Done).map_err(e),
         Request::Stats => Ok(Response::Stats(agent.stats())),
         Request::Sync => {

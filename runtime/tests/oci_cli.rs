@@ -112,6 +112,7 @@ fn unknown_container_is_runc_error_with_exit_1() {
         vec!["ps", "nope"],
         vec!["pause", "nope"],
         vec!["resume", "nope"],
+        vec!["update", "--memory", "64m", "nope"],
         vec!["exec", "nope", "true"],
     ] {
         let o = ember(&t.root(), &args);
@@ -125,6 +126,26 @@ fn unknown_container_is_runc_error_with_exit_1() {
     // runc: delete --force of a missing container succeeds.
     let o = ember(&t.root(), &["delete", "--force", "nope"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn update_refuses_bad_sizes_and_resources() {
+    let t = Tmp::new("update");
+    let bad = t.0.join("bad.json");
+    std::fs::write(&bad, "[1, 2]").unwrap();
+    let bad = bad.to_str().unwrap();
+    for (args, want) in [
+        (vec!["update", "--memory", "12x", "c1"], "invalid size"),
+        (vec!["update", "--resources", bad, "c1"], "Bad resources"),
+        (
+            vec!["update", "--resources", "/no/such/file", "c1"],
+            "Cannot read /no/such/file",
+        ),
+    ] {
+        let o = ember(&t.root(), &args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+    }
 }
 
 #[test]

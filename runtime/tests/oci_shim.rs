@@ -81,6 +81,11 @@ impl Sandbox for TestSandbox {
     fn resume(&self) -> Result<(), SandboxError> {
         Ok(())
     }
+    fn update(&self, limits: &agent::protocol::CgroupLimits) -> Result<(), SandboxError> {
+        let path = self.resized.with_file_name("updated");
+        fs::write(path, serde_json::to_string(limits).unwrap()).unwrap();
+        Ok(())
+    }
     fn shutdown(&self) {
         self.finish(137);
     }
@@ -170,6 +175,24 @@ fn shim_life_cycle() {
     assert!(ops::pause(&ctx, "c1").is_err());
     ops::resume(&ctx, "c1").unwrap();
     assert_eq!(ops::state(&ctx, "c1").unwrap().status, Status::Running);
+    // update: the limits reach the sandbox, converted as at create; the flags override the
+    // resources object.
+    let opts_u = ops::UpdateOpts {
+        resources: Some(br#"{"memory": {"limit": 1048576}, "pids": {"limit": 5}}"#.to_vec()),
+        pids_limit: Some(20),
+        ..Default::default()
+    };
+    ops::update(&ctx, "c1", ops::update_limits(&opts_u).unwrap()).unwrap();
+    let updated: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(ctx.store.dir("c1").join("updated")).unwrap())
+            .unwrap();
+    assert_eq!(updated["memory_max"], 1048576, "{updated}");
+    assert_eq!(updated["pids_max"], 20, "{updated}");
+    assert!(ops::update_limits(&ops::UpdateOpts {
+        resources: Some(b"[1]".to_vec()),
+        ..Default::default()
+    })
+    .is_err());
 
     // exec: the caller's descriptors reach the process; pid then exit code come back.
     let (mut r, w) = std::os::unix::net::UnixStream::pair().unwrap();
@@ -198,6 +221,7 @@ fn shim_life_cycle() {
     assert_eq!((st.status, st.pid), (Status::Stopped, 0));
     assert_eq!(ctx.store.load("c1").unwrap().exit_code, Some(143));
     assert!(ops::kill_container(&ctx, "c1", libc::SIGKILL, false).is_err());
+    assert!(ops::update(&ctx, "c1", Default::default()).is_err());
     ops::delete(&ctx, "c1", false, &ok).unwrap();
     assert!(!ctx.store.dir("c1").exists());
 

@@ -379,6 +379,7 @@ fn podman_config_fidelity_equals_runc() {
         "userns exec -t: /dev/pts/0",
         "userns auto:  0 200000 65534 0",
         "userns privileged: a:e8 0",
+        "update: 134217728 50",
     ] {
         assert!(
             runc.iter().any(|l| l == want),
@@ -562,6 +563,7 @@ fn containerd_shim_v2_runs_tasks_and_leaves_nothing() {
         "from-v2-exec",
         "v2-exec-exit=4",
         "v2-exec-killed=143",
+        "v2 update: 67108864",
         "v2-tty-exec-exit=6",
         "v2 tty exec: 41 97",
         "v2-tty-run-exit=7",

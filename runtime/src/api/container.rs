@@ -597,6 +597,26 @@ impl Runtime {
             .ok_or_else(|| Error::Config(format!("container {cid} is not in the guest")))
     }
 
+    /// New cgroup limits for a container of a running pod (`runc update`): those set are
+    /// written into its cgroup in the guest, the others kept. The VM's own size stays: a
+    /// memory limit above it bounds nothing more.
+    pub fn update_container(
+        &self,
+        pod: &str,
+        cid: &str,
+        limits: agent::protocol::CgroupLimits,
+    ) -> Result<(), Error> {
+        id::validate("container", cid).map_err(Error::Id)?;
+        let (_lock, dir, mut rec) = self.open(pod, LockKind::Read)?;
+        require_running(&rec, "update a container's limits")?;
+        let c = Self::container(&mut rec, cid)?;
+        in_guest(c)?;
+        let mut client = agent_call(&dir);
+        client
+            .update_container(cid, limits)
+            .map_err(Error::agent("UpdateContainer"))
+    }
+
     /// Set the window size of the pty of a terminal process of the container (`exec_id`
     /// `None`: its first process), as the engine's terminal has it.
     pub fn resize_terminal(

@@ -58,6 +58,9 @@ pub enum OciCommand {
     Pause { id: String },
     /// Resume a paused container.
     Resume { id: String },
+    /// Change a container's resource limits (runc's flags; `--resources` takes a JSON
+    /// `linux.resources` object, `-` for stdin, which the flags override).
+    Update(Box<UpdateArgs>),
     /// List containers.
     List {
         #[arg(long, short = 'f', value_enum, default_value = "table")]
@@ -83,6 +86,31 @@ pub enum OciCommand {
     },
     /// Print what this runtime supports (JSON).
     Features,
+}
+
+/// `update`'s flags (runc's set; those ember cannot apply are refused with a reason).
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// JSON file with a `linux.resources` object (`-`: stdin).
+    #[arg(long, short = 'r')]
+    resources: Option<PathBuf>,
+    /// Memory limit (bytes, or with a unit: 512m).
+    #[arg(long)]
+    memory: Option<String>,
+    /// Memory plus swap limit (-1: unlimited).
+    #[arg(long = "memory-swap", allow_hyphen_values = true)]
+    memory_swap: Option<String>,
+    #[arg(long = "cpu-period")]
+    cpu_period: Option<u64>,
+    #[arg(long = "cpu-quota", allow_hyphen_values = true)]
+    cpu_quota: Option<i64>,
+    /// CPU shares (cgroup v1 units, converted to cpu.weight).
+    #[arg(long = "cpu-share")]
+    cpu_share: Option<u64>,
+    /// Most tasks (0 or -1: unlimited).
+    #[arg(long = "pids-limit", allow_hyphen_values = true)]
+    pids_limit: Option<i64>,
+    id: String,
 }
 
 /// `exec`'s flags (runc's set).
@@ -147,6 +175,12 @@ enum CliError {
         #[source]
         source: std::io::Error,
     },
+    #[error("Cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Signal(#[from] signal::SignalError),
     #[error("Cannot print JSON")]
@@ -191,6 +225,7 @@ fn command_name(cmd: &OciCommand) -> &'static str {
         OciCommand::Ps { .. } => "ps",
         OciCommand::Pause { .. } => "pause",
         OciCommand::Resume { .. } => "resume",
+        OciCommand::Update(_) => "update",
         OciCommand::List { .. } => "list",
         OciCommand::Run { .. } => "run",
         OciCommand::Spec { .. } => "spec",
@@ -331,6 +366,37 @@ fn dispatch(ctx: &Ctx, global: &GlobalArgs, cmd: OciCommand) -> Result<i32, CliE
         }
         OciCommand::Resume { id } => {
             ops::resume(ctx, &id)?;
+            Ok(0)
+        }
+        OciCommand::Update(u) => {
+            let resources = match u.resources.as_deref() {
+                None => None,
+                Some(p) if p == Path::new("-") => {
+                    let mut buf = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map_err(
+                        |source| CliError::Read {
+                            path: p.to_path_buf(),
+                            source,
+                        },
+                    )?;
+                    Some(buf)
+                }
+                Some(p) => Some(std::fs::read(p).map_err(|source| CliError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?),
+            };
+            let size = |s: &Option<String>| s.as_deref().map(ops::ram_in_bytes).transpose();
+            let opts = ops::UpdateOpts {
+                resources,
+                memory: size(&u.memory)?,
+                memory_swap: size(&u.memory_swap)?,
+                cpu_period: u.cpu_period,
+                cpu_quota: u.cpu_quota,
+                cpu_shares: u.cpu_share,
+                pids_limit: u.pids_limit,
+            };
+            ops::update(ctx, &u.id, ops::update_limits(&opts)?)?;
             Ok(0)
         }
         OciCommand::List { format, quiet } => {

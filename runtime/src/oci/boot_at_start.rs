@@ -197,6 +197,10 @@ impl Sandbox for BootAtStart {
         self.booted()?.resume()
     }
 
+    fn update(&self, limits: &agent::protocol::CgroupLimits) -> Result<(), SandboxError> {
+        self.booted()?.update(limits)
+    }
+
     fn shutdown(&self) {
         let booted = {
             let mut phase = self.lock();

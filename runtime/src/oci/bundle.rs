@@ -409,22 +409,28 @@ impl Bundle {
             annotations,
             resources: linux
                 .and_then(|l| l.resources().as_ref())
-                .map(|r| Resources {
-                    devices: Some(device_rules(r.devices().as_deref().unwrap_or_default())),
-                    memory_limit: r.memory().as_ref().and_then(|m| m.limit()),
-                    cpu_quota: r.cpu().as_ref().and_then(|c| c.quota()),
-                    cpu_period: r.cpu().as_ref().and_then(|c| c.period()),
-                    cpuset: r.cpu().as_ref().and_then(|c| c.cpus().clone()),
-                    memory_swap: r.memory().as_ref().and_then(|m| m.swap()),
-                    cpu_shares: r.cpu().as_ref().and_then(|c| c.shares()),
-                    pids_limit: r.pids().as_ref().map(|p| p.limit()),
-                })
+                .map(resources)
                 .unwrap_or_else(|| Resources {
                     devices: Some(device_rules(&[])),
                     ..Resources::default()
                 }),
             linux: linux_setup(spec),
         })
+    }
+}
+
+/// What a `linux.resources` object asks (the spec's, or the one `runc update --resources`
+/// reads), with the device rules runc applies ([`device_rules`]).
+pub fn resources(r: &oci_spec::runtime::LinuxResources) -> Resources {
+    Resources {
+        devices: Some(device_rules(r.devices().as_deref().unwrap_or_default())),
+        memory_limit: r.memory().as_ref().and_then(|m| m.limit()),
+        cpu_quota: r.cpu().as_ref().and_then(|c| c.quota()),
+        cpu_period: r.cpu().as_ref().and_then(|c| c.period()),
+        cpuset: r.cpu().as_ref().and_then(|c| c.cpus().clone()),
+        memory_swap: r.memory().as_ref().and_then(|m| m.swap()),
+        cpu_shares: r.cpu().as_ref().and_then(|c| c.shares()),
+        pids_limit: r.pids().as_ref().map(|p| p.limit()),
     }
 }
 

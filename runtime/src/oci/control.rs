@@ -46,6 +46,10 @@ pub enum Request {
     Ps,
     Pause,
     Resume,
+    /// New cgroup limits for the container (`runc update`).
+    Update {
+        limits: agent::protocol::CgroupLimits,
+    },
     /// Run a process; the caller's stdin, stdout, stderr come with the request.
     Exec {
         exec_id: String,

@@ -36,6 +36,8 @@ pub enum OpsError {
     StartOther(Status),
     #[error("container not running")]
     NotRunning,
+    #[error("Bad resources: {0}")]
+    BadResources(String),
     #[error("cannot exec in a {0} container")]
     ExecNotRunning(Status),
     #[error("cannot delete container {id} that is not stopped: {status}")]
@@ -672,6 +674,78 @@ pub fn resume(ctx: &Ctx, id: &str) -> Result<(), OpsError> {
     Ok(())
 }
 
+/// `runc update`'s input: a `linux.resources` object (`--resources FILE|-`) and the flags,
+/// each of which overrides the object's field.
+#[derive(Clone, Debug, Default)]
+pub struct UpdateOpts {
+    /// The JSON object.
+    pub resources: Option<Vec<u8>>,
+    pub memory: Option<i64>,
+    pub memory_swap: Option<i64>,
+    pub cpu_period: Option<u64>,
+    pub cpu_quota: Option<i64>,
+    pub cpu_shares: Option<u64>,
+    pub pids_limit: Option<i64>,
+}
+
+/// The cgroup limits `opts` ask for, converted as at create (devices are not updated, as
+/// with runc).
+pub fn update_limits(opts: &UpdateOpts) -> Result<agent::protocol::CgroupLimits, OpsError> {
+    let mut res = match &opts.resources {
+        Some(json) => {
+            let r: oci_spec::runtime::LinuxResources =
+                serde_json::from_slice(json).map_err(|e| OpsError::BadResources(e.to_string()))?;
+            super::bundle::resources(&r)
+        }
+        None => crate::config::Resources::default(),
+    };
+    res.devices = None;
+    res.memory_limit = opts.memory.or(res.memory_limit);
+    res.memory_swap = opts.memory_swap.or(res.memory_swap);
+    res.cpu_period = opts.cpu_period.or(res.cpu_period);
+    res.cpu_quota = opts.cpu_quota.or(res.cpu_quota);
+    res.cpu_shares = opts.cpu_shares.or(res.cpu_shares);
+    res.pids_limit = opts.pids_limit.or(res.pids_limit);
+    Ok(res.cgroup_limits())
+}
+
+/// A size as runc's flags take it (docker's `RAMInBytes`): bytes, or a number with a binary
+/// unit `k`, `m`, `g`, `t`, `p` (an optional `b` after it, any case); `-1` is unlimited.
+pub fn ram_in_bytes(s: &str) -> Result<i64, OpsError> {
+    let bad = || OpsError::BadResources(format!("invalid size: {s:?}"));
+    let t = s.trim().to_ascii_lowercase();
+    if t == "-1" {
+        return Ok(-1);
+    }
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, shift) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 10),
+        Some('m') => (&t[..t.len() - 1], 20),
+        Some('g') => (&t[..t.len() - 1], 30),
+        Some('t') => (&t[..t.len() - 1], 40),
+        Some('p') => (&t[..t.len() - 1], 50),
+        _ => (t, 0),
+    };
+    let v: f64 = num.trim().parse().map_err(|_| bad())?;
+    let bytes = v * (1u64 << shift) as f64;
+    if !(0.0..=i64::MAX as f64).contains(&bytes) {
+        return Err(bad());
+    }
+    Ok(bytes as i64)
+}
+
+/// New cgroup limits for a container that has not stopped (`runc update`), through its shim.
+pub fn update(ctx: &Ctx, id: &str, limits: agent::protocol::CgroupLimits) -> Result<(), OpsError> {
+    let _lock = ctx.store.lock(id)?;
+    let rec = ctx.store.load(id)?;
+    match rec.effective_status() {
+        Status::Created | Status::Running | Status::Paused => {}
+        _ => return Err(OpsError::NotRunning),
+    }
+    Client::call(&ctx.store.dir(id), &Request::Update { limits })?;
+    Ok(())
+}
+
 /// What `exec` was given besides the process.
 #[derive(Clone, Debug, Default)]
 pub struct ExecOpts {
@@ -875,6 +949,24 @@ pub fn control_socket(ctx: &Ctx, id: &str) -> PathBuf {
 mod tests {
     use super::*;
     use crate::config::Hook;
+
+    #[test]
+    fn sizes_are_read_as_runc_reads_them() {
+        for (s, want) in [
+            ("1024", 1024),
+            ("64m", 64 << 20),
+            ("64M", 64 << 20),
+            ("1g", 1 << 30),
+            ("2kb", 2048),
+            ("1.5k", 1536),
+            ("-1", -1),
+        ] {
+            assert_eq!(ram_in_bytes(s).unwrap(), want, "{s}");
+        }
+        for bad in ["", "m", "12x", "-5", "1e40g"] {
+            assert!(ram_in_bytes(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn only_a_proc_pid_ns_path_names_a_pid() {

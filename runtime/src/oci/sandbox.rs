@@ -71,6 +71,8 @@ pub trait Sandbox: Send + Sync {
     fn usage(&self) -> Result<Usage, SandboxError>;
     fn pause(&self) -> Result<(), SandboxError>;
     fn resume(&self) -> Result<(), SandboxError>;
+    /// New cgroup limits (`runc update`; containerd's `Update`): those set are written.
+    fn update(&self, limits: &agent::protocol::CgroupLimits) -> Result<(), SandboxError>;
     /// Kill what runs and release the VM. Idempotent.
     fn shutdown(&self);
 }

@@ -133,6 +133,9 @@ fn handle(
         Request::Ps => sandbox.processes().map_or_else(err, Response::Processes),
         Request::Pause => sandbox.pause().map_or_else(err, |()| Response::Done),
         Request::Resume => sandbox.resume().map_or_else(err, |()| Response::Done),
+        Request::Update { limits } => sandbox
+            .update(&limits)
+            .map_or_else(err, |()| Response::Done),
         Request::Resize {
             exec_id,
             rows,

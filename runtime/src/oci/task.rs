@@ -1003,6 +1003,24 @@ impl shim::Task for TaskService {
         self.freeze(&req.id, false)
     }
 
+    /// New limits (`ctr task update`, the CRI's UpdateContainerResources): `resources` is
+    /// the runtime spec's `LinuxResources`, JSON in an `Any` (containerd's typeurl).
+    fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        let Some(any) = req.resources.as_ref() else {
+            return Ok(api::Empty::new());
+        };
+        let opts = super::ops::UpdateOpts {
+            resources: Some(any.value.clone()),
+            ..Default::default()
+        };
+        let limits = super::ops::update_limits(&opts)
+            .map_err(|e| rpc(Code::INVALID_ARGUMENT, crate::error::report(&e)))?;
+        self.sandbox(&req.id)?
+            .update(&limits)
+            .map_err(|e| rpc(Code::FAILED_PRECONDITION, crate::error::report(&e)))?;
+        Ok(api::Empty::new())
+    }
+
     fn connect(
         &self,
         _ctx: &TtrpcContext,

@@ -586,6 +586,12 @@ impl Sandbox for PodSandbox {
             .map_err(api_err("Cannot resume the container"))
     }
 
+    fn update(&self, limits: &agent::protocol::CgroupLimits) -> Result<(), SandboxError> {
+        self.rt
+            .update_container(&self.pod, &self.id, limits.clone())
+            .map_err(api_err("Cannot update the container's limits"))
+    }
+
     /// The container's own pod is deleted (its VM stopped at once: the pod's disks are this
     /// container's throw-away images); a member leaves its sandbox's pod (destroyed in the
     /// guest, its disks out of the slots).
