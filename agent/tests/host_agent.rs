@@ -1556,6 +1556,26 @@ fn hostname_sysctl_oom_rlimits_groups_and_devices() {
     );
 }
 
+/// `/proc/PID/ns/NAME`'s link text (`ipc:[4026531839]`).
+fn ns_link(pid: &str, name: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/{name}"))
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+/// The spec of a member of container `sb` running `args`, sharing `shared` with it.
+fn member_spec(t: &TestAgent, rootfs: &Path, args: &[&str], shared: &[Namespace]) -> ContainerSpec {
+    let mut spec = t.spec(rootfs, args);
+    spec.hostname = None;
+    spec.namespaces.retain(|n| !shared.contains(n));
+    spec.share = Some(SharedNamespaces {
+        container: "sb".into(),
+        namespaces: shared.to_vec(),
+    });
+    spec
+}
+
 /// A CRI pod's member joins its sandbox's UTS, IPC and PID namespaces (as runc joins them by
 /// path): the sandbox's hostname and namespaces, in its init and in its execs; what cannot be
 /// shared is refused.
@@ -1569,23 +1589,9 @@ fn a_member_shares_the_sandbox_containers_namespaces() {
     sandbox.hostname = Some("pod-host".into());
     c.create_container("sb", sandbox).unwrap();
     let sb_pid = c.start_container("sb").unwrap();
-    let ns = |pid: &str, name: &str| {
-        std::fs::read_link(format!("/proc/{pid}/ns/{name}"))
-            .unwrap()
-            .display()
-            .to_string()
-    };
+    let ns = |pid: &str, name: &str| ns_link(pid, name);
     let shared = [Namespace::Uts, Namespace::Ipc, Namespace::Pid];
-    let member = |args: &[&str]| {
-        let mut spec = t.spec(&rootfs, args);
-        spec.hostname = None;
-        spec.namespaces.retain(|n| !shared.contains(n));
-        spec.share = Some(SharedNamespaces {
-            container: "sb".into(),
-            namespaces: shared.to_vec(),
-        });
-        spec
-    };
+    let member = |args: &[&str]| member_spec(&t, &rootfs, args, &shared);
     let script = "hostname; readlink /proc/self/ns/uts; readlink /proc/self/ns/ipc; \
         readlink /proc/self/ns/pid; readlink /proc/self/ns/mnt";
     let (code, out) = run_container(&t, "m1", member(&["sh", "-c", script]));
@@ -1899,23 +1905,9 @@ fn a_member_joins_the_sandbox_containers_user_namespace() {
     sandbox.linux.gid_mappings = vec![id_map(0, 100000, 65536)];
     c.create_container("sb", sandbox).unwrap();
     let sb_pid = c.start_container("sb").unwrap();
-    let ns = |name: &str| {
-        std::fs::read_link(format!("/proc/{sb_pid}/ns/{name}"))
-            .unwrap()
-            .display()
-            .to_string()
-    };
+    let ns = |name: &str| ns_link(&sb_pid.to_string(), name);
     let shared = [Namespace::User, Namespace::Ipc, Namespace::Uts];
-    let member = |args: &[&str]| {
-        let mut spec = t.spec(&rootfs, args);
-        spec.hostname = None;
-        spec.namespaces.retain(|n| !shared.contains(n));
-        spec.share = Some(SharedNamespaces {
-            container: "sb".into(),
-            namespaces: shared.to_vec(),
-        });
-        spec
-    };
+    let member = |args: &[&str]| member_spec(&t, &rootfs, args, &shared);
     let script = "tr -s ' ' </proc/self/uid_map; id -u; readlink /proc/self/ns/user; \
         readlink /proc/self/ns/ipc; echo pid $$; ls /proc/1/status >/dev/null && echo proc-ok; \
         touch /made-by-member";

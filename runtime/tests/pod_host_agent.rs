@@ -673,14 +673,7 @@ fn runc_cli_through_the_pod_library_and_the_real_agent() {
 
     // A long-running container: in its pod's record, exec, ps, kill, delete.
     let b = bundle(&oci.root, "b2", &["sleep", "1000"]);
-    let created = oci
-        .cmd(&["create", "--bundle", b.to_str().unwrap(), "c2"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(created.success());
+    oci.create(&b, "c2");
     assert_eq!(oci_status(&oci, "c2"), "created");
     oci.ok(&["start", "c2"]);
     assert_eq!(oci_status(&oci, "c2"), "running");
@@ -744,14 +737,7 @@ fn a_container_joining_anothers_namespaces_by_pid_is_made_in_its_pod() {
     };
     let oci = Env::new("oci-joiner", agent);
     let create = |b: &Path, id: &str| {
-        let created = oci
-            .cmd(&["create", "--bundle", b.to_str().unwrap(), id])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(created.success(), "create {id}");
+        oci.create(b, id);
         oci.ok(&["start", id]);
     };
     let infra = bundle(&oci.root, "b-infra", &["sleep", "1000"]);
@@ -993,14 +979,7 @@ fn a_container_whose_pod_cannot_boot_at_start_is_stopped() {
     }
     let oci = Env::new("oci-noboot", PathBuf::from("/bin/false"));
     let b = bundle_with_own_netns(&oci.root, "b", &["true"]);
-    let created = oci
-        .cmd(&["create", "--bundle", b.to_str().unwrap(), "c"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(created.success(), "create");
+    oci.create(&b, "c");
     let v = oci.json(&["state", "c"]);
     let pid = v["pid"].as_i64().unwrap() as i32;
     let start = oci.run(&["start", "c"]);

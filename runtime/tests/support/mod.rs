@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The ember-agent binary beside the ember binary (or `EMBER_AGENT_BIN`).
@@ -66,6 +66,19 @@ impl Env {
             .env("EMBER_LOCK_TIMEOUT_MS", "60000")
             .env_remove("EMBER_TEST_PAUSE_AT");
         c
+    }
+
+    /// `ember create --bundle BUNDLE ID`, its stdio detached (the shim it leaves running
+    /// keeps none of ours); panics unless it succeeds.
+    pub fn create(&self, bundle: &Path, id: &str) {
+        let created = self
+            .cmd(&["create", "--bundle", bundle.to_str().unwrap(), id])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(created.success(), "create {id}");
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
