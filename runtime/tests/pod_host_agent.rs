@@ -686,6 +686,12 @@ fn runc_cli_through_the_pod_library_and_the_real_agent() {
     // The pid `state` reports is where engines reach the container's files (`podman cp`
     // joins its mount namespace): its root is the container's rootfs, not the host's.
     let pid = oci.json(&["state", "c2"])["pid"].as_i64().unwrap();
+    // The shim is filtered (its deny-list: no module loading, ptrace, ...).
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status.lines().any(|l| l == "Seccomp:\t2"),
+        "the shim has no seccomp filter"
+    );
     let probe = format!("ember-cp-probe-{}", std::process::id());
     fs::write(format!("/proc/{pid}/root/{probe}"), b"copied").unwrap();
     let landed = b.join("rootfs").join(&probe);

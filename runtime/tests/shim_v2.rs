@@ -262,6 +262,17 @@ fn assert_the_shim_is_the_pod_process(dir: &Path) {
             "no {name} thread in the shim: {threads:?}"
         );
     }
+    // Every thread of the shim is filtered, containerd's ttrpc threads too (its deny-list).
+    for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let status = fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let comm = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        assert!(
+            status.lines().any(|l| l == "Seccomp:\t2"),
+            "shim thread {} ({}) has no seccomp filter",
+            t.file_name().to_string_lossy(),
+            comm.trim()
+        );
+    }
 }
 
 #[test]

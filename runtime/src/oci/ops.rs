@@ -278,6 +278,7 @@ fn run_shim(
     close_inherited(&[ready.as_raw_fd()]);
     let mut ready = fs::File::from(ready);
     let _ = nix::unistd::setsid();
+    shim::confine();
     // The process the engine knows as the container's goes where runc would put it: the
     // spec's cgroupsPath (the pod process it starts follows, and sets the limits there).
     if let Some(cg) = super::vm::host_cgroup(config) {

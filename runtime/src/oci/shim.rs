@@ -88,6 +88,21 @@ pub fn serve(
     code
 }
 
+/// A shim's own threads (and what it starts: hooks, the pod process, which adds its
+/// allow-lists) are refused what no shim does ([`vmm::seccomp::SHIM_DENIED`]), unless the
+/// runtime configuration turns seccomp off (`[hypervisor] seccomp = "off"`).
+pub fn confine() {
+    let off = crate::config::RuntimeConfig::load()
+        .is_ok_and(|s| s.hypervisor.seccomp == crate::config::Seccomp::Off);
+    if off {
+        return;
+    }
+    match vmm::seccomp::deny_for_process() {
+        Ok(()) => log::debug!("shim: seccomp deny-list installed on every thread"),
+        Err(e) => log::warn!("shim: no seccomp deny-list: {}", crate::error::report(&e)),
+    }
+}
+
 /// Save `stopped` and the exit code, if the container's state still exists.
 pub fn record_exit(store: &Store, id: &str, code: i32) {
     let Ok(_lock) = store.lock(id) else { return };

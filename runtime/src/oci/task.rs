@@ -135,6 +135,9 @@ impl shim::Shim for EmberShim {
             self.id,
             self.namespace
         );
+        // Every thread of the server, containerd's ttrpc ones included (the VM's add their
+        // allow-lists when they start).
+        super::shim::confine();
         TaskService(Arc::new(Shared {
             tasks: Mutex::new(HashMap::new()),
             changed: Condvar::new(),

@@ -345,6 +345,59 @@ pub enum Error {
     Handler(#[source] io::Error),
 }
 
+/// What no thread of a shim process does (containerd's shim v2 hosting its pod's VM, the runc
+/// face's per-container shim), nor the programs it starts (OCI hooks, `mkfs.ext4`): loading
+/// kernel code or a new kernel, rebooting, swap, process accounting, port I/O, handles that
+/// open files by inode (the classic container escape), tracing or reading other processes'
+/// memory, userfaultfd, the kernel keyring, perf events, quotas. Docker's default profile
+/// refuses them too. They fail with EPERM.
+pub const SHIM_DENIED: [&str; 23] = [
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "reboot",
+    "swapon",
+    "swapoff",
+    "acct",
+    "iopl",
+    "ioperm",
+    "open_by_handle_at",
+    "lookup_dcookie",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "userfaultfd",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "perf_event_open",
+    "quotactl",
+    "name_to_handle_at",
+];
+
+/// Confines every thread of this process, those running and those to come, and the programs
+/// it starts, to everything but [`SHIM_DENIED`] (EPERM). The VM's threads of a shim v2 add
+/// their allow-lists on top ([`Filters::install`]).
+pub fn deny_for_process() -> Result<(), Error> {
+    const NAME: &str = "shim";
+    let mut rules = BTreeMap::new();
+    for name in SHIM_DENIED {
+        let nr = syscall_number(name).ok_or(Error::UnknownSyscall(name, NAME))?;
+        rules.insert(nr, Vec::new());
+    }
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        TargetArch::x86_64,
+    )
+    .map_err(|e| Error::Compile(NAME, e))?;
+    let program = BpfProgram::try_from(filter).map_err(|e| Error::Compile(NAME, e))?;
+    seccompiler::apply_filter_all_threads(&program).map_err(|e| Error::Install(NAME, e))
+}
+
 /// One compiled filter per [`ThreadKind`].
 pub struct Filters {
     programs: HashMap<ThreadKind, BpfProgram>,

@@ -236,6 +236,29 @@ fn in_child(scenario: &str) -> (Option<i32>, String) {
 #[ignore = "run by the tests below in a child process"]
 fn child() {
     let scenario = std::env::var(CHILD_ENV).unwrap();
+    if scenario == "shim" {
+        // A thread that runs before the deny-list is installed, and one started after.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let early = std::thread::spawn(move || {
+            rx.recv().unwrap();
+            // SAFETY: ptrace(PTRACE_TRACEME) changes nothing but this process's tracer.
+            let rc = unsafe { libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) };
+            (rc, io::Error::last_os_error().raw_os_error())
+        });
+        deny_for_process().unwrap();
+        tx.send(()).unwrap();
+        let (rc, errno) = early.join().unwrap();
+        eprintln!("early thread ptrace: {rc} {errno:?}");
+        let late = std::thread::spawn(|| {
+            // SAFETY: acct(NULL) would only turn process accounting off.
+            let rc = unsafe { libc::acct(std::ptr::null()) };
+            (rc, io::Error::last_os_error().raw_os_error())
+        });
+        let (rc, errno) = late.join().unwrap();
+        eprintln!("late thread acct: {rc} {errno:?}");
+        eprintln!("getpid works: {}", std::process::id() > 0);
+        std::process::exit(0);
+    }
     if scenario == "inherited" {
         // A thread under the control filter starts one that installs nothing of its own.
         let filters = Filters::builtin().unwrap();
@@ -296,6 +319,22 @@ fn child() {
         .join()
         .unwrap();
     std::process::exit(0);
+}
+
+#[test]
+fn the_shim_deny_list_refuses_its_calls_on_every_thread_with_eperm() {
+    let (code, err) = in_child("shim");
+    assert_eq!(code, Some(0), "{err}");
+    let eperm = Some(libc::EPERM);
+    assert!(
+        err.contains(&format!("early thread ptrace: -1 {eperm:?}")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("late thread acct: -1 {eperm:?}")),
+        "{err}"
+    );
+    assert!(err.contains("getpid works: true"), "{err}");
 }
 
 #[test]
