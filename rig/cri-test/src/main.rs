@@ -313,6 +313,26 @@ impl Test {
             self.say(format!("{name} boot_id {boot}"));
             boot_ids.push(boot);
         }
+        // New limits in place (the kubelet's UpdateContainerResources): c1's cgroup has them.
+        call(
+            "UpdateContainerResources",
+            self.rt
+                .update_container_resources(cri::UpdateContainerResourcesRequest {
+                    container_id: ids[0].clone(),
+                    linux: Some(cri::LinuxContainerResources {
+                        memory_limit_in_bytes: 64 << 20,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+        )
+        .await?;
+        let script = "cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/memory.max";
+        let r = self.exec(&ids[0], &["sh", "-c", script]).await?;
+        self.say(format!(
+            "c1 memory.max after UpdateContainerResources: {}",
+            String::from_utf8_lossy(&r.stdout).trim()
+        ));
         let host_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
             .unwrap_or_default()
             .trim()

@@ -379,7 +379,7 @@ fn podman_config_fidelity_equals_runc() {
         "userns exec -t: /dev/pts/0",
         "userns auto:  0 200000 65534 0",
         "userns privileged: a:e8 0",
-        "update: 134217728 50",
+        "update: 134217728 20",
     ] {
         assert!(
             runc.iter().any(|l| l == want),
@@ -563,7 +563,6 @@ fn containerd_shim_v2_runs_tasks_and_leaves_nothing() {
         "from-v2-exec",
         "v2-exec-exit=4",
         "v2-exec-killed=143",
-        "v2 update: 67108864",
         "v2-tty-exec-exit=6",
         "v2 tty exec: 41 97",
         "v2-tty-run-exit=7",
@@ -704,6 +703,7 @@ fn cri_pod_with_the_ember_handler_runs_in_one_vm_as_under_runc() {
             "c1 CONTAINER_RUNNING",
             "c2 CONTAINER_RUNNING",
             "c1 and c2 share one kernel: yes",
+            "c1 memory.max after UpdateContainerResources: 67108864",
             "c1 eth0 has the pod's IP: yes",
             "hostname is the sandbox's: yes",
             "c1 and c2 share uts and ipc namespaces: yes",
