@@ -120,7 +120,10 @@ pub fn one(data: &[u8]) {
             4 | 5 => {
                 let descs = chain(&mut inp, false);
                 let fill = inp.u8();
-                for d in descs.iter().filter(|d| !d.write) {
+                // The guest's frame bytes, in its buffers that are data (one at a fuzzed
+                // address may lie on the rings: a guest scribbling over its own used ring is not
+                // the device's doing, and would make the used check below read garbage).
+                for d in descs.iter().filter(|d| !d.write && d.addr >= common::DATA) {
                     let n = (d.len as usize).min(0x1000);
                     let _ = m.write_slice(&vec![fill; n], GuestAddress(d.addr));
                 }
