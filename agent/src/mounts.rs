@@ -830,18 +830,8 @@ pub fn set_root_propagation(value: &str) -> Result<(), Error> {
 /// privileged container's `/dev/pts/ptmx`, devpts's own) is kept, as runc keeps a node that
 /// exists.
 pub fn make_device(root: &Path, d: &Device) -> Result<(), Error> {
-    use nix::sys::stat::{Mode, SFlag};
-    let kind = match d.kind.as_str() {
-        "c" | "u" => SFlag::S_IFCHR,
-        "b" => SFlag::S_IFBLK,
-        "p" => SFlag::S_IFIFO,
-        _ => {
-            return Err(Error::BadDevice {
-                path: d.path.clone(),
-                kind: d.kind.clone(),
-            })
-        }
-    };
+    use nix::sys::stat::Mode;
+    let kind = node_kind(d)?;
     let path = in_root(root, &d.path)?;
     if let Some(parent) = path.parent() {
         mkdir_p(parent)?;
@@ -886,6 +876,20 @@ fn in_user_namespace() -> bool {
         .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
 }
 
+/// The file type of spec device `d` (`c`, `u`: character; `b`: block; `p`: FIFO).
+fn node_kind(d: &Device) -> Result<nix::sys::stat::SFlag, Error> {
+    use nix::sys::stat::SFlag;
+    match d.kind.as_str() {
+        "c" | "u" => Ok(SFlag::S_IFCHR),
+        "b" => Ok(SFlag::S_IFBLK),
+        "p" => Ok(SFlag::S_IFIFO),
+        _ => Err(Error::BadDevice {
+            path: d.path.clone(),
+            kind: d.kind.clone(),
+        }),
+    }
+}
+
 /// Where the agent makes, from outside, the node of a spec device that the VM has no node for
 /// ([`make_nodes_outside`]).
 pub const OUTSIDE_NODES: &str = "/run/ember-agent/devnodes";
@@ -906,18 +910,15 @@ fn outside_node_path(kind: nix::sys::stat::SFlag, dev: u64) -> Option<PathBuf> {
 /// nodes (`--privileged --uidmap` lists the host's devices, which a VM need not have; such a
 /// node then opens as a missing device would, ENXIO).
 pub fn make_nodes_outside(devices: &[Device]) -> Result<(), Error> {
-    use nix::sys::stat::{Mode, SFlag};
+    use nix::sys::stat::Mode;
     for d in devices {
-        let kind = match d.kind.as_str() {
-            "c" | "u" => SFlag::S_IFCHR,
-            "b" => SFlag::S_IFBLK,
-            _ => continue,
-        };
+        let kind = node_kind(d)?;
         let dev = nix::sys::stat::makedev(d.major as u64, d.minor as u64);
+        // (A FIFO has no numbers: the helper makes it inside.)
         let Some(path) = outside_node_path(kind, dev) else {
             continue;
         };
-        if node_in_vm(Path::new(&d.path), kind, dev) || path.exists() {
+        if device_node(Path::new(&d.path), kind, dev, false).is_some() || path.exists() {
             continue;
         }
         mkdir_p(Path::new(OUTSIDE_NODES))?;
@@ -935,12 +936,6 @@ pub fn make_nodes_outside(devices: &[Device]) -> Result<(), Error> {
         );
     }
     Ok(())
-}
-
-/// Whether the VM has a node for the device: at `guest_path`, or the one the kernel names for
-/// its numbers.
-fn node_in_vm(guest_path: &Path, kind: nix::sys::stat::SFlag, dev: u64) -> bool {
-    device_node(guest_path, kind, dev, false).is_some()
 }
 
 /// Binds the agent's node for the device onto `target`: the one at `guest_path` if it is

@@ -299,13 +299,14 @@ pub fn spawn_helper(
         }),
         _ => None,
     };
-    let clone_flags = if join.is_some() {
+    // The first clone's own flags: none when it joins first and unshares after.
+    let first_flags = if join.is_some() {
         CloneFlags::empty()
     } else {
         flags
     };
     let first = reaper.spawn(|| match &pid_ns {
-        None => clone_exec(clone_flags, fds, sync_fds, join),
+        None => clone_exec(first_flags, fds, sync_fds, join),
         Some(ns) => {
             // setns(CLONE_NEWPID) only changes where this thread's *children* go; do it on a
             // throwaway thread so the agent's other threads are untouched.
@@ -313,7 +314,7 @@ pub fn spawn_helper(
                 s.spawn(|| {
                     nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWPID)
                         .map_err(Error::PidNamespace)?;
-                    clone_exec(clone_flags, fds, sync_fds, join)
+                    clone_exec(first_flags, fds, sync_fds, join)
                 })
                 .join()
                 .map_err(|_| Error::Thread)?

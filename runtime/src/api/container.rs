@@ -607,14 +607,10 @@ impl Runtime {
         limits: agent::protocol::CgroupLimits,
     ) -> Result<(), Error> {
         id::validate("container", cid).map_err(Error::Id)?;
-        let (_lock, dir, mut rec) = self.open(pod, LockKind::Read)?;
-        require_running(&rec, "update a container's limits")?;
-        let c = Self::container(&mut rec, cid)?;
-        in_guest(c)?;
-        let mut client = agent_call(&dir);
-        client
-            .update_container(cid, limits)
-            .map_err(Error::agent("UpdateContainer"))
+        self.guest_call(pod, cid, "update a container's limits", |a| {
+            a.update_container(cid, limits)
+                .map_err(Error::agent("UpdateContainer"))
+        })
     }
 
     /// Set the window size of the pty of a terminal process of the container (`exec_id`
@@ -631,14 +627,10 @@ impl Runtime {
         if let Some(e) = exec_id {
             id::validate("exec", e).map_err(Error::Id)?;
         }
-        let (_lock, dir, mut rec) = self.open(pod, LockKind::Read)?;
-        require_running(&rec, "resize a terminal")?;
-        let c = Self::container(&mut rec, cid)?;
-        in_guest(c)?;
-        let mut client = agent_call(&dir);
-        client
-            .resize_terminal(cid, exec_id, rows, cols)
-            .map_err(Error::agent("ResizeTerminal"))
+        self.guest_call(pod, cid, "resize a terminal", |a| {
+            a.resize_terminal(cid, exec_id, rows, cols)
+                .map_err(Error::agent("ResizeTerminal"))
+        })
     }
 
     /// Freeze a running container's processes (cgroup freezer in the guest).
@@ -683,14 +675,9 @@ impl Runtime {
     /// Processes of a running container.
     pub fn container_processes(&self, pod: &str, cid: &str) -> Result<Vec<ProcessInfo>, Error> {
         id::validate("container", cid).map_err(Error::Id)?;
-        let (_lock, dir, mut rec) = self.open(pod, LockKind::Read)?;
-        require_running(&rec, "list processes")?;
-        let c = Self::container(&mut rec, cid)?;
-        in_guest(c)?;
-        let mut client = agent_call(&dir);
-        client
-            .process_list(cid)
-            .map_err(Error::agent("ProcessList"))
+        self.guest_call(pod, cid, "list processes", |a| {
+            a.process_list(cid).map_err(Error::agent("ProcessList"))
+        })
     }
 
     /// Start a process in a running container; returns its exec id and guest pid. Read its
@@ -915,6 +902,23 @@ impl Runtime {
 /// makes the call ([`crate::pod_vmm::control::PodAgent`]).
 fn agent_call(dir: &Path) -> PodAgent {
     PodAgent::new(dir, agent_link::CALL_TIMEOUT)
+}
+
+impl Runtime {
+    /// `call` on the agent of running pod `pod` about its container `cid`, which the guest
+    /// holds (refused otherwise, with `action` in the error), under the pod's shared lock.
+    fn guest_call<T>(
+        &self,
+        pod: &str,
+        cid: &str,
+        action: &'static str,
+        call: impl FnOnce(&mut PodAgent) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let (_lock, dir, mut rec) = self.open(pod, LockKind::Read)?;
+        require_running(&rec, action)?;
+        in_guest(Self::container(&mut rec, cid)?)?;
+        call(&mut agent_call(&dir))
+    }
 }
 
 /// Refuses a container the agent does not hold (created in the record only).
