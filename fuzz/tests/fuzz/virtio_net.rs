@@ -93,6 +93,7 @@ pub fn one(data: &[u8]) {
     .unwrap();
     let mut rx_bound = 0u64;
     let mut rx_loops = false;
+
     for _ in 0..16 {
         if inp.is_empty() {
             break;
@@ -128,6 +129,11 @@ pub fn one(data: &[u8]) {
                     let _ = m.write_slice(&vec![fill; n], GuestAddress(d.addr));
                 }
                 let layout = Layout::from(&mut inp);
+                // Both queues' indirect tables live at INDIRECT: a tx chain put there rewrites
+                // the table of an rx chain still waiting, which the device reads when a frame
+                // comes, so its writable bytes bound rx too.
+                rx_bound = rx_bound.max(common::writable_total(&descs));
+                rx_loops |= layout != Layout::Direct;
                 common::publish(&mut txq, &descs, layout);
                 net.process_tx();
                 common::check_used(&mut txq, 0, "virtio-net tx");
@@ -139,7 +145,10 @@ pub fn one(data: &[u8]) {
                 net.process_rx();
             }
             _ => {
-                common::publish_raw(&m, &mut txq, &mut inp, MEM as u64);
+                // (Its raw indirect descriptors are at INDIRECT too: see above.)
+                let bound = common::publish_raw(&m, &mut txq, &mut inp, MEM as u64);
+                rx_bound = rx_bound.max(bound);
+                rx_loops = true;
                 net.process_tx();
                 common::check_used(&mut txq, 0, "virtio-net tx raw");
             }
