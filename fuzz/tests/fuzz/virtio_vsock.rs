@@ -148,6 +148,9 @@ pub fn one(data: &[u8]) {
                     });
                 }
                 let layout = Layout::from(&mut inp);
+                // Both queues' indirect tables live at INDIRECT: a tx chain put there rewrites
+                // the table of an rx chain still waiting, so its writable bytes bound rx too.
+                rx_bound = rx_bound.max(common::writable_total(&descs));
                 common::publish(&mut txq, &descs, layout);
                 dev.process_tx();
                 common::check_used(&mut txq, 0, "vsock tx");
@@ -226,7 +229,9 @@ pub fn one(data: &[u8]) {
                 dev.process_rx();
             }
             _ => {
-                common::publish_raw(&m, &mut txq, &mut inp, MEM as u64);
+                // (Its raw indirect descriptors are at INDIRECT too: see above.)
+                let bound = common::publish_raw(&m, &mut txq, &mut inp, MEM as u64);
+                rx_bound = rx_bound.max(bound);
                 dev.process_tx();
                 common::check_used(&mut txq, 0, "vsock tx raw");
             }
